@@ -1,0 +1,216 @@
+"""`guardstream` — run the processes, manage topics, send posts, run the local stack."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import orjson
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from guardstream.core import logs
+from guardstream.core.contracts import Decision, Kind, dump
+from guardstream.core.settings import Settings
+from guardstream.core.topics import CATALOGUE, TopicNames
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
+)
+topics_app = typer.Typer(no_args_is_help=True, help="The topic catalogue.")
+model_app = typer.Typer(no_args_is_help=True, help="Model checkpoints.")
+stack_app = typer.Typer(no_args_is_help=True, help="The local development stack.")
+app.add_typer(topics_app, name="topics")
+app.add_typer(model_app, name="model")
+app.add_typer(stack_app, name="stack")
+
+out = Console()
+err = Console(stderr=True)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err.print(f"[red]invalid configuration:[/red]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+def _run_process(name: str) -> None:
+    settings = load_settings()
+    logs.configure(settings.log_level)
+    from guardstream.core.process import install_stop_signals
+
+    if name == "triage":
+        from guardstream.triage.main import run
+    else:
+        from guardstream.scorer.main import run
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run(settings, stop)
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        from guardstream.scorer.engine import ModelUnavailable
+
+        if isinstance(exc, ModelUnavailable):
+            err.print(f"[red]scorer cannot start:[/red] {exc}")
+            raise typer.Exit(3) from None
+        raise
+
+
+@app.command()
+def triage() -> None:
+    """Run the triage process (posts → cache hits / score requests / DLQ)."""
+    _run_process("triage")
+
+
+@app.command()
+def scorer() -> None:
+    """Run the scorer process (score requests → Qwen3Guard-Gen on vLLM → decisions)."""
+    _run_process("scorer")
+
+
+@app.command()
+def settings() -> None:
+    """Show the effective configuration (secrets masked) with each setting's env name."""
+    current = load_settings().public_view()
+    table = Table("setting", "env", "value")
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        env = ", ".join(alias.choices) if hasattr(alias, "choices") else name.upper()  # type: ignore[arg-type]
+        table.add_row(name, str(env), str(current[name]))
+    out.print(table)
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every catalogue topic that does not exist yet (idempotent)."""
+    from guardstream.core.kafka import ensure_topics
+
+    report = asyncio.run(ensure_topics(load_settings()))
+    for name in report.created:
+        out.print(f"created  {name}")
+    for name in report.existing:
+        out.print(f"exists   {name}")
+    for name in report.mismatched:
+        err.print(f"[yellow]partition count differs from the catalogue:[/yellow] {name}")
+
+
+@topics_app.command("list")
+def topics_list() -> None:
+    """Print the catalogue: topic, partitions, key, retention."""
+    names = TopicNames(load_settings().namespace)
+    table = Table("topic", "partitions", "key", "retention (days)", "purpose")
+    for spec in CATALOGUE:
+        table.add_row(names[spec.topic], str(spec.partitions), spec.key,
+                      f"{spec.retention_ms / 86_400_000:g}", spec.purpose)
+    out.print(table)
+
+
+@app.command()
+def produce(
+    text: Annotated[str | None, typer.Option(help="Text of one post to send.")] = None,
+    tenant: Annotated[str, typer.Option()] = "default",
+    kind: Annotated[Kind, typer.Option(help="prompt, or response (needs --prompt).")] = Kind.PROMPT,
+    prompt: Annotated[str | None, typer.Option(help="Response moderation: the prompt.")] = None,
+    post_id: Annotated[str | None, typer.Option()] = None,
+    samples: Annotated[bool, typer.Option(help="Send the built-in sample posts.")] = False,
+    wait: Annotated[bool, typer.Option(help="Wait for and print each decision.")] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for decisions.")] = 120.0,
+) -> None:
+    """Send a post (or the samples) to posts.v1; with --wait print each decision as JSON."""
+    from guardstream.devtools.produce import new_post, sample_posts, send, send_and_wait
+
+    if (text is None) == (not samples):
+        err.print("give exactly one of --text or --samples")
+        raise typer.Exit(2)
+    settings = load_settings()
+    try:
+        posts = sample_posts(tenant) if samples else [
+            new_post(text or "", tenant=tenant, kind=kind, prompt=prompt, post_id=post_id)
+        ]
+    except ValidationError as exc:
+        from guardstream.core.contracts import describe_errors
+
+        err.print(f"[red]invalid post:[/red] {describe_errors(exc)}")
+        raise typer.Exit(2) from None
+    if not wait:
+        asyncio.run(send(settings, posts))
+        for post in posts:
+            out.print(f"sent {post.post_id}")
+        return
+
+    async def watch() -> int:
+        seen = 0
+        async for decision in send_and_wait(settings, posts, timeout):
+            seen += 1
+            _print_decision(decision, samples, posts)
+        return seen
+
+    seen = asyncio.run(watch())
+    if seen < len(posts):
+        err.print(f"timed out after {timeout:g}s: {len(posts) - seen} of {len(posts)} undecided")
+        raise typer.Exit(1)
+
+
+def _print_decision(decision: Decision, pretty: bool, posts: list) -> None:  # type: ignore[type-arg]
+    if not pretty:
+        sys.stdout.write(orjson.dumps(dump(decision)).decode() + "\n")
+        sys.stdout.flush()
+        return
+    text = next((p.text for p in posts if p.post_id == decision.post_id), "")
+    colour = {"safe": "green", "unsafe": "red", "controversial": "yellow"}[decision.verdict]
+    conf = "" if decision.confidence is None else f" {decision.confidence:.3f}"
+    out.print(f"[{colour}]{decision.action.value:>6} {decision.verdict.value:<13}[/{colour}]"
+              f"{conf} {decision.source.value:<5} {', '.join(decision.categories) or '-':<24} "
+              f"{text[:60]}")
+
+
+@model_app.command("build-tiny")
+def build_tiny(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Directory to build into.")] = None,
+) -> None:
+    """Build (or reuse) the project's tiny offline Qwen3Guard-format test checkpoint."""
+    from guardstream.model.tiny import build_tiny_checkpoint, ensure_tiny_checkpoint
+
+    logs.configure("INFO")
+    settings = load_settings()
+    path = build_tiny_checkpoint(out_dir) if out_dir else ensure_tiny_checkpoint(
+        settings.model_cache_dir)
+    out.print(str(path))
+
+
+RunDir = Annotated[Path, typer.Option(help="Where pid files and logs go.")]
+
+
+@stack_app.command("up")
+def stack_up(
+    run_dir: RunDir = Path(".run"),
+    kafka_port: Annotated[int, typer.Option()] = 9092,
+    health_port_base: Annotated[int, typer.Option()] = 18081,
+) -> None:
+    """Start broker (unless KAFKA_BOOTSTRAP is set), topics, triage and scorer; wait until ready."""
+    from guardstream.devtools.stack import StackConfig, StackError, up
+
+    try:
+        up(StackConfig(run_dir, kafka_port, health_port_base), out.print)
+    except StackError as exc:
+        err.print(f"[red]stack failed:[/red] {exc}")
+        raise typer.Exit(1) from None
+    out.print("[green]guardstream is up[/green]")
+
+
+@stack_app.command("down")
+def stack_down(run_dir: RunDir = Path(".run")) -> None:
+    """Stop the processes and the local broker started by `stack up`."""
+    from guardstream.devtools.stack import StackConfig, down
+
+    down(StackConfig(run_dir), out.print)

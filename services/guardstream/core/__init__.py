@@ -1,0 +1,1 @@
+"""Shared core: settings, contracts, topic catalogue, normalisation, cache and Kafka plumbing."""

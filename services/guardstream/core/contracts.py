@@ -1,0 +1,224 @@
+"""Typed models of the events on the wire, mirroring the JSON Schemas in `schemas/`.
+
+The schemas are the source of truth (a contract test keeps both in step). Every event is a
+flat JSON object with an envelope (`schema_version` "MAJOR.MINOR", `event_id`, `produced_at`)
+and its payload. Unknown optional fields are tolerated so producers can add fields; an unknown
+major version is rejected with a reason that sends the record to the DLQ. Wire format is
+orjson; pydantic validates.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal, Self
+
+import orjson
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
+
+SCHEMA_MAJOR = 1
+SCHEMA_VERSION = "1.0"
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+Tenant = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+ContentKey = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+Confidence = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]
+
+
+def _timestamp_text(value: object) -> object:
+    # JSON Schema says date-time *string*; lax pydantic would also take epoch numbers.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError("timestamps are RFC 3339 strings")  # noqa: TRY004
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text)]
+
+
+class Verdict(enum.StrEnum):
+    SAFE = "safe"
+    CONTROVERSIAL = "controversial"
+    UNSAFE = "unsafe"
+
+
+class Action(enum.StrEnum):
+    ALLOW = "allow"
+    BLOCK = "block"
+    REVIEW = "review"
+
+
+class Source(enum.StrEnum):
+    MODEL = "model"
+    CACHE = "cache"
+    HUMAN = "human"
+    SLA_TIMEOUT = "sla_timeout"
+    RULE = "rule"
+
+
+class Kind(enum.StrEnum):
+    PROMPT = "prompt"
+    RESPONSE = "response"
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class ContractError(ValueError):
+    """A record that no retry can fix. `reason` is a stable DLQ code; `detail` has no payload."""
+
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class Envelope(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: Annotated[str, Field(pattern=r"^1\.[0-9]+$")] = SCHEMA_VERSION
+    event_id: Id
+    produced_at: Timestamp
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> Self:
+        """Parse and validate one record; raises `ContractError` with a DLQ reason."""
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ContractError("invalid_json", f"not valid UTF-8 JSON ({exc.msg})") from None
+        if not isinstance(data, dict):
+            raise ContractError("invalid_json", "top level is not an object")
+        version = data.get("schema_version")
+        if not isinstance(version, str) or not version.split(".", 1)[0].isdigit():
+            raise ContractError("invalid_schema", "schema_version missing or malformed")
+        if int(version.split(".", 1)[0]) != SCHEMA_MAJOR:
+            raise ContractError(
+                "unsupported_schema_version",
+                f"major version {version.split('.', 1)[0]} is not {SCHEMA_MAJOR}",
+            )
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ContractError("invalid_schema", describe_errors(exc)) from None
+
+
+def describe_errors(exc: ValidationError, limit: int = 5) -> str:
+    """Field paths and messages only: user text must never leak into a DLQ reason or a log."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:limit]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - limit
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+class Post(Envelope):
+    """A piece of user content to moderate (`posts.v1`)."""
+
+    post_id: Id
+    tenant: Tenant
+    author_id: Id
+    text: Annotated[str, Field(min_length=1)]
+    kind: Kind = Kind.PROMPT
+    # Response moderation: the prompt the response answers (Qwen3Guard judges the pair).
+    prompt: str | None = None
+    lang: Annotated[str, Field(max_length=35)] | None = None
+    region: Annotated[str, Field(max_length=35)] | None = None
+    created_at: Timestamp
+
+    @model_validator(mode="after")
+    def _response_needs_prompt(self) -> Self:
+        if self.kind is Kind.RESPONSE and not self.prompt:
+            raise ValueError("kind 'response' needs the originating 'prompt'")
+        return self
+
+
+class ScoreRequest(Envelope):
+    """A cache miss handed from triage to the scorer (`moderation.score-requests.v1`)."""
+
+    post_id: Id
+    post_event_id: Id
+    tenant: Tenant
+    kind: Kind
+    text: str  # normalised
+    prompt: str | None = None  # normalised
+    lang: str | None = None
+    region: str | None = None
+    content_key: ContentKey
+    policy: Id
+    received_at: Timestamp
+
+
+class Decision(Envelope):
+    """What to do with a post (`moderation.actions.{allow,block,review}.v1`)."""
+
+    decision_id: Id
+    post_id: Id
+    post_event_id: Id
+    tenant: Tenant
+    verdict: Verdict
+    action: Action
+    categories: tuple[str, ...] = ()
+    confidence: Confidence | None = None
+    refusal: StrictBool | None = None
+    reason: Annotated[str, Field(min_length=1, max_length=500)]
+    source: Source
+    model: Id
+    adapter: Id | None = None
+    policy: Id
+    content_key: ContentKey
+    decided_at: Timestamp
+
+
+class Origin(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    topic: Annotated[str, Field(min_length=1)]
+    partition: Annotated[StrictInt, Field(ge=0)]
+    offset: Annotated[StrictInt, Field(ge=0)]
+    timestamp_ms: StrictInt | None = None
+    key_b64: str | None = None
+
+
+class DlqRecord(Envelope):
+    """A record no process could accept, kept whole with where it came from and why."""
+
+    origin: Origin
+    consumer: Id
+    reason: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
+    detail: Annotated[str, Field(max_length=2000)]
+    attempts: Annotated[StrictInt, Field(ge=1)]
+    payload_b64: str
+    payload_size: Annotated[StrictInt, Field(ge=0)]
+    payload_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    payload_truncated: StrictBool = False
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_none=True)
+
+
+TERMINAL: dict[Verdict, Action] = {
+    Verdict.SAFE: Action.ALLOW,
+    Verdict.UNSAFE: Action.BLOCK,
+    Verdict.CONTROVERSIAL: Action.REVIEW,
+}
+
+Label = Literal["Safe", "Unsafe", "Controversial"]

@@ -1,0 +1,57 @@
+"""Liveness and readiness over HTTP (`/healthz`, `/readyz`) for orchestrators and `make up`.
+
+Deliberately dependency-free: a process that cannot even answer this is dead. Readiness is a
+callable so each process decides what "ready" means (engine loaded, partitions assigned).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import orjson
+
+log = logging.getLogger(__name__)
+
+
+class HealthServer:
+    def __init__(self, port: int, ready: Callable[[], bool], name: str) -> None:
+        self._port = port
+        self._ready = ready
+        self._name = name
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        if self._port:
+            self._server = await asyncio.start_server(self._handle, "0.0.0.0", self._port)  # noqa: S104
+            log.info("health endpoint listening", extra={"port": self._port})
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), timeout=5)
+            parts = request.decode("latin-1").split()
+            path = parts[1] if len(parts) > 1 else "/"
+            if path == "/healthz":
+                status, body = 200, {"process": self._name, "live": True}
+            elif path == "/readyz":
+                ready = self._ready()
+                status, body = (200 if ready else 503), {"process": self._name, "ready": ready}
+            else:
+                status, body = 404, {"error": "not found"}
+            payload = orjson.dumps(body)
+            reason = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}[status]
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode() + payload
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()

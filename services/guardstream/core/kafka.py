@@ -1,0 +1,169 @@
+"""Kafka plumbing shared by every process: clients from settings, topic creation, the DLQ.
+
+Producers wait for all in-sync replicas (`acks=all`) and are not idempotent: the local broker
+(tansu) rejects InitProducerId, and exactly-once effects come from deterministic ids instead.
+Consumers never auto-commit; each process commits only after its output is acknowledged.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from guardstream.core.contracts import DlqRecord, Origin, utcnow
+from guardstream.core.settings import Settings
+from guardstream.core.topics import CATALOGUE, Topic, TopicNames
+
+log = logging.getLogger(__name__)
+
+Headers = list[tuple[str, bytes]]
+
+
+def client_kwargs(settings: Settings) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
+        if settings.kafka_sasl_password is not None:
+            kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    return kwargs
+
+
+def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **client_kwargs(settings),
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=False,
+        linger_ms=5,
+        max_request_size=settings.kafka_max_request_bytes,
+        request_timeout_ms=30_000,
+    )
+
+
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str | None, client_id: str, max_records: int
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        **client_kwargs(settings),
+        client_id=client_id,
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=max_records,
+        fetch_max_bytes=max(settings.kafka_max_request_bytes, 52_428_800),
+        max_partition_fetch_bytes=settings.kafka_max_request_bytes,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class TopicReport:
+    created: tuple[str, ...]
+    existing: tuple[str, ...]
+    mismatched: tuple[str, ...]  # exist with a different partition count than the catalogue
+
+
+async def ensure_topics(settings: Settings, topics: Iterable[Topic] | None = None) -> TopicReport:
+    """Create the catalogue's topics that do not exist yet. Safe to run any number of times."""
+    names = TopicNames(settings.namespace)
+    wanted = [spec for spec in CATALOGUE if topics is None or spec.topic in set(topics)]
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="guardstream-admin")
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [spec for spec in wanted if names[spec.topic] not in existing]
+        if missing:
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        name=names[spec.topic],
+                        num_partitions=spec.partitions,
+                        replication_factor=settings.topic_replication,
+                        topic_configs=spec.config(),
+                    )
+                    for spec in missing
+                ]
+            )
+        present = [spec for spec in wanted if spec not in missing]
+        mismatched: list[str] = []
+        if present:
+            described = await admin.describe_topics([names[s.topic] for s in present])
+            counts = {d["topic"]: len(d["partitions"]) for d in described}
+            mismatched = [
+                names[s.topic] for s in present if counts.get(names[s.topic]) != s.partitions
+            ]
+    finally:
+        await admin.close()
+    return TopicReport(
+        created=tuple(names[s.topic] for s in missing),
+        existing=tuple(names[s.topic] for s in present),
+        mismatched=tuple(mismatched),
+    )
+
+
+def origin_headers(record: ConsumerRecord[bytes, bytes], reason: str, attempts: int) -> Headers:
+    return [
+        ("gs-origin-topic", record.topic.encode()),
+        ("gs-origin-partition", str(record.partition).encode()),
+        ("gs-origin-offset", str(record.offset).encode()),
+        ("gs-reason", reason.encode()),
+        ("gs-attempts", str(attempts).encode()),
+    ]
+
+
+def dlq_record(
+    record: ConsumerRecord[bytes, bytes],
+    *,
+    consumer: str,
+    reason: str,
+    detail: str,
+    attempts: int,
+    max_payload: int,
+) -> DlqRecord:
+    payload = record.value or b""
+    digest = hashlib.sha256(payload).hexdigest()
+    kept = payload[:max_payload]
+    return DlqRecord(
+        # One DLQ event per (origin, reason): a replayed rejection is recognisably the same.
+        event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"dlq:{record.topic}:{record.partition}:"
+                                f"{record.offset}:{consumer}:{reason}")),
+        produced_at=utcnow(),
+        origin=Origin(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            timestamp_ms=record.timestamp,
+            key_b64=base64.b64encode(record.key).decode() if record.key is not None else None,
+        ),
+        consumer=consumer,
+        reason=reason,
+        detail=detail[:2000],
+        attempts=attempts,
+        payload_b64=base64.b64encode(kept).decode(),
+        payload_size=len(payload),
+        payload_sha256=digest,
+        payload_truncated=len(kept) < len(payload),
+    )
+
+
+def last_offsets(records: Sequence[ConsumerRecord[bytes, bytes]]) -> dict[Any, int]:
+    """Offsets to commit after every record of a batch is done: last offset + 1 per partition."""
+    from aiokafka import TopicPartition
+
+    out: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        out[tp] = max(out.get(tp, 0), record.offset + 1)
+    return out

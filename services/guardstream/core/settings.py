@@ -1,0 +1,165 @@
+"""The one settings object. Every process reads its configuration from here and nowhere else.
+
+Values come from the environment (and a `.env` file when present); secrets are `SecretStr` and
+never appear in `repr` or in `Settings.public_view()`, which is what processes log at start-up.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+
+
+def _env(*names: str) -> AliasChoices:
+    return AliasChoices(*names)
+
+
+def redact_url(url: str) -> str:
+    """`redis://user:secret@host` → `redis://user:***@host`: addresses may be logged, passwords not."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not at or ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
+
+
+class Settings(BaseSettings):
+    """Configuration of every guardstream process. Env names are given by each field's alias."""
+
+    model_config = SettingsConfigDict(
+        frozen=True, env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        populate_by_name=True,
+    )
+
+    # --- naming: one namespace isolates topics, consumer groups and cache keys -------------
+    namespace: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_NAMESPACE"))] = ""
+
+    # --- Kafka ----------------------------------------------------------------------------
+    kafka_bootstrap: Annotated[str, Field(validation_alias=_env("KAFKA_BOOTSTRAP"))] = (
+        "127.0.0.1:9092"
+    )
+    kafka_security_protocol: Annotated[
+        Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
+        Field(validation_alias=_env("KAFKA_SECURITY_PROTOCOL")),
+    ] = "PLAINTEXT"
+    kafka_sasl_mechanism: Annotated[
+        str | None, Field(validation_alias=_env("KAFKA_SASL_MECHANISM"))
+    ] = None
+    kafka_sasl_username: Annotated[
+        str | None, Field(validation_alias=_env("KAFKA_SASL_USERNAME"))
+    ] = None
+    kafka_sasl_password: Annotated[
+        SecretStr | None, Field(validation_alias=_env("KAFKA_SASL_PASSWORD"))
+    ] = None
+    # Replicas per topic created by `guardstream topics create` (3 on a production cluster).
+    topic_replication: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_TOPIC_REPLICATION"))
+    ] = 1
+    # The broker must accept this; a 5 MB poison body has to reach the DLQ intact.
+    kafka_max_request_bytes: Annotated[
+        int, Field(ge=1 << 20, validation_alias=_env("GUARDSTREAM_KAFKA_MAX_REQUEST_BYTES"))
+    ] = 16 << 20
+
+    # --- Redis verdict cache ----------------------------------------------------------------
+    redis_url: Annotated[SecretStr, Field(validation_alias=_env("REDIS_URL"))] = SecretStr(
+        "redis://127.0.0.1:6379/0"
+    )
+    cache_ttl_s: Annotated[int, Field(gt=0, validation_alias=_env("GUARDSTREAM_CACHE_TTL_S"))] = (
+        7 * 24 * 3600
+    )
+    # Redis is an optimisation: a lookup slower than this is a miss (fail open to scoring).
+    cache_timeout_ms: Annotated[
+        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_CACHE_TIMEOUT_MS"))
+    ] = 200
+
+    # --- PostgreSQL (review store; used by later processes) ------------------------------
+    database_url: Annotated[SecretStr, Field(validation_alias=_env("DATABASE_URL"))] = SecretStr(
+        "postgresql://postgres@127.0.0.1:5432/postgres"
+    )
+
+    # --- model ------------------------------------------------------------------------------
+    # `tiny` builds (once, cached) and serves the project's own offline test checkpoint.
+    model: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_MODEL"))] = (
+        "Qwen/Qwen3Guard-Gen-0.6B"
+    )
+    model_cache_dir: Annotated[
+        Path, Field(validation_alias=_env("GUARDSTREAM_MODEL_CACHE_DIR"))
+    ] = Path.home() / ".cache" / "guardstream"
+    max_model_len: Annotated[
+        int, Field(ge=256, validation_alias=_env("GUARDSTREAM_MAX_MODEL_LEN"))
+    ] = 4096
+    # Fraction of accelerator memory (of NUMA-node memory on the CPU build) vLLM may take.
+    # Unset: 0.9 on a GPU, 0.2 on the CPU build (its default 0.92 does not start there).
+    gpu_memory_utilization: Annotated[
+        float | None, Field(gt=0, le=1, validation_alias=_env("GUARDSTREAM_GPU_MEMORY_UTILIZATION"))
+    ] = None
+    model_dtype: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_MODEL_DTYPE"))] = "auto"
+    max_output_tokens: Annotated[
+        int, Field(ge=8, validation_alias=_env("GUARDSTREAM_MAX_OUTPUT_TOKENS"))
+    ] = 48
+
+    # --- processing -------------------------------------------------------------------------
+    policy_version: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_POLICY_VERSION"))] = (
+        "default-v1"
+    )
+    triage_batch_max: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_TRIAGE_BATCH_MAX"))
+    ] = 500
+    scorer_batch_max: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_SCORER_BATCH_MAX"))
+    ] = 64
+    poll_timeout_ms: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_POLL_TIMEOUT_MS"))
+    ] = 200
+    retry_backoff_max_s: Annotated[
+        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_RETRY_BACKOFF_MAX_S"))
+    ] = 30.0
+    max_text_chars: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_MAX_TEXT_CHARS"))
+    ] = 65_536
+    # 0 disables the health/readiness HTTP endpoint.
+    health_port: Annotated[
+        int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_HEALTH_PORT"))
+    ] = 0
+    log_level: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_LOG_LEVEL"))] = "INFO"
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if value and not _NAMESPACE.match(value):
+            raise ValueError("namespace: lowercase letters, digits, '-' and '_' (max 41)")
+        return value
+
+    @cached_property
+    def cache_prefix(self) -> str:
+        """Redis key prefix; the namespace keeps tests and tenants of a shared Redis apart."""
+        return f"gs:{self.namespace}:" if self.namespace else "gs:"
+
+    def group_id(self, process: str) -> str:
+        base = f"guardstream-{process}"
+        return f"{self.namespace}.{base}" if self.namespace else base
+
+    def public_view(self) -> dict[str, object]:
+        """What a process logs at start-up: every setting, secrets masked, URLs redacted."""
+        view: dict[str, object] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr):
+                secret = value.get_secret_value()
+                view[name] = redact_url(secret) if "://" in secret else "***"
+            elif isinstance(value, Path):
+                view[name] = str(value)
+            else:
+                view[name] = value
+        return view

@@ -1,0 +1,71 @@
+"""The topic catalogue: every topic guardstream reads or writes, in one place.
+
+Names, partition counts, message keys and retention live here so that `guardstream topics
+create`, the processes and the deployment all agree. Partition counts bound consumer
+parallelism; keys decide ordering (per post for decisions, per content key for scoring so equal
+content lands on one scorer and can be coalesced).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+DAY_MS = 24 * 3600 * 1000
+
+
+class Topic(StrEnum):
+    POSTS = "posts.v1"
+    SCORE_REQUESTS = "moderation.score-requests.v1"
+    ALLOW = "moderation.actions.allow.v1"
+    BLOCK = "moderation.actions.block.v1"
+    REVIEW = "moderation.actions.review.v1"
+    DLQ = "moderation.dlq.v1"
+    REVIEWS = "moderation.reviews.v1"
+    ALERTS = "moderation.alerts.v1"
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    topic: Topic
+    partitions: int
+    key: str
+    retention_ms: int
+    purpose: str
+
+    def config(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), "cleanup.policy": "delete"}
+
+
+CATALOGUE: tuple[TopicSpec, ...] = (
+    TopicSpec(Topic.POSTS, 12, "post_id", 7 * DAY_MS, "posts to moderate, from producers"),
+    TopicSpec(
+        Topic.SCORE_REQUESTS, 12, "content_key", 3 * DAY_MS, "cache misses, from triage to scorer"
+    ),
+    TopicSpec(Topic.ALLOW, 6, "post_id", 7 * DAY_MS, "decisions: publish"),
+    TopicSpec(Topic.BLOCK, 6, "post_id", 30 * DAY_MS, "decisions: take down"),
+    TopicSpec(Topic.REVIEW, 6, "post_id", 30 * DAY_MS, "decisions: send to human review"),
+    TopicSpec(Topic.DLQ, 3, "origin key", 30 * DAY_MS, "records no process could accept"),
+    TopicSpec(Topic.REVIEWS, 6, "post_id", 90 * DAY_MS, "human review decisions"),
+    TopicSpec(Topic.ALERTS, 3, "alert_id", 30 * DAY_MS, "operational alerts (SLA, QA)"),
+)
+
+SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in CATALOGUE}
+
+
+def topic_name(topic: Topic, namespace: str = "") -> str:
+    """The physical name: the namespace prefixes every topic so test runs never collide."""
+    return f"{namespace}.{topic.value}" if namespace else topic.value
+
+
+@dataclass(frozen=True, slots=True)
+class TopicNames:
+    """Physical topic names for one namespace; processes take this, not raw strings."""
+
+    namespace: str = ""
+
+    def __getitem__(self, topic: Topic) -> str:
+        return topic_name(topic, self.namespace)
+
+    def all(self) -> dict[Topic, str]:
+        return {spec.topic: self[spec.topic] for spec in CATALOGUE}

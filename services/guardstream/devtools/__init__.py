@@ -1,0 +1,1 @@
+"""Operator tools: sending posts and watching decisions, running the local stack."""

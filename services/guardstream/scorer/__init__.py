@@ -1,0 +1,1 @@
+"""Scorer process: score requests in, Qwen3Guard-Gen verdicts out (vLLM in-process)."""

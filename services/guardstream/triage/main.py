@@ -1,0 +1,28 @@
+"""Entry point of the triage process."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+
+from aiokafka import AIOKafkaProducer
+
+from guardstream.core.cache import RedisVerdictCache
+from guardstream.core.loop import BatchHandler
+from guardstream.core.process import serve
+from guardstream.core.settings import Settings
+from guardstream.core.topics import Topic, TopicNames
+from guardstream.scorer.engine import served_model_id
+from guardstream.triage.service import Triage
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> int:
+    async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
+        cache = RedisVerdictCache.from_settings(settings)
+        stack.push_async_callback(cache.close)
+        return Triage(settings, producer, cache, model=served_model_id(settings)).handle
+
+    return await serve(
+        settings, name="triage", source_topic=TopicNames(settings.namespace)[Topic.POSTS],
+        max_records=settings.triage_batch_max, build=build, stop=stop,
+    )

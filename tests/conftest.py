@@ -1,0 +1,110 @@
+"""Shared fixtures: real infrastructure, isolated by name.
+
+Every test gets its own namespace (topics, consumer groups, Redis key prefix). The broker is
+`KAFKA_BOOTSTRAP` when set, otherwise a tansu broker this session starts on a free port. When
+infrastructure is missing a test is skipped on a laptop and fails in CI (CI=true).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from guardstream.core.settings import Settings
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def missing(reason: str) -> None:
+    if IN_CI:
+        pytest.fail(f"CI requires it: {reason}")
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("KAFKA_BOOTSTRAP"):
+        yield os.environ["KAFKA_BOOTSTRAP"]
+        return
+    try:
+        from guardstream.devtools.stack import tansu_binary
+
+        binary = tansu_binary()
+    except RuntimeError as exc:
+        missing(f"no Kafka broker: {exc}")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("broker") / "tansu.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
+             "--storage-engine", "memory://tansu/"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )
+    try:
+        if not wait_for_port(port):
+            missing(f"tansu did not start: {log.read_text()[-2000:]}")
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        missing(f"no Redis at {url}: {exc}")
+    return url
+
+
+@pytest.fixture
+def namespace() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def model_cache_dir() -> Path:
+    return Path(os.environ.get("GUARDSTREAM_MODEL_CACHE_DIR",
+                               Path.home() / ".cache" / "guardstream"))
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, redis_url: str, namespace: str, model_cache_dir: Path) -> Settings:
+    return Settings(
+        namespace=namespace,
+        kafka_bootstrap=kafka_bootstrap,
+        redis_url=redis_url,
+        model="tiny",
+        model_cache_dir=model_cache_dir,
+        max_model_len=2048,
+        poll_timeout_ms=100,
+        retry_backoff_max_s=1.0,
+    )

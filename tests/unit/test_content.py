@@ -1,0 +1,62 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guardstream.core.content import content_key, normalise
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("Ｈｅｌｌｏ　ｗｏｒｌｄ", "Hello world"),  # full-width letters and ideographic space
+        ("kill\u200b all\u200d", "kill all"),  # zero-width space / joiner
+        ("bo\u00admb", "bomb"),  # soft hyphen
+        ("a\U000e0041\U000e0042b", "ab"),  # tag characters
+        ("evil\u202etxt.exe", "eviltxt.exe"),  # bidi override
+        ("line\none\ttab\r\n  end ", "line one tab end"),
+        ("nul\x00byte\x1b[31m", "nulbyte[31m"),
+        ("e\u200d\u0301", "é"),  # an invisible character must not block composition
+        ("\ud800lone surrogate", "lone surrogate"),
+        ("我觉得女生学不好编程", "我觉得女生学不好编程"),
+    ],
+)
+def test_normalise_examples(raw: str, expected: str) -> None:
+    assert normalise(raw) == expected
+
+
+@given(st.text())
+def test_normalise_is_idempotent(text: str) -> None:
+    once = normalise(text)
+    assert normalise(once) == once
+
+
+@given(st.text())
+def test_normalised_text_has_no_invisible_or_control_characters(text: str) -> None:
+    import unicodedata
+
+    result = normalise(text)
+    assert result == result.strip()
+    assert "  " not in result
+    assert not any(unicodedata.category(ch) in ("Cc", "Cf", "Cs") for ch in result)
+
+
+@given(st.text(min_size=1), st.sampled_from(["\u200b", "\u200c", "\u2060", "\ufeff", "\u00ad"]))
+def test_invisible_insertions_share_a_content_key(text: str, invisible: str) -> None:
+    spliced = invisible.join(text)
+    assert content_key(normalise(spliced), kind="prompt", prompt=None, model="m", adapter=None) \
+        == content_key(normalise(text), kind="prompt", prompt=None, model="m", adapter=None)
+
+
+def test_content_key_covers_everything_that_changes_the_verdict() -> None:
+    base = {"kind": "prompt", "prompt": None, "model": "m", "adapter": None}
+    key = content_key("text", **base)
+    assert len(key) == 32
+    assert key == content_key("text", **base)
+    assert key != content_key("text", **{**base, "kind": "response", "prompt": "q"})
+    assert key != content_key("text", **{**base, "model": "m2"})
+    assert key != content_key("text", **{**base, "adapter": "lora-1"})
+    assert key != content_key("text", **base, prompt_policy="[领域:公共卫生]")
+    # Field boundaries are unambiguous: moving text between fields changes the key.
+    assert content_key("ab", **{**base, "prompt": "c"}) != content_key("b", **{**base, "prompt": "ca"})

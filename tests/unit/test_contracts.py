@@ -1,0 +1,151 @@
+"""The JSON Schemas in schemas/ and the Python models must agree on every example."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import orjson
+import pytest
+
+from guardstream.core.contracts import (
+    ContractError,
+    Decision,
+    DlqRecord,
+    Envelope,
+    Post,
+    ScoreRequest,
+)
+
+pytestmark = pytest.mark.unit
+
+SCHEMAS = Path(__file__).parents[2] / "schemas"
+NOW = "2026-11-22T10:00:00Z"
+KEY = "0123456789abcdef0123456789abcdef"
+ENV = {"schema_version": "1.0", "event_id": "e-1", "produced_at": NOW}
+
+POST = {**ENV, "post_id": "p-1", "tenant": "acme", "author_id": "a-9", "text": "hello",
+        "created_at": NOW}
+SCORE_REQUEST = {**ENV, "post_id": "p-1", "post_event_id": "e-0", "tenant": "acme",
+                 "kind": "prompt", "text": "hello", "content_key": KEY, "policy": "default-v1",
+                 "received_at": NOW}
+DECISION = {**ENV, "decision_id": "d-1", "post_id": "p-1", "post_event_id": "e-0",
+            "tenant": "acme", "verdict": "unsafe", "action": "block", "categories": ["Violent"],
+            "confidence": 0.97, "reason": "Qwen3Guard: Unsafe [Violent]", "source": "model",
+            "model": "Qwen/Qwen3Guard-Gen-8B", "policy": "default-v1", "content_key": KEY,
+            "decided_at": NOW}
+DLQ = {**ENV, "origin": {"topic": "posts.v1", "partition": 3, "offset": 42},
+       "consumer": "guardstream-triage", "reason": "invalid_json", "detail": "not JSON",
+       "attempts": 1, "payload_b64": "e30=", "payload_size": 2, "payload_sha256": "0" * 64}
+
+CASES: list[tuple[type[Envelope], str, dict[str, Any]]] = [
+    (Post, "post.v1.json", POST),
+    (ScoreRequest, "score-request.v1.json", SCORE_REQUEST),
+    (Decision, "decision.v1.json", DECISION),
+    (DlqRecord, "dlq-record.v1.json", DLQ),
+]
+
+
+def schema_accepts(name: str, doc: dict[str, Any]) -> bool:
+    schema = json.loads((SCHEMAS / name).read_text())
+    validator = jsonschema.Draft202012Validator(
+        schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
+    return validator.is_valid(doc)
+
+
+def model_accepts(model: type[Envelope], doc: dict[str, Any]) -> bool:
+    try:
+        model.from_json(orjson.dumps(doc))
+    except ContractError:
+        return False
+    return True
+
+
+def variants(base: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Valid and invalid variants every event shares."""
+    valid = [base, {**base, "schema_version": "1.7"}, {**base, "added_in_1_1": {"x": 1}},
+             {**base, "produced_at": "2026-11-22T18:00:00+08:00"}]
+    invalid = [{k: v for k, v in base.items() if k != "event_id"},
+               {**base, "schema_version": "2.0"}, {**base, "schema_version": 1},
+               {**base, "event_id": ""}, {**base, "event_id": "x" * 129},
+               {**base, "produced_at": "yesterday"}, {**base, "produced_at": 1700000000},
+               {**base, "produced_at": "2026-11-22T10:00:00"}]  # no offset
+    return valid, invalid
+
+
+SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
+    Post: (
+        [{**POST, "kind": "response", "prompt": "q?"}, {**POST, "lang": "zh", "region": "CN"},
+         {**POST, "text": "我觉得女生学不好编程"}],
+        [{**POST, "kind": "response"}, {**POST, "kind": "response", "prompt": ""},
+         {**POST, "kind": "image"}, {**POST, "text": ""}, {**POST, "tenant": "Acme Corp"},
+         {**POST, "text": 42}, {k: v for k, v in POST.items() if k != "author_id"},
+         {**POST, "post_id": "bad\nid"}],
+    ),
+    ScoreRequest: (
+        [{**SCORE_REQUEST, "kind": "response", "prompt": "q"}],
+        [{**SCORE_REQUEST, "content_key": "XYZ"}, {**SCORE_REQUEST, "kind": None}],
+    ),
+    Decision: (
+        [{**DECISION, "confidence": 0}, {**DECISION, "confidence": 1, "refusal": True},
+         {**DECISION, "adapter": "lora-2026-11"}, {**DECISION, "categories": []}],
+        [{**DECISION, "verdict": "maybe"}, {**DECISION, "confidence": 1.5},
+         {**DECISION, "confidence": "0.5"}, {**DECISION, "source": "oracle"},
+         {**DECISION, "reason": ""}, {**DECISION, "refusal": "yes"},
+         {**DECISION, "action": "delete"}],
+    ),
+    DlqRecord: (
+        [{**DLQ, "payload_truncated": True}, {**DLQ, "origin": {**DLQ["origin"], "key_b64": "cA=="}}],
+        [{**DLQ, "attempts": 0}, {**DLQ, "reason": "Bad Reason"},
+         {**DLQ, "origin": {"topic": "posts.v1", "partition": "3", "offset": 1}},
+         {**DLQ, "payload_sha256": "abc"}, {**DLQ, "origin": {"topic": "t", "partition": 0}}],
+    ),
+}
+
+
+@pytest.mark.parametrize(("model", "schema", "base"), CASES, ids=lambda c: getattr(c, "__name__", ""))
+def test_models_and_schemas_agree(model: type[Envelope], schema: str, base: dict[str, Any]) -> None:
+    valid, invalid = variants(base)
+    more_valid, more_invalid = SPECIFIC[model]
+    for doc in valid + more_valid:
+        assert schema_accepts(schema, doc), doc
+        assert model_accepts(model, doc), doc
+    for doc in invalid + more_invalid:
+        assert not schema_accepts(schema, doc), doc
+        assert not model_accepts(model, doc), doc
+
+
+@pytest.mark.parametrize(("model", "schema", "base"), CASES, ids=lambda c: getattr(c, "__name__", ""))
+def test_serialised_models_validate_against_their_schema(
+    model: type[Envelope], schema: str, base: dict[str, Any]
+) -> None:
+    event = model.from_json(orjson.dumps(base))
+    assert schema_accepts(schema, orjson.loads(event.to_json()))
+    assert model.from_json(event.to_json()) == event
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (b"{not json", "invalid_json"),
+        (b"\xff\xfe\x00", "invalid_json"),
+        (b"[1, 2]", "invalid_json"),
+        (b'{"event_id": "x"}', "invalid_schema"),
+        (orjson.dumps({**POST, "schema_version": "2.0"}), "unsupported_schema_version"),
+        (orjson.dumps({**POST, "text": None}), "invalid_schema"),
+    ],
+)
+def test_rejections_carry_a_stable_reason(raw: bytes, reason: str) -> None:
+    with pytest.raises(ContractError) as info:
+        Post.from_json(raw)
+    assert info.value.reason == reason
+
+
+def test_rejection_detail_never_contains_the_payload() -> None:
+    secret = "alice@example.com"
+    doc = {**POST, "text": {"nested": secret}, "tenant": secret}
+    with pytest.raises(ContractError) as info:
+        Post.from_json(orjson.dumps(doc))
+    assert secret not in str(info.value)
+    assert "text" in info.value.detail

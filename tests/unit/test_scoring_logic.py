@@ -1,0 +1,111 @@
+"""Scorer and triage logic with the engine replaced: the one place a fake engine is right,
+because a real one cannot be made to emit garbage on demand."""
+
+import math
+from collections.abc import Sequence
+
+import orjson
+import pytest
+
+from guardstream.core.contracts import ContractError, Kind, ScoreRequest, Source, Verdict, utcnow
+from guardstream.core.settings import Settings
+from guardstream.scorer.engine import RawAnswer
+from guardstream.scorer.service import Scorer
+from guardstream.triage.logic import triage_record
+
+pytestmark = pytest.mark.unit
+
+
+class ScriptedEngine:
+    """Answers every request with the same scripted text."""
+
+    def __init__(self, text: str, label_logprobs: dict[str, float | None] | None = None) -> None:
+        self.text = text
+        self.label_logprobs = label_logprobs or {}
+        self.calls = 0
+
+    @property
+    def model_id(self) -> str:
+        return "scripted"
+
+    @property
+    def adapter(self) -> str | None:
+        return None
+
+    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+        self.calls += 1
+        return RawAnswer(self.text, self.label_logprobs)  # type: ignore[arg-type]
+
+    async def close(self) -> None:
+        pass
+
+
+def request() -> ScoreRequest:
+    return ScoreRequest(
+        event_id="e", produced_at=utcnow(), post_id="p", post_event_id="e", tenant="t",
+        kind=Kind.PROMPT, text="x", content_key="0" * 32, policy="p", received_at=utcnow(),
+    )
+
+
+def scorer(engine: ScriptedEngine) -> Scorer:
+    return Scorer(Settings(_env_file=None), producer=None, cache=None, engine=engine)  # type: ignore[arg-type,call-arg]
+
+
+@pytest.mark.parametrize("garbage", ["", "Safety: Safe\nSafety: Unsafe", "lorem ipsum", "Safety:"])
+async def test_unusable_output_is_controversial_never_safe(garbage: str) -> None:
+    s = scorer(ScriptedEngine(garbage))
+    scored = await s.score(request())
+    assert scored.verdict.verdict is Verdict.CONTROVERSIAL
+    assert scored.verdict.confidence is None
+    assert "unusable" in scored.verdict.reason
+    assert s.counts["unparseable"] == 1
+
+
+async def test_model_verdict_carries_confidence_and_categories() -> None:
+    lp = {"Safe": math.log(0.05), "Unsafe": math.log(0.9), "Controversial": math.log(0.05)}
+    scored = await scorer(ScriptedEngine("Safety: Unsafe\nCategories: Violent", lp)).score(request())
+    assert scored.verdict.verdict is Verdict.UNSAFE
+    assert scored.verdict.categories == ("Violent",)
+    assert scored.verdict.confidence == pytest.approx(0.9)
+    assert scored.verdict.source is Source.MODEL
+    assert scored.verdict.reason == "Qwen3Guard: Unsafe [Violent]"
+
+
+def post(**fields: object) -> bytes:
+    doc = {"schema_version": "1.0", "event_id": "e1", "produced_at": "2026-11-22T10:00:00Z",
+           "post_id": "p1", "tenant": "acme", "author_id": "a1", "text": "Hello  world",
+           "created_at": "2026-11-22T10:00:00Z", **fields}
+    return orjson.dumps(doc)
+
+
+def test_triage_keys_normalised_text() -> None:
+    a = triage_record(post(text="Ｈｅｌｌｏ\u200b world"), max_text_chars=100, model="m", adapter=None)
+    b = triage_record(post(text="Hello world"), max_text_chars=100, model="m", adapter=None)
+    assert a.text == "Hello world"
+    assert a.content_key == b.content_key
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        (None, "invalid_json"),
+        (b"\x00\x01", "invalid_json"),
+        (post(text="x" * 101), "text_too_long"),
+        (post(text="\u200b\u200b \n"), "empty_text"),
+        (post(schema_version="9.0"), "unsupported_schema_version"),
+        (post(kind="response"), "invalid_schema"),
+    ],
+)
+def test_triage_rejects_with_a_reason(raw: bytes | None, reason: str) -> None:
+    with pytest.raises(ContractError) as info:
+        triage_record(raw, max_text_chars=100, model="m", adapter=None)
+    assert info.value.reason == reason
+
+
+def test_response_moderation_key_includes_the_prompt() -> None:
+    a = triage_record(post(kind="response", prompt="q1", text="ok"), max_text_chars=100,
+                      model="m", adapter=None)
+    b = triage_record(post(kind="response", prompt="q2", text="ok"), max_text_chars=100,
+                      model="m", adapter=None)
+    assert a.prompt == "q1"
+    assert a.content_key != b.content_key
