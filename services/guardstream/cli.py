@@ -9,7 +9,7 @@ from typing import Annotated
 
 import orjson
 import typer
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -85,7 +85,7 @@ def settings() -> None:
     table = Table("setting", "env", "value")
     for name, field in Settings.model_fields.items():
         alias = field.validation_alias
-        env = ", ".join(alias.choices) if hasattr(alias, "choices") else name.upper()  # type: ignore[arg-type]
+        env = ", ".join(map(str, alias.choices)) if isinstance(alias, AliasChoices) else name
         table.add_row(name, str(env), str(current[name]))
     out.print(table)
 
@@ -110,8 +110,13 @@ def topics_list() -> None:
     names = TopicNames(load_settings().namespace)
     table = Table("topic", "partitions", "key", "retention (days)", "purpose")
     for spec in CATALOGUE:
-        table.add_row(names[spec.topic], str(spec.partitions), spec.key,
-                      f"{spec.retention_ms / 86_400_000:g}", spec.purpose)
+        table.add_row(
+            names[spec.topic],
+            str(spec.partitions),
+            spec.key,
+            f"{spec.retention_ms / 86_400_000:g}",
+            spec.purpose,
+        )
     out.print(table)
 
 
@@ -134,9 +139,11 @@ def produce(
         raise typer.Exit(2)
     settings = load_settings()
     try:
-        posts = sample_posts(tenant) if samples else [
-            new_post(text or "", tenant=tenant, kind=kind, prompt=prompt, post_id=post_id)
-        ]
+        posts = (
+            sample_posts(tenant)
+            if samples
+            else [new_post(text or "", tenant=tenant, kind=kind, prompt=prompt, post_id=post_id)]
+        )
     except ValidationError as exc:
         from guardstream.core.contracts import describe_errors
 
@@ -150,7 +157,7 @@ def produce(
 
     async def watch() -> int:
         seen = 0
-        async for decision in send_and_wait(settings, posts, timeout):
+        async for _topic, decision in send_and_wait(settings, posts, timeout):
             seen += 1
             _print_decision(decision, samples, posts)
         return seen
@@ -169,9 +176,11 @@ def _print_decision(decision: Decision, pretty: bool, posts: list) -> None:  # t
     text = next((p.text for p in posts if p.post_id == decision.post_id), "")
     colour = {"safe": "green", "unsafe": "red", "controversial": "yellow"}[decision.verdict]
     conf = "" if decision.confidence is None else f" {decision.confidence:.3f}"
-    out.print(f"[{colour}]{decision.action.value:>6} {decision.verdict.value:<13}[/{colour}]"
-              f"{conf} {decision.source.value:<5} {', '.join(decision.categories) or '-':<24} "
-              f"{text[:60]}")
+    out.print(
+        f"[{colour}]{decision.action.value:>6} {decision.verdict.value:<13}[/{colour}]"
+        f"{conf} {decision.source.value:<5} {', '.join(decision.categories) or '-':<24} "
+        f"{text[:60]}"
+    )
 
 
 @model_app.command("build-tiny")
@@ -183,8 +192,11 @@ def build_tiny(
 
     logs.configure("INFO")
     settings = load_settings()
-    path = build_tiny_checkpoint(out_dir) if out_dir else ensure_tiny_checkpoint(
-        settings.model_cache_dir)
+    path = (
+        build_tiny_checkpoint(out_dir)
+        if out_dir
+        else ensure_tiny_checkpoint(settings.model_cache_dir)
+    )
     out.print(str(path))
 
 

@@ -45,8 +45,9 @@ def test_normalised_text_has_no_invisible_or_control_characters(text: str) -> No
 @given(st.text(min_size=1), st.sampled_from(["\u200b", "\u200c", "\u2060", "\ufeff", "\u00ad"]))
 def test_invisible_insertions_share_a_content_key(text: str, invisible: str) -> None:
     spliced = invisible.join(text)
-    assert content_key(normalise(spliced), kind="prompt", prompt=None, model="m", adapter=None) \
-        == content_key(normalise(text), kind="prompt", prompt=None, model="m", adapter=None)
+    assert content_key(
+        normalise(spliced), kind="prompt", prompt=None, model="m", adapter=None
+    ) == content_key(normalise(text), kind="prompt", prompt=None, model="m", adapter=None)
 
 
 def test_content_key_covers_everything_that_changes_the_verdict() -> None:
@@ -59,4 +60,6 @@ def test_content_key_covers_everything_that_changes_the_verdict() -> None:
     assert key != content_key("text", **{**base, "adapter": "lora-1"})
     assert key != content_key("text", **base, prompt_policy="[领域:公共卫生]")
     # Field boundaries are unambiguous: moving text between fields changes the key.
-    assert content_key("ab", **{**base, "prompt": "c"}) != content_key("b", **{**base, "prompt": "ca"})
+    assert content_key("ab", **{**base, "prompt": "c"}) != content_key(
+        "b", **{**base, "prompt": "ca"}
+    )

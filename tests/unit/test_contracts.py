@@ -24,19 +24,53 @@ NOW = "2026-11-22T10:00:00Z"
 KEY = "0123456789abcdef0123456789abcdef"
 ENV = {"schema_version": "1.0", "event_id": "e-1", "produced_at": NOW}
 
-POST = {**ENV, "post_id": "p-1", "tenant": "acme", "author_id": "a-9", "text": "hello",
-        "created_at": NOW}
-SCORE_REQUEST = {**ENV, "post_id": "p-1", "post_event_id": "e-0", "tenant": "acme",
-                 "kind": "prompt", "text": "hello", "content_key": KEY, "policy": "default-v1",
-                 "received_at": NOW}
-DECISION = {**ENV, "decision_id": "d-1", "post_id": "p-1", "post_event_id": "e-0",
-            "tenant": "acme", "verdict": "unsafe", "action": "block", "categories": ["Violent"],
-            "confidence": 0.97, "reason": "Qwen3Guard: Unsafe [Violent]", "source": "model",
-            "model": "Qwen/Qwen3Guard-Gen-8B", "policy": "default-v1", "content_key": KEY,
-            "decided_at": NOW}
-DLQ = {**ENV, "origin": {"topic": "posts.v1", "partition": 3, "offset": 42},
-       "consumer": "guardstream-triage", "reason": "invalid_json", "detail": "not JSON",
-       "attempts": 1, "payload_b64": "e30=", "payload_size": 2, "payload_sha256": "0" * 64}
+POST = {
+    **ENV,
+    "post_id": "p-1",
+    "tenant": "acme",
+    "author_id": "a-9",
+    "text": "hello",
+    "created_at": NOW,
+}
+SCORE_REQUEST = {
+    **ENV,
+    "post_id": "p-1",
+    "post_event_id": "e-0",
+    "tenant": "acme",
+    "kind": "prompt",
+    "text": "hello",
+    "content_key": KEY,
+    "policy": "default-v1",
+    "received_at": NOW,
+}
+DECISION = {
+    **ENV,
+    "decision_id": "d-1",
+    "post_id": "p-1",
+    "post_event_id": "e-0",
+    "tenant": "acme",
+    "verdict": "unsafe",
+    "action": "block",
+    "categories": ["Violent"],
+    "confidence": 0.97,
+    "reason": "Qwen3Guard: Unsafe [Violent]",
+    "source": "model",
+    "model": "Qwen/Qwen3Guard-Gen-8B",
+    "policy": "default-v1",
+    "content_key": KEY,
+    "decided_at": NOW,
+}
+DLQ = {
+    **ENV,
+    "origin": {"topic": "posts.v1", "partition": 3, "offset": 42},
+    "consumer": "guardstream-triage",
+    "reason": "invalid_json",
+    "detail": "not JSON",
+    "attempts": 1,
+    "payload_b64": "e30=",
+    "payload_size": 2,
+    "payload_sha256": "0" * 64,
+}
 
 CASES: list[tuple[type[Envelope], str, dict[str, Any]]] = [
     (Post, "post.v1.json", POST),
@@ -64,47 +98,83 @@ def model_accepts(model: type[Envelope], doc: dict[str, Any]) -> bool:
 
 def variants(base: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Valid and invalid variants every event shares."""
-    valid = [base, {**base, "schema_version": "1.7"}, {**base, "added_in_1_1": {"x": 1}},
-             {**base, "produced_at": "2026-11-22T18:00:00+08:00"}]
-    invalid = [{k: v for k, v in base.items() if k != "event_id"},
-               {**base, "schema_version": "2.0"}, {**base, "schema_version": 1},
-               {**base, "event_id": ""}, {**base, "event_id": "x" * 129},
-               {**base, "produced_at": "yesterday"}, {**base, "produced_at": 1700000000},
-               {**base, "produced_at": "2026-11-22T10:00:00"}]  # no offset
+    valid = [
+        base,
+        {**base, "schema_version": "1.7"},
+        {**base, "added_in_1_1": {"x": 1}},
+        {**base, "produced_at": "2026-11-22T18:00:00+08:00"},
+    ]
+    invalid = [
+        {k: v for k, v in base.items() if k != "event_id"},
+        {**base, "schema_version": "2.0"},
+        {**base, "schema_version": 1},
+        {**base, "event_id": ""},
+        {**base, "event_id": "x" * 129},
+        {**base, "produced_at": "yesterday"},
+        {**base, "produced_at": 1700000000},
+        {**base, "produced_at": "2026-11-22T10:00:00"},
+    ]  # no offset
     return valid, invalid
 
 
 SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
     Post: (
-        [{**POST, "kind": "response", "prompt": "q?"}, {**POST, "lang": "zh", "region": "CN"},
-         {**POST, "text": "我觉得女生学不好编程"}],
-        [{**POST, "kind": "response"}, {**POST, "kind": "response", "prompt": ""},
-         {**POST, "kind": "image"}, {**POST, "text": ""}, {**POST, "tenant": "Acme Corp"},
-         {**POST, "text": 42}, {k: v for k, v in POST.items() if k != "author_id"},
-         {**POST, "post_id": "bad\nid"}],
+        [
+            {**POST, "kind": "response", "prompt": "q?"},
+            {**POST, "lang": "zh", "region": "CN"},
+            {**POST, "text": "我觉得女生学不好编程"},
+        ],
+        [
+            {**POST, "kind": "response"},
+            {**POST, "kind": "response", "prompt": ""},
+            {**POST, "kind": "image"},
+            {**POST, "text": ""},
+            {**POST, "tenant": "Acme Corp"},
+            {**POST, "text": 42},
+            {k: v for k, v in POST.items() if k != "author_id"},
+            {**POST, "post_id": "bad\nid"},
+        ],
     ),
     ScoreRequest: (
         [{**SCORE_REQUEST, "kind": "response", "prompt": "q"}],
         [{**SCORE_REQUEST, "content_key": "XYZ"}, {**SCORE_REQUEST, "kind": None}],
     ),
     Decision: (
-        [{**DECISION, "confidence": 0}, {**DECISION, "confidence": 1, "refusal": True},
-         {**DECISION, "adapter": "lora-2026-11"}, {**DECISION, "categories": []}],
-        [{**DECISION, "verdict": "maybe"}, {**DECISION, "confidence": 1.5},
-         {**DECISION, "confidence": "0.5"}, {**DECISION, "source": "oracle"},
-         {**DECISION, "reason": ""}, {**DECISION, "refusal": "yes"},
-         {**DECISION, "action": "delete"}],
+        [
+            {**DECISION, "confidence": 0},
+            {**DECISION, "confidence": 1, "refusal": True},
+            {**DECISION, "adapter": "lora-2026-11"},
+            {**DECISION, "categories": []},
+        ],
+        [
+            {**DECISION, "verdict": "maybe"},
+            {**DECISION, "confidence": 1.5},
+            {**DECISION, "confidence": "0.5"},
+            {**DECISION, "source": "oracle"},
+            {**DECISION, "reason": ""},
+            {**DECISION, "refusal": "yes"},
+            {**DECISION, "action": "delete"},
+        ],
     ),
     DlqRecord: (
-        [{**DLQ, "payload_truncated": True}, {**DLQ, "origin": {**DLQ["origin"], "key_b64": "cA=="}}],
-        [{**DLQ, "attempts": 0}, {**DLQ, "reason": "Bad Reason"},
-         {**DLQ, "origin": {"topic": "posts.v1", "partition": "3", "offset": 1}},
-         {**DLQ, "payload_sha256": "abc"}, {**DLQ, "origin": {"topic": "t", "partition": 0}}],
+        [
+            {**DLQ, "payload_truncated": True},
+            {**DLQ, "origin": {**DLQ["origin"], "key_b64": "cA=="}},
+        ],
+        [
+            {**DLQ, "attempts": 0},
+            {**DLQ, "reason": "Bad Reason"},
+            {**DLQ, "origin": {"topic": "posts.v1", "partition": "3", "offset": 1}},
+            {**DLQ, "payload_sha256": "abc"},
+            {**DLQ, "origin": {"topic": "t", "partition": 0}},
+        ],
     ),
 }
 
 
-@pytest.mark.parametrize(("model", "schema", "base"), CASES, ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize(
+    ("model", "schema", "base"), CASES, ids=lambda c: getattr(c, "__name__", "")
+)
 def test_models_and_schemas_agree(model: type[Envelope], schema: str, base: dict[str, Any]) -> None:
     valid, invalid = variants(base)
     more_valid, more_invalid = SPECIFIC[model]
@@ -116,7 +186,9 @@ def test_models_and_schemas_agree(model: type[Envelope], schema: str, base: dict
         assert not model_accepts(model, doc), doc
 
 
-@pytest.mark.parametrize(("model", "schema", "base"), CASES, ids=lambda c: getattr(c, "__name__", ""))
+@pytest.mark.parametrize(
+    ("model", "schema", "base"), CASES, ids=lambda c: getattr(c, "__name__", "")
+)
 def test_serialised_models_validate_against_their_schema(
     model: type[Envelope], schema: str, base: dict[str, Any]
 ) -> None:

@@ -8,8 +8,17 @@ pytestmark = pytest.mark.unit
 
 def request(text: str, kind: Kind = Kind.PROMPT, prompt: str | None = None) -> ScoreRequest:
     return ScoreRequest(
-        event_id="e", produced_at=utcnow(), post_id="p", post_event_id="e", tenant="t", kind=kind,
-        text=text, prompt=prompt, content_key="0" * 32, policy="p", received_at=utcnow(),
+        event_id="e",
+        produced_at=utcnow(),
+        post_id="p",
+        post_event_id="e",
+        tenant="t",
+        kind=kind,
+        text=text,
+        prompt=prompt,
+        content_key="0" * 32,
+        policy="p",
+        received_at=utcnow(),
     )
 
 

@@ -42,8 +42,16 @@ class ScriptedEngine:
 
 def request() -> ScoreRequest:
     return ScoreRequest(
-        event_id="e", produced_at=utcnow(), post_id="p", post_event_id="e", tenant="t",
-        kind=Kind.PROMPT, text="x", content_key="0" * 32, policy="p", received_at=utcnow(),
+        event_id="e",
+        produced_at=utcnow(),
+        post_id="p",
+        post_event_id="e",
+        tenant="t",
+        kind=Kind.PROMPT,
+        text="x",
+        content_key="0" * 32,
+        policy="p",
+        received_at=utcnow(),
     )
 
 
@@ -63,7 +71,9 @@ async def test_unusable_output_is_controversial_never_safe(garbage: str) -> None
 
 async def test_model_verdict_carries_confidence_and_categories() -> None:
     lp = {"Safe": math.log(0.05), "Unsafe": math.log(0.9), "Controversial": math.log(0.05)}
-    scored = await scorer(ScriptedEngine("Safety: Unsafe\nCategories: Violent", lp)).score(request())
+    scored = await scorer(ScriptedEngine("Safety: Unsafe\nCategories: Violent", lp)).score(
+        request()
+    )
     assert scored.verdict.verdict is Verdict.UNSAFE
     assert scored.verdict.categories == ("Violent",)
     assert scored.verdict.confidence == pytest.approx(0.9)
@@ -72,14 +82,24 @@ async def test_model_verdict_carries_confidence_and_categories() -> None:
 
 
 def post(**fields: object) -> bytes:
-    doc = {"schema_version": "1.0", "event_id": "e1", "produced_at": "2026-11-22T10:00:00Z",
-           "post_id": "p1", "tenant": "acme", "author_id": "a1", "text": "Hello  world",
-           "created_at": "2026-11-22T10:00:00Z", **fields}
+    doc = {
+        "schema_version": "1.0",
+        "event_id": "e1",
+        "produced_at": "2026-11-22T10:00:00Z",
+        "post_id": "p1",
+        "tenant": "acme",
+        "author_id": "a1",
+        "text": "Hello  world",
+        "created_at": "2026-11-22T10:00:00Z",
+        **fields,
+    }
     return orjson.dumps(doc)
 
 
 def test_triage_keys_normalised_text() -> None:
-    a = triage_record(post(text="Ｈｅｌｌｏ\u200b world"), max_text_chars=100, model="m", adapter=None)
+    a = triage_record(
+        post(text="Ｈｅｌｌｏ\u200b world"), max_text_chars=100, model="m", adapter=None
+    )
     b = triage_record(post(text="Hello world"), max_text_chars=100, model="m", adapter=None)
     assert a.text == "Hello world"
     assert a.content_key == b.content_key
@@ -103,9 +123,11 @@ def test_triage_rejects_with_a_reason(raw: bytes | None, reason: str) -> None:
 
 
 def test_response_moderation_key_includes_the_prompt() -> None:
-    a = triage_record(post(kind="response", prompt="q1", text="ok"), max_text_chars=100,
-                      model="m", adapter=None)
-    b = triage_record(post(kind="response", prompt="q2", text="ok"), max_text_chars=100,
-                      model="m", adapter=None)
+    a = triage_record(
+        post(kind="response", prompt="q1", text="ok"), max_text_chars=100, model="m", adapter=None
+    )
+    b = triage_record(
+        post(kind="response", prompt="q2", text="ok"), max_text_chars=100, model="m", adapter=None
+    )
     assert a.prompt == "q1"
     assert a.content_key != b.content_key

@@ -65,8 +65,9 @@ class RedisVerdictCache:
             socket_connect_timeout=timeout,
             health_check_interval=30,
         )
-        return cls(client, prefix=settings.cache_prefix, ttl_s=settings.cache_ttl_s,
-                   timeout_s=timeout)
+        return cls(
+            client, prefix=settings.cache_prefix, ttl_s=settings.cache_ttl_s, timeout_s=timeout
+        )
 
     def _key(self, content_key: str) -> str:
         return self._prefix + content_key
@@ -120,8 +121,9 @@ class RedisVerdictCache:
             async with asyncio.timeout(self._timeout_s):
                 pipe = self._redis.pipeline(transaction=False)
                 for key, entry in entries.items():
-                    pipe.set(self._key(key), orjson.dumps(entry.model_dump(mode="json")),
-                             ex=self._ttl_s)
+                    pipe.set(
+                        self._key(key), orjson.dumps(entry.model_dump(mode="json")), ex=self._ttl_s
+                    )
                 await pipe.execute()
         except (RedisError, TimeoutError, OSError) as exc:
             self._degraded("set", exc)
@@ -130,4 +132,3 @@ class RedisVerdictCache:
 
     async def close(self) -> None:
         await self._redis.aclose()
-

@@ -97,8 +97,10 @@ class Envelope(BaseModel):
         return orjson.dumps(self.model_dump(mode="json", exclude_none=True))
 
     @classmethod
-    def from_json(cls, raw: bytes) -> Self:
+    def from_json(cls, raw: bytes | None) -> Self:
         """Parse and validate one record; raises `ContractError` with a DLQ reason."""
+        if raw is None:
+            raise ContractError("invalid_json", "record has no value (tombstone)")
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:

@@ -7,6 +7,7 @@ Consumers never auto-commit; each process commits only after its output is ackno
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import logging
@@ -18,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from guardstream.core.contracts import DlqRecord, Origin, utcnow
+from guardstream.core.contracts import ContractError, DlqRecord, Origin, utcnow
 from guardstream.core.settings import Settings
 from guardstream.core.topics import CATALOGUE, Topic, TopicNames
 
@@ -137,8 +138,12 @@ def dlq_record(
     kept = payload[:max_payload]
     return DlqRecord(
         # One DLQ event per (origin, reason): a replayed rejection is recognisably the same.
-        event_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"dlq:{record.topic}:{record.partition}:"
-                                f"{record.offset}:{consumer}:{reason}")),
+        event_id=str(
+            uuid.uuid5(
+                uuid.NAMESPACE_URL,
+                f"dlq:{record.topic}:{record.partition}:{record.offset}:{consumer}:{reason}",
+            )
+        ),
         produced_at=utcnow(),
         origin=Origin(
             topic=record.topic,
@@ -156,6 +161,44 @@ def dlq_record(
         payload_sha256=digest,
         payload_truncated=len(kept) < len(payload),
     )
+
+
+async def dead_letter(
+    producer: AIOKafkaProducer,
+    dlq_topic: str,
+    record: ConsumerRecord[bytes, bytes],
+    error: ContractError,
+    *,
+    consumer: str,
+    max_request_bytes: int,
+    attempts: int = 1,
+) -> asyncio.Future[Any]:
+    """Queue `record` for the DLQ with its origin and reason; returns the delivery future."""
+    log.warning(
+        "record rejected to DLQ",
+        extra={
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "reason": error.reason,
+            "consumer": consumer,
+        },
+    )
+    dead = dlq_record(
+        record,
+        consumer=consumer,
+        reason=error.reason,
+        detail=error.detail,
+        attempts=attempts,
+        max_payload=max_request_bytes * 7 // 10,
+    )
+    future: asyncio.Future[Any] = await producer.send(
+        dlq_topic,
+        dead.to_json(),
+        key=record.key,
+        headers=origin_headers(record, error.reason, attempts),
+    )
+    return future
 
 
 def last_offsets(records: Sequence[ConsumerRecord[bytes, bytes]]) -> dict[Any, int]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import ClassVar
+from typing import ClassVar, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
@@ -28,7 +28,8 @@ from guardstream.core.kafka import last_offsets
 
 log = logging.getLogger(__name__)
 
-Records = Sequence[ConsumerRecord[bytes, bytes]]
+Record: TypeAlias = ConsumerRecord[bytes, bytes]
+Records = Sequence[Record]
 BatchHandler = Callable[[Records], Awaitable[None]]
 
 
@@ -73,8 +74,13 @@ async def run_batches(
                 delay = min(backoff_max_s, 0.1 * 2**attempt)
                 log.warning(
                     "transient failure, retrying batch",
-                    extra={"service": name, "attempt": attempt, "delay_s": delay,
-                           "error": type(exc).__name__, "records": len(records)},
+                    extra={
+                        "service": name,
+                        "attempt": attempt,
+                        "delay_s": delay,
+                        "error": type(exc).__name__,
+                        "records": len(records),
+                    },
                 )
                 try:
                     await asyncio.wait_for(stop.wait(), timeout=delay)
@@ -87,6 +93,8 @@ async def run_batches(
             committed += len(records)
         except (CommitFailedError, IllegalStateError) as exc:
             # The partitions moved to another member; it re-reads from the last commit.
-            log.warning("commit refused after rebalance",
-                        extra={"service": name, "error": type(exc).__name__})
+            log.warning(
+                "commit refused after rebalance",
+                extra={"service": name, "error": type(exc).__name__},
+            )
     return committed

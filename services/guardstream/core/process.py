@@ -48,19 +48,27 @@ async def serve(
     async with AsyncExitStack() as stack:
         await health.start()
         stack.push_async_callback(health.close)
+        # The handler is built first: loading a model takes minutes, a broker connection not.
         producer = make_producer(settings, client_id=f"guardstream-{name}")
+        handler = await build(producer, stack)
         await producer.start()
         stack.push_async_callback(producer.stop)
-        handler = await build(producer, stack)
         consumer = make_consumer(
-            settings, source_topic, group_id=settings.group_id(name),
-            client_id=f"guardstream-{name}", max_records=max_records,
+            settings,
+            source_topic,
+            group_id=settings.group_id(name),
+            client_id=f"guardstream-{name}",
+            max_records=max_records,
         )
         await consumer.start()
         stack.push_async_callback(consumer.stop)
         committed = await run_batches(
-            consumer, handler, stop, max_records=max_records,
-            poll_timeout_ms=settings.poll_timeout_ms, backoff_max_s=settings.retry_backoff_max_s,
+            consumer,
+            handler,
+            stop,
+            max_records=max_records,
+            poll_timeout_ms=settings.poll_timeout_ms,
+            backoff_max_s=settings.retry_backoff_max_s,
             name=name,
         )
         log.info("stopping", extra={"service": name, "committed": committed})

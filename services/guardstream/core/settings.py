@@ -22,7 +22,7 @@ def _env(*names: str) -> AliasChoices:
 
 
 def redact_url(url: str) -> str:
-    """`redis://user:secret@host` → `redis://user:***@host`: addresses may be logged, passwords not."""
+    """`redis://u:secret@host` → `redis://u:***@host`: addresses may be logged, passwords not."""
     scheme, sep, rest = url.partition("://")
     if not sep:
         return url
@@ -38,7 +38,10 @@ class Settings(BaseSettings):
     """Configuration of every guardstream process. Env names are given by each field's alias."""
 
     model_config = SettingsConfigDict(
-        frozen=True, env_file=".env", env_file_encoding="utf-8", extra="ignore",
+        frozen=True,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
         populate_by_name=True,
     )
 
@@ -104,7 +107,10 @@ class Settings(BaseSettings):
     gpu_memory_utilization: Annotated[
         float | None, Field(gt=0, le=1, validation_alias=_env("GUARDSTREAM_GPU_MEMORY_UTILIZATION"))
     ] = None
-    model_dtype: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_MODEL_DTYPE"))] = "auto"
+    model_dtype: Annotated[
+        Literal["auto", "half", "float16", "bfloat16", "float", "float32"],
+        Field(validation_alias=_env("GUARDSTREAM_MODEL_DTYPE")),
+    ] = "auto"
     max_output_tokens: Annotated[
         int, Field(ge=8, validation_alias=_env("GUARDSTREAM_MAX_OUTPUT_TOKENS"))
     ] = 48

@@ -37,9 +37,16 @@ def new_post(
 ) -> Post:
     now = utcnow()
     return Post(
-        event_id=str(uuid.uuid4()), produced_at=now, post_id=post_id or f"p-{uuid.uuid4().hex}",
-        tenant=tenant, author_id=f"cli-{uuid.uuid4().hex[:12]}", text=text, kind=kind,
-        prompt=prompt, lang=lang, created_at=now,
+        event_id=str(uuid.uuid4()),
+        produced_at=now,
+        post_id=post_id or f"p-{uuid.uuid4().hex}",
+        tenant=tenant,
+        author_id=f"cli-{uuid.uuid4().hex[:12]}",
+        text=text,
+        kind=kind,
+        prompt=prompt,
+        lang=lang,
+        created_at=now,
     )
 
 
@@ -50,16 +57,27 @@ def sample_posts(tenant: str = "default") -> list[Post]:
     for line in lines.splitlines():
         if line.strip():
             item: dict[str, Any] = json.loads(line)
-            posts.append(new_post(item["text"], tenant=tenant, kind=Kind(item.get("kind", "prompt")),
-                                  prompt=item.get("prompt"), lang=item.get("lang")))
+            posts.append(
+                new_post(
+                    item["text"],
+                    tenant=tenant,
+                    kind=Kind(item.get("kind", "prompt")),
+                    prompt=item.get("prompt"),
+                    lang=item.get("lang"),
+                )
+            )
     return posts
 
 
 @asynccontextmanager
 async def decision_watcher(settings: Settings) -> AsyncIterator[AIOKafkaConsumer]:
     names = TopicNames(settings.namespace)
-    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None,
-                                enable_auto_commit=False, client_id="guardstream-watch")
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        client_id="guardstream-watch",
+    )
     await consumer.start()
     try:
         partitions = []
@@ -90,8 +108,9 @@ async def send(settings: Settings, posts: Sequence[Post]) -> None:
 
 async def send_and_wait(
     settings: Settings, posts: Sequence[Post], timeout_s: float
-) -> AsyncIterator[Decision]:
-    """Yield the first decision for each post as it arrives, until all arrived or timeout."""
+) -> AsyncIterator[tuple[str, Decision]]:
+    """Yield (topic, decision) for each post's first decision as it arrives, until all arrived
+    or the timeout passed."""
     pending = {p.post_id for p in posts}
     async with decision_watcher(settings) as watcher:
         await send(settings, posts)
@@ -105,4 +124,4 @@ async def send_and_wait(
                     decision = Decision.from_json(record.value)
                     if decision.post_id in pending:
                         pending.discard(decision.post_id)
-                        yield decision
+                        yield record.topic, decision

@@ -85,7 +85,11 @@ def _spawn(args: list[str], log_path: Path, env: dict[str, str]) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - arguments are ours, not user input
-            args, stdout=log_file, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            args,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
             stdin=subprocess.DEVNULL,
         )
     return proc.pid
@@ -105,9 +109,18 @@ def start_broker(config: StackConfig, say: Say) -> str:
         )
     url = f"tcp://127.0.0.1:{config.kafka_port}"
     pid = _spawn(
-        [str(tansu_binary()), "broker", "--listener-url", url, "--advertised-listener-url", url,
-         "--storage-engine", "memory://tansu/"],
-        config.run_dir / "broker.log", dict(os.environ),
+        [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ],
+        config.run_dir / "broker.log",
+        dict(os.environ),
     )
     pid_file.write_text(str(pid))
     deadline = time.monotonic() + 30
@@ -128,9 +141,21 @@ def ensure_redis(settings: Settings, say: Say) -> None:
     if host not in ("127.0.0.1", "localhost") or shutil.which("redis-server") is None:
         raise StackError(f"redis is not reachable at {host}:{port}")
     subprocess.run(  # noqa: S603
-        ["redis-server", "--daemonize", "yes", "--bind", "127.0.0.1", "--port", str(port),  # noqa: S607
-         "--save", "", "--appendonly", "no"],
-        check=True, capture_output=True,
+        [  # noqa: S607 - the machine's own redis-server, found on PATH above
+            "redis-server",
+            "--daemonize",
+            "yes",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        check=True,
+        capture_output=True,
     )
     say(f"redis started at {host}:{port}")
 
@@ -146,7 +171,8 @@ def ensure_postgres(settings: Settings, say: Say) -> None:
         for version in sorted(p.name for p in versions.iterdir()):
             subprocess.run(  # noqa: S603
                 ["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", "start"],  # noqa: S607
-                check=False, capture_output=True,
+                check=False,
+                capture_output=True,
             )
         if port_open(host, port):
             say(f"postgresql started at {host}:{port}")
@@ -157,7 +183,7 @@ def ensure_postgres(settings: Settings, say: Say) -> None:
 
 def _ready(port: int) -> bool:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:  # noqa: S310
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
             return bool(resp.status == 200)
     except (URLError, OSError):
         return False
@@ -183,8 +209,9 @@ def up(config: StackConfig, say: Say) -> None:
             say(f"{name} already running")
             continue
         proc_env = {**env, "GUARDSTREAM_HEALTH_PORT": str(config.health_port(name))}
-        pid = _spawn([sys.executable, "-m", "guardstream", name],
-                     config.run_dir / f"{name}.log", proc_env)
+        pid = _spawn(
+            [sys.executable, "-m", "guardstream", name], config.run_dir / f"{name}.log", proc_env
+        )
         pid_file.write_text(str(pid))
         say(f"{name} started (pid {pid}, log {config.run_dir / f'{name}.log'})")
 
@@ -192,8 +219,7 @@ def up(config: StackConfig, say: Say) -> None:
     waiting = set(PROCESSES)
     while waiting:
         for name in sorted(waiting):
-            pid = _read_pid(config.run_dir / f"{name}.pid")
-            if pid is None:
+            if _read_pid(config.run_dir / f"{name}.pid") is None:
                 tail = (config.run_dir / f"{name}.log").read_text(errors="replace")[-3000:]
                 raise StackError(f"{name} exited during start-up:\n{tail}")
             if _ready(config.health_port(name)):

@@ -10,10 +10,10 @@ returned at the label position so confidence is a real probability, not a guess.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from guardstream.core.contracts import Label
@@ -178,9 +178,7 @@ class VllmGuardEngine:
         if budget < 16:
             raise ScoringError("max_model_len too small for the moderation template")
         head, tail = content_ids[: budget // 2], content_ids[len(content_ids) - budget // 2 :]
-        cut = (
-            self._tokenizer.decode(head) + _ELISION + self._tokenizer.decode(tail)
-        )
+        cut = self._tokenizer.decode(head) + _ELISION + self._tokenizer.decode(tail)
         shortened = [*messages[:-1], {**messages[-1], "content": cut}]
         ids = self._encode(shortened)
         return ids[: self._max_input], True
@@ -233,4 +231,9 @@ class VllmGuardEngine:
         return {}
 
     async def close(self) -> None:
-        self._llm.shutdown()
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.shutdown()
+            # Drop the engine now: its finaliser fails if it first runs at interpreter exit.
+            del llm
+            gc.collect()

@@ -25,7 +25,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
         return Scorer(settings, producer, cache, engine).handle
 
     return await serve(
-        settings, name="scorer",
+        settings,
+        name="scorer",
         source_topic=TopicNames(settings.namespace)[Topic.SCORE_REQUESTS],
-        max_records=settings.scorer_batch_max, build=build, stop=stop,
+        max_records=settings.scorer_batch_max,
+        build=build,
+        stop=stop,
     )

@@ -14,14 +14,15 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import CachedVerdict, VerdictCache
 from guardstream.core.contracts import ContractError, ScoreRequest, Source, utcnow
 from guardstream.core.decisions import ACTION_TOPIC, build_decision, cache_reason, model_reason
-from guardstream.core.kafka import dlq_record, origin_headers
-from guardstream.core.loop import Records, TransientError
+from guardstream.core.kafka import dead_letter
+from guardstream.core.loop import Record, Records, TransientError
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.scorer.engine import GuardEngine, ScoringError
@@ -52,7 +53,11 @@ class Scorer:
         self._topics = TopicNames(settings.namespace)
         self._group = settings.group_id("scorer")
         self.counts: dict[str, int] = {
-            "consumed": 0, "scored": 0, "cache_hit": 0, "unparseable": 0, "dlq": 0,
+            "consumed": 0,
+            "scored": 0,
+            "cache_hit": 0,
+            "unparseable": 0,
+            "dlq": 0,
         }
 
     async def score(self, request: ScoreRequest) -> Scored:
@@ -66,8 +71,10 @@ class Scorer:
             confidence = label_confidence(answer.label, raw.label_logprobs)
         else:
             self.counts["unparseable"] += 1
-            log.warning("unusable model output", extra={"post_id": request.post_id,
-                                                        "problem": answer.problem})
+            log.warning(
+                "unusable model output",
+                extra={"post_id": request.post_id, "problem": answer.problem},
+            )
         entry = CachedVerdict(
             verdict=answer.verdict,
             categories=answer.categories,
@@ -81,21 +88,24 @@ class Scorer:
         )
         return Scored(entry, raw.truncated)
 
+    async def _dead_letter(self, record: Record, error: ContractError) -> asyncio.Future[Any]:
+        return await dead_letter(
+            self._producer,
+            self._topics[Topic.DLQ],
+            record,
+            error,
+            consumer=self._group,
+            max_request_bytes=self._settings.kafka_max_request_bytes,
+        )
+
     async def handle(self, records: Records) -> None:
         sends = []
         by_key: dict[str, list[ScoreRequest]] = defaultdict(list)
         for record in records:
             try:
-                if record.value is None:
-                    raise ContractError("invalid_json", "record has no value (tombstone)")
                 request = ScoreRequest.from_json(record.value)
             except ContractError as exc:
-                dead = dlq_record(record, consumer=self._group, reason=exc.reason,
-                                  detail=exc.detail, attempts=1,
-                                  max_payload=self._settings.kafka_max_request_bytes * 7 // 10)
-                sends.append(await self._producer.send(
-                    self._topics[Topic.DLQ], dead.to_json(), key=record.key,
-                    headers=origin_headers(record, exc.reason, 1)))
+                sends.append(await self._dead_letter(record, exc))
                 self.counts["dlq"] += 1
                 continue
             by_key[request.content_key].append(request)
@@ -108,21 +118,34 @@ class Scorer:
         self.counts["scored"] += len(fresh)
 
         for key, requests in by_key.items():
-            entry, source = (fresh[key], Source.MODEL) if key in fresh else (cached[key],
-                                                                             Source.CACHE)
+            entry, source = (
+                (fresh[key], Source.MODEL) if key in fresh else (cached[key], Source.CACHE)
+            )
             reason = entry.reason if source is Source.MODEL else cache_reason(entry)
             for request in requests:
                 decision = build_decision(
-                    post_id=request.post_id, post_event_id=request.post_event_id,
-                    tenant=request.tenant, policy=request.policy, content_key=key,
-                    verdict=entry.verdict, categories=entry.categories,
-                    confidence=entry.confidence, refusal=entry.refusal, reason=reason,
-                    source=source, model=entry.model, adapter=entry.adapter,
+                    post_id=request.post_id,
+                    post_event_id=request.post_event_id,
+                    tenant=request.tenant,
+                    policy=request.policy,
+                    content_key=key,
+                    verdict=entry.verdict,
+                    categories=entry.categories,
+                    confidence=entry.confidence,
+                    refusal=entry.refusal,
+                    reason=reason,
+                    source=source,
+                    model=entry.model,
+                    adapter=entry.adapter,
                     decided_at=entry.decided_at if source is Source.MODEL else None,
                 )
-                sends.append(await self._producer.send(
-                    self._topics[ACTION_TOPIC[decision.action]], decision.to_json(),
-                    key=request.post_id.encode()))
+                sends.append(
+                    await self._producer.send(
+                        self._topics[ACTION_TOPIC[decision.action]],
+                        decision.to_json(),
+                        key=request.post_id.encode(),
+                    )
+                )
             if source is Source.CACHE:
                 self.counts["cache_hit"] += len(requests)
         self.counts["consumed"] += len(records)

@@ -20,8 +20,6 @@ def triage_record(
     raw: bytes | None, *, max_text_chars: int, model: str, adapter: str | None
 ) -> Triaged:
     """Validate and key one post; raises `ContractError` (→ DLQ) when it cannot be used."""
-    if raw is None:
-        raise ContractError("invalid_json", "record has no value (tombstone)")
     post = Post.from_json(raw)
     if len(post.text) > max_text_chars:
         raise ContractError(

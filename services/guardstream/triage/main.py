@@ -23,6 +23,10 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
         return Triage(settings, producer, cache, model=served_model_id(settings)).handle
 
     return await serve(
-        settings, name="triage", source_topic=TopicNames(settings.namespace)[Topic.POSTS],
-        max_records=settings.triage_batch_max, build=build, stop=stop,
+        settings,
+        name="triage",
+        source_topic=TopicNames(settings.namespace)[Topic.POSTS],
+        max_records=settings.triage_batch_max,
+        build=build,
+        stop=stop,
     )
