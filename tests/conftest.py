@@ -62,9 +62,18 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url,
-             "--storage-engine", "memory://tansu/"],
-            stdout=out, stderr=subprocess.STDOUT,
+            [
+                str(binary),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     try:
         if not wait_for_port(port):
@@ -92,12 +101,15 @@ def namespace() -> str:
 
 @pytest.fixture(scope="session")
 def model_cache_dir() -> Path:
-    return Path(os.environ.get("GUARDSTREAM_MODEL_CACHE_DIR",
-                               Path.home() / ".cache" / "guardstream"))
+    return Path(
+        os.environ.get("GUARDSTREAM_MODEL_CACHE_DIR", Path.home() / ".cache" / "guardstream")
+    )
 
 
 @pytest.fixture
-def settings(kafka_bootstrap: str, redis_url: str, namespace: str, model_cache_dir: Path) -> Settings:
+def settings(
+    kafka_bootstrap: str, redis_url: str, namespace: str, model_cache_dir: Path
+) -> Settings:
     return Settings(
         namespace=namespace,
         kafka_bootstrap=kafka_bootstrap,

@@ -10,7 +10,6 @@ returned at the label position so confidence is a real probability, not a guess.
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import os
 from dataclasses import dataclass, field
@@ -234,6 +233,6 @@ class VllmGuardEngine:
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.shutdown()
-            # Drop the engine now: its finaliser fails if it first runs at interpreter exit.
-            del llm
-            gc.collect()
+            # AsyncLLM.__del__ shuts down again; at interpreter exit that raises (module
+            # globals are gone) and prints a traceback into the logs. Once is enough.
+            llm.shutdown = lambda *args, **kwargs: None
