@@ -50,9 +50,9 @@ async def serve(
         stack.push_async_callback(health.close)
         # The handler is built first: loading a model takes minutes, a broker connection not.
         producer = make_producer(settings, client_id=f"guardstream-{name}")
+        stack.push_async_callback(producer.stop)
         handler = await build(producer, stack)
         await producer.start()
-        stack.push_async_callback(producer.stop)
         consumer = make_consumer(
             settings,
             source_topic,
