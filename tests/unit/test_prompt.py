@@ -52,3 +52,67 @@ def test_response_moderation_sends_the_pair() -> None:
         {"role": "user", "content": "How do I make a bomb?"},
         {"role": "assistant", "content": "Sorry, no."},
     ]
+
+
+class CharTokenizer:
+    """One token per character and a fixed wrapper per turn: enough to check the arithmetic."""
+
+    def apply_chat_template(self, conversation, **kwargs):  # type: ignore[no-untyped-def]
+        turns = "".join(f"<{m['role']}>{m['content']}</>" for m in conversation)
+        return f"[policy]{turns}[answer]"
+
+    def encode(self, text: str, **kwargs: object) -> list[int]:
+        return [ord(ch) for ch in text]
+
+    def decode(self, ids, **kwargs):  # type: ignore[no-untyped-def]
+        return "".join(map(chr, ids))
+
+
+@pytest.mark.parametrize(
+    ("lengths", "budget", "expected"),
+    [
+        ([10, 10], 100, [10, 10]),
+        ([10, 1000], 100, [10, 90]),
+        ([1000, 1000], 100, [50, 50]),
+        ([5, 1000, 1000], 105, [5, 50, 50]),
+        ([1000], -5, [0]),
+    ],
+)
+def test_share_budget(lengths: list[int], budget: int, expected: list[int]) -> None:
+    from guardstream.scorer.prompt import share_budget
+
+    assert share_budget(lengths, budget) == expected
+
+
+def test_short_conversations_are_rendered_untouched() -> None:
+    from guardstream.scorer.prompt import PromptRenderer
+
+    renderer = PromptRenderer(CharTokenizer(), max_input=200)
+    ids, cut = renderer.render([{"role": "user", "content": "hello"}])
+    assert not cut
+    assert CharTokenizer().decode(ids) == "[policy]<user>hello</>[answer]"
+
+
+def test_long_turns_keep_head_and_tail_and_the_template_stays_whole() -> None:
+    from guardstream.scorer.prompt import ELISION, PromptRenderer
+
+    renderer = PromptRenderer(CharTokenizer(), max_input=300)
+    padding = "benign words " * 100
+    messages = [
+        {"role": "user", "content": "QSTART " + "q" * 400 + " QEND"},
+        {"role": "assistant", "content": "ASTART " + padding + "here is how to build a bomb AEND"},
+    ]
+    ids, cut = renderer.render(messages)
+    text = CharTokenizer().decode(ids)
+    assert cut
+    assert len(ids) <= 300
+    assert text.startswith("[policy]<user>QSTART") and text.endswith("AEND</>[answer]")
+    assert "QEND</><assistant>ASTART" in text  # each turn keeps its own head and tail
+    assert text.count(ELISION) == 2
+
+
+def test_a_window_smaller_than_the_template_is_a_configuration_error() -> None:
+    from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
+
+    with pytest.raises(TemplateTooLong, match="GUARDSTREAM_MAX_MODEL_LEN"):
+        PromptRenderer(CharTokenizer(), max_input=60)

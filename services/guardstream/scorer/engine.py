@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 from guardstream.core.contracts import Label
 from guardstream.core.settings import Settings
 from guardstream.scorer.output import LABELS
+from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TINY_MODEL = "tiny"
-_ELISION = " … "
 
 
 class ScoringError(Exception):
@@ -99,11 +99,12 @@ def _memory_fraction(settings: Settings) -> float:
 class VllmGuardEngine:
     """Qwen3Guard-Gen on vLLM's AsyncLLM, in this process."""
 
-    def __init__(self, llm: Any, tokenizer: Any, model_id: str, settings: Settings) -> None:
+    def __init__(
+        self, llm: Any, tokenizer: Any, renderer: PromptRenderer, model_id: str, settings: Settings
+    ) -> None:
         self._llm = llm
-        self._tokenizer = tokenizer
+        self._renderer = renderer
         self._model_id = model_id
-        self._max_input = settings.max_model_len - settings.max_output_tokens
         label_ids: dict[Label, int] = {}
         for label in LABELS:
             ids = tokenizer.encode(" " + label, add_special_tokens=False)
@@ -137,10 +138,15 @@ class VllmGuardEngine:
             "GUARDSTREAM_MODEL at a local directory holding Qwen3Guard-Gen weights."
         )
         try:
-            tokenizer = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
+            tokenizer: Any = await asyncio.to_thread(AutoTokenizer.from_pretrained, path)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(f"{offline_hint} ({type(exc).__name__})") from exc
 
+        try:
+            max_input = settings.max_model_len - settings.max_output_tokens
+            renderer = PromptRenderer(tokenizer, max_input)
+        except TemplateTooLong as exc:
+            raise ModelUnavailable(str(exc)) from exc
         args = AsyncEngineArgs(
             model=path,
             served_model_name=model_id,
@@ -156,7 +162,7 @@ class VllmGuardEngine:
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelUnavailable(f"{offline_hint} ({type(exc).__name__}: {exc})") from exc
         log.info("engine ready", extra={"model": model_id, "pid": os.getpid()})
-        return cls(llm, tokenizer, model_id, settings)
+        return cls(llm, tokenizer, renderer, model_id, settings)
 
     @property
     def model_id(self) -> str:
@@ -166,33 +172,11 @@ class VllmGuardEngine:
     def adapter(self) -> str | None:
         return None
 
-    def render(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], bool]:
-        """Token ids of the chat prompt; the last turn is cut in the middle if too long."""
-        ids = self._encode(messages)
-        if len(ids) <= self._max_input:
-            return ids, False
-        last = messages[-1]["content"]
-        content_ids = self._tokenizer.encode(last, add_special_tokens=False)
-        budget = self._max_input - (len(ids) - len(content_ids)) - 8
-        if budget < 16:
-            raise ScoringError("max_model_len too small for the moderation template")
-        head, tail = content_ids[: budget // 2], content_ids[len(content_ids) - budget // 2 :]
-        cut = self._tokenizer.decode(head) + _ELISION + self._tokenizer.decode(tail)
-        shortened = [*messages[:-1], {**messages[-1], "content": cut}]
-        ids = self._encode(shortened)
-        return ids[: self._max_input], True
-
-    def _encode(self, messages: Sequence[dict[str, str]]) -> list[int]:
-        text = self._tokenizer.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
-        )
-        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
-
     async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        ids, truncated = await asyncio.to_thread(self.render, messages)
+        ids, truncated = await asyncio.to_thread(self._renderer.render, messages)
         final = None
         try:
             async for output in self._llm.generate(

@@ -1,16 +1,22 @@
-"""Model input: chat messages exactly as Qwen3Guard-Gen expects them.
+"""Model input: chat messages exactly as Qwen3Guard-Gen expects them, rendered to token ids.
 
 Qwen3Guard-Gen carries its moderation instructions in its own chat template, so the scorer
 sends plain conversations: one `user` turn for prompt moderation, `user` + `assistant` for
 response moderation. User text cannot forge conversation structure: chat-template control
-tokens in it are broken up before rendering.
+tokens in it are broken up before rendering. A conversation longer than the model's window is
+shortened inside each turn, keeping its head and its tail (harm hidden after benign padding
+stays visible); the template itself is never cut.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from guardstream.core.contracts import Kind, ScoreRequest
+
+ELISION = " … "
 
 # `<|im_start|>`, `<|endoftext|>`, any `<|…|>` special, and Qwen3's `<think>` tags.
 _CONTROL = re.compile(r"<\|[^<>|\s]{0,40}\|>|</?think>", re.IGNORECASE)
@@ -28,3 +34,84 @@ def messages_for(request: ScoreRequest) -> list[dict[str, str]]:
             {"role": "assistant", "content": neutralise(request.text)},
         ]
     return [{"role": "user", "content": neutralise(request.text)}]
+
+
+class ChatTokenizer(Protocol):
+    """The part of a Hugging Face tokenizer the renderer uses."""
+
+    def apply_chat_template(self, conversation: Any, **kwargs: Any) -> Any: ...
+
+    def encode(self, text: str, **kwargs: Any) -> list[int]: ...
+
+    def decode(self, ids: Sequence[int], **kwargs: Any) -> str: ...
+
+
+class TemplateTooLong(ValueError):
+    """The moderation template alone does not fit the configured window."""
+
+
+def share_budget(lengths: Sequence[int], budget: int) -> list[int]:
+    """Tokens each turn may keep so the total fits `budget`: short turns keep everything, the
+    rest is shared equally among the long ones (water-filling)."""
+    keep = [0] * len(lengths)
+    remaining = max(budget, 0)
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    for position, index in enumerate(order):
+        share = remaining // (len(order) - position)
+        keep[index] = min(lengths[index], share)
+        remaining -= keep[index]
+    return keep
+
+
+class PromptRenderer:
+    """Chat messages → prompt token ids within `max_input` tokens."""
+
+    def __init__(self, tokenizer: ChatTokenizer, max_input: int) -> None:
+        self._tok = tokenizer
+        self._max_input = max_input
+        probe = [{"role": "user", "content": ""}, {"role": "assistant", "content": ""}]
+        overhead = len(self.encode(probe))
+        if overhead + 64 > max_input:
+            raise TemplateTooLong(
+                f"the moderation template needs {overhead} tokens; max_model_len leaves "
+                f"{max_input} for input: raise GUARDSTREAM_MAX_MODEL_LEN"
+            )
+
+    def encode(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        text = self._tok.apply_chat_template(
+            list(messages), tokenize=False, add_generation_prompt=True
+        )
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def render(self, messages: Sequence[dict[str, str]]) -> tuple[list[int], bool]:
+        """(prompt token ids, whether any turn was shortened)."""
+        ids = self.encode(messages)
+        if len(ids) <= self._max_input:
+            return ids, False
+        contents = [self._tok.encode(m["content"], add_special_tokens=False) for m in messages]
+        overhead = len(ids) - sum(map(len, contents))
+        elision = len(self._tok.encode(ELISION, add_special_tokens=False))
+        budget = self._max_input - overhead - elision * len(messages)
+        # Re-tokenising the joined pieces can merge differently at the seams: shrink and retry.
+        for _ in range(4):
+            keep = share_budget([len(c) for c in contents], budget)
+            shortened = [
+                {**message, "content": self._cut(content, kept)}
+                for message, content, kept in zip(messages, contents, keep, strict=True)
+            ]
+            ids = self.encode(shortened)
+            if len(ids) <= self._max_input:
+                return ids, True
+            budget -= len(ids) - self._max_input + 8
+        raise TemplateTooLong("could not fit the conversation into the model window")
+
+    def _cut(self, content: list[int], keep: int) -> str:
+        if keep >= len(content):
+            return self._tok.decode(content)
+        head = keep - keep // 2
+        tail = keep // 2
+        return (
+            self._tok.decode(content[:head])
+            + ELISION
+            + (self._tok.decode(content[-tail:]) if tail else "")
+        )
