@@ -51,30 +51,16 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("KAFKA_BOOTSTRAP"):
         yield os.environ["KAFKA_BOOTSTRAP"]
         return
-    try:
-        from guardstream.devtools.stack import tansu_binary
+    from guardstream.devtools.stack import StackError, tansu_command
 
-        binary = tansu_binary()
-    except RuntimeError as exc:
-        missing(f"no Kafka broker: {exc}")
     port = free_port()
-    url = f"tcp://127.0.0.1:{port}"
+    try:
+        command = tansu_command(port)
+    except StackError as exc:
+        missing(f"no Kafka broker: {exc}")
     log = tmp_path_factory.mktemp("broker") / "tansu.log"
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [
-                str(binary),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                "memory://tansu/",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
     try:
         if not wait_for_port(port):
             missing(f"tansu did not start: {log.read_text()[-2000:]}")

@@ -82,3 +82,33 @@ def build_decision(
         content_key=content_key,
         decided_at=decided_at or utcnow(),
     )
+
+
+def decide(
+    entry: CachedVerdict,
+    *,
+    fresh: bool,
+    post_id: str,
+    post_event_id: str,
+    tenant: str,
+    policy: str,
+    content_key: str,
+) -> Decision:
+    """The decision for one post from a verdict: `fresh` when the model just gave it, else it
+    came from the cache (an earlier identical post) and says so."""
+    return build_decision(
+        post_id=post_id,
+        post_event_id=post_event_id,
+        tenant=tenant,
+        policy=policy,
+        content_key=content_key,
+        verdict=entry.verdict,
+        categories=entry.categories,
+        confidence=entry.confidence,
+        refusal=entry.refusal,
+        reason=entry.reason if fresh else cache_reason(entry),
+        source=Source.MODEL if fresh else Source.CACHE,
+        model=entry.model,
+        adapter=entry.adapter,
+        decided_at=entry.decided_at if fresh else None,
+    )

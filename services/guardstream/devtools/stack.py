@@ -57,6 +57,21 @@ def tansu_binary() -> Path:
     return binary
 
 
+def tansu_command(port: int) -> list[str]:
+    """A memory-only tansu broker on 127.0.0.1:`port`."""
+    url = f"tcp://127.0.0.1:{port}"
+    return [
+        str(tansu_binary()),
+        "broker",
+        "--listener-url",
+        url,
+        "--advertised-listener-url",
+        url,
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+
+
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
@@ -107,21 +122,7 @@ def start_broker(config: StackConfig, say: Say) -> str:
             f"port {config.kafka_port} is taken by something else; set KAFKA_BOOTSTRAP to use it "
             "or pass --kafka-port"
         )
-    url = f"tcp://127.0.0.1:{config.kafka_port}"
-    pid = _spawn(
-        [
-            str(tansu_binary()),
-            "broker",
-            "--listener-url",
-            url,
-            "--advertised-listener-url",
-            url,
-            "--storage-engine",
-            "memory://tansu/",
-        ],
-        config.run_dir / "broker.log",
-        dict(os.environ),
-    )
+    pid = _spawn(tansu_command(config.kafka_port), config.run_dir / "broker.log", dict(os.environ))
     pid_file.write_text(str(pid))
     deadline = time.monotonic() + 30
     while not port_open("127.0.0.1", config.kafka_port):

@@ -14,17 +14,15 @@ import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import CachedVerdict, VerdictCache
 from guardstream.core.contracts import ContractError, ScoreRequest, Source, utcnow
-from guardstream.core.decisions import ACTION_TOPIC, build_decision, cache_reason, model_reason
-from guardstream.core.kafka import dead_letter
-from guardstream.core.loop import Record, Records, TransientError
+from guardstream.core.decisions import decide, model_reason
+from guardstream.core.loop import Records, TransientError
+from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
 from guardstream.scorer.engine import GuardEngine, ScoringError
 from guardstream.scorer.output import label_confidence, parse_answer
 from guardstream.scorer.prompt import messages_for
@@ -50,8 +48,6 @@ class Scorer:
         self._producer = producer
         self._cache = cache
         self._engine = engine
-        self._topics = TopicNames(settings.namespace)
-        self._group = settings.group_id("scorer")
         self.counts: dict[str, int] = {
             "consumed": 0,
             "scored": 0,
@@ -88,68 +84,38 @@ class Scorer:
         )
         return Scored(entry, raw.truncated)
 
-    async def _dead_letter(self, record: Record, error: ContractError) -> asyncio.Future[Any]:
-        return await dead_letter(
-            self._producer,
-            self._topics[Topic.DLQ],
-            record,
-            error,
-            consumer=self._group,
-            max_request_bytes=self._settings.kafka_max_request_bytes,
-        )
-
     async def handle(self, records: Records) -> None:
-        sends = []
+        outbox = Outbox(self._producer, self._settings, "scorer")
         by_key: dict[str, list[ScoreRequest]] = defaultdict(list)
         for record in records:
             try:
                 request = ScoreRequest.from_json(record.value)
             except ContractError as exc:
-                sends.append(await self._dead_letter(record, exc))
+                await outbox.dead_letter(record, exc)
                 self.counts["dlq"] += 1
                 continue
             by_key[request.content_key].append(request)
 
+        # Another scorer may have scored a key since triage looked: ask the cache again.
         cached = await self._cache.get_many(list(by_key))
         misses = [key for key in by_key if key not in cached]
         scored = await asyncio.gather(*(self.score(by_key[key][0]) for key in misses))
         fresh = {key: result.verdict for key, result in zip(misses, scored, strict=True)}
         await self._cache.put_many(fresh)
         self.counts["scored"] += len(fresh)
+        self.counts["cache_hit"] += sum(len(by_key[key]) for key in cached)
 
         for key, requests in by_key.items():
-            entry, source = (
-                (fresh[key], Source.MODEL) if key in fresh else (cached[key], Source.CACHE)
-            )
-            reason = entry.reason if source is Source.MODEL else cache_reason(entry)
             for request in requests:
-                decision = build_decision(
+                decision = decide(
+                    fresh.get(key) or cached[key],
+                    fresh=key in fresh,
                     post_id=request.post_id,
                     post_event_id=request.post_event_id,
                     tenant=request.tenant,
                     policy=request.policy,
                     content_key=key,
-                    verdict=entry.verdict,
-                    categories=entry.categories,
-                    confidence=entry.confidence,
-                    refusal=entry.refusal,
-                    reason=reason,
-                    source=source,
-                    model=entry.model,
-                    adapter=entry.adapter,
-                    decided_at=entry.decided_at if source is Source.MODEL else None,
                 )
-                sends.append(
-                    await self._producer.send(
-                        self._topics[ACTION_TOPIC[decision.action]],
-                        decision.to_json(),
-                        key=request.post_id.encode(),
-                    )
-                )
-            if source is Source.CACHE:
-                self.counts["cache_hit"] += len(requests)
+                await outbox.decision(decision)
+        await outbox.flush()
         self.counts["consumed"] += len(records)
-        try:
-            await asyncio.gather(*sends)
-        except Exception as exc:
-            raise TransientError(f"produce failed: {type(exc).__name__}") from exc

@@ -8,19 +8,17 @@ after every produced record is acknowledged (see `guardstream.core.loop` for the
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import VerdictCache
-from guardstream.core.contracts import ContractError, Source
-from guardstream.core.decisions import ACTION_TOPIC, build_decision, cache_reason
-from guardstream.core.kafka import dead_letter
-from guardstream.core.loop import Record, Records, TransientError
+from guardstream.core.contracts import ContractError
+from guardstream.core.decisions import decide
+from guardstream.core.loop import Records
+from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.core.topics import Topic
 from guardstream.triage.logic import Triaged, score_request, triage_record
 
 log = logging.getLogger(__name__)
@@ -39,25 +37,13 @@ class Triage:
         self._settings = settings
         self._producer = producer
         self._cache = cache
-        self._topics = TopicNames(settings.namespace)
-        self._group = settings.group_id("triage")
         self._model = model
         self._adapter = adapter
         self.counts: dict[str, int] = {"consumed": 0, "cache_hit": 0, "scoring": 0, "dlq": 0}
 
-    async def _dead_letter(self, record: Record, error: ContractError) -> asyncio.Future[Any]:
-        return await dead_letter(
-            self._producer,
-            self._topics[Topic.DLQ],
-            record,
-            error,
-            consumer=self._group,
-            max_request_bytes=self._settings.kafka_max_request_bytes,
-        )
-
     async def handle(self, records: Records) -> None:
+        outbox = Outbox(self._producer, self._settings, "triage")
         accepted: list[Triaged] = []
-        sends = []
         for record in records:
             try:
                 accepted.append(
@@ -69,7 +55,7 @@ class Triage:
                     )
                 )
             except ContractError as exc:
-                sends.append(await self._dead_letter(record, exc))
+                await outbox.dead_letter(record, exc)
                 self.counts["dlq"] += 1
 
         cached = await self._cache.get_many([item.content_key for item in accepted])
@@ -77,40 +63,21 @@ class Triage:
         for item in accepted:
             post = item.post
             hit = cached.get(item.content_key)
-            if hit is not None:
-                decision = build_decision(
-                    post_id=post.post_id,
-                    post_event_id=post.event_id,
-                    tenant=post.tenant,
-                    policy=policy,
-                    content_key=item.content_key,
-                    verdict=hit.verdict,
-                    categories=hit.categories,
-                    confidence=hit.confidence,
-                    refusal=hit.refusal,
-                    reason=cache_reason(hit),
-                    source=Source.CACHE,
-                    model=hit.model,
-                    adapter=hit.adapter,
-                )
-                topic = self._topics[ACTION_TOPIC[decision.action]]
-                sends.append(
-                    await self._producer.send(topic, decision.to_json(), key=post.post_id.encode())
-                )
-                self.counts["cache_hit"] += 1
-            else:
+            if hit is None:
                 request = score_request(item, policy)
-                sends.append(
-                    await self._producer.send(
-                        self._topics[Topic.SCORE_REQUESTS],
-                        request.to_json(),
-                        key=item.content_key.encode(),
-                    )
-                )
+                await outbox.send(Topic.SCORE_REQUESTS, request, item.content_key)
                 self.counts["scoring"] += 1
+                continue
+            decision = decide(
+                hit,
+                fresh=False,
+                post_id=post.post_id,
+                post_event_id=post.event_id,
+                tenant=post.tenant,
+                policy=policy,
+                content_key=item.content_key,
+            )
+            await outbox.decision(decision)
+            self.counts["cache_hit"] += 1
+        await outbox.flush()
         self.counts["consumed"] += len(records)
-        try:
-            await asyncio.gather(*sends)
-        except Exception as exc:
-            # Some outputs may be on the broker already; redelivery re-emits the same ids.
-            raise TransientError(f"produce failed: {type(exc).__name__}") from exc
