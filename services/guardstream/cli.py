@@ -179,7 +179,8 @@ def _print_decision(decision: Decision, pretty: bool, posts: list) -> None:  # t
     out.print(
         f"[{colour}]{decision.action.value:>6} {decision.verdict.value:<13}[/{colour}]"
         f"{conf} {decision.source.value:<5} {', '.join(decision.categories) or '-':<24} "
-        f"{text[:60]}"
+        f"{text[:60]}",
+        soft_wrap=True,
     )
 
 
