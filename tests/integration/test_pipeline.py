@@ -84,6 +84,7 @@ async def pipeline(settings: Settings, engine: VllmGuardEngine) -> AsyncIterator
                 name="triage",
                 source_topic=names[Topic.POSTS],
                 max_records=100,
+                max_in_flight=1000,
                 build=build_triage,
                 stop=stop,
             )
@@ -94,6 +95,7 @@ async def pipeline(settings: Settings, engine: VllmGuardEngine) -> AsyncIterator
                 name="scorer",
                 source_topic=names[Topic.SCORE_REQUESTS],
                 max_records=32,
+                max_in_flight=256,
                 build=build_scorer,
                 stop=stop,
             )

@@ -54,10 +54,9 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
 
 
 def make_consumer(
-    settings: Settings, *topics: str, group_id: str | None, client_id: str, max_records: int
+    settings: Settings, *, group_id: str | None, client_id: str, max_records: int
 ) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(
-        *topics,
         **client_kwargs(settings),
         client_id=client_id,
         group_id=group_id,

@@ -1,17 +1,29 @@
-"""The consume → process → produce → commit loop every guardstream consumer runs.
+"""The consume → process → produce → commit runtime every guardstream consumer runs.
 
-Commit policy (per batch, records of all assigned partitions):
+Batches are handled concurrently (up to an in-flight budget) and may finish out of order; the
+committed offset of each partition is its contiguous done watermark (`OffsetTracker`), so a
+crash never skips an undecided record. Commit policy:
 
-| outcome                     | what happens                                                   |
-|-----------------------------|----------------------------------------------------------------|
-| success                     | outputs acknowledged by the broker, then offsets committed      |
-| permanent error (a record)  | the handler dead-letters that record; the batch goes on         |
-| transient error             | nothing committed; the same batch retried with capped backoff   |
-| shutdown (SIGTERM/SIGINT)   | the batch in hand finishes (or is abandoned mid-retry), no new   |
-|                             | fetches, offsets of finished batches committed, exit 0          |
-| rebalance / commit refused  | the commit is skipped; the new owner re-reads from the last     |
-|                             | committed offset (at-least-once; decisions have stable ids)     |
-| engine dead / bug           | the exception ends the process (non-zero); nothing committed    |
+| outcome                    | what happens                                                    |
+|----------------------------|-----------------------------------------------------------------|
+| success                    | outputs acknowledged by the broker → records done → watermark   |
+|                            | committed                                                       |
+| permanent error (a record) | the handler dead-letters that record (origin, reason, attempts) |
+|                            | and counts it done; the batch goes on                           |
+| transient error            | nothing done; the same batch retried with capped exponential    |
+|                            | backoff, forever — never skipped, never dead-lettered. The loop |
+|                            | keeps polling (the group keeps us) and pauses partitions when   |
+|                            | the in-flight budget is spent                                   |
+| backpressure               | in-flight records ≥ budget → every assigned partition paused;   |
+|                            | resumed once work drains                                        |
+| shutdown (SIGTERM/SIGINT)  | no new fetches; in-flight batches get `drain_s` to finish; the  |
+|                            | watermark is committed; exit 0. Unfinished work is redelivered  |
+| rebalance (revoke)         | the revoked partitions' watermark is committed, their in-flight |
+|                            | state dropped (work still running may finish: it re-emits       |
+|                            | identical decisions). A lost membership cannot commit: the      |
+|                            | broker refuses the stale generation and we log it               |
+| engine dead / bug          | finished work is committed, then the exception ends the process |
+|                            | (non-zero); the failing batch is not committed                  |
 """
 
 from __future__ import annotations
@@ -19,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from guardstream.core.kafka import last_offsets
+from guardstream.core.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 
@@ -39,62 +52,182 @@ class TransientError(Exception):
     retriable: ClassVar[bool] = True
 
 
-def _is_transient(exc: BaseException) -> bool:
+def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TransientError):
         return True
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
 
 
-async def run_batches(
-    consumer: AIOKafkaConsumer,
-    handler: BatchHandler,
-    stop: asyncio.Event,
-    *,
-    max_records: int,
-    poll_timeout_ms: int,
-    backoff_max_s: float,
-    name: str,
-) -> int:
-    """Run until `stop` is set; returns how many records were committed."""
-    committed = 0
-    while not stop.is_set():
-        batches = await consumer.getmany(timeout_ms=poll_timeout_ms, max_records=max_records)
+@dataclass(frozen=True, slots=True)
+class LoopConfig:
+    name: str
+    max_records: int
+    max_in_flight: int
+    poll_timeout_ms: int
+    backoff_max_s: float
+    drain_s: float
+
+
+@dataclass
+class LoopReport:
+    processed: int = 0  # records done (outputs acknowledged)
+    retries: int = 0  # transient failures retried
+    commits: int = 0  # successful offset commits
+    drained: bool = True  # shutdown finished every in-flight batch within the budget
+
+
+class BatchLoop:
+    def __init__(self, consumer: AIOKafkaConsumer, handler: BatchHandler, config: LoopConfig):
+        self._consumer = consumer
+        self._handler = handler
+        self._config = config
+        self._tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._fatal: BaseException | None = None
+        self._paused = False
+        self._stop = asyncio.Event()
+        self.report = LoopReport()
+
+    # --- rebalance ---------------------------------------------------------------------------
+    def listener(self) -> ConsumerRebalanceListener:
+        loop = self
+
+        class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+                await loop._commit(only=set(revoked))
+                loop._tracker.drop(revoked)
+                if revoked:
+                    log.info(
+                        "partitions revoked",
+                        extra={"service": loop._config.name, "partitions": len(revoked)},
+                    )
+
+            async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+                loop._paused = False  # a new assignment starts unpaused
+                log.info(
+                    "partitions assigned",
+                    extra={"service": loop._config.name, "partitions": len(assigned)},
+                )
+
+        return _Listener()
+
+    # --- the loop ----------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> LoopReport:
+        cfg = self._config
+        self._stop = stop
+        try:
+            while not stop.is_set() and self._fatal is None:
+                self._apply_backpressure()
+                batches = await self._consumer.getmany(
+                    timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_records
+                )
+                if batches and not stop.is_set():
+                    for tp, records in batches.items():
+                        self._tracker.start(tp, (r.offset for r in records))
+                    task = asyncio.create_task(self._work(batches))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+                # Records fetched while stopping are neither started nor committed.
+                await self._commit()
+        finally:
+            await self._drain()
+            await self._commit()
+        if self._fatal is not None:
+            raise self._fatal
+        return self.report
+
+    def _apply_backpressure(self) -> None:
+        over = self._tracker.in_flight() >= self._config.max_in_flight
+        assignment = self._consumer.assignment()
+        if over:
+            # Re-applied every round: partitions assigned meanwhile start unpaused.
+            self._consumer.pause(*assignment)
+            if not self._paused:
+                log.info(
+                    "in-flight budget spent, partitions paused",
+                    extra={"service": self._config.name, "in_flight": self._tracker.in_flight()},
+                )
+            self._paused = True
+        elif self._paused:
+            self._consumer.resume(*assignment)
+            self._paused = False
+
+    async def _work(self, batches: dict[TopicPartition, list[Record]]) -> None:
         records = [record for part in batches.values() for record in part]
-        if not records:
-            continue
         attempt = 0
         while True:
             try:
-                await handler(records)
+                await self._handler(records)
                 break
+            except asyncio.CancelledError:
+                raise
             except Exception as exc:
-                if not _is_transient(exc):
-                    raise
+                if not is_transient(exc):
+                    log.exception(
+                        "batch failed permanently; stopping",
+                        extra={"service": self._config.name, "records": len(records)},
+                    )
+                    self._fatal = exc
+                    return
                 attempt += 1
-                delay = min(backoff_max_s, 0.1 * 2**attempt)
+                self.report.retries += 1
+                delay = min(self._config.backoff_max_s, 0.1 * 2**attempt)
                 log.warning(
                     "transient failure, retrying batch",
                     extra={
-                        "service": name,
+                        "service": self._config.name,
                         "attempt": attempt,
                         "delay_s": delay,
                         "error": type(exc).__name__,
                         "records": len(records),
                     },
                 )
-                try:
-                    await asyncio.wait_for(stop.wait(), timeout=delay)
-                except TimeoutError:
-                    continue
-                log.info("shutdown during retry: batch left uncommitted", extra={"service": name})
-                return committed
-        try:
-            await consumer.commit(last_offsets(records))
-            committed += len(records)
-        except (CommitFailedError, IllegalStateError) as exc:
-            # The partitions moved to another member; it re-reads from the last commit.
+                if self._stop.is_set() or await _sleep_unless(self._stop, delay):
+                    # Shutting down mid-outage: leave the batch undone (redelivered later).
+                    return
+        for tp, part in batches.items():
+            self._tracker.finish(tp, (r.offset for r in part))
+        self.report.processed += len(records)
+
+    async def _drain(self) -> None:
+        if not self._tasks:
+            return
+        _, pending = await asyncio.wait(set(self._tasks), timeout=self._config.drain_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            self.report.drained = False
+            await asyncio.gather(*pending, return_exceptions=True)
             log.warning(
-                "commit refused after rebalance",
-                extra={"service": name, "error": type(exc).__name__},
+                "drain budget spent; unfinished batches left for redelivery",
+                extra={"service": self._config.name, "batches": len(pending)},
             )
-    return committed
+
+    async def _commit(self, only: set[TopicPartition] | None = None) -> None:
+        offsets = self._tracker.to_commit()
+        assignment = self._consumer.assignment()
+        offsets = {
+            tp: o for tp, o in offsets.items() if tp in assignment and (only is None or tp in only)
+        }
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, IllegalStateError, KafkaError) as exc:
+            # The group moved on (rebalance or lost membership): the new owner re-reads from
+            # the last successful commit. Never retried here: the generation is stale.
+            log.warning(
+                "commit refused", extra={"service": self._config.name, "error": type(exc).__name__}
+            )
+            return
+        self._tracker.committed(offsets)
+        self.report.commits += 1
+
+
+async def _sleep_unless(event: asyncio.Event, seconds: float) -> bool:
+    """Sleep; True if `event` was set meanwhile."""
+    try:
+        await asyncio.wait_for(event.wait(), timeout=seconds)
+    except TimeoutError:
+        return False
+    return True

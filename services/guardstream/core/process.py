@@ -1,7 +1,8 @@
 """What every consumer process does around its handler: start-up, signals, health, shutdown.
 
-SIGTERM / SIGINT stop fetching; the batch in hand finishes and is committed; clients close;
-the process exits 0. Readiness turns true once the consumer holds partitions.
+SIGTERM / SIGINT stop fetching; in-flight batches get the drain budget to finish; the done
+watermark is committed; clients close; the process exits 0 and logs what it drained and
+committed. Readiness turns true once the consumer holds partitions.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from guardstream.core.health import HealthServer
 from guardstream.core.kafka import make_consumer, make_producer
-from guardstream.core.loop import BatchHandler, run_batches
+from guardstream.core.loop import BatchHandler, BatchLoop, LoopConfig, LoopReport
 from guardstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,11 @@ async def serve(
     name: str,
     source_topic: str,
     max_records: int,
+    max_in_flight: int,
     build: Callable[[AIOKafkaProducer, AsyncExitStack], Awaitable[BatchHandler]],
     stop: asyncio.Event,
-) -> int:
-    """Run one consumer process until `stop`; returns the number of committed records."""
+) -> LoopReport:
+    """Run one consumer process until `stop`."""
     log.info("starting", extra={"service": name, "settings": settings.public_view()})
     consumer: AIOKafkaConsumer | None = None
     health = HealthServer(
@@ -55,21 +57,34 @@ async def serve(
         await producer.start()
         consumer = make_consumer(
             settings,
-            source_topic,
             group_id=settings.group_id(name),
             client_id=f"guardstream-{name}",
             max_records=max_records,
         )
-        await consumer.start()
-        stack.push_async_callback(consumer.stop)
-        committed = await run_batches(
+        loop = BatchLoop(
             consumer,
             handler,
-            stop,
-            max_records=max_records,
-            poll_timeout_ms=settings.poll_timeout_ms,
-            backoff_max_s=settings.retry_backoff_max_s,
-            name=name,
+            LoopConfig(
+                name=name,
+                max_records=max_records,
+                max_in_flight=max_in_flight,
+                poll_timeout_ms=settings.poll_timeout_ms,
+                backoff_max_s=settings.retry_backoff_max_s,
+                drain_s=settings.shutdown_drain_s,
+            ),
         )
-        log.info("stopping", extra={"service": name, "committed": committed})
-    return committed
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        consumer.subscribe([source_topic], listener=loop.listener())
+        report = await loop.run(stop)
+        log.info(
+            "stopping",
+            extra={
+                "service": name,
+                "processed": report.processed,
+                "commits": report.commits,
+                "retries": report.retries,
+                "drained": report.drained,
+            },
+        )
+    return report

@@ -125,6 +125,17 @@ class Settings(BaseSettings):
     scorer_batch_max: Annotated[
         int, Field(ge=1, validation_alias=_env("GUARDSTREAM_SCORER_BATCH_MAX"))
     ] = 64
+    # Records a process may hold unfinished before it pauses its partitions (backpressure).
+    triage_max_in_flight: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_TRIAGE_MAX_IN_FLIGHT"))
+    ] = 5000
+    scorer_max_in_flight: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_SCORER_MAX_IN_FLIGHT"))
+    ] = 256
+    # On SIGTERM, how long in-flight batches may take to finish before the process exits.
+    shutdown_drain_s: Annotated[
+        float, Field(ge=0, validation_alias=_env("GUARDSTREAM_SHUTDOWN_DRAIN_S"))
+    ] = 20.0
     poll_timeout_ms: Annotated[
         int, Field(ge=1, validation_alias=_env("GUARDSTREAM_POLL_TIMEOUT_MS"))
     ] = 200

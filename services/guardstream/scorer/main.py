@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import RedisVerdictCache
-from guardstream.core.loop import BatchHandler
+from guardstream.core.loop import BatchHandler, LoopReport
 from guardstream.core.process import serve
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
@@ -16,7 +16,7 @@ from guardstream.scorer.engine import VllmGuardEngine
 from guardstream.scorer.service import Scorer
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> int:
+async def run(settings: Settings, stop: asyncio.Event) -> LoopReport:
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         engine = await VllmGuardEngine.start(settings)
         stack.push_async_callback(engine.close)
@@ -29,6 +29,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
         name="scorer",
         source_topic=TopicNames(settings.namespace)[Topic.SCORE_REQUESTS],
         max_records=settings.scorer_batch_max,
+        max_in_flight=settings.scorer_max_in_flight,
         build=build,
         stop=stop,
     )

@@ -8,7 +8,7 @@ from contextlib import AsyncExitStack
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import RedisVerdictCache
-from guardstream.core.loop import BatchHandler
+from guardstream.core.loop import BatchHandler, LoopReport
 from guardstream.core.process import serve
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
@@ -16,7 +16,7 @@ from guardstream.scorer.engine import served_model_id
 from guardstream.triage.service import Triage
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> int:
+async def run(settings: Settings, stop: asyncio.Event) -> LoopReport:
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         cache = RedisVerdictCache.from_settings(settings)
         stack.push_async_callback(cache.close)
@@ -27,6 +27,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
         name="triage",
         source_topic=TopicNames(settings.namespace)[Topic.POSTS],
         max_records=settings.triage_batch_max,
+        max_in_flight=settings.triage_max_in_flight,
         build=build,
         stop=stop,
     )

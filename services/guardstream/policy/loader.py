@@ -1,0 +1,150 @@
+"""Reading policy packs from a directory of YAML files at start-up.
+
+Every `*.yaml` / `*.yml` file directly in the directory holds one pack, or several separated
+by `---` (a tenant's pack and its region overrides side by side). All problems in all files
+are collected and raised together as one `PolicyLoadError` whose lines say file, field path
+and message, so a bad deploy is fixed in one round and nobody reads a traceback. Duplicate
+keys in a YAML mapping are errors: YAML would silently keep the last one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml  # type: ignore[import-untyped]
+from pydantic import ValidationError
+
+from guardstream.policy.pack import PolicyPack, ReviewBelow
+from guardstream.policy.registry import PolicyRegistry, find_clashes
+
+_FIELDS = [*PolicyPack.model_fields, *ReviewBelow.model_fields]
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One reason a pack file was refused. `source` is a file (and document) name."""
+
+    source: str
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: {self.field}" if self.field else self.source
+        return f"{where}: {self.message}"
+
+
+class PolicyLoadError(ValueError):
+    """The policy directory cannot be used; nothing was loaded. Not retriable: fix the files."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  {p}" for p in self.problems)
+        super().__init__(f"{len(self.problems)} problem(s) in policy packs:\n{lines}")
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
+    """SafeLoader that refuses a key given twice in one mapping."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    "while reading a mapping",
+                    node.start_mark,
+                    f"key {key!r} is given twice",
+                    key_node.start_mark,
+                )
+            seen.add(key if isinstance(key, str) else id(key_node))
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_packs(directory: Path) -> PolicyRegistry:
+    """Every pack file in `directory`, validated and cross-checked, as a registry."""
+    if not directory.is_dir():
+        raise PolicyLoadError([Problem(str(directory), "", "not a directory")])
+    files = sorted({*directory.glob("*.yaml"), *directory.glob("*.yml")})
+    problems: list[Problem] = []
+    loaded: list[tuple[str, PolicyPack]] = []
+    for path in files:
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            problems.append(Problem(path.name, "", f"cannot be read ({exc})"))
+            continue
+        packs, file_problems = parse_pack_file(path.name, text)
+        loaded.extend(packs)
+        problems.extend(file_problems)
+    if problems:  # cross-pack checks on a partial set would only add noise
+        raise PolicyLoadError(problems)
+
+    sources: dict[str, list[str]] = {}
+    for source, pack in loaded:
+        sources.setdefault(pack.id, []).append(source)
+    clashes = find_clashes([pack for _, pack in loaded])
+    if clashes:
+        raise PolicyLoadError(
+            [
+                Problem(
+                    ", ".join(s for pid in c.pack_ids for s in sources.get(pid, []))
+                    or str(directory),
+                    c.field,
+                    c.message
+                    + (f" (packs {', '.join(map(repr, c.pack_ids))})" if c.pack_ids else ""),
+                )
+                for c in clashes
+            ]
+        )
+    return PolicyRegistry(pack for _, pack in loaded)
+
+
+def parse_pack_file(name: str, text: str) -> tuple[list[tuple[str, PolicyPack]], list[Problem]]:
+    """The packs in one file's text, each with the source name errors will use."""
+    try:
+        documents = [d for d in yaml.load_all(text, Loader=_UniqueKeyLoader) if d is not None]
+    except yaml.YAMLError as exc:
+        return [], [Problem(name, "", _yaml_message(exc))]
+    if not documents:
+        return [], [Problem(name, "", "holds no policy pack")]
+
+    packs: list[tuple[str, PolicyPack]] = []
+    problems: list[Problem] = []
+    for number, document in enumerate(documents, start=1):
+        source = name if len(documents) == 1 else f"{name} (document {number})"
+        if not isinstance(document, dict):
+            kind = type(document).__name__
+            problems.append(Problem(source, "", f"must be a mapping of pack fields, not {kind}"))
+            continue
+        try:
+            packs.append((source, PolicyPack.model_validate(document)))
+        except ValidationError as exc:
+            problems.extend(_validation_problems(source, exc))
+    return packs, problems
+
+
+def _yaml_message(exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    what = getattr(exc, "problem", None) or str(exc)
+    return f"invalid YAML at {where}{what}" if where else f"invalid YAML: {what}"
+
+
+def _validation_problems(source: str, exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        path = ".".join(str(part) for part in err["loc"]) or "<pack>"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(str(err["loc"][-1]), _FIELDS, n=1)
+            message = "unknown field" + (f" (did you mean {close[0]!r}?)" if close else "")
+        elif isinstance(err.get("input"), bool) and err["type"].endswith("_type"):
+            message += " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)"
+        elif isinstance(err.get("input"), int | float) and err["type"] == "string_type":
+            message += " (quote it: YAML read a number)"
+        problems.append(Problem(source, path, message))
+    return problems

@@ -1,0 +1,107 @@
+"""Which pack applies to a post: every (tenant, region) is claimed by at most one pack.
+
+Resolution, most specific first:
+
+1. a pack naming the post's tenant and its region,
+2. a pack naming the tenant without regions,
+3. a `"*"` pack naming the region,
+4. the default pack (`tenants: ["*"]`, no regions), which must exist.
+
+A tenant's own pack beats a region-wide default (3) because the tenant's team wrote it for
+that tenant; a region rule that must bind every tenant needs a (tenant, region) pack per tenant.
+Regions compare without regard to case; a post without a region only matches 2 and 4.
+Ambiguity is refused when the registry is built, never resolved by file order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from guardstream.policy.pack import DEFAULT_TENANT, PolicyPack
+
+Claim = tuple[str, str | None]  # (tenant or "*", casefolded region or None)
+
+
+@dataclass(frozen=True, slots=True)
+class Clash:
+    """A conflict between packs (or a missing default); `pack_ids` says whose files to fix."""
+
+    pack_ids: tuple[str, ...]
+    field: str
+    message: str
+
+
+class PolicyConflictError(ValueError):
+    """The packs cannot form a registry; `clashes` lists every reason at once."""
+
+    def __init__(self, clashes: Sequence[Clash]) -> None:
+        super().__init__("; ".join(f"{c.field}: {c.message}" for c in clashes))
+        self.clashes = tuple(clashes)
+
+
+def claims(pack: PolicyPack) -> list[Claim]:
+    regions: Sequence[str | None] = (
+        [r.casefold() for r in pack.regions] if pack.regions is not None else [None]
+    )
+    return [(tenant, region) for tenant in pack.tenants for region in regions]
+
+
+def find_clashes(packs: Sequence[PolicyPack]) -> list[Clash]:
+    """Everything that stops `packs` from forming a registry, in a stable order."""
+    clashes: list[Clash] = []
+    by_id: dict[str, PolicyPack] = {}
+    for pack in packs:
+        if pack.id in by_id:
+            clashes.append(Clash((pack.id,), "id", f"two packs have the id {pack.id!r}"))
+        by_id.setdefault(pack.id, pack)
+    owner: dict[Claim, str] = {}
+    for pack in packs:
+        for claim in claims(pack):
+            first = owner.setdefault(claim, pack.id)
+            if first != pack.id:
+                clashes.append(
+                    Clash((first, pack.id), "tenants", f"{_claim_text(claim)} is claimed twice")
+                )
+    if (DEFAULT_TENANT, None) not in owner:
+        clashes.append(
+            Clash((), "tenants", 'no default pack: one pack needs tenants: ["*"] and no regions')
+        )
+    return clashes
+
+
+class PolicyRegistry:
+    """The packs in force, indexed by what they claim."""
+
+    def __init__(self, packs: Iterable[PolicyPack]) -> None:
+        self._packs = tuple(packs)
+        clashes = find_clashes(self._packs)
+        if clashes:
+            raise PolicyConflictError(clashes)
+        self._by_claim = {claim: pack for pack in self._packs for claim in claims(pack)}
+
+    @property
+    def packs(self) -> tuple[PolicyPack, ...]:
+        return self._packs
+
+    @property
+    def default(self) -> PolicyPack:
+        return self._by_claim[(DEFAULT_TENANT, None)]
+
+    def for_post(self, tenant: str, region: str | None) -> PolicyPack:
+        folded = region.casefold() if region else None
+        for claim in ((tenant, folded), (tenant, None), (DEFAULT_TENANT, folded)):
+            pack = self._by_claim.get(claim)
+            if pack is not None:
+                return pack
+        return self.default
+
+    def versions(self) -> dict[str, str]:
+        """Pack id → version, for start-up logs and health output."""
+        return {pack.id: pack.version for pack in self._packs}
+
+
+def _claim_text(claim: Claim) -> str:
+    tenant, region = claim
+    who = "every tenant" if tenant == DEFAULT_TENANT else f"tenant {tenant!r}"
+    return f"{who} in region {region!r}" if region is not None else f"{who} (any region)"
