@@ -45,15 +45,17 @@ def _run_process(name: str) -> None:
     logs.configure(settings.log_level)
     from guardstream.core.process import install_stop_signals
 
-    if name == "triage":
-        from guardstream.triage.main import run
-    else:
-        from guardstream.scorer.main import run
-
     async def main() -> None:
         stop = asyncio.Event()
         install_stop_signals(stop)
-        await run(settings, stop)
+        if name == "triage":
+            from guardstream.triage.main import run as run_triage
+
+            await run_triage(settings, stop)
+        else:
+            from guardstream.scorer.main import run as run_scorer
+
+            await run_scorer(settings, stop)
 
     try:
         asyncio.run(main())

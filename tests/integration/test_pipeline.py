@@ -9,103 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
 
-from guardstream.core.cache import RedisVerdictCache
 from guardstream.core.contracts import Action, Decision, DlqRecord, Kind, Source, Verdict
-from guardstream.core.kafka import client_kwargs, ensure_topics, make_producer
-from guardstream.core.loop import BatchHandler
-from guardstream.core.process import serve
+from guardstream.core.kafka import client_kwargs, make_producer
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post, send_and_wait
-from guardstream.scorer.engine import VllmGuardEngine
-from guardstream.scorer.service import Scorer
-from guardstream.triage.service import Triage
+from tests.integration.conftest import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
-
-MAX_MODEL_LEN = 2048  # must match the `settings` fixture
-
-
-@pytest.fixture(scope="session")
-async def engine(model_cache_dir: Path) -> AsyncIterator[VllmGuardEngine]:
-    settings = Settings(model="tiny", model_cache_dir=model_cache_dir, max_model_len=MAX_MODEL_LEN)
-    eng = await VllmGuardEngine.start(settings)
-    yield eng
-    await eng.close()
-
-
-@dataclass
-class Pipeline:
-    settings: Settings
-    handlers: dict[str, Triage | Scorer] = field(default_factory=dict)
-
-    @property
-    def triage(self) -> Triage:
-        return self.handlers["triage"]  # type: ignore[return-value]
-
-    @property
-    def scorer(self) -> Scorer:
-        return self.handlers["scorer"]  # type: ignore[return-value]
-
-
-@pytest.fixture
-async def pipeline(settings: Settings, engine: VllmGuardEngine) -> AsyncIterator[Pipeline]:
-    assert settings.max_model_len == MAX_MODEL_LEN
-    await ensure_topics(settings)
-    state = Pipeline(settings)
-    names = TopicNames(settings.namespace)
-    stop = asyncio.Event()
-
-    async def build_triage(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
-        cache = RedisVerdictCache.from_settings(settings)
-        stack.push_async_callback(cache.close)
-        state.handlers["triage"] = Triage(settings, producer, cache, model=engine.model_id)
-        return state.triage.handle
-
-    async def build_scorer(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
-        cache = RedisVerdictCache.from_settings(settings)
-        stack.push_async_callback(cache.close)
-        state.handlers["scorer"] = Scorer(settings, producer, cache, engine)
-        return state.scorer.handle
-
-    tasks = [
-        asyncio.create_task(
-            serve(
-                settings,
-                name="triage",
-                source_topic=names[Topic.POSTS],
-                max_records=100,
-                max_in_flight=1000,
-                build=build_triage,
-                stop=stop,
-            )
-        ),
-        asyncio.create_task(
-            serve(
-                settings,
-                name="scorer",
-                source_topic=names[Topic.SCORE_REQUESTS],
-                max_records=32,
-                max_in_flight=256,
-                build=build_scorer,
-                stop=stop,
-            )
-        ),
-    ]
-    try:
-        yield state
-    finally:
-        stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
 
 
 async def decide(

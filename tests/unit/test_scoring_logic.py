@@ -56,16 +56,16 @@ def request() -> ScoreRequest:
 
 
 def scorer(engine: ScriptedEngine) -> Scorer:
-    return Scorer(Settings(_env_file=None), producer=None, cache=None, engine=engine)  # type: ignore[arg-type,call-arg]
+    return Scorer(Settings(_env_file=None), producer=None, cache=None, journal=None, engine=engine)  # type: ignore[arg-type,call-arg]
 
 
 @pytest.mark.parametrize("garbage", ["", "Safety: Safe\nSafety: Unsafe", "lorem ipsum", "Safety:"])
 async def test_unusable_output_is_controversial_never_safe(garbage: str) -> None:
     s = scorer(ScriptedEngine(garbage))
     scored = await s.score(request())
-    assert scored.verdict.verdict is Verdict.CONTROVERSIAL
-    assert scored.verdict.confidence is None
-    assert "unusable" in scored.verdict.reason
+    assert scored.verdict is Verdict.CONTROVERSIAL
+    assert scored.confidence is None
+    assert "unusable" in scored.reason
     assert s.counts["unparseable"] == 1
 
 
@@ -74,11 +74,11 @@ async def test_model_verdict_carries_confidence_and_categories() -> None:
     scored = await scorer(ScriptedEngine("Safety: Unsafe\nCategories: Violent", lp)).score(
         request()
     )
-    assert scored.verdict.verdict is Verdict.UNSAFE
-    assert scored.verdict.categories == ("Violent",)
-    assert scored.verdict.confidence == pytest.approx(0.9)
-    assert scored.verdict.source is Source.MODEL
-    assert scored.verdict.reason == "Qwen3Guard: Unsafe [Violent]"
+    assert scored.verdict is Verdict.UNSAFE
+    assert scored.categories == ("Violent",)
+    assert scored.confidence == pytest.approx(0.9)
+    assert scored.source is Source.MODEL
+    assert scored.reason == "Qwen3Guard: Unsafe [Violent]"
 
 
 def post(**fields: object) -> bytes:

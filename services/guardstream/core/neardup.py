@@ -5,18 +5,10 @@ DRAFT
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import re
-import time
 import unicodedata
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Protocol
-
-import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,14 @@ same ids, so downstream sees a harmless replay.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from guardstream.core.contracts import ContractError, Decision, Envelope
 from guardstream.core.decisions import ACTION_TOPIC
+from guardstream.core.journal import DecisionJournal, journal_key
 from guardstream.core.kafka import dead_letter
 from guardstream.core.loop import TransientError
 from guardstream.core.settings import Settings
@@ -34,9 +36,18 @@ class Outbox:
             await self._producer.send(self._topics[topic], event.to_json(), key=key.encode())
         )
 
-    async def decision(self, decision: Decision) -> None:
-        """To the action topic for its action, keyed by post so a post's decisions stay ordered."""
-        await self.send(ACTION_TOPIC[decision.action], decision, decision.post_id)
+    async def decision(self, raw: bytes) -> None:
+        """A serialised decision to the action topic of its action, keyed by post."""
+        decision = Decision.from_json(raw)
+        topic = self._topics[ACTION_TOPIC[decision.action]]
+        self._pending.append(await self._producer.send(topic, raw, key=decision.post_id.encode()))
+
+    async def decisions(self, journal: DecisionJournal, decisions: Sequence[Decision]) -> None:
+        """Record each decision in the journal, then send what the journal says: for a post
+        event decided before (a replay), the earlier decision, byte for byte."""
+        made = {journal_key(d.post_event_id, d.policy): d.to_json() for d in decisions}
+        for raw in (await journal.settle_many(made)).values():
+            await self.decision(raw)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: ContractError) -> None:
         self._pending.append(

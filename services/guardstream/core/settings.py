@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     cache_ttl_s: Annotated[int, Field(gt=0, validation_alias=_env("GUARDSTREAM_CACHE_TTL_S"))] = (
         7 * 24 * 3600
     )
+    # How long a post event's decision is remembered for byte-identical re-emission on replay
+    # (at least the posts topic's retention).
+    journal_ttl_s: Annotated[
+        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_JOURNAL_TTL_S"))
+    ] = 7 * 24 * 3600
     # Redis is an optimisation: a lookup slower than this is a miss (fail open to scoring).
     cache_timeout_ms: Annotated[
         int, Field(gt=0, validation_alias=_env("GUARDSTREAM_CACHE_TIMEOUT_MS"))

@@ -106,7 +106,12 @@ def load_packs(directory: Path) -> PolicyRegistry:
 def parse_pack_file(name: str, text: str) -> tuple[list[tuple[str, PolicyPack]], list[Problem]]:
     """The packs in one file's text, each with the source name errors will use."""
     try:
-        documents = [d for d in yaml.load_all(text, Loader=_UniqueKeyLoader) if d is not None]
+        # Numbered before empty documents (a trailing `---`) are dropped, as an editor counts.
+        documents = [
+            (number, document)
+            for number, document in enumerate(yaml.load_all(text, Loader=_UniqueKeyLoader), 1)
+            if document is not None
+        ]
     except yaml.YAMLError as exc:
         return [], [Problem(name, "", _yaml_message(exc))]
     if not documents:
@@ -114,7 +119,7 @@ def parse_pack_file(name: str, text: str) -> tuple[list[tuple[str, PolicyPack]],
 
     packs: list[tuple[str, PolicyPack]] = []
     problems: list[Problem] = []
-    for number, document in enumerate(documents, start=1):
+    for number, document in documents:
         source = name if len(documents) == 1 else f"{name} (document {number})"
         if not isinstance(document, dict):
             kind = type(document).__name__

@@ -14,6 +14,7 @@ import enum
 from typing import Annotated, Final
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -73,6 +74,9 @@ def check_category(name: str) -> str:
     raise ValueError(f"unknown Qwen3Guard category {name!r} ({hint})")
 
 
+Category = Annotated[StrictStr, AfterValidator(check_category)]
+
+
 class ReviewBelow(BaseModel):
     """Per verdict, the confidence under which the verdict goes to review instead of acting.
 
@@ -106,8 +110,8 @@ class PolicyPack(BaseModel):
 
     controversial: ControversialMode = ControversialMode.REVIEW
     review_below: ReviewBelow = ReviewBelow()
-    always_block: tuple[StrictStr, ...] = ()
-    always_review: tuple[StrictStr, ...] = ()
+    always_block: tuple[Category, ...] = ()
+    always_review: tuple[Category, ...] = ()
 
     domain_tags: dict[TagKey, TagValue] = Field(default_factory=dict)
     region_hint: TagValue | None = None
@@ -115,7 +119,7 @@ class PolicyPack(BaseModel):
     scorer_unavailable: ScorerUnavailableMode = ScorerUnavailableMode.FAIL_CLOSED
     cache_ttl_s: Seconds = DEFAULT_CACHE_TTL_S
     review_sla_s: Seconds = DEFAULT_REVIEW_SLA_S
-    review_sla_by_category: dict[StrictStr, Seconds] = Field(default_factory=dict)
+    review_sla_by_category: dict[Category, Seconds] = Field(default_factory=dict)
     review_warning_fraction: Annotated[StrictFloat, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = (
         0.75
     )
@@ -149,8 +153,6 @@ class PolicyPack(BaseModel):
     @field_validator("always_block", "always_review")
     @classmethod
     def _categories(cls, categories: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
-        for name in categories:
-            check_category(name)
         if len(set(categories)) != len(categories):
             raise ValueError("a category is listed twice")
         # Fields validate in declaration order, so always_block is known here.
@@ -166,16 +168,13 @@ class PolicyPack(BaseModel):
     @classmethod
     def _domain_tags(cls, tags: dict[str, str]) -> dict[str, str]:
         for key in tags:
-            # Look-alikes ("［", "﹕") turn into brackets and colons under NFKC.
-            if any(ch in normalise(key) for ch in "[]:"):
-                raise ValueError(f"tag key {key!r} contains a bracket or colon look-alike")
+            # Keys render as written, so they must already be in the normal form user text is
+            # brought to: no invisible characters, no look-alikes ("［", "﹕") of "[", "]", ":".
+            if normalise(key) != key:
+                raise ValueError(
+                    f"tag key {key!r} has invisible or full-width characters: write "
+                    f"{normalise(key)!r}"
+                )
         if REGION_TAG in tags:
             raise ValueError(f"{REGION_TAG!r} is the region hint's tag: set region_hint instead")
         return tags
-
-    @field_validator("review_sla_by_category")
-    @classmethod
-    def _sla_categories(cls, overrides: dict[str, int]) -> dict[str, int]:
-        for name in overrides:
-            check_category(name)
-        return overrides

@@ -67,6 +67,7 @@ _CONTROVERSIAL_POLICY = {
     ControversialMode.LOOSE: "allows controversial content",
 }
 _VERDICT_ACTION = {Verdict.SAFE: Action.ALLOW, Verdict.UNSAFE: Action.BLOCK}
+EXPLANATION_MAX = 500
 _DONE = {Action.ALLOW: "Allowed", Action.BLOCK: "Blocked", Action.REVIEW: "Sent to review"}
 
 
@@ -167,13 +168,18 @@ def _confidence(value: float) -> str:
 
 
 def _threshold(value: float) -> str:
-    two = f"{value:.2f}"
-    return two if float(two) == value else repr(value)
+    """At least two decimals, exact (never rounded, never in exponent notation)."""
+    whole, _, decimals = f"{Decimal(repr(float(value))):f}".partition(".")
+    return f"{whole}.{decimals.ljust(2, '0')}"
 
 
 def _listed(categories: Sequence[str]) -> str:
-    return " and ".join(categories)
+    return ", ".join(categories)
 
 
 def _routed(action: Action, rule: str, detail: str) -> Routed:
-    return Routed(action, rule, f"{_DONE[action]}: {detail}.")
+    text = f"{_DONE[action]}: {detail}."
+    # Decision.reason holds 500; cut visibly here rather than silently downstream.
+    if len(text) > EXPLANATION_MAX:
+        text = text[: EXPLANATION_MAX - 1] + "…"
+    return Routed(action, rule, text)

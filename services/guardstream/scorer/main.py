@@ -3,26 +3,44 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import RedisVerdictCache
+from guardstream.core.journal import RedisDecisionJournal
 from guardstream.core.loop import BatchHandler, LoopReport
 from guardstream.core.process import serve
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
-from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.scorer.engine import GuardEngine, VllmGuardEngine
 from guardstream.scorer.service import Scorer
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> LoopReport:
+async def run(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    engine: GuardEngine | None = None,
+    expose: Callable[[Scorer], None] | None = None,
+) -> LoopReport:
+    """Run the scorer until `stop`. Without `engine` the configured model is loaded (and
+    closed at the end); a given engine is shared and left open. `expose` receives the handler."""
+
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
-        engine = await VllmGuardEngine.start(settings)
-        stack.push_async_callback(engine.close)
+        guard = engine
+        if guard is None:
+            guard = await VllmGuardEngine.start(settings)
+            stack.push_async_callback(guard.close)
         cache = RedisVerdictCache.from_settings(settings)
         stack.push_async_callback(cache.close)
-        return Scorer(settings, producer, cache, engine).handle
+        journal = RedisDecisionJournal.from_settings(settings)
+        stack.push_async_callback(journal.close)
+        scorer = Scorer(settings, producer, cache, journal, guard)
+        if expose is not None:
+            expose(scorer)
+        return scorer.handle
 
     return await serve(
         settings,

@@ -13,13 +13,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import CachedVerdict, VerdictCache
 from guardstream.core.contracts import ContractError, ScoreRequest, Source, utcnow
 from guardstream.core.decisions import decide, model_reason
+from guardstream.core.journal import DecisionJournal, journal_key
 from guardstream.core.loop import Records, TransientError
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
@@ -30,33 +30,36 @@ from guardstream.scorer.prompt import messages_for
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Scored:
-    verdict: CachedVerdict
-    truncated: bool
-
-
 class Scorer:
     def __init__(
         self,
         settings: Settings,
         producer: AIOKafkaProducer,
         cache: VerdictCache,
+        journal: DecisionJournal,
         engine: GuardEngine,
     ) -> None:
         self._settings = settings
         self._producer = producer
         self._cache = cache
+        self._journal = journal
         self._engine = engine
-        self.counts: dict[str, int] = {
-            "consumed": 0,
-            "scored": 0,
-            "cache_hit": 0,
-            "unparseable": 0,
-            "dlq": 0,
-        }
+        self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
+        self.counts: dict[str, int] = dict.fromkeys(
+            (
+                "consumed",
+                "scored",
+                "coalesced",
+                "cache_hit",
+                "replayed",
+                "unparseable",
+                "truncated",
+                "dlq",
+            ),
+            0,
+        )
 
-    async def score(self, request: ScoreRequest) -> Scored:
+    async def score(self, request: ScoreRequest) -> CachedVerdict:
         try:
             raw = await self._engine.assess(messages_for(request), request.content_key)
         except ScoringError as exc:
@@ -82,11 +85,13 @@ class Scorer:
             adapter=self._engine.adapter,
             decided_at=utcnow(),
         )
-        return Scored(entry, raw.truncated)
+        if raw.truncated:
+            self.counts["truncated"] += 1
+        return entry
 
     async def handle(self, records: Records) -> None:
         outbox = Outbox(self._producer, self._settings, "scorer")
-        by_key: dict[str, list[ScoreRequest]] = defaultdict(list)
+        requests: dict[str, ScoreRequest] = {}  # by journal key: a replayed event counts once
         for record in records:
             try:
                 request = ScoreRequest.from_json(record.value)
@@ -94,28 +99,51 @@ class Scorer:
                 await outbox.dead_letter(record, exc)
                 self.counts["dlq"] += 1
                 continue
-            by_key[request.content_key].append(request)
+            requests.setdefault(journal_key(request.post_event_id, request.policy), request)
 
+        recalled = await self._journal.recall_many(list(requests))
+        for key in recalled:  # decided before (a replay): say the same thing again
+            await outbox.decision(recalled[key])
+            del requests[key]
+        self.counts["replayed"] += len(recalled)
+
+        by_key: dict[str, list[ScoreRequest]] = defaultdict(list)
+        for request in requests.values():
+            by_key[request.content_key].append(request)
         # Another scorer may have scored a key since triage looked: ask the cache again.
         cached = await self._cache.get_many(list(by_key))
         misses = [key for key in by_key if key not in cached]
-        scored = await asyncio.gather(*(self.score(by_key[key][0]) for key in misses))
-        fresh = {key: result.verdict for key, result in zip(misses, scored, strict=True)}
+        scored = await asyncio.gather(*(self._score_once(by_key[key][0]) for key in misses))
+        fresh = dict(zip(misses, scored, strict=True))
         await self._cache.put_many(fresh)
-        self.counts["scored"] += len(fresh)
         self.counts["cache_hit"] += sum(len(by_key[key]) for key in cached)
 
-        for key, requests in by_key.items():
-            for request in requests:
-                decision = decide(
-                    fresh.get(key) or cached[key],
-                    fresh=key in fresh,
-                    post_id=request.post_id,
-                    post_event_id=request.post_event_id,
-                    tenant=request.tenant,
-                    policy=request.policy,
-                    content_key=key,
-                )
-                await outbox.decision(decision)
+        decisions = [
+            decide(
+                fresh.get(key) or cached[key],
+                fresh=key in fresh,
+                post_id=request.post_id,
+                post_event_id=request.post_event_id,
+                tenant=request.tenant,
+                policy=request.policy,
+                content_key=key,
+            )
+            for key, group in by_key.items()
+            for request in group
+        ]
+        await outbox.decisions(self._journal, decisions)
         await outbox.flush()
         self.counts["consumed"] += len(records)
+
+    async def _score_once(self, request: ScoreRequest) -> CachedVerdict:
+        """Score a content key; concurrent batches asking for the same key share one call."""
+        key = request.content_key
+        running = self._in_flight.get(key)
+        if running is None:
+            running = asyncio.ensure_future(self.score(request))
+            self._in_flight[key] = running
+            running.add_done_callback(lambda _: self._in_flight.pop(key, None))
+            self.counts["scored"] += 1
+        else:
+            self.counts["coalesced"] += 1
+        return await asyncio.shield(running)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import RedisVerdictCache
+from guardstream.core.journal import RedisDecisionJournal
 from guardstream.core.loop import BatchHandler, LoopReport
 from guardstream.core.process import serve
 from guardstream.core.settings import Settings
@@ -16,11 +18,20 @@ from guardstream.scorer.engine import served_model_id
 from guardstream.triage.service import Triage
 
 
-async def run(settings: Settings, stop: asyncio.Event) -> LoopReport:
+async def run(
+    settings: Settings, stop: asyncio.Event, *, expose: Callable[[Triage], None] | None = None
+) -> LoopReport:
+    """Run triage until `stop`. `expose` receives the handler (tests read its counters)."""
+
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         cache = RedisVerdictCache.from_settings(settings)
         stack.push_async_callback(cache.close)
-        return Triage(settings, producer, cache, model=served_model_id(settings)).handle
+        journal = RedisDecisionJournal.from_settings(settings)
+        stack.push_async_callback(journal.close)
+        triage = Triage(settings, producer, cache, journal, model=served_model_id(settings))
+        if expose is not None:
+            expose(triage)
+        return triage.handle
 
     return await serve(
         settings,

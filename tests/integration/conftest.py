@@ -1,0 +1,79 @@
+"""Integration fixtures: the vLLM engine (one per session: it takes ~25 s to start) and the
+processes run in the test's own event loop through their real entry points."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from guardstream.core.kafka import ensure_topics
+from guardstream.core.settings import Settings
+from guardstream.scorer import main as scorer_main
+from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.scorer.service import Scorer
+from guardstream.triage import main as triage_main
+from guardstream.triage.service import Triage
+
+MAX_MODEL_LEN = 2048  # the `settings` fixture's window; the shared engine must match it
+
+
+@pytest.fixture(scope="session")
+async def engine(model_cache_dir: Path) -> AsyncIterator[VllmGuardEngine]:
+    settings = Settings(model="tiny", model_cache_dir=model_cache_dir, max_model_len=MAX_MODEL_LEN)
+    eng = await VllmGuardEngine.start(settings)
+    yield eng
+    await eng.close()
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    handlers: dict[str, Triage | Scorer] = field(default_factory=dict)
+
+    @property
+    def triage(self) -> Triage:
+        return self.handlers["triage"]  # type: ignore[return-value]
+
+    @property
+    def scorer(self) -> Scorer:
+        return self.handlers["scorer"]  # type: ignore[return-value]
+
+
+@asynccontextmanager
+async def in_process(
+    settings: Settings, engine: VllmGuardEngine, *processes: str
+) -> AsyncIterator[Pipeline]:
+    """Run the named processes (triage, scorer) as tasks until the block ends."""
+    assert settings.max_model_len == MAX_MODEL_LEN
+    await ensure_topics(settings)
+    state = Pipeline(settings)
+    stop = asyncio.Event()
+
+    def keep(name: str) -> Callable[[Triage | Scorer], None]:
+        return lambda handler: state.handlers.__setitem__(name, handler)
+
+    tasks = []
+    if "triage" in processes:
+        tasks.append(asyncio.create_task(triage_main.run(settings, stop, expose=keep("triage"))))
+    if "scorer" in processes:
+        tasks.append(
+            asyncio.create_task(
+                scorer_main.run(settings, stop, engine=engine, expose=keep("scorer"))
+            )
+        )
+    try:
+        yield state
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=60)
+
+
+@pytest.fixture
+async def pipeline(settings: Settings, engine: VllmGuardEngine) -> AsyncIterator[Pipeline]:
+    async with in_process(settings, engine, "triage", "scorer") as state:
+        yield state

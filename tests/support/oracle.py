@@ -1,0 +1,101 @@
+"""The one invariant oracle every reliability scenario is judged by (shared/RELIABILITY.md).
+
+It reads every record the run produced (action topics and DLQ, from the beginning) and checks:
+nothing missing, no post with two *different* decisions for one policy (identical re-emissions
+are allowed but bounded and counted), and a DLQ holding exactly the injected poison.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from guardstream.core.contracts import Decision, DlqRecord
+from guardstream.core.kafka import client_kwargs
+from guardstream.core.settings import Settings
+from guardstream.core.topics import Topic, TopicNames
+
+ACTION_TOPICS = (Topic.ALLOW, Topic.BLOCK, Topic.REVIEW)
+
+
+@dataclass
+class Verdicts:
+    decisions: dict[tuple[str, str], set[bytes]] = field(default_factory=lambda: defaultdict(set))
+    emissions: int = 0
+    dlq: list[DlqRecord] = field(default_factory=list)
+
+    def decided_posts(self) -> set[str]:
+        return {post_id for post_id, _ in self.decisions}
+
+    def conflicting(self) -> dict[tuple[str, str], set[bytes]]:
+        """(post, policy) pairs with more than one distinct decision payload."""
+        return {k: v for k, v in self.decisions.items() if len(v) > 1}
+
+
+async def read_all(settings: Settings, topics: list[str], timeout_s: float = 10) -> list[bytes]:
+    """Every record currently in `topics`, from offset 0 to the end."""
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        partitions = [
+            TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()
+        ]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        values: list[bytes] = []
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("could not read the topics to their end")
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                values.extend(r.value for r in records if r.value is not None)
+        return values
+    finally:
+        await consumer.stop()
+
+
+async def collect(settings: Settings) -> Verdicts:
+    names = TopicNames(settings.namespace)
+    out = Verdicts()
+    for raw in await read_all(settings, [names[t] for t in ACTION_TOPICS]):
+        decision = Decision.from_json(raw)
+        out.decisions[(decision.post_id, decision.policy)].add(raw)
+        out.emissions += 1
+    out.dlq = [DlqRecord.from_json(raw) for raw in await read_all(settings, [names[Topic.DLQ]])]
+    return out
+
+
+async def wait_for_decisions(
+    settings: Settings, post_ids: set[str], timeout_s: float, poll_s: float = 1.0
+) -> Verdicts:
+    """Poll until every post has a decision (or the timeout passes); returns the last read."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        verdicts = await collect(settings)
+        if post_ids <= verdicts.decided_posts() or asyncio.get_running_loop().time() > deadline:
+            return verdicts
+        await asyncio.sleep(poll_s)
+
+
+def assert_invariants(
+    verdicts: Verdicts,
+    expected_posts: set[str],
+    *,
+    poison_offsets: set[tuple[str, int, int]] = frozenset(),  # type: ignore[assignment]
+    max_emissions_per_post: int = 4,
+) -> None:
+    missing = expected_posts - verdicts.decided_posts()
+    assert not missing, f"{len(missing)} posts never decided, e.g. {sorted(missing)[:3]}"
+    conflicting = verdicts.conflicting()
+    assert not conflicting, f"{len(conflicting)} posts with different decisions: {conflicting}"
+    assert verdicts.emissions <= max_emissions_per_post * len(verdicts.decisions), (
+        "re-emissions are unbounded"
+    )
+    dead = {(d.origin.topic, d.origin.partition, d.origin.offset) for d in verdicts.dlq}
+    assert dead == set(poison_offsets), f"DLQ {sorted(dead)} != injected {sorted(poison_offsets)}"
+    for record in verdicts.dlq:
+        assert record.reason and record.attempts == 1
