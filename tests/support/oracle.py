@@ -48,7 +48,7 @@ async def read_all(settings: Settings, topics: list[str], timeout_s: float = 10)
         ends = await consumer.end_offsets(partitions)
         values: list[bytes] = []
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while any(await consumer.position(tp) < ends[tp] for tp in partitions):
+        while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("could not read the topics to their end")
             for records in (await consumer.getmany(timeout_ms=200)).values():
@@ -99,3 +99,14 @@ def assert_invariants(
     assert dead == set(poison_offsets), f"DLQ {sorted(dead)} != injected {sorted(poison_offsets)}"
     for record in verdicts.dlq:
         assert record.reason and record.attempts == 1
+
+
+async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int | None]:
+    """The consumer group's committed offset per partition of `topic` (None: never committed)."""
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=group, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = sorted(consumer.partitions_for_topic(topic) or ())
+        return {p: await consumer.committed(TopicPartition(topic, p)) for p in parts}
+    finally:
+        await consumer.stop()

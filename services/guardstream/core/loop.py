@@ -37,6 +37,7 @@ from typing import ClassVar, TypeAlias
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from guardstream.core.faults import FaultPoints
 from guardstream.core.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class LoopConfig:
     poll_timeout_ms: int
     backoff_max_s: float
     drain_s: float
+    fault: str | None = None
 
 
 @dataclass
@@ -87,6 +89,7 @@ class BatchLoop:
         self._paused = False
         self._stop = asyncio.Event()
         self.report = LoopReport()
+        self._faults = FaultPoints(config.fault)
 
     # --- rebalance ---------------------------------------------------------------------------
     def listener(self) -> ConsumerRebalanceListener:
@@ -185,6 +188,7 @@ class BatchLoop:
                 if self._stop.is_set() or await _sleep_unless(self._stop, delay):
                     # Shutting down mid-outage: leave the batch undone (redelivered later).
                     return
+        self._faults.reach("after_publish")  # outputs acknowledged, offsets not yet committed
         for tp, part in batches.items():
             self._tracker.finish(tp, (r.offset for r in part))
         self.report.processed += len(records)

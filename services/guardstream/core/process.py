@@ -71,6 +71,7 @@ async def serve(
                 poll_timeout_ms=settings.poll_timeout_ms,
                 backoff_max_s=settings.retry_backoff_max_s,
                 drain_s=settings.shutdown_drain_s,
+                fault=settings.fault,
             ),
         )
         await consumer.start()

@@ -154,6 +154,11 @@ class Settings(BaseSettings):
     health_port: Annotated[
         int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_HEALTH_PORT"))
     ] = 0
+    # Test-only crash injection (see guardstream.core.faults); never set in a deployment.
+    fault: Annotated[
+        str | None,
+        Field(pattern=r"^[a-z_]+(:[0-9]+)?$", validation_alias=_env("GUARDSTREAM_FAULT")),
+    ] = None
     log_level: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_LOG_LEVEL"))] = "INFO"
 
     @field_validator("namespace")

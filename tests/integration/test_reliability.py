@@ -1,0 +1,207 @@
+"""RELIABILITY.md scenarios for the triage side, judged by the one oracle.
+
+Triage runs as a separate OS process (killed by signal, restarted); the scorer runs in the
+test's event loop on the session's vLLM engine (its own crash scenarios need their own
+minutes-long engine starts and live in `make chaos`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from pydantic import SecretStr
+
+from guardstream.core.content import content_key, normalise
+from guardstream.core.contracts import Post
+from guardstream.core.kafka import make_producer
+from guardstream.core.settings import Settings
+from guardstream.core.topics import Topic, TopicNames
+from guardstream.devtools.produce import new_post
+from guardstream.scorer.engine import VllmGuardEngine
+from tests.integration.conftest import in_process
+from tests.support.oracle import assert_invariants, committed_offsets, wait_for_decisions
+from tests.support.processes import Process, env_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+TEXTS = [
+    "How can I make a bomb?",
+    "今天天气很好,我们去公园散步吧。",
+    "这个算法在小样本下表现一般,可能需要更多数据优化。",
+    "The weather is lovely today, let's go hiking.",
+    "My email is alice@example.com and my phone is 555-0100, call me.",
+]
+POISON = [
+    b"{not json",
+    b"\x00\x01\x02",
+    orjson.dumps({"schema_version": "9.0"}),
+    orjson.dumps({"schema_version": "1.0", "event_id": "only"}),
+]
+
+
+def posts(n: int, seed: int = 7) -> list[Post]:
+    """Mostly repeats of taught texts (cache hits), some unique texts (scored)."""
+    rnd = random.Random(seed)
+    out = []
+    for i in range(n):
+        text = rnd.choice(TEXTS) if rnd.random() < 0.7 else f"{rnd.choice(TEXTS)} #{i}"
+        out.append(new_post(text, tenant="acme"))
+    return out
+
+
+async def produce(
+    settings: Settings, values: list[tuple[bytes, bytes]]
+) -> list[tuple[str, int, int]]:
+    """Send raw (key, value) pairs to posts.v1; returns (topic, partition, offset) of each."""
+    producer = make_producer(settings, "test-producer")
+    await producer.start()
+    try:
+        topic = TopicNames(settings.namespace)[Topic.POSTS]
+        acks = [await producer.send(topic, value, key=key) for key, value in values]
+        return [(topic, m.partition, m.offset) for m in await asyncio.gather(*acks)]
+    finally:
+        await producer.stop()
+
+
+@pytest.fixture
+def triage(settings: Settings, tmp_path: Path) -> Iterator[Process]:
+    process = Process("triage", env_for(settings), tmp_path)
+    yield process
+    process.stop()
+
+
+async def test_triage_killed_mid_stream_loses_and_doubles_nothing(
+    settings: Settings, engine: VllmGuardEngine, triage: Process
+) -> None:
+    """Scenarios 2 (kill -9 between publish and commit) and 7 (poison inputs): posts keep
+    arriving while triage is killed twice in the middle of its work."""
+    batch = posts(3000)
+    async with in_process(settings, engine, "scorer"):
+        poison_at = await produce(settings, [(b"poison", p) for p in POISON])
+
+        async def trickle() -> None:
+            for start in range(0, len(batch), 100):
+                chunk = batch[start : start + 100]
+                await produce(settings, [(p.post_id.encode(), p.to_json()) for p in chunk])
+                await asyncio.sleep(0.05)
+
+        feeding = asyncio.create_task(trickle())
+        for pause in (0.8, 1.3):  # kill it twice, mid-batch, while posts keep coming
+            triage.start().wait_ready()
+            await asyncio.sleep(pause)
+            assert triage.kill(signal.SIGKILL) == -signal.SIGKILL
+        await feeding
+        triage.start().wait_ready()
+        expected = {p.post_id for p in batch}
+        verdicts = await wait_for_decisions(settings, expected, timeout_s=300)
+    assert_invariants(verdicts, expected, poison_offsets=set(poison_at))
+
+
+async def test_crash_between_publish_and_commit_re_emits_identical_decisions(
+    settings: Settings, engine: VllmGuardEngine, tmp_path: Path
+) -> None:
+    """Scenario 2 exactly: triage dies after its outputs are acknowledged and before the
+    offsets are committed; the restarted triage re-reads those posts and re-emits the same
+    decisions byte for byte (the journal), never different ones."""
+    batch = posts(400, seed=2)
+    crashing = Process("triage", env_for(settings, GUARDSTREAM_FAULT="after_publish:1"), tmp_path)
+    async with in_process(settings, engine, "scorer"):
+        await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch])
+        crashing.start()
+        assert crashing.proc is not None and crashing.proc.wait(timeout=120) == -signal.SIGKILL
+        assert "fault point reached" in crashing.log()
+        # It died after publishing, before committing: nothing may be committed yet, so the
+        # restart must read these posts again (and must not decide any of them differently).
+        posts_topic = TopicNames(settings.namespace)[Topic.POSTS]
+        committed = await committed_offsets(settings, settings.group_id("triage"), posts_topic)
+        assert set(committed.values()) <= {None, 0}, committed
+        restarted = Process("triage", env_for(settings), tmp_path).start()
+        try:
+            expected = {p.post_id for p in batch}
+            verdicts = await wait_for_decisions(settings, expected, timeout_s=240)
+        finally:
+            restarted.stop()
+    assert_invariants(verdicts, expected)
+
+
+async def test_replayed_events_get_one_decision(
+    settings: Settings, engine: VllmGuardEngine, triage: Process
+) -> None:
+    """Scenario 12: the same event_id three times → one decision, re-emitted byte for byte."""
+    batch = posts(60, seed=12)
+    records = [(p.post_id.encode(), p.to_json()) for p in batch]
+    async with in_process(settings, engine, "triage", "scorer"):
+        await produce(settings, records)
+        await produce(settings, records)  # before and while the first copies are decided
+        await wait_for_decisions(settings, {p.post_id for p in batch}, timeout_s=180)
+        await produce(settings, records)  # after every decision exists
+        await asyncio.sleep(3)
+        verdicts = await wait_for_decisions(settings, {p.post_id for p in batch}, timeout_s=60)
+    assert_invariants(verdicts, {p.post_id for p in batch})
+    assert all(len(v) == 1 for v in verdicts.decisions.values())
+
+
+async def test_sigterm_drains_commits_and_exits_zero(
+    settings: Settings, engine: VllmGuardEngine, triage: Process
+) -> None:
+    """Scenario 3: SIGTERM under load → exit 0, drained/committed logged, restart resumes."""
+    batch = posts(1500, seed=3)
+    async with in_process(settings, engine, "scorer"):
+        triage.start().wait_ready()
+        await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch])
+        await asyncio.sleep(1.0)
+        assert triage.kill(signal.SIGTERM) == 0
+        stopping = [line for line in triage.log().splitlines() if '"msg":"stopping"' in line]
+        assert len(stopping) == 1 and '"drained":true' in stopping[0], stopping
+        triage.start().wait_ready()
+        expected = {p.post_id for p in batch}
+        verdicts = await wait_for_decisions(settings, expected, timeout_s=240)
+    assert_invariants(verdicts, expected)
+
+
+async def test_redis_down_decisions_continue(
+    settings: Settings, engine: VllmGuardEngine, tmp_path: Path
+) -> None:
+    """Scenario 9: no Redis at all → every post still decided by scoring, nothing crashes."""
+    dead = settings.model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:1/0")})
+    batch = posts(40, seed=9)
+    triage = Process("triage", env_for(dead), tmp_path).start()
+    try:
+        async with in_process(dead, engine, "scorer"):
+            triage.wait_ready()
+            await produce(dead, [(p.post_id.encode(), p.to_json()) for p in batch])
+            verdicts = await wait_for_decisions(dead, {p.post_id for p in batch}, timeout_s=180)
+        assert triage.proc is not None and triage.proc.poll() is None
+    finally:
+        triage.stop()
+    assert_invariants(verdicts, {p.post_id for p in batch})
+    assert "Traceback" not in triage.log()
+    assert "redis unavailable" in triage.log()
+
+
+async def test_corrupt_cache_entry_is_dropped_and_rescored(
+    settings: Settings, engine: VllmGuardEngine, redis_url: str
+) -> None:
+    """Scenario 10: garbage under a cache key is a miss; the entry is replaced by a real one."""
+    text = "How can I make a bomb?"
+    key = content_key(
+        normalise(text), kind="prompt", prompt=None, model=engine.model_id, adapter=None
+    )
+    client = redis.Redis.from_url(redis_url)
+    client.set(f"{settings.cache_prefix}verdict:{key}", b"\xff not a verdict")
+    post = new_post(text)
+    async with in_process(settings, engine, "triage", "scorer") as pipeline:
+        await produce(settings, [(post.post_id.encode(), post.to_json())])
+        verdicts = await wait_for_decisions(settings, {post.post_id}, timeout_s=120)
+    assert_invariants(verdicts, {post.post_id})
+    (raw,) = next(iter(verdicts.decisions.values()))
+    assert orjson.loads(raw)["source"] == "model"
+    assert pipeline.scorer.counts["scored"] == 1
+    assert orjson.loads(client.get(f"{settings.cache_prefix}verdict:{key}"))["verdict"] == "unsafe"

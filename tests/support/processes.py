@@ -1,0 +1,79 @@
+"""Start guardstream processes as a user would (separate OS processes), and kill them."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.error import URLError
+
+from guardstream.core.settings import Settings
+from tests.conftest import free_port
+
+
+def env_for(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment that makes a child process use exactly `settings`."""
+    env = {
+        **os.environ,
+        "GUARDSTREAM_NAMESPACE": settings.namespace,
+        "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "REDIS_URL": settings.redis_url.get_secret_value(),
+        "GUARDSTREAM_MODEL": settings.model,
+        "GUARDSTREAM_MODEL_CACHE_DIR": str(settings.model_cache_dir),
+        "GUARDSTREAM_MAX_MODEL_LEN": str(settings.max_model_len),
+        "GUARDSTREAM_POLL_TIMEOUT_MS": str(settings.poll_timeout_ms),
+        "GUARDSTREAM_RETRY_BACKOFF_MAX_S": str(settings.retry_backoff_max_s),
+    }
+    env.update(extra)
+    return env
+
+
+class Process:
+    def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
+        self.name = name
+        self.port = free_port()
+        self.env = {**env, "GUARDSTREAM_HEALTH_PORT": str(self.port)}
+        self.log_path = log_dir / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "guardstream", self.name],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        return self
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=1) as r:
+                return bool(r.status == 200)
+        except (URLError, OSError):
+            return False
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready():
+            assert self.proc is not None and self.proc.poll() is None, self.log()[-3000:]
+            assert time.monotonic() < deadline, f"{self.name} not ready: {self.log()[-3000:]}"
+            time.sleep(0.2)
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(timeout=60)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
