@@ -57,15 +57,17 @@ def _run_process(name: str) -> None:
 
             await run_scorer(settings, stop)
 
+    from guardstream.policy import PolicyConflictError, PolicyLoadError
+    from guardstream.scorer.engine import ModelUnavailable
+
     try:
         asyncio.run(main())
-    except Exception as exc:
-        from guardstream.scorer.engine import ModelUnavailable
-
-        if isinstance(exc, ModelUnavailable):
-            err.print(f"[red]scorer cannot start:[/red] {exc}")
-            raise typer.Exit(3) from None
-        raise
+    except ModelUnavailable as exc:
+        err.print(f"[red]{name} cannot start:[/red] {exc}")
+        raise typer.Exit(3) from None
+    except (PolicyLoadError, PolicyConflictError) as exc:
+        err.print(f"[red]{name} cannot start: invalid policy packs[/red]\n{exc}")
+        raise typer.Exit(2) from None
 
 
 @app.command()

@@ -103,6 +103,10 @@ async def test_posts_are_scored_and_routed_by_verdict(pipeline: Pipeline) -> Non
         assert decision.source is Source.MODEL
         assert decision.model == pipeline.scorer._engine.model_id
         assert decision.tenant == "acme"
+        assert decision.policy == "default@1"
+        assert decision.rule == (
+            "controversial:review" if verdict is Verdict.CONTROVERSIAL else "verdict"
+        )
         assert decision.post_event_id == post.event_id
         # Greedy decoding picked the label, so it holds the largest share of the three.
         assert decision.confidence is not None and 1 / 3 < decision.confidence <= 1
@@ -130,6 +134,30 @@ async def test_duplicate_content_is_answered_from_the_cache(pipeline: Pipeline) 
     assert repeat.post_id == again.post_id != original.post_id
     assert pipeline.scorer.counts["scored"] == scored, "the duplicate was scored again"
     assert pipeline.triage.counts["cache_hit"] == 1
+
+
+async def test_trivial_variants_reuse_the_verdict_of_decided_content(pipeline: Pipeline) -> None:
+    settings = pipeline.settings
+    original = new_post("My email is alice@example.com and my phone is 555-0100, call me.")
+    ((_, first),) = (await decide(settings, [original])).values()
+    assert (first.source, first.verdict) == (Source.MODEL, Verdict.UNSAFE)
+    scored = pipeline.scorer.counts["scored"]
+
+    variant = new_post("MY EMAIL is alice@example.com and my phone is 555-0100 -- call me!!! 📞")
+    ((topic, reused),) = (await decide(settings, [variant])).values()
+    assert reused.source is Source.CACHE
+    assert reused.matched_content_key == first.content_key != reused.content_key
+    assert (reused.verdict, reused.categories) == (first.verdict, first.categories)
+    assert "near-duplicate" in reused.reason
+    assert topic == TopicNames(settings.namespace)[Topic.BLOCK]
+    assert pipeline.scorer.counts["scored"] == scored
+    assert pipeline.triage.counts["near_hit"] == 1
+
+    # A different number is different content, however similar the words.
+    other = new_post("My email is alice@example.com and my phone is 555-0199, call me.")
+    ((_, distinct),) = (await decide(settings, [other])).values()
+    assert distinct.matched_content_key is None
+    assert pipeline.scorer.counts["scored"] == scored + 1
 
 
 async def test_bad_records_go_to_the_dlq_and_the_stream_moves_on(pipeline: Pipeline) -> None:

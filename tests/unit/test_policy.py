@@ -37,7 +37,7 @@ from guardstream.scorer.output import CATEGORIES
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).parents[2]
-POLICIES = ROOT / "policies"
+POLICIES = ROOT / "services" / "guardstream" / "policy" / "packs"
 SCHEMA: dict[str, Any] = json.loads((ROOT / "schemas" / "policy-pack.v1.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
@@ -326,6 +326,7 @@ NOT_PROMPT: dict[str, Any] = {
     "always_block": ["Violent"],
     "always_review": ["PII"],
     "scorer_unavailable": "fail_open",
+    "reuse_near_duplicates": False,
     "cache_ttl_s": 60,
     "review_sla_s": 600,
     "review_sla_by_category": {"PII": 60},

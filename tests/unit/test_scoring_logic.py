@@ -9,11 +9,15 @@ import pytest
 
 from guardstream.core.contracts import ContractError, Kind, ScoreRequest, Source, Verdict, utcnow
 from guardstream.core.settings import Settings
+from guardstream.policy import load_registry
 from guardstream.scorer.engine import RawAnswer
+from guardstream.scorer.prompt import messages_for
 from guardstream.scorer.service import Scorer
-from guardstream.triage.logic import triage_record
+from guardstream.triage.logic import Triaged, score_request, triage_record
 
 pytestmark = pytest.mark.unit
+
+POLICIES = load_registry(None)
 
 
 class ScriptedEngine:
@@ -56,7 +60,14 @@ def request() -> ScoreRequest:
 
 
 def scorer(engine: ScriptedEngine) -> Scorer:
-    return Scorer(Settings(_env_file=None), producer=None, cache=None, journal=None, engine=engine)  # type: ignore[arg-type,call-arg]
+    return Scorer(
+        Settings(_env_file=None),
+        producer=None,
+        cache=None,
+        journal=None,
+        engine=engine,
+        policies=POLICIES,
+    )  # type: ignore[arg-type,call-arg]
 
 
 @pytest.mark.parametrize("garbage", ["", "Safety: Safe\nSafety: Unsafe", "lorem ipsum", "Safety:"])
@@ -96,13 +107,16 @@ def post(**fields: object) -> bytes:
     return orjson.dumps(doc)
 
 
+def triaged(raw: bytes | None) -> Triaged:
+    return triage_record(raw, max_text_chars=100, model="m", adapter=None, policies=POLICIES)
+
+
 def test_triage_keys_normalised_text() -> None:
-    a = triage_record(
-        post(text="Ｈｅｌｌｏ\u200b world"), max_text_chars=100, model="m", adapter=None
-    )
-    b = triage_record(post(text="Hello world"), max_text_chars=100, model="m", adapter=None)
+    a = triaged(post(text="Ｈｅｌｌｏ\u200b world"))
+    b = triaged(post(text="Hello world"))
     assert a.text == "Hello world"
     assert a.content_key == b.content_key
+    assert a.pack.ref == "default@1"
 
 
 @pytest.mark.parametrize(
@@ -118,16 +132,31 @@ def test_triage_keys_normalised_text() -> None:
 )
 def test_triage_rejects_with_a_reason(raw: bytes | None, reason: str) -> None:
     with pytest.raises(ContractError) as info:
-        triage_record(raw, max_text_chars=100, model="m", adapter=None)
+        triaged(raw)
     assert info.value.reason == reason
 
 
 def test_response_moderation_key_includes_the_prompt() -> None:
-    a = triage_record(
-        post(kind="response", prompt="q1", text="ok"), max_text_chars=100, model="m", adapter=None
-    )
-    b = triage_record(
-        post(kind="response", prompt="q2", text="ok"), max_text_chars=100, model="m", adapter=None
-    )
+    a = triaged(post(kind="response", prompt="q1", text="ok"))
+    b = triaged(post(kind="response", prompt="q2", text="ok"))
     assert a.prompt == "q1"
     assert a.content_key != b.content_key
+
+
+def test_a_pack_that_changes_the_prompt_changes_the_key_and_the_request() -> None:
+    plain = triaged(post(tenant="acme"))
+    health = triaged(post(tenant="health-forum"))
+    assert health.pack.ref.startswith("health-forum@")
+    assert plain.content_key != health.content_key  # the model sees different input
+    request = score_request(health, near_duplicates=True)
+    assert request.prompt_prefix == "[领域:公共卫生][敏感类型:污名化]"
+    assert request.policy == health.pack.ref
+    assert request.near_scope == health.near_scope
+    assert messages_for(request)[0]["content"] == "[领域:公共卫生][敏感类型:污名化] Hello world"
+    assert score_request(health, near_duplicates=False).near_scope is None
+
+
+def test_near_scope_is_shared_by_texts_and_split_by_everything_else() -> None:
+    assert triaged(post(text="one text")).near_scope == triaged(post(text="another")).near_scope
+    assert triaged(post()).near_scope != triaged(post(tenant="health-forum")).near_scope
+    assert triaged(post()).near_scope != triaged(post(kind="response", prompt="q")).near_scope

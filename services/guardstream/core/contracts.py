@@ -166,6 +166,10 @@ class ScoreRequest(Envelope):
     content_key: ContentKey
     policy: Id
     received_at: Timestamp
+    # The policy pack's domain tags / region hint, put before the text (part of the key).
+    prompt_prefix: str | None = None
+    # Near-duplicate index scope once scored; absent when the pack does not reuse variants.
+    near_scope: ContentKey | None = None
 
 
 class Decision(Envelope):
@@ -181,11 +185,14 @@ class Decision(Envelope):
     confidence: Confidence | None = None
     refusal: StrictBool | None = None
     reason: Annotated[str, Field(min_length=1, max_length=500)]
+    rule: Annotated[str, Field(max_length=120)] | None = None
     source: Source
     model: Id
     adapter: Id | None = None
     policy: Id
     content_key: ContentKey
+    # Cache decisions for a near-duplicate: the content key whose verdict was reused.
+    matched_content_key: ContentKey | None = None
     decided_at: Timestamp
 
 

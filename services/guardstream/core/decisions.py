@@ -1,20 +1,22 @@
-"""Turning a verdict into a decision: action, topic, reason and a deterministic id.
+"""Turning a verdict into a decision: the policy pack's action, an honest reason, a stable id.
 
-Both triage (cache hits) and the scorer (model verdicts) build decisions here, so a decision
-means the same thing whichever path produced it. The id depends only on the post event, the
-policy and the content key: a decision re-emitted after a crash carries the same id and is
-recognisable as a replay downstream.
+Triage (cache and near-duplicate hits) and the scorer (model verdicts) both build decisions
+here, so a decision means the same thing whichever path produced it. The action comes from the
+post's policy pack (`guardstream.policy.route`); the reason says what the model said and which
+rule acted on it, nothing more. The id depends only on the post event, the pack and the content
+key: a decision re-made after a crash carries the same id.
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 from collections.abc import Sequence
-from datetime import datetime
 
 from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import TERMINAL, Action, Decision, Source, Verdict, utcnow
+from guardstream.core.contracts import Action, Decision, Source, utcnow
 from guardstream.core.topics import Topic
+from guardstream.policy import PolicyPack, route
 
 ACTION_TOPIC: dict[Action, Topic] = {
     Action.ALLOW: Topic.ALLOW,
@@ -22,6 +24,14 @@ ACTION_TOPIC: dict[Action, Topic] = {
     Action.REVIEW: Topic.REVIEW,
 }
 _REASON_MAX = 500
+
+
+class Origin(enum.Enum):
+    """Where the verdict behind a decision came from."""
+
+    MODEL = "model"  # scored for this very content just now
+    CACHE = "cache"  # identical content decided earlier
+    NEAR = "near"  # a trivial variant of content decided earlier
 
 
 def decision_id(post_event_id: str, policy: str, content_key: str) -> str:
@@ -34,81 +44,50 @@ def decision_id(post_event_id: str, policy: str, content_key: str) -> str:
 def model_reason(label: str | None, categories: Sequence[str], problem: str | None) -> str:
     """Say what the model said, nothing more: the reason must never be invented."""
     if label is None:
-        return f"model output unusable ({problem}); sent to human review"
+        return f"model output unusable ({problem})"
     cats = f" [{', '.join(categories)}]" if categories else ""
     return f"Qwen3Guard: {label}{cats}"
 
 
-def cache_reason(entry: CachedVerdict) -> str:
-    when = entry.decided_at.isoformat(timespec="seconds")
-    return f"identical content decided earlier ({entry.source.value}, {when}): {entry.reason}"
-
-
-def build_decision(
+def decide(
+    entry: CachedVerdict,
+    origin: Origin,
+    pack: PolicyPack,
     *,
     post_id: str,
     post_event_id: str,
     tenant: str,
-    policy: str,
     content_key: str,
-    verdict: Verdict,
-    categories: Sequence[str],
-    confidence: float | None,
-    refusal: bool | None,
-    reason: str,
-    source: Source,
-    model: str,
-    adapter: str | None,
-    decided_at: datetime | None = None,
+    matched_content_key: str | None = None,
 ) -> Decision:
-    ident = decision_id(post_event_id, policy, content_key)
+    routed = route(pack, entry.verdict, entry.confidence, entry.categories)
+    when = entry.decided_at.isoformat(timespec="seconds")
+    earlier = {
+        Origin.MODEL: "",
+        Origin.CACHE: f"identical content decided earlier ({entry.source.value}, {when}); ",
+        Origin.NEAR: f"near-duplicate of content decided earlier ({entry.source.value}, {when}); ",
+    }[origin]
+    ident = decision_id(post_event_id, pack.ref, content_key)
+    now = utcnow()
     return Decision(
         event_id=ident,
-        produced_at=utcnow(),
+        produced_at=now,
         decision_id=ident,
         post_id=post_id,
         post_event_id=post_event_id,
         tenant=tenant,
-        verdict=verdict,
-        action=TERMINAL[verdict],
-        categories=tuple(categories),
-        confidence=confidence,
-        refusal=refusal,
-        reason=reason[:_REASON_MAX],
-        source=source,
-        model=model,
-        adapter=adapter,
-        policy=policy,
-        content_key=content_key,
-        decided_at=decided_at or utcnow(),
-    )
-
-
-def decide(
-    entry: CachedVerdict,
-    *,
-    fresh: bool,
-    post_id: str,
-    post_event_id: str,
-    tenant: str,
-    policy: str,
-    content_key: str,
-) -> Decision:
-    """The decision for one post from a verdict: `fresh` when the model just gave it, else it
-    came from the cache (an earlier identical post) and says so."""
-    return build_decision(
-        post_id=post_id,
-        post_event_id=post_event_id,
-        tenant=tenant,
-        policy=policy,
-        content_key=content_key,
         verdict=entry.verdict,
+        action=routed.action,
         categories=entry.categories,
         confidence=entry.confidence,
         refusal=entry.refusal,
-        reason=entry.reason if fresh else cache_reason(entry),
-        source=Source.MODEL if fresh else Source.CACHE,
+        reason=f"{earlier}{entry.reason}. {routed.explanation}"[:_REASON_MAX],
+        rule=routed.rule[:120],
+        source=Source.MODEL if origin is Origin.MODEL else Source.CACHE,
         model=entry.model,
         adapter=entry.adapter,
-        decided_at=entry.decided_at if fresh else None,
+        policy=pack.ref,
+        content_key=content_key,
+        matched_content_key=matched_content_key,
+        decided_at=entry.decided_at if origin is Origin.MODEL else now,
     )

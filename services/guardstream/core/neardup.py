@@ -67,7 +67,8 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from guardstream.core.redisstore import FailOpenStore, Unavailable
+from guardstream.core.redisstore import FailOpenStore, Unavailable, redis_client
+from guardstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,15 @@ class RedisNearDuplicateIndex(FailOpenStore):
         self._min_chars = min_chars
         self._bucket_max = bucket_max
         self._bands = band_count(threshold)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisNearDuplicateIndex:
+        return cls(
+            redis_client(settings),
+            prefix=settings.cache_prefix,
+            ttl_s=settings.cache_ttl_s,
+            timeout_s=settings.cache_timeout_ms / 1000,
+        )
 
     def _entries(self, scope: str, items: Iterable[tuple[str, str]]) -> list[_Entry]:
         entries: dict[str, _Entry] = {}

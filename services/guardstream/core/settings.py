@@ -121,9 +121,14 @@ class Settings(BaseSettings):
     ] = 48
 
     # --- processing -------------------------------------------------------------------------
-    policy_version: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_POLICY_VERSION"))] = (
-        "default-v1"
+    # Directory of policy pack YAML files; unset: the packs shipped with guardstream.
+    policy_dir: Annotated[Path | None, Field(validation_alias=_env("GUARDSTREAM_POLICY_DIR"))] = (
+        None
     )
+    # Near-duplicate reuse (SimHash, see guardstream.core.neardup); packs can switch it off.
+    near_duplicates: Annotated[
+        bool, Field(validation_alias=_env("GUARDSTREAM_NEAR_DUPLICATES"))
+    ] = True
     triage_batch_max: Annotated[
         int, Field(ge=1, validation_alias=_env("GUARDSTREAM_TRIAGE_BATCH_MAX"))
     ] = 500

@@ -2,8 +2,10 @@
 
 `pack` holds the model, `loader` reads YAML files into a `registry`, `routing` decides
 (pure), and `prompt` renders what a pack adds to the model input. File format:
-`schemas/policy-pack.v1.json`; examples: `policies/`.
+`schemas/policy-pack.v1.json`; the shipped packs and examples: `policy/packs/`.
 """
+
+from pathlib import Path
 
 from guardstream.policy.loader import PolicyLoadError, Problem, load_packs, parse_pack_file
 from guardstream.policy.pack import (
@@ -22,7 +24,10 @@ from guardstream.policy.routing import (
     route_scorer_unavailable,
 )
 
+PACKS_DIR = Path(__file__).with_name("packs")
+
 __all__ = [
+    "PACKS_DIR",
     "Clash",
     "ControversialMode",
     "PolicyConflictError",
@@ -36,6 +41,7 @@ __all__ = [
     "ScorerUnavailableMode",
     "apply_prefix",
     "load_packs",
+    "load_registry",
     "parse_pack_file",
     "prompt_fingerprint",
     "prompt_prefix",
@@ -43,3 +49,8 @@ __all__ = [
     "route",
     "route_scorer_unavailable",
 ]
+
+
+def load_registry(directory: Path | None) -> PolicyRegistry:
+    """The packs in `directory`, or the ones shipped with guardstream when it is None."""
+    return load_packs(directory or PACKS_DIR)

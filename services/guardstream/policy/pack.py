@@ -18,6 +18,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StrictStr,
@@ -117,6 +118,9 @@ class PolicyPack(BaseModel):
     region_hint: TagValue | None = None
 
     scorer_unavailable: ScorerUnavailableMode = ScorerUnavailableMode.FAIL_CLOSED
+    # A trivial variant (case, punctuation, emoji, link added) of a decided post reuses its
+    # verdict instead of being scored; off for tenants that want every post scored.
+    reuse_near_duplicates: StrictBool = True
     cache_ttl_s: Seconds = DEFAULT_CACHE_TTL_S
     review_sla_s: Seconds = DEFAULT_REVIEW_SLA_S
     review_sla_by_category: dict[Category, Seconds] = Field(default_factory=dict)

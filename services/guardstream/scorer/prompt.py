@@ -28,12 +28,16 @@ def neutralise(text: str) -> str:
 
 
 def messages_for(request: ScoreRequest) -> list[dict[str, str]]:
+    """The conversation to judge. A policy pack's prefix (domain tags, region hint, e.g.
+    `[领域:公共卫生][敏感类型:污名化]`) opens the user turn, as in the seed articles; the pack
+    renders it safe, and it is part of the content key."""
+    prefix = f"{request.prompt_prefix} " if request.prompt_prefix else ""
     if request.kind is Kind.RESPONSE:
         return [
-            {"role": "user", "content": neutralise(request.prompt or "")},
+            {"role": "user", "content": prefix + neutralise(request.prompt or "")},
             {"role": "assistant", "content": neutralise(request.text)},
         ]
-    return [{"role": "user", "content": neutralise(request.text)}]
+    return [{"role": "user", "content": prefix + neutralise(request.text)}]
 
 
 class ChatTokenizer(Protocol):

@@ -18,11 +18,13 @@ from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import CachedVerdict, VerdictCache
 from guardstream.core.contracts import ContractError, ScoreRequest, Source, utcnow
-from guardstream.core.decisions import decide, model_reason
+from guardstream.core.decisions import Origin, decide, model_reason
 from guardstream.core.journal import DecisionJournal, journal_key
 from guardstream.core.loop import Records, TransientError
+from guardstream.core.neardup import NearDuplicateIndex
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
+from guardstream.policy import PolicyRegistry
 from guardstream.scorer.engine import GuardEngine, ScoringError
 from guardstream.scorer.output import label_confidence, parse_answer
 from guardstream.scorer.prompt import messages_for
@@ -38,12 +40,16 @@ class Scorer:
         cache: VerdictCache,
         journal: DecisionJournal,
         engine: GuardEngine,
+        policies: PolicyRegistry,
+        near: NearDuplicateIndex | None = None,
     ) -> None:
         self._settings = settings
         self._producer = producer
         self._cache = cache
         self._journal = journal
         self._engine = engine
+        self._policies = policies
+        self._near = near
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
         self.counts: dict[str, int] = dict.fromkeys(
             (
@@ -121,19 +127,30 @@ class Scorer:
         decisions = [
             decide(
                 fresh.get(key) or cached[key],
-                fresh=key in fresh,
+                Origin.MODEL if key in fresh else Origin.CACHE,
+                self._policies.for_post(request.tenant, request.region),
                 post_id=request.post_id,
                 post_event_id=request.post_event_id,
                 tenant=request.tenant,
-                policy=request.policy,
                 content_key=key,
             )
             for key, group in by_key.items()
             for request in group
         ]
+        await self._index_near_duplicates([by_key[key][0] for key in fresh])
         await outbox.decisions(self._journal, decisions)
         await outbox.flush()
         self.counts["consumed"] += len(records)
+
+    async def _index_near_duplicates(self, scored: list[ScoreRequest]) -> None:
+        """Record freshly scored texts so later trivial variants can reuse their verdicts."""
+        if self._near is None:
+            return
+        by_scope: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for request in scored:
+            if request.near_scope is not None:
+                by_scope[request.near_scope].append((request.content_key, request.text))
+        await asyncio.gather(*(self._near.add_many(s, items) for s, items in by_scope.items()))
 
     async def _score_once(self, request: ScoreRequest) -> CachedVerdict:
         """Score a content key; concurrent batches asking for the same key share one call."""

@@ -6,18 +6,27 @@ from dataclasses import dataclass
 
 from guardstream.core.content import content_key, normalise
 from guardstream.core.contracts import ContractError, Kind, Post, ScoreRequest, utcnow
+from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
 
 
 @dataclass(frozen=True, slots=True)
 class Triaged:
     post: Post
+    pack: PolicyPack
     text: str  # normalised
     prompt: str | None  # normalised
     content_key: str
+    # Everything in the content key but the text: near-duplicates are only sought within it.
+    near_scope: str
 
 
 def triage_record(
-    raw: bytes | None, *, max_text_chars: int, model: str, adapter: str | None
+    raw: bytes | None,
+    *,
+    max_text_chars: int,
+    model: str,
+    adapter: str | None,
+    policies: PolicyRegistry,
 ) -> Triaged:
     """Validate and key one post; raises `ContractError` (→ DLQ) when it cannot be used."""
     post = Post.from_json(raw)
@@ -33,12 +42,25 @@ def triage_record(
     if not text:
         raise ContractError("empty_text", "text is empty after normalisation")
     prompt = normalise(post.prompt) if post.kind is Kind.RESPONSE and post.prompt else None
-    key = content_key(text, kind=post.kind.value, prompt=prompt, model=model, adapter=adapter)
-    return Triaged(post, text, prompt, key)
+    pack = policies.for_post(post.tenant, post.region)
+    fingerprint = prompt_fingerprint(pack)
+
+    def key(of: str) -> str:
+        return content_key(
+            of,
+            kind=post.kind.value,
+            prompt=prompt,
+            model=model,
+            adapter=adapter,
+            prompt_policy=fingerprint,
+        )
+
+    return Triaged(post, pack, text, prompt, key(text), near_scope=key(""))
 
 
-def score_request(item: Triaged, policy: str) -> ScoreRequest:
+def score_request(item: Triaged, *, near_duplicates: bool) -> ScoreRequest:
     post = item.post
+    reuse = near_duplicates and item.pack.reuse_near_duplicates
     return ScoreRequest(
         event_id=f"sr-{post.event_id}"[:128],
         produced_at=utcnow(),
@@ -51,6 +73,8 @@ def score_request(item: Triaged, policy: str) -> ScoreRequest:
         lang=post.lang,
         region=post.region,
         content_key=item.content_key,
-        policy=policy,
+        policy=item.pack.ref,
         received_at=utcnow(),
+        prompt_prefix=prompt_prefix(item.pack) or None,
+        near_scope=item.near_scope if reuse else None,
     )

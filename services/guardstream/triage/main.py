@@ -11,9 +11,11 @@ from aiokafka import AIOKafkaProducer
 from guardstream.core.cache import RedisVerdictCache
 from guardstream.core.journal import RedisDecisionJournal
 from guardstream.core.loop import BatchHandler, LoopReport
+from guardstream.core.neardup import RedisNearDuplicateIndex
 from guardstream.core.process import serve
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
+from guardstream.policy import load_registry
 from guardstream.scorer.engine import served_model_id
 from guardstream.triage.service import Triage
 
@@ -28,7 +30,12 @@ async def run(
         stack.push_async_callback(cache.close)
         journal = RedisDecisionJournal.from_settings(settings)
         stack.push_async_callback(journal.close)
-        triage = Triage(settings, producer, cache, journal, model=served_model_id(settings))
+        near = RedisNearDuplicateIndex.from_settings(settings)
+        stack.push_async_callback(near.close)
+        policies = load_registry(settings.policy_dir)
+        triage = Triage(
+            settings, producer, cache, journal, policies, near, model=served_model_id(settings)
+        )
         if expose is not None:
             expose(triage)
         return triage.handle

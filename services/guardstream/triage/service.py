@@ -1,26 +1,31 @@
 """The triage consumer: posts in; cache-hit decisions, score requests and DLQ records out.
 
-Per batch: every record is validated and keyed, the verdict cache is asked once (MGET) for
-the whole batch, hits become decisions on their action topic, misses become score requests
-keyed by content key, bad records go to the DLQ with their origin. Offsets are committed only
-after every produced record is acknowledged (see `guardstream.core.loop` for the full table).
+Per batch: every record is validated, given its policy pack and keyed; a replayed event gets
+its earlier decision again (the journal); the verdict cache is asked once (MGET) for the whole
+batch; exact hits, then near-duplicates of decided content (when the pack allows), become
+decisions routed by the pack; the rest become score requests keyed by content key; bad records
+go to the DLQ with their origin. Offsets are committed only after every produced record is
+acknowledged (see `guardstream.core.loop` for the full table).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core.cache import VerdictCache
-from guardstream.core.contracts import ContractError
-from guardstream.core.decisions import decide
+from guardstream.core.cache import CachedVerdict, VerdictCache
+from guardstream.core.contracts import ContractError, Decision
+from guardstream.core.decisions import Origin, decide
 from guardstream.core.journal import DecisionJournal, journal_key
 from guardstream.core.loop import Records
+from guardstream.core.neardup import NearDuplicateIndex
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic
+from guardstream.policy import PolicyRegistry
 from guardstream.triage.logic import Triaged, score_request, triage_record
 
 log = logging.getLogger(__name__)
@@ -33,6 +38,8 @@ class Triage:
         producer: AIOKafkaProducer,
         cache: VerdictCache,
         journal: DecisionJournal,
+        policies: PolicyRegistry,
+        near: NearDuplicateIndex | None,
         *,
         model: str,
         adapter: str | None = None,
@@ -41,20 +48,25 @@ class Triage:
         self._producer = producer
         self._cache = cache
         self._journal = journal
+        self._policies = policies
+        self._near = near if settings.near_duplicates else None
         self._model = model
         self._adapter = adapter
-        self.counts: dict[str, int] = {
-            "consumed": 0,
-            "cache_hit": 0,
-            "scoring": 0,
-            "dlq": 0,
-            "replayed": 0,
-            "duplicate_in_batch": 0,
-        }
+        self.counts: dict[str, int] = dict.fromkeys(
+            (
+                "consumed",
+                "cache_hit",
+                "near_hit",
+                "scoring",
+                "dlq",
+                "replayed",
+                "duplicate_in_batch",
+            ),
+            0,
+        )
 
     async def handle(self, records: Records) -> None:
         outbox = Outbox(self._producer, self._settings, "triage")
-        policy = self._settings.policy_version
         accepted: dict[str, Triaged] = {}  # by journal key: a replayed event counts once
         for record in records:
             try:
@@ -63,12 +75,13 @@ class Triage:
                     max_text_chars=self._settings.max_text_chars,
                     model=self._model,
                     adapter=self._adapter,
+                    policies=self._policies,
                 )
             except ContractError as exc:
                 await outbox.dead_letter(record, exc)
                 self.counts["dlq"] += 1
                 continue
-            key = journal_key(item.post.event_id, policy)
+            key = journal_key(item.post.event_id, item.pack.ref)
             if key in accepted:
                 self.counts["duplicate_in_batch"] += 1
                 continue
@@ -78,31 +91,63 @@ class Triage:
             self._cache.get_many([item.content_key for item in accepted.values()]),
             self._journal.recall_many(list(accepted)),
         )
-        decisions = []
-        for key, item in accepted.items():
-            if key in recalled:  # this event was decided before: say the same thing again
-                await outbox.decision(recalled[key])
-                self.counts["replayed"] += 1
-                continue
-            post = item.post
+        for key in recalled:  # these events were decided before: say the same thing again
+            await outbox.decision(recalled[key])
+            del accepted[key]
+        self.counts["replayed"] += len(recalled)
+
+        decisions: list[Decision] = []
+        misses: list[Triaged] = []
+        for item in accepted.values():
             hit = cached.get(item.content_key)
             if hit is None:
-                request = score_request(item, policy)
-                await outbox.send(Topic.SCORE_REQUESTS, request, item.content_key)
-                self.counts["scoring"] += 1
+                misses.append(item)
                 continue
-            decisions.append(
-                decide(
-                    hit,
-                    fresh=False,
-                    post_id=post.post_id,
-                    post_event_id=post.event_id,
-                    tenant=post.tenant,
-                    policy=policy,
-                    content_key=item.content_key,
-                )
-            )
+            decisions.append(self._decide(hit, Origin.CACHE, item))
             self.counts["cache_hit"] += 1
+
+        near = await self._near_duplicates(misses)
+        for item in misses:
+            match = near.get(item.content_key)
+            if match is not None:
+                matched_key, entry = match
+                decisions.append(self._decide(entry, Origin.NEAR, item, matched_key))
+                self.counts["near_hit"] += 1
+                continue
+            request = score_request(item, near_duplicates=self._near is not None)
+            await outbox.send(Topic.SCORE_REQUESTS, request, item.content_key)
+            self.counts["scoring"] += 1
         await outbox.decisions(self._journal, decisions)
         await outbox.flush()
         self.counts["consumed"] += len(records)
+
+    def _decide(
+        self, entry: CachedVerdict, origin: Origin, item: Triaged, matched: str | None = None
+    ) -> Decision:
+        post = item.post
+        return decide(
+            entry,
+            origin,
+            item.pack,
+            post_id=post.post_id,
+            post_event_id=post.event_id,
+            tenant=post.tenant,
+            content_key=item.content_key,
+            matched_content_key=matched,
+        )
+
+    async def _near_duplicates(self, misses: list[Triaged]) -> dict[str, tuple[str, CachedVerdict]]:
+        """For exact misses whose pack allows it: (matched key, its verdict) of a near-duplicate
+        decided earlier. A match whose verdict has since expired is no match."""
+        if self._near is None:
+            return {}
+        by_scope: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for item in misses:
+            if item.pack.reuse_near_duplicates:
+                by_scope[item.near_scope].append((item.content_key, item.text))
+        found = await asyncio.gather(
+            *(self._near.find_many(scope, items) for scope, items in by_scope.items())
+        )
+        matches = {key: m.content_key for part in found for key, m in part.items()}
+        verdicts = await self._cache.get_many(list(set(matches.values())))
+        return {k: (m, verdicts[m]) for k, m in matches.items() if m in verdicts}
