@@ -205,3 +205,81 @@ async def test_corrupt_cache_entry_is_dropped_and_rescored(
     assert orjson.loads(raw)["source"] == "model"
     assert pipeline.scorer.counts["scored"] == 1
     assert orjson.loads(client.get(f"{settings.cache_prefix}verdict:{key}"))["verdict"] == "unsafe"
+
+
+async def test_rebalance_storm_loses_and_doubles_nothing(
+    settings: Settings, engine: VllmGuardEngine, tmp_path: Path
+) -> None:
+    """Scenario 4: triage scaled 1 → 3 → 1 → 2 while posts keep arriving."""
+    batch = posts(2000, seed=4)
+    env = env_for(settings)
+    members = [Process("triage", env, tmp_path / f"m{i}") for i in range(4)]
+    for member in members:
+        member.log_path.parent.mkdir()
+    try:
+        async with in_process(settings, engine, "scorer"):
+
+            async def trickle() -> None:
+                for start in range(0, len(batch), 50):
+                    chunk = batch[start : start + 50]
+                    await produce(settings, [(p.post_id.encode(), p.to_json()) for p in chunk])
+                    await asyncio.sleep(0.1)
+
+            feeding = asyncio.create_task(trickle())
+            members[0].start().wait_ready()
+            members[1].start()
+            members[2].start()
+            await asyncio.sleep(4)
+            assert members[1].kill(signal.SIGTERM) == 0
+            assert members[2].kill(signal.SIGKILL) == -signal.SIGKILL
+            members[3].start()
+            await feeding
+            expected = {p.post_id for p in batch}
+            verdicts = await wait_for_decisions(settings, expected, timeout_s=300)
+        for member in (members[0], members[3]):
+            assert member.proc is not None and member.proc.poll() is None, member.log()[-2000:]
+    finally:
+        for member in members:
+            member.stop()
+    assert_invariants(verdicts, expected)
+
+
+async def test_redis_flushed_mid_run_changes_no_decision(
+    settings: Settings, engine: VllmGuardEngine, redis_url: str
+) -> None:
+    """Scenario 11: this deployment's Redis keys vanish mid-run; every post is still decided
+    once, and identical texts still get identical verdicts."""
+    batch = posts(600, seed=11)
+    client = redis.Redis.from_url(redis_url)
+    async with in_process(settings, engine, "triage", "scorer"):
+        await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch[:300]])
+        await asyncio.sleep(1.5)
+        flushed = [k for k in client.scan_iter(f"{settings.cache_prefix}*")]
+        if flushed:
+            client.delete(*flushed)
+        await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch[300:]])
+        expected = {p.post_id for p in batch}
+        verdicts = await wait_for_decisions(settings, expected, timeout_s=240)
+    assert_invariants(verdicts, expected)
+    by_text: dict[str, set[tuple[str, str]]] = {}
+    text_of = {p.post_id: p.text for p in batch}
+    for (post_id, _), payloads in verdicts.decisions.items():
+        decision = orjson.loads(next(iter(payloads)))
+        by_text.setdefault(text_of[post_id], set()).add((decision["verdict"], decision["action"]))
+    assert all(len(v) == 1 for v in by_text.values()), by_text
+
+
+async def test_schema_evolution(settings: Settings, engine: VllmGuardEngine) -> None:
+    """Scenario 18: an added optional field is tolerated; an unknown major version is DLQ'd."""
+    newer = orjson.loads(new_post("今天天气很好,我们去公园散步吧。").to_json())
+    newer |= {"schema_version": "1.3", "moderation_hint": {"source": "app-v9"}}
+    future = {**newer, "schema_version": "2.0", "event_id": "future-1", "post_id": "p-future"}
+    async with in_process(settings, engine, "triage", "scorer"):
+        poison = await produce(
+            settings, [(b"k", orjson.dumps(newer)), (b"k", orjson.dumps(future))]
+        )
+        verdicts = await wait_for_decisions(settings, {newer["post_id"]}, timeout_s=120)
+        await asyncio.sleep(1)
+        verdicts = await wait_for_decisions(settings, {newer["post_id"]}, timeout_s=5)
+    assert_invariants(verdicts, {newer["post_id"]}, poison_offsets={poison[1]})
+    assert verdicts.dlq[0].reason == "unsupported_schema_version"
