@@ -14,7 +14,7 @@ import pytest
 from guardstream.core.kafka import ensure_topics
 from guardstream.core.settings import Settings
 from guardstream.scorer import main as scorer_main
-from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.scorer.engine import GuardEngine, VllmGuardEngine
 from guardstream.scorer.service import Scorer
 from guardstream.triage import main as triage_main
 from guardstream.triage.service import Triage
@@ -34,6 +34,7 @@ async def engine(model_cache_dir: Path) -> AsyncIterator[VllmGuardEngine]:
 class Pipeline:
     settings: Settings
     handlers: dict[str, Triage | Scorer] = field(default_factory=dict)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     @property
     def triage(self) -> Triage:
@@ -46,13 +47,14 @@ class Pipeline:
 
 @asynccontextmanager
 async def in_process(
-    settings: Settings, engine: VllmGuardEngine, *processes: str
+    settings: Settings, engine: GuardEngine, *processes: str
 ) -> AsyncIterator[Pipeline]:
     """Run the named processes (triage, scorer) as tasks until the block ends."""
     assert settings.max_model_len == MAX_MODEL_LEN
     await ensure_topics(settings)
     state = Pipeline(settings)
     stop = asyncio.Event()
+    state.stop = stop
 
     def keep(name: str) -> Callable[[Triage | Scorer], None]:
         return lambda handler: state.handlers.__setitem__(name, handler)

@@ -10,22 +10,24 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
 import pytest
 import redis
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
 from guardstream.core.content import content_key, normalise
 from guardstream.core.contracts import Post
-from guardstream.core.kafka import make_producer
+from guardstream.core.kafka import client_kwargs, make_producer
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post
 from guardstream.scorer.engine import VllmGuardEngine
 from tests.integration.conftest import in_process
+from tests.support.engines import SlowEngine
 from tests.support.oracle import assert_invariants, committed_offsets, wait_for_decisions
 from tests.support.processes import Process, env_for
 
@@ -283,3 +285,67 @@ async def test_schema_evolution(settings: Settings, engine: VllmGuardEngine) -> 
         verdicts = await wait_for_decisions(settings, {newer["post_id"]}, timeout_s=5)
     assert_invariants(verdicts, {newer["post_id"]}, poison_offsets={poison[1]})
     assert verdicts.dlq[0].reason == "unsupported_schema_version"
+
+
+async def test_slow_scorer_is_not_evicted_from_its_group(
+    settings: Settings, engine: VllmGuardEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Scenario 5: every scoring call takes longer than max.poll.interval.ms; the scorer keeps
+    polling (partitions paused), keeps its partitions, and commits what it finishes."""
+    slow = settings.model_copy(
+        update={"kafka_max_poll_interval_ms": 4000, "scorer_max_in_flight": 8}
+    )
+    batch = [new_post(f"{TEXTS[3]} number {i}") for i in range(24)]
+    async with in_process(slow, SlowEngine(engine, lambda _: 6.0), "triage", "scorer"):
+        await produce(slow, [(p.post_id.encode(), p.to_json()) for p in batch])
+        verdicts = await wait_for_decisions(slow, {p.post_id for p in batch}, timeout_s=240)
+    assert_invariants(verdicts, {p.post_id for p in batch})
+    assert not [r for r in caplog.records if "commit refused" in r.getMessage()]
+
+
+async def test_out_of_order_completion_then_crash_resumes_at_the_stalled_item(
+    settings: Settings, engine: VllmGuardEngine
+) -> None:
+    """Scenario 6: one request stalls while later ones finish; the scorer then dies without
+    draining. Its committed offset stops at the stalled request, and after a restart the
+    stalled post is decided while the later ones are not decided differently."""
+    stalled_text = "Is it true that some politicians are secretly controlled by foreign powers?"
+    cfg = settings.model_copy(update={"scorer_batch_max": 1, "shutdown_drain_s": 0.0})
+    stalled = new_post(stalled_text)
+    later = [new_post(f"{TEXTS[1]} {i}") for i in range(30)]
+
+    def delay(messages: Sequence[dict[str, str]]) -> float:
+        return 3600.0 if stalled_text in messages[-1]["content"] else 0.0
+
+    expected = {stalled.post_id} | {p.post_id for p in later}
+    async with in_process(cfg, SlowEngine(engine, delay), "triage", "scorer"):
+        await produce(cfg, [(p.post_id.encode(), p.to_json()) for p in [stalled, *later]])
+        verdicts = await wait_for_decisions(cfg, expected - {stalled.post_id}, timeout_s=180)
+        assert stalled.post_id not in verdicts.decided_posts()
+    # The block ended with drain 0: the stalled batch was abandoned, the rest committed.
+    requests = TopicNames(cfg.namespace)[Topic.SCORE_REQUESTS]
+    where = await locate(cfg, requests, stalled.post_id)
+    committed = await committed_offsets(cfg, cfg.group_id("scorer"), requests)
+    assert committed[where[0]] == where[1], (where, committed)
+
+    async with in_process(cfg, engine, "scorer"):
+        verdicts = await wait_for_decisions(cfg, expected, timeout_s=180)
+    assert_invariants(verdicts, expected)
+
+
+async def locate(settings: Settings, topic: str, post_id: str) -> tuple[int, int]:
+    """(partition, offset) of the record in `topic` that concerns `post_id`."""
+    consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        for _ in range(50):
+            for records in (await consumer.getmany(timeout_ms=200)).values():
+                for record in records:
+                    if record.value and orjson.loads(record.value)["post_id"] == post_id:
+                        return record.partition, record.offset
+    finally:
+        await consumer.stop()
+    raise AssertionError(f"{post_id} not in {topic}")

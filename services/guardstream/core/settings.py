@@ -65,6 +65,11 @@ class Settings(BaseSettings):
     kafka_sasl_password: Annotated[
         SecretStr | None, Field(validation_alias=_env("KAFKA_SASL_PASSWORD"))
     ] = None
+    # The group evicts a member that does not poll for this long. The runtime keeps polling
+    # while batches are slow (partitions paused), so a slow scorer is not evicted.
+    kafka_max_poll_interval_ms: Annotated[
+        int, Field(ge=1000, validation_alias=_env("KAFKA_MAX_POLL_INTERVAL_MS"))
+    ] = 300_000
     # Replicas per topic created by `guardstream topics create` (3 on a production cluster).
     topic_replication: Annotated[
         int, Field(ge=1, validation_alias=_env("GUARDSTREAM_TOPIC_REPLICATION"))

@@ -1,0 +1,31 @@
+"""Latency injection around the real engine: a real model cannot be made slow on demand."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+
+from guardstream.scorer.engine import GuardEngine, RawAnswer
+
+
+class SlowEngine:
+    """Delegates to a real engine after `delay(messages)` seconds."""
+
+    def __init__(self, inner: GuardEngine, delay: Callable[[Sequence[dict[str, str]]], float]):
+        self._inner = inner
+        self._delay = delay
+
+    @property
+    def model_id(self) -> str:
+        return self._inner.model_id
+
+    @property
+    def adapter(self) -> str | None:
+        return self._inner.adapter
+
+    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+        await asyncio.sleep(self._delay(messages))
+        return await self._inner.assess(messages, request_id)
+
+    async def close(self) -> None:
+        """The inner engine belongs to the session."""
