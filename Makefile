@@ -6,14 +6,15 @@ BIN := $(VENV)/bin
 RUN_DIR ?= .run
 export GUARDSTREAM_MODEL ?= tiny
 
-.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e lint typecheck clean
+.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup lint typecheck clean
 
 help:
 	@echo "make up          start broker, topics, triage and scorer locally (returns when ready)"
 	@echo "make samples     send the sample posts and print their decisions"
 	@echo "make down        stop what 'make up' started"
 	@echo "make test        install everything, then lint, typecheck and all test tiers"
-	@echo "make lint | typecheck | test-unit | test-integration | test-e2e"
+	@echo "make lint | typecheck | test-unit | test-integration | test-e2e | chaos"
+	@echo "make bench-pipeline | bench-neardup   benchmarks (print ratios measured in one run)"
 
 # A fresh machine needs nothing but Python 3.11: the virtualenv, vLLM's CPU build (with the
 # torch wheel pip finds locally) and the project are installed here, once.
@@ -56,6 +57,15 @@ test-integration: install
 
 test-e2e: install
 	$(BIN)/pytest -m e2e
+
+chaos: install
+	$(BIN)/pytest tests/integration/test_reliability.py
+
+bench-pipeline: install
+	$(PY) bench/pipeline.py
+
+bench-neardup: install
+	$(PY) bench/neardup.py
 
 test: install lint typecheck
 	$(BIN)/pytest

@@ -114,22 +114,26 @@ async def test_crash_between_publish_and_commit_re_emits_identical_decisions(
     decisions byte for byte (the journal), never different ones."""
     batch = posts(400, seed=2)
     crashing = Process("triage", env_for(settings, GUARDSTREAM_FAULT="after_publish:1"), tmp_path)
-    async with in_process(settings, engine, "scorer"):
-        await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch])
-        crashing.start()
-        assert crashing.proc is not None and crashing.proc.wait(timeout=120) == -signal.SIGKILL
-        assert "fault point reached" in crashing.log()
-        # It died after publishing, before committing: nothing may be committed yet, so the
-        # restart must read these posts again (and must not decide any of them differently).
-        posts_topic = TopicNames(settings.namespace)[Topic.POSTS]
-        committed = await committed_offsets(settings, settings.group_id("triage"), posts_topic)
-        assert set(committed.values()) <= {None, 0}, committed
-        restarted = Process("triage", env_for(settings), tmp_path).start()
-        try:
+    restarted = Process("triage", env_for(settings), tmp_path)
+    try:
+        async with in_process(settings, engine, "scorer"):
+            await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch])
+            crashing.start()
+            assert crashing.proc is not None
+            assert crashing.proc.wait(timeout=120) == -signal.SIGKILL
+            assert "fault point reached" in crashing.log()
+            # It died after publishing, before committing: nothing may be committed yet, so
+            # the restart must read these posts again (and decide none of them differently).
+            posts_topic = TopicNames(settings.namespace)[Topic.POSTS]
+            group = settings.group_id("triage")
+            committed = await committed_offsets(settings, group, posts_topic)
+            assert set(committed.values()) <= {None, 0}, committed
+            restarted.start()
             expected = {p.post_id for p in batch}
             verdicts = await wait_for_decisions(settings, expected, timeout_s=240)
-        finally:
-            restarted.stop()
+    finally:
+        crashing.stop()
+        restarted.stop()
     assert_invariants(verdicts, expected)
 
 
