@@ -63,6 +63,7 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_records,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         fetch_max_bytes=max(settings.kafka_max_request_bytes, 52_428_800),
         max_partition_fetch_bytes=settings.kafka_max_request_bytes,

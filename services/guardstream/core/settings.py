@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: Annotated[
         int, Field(ge=1000, validation_alias=_env("KAFKA_MAX_POLL_INTERVAL_MS"))
     ] = 300_000
+    # How long the broker may hold a fetch waiting for data: latency on a quiet topic.
+    kafka_fetch_max_wait_ms: Annotated[
+        int, Field(ge=1, validation_alias=_env("KAFKA_FETCH_MAX_WAIT_MS"))
+    ] = 50
     # Replicas per topic created by `guardstream topics create` (3 on a production cluster).
     topic_replication: Annotated[
         int, Field(ge=1, validation_alias=_env("GUARDSTREAM_TOPIC_REPLICATION"))
