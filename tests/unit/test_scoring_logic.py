@@ -9,6 +9,7 @@ import pytest
 
 from guardstream.core.contracts import ContractError, Kind, ScoreRequest, Source, Verdict, utcnow
 from guardstream.core.settings import Settings
+from guardstream.core.stores import Stores
 from guardstream.policy import load_registry
 from guardstream.scorer.engine import RawAnswer
 from guardstream.scorer.prompt import messages_for
@@ -60,14 +61,8 @@ def request() -> ScoreRequest:
 
 
 def scorer(engine: ScriptedEngine) -> Scorer:
-    return Scorer(
-        Settings(_env_file=None),
-        producer=None,
-        cache=None,
-        journal=None,
-        engine=engine,
-        policies=POLICIES,
-    )  # type: ignore[arg-type,call-arg]
+    stores = Stores(cache=None, journal=None, near=None, policies=POLICIES)  # type: ignore[arg-type]
+    return Scorer(Settings(_env_file=None), None, stores, engine)  # type: ignore[arg-type,call-arg]
 
 
 @pytest.mark.parametrize("garbage", ["", "Safety: Safe\nSafety: Unsafe", "lorem ipsum", "Safety:"])

@@ -8,14 +8,11 @@ from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core.cache import RedisVerdictCache
-from guardstream.core.journal import RedisDecisionJournal
 from guardstream.core.loop import BatchHandler, LoopReport
-from guardstream.core.neardup import RedisNearDuplicateIndex
 from guardstream.core.process import serve
 from guardstream.core.settings import Settings
+from guardstream.core.stores import Stores
 from guardstream.core.topics import Topic, TopicNames
-from guardstream.policy import load_registry
 from guardstream.scorer.engine import GuardEngine, VllmGuardEngine
 from guardstream.scorer.service import Scorer
 
@@ -35,14 +32,8 @@ async def run(
         if guard is None:
             guard = await VllmGuardEngine.start(settings)
             stack.push_async_callback(guard.close)
-        cache = RedisVerdictCache.from_settings(settings)
-        stack.push_async_callback(cache.close)
-        journal = RedisDecisionJournal.from_settings(settings)
-        stack.push_async_callback(journal.close)
-        near = RedisNearDuplicateIndex.from_settings(settings)
-        stack.push_async_callback(near.close)
-        policies = load_registry(settings.policy_dir)
-        scorer = Scorer(settings, producer, cache, journal, guard, policies, near)
+        stores = Stores.open(settings, stack)
+        scorer = Scorer(settings, producer, stores, guard)
         if expose is not None:
             expose(scorer)
         return scorer.handle

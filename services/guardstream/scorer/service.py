@@ -16,15 +16,14 @@ from collections import defaultdict
 
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core.cache import CachedVerdict, VerdictCache
+from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, ScoreRequest, Source, utcnow
 from guardstream.core.decisions import Origin, decide, model_reason
-from guardstream.core.journal import DecisionJournal, journal_key
+from guardstream.core.journal import journal_key
 from guardstream.core.loop import Records, TransientError
-from guardstream.core.neardup import NearDuplicateIndex
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
-from guardstream.policy import PolicyRegistry
+from guardstream.core.stores import Stores
 from guardstream.scorer.engine import GuardEngine, ScoringError
 from guardstream.scorer.output import label_confidence, parse_answer
 from guardstream.scorer.prompt import messages_for
@@ -37,19 +36,16 @@ class Scorer:
         self,
         settings: Settings,
         producer: AIOKafkaProducer,
-        cache: VerdictCache,
-        journal: DecisionJournal,
+        stores: Stores,
         engine: GuardEngine,
-        policies: PolicyRegistry,
-        near: NearDuplicateIndex | None = None,
     ) -> None:
         self._settings = settings
         self._producer = producer
-        self._cache = cache
-        self._journal = journal
+        self._cache = stores.cache
+        self._journal = stores.journal
+        self._policies = stores.policies
+        self._near = stores.near
         self._engine = engine
-        self._policies = policies
-        self._near = near
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
         self.counts: dict[str, int] = dict.fromkeys(
             (

@@ -8,14 +8,11 @@ from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core.cache import RedisVerdictCache
-from guardstream.core.journal import RedisDecisionJournal
 from guardstream.core.loop import BatchHandler, LoopReport
-from guardstream.core.neardup import RedisNearDuplicateIndex
 from guardstream.core.process import serve
 from guardstream.core.settings import Settings
+from guardstream.core.stores import Stores
 from guardstream.core.topics import Topic, TopicNames
-from guardstream.policy import load_registry
 from guardstream.scorer.engine import served_model_id
 from guardstream.triage.service import Triage
 
@@ -26,16 +23,8 @@ async def run(
     """Run triage until `stop`. `expose` receives the handler (tests read its counters)."""
 
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
-        cache = RedisVerdictCache.from_settings(settings)
-        stack.push_async_callback(cache.close)
-        journal = RedisDecisionJournal.from_settings(settings)
-        stack.push_async_callback(journal.close)
-        near = RedisNearDuplicateIndex.from_settings(settings)
-        stack.push_async_callback(near.close)
-        policies = load_registry(settings.policy_dir)
-        triage = Triage(
-            settings, producer, cache, journal, policies, near, model=served_model_id(settings)
-        )
+        stores = Stores.open(settings, stack)
+        triage = Triage(settings, producer, stores, model=served_model_id(settings))
         if expose is not None:
             expose(triage)
         return triage.handle

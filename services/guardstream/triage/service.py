@@ -16,16 +16,15 @@ from collections import defaultdict
 
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core.cache import CachedVerdict, VerdictCache
+from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, Decision
 from guardstream.core.decisions import Origin, decide
-from guardstream.core.journal import DecisionJournal, journal_key
+from guardstream.core.journal import journal_key
 from guardstream.core.loop import Records
-from guardstream.core.neardup import NearDuplicateIndex
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
+from guardstream.core.stores import Stores
 from guardstream.core.topics import Topic
-from guardstream.policy import PolicyRegistry
 from guardstream.triage.logic import Triaged, score_request, triage_record
 
 log = logging.getLogger(__name__)
@@ -36,20 +35,17 @@ class Triage:
         self,
         settings: Settings,
         producer: AIOKafkaProducer,
-        cache: VerdictCache,
-        journal: DecisionJournal,
-        policies: PolicyRegistry,
-        near: NearDuplicateIndex | None,
+        stores: Stores,
         *,
         model: str,
         adapter: str | None = None,
     ) -> None:
         self._settings = settings
         self._producer = producer
-        self._cache = cache
-        self._journal = journal
-        self._policies = policies
-        self._near = near if settings.near_duplicates else None
+        self._cache = stores.cache
+        self._journal = stores.journal
+        self._policies = stores.policies
+        self._near = stores.near
         self._model = model
         self._adapter = adapter
         self.counts: dict[str, int] = dict.fromkeys(

@@ -1,0 +1,38 @@
+"""What both consumers consult besides Kafka, opened once per process.
+
+The policy packs are loaded first, so a bad pack stops the process before it connects to
+anything; the Redis-backed stores are optimisations that fail open (`core/redisstore.py`).
+"""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+
+from guardstream.core.cache import RedisVerdictCache, VerdictCache
+from guardstream.core.journal import DecisionJournal, RedisDecisionJournal
+from guardstream.core.neardup import NearDuplicateIndex, RedisNearDuplicateIndex
+from guardstream.core.settings import Settings
+from guardstream.policy import PolicyRegistry, load_registry
+
+
+@dataclass(frozen=True, slots=True)
+class Stores:
+    cache: VerdictCache
+    journal: DecisionJournal
+    near: NearDuplicateIndex | None  # None: near-duplicate reuse switched off
+    policies: PolicyRegistry
+
+    @classmethod
+    def open(cls, settings: Settings, stack: AsyncExitStack) -> Stores:
+        """Open every store; `stack` closes them when the process stops."""
+        policies = load_registry(settings.policy_dir)
+        cache = RedisVerdictCache.from_settings(settings)
+        stack.push_async_callback(cache.close)
+        journal = RedisDecisionJournal.from_settings(settings)
+        stack.push_async_callback(journal.close)
+        near = None
+        if settings.near_duplicates:
+            near = RedisNearDuplicateIndex.from_settings(settings)
+            stack.push_async_callback(near.close)
+        return cls(cache, journal, near, policies)
