@@ -110,7 +110,6 @@ from guardstream.core.decisions import ACTION_TOPIC, Origin, decide, model_reaso
 from guardstream.core.kafka import (
     client_kwargs,
     ensure_topics,
-    last_offsets,
     make_consumer,
     make_producer,
 )
@@ -169,6 +168,15 @@ ZH_WORDS = (
 EMOJI = ("😂", "🔥", "👍", "🙏", "😡", "😭", "🎉", "💯", "🤔", "👀", "✨", "💔")
 EN_PUNCT = ".!?,;:"
 ZH_PUNCT = "，。！？、；"
+
+
+def last_offsets(records: Records) -> dict[TopicPartition, int]:
+    """Offsets the passthrough reference commits after a whole batch: last offset + 1."""
+    out: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        out[tp] = max(out.get(tp, 0), record.offset + 1)
+    return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,10 +224,4 @@ def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
 
 
-TERMINAL: dict[Verdict, Action] = {
-    Verdict.SAFE: Action.ALLOW,
-    Verdict.UNSAFE: Action.BLOCK,
-    Verdict.CONTROVERSIAL: Action.REVIEW,
-}
-
 Label = Literal["Safe", "Unsafe", "Controversial"]

@@ -12,7 +12,7 @@ import base64
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,14 +200,3 @@ async def dead_letter(
         headers=origin_headers(record, error.reason, attempts),
     )
     return future
-
-
-def last_offsets(records: Sequence[ConsumerRecord[bytes, bytes]]) -> dict[Any, int]:
-    """Offsets to commit after every record of a batch is done: last offset + 1 per partition."""
-    from aiokafka import TopicPartition
-
-    out: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        out[tp] = max(out.get(tp, 0), record.offset + 1)
-    return out

@@ -36,18 +36,23 @@ class Outbox:
             await self._producer.send(self._topics[topic], event.to_json(), key=key.encode())
         )
 
-    async def decision(self, raw: bytes) -> None:
-        """A serialised decision to the action topic of its action, keyed by post."""
-        decision = Decision.from_json(raw)
+    async def decision(self, raw: bytes, decision: Decision | None = None) -> None:
+        """A serialised decision to the action topic of its action, keyed by post. `decision`
+        is what `raw` says, when the caller has it; otherwise `raw` is read."""
+        if decision is None:
+            decision = Decision.from_json(raw)
         topic = self._topics[ACTION_TOPIC[decision.action]]
         self._pending.append(await self._producer.send(topic, raw, key=decision.post_id.encode()))
 
     async def decisions(self, journal: DecisionJournal, decisions: Sequence[Decision]) -> None:
         """Record each decision in the journal, then send what the journal says: for a post
         event decided before (a replay), the earlier decision, byte for byte."""
-        made = {journal_key(d.post_event_id, d.policy): d.to_json() for d in decisions}
-        for raw in (await journal.settle_many(made)).values():
-            await self.decision(raw)
+        ours = {journal_key(d.post_event_id, d.policy): (d.to_json(), d) for d in decisions}
+        settled = await journal.settle_many({key: raw for key, (raw, _) in ours.items()})
+        for key, raw in settled.items():
+            made, decision = ours[key]
+            # Only an earlier decision (a replay) needs reading; ours is known already.
+            await self.decision(raw, decision if raw == made else None)
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: ContractError) -> None:
         self._pending.append(
