@@ -9,12 +9,16 @@ import orjson
 import pytest
 
 from guardstream.core.contracts import (
+    Alert,
     ContractError,
     Decision,
     DlqRecord,
     Envelope,
     Post,
+    Review,
+    ReviewAssignment,
     ScoreRequest,
+    SlaEvent,
 )
 
 pytestmark = pytest.mark.unit
@@ -72,11 +76,72 @@ DLQ = {
     "payload_sha256": "0" * 64,
 }
 
+
+def drop(doc: dict[str, Any], *keys: str) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k not in keys}
+
+
+REVIEW = {
+    **ENV,
+    "review_id": "r-1",
+    "task_id": "t-1",
+    "post_id": "p-1",
+    "post_event_id": "e-0",
+    "tenant": "acme",
+    "decision_id": "d-1",
+    "content_key": KEY,
+    "policy": "default@1",
+    "outcome": "correct",
+    "verdict": "unsafe",
+    "categories": ["Unethical Acts"],
+    "reason": "健康污名：把疾病归咎于群体",
+    "tags": ["健康污名"],
+    "reviewer": "rv-7",
+    "model_verdict": "controversial",
+    "model_confidence": 0.62,
+    "reviewed_at": NOW,
+}
+ASSIGNMENT = {
+    **ENV,
+    "task_id": "t-1",
+    "post_id": "p-1",
+    "tenant": "acme",
+    "event": "assigned",
+    "reviewer": "rv-7",
+    "at": NOW,
+}
+SLA_EVENT = {
+    **ENV,
+    "sla_event_id": "s-1",
+    "post_id": "p-1",
+    "tenant": "acme",
+    "decision_id": "d-1",
+    "kind": "expired",
+    "deadline": NOW,
+    "downgrade_decision_id": "d-2",
+    "at": NOW,
+}
+ALERT = {
+    **ENV,
+    "alert_id": "al-1",
+    "kind": "sla_breach",
+    "severity": "warning",
+    "tenant": "acme",
+    "post_id": "p-1",
+    "summary": "review SLA of 7200 s passed unreviewed; downgraded to safe",
+    "labels": {"policy": "default@1"},
+    "raised_at": NOW,
+}
+
 CASES: list[tuple[type[Envelope], str, dict[str, Any]]] = [
     (Post, "post.v1.json", POST),
     (ScoreRequest, "score-request.v1.json", SCORE_REQUEST),
     (Decision, "decision.v1.json", DECISION),
     (DlqRecord, "dlq-record.v1.json", DLQ),
+    (Review, "review.v1.json", REVIEW),
+    (ReviewAssignment, "review-assignment.v1.json", ASSIGNMENT),
+    (SlaEvent, "sla-event.v1.json", SLA_EVENT),
+    (Alert, "alert.v1.json", ALERT),
 ]
 
 
@@ -167,6 +232,39 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
             {**DLQ, "origin": {"topic": "posts.v1", "partition": "3", "offset": 1}},
             {**DLQ, "payload_sha256": "abc"},
             {**DLQ, "origin": {"topic": "t", "partition": 0}},
+        ],
+    ),
+    Review: (
+        [
+            drop({**REVIEW, "outcome": "confirm", "verdict": "controversial"}, "reason"),
+            {**REVIEW, "stage": "qa", "late": True, "adapter": "lora-1"},
+            {**REVIEW, "reason": "x" * 50},
+        ],
+        [
+            drop(REVIEW, "reason"),
+            {**REVIEW, "reason": "x" * 51},
+            {**REVIEW, "tags": []},
+            {**REVIEW, "verdict": "spam"},
+            {**REVIEW, "outcome": "maybe"},
+            {**REVIEW, "model_confidence": 2},
+            {k: v for k, v in REVIEW.items() if k != "reviewer"},
+        ],
+    ),
+    ReviewAssignment: (
+        [drop({**ASSIGNMENT, "event": "released"}, "reviewer")],
+        [{**ASSIGNMENT, "event": "stolen"}, {k: v for k, v in ASSIGNMENT.items() if k != "at"}],
+    ),
+    SlaEvent: (
+        [drop({**SLA_EVENT, "kind": "warning"}, "downgrade_decision_id")],
+        [{**SLA_EVENT, "kind": "snoozed"}, {**SLA_EVENT, "deadline": "soon"}],
+    ),
+    Alert: (
+        [{**drop(ALERT, "tenant", "post_id"), "labels": {}}],
+        [
+            {**ALERT, "severity": "page"},
+            {**ALERT, "kind": "SLA Breach"},
+            {**ALERT, "summary": ""},
+            {**ALERT, "labels": {"Bad Key": "x"}},
         ],
     ),
 }

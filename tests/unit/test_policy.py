@@ -240,11 +240,15 @@ def test_scorer_unavailable_modes() -> None:
 
 
 def test_review_sla_defaults_to_two_hours_and_takes_the_tightest_override() -> None:
-    assert review_sla(make(), ["PII"]) == ReviewSla(deadline_s=7200, warn_after_s=5400)
+    assert review_sla(make(), ["PII"]) == ReviewSla(
+        deadline_s=7200, warn_after_s=5400, assign_within_s=900
+    )
     pack = make(review_sla_by_category={SELF_HARM: 1800, "PII": 3600}, review_warning_fraction=0.5)
     assert review_sla(pack, ["PII", SELF_HARM]) == ReviewSla(1800, 900)
     assert review_sla(pack, ["PII"]) == ReviewSla(3600, 1800)
     assert review_sla(pack, ["Violent"]) == ReviewSla(7200, 3600)
+    # Assignment can never be due after the decision itself.
+    assert review_sla(make(review_sla_s=600, assignment_sla_s=900), []).assign_within_s == 600
 
 
 # --- prompt prefix and fingerprint --------------------------------------------------------
@@ -331,6 +335,7 @@ NOT_PROMPT: dict[str, Any] = {
     "review_sla_s": 600,
     "review_sla_by_category": {"PII": 60},
     "review_warning_fraction": 0.5,
+    "assignment_sla_s": 60,
 }
 
 
@@ -591,6 +596,14 @@ def test_registry_versions_and_default() -> None:
         "beta-eu": "1",
     }
     assert REGISTRY.default.id == "default"
+
+
+def test_registry_finds_the_pack_a_decision_names() -> None:
+    found = REGISTRY.by_ref("acme@1")
+    assert found is not None
+    assert found.id == "acme"
+    assert REGISTRY.by_ref("acme@2") is None  # a version no longer loaded
+    assert REGISTRY.by_ref("nobody@1") is None
 
 
 def test_registry_refuses_ambiguity_without_files() -> None:

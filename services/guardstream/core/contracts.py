@@ -220,6 +220,120 @@ class DlqRecord(Envelope):
     payload_truncated: StrictBool = False
 
 
+class ReviewOutcome(enum.StrEnum):
+    CONFIRM = "confirm"  # the model's verdict stands
+    CORRECT = "correct"  # the reviewer changed the label
+
+
+class ReviewStage(enum.StrEnum):
+    FIRST = "first"  # the on-call reviewer's decision
+    QA = "qa"  # a senior reviewer's re-review (QA audit); does not re-action the post
+
+
+REVIEW_REASON_MAX = 50  # the seeds: a correction's reason is at most 50 characters
+
+
+class Review(Envelope):
+    """A human decision on a contested post (`moderation.reviews.v1`, key = post_id).
+
+    The review console publishes it; the SLA app takes the item out of its SLA, and the human
+    verdict is actioned and overrides the verdict cache for `content_key`.
+    """
+
+    review_id: Id  # deterministic per task and stage: a re-published review is detectable
+    task_id: Id
+    post_id: Id
+    post_event_id: Id
+    tenant: Tenant
+    decision_id: Id  # the decision that sent the post to review
+    content_key: ContentKey
+    policy: Id
+    outcome: ReviewOutcome
+    stage: ReviewStage = ReviewStage.FIRST
+    verdict: Verdict  # the human's label
+    categories: tuple[str, ...] = ()
+    # Required when correcting (the seeds' ③ 填写理由), at most 50 characters.
+    reason: Annotated[str, Field(min_length=1, max_length=REVIEW_REASON_MAX)] | None = None
+    tags: Annotated[
+        tuple[Annotated[str, Field(min_length=1, max_length=40)], ...], Field(min_length=1)
+    ]
+    reviewer: Id  # pseudonymous reviewer id, never a name or e-mail
+    model_verdict: Verdict
+    model_confidence: Confidence | None = None
+    model: Id | None = None
+    adapter: Id | None = None
+    # Decided after the SLA app downgraded the item: the human verdict still wins.
+    late: StrictBool = False
+    reviewed_at: Timestamp
+
+    @model_validator(mode="after")
+    def _correction_needs_reason(self) -> Self:
+        if self.outcome is ReviewOutcome.CORRECT and not self.reason:
+            raise ValueError("a correction needs a reason (at most 50 characters)")
+        return self
+
+
+class AssignmentEvent(enum.StrEnum):
+    ASSIGNED = "assigned"  # a reviewer holds the task (round-robin or claimed)
+    RELEASED = "released"  # given back, or the claim lock expired
+
+
+class ReviewAssignment(Envelope):
+    """The console assigned or released a review task (`moderation.review-assignments.v1`)."""
+
+    task_id: Id
+    post_id: Id
+    tenant: Tenant
+    event: AssignmentEvent
+    reviewer: Id | None = None  # pseudonymous; absent on release
+    at: Timestamp
+
+
+class SlaEventKind(enum.StrEnum):
+    WARNING = "warning"  # a share of the review deadline has passed
+    EXPIRED = "expired"  # deadline passed unreviewed: downgraded to safe
+    ASSIGNMENT_BREACH = "assignment_breach"  # nobody was assigned in time (alert only)
+    LATE_REVIEW = "late_review"  # a human decided after expiry; the human verdict wins
+
+
+class SlaEvent(Envelope):
+    """What the SLA app did about one contested item (`moderation.sla-events.v1`, key post_id).
+
+    The review console marks the task (warning, expired badge); reporting counts them.
+    """
+
+    sla_event_id: Id  # deterministic per (post, decision, kind): restarts never double it
+    post_id: Id
+    tenant: Tenant
+    decision_id: Id  # the decision that sent the post to review
+    kind: SlaEventKind
+    deadline: Timestamp
+    # The downgrade decision (`expired`), so the console can link to it.
+    downgrade_decision_id: Id | None = None
+    at: Timestamp
+
+
+class AlertSeverity(enum.StrEnum):
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Alert(Envelope):
+    """An operational alert (`moderation.alerts.v1`, key = alert_id): SLA, QA, pipeline."""
+
+    alert_id: Id  # deterministic: the same condition on the same item raises one alert
+    kind: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$", max_length=64)]
+    severity: AlertSeverity
+    tenant: Tenant | None = None
+    post_id: Id | None = None
+    summary: Annotated[str, Field(min_length=1, max_length=500)]  # never post text or PII
+    labels: dict[
+        Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Annotated[str, Field(max_length=200)]
+    ] = Field(default_factory=dict)
+    raised_at: Timestamp
+
+
 def dump(model: BaseModel) -> dict[str, Any]:
     return model.model_dump(mode="json", exclude_none=True)
 

@@ -23,6 +23,8 @@ class Topic(StrEnum):
     DLQ = "moderation.dlq.v1"
     REVIEWS = "moderation.reviews.v1"
     ALERTS = "moderation.alerts.v1"
+    ASSIGNMENTS = "moderation.review-assignments.v1"
+    SLA_EVENTS = "moderation.sla-events.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,12 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.DLQ, 3, "origin key", 30 * DAY_MS, "records no process could accept"),
     TopicSpec(Topic.REVIEWS, 6, "post_id", 90 * DAY_MS, "human review decisions"),
     TopicSpec(Topic.ALERTS, 3, "alert_id", 30 * DAY_MS, "operational alerts (SLA, QA)"),
+    # Same partition count and key as actions.review and reviews: the SLA app's table is
+    # co-partitioned with all three of its sources.
+    TopicSpec(
+        Topic.ASSIGNMENTS, 6, "post_id", 30 * DAY_MS, "review tasks assigned / released (console)"
+    ),
+    TopicSpec(Topic.SLA_EVENTS, 6, "post_id", 30 * DAY_MS, "SLA warnings, expiries, late reviews"),
 )
 
 SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in CATALOGUE}

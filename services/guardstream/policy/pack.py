@@ -34,6 +34,7 @@ DEFAULT_TENANT: Final = "*"
 # The tag key the region hint renders under (see `policy.prompt`); a domain tag may not use it.
 REGION_TAG: Final = "地区"
 DEFAULT_REVIEW_SLA_S: Final = 7200  # the seeds' "有争议 within 2 hours"
+DEFAULT_ASSIGNMENT_SLA_S: Final = 900  # an on-call reviewer must pick a contested item up
 DEFAULT_CACHE_TTL_S: Final = 604800  # same as GUARDSTREAM_CACHE_TTL_S's default
 
 
@@ -127,6 +128,8 @@ class PolicyPack(BaseModel):
     review_warning_fraction: Annotated[StrictFloat, Field(gt=0.0, lt=1.0, allow_inf_nan=False)] = (
         0.75
     )
+    # A contested item must be assigned to a reviewer within this (breach: alert, no downgrade).
+    assignment_sla_s: Seconds = DEFAULT_ASSIGNMENT_SLA_S
 
     @property
     def ref(self) -> str:

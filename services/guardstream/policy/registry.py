@@ -96,6 +96,13 @@ class PolicyRegistry:
                 return pack
         return self.default
 
+    def by_ref(self, ref: str) -> PolicyPack | None:
+        """The pack a decision names (`id@version`), when that version is still loaded."""
+        for pack in self._packs:
+            if pack.ref == ref:
+                return pack
+        return None
+
     def versions(self) -> dict[str, str]:
         """Pack id → version, for start-up logs and health output."""
         return {pack.id: pack.version for pack in self._packs}

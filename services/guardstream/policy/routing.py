@@ -54,6 +54,7 @@ class ReviewSla:
 
     deadline_s: int
     warn_after_s: int
+    assign_within_s: int = 900
 
 
 _CONTROVERSIAL_ACTION = {
@@ -143,7 +144,11 @@ def review_sla(pack: PolicyPack, categories: Sequence[str]) -> ReviewSla:
     """The tightest deadline that applies: a category override when the post has one."""
     overrides = [s for c, s in pack.review_sla_by_category.items() if c in categories]
     deadline = min(overrides, default=pack.review_sla_s)
-    return ReviewSla(deadline, math.floor(deadline * pack.review_warning_fraction))
+    return ReviewSla(
+        deadline,
+        math.floor(deadline * pack.review_warning_fraction),
+        min(pack.assignment_sla_s, deadline),
+    )
 
 
 def _usable(confidence: float | None) -> float | None:
