@@ -1,0 +1,465 @@
+"""The review workflow: authentication, tenant-scoped reads, claims, decisions, QA.
+
+Every method that touches a task runs one transaction holding the change, its audit row and
+the events it publishes (outbox); the relay sends those after commit. A task of a tenant the
+reviewer may not see is answered as "not found" (no existence leak) and audited as denied.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from guardstream.core.contracts import (
+    AssignmentEvent,
+    Decision,
+    Review,
+    ReviewAssignment,
+    ReviewStage,
+    utcnow,
+)
+from guardstream.core.decisions import ACTION_TOPIC
+from guardstream.core.topics import Topic
+from guardstream.policy import PolicyRegistry
+from guardstream.review import auth
+from guardstream.review.logic import (
+    Agreement,
+    Permission,
+    Reviewer,
+    SlaState,
+    Submission,
+    Task,
+    TaskState,
+    agreement,
+    assignment,
+    human_decision,
+    human_verdict_entry,
+    review_event,
+    validate_submission,
+)
+from guardstream.review.store import PostText, QueueFilter, QueueStats, ReviewStore, Tx
+
+log = logging.getLogger(__name__)
+
+
+class ReviewError(Exception):
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthenticated(ReviewError):
+    status = 401
+
+
+class Forbidden(ReviewError):
+    status = 403
+
+
+class NotFound(ReviewError):
+    status = 404
+
+
+class Conflict(ReviewError):
+    status = 409
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    task: Task
+    text: PostText | None  # None: not allowed to see it, or the post has not arrived
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    task: Task
+    review_id: str
+    decision_id: str | None  # the human decision (first stage only)
+    action: str | None
+    late: bool
+
+
+class ReviewService:
+    def __init__(
+        self,
+        store: ReviewStore,
+        policies: PolicyRegistry,
+        *,
+        tags: Sequence[str],
+        lock_s: int,
+        token_ttl_s: int,
+        clock: Callable[[], datetime] = utcnow,
+        after_commit: Callable[[], Awaitable[object]] | None = None,
+    ) -> None:
+        self.store = store
+        self.policies = policies
+        self.tags = tuple(tags)
+        self._lock = timedelta(seconds=lock_s)
+        self._token_ttl = timedelta(seconds=token_ttl_s)
+        self.now = clock
+        # Sends what a committed change queued (the outbox relay); the relay's own loop
+        # retries whatever this could not send.
+        self._after_commit = after_commit
+
+    async def _sent(self) -> None:
+        if self._after_commit is not None:
+            await self._after_commit()
+
+    # --- authentication ----------------------------------------------------------------------
+    async def login(self, reviewer_id: str, password: str) -> Reviewer:
+        found = await self.store.reviewer_credentials(reviewer_id)
+        if found is None or not auth.verify_password(password, found[1]):
+            await self.store.audit_alone(
+                actor=None, action="login", outcome="denied", detail={"reviewer": reviewer_id}
+            )
+            raise Unauthenticated("unknown reviewer or wrong password")
+        await self.store.audit_alone(actor=reviewer_id, action="login")
+        return found[0]
+
+    async def issue_token(self, reviewer: Reviewer) -> tuple[str, datetime]:
+        token = auth.new_token()
+        expires = self.now() + self._token_ttl
+        await self.store.store_token(reviewer.id, auth.token_hash(token), expires)
+        return token, expires
+
+    async def from_token(self, token: str | None, *, path: str) -> Reviewer:
+        if not token:
+            await self.store.audit_alone(
+                actor=None, action="api", outcome="denied", detail={"path": path, "why": "none"}
+            )
+            raise Unauthenticated("missing bearer token")
+        reviewer = await self.store.reviewer_for_token(auth.token_hash(token), self.now())
+        if reviewer is None:
+            await self.store.audit_alone(
+                actor=None,
+                action="api",
+                outcome="denied",
+                detail={"path": path, "why": "invalid or expired token"},
+            )
+            raise Unauthenticated("invalid or expired token")
+        return reviewer
+
+    # --- reads -------------------------------------------------------------------------------
+    async def queue(
+        self, reviewer: Reviewer, filters: QueueFilter, limit: int
+    ) -> tuple[list[Task], QueueStats]:
+        self._require(reviewer, Permission.READ_QUEUE)
+        if filters.tenant is not None and not reviewer.sees(filters.tenant):
+            await self.store.audit_alone(
+                actor=reviewer.id, action="queue", outcome="denied", tenant=filters.tenant
+            )
+            raise Forbidden("not a tenant of yours")
+        async with self.store.transaction() as tx:
+            tasks = await self.store.queue(tx, reviewer.tenants, filters, limit)
+            await tx.audit(
+                actor=reviewer.id,
+                action="queue",
+                tenant=filters.tenant,
+                detail={"shown": len(tasks)},
+            )
+        return tasks, await self.stats(reviewer)
+
+    async def stats(self, reviewer: Reviewer) -> QueueStats:
+        self._require(reviewer, Permission.READ_QUEUE)
+        return await self.store.stats(reviewer.tenants, self.now())
+
+    async def view(self, reviewer: Reviewer, task_id: str) -> TaskView:
+        self._require(reviewer, Permission.READ_QUEUE)
+        async with self.store.transaction() as tx:
+            task = await self._visible(tx, reviewer, task_id, "task.read")
+            text = None
+            if reviewer.may(Permission.READ_TEXT):
+                text = await tx.post_text(task.post_id, task.tenant)
+            await tx.audit(
+                actor=reviewer.id,
+                action="task.read",
+                tenant=task.tenant,
+                task_id=task.task_id,
+                detail={"text": text is not None},
+            )
+        return TaskView(task, text)
+
+    async def agreement(self, reviewer: Reviewer) -> Agreement:
+        self._require(reviewer, Permission.QA)
+        return agreement(await self.store.agreement_pairs(reviewer.tenants))
+
+    # --- claims ------------------------------------------------------------------------------
+    async def claim(self, reviewer: Reviewer) -> Task | None:
+        """The reviewer's current task, or the open task with the earliest deadline."""
+        self._require(reviewer, Permission.DECIDE)
+        now = self.now()
+        async with self.store.transaction() as tx:
+            held = await tx.held_by(reviewer.id, now)
+            if held is not None:
+                await tx.audit(
+                    actor=reviewer.id,
+                    action="task.claim",
+                    tenant=held.tenant,
+                    task_id=held.task_id,
+                    detail={"held": True},
+                )
+                return held
+            task = await tx.next_claimable(reviewer.tenants, now)
+            if task is None:
+                await tx.audit(actor=reviewer.id, action="task.claim", detail={"empty": True})
+                return None
+            await self._assign(tx, task, reviewer.id, now, actor=reviewer.id, how="claim")
+        await self._sent()
+        return await self._reload(task.task_id)
+
+    async def release(self, reviewer: Reviewer, task_id: str) -> Task:
+        self._require(reviewer, Permission.DECIDE)
+        now = self.now()
+        async with self.store.transaction() as tx:
+            task = await self._visible(tx, reviewer, task_id, "task.release", lock=True)
+            if task.state is not TaskState.ASSIGNED or task.assignee != reviewer.id:
+                raise Conflict("you do not hold this task")
+            await tx.unassign(task.task_id)
+            await self._publish(tx, assignment(task, AssignmentEvent.RELEASED, None, now))
+            await tx.audit(
+                actor=reviewer.id, action="task.release", tenant=task.tenant, task_id=task.task_id
+            )
+        await self._sent()
+        return await self._reload(task_id)
+
+    async def _assign(
+        self, tx: Tx, task: Task, reviewer: str, now: datetime, *, actor: str | None, how: str
+    ) -> None:
+        if task.state is TaskState.ASSIGNED and task.assignee and task.assignee != reviewer:
+            # Its lock expired: the previous holder loses it first.
+            await self._publish(tx, assignment(task, AssignmentEvent.RELEASED, None, now))
+        await tx.assign(task.task_id, reviewer, now + self._lock, now)
+        await self._publish(tx, assignment(task, AssignmentEvent.ASSIGNED, reviewer, now))
+        await tx.audit(
+            actor=actor,
+            action=f"task.{how}",
+            tenant=task.tenant,
+            task_id=task.task_id,
+            detail={"assignee": reviewer, "previous": task.assignee},
+        )
+
+    async def assign_round_robin(self, limit: int = 200) -> int:
+        """Hand pending tasks to idle on-call reviewers of their tenant, the one assigned
+        longest ago first, one task each at a time."""
+        done = 0
+        while done < limit:
+            now = self.now()
+            async with self.store.transaction() as tx:
+                found = await tx.unassigned_for_on_call(now)
+                if found is None:
+                    break
+                task, reviewer = found
+                await self._assign(tx, task, reviewer, now, actor=None, how="assign")
+            done += 1
+        if done:
+            await self._sent()
+        return done
+
+    async def release_expired_locks(self, limit: int = 500) -> int:
+        now = self.now()
+        async with self.store.transaction() as tx:
+            tasks = await tx.expired_locks(now, limit)
+            for task in tasks:
+                await tx.unassign(task.task_id)
+                await self._publish(tx, assignment(task, AssignmentEvent.RELEASED, None, now))
+                await tx.audit(
+                    actor=None,
+                    action="task.lock_expired",
+                    tenant=task.tenant,
+                    task_id=task.task_id,
+                    detail={"previous": task.assignee},
+                )
+        if tasks:
+            await self._sent()
+        return len(tasks)
+
+    # --- decisions ---------------------------------------------------------------------------
+    async def decide(self, reviewer: Reviewer, task_id: str, form: dict[str, Any]) -> Decided:
+        """First-stage decision: stored with its audit row, the Review and the human Decision
+        queued for publishing and the verdict cache override, all in one transaction."""
+        self._require(reviewer, Permission.DECIDE)
+        now = self.now()
+        async with self.store.transaction() as tx:
+            task = await self._visible(tx, reviewer, task_id, "task.decide", lock=True)
+            if task.state is TaskState.DECIDED:
+                raise Conflict("this task has been decided already")
+            held_by_other = (
+                task.state is TaskState.ASSIGNED
+                and task.assignee not in (None, reviewer.id)
+                and task.lock_expires_at is not None
+                and task.lock_expires_at > now
+            )
+            if held_by_other:
+                raise Conflict("another reviewer holds this task")
+            sub = await self._validated(tx, reviewer, task, form, "task.decide")
+            late = task.sla is SlaState.EXPIRED or now > task.deadline
+            pack = self.policies.by_ref(task.policy) or self.policies.for_post(
+                task.tenant, task.region
+            )
+            review = review_event(
+                task, sub, stage=ReviewStage.FIRST, reviewer=reviewer.id, late=late, at=now
+            )
+            decision = human_decision(task, sub, pack, late=late, at=now)
+            await tx.insert_review(
+                review_id=review.review_id,
+                task_id=task.task_id,
+                stage=ReviewStage.FIRST.value,
+                reviewer=reviewer.id,
+                outcome=sub.outcome.value,
+                verdict=sub.verdict.value,
+                categories=sub.categories,
+                reason=sub.reason,
+                tags=sub.tags,
+                late=late,
+                action=decision.action.value,
+                human_decision_id=decision.decision_id,
+                reviewed_at=now,
+            )
+            await tx.mark_decided(task.task_id, sub.verdict, late, now)
+            await self._publish(tx, review)
+            await self._publish(tx, decision)
+            entry = human_verdict_entry(task, sub, late=late, at=now)
+            await tx.enqueue(
+                "human_verdict", "verdict_cache", task.content_key, entry.model_dump_json().encode()
+            )
+            await tx.audit(
+                actor=reviewer.id,
+                action="task.decide",
+                tenant=task.tenant,
+                task_id=task.task_id,
+                detail={
+                    "from": task.model_verdict.value,
+                    "to": sub.verdict.value,
+                    "outcome": sub.outcome.value,
+                    "tags": list(sub.tags),
+                    "reason": sub.reason,
+                    "late": late,
+                    "action": decision.action.value,
+                    "decision_id": decision.decision_id,
+                },
+            )
+        await self._sent()
+        log.info(
+            "task decided",
+            extra={
+                "task_id": task.task_id,
+                "post_id": task.post_id,
+                "tenant": task.tenant,
+                "verdict": sub.verdict.value,
+                "late": late,
+            },
+        )
+        return Decided(
+            await self._reload(task_id),
+            review.review_id,
+            decision.decision_id,
+            decision.action.value,
+            late,
+        )
+
+    async def qa(self, reviewer: Reviewer, task_id: str, form: dict[str, Any]) -> Decided:
+        """A senior's re-review of a decided task (stage `qa`): stored, audited and published
+        as a Review; it does not re-action the post."""
+        self._require(reviewer, Permission.QA)
+        self._require(reviewer, Permission.DECIDE)
+        now = self.now()
+        async with self.store.transaction() as tx:
+            task = await self._visible(tx, reviewer, task_id, "task.qa", lock=True)
+            if task.state is not TaskState.DECIDED:
+                raise Conflict("only decided tasks can be re-reviewed")
+            sub = await self._validated(tx, reviewer, task, form, "task.qa")
+            review = review_event(
+                task, sub, stage=ReviewStage.QA, reviewer=reviewer.id, late=False, at=now
+            )
+            inserted = await tx.insert_review(
+                review_id=review.review_id,
+                task_id=task.task_id,
+                stage=ReviewStage.QA.value,
+                reviewer=reviewer.id,
+                outcome=sub.outcome.value,
+                verdict=sub.verdict.value,
+                categories=sub.categories,
+                reason=sub.reason,
+                tags=sub.tags,
+                late=False,
+                action=None,
+                human_decision_id=None,
+                reviewed_at=now,
+            )
+            if not inserted:
+                raise Conflict("you have re-reviewed this task already")
+            first = await tx.first_review_verdict(task.task_id)
+            await self._publish(tx, review)
+            await tx.audit(
+                actor=reviewer.id,
+                action="task.qa",
+                tenant=task.tenant,
+                task_id=task.task_id,
+                detail={
+                    "first": first.value if first else None,
+                    "qa": sub.verdict.value,
+                    "tags": list(sub.tags),
+                    "reason": sub.reason,
+                },
+            )
+        await self._sent()
+        return Decided(task, review.review_id, None, None, False)
+
+    async def _validated(
+        self, tx: Tx, reviewer: Reviewer, task: Task, form: dict[str, Any], action: str
+    ) -> Submission:
+        # QA compares with the first human label; the first stage with the model's.
+        base = task.human_verdict if action == "task.qa" and task.human_verdict else None
+        return validate_submission(
+            model_verdict=base or task.model_verdict,
+            model_categories=task.categories,
+            outcome=form.get("outcome"),
+            verdict=form.get("verdict"),
+            reason=form.get("reason"),
+            tags=form.get("tags") or (),
+            categories=form.get("categories"),
+            allowed_tags=self.tags,
+        )
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _require(self, reviewer: Reviewer, permission: Permission) -> None:
+        if not reviewer.may(permission):
+            raise Forbidden(f"role {reviewer.role.value} may not {permission.value}")
+
+    async def _visible(
+        self, tx: Tx, reviewer: Reviewer, task_id: str, action: str, *, lock: bool = False
+    ) -> Task:
+        task = await (tx.task_for_update(task_id) if lock else tx.task(task_id))
+        if task is None or not reviewer.sees(task.tenant):
+            # Audited outside this transaction: the caller's transaction is rolled back.
+            await self.store.audit_alone(
+                actor=reviewer.id,
+                action=action,
+                outcome="denied",
+                tenant=task.tenant if task else None,
+                task_id=task_id[:128],
+                detail={"why": "other tenant" if task else "no such task"},
+            )
+            raise NotFound("no such task")
+        return task
+
+    async def _publish(self, tx: Tx, event: Review | ReviewAssignment | Decision) -> None:
+        """Queue an event (keyed by post) for the relay, in this transaction."""
+        if isinstance(event, Decision):
+            topic = ACTION_TOPIC[event.action]
+        elif isinstance(event, Review):
+            topic = Topic.REVIEWS
+        else:
+            topic = Topic.ASSIGNMENTS
+        await tx.enqueue("event", topic.value, event.post_id, event.to_json())
+
+    async def _reload(self, task_id: str) -> Task:
+        async with self.store.transaction() as tx:
+            task = await tx.task(task_id)
+        assert task is not None
+        return task
