@@ -203,6 +203,20 @@ class OutboxItem:
     payload: bytes
 
 
+_POST_LOCK = 0x6773_7270  # advisory lock class: one post's text and task are written in turn
+
+
+async def _lock_posts(conn: Conn, post_ids: Sequence[str]) -> None:
+    """Serialise writers of the same posts (text and task may arrive in concurrent batches or
+    on different replicas): whoever commits second sees the other's row. Sorted: no deadlock."""
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock($1, hashtext(x))"
+        " FROM (SELECT DISTINCT x FROM unnest($2::text[]) AS x ORDER BY x) AS s",
+        _POST_LOCK,
+        sorted(set(post_ids)),
+    )
+
+
 class Tx:
     """One transaction: the state change, its audit row and its outbox entries together."""
 
@@ -483,6 +497,7 @@ class ReviewStore:
         if not posts:
             return
         async with self.transaction() as tx:
+            await _lock_posts(tx.conn, [p.post_id for p in posts])
             await tx.conn.executemany(
                 "INSERT INTO post_texts (post_id, tenant, kind, text, prompt, lang, region)"
                 " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (post_id) DO NOTHING",
@@ -503,6 +518,7 @@ class ReviewStore:
         if not tasks:
             return 0
         async with self.transaction() as tx:
+            await _lock_posts(tx.conn, [t.post_id for t in tasks])
             rows = await tx.conn.fetch(
                 "INSERT INTO tasks (task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
@@ -618,7 +634,7 @@ class ReviewStore:
             " (SELECT count(*) FROM tasks WHERE state <> 'decided' AND sla = 'expired'"
             "   AND ($1 OR tenant = ANY($2::text[]))) AS expired,"
             " (SELECT avg(extract(epoch FROM decided_at - created_at)) FROM tasks"
-            "   WHERE state = 'decided' AND decided_at > $3 - interval '1 hour'"
+            "   WHERE state = 'decided' AND decided_at > $3::timestamptz - interval '1 hour'"
             "   AND ($1 OR tenant = ANY($2::text[]))) AS avg_s",
             every,
             list(tenants),
