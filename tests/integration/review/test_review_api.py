@@ -115,7 +115,7 @@ async def test_invalid_submissions_are_refused_and_store_nothing(console: Consol
         (
             {"outcome": "correct", "verdict": "controversial", "reason": "r", "tags": tags},
             "verdict",
-        ),  # noqa: E501
+        ),
     ]
     async with console.client("alice") as http:
         for body, field in cases:
