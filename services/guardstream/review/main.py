@@ -101,7 +101,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
         tags=parse_tags(settings.review_tags),
         lock_s=settings.review_lock_s,
         token_ttl_s=settings.review_token_ttl_s,
-        after_commit=relay.relay_once,
+        after_commit=relay.kick,
     )
     secret = settings.review_session_secret
     key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
@@ -114,14 +114,13 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
 
 
 async def _background(review: Review, stop: asyncio.Event) -> None:
-    """Round-robin assignment, lock expiry, the outbox relay and the text purge, on a timer."""
+    """Round-robin assignment, lock expiry and the text purge, on a timer."""
     settings = review.settings
     ttl = timedelta(seconds=settings.review_post_text_ttl_s)
     while not stop.is_set():
         try:
             await review.service.release_expired_locks()
             await review.service.assign_round_robin()
-            await review.relay.drain()
             await review.store.purge_post_texts(utcnow() - ttl)
         except asyncio.CancelledError:
             raise
@@ -188,6 +187,9 @@ async def run(
             asyncio.create_task(loop.run(stop), name="review-consumer"),
             asyncio.create_task(server.serve(), name="review-http"),
             asyncio.create_task(_background(review, stop), name="review-background"),
+            asyncio.create_task(
+                review.relay.run(stop, settings.review_assign_interval_s), name="review-relay"
+            ),
             asyncio.create_task(watch_ready(), name="review-ready"),
             asyncio.create_task(stop_server(), name="review-stop"),
         ]

@@ -43,7 +43,25 @@ class OutboxRelay:
         self._topics = topics
         self._batch = batch
         self._lock = asyncio.Lock()
+        self._kicked = asyncio.Event()
         self.sent = 0
+
+    def kick(self) -> None:
+        """Something was committed to the outbox: send it soon (requests never wait for it)."""
+        self._kicked.set()
+
+    async def run(self, stop: asyncio.Event, interval_s: float) -> None:
+        """Send whenever kicked, and every `interval_s` anyway (retries after an outage)."""
+        while not stop.is_set():
+            kicked = asyncio.create_task(self._kicked.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait(
+                {kicked, stopped}, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            kicked.cancel()
+            stopped.cancel()
+            self._kicked.clear()
+            await self.drain()
 
     async def relay_once(self) -> int:
         """Send one batch of unsent items; returns how many were sent. Never raises for a
@@ -89,5 +107,5 @@ class OutboxRelay:
         return len(rows)
 
     async def drain(self) -> None:
-        while await self.relay_once():
+        while await self.relay_once() == self._batch:
             pass

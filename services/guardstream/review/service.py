@@ -8,7 +8,8 @@ reviewer may not see is answered as "not found" (no existence leak) and audited 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -94,7 +95,7 @@ class ReviewService:
         lock_s: int,
         token_ttl_s: int,
         clock: Callable[[], datetime] = utcnow,
-        after_commit: Callable[[], Awaitable[object]] | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.policies = policies
@@ -102,13 +103,17 @@ class ReviewService:
         self._lock = timedelta(seconds=lock_s)
         self._token_ttl = timedelta(seconds=token_ttl_s)
         self.now = clock
-        # Sends what a committed change queued (the outbox relay); the relay's own loop
-        # retries whatever this could not send.
+        # Tells the outbox relay a committed change queued events (it sends them at once,
+        # without the request waiting for the broker).
         self._after_commit = after_commit
+        # Queue depth and average response time, per tenant set, at most this old: counting
+        # 100k open tasks on every page view would cost more than the page itself.
+        self._stats: dict[tuple[str, ...], tuple[float, QueueStats]] = {}
+        self.stats_max_age_s = 1.0
 
     async def _sent(self) -> None:
         if self._after_commit is not None:
-            await self._after_commit()
+            self._after_commit()
 
     # --- authentication ----------------------------------------------------------------------
     async def login(self, reviewer_id: str, password: str) -> Reviewer:
@@ -166,7 +171,14 @@ class ReviewService:
 
     async def stats(self, reviewer: Reviewer) -> QueueStats:
         self._require(reviewer, Permission.READ_QUEUE)
-        return await self.store.stats(reviewer.tenants, self.now())
+        key = tuple(sorted(reviewer.tenants))
+        now = time.monotonic()
+        cached = self._stats.get(key)
+        if cached is not None and now - cached[0] < self.stats_max_age_s:
+            return cached[1]
+        fresh = await self.store.stats(reviewer.tenants, self.now())
+        self._stats[key] = (now, fresh)
+        return fresh
 
     async def view(self, reviewer: Reviewer, task_id: str) -> TaskView:
         self._require(reviewer, Permission.READ_QUEUE)
@@ -343,6 +355,7 @@ class ReviewService:
                     "decision_id": decision.decision_id,
                 },
             )
+        self._stats.clear()  # the depth just changed: the next page counts again
         await self._sent()
         log.info(
             "task decided",
