@@ -7,6 +7,7 @@ reviewer may not see is answered as "not found" (no existence leak) and audited 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -110,6 +111,7 @@ class ReviewService:
         # 100k open tasks on every page view would cost more than the page itself.
         self._stats: dict[tuple[str, ...], tuple[float, QueueStats]] = {}
         self.stats_max_age_s = 1.0
+        self._refreshing: dict[tuple[str, ...], asyncio.Future[QueueStats]] = {}
 
     async def _sent(self) -> None:
         if self._after_commit is not None:
@@ -170,15 +172,31 @@ class ReviewService:
         return tasks, await self.stats(reviewer)
 
     async def stats(self, reviewer: Reviewer) -> QueueStats:
+        """Queue depth, expired count and average response time of the reviewer's tenants.
+
+        Served from a per-tenant-set copy at most `stats_max_age_s` old; when it is older, one
+        request refreshes it while the others keep the previous copy (no stampede of counts).
+        """
         self._require(reviewer, Permission.READ_QUEUE)
         key = tuple(sorted(reviewer.tenants))
-        now = time.monotonic()
         cached = self._stats.get(key)
-        if cached is not None and now - cached[0] < self.stats_max_age_s:
+        if cached is not None and time.monotonic() - cached[0] < self.stats_max_age_s:
             return cached[1]
-        fresh = await self.store.stats(reviewer.tenants, self.now())
-        self._stats[key] = (now, fresh)
-        return fresh
+        refreshing = self._refreshing.get(key)
+        if refreshing is None:
+            refreshing = asyncio.ensure_future(self._refresh_stats(key, reviewer.tenants))
+            self._refreshing[key] = refreshing
+        if cached is not None:
+            return cached[1]
+        return await asyncio.shield(refreshing)
+
+    async def _refresh_stats(self, key: tuple[str, ...], tenants: Sequence[str]) -> QueueStats:
+        try:
+            fresh = await self.store.stats(tenants, self.now())
+            self._stats[key] = (time.monotonic(), fresh)
+            return fresh
+        finally:
+            self._refreshing.pop(key, None)
 
     async def view(self, reviewer: Reviewer, task_id: str) -> TaskView:
         self._require(reviewer, Permission.READ_QUEUE)
@@ -355,7 +373,9 @@ class ReviewService:
                     "decision_id": decision.decision_id,
                 },
             )
-        self._stats.clear()  # the depth just changed: the next page counts again
+        # The depth just changed: the next page refreshes the figures (and shows the old
+        # ones meanwhile).
+        self._stats = {k: (0.0, v) for k, (_, v) in self._stats.items()}
         await self._sent()
         log.info(
             "task decided",

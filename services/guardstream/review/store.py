@@ -628,14 +628,12 @@ class ReviewStore:
     async def stats(self, tenants: Sequence[str], now: datetime) -> QueueStats:
         every = "*" in tenants
         row = await self._pool.fetchrow(
-            "SELECT"
-            " (SELECT count(*) FROM tasks WHERE state <> 'decided'"
-            "   AND ($1 OR tenant = ANY($2::text[]))) AS depth,"
-            " (SELECT count(*) FROM tasks WHERE state <> 'decided' AND sla = 'expired'"
-            "   AND ($1 OR tenant = ANY($2::text[]))) AS expired,"
-            " (SELECT avg(extract(epoch FROM decided_at - created_at)) FROM tasks"
-            "   WHERE state = 'decided' AND decided_at > $3::timestamptz - interval '1 hour'"
-            "   AND ($1 OR tenant = ANY($2::text[]))) AS avg_s",
+            "SELECT o.depth, o.expired, d.avg_s FROM"
+            " (SELECT count(*) AS depth, count(*) FILTER (WHERE sla = 'expired') AS expired"
+            "  FROM tasks WHERE state <> 'decided' AND ($1 OR tenant = ANY($2::text[]))) o,"
+            " (SELECT avg(extract(epoch FROM decided_at - created_at)) AS avg_s FROM tasks"
+            "  WHERE state = 'decided' AND decided_at > $3::timestamptz - interval '1 hour'"
+            "  AND ($1 OR tenant = ANY($2::text[]))) d",
             every,
             list(tenants),
             now,
