@@ -224,7 +224,7 @@ def summary(timings: dict[str, list[float]], seconds: float) -> dict[str, float]
         out[f"{name}_p99_ms"] = round(pct(values, 99), 2)
         out[f"{name}_n"] = len(values)
     total = sum(len(v) for v in timings.values())
-    out["requests_per_s"] = round(total / seconds, 1)
+    out["requests_per_s"] = round(total / max(seconds, 1e-9), 1)
     return out
 
 
@@ -326,6 +326,8 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "queue_depth_after": stats["queue_depth"],
             "target_queue_p99_ms": 50,
             "cpus": os.cpu_count(),
+            # Other work on this machine during the run (1-minute load average, end of run).
+            "load_avg_1m": round(os.getloadavg()[0], 2),
         }
     finally:
         if proc is not None:

@@ -112,6 +112,8 @@ class ReviewService:
         self._stats: dict[tuple[str, ...], tuple[float, QueueStats]] = {}
         self.stats_max_age_s = 1.0
         self._refreshing: dict[tuple[str, ...], asyncio.Future[QueueStats]] = {}
+        self._tokens: dict[str, tuple[Reviewer, datetime, float]] = {}
+        self.token_cache_s = 5.0
 
     async def _sent(self) -> None:
         if self._after_commit is not None:
@@ -140,7 +142,7 @@ class ReviewService:
                 actor=None, action="api", outcome="denied", detail={"path": path, "why": "none"}
             )
             raise Unauthenticated("missing bearer token")
-        reviewer = await self.store.reviewer_for_token(auth.token_hash(token), self.now())
+        reviewer = await self._token_owner(auth.token_hash(token))
         if reviewer is None:
             await self.store.audit_alone(
                 actor=None,
@@ -150,6 +152,23 @@ class ReviewService:
             )
             raise Unauthenticated("invalid or expired token")
         return reviewer
+
+    async def _token_owner(self, digest: str) -> Reviewer | None:
+        """The token's reviewer while the token is valid. Owners are remembered for
+        `token_cache_s` (a role or tenant change reaches open tokens within that time); the
+        expiry is checked on every call. Unknown tokens are never remembered."""
+        now = time.monotonic()
+        known = self._tokens.get(digest)
+        if known is None or now - known[2] > self.token_cache_s:
+            found = await self.store.token_owner(digest)
+            if found is None:
+                return None
+            if len(self._tokens) > 10_000:
+                self._tokens.clear()
+            known = (found[0], found[1], now)
+            self._tokens[digest] = known
+        reviewer, expires, _ = known
+        return reviewer if expires > self.now() else None
 
     # --- reads -------------------------------------------------------------------------------
     async def queue(
@@ -161,14 +180,7 @@ class ReviewService:
                 actor=reviewer.id, action="queue", outcome="denied", tenant=filters.tenant
             )
             raise Forbidden("not a tenant of yours")
-        async with self.store.transaction() as tx:
-            tasks = await self.store.queue(tx, reviewer.tenants, filters, limit)
-            await tx.audit(
-                actor=reviewer.id,
-                action="queue",
-                tenant=filters.tenant,
-                detail={"shown": len(tasks)},
-            )
+        tasks = await self.store.queue(reviewer.id, reviewer.tenants, filters, limit)
         return tasks, await self.stats(reviewer)
 
     async def stats(self, reviewer: Reviewer) -> QueueStats:

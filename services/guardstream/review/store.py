@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeAlias
@@ -97,6 +97,20 @@ _ON_CALL_FROM = (
     " FOR UPDATE OF t SKIP LOCKED"
 )
 _ON_CALL_QUERY = _SELECT_ON_CALL + _ON_CALL_FROM
+
+# The data-modifying CTE runs even though nothing reads from it; the statement is atomic.
+_QUEUE_FROM = (
+    " WHERE state <> 'decided' AND ($1 OR tenant = ANY($2::text[]))"
+    " AND ($3::text IS NULL OR tenant = $3) AND ($4::text IS NULL OR lang = $4)"
+    " AND ($5::text IS NULL OR $5 = ANY(categories))"
+    " AND ($6::text IS NULL OR $6 = ANY(domain_tags))"
+    " ORDER BY deadline LIMIT $7"
+)
+_QUEUE_AUDIT = (
+    "WITH logged AS (INSERT INTO audit (actor, action, outcome, tenant, detail)"
+    " VALUES ($8, 'queue', 'ok', $3, $9::jsonb) RETURNING id) "
+)
+_QUEUE_QUERY = _QUEUE_AUDIT + _SELECT_TASKS + _QUEUE_FROM
 
 
 def _task(row: asyncpg.Record) -> Task:
@@ -470,15 +484,14 @@ class ReviewStore:
             )
             await tx.audit(actor=reviewer_id, action="token.issue")
 
-    async def reviewer_for_token(self, digest: str, now: datetime) -> Reviewer | None:
+    async def token_owner(self, digest: str) -> tuple[Reviewer, datetime] | None:
+        """The reviewer a token hash belongs to and when the token expires."""
         row = await self._pool.fetchrow(
-            "SELECT r.id, r.tenants, r.role, r.on_call FROM api_tokens t"
-            " JOIN reviewers r ON r.id = t.reviewer_id"
-            " WHERE t.token_hash = $1 AND t.expires_at > $2",
+            "SELECT r.id, r.tenants, r.role, r.on_call, t.expires_at FROM api_tokens t"
+            " JOIN reviewers r ON r.id = t.reviewer_id WHERE t.token_hash = $1",
             digest,
-            now,
         )
-        return _reviewer(row) if row else None
+        return (_reviewer(row), row["expires_at"]) if row else None
 
     async def set_on_call(self, reviewer_id: str, on_call: bool) -> None:
         async with self.transaction() as tx:
@@ -606,23 +619,32 @@ class ReviewStore:
 
     # --- reads -------------------------------------------------------------------------------
     async def queue(
-        self, tx: Tx, tenants: Sequence[str], filters: QueueFilter, limit: int
+        self, actor: str, tenants: Sequence[str], filters: QueueFilter, limit: int
     ) -> list[Task]:
+        """Open tasks by deadline, and the audit row of this read, in ONE statement (one round
+        trip, one commit: the queue page is the hot path). If either part fails, neither
+        happens and the read is refused as an audit failure."""
         every = "*" in tenants
-        rows = await tx.conn.fetch(
-            _SELECT_TASKS + " WHERE state <> 'decided' AND ($1 OR tenant = ANY($2::text[]))"
-            " AND ($3::text IS NULL OR tenant = $3) AND ($4::text IS NULL OR lang = $4)"
-            " AND ($5::text IS NULL OR $5 = ANY(categories))"
-            " AND ($6::text IS NULL OR $6 = ANY(domain_tags))"
-            " ORDER BY deadline LIMIT $7",
-            every,
-            list(tenants),
-            filters.tenant,
-            filters.lang,
-            filters.category,
-            filters.tag,
-            limit,
-        )
+        detail = orjson.dumps(
+            {k: v for k, v in asdict(filters).items() if v is not None} | {"limit": limit}
+        ).decode()
+        try:
+            rows = await self._pool.fetch(
+                _QUEUE_QUERY,
+                every,
+                list(tenants),
+                filters.tenant,
+                filters.lang,
+                filters.category,
+                filters.tag,
+                limit,
+                actor,
+                detail,
+            )
+        except DB_ERRORS as exc:
+            raise AuditFailed(
+                f"queue read with its audit row failed: {type(exc).__name__}"
+            ) from exc
         return [_task(r) for r in rows]
 
     async def stats(self, tenants: Sequence[str], now: datetime) -> QueueStats:

@@ -183,10 +183,11 @@ async def test_a_failed_audit_write_fails_the_request_and_stores_nothing(
         decide = await http.post(f"/api/v1/tasks/{tid}/decision", json=CONFIRM)
         read = await http.get(f"/api/v1/tasks/{tid}")
         claim = await http.post("/api/v1/tasks/claim")
-    for response in (decide, read, claim):
+        queue = await http.get("/api/v1/queue")
+    for response in (decide, read, claim, queue):
         assert response.status_code == 503, response.text
         assert "nothing was done" in response.json()["detail"]
-    assert "text" not in read.json()
+    assert "text" not in read.json() and "tasks" not in queue.json()
     assert (await console.sql("SELECT count(*) AS n FROM reviews"))[0]["n"] == 0
     assert (await console.sql("SELECT state FROM tasks"))[0]["state"] == "pending"
     assert (await console.sql("SELECT count(*) AS n FROM outbox"))[0]["n"] == outbox
