@@ -335,6 +335,9 @@ def test_feedback_jobs_are_cronjobs_when_enabled(production_docs: list[dict[str,
     assert pods["gs-feedback-qa-sample"]["containers"][0]["args"] == ["feedback", "qa-sample"]
     train = pods["gs-feedback-train"]["containers"][0]["resources"]
     assert train["limits"]["nvidia.com/gpu"] == 1
+    assert pods["gs-feedback-train"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    qa = pods["gs-feedback-qa-sample"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in qa["limits"]
     for name in cron:
         assert cron[name]["spec"]["concurrencyPolicy"] == "Forbid"
 
