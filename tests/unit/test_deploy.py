@@ -131,8 +131,12 @@ def production_docs() -> list[dict[str, Any]]:
     return render(production_values())
 
 
-def test_chart_lints_without_errors() -> None:
-    assert helm.lint(str(CHART))["errors"] == []
+@pytest.mark.parametrize("profile", ["default", "production"])
+def test_chart_lints_strictly_without_findings(profile: str) -> None:
+    values = {} if profile == "default" else production_values()
+    report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBERNETES_VERSION}")
+    assert report["errors"] == []
+    assert [m for m in report["messages"] if m["severity"] >= 2] == []
 
 
 def test_default_release_runs_every_process_against_external_infrastructure(
