@@ -244,6 +244,11 @@ def test_gpu_scorer_has_gpus_placement_model_cache_and_a_long_start_up(
     ]
     # KEDA owns the replica count.
     assert "replicas" not in deployment["spec"]
+    # The CUDA build for the scorer only; the CPU-only processes keep the slim image.
+    images = {n: p["containers"][0]["image"] for n, p in pod_specs(production_docs).items()}
+    assert images["gs-scorer"] == "registry.example.com/guardstream:0.1.0-cuda"
+    assert images["gs-feedback-train"] == images["gs-scorer"]
+    assert images["gs-triage"] == images["gs-review"] == "registry.example.com/guardstream:0.1.0"
 
 
 def test_cpu_scorer_asks_for_no_gpu() -> None:

@@ -5,6 +5,17 @@ hold only what must be identical everywhere (labels, env, security, volumes). */
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end }}
 
+{{/* A component's own image when it sets one (the scorer's CUDA build), else the shared one:
+(dict "root" $ "image" .Values.scorer.image) */}}
+{{- define "guardstream.componentImage" -}}
+{{- $own := .image | default dict -}}
+{{- if $own.repository -}}
+{{ $own.repository }}:{{ $own.tag | default .root.Values.image.tag | default .root.Chart.AppVersion }}
+{{- else -}}
+{{ include "guardstream.image" .root }}
+{{- end }}
+{{- end }}
+
 {{- define "guardstream.labels" -}}
 app.kubernetes.io/name: guardstream
 app.kubernetes.io/instance: {{ .Release.Name }}
