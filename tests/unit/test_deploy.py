@@ -96,8 +96,9 @@ def validate_object(doc: dict[str, Any]) -> None:
 def render(values: dict[str, Any], chart: Path = CHART) -> list[dict[str, Any]]:
     loaded = helm.Chart.load(str(chart))
     docs: list[dict[str, Any]] = []
-    for text in loaded.render(values, name="gs", namespace="moderation").values():
-        docs.extend(d for d in yaml.safe_load_all(text) if d)
+    for path, text in loaded.render(values, name="gs", namespace="moderation").items():
+        if path.endswith(".yaml"):
+            docs.extend(d for d in yaml.safe_load_all(text) if d)
     return docs
 
 
@@ -212,6 +213,25 @@ def test_secrets_come_only_from_existing_secret_references(
     assert "DATABASE_URL" in env
     triage = by_kind(production_docs, "Deployment")["gs-triage"]["spec"]["template"]["spec"]
     assert "DATABASE_URL" not in {e["name"] for e in triage["containers"][0]["env"]}
+
+
+def test_install_notes_name_every_secret_the_pods_read(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    loaded = helm.Chart.load(str(CHART))
+    notes = loaded.render(production_values(), name="gs", namespace="moderation")[
+        "guardstream/templates/NOTES.txt"
+    ]
+    secrets = {
+        env["valueFrom"]["secretKeyRef"]["name"]
+        for pod in pod_specs(production_docs).values()
+        for env in pod["containers"][0]["env"]
+        if "secretKeyRef" in env.get("valueFrom", {})
+    }
+    assert len(secrets) == 4
+    for secret in secrets:
+        assert f"  {secret} (key" in notes, secret
+    assert "https://review.moderation.example.com/" in notes
 
 
 def test_every_env_name_is_a_setting(production_docs: list[dict[str, Any]]) -> None:
