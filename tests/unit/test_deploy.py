@@ -1,6 +1,7 @@
 """The Helm chart agrees with the program and with Kubernetes: it renders and lints with Helm
 itself (Go SDK via `helm_python`), its values schema refuses bad values with a clear message,
-every rendered object validates against the Kubernetes JSON schemas (`kubernetes_validate`), and
+every rendered object validates against the Kubernetes JSON schemas (`kubernetes_validate`) or,
+for KEDA and Prometheus Operator objects, the models generated from their CRDs (`cloudcoil`), and
 every command, env name, topic and consumer group it names is one the program has."""
 
 from __future__ import annotations
