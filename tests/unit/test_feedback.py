@@ -216,3 +216,28 @@ def test_promotion_gate(
     }
     wins, why = promotion_decision(metrics, FeedbackConfig())
     assert wins is promoted, why
+
+
+def test_report_counts_weeks_disagreement_and_reviewer_agreement() -> None:
+    from guardstream.feedback.report import build_report, render_html
+
+    key = "a" * 32
+    samples = [
+        sample(1, lang="zh", pred_categories=("Unethical Acts",)),  # disagreement
+        sample(2, lang="zh", human_verdict=Verdict.CONTROVERSIAL),  # agreement
+        sample(3, lang="en", content_key=key, reviewer="rv-2"),
+        sample(4, content_key=key, stage=ReviewStage.QA, human_verdict=Verdict.UNSAFE),
+        sample(5, reviewed_at=T0 + timedelta(days=7)),
+    ]
+    cards = [{"adapter_id": "fb-1", "promoted": True, "data_window": {"until": "x"}}]
+    report = build_report(samples, cards)
+    assert report.per_week == {"2026-W47": 3, "2026-W48": 1}
+    assert report.disagreement_by_lang["zh"].hits == 1
+    assert report.disagreement_by_lang["zh"].total == 2
+    assert report.disagreement_by_category["Unethical Acts"].value == 1.0
+    assert report.controversial_by_week["2026-W47"].value == 1.0
+    assert report.reviewer_agreement["rv-2"].total == 1
+    assert report.reviewer_agreement["rv-2"].value == 0.0  # the senior said unsafe, rv-2 safe
+    page = render_html(report)
+    assert "fb-1" in page
+    assert "post number" not in page  # the report never shows post text
