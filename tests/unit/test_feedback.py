@@ -241,3 +241,62 @@ def test_report_counts_weeks_disagreement_and_reviewer_agreement() -> None:
     page = render_html(report)
     assert "fb-1" in page
     assert "post number" not in page  # the report never shows post text
+
+
+def test_a_review_is_archived_as_the_model_saw_the_post() -> None:
+    from guardstream.core.contracts import Review, ReviewOutcome
+    from guardstream.feedback.sample import from_review
+    from guardstream.policy.pack import PolicyPack
+
+    review = Review(
+        event_id="e",
+        produced_at=T0,
+        review_id="r-9",
+        task_id="t-9",
+        post_id="p-9",
+        post_event_id="pe-9",
+        tenant="health-forum",
+        decision_id="d-9",
+        content_key="9" * 32,
+        policy="hf@1",
+        outcome=ReviewOutcome.CORRECT,
+        verdict=Verdict.UNSAFE,
+        categories=("Unethical Acts",),
+        reason="健康污名化",
+        tags=("健康污名",),
+        reviewer="rv-3",
+        model_verdict=Verdict.SAFE,
+        model_confidence=0.7,
+        model="tiny",
+        reviewed_at=T0,
+    )
+    pack = PolicyPack(
+        id="hf", version="1", tenants=("health-forum",), domain_tags={"领域": "公共卫生"}
+    )
+    s = from_review(
+        review,
+        text="  Ｈello\u200b world ",
+        kind=Kind.PROMPT,
+        prompt=None,
+        lang="en",
+        pred_categories=(),
+        pred_reason="Qwen3Guard: Safe",
+        pred_refusal=None,
+        decided_at=T0,
+        pack=pack,
+    )
+    assert s.text == "[领域:公共卫生] Hello world"
+    assert (s.pred_verdict, s.human_verdict, s.sample_id) == (Verdict.SAFE, Verdict.UNSAFE, "r-9")
+    response = from_review(
+        review,
+        text="Sure.",
+        kind=Kind.RESPONSE,
+        prompt="q  ?",
+        lang=None,
+        pred_categories=(),
+        pred_reason=None,
+        pred_refusal=False,
+        decided_at=None,
+        pack=pack,
+    )
+    assert (response.prompt, response.text) == ("[领域:公共卫生] q ?", "Sure.")
