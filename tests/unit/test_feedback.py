@@ -300,3 +300,40 @@ def test_a_review_is_archived_as_the_model_saw_the_post() -> None:
         pack=pack,
     )
     assert (response.prompt, response.text) == ("[领域:公共卫生] q ?", "Sure.")
+
+
+def test_qa_sample_spreads_over_reviewers_and_skips_checked_items() -> None:
+    from guardstream.feedback.qa import qa_sample
+
+    samples = [sample(n, reviewer="rv-busy") for n in range(20)] + [
+        sample(100, reviewer="rv-quiet"),
+        sample(101, reviewer="rv-quiet"),
+        sample(200, content_key=f"{5:032x}", stage=ReviewStage.QA),  # r-5 already checked
+    ]
+    picked = qa_sample(samples, 4, seed="2026-11")
+    assert sorted(s.reviewer for s in picked) == ["rv-busy", "rv-busy", "rv-quiet", "rv-quiet"]
+    assert picked == qa_sample(list(reversed(samples)), 4, seed="2026-11")
+    assert "r-5" not in {s.sample_id for s in qa_sample(samples, 100, seed="x")}
+    assert len(qa_sample(samples, 100, seed="x")) == 21
+
+
+def test_low_agreement_raises_one_alert_naming_the_reviewers() -> None:
+    from guardstream.feedback.qa import agreement_alerts
+
+    firsts = [sample(n, reviewer="rv-good" if n < 10 else "rv-bad") for n in range(12)]
+    seniors = [
+        sample(
+            1000 + n,
+            content_key=f"{n:032x}",
+            stage=ReviewStage.QA,
+            human_verdict=Verdict.SAFE if n < 10 else Verdict.UNSAFE,
+        )
+        for n in range(12)
+    ]
+    (alert,) = agreement_alerts(firsts + seniors, 0.9, "2026-11", now=T0)
+    assert alert.kind == "qa_agreement_low"
+    assert alert.labels["reviewers"] == "rv-bad"
+    assert "10 of 12" in alert.summary
+    again = agreement_alerts(firsts + seniors, 0.9, "2026-11", now=T0 + timedelta(hours=1))
+    assert again[0].alert_id == alert.alert_id  # idempotent per period
+    assert agreement_alerts(firsts + seniors[:10], 0.9, "2026-11") == []
