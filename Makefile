@@ -4,8 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 RUN_DIR ?= .run
+METRICS_PORT_BASE ?= 9464
 export GUARDSTREAM_MODEL ?= tiny
 
+.PHONY: prometheus dashboards
 .PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup lint typecheck clean
 
 help:
@@ -15,6 +17,8 @@ help:
 	@echo "make test        install everything, then lint, typecheck and all test tiers"
 	@echo "make lint | typecheck | test-unit | test-integration | test-e2e | chaos"
 	@echo "make bench-pipeline | bench-neardup   benchmarks (print ratios measured in one run)"
+	@echo "make prometheus  a local Prometheus scraping 'make up' (alert rules loaded)"
+	@echo "make dashboards  regenerate deploy/grafana/dashboards/*.json"
 
 # A fresh machine needs nothing but Python 3.11: the virtualenv, vLLM's CPU build (with the
 # torch wheel pip finds locally) and the project are installed here, once.
@@ -31,7 +35,16 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 up: install
-	$(BIN)/guardstream stack up --run-dir $(RUN_DIR)
+	$(BIN)/guardstream stack up --run-dir $(RUN_DIR) --metrics-port-base $(METRICS_PORT_BASE)
+
+# A local Prometheus (Debian: apt-get install prometheus) scraping `make up`'s processes with
+# the shipped alert rules; http://127.0.0.1:9090. Dashboards: deploy/grafana/dashboards.
+prometheus:
+	prometheus --config.file=deploy/prometheus/prometheus.local.yml \
+	  --storage.tsdb.path=$(RUN_DIR)/prometheus --web.listen-address=127.0.0.1:9090
+
+dashboards:
+	$(PY) deploy/grafana/generate.py
 
 down:
 	@if [ -x $(BIN)/guardstream ]; then $(BIN)/guardstream stack down --run-dir $(RUN_DIR); fi

@@ -238,12 +238,15 @@ def stack_up(
     run_dir: RunDir = Path(".run"),
     kafka_port: Annotated[int, typer.Option()] = 9092,
     health_port_base: Annotated[int, typer.Option()] = 18081,
+    metrics_port_base: Annotated[
+        int, typer.Option(help="Serve /metrics from this port on, one per process; 0 = off.")
+    ] = 0,
 ) -> None:
     """Start broker (unless KAFKA_BOOTSTRAP is set), topics, triage and scorer; wait until ready."""
     from guardstream.devtools.stack import StackConfig, StackError, up
 
     try:
-        up(StackConfig(run_dir, kafka_port, health_port_base), out.print)
+        up(StackConfig(run_dir, kafka_port, health_port_base, metrics_port_base), out.print)
     except StackError as exc:
         err.print(f"[red]stack failed:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -88,13 +88,14 @@ def test_promtool_checks_the_rules_and_the_scrape_config() -> None:
         [tool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    config = subprocess.run(
-        [tool, "check", "config", "--syntax-only", str(SCRAPE_CONFIG)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert config.returncode == 0, config.stdout + config.stderr
+    for scrape_config in (SCRAPE_CONFIG, SCRAPE_CONFIG.with_name("prometheus.local.yml")):
+        config = subprocess.run(
+            [tool, "check", "config", "--syntax-only", str(scrape_config)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert config.returncode == 0, config.stdout + config.stderr
 
 
 def test_alerts_fire_when_they_should_promtool_test_rules() -> None:

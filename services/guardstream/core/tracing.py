@@ -28,6 +28,7 @@ Headers = list[tuple[str, bytes]]
 # W3C trace context only: what Kafka headers carry must not depend on process-wide config.
 PROPAGATOR = TraceContextTextMapPropagator()
 TRACER_NAME = "guardstream"
+MAX_LINKS = 128  # the SDK keeps at most 128 links per span anyway
 
 
 class _Record(Protocol):
@@ -73,9 +74,14 @@ def inject(headers: Headers | None = None, context: Context | None = None) -> He
     return carrier
 
 
+_EMPTY = Context()
+
+
 def extract(headers: Sequence[tuple[str, bytes]] | None) -> Context:
     """The trace context a producer put in these headers (an empty context when none)."""
-    return PROPAGATOR.extract(list(headers or ()), getter=_GETTER)
+    if not headers or not any(key == "traceparent" for key, _ in headers):
+        return _EMPTY  # the common untraced case costs no parsing
+    return PROPAGATOR.extract(headers, getter=_GETTER)
 
 
 def hashed(value: str) -> str:
@@ -108,38 +114,40 @@ def producer_span(topic: str, **attributes: str | int) -> Iterator[Headers]:
 
 class BatchTrace:
     """The spans of one consumed batch: a CONSUMER span per record (child of its producer's
-    context) and a batch span linking them, current while the handler runs."""
+    context) and a batch span, current while the handler runs, linking the sampled ones.
+
+    Per-record spans carry only what differs per record (topic, partition, offset, and what
+    the outputs add); what the batch shares (system, group, service) is on the batch span.
+    This is triage's hot path: see bench/telemetry.py for what it costs."""
 
     def __init__(self, service: str, group: str, records: Iterable[_Record]) -> None:
         tr = tracer()
         self._by_record: dict[tuple[str, int, int], Span] = {}
         self._by_event: dict[str, Span] = {}
-        links = []
+        links: list[Link] = []
         topic = ""
         for record in records:
             topic = record.topic
             span = tr.start_span(
-                f"process {record.topic}",
+                f"process {topic}",
                 context=extract(record.headers),
                 kind=SpanKind.CONSUMER,
                 attributes={
-                    "messaging.system": "kafka",
-                    "messaging.operation.type": "process",
-                    "messaging.destination.name": record.topic,
-                    "messaging.destination.partition.id": str(record.partition),
+                    "messaging.destination.name": topic,
+                    "messaging.destination.partition.id": record.partition,
                     "messaging.kafka.offset": record.offset,
-                    "messaging.consumer.group.name": group,
-                    "guardstream.service": service,
                 },
             )
-            self._by_record[(record.topic, record.partition, record.offset)] = span
-            links.append(Link(span.get_span_context()))
+            self._by_record[(topic, record.partition, record.offset)] = span
+            if span.is_recording() and len(links) < MAX_LINKS:
+                links.append(Link(span.get_span_context()))
         self.batch = tr.start_span(
             f"process {topic} batch",
             kind=SpanKind.CONSUMER,
             links=links,
             attributes={
                 "messaging.system": "kafka",
+                "messaging.operation.type": "process",
                 "messaging.batch.message_count": len(self._by_record),
                 "messaging.consumer.group.name": group,
                 "guardstream.service": service,
@@ -153,7 +161,6 @@ class BatchTrace:
         span = self.record_span(record)
         if span is not None:
             self._by_event.setdefault(post_event_id, span)
-            span.set_attribute("guardstream.post_event_id_hash", hashed(post_event_id))
 
     def event_span(self, post_event_id: str) -> Span | None:
         return self._by_event.get(post_event_id)
@@ -164,11 +171,14 @@ class BatchTrace:
         )
 
     def end(self, error: BaseException | None = None, *, abandoned: bool = False) -> None:
-        status = Status(StatusCode.ERROR, type(error).__name__) if error else Status(StatusCode.OK)
+        status = Status(StatusCode.ERROR, type(error).__name__) if error is not None else None
         for span in (*self._by_record.values(), self.batch):
+            if not span.is_recording():
+                continue
             if abandoned:
                 span.set_attribute("guardstream.abandoned", True)
-            span.set_status(status)
+            if status is not None:
+                span.set_status(status)
             span.end()
 
 
@@ -212,7 +222,7 @@ def output_headers(
             span = batch.record_span(record)
     if span is None:
         return inject(headers)
-    if attributes:
+    if attributes and span.is_recording():
         span.set_attributes(attributes)
     return inject(headers, context=trace.set_span_in_context(span))
 
