@@ -19,7 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from guardstream.core import metrics, tracing
+from guardstream.core import tracing
 from guardstream.core.contracts import ContractError, DlqRecord, Origin, utcnow
 from guardstream.core.settings import Settings
 from guardstream.core.topics import CATALOGUE, Topic, TopicNames
@@ -206,5 +206,4 @@ async def dead_letter(
             headers=origin_headers(record, error.reason, attempts),
         ),
     )
-    metrics.dead_letters.add(1, {"reason": error.reason, "consumer": consumer})
     return future

@@ -36,7 +36,7 @@ retries = meter.create_counter(
     "guardstream.consumer.retries", unit="{batch}", description="Transient batch failures retried"
 )
 
-# --- outputs (core/outbox.py, core/kafka.py) ---------------------------------------------
+# --- outputs, counted once acknowledged (core/outbox.py) ----------------------------------
 decisions = meter.create_counter(
     "guardstream.pipeline.decisions",
     unit="{decision}",

@@ -34,6 +34,9 @@ class Outbox:
         self._group = settings.group_id(process)
         self._max_request_bytes = settings.kafka_max_request_bytes
         self._pending: list[asyncio.Future[Any]] = []
+        # Counted once the broker has them (a retried batch is not counted twice).
+        self._decided: list[dict[str, str]] = []
+        self._dead: list[dict[str, str]] = []
 
     async def send(self, topic: Topic, event: Envelope, key: str) -> None:
         """`event` to `topic`; an event about a post event (`post_event_id`) continues the
@@ -65,7 +68,7 @@ class Outbox:
         self._pending.append(
             await self._producer.send(topic, raw, key=decision.post_id.encode(), headers=headers)
         )
-        metrics.decisions.add(1, attributes)
+        self._decided.append(attributes)
 
     async def decisions(self, journal: DecisionJournal, decisions: Sequence[Decision]) -> None:
         """Record each decision in the journal, then send what the journal says: for a post
@@ -88,10 +91,17 @@ class Outbox:
                 max_request_bytes=self._max_request_bytes,
             )
         )
+        self._dead.append({"reason": error.reason, "consumer": self._group})
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
+        decided, self._decided = self._decided, []
+        dead, self._dead = self._dead, []
         try:
             await asyncio.gather(*pending)
         except Exception as exc:
             raise TransientError(f"delivery failed: {type(exc).__name__}") from exc
+        for attributes in decided:
+            metrics.decisions.add(1, attributes)
+        for attributes in dead:
+            metrics.dead_letters.add(1, attributes)
