@@ -3,6 +3,7 @@ exact names the Prometheus exporter gives OpenTelemetry instruments."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Iterator
@@ -14,13 +15,20 @@ from opentelemetry import trace
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client import CollectorRegistry, generate_latest
 
 from guardstream.core import metrics, telemetry, tracing
+from guardstream.core.cache import CachedVerdict
+from guardstream.core.contracts import Source, Verdict, utcnow
+from guardstream.core.decisions import Origin, decide
 from guardstream.core.logs import JsonFormatter
+from guardstream.core.loop import TransientError
+from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
+from guardstream.policy import load_registry
 
 pytestmark = pytest.mark.unit
 
@@ -35,12 +43,18 @@ class FakeRecord:
     headers: list[tuple[str, bytes]] = field(default_factory=list)
 
 
+READER = InMemoryMetricReader()
+
+
 @pytest.fixture(scope="module")
 def spans() -> Iterator[InMemorySpanExporter]:
     """The process-wide SDK, installed once (OpenTelemetry's globals can be set only once)."""
     exporter = InMemorySpanExporter()
-    telemetry.setup(Settings(metrics_port=0), "unit-test", span_exporters=[exporter])
+    telemetry.setup(
+        Settings(metrics_port=0), "unit-test", span_exporters=[exporter], metric_readers=[READER]
+    )
     yield exporter
+    exporter.shutdown()  # later tests in this session keep the SDK, not this span store
 
 
 @pytest.fixture
@@ -209,3 +223,66 @@ def test_prometheus_names_follow_the_exporter_rule() -> None:
     ):
         assert line in text, text
     assert "otel_scope_name" not in text
+
+
+class FakeProducer:
+    """Records what is sent; deliveries succeed or fail as told."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.sent: list[tuple[str, list[tuple[str, bytes]]]] = []
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, headers))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail:
+            future.set_exception(ConnectionError("broker gone"))
+        else:
+            future.set_result(None)
+        return future
+
+
+def _decided(tenant: str) -> float:
+    data = READER.get_metrics_data()
+    total = 0.0
+    for rm in data.resource_metrics if data else ():
+        for sm in rm.scope_metrics:
+            for metric in sm.metrics:
+                if metric.name == "guardstream.pipeline.decisions":
+                    for point in metric.data.data_points:
+                        if (point.attributes or {}).get("tenant") == tenant:
+                            total += point.value  # type: ignore[union-attr]
+    return total
+
+
+async def test_outbox_decisions_continue_the_trace_and_count_once_acknowledged(
+    spans: InMemorySpanExporter,
+) -> None:
+    pack = load_registry(None).for_post("default", None)
+    verdict = CachedVerdict(
+        verdict=Verdict.UNSAFE, reason="r", source=Source.MODEL, model="m", decided_at=utcnow()
+    )
+    decision = decide(
+        verdict, Origin.MODEL, pack, post_id="p-1", post_event_id="e-1", tenant="outbox-t",
+        content_key="0" * 32,
+    )  # fmt: skip
+    record = FakeRecord("score-requests", 0, 5, [("traceparent", TRACEPARENT.encode())])
+    for fail, counted in ((True, 0.0), (False, 1.0)):
+        producer = FakeProducer(fail)
+        outbox = Outbox(producer, Settings(), "scorer")  # type: ignore[arg-type]
+        batch = tracing.BatchTrace("scorer", "g", [record])
+        with tracing.batch_scope(batch):
+            tracing.bind(record, "e-1")
+            await outbox.decision(decision.to_json(), decision)
+            if fail:
+                with pytest.raises(TransientError):
+                    await outbox.flush()
+            else:
+                await outbox.flush()
+        batch.end()
+        [(topic, headers)] = producer.sent
+        assert topic.endswith(f"actions.{decision.action.value}.v1")
+        assert tracing.trace_id_of(headers) == "0af7651916cd43dd8448eb211c80319c"
+        assert _decided("outbox-t") == counted  # a failed delivery is not a decision
