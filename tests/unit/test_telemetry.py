@@ -138,6 +138,21 @@ def test_outside_a_batch_bind_is_a_no_op_and_headers_follow_the_current_span(
     assert format(span.context.trace_id, "032x") == tracing.trace_id_of(headers)
 
 
+def test_a_consumer_span_continues_the_record_trace_for_its_outputs(
+    finished: InMemorySpanExporter,
+) -> None:
+    record = FakeRecord(
+        "moderation.actions.review.v1", 2, 9, [("traceparent", TRACEPARENT.encode())]
+    )
+    with tracing.consumer_span(record, **{"guardstream.tenant": "acme"}) as span:
+        out = tracing.inject()
+    assert tracing.trace_id_of(out) == "0af7651916cd43dd8448eb211c80319c"
+    assert f"-{span.get_span_context().span_id:016x}-" in dict(out)["traceparent"].decode()
+    [done] = finished.get_finished_spans()
+    assert done.kind is trace.SpanKind.CONSUMER and done.parent is not None
+    assert done.parent.span_id == 0xB7AD6B7169203331
+
+
 def test_failed_batches_end_their_spans_with_an_error(finished: InMemorySpanExporter) -> None:
     batch = tracing.BatchTrace("scorer", "g", [FakeRecord("score-requests", 0, 7)])
     batch.failed(TimeoutError(), retrying=True)

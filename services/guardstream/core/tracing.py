@@ -112,6 +112,28 @@ def producer_span(topic: str, **attributes: str | int) -> Iterator[Headers]:
         yield inject()
 
 
+@contextmanager
+def consumer_span(record: _Record, **attributes: str | int) -> Iterator[Span]:
+    """For consumers outside `core/loop.py` (the faust SLA app, the review console's
+    consumers): a current CONSUMER span continuing the record's trace. Records produced inside
+    it continue the trace too: send them with `headers=inject()`."""
+    attrs: dict[str, str | int] = {
+        "messaging.system": "kafka",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": record.topic,
+        "messaging.destination.partition.id": record.partition,
+        "messaging.kafka.offset": record.offset,
+        **attributes,
+    }
+    with tracer().start_as_current_span(
+        f"process {record.topic}",
+        context=extract(record.headers),
+        kind=SpanKind.CONSUMER,
+        attributes=attrs,
+    ) as span:
+        yield span
+
+
 class BatchTrace:
     """The spans of one consumed batch: a CONSUMER span per record (child of its producer's
     context) and a batch span, current while the handler runs, linking the sampled ones.
