@@ -7,7 +7,7 @@ RUN_DIR ?= .run
 METRICS_PORT_BASE ?= 9464
 export GUARDSTREAM_MODEL ?= tiny
 
-.PHONY: prometheus dashboards
+.PHONY: prometheus dashboards bench-telemetry
 .PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup lint typecheck clean
 
 help:
@@ -79,6 +79,9 @@ bench-pipeline: install
 
 bench-neardup: install
 	$(PY) bench/neardup.py
+
+bench-telemetry: install
+	$(PY) bench/telemetry.py
 
 test: install lint typecheck
 	$(BIN)/pytest

@@ -93,6 +93,13 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer(TRACER_NAME)
 
 
+def sdk_installed() -> bool:
+    """True once a process installed a real TracerProvider (`core.telemetry.setup`)."""
+    return not isinstance(
+        trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    )
+
+
 def trace_id_of(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
     """The 32-hex trace id these headers carry, if any (tests and tooling)."""
     ctx = trace.get_current_span(extract(headers)).get_span_context()
@@ -143,9 +150,12 @@ class BatchTrace:
     This is triage's hot path: see bench/telemetry.py for what it costs."""
 
     def __init__(self, service: str, group: str, records: Iterable[_Record]) -> None:
-        tr = tracer()
         self._by_record: dict[tuple[str, int, int], Span] = {}
         self._by_event: dict[str, Span] = {}
+        self.batch: Span = trace.INVALID_SPAN
+        if not sdk_installed():
+            return  # no tracer (a test or a bench in-process): no per-record work at all
+        tr = tracer()
         links: list[Link] = []
         topic = ""
         for record in records:
