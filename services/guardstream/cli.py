@@ -61,7 +61,11 @@ def _run_process(name: str) -> None:
     from guardstream.policy import PolicyConflictError, PolicyLoadError
     from guardstream.scorer.engine import ModelUnavailable
 
-    handle = telemetry.setup(settings, name)
+    try:
+        handle = telemetry.setup(settings, name)
+    except telemetry.TelemetryError as exc:
+        err.print(f"[red]{name} cannot start:[/red] {exc}")
+        raise typer.Exit(2) from None
     try:
         asyncio.run(main())
     except ModelUnavailable as exc:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -505,3 +506,22 @@ def test_pii_canaries_reach_no_log_span_metric_label_or_dlq_header(observed: Obs
         if canary.lower() in text.lower()
     }
     assert not leaks, leaks
+
+
+def test_a_taken_metrics_port_is_a_clear_start_up_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**env_for(Settings()), "GUARDSTREAM_METRICS_PORT": str(port)}
+        env["KAFKA_BOOTSTRAP"] = "127.0.0.1:1"  # never reached: telemetry is installed first
+        result = subprocess.run(
+            [sys.executable, "-m", "guardstream", "triage"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "GUARDSTREAM_METRICS_PORT" in result.stderr and "Traceback" not in result.stderr

@@ -49,6 +49,11 @@ from guardstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
 
+
+class TelemetryError(RuntimeError):
+    """Telemetry cannot be installed as configured (e.g. the metrics port is taken)."""
+
+
 # Seconds: from a cache hit (ms) to a human review (hours; the SLA is 2 h by default).
 SECONDS_BUCKETS = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60,
@@ -188,7 +193,15 @@ def setup(
         for exporter in span_exporters:
             handle.add_span_exporter(exporter)
         if registry is not None:
-            server, thread = start_http_server(settings.metrics_port, registry=registry)
+            try:
+                server, thread = start_http_server(settings.metrics_port, registry=registry)
+            except OSError as exc:
+                meter_provider.shutdown()
+                tracer_provider.shutdown()
+                raise TelemetryError(
+                    f"cannot serve metrics on port {settings.metrics_port} "
+                    f"(GUARDSTREAM_METRICS_PORT): {exc.strerror or exc}"
+                ) from exc
             handle._server, handle._thread = server, thread
             handle.metrics_port = int(server.server_address[1])
         log.info(
