@@ -279,6 +279,7 @@ def review(ctx: typer.Context) -> None:
         return
     settings = load_settings()
     logs.configure(settings.log_level)
+    from guardstream.core import telemetry
     from guardstream.core.process import install_stop_signals
     from guardstream.policy import PolicyConflictError, PolicyLoadError
     from guardstream.review.main import run as run_review
@@ -289,6 +290,11 @@ def review(ctx: typer.Context) -> None:
         await run_review(settings, stop)
 
     try:
+        handle = telemetry.setup(settings, "review")
+    except telemetry.TelemetryError as exc:
+        err.print(f"[red]review cannot start:[/red] {exc}")
+        raise typer.Exit(2) from None
+    try:
         asyncio.run(main())
     except (PolicyLoadError, PolicyConflictError) as exc:
         err.print(f"[red]review cannot start: invalid policy packs[/red]\n{exc}")
@@ -296,6 +302,8 @@ def review(ctx: typer.Context) -> None:
     except OSError as exc:
         err.print(f"[red]review cannot start:[/red] {exc}")
         raise typer.Exit(3) from None
+    finally:
+        handle.shutdown()
 
 
 @review_app.command("add-reviewer")

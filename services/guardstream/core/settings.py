@@ -181,9 +181,8 @@ class Settings(BaseSettings):
         int, Field(gt=0, validation_alias=_env("GUARDSTREAM_HUMAN_VERDICT_TTL_S"))
     ] = 90 * 24 * 3600
     # Where the console's HTTP server (API, console page, /healthz, /readyz) listens.
-    review_host: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_REVIEW_HOST"))] = (
-        "127.0.0.1"
-    )
+    # All interfaces by default, as the health endpoints: containers are reached from outside.
+    review_host: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_REVIEW_HOST"))] = "0.0.0.0"  # noqa: S104
     review_port: Annotated[
         int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_REVIEW_PORT"))
     ] = 8090

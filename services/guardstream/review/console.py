@@ -19,6 +19,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from guardstream.review import auth
+from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import InvalidSubmission, Permission, Reviewer, countdown, duration
 from guardstream.review.service import Forbidden, ReviewService, Unauthenticated
 from guardstream.review.store import QueueFilter
@@ -81,6 +82,7 @@ async def checked_csrf(request: Request, current: SessionDep) -> tuple[Reviewer,
             outcome="denied",
             detail={"path": request.url.path, "why": "missing or wrong CSRF token"},
         )
+        review_metrics.denied.add(1, {"reason": "csrf"})
         raise Forbidden("missing or wrong CSRF token: reload the page and try again")
     return current
 

@@ -38,6 +38,7 @@ from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.policy import PolicyRegistry, review_sla
+from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import SlaState, task_id
 from guardstream.review.store import (
     TRANSIENT_DB_ERRORS,
@@ -166,6 +167,7 @@ class ReviewConsumer:
         self.counts["duplicates"] += len(tasks) - created
         self.counts["sla"] += len(marks)
         if created:
+            review_metrics.tasks_created.add(created)
             log.info("review tasks created", extra={"tasks": created})
 
 

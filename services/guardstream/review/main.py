@@ -28,6 +28,7 @@ from guardstream.core.loop import BatchLoop, LoopConfig
 from guardstream.core.settings import Settings
 from guardstream.core.topics import TopicNames
 from guardstream.policy import load_registry
+from guardstream.review import metrics as review_metrics
 from guardstream.review.api import install_error_handlers, router
 from guardstream.review.console import ConsoleAuth, install_console
 from guardstream.review.consumer import ReviewConsumer, source_topics
@@ -117,17 +118,31 @@ async def _background(review: Review, stop: asyncio.Event) -> None:
     """Round-robin assignment, lock expiry and the text purge, on a timer."""
     settings = review.settings
     ttl = timedelta(seconds=settings.review_post_text_ttl_s)
+    rounds = 0
     while not stop.is_set():
         try:
             await review.service.release_expired_locks()
             await review.service.assign_round_robin()
-            await review.store.purge_post_texts(utcnow() - ttl)
+            if rounds % 5 == 0:  # counting every open task is not free: every 5th round
+                await review.store.purge_post_texts(utcnow() - ttl)
+                await _refresh_gauges(review.store)
+            rounds += 1
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a database blip must not stop the timer
             log.warning("review background work failed", extra={"error": type(exc).__name__})
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=settings.review_assign_interval_s)
+
+
+async def _refresh_gauges(store: ReviewStore) -> None:
+    depth, qa = await store.gauges()
+    review_metrics.queue_depth_by_tenant.clear()
+    review_metrics.queue_depth_by_tenant.update(depth)
+    review_metrics.qa_agreement_by_tenant.clear()
+    review_metrics.qa_agreement_by_tenant.update(
+        {tenant: agreed / compared for tenant, (compared, agreed) in qa.items() if compared}
+    )
 
 
 async def run(

@@ -27,6 +27,7 @@ from guardstream.core.decisions import ACTION_TOPIC
 from guardstream.core.topics import Topic
 from guardstream.policy import PolicyRegistry
 from guardstream.review import auth
+from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import (
     Agreement,
     Permission,
@@ -141,6 +142,7 @@ class ReviewService:
             await self.store.audit_alone(
                 actor=None, action="api", outcome="denied", detail={"path": path, "why": "none"}
             )
+            review_metrics.denied.add(1, {"reason": "no_token"})
             raise Unauthenticated("missing bearer token")
         reviewer = await self._token_owner(auth.token_hash(token))
         if reviewer is None:
@@ -150,6 +152,7 @@ class ReviewService:
                 outcome="denied",
                 detail={"path": path, "why": "invalid or expired token"},
             )
+            review_metrics.denied.add(1, {"reason": "bad_token"})
             raise Unauthenticated("invalid or expired token")
         return reviewer
 
@@ -385,6 +388,19 @@ class ReviewService:
                     "decision_id": decision.decision_id,
                 },
             )
+        review_metrics.decisions.add(
+            1,
+            {
+                "tenant": task.tenant,
+                "verdict": sub.verdict.value,
+                "outcome": sub.outcome.value,
+                "stage": ReviewStage.FIRST.value,
+                "late": late,
+            },
+        )
+        review_metrics.response_time.record(
+            max(0.0, (now - task.created_at).total_seconds()), {"tenant": task.tenant}
+        )
         # The depth just changed: the next page refreshes the figures (and shows the old
         # ones meanwhile).
         self._stats = {k: (0.0, v) for k, (_, v) in self._stats.items()}
@@ -452,6 +468,16 @@ class ReviewService:
                     "reason": sub.reason,
                 },
             )
+        review_metrics.decisions.add(
+            1,
+            {
+                "tenant": task.tenant,
+                "verdict": sub.verdict.value,
+                "outcome": sub.outcome.value,
+                "stage": ReviewStage.QA.value,
+                "late": False,
+            },
+        )
         await self._sent()
         return Decided(task, review.review_id, None, None, False)
 
@@ -490,6 +516,7 @@ class ReviewService:
                 task_id=task_id[:128],
                 detail={"why": "other tenant" if task else "no such task"},
             )
+            review_metrics.denied.add(1, {"reason": "other_tenant" if task else "not_found"})
             raise NotFound("no such task")
         return task
 

@@ -664,6 +664,22 @@ class ReviewStore:
         avg = row["avg_s"]
         return QueueStats(row["depth"], row["expired"], float(avg) if avg is not None else None)
 
+    async def gauges(self) -> tuple[dict[str, int], dict[str, tuple[int, int]]]:
+        """Open tasks per tenant, and (compared, agreed) QA re-reviews per tenant."""
+        depth = await self._pool.fetch(
+            "SELECT tenant, count(*) AS n FROM tasks WHERE state <> 'decided' GROUP BY tenant"
+        )
+        qa = await self._pool.fetch(
+            "SELECT t.tenant, count(*) AS compared,"
+            " count(*) FILTER (WHERE f.verdict = q.verdict) AS agreed FROM reviews q"
+            " JOIN reviews f ON f.task_id = q.task_id AND f.stage = 'first'"
+            " JOIN tasks t ON t.task_id = q.task_id WHERE q.stage = 'qa' GROUP BY t.tenant"
+        )
+        return (
+            {r["tenant"]: r["n"] for r in depth},
+            {r["tenant"]: (r["compared"], r["agreed"]) for r in qa},
+        )
+
     async def agreement_pairs(self, tenants: Sequence[str]) -> list[tuple[Verdict, Verdict]]:
         every = "*" in tenants
         rows = await self._pool.fetch(

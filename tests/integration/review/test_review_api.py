@@ -16,6 +16,7 @@ from guardstream.core.contracts import (
     utcnow,
 )
 from guardstream.core.topics import Topic
+from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import Role, task_id
 from tests.integration.review.conftest import (
     Console,
@@ -319,6 +320,12 @@ async def test_senior_qa_and_agreement(console: Console) -> None:
         assert differ.status_code == 200, differ.text
         figures = (await http.get("/api/v1/qa/agreement")).json()
     assert figures == {"compared": 2, "agreed": 1, "rate": 0.5}
+    # The same figure as a gauge for Prometheus (refreshed by the process's timer).
+    for _ in range(100):
+        if review_metrics.qa_agreement_by_tenant.get("acme") == 0.5:
+            break
+        await asyncio.sleep(0.1)
+    assert review_metrics.qa_agreement_by_tenant.get("acme") == 0.5
     reviews = await read_topic(console.settings, Topic.REVIEWS, 4)
     assert sorted(r["stage"] for r in reviews) == ["first", "first", "qa", "qa"]
     # QA does not re-action: only the two first-stage decisions reached the action topics.
