@@ -17,10 +17,17 @@ from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import utcnow
+from guardstream.core.redisstore import Unavailable
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.review.store import ReviewStore
 
 log = logging.getLogger(__name__)
+
+
+_UNSENT = (
+    "SELECT id, kind, topic, key, payload FROM outbox WHERE sent_at IS NULL AND kind = $1"
+    " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+)
 
 
 class HumanVerdictSink(Protocol):
@@ -77,14 +84,16 @@ class OutboxRelay:
 
     async def _relay(self) -> int:
         async with self._store.transaction() as tx:
-            rows = await tx.conn.fetch(
-                "SELECT id, kind, topic, key, payload FROM outbox WHERE sent_at IS NULL"
-                " ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                self._batch,
-            )
+            # Events and cache writes are taken apart: cache rows stuck while Redis is down
+            # never stand in front of events.
+            rows = [
+                *await tx.conn.fetch(_UNSENT, "event", self._batch),
+                *await tx.conn.fetch(_UNSENT, "human_verdict", self._batch),
+            ]
             if not rows:
                 return 0
             futures: list[asyncio.Future[Any]] = []
+            done: list[int] = []
             for row in rows:
                 if row["kind"] == "event":
                     futures.append(
@@ -94,18 +103,23 @@ class OutboxRelay:
                             key=row["key"].encode(),
                         )
                     )
-                else:
-                    entry = CachedVerdict.model_validate_json(bytes(row["payload"]))
-                    await self._cache.put_human(row["key"], entry)
+                    done.append(row["id"])
             await asyncio.gather(*futures)
+            # Cache writes apart: Redis being down must not hold back (or re-send) events.
+            for row in rows:
+                if row["kind"] != "event":
+                    entry = CachedVerdict.model_validate_json(bytes(row["payload"]))
+                    try:
+                        await self._cache.put_human(row["key"], entry)
+                    except Unavailable:
+                        continue
+                    done.append(row["id"])
             await tx.conn.execute(
-                "UPDATE outbox SET sent_at = $2 WHERE id = ANY($1::bigint[])",
-                [r["id"] for r in rows],
-                utcnow(),
+                "UPDATE outbox SET sent_at = $2 WHERE id = ANY($1::bigint[])", done, utcnow()
             )
-        self.sent += len(rows)
-        return len(rows)
+        self.sent += len(done)
+        return len(done)
 
     async def drain(self) -> None:
-        while await self.relay_once() == self._batch:
+        while await self.relay_once() >= self._batch:
             pass

@@ -119,4 +119,4 @@ CREATE TABLE outbox (
     created_at timestamptz NOT NULL DEFAULT now(),
     sent_at   timestamptz
 );
-CREATE INDEX outbox_unsent ON outbox (id) WHERE sent_at IS NULL;
+CREATE INDEX outbox_unsent ON outbox (kind, id) WHERE sent_at IS NULL;
