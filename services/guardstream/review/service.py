@@ -288,18 +288,22 @@ class ReviewService:
             detail={"assignee": reviewer, "previous": task.assignee},
         )
 
-    async def assign_round_robin(self, limit: int = 200) -> int:
-        """Hand pending tasks to idle on-call reviewers of their tenant, the one assigned
-        longest ago first, one task each at a time."""
+    async def assign_round_robin(self) -> int:
+        """Hand pending tasks to idle on-call reviewers, the one assigned longest ago first,
+        one task each at a time (the earliest deadline among their tenants' tasks). Driven by
+        the few idle reviewers, never by scanning the backlog."""
         done = 0
-        while done < limit:
-            now = self.now()
+        now = self.now()
+        async with self.store.transaction() as tx:
+            idle = await tx.idle_on_call(now)
+        for reviewer in idle:
             async with self.store.transaction() as tx:
-                found = await tx.unassigned_for_on_call(now)
-                if found is None:
-                    break
-                task, reviewer = found
-                await self._assign(tx, task, reviewer, now, actor=None, how="assign")
+                if not await tx.lock_idle_reviewer(reviewer.id, now):
+                    continue  # another replica assigned them meanwhile
+                task = await tx.next_claimable(reviewer.tenants, now)
+                if task is None:
+                    continue
+                await self._assign(tx, task, reviewer.id, now, actor=None, how="assign")
             done += 1
         if done:
             await self._sent()

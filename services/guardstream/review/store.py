@@ -82,21 +82,13 @@ _TASK_COLUMNS = (
 )
 
 _SELECT_TASKS = f"SELECT {_TASK_COLUMNS} FROM tasks"  # noqa: S608 - constant
-_SELECT_ON_CALL = "SELECT " + ", ".join("t." + c.strip() for c in _TASK_COLUMNS.split(","))
-_SELECT_ON_CALL += ", r.id AS reviewer_id"
-_ON_CALL_FROM = (
-    " FROM tasks t CROSS JOIN LATERAL ("
-    "   SELECT id FROM reviewers r"
-    "   WHERE r.on_call AND r.role IN ('reviewer', 'senior')"
-    "   AND (t.tenant = ANY(r.tenants) OR '*' = ANY(r.tenants))"
-    "   AND NOT EXISTS (SELECT 1 FROM tasks h WHERE h.assignee = r.id"
-    "           AND h.state = 'assigned' AND h.lock_expires_at > $1)"
-    "   ORDER BY r.last_assigned_at NULLS FIRST, r.id LIMIT 1"
-    " ) r"
-    " WHERE t.state = 'pending' ORDER BY t.deadline LIMIT 1"
-    " FOR UPDATE OF t SKIP LOCKED"
+_IDLE_ON_CALL = (
+    "SELECT r.id, r.tenants, r.role, r.on_call FROM reviewers r"
+    " WHERE r.on_call AND r.role IN ('reviewer', 'senior')"
+    " AND NOT EXISTS (SELECT 1 FROM tasks h WHERE h.assignee = r.id"
+    " AND h.state = 'assigned' AND h.lock_expires_at > $1)"
+    " ORDER BY r.last_assigned_at NULLS FIRST, r.id"
 )
-_ON_CALL_QUERY = _SELECT_ON_CALL + _ON_CALL_FROM
 
 # The data-modifying CTE runs even though nothing reads from it; the statement is atomic.
 _QUEUE_FROM = (
@@ -345,16 +337,19 @@ class Tx:
         )
         return [_task(r) for r in rows]
 
-    async def unassigned_for_on_call(self, now: datetime) -> tuple[Task, str] | None:
-        """A pending task and an on-call reviewer of its tenant who holds nothing, the one
-        assigned longest ago first (round-robin); both locked, skipping rows others hold."""
+    async def idle_on_call(self, now: datetime) -> list[Reviewer]:
+        """On-call reviewers (not admins) holding no live claim, assigned longest ago first."""
+        rows = await self.conn.fetch(_IDLE_ON_CALL, now)
+        return [_reviewer(r) for r in rows]
+
+    async def lock_idle_reviewer(self, reviewer_id: str, now: datetime) -> bool:
+        """Lock the reviewer's row for this transaction if they are still idle and on call."""
         row = await self.conn.fetchrow(
-            _ON_CALL_QUERY,
+            _IDLE_ON_CALL.replace("ORDER BY", "AND r.id = $2 ORDER BY") + " FOR UPDATE SKIP LOCKED",
             now,
+            reviewer_id,
         )
-        if row is None:
-            return None
-        return _task(row), row["reviewer_id"]
+        return row is not None
 
     async def mark_decided(self, task_id: str, verdict: Verdict, late: bool, now: datetime) -> None:
         await self.conn.execute(
