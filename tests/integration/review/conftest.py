@@ -5,7 +5,6 @@ and helpers to create reviewers, produce decisions and read topics."""
 from __future__ import annotations
 
 import asyncio
-import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -26,20 +25,9 @@ from guardstream.core.topics import Topic, TopicNames
 from guardstream.review import auth
 from guardstream.review.logic import Reviewer, Role
 from guardstream.review.main import Review, run
-from tests.conftest import free_port, missing
+from tests.conftest import free_port
 
-PG_URL = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 PASSWORD = "s3cret-pass"
-
-
-@pytest.fixture(scope="session")
-async def database_url() -> str:
-    try:
-        conn = await asyncpg.connect(PG_URL, timeout=5)
-        await conn.close()
-    except (OSError, asyncpg.PostgresError) as exc:
-        missing(f"no PostgreSQL at {PG_URL}: {exc}")
-    return PG_URL
 
 
 @pytest.fixture
