@@ -8,12 +8,13 @@ Bearer tokens (`POST /api/v1/auth/token`) authenticate every other call. Errors 
 
 from __future__ import annotations
 
+import html
 from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from guardstream.core.contracts import REVIEW_REASON_MAX, ReviewOutcome, Verdict
@@ -280,7 +281,15 @@ async def qa_agreement(svc: Service, caller: Caller) -> AgreementOut:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ReviewError)
-    async def _review_error(request: Request, exc: ReviewError) -> JSONResponse:
+    async def _review_error(request: Request, exc: ReviewError) -> Response:
+        if request.url.path.startswith("/console"):
+            # A person in the browser: a page with the reason and a way back.
+            body = (
+                '<!doctype html><meta charset="utf-8"><title>guardstream review</title>'
+                f'<p role="alert" id="error">{html.escape(exc.message)}</p>'
+                '<p><a href="/console">back to the queue</a> · <a href="/console/login">log in</a>'
+            )
+            return HTMLResponse(body, status_code=exc.status)
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 

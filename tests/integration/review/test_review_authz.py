@@ -127,6 +127,7 @@ async def test_console_form_posts_need_the_session_and_its_csrf_token(console: C
         no_csrf = await http.post(f"/console/tasks/{tid}/decide", data=form)
         bad_csrf = await http.post(f"/console/tasks/{tid}/decide", data={**form, "csrf": "x"})
         assert no_csrf.status_code == bad_csrf.status_code == 403
+        assert "CSRF" in no_csrf.text and no_csrf.headers["content-type"].startswith("text/html")
         # A tampered cookie is no session at all.
         forged = http.cookies[COOKIE][:-2] + "xx"
         async with httpx.AsyncClient(base_url=console.base_url, cookies={COOKIE: forged}) as forger:
