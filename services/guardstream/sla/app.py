@@ -48,6 +48,7 @@ from guardstream.core.contracts import (
     ReviewAssignment,
     SlaEventKind,
 )
+from guardstream.core.faults import FaultPoints
 from guardstream.core.kafka import client_kwargs, dead_letter
 from guardstream.core.loop import TransientError
 from guardstream.core.settings import Settings
@@ -185,6 +186,7 @@ class SlaWorker:
         self._pending: dict[int, dict[str, float]] = {}  # partition → post_id → decided_at
         self._locks: dict[int, asyncio.Lock] = {}
         self._recovered = False
+        self._faults = FaultPoints(settings.fault)
         self.responses = ResponseTimes(settings.sla_response_window)
         self.counts: dict[str, int] = {k.value: 0 for k in SlaEventKind} | {"dlq": 0}
         self.max_lateness_s = 0.0
@@ -362,6 +364,9 @@ class SlaWorker:
                         )
                     )
         await _acked(sends)
+        if sends:
+            # Test-only: die after publishing, before the table says "sent" (a re-publish).
+            self._faults.reach("sla_after_publish")
         done = []
         for item in items:
             kinds = item.unsent
@@ -460,7 +465,7 @@ class SlaWorker:
         else:
             assignment = ReviewAssignment.from_json(raw)
             self._check_key(message, assignment.post_id)
-            new = assigned(assignment, self._get(assignment.post_id))
+            new = assigned(assignment, partition, self._get(assignment.post_id))
         if new is not None:
             await self._settle([new])
 

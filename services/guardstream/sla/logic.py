@@ -47,6 +47,7 @@ class Phase(enum.StrEnum):
     EXPIRED = "expired"  # deadline passed unreviewed: downgraded to safe
     REVIEWED = "reviewed"  # a human decided in time (or before we saw the decision)
     LATE = "late"  # a human decided after the downgrade: the human verdict wins downstream
+    EARLY = "early"  # assigned before its decision reached us (topics are not ordered)
 
 
 # Effects, in the order they are published when several are due at once.
@@ -182,6 +183,7 @@ def enter(decision: Decision, partition: int, sla: ReviewSla, current: Item | No
     ):
         return None  # an older decision for a post already re-decided
     start = epoch(decision.decided_at)
+    early = current.assigned_at if current is not None and current.phase is Phase.EARLY else None
     return Item(
         post_id=decision.post_id,
         partition=partition,
@@ -197,6 +199,7 @@ def enter(decision: Decision, partition: int, sla: ReviewSla, current: Item | No
         deadline_at=start + sla.deadline_s,
         warn_at=start + sla.warn_after_s,
         assign_by=start + sla.assign_within_s,
+        assigned_at=early,
     )
 
 
@@ -237,14 +240,36 @@ def reviewed(review: Review, partition: int, current: Item | None) -> Item | Non
     return None  # REVIEWED / LATE: a duplicate review event
 
 
-def assigned(assignment: ReviewAssignment, current: Item | None) -> Item | None:
+def assigned(assignment: ReviewAssignment, partition: int, current: Item | None) -> Item | None:
     """The console assigned the task: the assignment clock stops (a release does not restart
     it: the SLA is about the first pick-up)."""
-    if current is None or assignment.event is not AssignmentEvent.ASSIGNED:
+    if assignment.event is not AssignmentEvent.ASSIGNED:
         return None
+    when = epoch(assignment.at)
+    if current is None:
+        # The assignment overtook the decision: keep it for the decision to pick up.
+        return Item(
+            post_id=assignment.post_id,
+            partition=partition,
+            tenant=assignment.tenant,
+            decision_id="",
+            post_event_id="",
+            policy="",
+            content_key="",
+            model="",
+            adapter=None,
+            decided_at=when,
+            deadline_s=0,
+            deadline_at=when,
+            warn_at=when,
+            assign_by=when,
+            phase=Phase.EARLY,
+            assigned_at=when,
+            closed_at=when,
+        )
     if current.assigned_at is not None:
         return None
-    return replace(current, assigned_at=epoch(assignment.at))
+    return replace(current, assigned_at=when)
 
 
 def stamp_due(item: Item, now: float) -> Item | None:
