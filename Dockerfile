@@ -16,6 +16,9 @@ RUN useradd --uid 10001 --create-home --shell /usr/sbin/nologin guardstream \
     && mkdir -p /models && chown guardstream /models
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl "${ENGINE}" \
+    # The SLA timer's faust-streaming: --no-deps because its click<8.4 pin clashes with vLLM's
+    # huggingface-hub; its other dependencies come with guardstream (see pyproject.toml).
+    && pip install --no-cache-dir --no-deps "faust-streaming==0.15.3" \
     # vLLM's CPU wheel pulls torchvision/torchaudio builds that break `import transformers`.
     && (pip uninstall --yes torchvision torchaudio torchcodec || true) \
     && rm -rf /wheels

