@@ -31,6 +31,7 @@ import asyncio
 import logging
 import ssl
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -191,6 +192,7 @@ class SlaWorker:
         self.counts: dict[str, int] = {k.value: 0 for k in SlaEventKind} | {"dlq": 0}
         self.max_lateness_s = 0.0
         self.last_tick_ms = 0.0
+        self.ticks: deque[tuple[int, float]] = deque(maxlen=10_000)  # (items due, ms)
 
         session = settings.sla_session_timeout_s
         self.app = faust.App(
@@ -479,12 +481,14 @@ class SlaWorker:
     async def _tick(self) -> None:
         started = time.perf_counter()
         now = self._clock()
+        fired = 0
         for partition in sorted(self._indexes):
             index = self._indexes.get(partition)
             while index is not None:
                 due = index.pop_due(now, TICK_CHUNK)
                 if not due:
                     break
+                fired += len(due)
                 try:
                     async with self._lock(partition):
                         await self.fire(partition, due, now)
@@ -495,6 +499,7 @@ class SlaWorker:
                     break
                 index = self._indexes.get(partition)
         self.last_tick_ms = (time.perf_counter() - started) * 1000
+        self.ticks.append((fired, self.last_tick_ms))
 
     async def fire(self, partition: int, due: Sequence[str], now: float) -> None:
         """Act on the items of `partition` the index says are due at `now`."""
