@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -149,6 +151,12 @@ async def send(settings: Settings, topic: Topic, *events: Envelope, raw: bytes =
         await producer.stop()
 
 
+def sla_status(proc: Process) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/status", timeout=5) as response:
+        status: dict[str, Any] = orjson.loads(response.read())
+    return status
+
+
 async def start(settings: Settings, proc: Process) -> None:
     await ensure_topics(settings)
     proc.start()
@@ -172,6 +180,8 @@ async def test_downgrade_at_deadline_reviewed_in_time_is_not(
     await send(settings, Topic.REVIEW, late, on_time, picked)
     await send(settings, Topic.ASSIGNMENTS, assignment(picked))
     await asyncio.sleep(1)
+    status = sla_status(sla_process)
+    assert status["pending"] == 3 and status["oldest_pending_age_s"] >= 0.5
     # The same review three times (the console re-publishes on retry): one effect.
     await send(settings, Topic.REVIEWS, *[review_of(on_time, Verdict.UNSAFE)] * 3)
 
@@ -198,6 +208,12 @@ async def test_downgrade_at_deadline_reviewed_in_time_is_not(
     assert "assignment_breach" not in outcome.alert_kinds("p-picked")
     assert outcome.kinds("p-on-time") == set()  # reviewed after 1 s: before the 2 s warning
     assert not outcome.dlq
+    status = sla_status(sla_process)
+    assert status["pending"] == 0 and status["oldest_pending_age_s"] is None
+    assert status["counts"]["expired"] == 2 and status["counts"]["warning"] == 2
+    assert status["counts"]["assignment_breach"] == 1 and status["counts"]["dlq"] == 0
+    assert 0.5 <= status["avg_review_response_s"] <= 5  # p-on-time: reviewed ~1 s in
+    assert 0 <= status["max_lateness_s"] <= BOUND_S
 
 
 async def test_late_review_is_recorded_once(settings: Settings, sla_process: Process) -> None:

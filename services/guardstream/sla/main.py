@@ -32,7 +32,10 @@ async def run(
     await producer.start()
     worker: SlaWorker | None = None
     health = HealthServer(
-        settings.health_port, ready=lambda: worker is not None and worker.ready, name="sla"
+        settings.health_port,
+        ready=lambda: worker is not None and worker.ready,
+        name="sla",
+        status=lambda: worker.status() if worker is not None else {},
     )
     await health.start()
     try:
