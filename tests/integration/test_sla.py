@@ -314,3 +314,46 @@ async def test_malformed_records_go_to_the_dlq_and_the_app_goes_on(
     )
     assert all(r.attempts == 1 and r.consumer.endswith("guardstream-sla") for r in outcome.dlq)
     assert_sla_invariants(outcome, expired={"p-good"}, in_time=set())
+
+
+async def test_rebalance_between_workers_downgrades_each_exactly_once(
+    settings: Settings, policy_dir: Path, tmp_path: Path
+) -> None:
+    """A second worker joins (partitions move to it), then the first leaves (they move back)."""
+    env = env_for(
+        settings,
+        GUARDSTREAM_POLICY_DIR=str(policy_dir),
+        GUARDSTREAM_SLA_TICK_S=str(TICK_S),
+        GUARDSTREAM_SLA_SESSION_TIMEOUT_S="6",
+    )
+    first, second = Process("sla", env, tmp_path), Process("sla", env, tmp_path / "b")
+    (tmp_path / "b").mkdir()
+    try:
+        await start(settings, first)
+        base = utcnow()
+        items = [
+            decision(f"r-{i:03d}", base - timedelta(seconds=2) + timedelta(seconds=i * 0.5))
+            for i in range(30)
+        ]
+        await send(settings, Topic.REVIEW, *items)
+        await asyncio.sleep(2)
+        second.start()
+        await asyncio.to_thread(second.wait_ready, 60)
+        for _ in range(50):  # the partitions are split between the two
+            owned = [sla_status(p)["partitions"] for p in (first, second)]
+            if all(owned) and sorted(owned[0] + owned[1]) == list(range(6)):
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError(f"partitions not split: {owned}")
+        await asyncio.sleep(2)
+        assert first.kill(signal.SIGTERM) == 0
+        expected = {d.post_id for d in items}
+        outcome = await wait_for(settings, lambda o: expected <= set(o.downgrades), 60)
+        await asyncio.sleep(2)
+        outcome = await collect_sla(settings)
+        assert_sla_invariants(outcome, expired=expected, in_time=set())
+        assert not outcome.dlq
+    finally:
+        first.stop()
+        second.stop()
