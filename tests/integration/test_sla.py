@@ -213,6 +213,7 @@ async def test_downgrade_at_deadline_reviewed_in_time_is_not(
     assert status["counts"]["expired"] == 2 and status["counts"]["warning"] == 2
     assert status["counts"]["assignment_breach"] == 1 and status["counts"]["dlq"] == 0
     assert 0.5 <= status["avg_review_response_s"] <= 5  # p-on-time: reviewed ~1 s in
+    assert 0 <= status["avg_assignment_s"] <= 5  # p-picked: assigned right away
     assert 0 <= status["max_lateness_s"] <= BOUND_S
 
 

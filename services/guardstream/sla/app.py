@@ -189,6 +189,7 @@ class SlaWorker:
         self._recovered = False
         self._faults = FaultPoints(settings.fault)
         self.responses = ResponseTimes(settings.sla_response_window)
+        self.pickups = ResponseTimes(settings.sla_response_window)  # decided → assigned
         self.counts: dict[str, int] = {k.value: 0 for k in SlaEventKind} | {"dlq": 0}
         self.max_lateness_s = 0.0
         self.last_tick_ms = 0.0
@@ -231,6 +232,9 @@ class SlaWorker:
             callbacks=[self._observe_response],
             unit="s",
         )
+        meter.create_observable_gauge(
+            "guardstream.sla.assignment_time_avg", callbacks=[self._observe_pickup], unit="s"
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -252,6 +256,7 @@ class SlaWorker:
             "pending": self.pending_count(),
             "oldest_pending_age_s": oldest,
             "avg_review_response_s": self.responses.mean(),
+            "avg_assignment_s": self.pickups.mean(),
             "counts": dict(self.counts),
             "max_lateness_s": self.max_lateness_s,
             "last_tick_ms": self.last_tick_ms,
@@ -457,6 +462,8 @@ class SlaWorker:
             )
             sla = review_sla(pack, decision.categories)
             new = enter(decision, partition, sla, self._get(decision.post_id))
+            if new is not None and new.assigned_at is not None:  # the assignment came first
+                self.pickups.add(new.assigned_at - new.decided_at)
         elif topic == self._names[Topic.REVIEWS]:
             review = Review.from_json(raw)
             self._check_key(message, review.post_id)
@@ -467,7 +474,10 @@ class SlaWorker:
         else:
             assignment = ReviewAssignment.from_json(raw)
             self._check_key(message, assignment.post_id)
-            new = assigned(assignment, partition, self._get(assignment.post_id))
+            current = self._get(assignment.post_id)
+            new = assigned(assignment, partition, current)
+            if new is not None and new.phase is Phase.PENDING and new.assigned_at is not None:
+                self.pickups.add(new.assigned_at - new.decided_at)
         if new is not None:
             await self._settle([new])
 
@@ -530,6 +540,10 @@ class SlaWorker:
 
     def _observe_response(self, _: Any) -> list[metrics.Observation]:
         mean = self.responses.mean()
+        return [] if mean is None else [metrics.Observation(mean)]
+
+    def _observe_pickup(self, _: Any) -> list[metrics.Observation]:
+        mean = self.pickups.mean()
         return [] if mean is None else [metrics.Observation(mean)]
 
 
