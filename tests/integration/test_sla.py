@@ -358,3 +358,30 @@ async def test_rebalance_between_workers_downgrades_each_exactly_once(
     finally:
         first.stop()
         second.stop()
+
+
+async def test_finished_items_are_purged_after_retention(
+    settings: Settings, policy_dir: Path, tmp_path: Path
+) -> None:
+    env = env_for(
+        settings,
+        GUARDSTREAM_POLICY_DIR=str(policy_dir),
+        GUARDSTREAM_SLA_TICK_S=str(TICK_S),
+        GUARDSTREAM_SLA_RETAIN_S="2",
+    )
+    proc = Process("sla", env, tmp_path)
+    try:
+        await start(settings, proc)
+        expiring, reviewed = decision("p-exp"), decision("p-rev")
+        await send(settings, Topic.REVIEW, expiring, reviewed)
+        await send(settings, Topic.REVIEWS, review_of(reviewed))
+        await wait_for(settings, lambda o: "p-exp" in o.downgrades)
+        for _ in range(50):
+            if sla_status(proc)["items"] == 0:
+                break
+            await asyncio.sleep(0.2)
+        assert sla_status(proc)["items"] == 0
+        outcome = await collect_sla(settings)
+        assert_sla_invariants(outcome, expired={"p-exp"}, in_time={"p-rev"})
+    finally:
+        proc.stop()

@@ -254,6 +254,7 @@ class SlaWorker:
         return {
             "partitions": sorted(self._indexes),
             "pending": self.pending_count(),
+            "items": len(self.table.data),  # pending + finished items still retained
             "oldest_pending_age_s": oldest,
             "avg_review_response_s": self.responses.mean(),
             "avg_assignment_s": self.pickups.mean(),
