@@ -316,11 +316,7 @@ class SlaWorker:
     def _track(self, item: Item) -> None:
         index = self._indexes.get(item.partition)
         if index is None:
-            if self._recovered:
-                self._indexes[item.partition] = index = DeadlineIndex()
-                self._pending.setdefault(item.partition, {})
-            else:
-                return  # recovery will index it
+            return  # not (yet) ours: recovery indexes it from the table when it is assigned
         index.schedule(item.post_id, item.next_due(self._retain))
         pending = self._pending.setdefault(item.partition, {})
         if item.phase is Phase.PENDING:
