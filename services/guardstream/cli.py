@@ -17,6 +17,7 @@ from guardstream.core import logs
 from guardstream.core.contracts import Decision, Kind, dump
 from guardstream.core.settings import Settings
 from guardstream.core.topics import CATALOGUE, TopicNames
+from guardstream.feedback.cli import feedback_app
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -27,6 +28,7 @@ stack_app = typer.Typer(no_args_is_help=True, help="The local development stack.
 app.add_typer(topics_app, name="topics")
 app.add_typer(model_app, name="model")
 app.add_typer(stack_app, name="stack")
+app.add_typer(feedback_app, name="feedback")
 
 out = Console()
 err = Console(stderr=True)

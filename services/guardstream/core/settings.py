@@ -175,6 +175,39 @@ class Settings(BaseSettings):
     ] = None
     log_level: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_LOG_LEVEL"))] = "INFO"
 
+    # --- feedback loop (guardstream.feedback) ----------------------------------------------
+    # Root of the review archive (dated JSONL) and of the training runs' adapters and cards.
+    feedback_dir: Annotated[Path, Field(validation_alias=_env("GUARDSTREAM_FEEDBACK_DIR"))] = (
+        Path.home() / ".local" / "share" / "guardstream" / "feedback"
+    )
+    # Training starts when this many curated samples were reviewed since the last run.
+    feedback_min_samples: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_MIN_SAMPLES"))
+    ] = 500
+    # Curation keeps samples the model was less sure of than this (or got wrong).
+    feedback_confidence_below: Annotated[
+        float, Field(gt=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_CONFIDENCE_BELOW"))
+    ] = 0.85
+    # Comma-separated terms that mark an expert reason (weight 2x); empty: the built-in list.
+    feedback_expert_terms: Annotated[
+        str, Field(validation_alias=_env("GUARDSTREAM_FEEDBACK_EXPERT_TERMS"))
+    ] = ""
+    # A candidate adapter must beat the serving one by this much held-out accuracy.
+    feedback_promotion_margin: Annotated[
+        float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN"))
+    ] = 0.02
+    # LoRA optimiser steps; unset: 3 epochs over the training set.
+    feedback_train_steps: Annotated[
+        int | None, Field(ge=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_TRAIN_STEPS"))
+    ] = None
+    feedback_learning_rate: Annotated[
+        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_FEEDBACK_LEARNING_RATE"))
+    ] = 2e-4
+    # QA audits: reviewers whose agreement with senior re-reviews is below this raise an alert.
+    qa_agreement_min: Annotated[
+        float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_QA_AGREEMENT_MIN"))
+    ] = 0.9
+
     # --- SLA timer (guardstream sla) ---------------------------------------------------------
     # How often the timer looks for due items: downgrades fire at most this much (plus the time
     # a tick takes) after their deadline while the worker runs.

@@ -1,0 +1,78 @@
+"""`guardstream feedback …`: the weekly training cycle and the loop's report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from guardstream.core.settings import Settings
+
+if TYPE_CHECKING:
+    from guardstream.feedback.job import FeedbackConfig
+
+feedback_app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
+out = Console()
+err = Console(stderr=True)
+
+
+def config_from(settings: Settings) -> FeedbackConfig:
+    from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
+    from guardstream.feedback.job import FeedbackConfig
+    from guardstream.feedback.train import LoraParams
+
+    terms = tuple(t.strip() for t in settings.feedback_expert_terms.split(",") if t.strip())
+    return FeedbackConfig(
+        min_samples=settings.feedback_min_samples,
+        promotion_margin=settings.feedback_promotion_margin,
+        curation=CurationConfig(
+            confidence_below=settings.feedback_confidence_below,
+            expert_terms=terms or DEFAULT_EXPERT_TERMS,
+        ),
+        lora=LoraParams(
+            learning_rate=settings.feedback_learning_rate, max_steps=settings.feedback_train_steps
+        ),
+    )
+
+
+@feedback_app.command("report")
+def report(
+    html_out: Annotated[
+        Path | None, typer.Option("--html", help="Also write the report as one HTML page.")
+    ] = None,
+) -> None:
+    """Print the loop's health: samples per week, disagreement, agreement, adapter history."""
+    from guardstream.cli import load_settings
+    from guardstream.feedback.archive import Archive, ArchiveError
+    from guardstream.feedback.report import adapter_row, build_report, read_cards, render_html
+
+    settings = load_settings()
+    try:
+        samples = Archive(settings.feedback_dir).read()
+    except ArchiveError as exc:
+        err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
+        raise typer.Exit(1) from None
+    loop = build_report(samples, read_cards(settings.feedback_dir))
+    weeks = Table("week", "samples", "model said controversial", title="Reviewed samples")
+    for week, n in loop.per_week.items():
+        weeks.add_row(week, str(n), f"{loop.controversial_by_week[week].value:.0%}")
+    out.print(weeks)
+    for title, rates in (
+        ("Disagreement by category", loop.disagreement_by_category),
+        ("Disagreement by language", loop.disagreement_by_lang),
+        ("Reviewer agreement with QA", loop.reviewer_agreement),
+    ):
+        table = Table("", "rate", "of", title=title)
+        for name, rate in rates.items():
+            table.add_row(name, f"{rate.value:.0%}", str(rate.total))
+        out.print(table)
+    adapters = Table("adapter", "data until", "curated", "held-out accuracy", "outcome")
+    for card in loop.adapters:
+        adapters.add_row(*adapter_row(card))
+    out.print(adapters)
+    if html_out is not None:
+        html_out.write_text(render_html(loop), encoding="utf-8")
+        out.print(f"wrote {html_out}")

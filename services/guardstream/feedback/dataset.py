@@ -1,0 +1,61 @@
+"""Training examples in exactly Qwen3Guard-Gen's format, so downstream parsers never change.
+
+Input: the conversation the scorer would send (`scorer.prompt.neutralise` applied, the pack's
+prefix already in `text`). Target: `Safety: …` / `Categories: …` [/ `Refusal: …`], the same
+lines `scorer.output.parse_answer` reads; a unit test round-trips every target through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guardstream.core.contracts import Kind, Verdict
+from guardstream.feedback.sample import FeedbackSample
+from guardstream.scorer.output import CATEGORIES
+from guardstream.scorer.prompt import neutralise
+
+_LABEL = {Verdict.SAFE: "Safe", Verdict.UNSAFE: "Unsafe", Verdict.CONTROVERSIAL: "Controversial"}
+
+
+class NotTrainable(ValueError):
+    """A sample that cannot become a faithful target (say why; it is reported, not dropped)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    messages: tuple[tuple[str, str], ...]
+    target: str
+    weight: float
+    content_key: str
+
+    def chat(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.messages]
+
+
+def target_text(sample: FeedbackSample) -> str:
+    categories = [c for c in CATEGORIES if c in sample.human_categories]
+    if sample.human_verdict is Verdict.SAFE:
+        categories = []
+    elif not categories:
+        # A non-safe human label without categories keeps the model's, when it named any.
+        categories = [c for c in CATEGORIES if c in sample.pred_categories]
+    lines = [
+        f"Safety: {_LABEL[sample.human_verdict]}",
+        f"Categories: {', '.join(categories) if categories else 'None'}",
+    ]
+    if sample.kind is Kind.RESPONSE:
+        if sample.pred_refusal is None:
+            raise NotTrainable("response sample without a refusal label")
+        lines.append(f"Refusal: {'Yes' if sample.pred_refusal else 'No'}")
+    return "\n".join(lines)
+
+
+def example(sample: FeedbackSample, weight: float = 1.0) -> Example:
+    messages: tuple[tuple[str, str], ...]
+    if sample.kind is Kind.RESPONSE:
+        if not sample.prompt:
+            raise NotTrainable("response sample without its prompt")
+        messages = (("user", neutralise(sample.prompt)), ("assistant", neutralise(sample.text)))
+    else:
+        messages = (("user", neutralise(sample.text)),)
+    return Example(messages, target_text(sample), weight, sample.content_key)

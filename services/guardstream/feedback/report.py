@@ -1,0 +1,160 @@
+"""The loop's health, from the archive and the training runs' model cards (pure + rendering).
+
+Samples per week, disagreement rate by category and language, the share of `controversial`
+model verdicts among reviewed items per week (its trend is what retraining should bend down),
+reviewer agreement (first review vs a senior's QA review of the same content), and the adapter
+history. `render_html` writes one self-contained page (tables and inline SVG bars, no assets).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guardstream.core.contracts import ReviewStage, Verdict
+from guardstream.feedback.sample import FeedbackSample
+
+
+@dataclass(slots=True)
+class Rate:
+    hits: int = 0
+    total: int = 0
+
+    @property
+    def value(self) -> float:
+        return self.hits / self.total if self.total else 0.0
+
+
+@dataclass(slots=True)
+class LoopReport:
+    per_week: dict[str, int] = field(default_factory=dict)
+    controversial_by_week: dict[str, Rate] = field(default_factory=dict)
+    disagreement_by_category: dict[str, Rate] = field(default_factory=dict)
+    disagreement_by_lang: dict[str, Rate] = field(default_factory=dict)
+    reviewer_agreement: dict[str, Rate] = field(default_factory=dict)
+    overall_agreement: Rate = field(default_factory=Rate)
+    adapters: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _week(sample: FeedbackSample) -> str:
+    year, week, _ = sample.reviewed_at.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def build_report(samples: Sequence[FeedbackSample], cards: Iterable[dict[str, Any]]) -> LoopReport:
+    report = LoopReport()
+    weeks: Counter[str] = Counter()
+    controversial: dict[str, Rate] = defaultdict(Rate)
+    by_category: dict[str, Rate] = defaultdict(Rate)
+    by_lang: dict[str, Rate] = defaultdict(Rate)
+    first: dict[str, FeedbackSample] = {}
+    qa: dict[str, FeedbackSample] = {}
+    for s in samples:
+        if s.stage is ReviewStage.QA:
+            qa[s.content_key] = s
+            continue
+        first[s.content_key] = s
+        week = _week(s)
+        weeks[week] += 1
+        controversial[week].total += 1
+        controversial[week].hits += s.pred_verdict is Verdict.CONTROVERSIAL
+        for category in set(s.pred_categories) | set(s.human_categories) or {"(none)"}:
+            by_category[category].total += 1
+            by_category[category].hits += s.disagrees
+        lang = s.lang or "(unknown)"
+        by_lang[lang].total += 1
+        by_lang[lang].hits += s.disagrees
+    agreement: dict[str, Rate] = defaultdict(Rate)
+    for key, senior in qa.items():
+        original = first.get(key)
+        if original is None:
+            continue
+        same = original.human_verdict is senior.human_verdict
+        agreement[original.reviewer].total += 1
+        agreement[original.reviewer].hits += same
+        report.overall_agreement.total += 1
+        report.overall_agreement.hits += same
+    report.per_week = dict(sorted(weeks.items()))
+    report.controversial_by_week = dict(sorted(controversial.items()))
+    report.disagreement_by_category = dict(sorted(by_category.items()))
+    report.disagreement_by_lang = dict(sorted(by_lang.items()))
+    report.reviewer_agreement = dict(sorted(agreement.items()))
+    report.adapters = sorted(cards, key=lambda c: str(c.get("data_window", {}).get("until")))
+    return report
+
+
+def read_cards(root: Path) -> list[dict[str, Any]]:
+    runs = root / "runs"
+    if not runs.is_dir():
+        return []
+    return [
+        json.loads(card.read_text(encoding="utf-8"))
+        for card in sorted(runs.glob("*/model_card.json"))
+    ]
+
+
+def adapter_row(card: dict[str, Any]) -> tuple[str, str, str, str, str]:
+    metrics = card.get("metrics", {})
+    held = metrics.get("candidate_held_out", {})
+    before = metrics.get("current_held_out", {})
+    return (
+        str(card.get("adapter_id", "?")),
+        str(card.get("data_window", {}).get("until", "?")),
+        str(card.get("counts", {}).get("curated", "?")),
+        f"{before.get('accuracy', 0):.3f} → {held.get('accuracy', 0):.3f}" if held else "-",
+        "promoted" if card.get("promoted") else "rejected",
+    )
+
+
+def _bars(rates: dict[str, Rate]) -> str:
+    rows = []
+    for i, (name, rate) in enumerate(rates.items()):
+        y = i * 22
+        width = round(rate.value * 300)
+        rows.append(
+            f'<text x="0" y="{y + 15}">{html.escape(name)}</text>'
+            f'<rect x="220" y="{y + 3}" width="{width}" height="16" fill="#c0392b"/>'
+            f'<text x="{225 + width}" y="{y + 15}">{rate.value:.0%} of {rate.total}</text>'
+        )
+    height = max(22 * len(rates), 22)
+    return f'<svg width="640" height="{height}" font-size="12">{"".join(rows)}</svg>'
+
+
+def _table(head: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    header = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    return f"<table><tr>{header}</tr>{cells}</table>"
+
+
+def render_html(report: LoopReport) -> str:
+    weeks = [
+        (week, n, f"{report.controversial_by_week[week].value:.0%}")
+        for week, n in report.per_week.items()
+    ]
+    agreement = [(r, f"{a.value:.0%}", a.total) for r, a in report.reviewer_agreement.items()]
+    return (
+        "<!doctype html><meta charset='utf-8'><title>guardstream feedback loop</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;"
+        "border-bottom:1px solid #ddd;text-align:left}</style>"
+        "<h1>Feedback loop</h1><h2>Reviewed samples per week</h2>"
+        + _table(["week", "samples", "model said controversial"], weeks)
+        + "<h2>Disagreement (human ≠ model) by category</h2>"
+        + _bars(report.disagreement_by_category)
+        + "<h2>Disagreement by language</h2>"
+        + _bars(report.disagreement_by_lang)
+        + f"<h2>Reviewer agreement with QA: {report.overall_agreement.value:.0%} "
+        f"of {report.overall_agreement.total}</h2>"
+        + _table(["reviewer", "agreement", "QA-checked"], agreement)
+        + "<h2>Adapters</h2>"
+        + _table(
+            ["adapter", "data until", "curated", "held-out accuracy", "outcome"],
+            map(adapter_row, report.adapters),
+        )
+    )
