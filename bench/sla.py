@@ -173,6 +173,7 @@ async def run_worker(args: argparse.Namespace, bootstrap: str) -> dict[str, floa
         namespace=f"bsla{uuid.uuid4().hex[:8]}",
         kafka_bootstrap=bootstrap,
         sla_tick_s=args.tick_s,
+        sla_data_dir=Path(tempfile.mkdtemp(prefix="bench-sla-")),
         log_level="WARNING",
     )
     await ensure_topics(settings)

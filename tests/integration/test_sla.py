@@ -70,6 +70,7 @@ def sla_process(settings: Settings, policy_dir: Path, tmp_path: Path) -> Iterato
         settings,
         GUARDSTREAM_POLICY_DIR=str(policy_dir),
         GUARDSTREAM_SLA_TICK_S=str(TICK_S),
+        GUARDSTREAM_SLA_DATA_DIR=str(tmp_path / "sla-data"),
         GUARDSTREAM_SLA_SESSION_TIMEOUT_S="6",
     )
     proc = Process("sla", env, tmp_path)
@@ -278,6 +279,7 @@ async def test_crash_between_publish_and_table_write_republishes_identically(
         settings,
         GUARDSTREAM_POLICY_DIR=str(policy_dir),
         GUARDSTREAM_SLA_TICK_S=str(TICK_S),
+        GUARDSTREAM_SLA_DATA_DIR=str(tmp_path / "sla-data"),
         GUARDSTREAM_SLA_SESSION_TIMEOUT_S="6",
         GUARDSTREAM_FAULT="sla_after_publish:1",
     )
@@ -333,6 +335,7 @@ async def test_rebalance_between_workers_downgrades_each_exactly_once(
         settings,
         GUARDSTREAM_POLICY_DIR=str(policy_dir),
         GUARDSTREAM_SLA_TICK_S=str(TICK_S),
+        GUARDSTREAM_SLA_DATA_DIR=str(tmp_path / "sla-data"),
         GUARDSTREAM_SLA_SESSION_TIMEOUT_S="6",
     )
     first, second = Process("sla", env, tmp_path), Process("sla", env, tmp_path / "b")
@@ -375,6 +378,7 @@ async def test_finished_items_are_purged_after_retention(
         settings,
         GUARDSTREAM_POLICY_DIR=str(policy_dir),
         GUARDSTREAM_SLA_TICK_S=str(TICK_S),
+        GUARDSTREAM_SLA_DATA_DIR=str(tmp_path / "sla-data"),
         GUARDSTREAM_SLA_RETAIN_S="2",
     )
     proc = Process("sla", env, tmp_path)

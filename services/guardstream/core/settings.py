@@ -223,6 +223,11 @@ class Settings(BaseSettings):
     sla_response_window: Annotated[
         int, Field(ge=1, validation_alias=_env("GUARDSTREAM_SLA_RESPONSE_WINDOW"))
     ] = 200
+    # The SLA app's local data directory (faust's datadir, one subdirectory per namespace). The
+    # table store itself is in memory and rebuilt from its changelog topic on start.
+    sla_data_dir: Annotated[Path, Field(validation_alias=_env("GUARDSTREAM_SLA_DATA_DIR"))] = (
+        Path.home() / ".local" / "share" / "guardstream" / "sla"
+    )
     # Group session timeout of the SLA app: how soon a killed worker's partitions move on.
     sla_session_timeout_s: Annotated[
         float, Field(ge=6, validation_alias=_env("GUARDSTREAM_SLA_SESSION_TIMEOUT_S"))

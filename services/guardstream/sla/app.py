@@ -196,11 +196,13 @@ class SlaWorker:
         self.ticks: deque[tuple[int, float]] = deque(maxlen=10_000)  # (items due, ms)
 
         session = settings.sla_session_timeout_s
+        self._datadir = settings.sla_data_dir / settings.group_id("sla")
         self.app = faust.App(
             settings.group_id("sla"),
             broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
             broker_credentials=_credentials(settings),
             store="memory://",
+            datadir=str(self._datadir),
             web_enabled=False,
             autodiscover=False,
             topic_disable_leader=True,
@@ -238,6 +240,7 @@ class SlaWorker:
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
+        self._datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
         self.app.finalize()
         await self.app.start()
 
