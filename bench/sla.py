@@ -13,7 +13,9 @@ on a free port, unless `KAFKA_BOOTSTRAP` is set), in its own namespace:
    deadlines spread over `--due-spread-s` seconds starting 3 s after loading; the rest are due
    in 1-2 hours. Every tick is timed (items due, ms); lateness = a downgrade decision's
    `decided_at` − its deadline, read back from `moderation.actions.allow.v1`, so it includes
-   publishing and the changelog writes through the broker.
+   publishing and the changelog writes through the broker. Before loading, `--through-broker`
+   review decisions (default 3,000, due in 2 h) go through the broker and the agent: how many
+   the agent enters per second (one awaited changelog write each).
 
 Last line: one JSON object (`pending`, `tick_ms` = median tick with nothing due at that many
 pending, `max_lateness_s`, and the rest).
@@ -39,8 +41,8 @@ from pathlib import Path
 
 import orjson
 
-from guardstream.core.contracts import Decision, Source
-from guardstream.core.kafka import client_kwargs, ensure_topics
+from guardstream.core.contracts import Action, Decision, Source, Verdict, utcnow
+from guardstream.core.kafka import client_kwargs, ensure_topics, make_producer
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.devtools.stack import tansu_command
@@ -161,6 +163,41 @@ async def read_downgrades(settings: Settings) -> list[Decision]:
         await consumer.stop()
 
 
+async def through_the_agent(settings: Settings, worker: SlaWorker, n: int) -> float:
+    """Review decisions through the broker and the agent (deadlines 2 h out): entered per s."""
+    producer = make_producer(settings, client_id="bench-sla")
+    await producer.start()
+    topic = TopicNames(settings.namespace)[Topic.REVIEW]
+    try:
+        for i in range(n):
+            ident = uuid.uuid4().hex
+            decision = Decision(
+                event_id=ident,
+                produced_at=utcnow(),
+                decision_id=ident,
+                post_id=f"agent-{i}",
+                post_event_id=f"agent-ev-{i}",
+                tenant="bench",
+                verdict=Verdict.CONTROVERSIAL,
+                action=Action.REVIEW,
+                confidence=0.6,
+                reason="bench",
+                source=Source.MODEL,
+                model="bench",
+                policy="default@1",
+                content_key=f"{i:032x}",
+                decided_at=utcnow(),
+            )
+            await producer.send(topic, decision.to_json(), key=decision.post_id.encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    started = time.perf_counter()
+    while worker.pending_count() < n:  # noqa: ASYNC110
+        await asyncio.sleep(0.02)
+    return n / (time.perf_counter() - started)
+
+
 def load(worker: SlaWorker, items: list[Item]) -> None:
     for item in items:
         # Straight into the table and the index (see the module docstring).
@@ -188,16 +225,20 @@ async def run_worker(args: argparse.Namespace, bootstrap: str) -> dict[str, floa
             raise RuntimeError("SLA worker did not become ready")
         await asyncio.sleep(0.1)
     worker = holder[0]
+    agent_rate = await through_the_agent(settings, worker, args.through_broker)
+    say(f"agent: {args.through_broker:,} review decisions at {agent_rate:,.0f}/s")
     loaded = time.perf_counter()
     # The far items first, then the due ones with deadlines counted from *after* loading: the
     # loading itself blocks the loop and must not count as lateness.
-    far = make_items(args.pending, 0, time.time(), args.due_spread_s, args.seed)[args.due :]
+    # Together with the decisions already entered through the agent: `--pending` in all.
+    injected = args.pending - args.through_broker
+    far = make_items(injected, 0, time.time(), args.due_spread_s, args.seed)[args.due :]
     load(worker, far)
     items = make_items(args.due, args.due, time.time(), args.due_spread_s, args.seed + 1)
     load(worker, items)
     load_s = time.perf_counter() - loaded
     worker.ticks.clear()
-    total = len(far) + len(items)
+    total = len(far) + len(items) + args.through_broker
     say(f"loaded {total:,} items in {load_s:.1f} s; waiting for {args.due:,} downgrades")
     wait_until = time.monotonic() + 3 + args.due_spread_s + 60
     while worker.counts["expired"] < args.due and time.monotonic() < wait_until:  # noqa: ASYNC110
@@ -213,6 +254,7 @@ async def run_worker(args: argparse.Namespace, bootstrap: str) -> dict[str, floa
     idle = [ms for n, ms in ticks if n == 0]
     busy = [ms for n, ms in ticks if n > 0]
     return {
+        "agent_decisions_per_s": agent_rate,
         "downgrades": len({d.post_id for d in downgrades}),
         "downgrade_records": len(downgrades),
         "pending_at_end": status["pending"],
@@ -236,7 +278,12 @@ def main() -> int:
     parser.add_argument("--due-spread-s", type=float, default=10.0)
     parser.add_argument("--tick-s", type=float, default=1.0, help="GUARDSTREAM_SLA_TICK_S")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--through-broker", type=int, default=3_000, help="review decisions sent via the agent"
+    )
     args = parser.parse_args()
+    if args.pending < args.due + args.through_broker:
+        parser.error("--pending must be at least --due + --through-broker")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     now = time.time()
     pure = index_vs_scan(
