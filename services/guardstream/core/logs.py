@@ -1,7 +1,8 @@
 """JSON logs, one object per line, with the `extra=` fields of each call.
 
 Log context (topic, partition, offset, post_id, counts), never payloads: post text and author
-ids must not reach a log line.
+ids must not reach a log line. A line written inside a span carries its `trace_id` and
+`span_id` (the correlation ids that find the same post in traces and in other processes' logs).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import sys
 from datetime import UTC, datetime
 
 import orjson
+from opentelemetry import trace
 
 _STANDARD = frozenset(
     vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
@@ -25,6 +27,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
+        span = trace.get_current_span().get_span_context()
+        if span.is_valid:
+            entry["trace_id"] = format(span.trace_id, "032x")
+            entry["span_id"] = format(span.span_id, "016x")
         for key, value in vars(record).items():
             if key not in _STANDARD:
                 entry[key] = value

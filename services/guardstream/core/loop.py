@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, TypeAlias
@@ -37,6 +38,7 @@ from typing import ClassVar, TypeAlias
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from guardstream.core import metrics, tracing
 from guardstream.core.faults import FaultPoints
 from guardstream.core.offsets import OffsetTracker
 
@@ -68,6 +70,7 @@ class LoopConfig:
     backoff_max_s: float
     drain_s: float
     fault: str | None = None
+    group: str = ""  # consumer group (metric attribute and span attribute)
 
 
 @dataclass
@@ -127,11 +130,13 @@ class BatchLoop:
                 if batches and not stop.is_set():
                     for tp, records in batches.items():
                         self._tracker.start(tp, (r.offset for r in records))
+                        metrics.consumed.add(len(records), {"process": cfg.name, "topic": tp.topic})
                     task = asyncio.create_task(self._work(batches))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
                 # Records fetched while stopping are neither started nor committed.
                 await self._commit()
+                self._observe()
         finally:
             await self._drain()
             await self._commit()
@@ -155,13 +160,58 @@ class BatchLoop:
             self._consumer.resume(*assignment)
             self._paused = False
 
+    def _observe(self) -> None:
+        """Refresh the gauges the metrics exporter reads: lag (highwater minus the done
+        watermark) per partition, in-flight records, partitions held."""
+        cfg = self._config
+        assignment = self._consumer.assignment()
+        lag: dict[tuple[tuple[str, str], ...], float] = {}
+        for tp in assignment:
+            highwater = self._consumer.highwater(tp)
+            mark = self._tracker.watermark(tp)
+            if highwater is None or mark is None:
+                continue
+            attrs = {"group": cfg.group, "topic": tp.topic, "partition": str(tp.partition)}
+            lag[tuple(sorted(attrs.items()))] = max(0, highwater - mark)
+        metrics.gauges.replace_where("guardstream.consumer.lag", lag, group=cfg.group)
+        metrics.gauges.set(
+            "guardstream.consumer.in_flight", self._tracker.in_flight(), process=cfg.name
+        )
+        metrics.gauges.set(
+            "guardstream.consumer.assigned_partitions", len(assignment), process=cfg.name
+        )
+
     async def _work(self, batches: dict[TopicPartition, list[Record]]) -> None:
         records = [record for part in batches.values() for record in part]
+        started = time.monotonic()
+        batch = tracing.BatchTrace(self._config.name, self._config.group, records)
+        failure: BaseException | None = None
+        done = False
+        try:
+            with tracing.batch_scope(batch):
+                done = await self._handle(records, batch)
+        except BaseException as exc:  # cancelled when the drain budget is spent
+            failure = exc
+            raise
+        finally:
+            batch.end(failure or (None if done else self._fatal), abandoned=not done)
+        if not done:
+            return
+        self._faults.reach("after_publish")  # outputs acknowledged, offsets not yet committed
+        for tp, part in batches.items():
+            self._tracker.finish(tp, (r.offset for r in part))
+        self.report.processed += len(records)
+        attrs = {"process": self._config.name}
+        metrics.batch_size.record(len(records), attrs)
+        metrics.batch_duration.record(time.monotonic() - started, attrs)
+
+    async def _handle(self, records: list[Record], batch: tracing.BatchTrace) -> bool:
+        """Run the handler until it succeeds (True). False: it failed permanently (the loop
+        stops) or shutdown came during a transient outage (left for redelivery)."""
         attempt = 0
         while True:
             try:
                 await self._handler(records)
-                break
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -171,9 +221,11 @@ class BatchLoop:
                         extra={"service": self._config.name, "records": len(records)},
                     )
                     self._fatal = exc
-                    return
+                    return False
                 attempt += 1
                 self.report.retries += 1
+                metrics.retries.add(1, {"process": self._config.name, "error": type(exc).__name__})
+                batch.failed(exc, retrying=True)
                 delay = min(self._config.backoff_max_s, 0.1 * 2**attempt)
                 log.warning(
                     "transient failure, retrying batch",
@@ -187,11 +239,9 @@ class BatchLoop:
                 )
                 if self._stop.is_set() or await _sleep_unless(self._stop, delay):
                     # Shutting down mid-outage: leave the batch undone (redelivered later).
-                    return
-        self._faults.reach("after_publish")  # outputs acknowledged, offsets not yet committed
-        for tp, part in batches.items():
-            self._tracker.finish(tp, (r.offset for r in part))
-        self.report.processed += len(records)
+                    return False
+            else:
+                return True
 
     async def _drain(self) -> None:
         if not self._tasks:

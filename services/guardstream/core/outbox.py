@@ -3,7 +3,9 @@
 Triage and the scorer queue their outputs (decisions, score requests, DLQ records) here while
 they work through a batch and `flush()` before the batch's offsets may be committed. A failed
 delivery is a transient error: the batch is retried whole, and the re-sent records carry the
-same ids, so downstream sees a harmless replay.
+same ids, so downstream sees a harmless replay. Every record sent carries the trace context of
+the input it derives from (`core/tracing.py`), and every decision is counted
+(`guardstream.pipeline.decisions`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from guardstream.core import metrics, tracing
 from guardstream.core.contracts import ContractError, Decision, Envelope
 from guardstream.core.decisions import ACTION_TOPIC
 from guardstream.core.journal import DecisionJournal, journal_key
@@ -26,14 +29,23 @@ from guardstream.core.topics import Topic, TopicNames
 class Outbox:
     def __init__(self, producer: AIOKafkaProducer, settings: Settings, process: str) -> None:
         self._producer = producer
+        self._process = process
         self._topics = TopicNames(settings.namespace)
         self._group = settings.group_id(process)
         self._max_request_bytes = settings.kafka_max_request_bytes
         self._pending: list[asyncio.Future[Any]] = []
+        # Counted once the broker has them (a retried batch is not counted twice).
+        self._decided: list[dict[str, str]] = []
+        self._dead: list[dict[str, str]] = []
 
     async def send(self, topic: Topic, event: Envelope, key: str) -> None:
+        """`event` to `topic`; an event about a post event (`post_event_id`) continues the
+        trace of the input that carried that post event."""
+        headers = tracing.output_headers(getattr(event, "post_event_id", None))
         self._pending.append(
-            await self._producer.send(self._topics[topic], event.to_json(), key=key.encode())
+            await self._producer.send(
+                self._topics[topic], event.to_json(), key=key.encode(), headers=headers
+            )
         )
 
     async def decision(self, raw: bytes, decision: Decision | None = None) -> None:
@@ -42,7 +54,21 @@ class Outbox:
         if decision is None:
             decision = Decision.from_json(raw)
         topic = self._topics[ACTION_TOPIC[decision.action]]
-        self._pending.append(await self._producer.send(topic, raw, key=decision.post_id.encode()))
+        attributes = metrics.decision_attributes(decision, self._process)
+        headers = tracing.output_headers(
+            decision.post_event_id,
+            attributes={
+                "guardstream.verdict": attributes["verdict"],
+                "guardstream.action": attributes["action"],
+                "guardstream.source": attributes["source"],
+                "guardstream.tenant": attributes["tenant"],
+                "guardstream.post_id_hash": tracing.hashed(decision.post_id),
+            },
+        )
+        self._pending.append(
+            await self._producer.send(topic, raw, key=decision.post_id.encode(), headers=headers)
+        )
+        self._decided.append(attributes)
 
     async def decisions(self, journal: DecisionJournal, decisions: Sequence[Decision]) -> None:
         """Record each decision in the journal, then send what the journal says: for a post
@@ -65,10 +91,17 @@ class Outbox:
                 max_request_bytes=self._max_request_bytes,
             )
         )
+        self._dead.append({"reason": error.reason, "consumer": self._group})
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, []
+        decided, self._decided = self._decided, []
+        dead, self._dead = self._dead, []
         try:
             await asyncio.gather(*pending)
         except Exception as exc:
             raise TransientError(f"delivery failed: {type(exc).__name__}") from exc
+        for attributes in decided:
+            metrics.decisions.add(1, attributes)
+        for attributes in dead:
+            metrics.dead_letters.add(1, attributes)

@@ -72,6 +72,7 @@ async def serve(
                 backoff_max_s=settings.retry_backoff_max_s,
                 drain_s=settings.shutdown_drain_s,
                 fault=settings.fault,
+                group=settings.group_id(name),
             ),
         )
         await consumer.start()

@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from guardstream.core import metrics
 from guardstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class FailOpenStore:
         self._what = what
         self._timeout_s = timeout_s
         self._healthy = True
+        metrics.gauges.set("guardstream.redis.available", 1, store=what)
 
     @asynccontextmanager
     async def attempt(self, operation: str) -> AsyncIterator[aioredis.Redis]:
@@ -60,9 +62,12 @@ class FailOpenStore:
                     },
                 )
             self._healthy = False
+            metrics.redis_failures.add(1, {"store": self._what, "operation": operation})
+            metrics.gauges.set("guardstream.redis.available", 0, store=self._what)
             raise Unavailable(operation) from exc
         if not self._healthy:
             log.info("redis reachable again", extra={"store": self._what})
+            metrics.gauges.set("guardstream.redis.available", 1, store=self._what)
         self._healthy = True
 
     async def close(self) -> None:

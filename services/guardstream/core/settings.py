@@ -207,6 +207,29 @@ class Settings(BaseSettings):
     qa_agreement_min: Annotated[
         float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_QA_AGREEMENT_MIN"))
     ] = 0.9
+    # --- telemetry (guardstream.core.telemetry) ----------------------------------------------
+    # Prometheus exposition (`/metrics`) on this port; 0 = not served.
+    metrics_port: Annotated[
+        int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_METRICS_PORT"))
+    ] = 0
+    # OTLP/HTTP collector base URL (traces to /v1/traces, metrics to /v1/metrics); unset = off.
+    otlp_endpoint: Annotated[
+        str | None, Field(validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    ] = None
+    # Extra OTLP request headers, `k1=v1,k2=v2` (often an auth token: secret).
+    otlp_headers: Annotated[
+        SecretStr | None, Field(validation_alias=_env("OTEL_EXPORTER_OTLP_HEADERS"))
+    ] = None
+    # How often metrics are pushed over OTLP (the Prometheus endpoint is pulled instead).
+    otlp_metrics_interval_ms: Annotated[
+        int, Field(ge=100, validation_alias=_env("OTEL_METRIC_EXPORT_INTERVAL"))
+    ] = 15_000
+    # Fraction of new traces recorded; a post whose producer sampled it is always recorded.
+    trace_sample_ratio: Annotated[
+        float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_TRACE_SAMPLE_RATIO"))
+    ] = 1.0
+    # Deployment name shown as `deployment.environment` on every span and `target_info`.
+    environment: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_ENVIRONMENT"))] = "local"
 
     # --- SLA timer (guardstream sla) ---------------------------------------------------------
     # How often the timer looks for due items: downgrades fire at most this much (plus the time

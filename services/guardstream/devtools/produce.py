@@ -18,6 +18,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from guardstream.core import tracing
 from guardstream.core.contracts import Decision, Kind, Post, utcnow
 from guardstream.core.kafka import client_kwargs, make_producer
 from guardstream.core.settings import Settings
@@ -100,7 +101,19 @@ async def send(settings: Settings, posts: Sequence[Post]) -> None:
     await producer.start()
     try:
         topic = TopicNames(settings.namespace)[Topic.POSTS]
-        acks = [await producer.send(topic, p.to_json(), key=p.post_id.encode()) for p in posts]
+        acks = []
+        for post in posts:
+            # Each post starts its own trace; triage, the scorer and the decision continue it.
+            attributes = {
+                "guardstream.tenant": post.tenant,
+                "guardstream.post_id_hash": tracing.hashed(post.post_id),
+            }
+            with tracing.producer_span(topic, **attributes) as headers:
+                acks.append(
+                    await producer.send(
+                        topic, post.to_json(), key=post.post_id.encode(), headers=headers
+                    )
+                )
         await asyncio.gather(*acks)
     finally:
         await producer.stop()

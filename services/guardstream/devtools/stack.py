@@ -40,10 +40,14 @@ class StackConfig:
     run_dir: Path
     kafka_port: int = 9092
     health_port_base: int = 18081
+    metrics_port_base: int = 0  # Prometheus /metrics per process from here; 0 = not served
     ready_timeout_s: float = 900.0
 
     def health_port(self, process: str) -> int:
         return self.health_port_base + PROCESSES.index(process)
+
+    def metrics_port(self, process: str) -> int:
+        return self.metrics_port_base + PROCESSES.index(process) if self.metrics_port_base else 0
 
 
 def tansu_binary() -> Path:
@@ -211,6 +215,8 @@ def up(config: StackConfig, say: Say) -> None:
             continue
         proc_env = {**env, "GUARDSTREAM_HEALTH_PORT": str(config.health_port(name))}
         proc_env.setdefault("GUARDSTREAM_SLA_DATA_DIR", str(config.run_dir / "sla-data"))
+        if config.metrics_port_base:
+            proc_env["GUARDSTREAM_METRICS_PORT"] = str(config.metrics_port(name))
         pid = _spawn(
             [sys.executable, "-m", "guardstream", name], config.run_dir / f"{name}.log", proc_env
         )

@@ -8,12 +8,14 @@ from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaProducer
 
+from guardstream.core import metrics
 from guardstream.core.loop import BatchHandler, LoopReport
 from guardstream.core.process import serve
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.scorer.engine import GuardEngine, VllmGuardEngine
+from guardstream.scorer.metered import MeteredEngine
 from guardstream.scorer.service import Scorer
 
 
@@ -33,7 +35,8 @@ async def run(
             guard = await VllmGuardEngine.start(settings)
             stack.push_async_callback(guard.close)
         stores = Stores.open(settings, stack)
-        scorer = Scorer(settings, producer, stores, guard)
+        scorer = Scorer(settings, producer, stores, MeteredEngine(guard))
+        metrics.observe_counts("guardstream.scorer.outcomes", scorer.counts)
         if expose is not None:
             expose(scorer)
         return scorer.handle

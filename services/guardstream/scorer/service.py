@@ -16,6 +16,7 @@ from collections import defaultdict
 
 from aiokafka import AIOKafkaProducer
 
+from guardstream.core import tracing
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, ScoreRequest, Source, utcnow
 from guardstream.core.decisions import Origin, decide, model_reason
@@ -101,6 +102,7 @@ class Scorer:
                 await outbox.dead_letter(record, exc)
                 self.counts["dlq"] += 1
                 continue
+            tracing.bind(record, request.post_event_id)  # its decision continues its trace
             requests.setdefault(journal_key(request.post_event_id, request.policy), request)
 
         recalled = await self._journal.recall_many(list(requests))

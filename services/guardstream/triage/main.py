@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaProducer
 
+from guardstream.core import metrics
 from guardstream.core.loop import BatchHandler, LoopReport
 from guardstream.core.process import serve
 from guardstream.core.settings import Settings
@@ -25,6 +26,7 @@ async def run(
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         stores = Stores.open(settings, stack)
         triage = Triage(settings, producer, stores, model=served_model_id(settings))
+        metrics.observe_counts("guardstream.triage.outcomes", triage.counts)
         if expose is not None:
             expose(triage)
         return triage.handle

@@ -16,6 +16,7 @@ from collections import defaultdict
 
 from aiokafka import AIOKafkaProducer
 
+from guardstream.core import tracing
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, Decision
 from guardstream.core.decisions import Origin, decide
@@ -77,6 +78,7 @@ class Triage:
                 await outbox.dead_letter(record, exc)
                 self.counts["dlq"] += 1
                 continue
+            tracing.bind(record, item.post.event_id)  # its outputs continue its trace
             key = journal_key(item.post.event_id, item.pack.ref)
             if key in accepted:
                 self.counts["duplicate_in_batch"] += 1
