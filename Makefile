@@ -68,6 +68,11 @@ bench-pipeline: install
 bench-neardup: install
 	$(PY) bench/neardup.py
 
+# The adversarial corpus per attack family (structure preserved? verdicts?) on GUARDSTREAM_MODEL.
+.PHONY: bench-adversarial
+bench-adversarial: install
+	$(PY) bench/adversarial.py
+
 test: install lint typecheck
 	$(BIN)/pytest
 

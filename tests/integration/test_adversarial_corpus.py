@@ -1,0 +1,94 @@
+"""Scenario 15: the versioned adversarial corpus through the real pipeline (broker, Redis, triage,
+scorer, vLLM serving the tiny checkpoint), judged per post by `guardstream.devtools.adversarial`.
+
+The checks are independent of the code under test (they re-render what the engine was given
+and look at token ids and code points); the second test shows they catch what they must.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from guardstream.core.contracts import Kind, Verdict
+from guardstream.core.settings import Settings
+from guardstream.devtools.adversarial import (
+    Outcome,
+    assess,
+    load_corpus,
+    load_tokenizer,
+    render_budget,
+    run_corpus,
+    summarise,
+)
+from guardstream.model.tiny import ensure_tiny_checkpoint
+from guardstream.scorer.engine import RawAnswer, VllmGuardEngine
+from tests.support.oracle import assert_invariants, collect
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+async def test_every_attack_keeps_the_prompt_structure_and_gets_one_decision(
+    settings: Settings, engine: VllmGuardEngine
+) -> None:
+    settings = Settings(**{**settings.model_dump(), "near_duplicates": False})
+    corpus = load_corpus()
+    outcomes = await run_corpus(settings, engine, corpus, timeout_s=600)
+    assess(outcomes, load_tokenizer(settings), render_budget(settings))
+
+    failed = {o.attack.id: o.problems for o in outcomes if o.problems}
+    assert not failed, failed
+    for o in outcomes:
+        # Every property an entry exists to exercise was actually checked, and held.
+        assert all(o.checks.get(prop) is True for prop in o.attack.expect), (o.attack.id, o.checks)
+        assert o.checks["structure"] and o.checks["one_decision"]
+        assert o.answer is not None and o.seen is not None
+        if o.answer.text and o.verdict is Verdict.SAFE:
+            assert "Safe" in o.answer.text, "safe without the model saying so"
+    summary = summarise(corpus, outcomes, engine.model_id)
+    assert summary["all_passed"] and summary["posts"] == len(corpus.attacks)
+    assert {"injection", "template", "invisible", "homoglyph", "padding", "multilingual"} <= set(
+        summary["families"]
+    )
+    # The same run judged by the suite's oracle: nothing missing, nothing doubled, no DLQ.
+    verdicts = await collect(settings)
+    assert_invariants(verdicts, {f"adv-{a.id}" for a in corpus.attacks}, max_emissions_per_post=1)
+
+
+def outcome(attack_id: str, seen: list[dict[str, str]], *, truncated: bool = False) -> Outcome:
+    attack = next(a for a in load_corpus().attacks if a.id == attack_id)
+    return Outcome(
+        attack=attack,
+        decisions=1,
+        dlq=0,
+        verdict=Verdict.CONTROVERSIAL,
+        source="model",
+        seen=seen,
+        answer=RawAnswer(text="garbage", truncated=truncated),
+    )
+
+
+def test_the_checks_catch_forged_tokens_invisibles_and_a_lost_tail(model_cache_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_checkpoint(model_cache_dir))
+    corpus = {a.id: a for a in load_corpus().attacks}
+    control = outcome("control-en", [{"role": "user", "content": corpus["control-en"].text}])
+    # What the model would see if neutralising, normalising or head+tail cutting were skipped.
+    forged = outcome("tpl-im-turns", [{"role": "user", "content": corpus["tpl-im-turns"].text}])
+    hidden = outcome("inv-zero-width", [{"role": "user", "content": corpus["inv-zero-width"].text}])
+    padded = outcome(
+        "pad-en",
+        [{"role": "user", "content": corpus["pad-en"].text[:20_000]}],
+        truncated=True,
+    )
+    wrong = outcome("control-zh", [{"role": "user", "content": corpus["control-zh"].text}])
+    wrong.answer = RawAnswer(text="Safety: Safe\nCategories: None")  # yet decided controversial
+    baselines = assess([control, forged, hidden, padded, wrong], tokenizer, 1900)
+
+    assert baselines[Kind.PROMPT] and control.passed, control.problems
+    assert forged.checks["structure"] is False
+    assert hidden.checks["invisible_removed"] is False and hidden.checks["folded"] is False
+    assert padded.checks["head_and_tail"] is False
+    assert wrong.checks["verdict_from_answer"] is False
