@@ -243,6 +243,8 @@ def doctor(
 
     Each check prints ok / warn / FAIL with what was found and how to fix it. Exit 1 when any
     check failed. Nothing is created, downloaded or started; secrets are never printed."""
+    import logging
+
     from guardstream.devtools import doctor as checks
 
     try:
@@ -257,6 +259,8 @@ def doctor(
         else:
             out.print(checks.render_text([finding]), markup=False, highlight=False)
         raise typer.Exit(1) from None
+    # The report says what the clients' own retry logs would: keep them out of it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     findings = asyncio.run(checks.diagnose(current))
     if as_json:
         sys.stdout.write(orjson.dumps(checks.report(current, findings)).decode() + "\n")

@@ -117,7 +117,8 @@ async def test_an_unreachable_broker_fails(healthy_settings: Settings) -> None:
     broker = only(findings, "broker")
     assert broker.status is Status.FAIL and "not reachable" in broker.detail
     assert "KAFKA_BOOTSTRAP" in broker.hint
-    assert not [f for f in findings if f.check == "topics"], "topics cannot be checked"
+    topics = only(findings, "topics")
+    assert topics.status is Status.WARN and "not checked" in topics.detail
 
 
 @needs_asyncpg
@@ -155,6 +156,15 @@ async def test_a_nonexistent_model_path_fails(healthy_settings: Settings, tmp_pa
     model = only(await diagnose(bad), "model")
     assert model.status is Status.FAIL and "no such directory" in model.detail
     assert "GUARDSTREAM_MODEL" in model.hint
+
+
+async def test_a_hub_id_missing_from_the_local_cache_is_a_warning(
+    healthy_settings: Settings,
+) -> None:
+    hub = changed(healthy_settings, model="guardstream-tests/no-such-model")
+    model = only(await diagnose(hub), "model")
+    assert model.status is Status.WARN and "not in the local Hugging Face cache" in model.detail
+    assert "hf download guardstream-tests/no-such-model" in model.hint
 
 
 async def test_a_model_dir_with_only_a_config_fails(

@@ -121,7 +121,10 @@ async def check_broker(settings: Settings) -> list[Finding]:
             brokers = len(admin._client.cluster.brokers())
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none raised
         await _close_quietly(admin)
-        return [_broker_failure(await _probe_cause(exc, settings), where, settings)]
+        return [
+            _broker_failure(await _probe_cause(exc, settings), where, settings),
+            warn("topics", "not checked: the broker did not answer"),
+        ]
     try:
         findings = [ok("broker", f"{where} reachable, {brokers} broker(s)")]
         findings += await _check_topics(admin, existing, settings)
@@ -452,8 +455,10 @@ def _load_model_files(settings: Settings, source: str, auto_config: Any, auto_to
             f"{source}: the chat template does not render ({_error(exc, settings)})",
             "use the checkpoint's original chat template",
         )
-    firsts = {tokenizer.encode(" " + label, add_special_tokens=False)[:1][0] for label in LABELS}
-    if len(firsts) != len(LABELS):
+    firsts = {
+        tuple(tokenizer.encode(" " + label, add_special_tokens=False)[:1]) for label in LABELS
+    }
+    if len(firsts) != len(LABELS) or () in firsts:
         return fail(
             "model",
             f"{source}: the labels {', '.join(LABELS)} do not start with distinct tokens",
@@ -526,7 +531,9 @@ def render_text(findings: list[Finding]) -> str:
     width = max(len(f.check) for f in findings)
     lines: list[str] = []
     for f in findings:
-        lines.append(f"{f.status.value:<4}  {f.check:<{width}}  {f.detail}")
+        first, *more = f.detail.splitlines() or [""]
+        lines.append(f"{f.status.value:<4}  {f.check:<{width}}  {first}")
+        lines.extend(f"{'':<4}  {'':<{width}}  {line.strip()}" for line in more)
         if f.hint:
             lines.append(f"{'':<4}  {'':<{width}}  fix: {f.hint}")
     failed = sum(f.status is Status.FAIL for f in findings)
