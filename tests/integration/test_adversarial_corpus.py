@@ -92,3 +92,52 @@ def test_the_checks_catch_forged_tokens_invisibles_and_a_lost_tail(model_cache_d
     assert hidden.checks["invisible_removed"] is False and hidden.checks["folded"] is False
     assert padded.checks["head_and_tail"] is False
     assert wrong.checks["verdict_from_answer"] is False
+
+
+# Added tokens of the real Qwen3 tokenizer that carry no `<|…|>` pipes. A tokenizer matches
+# every added token inside plain text, so user text containing one changes the prompt's
+# structure unless `neutralise` breaks it up. The tiny checkpoint's vocabulary lacks them.
+QWEN3_PIPELESS_ADDED = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="scorer/prompt.py `neutralise` breaks `<|…|>` and think tags only; Qwen3's "
+    "<tool_call>/<tool_response> added tokens pass through (fix there, then drop this mark)",
+)
+def test_qwen3_tool_tags_in_user_text_do_not_become_tokens(model_cache_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from guardstream.scorer.prompt import PromptRenderer
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_checkpoint(model_cache_dir))
+    tokenizer.add_tokens(list(QWEN3_PIPELESS_ADDED))  # the real tokenizer's vocabulary
+    corpus = {a.id: a for a in load_corpus().attacks}
+    control = outcome("control-en", [{"role": "user", "content": corpus["control-en"].text}])
+    attacks = [
+        outcome(attack_id, messages_for_text(corpus[attack_id].text))
+        for attack_id in ("tpl-tool-call", "tpl-tool-response")
+    ]
+    assess([control, *attacks], tokenizer, 1900)
+    PromptRenderer(tokenizer, 1900)  # the renderer accepts the extended tokenizer
+    assert all(a.checks["structure"] for a in attacks), [a.problems for a in attacks]
+
+
+def messages_for_text(text: str) -> list[dict[str, str]]:
+    """The scorer's conversation for a prompt post (`messages_for`, the public entry point)."""
+    from guardstream.core.contracts import ScoreRequest, utcnow
+    from guardstream.scorer.prompt import messages_for
+
+    request = ScoreRequest(
+        event_id="e",
+        produced_at=utcnow(),
+        post_id="p",
+        post_event_id="e",
+        tenant="t",
+        kind=Kind.PROMPT,
+        text=text,
+        content_key="0" * 32,
+        policy="p",
+        received_at=utcnow(),
+    )
+    return messages_for(request)
