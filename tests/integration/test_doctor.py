@@ -101,6 +101,15 @@ async def test_a_wrong_partition_count_fails_naming_the_topic(healthy_settings: 
     assert f"--topic {names[Topic.POSTS]} --partitions 12" in topics.hint
 
 
+async def test_under_replicated_topics_are_a_warning(healthy_settings: Settings) -> None:
+    await ensure_topics(healthy_settings)  # one replica each: a single test broker
+    wants_three = changed(healthy_settings, topic_replication=3)
+    (topics,) = by_check(await diagnose(wants_three), "topics")
+    assert topics.status is Status.WARN
+    assert "GUARDSTREAM_TOPIC_REPLICATION=3" in topics.detail
+    assert TopicNames(healthy_settings.namespace)[Topic.POSTS] in topics.detail
+
+
 async def test_an_unreachable_redis_fails(healthy_settings: Settings) -> None:
     port = free_port()
     bad = changed(healthy_settings, redis_url=f"redis://127.0.0.1:{port}/0")

@@ -118,7 +118,8 @@ async def check_broker(settings: Settings) -> list[Finding]:
         async with asyncio.timeout(BROKER_TIMEOUT_S):
             await admin.start()
             existing = set(await admin.list_topics())
-            brokers = len(admin._client.cluster.brokers())
+            cluster = await admin.describe_cluster()
+            brokers = len(cluster.get("brokers", ()))
     except Exception as exc:  # noqa: BLE001 - every failure is reported, none raised
         await _close_quietly(admin)
         return [
@@ -190,9 +191,15 @@ async def _check_topics(admin: Any, existing: set[str], settings: Settings) -> l
     present = [spec for spec in CATALOGUE if names[spec.topic] in existing]
     missing = [names[spec.topic] for spec in CATALOGUE if names[spec.topic] not in existing]
     counts: dict[str, int] = {}
+    thin: list[str] = []
     if present:
         described = await admin.describe_topics([names[spec.topic] for spec in present])
         counts = {d["topic"]: len(d["partitions"]) for d in described}
+        replicas = {
+            d["topic"]: min((len(p.get("replicas", ())) for p in d["partitions"]), default=0)
+            for d in described
+        }
+        thin = sorted(t for t, n in replicas.items() if n < settings.topic_replication)
     findings: list[Finding] = []
     ns = f"GUARDSTREAM_NAMESPACE={settings.namespace} " if settings.namespace else ""
     if missing:
@@ -225,6 +232,16 @@ async def _check_topics(admin: Any, existing: set[str], settings: Settings) -> l
                 f"{name} has {actual} partitions, the catalogue says {spec.partitions} "
                 f"(keyed by {spec.key}; co-partitioned topics must agree)",
                 how,
+            )
+        )
+    if present and thin:
+        findings.append(
+            warn(
+                "topics",
+                f"{len(thin)} topic(s) have fewer replicas than GUARDSTREAM_TOPIC_REPLICATION="
+                f"{settings.topic_replication}: {', '.join(thin)}",
+                "a broker loss can lose decisions: raise their replication factor "
+                "(kafka-reassign-partitions.sh)",
             )
         )
     if not findings:
