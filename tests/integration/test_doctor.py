@@ -7,9 +7,12 @@ exist) and must come out as FAIL with a hint, while the healthy one passes.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import shutil
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -21,7 +24,7 @@ from guardstream.core.settings import Settings
 from guardstream.core.topics import CATALOGUE, Topic, TopicNames
 from guardstream.devtools.doctor import Finding, Status, diagnose, healthy
 from guardstream.model.tiny import ensure_tiny_checkpoint
-from tests.conftest import free_port
+from tests.conftest import free_port, missing, wait_for_port
 from tests.support.processes import env_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -117,6 +120,56 @@ async def test_an_unreachable_redis_fails(healthy_settings: Settings) -> None:
     assert redis.status is Status.FAIL
     assert f"127.0.0.1:{port}" in redis.detail and "not reachable" in redis.detail
     assert "REDIS_URL" in redis.hint
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    """Start redis-server instances of our own (for states the shared Redis must not be put
+    in); yields a starter returning the URL; stops them all at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> str:
+        if shutil.which("redis-server") is None:
+            missing("redis-server is not installed")
+        port = free_port()
+        command = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
+        command += ["--appendonly", "no", "--dir", str(tmp_path), *args]
+        started.append(subprocess.Popen(command, stdout=subprocess.DEVNULL))
+        assert wait_for_port(port), "redis-server did not start"
+        return f"redis://127.0.0.1:{port}/0"
+
+    yield start
+    for proc in started:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+async def test_a_read_only_redis_fails_as_not_writable(
+    healthy_settings: Settings, private_redis: Callable[..., str]
+) -> None:
+    # A replica whose primary is gone still answers, and refuses every write.
+    url = private_redis("--replicaof", "127.0.0.1", str(free_port()))
+    redis = only(await diagnose(changed(healthy_settings, redis_url=url)), "redis")
+    assert redis.status is Status.FAIL and "not writable" in redis.detail
+    assert "replica" in redis.hint
+
+
+async def test_a_redis_slower_than_the_cache_timeout_fails(
+    healthy_settings: Settings, private_redis: Callable[..., str]
+) -> None:
+    url = private_redis("--enable-debug-command", "local")
+    fast = only(await diagnose(changed(healthy_settings, redis_url=url)), "redis")
+    assert fast.status is not Status.FAIL, fast  # the same server, before it is made slow
+    blocker = await asyncio.create_subprocess_exec(
+        "redis-cli", "-u", url, "DEBUG", "SLEEP", "3", stdout=asyncio.subprocess.DEVNULL
+    )
+    try:
+        await asyncio.sleep(0.3)  # the server is now busy for ~3 s
+        redis = only(await diagnose(changed(healthy_settings, redis_url=url)), "redis")
+    finally:
+        await blocker.wait()
+    assert redis.status is Status.FAIL
+    assert "no answer within GUARDSTREAM_CACHE_TIMEOUT_MS=200 ms" in redis.detail
 
 
 async def test_an_unreachable_broker_fails(healthy_settings: Settings) -> None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -292,6 +291,12 @@ async def check_redis(settings: Settings) -> Finding:
                     await client.delete(key)
             if step != "ping":  # the ping includes connecting; lookups reuse the connection
                 slowest = max(slowest, time.monotonic() - started)
+    except ReadOnlyError as exc:  # a ResponseError: before it
+        return fail(
+            "redis",
+            f"{url}: not writable ({_error(exc, settings)})",
+            "REDIS_URL points at a read-only replica: point it at the primary",
+        )
     except (AuthenticationError, ResponseError) as exc:
         if isinstance(exc, AuthenticationError) or "AUTH" in str(exc).upper():
             return fail(
@@ -300,12 +305,6 @@ async def check_redis(settings: Settings) -> Finding:
                 "check the user and password in REDIS_URL against the server's ACL",
             )
         return fail("redis", f"{url}: {_error(exc, settings)}", "see the Redis server log")
-    except ReadOnlyError as exc:
-        return fail(
-            "redis",
-            f"{url}: not writable ({_error(exc, settings)})",
-            "REDIS_URL points at a read-only replica: point it at the primary",
-        )
     except TimeoutError:
         return fail(
             "redis",
@@ -522,22 +521,15 @@ def check_policies(settings: Settings) -> Finding:
 
 
 async def diagnose(settings: Settings) -> list[Finding]:
-    """Every check, concurrently; findings in a fixed order (broker, topics, redis, ...)."""
+    """Every check; findings in a fixed order (broker, topics, redis, postgresql, model, policy).
 
-    async def in_thread(check: Callable[[Settings], Finding]) -> list[Finding]:
-        return [await asyncio.to_thread(check, settings)]
-
-    async def one(check: Callable[[Settings], Awaitable[Finding]]) -> list[Finding]:
-        return [await check(settings)]
-
-    groups = await asyncio.gather(
-        check_broker(settings),
-        one(check_redis),
-        one(check_postgres),
-        in_thread(check_model),
-        in_thread(check_policies),
-    )
-    return [finding for group in groups for finding in group]
+    Redis is timed against the cache timeout, so it runs first and alone: loading the
+    tokenizer in a thread beside it would hold the interpreter lock and slow its event loop."""
+    redis = await check_redis(settings)
+    broker, postgres = await asyncio.gather(check_broker(settings), check_postgres(settings))
+    model = await asyncio.to_thread(check_model, settings)
+    policy = await asyncio.to_thread(check_policies, settings)
+    return [*broker, redis, postgres, model, policy]
 
 
 def healthy(findings: list[Finding]) -> bool:
