@@ -98,7 +98,7 @@ async def test_a_wrong_partition_count_fails_naming_the_topic(healthy_settings: 
     finally:
         await admin.close()
     await ensure_topics(healthy_settings)
-    (topics,) = [f for f in by_check(await diagnose(healthy_settings), "topics")]
+    topics = only(await diagnose(healthy_settings), "topics")
     assert topics.status is Status.FAIL
     assert f"{names[Topic.POSTS]} has 4 partitions, the catalogue says 12" in topics.detail
     assert f"--topic {names[Topic.POSTS]} --partitions 12" in topics.hint
