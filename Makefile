@@ -91,6 +91,11 @@ bench-sla: install
 bench-telemetry: install
 	$(PY) bench/telemetry.py
 
+# The adversarial corpus per attack family (structure preserved? verdicts?) on GUARDSTREAM_MODEL.
+.PHONY: bench-adversarial
+bench-adversarial: install
+	$(PY) bench/adversarial.py
+
 test: install lint typecheck
 	$(BIN)/pytest
 

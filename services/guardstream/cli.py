@@ -280,3 +280,38 @@ def stack_down(run_dir: RunDir = Path(".run")) -> None:
     from guardstream.devtools.stack import StackConfig, down
 
     down(StackConfig(run_dir), out.print)
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check this deployment: broker, topics, Redis, PostgreSQL, model files, policy packs.
+
+    Each check prints ok / warn / FAIL with what was found and how to fix it. Exit 1 when any
+    check failed. Nothing is created, downloaded or started; secrets are never printed."""
+    import logging
+
+    from guardstream.devtools import doctor as checks
+
+    try:
+        current = Settings()
+    except ValidationError as exc:
+        finding = checks.fail(
+            "config", f"invalid configuration: {exc}", "fix the environment variables named above"
+        )
+        if as_json:
+            sys.stdout.write(orjson.dumps({"ok": False, "checks": [finding.as_dict()]}).decode())
+            sys.stdout.write("\n")
+        else:
+            out.print(checks.render_text([finding]), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    # The report says what the clients' own retry logs would: keep them out of it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    findings = asyncio.run(checks.diagnose(current))
+    if as_json:
+        sys.stdout.write(orjson.dumps(checks.report(current, findings)).decode() + "\n")
+    else:
+        out.print(checks.render_text(findings), markup=False, highlight=False, soft_wrap=True)
+    if not checks.healthy(findings):
+        raise typer.Exit(1)
