@@ -55,6 +55,10 @@ def _run_process(name: str) -> None:
             from guardstream.triage.main import run as run_triage
 
             await run_triage(settings, stop)
+        elif name == "sla":
+            from guardstream.sla.main import run as run_sla
+
+            await run_sla(settings, stop)
         else:
             from guardstream.scorer.main import run as run_scorer
 
@@ -93,6 +97,12 @@ def scorer() -> None:
 
 
 @app.command()
+def sla() -> None:
+    """Run the SLA timer (contested items unreviewed past their deadline → safe, alerts)."""
+    _run_process("sla")
+
+
+@app.command()
 def settings() -> None:
     """Show the effective configuration (secrets masked) with each setting's env name."""
     current = load_settings().public_view()
@@ -108,8 +118,13 @@ def settings() -> None:
 def topics_create() -> None:
     """Create every catalogue topic that does not exist yet (idempotent)."""
     from guardstream.core.kafka import ensure_topics
+    from guardstream.sla.app import changelog_topic, ensure_changelog
 
-    report = asyncio.run(ensure_topics(load_settings()))
+    settings = load_settings()
+    report = asyncio.run(ensure_topics(settings))
+    # The SLA app's table changelog (co-partitioned with its sources) is created up front too.
+    sla_changelog = "created " if asyncio.run(ensure_changelog(settings)) else "exists  "
+    out.print(f"{sla_changelog} {changelog_topic(settings)}")
     for name in report.created:
         out.print(f"created  {name}")
     for name in report.existing:
