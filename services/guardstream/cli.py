@@ -60,6 +60,10 @@ def _run_process(name: str) -> None:
             from guardstream.triage.main import run as run_triage
 
             await run_triage(settings, stop)
+        elif name == "sla":
+            from guardstream.sla.main import run as run_sla
+
+            await run_sla(settings, stop)
         else:
             from guardstream.scorer.main import run as run_scorer
 
@@ -98,6 +102,12 @@ def scorer() -> None:
 
 
 @app.command()
+def sla() -> None:
+    """Run the SLA timer (contested items unreviewed past their deadline → safe, alerts)."""
+    _run_process("sla")
+
+
+@app.command()
 def settings() -> None:
     """Show the effective configuration (secrets masked) with each setting's env name."""
     current = load_settings().public_view()
@@ -113,8 +123,13 @@ def settings() -> None:
 def topics_create() -> None:
     """Create every catalogue topic that does not exist yet (idempotent)."""
     from guardstream.core.kafka import ensure_topics
+    from guardstream.sla.app import changelog_topic, ensure_changelog
 
-    report = asyncio.run(ensure_topics(load_settings()))
+    settings = load_settings()
+    report = asyncio.run(ensure_topics(settings))
+    # The SLA app's table changelog (co-partitioned with its sources) is created up front too.
+    sla_changelog = "created " if asyncio.run(ensure_changelog(settings)) else "exists  "
+    out.print(f"{sla_changelog} {changelog_topic(settings)}")
     for name in report.created:
         out.print(f"created  {name}")
     for name in report.existing:
@@ -368,3 +383,38 @@ def add_reviewer(
     out.print(f"reviewer {reviewer_id} saved ({chosen.value}; tenants {', '.join(tenant)})")
     if issued:
         sys.stdout.write(issued + "\n")
+
+
+@app.command()
+def doctor(
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Check this deployment: broker, topics, Redis, PostgreSQL, model files, policy packs.
+
+    Each check prints ok / warn / FAIL with what was found and how to fix it. Exit 1 when any
+    check failed. Nothing is created, downloaded or started; secrets are never printed."""
+    import logging
+
+    from guardstream.devtools import doctor as checks
+
+    try:
+        current = Settings()
+    except ValidationError as exc:
+        finding = checks.fail(
+            "config", f"invalid configuration: {exc}", "fix the environment variables named above"
+        )
+        if as_json:
+            sys.stdout.write(orjson.dumps({"ok": False, "checks": [finding.as_dict()]}).decode())
+            sys.stdout.write("\n")
+        else:
+            out.print(checks.render_text([finding]), markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    # The report says what the clients' own retry logs would: keep them out of it.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    findings = asyncio.run(checks.diagnose(current))
+    if as_json:
+        sys.stdout.write(orjson.dumps(checks.report(current, findings)).decode() + "\n")
+    else:
+        out.print(checks.render_text(findings), markup=False, highlight=False, soft_wrap=True)
+    if not checks.healthy(findings):
+        raise typer.Exit(1)

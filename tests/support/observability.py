@@ -20,7 +20,8 @@ ROOT = Path(__file__).parents[2]
 DASHBOARDS = ROOT / "deploy" / "grafana" / "dashboards"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 RULE_TESTS = ROOT / "deploy" / "prometheus" / "rules.test.yml"
-SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
+SCRAPE_CONFIG = ROOT / "deploy" / "compose" / "prometheus.yml"
+LOCAL_SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.local.yml"
 
 # Exported by triage and the scorer (guardstream.core.metrics, guardstream.scorer.metered).
 PIPELINE_METRICS = frozenset(

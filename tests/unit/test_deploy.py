@@ -36,14 +36,13 @@ KUBERNETES_VERSION = "1.30.0"  # the oldest minor the chart supports
 # Commands being built on other branches right now (`guardstream sla`, `guardstream review`,
 # `guardstream feedback ...`): the deployment runs them already. The lead removes this set once
 # those branches are merged, and every command is checked again.
-LANDING_ELSEWHERE = {"sla", "review", "feedback"}
+LANDING_ELSEWHERE = {"review", "feedback"}
 # Env names the deployment sets for settings those branches add (metrics exporter, review
 # console, SLA store). Same rule: removed at merge, then every name must be a Settings alias.
 ENV_LANDING_ELSEWHERE = {
     "GUARDSTREAM_METRICS_PORT",
     "GUARDSTREAM_REVIEW_PORT",
     "GUARDSTREAM_REVIEW_SESSION_SECRET",
-    "GUARDSTREAM_SLA_DATA_DIR",
 }
 # Env that libraries read, not guardstream's Settings.
 LIBRARY_ENV = {"HOME", "HF_HOME"}

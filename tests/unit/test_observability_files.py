@@ -14,6 +14,7 @@ from tests.conftest import missing
 from tests.support.observability import (
     DASHBOARDS,
     KNOWN_METRICS,
+    LOCAL_SCRAPE_CONFIG,
     ROOT,
     RULE_TESTS,
     RULES,
@@ -88,7 +89,7 @@ def test_promtool_checks_the_rules_and_the_scrape_config() -> None:
         [tool, "check", "rules", str(RULES)], capture_output=True, text=True, check=False
     )
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    for scrape_config in (SCRAPE_CONFIG, SCRAPE_CONFIG.with_name("prometheus.local.yml")):
+    for scrape_config in (SCRAPE_CONFIG, LOCAL_SCRAPE_CONFIG):
         config = subprocess.run(
             [tool, "check", "config", "--syntax-only", str(scrape_config)],
             capture_output=True,

@@ -1,4 +1,5 @@
-"""Liveness and readiness over HTTP (`/healthz`, `/readyz`) for orchestrators and `make up`.
+"""Liveness and readiness over HTTP (`/healthz`, `/readyz`) for orchestrators and `make up`;
+optionally a process's own JSON numbers on `/status` (no post ids, no text).
 
 Deliberately dependency-free: a process that cannot even answer this is dead. Readiness is a
 callable so each process decides what "ready" means (engine loaded, partitions assigned).
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import orjson
 
@@ -16,10 +18,17 @@ log = logging.getLogger(__name__)
 
 
 class HealthServer:
-    def __init__(self, port: int, ready: Callable[[], bool], name: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        ready: Callable[[], bool],
+        name: str,
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
         self._port = port
         self._ready = ready
         self._name = name
+        self._status = status
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -42,6 +51,8 @@ class HealthServer:
             elif path == "/readyz":
                 ready = self._ready()
                 status, body = (200 if ready else 503), {"process": self._name, "ready": ready}
+            elif path == "/status" and self._status is not None:
+                status, body = 200, {"process": self._name, **self._status()}
             else:
                 status, body = 404, {"error": "not found"}
             payload = orjson.dumps(body)

@@ -286,6 +286,31 @@ class Settings(BaseSettings):
     # Deployment name shown as `deployment.environment` on every span and `target_info`.
     environment: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_ENVIRONMENT"))] = "local"
 
+    # --- SLA timer (guardstream sla) ---------------------------------------------------------
+    # How often the timer looks for due items: downgrades fire at most this much (plus the time
+    # a tick takes) after their deadline while the worker runs.
+    sla_tick_s: Annotated[
+        float, Field(gt=0, le=60, validation_alias=_env("GUARDSTREAM_SLA_TICK_S"))
+    ] = 1.0
+    # How long a finished item (reviewed or downgraded) stays in the table, so a late or
+    # duplicate review is still recognised.
+    sla_retain_s: Annotated[int, Field(gt=0, validation_alias=_env("GUARDSTREAM_SLA_RETAIN_S"))] = (
+        7 * 24 * 3600
+    )
+    # The average review response time is the mean over the last this many reviews.
+    sla_response_window: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_SLA_RESPONSE_WINDOW"))
+    ] = 200
+    # The SLA app's local data directory (faust's datadir, one subdirectory per namespace). The
+    # table store itself is in memory and rebuilt from its changelog topic on start.
+    sla_data_dir: Annotated[Path, Field(validation_alias=_env("GUARDSTREAM_SLA_DATA_DIR"))] = (
+        Path.home() / ".local" / "share" / "guardstream" / "sla"
+    )
+    # Group session timeout of the SLA app: how soon a killed worker's partitions move on.
+    sla_session_timeout_s: Annotated[
+        float, Field(ge=6, validation_alias=_env("GUARDSTREAM_SLA_SESSION_TIMEOUT_S"))
+    ] = 10.0
+
     @field_validator("namespace")
     @classmethod
     def _check_namespace(cls, value: str) -> str:

@@ -1,4 +1,4 @@
-"""The local stack: broker, Redis/PostgreSQL checks, topics, triage and scorer processes.
+"""The local stack: broker, Redis/PostgreSQL checks, topics, triage, scorer and SLA processes.
 
 `up` returns once every process answers `/readyz`; `down` stops what `up` started. State (pid
 files, logs) lives in one run directory. When `KAFKA_BOOTSTRAP` is set the local broker is not
@@ -27,7 +27,7 @@ from urllib.parse import urlparse
 from guardstream.core.kafka import ensure_topics
 from guardstream.core.settings import Settings
 
-PROCESSES = ("triage", "scorer")
+PROCESSES = ("triage", "scorer", "sla")
 Say = Callable[[str], None]
 
 
@@ -214,6 +214,7 @@ def up(config: StackConfig, say: Say) -> None:
             say(f"{name} already running")
             continue
         proc_env = {**env, "GUARDSTREAM_HEALTH_PORT": str(config.health_port(name))}
+        proc_env.setdefault("GUARDSTREAM_SLA_DATA_DIR", str(config.run_dir / "sla-data"))
         if config.metrics_port_base:
             proc_env["GUARDSTREAM_METRICS_PORT"] = str(config.metrics_port(name))
         pid = _spawn(

@@ -1,0 +1,574 @@
+"""`guardstream doctor`: is this deployment able to run, and if not, what exactly is wrong?
+
+Each check talks to the real thing the processes will use (broker, topics, Redis, PostgreSQL,
+model files, policy packs), with the same settings, and says in plain words what it found and
+how to fix it. Nothing is created, downloaded or started: a missing topic is reported, never
+auto-created (doctor describes only topics that exist, because a metadata request for an
+unknown topic creates it on brokers with auto-creation on), and the model's config, tokenizer
+and chat template are read from local files only; vLLM is not started. Secrets never appear:
+addresses are shown redacted and error texts are scrubbed of every secret value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from guardstream.core.settings import Settings, redact_url
+from guardstream.core.topics import CATALOGUE, TopicNames
+
+BROKER_TIMEOUT_S = 10.0
+POSTGRES_TIMEOUT_S = 5.0
+
+
+class Status(StrEnum):
+    OK = "ok"
+    WARN = "warn"
+    FAIL = "FAIL"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One line of the report: what was checked, what was found, and how to fix it."""
+
+    check: str
+    status: Status
+    detail: str
+    hint: str = ""
+
+    def as_dict(self) -> dict[str, str]:
+        return {**asdict(self), "status": self.status.value}
+
+
+def ok(check: str, detail: str) -> Finding:
+    return Finding(check, Status.OK, detail)
+
+
+def warn(check: str, detail: str, hint: str = "") -> Finding:
+    return Finding(check, Status.WARN, detail, hint)
+
+
+def fail(check: str, detail: str, hint: str) -> Finding:
+    return Finding(check, Status.FAIL, detail, hint)
+
+
+def secrets_of(settings: Settings) -> list[str]:
+    """Every secret value (and the password inside secret URLs) that output must not contain."""
+    values: list[str] = []
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        secret = getattr(value, "get_secret_value", None)
+        if secret is None:
+            continue
+        text = str(secret())
+        values.append(text)
+        # `redis://user:pw@host`: the password alone may show up in a driver's message.
+        _, sep, rest = text.partition("://")
+        userinfo = rest.partition("/")[0].rpartition("@")[0] if sep else ""
+        if ":" in userinfo:
+            values.append(userinfo.split(":", 1)[1])
+    return [v for v in values if len(v) >= 3]
+
+
+def scrub(text: str, settings: Settings) -> str:
+    """`text` with every secret of `settings` replaced by `***` (URLs first, then passwords)."""
+    for secret in sorted(secrets_of(settings), key=len, reverse=True):
+        text = text.replace(secret, redact_url(secret) if "://" in secret else "***")
+    return text
+
+
+def _error(exc: BaseException, settings: Settings) -> str:
+    message = str(exc).strip()
+    name = type(exc).__name__
+    return scrub(f"{name}: {message}" if message else name, settings)
+
+
+# --- broker and topics ------------------------------------------------------------------------
+
+_AUTH_ERRORS = (
+    "SaslAuthenticationFailed",
+    "AuthenticationFailedError",
+    "AuthenticationMethodNotSupported",
+    "UnsupportedSaslMechanismError",
+    "IllegalSaslStateError",
+    "ClusterAuthorizationFailedError",
+    "TopicAuthorizationFailedError",
+)
+
+
+async def check_broker(settings: Settings) -> list[Finding]:
+    """Broker reachable (and authenticated), then every catalogue topic with its partitions."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from guardstream.core.kafka import client_kwargs
+
+    where = f"{settings.kafka_bootstrap} ({settings.kafka_security_protocol})"
+    admin = AIOKafkaAdminClient(
+        **client_kwargs(settings),
+        client_id="guardstream-doctor",
+        request_timeout_ms=int(BROKER_TIMEOUT_S * 1000),
+    )
+    try:
+        async with asyncio.timeout(BROKER_TIMEOUT_S):
+            await admin.start()
+            existing = set(await admin.list_topics())
+            cluster = await admin.describe_cluster()
+            brokers = len(cluster.get("brokers", ()))
+    except Exception as exc:  # noqa: BLE001 - every failure is reported, none raised
+        await _close_quietly(admin)
+        return [
+            _broker_failure(await _probe_cause(exc, settings), where, settings),
+            warn("topics", "not checked: the broker did not answer"),
+        ]
+    try:
+        findings = [ok("broker", f"{where} reachable, {brokers} broker(s)")]
+        findings += await _check_topics(admin, existing, settings)
+    except Exception as exc:  # noqa: BLE001
+        findings.append(
+            fail("topics", f"could not describe topics: {_error(exc, settings)}", _RETRY_HINT)
+        )
+    finally:
+        await _close_quietly(admin)
+    return findings
+
+
+_RETRY_HINT = "the broker answered the connection but not this request; check its logs"
+
+
+async def _probe_cause(exc: BaseException, settings: Settings) -> BaseException:
+    """The bootstrap error hides its cause (an auth failure reads "Unable to bootstrap"):
+    open one connection to the first bootstrap address by hand to see the real error."""
+    from aiokafka.conn import create_conn
+    from aiokafka.errors import KafkaConnectionError
+
+    from guardstream.core.kafka import client_kwargs
+
+    if not isinstance(exc, KafkaConnectionError):
+        return exc
+    unexplained: BaseException = exc
+    kwargs = client_kwargs(settings)
+    host, _, port = kwargs.pop("bootstrap_servers").split(",")[0].strip().rpartition(":")
+    try:
+        async with asyncio.timeout(BROKER_TIMEOUT_S):
+            conn = await create_conn(
+                host or port, int(port) if host else 9092, client_id="guardstream-doctor", **kwargs
+            )
+        conn.close()
+    except Exception as cause:  # noqa: BLE001 - this is the error we are looking for
+        return cause
+    return unexplained
+
+
+def _broker_failure(exc: BaseException, where: str, settings: Settings) -> Finding:
+    name = type(exc).__name__
+    if name in _AUTH_ERRORS or "sasl" in name.lower() or "auth" in name.lower():
+        return fail(
+            "broker",
+            f"{where}: authentication rejected ({_error(exc, settings)})",
+            "check KAFKA_SECURITY_PROTOCOL, KAFKA_SASL_MECHANISM, KAFKA_SASL_USERNAME and "
+            "KAFKA_SASL_PASSWORD against the broker's listener",
+        )
+    if isinstance(exc, TimeoutError):
+        reason = f"no answer within {BROKER_TIMEOUT_S:g} s"
+    else:
+        reason = f"not reachable ({_error(exc, settings)})"
+    return fail(
+        "broker",
+        f"{where}: {reason}",
+        "is the broker running and KAFKA_BOOTSTRAP its advertised host:port? "
+        "(locally: `guardstream stack up` or `make up`)",
+    )
+
+
+async def _check_topics(admin: Any, existing: set[str], settings: Settings) -> list[Finding]:
+    names = TopicNames(settings.namespace)
+    present = [spec for spec in CATALOGUE if names[spec.topic] in existing]
+    missing = [names[spec.topic] for spec in CATALOGUE if names[spec.topic] not in existing]
+    counts: dict[str, int] = {}
+    thin: list[str] = []
+    if present:
+        described = await admin.describe_topics([names[spec.topic] for spec in present])
+        counts = {d["topic"]: len(d["partitions"]) for d in described}
+        replicas = {
+            d["topic"]: min((len(p.get("replicas", ())) for p in d["partitions"]), default=0)
+            for d in described
+        }
+        thin = sorted(t for t, n in replicas.items() if n < settings.topic_replication)
+    findings: list[Finding] = []
+    ns = f"GUARDSTREAM_NAMESPACE={settings.namespace} " if settings.namespace else ""
+    if missing:
+        findings.append(
+            fail(
+                "topics",
+                f"{len(missing)} of {len(CATALOGUE)} catalogue topics missing: "
+                + ", ".join(missing),
+                f"run `{ns}guardstream topics create` (creates only what is missing)",
+            )
+        )
+    for spec in present:
+        name = names[spec.topic]
+        actual = counts.get(name)
+        if actual == spec.partitions:
+            continue
+        if actual is not None and actual < spec.partitions:
+            how = (
+                f"add partitions: `kafka-topics.sh --alter --topic {name} --partitions "
+                f"{spec.partitions}` (keys move to other partitions: drain the topic first)"
+            )
+        else:
+            how = (
+                "Kafka cannot remove partitions: drain the topic, delete it and run "
+                f"`{ns}guardstream topics create`"
+            )
+        findings.append(
+            fail(
+                "topics",
+                f"{name} has {actual} partitions, the catalogue says {spec.partitions} "
+                f"(keyed by {spec.key}; co-partitioned topics must agree)",
+                how,
+            )
+        )
+    if present and thin:
+        findings.append(
+            warn(
+                "topics",
+                f"{len(thin)} topic(s) have fewer replicas than GUARDSTREAM_TOPIC_REPLICATION="
+                f"{settings.topic_replication}: {', '.join(thin)}",
+                "a broker loss can lose decisions: raise their replication factor "
+                "(kafka-reassign-partitions.sh)",
+            )
+        )
+    if not findings:
+        findings.append(
+            ok("topics", f"all {len(CATALOGUE)} catalogue topics exist with their partitions")
+        )
+    return findings
+
+
+async def _close_quietly(admin: Any) -> None:
+    try:
+        await admin.close()
+    except Exception:  # noqa: BLE001, S110 - a half-started client may fail to close; nothing to do
+        pass
+
+
+# --- Redis ------------------------------------------------------------------------------------
+
+
+async def check_redis(settings: Settings) -> Finding:
+    """PING, then a write, a read and a delete of a scratch key, each within the cache timeout."""
+    from redis.exceptions import AuthenticationError, ReadOnlyError, RedisError, ResponseError
+
+    from guardstream.core.redisstore import redis_client
+
+    url = redact_url(settings.redis_url.get_secret_value())
+    budget_ms = settings.cache_timeout_ms
+    client = redis_client(settings)
+    key = f"{settings.cache_prefix}doctor:{uuid.uuid4().hex}"
+    slowest = 0.0
+    try:
+        for step in ("ping", "write", "read", "delete"):
+            started = time.monotonic()
+            async with asyncio.timeout(budget_ms / 1000):
+                if step == "ping":
+                    await client.ping()
+                elif step == "write":
+                    await client.set(key, b"1", px=60_000)
+                elif step == "read":
+                    if await client.get(key) != b"1":
+                        return fail(
+                            "redis",
+                            f"{url}: wrote a key but read back something else",
+                            "another client rewrites keys under GUARDSTREAM_NAMESPACE's "
+                            "prefix, or this is a proxy that does not keep writes",
+                        )
+                else:
+                    await client.delete(key)
+            if step != "ping":  # the ping includes connecting; lookups reuse the connection
+                slowest = max(slowest, time.monotonic() - started)
+    except ReadOnlyError as exc:  # a ResponseError: before it
+        return fail(
+            "redis",
+            f"{url}: not writable ({_error(exc, settings)})",
+            "REDIS_URL points at a read-only replica: point it at the primary",
+        )
+    except (AuthenticationError, ResponseError) as exc:
+        if isinstance(exc, AuthenticationError) or "AUTH" in str(exc).upper():
+            return fail(
+                "redis",
+                f"{url}: authentication rejected ({_error(exc, settings)})",
+                "check the user and password in REDIS_URL against the server's ACL",
+            )
+        return fail("redis", f"{url}: {_error(exc, settings)}", "see the Redis server log")
+    except TimeoutError:
+        return fail(
+            "redis",
+            f"{url}: no answer within GUARDSTREAM_CACHE_TIMEOUT_MS={budget_ms} ms",
+            "every cache lookup would fail open (re-scored): check Redis load and network "
+            "latency, or raise GUARDSTREAM_CACHE_TIMEOUT_MS",
+        )
+    except (RedisError, OSError) as exc:
+        return fail(
+            "redis",
+            f"{url}: not reachable ({_error(exc, settings)})",
+            "is Redis running and REDIS_URL its host:port/db? "
+            "(without it every post is scored again: the pipeline runs, slower)",
+        )
+    finally:
+        await client.aclose()
+    if slowest > budget_ms / 2000:
+        return warn(
+            "redis",
+            f"{url}: reachable and writable, but one call took {slowest * 1000:.0f} ms of a "
+            f"{budget_ms} ms budget",
+            "lookups close to GUARDSTREAM_CACHE_TIMEOUT_MS will often fail open",
+        )
+    return ok("redis", f"{url}: reachable and writable (slowest call {slowest * 1000:.1f} ms)")
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+
+async def check_postgres(settings: Settings) -> Finding:
+    """Connect with DATABASE_URL and run `select 1` (asyncpg, the review store's driver)."""
+    url = redact_url(settings.database_url.get_secret_value())
+    try:
+        import asyncpg
+    except ImportError:
+        return warn(
+            "postgresql",
+            f"{url}: skipped: no PostgreSQL driver installed",
+            "install asyncpg to check the review store's database",
+        )
+    try:
+        async with asyncio.timeout(POSTGRES_TIMEOUT_S):
+            conn = await asyncpg.connect(settings.database_url.get_secret_value())
+            try:
+                version = await conn.fetchval("show server_version")
+                await conn.fetchval("select 1")
+            finally:
+                await conn.close()
+    except TimeoutError:
+        return fail(
+            "postgresql",
+            f"{url}: no answer within {POSTGRES_TIMEOUT_S:g} s",
+            "is PostgreSQL running and DATABASE_URL its host:port?",
+        )
+    except (
+        asyncpg.InvalidPasswordError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+    ) as exc:
+        return fail(
+            "postgresql",
+            f"{url}: authentication rejected ({_error(exc, settings)})",
+            "check the user and password in DATABASE_URL (and pg_hba.conf)",
+        )
+    except asyncpg.InvalidCatalogNameError as exc:
+        return fail(
+            "postgresql",
+            f"{url}: {_error(exc, settings)}",
+            "create the database (`createdb NAME`) or fix the database name in DATABASE_URL",
+        )
+    except (asyncpg.PostgresError, OSError, ValueError) as exc:
+        return fail(
+            "postgresql",
+            f"{url}: not reachable ({_error(exc, settings)})",
+            "is PostgreSQL running and DATABASE_URL postgresql://user:password@host:port/db?",
+        )
+    return ok("postgresql", f"{url}: reachable (server {version})")
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+def _looks_like_path(model: str) -> bool:
+    return (
+        model.startswith(("/", "./", "../", "~")) or model.count("/") != 1 or Path(model).exists()
+    )
+
+
+def check_model(settings: Settings) -> Finding:
+    """The model resolves to local files whose config, tokenizer and chat template load and
+    leave room for input in the configured window. Nothing is downloaded; vLLM is not started."""
+    from guardstream.scorer.engine import TINY_MODEL
+
+    if settings.model == TINY_MODEL:
+        from guardstream.model.tiny import MANIFEST_NAME, TINY_BUILDER_VERSION
+
+        path = Path(settings.model_cache_dir) / f"tiny-{TINY_BUILDER_VERSION}"
+        if not (path / MANIFEST_NAME).is_file():
+            return warn(
+                "model",
+                f"tiny test checkpoint not built yet at {path}",
+                "the scorer builds it on first start (~25 s); or: `guardstream model build-tiny`",
+            )
+        source = str(path)
+    elif _looks_like_path(settings.model):
+        path = Path(settings.model).expanduser()
+        if not path.is_dir():
+            return fail(
+                "model",
+                f"GUARDSTREAM_MODEL={settings.model}: no such directory",
+                "point GUARDSTREAM_MODEL at a directory holding Qwen3Guard-Gen weights "
+                "(config.json, tokenizer, chat template), or a hub id such as "
+                "Qwen/Qwen3Guard-Gen-0.6B; GUARDSTREAM_MODEL=tiny for the offline test model",
+            )
+        source = str(path)
+    else:
+        source = settings.model
+    try:
+        from transformers import AutoConfig, AutoTokenizer
+    except ImportError:
+        return warn(
+            "model",
+            f"{settings.model}: skipped: transformers is not installed here",
+            "only the scorer needs the model; run doctor in the scorer's image to check it",
+        )
+    return _load_model_files(settings, source, AutoConfig, AutoTokenizer)
+
+
+def _load_model_files(settings: Settings, source: str, auto_config: Any, auto_tok: Any) -> Finding:
+    from guardstream.scorer.output import LABELS
+    from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
+
+    hub = not Path(source).is_dir()
+    try:
+        config = auto_config.from_pretrained(source, local_files_only=True)
+        tokenizer = auto_tok.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        if hub:
+            return warn(
+                "model",
+                f"{source}: not in the local Hugging Face cache",
+                "the scorer downloads it at start when the hub is reachable; offline, download "
+                f"it beforehand (`hf download {source}`) or set GUARDSTREAM_MODEL to a directory",
+            )
+        return fail(
+            "model",
+            f"{source}: config or tokenizer does not load ({_error(exc, settings)})",
+            "the directory must hold a complete Hugging Face checkpoint "
+            "(config.json, tokenizer files, chat template)",
+        )
+    if not getattr(tokenizer, "chat_template", None):
+        return fail(
+            "model",
+            f"{source}: the tokenizer has no chat template",
+            "Qwen3Guard-Gen carries its moderation instructions in its chat template: use the "
+            "original tokenizer_config.json / chat_template.jinja",
+        )
+    try:
+        PromptRenderer(tokenizer, settings.max_model_len - settings.max_output_tokens)
+    except TemplateTooLong as exc:
+        return fail("model", f"{source}: {exc}", "raise GUARDSTREAM_MAX_MODEL_LEN")
+    except Exception as exc:  # noqa: BLE001 - a broken template fails in many ways
+        return fail(
+            "model",
+            f"{source}: the chat template does not render ({_error(exc, settings)})",
+            "use the checkpoint's original chat template",
+        )
+    firsts = {
+        tuple(tokenizer.encode(" " + label, add_special_tokens=False)[:1]) for label in LABELS
+    }
+    if len(firsts) != len(LABELS) or () in firsts:
+        return fail(
+            "model",
+            f"{source}: the labels {', '.join(LABELS)} do not start with distinct tokens",
+            "this tokenizer is not Qwen3Guard-Gen's; confidence cannot be read from it",
+        )
+    window = getattr(config, "max_position_embeddings", None)
+    if isinstance(window, int) and window < settings.max_model_len:
+        return fail(
+            "model",
+            f"{source}: GUARDSTREAM_MAX_MODEL_LEN={settings.max_model_len} exceeds the "
+            f"model's {window} positions",
+            f"set GUARDSTREAM_MAX_MODEL_LEN to at most {window}",
+        )
+    kind = getattr(config, "model_type", "?")
+    return ok("model", f"{source}: {kind} config, tokenizer and chat template load")
+
+
+# --- policy packs -----------------------------------------------------------------------------
+
+
+def check_policies(settings: Settings) -> Finding:
+    from guardstream.policy import (
+        PACKS_DIR,
+        PolicyConflictError,
+        PolicyLoadError,
+        load_registry,
+    )
+
+    where = str(settings.policy_dir or f"{PACKS_DIR} (shipped)")
+    try:
+        registry = load_registry(settings.policy_dir)
+    except (PolicyLoadError, PolicyConflictError) as exc:
+        return fail(
+            "policy",
+            f"{where}: {exc}",
+            "fix the files named above (format: schemas/policy-pack.v1.json), or unset "
+            "GUARDSTREAM_POLICY_DIR to use the shipped packs",
+        )
+    packs = sorted(f"{p.id}@{p.version}" for p in registry.packs)
+    return ok("policy", f"{where}: {len(packs)} pack(s) valid: {', '.join(packs)}")
+
+
+# --- the whole report -------------------------------------------------------------------------
+
+
+async def diagnose(settings: Settings) -> list[Finding]:
+    """Every check; findings in a fixed order (broker, topics, redis, postgresql, model, policy).
+
+    Redis is timed against the cache timeout, so it runs first and alone: loading the
+    tokenizer in a thread beside it would hold the interpreter lock and slow its event loop."""
+    redis = await check_redis(settings)
+    broker, postgres = await asyncio.gather(check_broker(settings), check_postgres(settings))
+    model = await asyncio.to_thread(check_model, settings)
+    policy = await asyncio.to_thread(check_policies, settings)
+    return [*broker, redis, postgres, model, policy]
+
+
+def healthy(findings: list[Finding]) -> bool:
+    return all(f.status is not Status.FAIL for f in findings)
+
+
+def render_text(findings: list[Finding]) -> str:
+    width = max(len(f.check) for f in findings)
+    lines: list[str] = []
+    for f in findings:
+        first, *more = f.detail.splitlines() or [""]
+        lines.append(f"{f.status.value:<4}  {f.check:<{width}}  {first}")
+        lines.extend(f"{'':<4}  {'':<{width}}  {line.strip()}" for line in more)
+        if f.hint:
+            lines.append(f"{'':<4}  {'':<{width}}  fix: {f.hint}")
+    failed = sum(f.status is Status.FAIL for f in findings)
+    warned = sum(f.status is Status.WARN for f in findings)
+    lines.append(
+        f"{failed} failed, {warned} warning(s)" if failed or warned else "all checks passed"
+    )
+    return "\n".join(lines)
+
+
+def report(settings: Settings, findings: list[Finding]) -> dict[str, Any]:
+    """The `--json` object: the verdict, every finding, and the settings checked (redacted)."""
+    view = settings.public_view()
+    checked = (
+        "namespace",
+        "kafka_bootstrap",
+        "kafka_security_protocol",
+        "redis_url",
+        "cache_timeout_ms",
+        "database_url",
+        "model",
+        "max_model_len",
+        "policy_dir",
+    )
+    return {
+        "ok": healthy(findings),
+        "checks": [f.as_dict() for f in findings],
+        "settings": {name: view[name] for name in checked},
+    }

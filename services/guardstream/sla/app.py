@@ -1,0 +1,561 @@
+"""The SLA timer's transport: a faust-streaming app with one agent, one table and one timer.
+
+The agent reads `actions.review`, `reviews` and `review-assignments` (6 partitions each, keyed
+by post_id: co-partitioned) and keeps one `Item` per post in the `sla_items` table, whose
+changelog (`<group>-sla_items-changelog`, 6 partitions) restores it after a restart or a
+rebalance. Each worker keeps a deadline index per partition it owns, rebuilt from the table
+when recovery completes, so a tick pops only what is due. Commit policy (faust commits an
+event's offset once the agent has moved past it):
+
+| outcome                 | what happens                                                        |
+|-------------------------|---------------------------------------------------------------------|
+| success                 | table written (changelog acknowledged) and every output acknowledged |
+|                         | by the broker before the agent takes the next event                 |
+| permanent error         | a record failing its contract, or whose key is not its post_id →    |
+|                         | DLQ (origin, reason, attempts) after one attempt, then acked         |
+| transient error         | broker produce / changelog failure → the same event retried with     |
+|                         | capped exponential backoff, forever; never acked, never skipped      |
+| unexpected error (bug)  | retried 3 times with backoff, then DLQ `processing_failed` with the  |
+|                         | exception type: explicit, never the silent ack faust would do       |
+| timer publish failure   | the effect stays stamped-unsent in the table and is retried on the   |
+|                         | next tick                                                            |
+| shutdown / kill -9      | uncommitted events are redelivered; items replay idempotently and   |
+|                         | stamped-unsent effects are re-published byte for byte               |
+| rebalance               | revoked partitions' indexes dropped; assigned partitions recovered   |
+|                         | from the changelog, then indexed; overdue items fire on the next tick |
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+from opentelemetry import metrics
+
+from guardstream.core.contracts import (
+    Action,
+    ContractError,
+    Decision,
+    Review,
+    ReviewAssignment,
+    SlaEventKind,
+)
+from guardstream.core.faults import FaultPoints
+from guardstream.core.kafka import client_kwargs, dead_letter
+from guardstream.core.loop import TransientError
+from guardstream.core.settings import Settings
+from guardstream.core.topics import SPECS, Topic, TopicNames
+from guardstream.policy import PolicyRegistry, review_sla
+from guardstream.sla.logic import (
+    DeadlineIndex,
+    Item,
+    Phase,
+    ResponseTimes,
+    assigned,
+    enter,
+    epoch,
+    mark_sent,
+    outputs,
+    purgeable,
+    reviewed,
+    stamp_due,
+)
+
+log = logging.getLogger(__name__)
+
+TABLE = "sla_items"
+SOURCES = (Topic.REVIEW, Topic.REVIEWS, Topic.ASSIGNMENTS)
+PARTITIONS = SPECS[Topic.REVIEW].partitions
+UNEXPECTED_ATTEMPTS = 3
+TICK_CHUNK = 5000  # items fired per partition lock hold; the rest wait for the next chunk
+
+meter = metrics.get_meter("guardstream")
+_effects = {
+    SlaEventKind.EXPIRED: meter.create_counter(
+        "guardstream.sla.downgrades", unit="1", description="items downgraded to safe"
+    ),
+    SlaEventKind.WARNING: meter.create_counter(
+        "guardstream.sla.warnings", unit="1", description="early SLA warnings"
+    ),
+    SlaEventKind.LATE_REVIEW: meter.create_counter(
+        "guardstream.sla.late_reviews", unit="1", description="human reviews after expiry"
+    ),
+    SlaEventKind.ASSIGNMENT_BREACH: meter.create_counter(
+        "guardstream.sla.assignment_breaches", unit="1", description="items assigned too late"
+    ),
+}
+_dead_lettered = meter.create_counter(
+    "guardstream.sla.dlq", unit="1", description="SLA source records sent to the DLQ"
+)
+_lateness = meter.create_histogram(
+    "guardstream.sla.downgrade_lateness", unit="s", description="downgrade time − deadline"
+)
+
+
+def changelog_topic(settings: Settings) -> str:
+    return f"{settings.group_id('sla')}-{TABLE}-changelog"
+
+
+async def ensure_changelog(settings: Settings) -> bool:
+    """Create the table's changelog topic (co-partitioned with the sources) if missing.
+
+    faust would declare it on first use; we create it explicitly because brokers that
+    auto-create topics (tansu) would otherwise make it with the wrong partition count.
+    """
+    name = changelog_topic(settings)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="guardstream-sla-admin")
+    await admin.start()
+    try:
+        if name in set(await admin.list_topics()):
+            return False
+        await admin.create_topics(
+            [
+                NewTopic(
+                    name=name,
+                    num_partitions=PARTITIONS,
+                    replication_factor=settings.topic_replication,
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+            ]
+        )
+        return True
+    finally:
+        await admin.close()
+
+
+def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    protocol = settings.kafka_security_protocol
+    context = ssl.create_default_context() if protocol.endswith("SSL") else None
+    if settings.kafka_sasl_mechanism:
+        password = settings.kafka_sasl_password
+        return faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=password.get_secret_value() if password is not None else None,
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def _as_record(message: Any) -> ConsumerRecord[bytes, bytes]:
+    """A faust message in the shape the shared DLQ code takes (aiokafka's record)."""
+    key, value = message.key, message.value
+    return ConsumerRecord(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        timestamp=int(message.timestamp * 1000),
+        timestamp_type=0,
+        key=key,
+        value=value,
+        checksum=None,
+        serialized_key_size=len(key) if key is not None else -1,
+        serialized_value_size=len(value) if value is not None else -1,
+        headers=list(message.headers or ()),
+    )
+
+
+class SlaWorker:
+    """One SLA worker: the faust app plus the per-partition deadline indexes it owns."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        registry: PolicyRegistry,
+        producer: AIOKafkaProducer,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._registry = registry
+        self._producer = producer
+        self._clock = clock
+        self._names = TopicNames(settings.namespace)
+        self._retain = float(settings.sla_retain_s)
+        self._indexes: dict[int, DeadlineIndex] = {}
+        self._pending: dict[int, dict[str, float]] = {}  # partition → post_id → decided_at
+        self._locks: dict[int, asyncio.Lock] = {}
+        self._recovered = False
+        self._faults = FaultPoints(settings.fault)
+        self.responses = ResponseTimes(settings.sla_response_window)
+        self.pickups = ResponseTimes(settings.sla_response_window)  # decided → assigned
+        self.counts: dict[str, int] = {k.value: 0 for k in SlaEventKind} | {"dlq": 0}
+        self.max_lateness_s = 0.0
+        self.last_tick_ms = 0.0
+        self.ticks: deque[tuple[int, float]] = deque(maxlen=10_000)  # (items due, ms)
+
+        session = settings.sla_session_timeout_s
+        self._datadir = settings.sla_data_dir / settings.group_id("sla")
+        self.app = faust.App(
+            settings.group_id("sla"),
+            broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+            broker_credentials=_credentials(settings),
+            store="memory://",
+            datadir=str(self._datadir),
+            web_enabled=False,
+            autodiscover=False,
+            topic_disable_leader=True,
+            topic_allow_declare=False,
+            topic_partitions=PARTITIONS,
+            table_standby_replicas=0,
+            consumer_auto_offset_reset="earliest",
+            broker_session_timeout=session,
+            broker_heartbeat_interval=max(1.0, session / 3),
+            producer_acks=-1,
+        )
+        self.table = self.app.Table(TABLE, default=None, partitions=PARTITIONS)
+        self._source = self.app.topic(
+            *(self._names[t] for t in SOURCES), key_serializer="raw", value_serializer="raw"
+        )
+        self.app.agent(self._source, name="sla-sources")(self._consume)
+        self.app.timer(interval=settings.sla_tick_s, name="sla-tick")(self._tick)
+        self.table.on_recover(self._on_recovered)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+
+        meter.create_observable_gauge(
+            "guardstream.sla.pending", callbacks=[self._observe_pending], unit="1"
+        )
+        meter.create_observable_gauge(
+            "guardstream.sla.oldest_pending_age", callbacks=[self._observe_oldest], unit="s"
+        )
+        meter.create_observable_gauge(
+            "guardstream.sla.review_response_time_avg",
+            callbacks=[self._observe_response],
+            unit="s",
+        )
+        meter.create_observable_gauge(
+            "guardstream.sla.assignment_time_avg", callbacks=[self._observe_pickup], unit="s"
+        )
+
+    # --- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._datadir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
+        self.app.finalize()
+        await self.app.start()
+
+    async def stop(self) -> None:
+        await self.app.stop()
+
+    @property
+    def ready(self) -> bool:
+        return self._recovered and bool(self._indexes)
+
+    def status(self) -> dict[str, Any]:
+        """Numbers for tests, the bench and logs (no post ids)."""
+        oldest = self.oldest_pending_age()
+        return {
+            "partitions": sorted(self._indexes),
+            "pending": self.pending_count(),
+            "items": len(self.table.data),  # pending + finished items still retained
+            "oldest_pending_age_s": oldest,
+            "avg_review_response_s": self.responses.mean(),
+            "avg_assignment_s": self.pickups.mean(),
+            "counts": dict(self.counts),
+            "max_lateness_s": self.max_lateness_s,
+            "last_tick_ms": self.last_tick_ms,
+        }
+
+    def pending_count(self) -> int:
+        return sum(len(p) for p in self._pending.values())
+
+    def oldest_pending_age(self) -> float | None:
+        starts = [min(p.values()) for p in self._pending.values() if p]
+        return max(0.0, self._clock() - min(starts)) if starts else None
+
+    # --- partitions ------------------------------------------------------------------------
+    def _owned(self) -> set[int]:
+        review = self._names[Topic.REVIEW]
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == review}
+
+    async def _on_recovered(self) -> None:
+        owned = self._owned()
+        for partition in set(self._indexes) - owned:
+            self._drop(partition)
+        fresh = owned - set(self._indexes)
+        for partition in fresh:
+            self._indexes[partition] = DeadlineIndex()
+            self._pending[partition] = {}
+        bad = 0
+        for key, value in list(self.table.data.items()):
+            try:
+                item = Item.from_dict(value)
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                log.exception("unreadable SLA table entry skipped", extra={"key": str(key)[:128]})
+                continue
+            if item.partition in fresh:
+                self._track(item)
+        self._recovered = True
+        log.info(
+            "SLA partitions recovered",
+            extra={"partitions": sorted(owned), "pending": self.pending_count(), "bad": bad},
+        )
+
+    async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
+        review = self._names[Topic.REVIEW]
+        revoked: Iterable[Any] = args[0] if args else ()
+        for tp in revoked:
+            if tp.topic == review:
+                self._drop(tp.partition)
+
+    def _drop(self, partition: int) -> None:
+        self._indexes.pop(partition, None)
+        self._pending.pop(partition, None)
+
+    def _lock(self, partition: int) -> asyncio.Lock:
+        return self._locks.setdefault(partition, asyncio.Lock())
+
+    def _track(self, item: Item) -> None:
+        index = self._indexes.get(item.partition)
+        if index is None:
+            return  # not (yet) ours: recovery indexes it from the table when it is assigned
+        index.schedule(item.post_id, item.next_due(self._retain))
+        pending = self._pending.setdefault(item.partition, {})
+        if item.phase is Phase.PENDING:
+            pending[item.post_id] = item.decided_at
+        else:
+            pending.pop(item.post_id, None)
+
+    # --- table -----------------------------------------------------------------------------
+    def _get(self, post_id: str) -> Item | None:
+        raw = self.table.data.get(post_id)
+        if raw is None:
+            return None
+        try:
+            return Item.from_dict(raw)
+        except (ValueError, KeyError, TypeError):
+            log.exception("unreadable SLA table entry replaced", extra={"post_id": post_id})
+            return None
+
+    def _put(self, item: Item) -> asyncio.Future[Any]:
+        value = item.to_dict()
+        self.table.data[item.post_id] = value
+        future: asyncio.Future[Any] = self.table.send_changelog(item.partition, item.post_id, value)
+        return future
+
+    def _delete(self, item: Item) -> asyncio.Future[Any]:
+        self.table.data.pop(item.post_id, None)
+        index = self._indexes.get(item.partition)
+        if index is not None:
+            index.discard(item.post_id)
+        future: asyncio.Future[Any] = self.table.send_changelog(
+            item.partition, item.post_id, None, value_serializer="raw"
+        )
+        return future
+
+    async def _settle(self, items: Sequence[Item]) -> None:
+        """Make `items` durable, publish their unsent effects, then record them as sent.
+
+        Stamps reach the changelog before anything is published, so a crash after publishing
+        replays the same stamps and therefore the same bytes.
+        """
+        await _acked(self._put(item) for item in items)
+        sends: list[asyncio.Future[Any]] = []
+        for item in items:
+            for kind in item.unsent:
+                for topic, key, event in outputs(item, kind):
+                    sends.append(
+                        await self._producer.send(
+                            self._names[topic], event.to_json(), key=key.encode()
+                        )
+                    )
+        await _acked(sends)
+        if sends:
+            # Test-only: die after publishing, before the table says "sent" (a re-publish).
+            self._faults.reach("sla_after_publish")
+        done = []
+        for item in items:
+            kinds = item.unsent
+            if not kinds:
+                self._track(item)
+                continue
+            for kind in kinds:
+                self.counts[kind.value] += 1
+                _effects[kind].add(1, {"tenant": item.tenant})
+                if kind is SlaEventKind.EXPIRED:
+                    late = item.stamped[kind.value] - item.deadline_at
+                    self.max_lateness_s = max(self.max_lateness_s, late)
+                    _lateness.record(late, {"tenant": item.tenant})
+            done.append(mark_sent(item, kinds))
+        await _acked(self._put(item) for item in done)
+        for item in done:
+            self._track(item)
+
+    # --- the agent -------------------------------------------------------------------------
+    async def _consume(self, stream: faust.StreamT[bytes]) -> None:
+        # Handled to the end (or dead-lettered) before faust may ack: nothing vanishes.
+        async for event in stream.events():
+            await self._handle_with_retries(event.message)
+
+    async def _handle_with_retries(self, message: Any) -> None:
+        attempt, backoff = 0, 0.1
+        while True:
+            attempt += 1
+            try:
+                async with self._lock(message.partition):
+                    await self._handle(message)
+            except ContractError as exc:
+                await self._dead_letter(message, exc, attempt)
+                return
+            except (TransientError, KafkaError, TimeoutError) as exc:
+                log.warning(
+                    "SLA event failed, retrying",
+                    extra={**_where(message), "error": type(exc).__name__, "attempt": attempt},
+                )
+            except Exception as exc:
+                log.exception("SLA event handling failed", extra=_where(message))
+                if attempt >= UNEXPECTED_ATTEMPTS:
+                    detail = f"{type(exc).__name__} after {attempt} attempts"
+                    error = ContractError("processing_failed", detail)
+                    await self._dead_letter(message, error, attempt)
+                    return
+            else:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
+
+    async def _dead_letter(self, message: Any, error: ContractError, attempts: int) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                future = await dead_letter(
+                    self._producer,
+                    self._names[Topic.DLQ],
+                    _as_record(message),
+                    error,
+                    consumer=self._settings.group_id("sla"),
+                    max_request_bytes=self._settings.kafka_max_request_bytes,
+                    attempts=attempts,
+                )
+                await future
+                break
+            except (KafkaError, TimeoutError) as exc:
+                log.warning("DLQ publish failed, retrying", extra={"error": type(exc).__name__})
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
+        self.counts["dlq"] += 1
+        _dead_lettered.add(1, {"reason": error.reason, "topic": message.topic})
+
+    async def _handle(self, message: Any) -> None:
+        topic, partition, raw = message.topic, message.partition, message.value
+        new: Item | None
+        if topic == self._names[Topic.REVIEW]:
+            decision = Decision.from_json(raw)
+            self._check_key(message, decision.post_id)
+            if decision.action is not Action.REVIEW:
+                raise ContractError(
+                    "not_a_review_decision", f"action {decision.action.value} on the review topic"
+                )
+            pack = self._registry.by_ref(decision.policy) or self._registry.for_post(
+                decision.tenant, None
+            )
+            sla = review_sla(pack, decision.categories)
+            new = enter(decision, partition, sla, self._get(decision.post_id))
+            if new is not None and new.assigned_at is not None:  # the assignment came first
+                self.pickups.add(new.assigned_at - new.decided_at)
+        elif topic == self._names[Topic.REVIEWS]:
+            review = Review.from_json(raw)
+            self._check_key(message, review.post_id)
+            current = self._get(review.post_id)
+            new = reviewed(review, partition, current)
+            if new is not None and current is not None and current.decision_id == new.decision_id:
+                self.responses.add(epoch(review.reviewed_at) - current.decided_at)
+        else:
+            assignment = ReviewAssignment.from_json(raw)
+            self._check_key(message, assignment.post_id)
+            current = self._get(assignment.post_id)
+            new = assigned(assignment, partition, current)
+            if new is not None and new.phase is Phase.PENDING and new.assigned_at is not None:
+                self.pickups.add(new.assigned_at - new.decided_at)
+        if new is not None:
+            await self._settle([new])
+
+    @staticmethod
+    def _check_key(message: Any, post_id: str) -> None:
+        # The table is partitioned like its sources only if every source is keyed by post_id.
+        if message.key is not None and message.key != post_id.encode():
+            raise ContractError("key_not_post_id", "record key differs from its post_id")
+
+    # --- the timer -------------------------------------------------------------------------
+    async def _tick(self) -> None:
+        started = time.perf_counter()
+        now = self._clock()
+        fired = 0
+        for partition in sorted(self._indexes):
+            index = self._indexes.get(partition)
+            while index is not None:
+                due = index.pop_due(now, TICK_CHUNK)
+                if not due:
+                    break
+                fired += len(due)
+                try:
+                    async with self._lock(partition):
+                        await self.fire(partition, due, now)
+                except Exception:  # a broker hiccup: keep them due, retry next tick
+                    log.exception("SLA tick failed; retrying next tick", extra={"n": len(due)})
+                    for post_id in due:
+                        index.schedule(post_id, now)
+                    break
+                index = self._indexes.get(partition)
+        self.last_tick_ms = (time.perf_counter() - started) * 1000
+        self.ticks.append((fired, self.last_tick_ms))
+
+    async def fire(self, partition: int, due: Sequence[str], now: float) -> None:
+        """Act on the items of `partition` the index says are due at `now`."""
+        changed: list[Item] = []
+        purged: list[asyncio.Future[Any]] = []
+        for post_id in due:
+            item = self._get(post_id)
+            if item is None or item.partition != partition:
+                continue
+            if purgeable(item, now, self._retain):
+                purged.append(self._delete(item))
+                continue
+            new = stamp_due(item, now) or (item if item.unsent else None)
+            if new is None:
+                self._track(item)
+            else:
+                changed.append(new)
+        if changed:
+            await self._settle(changed)
+        await _acked(purged)
+
+    # --- metrics callbacks -----------------------------------------------------------------
+    def _observe_pending(self, _: Any) -> list[metrics.Observation]:
+        return [metrics.Observation(self.pending_count())]
+
+    def _observe_oldest(self, _: Any) -> list[metrics.Observation]:
+        return [metrics.Observation(self.oldest_pending_age() or 0.0)]
+
+    def _observe_response(self, _: Any) -> list[metrics.Observation]:
+        mean = self.responses.mean()
+        return [] if mean is None else [metrics.Observation(mean)]
+
+    def _observe_pickup(self, _: Any) -> list[metrics.Observation]:
+        mean = self.pickups.mean()
+        return [] if mean is None else [metrics.Observation(mean)]
+
+
+async def _acked(futures: Iterable[asyncio.Future[Any]]) -> None:
+    pending = list(futures)
+    if not pending:
+        return
+    try:
+        await asyncio.gather(*pending)
+    except Exception as exc:
+        raise TransientError(f"delivery failed: {type(exc).__name__}") from exc
+
+
+def _where(message: Any) -> dict[str, Any]:
+    return {"topic": message.topic, "partition": message.partition, "offset": message.offset}

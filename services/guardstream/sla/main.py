@@ -1,0 +1,52 @@
+"""Entry point of the SLA timer process (`guardstream sla`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from guardstream.core.health import HealthServer
+from guardstream.core.kafka import make_producer
+from guardstream.core.settings import Settings
+from guardstream.policy import load_registry
+from guardstream.sla.app import SlaWorker, changelog_topic, ensure_changelog
+
+log = logging.getLogger(__name__)
+
+
+async def run(
+    settings: Settings,
+    stop: asyncio.Event,
+    *,
+    expose: Callable[[SlaWorker], None] | None = None,
+    clock: Callable[[], float] = time.time,
+) -> None:
+    """Run the SLA worker until `stop`. `expose` receives the worker (tests and the bench)."""
+    log.info("starting", extra={"service": "sla", "settings": settings.public_view()})
+    registry = load_registry(settings.policy_dir)
+    if await ensure_changelog(settings):
+        log.info("created the SLA table changelog", extra={"topic": changelog_topic(settings)})
+    producer = make_producer(settings, client_id="guardstream-sla")
+    await producer.start()
+    worker: SlaWorker | None = None
+    health = HealthServer(
+        settings.health_port,
+        ready=lambda: worker is not None and worker.ready,
+        name="sla",
+        status=lambda: worker.status() if worker is not None else {},
+    )
+    await health.start()
+    try:
+        worker = SlaWorker(settings, registry, producer, clock=clock)
+        if expose is not None:
+            expose(worker)
+        await worker.start()
+        await stop.wait()
+        log.info("stopping", extra={"service": "sla", **worker.status()})
+    finally:
+        if worker is not None:
+            await worker.stop()
+        await producer.stop()
+        await health.close()

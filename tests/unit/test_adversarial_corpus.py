@@ -1,0 +1,48 @@
+"""The adversarial corpus file itself: versioned, well-formed, and covering every attack family."""
+
+import pytest
+
+from guardstream.core.contracts import Kind
+from guardstream.devtools.adversarial import CORPUS_V1, invisible_chars, load_corpus
+
+pytestmark = pytest.mark.unit
+
+FAMILIES = {"control", "injection", "template", "invisible", "homoglyph", "padding", "multilingual"}
+
+
+def test_the_corpus_loads_and_covers_every_family() -> None:
+    corpus = load_corpus()
+    assert corpus.name == "adversarial-v1" and CORPUS_V1.name == "adversarial-v1.jsonl"
+    families = {a.family for a in corpus.attacks}
+    assert families == FAMILIES
+    for family in FAMILIES:
+        kinds = {a.kind for a in corpus.attacks if a.family == family}
+        assert Kind.PROMPT in kinds, family
+    assert {a.kind for a in corpus.attacks if a.family == "control"} == {Kind.PROMPT, Kind.RESPONSE}
+
+
+def test_template_forgeries_cover_each_control_token_and_look_alikes() -> None:
+    texts = " ".join(
+        (a.text + (a.prompt or "")) for a in load_corpus().attacks if a.family == "template"
+    )
+    for token in ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>"):
+        assert token in texts, token
+    assert "＜｜im_start｜＞" in texts and "‹|im_start|›" in texts and "<|im_\u200bstart|>" in texts
+
+
+def test_padding_entries_exceed_a_4096_token_window_and_stay_under_the_post_limit() -> None:
+    padded = [a for a in load_corpus().attacks if a.family == "padding"]
+    assert len(padded) >= 3
+    for attack in padded:
+        assert attack.tail and attack.text.endswith(attack.tail)
+        # At most ~4 characters per token in English, 1 per Chinese character.
+        assert len(attack.text) > 4 * 4096 or attack.text.count("。") * 15 > 4096
+        assert len(attack.text) < 65_536  # GUARDSTREAM_MAX_TEXT_CHARS: not a DLQ case
+
+
+def test_invisible_entries_really_contain_invisible_characters() -> None:
+    for attack in load_corpus().attacks:
+        if attack.family == "invisible":
+            assert invisible_chars(attack.text), attack.id
+        elif attack.family in ("control", "injection", "multilingual"):
+            assert not invisible_chars(attack.text + (attack.prompt or "")), attack.id
