@@ -25,7 +25,7 @@ from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
 from guardstream.core.topics import Topic
-from guardstream.triage.logic import Triaged, score_request, triage_record
+from guardstream.triage.logic import Triaged, Triager, score_request
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,13 @@ class Triage:
         self._producer = producer
         self._cache = stores.cache
         self._journal = stores.journal
-        self._policies = stores.policies
         self._near = stores.near
-        self._model = model
-        self._adapter = adapter
+        self._triager = Triager(
+            max_text_chars=settings.max_text_chars,
+            model=model,
+            adapter=adapter,
+            policies=stores.policies,
+        )
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "consumed",
@@ -66,13 +69,7 @@ class Triage:
         accepted: dict[str, Triaged] = {}  # by journal key: a replayed event counts once
         for record in records:
             try:
-                item = triage_record(
-                    record.value,
-                    max_text_chars=self._settings.max_text_chars,
-                    model=self._model,
-                    adapter=self._adapter,
-                    policies=self._policies,
-                )
+                item = self._triager.triage(record.value)
             except ContractError as exc:
                 await outbox.dead_letter(record, exc)
                 self.counts["dlq"] += 1
