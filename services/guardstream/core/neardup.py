@@ -100,6 +100,7 @@ _REMEMBERED = 0x10000
 # of a feature depends on every character of its shingle.
 _PRIMES = (2_147_483_647, 2_147_483_629)
 _BASE = 1_000_003
+_SPACES_KEPT = 4096
 # Texts are fingerprinted in chunks of about this many padded characters (bounded memory:
 # the bit tally holds 64 bytes per feature).
 _CHUNK_CHARS = 1 << 16
@@ -384,6 +385,7 @@ class RedisNearDuplicateIndex(FailOpenStore):
         self._bands = band_count(threshold)
         # EVALSHA, loading the script on first use and again after a flush (NOSCRIPT).
         self._find = client.register_script(_FIND_SCRIPT)
+        self._spaces: dict[str, str] = {}  # scope → its bucket space for posts without digits
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisNearDuplicateIndex:
@@ -415,6 +417,16 @@ class RedisNearDuplicateIndex(FailOpenStore):
         return entries
 
     def _space(self, scope: str, digit_string: str) -> str:
+        if not digit_string:  # most posts: one space per scope, worked out once
+            space = self._spaces.get(scope)
+            if space is None:
+                if len(self._spaces) >= _SPACES_KEPT:
+                    self._spaces.clear()
+                space = self._spaces[scope] = self._digit_space(scope, "")
+            return space
+        return self._digit_space(scope, digit_string)
+
+    def _digit_space(self, scope: str, digit_string: str) -> str:
         h = hashlib.blake2b(digest_size=12, person=b"gs-ndscope1")
         for part in (scope, digit_string):
             encoded = part.encode("utf-8", "surrogatepass")

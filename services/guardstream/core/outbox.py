@@ -4,6 +4,12 @@ Triage and the scorer queue their outputs (decisions, score requests, DLQ record
 they work through a batch and `flush()` before the batch's offsets may be committed. A failed
 delivery is a transient error: the batch is retried whole, and the re-sent records carry the
 same ids, so downstream sees a harmless replay.
+
+Keyed outputs are not handed to the producer one by one: `flush()` sorts them by partition,
+as the producer's default partitioner would (murmur2 of the key, Kafka's rule, so other
+clients agree on where a key lives), and hands each partition's records over as record
+batches, in order. One future per batch instead of one per record: the per-record cost of
+`AIOKafkaProducer.send` was a fifth of triage's CPU time.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from guardstream.core.contracts import ContractError, Decision, Envelope
 from guardstream.core.decisions import ACTION_TOPIC
 from guardstream.core.journal import DecisionJournal, journal_key
-from guardstream.core.kafka import dead_letter
+from guardstream.core.kafka import dead_letter, key_partitions
 from guardstream.core.loop import TransientError
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
@@ -30,11 +36,10 @@ class Outbox:
         self._group = settings.group_id(process)
         self._max_request_bytes = settings.kafka_max_request_bytes
         self._pending: list[asyncio.Future[Any]] = []
+        self._queued: list[tuple[str, bytes, bytes]] = []  # (topic, key, value) until flush
 
     async def send(self, topic: Topic, event: Envelope, key: str) -> None:
-        self._pending.append(
-            await self._producer.send(self._topics[topic], event.to_json(), key=key.encode())
-        )
+        self._queued.append((self._topics[topic], key.encode(), event.to_json()))
 
     async def decision(self, raw: bytes, decision: Decision | None = None) -> None:
         """A serialised decision to the action topic of its action, keyed by post. `decision`
@@ -42,7 +47,7 @@ class Outbox:
         if decision is None:
             decision = Decision.from_json(raw)
         topic = self._topics[ACTION_TOPIC[decision.action]]
-        self._pending.append(await self._producer.send(topic, raw, key=decision.post_id.encode()))
+        self._queued.append((topic, decision.post_id.encode(), raw))
 
     async def decisions(self, journal: DecisionJournal, decisions: Sequence[Decision]) -> None:
         """Record each decision in the journal, then send what the journal says: for a post
@@ -67,8 +72,34 @@ class Outbox:
         )
 
     async def flush(self) -> None:
+        queued, self._queued = self._queued, []
         pending, self._pending = self._pending, []
         try:
+            pending += await self._publish(queued)
             await asyncio.gather(*pending)
         except Exception as exc:
             raise TransientError(f"delivery failed: {type(exc).__name__}") from exc
+
+    async def _publish(self, queued: Sequence[tuple[str, bytes, bytes]]) -> list[Any]:
+        """Hand `queued` to the producer as record batches, one partition's records in order."""
+        by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
+        for topic, key, value in queued:
+            by_topic.setdefault(topic, []).append((key, value))
+        by_partition: dict[tuple[str, int], list[tuple[bytes, bytes]]] = {}
+        for topic, records in by_topic.items():
+            known = await self._producer.partitions_for(topic)
+            chosen = key_partitions([key for key, _ in records], list(known))
+            for partition, record in zip(chosen, records, strict=True):
+                by_partition.setdefault((topic, partition), []).append(record)
+        futures: list[Any] = []
+        for (topic, partition), records in by_partition.items():
+            batch = self._producer.create_batch()
+            for key, value in records:
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full
+                    futures.append(
+                        await self._producer.send_batch(batch, topic, partition=partition)
+                    )
+                    batch = self._producer.create_batch()
+                    batch.append(key=key, value=value, timestamp=None)  # the first always fits
+            futures.append(await self._producer.send_batch(batch, topic, partition=partition))
+        return futures
