@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import ContractError, Decision
+from guardstream.core.contracts import ContractError, Decision, utcnow
 from guardstream.core.decisions import Origin, decide
 from guardstream.core.journal import journal_key
 from guardstream.core.loop import Records
@@ -60,6 +61,7 @@ class Triage:
                 "dlq",
                 "replayed",
                 "duplicate_in_batch",
+                "stale",
             ),
             0,
         )
@@ -91,15 +93,25 @@ class Triage:
 
         decisions: list[Decision] = []
         misses: list[Triaged] = []
+        stale: set[str] = set()
+        now = utcnow()
         for item in accepted.values():
             hit = cached.get(item.content_key)
+            if hit is not None and not hit.fresh_for(item.pack.cache_ttl_s, now):
+                # Older than this pack reuses: scored again. Dropped too, or the scorer's own
+                # cache check would hand the same old verdict back.
+                stale.add(item.content_key)
+                hit = None
             if hit is None:
                 misses.append(item)
                 continue
             decisions.append(self._decide(hit, Origin.CACHE, item))
             self.counts["cache_hit"] += 1
+        if stale:
+            await self._cache.forget_many(list(stale))
+            self.counts["stale"] += len(stale)
 
-        near = await self._near_duplicates(misses)
+        near = await self._near_duplicates(misses, now)
         for item in misses:
             match = near.get(item.content_key)
             if match is not None:
@@ -129,9 +141,12 @@ class Triage:
             matched_content_key=matched,
         )
 
-    async def _near_duplicates(self, misses: list[Triaged]) -> dict[str, tuple[str, CachedVerdict]]:
+    async def _near_duplicates(
+        self, misses: list[Triaged], now: datetime
+    ) -> dict[str, tuple[str, CachedVerdict]]:
         """For exact misses whose pack allows it: (matched key, its verdict) of a near-duplicate
-        decided earlier. A match whose verdict has since expired is no match."""
+        decided earlier. A match whose verdict has since expired, or is older than the pack
+        reuses, is no match."""
         if self._near is None:
             return {}
         by_scope: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -143,4 +158,9 @@ class Triage:
         )
         matches = {key: m.content_key for part in found for key, m in part.items()}
         verdicts = await self._cache.get_many(list(set(matches.values())))
-        return {k: (m, verdicts[m]) for k, m in matches.items() if m in verdicts}
+        ttl = {item.content_key: item.pack.cache_ttl_s for item in misses}
+        return {
+            k: (m, verdicts[m])
+            for k, m in matches.items()
+            if m in verdicts and verdicts[m].fresh_for(ttl[k], now)
+        }
