@@ -37,6 +37,8 @@ class Outbox:
         self._max_request_bytes = settings.kafka_max_request_bytes
         self._pending: list[asyncio.Future[Any]] = []
         self._queued: list[tuple[str, bytes, bytes]] = []  # (topic, key, value) until flush
+        # After `flush()`: (topic, partition, offset of its last record) of each record batch.
+        self.published: list[tuple[str, int, int]] = []
 
     async def send(self, topic: Topic, event: Envelope, key: str) -> None:
         self._queued.append((self._topics[topic], key.encode(), event.to_json()))
@@ -75,13 +77,17 @@ class Outbox:
         queued, self._queued = self._queued, []
         pending, self._pending = self._pending, []
         try:
-            pending += await self._publish(queued)
-            await asyncio.gather(*pending)
+            batches = await self._publish(queued)
+            await asyncio.gather(*pending, *(future for future, _ in batches))
         except Exception as exc:
             raise TransientError(f"delivery failed: {type(exc).__name__}") from exc
+        for future, count in batches:
+            sent = future.result()  # the batch's base offset: its records follow it
+            self.published.append((sent.topic, sent.partition, sent.offset + count - 1))
 
-    async def _publish(self, queued: Sequence[tuple[str, bytes, bytes]]) -> list[Any]:
-        """Hand `queued` to the producer as record batches, one partition's records in order."""
+    async def _publish(self, queued: Sequence[tuple[str, bytes, bytes]]) -> list[tuple[Any, int]]:
+        """Hand `queued` to the producer as record batches, one partition's records in order;
+        returns each batch's delivery future and its record count."""
         by_topic: dict[str, list[tuple[bytes, bytes]]] = {}
         for topic, key, value in queued:
             by_topic.setdefault(topic, []).append((key, value))
@@ -91,15 +97,18 @@ class Outbox:
             chosen = key_partitions([key for key, _ in records], list(known))
             for partition, record in zip(chosen, records, strict=True):
                 by_partition.setdefault((topic, partition), []).append(record)
-        futures: list[Any] = []
+        batches: list[tuple[Any, int]] = []
         for (topic, partition), records in by_partition.items():
             batch = self._producer.create_batch()
             for key, value in records:
                 if batch.append(key=key, value=value, timestamp=None) is None:  # full
-                    futures.append(
-                        await self._producer.send_batch(batch, topic, partition=partition)
-                    )
+                    count = batch.record_count()
+                    sent = await self._producer.send_batch(batch, topic, partition=partition)
+                    batches.append((sent, count))
                     batch = self._producer.create_batch()
                     batch.append(key=key, value=value, timestamp=None)  # the first always fits
-            futures.append(await self._producer.send_batch(batch, topic, partition=partition))
-        return futures
+            count = batch.record_count()
+            batches.append(
+                (await self._producer.send_batch(batch, topic, partition=partition), count)
+            )
+        return batches

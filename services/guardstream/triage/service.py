@@ -19,14 +19,16 @@ from aiokafka import AIOKafkaProducer
 
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, Decision, utcnow
-from guardstream.core.decisions import Origin, decide
+from guardstream.core.decisions import Origin, decide, unscored
 from guardstream.core.journal import journal_key
 from guardstream.core.loop import Records
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
-from guardstream.core.topics import Topic
+from guardstream.core.topics import Topic, TopicNames
+from guardstream.policy import ScorerUnavailableMode
 from guardstream.triage.logic import Triaged, Triager, score_request
+from guardstream.triage.watch import ScorerWatch
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +42,17 @@ class Triage:
         *,
         model: str,
         adapter: str | None = None,
+        watch: ScorerWatch | None = None,
     ) -> None:
         self._settings = settings
         self._producer = producer
         self._cache = stores.cache
         self._journal = stores.journal
         self._near = stores.near
+        self._watch = watch
+        self._model = model
+        self._adapter = adapter
+        self._score_topic = TopicNames(settings.namespace)[Topic.SCORE_REQUESTS]
         self._triager = Triager(
             max_text_chars=settings.max_text_chars,
             model=model,
@@ -62,6 +69,7 @@ class Triage:
                 "replayed",
                 "duplicate_in_batch",
                 "stale",
+                "unscored",
             ),
             0,
         )
@@ -112,6 +120,7 @@ class Triage:
             self.counts["stale"] += len(stale)
 
         near = await self._near_duplicates(misses, now)
+        scorer_down = self._watch is not None and self._watch.unavailable()
         for item in misses:
             match = near.get(item.content_key)
             if match is not None:
@@ -119,12 +128,33 @@ class Triage:
                 decisions.append(self._decide(entry, Origin.NEAR, item, matched_key))
                 self.counts["near_hit"] += 1
                 continue
+            if scorer_down and item.pack.scorer_unavailable is ScorerUnavailableMode.FAIL_CLOSED:
+                decisions.append(self._unscored(item))
+                self.counts["unscored"] += 1
+                continue
             request = score_request(item, near_duplicates=self._near is not None)
             await outbox.send(Topic.SCORE_REQUESTS, request, item.content_key)
             self.counts["scoring"] += 1
         await outbox.decisions(self._journal, decisions)
         await outbox.flush()
+        if self._watch is not None:
+            for topic, partition, last_offset in outbox.published:
+                if topic == self._score_topic:
+                    self._watch.sent(partition, last_offset)
         self.counts["consumed"] += len(records)
+
+    def _unscored(self, item: Triaged) -> Decision:
+        post = item.post
+        return unscored(
+            item.pack,
+            post_id=post.post_id,
+            post_event_id=post.event_id,
+            tenant=post.tenant,
+            content_key=item.content_key,
+            model=self._model,
+            adapter=self._adapter,
+            waited_s=self._watch.oldest_wait_s() if self._watch is not None else 0.0,
+        )
 
     def _decide(
         self, entry: CachedVerdict, origin: Origin, item: Triaged, matched: str | None = None
