@@ -76,6 +76,8 @@ class LoopReport:
     retries: int = 0  # transient failures retried
     commits: int = 0  # successful offset commits
     drained: bool = True  # shutdown finished every in-flight batch within the budget
+    in_flight: int = 0  # records fetched and not yet done, now (the backpressure gauge)
+    peak_in_flight: int = 0  # its highest value: at most max_in_flight + max_records - 1
 
 
 class BatchLoop:
@@ -99,6 +101,7 @@ class BatchLoop:
             async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
                 await loop._commit(only=set(revoked))
                 loop._tracker.drop(revoked)
+                loop._gauge()
                 if revoked:
                     log.info(
                         "partitions revoked",
@@ -127,6 +130,7 @@ class BatchLoop:
                 if batches and not stop.is_set():
                     for tp, records in batches.items():
                         self._tracker.start(tp, (r.offset for r in records))
+                    self._gauge()
                     task = asyncio.create_task(self._work(batches))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -191,7 +195,12 @@ class BatchLoop:
         self._faults.reach("after_publish")  # outputs acknowledged, offsets not yet committed
         for tp, part in batches.items():
             self._tracker.finish(tp, (r.offset for r in part))
+        self._gauge()
         self.report.processed += len(records)
+
+    def _gauge(self) -> None:
+        self.report.in_flight = self._tracker.in_flight()
+        self.report.peak_in_flight = max(self.report.peak_in_flight, self.report.in_flight)
 
     async def _drain(self) -> None:
         if not self._tasks:
