@@ -3,9 +3,11 @@
 Per batch: every record is validated, given its policy pack and keyed; a replayed event gets
 its earlier decision again (the journal); the verdict cache is asked once (MGET) for the whole
 batch; exact hits, then near-duplicates of decided content (when the pack allows), become
-decisions routed by the pack; the rest become score requests keyed by content key; bad records
-go to the DLQ with their origin. Offsets are committed only after every produced record is
-acknowledged (see `guardstream.core.loop` for the full table).
+decisions routed by the pack, as long as the verdict is younger than the pack's
+`cache_ttl_s`; the rest become score requests keyed by content key, or, while the scorer is
+unavailable (`guardstream.triage.watch`) and the pack fails closed, review decisions with
+source `rule`; bad records go to the DLQ with their origin. Offsets are committed only after
+every produced record is acknowledged (see `guardstream.core.loop` for the full table).
 """
 
 from __future__ import annotations
