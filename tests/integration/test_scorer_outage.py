@@ -66,7 +66,11 @@ async def test_fail_closed_packs_send_new_misses_to_review_fail_open_packs_wait(
     async with in_process(settings, None, "triage") as triage:  # type: ignore[arg-type]
         await send(settings, [before])
         await requests_for(settings, [before])  # queued; nobody answers it
-        await asyncio.sleep(AFTER_S + 1.5)  # past the window, and a poll of the offsets
+        for _ in range(300):  # past the window, and a poll of the scorer's offsets
+            if triage.triage.scorer_unavailable:
+                break
+            await asyncio.sleep(0.1)
+        assert triage.triage.scorer_unavailable
 
         await send(settings, [closed, opened])
         verdicts = await wait_for_decisions(settings, {closed.post_id}, timeout_s=60)
@@ -92,7 +96,11 @@ async def test_fail_closed_packs_send_new_misses_to_review_fail_open_packs_wait(
                 settings, {before.post_id, opened.post_id}, timeout_s=180
             )
             assert {before.post_id, opened.post_id} <= verdicts.decided_posts()
-            await asyncio.sleep(AFTER_S)  # the scorer's commits are seen: answering again
+            for _ in range(300):  # the scorer's commits are seen: answering again
+                if not triage.triage.scorer_unavailable:
+                    break
+                await asyncio.sleep(0.1)
+            assert not triage.triage.scorer_unavailable
             await send(settings, [after])
             verdicts = await wait_for_decisions(settings, {after.post_id}, timeout_s=180)
 

@@ -76,6 +76,11 @@ class Triage:
             0,
         )
 
+    @property
+    def scorer_unavailable(self) -> bool:
+        """What the scorer watch says now (False without one)."""
+        return self._watch is not None and self._watch.unavailable()
+
     async def handle(self, records: Records) -> None:
         outbox = Outbox(self._producer, self._settings, "triage")
         accepted: dict[str, Triaged] = {}  # by journal key: a replayed event counts once
@@ -122,7 +127,7 @@ class Triage:
             self.counts["stale"] += len(stale)
 
         near = await self._near_duplicates(misses, now)
-        scorer_down = self._watch is not None and self._watch.unavailable()
+        scorer_down = self.scorer_unavailable
         for item in misses:
             match = near.get(item.content_key)
             if match is not None:
