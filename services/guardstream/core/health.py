@@ -24,11 +24,13 @@ class HealthServer:
         ready: Callable[[], bool],
         name: str,
         status: Callable[[], dict[str, Any]] | None = None,
+        gauges: Callable[[], dict[str, int]] | None = None,
     ) -> None:
         self._port = port
         self._ready = ready
         self._name = name
         self._status = status
+        self._gauges = gauges  # numbers `/healthz` reports beside liveness (no payloads)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -47,7 +49,8 @@ class HealthServer:
             parts = request.decode("latin-1").split()
             path = parts[1] if len(parts) > 1 else "/"
             if path == "/healthz":
-                status, body = 200, {"process": self._name, "live": True}
+                gauges = self._gauges() if self._gauges is not None else {}
+                status, body = 200, {"process": self._name, "live": True, **gauges}
             elif path == "/readyz":
                 ready = self._ready()
                 status, body = (200 if ready else 503), {"process": self._name, "ready": ready}

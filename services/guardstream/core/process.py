@@ -42,10 +42,18 @@ async def serve(
     """Run one consumer process until `stop`."""
     log.info("starting", extra={"service": name, "settings": settings.public_view()})
     consumer: AIOKafkaConsumer | None = None
+    loop: BatchLoop | None = None
+
+    def gauges() -> dict[str, int]:
+        if loop is None:
+            return {}
+        return {"in_flight": loop.report.in_flight, "peak_in_flight": loop.report.peak_in_flight}
+
     health = HealthServer(
         settings.health_port,
         ready=lambda: consumer is not None and bool(consumer.assignment()),
         name=name,
+        gauges=gauges,
     )
     async with AsyncExitStack() as stack:
         await health.start()
@@ -87,6 +95,7 @@ async def serve(
                 "commits": report.commits,
                 "retries": report.retries,
                 "drained": report.drained,
+                "peak_in_flight": report.peak_in_flight,
             },
         )
     return report

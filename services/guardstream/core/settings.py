@@ -174,6 +174,12 @@ class Settings(BaseSettings):
         Field(pattern=r"^[a-z_]+(:[0-9]+)?$", validation_alias=_env("GUARDSTREAM_FAULT")),
     ] = None
     log_level: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_LOG_LEVEL"))] = "INFO"
+    # Triage: once one of its score requests has waited this long unanswered (the scorer
+    # group committed nothing past it), posts under `fail_closed` packs that need scoring are
+    # sent to review with source `rule` instead of queueing (see guardstream.triage.watch).
+    scorer_unavailable_after_s: Annotated[
+        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_SCORER_UNAVAILABLE_AFTER_S"))
+    ] = 120.0
 
     # --- feedback loop (guardstream.feedback) ----------------------------------------------
     # Root of the review archive (dated JSONL) and of the training runs' adapters and cards.
