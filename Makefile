@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 RUN_DIR ?= .run
 export GUARDSTREAM_MODEL ?= tiny
 
-.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup lint typecheck clean
+.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-scorer lint typecheck clean
 
 help:
 	@echo "make up          start broker, topics, triage and scorer locally (returns when ready)"
@@ -14,7 +14,7 @@ help:
 	@echo "make down        stop what 'make up' started"
 	@echo "make test        install everything, then lint, typecheck and all test tiers"
 	@echo "make lint | typecheck | test-unit | test-integration | test-e2e | chaos"
-	@echo "make bench-pipeline | bench-neardup   benchmarks (print ratios measured in one run)"
+	@echo "make bench-pipeline | bench-neardup | bench-scorer   benchmarks (print ratios measured in one run)"
 
 # A fresh machine needs nothing but Python 3.11: the virtualenv, vLLM's CPU build (with the
 # torch wheel pip finds locally) and the project are installed here, once.
@@ -66,6 +66,9 @@ bench-pipeline: install
 
 bench-neardup: install
 	$(PY) bench/neardup.py
+
+bench-scorer: install
+	$(PY) bench/scorer.py
 
 test: install lint typecheck
 	$(BIN)/pytest

@@ -128,6 +128,17 @@ class Settings(BaseSettings):
     max_output_tokens: Annotated[
         int, Field(ge=8, validation_alias=_env("GUARDSTREAM_MAX_OUTPUT_TOKENS"))
     ] = 48
+    # `two_phase`: one prefill reads the label after a forced `Safety:` prefix; categories (and
+    # a response's refusal) are generated only when needed, continuing from the cached prefix.
+    # `plain`: the model writes its whole answer. Both are parsed by the same parser.
+    scoring_mode: Annotated[
+        Literal["two_phase", "plain"], Field(validation_alias=_env("GUARDSTREAM_SCORING_MODE"))
+    ] = "two_phase"
+    # vLLM automatic prefix caching: the two phases (and posts sharing the policy preamble)
+    # reuse KV blocks instead of recomputing them. Off only to measure what it buys.
+    prefix_caching: Annotated[bool, Field(validation_alias=_env("GUARDSTREAM_PREFIX_CACHING"))] = (
+        True
+    )
 
     # --- processing -------------------------------------------------------------------------
     # Directory of policy pack YAML files; unset: the packs shipped with guardstream.
