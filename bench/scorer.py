@@ -2,7 +2,7 @@
 
 One run, one machine. For prefix caching ON and OFF (one engine each, started here in turn
 with the scorer's own `VllmGuardEngine.start`), for each in-flight limit (`--in-flight`,
-default 1,8,32) and each scoring mode, the same `--posts` conversations are assessed with at
+default 1,8,32,128) and each scoring mode, the same `--posts` conversations are assessed with at
 most that many requests in flight in vLLM's async engine (continuous batching), starting from
 a cold prefix cache each time (the cache is reset between runs, so no mode profits from
 another's work). Measured per run: posts/s (posts / wall time) and p50/p99 latency of one
@@ -11,9 +11,10 @@ how often both modes gave the same label, and the label mix.
 
 Inputs: the tiny checkpoint's lessons (prompt and response moderation, English and Chinese),
 each post made unique by a reference number so whole prompts are never served from the
-prefix cache; `--safe-share` (default 0.85, as on a real feed) of the posts come from the
-lessons taught `Safe`. On another checkpoint (`--model PATH`) the same texts are used and the
-labels are whatever that model says.
+prefix cache. `--safe-share` (default 0.85, as on a real feed) of the posts are ones the
+model under test calls Safe: candidates are labelled first (two-phase, label only matters)
+and the corpus drawn from them, since a memorising test model does not keep its taught label
+once the number is appended. The actual share is printed and recorded.
 
 The H100 figures printed beside the result are a reference, not a measurement: the prefill
 limit of Qwen3Guard-Gen 0.6B / 4B / 8B at 50% MFU on 300-token posts. The tiny checkpoint on
@@ -53,20 +54,36 @@ class Run:
     labels: list[str | None]
 
 
-def corpus(posts: int, safe_share: float, seed: int) -> list[list[dict[str, str]]]:
+def candidates(count: int, seed: int) -> list[list[dict[str, str]]]:
+    """Unique conversations: the lessons, each with a reference number appended."""
     from guardstream.model.tiny import TEACHING_SET
-    from guardstream.scorer.output import parse_answer
 
     rng = random.Random(seed)
-    safe = [lesson for lesson in TEACHING_SET if parse_answer(lesson.target).label == "Safe"]
-    other = [lesson for lesson in TEACHING_SET if parse_answer(lesson.target).label != "Safe"]
     chats = []
-    for number in range(posts):
-        lesson = rng.choice(safe if rng.random() < safe_share else other)
-        chat = lesson.chat()
+    for number in range(count):
+        chat = rng.choice(TEACHING_SET).chat()
         chat[-1] = {**chat[-1], "content": f"{chat[-1]['content']} #{number:05d}"}
         chats.append(chat)
     return chats
+
+
+async def corpus(
+    engine: Any, posts: int, safe_share: float, seed: int
+) -> tuple[list[list[dict[str, str]]], float]:
+    """`posts` conversations of which `safe_share` are ones THIS model calls Safe.
+
+    A memorising test model does not keep its taught label once a reference number is
+    appended, so the mix is drawn from labelled candidates, not from the taught labels.
+    Returns the corpus and its actual safe share (lower if too few safe candidates exist).
+    """
+    pool = candidates(posts * 6, seed)
+    _, _, answers = await measure(engine, "two_phase", pool, 32, "pool")
+    safe = [c for c, a in zip(pool, answers, strict=True) if a[0] == "Safe"]
+    other = [c for c, a in zip(pool, answers, strict=True) if a[0] != "Safe"]
+    want_safe = min(len(safe), round(posts * safe_share))
+    chosen = safe[:want_safe] + other[: posts - want_safe]
+    random.Random(seed).shuffle(chosen)
+    return chosen, want_safe / len(chosen)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -101,7 +118,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from guardstream.core.settings import Settings
     from guardstream.scorer.engine import VllmGuardEngine
 
-    chats = corpus(args.posts, args.safe_share, args.seed)
+    chats: list[list[dict[str, str]]] = []
+    safe_share = 0.0
     limits = [int(x) for x in args.in_flight.split(",")]
     runs: list[Run] = []
     model_id = args.model
@@ -115,7 +133,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         engine = await VllmGuardEngine.start(settings)
         model_id = engine.model_id
         try:
-            warm = corpus(16, args.safe_share, args.seed + 1)
+            if not chats:  # drawn once, with the first engine: both see the same inputs
+                chats, safe_share = await corpus(engine, args.posts, args.safe_share, args.seed)
+                print(f"corpus: {len(chats)} posts, {safe_share:.0%} called Safe", flush=True)
+            warm = candidates(16, args.seed + 1)
             for mode in MODES:
                 await measure(engine, mode, warm, 8, f"warm-{mode}")
             for limit in limits:
@@ -144,11 +165,11 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     )
         finally:
             await engine.close()
-    return summarise(args, runs, limits, model_id)
+    return summarise(args, runs, limits, model_id, safe_share)
 
 
 def summarise(
-    args: argparse.Namespace, runs: list[Run], limits: list[int], model_id: str
+    args: argparse.Namespace, runs: list[Run], limits: list[int], model_id: str, safe_share: float
 ) -> dict[str, Any]:
     def get(caching: bool, mode: str, limit: int) -> Run:
         return next(r for r in runs if (r.caching, r.mode, r.in_flight) == (caching, mode, limit))
@@ -187,6 +208,7 @@ def summarise(
         "weights": "guardstream tiny test checkpoint" if args.model == "tiny" else args.model,
         "device": device(),
         "posts": args.posts,
+        "safe_share": round(safe_share, 3),
         "in_flight": top,
         "plain_posts_per_s": round(plain.posts_per_s, 1),
         "two_phase_posts_per_s": round(two.posts_per_s, 1),
@@ -229,8 +251,8 @@ def device() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--model", default="tiny", help="`tiny` or a Qwen3Guard-Gen checkpoint")
-    parser.add_argument("--posts", type=int, default=256)
-    parser.add_argument("--in-flight", default="1,8,32", help="comma-separated limits")
+    parser.add_argument("--posts", type=int, default=512)
+    parser.add_argument("--in-flight", default="1,8,32,128", help="comma-separated limits")
     parser.add_argument("--safe-share", type=float, default=0.85)
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--cache-dir", type=Path, default=None, help="tiny checkpoint cache")

@@ -36,9 +36,10 @@ async def test_both_modes_give_the_taught_verdict(engine: VllmGuardEngine, lesso
 
     assert plain_answer.label == two_answer.label == taught.label
     assert two_answer.categories == taught.categories
-    assert two_answer.refusal == taught.refusal
-    assert two.text == lesson.target
-    # A safe prompt is decided by one prefill; everything else needs its details generated.
+    assert plain_answer.refusal == two_answer.refusal == taught.refusal
+    assert plain.text == two.text == lesson.target
+    # A safe prompt is decided by one prefill; a safe response has its refusal read from the
+    # cached prefix; everything else has its details generated after the forced label.
     safe_prompt = taught.label == "Safe" and lesson.messages[-1][0] == "user"
     assert two.requests == (1 if safe_prompt else 2)
     assert two.output_tokens < plain.output_tokens
@@ -139,3 +140,17 @@ async def test_engine_failures_carry_their_policy(tokenizer: Any) -> None:
     assert not engine.alive
     with pytest.raises(EngineDead):
         await engine.assess_plain(CHAT, "r")
+
+
+async def test_without_the_refusal_probe_a_safe_response_takes_one_request(
+    model_cache_dir: Path, tokenizer: Any
+) -> None:
+    safe = tokenizer.encode(" Safe", add_special_tokens=False)[0]
+    settings = Settings(model="tiny", max_model_len=2048, two_phase_refusal=False)
+    renderer = PromptRenderer(tokenizer, VllmGuardEngine.max_input_tokens(settings, tokenizer))
+    llm = ScriptedLLM([_Completion(" Safe", [safe], None)])
+    engine = VllmGuardEngine(llm, tokenizer, renderer, "scripted", settings)
+    chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    raw = await engine.assess_two_phase(chat, "r")
+    assert parse_answer(raw.text).refusal is None
+    assert raw.requests == 1 and len(llm.prompts) == 1

@@ -134,6 +134,11 @@ class Settings(BaseSettings):
     scoring_mode: Annotated[
         Literal["two_phase", "plain"], Field(validation_alias=_env("GUARDSTREAM_SCORING_MODE"))
     ] = "two_phase"
+    # Two-phase: also read a SAFE response's `Refusal:` (one more one-token request from the
+    # cached prefix). Off: a safe response's refusal is left unknown, one request per safe post.
+    two_phase_refusal: Annotated[
+        bool, Field(validation_alias=_env("GUARDSTREAM_TWO_PHASE_REFUSAL"))
+    ] = True
     # vLLM automatic prefix caching: the two phases (and posts sharing the policy preamble)
     # reuse KV blocks instead of recomputing them. Off only to measure what it buys.
     prefix_caching: Annotated[bool, Field(validation_alias=_env("GUARDSTREAM_PREFIX_CACHING"))] = (

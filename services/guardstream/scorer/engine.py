@@ -9,9 +9,11 @@ returned at the label position so confidence is a real probability, not a guess.
 Two scoring modes give the same answer text to the same parser:
 
 - `two_phase` (default): the assistant turn is forced to start with `Safety:` and ONE token is
-  generated with the label tokens' log-probs (one prefill, no decode). A safe prompt is done.
-  Otherwise a second request continues from `Safety: <Label>\n` (or, for a safe response,
-  from `...Categories: None\nRefusal:`) and the prefix cache makes its prefill nearly free.
+  generated with the label tokens' log-probs (one prefill, no decode). A safe prompt is done
+  (`Categories: None`). Otherwise a second request continues from `Safety: <Label>\n` to write
+  `Categories:` (and `Refusal:` for a response); a safe response only has its refusal read,
+  one token after a forced `Safety: Safe\nCategories: None\nRefusal:` (setting
+  `two_phase_refusal`). Prefix caching makes the second prefill nearly free.
 - `plain`: the model generates its whole answer.
 
 Errors carry their policy: `ScoringError` (this request failed, retry later) vs `EngineDead`
@@ -114,9 +116,10 @@ def _memory_fraction(settings: Settings) -> float:
 
 
 SAFETY_PREFIX = "Safety:"
-# A safe response still has a refusal line worth reading; its forced continuation.
-SAFE_RESPONSE_PREFIX = "Safety: Safe\nCategories: None\nRefusal:"
-SAFE_PROMPT_ANSWER = "Safety: Safe\nCategories: None"
+# What a safe label stands for without generating it, and where a safe response's refusal
+# is read (one token: " Yes" / " No").
+SAFE_ANSWER = "Safety: Safe\nCategories: None"
+SAFE_RESPONSE_PREFIX = SAFE_ANSWER + "\nRefusal:"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +166,7 @@ class VllmGuardEngine:
         self._renderer = renderer
         self._model_id = model_id
         self._mode = settings.scoring_mode
+        self._refusal = settings.two_phase_refusal
         self._forced = ForcedPrefixes.of(tokenizer)
         self._label_ids = self._forced.label_token
         self._by_token = {tid: label for label, tid in self._label_ids.items()}
@@ -281,8 +285,8 @@ class VllmGuardEngine:
         )
         if label is None:
             return answer
-        if label == "Safe" and not is_response(messages):
-            return replace(answer, text=SAFE_PROMPT_ANSWER)
+        if label == "Safe" and not (self._refusal and is_response(messages)):
+            return replace(answer, text=SAFE_ANSWER)
         if label == "Safe":
             forced, text, params = (
                 self._forced.safe_response,
