@@ -58,13 +58,16 @@ def _run_process(name: str) -> None:
             await run_scorer(settings, stop)
 
     from guardstream.policy import PolicyConflictError, PolicyLoadError
-    from guardstream.scorer.engine import ModelUnavailable
+    from guardstream.scorer.engine import EngineDead, ModelUnavailable
 
     try:
         asyncio.run(main())
     except ModelUnavailable as exc:
         err.print(f"[red]{name} cannot start:[/red] {exc}")
         raise typer.Exit(3) from None
+    except EngineDead as exc:
+        err.print(f"[red]{name} stopped: the model engine died[/red] ({exc}); restart it")
+        raise typer.Exit(4) from None
     except (PolicyLoadError, PolicyConflictError) as exc:
         err.print(f"[red]{name} cannot start: invalid policy packs[/red]\n{exc}")
         raise typer.Exit(2) from None

@@ -1,7 +1,8 @@
 """Liveness and readiness over HTTP (`/healthz`, `/readyz`) for orchestrators and `make up`.
 
-Deliberately dependency-free: a process that cannot even answer this is dead. Readiness is a
-callable so each process decides what "ready" means (engine loaded, partitions assigned).
+Deliberately dependency-free: a process that cannot even answer this is dead. Readiness and
+liveness are callables so each process decides what they mean (ready: engine loaded,
+partitions assigned; live: e.g. the scorer's model engine has not died).
 """
 
 from __future__ import annotations
@@ -16,9 +17,16 @@ log = logging.getLogger(__name__)
 
 
 class HealthServer:
-    def __init__(self, port: int, ready: Callable[[], bool], name: str) -> None:
+    def __init__(
+        self,
+        port: int,
+        ready: Callable[[], bool],
+        name: str,
+        live: Callable[[], bool] = lambda: True,
+    ) -> None:
         self._port = port
         self._ready = ready
+        self._live = live
         self._name = name
         self._server: asyncio.Server | None = None
 
@@ -38,7 +46,8 @@ class HealthServer:
             parts = request.decode("latin-1").split()
             path = parts[1] if len(parts) > 1 else "/"
             if path == "/healthz":
-                status, body = 200, {"process": self._name, "live": True}
+                live = self._live()
+                status, body = (200 if live else 503), {"process": self._name, "live": live}
             elif path == "/readyz":
                 ready = self._ready()
                 status, body = (200 if ready else 503), {"process": self._name, "ready": ready}

@@ -38,14 +38,16 @@ async def serve(
     max_in_flight: int,
     build: Callable[[AIOKafkaProducer, AsyncExitStack], Awaitable[BatchHandler]],
     stop: asyncio.Event,
+    live: Callable[[], bool] = lambda: True,
 ) -> LoopReport:
-    """Run one consumer process until `stop`."""
+    """Run one consumer process until `stop`. `live` false fails `/healthz` (restart me)."""
     log.info("starting", extra={"service": name, "settings": settings.public_view()})
     consumer: AIOKafkaConsumer | None = None
     health = HealthServer(
         settings.health_port,
         ready=lambda: consumer is not None and bool(consumer.assignment()),
         name=name,
+        live=live,
     )
     async with AsyncExitStack() as stack:
         await health.start()

@@ -164,6 +164,7 @@ class VllmGuardEngine:
     ) -> None:
         self._llm = llm
         self._renderer = renderer
+        self._tokenizer = tokenizer
         self._model_id = model_id
         self._mode = settings.scoring_mode
         self._refusal = settings.two_phase_refusal
@@ -173,17 +174,19 @@ class VllmGuardEngine:
 
         from vllm import SamplingParams
 
-        def params(max_tokens: int, *, label_logprobs: bool) -> Any:
+        def params(max_tokens: int, *, label_logprobs: bool, detokenize: bool = True) -> Any:
             return SamplingParams(
                 temperature=0.0,
                 max_tokens=max(1, max_tokens),
                 logprob_token_ids=list(self._label_ids.values()) if label_logprobs else None,
                 logprobs=len(self._label_ids) if label_logprobs else None,
                 skip_special_tokens=True,
+                detokenize=detokenize,
             )
 
         self._params = params(settings.max_output_tokens, label_logprobs=True)
-        self._label_params = params(1, label_logprobs=True)  # one prefill, no decode
+        # One prefill, no decode; the token id is the answer, so no detokenising either.
+        self._label_params = params(1, label_logprobs=True, detokenize=False)
         self._detail_params = params(
             settings.max_output_tokens - self._forced.longest, label_logprobs=False
         )
@@ -277,7 +280,8 @@ class VllmGuardEngine:
         logprobs = self._label_logprobs(first.token_ids[:1], first.logprobs)
         label = self._by_token.get(first.token_ids[0]) if first.token_ids else None
         answer = RawAnswer(
-            text=SAFETY_PREFIX + first.text,  # not a label token: the parser calls it unusable
+            # Not a label token: the parser calls it unusable.
+            text=SAFETY_PREFIX + self._tokenizer.decode(first.token_ids, skip_special_tokens=True),
             label_logprobs=logprobs,
             prompt_tokens=len(ids),
             output_tokens=len(first.token_ids),

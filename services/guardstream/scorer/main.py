@@ -1,4 +1,9 @@
-"""Entry point of the scorer process: load the model first, then consume."""
+"""Entry point of the scorer process: load the model first, then consume.
+
+Engine death (`EngineDead`) fails `/healthz` as soon as the engine reports it, and the first
+batch that meets it stops the loop: finished work is committed, nothing past it, and the
+process exits non-zero (the CLI says why) for its supervisor to restart it.
+"""
 
 from __future__ import annotations
 
@@ -27,11 +32,14 @@ async def run(
     """Run the scorer until `stop`. Without `engine` the configured model is loaded (and
     closed at the end); a given engine is shared and left open. `expose` receives the handler."""
 
+    loaded: list[GuardEngine] = []
+
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         guard = engine
         if guard is None:
             guard = await VllmGuardEngine.start(settings)
             stack.push_async_callback(guard.close)
+        loaded.append(guard)
         stores = Stores.open(settings, stack)
         scorer = Scorer(settings, producer, stores, guard)
         if expose is not None:
@@ -46,4 +54,6 @@ async def run(
         max_in_flight=settings.scorer_max_in_flight,
         build=build,
         stop=stop,
+        # A dead engine fails the liveness probe at once, even with no traffic to notice it.
+        live=lambda: all(guard.alive for guard in loaded),
     )
