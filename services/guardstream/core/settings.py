@@ -139,6 +139,11 @@ class Settings(BaseSettings):
     two_phase_refusal: Annotated[
         bool, Field(validation_alias=_env("GUARDSTREAM_TWO_PHASE_REFUSAL"))
     ] = True
+    # `vllm` (default) or `transformers` (same prompts and parser, batched, no vLLM needed:
+    # laptops, GPU machines where vLLM is not installed).
+    engine: Annotated[
+        Literal["vllm", "transformers"], Field(validation_alias=_env("GUARDSTREAM_ENGINE"))
+    ] = "vllm"
     # vLLM automatic prefix caching: the two phases (and posts sharing the policy preamble)
     # reuse KV blocks instead of recomputing them. Off only to measure what it buys.
     prefix_caching: Annotated[bool, Field(validation_alias=_env("GUARDSTREAM_PREFIX_CACHING"))] = (

@@ -107,6 +107,15 @@ def resolve_model(settings: Settings) -> tuple[str, str]:
     return settings.model, settings.model
 
 
+async def start_engine(settings: Settings) -> GuardEngine:
+    """The configured engine (`GUARDSTREAM_ENGINE`), model loaded."""
+    if settings.engine == "transformers":
+        from guardstream.scorer.hf_engine import TransformersGuardEngine
+
+        return await TransformersGuardEngine.start(settings)
+    return await VllmGuardEngine.start(settings)
+
+
 def _memory_fraction(settings: Settings) -> float:
     if settings.gpu_memory_utilization is not None:
         return settings.gpu_memory_utilization

@@ -18,7 +18,7 @@ from guardstream.core.process import serve
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
 from guardstream.core.topics import Topic, TopicNames
-from guardstream.scorer.engine import GuardEngine, VllmGuardEngine
+from guardstream.scorer.engine import GuardEngine, start_engine
 from guardstream.scorer.service import Scorer
 
 
@@ -37,7 +37,7 @@ async def run(
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         guard = engine
         if guard is None:
-            guard = await VllmGuardEngine.start(settings)
+            guard = await start_engine(settings)
             stack.push_async_callback(guard.close)
         loaded.append(guard)
         stores = Stores.open(settings, stack)
