@@ -150,6 +150,20 @@ class Settings(BaseSettings):
         True
     )
 
+    # Cascade. A scorer with a threshold decides only verdicts at least this confident; the
+    # rest (and unusable output) go to the escalations topic for a larger model's scorer,
+    # uncached. Unset: this scorer decides everything (no cascade, or the last tier).
+    cascade_escalate_below: Annotated[
+        float | None,
+        Field(gt=0, le=1, validation_alias=_env("GUARDSTREAM_CASCADE_ESCALATE_BELOW")),
+    ] = None
+    # What this scorer consumes: `requests` from triage (first or only tier) or `escalations`
+    # (the larger model's tier, in its own consumer group `guardstream-scorer-escalations`).
+    scorer_source: Annotated[
+        Literal["requests", "escalations"],
+        Field(validation_alias=_env("GUARDSTREAM_SCORER_SOURCE")),
+    ] = "requests"
+
     # --- processing -------------------------------------------------------------------------
     # Directory of policy pack YAML files; unset: the packs shipped with guardstream.
     policy_dir: Annotated[Path | None, Field(validation_alias=_env("GUARDSTREAM_POLICY_DIR"))] = (

@@ -23,6 +23,7 @@ class Topic(StrEnum):
     DLQ = "moderation.dlq.v1"
     REVIEWS = "moderation.reviews.v1"
     ALERTS = "moderation.alerts.v1"
+    ESCALATIONS = "moderation.score-escalations.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,13 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.DLQ, 3, "origin key", 30 * DAY_MS, "records no process could accept"),
     TopicSpec(Topic.REVIEWS, 6, "post_id", 90 * DAY_MS, "human review decisions"),
     TopicSpec(Topic.ALERTS, 3, "alert_id", 30 * DAY_MS, "operational alerts (SLA, QA)"),
+    TopicSpec(
+        Topic.ESCALATIONS,
+        12,
+        "content_key",
+        3 * DAY_MS,
+        "cascade: requests the small model was unsure of, for a larger model's scorer",
+    ),
 )
 
 SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in CATALOGUE}

@@ -367,3 +367,9 @@ class VllmGuardEngine:
             # AsyncLLM.__del__ shuts down again; at interpreter exit that raises (module
             # globals are gone) and prints a traceback into the logs. Once is enough.
             llm.shutdown = lambda *args, **kwargs: None
+            # vLLM leaves its ZeroMQ context to the garbage collector, which warns about it
+            # whenever that happens; its sockets are closed by now, so end it here.
+            resources = getattr(getattr(llm, "engine_core", None), "resources", None)
+            context = getattr(resources, "ctx", None)
+            if context is not None:
+                context.destroy(linger=0)
