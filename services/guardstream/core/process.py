@@ -38,8 +38,9 @@ async def serve(
     max_in_flight: int,
     build: Callable[[AIOKafkaProducer, AsyncExitStack], Awaitable[BatchHandler]],
     stop: asyncio.Event,
+    live: Callable[[], bool] = lambda: True,
 ) -> LoopReport:
-    """Run one consumer process until `stop`."""
+    """Run one consumer process until `stop`. `live` false fails `/healthz` (restart me)."""
     log.info("starting", extra={"service": name, "settings": settings.public_view()})
     consumer: AIOKafkaConsumer | None = None
     loop: BatchLoop | None = None
@@ -54,6 +55,7 @@ async def serve(
         ready=lambda: consumer is not None and bool(consumer.assignment()),
         name=name,
         gauges=gauges,
+        live=live,
     )
     async with AsyncExitStack() as stack:
         await health.start()
