@@ -7,7 +7,7 @@ RUN_DIR ?= .run
 METRICS_PORT_BASE ?= 9464
 export GUARDSTREAM_MODEL ?= tiny
 
-.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla bench-review lint typecheck clean chart-sync
+.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla bench-scorer bench-review lint typecheck clean chart-sync
 .PHONY: prometheus dashboards bench-telemetry
 
 
@@ -17,7 +17,7 @@ help:
 	@echo "make down        stop what 'make up' started"
 	@echo "make test        install everything, then lint, typecheck and all test tiers"
 	@echo "make lint | typecheck | test-unit | test-integration | test-e2e | chaos"
-	@echo "make bench-pipeline | bench-neardup | bench-sla   benchmarks (one JSON line last)"
+	@echo "make bench-pipeline | bench-neardup | bench-sla | bench-scorer   benchmarks (one JSON line last)"
 	@echo "make bench-review                     review console: queue/claim latency, 100k tasks"
 	@echo "make chart-sync  copy dashboards and alert rules into the Helm chart"
 	@echo "make prometheus  a local Prometheus scraping 'make up' (alert rules loaded)"
@@ -99,6 +99,9 @@ bench-telemetry: install
 .PHONY: bench-adversarial
 bench-adversarial: install
 	$(PY) bench/adversarial.py
+
+bench-scorer: install
+	$(PY) bench/scorer.py
 
 test: install lint typecheck
 	$(BIN)/pytest

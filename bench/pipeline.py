@@ -62,7 +62,8 @@ cores the broker, Redis, this process (producer, readers, stand-in) and triage c
 CPU table shows how much.
 
     .venv/bin/python bench/pipeline.py [--posts 100000] [--scorer-latency-ms 20]
-        [--latency-seconds 20] [--seed 7] [--profile triage.prof] [--keep-logs]
+        [--latency-seconds 20] [--latency-rate N] [--seed 7] [--profile triage.prof]
+        [--keep-logs]
 
 Progress goes to stderr; the table to stdout, and as its last line one JSON object.
 `--profile FILE` runs triage under cProfile (its figures are then inflated) and prints where
@@ -807,7 +808,8 @@ class StandIn:
             stack.push_async_callback(self._producer.stop)
             consumer = make_consumer(
                 settings,
-                group_id=settings.group_id("bench-scorer-standin"),
+                # The scorer's own group: triage's scorer watch judges it by these commits.
+                group_id=settings.group_id("scorer"),
                 client_id="bench-scorer-standin",
                 max_records=STANDIN_BATCH,
             )
@@ -1238,6 +1240,7 @@ class Report:
     standin: StandIn
     preproduce_s: float
     redis_incidents: Counter[str]
+    pace: str = "half the triage throughput"  # how the latency run's rate was chosen
 
 
 async def run_bench(
@@ -1292,10 +1295,10 @@ async def run_bench(
             settings, triage, posts, post_ends, standin, sampler, say
         )
         say(f"triage: {tri.per_s:,.0f} msgs/s")
-        rate = max(1.0, tri.per_s / 2)
+        rate = args.latency_rate or max(1.0, tri.per_s / 2)
         count = max(200, round(rate * args.latency_seconds))
         latency_posts = encode(corpus.take(count), "lat")
-        say(f"latency: {count:,} posts at {rate:,.0f} msgs/s (half the triage throughput)")
+        say(f"latency: {count:,} posts at {rate:,.0f} msgs/s ({_pace(args)})")
         sampler.begin("latency")
         lat = await latency_phase(settings, latency_posts, rate, say)
         sampler.end()
@@ -1316,6 +1319,7 @@ async def run_bench(
         peak_rss=dict(sampler.peak_rss),
         cpu=dict(sampler.cpu),
         scorer_latency_ms=args.scorer_latency_ms,
+        pace=_pace(args),
         standin=standin,
         preproduce_s=preproduce_s,
         redis_incidents=redis_incidents(triage.tail(10**9)),
@@ -1362,7 +1366,7 @@ def render(report: Report, wall_s: float) -> tuple[str, dict[str, Any]]:
         f"repeated outputs seen {o.duplicated_outputs}",
         "  (an original can hit: a later repeat of it on another partition was triaged first)",
         "",
-        f"latency at {lat.rate:,.0f} msgs/s, half the triage throughput ({lat.posts:,} posts; "
+        f"latency at {lat.rate:,.0f} msgs/s, {report.pace} ({lat.posts:,} posts; "
         f"{lat.missing} without a decision; producer behind schedule by ≤ "
         f"{lat.send_lag_ms:.0f} ms; this process's event loop late by p99 "
         f"{percentile(lat.loop_lag_ms, 99):.0f} / max {max(lat.loop_lag_ms, default=0):.0f} ms)",
@@ -1506,12 +1510,22 @@ def _raise_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _pace(args: argparse.Namespace) -> str:
+    return "set by --latency-rate" if args.latency_rate else "half the triage throughput"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--posts", type=int, default=100_000, help="posts in the backlog")
     parser.add_argument("--scorer-latency-ms", type=float, default=20.0)
     parser.add_argument(
         "--latency-seconds", type=float, default=20.0, help="length of the paced latency run"
+    )
+    parser.add_argument(
+        "--latency-rate",
+        type=float,
+        help="pace the latency run at this many posts/s instead of half the measured maximum "
+        "(to compare two builds at the same load)",
     )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", type=Path, help="run triage under cProfile, write here")

@@ -70,7 +70,7 @@ def _run_process(name: str) -> None:
             await run_scorer(settings, stop)
 
     from guardstream.policy import PolicyConflictError, PolicyLoadError
-    from guardstream.scorer.engine import ModelUnavailable
+    from guardstream.scorer.engine import EngineDead, ModelUnavailable
 
     try:
         handle = telemetry.setup(settings, name)
@@ -82,6 +82,9 @@ def _run_process(name: str) -> None:
     except ModelUnavailable as exc:
         err.print(f"[red]{name} cannot start:[/red] {exc}")
         raise typer.Exit(3) from None
+    except EngineDead as exc:
+        err.print(f"[red]{name} stopped: the model engine died[/red] ({exc}); restart it")
+        raise typer.Exit(4) from None
     except (PolicyLoadError, PolicyConflictError) as exc:
         err.print(f"[red]{name} cannot start: invalid policy packs[/red]\n{exc}")
         raise typer.Exit(2) from None
@@ -418,3 +421,56 @@ def doctor(
         out.print(checks.render_text(findings), markup=False, highlight=False, soft_wrap=True)
     if not checks.healthy(findings):
         raise typer.Exit(1)
+
+
+@app.command()
+def calibrate(
+    path: Annotated[Path, typer.Argument(help="Labelled JSONL (the feedback archive format).")],
+    bins: Annotated[int, typer.Option(min=2, max=50, help="Equal-width confidence bins.")] = 10,
+) -> None:
+    """Reliability table (confidence bins vs accuracy) and ECE, overall and per language and
+    per predicted category. Lines that cannot be used are listed by number, never dropped
+    silently."""
+    from guardstream.scorer.calibration import load, reliability, slices
+
+    if not path.is_file():
+        err.print(f"no such file: {path}")
+        raise typer.Exit(2)
+    items, problems = load(path)
+    for number, problem in problems[:20]:
+        err.print(f"line {number}: {problem} (left out)")
+    if len(problems) > 20:
+        err.print(f"... and {len(problems) - 20} more lines left out")
+    if not items:
+        err.print(f"no usable lines in {path} ({len(problems)} left out)")
+        raise typer.Exit(2)
+
+    overall = reliability(items, bins)
+    table = Table(title=f"Reliability ({overall.count} items, {len(problems)} left out)")
+    for column in ("confidence bin", "items", "mean confidence", "accuracy", "gap"):
+        table.add_column(column, justify="right")
+    for b in overall.bins:
+        gap = f"{b.accuracy - b.confidence:+.3f}" if b.count else "-"
+        table.add_row(
+            f"{b.low:.1f}–{b.high:.1f}",
+            str(b.count),
+            f"{b.confidence:.3f}" if b.count else "-",
+            f"{b.accuracy:.3f}" if b.count else "-",
+            gap,
+        )
+    out.print(table)
+    out.print(f"ECE {overall.ece:.4f}  accuracy {overall.accuracy:.3f}")
+
+    per = Table(title="ECE per slice")
+    for column in ("slice", "value", "items", "accuracy", "ECE"):
+        per.add_column(
+            column, justify="right" if column in ("items", "accuracy", "ECE") else "left"
+        )
+    summary: dict[str, dict[str, float]] = {}
+    for kind, value, members in slices(items):
+        result = reliability(members, bins)
+        per.add_row(kind, value, str(result.count), f"{result.accuracy:.3f}", f"{result.ece:.4f}")
+        summary[f"{kind}:{value}"] = {"items": result.count, "ece": round(result.ece, 4)}
+    out.print(per)
+    line = {"items": overall.count, "left_out": len(problems), "ece": round(overall.ece, 4)}
+    out.print_json(orjson.dumps({**line, "slices": summary}).decode())

@@ -100,11 +100,6 @@ def test_the_checks_catch_forged_tokens_invisibles_and_a_lost_tail(model_cache_d
 QWEN3_PIPELESS_ADDED = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scorer/prompt.py `neutralise` breaks `<|…|>` and think tags only; Qwen3's "
-    "<tool_call>/<tool_response> added tokens pass through (fix there, then drop this mark)",
-)
 def test_qwen3_tool_tags_in_user_text_do_not_become_tokens(model_cache_dir: Path) -> None:
     from transformers import AutoTokenizer
 

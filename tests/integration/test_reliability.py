@@ -353,3 +353,57 @@ async def locate(settings: Settings, topic: str, post_id: str) -> tuple[int, int
     finally:
         await consumer.stop()
     raise AssertionError(f"{post_id} not in {topic}")
+
+
+async def test_flood_is_held_to_the_in_flight_budget_and_drains(
+    settings: Settings, engine: VllmGuardEngine, tmp_path: Path
+) -> None:
+    """Scenario 13: a backlog 25x the in-flight budget arrives at once. Triage pauses its
+    partitions instead of buffering: its in-flight gauge never passes budget + one fetch, the
+    lag drains to zero, and the oracle holds."""
+    budget, fetch = 40, 20
+    batch = posts(1000, seed=13)
+    triage = Process(
+        "triage",
+        env_for(
+            settings,
+            GUARDSTREAM_TRIAGE_MAX_IN_FLIGHT=str(budget),
+            GUARDSTREAM_TRIAGE_BATCH_MAX=str(fetch),
+        ),
+        tmp_path,
+    ).start()
+    samples: list[int] = []
+    sampling = True
+
+    async def sample() -> None:
+        while sampling:
+            gauges = await asyncio.to_thread(triage.health)
+            samples.append(int(gauges.get("in_flight", 0)))  # type: ignore[call-overload]
+            await asyncio.sleep(0.05)
+
+    expected = {p.post_id for p in batch}
+    try:
+        async with in_process(settings, engine, "scorer"):
+            triage.wait_ready()
+            sampler = asyncio.create_task(sample())
+            offsets = await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch])
+            verdicts = await wait_for_decisions(settings, expected, timeout_s=300)
+            topic = TopicNames(settings.namespace)[Topic.POSTS]
+            ends = {p: max(o for _, q, o in offsets if q == p) + 1 for _, p, _ in offsets}
+            for _ in range(200):  # the lag drains: triage commits up to the end of the backlog
+                committed = await committed_offsets(settings, settings.group_id("triage"), topic)
+                if all(committed.get(p) == end for p, end in ends.items()):
+                    break
+                await asyncio.sleep(0.2)
+            assert all(committed.get(p) == end for p, end in ends.items()), (committed, ends)
+            sampling = False
+            await sampler
+            final = triage.health()
+    finally:
+        triage.stop()
+    assert_invariants(verdicts, expected)
+    ceiling = budget + fetch - 1  # paused at the budget; one fetch may land on top of it
+    assert samples and max(samples) <= ceiling, max(samples)
+    assert budget <= final["peak_in_flight"] <= ceiling, final  # the budget did bind
+    assert final["in_flight"] == 0
+    assert "in-flight budget spent, partitions paused" in triage.log()

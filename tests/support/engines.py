@@ -23,6 +23,10 @@ class SlowEngine:
     def adapter(self) -> str | None:
         return self._inner.adapter
 
+    @property
+    def alive(self) -> bool:
+        return self._inner.alive
+
     async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
         await asyncio.sleep(self._delay(messages))
         return await self._inner.assess(messages, request_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -57,6 +58,11 @@ class Process:
                 return bool(r.status == 200)
         except (URLError, OSError):
             return False
+
+    def health(self) -> dict[str, object]:
+        """`/healthz`: liveness and the runtime's gauges (in-flight records and their peak)."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+            return dict(json.loads(r.read()))
 
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

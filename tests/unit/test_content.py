@@ -63,3 +63,57 @@ def test_content_key_covers_everything_that_changes_the_verdict() -> None:
     assert content_key("ab", **{**base, "prompt": "c"}) != content_key(
         "b", **{**base, "prompt": "ca"}
     )
+
+
+def _normalise_one_char_at_a_time(text: str) -> str:
+    """The definition `normalise` implements with translate tables: the original loop."""
+    import re
+    import unicodedata
+
+    out = []
+    for ch in text:
+        cat = unicodedata.category(ch)
+        if cat == "Cc":
+            if ch in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\x85":
+                out.append(" ")
+        elif cat in ("Cf", "Cs", "Cn") or ord(ch) in {
+            0x034F,
+            *range(0xFE00, 0xFE10),
+            *range(0xE0100, 0xE01F0),
+            0x115F,
+            0x1160,
+            0x3164,
+            0xFFA0,
+        }:
+            continue
+        else:
+            out.append(ch)
+    return re.sub(r"\s+", " ", unicodedata.normalize("NFKC", "".join(out))).strip()
+
+
+@given(st.text(alphabet=st.characters(exclude_categories=())) | st.from_regex(r"[\x00-\x7f]*"))
+def test_normalise_matches_the_per_character_definition(text: str) -> None:
+    assert normalise(text) == _normalise_one_char_at_a_time(text)
+
+
+def test_normalise_matches_the_definition_on_every_code_point() -> None:
+    every = "".join(chr(code) for code in range(0x110000))
+    for start in range(0, len(every), 4096):
+        chunk = every[start : start + 4096]
+        assert normalise(chunk) == _normalise_one_char_at_a_time(chunk), hex(start)
+        # and each character after an ASCII letter, where composition can happen
+        spliced = "a".join(chunk[::97])
+        assert normalise(spliced) == _normalise_one_char_at_a_time(spliced), hex(start)
+
+
+def test_content_key_is_pinned() -> None:
+    # Cached verdicts outlive deploys: a change here orphans them, so make it on purpose.
+    key = content_key(
+        "明天 见\ud800",
+        kind="response",
+        prompt="q?",
+        model="m",
+        adapter="lora",
+        prompt_policy="prompt-v1:[x:y]",
+    )
+    assert key == "9c2620a3a2a78163cffc4dcc120eae13"

@@ -4,6 +4,7 @@ import subprocess
 import sys
 from statistics import mean
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -11,9 +12,12 @@ from hypothesis import strategies as st
 from guardstream.core.content import normalise
 from guardstream.core.neardup import (
     DEFAULT_THRESHOLD,
+    FINGERPRINT_VERSION,
+    _distinct,
     band_count,
     bands,
     digits,
+    fingerprints,
     hamming,
     shingle_size,
     signal,
@@ -76,8 +80,65 @@ def test_fingerprints_do_not_depend_on_the_process() -> None:
 
 def test_fingerprint_is_pinned() -> None:
     # Stored index entries outlive deploys: a change here orphans them, so make it on purpose.
-    assert simhash64(EN_POST) == 324811134749320284
-    assert simhash64(ZH_POST) == 6513002299381580685
+    # Version 2 (numpy, polynomial hash modulo two primes); the version is in bucket keys.
+    assert FINGERPRINT_VERSION == 2
+    assert simhash64(EN_POST) == 16819129696113187370
+    assert simhash64(ZH_POST) == 5269624351328660018
+
+
+def _simhash_one_text_at_a_time(sig: str) -> int:
+    """The definition `fingerprints` computes in numpy passes over many texts, in plain ints."""
+    if not sig:
+        return 0
+    size = shingle_size(len(sig))
+    codes = [0] * (size - 1) + [ord(ch) for ch in sig] + [0] * (size - 1)
+    features = set()
+    for start in range(len(codes) - size + 1):
+        halves = []
+        for prime in (2_147_483_647, 2_147_483_629):
+            h = 0
+            for code in codes[start : start + size]:
+                h = (h * 1_000_003 + code) % prime
+            halves.append(h)
+        x = halves[0] << 32 | halves[1]
+        mask = (1 << 64) - 1
+        x ^= x >> 30
+        x = x * 0xBF58476D1CE4E5B9 & mask
+        x ^= x >> 27
+        x = x * 0x94D049BB133111EB & mask
+        features.add(x ^ x >> 31)
+    return sum(
+        1 << bit for bit in range(64) if 2 * sum(f >> bit & 1 for f in features) > len(features)
+    )
+
+
+@given(st.lists(st.text(max_size=300), max_size=12))
+def test_batched_fingerprints_follow_the_definition(texts: list[str]) -> None:
+    signals = [signal(t) for t in texts]
+    assert fingerprints(signals) == [_simhash_one_text_at_a_time(s) for s in signals]
+
+
+def test_features_are_a_set_per_text_even_when_low_bits_collide() -> None:
+    low = 0x0000_1234_5678_9ABC
+    features = np.array([low, 1 << 60 | low, low, 7, 7, low], np.uint64)
+    owner = np.array([0, 0, 0, 0, 1, 1], np.int64)
+    kept, kept_owner = _distinct(features, owner)
+    assert kept.tolist() == [low, 1 << 60 | low, 7, 7, low]
+    assert kept_owner.tolist() == [0, 0, 0, 1, 1]
+
+
+def test_repetition_does_not_drown_a_changed_word() -> None:
+    padding = "lol " * 60  # 3 distinct shingles; counted per occurrence they would decide
+    hug, kill = simhash64(padding + "i will hug you"), simhash64(padding + "i will kill you")
+    assert hamming(hug, kill) > 10
+
+
+def test_fingerprints_of_a_batch_do_not_depend_on_its_chunks() -> None:
+    rng = random.Random(3)
+    texts = [random_post(rng, rng.randint(1, 3000)) for _ in range(60)]  # several chunks
+    signals = [signal(t) for t in texts]
+    assert fingerprints(signals) == [fingerprints([s])[0] for s in signals]
+    assert fingerprints(signals[:5]) == [_simhash_one_text_at_a_time(s) for s in signals[:5]]
 
 
 @pytest.mark.parametrize(

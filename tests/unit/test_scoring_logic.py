@@ -37,6 +37,10 @@ class ScriptedEngine:
     def adapter(self) -> str | None:
         return None
 
+    @property
+    def alive(self) -> bool:
+        return True
+
     async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
         self.calls += 1
         return RawAnswer(self.text, self.label_logprobs)  # type: ignore[arg-type]

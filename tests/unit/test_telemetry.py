@@ -8,6 +8,7 @@ import io
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import orjson
 import pytest
@@ -240,22 +241,42 @@ def test_prometheus_names_follow_the_exporter_rule() -> None:
     assert "otel_scope_name" not in text
 
 
+class FakeBatch:
+    def __init__(self) -> None:
+        self.records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+
+    def append(
+        self, *, key: bytes, value: bytes, timestamp: None, headers: list[tuple[str, bytes]]
+    ) -> object:
+        self.records.append((key, value, headers))
+        return object()
+
+    def record_count(self) -> int:
+        return len(self.records)
+
+
 class FakeProducer:
-    """Records what is sent; deliveries succeed or fail as told."""
+    """Records what is sent, batch by batch; deliveries succeed or fail as told."""
 
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
         self.sent: list[tuple[str, list[tuple[str, bytes]]]] = []
 
-    async def send(
-        self, topic: str, value: bytes, key: bytes, headers: list[tuple[str, bytes]]
-    ) -> asyncio.Future[None]:
-        self.sent.append((topic, headers))
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0}
+
+    def create_batch(self) -> FakeBatch:
+        return FakeBatch()
+
+    async def send_batch(
+        self, batch: FakeBatch, topic: str, partition: int
+    ) -> asyncio.Future[SimpleNamespace]:
+        self.sent.extend((topic, headers) for _, _, headers in batch.records)
+        future: asyncio.Future[SimpleNamespace] = asyncio.get_running_loop().create_future()
         if self.fail:
             future.set_exception(ConnectionError("broker gone"))
         else:
-            future.set_result(None)
+            future.set_result(SimpleNamespace(topic=topic, partition=partition, offset=0))
         return future
 
 

@@ -4,16 +4,21 @@ Redis is an optimisation, never a dependency (`FailOpenStore`): a timeout, a con
 or an unreadable entry is a miss and the content is scored again. A corrupt entry is deleted
 so it cannot keep failing.
 
+Lifetimes: an entry is written to live as long as the longest `cache_ttl_s` of the policy
+packs in force, capped by `GUARDSTREAM_CACHE_TTL_S` (`for_packs`); each pack then reuses only
+verdicts younger than its own `cache_ttl_s` (`CachedVerdict.fresh_for`).
+
 Human verdicts (the review console) live beside the model's under `verdict:human:<key>` with
-their own, longer TTL; a lookup prefers them (sticky override), and model writes never touch
-them.
+their own, longer TTL (`GUARDSTREAM_HUMAN_VERDICT_TTL_S`); a lookup prefers them (sticky
+override), and model writes and `forget_many` never touch them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Annotated, Protocol
 
 import orjson
@@ -43,11 +48,20 @@ class CachedVerdict(BaseModel):
     adapter: str | None = None
     decided_at: Timestamp
 
+    def fresh_for(self, max_age_s: int, now: datetime) -> bool:
+        """Young enough to reuse under a pack whose `cache_ttl_s` is `max_age_s`. A human
+        verdict is sticky: it overrides model verdicts for its content however old it is."""
+        return self.source is Source.HUMAN or now - self.decided_at < timedelta(seconds=max_age_s)
+
 
 class VerdictCache(Protocol):
     async def get_many(self, keys: Sequence[str]) -> dict[str, CachedVerdict]: ...
 
     async def put_many(self, entries: Mapping[str, CachedVerdict]) -> None: ...
+
+    async def forget_many(self, keys: Sequence[str]) -> None:
+        """Drop entries (too old for a pack that found them): the next lookup is a miss."""
+        ...
 
     async def close(self) -> None: ...
 
@@ -76,6 +90,22 @@ class RedisVerdictCache(FailOpenStore):
             timeout_s=settings.cache_timeout_ms / 1000,
             human_ttl_s=settings.human_verdict_ttl_s,
         )
+
+    @classmethod
+    def for_packs(cls, settings: Settings, pack_ttls_s: Iterable[int]) -> RedisVerdictCache:
+        """Entries live as long as the longest-lived pack reuses them, at most the setting."""
+        ttl_s = min(settings.cache_ttl_s, max(pack_ttls_s, default=settings.cache_ttl_s))
+        return cls(
+            redis_client(settings),
+            prefix=settings.cache_prefix,
+            ttl_s=ttl_s,
+            timeout_s=settings.cache_timeout_ms / 1000,
+            human_ttl_s=settings.human_verdict_ttl_s,
+        )
+
+    @property
+    def ttl_s(self) -> int:
+        return self._ttl_s
 
     def _key(self, content_key: str) -> str:
         return self._prefix + content_key
@@ -118,6 +148,13 @@ class RedisVerdictCache(FailOpenStore):
         value = orjson.dumps(entry.model_dump(mode="json"))
         async with self.attempt("set") as redis:
             await redis.set(self._human_key(content_key), value, ex=self._human_ttl_s)
+
+    async def forget_many(self, keys: Sequence[str]) -> None:
+        if not keys:
+            return
+        with contextlib.suppress(Unavailable):
+            async with self.attempt("delete") as redis:
+                await redis.delete(*(self._key(k) for k in keys))
 
     async def put_many(self, entries: Mapping[str, CachedVerdict]) -> None:
         if not entries:

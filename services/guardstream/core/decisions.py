@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import Action, Decision, Source, Verdict, utcnow
 from guardstream.core.topics import Topic
-from guardstream.policy import ControversialMode, PolicyPack, Routed, route
+from guardstream.policy import (
+    ControversialMode,
+    PolicyPack,
+    Routed,
+    route,
+    route_scorer_unavailable,
+)
 
 ACTION_TOPIC: dict[Action, Topic] = {
     Action.ALLOW: Topic.ALLOW,
@@ -107,4 +113,44 @@ def decide(
         content_key=content_key,
         matched_content_key=matched_content_key,
         decided_at=entry.decided_at if origin is Origin.MODEL else now,
+    )
+
+
+def unscored(
+    pack: PolicyPack,
+    *,
+    post_id: str,
+    post_event_id: str,
+    tenant: str,
+    content_key: str,
+    model: str,
+    adapter: str | None,
+    waited_s: float,
+) -> Decision:
+    """The decision for a post the scorer could not judge in time, under a pack that says
+    what to do then (`route_scorer_unavailable`). No model saw the post: the verdict is
+    `controversial` (contested until a human decides), without confidence or categories, the
+    source is `rule` and the reason says so. Same id as a model decision for the post would
+    have: the journal keeps it the only one."""
+    routed = route_scorer_unavailable(pack)
+    ident = decision_id(post_event_id, pack.ref, content_key)
+    now = utcnow()
+    reason = f"not scored: a score request has waited {waited_s:.0f} s unanswered. "
+    return Decision(
+        event_id=ident,
+        produced_at=now,
+        decision_id=ident,
+        post_id=post_id,
+        post_event_id=post_event_id,
+        tenant=tenant,
+        verdict=Verdict.CONTROVERSIAL,
+        action=routed.action,
+        reason=f"{reason}{routed.explanation}"[:_REASON_MAX],
+        rule=routed.rule[:120],
+        source=Source.RULE,
+        model=model,
+        adapter=adapter,
+        policy=pack.ref,
+        content_key=content_key,
+        decided_at=now,
     )

@@ -1,8 +1,9 @@
 """Liveness and readiness over HTTP (`/healthz`, `/readyz`) for orchestrators and `make up`;
 optionally a process's own JSON numbers on `/status` (no post ids, no text).
 
-Deliberately dependency-free: a process that cannot even answer this is dead. Readiness is a
-callable so each process decides what "ready" means (engine loaded, partitions assigned).
+Deliberately dependency-free: a process that cannot even answer this is dead. Readiness and
+liveness are callables so each process decides what they mean (ready: engine loaded,
+partitions assigned; live: e.g. the scorer's model engine has not died).
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ class HealthServer:
         ready: Callable[[], bool],
         name: str,
         status: Callable[[], dict[str, Any]] | None = None,
+        gauges: Callable[[], dict[str, int]] | None = None,
+        live: Callable[[], bool] = lambda: True,
     ) -> None:
         self._port = port
         self._ready = ready
+        self._live = live
         self._name = name
         self._status = status
+        self._gauges = gauges  # numbers `/healthz` reports beside liveness (no payloads)
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -47,7 +52,12 @@ class HealthServer:
             parts = request.decode("latin-1").split()
             path = parts[1] if len(parts) > 1 else "/"
             if path == "/healthz":
-                status, body = 200, {"process": self._name, "live": True}
+                live = self._live()
+                gauges = self._gauges() if self._gauges is not None else {}
+                status, body = (
+                    (200 if live else 503),
+                    {"process": self._name, "live": live, **gauges},
+                )
             elif path == "/readyz":
                 ready = self._ready()
                 status, body = (200 if ready else 503), {"process": self._name, "ready": ready}

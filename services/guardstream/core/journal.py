@@ -43,6 +43,8 @@ class RedisDecisionJournal(FailOpenStore):
         super().__init__(client, what="decision_journal", timeout_s=timeout_s)
         self._prefix = prefix + "decision:"
         self._ttl_s = ttl_s
+        # One round trip per batch (EVALSHA; loaded on first use and again after a flush).
+        self._settle = client.register_script(_SETTLE_SCRIPT)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisDecisionJournal:
@@ -70,14 +72,26 @@ class RedisDecisionJournal(FailOpenStore):
             return settled
         with contextlib.suppress(Unavailable):
             async with self.attempt("set_nx_get") as redis:
-                pipe = redis.pipeline(transaction=False)
-                for key, value in decisions.items():
-                    pipe.set(self._prefix + key, value, nx=True, get=True, ex=self._ttl_s)
-                earlier = await pipe.execute()
+                earlier = await self._settle(
+                    keys=[self._prefix + key for key in decisions],
+                    args=[self._ttl_s, *decisions.values()],
+                    client=redis,
+                )
             for key, previous in zip(decisions, earlier, strict=True):
                 if previous is not None:
                     settled[key] = _bytes(previous)
         return settled
+
+
+# SET key value NX GET EX ttl for each KEYS[i] / ARGV[i + 1] (ARGV[1] is the TTL): each
+# reply is the decision recorded earlier, or nil when ours was recorded.
+_SETTLE_SCRIPT = """
+local earlier = {}
+for i, key in ipairs(KEYS) do
+  earlier[i] = redis.call('SET', key, ARGV[i + 1], 'NX', 'GET', 'EX', ARGV[1])
+end
+return earlier
+"""
 
 
 def _bytes(value: bytes | str) -> bytes:

@@ -12,12 +12,14 @@ import base64
 import hashlib
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.partitioner import murmur2
 
 from guardstream.core import tracing
 from guardstream.core.contracts import ContractError, DlqRecord, Origin, utcnow
@@ -69,6 +71,53 @@ def make_consumer(
         fetch_max_bytes=max(settings.kafka_max_request_bytes, 52_428_800),
         max_partition_fetch_bytes=settings.kafka_max_request_bytes,
     )
+
+
+_MURMUR_SEED = 0x9747B28C
+_MURMUR_M = np.uint32(0x5BD1E995)
+_SMALL_GROUP = 4  # fewer keys of one length than this: numpy's call overhead is not worth it
+
+
+def key_partitions(keys: Sequence[bytes], partitions: Sequence[int]) -> list[int]:
+    """The partition of each key as Kafka's default partitioner chooses it (Java's and
+    aiokafka's: positive murmur2 of the key modulo the partition count, over the partitions
+    in id order), for a whole batch of keys at once: keys of one length are hashed together,
+    4 bytes at a time across all of them."""
+    ordered = sorted(partitions)
+    hashes = [0] * len(keys)
+    by_length: dict[int, list[int]] = {}
+    for index, key in enumerate(keys):
+        by_length.setdefault(len(key), []).append(index)
+    for length, indices in by_length.items():
+        if len(indices) < _SMALL_GROUP:
+            for index in indices:
+                hashes[index] = murmur2(keys[index])
+            continue
+        data = np.frombuffer(b"".join(keys[i] for i in indices), np.uint8)
+        data = data.reshape(len(indices), length)
+        h = np.full(len(indices), (_MURMUR_SEED ^ length) & 0xFFFFFFFF, np.uint32)
+        whole = length // 4
+        words = np.ascontiguousarray(data[:, : 4 * whole]).view("<u4")
+        for column in range(whole):
+            k = words[:, column] * _MURMUR_M
+            k ^= k >> np.uint32(24)
+            k *= _MURMUR_M
+            h *= _MURMUR_M
+            h ^= k
+        tail, base = length % 4, length & ~3
+        if tail >= 3:
+            h ^= data[:, base + 2].astype(np.uint32) << np.uint32(16)
+        if tail >= 2:
+            h ^= data[:, base + 1].astype(np.uint32) << np.uint32(8)
+        if tail >= 1:
+            h ^= data[:, base].astype(np.uint32)
+            h *= _MURMUR_M
+        h ^= h >> np.uint32(13)
+        h *= _MURMUR_M
+        h ^= h >> np.uint32(15)
+        for index, value in zip(indices, h.tolist(), strict=True):
+            hashes[index] = value
+    return [ordered[(value & 0x7FFFFFFF) % len(ordered)] for value in hashes]
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,6 +79,8 @@ class LoopReport:
     retries: int = 0  # transient failures retried
     commits: int = 0  # successful offset commits
     drained: bool = True  # shutdown finished every in-flight batch within the budget
+    in_flight: int = 0  # records fetched and not yet done, now (the backpressure gauge)
+    peak_in_flight: int = 0  # its highest value: at most max_in_flight + max_records - 1
 
 
 class BatchLoop:
@@ -102,6 +104,7 @@ class BatchLoop:
             async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
                 await loop._commit(only=set(revoked))
                 loop._tracker.drop(revoked)
+                loop._gauge()
                 if revoked:
                     log.info(
                         "partitions revoked",
@@ -131,6 +134,7 @@ class BatchLoop:
                     for tp, records in batches.items():
                         self._tracker.start(tp, (r.offset for r in records))
                         metrics.consumed.add(len(records), {"process": cfg.name, "topic": tp.topic})
+                    self._gauge()
                     task = asyncio.create_task(self._work(batches))
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
@@ -200,6 +204,7 @@ class BatchLoop:
         self._faults.reach("after_publish")  # outputs acknowledged, offsets not yet committed
         for tp, part in batches.items():
             self._tracker.finish(tp, (r.offset for r in part))
+        self._gauge()
         self.report.processed += len(records)
         attrs = {"process": self._config.name}
         metrics.batch_size.record(len(records), attrs)
@@ -242,6 +247,10 @@ class BatchLoop:
                     return False
             else:
                 return True
+
+    def _gauge(self) -> None:
+        self.report.in_flight = self._tracker.in_flight()
+        self.report.peak_in_flight = max(self.report.peak_in_flight, self.report.in_flight)
 
     async def _drain(self) -> None:
         if not self._tasks:

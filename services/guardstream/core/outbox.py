@@ -5,7 +5,13 @@ they work through a batch and `flush()` before the batch's offsets may be commit
 delivery is a transient error: the batch is retried whole, and the re-sent records carry the
 same ids, so downstream sees a harmless replay. Every record sent carries the trace context of
 the input it derives from (`core/tracing.py`), and every decision is counted
-(`guardstream.pipeline.decisions`).
+(`guardstream.pipeline.decisions`) once the broker has it.
+
+Keyed outputs are not handed to the producer one by one: `flush()` sorts them by partition,
+as the producer's default partitioner would (murmur2 of the key, Kafka's rule, so other
+clients agree on where a key lives), and hands each partition's records over as record
+batches, in order. One future per batch instead of one per record: the per-record cost of
+`AIOKafkaProducer.send` was a fifth of triage's CPU time.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from guardstream.core import metrics, tracing
 from guardstream.core.contracts import ContractError, Decision, Envelope
 from guardstream.core.decisions import ACTION_TOPIC
 from guardstream.core.journal import DecisionJournal, journal_key
-from guardstream.core.kafka import dead_letter
+from guardstream.core.kafka import Headers, dead_letter, key_partitions
 from guardstream.core.loop import TransientError
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
@@ -37,16 +43,16 @@ class Outbox:
         # Counted once the broker has them (a retried batch is not counted twice).
         self._decided: list[dict[str, str]] = []
         self._dead: list[dict[str, str]] = []
+        # (topic, key, value, headers) until flush.
+        self._queued: list[tuple[str, bytes, bytes, Headers]] = []
+        # After `flush()`: (topic, partition, offset of its last record) of each record batch.
+        self.published: list[tuple[str, int, int]] = []
 
     async def send(self, topic: Topic, event: Envelope, key: str) -> None:
         """`event` to `topic`; an event about a post event (`post_event_id`) continues the
         trace of the input that carried that post event."""
         headers = tracing.output_headers(getattr(event, "post_event_id", None))
-        self._pending.append(
-            await self._producer.send(
-                self._topics[topic], event.to_json(), key=key.encode(), headers=headers
-            )
-        )
+        self._queued.append((self._topics[topic], key.encode(), event.to_json(), headers))
 
     async def decision(self, raw: bytes, decision: Decision | None = None) -> None:
         """A serialised decision to the action topic of its action, keyed by post. `decision`
@@ -65,9 +71,7 @@ class Outbox:
                 "guardstream.post_id_hash": tracing.hashed(decision.post_id),
             },
         )
-        self._pending.append(
-            await self._producer.send(topic, raw, key=decision.post_id.encode(), headers=headers)
-        )
+        self._queued.append((topic, decision.post_id.encode(), raw, headers))
         self._decided.append(attributes)
 
     async def decisions(self, journal: DecisionJournal, decisions: Sequence[Decision]) -> None:
@@ -94,14 +98,50 @@ class Outbox:
         self._dead.append({"reason": error.reason, "consumer": self._group})
 
     async def flush(self) -> None:
+        queued, self._queued = self._queued, []
         pending, self._pending = self._pending, []
         decided, self._decided = self._decided, []
         dead, self._dead = self._dead, []
         try:
-            await asyncio.gather(*pending)
+            batches = await self._publish(queued)
+            await asyncio.gather(*pending, *(future for future, _ in batches))
         except Exception as exc:
             raise TransientError(f"delivery failed: {type(exc).__name__}") from exc
         for attributes in decided:
             metrics.decisions.add(1, attributes)
         for attributes in dead:
             metrics.dead_letters.add(1, attributes)
+        for future, count in batches:
+            sent = future.result()  # the batch's base offset: its records follow it
+            self.published.append((sent.topic, sent.partition, sent.offset + count - 1))
+
+    async def _publish(
+        self, queued: Sequence[tuple[str, bytes, bytes, Headers]]
+    ) -> list[tuple[Any, int]]:
+        """Hand `queued` to the producer as record batches, one partition's records in order;
+        returns each batch's delivery future and its record count."""
+        by_topic: dict[str, list[tuple[bytes, bytes, Headers]]] = {}
+        for topic, key, value, headers in queued:
+            by_topic.setdefault(topic, []).append((key, value, headers))
+        by_partition: dict[tuple[str, int], list[tuple[bytes, bytes, Headers]]] = {}
+        for topic, records in by_topic.items():
+            known = await self._producer.partitions_for(topic)
+            chosen = key_partitions([key for key, _, _ in records], list(known))
+            for partition, record in zip(chosen, records, strict=True):
+                by_partition.setdefault((topic, partition), []).append(record)
+        batches: list[tuple[Any, int]] = []
+        for (topic, partition), records in by_partition.items():
+            batch = self._producer.create_batch()
+            for key, value, headers in records:
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                    count = batch.record_count()  # full: send it, start the next
+                    sent = await self._producer.send_batch(batch, topic, partition=partition)
+                    batches.append((sent, count))
+                    batch = self._producer.create_batch()
+                    # The first record always fits.
+                    batch.append(key=key, value=value, timestamp=None, headers=headers)
+            count = batch.record_count()
+            batches.append(
+                (await self._producer.send_batch(batch, topic, partition=partition), count)
+            )
+        return batches

@@ -38,14 +38,24 @@ async def serve(
     max_in_flight: int,
     build: Callable[[AIOKafkaProducer, AsyncExitStack], Awaitable[BatchHandler]],
     stop: asyncio.Event,
+    live: Callable[[], bool] = lambda: True,
 ) -> LoopReport:
-    """Run one consumer process until `stop`."""
+    """Run one consumer process until `stop`. `live` false fails `/healthz` (restart me)."""
     log.info("starting", extra={"service": name, "settings": settings.public_view()})
     consumer: AIOKafkaConsumer | None = None
+    loop: BatchLoop | None = None
+
+    def gauges() -> dict[str, int]:
+        if loop is None:
+            return {}
+        return {"in_flight": loop.report.in_flight, "peak_in_flight": loop.report.peak_in_flight}
+
     health = HealthServer(
         settings.health_port,
         ready=lambda: consumer is not None and bool(consumer.assignment()),
         name=name,
+        gauges=gauges,
+        live=live,
     )
     async with AsyncExitStack() as stack:
         await health.start()
@@ -87,6 +97,7 @@ async def serve(
                 "commits": report.commits,
                 "retries": report.retries,
                 "drained": report.drained,
+                "peak_in_flight": report.peak_in_flight,
             },
         )
     return report

@@ -128,6 +128,41 @@ class Settings(BaseSettings):
     max_output_tokens: Annotated[
         int, Field(ge=8, validation_alias=_env("GUARDSTREAM_MAX_OUTPUT_TOKENS"))
     ] = 48
+    # `two_phase`: one prefill reads the label after a forced `Safety:` prefix; categories (and
+    # a response's refusal) are generated only when needed, continuing from the cached prefix.
+    # `plain`: the model writes its whole answer. Both are parsed by the same parser.
+    scoring_mode: Annotated[
+        Literal["two_phase", "plain"], Field(validation_alias=_env("GUARDSTREAM_SCORING_MODE"))
+    ] = "two_phase"
+    # Two-phase: also read a SAFE response's `Refusal:` (one more one-token request from the
+    # cached prefix). Off: a safe response's refusal is left unknown, one request per safe post.
+    two_phase_refusal: Annotated[
+        bool, Field(validation_alias=_env("GUARDSTREAM_TWO_PHASE_REFUSAL"))
+    ] = True
+    # `vllm` (default) or `transformers` (same prompts and parser, batched, no vLLM needed:
+    # laptops, GPU machines where vLLM is not installed).
+    engine: Annotated[
+        Literal["vllm", "transformers"], Field(validation_alias=_env("GUARDSTREAM_ENGINE"))
+    ] = "vllm"
+    # vLLM automatic prefix caching: the two phases (and posts sharing the policy preamble)
+    # reuse KV blocks instead of recomputing them. Off only to measure what it buys.
+    prefix_caching: Annotated[bool, Field(validation_alias=_env("GUARDSTREAM_PREFIX_CACHING"))] = (
+        True
+    )
+
+    # Cascade. A scorer with a threshold decides only verdicts at least this confident; the
+    # rest (and unusable output) go to the escalations topic for a larger model's scorer,
+    # uncached. Unset: this scorer decides everything (no cascade, or the last tier).
+    cascade_escalate_below: Annotated[
+        float | None,
+        Field(gt=0, le=1, validation_alias=_env("GUARDSTREAM_CASCADE_ESCALATE_BELOW")),
+    ] = None
+    # What this scorer consumes: `requests` from triage (first or only tier) or `escalations`
+    # (the larger model's tier, in its own consumer group `guardstream-scorer-escalations`).
+    scorer_source: Annotated[
+        Literal["requests", "escalations"],
+        Field(validation_alias=_env("GUARDSTREAM_SCORER_SOURCE")),
+    ] = "requests"
 
     # --- processing -------------------------------------------------------------------------
     # Directory of policy pack YAML files; unset: the packs shipped with guardstream.
@@ -174,6 +209,12 @@ class Settings(BaseSettings):
         Field(pattern=r"^[a-z_]+(:[0-9]+)?$", validation_alias=_env("GUARDSTREAM_FAULT")),
     ] = None
     log_level: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_LOG_LEVEL"))] = "INFO"
+    # Triage: once one of its score requests has waited this long unanswered (the scorer
+    # group committed nothing past it), posts under `fail_closed` packs that need scoring are
+    # sent to review with source `rule` instead of queueing (see guardstream.triage.watch).
+    scorer_unavailable_after_s: Annotated[
+        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_SCORER_UNAVAILABLE_AFTER_S"))
+    ] = 120.0
 
     # --- review console (`guardstream review`) ----------------------------------------------
     # A human verdict overrides the model's for its content key this long (sticky override).

@@ -27,7 +27,7 @@ class Stores:
     def open(cls, settings: Settings, stack: AsyncExitStack) -> Stores:
         """Open every store; `stack` closes them when the process stops."""
         policies = load_registry(settings.policy_dir)
-        cache = RedisVerdictCache.from_settings(settings)
+        cache = RedisVerdictCache.for_packs(settings, (p.cache_ttl_s for p in policies.packs))
         stack.push_async_callback(cache.close)
         journal = RedisDecisionJournal.from_settings(settings)
         stack.push_async_callback(journal.close)

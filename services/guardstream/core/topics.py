@@ -25,6 +25,7 @@ class Topic(StrEnum):
     ALERTS = "moderation.alerts.v1"
     ASSIGNMENTS = "moderation.review-assignments.v1"
     SLA_EVENTS = "moderation.sla-events.v1"
+    ESCALATIONS = "moderation.score-escalations.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,13 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         Topic.ASSIGNMENTS, 6, "post_id", 30 * DAY_MS, "review tasks assigned / released (console)"
     ),
     TopicSpec(Topic.SLA_EVENTS, 6, "post_id", 30 * DAY_MS, "SLA warnings, expiries, late reviews"),
+    TopicSpec(
+        Topic.ESCALATIONS,
+        12,
+        "content_key",
+        3 * DAY_MS,
+        "cascade: requests the small model was unsure of, for a larger model's scorer",
+    ),
 )
 
 SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in CATALOGUE}

@@ -5,6 +5,19 @@ vLLM's async engine in this process (continuous batching: many `assess` calls in
 once share forward passes). The prompt is rendered with the model's own chat template, over-long
 inputs keep their head and tail, decoding is greedy, and the three label tokens' log-probs are
 returned at the label position so confidence is a real probability, not a guess.
+
+Two scoring modes give the same answer text to the same parser:
+
+- `two_phase` (default): the assistant turn is forced to start with `Safety:` and ONE token is
+  generated with the label tokens' log-probs (one prefill, no decode). A safe prompt is done
+  (`Categories: None`). Otherwise a second request continues from `Safety: <Label>\n` to write
+  `Categories:` (and `Refusal:` for a response); a safe response only has its refusal read,
+  one token after a forced `Safety: Safe\nCategories: None\nRefusal:` (setting
+  `two_phase_refusal`). Prefix caching makes the second prefill nearly free.
+- `plain`: the model generates its whole answer.
+
+Errors carry their policy: `ScoringError` (this request failed, retry later) vs `EngineDead`
+(no request can succeed any more; the process must stop and be restarted).
 """
 
 from __future__ import annotations
@@ -12,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from guardstream.core.contracts import Label
@@ -56,6 +69,7 @@ class RawAnswer:
     prompt_tokens: int = 0
     output_tokens: int = 0
     truncated: bool = False
+    requests: int = 1  # engine requests it took (two-phase: 1 or 2)
 
 
 class GuardEngine(Protocol):
@@ -64,6 +78,11 @@ class GuardEngine(Protocol):
 
     @property
     def adapter(self) -> str | None: ...
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine can serve nothing any more (liveness probe)."""
+        ...
 
     async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer: ...
 
@@ -88,12 +107,62 @@ def resolve_model(settings: Settings) -> tuple[str, str]:
     return settings.model, settings.model
 
 
+async def start_engine(settings: Settings) -> GuardEngine:
+    """The configured engine (`GUARDSTREAM_ENGINE`), model loaded."""
+    if settings.engine == "transformers":
+        from guardstream.scorer.hf_engine import TransformersGuardEngine
+
+        return await TransformersGuardEngine.start(settings)
+    return await VllmGuardEngine.start(settings)
+
+
 def _memory_fraction(settings: Settings) -> float:
     if settings.gpu_memory_utilization is not None:
         return settings.gpu_memory_utilization
     import torch
 
     return 0.9 if torch.cuda.is_available() else 0.2
+
+
+SAFETY_PREFIX = "Safety:"
+# What a safe label stands for without generating it, and where a safe response's refusal
+# is read (one token: " Yes" / " No").
+SAFE_ANSWER = "Safety: Safe\nCategories: None"
+SAFE_RESPONSE_PREFIX = SAFE_ANSWER + "\nRefusal:"
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedPrefixes:
+    """Token ids of the assistant-turn prefixes two-phase scoring forces, per tokenizer."""
+
+    safety: list[int]
+    label_token: dict[Label, int]  # first token of " <Label>" after `Safety:`
+    detail: dict[Label, list[int]]  # `Safety: <Label>\n`
+    safe_response: list[int]
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> ForcedPrefixes:
+        def enc(text: str) -> list[int]:
+            return list(tokenizer.encode(text, add_special_tokens=False))
+
+        label_token = {label: enc(" " + label)[0] for label in LABELS}
+        if len(set(label_token.values())) != len(LABELS):
+            raise ModelUnavailable(f"label tokens collide in this tokenizer: {label_token}")
+        return cls(
+            safety=enc(SAFETY_PREFIX),
+            label_token=label_token,
+            detail={label: enc(f"{SAFETY_PREFIX} {label}\n") for label in LABELS},
+            safe_response=enc(SAFE_RESPONSE_PREFIX),
+        )
+
+    @property
+    def longest(self) -> int:
+        return max(len(self.safe_response), *(len(ids) for ids in self.detail.values()))
+
+
+def is_response(messages: Sequence[dict[str, str]]) -> bool:
+    """Response moderation judges a last assistant turn (and answers with a refusal line)."""
+    return bool(messages) and messages[-1].get("role") == "assistant"
 
 
 class VllmGuardEngine:
@@ -104,25 +173,39 @@ class VllmGuardEngine:
     ) -> None:
         self._llm = llm
         self._renderer = renderer
+        self._tokenizer = tokenizer
         self._model_id = model_id
-        label_ids: dict[Label, int] = {}
-        for label in LABELS:
-            ids = tokenizer.encode(" " + label, add_special_tokens=False)
-            label_ids[label] = ids[0]
-        if len(set(label_ids.values())) != len(LABELS):
-            raise ModelUnavailable(f"label tokens collide in this tokenizer: {label_ids}")
-        self._label_ids = label_ids
-        self._by_token = {tid: label for label, tid in label_ids.items()}
+        self._mode = settings.scoring_mode
+        self._refusal = settings.two_phase_refusal
+        self._forced = ForcedPrefixes.of(tokenizer)
+        self._label_ids = self._forced.label_token
+        self._by_token = {tid: label for label, tid in self._label_ids.items()}
 
         from vllm import SamplingParams
 
-        self._params = SamplingParams(
-            temperature=0.0,
-            max_tokens=settings.max_output_tokens,
-            logprob_token_ids=list(label_ids.values()),
-            logprobs=len(label_ids),
-            skip_special_tokens=True,
+        def params(max_tokens: int, *, label_logprobs: bool, detokenize: bool = True) -> Any:
+            return SamplingParams(
+                temperature=0.0,
+                max_tokens=max(1, max_tokens),
+                logprob_token_ids=list(self._label_ids.values()) if label_logprobs else None,
+                logprobs=len(self._label_ids) if label_logprobs else None,
+                skip_special_tokens=True,
+                detokenize=detokenize,
+            )
+
+        self._params = params(settings.max_output_tokens, label_logprobs=True)
+        # One prefill, no decode; the token id is the answer, so no detokenising either.
+        self._label_params = params(1, label_logprobs=True, detokenize=False)
+        self._detail_params = params(
+            settings.max_output_tokens - self._forced.longest, label_logprobs=False
         )
+        self._refusal_params = params(2, label_logprobs=False)  # " Yes"/" No", end of turn
+
+    @staticmethod
+    def max_input_tokens(settings: Settings, tokenizer: Any) -> int:
+        """Room for the rendered conversation: the window minus the answer and forced prefix."""
+        forced = ForcedPrefixes.of(tokenizer).longest
+        return settings.max_model_len - settings.max_output_tokens - forced
 
     @classmethod
     async def start(cls, settings: Settings) -> VllmGuardEngine:
@@ -143,8 +226,7 @@ class VllmGuardEngine:
             raise ModelUnavailable(f"{offline_hint} ({type(exc).__name__})") from exc
 
         try:
-            max_input = settings.max_model_len - settings.max_output_tokens
-            renderer = PromptRenderer(tokenizer, max_input)
+            renderer = PromptRenderer(tokenizer, cls.max_input_tokens(settings, tokenizer))
         except TemplateTooLong as exc:
             raise ModelUnavailable(str(exc)) from exc
         args = AsyncEngineArgs(
@@ -153,7 +235,7 @@ class VllmGuardEngine:
             dtype=settings.model_dtype,
             max_model_len=settings.max_model_len,
             gpu_memory_utilization=_memory_fraction(settings),
-            enable_prefix_caching=True,
+            enable_prefix_caching=settings.prefix_caching,
             seed=0,
             disable_log_stats=True,
         )
@@ -161,7 +243,10 @@ class VllmGuardEngine:
             llm = AsyncLLM.from_engine_args(args)
         except (OSError, ValueError, RuntimeError) as exc:
             raise ModelUnavailable(f"{offline_hint} ({type(exc).__name__}: {exc})") from exc
-        log.info("engine ready", extra={"model": model_id, "pid": os.getpid()})
+        log.info(
+            "engine ready",
+            extra={"model": model_id, "pid": os.getpid(), "scoring_mode": settings.scoring_mode},
+        )
         return cls(llm, tokenizer, renderer, model_id, settings)
 
     @property
@@ -172,24 +257,19 @@ class VllmGuardEngine:
     def adapter(self) -> str | None:
         return None
 
-    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
-        from vllm.inputs import TokensPrompt
-        from vllm.v1.engine.exceptions import EngineDeadError
+    @property
+    def alive(self) -> bool:
+        return self._llm is not None and not self._llm.errored
 
+    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+        if self._mode == "plain":
+            return await self.assess_plain(messages, request_id)
+        return await self.assess_two_phase(messages, request_id)
+
+    async def assess_plain(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+        """The model writes its whole answer; the label's log-probs are read where it wrote it."""
         ids, truncated = await asyncio.to_thread(self._renderer.render, messages)
-        final = None
-        try:
-            async for output in self._llm.generate(
-                TokensPrompt(prompt_token_ids=ids), self._params, request_id
-            ):
-                final = output
-        except EngineDeadError as exc:
-            raise EngineDead(str(exc)) from exc
-        except (ValueError, RuntimeError) as exc:
-            raise ScoringError(f"{type(exc).__name__}: {exc}") from exc
-        if final is None or not final.outputs:
-            raise ScoringError("engine returned no output")
-        completion = final.outputs[0]
+        completion = await self._generate(ids, self._params, request_id)
         return RawAnswer(
             text=completion.text,
             label_logprobs=self._label_logprobs(completion.token_ids, completion.logprobs),
@@ -197,6 +277,73 @@ class VllmGuardEngine:
             output_tokens=len(completion.token_ids),
             truncated=truncated,
         )
+
+    async def assess_two_phase(
+        self, messages: Sequence[dict[str, str]], request_id: str
+    ) -> RawAnswer:
+        """Label from one forced-prefix prefill; details only when the label asks for them."""
+        ids, truncated = await asyncio.to_thread(self._renderer.render, messages)
+        first = await self._generate(
+            ids + self._forced.safety, self._label_params, f"{request_id}/label"
+        )
+        logprobs = self._label_logprobs(first.token_ids[:1], first.logprobs)
+        label = self._by_token.get(first.token_ids[0]) if first.token_ids else None
+        answer = RawAnswer(
+            # Not a label token: the parser calls it unusable.
+            text=SAFETY_PREFIX + self._tokenizer.decode(first.token_ids, skip_special_tokens=True),
+            label_logprobs=logprobs,
+            prompt_tokens=len(ids),
+            output_tokens=len(first.token_ids),
+            truncated=truncated,
+        )
+        if label is None:
+            return answer
+        if label == "Safe" and not (self._refusal and is_response(messages)):
+            return replace(answer, text=SAFE_ANSWER)
+        if label == "Safe":
+            forced, text, params = (
+                self._forced.safe_response,
+                SAFE_RESPONSE_PREFIX,
+                self._refusal_params,
+            )
+        else:
+            forced, text = self._forced.detail[label], f"{SAFETY_PREFIX} {label}\n"
+            params = self._detail_params
+        second = await self._generate(ids + forced, params, f"{request_id}/detail")
+        return replace(
+            answer,
+            text=text + second.text,
+            output_tokens=answer.output_tokens + len(second.token_ids),
+            requests=2,
+        )
+
+    async def reset_prefix_cache(self) -> None:
+        """Forget cached KV blocks (benchmarks start every run from the same cold cache)."""
+        if self._llm is not None:
+            await self._llm.reset_prefix_cache()
+
+    async def _generate(self, ids: list[int], params: Any, request_id: str) -> Any:
+        """One engine request to completion; vLLM's failures mapped onto our two policies."""
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        if self._llm is None or self._llm.errored:
+            raise EngineDead("the engine is closed or dead")
+        final = None
+        try:
+            async for output in self._llm.generate(
+                TokensPrompt(prompt_token_ids=ids), params, request_id
+            ):
+                final = output
+        except EngineDeadError as exc:
+            raise EngineDead(str(exc)) from exc
+        except (EngineGenerateError, ValueError, RuntimeError) as exc:
+            if self._llm.errored:  # the request failed because the engine did
+                raise EngineDead(f"{type(exc).__name__}: {exc}") from exc
+            raise ScoringError(f"{type(exc).__name__}: {exc}") from exc
+        if final is None or not final.outputs:
+            raise ScoringError("engine returned no output")
+        return final.outputs[0]
 
     def _label_logprobs(
         self, token_ids: Sequence[int], logprobs: Sequence[dict[int, Any]] | None
@@ -220,3 +367,9 @@ class VllmGuardEngine:
             # AsyncLLM.__del__ shuts down again; at interpreter exit that raises (module
             # globals are gone) and prints a traceback into the logs. Once is enough.
             llm.shutdown = lambda *args, **kwargs: None
+            # vLLM leaves its ZeroMQ context to the garbage collector, which warns about it
+            # whenever that happens; its sockets are closed by now, so end it here.
+            resources = getattr(getattr(llm, "engine_core", None), "resources", None)
+            context = getattr(resources, "ctx", None)
+            if context is not None:
+                context.destroy(linger=0)

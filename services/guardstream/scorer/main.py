@@ -1,4 +1,9 @@
-"""Entry point of the scorer process: load the model first, then consume."""
+"""Entry point of the scorer process: load the model first, then consume.
+
+Engine death (`EngineDead`) fails `/healthz` as soon as the engine reports it, and the first
+batch that meets it stops the loop: finished work is committed, nothing past it, and the
+process exits non-zero (the CLI says why) for its supervisor to restart it.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ from guardstream.core.process import serve
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
 from guardstream.core.topics import Topic, TopicNames
-from guardstream.scorer.engine import GuardEngine, VllmGuardEngine
+from guardstream.scorer.engine import GuardEngine, start_engine
 from guardstream.scorer.metered import MeteredEngine
 from guardstream.scorer.service import Scorer
 
@@ -29,11 +34,14 @@ async def run(
     """Run the scorer until `stop`. Without `engine` the configured model is loaded (and
     closed at the end); a given engine is shared and left open. `expose` receives the handler."""
 
+    loaded: list[GuardEngine] = []
+
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         guard = engine
         if guard is None:
-            guard = await VllmGuardEngine.start(settings)
+            guard = await start_engine(settings)
             stack.push_async_callback(guard.close)
+        loaded.append(guard)
         stores = Stores.open(settings, stack)
         scorer = Scorer(settings, producer, stores, MeteredEngine(guard))
         metrics.observe_counts("guardstream.scorer.outcomes", scorer.counts)
@@ -41,12 +49,19 @@ async def run(
             expose(scorer)
         return scorer.handle
 
+    if settings.scorer_source == "escalations" and settings.cascade_escalate_below is not None:
+        raise ValueError("the escalations tier is the last one: it cannot escalate further")
+    escalations = settings.scorer_source == "escalations"
     return await serve(
         settings,
-        name="scorer",
-        source_topic=TopicNames(settings.namespace)[Topic.SCORE_REQUESTS],
+        name="scorer-escalations" if escalations else "scorer",
+        source_topic=TopicNames(settings.namespace)[
+            Topic.ESCALATIONS if escalations else Topic.SCORE_REQUESTS
+        ],
         max_records=settings.scorer_batch_max,
         max_in_flight=settings.scorer_max_in_flight,
         build=build,
         stop=stop,
+        # A dead engine fails the liveness probe at once, even with no traffic to notice it.
+        live=lambda: all(guard.alive for guard in loaded),
     )

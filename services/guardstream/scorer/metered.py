@@ -26,6 +26,10 @@ class MeteredEngine:
     def adapter(self) -> str | None:
         return self._engine.adapter
 
+    @property
+    def alive(self) -> bool:
+        return self._engine.alive
+
     def _serving(self) -> dict[str, str]:
         """Report the model/adapter served now (the series of an earlier one disappears)."""
         attrs = {"model": self.model_id, "adapter": self.adapter or "none"}

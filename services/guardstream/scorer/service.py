@@ -4,8 +4,11 @@ Per batch: requests are validated (bad ones to the DLQ), grouped by content key 
 content is scored once, the cache is re-checked (another scorer may have just scored it), the
 remaining keys are scored concurrently (vLLM batches them), verdicts are cached, and one
 decision per request goes to its action topic. Offsets are committed after every decision is
-acknowledged. Unusable model output is `controversial`, never `safe`. An engine failure is
-transient (the batch is retried, nothing skipped); a dead engine ends the process.
+acknowledged. Unusable model output is `controversial`, never `safe`. In a cascade
+(`cascade_escalate_below`), verdicts below the threshold are neither cached nor decided: the
+requests go to the escalations topic, acknowledged before the offsets move, for the larger
+model's scorer. An engine failure is transient (the batch is retried, nothing skipped); a dead
+engine ends the process.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from guardstream.core.loop import Records, TransientError
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
+from guardstream.core.topics import Topic
 from guardstream.scorer.engine import GuardEngine, ScoringError
 from guardstream.scorer.output import label_confidence, parse_answer
 from guardstream.scorer.prompt import messages_for
@@ -58,6 +62,7 @@ class Scorer:
                 "unparseable",
                 "truncated",
                 "dlq",
+                "escalated",
             ),
             0,
         )
@@ -119,6 +124,13 @@ class Scorer:
         misses = [key for key in by_key if key not in cached]
         scored = await asyncio.gather(*(self._score_once(by_key[key][0]) for key in misses))
         fresh = dict(zip(misses, scored, strict=True))
+        # Cascade: what this (small) model is unsure of goes to the larger model, undecided.
+        unsure = [key for key, verdict in fresh.items() if self._escalates(verdict)]
+        for key in unsure:
+            del fresh[key]
+            for request in by_key.pop(key):
+                await outbox.send(Topic.ESCALATIONS, request, key=key)
+                self.counts["escalated"] += 1
         await self._cache.put_many(fresh)
         self.counts["cache_hit"] += sum(len(by_key[key]) for key in cached)
 
@@ -139,6 +151,12 @@ class Scorer:
         await outbox.decisions(self._journal, decisions)
         await outbox.flush()
         self.counts["consumed"] += len(records)
+
+    def _escalates(self, verdict: CachedVerdict) -> bool:
+        threshold = self._settings.cascade_escalate_below
+        if threshold is None:
+            return False
+        return verdict.confidence is None or verdict.confidence < threshold
 
     async def _index_near_duplicates(self, scored: list[ScoreRequest]) -> None:
         """Record freshly scored texts so later trivial variants can reuse their verdicts."""

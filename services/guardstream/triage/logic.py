@@ -18,6 +18,66 @@ class Triaged:
     content_key: str
     # Everything in the content key but the text: near-duplicates are only sought within it.
     near_scope: str
+    prompt_prefix: str | None = None  # the pack's domain tags / region hint, when it has any
+
+
+class Triager:
+    """Validates and keys posts for one process. What depends only on the pack (its prompt
+    prefix and fingerprint) and, for prompts, the near-duplicate scope is worked out once per
+    pack rather than once per post."""
+
+    def __init__(
+        self, *, max_text_chars: int, model: str, adapter: str | None, policies: PolicyRegistry
+    ) -> None:
+        self._max_text_chars = max_text_chars
+        self._model = model
+        self._adapter = adapter
+        self._policies = policies
+        self._prompt_parts: dict[str, tuple[str, str | None]] = {}  # pack ref → fingerprint, prefix
+        self._prompt_scopes: dict[str, str] = {}  # pack ref → near scope of its prompt posts
+
+    def triage(self, raw: bytes | None) -> Triaged:
+        """Validate and key one post; raises `ContractError` (→ DLQ) when it cannot be used."""
+        post = Post.from_json(raw)
+        limit = self._max_text_chars
+        if len(post.text) > limit:
+            raise ContractError(
+                "text_too_long", f"text has {len(post.text)} characters, limit {limit}"
+            )
+        if post.prompt is not None and len(post.prompt) > limit:
+            raise ContractError(
+                "text_too_long", f"prompt has {len(post.prompt)} characters, limit {limit}"
+            )
+        text = normalise(post.text)
+        if not text:
+            raise ContractError("empty_text", "text is empty after normalisation")
+        prompt = normalise(post.prompt) if post.kind is Kind.RESPONSE and post.prompt else None
+        pack = self._policies.for_post(post.tenant, post.region)
+        parts = self._prompt_parts.get(pack.ref)
+        if parts is None:
+            parts = self._prompt_parts[pack.ref] = (
+                prompt_fingerprint(pack),
+                prompt_prefix(pack) or None,
+            )
+        fingerprint, prefix = parts
+
+        def key(of: str) -> str:
+            return content_key(
+                of,
+                kind=post.kind.value,
+                prompt=prompt,
+                model=self._model,
+                adapter=self._adapter,
+                prompt_policy=fingerprint,
+            )
+
+        if prompt is None:
+            scope = self._prompt_scopes.get(pack.ref)
+            if scope is None:
+                scope = self._prompt_scopes[pack.ref] = key("")
+        else:
+            scope = key("")
+        return Triaged(post, pack, text, prompt, key(text), near_scope=scope, prompt_prefix=prefix)
 
 
 def triage_record(
@@ -28,42 +88,19 @@ def triage_record(
     adapter: str | None,
     policies: PolicyRegistry,
 ) -> Triaged:
-    """Validate and key one post; raises `ContractError` (→ DLQ) when it cannot be used."""
-    post = Post.from_json(raw)
-    if len(post.text) > max_text_chars:
-        raise ContractError(
-            "text_too_long", f"text has {len(post.text)} characters, limit {max_text_chars}"
-        )
-    if post.prompt is not None and len(post.prompt) > max_text_chars:
-        raise ContractError(
-            "text_too_long", f"prompt has {len(post.prompt)} characters, limit {max_text_chars}"
-        )
-    text = normalise(post.text)
-    if not text:
-        raise ContractError("empty_text", "text is empty after normalisation")
-    prompt = normalise(post.prompt) if post.kind is Kind.RESPONSE and post.prompt else None
-    pack = policies.for_post(post.tenant, post.region)
-    fingerprint = prompt_fingerprint(pack)
-
-    def key(of: str) -> str:
-        return content_key(
-            of,
-            kind=post.kind.value,
-            prompt=prompt,
-            model=model,
-            adapter=adapter,
-            prompt_policy=fingerprint,
-        )
-
-    return Triaged(post, pack, text, prompt, key(text), near_scope=key(""))
+    """`Triager.triage` for one record (tests, tools)."""
+    return Triager(
+        max_text_chars=max_text_chars, model=model, adapter=adapter, policies=policies
+    ).triage(raw)
 
 
 def score_request(item: Triaged, *, near_duplicates: bool) -> ScoreRequest:
     post = item.post
     reuse = near_duplicates and item.pack.reuse_near_duplicates
+    now = utcnow()
     return ScoreRequest(
         event_id=f"sr-{post.event_id}"[:128],
-        produced_at=utcnow(),
+        produced_at=now,
         post_id=post.post_id,
         post_event_id=post.event_id,
         tenant=post.tenant,
@@ -74,7 +111,7 @@ def score_request(item: Triaged, *, near_duplicates: bool) -> ScoreRequest:
         region=post.region,
         content_key=item.content_key,
         policy=item.pack.ref,
-        received_at=utcnow(),
-        prompt_prefix=prompt_prefix(item.pack) or None,
+        received_at=now,
+        prompt_prefix=item.prompt_prefix,
         near_scope=item.near_scope if reuse else None,
     )

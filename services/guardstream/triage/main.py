@@ -16,6 +16,7 @@ from guardstream.core.stores import Stores
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.scorer.engine import served_model_id
 from guardstream.triage.service import Triage
+from guardstream.triage.watch import CommitLagWatch, admin_client, scorer_offsets
 
 
 async def run(
@@ -25,7 +26,8 @@ async def run(
 
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         stores = Stores.open(settings, stack)
-        triage = Triage(settings, producer, stores, model=served_model_id(settings))
+        watch = await _watch_scorer(settings, stack)
+        triage = Triage(settings, producer, stores, model=served_model_id(settings), watch=watch)
         metrics.observe_counts("guardstream.triage.outcomes", triage.counts)
         if expose is not None:
             expose(triage)
@@ -40,3 +42,23 @@ async def run(
         build=build,
         stop=stop,
     )
+
+
+async def _watch_scorer(settings: Settings, stack: AsyncExitStack) -> CommitLagWatch:
+    """Poll the scorer group's offsets in the background until the process stops."""
+    admin = admin_client(settings)
+    await admin.start()
+    stack.push_async_callback(admin.close)
+    watch = CommitLagWatch(
+        scorer_offsets(settings, admin), after_s=settings.scorer_unavailable_after_s
+    )
+    done = asyncio.Event()
+    interval_s = min(5.0, settings.scorer_unavailable_after_s / 4)
+    polling = asyncio.create_task(watch.run(interval_s, done))
+
+    async def stop_polling() -> None:
+        done.set()
+        await polling
+
+    stack.push_async_callback(stop_polling)
+    return watch

@@ -3,9 +3,11 @@
 Per batch: every record is validated, given its policy pack and keyed; a replayed event gets
 its earlier decision again (the journal); the verdict cache is asked once (MGET) for the whole
 batch; exact hits, then near-duplicates of decided content (when the pack allows), become
-decisions routed by the pack; the rest become score requests keyed by content key; bad records
-go to the DLQ with their origin. Offsets are committed only after every produced record is
-acknowledged (see `guardstream.core.loop` for the full table).
+decisions routed by the pack, as long as the verdict is younger than the pack's
+`cache_ttl_s`; the rest become score requests keyed by content key, or, while the scorer is
+unavailable (`guardstream.triage.watch`) and the pack fails closed, review decisions with
+source `rule`; bad records go to the DLQ with their origin. Offsets are committed only after
+every produced record is acknowledged (see `guardstream.core.loop` for the full table).
 """
 
 from __future__ import annotations
@@ -13,20 +15,23 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core import tracing
 from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import ContractError, Decision
-from guardstream.core.decisions import Origin, decide
+from guardstream.core.contracts import ContractError, Decision, utcnow
+from guardstream.core.decisions import Origin, decide, unscored
 from guardstream.core.journal import journal_key
 from guardstream.core.loop import Records
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
-from guardstream.core.topics import Topic
-from guardstream.triage.logic import Triaged, score_request, triage_record
+from guardstream.core.topics import Topic, TopicNames
+from guardstream.policy import ScorerUnavailableMode
+from guardstream.triage.logic import Triaged, Triager, score_request
+from guardstream.triage.watch import ScorerWatch
 
 log = logging.getLogger(__name__)
 
@@ -40,15 +45,23 @@ class Triage:
         *,
         model: str,
         adapter: str | None = None,
+        watch: ScorerWatch | None = None,
     ) -> None:
         self._settings = settings
         self._producer = producer
         self._cache = stores.cache
         self._journal = stores.journal
-        self._policies = stores.policies
         self._near = stores.near
+        self._watch = watch
         self._model = model
         self._adapter = adapter
+        self._score_topic = TopicNames(settings.namespace)[Topic.SCORE_REQUESTS]
+        self._triager = Triager(
+            max_text_chars=settings.max_text_chars,
+            model=model,
+            adapter=adapter,
+            policies=stores.policies,
+        )
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "consumed",
@@ -58,22 +71,23 @@ class Triage:
                 "dlq",
                 "replayed",
                 "duplicate_in_batch",
+                "stale",
+                "unscored",
             ),
             0,
         )
+
+    @property
+    def scorer_unavailable(self) -> bool:
+        """What the scorer watch says now (False without one)."""
+        return self._watch is not None and self._watch.unavailable()
 
     async def handle(self, records: Records) -> None:
         outbox = Outbox(self._producer, self._settings, "triage")
         accepted: dict[str, Triaged] = {}  # by journal key: a replayed event counts once
         for record in records:
             try:
-                item = triage_record(
-                    record.value,
-                    max_text_chars=self._settings.max_text_chars,
-                    model=self._model,
-                    adapter=self._adapter,
-                    policies=self._policies,
-                )
+                item = self._triager.triage(record.value)
             except ContractError as exc:
                 await outbox.dead_letter(record, exc)
                 self.counts["dlq"] += 1
@@ -96,15 +110,26 @@ class Triage:
 
         decisions: list[Decision] = []
         misses: list[Triaged] = []
+        stale: set[str] = set()
+        now = utcnow()
         for item in accepted.values():
             hit = cached.get(item.content_key)
+            if hit is not None and not hit.fresh_for(item.pack.cache_ttl_s, now):
+                # Older than this pack reuses: scored again. Dropped too, or the scorer's own
+                # cache check would hand the same old verdict back.
+                stale.add(item.content_key)
+                hit = None
             if hit is None:
                 misses.append(item)
                 continue
             decisions.append(self._decide(hit, Origin.CACHE, item))
             self.counts["cache_hit"] += 1
+        if stale:
+            await self._cache.forget_many(list(stale))
+            self.counts["stale"] += len(stale)
 
-        near = await self._near_duplicates(misses)
+        near = await self._near_duplicates(misses, now)
+        scorer_down = self.scorer_unavailable
         for item in misses:
             match = near.get(item.content_key)
             if match is not None:
@@ -112,12 +137,33 @@ class Triage:
                 decisions.append(self._decide(entry, Origin.NEAR, item, matched_key))
                 self.counts["near_hit"] += 1
                 continue
+            if scorer_down and item.pack.scorer_unavailable is ScorerUnavailableMode.FAIL_CLOSED:
+                decisions.append(self._unscored(item))
+                self.counts["unscored"] += 1
+                continue
             request = score_request(item, near_duplicates=self._near is not None)
             await outbox.send(Topic.SCORE_REQUESTS, request, item.content_key)
             self.counts["scoring"] += 1
         await outbox.decisions(self._journal, decisions)
         await outbox.flush()
+        if self._watch is not None:
+            for topic, partition, last_offset in outbox.published:
+                if topic == self._score_topic:
+                    self._watch.sent(partition, last_offset)
         self.counts["consumed"] += len(records)
+
+    def _unscored(self, item: Triaged) -> Decision:
+        post = item.post
+        return unscored(
+            item.pack,
+            post_id=post.post_id,
+            post_event_id=post.event_id,
+            tenant=post.tenant,
+            content_key=item.content_key,
+            model=self._model,
+            adapter=self._adapter,
+            waited_s=self._watch.oldest_wait_s() if self._watch is not None else 0.0,
+        )
 
     def _decide(
         self, entry: CachedVerdict, origin: Origin, item: Triaged, matched: str | None = None
@@ -134,9 +180,12 @@ class Triage:
             matched_content_key=matched,
         )
 
-    async def _near_duplicates(self, misses: list[Triaged]) -> dict[str, tuple[str, CachedVerdict]]:
+    async def _near_duplicates(
+        self, misses: list[Triaged], now: datetime
+    ) -> dict[str, tuple[str, CachedVerdict]]:
         """For exact misses whose pack allows it: (matched key, its verdict) of a near-duplicate
-        decided earlier. A match whose verdict has since expired is no match."""
+        decided earlier. A match whose verdict has since expired, or is older than the pack
+        reuses, is no match."""
         if self._near is None:
             return {}
         by_scope: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -148,4 +197,9 @@ class Triage:
         )
         matches = {key: m.content_key for part in found for key, m in part.items()}
         verdicts = await self._cache.get_many(list(set(matches.values())))
-        return {k: (m, verdicts[m]) for k, m in matches.items() if m in verdicts}
+        ttl = {item.content_key: item.pack.cache_ttl_s for item in misses}
+        return {
+            k: (m, verdicts[m])
+            for k, m in matches.items()
+            if m in verdicts and verdicts[m].fresh_for(ttl[k], now)
+        }

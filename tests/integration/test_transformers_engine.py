@@ -1,0 +1,72 @@
+"""The transformers engine agrees with the vLLM engine on the tiny checkpoint's lessons.
+
+Same rendering, same forced prefixes, same parser: for every taught conversation both engines
+must give the same label, categories and refusal, in both scoring modes, with confidences
+close (both read the same logits; bf16 kernels differ slightly). All lessons are submitted at
+once, so the transformers engine scores them in batches (left-padded forced-prefix passes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from guardstream.core.settings import Settings
+from guardstream.model.tiny import TEACHING_SET
+from guardstream.scorer.engine import EngineDead, VllmGuardEngine, start_engine
+from guardstream.scorer.hf_engine import TransformersGuardEngine
+from guardstream.scorer.output import label_confidence, parse_answer
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+async def hf(model_cache_dir: Path) -> AsyncIterator[TransformersGuardEngine]:
+    settings = Settings(
+        model="tiny", model_cache_dir=model_cache_dir, max_model_len=2048, engine="transformers"
+    )
+    engine = await start_engine(settings)
+    assert isinstance(engine, TransformersGuardEngine)
+    yield engine
+    await engine.close()
+
+
+@pytest.mark.parametrize("mode", ["two_phase", "plain"])
+async def test_transformers_agrees_with_vllm_on_every_lesson(
+    hf: TransformersGuardEngine, engine: VllmGuardEngine, mode: str
+) -> None:
+    chats = [lesson.chat() for lesson in TEACHING_SET]
+    hf_assess = hf.assess_two_phase if mode == "two_phase" else hf.assess_plain
+    vllm_assess = engine.assess_two_phase if mode == "two_phase" else engine.assess_plain
+    before = hf.batches
+    ours = await asyncio.gather(*(hf_assess(c, f"hf-{i}") for i, c in enumerate(chats)))
+    theirs = await asyncio.gather(*(vllm_assess(c, f"vl-{i}") for i, c in enumerate(chats)))
+    assert hf.batches - before < len(chats)  # batched, not one by one
+
+    for lesson, mine, ref in zip(TEACHING_SET, ours, theirs, strict=True):
+        a, b = parse_answer(mine.text), parse_answer(ref.text)
+        taught = parse_answer(lesson.target)
+        assert (a.label, a.categories, a.refusal) == (b.label, b.categories, b.refusal)
+        assert a.label == taught.label
+        assert mine.text == ref.text
+        assert mine.requests == ref.requests
+        assert a.label is not None
+        mine_conf = label_confidence(a.label, mine.label_logprobs)
+        ref_conf = label_confidence(a.label, ref.label_logprobs)
+        assert mine_conf is not None and ref_conf is not None
+        assert mine_conf == pytest.approx(ref_conf, abs=0.05)
+
+
+async def test_a_closed_transformers_engine_is_dead(model_cache_dir: Path) -> None:
+    settings = Settings(model="tiny", model_cache_dir=model_cache_dir, engine="transformers")
+    engine = await TransformersGuardEngine.start(settings)
+    answer = await engine.assess([{"role": "user", "content": "How can I make a bomb?"}], "r")
+    assert parse_answer(answer.text).label == "Unsafe"
+    assert engine.alive
+    await engine.close()
+    assert not engine.alive
+    with pytest.raises(EngineDead):
+        await engine.assess([{"role": "user", "content": "hi"}], "r")
