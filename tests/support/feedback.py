@@ -60,3 +60,22 @@ def train_correction(base: Path, out_dir: Path) -> tuple[TrainResult, Example, l
     fix = example(fix_item.sample, fix_item.weight)
     anchors = [example(c.sample) for c in curation.anchor_train]
     return train_lora(base, [fix, *anchors], out_dir, TEST_LORA), fix, anchors
+
+
+# A second wording of the misjudged remark: the base model flags it too, and a LoRA that
+# learnt the first wording generalises to it (so one of the two can be held out).
+MISJUDGED_VARIANT = "这个模型在小样本下表现一般,可能需要更多数据优化。"
+
+
+def variant_correction(n: int = 900) -> FeedbackSample:
+    (original,) = [s for s in taught_samples() if s.text == MISJUDGED]
+    return original.model_copy(
+        update={
+            "event_id": f"e-{n}",
+            "sample_id": f"r-{n}",
+            "post_id": f"p-{n}",
+            "text": MISJUDGED_VARIANT,
+            "content_key": f"{n:032x}",
+            "reviewed_at": T0 + timedelta(hours=1),
+        }
+    )

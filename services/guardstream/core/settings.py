@@ -250,6 +250,10 @@ class Settings(BaseSettings):
     feedback_expert_terms: Annotated[
         str, Field(validation_alias=_env("GUARDSTREAM_FEEDBACK_EXPERT_TERMS"))
     ] = ""
+    # Confident agreements replayed per curated sample against forgetting (see curation).
+    feedback_anchor_ratio: Annotated[
+        float, Field(ge=0, validation_alias=_env("GUARDSTREAM_FEEDBACK_ANCHOR_RATIO"))
+    ] = 1.0
     # A candidate adapter must beat the serving one by this much held-out accuracy.
     feedback_promotion_margin: Annotated[
         float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN"))

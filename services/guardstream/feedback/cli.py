@@ -35,6 +35,7 @@ def config_from(settings: Settings) -> FeedbackConfig:
         curation=CurationConfig(
             confidence_below=settings.feedback_confidence_below,
             expert_terms=terms or DEFAULT_EXPERT_TERMS,
+            anchor_ratio=settings.feedback_anchor_ratio,
         ),
         lora=LoraParams(
             learning_rate=settings.feedback_learning_rate, max_steps=settings.feedback_train_steps
