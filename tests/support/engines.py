@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from guardstream.core.adapters import Adapter
 from guardstream.scorer.engine import GuardEngine, RawAnswer
 
 
@@ -27,9 +28,14 @@ class SlowEngine:
     def alive(self) -> bool:
         return self._inner.alive
 
-    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+    async def assess(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer:
         await asyncio.sleep(self._delay(messages))
-        return await self._inner.assess(messages, request_id)
+        return await self._inner.assess(messages, request_id, adapter)
 
     async def close(self) -> None:
         """The inner engine belongs to the session."""

@@ -11,6 +11,7 @@ from aiokafka import TopicPartition
 from opentelemetry.metrics import CallbackOptions
 
 from guardstream.core import metrics
+from guardstream.core.adapters import Adapter
 from guardstream.core.loop import BatchLoop, LoopConfig
 from guardstream.core.redisstore import FailOpenStore, Unavailable
 from guardstream.scorer.engine import RawAnswer
@@ -87,7 +88,12 @@ class FakeEngine:
         self.adapter: str | None = None
         self.model_id = "m"
 
-    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+    async def assess(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer:
         return RawAnswer("Safety: Safe", prompt_tokens=30, output_tokens=4)
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import orjson
 import pytest
 
+from guardstream.core.adapters import Adapter
 from guardstream.core.contracts import ContractError, Kind, ScoreRequest, Source, Verdict, utcnow
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
@@ -41,7 +42,12 @@ class ScriptedEngine:
     def alive(self) -> bool:
         return True
 
-    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+    async def assess(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer:
         self.calls += 1
         return RawAnswer(self.text, self.label_logprobs)  # type: ignore[arg-type]
 

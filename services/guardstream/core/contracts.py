@@ -170,6 +170,8 @@ class ScoreRequest(Envelope):
     prompt_prefix: str | None = None
     # Near-duplicate index scope once scored; absent when the pack does not reuse variants.
     near_scope: ContentKey | None = None
+    # The LoRA adapter that must score it (part of the content key); absent: the base model.
+    adapter: Id | None = None
 
 
 class Decision(Envelope):

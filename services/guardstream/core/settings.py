@@ -164,6 +164,23 @@ class Settings(BaseSettings):
         Field(validation_alias=_env("GUARDSTREAM_SCORER_SOURCE")),
     ] = "requests"
 
+    # LoRA adapter registry (guardstream.core.adapters), shared by triage and every scorer;
+    # unset: no adapters, the base model serves every tenant.
+    adapter_dir: Annotated[Path | None, Field(validation_alias=_env("GUARDSTREAM_ADAPTER_DIR"))] = (
+        None
+    )
+    # How often processes look for a promoted adapter (no restart needed).
+    adapter_poll_s: Annotated[
+        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_ADAPTER_POLL_S"))
+    ] = 5.0
+    # Largest adapter rank the engine reserves room for (vLLM accepts these values).
+    max_lora_rank: Annotated[
+        Literal[1, 8, 16, 32, 64, 128, 256, 320, 512],
+        Field(validation_alias=_env("GUARDSTREAM_MAX_LORA_RANK")),
+    ] = 16
+    # Adapters one engine batch may mix (vLLM max_loras).
+    max_loras: Annotated[int, Field(ge=1, validation_alias=_env("GUARDSTREAM_MAX_LORAS"))] = 4
+
     # --- processing -------------------------------------------------------------------------
     # Directory of policy pack YAML files; unset: the packs shipped with guardstream.
     policy_dir: Annotated[Path | None, Field(validation_alias=_env("GUARDSTREAM_POLICY_DIR"))] = (
@@ -288,6 +305,10 @@ class Settings(BaseSettings):
     feedback_expert_terms: Annotated[
         str, Field(validation_alias=_env("GUARDSTREAM_FEEDBACK_EXPERT_TERMS"))
     ] = ""
+    # Confident agreements replayed per curated sample against forgetting (see curation).
+    feedback_anchor_ratio: Annotated[
+        float, Field(ge=0, validation_alias=_env("GUARDSTREAM_FEEDBACK_ANCHOR_RATIO"))
+    ] = 1.0
     # A candidate adapter must beat the serving one by this much held-out accuracy.
     feedback_promotion_margin: Annotated[
         float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN"))

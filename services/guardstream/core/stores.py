@@ -9,6 +9,7 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
+from guardstream.core.adapters import AdapterRegistry
 from guardstream.core.cache import RedisVerdictCache, VerdictCache
 from guardstream.core.journal import DecisionJournal, RedisDecisionJournal
 from guardstream.core.neardup import NearDuplicateIndex, RedisNearDuplicateIndex
@@ -22,6 +23,7 @@ class Stores:
     journal: DecisionJournal
     near: NearDuplicateIndex | None  # None: near-duplicate reuse switched off
     policies: PolicyRegistry
+    adapters: AdapterRegistry | None = None  # None: no LoRA adapters (the base model serves)
 
     @classmethod
     def open(cls, settings: Settings, stack: AsyncExitStack) -> Stores:
@@ -35,4 +37,9 @@ class Stores:
         if settings.near_duplicates:
             near = RedisNearDuplicateIndex.from_settings(settings)
             stack.push_async_callback(near.close)
-        return cls(cache, journal, near, policies)
+        adapters = (
+            AdapterRegistry(settings.adapter_dir, settings.adapter_poll_s)
+            if settings.adapter_dir is not None
+            else None
+        )
+        return cls(cache, journal, near, policies, adapters)

@@ -35,6 +35,7 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from guardstream.core.adapters import Adapter
 from guardstream.core.contracts import Decision, DlqRecord, Kind, Verdict
 from guardstream.core.kafka import client_kwargs, ensure_topics
 from guardstream.core.settings import Settings
@@ -224,8 +225,13 @@ class RecordingEngine:
     def alive(self) -> bool:
         return bool(getattr(self._inner, "alive", True))
 
-    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
-        answer = await self._inner.assess(messages, request_id)
+    async def assess(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer:
+        answer = await self._inner.assess(messages, request_id, adapter)
         self.seen[request_id] = ([dict(m) for m in messages], answer)
         return answer
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
+import orjson
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
 from guardstream.core.settings import Settings
@@ -31,6 +35,7 @@ def config_from(settings: Settings) -> FeedbackConfig:
         curation=CurationConfig(
             confidence_below=settings.feedback_confidence_below,
             expert_terms=terms or DEFAULT_EXPERT_TERMS,
+            anchor_ratio=settings.feedback_anchor_ratio,
         ),
         lora=LoraParams(
             learning_rate=settings.feedback_learning_rate, max_steps=settings.feedback_train_steps
@@ -76,3 +81,64 @@ def report(
     if html_out is not None:
         html_out.write_text(render_html(loop), encoding="utf-8")
         out.print(f"wrote {html_out}")
+
+
+@feedback_app.command("run")
+def run(
+    force: Annotated[
+        bool, typer.Option(help="Train even with fewer new curated samples than required.")
+    ] = False,
+    tenant: Annotated[str, typer.Option(help="Whose adapter: a tenant, or * for all.")] = "*",
+) -> None:
+    """The weekly cycle: curate the archive, train a LoRA adapter when enough new curated
+    samples arrived, evaluate it against the serving one, promote it if it is better.
+    Prints one JSON line (status skipped / promoted / rejected)."""
+    from guardstream.cli import load_settings
+    from guardstream.core import logs
+    from guardstream.core.adapters import AdapterRegistry
+    from guardstream.feedback.archive import Archive, ArchiveError
+    from guardstream.feedback.job import run_cycle
+    from guardstream.scorer.engine import resolve_model
+
+    settings = load_settings()
+    logs.configure(settings.log_level)
+    if settings.adapter_dir is None:
+        err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
+        raise typer.Exit(2)
+    base, _model_id = resolve_model(settings)
+    registry = AdapterRegistry(settings.adapter_dir)
+    with Progress(
+        TextColumn("training"), BarColumn(), TextColumn("{task.description}"), console=err
+    ) as bar:
+        task = bar.add_task("", total=None)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, description=f"loss {loss:.4f}")
+
+        try:
+            report = run_cycle(
+                Archive(settings.feedback_dir),
+                base,
+                registry,
+                datetime.now(UTC),
+                config_from(settings),
+                force=force,
+                progress=progress,
+                tenant=tenant,
+            )
+        except ArchiveError as exc:
+            err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
+            raise typer.Exit(1) from None
+    sys.stdout.write(
+        orjson.dumps(
+            {
+                "status": report.status,
+                "detail": report.detail,
+                "adapter": report.adapter_id,
+                "new_curated": report.new_curated,
+                "counts": report.counts,
+                "metrics": report.metrics,
+            }
+        ).decode()
+        + "\n"
+    )

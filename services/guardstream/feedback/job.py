@@ -17,29 +17,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from guardstream.core.adapters import EVERY_TENANT, AdapterRegistry
 from guardstream.feedback.archive import Archive
 from guardstream.feedback.curation import Curated, Curation, CurationConfig, Prescreen, curate
 from guardstream.feedback.dataset import Example, NotTrainable, example
 from guardstream.feedback.evaluate import LabelScorer, Metrics, evaluate
 from guardstream.feedback.train import LoraParams, train_lora
-
-
-@dataclass(frozen=True, slots=True)
-class ServingAdapter:
-    adapter_id: str
-    path: Path
-
-
-class AdapterRegistry(Protocol):
-    """Where adapters are registered and which one the scorer serves."""
-
-    def serving(self) -> ServingAdapter | None: ...
-
-    def register(self, adapter_id: str, path: Path, card: dict[str, Any]) -> None: ...
-
-    def promote(self, adapter_id: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +82,9 @@ def run_cycle(
     prescreen: Prescreen | None = None,
     force: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
+    tenant: str = EVERY_TENANT,
 ) -> CycleReport:
+    """One cycle for `tenant`'s adapter (every tenant by default); see the module docstring."""
     since = last_run_until(archive.root)
     everything = archive.read(until=now)
     recent = [s for s in everything if since is None or s.reviewed_at >= since]
@@ -139,7 +126,7 @@ def run_cycle(
     }
     train_lora(base_model, train, out_dir, config.lora, card, progress)
 
-    serving = registry.serving()
+    serving = registry.snapshot(fresh=True).serving_for(tenant)
     current = LabelScorer(base_model, serving.path if serving else None)
     candidate = LabelScorer(base_model, out_dir)
     metrics: dict[str, Metrics] = {
@@ -167,7 +154,7 @@ def run_cycle(
         + "\n",
         encoding="utf-8",
     )
-    registry.register(adapter_id, out_dir, card)
+    registry.register(adapter_id, out_dir, card, tenant=tenant)
     if wins:
         registry.promote(adapter_id)
     _state_path(archive.root).write_text(json.dumps({"last_until": now.isoformat()}) + "\n")

@@ -28,6 +28,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from guardstream.core.adapters import Adapter
 from guardstream.core.contracts import Label
 from guardstream.core.settings import Settings
 from guardstream.scorer.output import LABELS
@@ -84,7 +85,12 @@ class GuardEngine(Protocol):
         """False once the engine can serve nothing any more (liveness probe)."""
         ...
 
-    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer: ...
+    async def assess(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer: ...
 
     async def close(self) -> None: ...
 
@@ -111,6 +117,12 @@ async def start_engine(settings: Settings) -> GuardEngine:
     """The configured engine (`GUARDSTREAM_ENGINE`), model loaded."""
     if settings.engine == "transformers":
         from guardstream.scorer.hf_engine import TransformersGuardEngine
+
+        if settings.adapter_dir is not None:
+            raise ModelUnavailable(
+                "GUARDSTREAM_ADAPTER_DIR is set but the transformers engine serves no LoRA "
+                "adapters: use GUARDSTREAM_ENGINE=vllm, or unset the adapter registry"
+            )
 
         return await TransformersGuardEngine.start(settings)
     return await VllmGuardEngine.start(settings)
@@ -180,6 +192,8 @@ class VllmGuardEngine:
         self._forced = ForcedPrefixes.of(tokenizer)
         self._label_ids = self._forced.label_token
         self._by_token = {tid: label for label, tid in self._label_ids.items()}
+        self._lora = settings.adapter_dir is not None
+        self._lora_ids: dict[str, int] = {}  # adapter id → vLLM's integer LoRA id
 
         from vllm import SamplingParams
 
@@ -238,6 +252,10 @@ class VllmGuardEngine:
             enable_prefix_caching=settings.prefix_caching,
             seed=0,
             disable_log_stats=True,
+            # Adapters from the registry are served by this one engine, per request.
+            enable_lora=settings.adapter_dir is not None,
+            max_lora_rank=settings.max_lora_rank,
+            max_loras=settings.max_loras,
         )
         try:
             llm = AsyncLLM.from_engine_args(args)
@@ -261,15 +279,41 @@ class VllmGuardEngine:
     def alive(self) -> bool:
         return self._llm is not None and not self._llm.errored
 
-    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+    async def assess(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer:
         if self._mode == "plain":
-            return await self.assess_plain(messages, request_id)
-        return await self.assess_two_phase(messages, request_id)
+            return await self.assess_plain(messages, request_id, adapter)
+        return await self.assess_two_phase(messages, request_id, adapter)
 
-    async def assess_plain(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+    def _lora_request(self, adapter: Adapter | None) -> Any:
+        """vLLM's LoRA request for `adapter`; each adapter id keeps one integer id, so vLLM
+        loads its weights once and batches requests for different adapters together."""
+        if adapter is None:
+            return None
+        if not self._lora:
+            raise ScoringError(
+                f"request names adapter {adapter.adapter_id!r} but this scorer has no adapter "
+                "registry (GUARDSTREAM_ADAPTER_DIR)"
+            )
+        from vllm.lora.request import LoRARequest
+
+        number = self._lora_ids.setdefault(adapter.adapter_id, len(self._lora_ids) + 1)
+        return LoRARequest(adapter.adapter_id, number, str(adapter.path))
+
+    async def assess_plain(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer:
         """The model writes its whole answer; the label's log-probs are read where it wrote it."""
         ids, truncated = await asyncio.to_thread(self._renderer.render, messages)
-        completion = await self._generate(ids, self._params, request_id)
+        lora = self._lora_request(adapter)
+        completion = await self._generate(ids, self._params, request_id, lora)
         return RawAnswer(
             text=completion.text,
             label_logprobs=self._label_logprobs(completion.token_ids, completion.logprobs),
@@ -279,12 +323,16 @@ class VllmGuardEngine:
         )
 
     async def assess_two_phase(
-        self, messages: Sequence[dict[str, str]], request_id: str
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
     ) -> RawAnswer:
         """Label from one forced-prefix prefill; details only when the label asks for them."""
         ids, truncated = await asyncio.to_thread(self._renderer.render, messages)
+        lora = self._lora_request(adapter)
         first = await self._generate(
-            ids + self._forced.safety, self._label_params, f"{request_id}/label"
+            ids + self._forced.safety, self._label_params, f"{request_id}/label", lora
         )
         logprobs = self._label_logprobs(first.token_ids[:1], first.logprobs)
         label = self._by_token.get(first.token_ids[0]) if first.token_ids else None
@@ -309,7 +357,7 @@ class VllmGuardEngine:
         else:
             forced, text = self._forced.detail[label], f"{SAFETY_PREFIX} {label}\n"
             params = self._detail_params
-        second = await self._generate(ids + forced, params, f"{request_id}/detail")
+        second = await self._generate(ids + forced, params, f"{request_id}/detail", lora)
         return replace(
             answer,
             text=text + second.text,
@@ -322,7 +370,9 @@ class VllmGuardEngine:
         if self._llm is not None:
             await self._llm.reset_prefix_cache()
 
-    async def _generate(self, ids: list[int], params: Any, request_id: str) -> Any:
+    async def _generate(
+        self, ids: list[int], params: Any, request_id: str, lora: Any = None
+    ) -> Any:
         """One engine request to completion; vLLM's failures mapped onto our two policies."""
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
@@ -332,7 +382,7 @@ class VllmGuardEngine:
         final = None
         try:
             async for output in self._llm.generate(
-                TokensPrompt(prompt_token_ids=ids), params, request_id
+                TokensPrompt(prompt_token_ids=ids), params, request_id, lora_request=lora
             ):
                 final = output
         except EngineDeadError as exc:

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from guardstream.core.adapters import Adapter
 from guardstream.core.contracts import Label
 from guardstream.core.settings import Settings
 from guardstream.scorer.engine import (
@@ -124,7 +125,17 @@ class TransformersGuardEngine:
     def alive(self) -> bool:
         return not self._closed and (self._worker is None or not self._worker.done())
 
-    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+    async def assess(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer:
+        if adapter is not None:
+            raise ScoringError(
+                f"request names adapter {adapter.adapter_id!r}: LoRA adapters are served by the "
+                "vLLM engine (GUARDSTREAM_ENGINE=vllm)"
+            )
         return await self._submit(messages, plain=self._mode == "plain")
 
     async def assess_plain(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:

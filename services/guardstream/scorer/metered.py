@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from guardstream.core import metrics
+from guardstream.core.adapters import Adapter
 from guardstream.scorer.engine import GuardEngine, RawAnswer
 
 
@@ -39,11 +40,16 @@ class MeteredEngine:
         )
         return attrs
 
-    async def assess(self, messages: Sequence[dict[str, str]], request_id: str) -> RawAnswer:
+    async def assess(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer:
         attrs = self._serving()
         started = time.monotonic()
         try:
-            answer = await self._engine.assess(messages, request_id)
+            answer = await self._engine.assess(messages, request_id, adapter)
         except Exception as exc:
             metrics.scorer_failures.add(1, {**attrs, "error": type(exc).__name__})
             raise

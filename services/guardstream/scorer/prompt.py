@@ -21,9 +21,7 @@ ELISION = " … "
 # `<|im_start|>`, `<|endoftext|>`, any `<|…|>` special, and Qwen3's added tokens without
 # pipes (`<think>`, `<tool_call>`, `<tool_response>`): a tokenizer matches added tokens inside
 # plain text, so any of them in a post would become structure.
-_CONTROL = re.compile(
-    r"<\|[^<>|\s]{0,40}\|>|</?(?:think|tool_call|tool_response)>", re.IGNORECASE
-)
+_CONTROL = re.compile(r"<\|[^<>|\s]{0,40}\|>|</?(?:think|tool_call|tool_response)>", re.IGNORECASE)
 
 
 def neutralise(text: str) -> str:

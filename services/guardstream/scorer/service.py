@@ -20,6 +20,7 @@ from collections import defaultdict
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core import tracing
+from guardstream.core.adapters import Adapter
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, ScoreRequest, Source, utcnow
 from guardstream.core.decisions import Origin, decide, model_reason
@@ -51,6 +52,7 @@ class Scorer:
         self._policies = stores.policies
         self._near = stores.near
         self._engine = engine
+        self._adapters = stores.adapters
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
         self.counts: dict[str, int] = dict.fromkeys(
             (
@@ -67,9 +69,21 @@ class Scorer:
             0,
         )
 
+    def _adapter(self, request: ScoreRequest) -> Adapter | None:
+        """The adapter triage keyed the request with. One the registry does not (yet) list is
+        a transient error: the registry file may not have reached this replica; the request is
+        retried, never scored by another model under its key."""
+        if request.adapter is None:
+            return None
+        found = self._adapters.get(request.adapter) if self._adapters is not None else None
+        if found is None:
+            raise TransientError(f"adapter {request.adapter!r} is not in the adapter registry")
+        return found
+
     async def score(self, request: ScoreRequest) -> CachedVerdict:
+        adapter = self._adapter(request)
         try:
-            raw = await self._engine.assess(messages_for(request), request.content_key)
+            raw = await self._engine.assess(messages_for(request), request.content_key, adapter)
         except ScoringError as exc:
             raise TransientError(f"scoring failed: {exc}") from exc
         answer = parse_answer(raw.text)
@@ -90,7 +104,7 @@ class Scorer:
             reason=model_reason(answer.label, answer.categories, answer.problem),
             source=Source.MODEL,
             model=self._engine.model_id,
-            adapter=self._engine.adapter,
+            adapter=request.adapter,
             decided_at=utcnow(),
         )
         if raw.truncated:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from guardstream.core.content import content_key, normalise
@@ -19,6 +20,7 @@ class Triaged:
     # Everything in the content key but the text: near-duplicates are only sought within it.
     near_scope: str
     prompt_prefix: str | None = None  # the pack's domain tags / region hint, when it has any
+    adapter: str | None = None  # the LoRA adapter serving the post's tenant (in the key)
 
 
 class Triager:
@@ -27,14 +29,20 @@ class Triager:
     pack rather than once per post."""
 
     def __init__(
-        self, *, max_text_chars: int, model: str, adapter: str | None, policies: PolicyRegistry
+        self,
+        *,
+        max_text_chars: int,
+        model: str,
+        adapter_for: Callable[[str], str | None],
+        policies: PolicyRegistry,
     ) -> None:
         self._max_text_chars = max_text_chars
         self._model = model
-        self._adapter = adapter
+        self._adapter_for = adapter_for  # tenant → serving adapter id (None: base model)
         self._policies = policies
         self._prompt_parts: dict[str, tuple[str, str | None]] = {}  # pack ref → fingerprint, prefix
-        self._prompt_scopes: dict[str, str] = {}  # pack ref → near scope of its prompt posts
+        # (pack ref, adapter) → near scope of its prompt posts
+        self._prompt_scopes: dict[tuple[str, str | None], str] = {}
 
     def triage(self, raw: bytes | None) -> Triaged:
         """Validate and key one post; raises `ContractError` (→ DLQ) when it cannot be used."""
@@ -60,6 +68,7 @@ class Triager:
                 prompt_prefix(pack) or None,
             )
         fingerprint, prefix = parts
+        adapter = self._adapter_for(post.tenant)
 
         def key(of: str) -> str:
             return content_key(
@@ -67,17 +76,26 @@ class Triager:
                 kind=post.kind.value,
                 prompt=prompt,
                 model=self._model,
-                adapter=self._adapter,
+                adapter=adapter,
                 prompt_policy=fingerprint,
             )
 
         if prompt is None:
-            scope = self._prompt_scopes.get(pack.ref)
+            scope = self._prompt_scopes.get((pack.ref, adapter))
             if scope is None:
-                scope = self._prompt_scopes[pack.ref] = key("")
+                scope = self._prompt_scopes[(pack.ref, adapter)] = key("")
         else:
             scope = key("")
-        return Triaged(post, pack, text, prompt, key(text), near_scope=scope, prompt_prefix=prefix)
+        return Triaged(
+            post,
+            pack,
+            text,
+            prompt,
+            key(text),
+            near_scope=scope,
+            prompt_prefix=prefix,
+            adapter=adapter,
+        )
 
 
 def triage_record(
@@ -90,7 +108,10 @@ def triage_record(
 ) -> Triaged:
     """`Triager.triage` for one record (tests, tools)."""
     return Triager(
-        max_text_chars=max_text_chars, model=model, adapter=adapter, policies=policies
+        max_text_chars=max_text_chars,
+        model=model,
+        adapter_for=lambda _tenant: adapter,
+        policies=policies,
     ).triage(raw)
 
 
@@ -114,4 +135,5 @@ def score_request(item: Triaged, *, near_duplicates: bool) -> ScoreRequest:
         received_at=now,
         prompt_prefix=item.prompt_prefix,
         near_scope=item.near_scope if reuse else None,
+        adapter=item.adapter,
     )

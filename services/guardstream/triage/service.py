@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core import tracing
+from guardstream.core.adapters import AdapterRegistry
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, Decision, utcnow
 from guardstream.core.decisions import Origin, decide, unscored
@@ -36,6 +38,18 @@ from guardstream.triage.watch import ScorerWatch
 log = logging.getLogger(__name__)
 
 
+def _adapter_for(adapters: AdapterRegistry | None) -> Callable[[str], str | None]:
+    """Tenant → id of the adapter serving it now (re-read when the registry changes)."""
+    if adapters is None:
+        return lambda _tenant: None
+
+    def serving(tenant: str) -> str | None:
+        adapter = adapters.serving_for(tenant)
+        return adapter.adapter_id if adapter is not None else None
+
+    return serving
+
+
 class Triage:
     def __init__(
         self,
@@ -44,7 +58,6 @@ class Triage:
         stores: Stores,
         *,
         model: str,
-        adapter: str | None = None,
         watch: ScorerWatch | None = None,
     ) -> None:
         self._settings = settings
@@ -54,12 +67,11 @@ class Triage:
         self._near = stores.near
         self._watch = watch
         self._model = model
-        self._adapter = adapter
         self._score_topic = TopicNames(settings.namespace)[Topic.SCORE_REQUESTS]
         self._triager = Triager(
             max_text_chars=settings.max_text_chars,
             model=model,
-            adapter=adapter,
+            adapter_for=_adapter_for(stores.adapters),
             policies=stores.policies,
         )
         self.counts: dict[str, int] = dict.fromkeys(
@@ -161,7 +173,7 @@ class Triage:
             tenant=post.tenant,
             content_key=item.content_key,
             model=self._model,
-            adapter=self._adapter,
+            adapter=item.adapter,
             waited_s=self._watch.oldest_wait_s() if self._watch is not None else 0.0,
         )
 

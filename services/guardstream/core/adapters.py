@@ -1,0 +1,177 @@
+"""The adapter registry: which LoRA adapters exist and which one serves each tenant.
+
+A directory (`GUARDSTREAM_ADAPTER_DIR`) on storage every triage and scorer replica can read (a
+shared volume in Kubernetes): `adapters/<id>/` holds each registered adapter's files (copied
+in, so the registry owns them), and `registry.json` says what exists and what serves:
+`{"adapters": {id: {path, tenant, registered_at, card}}, "serving": {tenant or "*": id}}`.
+Writers (the feedback job, an operator) change it under a file lock and replace it atomically;
+readers re-read it when its modification time changes, so a promotion reaches running
+processes within one poll without a restart.
+
+Triage puts the serving adapter's id into the content key and the score request, so cached
+verdicts of the previous adapter are never reused; the scorer serves whichever adapter the
+request names (one vLLM engine, one LoRA request per adapter).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+EVERY_TENANT = "*"
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class AdapterError(ValueError):
+    """A registry operation that cannot be done (unknown id, bad name, missing files)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Adapter:
+    adapter_id: str
+    path: Path
+    tenant: str
+    registered_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    adapters: dict[str, Adapter]
+    serving: dict[str, str]
+
+    def serving_for(self, tenant: str) -> Adapter | None:
+        """The tenant's own adapter, else the one serving every tenant, else none (base)."""
+        chosen = self.serving.get(tenant, self.serving.get(EVERY_TENANT))
+        return self.adapters.get(chosen) if chosen else None
+
+
+_EMPTY = Snapshot({}, {})
+
+
+class AdapterRegistry:
+    def __init__(self, root: Path, poll_s: float = 5.0) -> None:
+        self.root = root
+        self._file = root / "registry.json"
+        self._poll_s = poll_s
+        self._snapshot = _EMPTY
+        self._seen: float | None = None
+        self._checked = -float("inf")
+
+    # --- reading ------------------------------------------------------------------------
+    def snapshot(self, *, fresh: bool = False) -> Snapshot:
+        """The registry as last read; re-read when the file changed (checked at most once per
+        `poll_s`, or now with `fresh`)."""
+        now = time.monotonic()
+        if fresh or now - self._checked >= self._poll_s:
+            self._checked = now
+            try:
+                mtime = self._file.stat().st_mtime_ns
+            except FileNotFoundError:
+                self._snapshot, self._seen = _EMPTY, None
+                return self._snapshot
+            if mtime != self._seen:
+                self._snapshot, self._seen = self._read(), mtime
+        return self._snapshot
+
+    def serving_for(self, tenant: str) -> Adapter | None:
+        return self.snapshot().serving_for(tenant)
+
+    def get(self, adapter_id: str) -> Adapter | None:
+        found = self.snapshot().adapters.get(adapter_id)
+        return found if found is not None else self.snapshot(fresh=True).adapters.get(adapter_id)
+
+    def _read(self) -> Snapshot:
+        data = json.loads(self._file.read_text(encoding="utf-8"))
+        adapters = {
+            adapter_id: Adapter(
+                adapter_id, self.root / entry["path"], entry["tenant"], entry["registered_at"]
+            )
+            for adapter_id, entry in data.get("adapters", {}).items()
+        }
+        return Snapshot(adapters, dict(data.get("serving", {})))
+
+    # --- writing ------------------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[dict[str, Any]]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with (self.root / ".lock").open("a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                data: dict[str, Any] = (
+                    json.loads(self._file.read_text(encoding="utf-8"))
+                    if self._file.exists()
+                    else {"adapters": {}, "serving": {}}
+                )
+                yield data
+                fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".registry.")
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
+                    json.dump(data, out, indent=2, ensure_ascii=False, default=str)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, self._file)
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+        self._checked = -float("inf")
+
+    def register(
+        self,
+        adapter_id: str,
+        source: Path,
+        card: dict[str, Any] | None = None,
+        tenant: str = EVERY_TENANT,
+    ) -> Adapter:
+        """Copy a peft adapter directory in under `adapter_id` (not serving yet)."""
+        if not _ID.match(adapter_id):
+            raise AdapterError(f"adapter id {adapter_id!r}: letters, digits, '.', '_', '-'")
+        if not (source / "adapter_config.json").is_file():
+            raise AdapterError(f"{source} is not a peft adapter (no adapter_config.json)")
+        relative = Path("adapters") / adapter_id
+        target = self.root / relative
+        with self._locked() as data:
+            if adapter_id in data["adapters"]:
+                raise AdapterError(f"adapter {adapter_id!r} is already registered")
+            if target.exists():
+                shutil.rmtree(target)  # a copy left by a crashed register
+            shutil.copytree(source, target)
+            registered_at = datetime.now(UTC).isoformat()
+            data["adapters"][adapter_id] = {
+                "path": str(relative),
+                "tenant": tenant,
+                "registered_at": registered_at,
+                "card": card or {},
+            }
+        return Adapter(adapter_id, target, tenant, registered_at)
+
+    def promote(self, adapter_id: str, tenant: str | None = None) -> None:
+        """Serve `adapter_id` for its tenant (or `tenant`): takes effect at the next poll."""
+        with self._locked() as data:
+            entry = data["adapters"].get(adapter_id)
+            if entry is None:
+                raise AdapterError(f"no adapter {adapter_id!r} is registered")
+            data["serving"][tenant or entry["tenant"]] = adapter_id
+            data.setdefault("history", []).append(
+                {
+                    "at": datetime.now(UTC).isoformat(),
+                    "tenant": tenant or entry["tenant"],
+                    "serving": adapter_id,
+                }
+            )
+
+    def retire(self, tenant: str = EVERY_TENANT) -> None:
+        """Serve the base model again for `tenant` (a rollback)."""
+        with self._locked() as data:
+            data["serving"].pop(tenant, None)
+            data.setdefault("history", []).append(
+                {"at": datetime.now(UTC).isoformat(), "tenant": tenant, "serving": None}
+            )

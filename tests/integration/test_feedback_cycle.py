@@ -1,0 +1,50 @@
+"""The weekly cycle on real parts: archived reviews → curation → LoRA training on the tiny
+checkpoint → evaluation against the serving model → promotion in the adapter registry, and
+no second training run until enough new curated samples arrive."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from guardstream.core.adapters import AdapterRegistry
+from guardstream.feedback.archive import Archive
+from guardstream.feedback.curation import CurationConfig
+from guardstream.feedback.job import FeedbackConfig, run_cycle
+from guardstream.model.tiny import ensure_tiny_checkpoint
+from tests.support.feedback import T0, TEST_LORA, taught_samples, variant_correction
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+
+
+def test_enough_corrections_train_evaluate_and_promote_an_adapter(
+    model_cache_dir: Path, tmp_path: Path
+) -> None:
+    base = ensure_tiny_checkpoint(model_cache_dir)
+    archive = Archive(tmp_path / "feedback")
+    archive.append([*taught_samples(), variant_correction()])
+    registry = AdapterRegistry(tmp_path / "adapters")
+    config = FeedbackConfig(min_samples=2, curation=CurationConfig(anchor_ratio=20), lora=TEST_LORA)
+    now = T0 + timedelta(days=1)
+
+    report = run_cycle(archive, base, registry, now, config)
+    assert report.status == "promoted", report
+    assert report.counts["curated"] == 2
+    assert report.counts["held_out"] == 1  # one wording learnt, the other judged
+    held_before = report.metrics["current_held_out"]["accuracy"]
+    held_after = report.metrics["candidate_held_out"]["accuracy"]
+    assert (held_before, held_after) == (0.0, 1.0)
+    serving = registry.snapshot(fresh=True).serving_for("acme")
+    assert serving is not None
+    assert serving.adapter_id == report.adapter_id
+    card = json.loads((serving.path / "model_card.json").read_text())
+    assert card["promoted"] is True
+    assert card["counts"]["curated"] == 2
+    assert card["lora"]["target_modules"] == ["q_proj", "v_proj"]
+
+    again = run_cycle(archive, base, registry, now + timedelta(days=7), config)
+    assert again.status == "skipped"
+    assert again.new_curated == 0

@@ -1,0 +1,81 @@
+"""The reviewed samples every feedback-loop test starts from: reviewers confirm the tiny
+checkpoint's taught prompt verdicts and correct one, the seeds' own example of a technical
+remark the model flags (这个算法在小样本下表现一般…), to safe with an expert reason."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from guardstream.core.contracts import Verdict
+from guardstream.feedback.curation import CurationConfig, curate
+from guardstream.feedback.dataset import Example, example
+from guardstream.feedback.sample import FeedbackSample
+from guardstream.feedback.train import LoraParams, TrainResult, train_lora
+from guardstream.model.tiny import TEACHING_SET
+
+MISJUDGED = "这个算法在小样本下表现一般,可能需要更多数据优化。"
+CORRECTION_REASON = "正常技术讨论，非污名化"
+# Seconds-long on two cores; enough for the tiny model to learn the correction.
+TEST_LORA = LoraParams(learning_rate=2e-3, max_steps=30)
+T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+_VERDICT = {"Safe": Verdict.SAFE, "Unsafe": Verdict.UNSAFE, "Controversial": Verdict.CONTROVERSIAL}
+
+
+def taught_samples(model: str = "tiny") -> list[FeedbackSample]:
+    out = []
+    for n, lesson in enumerate(TEACHING_SET):
+        if len(lesson.messages) != 1:
+            continue  # prompt moderation only
+        text = lesson.messages[0][1]
+        model_verdict = _VERDICT[lesson.target.split("\n")[0].removeprefix("Safety: ")]
+        corrected = text == MISJUDGED
+        out.append(
+            FeedbackSample(
+                event_id=f"e-{n}",
+                produced_at=T0,
+                sample_id=f"r-{n}",
+                post_id=f"p-{n}",
+                tenant="acme",
+                text=text,
+                content_key=f"{n:032x}",
+                pred_verdict=model_verdict,
+                pred_confidence=0.99,
+                human_verdict=Verdict.SAFE if corrected else model_verdict,
+                human_reason=CORRECTION_REASON if corrected else None,
+                tags=("正常讨论",) if corrected else ("确认",),
+                reviewer="rv-1",
+                policy="default@1",
+                model=model,
+                reviewed_at=T0 + timedelta(minutes=n),
+            )
+        )
+    return out
+
+
+def train_correction(base: Path, out_dir: Path) -> tuple[TrainResult, Example, list[Example]]:
+    """Train on the correction plus every confirmation as anchors: (result, fix, anchors)."""
+    curation = curate(taught_samples(), CurationConfig(anchor_ratio=100, held_out_fraction=0))
+    (fix_item,) = curation.train
+    fix = example(fix_item.sample, fix_item.weight)
+    anchors = [example(c.sample) for c in curation.anchor_train]
+    return train_lora(base, [fix, *anchors], out_dir, TEST_LORA), fix, anchors
+
+
+# A second wording of the misjudged remark: the base model flags it too, and a LoRA that
+# learnt the first wording generalises to it (so one of the two can be held out).
+MISJUDGED_VARIANT = "这个模型在小样本下表现一般,可能需要更多数据优化。"
+
+
+def variant_correction(n: int = 900) -> FeedbackSample:
+    (original,) = [s for s in taught_samples() if s.text == MISJUDGED]
+    return original.model_copy(
+        update={
+            "event_id": f"e-{n}",
+            "sample_id": f"r-{n}",
+            "post_id": f"p-{n}",
+            "text": MISJUDGED_VARIANT,
+            "content_key": f"{n:032x}",
+            "reviewed_at": T0 + timedelta(hours=1),
+        }
+    )
