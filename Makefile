@@ -7,7 +7,7 @@ RUN_DIR ?= .run
 METRICS_PORT_BASE ?= 9464
 export GUARDSTREAM_MODEL ?= tiny
 
-.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla bench-scorer lint typecheck clean chart-sync
+.PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla bench-scorer bench-review lint typecheck clean chart-sync
 .PHONY: prometheus dashboards bench-telemetry
 
 
@@ -18,6 +18,7 @@ help:
 	@echo "make test        install everything, then lint, typecheck and all test tiers"
 	@echo "make lint | typecheck | test-unit | test-integration | test-e2e | chaos"
 	@echo "make bench-pipeline | bench-neardup | bench-sla | bench-scorer   benchmarks (one JSON line last)"
+	@echo "make bench-review                     review console: queue/claim latency, 100k tasks"
 	@echo "make chart-sync  copy dashboards and alert rules into the Helm chart"
 	@echo "make prometheus  a local Prometheus scraping 'make up' (alert rules loaded)"
 	@echo "make dashboards  regenerate deploy/grafana/dashboards/*.json"
@@ -84,6 +85,9 @@ bench-pipeline: install
 
 bench-neardup: install
 	$(PY) bench/neardup.py
+
+bench-review: install
+	$(PY) bench/review.py
 
 bench-sla: install
 	$(PY) bench/sla.py

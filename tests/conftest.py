@@ -80,6 +80,26 @@ def redis_url() -> str:
     return url
 
 
+@pytest.fixture(scope="session")
+def database_url() -> str:
+    """PostgreSQL (`DATABASE_URL`); tests isolate themselves with a schema of their own."""
+    import asyncio
+
+    import asyncpg
+
+    url = os.environ.get("DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+
+    async def check() -> None:
+        conn = await asyncpg.connect(url, timeout=5)
+        await conn.close()
+
+    try:
+        asyncio.run(check())
+    except (OSError, asyncpg.PostgresError) as exc:
+        missing(f"no PostgreSQL at {url}: {exc}")
+    return url
+
+
 @pytest.fixture
 def namespace() -> str:
     return f"t{uuid.uuid4().hex[:10]}"

@@ -29,6 +29,11 @@ app.add_typer(topics_app, name="topics")
 app.add_typer(model_app, name="model")
 app.add_typer(stack_app, name="stack")
 app.add_typer(feedback_app, name="feedback")
+review_app = typer.Typer(
+    invoke_without_command=True,
+    help="The review console: API + console + consumers; reviewer credentials.",
+)
+app.add_typer(review_app, name="review")
 
 out = Console()
 err = Console(stderr=True)
@@ -283,6 +288,104 @@ def stack_down(run_dir: RunDir = Path(".run")) -> None:
     from guardstream.devtools.stack import StackConfig, down
 
     down(StackConfig(run_dir), out.print)
+
+
+@review_app.callback()
+def review(ctx: typer.Context) -> None:
+    """Serve the review API and console and run its consumers (one process)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    settings = load_settings()
+    logs.configure(settings.log_level)
+    from guardstream.core import telemetry
+    from guardstream.core.process import install_stop_signals
+    from guardstream.policy import PolicyConflictError, PolicyLoadError
+    from guardstream.review.main import run as run_review
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run_review(settings, stop)
+
+    try:
+        handle = telemetry.setup(settings, "review")
+    except telemetry.TelemetryError as exc:
+        err.print(f"[red]review cannot start:[/red] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        asyncio.run(main())
+    except (PolicyLoadError, PolicyConflictError) as exc:
+        err.print(f"[red]review cannot start: invalid policy packs[/red]\n{exc}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        err.print(f"[red]review cannot start:[/red] {exc}")
+        raise typer.Exit(3) from None
+    finally:
+        handle.shutdown()
+
+
+@review_app.command("add-reviewer")
+def add_reviewer(
+    reviewer_id: Annotated[str, typer.Option("--id", help="Pseudonymous reviewer id.")],
+    tenant: Annotated[
+        list[str], typer.Option(help="A tenant the reviewer may see (repeat); '*' = all.")
+    ],
+    role: Annotated[str, typer.Option(help="reviewer, senior or admin.")] = "reviewer",
+    on_call: Annotated[bool, typer.Option(help="Receives round-robin assignments.")] = False,
+    password_stdin: Annotated[
+        bool, typer.Option(help="Read the password from stdin instead of a prompt.")
+    ] = False,
+    token: Annotated[bool, typer.Option(help="Also print a new API bearer token.")] = False,
+) -> None:
+    """Create or update a reviewer; the password is stored as a scrypt hash."""
+    from guardstream.review.auth import hash_password
+    from guardstream.review.logic import Reviewer, Role
+
+    try:
+        chosen = Role(role)
+    except ValueError:
+        err.print("role must be reviewer, senior or admin")
+        raise typer.Exit(2) from None
+    if not reviewer_id.strip() or len(reviewer_id) > 128:
+        err.print("--id must be 1-128 characters")
+        raise typer.Exit(2)
+    password = (
+        sys.stdin.readline().rstrip("\n")
+        if password_stdin
+        else typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    )
+    if len(password) < 8:
+        err.print("the password needs at least 8 characters")
+        raise typer.Exit(2)
+    settings = load_settings()
+    reviewer = Reviewer(reviewer_id, tuple(tenant), chosen, on_call)
+
+    async def main() -> str | None:
+        from guardstream.policy import load_registry
+        from guardstream.review.service import ReviewService
+        from guardstream.review.store import ReviewStore
+
+        store = await ReviewStore.open(settings)
+        try:
+            await store.put_reviewer(reviewer, hash_password(password), actor="cli")
+            if not token:
+                return None
+            service = ReviewService(
+                store,
+                load_registry(settings.policy_dir),
+                tags=(),
+                lock_s=settings.review_lock_s,
+                token_ttl_s=settings.review_token_ttl_s,
+            )
+            value, _ = await service.issue_token(reviewer)
+            return value
+        finally:
+            await store.close()
+
+    issued = asyncio.run(main())
+    out.print(f"reviewer {reviewer_id} saved ({chosen.value}; tenants {', '.join(tenant)})")
+    if issued:
+        sys.stdout.write(issued + "\n")
 
 
 @app.command()

@@ -7,6 +7,10 @@ so it cannot keep failing.
 Lifetimes: an entry is written to live as long as the longest `cache_ttl_s` of the policy
 packs in force, capped by `GUARDSTREAM_CACHE_TTL_S` (`for_packs`); each pack then reuses only
 verdicts younger than its own `cache_ttl_s` (`CachedVerdict.fresh_for`).
+
+Human verdicts (the review console) live beside the model's under `verdict:human:<key>` with
+their own, longer TTL (`GUARDSTREAM_HUMAN_VERDICT_TTL_S`); a lookup prefers them (sticky
+override), and model writes and `forget_many` never touch them.
 """
 
 from __future__ import annotations
@@ -63,10 +67,19 @@ class VerdictCache(Protocol):
 
 
 class RedisVerdictCache(FailOpenStore):
-    def __init__(self, client: aioredis.Redis, *, prefix: str, ttl_s: int, timeout_s: float):
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        *,
+        prefix: str,
+        ttl_s: int,
+        timeout_s: float,
+        human_ttl_s: int | None = None,
+    ):
         super().__init__(client, what="verdict_cache", timeout_s=timeout_s)
         self._prefix = prefix + "verdict:"
         self._ttl_s = ttl_s
+        self._human_ttl_s = human_ttl_s or ttl_s
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisVerdictCache:
@@ -75,6 +88,7 @@ class RedisVerdictCache(FailOpenStore):
             prefix=settings.cache_prefix,
             ttl_s=settings.cache_ttl_s,
             timeout_s=settings.cache_timeout_ms / 1000,
+            human_ttl_s=settings.human_verdict_ttl_s,
         )
 
     @classmethod
@@ -86,6 +100,7 @@ class RedisVerdictCache(FailOpenStore):
             prefix=settings.cache_prefix,
             ttl_s=ttl_s,
             timeout_s=settings.cache_timeout_ms / 1000,
+            human_ttl_s=settings.human_verdict_ttl_s,
         )
 
     @property
@@ -95,30 +110,44 @@ class RedisVerdictCache(FailOpenStore):
     def _key(self, content_key: str) -> str:
         return self._prefix + content_key
 
+    def _human_key(self, content_key: str) -> str:
+        return self._prefix + "human:" + content_key
+
     async def get_many(self, keys: Sequence[str]) -> dict[str, CachedVerdict]:
         unique = list(dict.fromkeys(keys))
         if not unique:
             return {}
         try:
             async with self.attempt("mget") as redis:
-                raw = await redis.mget([self._key(k) for k in unique])
+                raw = await redis.mget(
+                    [self._key(k) for k in unique] + [self._human_key(k) for k in unique]
+                )
         except Unavailable:
             return {}
         found: dict[str, CachedVerdict] = {}
         corrupt: list[str] = []
-        for key, value in zip(unique, raw, strict=True):
+        # Model entries first, human ones after: a human verdict replaces the model's.
+        names = [self._key(k) for k in unique] + [self._human_key(k) for k in unique]
+        for key, name, value in zip(unique + unique, names, raw, strict=True):
             if value is None:
                 continue
             try:
                 found[key] = CachedVerdict.model_validate(orjson.loads(value))
             except (orjson.JSONDecodeError, ValidationError):
-                corrupt.append(key)
+                corrupt.append(name)
         if corrupt:
             log.warning("dropping corrupt verdict cache entries", extra={"count": len(corrupt)})
             with contextlib.suppress(Unavailable):
                 async with self.attempt("delete") as redis:
-                    await redis.delete(*(self._key(k) for k in corrupt))
+                    await redis.delete(*corrupt)
         return found
+
+    async def put_human(self, content_key: str, entry: CachedVerdict) -> None:
+        """Store a reviewer's verdict for `content_key` (sticky). Unlike model writes this
+        raises `Unavailable`: the review console retries it until it lands."""
+        value = orjson.dumps(entry.model_dump(mode="json"))
+        async with self.attempt("set") as redis:
+            await redis.set(self._human_key(content_key), value, ex=self._human_ttl_s)
 
     async def forget_many(self, keys: Sequence[str]) -> None:
         if not keys:

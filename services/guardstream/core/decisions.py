@@ -16,7 +16,13 @@ from collections.abc import Sequence
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import Action, Decision, Source, Verdict, utcnow
 from guardstream.core.topics import Topic
-from guardstream.policy import PolicyPack, route, route_scorer_unavailable
+from guardstream.policy import (
+    ControversialMode,
+    PolicyPack,
+    Routed,
+    route,
+    route_scorer_unavailable,
+)
 
 ACTION_TOPIC: dict[Action, Topic] = {
     Action.ALLOW: Topic.ALLOW,
@@ -49,6 +55,18 @@ def model_reason(label: str | None, categories: Sequence[str], problem: str | No
     return f"Qwen3Guard: {label}{cats}"
 
 
+def human_action(pack: PolicyPack | None, verdict: Verdict) -> Action:
+    """What a human verdict does. A human has looked, so it is never sent back to review:
+    unsafe blocks, safe allows, controversial follows the pack's controversial mode with
+    `review` (and an unknown pack) read as allow: a person saw it and did not call it unsafe."""
+    if verdict is Verdict.UNSAFE:
+        return Action.BLOCK
+    if verdict is Verdict.CONTROVERSIAL and pack is not None:
+        if pack.controversial is ControversialMode.STRICT:
+            return Action.BLOCK
+    return Action.ALLOW
+
+
 def decide(
     entry: CachedVerdict,
     origin: Origin,
@@ -60,7 +78,12 @@ def decide(
     content_key: str,
     matched_content_key: str | None = None,
 ) -> Decision:
-    routed = route(pack, entry.verdict, entry.confidence, entry.categories)
+    if entry.source is Source.HUMAN:
+        # A human verdict overrides the model's for this content (sticky), whatever the rules.
+        action = human_action(pack, entry.verdict)
+        routed = Routed(action, "human_verdict", f"{pack.ref} acts on the human verdict")
+    else:
+        routed = route(pack, entry.verdict, entry.confidence, entry.categories)
     when = entry.decided_at.isoformat(timespec="seconds")
     earlier = {
         Origin.MODEL: "",

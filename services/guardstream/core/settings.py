@@ -233,6 +233,61 @@ class Settings(BaseSettings):
         float, Field(gt=0, validation_alias=_env("GUARDSTREAM_SCORER_UNAVAILABLE_AFTER_S"))
     ] = 120.0
 
+    # --- review console (`guardstream review`) ----------------------------------------------
+    # A human verdict overrides the model's for its content key this long (sticky override).
+    human_verdict_ttl_s: Annotated[
+        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_HUMAN_VERDICT_TTL_S"))
+    ] = 90 * 24 * 3600
+    # Where the console's HTTP server (API, console page, /healthz, /readyz) listens.
+    # All interfaces by default, as the health endpoints: containers are reached from outside.
+    review_host: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_REVIEW_HOST"))] = "0.0.0.0"  # noqa: S104
+    review_port: Annotated[
+        int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_REVIEW_PORT"))
+    ] = 8090
+    # PostgreSQL schema of the review store (tests use one schema each).
+    review_db_schema: Annotated[
+        str,
+        Field(
+            pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+            validation_alias=_env("GUARDSTREAM_REVIEW_DB_SCHEMA"),
+        ),
+    ] = "review"
+    review_db_pool_max: Annotated[
+        int, Field(ge=2, validation_alias=_env("GUARDSTREAM_REVIEW_DB_POOL_MAX"))
+    ] = 20
+    # Signs console session cookies. Unset: a random key per start (sessions end on restart).
+    review_session_secret: Annotated[
+        SecretStr | None, Field(validation_alias=_env("GUARDSTREAM_REVIEW_SESSION_SECRET"))
+    ] = None
+    review_session_ttl_s: Annotated[
+        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_SESSION_TTL_S"))
+    ] = 8 * 3600
+    # Lifetime of an API bearer token from `POST /api/v1/auth/token` or `review add-reviewer`.
+    review_token_ttl_s: Annotated[
+        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_TOKEN_TTL_S"))
+    ] = 12 * 3600
+    # A claimed task goes back to the queue when its reviewer holds it longer than this.
+    review_lock_s: Annotated[
+        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_LOCK_S"))
+    ] = 600
+    # How often pending tasks are assigned round-robin to on-call reviewers, expired locks
+    # released and the outbox relayed.
+    review_assign_interval_s: Annotated[
+        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_ASSIGN_INTERVAL_S"))
+    ] = 2.0
+    # Quick tags a reviewer must pick from (at least one), comma-separated.
+    review_tags: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_REVIEW_TAGS"))] = (
+        "性别歧视,地域攻击,健康污名,政治隐喻,"
+        "gender discrimination,regional attack,health stigma,political allusion"
+    )
+    # Post texts without a review task are purged after this (they are kept for reviewers).
+    review_post_text_ttl_s: Annotated[
+        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_POST_TEXT_TTL_S"))
+    ] = 2 * 24 * 3600
+    review_batch_max: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_BATCH_MAX"))
+    ] = 500
+
     # --- feedback loop (guardstream.feedback) ----------------------------------------------
     # Root of the review archive (dated JSONL) and of the training runs' adapters and cards.
     feedback_dir: Annotated[Path, Field(validation_alias=_env("GUARDSTREAM_FEEDBACK_DIR"))] = (

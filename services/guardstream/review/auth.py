@@ -1,0 +1,84 @@
+"""Credentials of reviewers: password hashes, API tokens, signed console sessions, CSRF.
+
+Passwords are stored as scrypt hashes (n=2^14, r=8, p=1, 16-byte salt). API tokens are 256-bit
+random strings; only their SHA-256 is stored (a high-entropy token needs no slow hash). A console
+session is a cookie `base64(payload).hmac` signed with the session secret; its payload holds the
+reviewer id, the expiry and the CSRF token form posts must echo. Pure functions, no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+
+import orjson
+
+_N, _R, _P = 1 << 14, 8, 1
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=_N, r=_R, p=_P, dklen=32)
+    return f"scrypt${_N}${_R}${_P}${salt.hex()}${digest.hex()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(
+            password.encode(), salt=bytes.fromhex(salt), n=int(n), r=int(r), p=int(p), dklen=32
+        )
+    except ValueError:
+        return False
+    return hmac.compare_digest(got.hex(), digest)
+
+
+def new_token() -> str:
+    return "gsr_" + secrets.token_urlsafe(32)
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    reviewer: str
+    expires: int  # unix seconds
+    csrf: str
+
+
+def _sign(key: bytes, body: bytes) -> str:
+    return base64.urlsafe_b64encode(hmac.new(key, body, hashlib.sha256).digest()).decode()
+
+
+def issue_session(key: bytes, reviewer: str, now: float, ttl_s: int) -> tuple[str, Session]:
+    session = Session(reviewer, int(now) + ttl_s, secrets.token_urlsafe(24))
+    body = base64.urlsafe_b64encode(
+        orjson.dumps({"r": session.reviewer, "e": session.expires, "c": session.csrf})
+    )
+    return f"{body.decode()}.{_sign(key, body)}", session
+
+
+def read_session(key: bytes, cookie: str | None, now: float) -> Session | None:
+    """The session a cookie carries, or None when it is missing, tampered with or expired."""
+    if not cookie or "." not in cookie:
+        return None
+    body, _, signature = cookie.rpartition(".")
+    if not hmac.compare_digest(_sign(key, body.encode()), signature):
+        return None
+    try:
+        data = orjson.loads(base64.urlsafe_b64decode(body.encode()))
+        session = Session(str(data["r"]), int(data["e"]), str(data["c"]))
+    except (ValueError, KeyError, TypeError):
+        return None
+    return session if session.expires > now else None
+
+
+def csrf_ok(session: Session, submitted: str | None) -> bool:
+    return bool(submitted) and hmac.compare_digest(session.csrf, submitted or "")

@@ -1,0 +1,260 @@
+"""The console: server-rendered pages (Jinja2) for reviewers, keyboard-first (`static/`).
+
+A signed session cookie (HttpOnly, SameSite=Strict, Secure over https) identifies the reviewer;
+every form post carries the session's CSRF token and is refused (403, audited) without it.
+Pages go through the same `ReviewService` as the API, so scoping and auditing are identical.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+from fastapi import APIRouter, Depends, FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+
+from guardstream.review import auth
+from guardstream.review import metrics as review_metrics
+from guardstream.review.logic import InvalidSubmission, Permission, Reviewer, countdown, duration
+from guardstream.review.service import Forbidden, ReviewService, Unauthenticated
+from guardstream.review.store import QueueFilter
+
+COOKIE = "gs_review_session"
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=HERE / "templates")
+
+
+class ConsoleAuth:
+    """Issues and reads session cookies with one secret key."""
+
+    def __init__(self, key: bytes, ttl_s: int) -> None:
+        self.key = key
+        self.ttl_s = ttl_s
+
+
+def _svc(request: Request) -> ReviewService:
+    svc: ReviewService = request.app.state.review
+    return svc
+
+
+def _auth(request: Request) -> ConsoleAuth:
+    console: ConsoleAuth = request.app.state.console_auth
+    return console
+
+
+class NeedLogin(Exception):
+    """A page asked for without a valid session: go to the login page."""
+
+
+async def session_of(request: Request) -> tuple[Reviewer, auth.Session]:
+    svc = _svc(request)
+    session = auth.read_session(_auth(request).key, request.cookies.get(COOKIE), time.time())
+    reviewer = await svc.store.reviewer(session.reviewer) if session else None
+    if session is None or reviewer is None:
+        await svc.store.audit_alone(
+            actor=None,
+            action="console",
+            outcome="denied",
+            detail={"path": request.url.path, "why": "no valid session"},
+        )
+        if request.method == "GET":
+            raise NeedLogin
+        raise Unauthenticated("no valid session: log in again")
+    return reviewer, session
+
+
+SessionDep = Annotated[tuple[Reviewer, auth.Session], Depends(session_of)]
+
+
+async def checked_csrf(request: Request, current: SessionDep) -> tuple[Reviewer, auth.Session]:
+    form = await request.form()
+    submitted = form.get("csrf")
+    reviewer, session = current
+    if not auth.csrf_ok(session, submitted if isinstance(submitted, str) else None):
+        await _svc(request).store.audit_alone(
+            actor=reviewer.id,
+            action="console",
+            outcome="denied",
+            detail={"path": request.url.path, "why": "missing or wrong CSRF token"},
+        )
+        review_metrics.denied.add(1, {"reason": "csrf"})
+        raise Forbidden("missing or wrong CSRF token: reload the page and try again")
+    return current
+
+
+PostSession = Annotated[tuple[Reviewer, auth.Session], Depends(checked_csrf)]
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+
+def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    now = _svc(request).now()
+
+    def _countdown(deadline: datetime) -> str:
+        return countdown(deadline, now)
+
+    base = {"countdown": _countdown, "reviewer": None, "csrf": "", "message": None, "error": None}
+    base.update(context)
+    response = templates.TemplateResponse(request, name, base, status_code=status)
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = (
+        "default-src 'self'; script-src 'self'; style-src 'self'; form-action 'self';"
+        " frame-ancestors 'none'"
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+@router.get("/login", response_class=HTMLResponse)
+async def login_page(request: Request) -> HTMLResponse:
+    return _page(request, "login.html", {})
+
+
+@router.post("/login")
+async def login(
+    request: Request,
+    reviewer: Annotated[str, Form(max_length=128)],
+    password: Annotated[str, Form(max_length=1024)],
+) -> Response:
+    try:
+        who = await _svc(request).login(reviewer, password)
+    except Unauthenticated as exc:
+        return _page(request, "login.html", {"error": exc.message}, status=401)
+    console = _auth(request)
+    cookie, _ = auth.issue_session(console.key, who.id, time.time(), console.ttl_s)
+    response = RedirectResponse("/console", status_code=303)
+    response.set_cookie(
+        COOKIE,
+        cookie,
+        max_age=console.ttl_s,
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
+    return response
+
+
+@router.post("/logout")
+async def logout(request: Request, current: PostSession) -> Response:
+    await _svc(request).store.audit_alone(actor=current[0].id, action="logout")
+    response = RedirectResponse("/console/login", status_code=303)
+    response.delete_cookie(COOKIE, path="/")
+    return response
+
+
+@router.get("", response_class=HTMLResponse)
+async def queue_page(
+    request: Request,
+    current: SessionDep,
+    tenant: str | None = None,
+    lang: str | None = None,
+    category: str | None = None,
+    tag: str | None = None,
+    message: str | None = None,
+) -> HTMLResponse:
+    reviewer, session = current
+    filters = QueueFilter(tenant or None, lang or None, category or None, tag or None)
+    tasks, stats = await _svc(request).queue(reviewer, filters, 100)
+    return _page(
+        request,
+        "queue.html",
+        {
+            "reviewer": reviewer,
+            "csrf": session.csrf,
+            "tasks": tasks,
+            "stats": stats,
+            "filters": filters,
+            "message": message,
+            "avg_response": "–" if stats.avg_response_s is None else duration(stats.avg_response_s),
+        },
+    )
+
+
+async def _task_page(
+    request: Request,
+    reviewer: Reviewer,
+    session: auth.Session,
+    task_id: str,
+    *,
+    error: str | None = None,
+    form: dict[str, Any] | None = None,
+    message: str | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    svc = _svc(request)
+    view = await svc.view(reviewer, task_id)
+    return _page(
+        request,
+        "task.html",
+        {
+            "reviewer": reviewer,
+            "csrf": session.csrf,
+            "task": view.task,
+            "text": view.text,
+            "tags": svc.tags,
+            "can_decide": reviewer.may(Permission.DECIDE),
+            "can_read_text": reviewer.may(Permission.READ_TEXT),
+            "form": form or {"reason": "", "tags": []},
+            "error": error,
+            "message": message,
+        },
+        status=status,
+    )
+
+
+@router.get("/tasks/{task_id}", response_class=HTMLResponse)
+async def task_page(request: Request, task_id: str, current: SessionDep) -> HTMLResponse:
+    return await _task_page(request, current[0], current[1], task_id)
+
+
+@router.post("/next")
+async def next_task(request: Request, current: PostSession) -> Response:
+    task = await _svc(request).claim(current[0])
+    if task is None:
+        return RedirectResponse("/console?message=" + quote("nothing to review"), 303)
+    return RedirectResponse(f"/console/tasks/{task.task_id}", status_code=303)
+
+
+@router.post("/tasks/{task_id}/release")
+async def release(request: Request, task_id: str, current: PostSession) -> Response:
+    await _svc(request).release(current[0], task_id)
+    return RedirectResponse("/console?message=" + quote("task released"), 303)
+
+
+@router.post("/tasks/{task_id}/decide")
+async def decide(request: Request, task_id: str, current: PostSession) -> Response:
+    reviewer, session = current
+    raw = await request.form()
+    form = {
+        "outcome": raw.get("outcome"),
+        "verdict": raw.get("verdict"),
+        "reason": raw.get("reason"),
+        "tags": [t for t in raw.getlist("tags") if isinstance(t, str)],
+        "categories": None,
+    }
+    try:
+        result = await _svc(request).decide(reviewer, task_id, form)
+    except InvalidSubmission as exc:
+        return await _task_page(
+            request, reviewer, session, task_id, error=exc.message, form=form, status=422
+        )
+    done = f"decided: {result.task.human_verdict} → {result.action}" + (
+        " (late)" if result.late else ""
+    )
+    return RedirectResponse("/console?message=" + quote(done), status_code=303)
+
+
+def install_console(app: FastAPI, console_auth: ConsoleAuth) -> None:
+    app.state.console_auth = console_auth
+    app.mount("/console/static", StaticFiles(directory=HERE / "static"), name="console-static")
+    app.include_router(router)
+
+    @app.exception_handler(NeedLogin)
+    async def _need_login(request: Request, exc: NeedLogin) -> Response:
+        return RedirectResponse("/console/login", status_code=303)

@@ -1,0 +1,176 @@
+"""The review console's consumer: posts, review decisions and SLA events in; tasks out.
+
+One consumer group reads three topics (all keyed by post_id) through the shared batch runtime
+(`core.loop`), so offsets follow the done watermark. Commit policy:
+
+| record                                  | what happens                                     |
+|-----------------------------------------|--------------------------------------------------|
+| posts.v1, valid                         | text kept in `post_texts` (for reviewers only)   |
+| actions.review, valid                   | a task, once per (post, policy): a replayed or   |
+|                                         | duplicate decision creates no second task        |
+| sla-events, warning / expired           | the task is marked (an expired task stays        |
+|                                         | decidable); early events wait in `sla_marks`     |
+| sla-events, assignment_breach / late    | nothing to store (the console knows)             |
+| unparseable / unknown major version     | DLQ with origin and reason, then done            |
+| PostgreSQL unreachable / serialisation  | transient: the batch is retried with backoff     |
+| any other database error                | the process stops (a bug), nothing committed     |
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import timedelta
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+
+from guardstream.core.contracts import (
+    Action,
+    ContractError,
+    Decision,
+    Post,
+    SlaEvent,
+    SlaEventKind,
+)
+from guardstream.core.loop import Records, TransientError
+from guardstream.core.outbox import Outbox
+from guardstream.core.settings import Settings
+from guardstream.core.topics import Topic, TopicNames
+from guardstream.policy import PolicyRegistry, review_sla
+from guardstream.review import metrics as review_metrics
+from guardstream.review.logic import SlaState, task_id
+from guardstream.review.store import (
+    TRANSIENT_DB_ERRORS,
+    NewTask,
+    PostText,
+    ReviewStore,
+    SlaMark,
+)
+
+log = logging.getLogger(__name__)
+
+SOURCES = (Topic.POSTS, Topic.REVIEW, Topic.SLA_EVENTS)
+_SLA = {SlaEventKind.WARNING: SlaState.WARNING, SlaEventKind.EXPIRED: SlaState.EXPIRED}
+
+
+def new_task(decision: Decision, policies: PolicyRegistry) -> NewTask:
+    """A review task for a decision that sent its post to review, with the pack's SLA."""
+    pack = policies.by_ref(decision.policy) or policies.for_post(decision.tenant, None)
+    sla = review_sla(pack, decision.categories)
+    start = decision.decided_at
+    return NewTask(
+        task_id=task_id(decision.post_id, decision.policy),
+        post_id=decision.post_id,
+        policy=decision.policy,
+        tenant=decision.tenant,
+        lang=None,
+        region=None,
+        decision_id=decision.decision_id,
+        post_event_id=decision.post_event_id,
+        content_key=decision.content_key,
+        model_verdict=decision.verdict.value,
+        categories=decision.categories,
+        confidence=decision.confidence,
+        reason=decision.reason,
+        model=decision.model,
+        adapter=decision.adapter,
+        domain_tags=tuple(f"{k}:{v}" for k, v in pack.domain_tags.items()),
+        created_at=start,
+        deadline=start + timedelta(seconds=sla.deadline_s),
+        warn_at=start + timedelta(seconds=sla.warn_after_s),
+        assign_by=start + timedelta(seconds=sla.assign_within_s),
+    )
+
+
+def review_decision(raw: bytes | None) -> Decision:
+    decision = Decision.from_json(raw)
+    if decision.action is not Action.REVIEW:
+        raise ContractError("unexpected_action", f"a {decision.action.value} decision on review")
+    return decision
+
+
+def unexpected_topic() -> None:
+    raise ContractError("unexpected_topic", "not a topic this consumer reads")
+
+
+class ReviewConsumer:
+    def __init__(
+        self,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        store: ReviewStore,
+        policies: PolicyRegistry,
+    ) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._store = store
+        self._policies = policies
+        names = TopicNames(settings.namespace)
+        self._topic_of = {names[t]: t for t in SOURCES}
+        self.counts = dict.fromkeys(("posts", "tasks", "duplicates", "sla", "dlq"), 0)
+
+    async def handle(self, records: Records) -> None:
+        outbox = Outbox(self._producer, self._settings, "review")
+        texts: list[PostText] = []
+        tasks: dict[str, NewTask] = {}
+        marks: list[SlaMark] = []
+        for record in records:
+            topic = self._topic_of.get(record.topic)
+            try:
+                if topic is Topic.POSTS:
+                    post = Post.from_json(record.value)
+                    texts.append(
+                        PostText(
+                            post.post_id,
+                            post.tenant,
+                            post.kind.value,
+                            post.text,
+                            post.prompt,
+                            post.lang,
+                            post.region,
+                        )
+                    )
+                elif topic is Topic.REVIEW:
+                    decision = review_decision(record.value)
+                    task = new_task(decision, self._policies)
+                    if task.task_id in tasks:
+                        self.counts["duplicates"] += 1
+                    tasks.setdefault(task.task_id, task)
+                elif topic is Topic.SLA_EVENTS:
+                    event = SlaEvent.from_json(record.value)
+                    if event.kind in _SLA:
+                        marks.append(
+                            SlaMark(
+                                event.decision_id,
+                                _SLA[event.kind],
+                                event.downgrade_decision_id,
+                                event.at,
+                            )
+                        )
+                else:
+                    unexpected_topic()
+            except ContractError as exc:
+                await outbox.dead_letter(record, exc)
+                self.counts["dlq"] += 1
+        try:
+            await self._store.save_post_texts(texts)
+            created = await self._store.create_tasks(list(tasks.values()))
+            await self._store.mark_sla(marks)
+        except TRANSIENT_DB_ERRORS as exc:
+            raise TransientError(f"review store: {type(exc).__name__}") from exc
+        except asyncpg.exceptions.InsufficientResourcesError as exc:
+            raise TransientError(f"review store: {type(exc).__name__}") from exc
+        await outbox.flush()
+        self.counts["posts"] += len(texts)
+        self.counts["tasks"] += created
+        self.counts["duplicates"] += len(tasks) - created
+        self.counts["sla"] += len(marks)
+        if created:
+            review_metrics.tasks_created.add(created)
+            log.info("review tasks created", extra={"tasks": created})
+
+
+def source_topics(settings: Settings) -> Sequence[str]:
+    names = TopicNames(settings.namespace)
+    return [names[t] for t in SOURCES]

@@ -1,0 +1,221 @@
+"""Entry point of `guardstream review`: the API and console (uvicorn), the consumer of posts,
+review decisions and SLA events, and the background work (round-robin assignment, lock expiry,
+outbox relay, post-text purge), in one process.
+
+`/healthz` is live while the process runs; `/readyz` is ready once the store answers and the
+consumer holds partitions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+
+import uvicorn
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from guardstream.core.cache import RedisVerdictCache
+from guardstream.core.contracts import utcnow
+from guardstream.core.kafka import make_consumer, make_producer
+from guardstream.core.loop import BatchLoop, LoopConfig
+from guardstream.core.settings import Settings
+from guardstream.core.topics import TopicNames
+from guardstream.policy import load_registry
+from guardstream.review import metrics as review_metrics
+from guardstream.review.api import install_error_handlers, router
+from guardstream.review.console import ConsoleAuth, install_console
+from guardstream.review.consumer import ReviewConsumer, source_topics
+from guardstream.review.logic import parse_tags
+from guardstream.review.relay import OutboxRelay
+from guardstream.review.service import ReviewService
+from guardstream.review.store import ReviewStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(service: ReviewService, console: ConsoleAuth, ready: Callable[[], bool]) -> FastAPI:
+    app = FastAPI(
+        title="guardstream review",
+        version="1",
+        description=(
+            "Human review of contested posts: queue by SLA deadline, claims, decisions"
+            " (confirm / correct + reason + quick tags), QA re-review. Bearer tokens from"
+            " `POST /api/v1/auth/token`; tenant-scoped; every access audited."
+        ),
+    )
+    app.state.review = service
+    app.include_router(router)
+    install_error_handlers(app)
+    install_console(app, console)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> JSONResponse:
+        return JSONResponse({"process": "review", "live": True})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> JSONResponse:
+        ok = ready() and await service.store.ping()
+        return JSONResponse({"process": "review", "ready": ok}, status_code=200 if ok else 503)
+
+    return app
+
+
+@dataclass
+class Review:
+    """The parts of a running review process (tests reach in through `expose`)."""
+
+    settings: Settings
+    store: ReviewStore
+    service: ReviewService
+    relay: OutboxRelay
+    consumer: ReviewConsumer
+    app: FastAPI
+
+
+class _Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        # The process's own stop event handles SIGTERM/SIGINT (core.process).
+        yield
+
+
+async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
+    policies = load_registry(settings.policy_dir)
+    store = await ReviewStore.open(settings)
+    stack.push_async_callback(store.close)
+    producer = make_producer(settings, client_id="guardstream-review")
+    await producer.start()
+    stack.push_async_callback(producer.stop)
+    cache = RedisVerdictCache.from_settings(settings)
+    stack.push_async_callback(cache.close)
+    relay = OutboxRelay(store, producer, cache, TopicNames(settings.namespace))
+    service = ReviewService(
+        store,
+        policies,
+        tags=parse_tags(settings.review_tags),
+        lock_s=settings.review_lock_s,
+        token_ttl_s=settings.review_token_ttl_s,
+        after_commit=relay.kick,
+    )
+    secret = settings.review_session_secret
+    key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
+    console = ConsoleAuth(key, settings.review_session_ttl_s)
+    handler = ReviewConsumer(settings, producer, store, policies)
+    ready = {"assigned": False}
+    app = create_app(service, console, lambda: ready["assigned"])
+    app.state.ready_flags = ready
+    return Review(settings, store, service, relay, handler, app)
+
+
+async def _background(review: Review, stop: asyncio.Event) -> None:
+    """Round-robin assignment, lock expiry and the text purge, on a timer."""
+    settings = review.settings
+    ttl = timedelta(seconds=settings.review_post_text_ttl_s)
+    rounds = 0
+    while not stop.is_set():
+        try:
+            await review.service.release_expired_locks()
+            await review.service.assign_round_robin()
+            if rounds % 5 == 0:  # counting every open task is not free: every 5th round
+                await review.store.purge_post_texts(utcnow() - ttl)
+                await _refresh_gauges(review.store)
+            rounds += 1
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a database blip must not stop the timer
+            log.warning("review background work failed", extra={"error": type(exc).__name__})
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=settings.review_assign_interval_s)
+
+
+async def _refresh_gauges(store: ReviewStore) -> None:
+    depth, qa = await store.gauges()
+    review_metrics.queue_depth_by_tenant.clear()
+    review_metrics.queue_depth_by_tenant.update(depth)
+    review_metrics.qa_agreement_by_tenant.clear()
+    review_metrics.qa_agreement_by_tenant.update(
+        {tenant: agreed / compared for tenant, (compared, agreed) in qa.items() if compared}
+    )
+
+
+async def run(
+    settings: Settings, stop: asyncio.Event, *, expose: Callable[[Review], None] | None = None
+) -> None:
+    """Serve the review process until `stop`."""
+    log.info("starting", extra={"service": "review", "settings": settings.public_view()})
+    async with AsyncExitStack() as stack:
+        review = await _open(settings, stack)
+        if expose is not None:
+            expose(review)
+        consumer = make_consumer(
+            settings,
+            group_id=settings.group_id("review"),
+            client_id="guardstream-review",
+            max_records=settings.review_batch_max,
+        )
+        loop = BatchLoop(
+            consumer,
+            review.consumer.handle,
+            LoopConfig(
+                name="review",
+                max_records=settings.review_batch_max,
+                max_in_flight=settings.review_batch_max * 4,
+                poll_timeout_ms=settings.poll_timeout_ms,
+                backoff_max_s=settings.retry_backoff_max_s,
+                drain_s=settings.shutdown_drain_s,
+                fault=settings.fault,
+            ),
+        )
+        await consumer.start()
+        stack.push_async_callback(consumer.stop)
+        consumer.subscribe(source_topics(settings), listener=loop.listener())
+        flags = review.app.state.ready_flags
+        server = _Server(
+            uvicorn.Config(
+                review.app,
+                host=settings.review_host,
+                port=settings.review_port,
+                log_config=None,
+                access_log=False,
+                lifespan="off",
+            )
+        )
+
+        async def watch_ready() -> None:
+            while not stop.is_set():
+                flags["assigned"] = bool(consumer.assignment())
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=0.5)
+
+        async def stop_server() -> None:
+            await stop.wait()
+            server.should_exit = True
+
+        tasks = [
+            asyncio.create_task(loop.run(stop), name="review-consumer"),
+            asyncio.create_task(server.serve(), name="review-http"),
+            asyncio.create_task(_background(review, stop), name="review-background"),
+            asyncio.create_task(
+                review.relay.run(stop, settings.review_assign_interval_s), name="review-relay"
+            ),
+            asyncio.create_task(watch_ready(), name="review-ready"),
+            asyncio.create_task(stop_server(), name="review-stop"),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                if task.exception() is not None:
+                    stop.set()
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await review.relay.drain()
+        log.info("stopping", extra={"service": "review", **review.consumer.counts})

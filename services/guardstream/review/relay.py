@@ -1,0 +1,125 @@
+"""Sends what review transactions committed to the outbox: events to Kafka, human verdicts to
+the verdict cache.
+
+At-least-once: an item is marked sent only after the broker acknowledged it (or Redis stored
+it); a failure leaves it for the next round. Items carry deterministic ids, so a re-send is a
+harmless, recognisable replay. Rows are taken `FOR UPDATE SKIP LOCKED`, so several console
+replicas never send the same row at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from aiokafka import AIOKafkaProducer
+
+from guardstream.core.cache import CachedVerdict
+from guardstream.core.contracts import utcnow
+from guardstream.core.redisstore import Unavailable
+from guardstream.core.topics import Topic, TopicNames
+from guardstream.review.store import ReviewStore
+
+log = logging.getLogger(__name__)
+
+
+_UNSENT = (
+    "SELECT id, kind, topic, key, payload FROM outbox WHERE sent_at IS NULL AND kind = $1"
+    " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+)
+
+
+class HumanVerdictSink(Protocol):
+    async def put_human(self, content_key: str, entry: CachedVerdict) -> None: ...
+
+
+class OutboxRelay:
+    def __init__(
+        self,
+        store: ReviewStore,
+        producer: AIOKafkaProducer,
+        cache: HumanVerdictSink,
+        topics: TopicNames,
+        *,
+        batch: int = 200,
+    ) -> None:
+        self._store = store
+        self._producer = producer
+        self._cache = cache
+        self._topics = topics
+        self._batch = batch
+        self._lock = asyncio.Lock()
+        self._kicked = asyncio.Event()
+        self.sent = 0
+
+    def kick(self) -> None:
+        """Something was committed to the outbox: send it soon (requests never wait for it)."""
+        self._kicked.set()
+
+    async def run(self, stop: asyncio.Event, interval_s: float) -> None:
+        """Send whenever kicked, and every `interval_s` anyway (retries after an outage)."""
+        while not stop.is_set():
+            kicked = asyncio.create_task(self._kicked.wait())
+            stopped = asyncio.create_task(stop.wait())
+            await asyncio.wait(
+                {kicked, stopped}, timeout=interval_s, return_when=asyncio.FIRST_COMPLETED
+            )
+            kicked.cancel()
+            stopped.cancel()
+            self._kicked.clear()
+            await self.drain()
+
+    async def relay_once(self) -> int:
+        """Send one batch of unsent items; returns how many were sent. Never raises for a
+        broker, Redis or database outage (the items stay queued)."""
+        async with self._lock:
+            try:
+                return await self._relay()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure leaves the rows for later
+                log.warning("outbox relay failed; will retry", extra={"error": type(exc).__name__})
+                return 0
+
+    async def _relay(self) -> int:
+        async with self._store.transaction() as tx:
+            # Events and cache writes are taken apart: cache rows stuck while Redis is down
+            # never stand in front of events.
+            rows = [
+                *await tx.conn.fetch(_UNSENT, "event", self._batch),
+                *await tx.conn.fetch(_UNSENT, "human_verdict", self._batch),
+            ]
+            if not rows:
+                return 0
+            futures: list[asyncio.Future[Any]] = []
+            done: list[int] = []
+            for row in rows:
+                if row["kind"] == "event":
+                    futures.append(
+                        await self._producer.send(
+                            self._topics[Topic(row["topic"])],
+                            bytes(row["payload"]),
+                            key=row["key"].encode(),
+                        )
+                    )
+                    done.append(row["id"])
+            await asyncio.gather(*futures)
+            # Cache writes apart: Redis being down must not hold back (or re-send) events.
+            for row in rows:
+                if row["kind"] != "event":
+                    entry = CachedVerdict.model_validate_json(bytes(row["payload"]))
+                    try:
+                        await self._cache.put_human(row["key"], entry)
+                    except Unavailable:
+                        continue
+                    done.append(row["id"])
+            await tx.conn.execute(
+                "UPDATE outbox SET sent_at = $2 WHERE id = ANY($1::bigint[])", done, utcnow()
+            )
+        self.sent += len(done)
+        return len(done)
+
+    async def drain(self) -> None:
+        while await self.relay_once() >= self._batch:
+            pass

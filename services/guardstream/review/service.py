@@ -1,0 +1,541 @@
+"""The review workflow: authentication, tenant-scoped reads, claims, decisions, QA.
+
+Every method that touches a task runs one transaction holding the change, its audit row and
+the events it publishes (outbox); the relay sends those after commit. A task of a tenant the
+reviewer may not see is answered as "not found" (no existence leak) and audited as denied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from guardstream.core.contracts import (
+    AssignmentEvent,
+    Decision,
+    Review,
+    ReviewAssignment,
+    ReviewStage,
+    utcnow,
+)
+from guardstream.core.decisions import ACTION_TOPIC
+from guardstream.core.topics import Topic
+from guardstream.policy import PolicyRegistry
+from guardstream.review import auth
+from guardstream.review import metrics as review_metrics
+from guardstream.review.logic import (
+    Agreement,
+    Permission,
+    Reviewer,
+    SlaState,
+    Submission,
+    Task,
+    TaskState,
+    agreement,
+    assignment,
+    human_decision,
+    human_verdict_entry,
+    review_event,
+    validate_submission,
+)
+from guardstream.review.store import PostText, QueueFilter, QueueStats, ReviewStore, Tx
+
+log = logging.getLogger(__name__)
+
+
+class ReviewError(Exception):
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthenticated(ReviewError):
+    status = 401
+
+
+class Forbidden(ReviewError):
+    status = 403
+
+
+class NotFound(ReviewError):
+    status = 404
+
+
+class Conflict(ReviewError):
+    status = 409
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    task: Task
+    text: PostText | None  # None: not allowed to see it, or the post has not arrived
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    task: Task
+    review_id: str
+    decision_id: str | None  # the human decision (first stage only)
+    action: str | None
+    late: bool
+
+
+class ReviewService:
+    def __init__(
+        self,
+        store: ReviewStore,
+        policies: PolicyRegistry,
+        *,
+        tags: Sequence[str],
+        lock_s: int,
+        token_ttl_s: int,
+        clock: Callable[[], datetime] = utcnow,
+        after_commit: Callable[[], None] | None = None,
+    ) -> None:
+        self.store = store
+        self.policies = policies
+        self.tags = tuple(tags)
+        self._lock = timedelta(seconds=lock_s)
+        self._token_ttl = timedelta(seconds=token_ttl_s)
+        self.now = clock
+        # Tells the outbox relay a committed change queued events (it sends them at once,
+        # without the request waiting for the broker).
+        self._after_commit = after_commit
+        # Queue depth and average response time, per tenant set, at most this old: counting
+        # 100k open tasks on every page view would cost more than the page itself.
+        self._stats: dict[tuple[str, ...], tuple[float, QueueStats]] = {}
+        self.stats_max_age_s = 1.0
+        self._refreshing: dict[tuple[str, ...], asyncio.Future[QueueStats]] = {}
+        self._tokens: dict[str, tuple[Reviewer, datetime, float]] = {}
+        self.token_cache_s = 5.0
+
+    async def _sent(self) -> None:
+        if self._after_commit is not None:
+            self._after_commit()
+
+    # --- authentication ----------------------------------------------------------------------
+    async def login(self, reviewer_id: str, password: str) -> Reviewer:
+        found = await self.store.reviewer_credentials(reviewer_id)
+        if found is None or not auth.verify_password(password, found[1]):
+            await self.store.audit_alone(
+                actor=None, action="login", outcome="denied", detail={"reviewer": reviewer_id}
+            )
+            raise Unauthenticated("unknown reviewer or wrong password")
+        await self.store.audit_alone(actor=reviewer_id, action="login")
+        return found[0]
+
+    async def issue_token(self, reviewer: Reviewer) -> tuple[str, datetime]:
+        token = auth.new_token()
+        expires = self.now() + self._token_ttl
+        await self.store.store_token(reviewer.id, auth.token_hash(token), expires)
+        return token, expires
+
+    async def from_token(self, token: str | None, *, path: str) -> Reviewer:
+        if not token:
+            await self.store.audit_alone(
+                actor=None, action="api", outcome="denied", detail={"path": path, "why": "none"}
+            )
+            review_metrics.denied.add(1, {"reason": "no_token"})
+            raise Unauthenticated("missing bearer token")
+        reviewer = await self._token_owner(auth.token_hash(token))
+        if reviewer is None:
+            await self.store.audit_alone(
+                actor=None,
+                action="api",
+                outcome="denied",
+                detail={"path": path, "why": "invalid or expired token"},
+            )
+            review_metrics.denied.add(1, {"reason": "bad_token"})
+            raise Unauthenticated("invalid or expired token")
+        return reviewer
+
+    async def _token_owner(self, digest: str) -> Reviewer | None:
+        """The token's reviewer while the token is valid. Owners are remembered for
+        `token_cache_s` (a role or tenant change reaches open tokens within that time); the
+        expiry is checked on every call. Unknown tokens are never remembered."""
+        now = time.monotonic()
+        known = self._tokens.get(digest)
+        if known is None or now - known[2] > self.token_cache_s:
+            found = await self.store.token_owner(digest)
+            if found is None:
+                return None
+            if len(self._tokens) > 10_000:
+                self._tokens.clear()
+            known = (found[0], found[1], now)
+            self._tokens[digest] = known
+        reviewer, expires, _ = known
+        return reviewer if expires > self.now() else None
+
+    # --- reads -------------------------------------------------------------------------------
+    async def queue(
+        self, reviewer: Reviewer, filters: QueueFilter, limit: int
+    ) -> tuple[list[Task], QueueStats]:
+        self._require(reviewer, Permission.READ_QUEUE)
+        if filters.tenant is not None and not reviewer.sees(filters.tenant):
+            await self.store.audit_alone(
+                actor=reviewer.id, action="queue", outcome="denied", tenant=filters.tenant
+            )
+            raise Forbidden("not a tenant of yours")
+        tasks = await self.store.queue(reviewer.id, reviewer.tenants, filters, limit)
+        return tasks, await self.stats(reviewer)
+
+    async def stats(self, reviewer: Reviewer) -> QueueStats:
+        """Queue depth, expired count and average response time of the reviewer's tenants.
+
+        Served from a per-tenant-set copy at most `stats_max_age_s` old; when it is older, one
+        request refreshes it while the others keep the previous copy (no stampede of counts).
+        """
+        self._require(reviewer, Permission.READ_QUEUE)
+        key = tuple(sorted(reviewer.tenants))
+        cached = self._stats.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.stats_max_age_s:
+            return cached[1]
+        refreshing = self._refreshing.get(key)
+        if refreshing is None:
+            refreshing = asyncio.ensure_future(self._refresh_stats(key, reviewer.tenants))
+            self._refreshing[key] = refreshing
+        if cached is not None:
+            return cached[1]
+        return await asyncio.shield(refreshing)
+
+    async def _refresh_stats(self, key: tuple[str, ...], tenants: Sequence[str]) -> QueueStats:
+        try:
+            fresh = await self.store.stats(tenants, self.now())
+            self._stats[key] = (time.monotonic(), fresh)
+            return fresh
+        finally:
+            self._refreshing.pop(key, None)
+
+    async def view(self, reviewer: Reviewer, task_id: str) -> TaskView:
+        self._require(reviewer, Permission.READ_QUEUE)
+        async with self.store.transaction() as tx:
+            task = await self._visible(tx, reviewer, task_id, "task.read")
+            text = None
+            if reviewer.may(Permission.READ_TEXT):
+                text = await tx.post_text(task.post_id, task.tenant)
+            await tx.audit(
+                actor=reviewer.id,
+                action="task.read",
+                tenant=task.tenant,
+                task_id=task.task_id,
+                detail={"text": text is not None},
+            )
+        return TaskView(task, text)
+
+    async def agreement(self, reviewer: Reviewer) -> Agreement:
+        self._require(reviewer, Permission.QA)
+        return agreement(await self.store.agreement_pairs(reviewer.tenants))
+
+    # --- claims ------------------------------------------------------------------------------
+    async def claim(self, reviewer: Reviewer) -> Task | None:
+        """The reviewer's current task, or the open task with the earliest deadline."""
+        self._require(reviewer, Permission.DECIDE)
+        now = self.now()
+        async with self.store.transaction() as tx:
+            held = await tx.held_by(reviewer.id, now)
+            if held is not None:
+                await tx.audit(
+                    actor=reviewer.id,
+                    action="task.claim",
+                    tenant=held.tenant,
+                    task_id=held.task_id,
+                    detail={"held": True},
+                )
+                return held
+            task = await tx.next_claimable(reviewer.tenants, now)
+            if task is None:
+                await tx.audit(actor=reviewer.id, action="task.claim", detail={"empty": True})
+                return None
+            await self._assign(tx, task, reviewer.id, now, actor=reviewer.id, how="claim")
+        await self._sent()
+        return await self._reload(task.task_id)
+
+    async def release(self, reviewer: Reviewer, task_id: str) -> Task:
+        self._require(reviewer, Permission.DECIDE)
+        now = self.now()
+        async with self.store.transaction() as tx:
+            task = await self._visible(tx, reviewer, task_id, "task.release", lock=True)
+            if task.state is not TaskState.ASSIGNED or task.assignee != reviewer.id:
+                raise Conflict("you do not hold this task")
+            await tx.unassign(task.task_id)
+            await self._publish(tx, assignment(task, AssignmentEvent.RELEASED, None, now))
+            await tx.audit(
+                actor=reviewer.id, action="task.release", tenant=task.tenant, task_id=task.task_id
+            )
+        await self._sent()
+        return await self._reload(task_id)
+
+    async def _assign(
+        self, tx: Tx, task: Task, reviewer: str, now: datetime, *, actor: str | None, how: str
+    ) -> None:
+        if task.state is TaskState.ASSIGNED and task.assignee and task.assignee != reviewer:
+            # Its lock expired: the previous holder loses it first.
+            await self._publish(tx, assignment(task, AssignmentEvent.RELEASED, None, now))
+        await tx.assign(task.task_id, reviewer, now + self._lock, now)
+        await self._publish(tx, assignment(task, AssignmentEvent.ASSIGNED, reviewer, now))
+        await tx.audit(
+            actor=actor,
+            action=f"task.{how}",
+            tenant=task.tenant,
+            task_id=task.task_id,
+            detail={"assignee": reviewer, "previous": task.assignee},
+        )
+
+    async def assign_round_robin(self) -> int:
+        """Hand pending tasks to idle on-call reviewers, the one assigned longest ago first,
+        one task each at a time (the earliest deadline among their tenants' tasks). Driven by
+        the few idle reviewers, never by scanning the backlog."""
+        done = 0
+        now = self.now()
+        async with self.store.transaction() as tx:
+            idle = await tx.idle_on_call(now)
+        for reviewer in idle:
+            async with self.store.transaction() as tx:
+                if not await tx.lock_idle_reviewer(reviewer.id, now):
+                    continue  # another replica assigned them meanwhile
+                task = await tx.next_claimable(reviewer.tenants, now)
+                if task is None:
+                    continue
+                await self._assign(tx, task, reviewer.id, now, actor=None, how="assign")
+            done += 1
+        if done:
+            await self._sent()
+        return done
+
+    async def release_expired_locks(self, limit: int = 500) -> int:
+        now = self.now()
+        async with self.store.transaction() as tx:
+            tasks = await tx.expired_locks(now, limit)
+            for task in tasks:
+                await tx.unassign(task.task_id)
+                await self._publish(tx, assignment(task, AssignmentEvent.RELEASED, None, now))
+                await tx.audit(
+                    actor=None,
+                    action="task.lock_expired",
+                    tenant=task.tenant,
+                    task_id=task.task_id,
+                    detail={"previous": task.assignee},
+                )
+        if tasks:
+            await self._sent()
+        return len(tasks)
+
+    # --- decisions ---------------------------------------------------------------------------
+    async def decide(self, reviewer: Reviewer, task_id: str, form: dict[str, Any]) -> Decided:
+        """First-stage decision: stored with its audit row, the Review and the human Decision
+        queued for publishing and the verdict cache override, all in one transaction."""
+        self._require(reviewer, Permission.DECIDE)
+        now = self.now()
+        async with self.store.transaction() as tx:
+            task = await self._visible(tx, reviewer, task_id, "task.decide", lock=True)
+            if task.state is TaskState.DECIDED:
+                raise Conflict("this task has been decided already")
+            held_by_other = (
+                task.state is TaskState.ASSIGNED
+                and task.assignee not in (None, reviewer.id)
+                and task.lock_expires_at is not None
+                and task.lock_expires_at > now
+            )
+            if held_by_other:
+                raise Conflict("another reviewer holds this task")
+            sub = await self._validated(tx, reviewer, task, form, "task.decide")
+            late = task.sla is SlaState.EXPIRED or now > task.deadline
+            pack = self.policies.by_ref(task.policy) or self.policies.for_post(
+                task.tenant, task.region
+            )
+            review = review_event(
+                task, sub, stage=ReviewStage.FIRST, reviewer=reviewer.id, late=late, at=now
+            )
+            decision = human_decision(task, sub, pack, late=late, at=now)
+            await tx.insert_review(
+                review_id=review.review_id,
+                task_id=task.task_id,
+                stage=ReviewStage.FIRST.value,
+                reviewer=reviewer.id,
+                outcome=sub.outcome.value,
+                verdict=sub.verdict.value,
+                categories=sub.categories,
+                reason=sub.reason,
+                tags=sub.tags,
+                late=late,
+                action=decision.action.value,
+                human_decision_id=decision.decision_id,
+                reviewed_at=now,
+            )
+            await tx.mark_decided(task.task_id, sub.verdict, late, now)
+            await self._publish(tx, review)
+            await self._publish(tx, decision)
+            entry = human_verdict_entry(task, sub, late=late, at=now)
+            await tx.enqueue(
+                "human_verdict", "verdict_cache", task.content_key, entry.model_dump_json().encode()
+            )
+            await tx.audit(
+                actor=reviewer.id,
+                action="task.decide",
+                tenant=task.tenant,
+                task_id=task.task_id,
+                detail={
+                    "from": task.model_verdict.value,
+                    "to": sub.verdict.value,
+                    "outcome": sub.outcome.value,
+                    "tags": list(sub.tags),
+                    "reason": sub.reason,
+                    "late": late,
+                    "action": decision.action.value,
+                    "decision_id": decision.decision_id,
+                },
+            )
+        review_metrics.decisions.add(
+            1,
+            {
+                "tenant": task.tenant,
+                "verdict": sub.verdict.value,
+                "outcome": sub.outcome.value,
+                "stage": ReviewStage.FIRST.value,
+                "late": late,
+            },
+        )
+        review_metrics.response_time.record(
+            max(0.0, (now - task.created_at).total_seconds()), {"tenant": task.tenant}
+        )
+        # The depth just changed: the next page refreshes the figures (and shows the old
+        # ones meanwhile).
+        self._stats = {k: (0.0, v) for k, (_, v) in self._stats.items()}
+        await self._sent()
+        log.info(
+            "task decided",
+            extra={
+                "task_id": task.task_id,
+                "post_id": task.post_id,
+                "tenant": task.tenant,
+                "verdict": sub.verdict.value,
+                "late": late,
+            },
+        )
+        return Decided(
+            await self._reload(task_id),
+            review.review_id,
+            decision.decision_id,
+            decision.action.value,
+            late,
+        )
+
+    async def qa(self, reviewer: Reviewer, task_id: str, form: dict[str, Any]) -> Decided:
+        """A senior's re-review of a decided task (stage `qa`): stored, audited and published
+        as a Review; it does not re-action the post."""
+        self._require(reviewer, Permission.QA)
+        self._require(reviewer, Permission.DECIDE)
+        now = self.now()
+        async with self.store.transaction() as tx:
+            task = await self._visible(tx, reviewer, task_id, "task.qa", lock=True)
+            if task.state is not TaskState.DECIDED:
+                raise Conflict("only decided tasks can be re-reviewed")
+            sub = await self._validated(tx, reviewer, task, form, "task.qa")
+            review = review_event(
+                task, sub, stage=ReviewStage.QA, reviewer=reviewer.id, late=False, at=now
+            )
+            inserted = await tx.insert_review(
+                review_id=review.review_id,
+                task_id=task.task_id,
+                stage=ReviewStage.QA.value,
+                reviewer=reviewer.id,
+                outcome=sub.outcome.value,
+                verdict=sub.verdict.value,
+                categories=sub.categories,
+                reason=sub.reason,
+                tags=sub.tags,
+                late=False,
+                action=None,
+                human_decision_id=None,
+                reviewed_at=now,
+            )
+            if not inserted:
+                raise Conflict("you have re-reviewed this task already")
+            first = await tx.first_review_verdict(task.task_id)
+            await self._publish(tx, review)
+            await tx.audit(
+                actor=reviewer.id,
+                action="task.qa",
+                tenant=task.tenant,
+                task_id=task.task_id,
+                detail={
+                    "first": first.value if first else None,
+                    "qa": sub.verdict.value,
+                    "tags": list(sub.tags),
+                    "reason": sub.reason,
+                },
+            )
+        review_metrics.decisions.add(
+            1,
+            {
+                "tenant": task.tenant,
+                "verdict": sub.verdict.value,
+                "outcome": sub.outcome.value,
+                "stage": ReviewStage.QA.value,
+                "late": False,
+            },
+        )
+        await self._sent()
+        return Decided(task, review.review_id, None, None, False)
+
+    async def _validated(
+        self, tx: Tx, reviewer: Reviewer, task: Task, form: dict[str, Any], action: str
+    ) -> Submission:
+        # QA compares with the first human label; the first stage with the model's.
+        base = task.human_verdict if action == "task.qa" and task.human_verdict else None
+        return validate_submission(
+            model_verdict=base or task.model_verdict,
+            model_categories=task.categories,
+            outcome=form.get("outcome"),
+            verdict=form.get("verdict"),
+            reason=form.get("reason"),
+            tags=form.get("tags") or (),
+            categories=form.get("categories"),
+            allowed_tags=self.tags,
+        )
+
+    # --- helpers -----------------------------------------------------------------------------
+    def _require(self, reviewer: Reviewer, permission: Permission) -> None:
+        if not reviewer.may(permission):
+            raise Forbidden(f"role {reviewer.role.value} may not {permission.value}")
+
+    async def _visible(
+        self, tx: Tx, reviewer: Reviewer, task_id: str, action: str, *, lock: bool = False
+    ) -> Task:
+        task = await (tx.task_for_update(task_id) if lock else tx.task(task_id))
+        if task is None or not reviewer.sees(task.tenant):
+            # Audited outside this transaction: the caller's transaction is rolled back.
+            await self.store.audit_alone(
+                actor=reviewer.id,
+                action=action,
+                outcome="denied",
+                tenant=task.tenant if task else None,
+                task_id=task_id[:128],
+                detail={"why": "other tenant" if task else "no such task"},
+            )
+            review_metrics.denied.add(1, {"reason": "other_tenant" if task else "not_found"})
+            raise NotFound("no such task")
+        return task
+
+    async def _publish(self, tx: Tx, event: Review | ReviewAssignment | Decision) -> None:
+        """Queue an event (keyed by post) for the relay, in this transaction."""
+        if isinstance(event, Decision):
+            topic = ACTION_TOPIC[event.action]
+        elif isinstance(event, Review):
+            topic = Topic.REVIEWS
+        else:
+            topic = Topic.ASSIGNMENTS
+        await tx.enqueue("event", topic.value, event.post_id, event.to_json())
+
+    async def _reload(self, task_id: str) -> Task:
+        async with self.store.transaction() as tx:
+            task = await tx.task(task_id)
+        assert task is not None
+        return task

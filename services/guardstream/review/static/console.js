@@ -1,0 +1,71 @@
+// Review console: live SLA countdowns and one-key actions. No dependencies, no build step.
+//   c confirm · 1/2/3 correct to safe/controversial/unsafe · r reason · t next quick tag
+//   (space picks it) · Enter submit · n next task · Escape leaves a text field
+(function () {
+  "use strict";
+
+  function duration(s) {
+    s = Math.max(0, Math.floor(s));
+    if (s >= 3600) return Math.floor(s / 3600) + "h " + String(Math.floor((s % 3600) / 60)).padStart(2, "0") + "m";
+    if (s >= 60) return Math.floor(s / 60) + "m " + String(s % 60).padStart(2, "0") + "s";
+    return s + "s";
+  }
+
+  function tick() {
+    var now = Date.now();
+    document.querySelectorAll(".countdown[data-deadline]").forEach(function (el) {
+      var left = (Date.parse(el.dataset.deadline) - now) / 1000;
+      el.textContent = left >= 0 ? duration(left) + " left" : "expired " + duration(-left) + " ago";
+      el.classList.toggle("overdue", left < 0);
+    });
+  }
+
+  function typing(target) {
+    return target && (target.tagName === "TEXTAREA" ||
+      (target.tagName === "INPUT" && ["text", "password", "search", ""].indexOf(target.type) >= 0));
+  }
+
+  function check(id) {
+    var el = document.getElementById(id);
+    if (el) { el.checked = true; el.dispatchEvent(new Event("change")); }
+  }
+
+  var tagIndex = -1;
+
+  document.addEventListener("keydown", function (ev) {
+    if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+    var form = document.getElementById("decide-form");
+    if (ev.key === "Escape") { if (document.activeElement) document.activeElement.blur(); return; }
+    if (typing(ev.target)) return;  // Enter in the reason field submits natively
+    switch (ev.key) {
+      case "c":
+        document.querySelectorAll("input[name=verdict]").forEach(function (el) { el.checked = false; });
+        check("outcome-confirm");
+        break;
+      case "1": check("outcome-correct"); check("verdict-safe"); break;
+      case "2": check("outcome-correct"); check("verdict-controversial"); break;
+      case "3": check("outcome-correct"); check("verdict-unsafe"); break;
+      case "r": var reason = document.getElementById("reason"); if (reason) { reason.focus(); ev.preventDefault(); } break;
+      case "t":
+        var tags = document.querySelectorAll("#tags input.tag");
+        if (tags.length) { tagIndex = (tagIndex + 1) % tags.length; tags[tagIndex].focus(); }
+        break;
+      case "Enter":
+        if (form) { ev.preventDefault(); form.requestSubmit(); }
+        break;
+      case "n":
+        var next = document.getElementById("next-form");
+        if (next) next.requestSubmit();
+        break;
+      default: return;
+    }
+  });
+
+  // A correction needs no separate click: picking a label picks "correct".
+  document.addEventListener("change", function (ev) {
+    if (ev.target && ev.target.name === "verdict") check("outcome-correct");
+  });
+
+  tick();
+  setInterval(tick, 1000);
+})();

@@ -1,0 +1,345 @@
+"""The review workflow against the real PostgreSQL, broker and Redis, through the HTTP API of
+the real `guardstream review` process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from guardstream.core.cache import RedisVerdictCache
+from guardstream.core.contracts import (
+    AssignmentEvent,
+    SlaEvent,
+    SlaEventKind,
+    Verdict,
+    utcnow,
+)
+from guardstream.core.topics import Topic
+from guardstream.review import metrics as review_metrics
+from guardstream.review.logic import Role, task_id
+from tests.integration.review.conftest import (
+    Console,
+    contested,
+    new_test_post,
+    produce,
+    read_topic,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+async def seed(console: Console, n: int, tenant: str = "acme", **kw: object) -> list[str]:
+    """n contested posts (post + review decision) → their task ids, once the tasks exist."""
+    items = []
+    ids = []
+    for _ in range(n):
+        post = new_test_post(tenant)
+        decision = contested(post, **kw)  # type: ignore[arg-type]
+        items += [(Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)]
+        ids.append(task_id(post.post_id, decision.policy))
+    before = (await console.sql("SELECT count(*) AS n FROM tasks"))[0]["n"]
+    await produce(console.settings, *items)
+    await console.wait_tasks(before + n)
+    return ids
+
+
+async def test_review_decisions_become_one_task_each_with_text_and_sla(console: Console) -> None:
+    post = new_test_post()
+    decision = contested(post)
+    bad = b'{"schema_version": "1.0", "event_id": "x"}'
+    # The duplicate (a replay) and a malformed record must not create tasks.
+    await produce(
+        console.settings,
+        (Topic.REVIEW, decision, post.post_id),
+        (Topic.REVIEW, decision, post.post_id),
+        (Topic.REVIEW, bad, "junk"),
+        (Topic.POSTS, post, post.post_id),
+    )
+    await console.wait_tasks(1)
+    dlq = await read_topic(console.settings, Topic.DLQ, 1)
+    assert dlq and dlq[0]["reason"] == "invalid_schema"
+    assert dlq[0]["origin"]["topic"] == console.names[Topic.REVIEW]
+    rows = await console.sql("SELECT * FROM tasks")
+    assert len(rows) == 1
+    task = rows[0]
+    assert task["post_id"] == post.post_id and task["tenant"] == "acme"
+    assert task["model_verdict"] == "controversial" and task["confidence"] == 0.55
+    assert list(task["categories"]) == ["Politically Sensitive Topics"]
+    # The default pack's SLA: 2 hours from the decision.
+    assert abs((task["deadline"] - decision.decided_at).total_seconds() - 7200) < 1
+    await console.add_reviewer("alice", ("acme",))
+    for _ in range(50):  # the post may land after the task; its text and language follow
+        async with console.client("alice") as http:
+            body = (await http.get(f"/api/v1/tasks/{task['task_id']}")).json()
+        if body.get("text") and body.get("lang"):
+            break
+        await asyncio.sleep(0.1)
+    assert body["text"] == post.text and body["lang"] == "zh"
+
+
+async def test_two_reviewers_never_claim_the_same_task(console: Console) -> None:
+    await seed(console, 12)
+    names = [f"r{i}" for i in range(16)]
+    for name in names:
+        await console.add_reviewer(name, ("acme",))
+
+    async def claim(name: str) -> str | None:
+        async with console.client(name) as http:
+            response = await http.post("/api/v1/tasks/claim")
+            assert response.status_code == 200, response.text
+            body = response.json()
+            return body["task_id"] if body else None
+
+    claimed = await asyncio.gather(*(claim(n) for n in names))
+    got = [c for c in claimed if c is not None]
+    assert len(got) == 12 and len(set(got)) == 12  # 16 reviewers, 12 tasks: 4 get nothing
+    # Claims come in deadline order: the earliest deadlines went first.
+    rows = await console.sql("SELECT assignee FROM tasks WHERE state = 'assigned'")
+    assert len(rows) == 12
+    # A second claim returns the task the reviewer already holds.
+    async with console.client(names[0]) as http:
+        again = (await http.post("/api/v1/tasks/claim")).json()
+    assert again is None or again["task_id"] == claimed[0]
+
+
+async def test_invalid_submissions_are_refused_and_store_nothing(console: Console) -> None:
+    [tid] = await seed(console, 1)
+    await console.add_reviewer("alice", ("acme",))
+    outbox_before = (await console.sql("SELECT count(*) AS n FROM outbox"))[0]["n"]
+    tags = ["地域攻击"]
+    cases = [
+        ({"outcome": "correct", "verdict": "unsafe", "tags": tags}, "reason"),
+        ({"outcome": "correct", "verdict": "unsafe", "reason": "x" * 51, "tags": tags}, "reason"),
+        ({"outcome": "confirm", "tags": []}, "tags"),
+        ({"outcome": "confirm", "tags": ["made-up"]}, "tags"),
+        (
+            {"outcome": "correct", "verdict": "controversial", "reason": "r", "tags": tags},
+            "verdict",
+        ),
+    ]
+    async with console.client("alice") as http:
+        for body, field in cases:
+            response = await http.post(f"/api/v1/tasks/{tid}/decision", json=body)
+            assert response.status_code == 422, response.text
+            assert response.json()["field"] == field and response.json()["detail"]
+        response = await http.post(f"/api/v1/tasks/{tid}/decision", json={"outcome": "perhaps"})
+        assert response.status_code == 422
+    assert (await console.sql("SELECT count(*) AS n FROM reviews"))[0]["n"] == 0
+    assert (await console.sql("SELECT state FROM tasks"))[0]["state"] == "pending"
+    assert (await console.sql("SELECT count(*) AS n FROM outbox"))[0]["n"] == outbox_before
+
+
+async def test_a_correction_is_published_actioned_and_overrides_the_cache(
+    console: Console,
+) -> None:
+    post = new_test_post()
+    decision = contested(post)
+    await produce(
+        console.settings, (Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)
+    )
+    await console.wait_tasks(1)
+    tid = task_id(post.post_id, decision.policy)
+    await console.add_reviewer("alice", ("acme",))
+    async with console.client("alice") as http:
+        claimed = (await http.post("/api/v1/tasks/claim")).json()
+        assert claimed["task_id"] == tid
+        response = await http.post(
+            f"/api/v1/tasks/{tid}/decision",
+            json={
+                "outcome": "correct",
+                "verdict": "unsafe",
+                "reason": "地域歧视,煽动对立",
+                "tags": ["地域攻击", "regional attack"],
+            },
+        )
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert result["action"] == "block" and result["late"] is False
+        again = await http.post(
+            f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": ["地域攻击"]}
+        )
+        assert again.status_code == 409  # decided once, never twice
+
+    reviews = await read_topic(console.settings, Topic.REVIEWS, 1)
+    assert len(reviews) == 1
+    review = reviews[0]
+    assert review["post_id"] == post.post_id and review["outcome"] == "correct"
+    assert review["verdict"] == "unsafe" and review["model_verdict"] == "controversial"
+    assert review["reason"] == "地域歧视,煽动对立"
+    assert review["tags"] == ["地域攻击", "regional attack"]
+    assert review["reviewer"] == "alice" and review["decision_id"] == decision.decision_id
+    blocks = await read_topic(console.settings, Topic.BLOCK, 1)
+    assert [b["source"] for b in blocks] == ["human"]
+    assert blocks[0]["decision_id"] == result["decision_id"]
+    assert blocks[0]["verdict"] == "unsafe" and blocks[0]["content_key"] == decision.content_key
+    assignments = await read_topic(console.settings, Topic.ASSIGNMENTS, 1)
+    assert assignments[0]["event"] == AssignmentEvent.ASSIGNED.value
+    assert assignments[0]["reviewer"] == "alice"
+
+    cache = RedisVerdictCache.from_settings(console.settings)
+    try:
+        for _ in range(50):  # written by the relay; a slow Redis is a miss here, so ask again
+            found = await cache.get_many([decision.content_key])
+            if found:
+                break
+            await asyncio.sleep(0.1)
+        hit = found[decision.content_key]
+    finally:
+        await cache.close()
+    assert hit.source.value == "human" and hit.verdict is Verdict.UNSAFE
+
+    audit = await console.sql(
+        "SELECT actor, detail FROM audit WHERE action = 'task.decide' AND task_id = $1", tid
+    )
+    assert len(audit) == 1 and audit[0]["actor"] == "alice"
+    assert '"from": "controversial"' in audit[0]["detail"]
+    assert '"to": "unsafe"' in audit[0]["detail"]
+    assert post.text not in str(audit[0]["detail"])
+    # Everything queued was sent (the relay marks rows once the broker acknowledged them).
+    for _ in range(50):
+        unsent = await console.sql("SELECT count(*) AS n FROM outbox WHERE sent_at IS NULL")
+        if unsent[0]["n"] == 0:
+            break
+        await asyncio.sleep(0.1)
+    assert unsent[0]["n"] == 0
+
+
+async def test_an_expired_task_stays_decidable_and_a_late_unsafe_blocks(console: Console) -> None:
+    post = new_test_post()
+    decision = contested(post, decided_ago_s=7300)  # past the 2-hour deadline
+    expired = SlaEvent(
+        event_id="sla-" + decision.decision_id,
+        produced_at=utcnow(),
+        sla_event_id="sla-" + decision.decision_id,
+        post_id=post.post_id,
+        tenant=post.tenant,
+        decision_id=decision.decision_id,
+        kind=SlaEventKind.EXPIRED,
+        deadline=decision.decided_at,
+        downgrade_decision_id="downgrade-1",
+        at=utcnow(),
+    )
+    # The SLA event may arrive before the task: it waits and is applied.
+    await produce(console.settings, (Topic.SLA_EVENTS, expired, post.post_id))
+    await asyncio.sleep(0.5)
+    await produce(console.settings, (Topic.REVIEW, decision, post.post_id))
+    await console.wait_tasks(1)
+    tid = task_id(post.post_id, decision.policy)
+    rows = await console.sql("SELECT sla, downgrade_decision_id FROM tasks")
+    assert rows[0]["sla"] == "expired" and rows[0]["downgrade_decision_id"] == "downgrade-1"
+    await console.add_reviewer("alice", ("acme",))
+    async with console.client("alice") as http:
+        queue = (await http.get("/api/v1/queue")).json()
+        assert queue["tasks"][0]["sla"] == "expired" and queue["stats"]["expired"] == 1
+        assert queue["tasks"][0]["countdown"].startswith("expired")
+        response = await http.post(
+            f"/api/v1/tasks/{tid}/decision",
+            json={
+                "outcome": "correct",
+                "verdict": "unsafe",
+                "reason": "地域攻击",
+                "tags": ["地域攻击"],
+            },
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["late"] is True and response.json()["action"] == "block"
+    blocks = await read_topic(console.settings, Topic.BLOCK, 1)
+    assert blocks[0]["source"] == "human" and blocks[0]["rule"] == "human_review:late"
+    reviews = await read_topic(console.settings, Topic.REVIEWS, 1)
+    assert reviews[0]["late"] is True
+
+
+async def test_round_robin_assignment_and_lock_expiry(console: Console) -> None:
+    await console.add_reviewer("on1", ("acme",), on_call=True)
+    await console.add_reviewer("on2", ("acme",), on_call=True)
+    await console.add_reviewer("off", ("acme",), on_call=False)
+    await seed(console, 3)
+    for _ in range(100):
+        rows = await console.sql("SELECT assignee FROM tasks WHERE state = 'assigned'")
+        if len(rows) == 2:
+            break
+        await asyncio.sleep(0.1)
+    # One task each for the two on-call reviewers; the third waits; off-call gets none.
+    assert sorted(r["assignee"] for r in rows) == ["on1", "on2"]
+    # on1's lock expires: the task goes back and is handed out again.
+    await console.sql(
+        "UPDATE tasks SET lock_expires_at = now() - interval '1 second' WHERE assignee = 'on1'"
+    )
+    events: list[dict[str, object]] = []
+    for _ in range(100):
+        events = await read_topic(console.settings, Topic.ASSIGNMENTS, 4, within=2)
+        if any(e["event"] == "released" for e in events):
+            break
+    assert any(e["event"] == "released" for e in events)
+    assert {e["reviewer"] for e in events if e["event"] == "assigned"} >= {"on1", "on2"}
+
+
+async def test_release_gives_the_task_back(console: Console) -> None:
+    [tid] = await seed(console, 1)
+    await console.add_reviewer("alice", ("acme",))
+    await console.add_reviewer("bob", ("acme",))
+    async with console.client("alice") as http:
+        assert (await http.post("/api/v1/tasks/claim")).json()["task_id"] == tid
+    async with console.client("bob") as http:
+        assert (await http.post("/api/v1/tasks/claim")).json() is None
+        held = await http.post(
+            f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": ["政治隐喻"]}
+        )
+        assert held.status_code == 409
+        assert (await http.post(f"/api/v1/tasks/{tid}/release")).status_code == 409
+    async with console.client("alice") as http:
+        released = await http.post(f"/api/v1/tasks/{tid}/release")
+        assert released.status_code == 200 and released.json()["state"] == "pending"
+    async with console.client("bob") as http:
+        assert (await http.post("/api/v1/tasks/claim")).json()["task_id"] == tid
+
+
+async def test_senior_qa_and_agreement(console: Console) -> None:
+    ids = await seed(console, 2)
+    await console.add_reviewer("alice", ("acme",))
+    await console.add_reviewer("sue", ("acme",), role=Role.SENIOR)
+    async with console.client("alice") as http:
+        for tid in ids:
+            r = await http.post(
+                f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": ["政治隐喻"]}
+            )
+            assert r.status_code == 200, r.text
+        confirm = {"outcome": "confirm", "tags": ["政治隐喻"]}
+        assert (await http.post(f"/api/v1/tasks/{ids[0]}/qa", json=confirm)).status_code == 403
+        assert (await http.get("/api/v1/qa/agreement")).status_code == 403
+    async with console.client("sue") as http:
+        agree = await http.post(
+            f"/api/v1/tasks/{ids[0]}/qa", json={"outcome": "confirm", "tags": ["政治隐喻"]}
+        )
+        assert agree.status_code == 200, agree.text
+        differ = await http.post(
+            f"/api/v1/tasks/{ids[1]}/qa",
+            json={
+                "outcome": "correct",
+                "verdict": "safe",
+                "reason": "讽刺,非攻击",
+                "tags": ["政治隐喻"],
+            },
+        )
+        assert differ.status_code == 200, differ.text
+        figures = (await http.get("/api/v1/qa/agreement")).json()
+    assert figures == {"compared": 2, "agreed": 1, "rate": 0.5}
+    # The same figure as a gauge for Prometheus (refreshed by the process's timer).
+    for _ in range(100):
+        if review_metrics.qa_agreement_by_tenant.get("acme") == 0.5:
+            break
+        await asyncio.sleep(0.1)
+    assert review_metrics.qa_agreement_by_tenant.get("acme") == 0.5
+    reviews = await read_topic(console.settings, Topic.REVIEWS, 4)
+    assert sorted(r["stage"] for r in reviews) == ["first", "first", "qa", "qa"]
+    # QA does not re-action: only the two first-stage decisions reached the action topics.
+    allows = await read_topic(console.settings, Topic.ALLOW, 3, within=3)
+    assert len(allows) == 2
+
+
+async def test_openapi_documents_the_api(console: Console) -> None:
+    async with console.client() as http:
+        spec = (await http.get("/openapi.json")).json()
+    for path in ("/api/v1/queue", "/api/v1/tasks/claim", "/api/v1/tasks/{task_id}/decision"):
+        assert path in spec["paths"]

@@ -1,0 +1,106 @@
+"""The console in a real browser: Playwright drives Debian's Chromium (`/usr/bin/chromium`,
+installed by apt in `.ci/run`; never `playwright install`). A reviewer logs in, works an item
+with the keyboard only, and the published Review and human Decision are read off the broker."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+
+from guardstream.core.topics import Topic
+from guardstream.review.logic import task_id
+from tests.conftest import missing
+from tests.integration.review.conftest import (
+    PASSWORD,
+    Console,
+    contested,
+    new_test_post,
+    produce,
+    read_topic,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+CHROMIUM = os.environ.get("GUARDSTREAM_CHROMIUM", "/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[object]:
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before the browser starts
+        missing(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            context = await browser.new_context()
+            yield await context.new_page()
+        finally:
+            await browser.close()
+
+
+async def test_a_reviewer_works_an_item_with_the_keyboard(console: Console, page: object) -> None:
+    from playwright.async_api import Page, expect
+
+    assert isinstance(page, Page)
+    post = new_test_post(text="那个省的人都是骗子,大家小心。")
+    decision = contested(post)
+    await produce(
+        console.settings, (Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)
+    )
+    await console.wait_tasks(1)
+    tid = task_id(post.post_id, decision.policy)
+    await console.add_reviewer("alice", ("acme",))
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    await page.goto(console.base_url + "/console")
+    await expect(page).to_have_url(re.compile(r"/console/login$"))
+    await page.fill("#reviewer", "alice")
+    await page.fill("#password", PASSWORD)
+    await page.press("#password", "Enter")
+    await expect(page.locator("#depth")).to_have_text("1")
+    countdown = page.locator("td .countdown").first
+    await expect(countdown).to_have_text(re.compile(r"^1h 5\d+m left$"))
+
+    await page.keyboard.press("n")  # next task
+    await expect(page).to_have_url(re.compile(f"/console/tasks/{tid}$"))
+    await expect(page.locator("#post-text")).to_have_text(post.text)
+    await expect(page.locator("#model-verdict")).to_have_text("controversial")
+
+    await page.keyboard.press("3")  # correct the label to unsafe
+    await expect(page.locator("#outcome-correct")).to_be_checked()
+    await expect(page.locator("#verdict-unsafe")).to_be_checked()
+    await page.keyboard.press("Enter")  # without reason and tag: refused, nothing stored
+    await expect(page.locator("#error")).to_contain_text("reason")
+    assert (await console.sql("SELECT count(*) AS n FROM reviews"))[0]["n"] == 0
+
+    await page.keyboard.press("3")
+    await page.keyboard.press("r")
+    await page.keyboard.type("地域攻击,以偏概全")
+    await page.keyboard.press("Escape")
+    await page.keyboard.press("t")  # first quick tag (地域攻击 is the second)
+    await page.keyboard.press("t")
+    await page.keyboard.press(" ")
+    await expect(page.locator("input.tag").nth(1)).to_be_checked()
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#message")).to_contain_text("unsafe → block")
+    assert not errors
+
+    reviews = await read_topic(console.settings, Topic.REVIEWS, 1)
+    assert len(reviews) == 1
+    assert reviews[0]["reviewer"] == "alice" and reviews[0]["verdict"] == "unsafe"
+    assert reviews[0]["reason"] == "地域攻击,以偏概全" and reviews[0]["tags"] == ["地域攻击"]
+    blocks = await read_topic(console.settings, Topic.BLOCK, 1)
+    assert blocks[0]["source"] == "human" and blocks[0]["post_id"] == post.post_id

@@ -1,0 +1,65 @@
+"""The outbox relay: events reach the broker even while Redis is unreachable; the human
+verdict waits in the outbox (not lost, not re-sending events) and lands once Redis answers."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from guardstream.core.cache import RedisVerdictCache
+from guardstream.core.contracts import Source, Verdict
+from guardstream.core.kafka import ensure_topics, make_producer
+from guardstream.core.settings import Settings
+from guardstream.core.topics import Topic, TopicNames
+from guardstream.review.relay import OutboxRelay
+from guardstream.review.store import ReviewStore
+from tests.conftest import free_port
+from tests.integration.review.conftest import read_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+async def test_a_redis_outage_holds_back_only_the_cache_write(review_settings: Settings) -> None:
+    settings = review_settings
+    await ensure_topics(settings)
+    store = await ReviewStore.open(settings)
+    producer = make_producer(settings, client_id="relay-test")
+    await producer.start()
+    dead = RedisVerdictCache(
+        aioredis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.2),
+        prefix=settings.cache_prefix,
+        ttl_s=60,
+        timeout_s=0.3,
+    )
+    live = RedisVerdictCache.from_settings(settings)
+    key = uuid.uuid4().hex
+    entry = (
+        b'{"v":1,"verdict":"unsafe","categories":[],"reason":"human review","source":"human",'
+        b'"model":"tiny","decided_at":"2026-01-01T00:00:00Z"}'
+    )
+    try:
+        async with store.transaction() as tx:
+            await tx.enqueue("event", Topic.REVIEWS.value, "p1", b'{"n": 1}')
+            await tx.enqueue("human_verdict", "verdict_cache", key, entry)
+            await tx.enqueue("event", Topic.REVIEWS.value, "p1", b'{"n": 2}')
+        names = TopicNames(settings.namespace)
+        down = OutboxRelay(store, producer, dead, names)
+        assert await down.relay_once() == 2  # both events, not the cache write
+        assert await down.relay_once() == 0  # and they are not sent again
+        assert [r["n"] for r in await read_topic(settings, Topic.REVIEWS, 2)] == [1, 2]
+        unsent = await store.unsent(10)
+        assert [u.kind for u in unsent] == ["human_verdict"]
+
+        up = OutboxRelay(store, producer, live, names)
+        assert await up.relay_once() == 1
+        found = await live.get_many([key])
+        assert found[key].source is Source.HUMAN and found[key].verdict is Verdict.UNSAFE
+        assert await store.unsent(10) == []
+        assert len(await read_topic(settings, Topic.REVIEWS, 3, within=2)) == 2
+    finally:
+        await dead.close()
+        await live.close()
+        await producer.stop()
+        await store.close()

@@ -1,0 +1,111 @@
+"""The console beside the real SLA app (`guardstream sla`, its own process): a contested post
+nobody reviews is warned about, then expired and downgraded by the SLA app; the console shows
+the task as expired, a reviewer's late unsafe still wins (block), and the SLA app records the
+late review. Review SLA of 4 s from a test policy pack."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from guardstream.core.settings import Settings
+from guardstream.core.topics import Topic
+from guardstream.review.logic import task_id
+from tests.integration.review.conftest import (
+    Console,
+    contested,
+    new_test_post,
+    produce,
+    read_topic,
+)
+from tests.support.processes import Process, env_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+PACK = """
+id: sla-test
+version: "1"
+tenants: ["*"]
+review_sla_s: 4
+assignment_sla_s: 2
+review_warning_fraction: 0.5
+"""
+
+
+@pytest.fixture
+def policy_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "packs"
+    directory.mkdir()
+    (directory / "sla-test.yaml").write_text(PACK)
+    return directory
+
+
+@pytest.fixture
+async def review_settings(review_settings: Settings, policy_dir: Path) -> AsyncIterator[Settings]:
+    yield review_settings.model_copy(update={"policy_dir": policy_dir})
+
+
+@pytest.fixture
+def sla_app(review_settings: Settings, policy_dir: Path, tmp_path: Path) -> Iterator[Process]:
+    env = env_for(
+        review_settings,
+        GUARDSTREAM_POLICY_DIR=str(policy_dir),
+        GUARDSTREAM_SLA_TICK_S="0.2",
+        GUARDSTREAM_SLA_DATA_DIR=str(tmp_path / "sla-data"),
+        GUARDSTREAM_SLA_SESSION_TIMEOUT_S="6",
+    )
+    proc = Process("sla", env, tmp_path)
+    yield proc
+    proc.stop()
+
+
+async def test_expired_by_the_sla_app_then_decided_late(console: Console, sla_app: Process) -> None:
+    await asyncio.to_thread(sla_app.start().wait_ready, 120)
+    post = new_test_post()
+    decision = contested(post, policy="sla-test@1")
+    await produce(
+        console.settings, (Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)
+    )
+    await console.wait_tasks(1)
+    tid = task_id(post.post_id, decision.policy)
+    rows = await console.sql("SELECT deadline, created_at FROM tasks")
+    assert (rows[0]["deadline"] - rows[0]["created_at"]).total_seconds() == 4
+
+    for _ in range(200):  # the SLA app expires it after 4 s (plus its tick)
+        rows = await console.sql("SELECT sla, downgrade_decision_id FROM tasks")
+        if rows[0]["sla"] == "expired":
+            break
+        await asyncio.sleep(0.1)
+    assert rows[0]["sla"] == "expired" and rows[0]["downgrade_decision_id"]
+    [downgrade] = await read_topic(console.settings, Topic.ALLOW, 1)
+    assert downgrade["source"] == "sla_timeout"
+    assert downgrade["decision_id"] == rows[0]["downgrade_decision_id"]
+
+    await console.add_reviewer("alice", ("acme",))
+    async with console.client("alice") as http:
+        item = (await http.get(f"/api/v1/tasks/{tid}")).json()
+        assert item["sla"] == "expired"
+        response = await http.post(
+            f"/api/v1/tasks/{tid}/decision",
+            json={
+                "outcome": "correct",
+                "verdict": "unsafe",
+                "reason": "地域攻击",
+                "tags": ["地域攻击"],
+            },
+        )
+    assert response.status_code == 200, response.text
+    assert response.json()["late"] is True and response.json()["action"] == "block"
+    [block] = await read_topic(console.settings, Topic.BLOCK, 1)
+    assert block["source"] == "human" and block["rule"] == "human_review:late"
+
+    kinds: list[str] = []
+    for _ in range(100):  # the SLA app saw the late Review
+        events = await read_topic(console.settings, Topic.SLA_EVENTS, 3, within=1)
+        kinds = sorted(str(e["kind"]) for e in events if e["post_id"] == post.post_id)
+        if "late_review" in kinds:
+            break
+    assert "expired" in kinds and "late_review" in kinds

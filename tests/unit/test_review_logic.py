@@ -1,0 +1,218 @@
+"""The review console's pure rules: submissions, roles, ids, events, SLA display, sessions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from guardstream.core.contracts import (
+    Action,
+    ReviewOutcome,
+    ReviewStage,
+    Source,
+    Verdict,
+)
+from guardstream.core.decisions import human_action
+from guardstream.policy import ControversialMode, load_registry
+from guardstream.review import auth
+from guardstream.review.logic import (
+    SEED_TAGS,
+    InvalidSubmission,
+    Permission,
+    Reviewer,
+    Role,
+    SlaState,
+    Task,
+    TaskState,
+    agreement,
+    countdown,
+    human_decision,
+    human_verdict_entry,
+    parse_tags,
+    review_event,
+    review_id,
+    task_id,
+    validate_submission,
+)
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+TAGS = SEED_TAGS
+
+
+def submit(**kw: object) -> object:
+    args: dict[str, object] = {
+        "model_verdict": Verdict.CONTROVERSIAL,
+        "model_categories": ("Politically Sensitive Topics",),
+        "outcome": "confirm",
+        "verdict": None,
+        "reason": None,
+        "tags": ["政治隐喻"],
+        "categories": None,
+        "allowed_tags": TAGS,
+    }
+    args.update(kw)
+    return validate_submission(**args)  # type: ignore[arg-type]
+
+
+def task(**kw: object) -> Task:
+    base: dict[str, object] = dict(
+        task_id=task_id("p1", "default@1"),
+        post_id="p1",
+        policy="default@1",
+        tenant="acme",
+        lang="zh",
+        region=None,
+        decision_id="d" * 32,
+        post_event_id="e1",
+        content_key="a" * 32,
+        model_verdict=Verdict.CONTROVERSIAL,
+        categories=("Politically Sensitive Topics",),
+        confidence=0.61,
+        reason="Qwen3Guard: Controversial",
+        model="tiny",
+        adapter=None,
+        domain_tags=(),
+        created_at=NOW,
+        deadline=NOW + timedelta(hours=2),
+        warn_at=NOW + timedelta(hours=1),
+        assign_by=NOW + timedelta(minutes=15),
+        state=TaskState.ASSIGNED,
+        sla=SlaState.OK,
+        assignee="alice",
+        lock_expires_at=None,
+        decided_at=None,
+        human_verdict=None,
+        late=False,
+    )
+    base.update(kw)
+    return Task(**base)  # type: ignore[arg-type]
+
+
+def test_confirm_keeps_the_model_label_and_categories() -> None:
+    sub = submit()
+    assert sub.outcome is ReviewOutcome.CONFIRM  # type: ignore[attr-defined]
+    assert sub.verdict is Verdict.CONTROVERSIAL  # type: ignore[attr-defined]
+    assert sub.categories == ("Politically Sensitive Topics",)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("kw", "field"),
+    [
+        ({"outcome": "maybe"}, "outcome"),
+        ({"outcome": None}, "outcome"),
+        ({"outcome": "correct", "verdict": "unsafe"}, "reason"),  # correction without reason
+        ({"outcome": "correct", "verdict": "unsafe", "reason": "   "}, "reason"),
+        ({"outcome": "correct", "verdict": "unsafe", "reason": "x" * 51}, "reason"),
+        ({"outcome": "correct", "verdict": "controversial", "reason": "same"}, "verdict"),
+        ({"outcome": "correct", "verdict": "bogus", "reason": "r"}, "verdict"),
+        ({"outcome": "confirm", "verdict": "unsafe"}, "verdict"),
+        ({"tags": []}, "tags"),
+        ({"tags": ["  "]}, "tags"),
+        ({"tags": ["not-a-tag"]}, "tags"),
+    ],
+)
+def test_invalid_submissions_say_which_field(kw: dict[str, object], field: str) -> None:
+    with pytest.raises(InvalidSubmission) as err:
+        submit(**kw)
+    assert err.value.field == field
+    assert err.value.message
+
+
+def test_a_correction_with_a_50_character_reason_is_valid() -> None:
+    sub = submit(outcome="correct", verdict="unsafe", reason="该" * 50, tags=["健康污名"])
+    assert sub.verdict is Verdict.UNSAFE  # type: ignore[attr-defined]
+    assert sub.reason == "该" * 50  # type: ignore[attr-defined]
+
+
+def test_safe_has_no_categories() -> None:
+    sub = submit(outcome="correct", verdict="safe", reason="satire", tags=["political allusion"])
+    assert sub.categories == ()  # type: ignore[attr-defined]
+
+
+def test_tag_list_is_configurable_and_seeded() -> None:
+    assert {"性别歧视", "地域攻击", "健康污名", "政治隐喻"} <= set(SEED_TAGS)
+    assert parse_tags(" a, b ,,a, c ") == ("a", "b", "c")
+
+
+def test_roles() -> None:
+    reviewer = Reviewer("r", ("acme",), Role.REVIEWER)
+    admin = Reviewer("a", ("*",), Role.ADMIN)
+    senior = Reviewer("s", ("acme",), Role.SENIOR)
+    assert reviewer.may(Permission.READ_TEXT) and not reviewer.may(Permission.QA)
+    assert senior.may(Permission.QA) and senior.may(Permission.DECIDE)
+    assert not admin.may(Permission.READ_TEXT) and not admin.may(Permission.DECIDE)
+    assert reviewer.sees("acme") and not reviewer.sees("other")
+    assert admin.sees("other")
+
+
+def test_ids_are_deterministic() -> None:
+    assert task_id("p1", "pol@1") == task_id("p1", "pol@1") != task_id("p1", "pol@2")
+    first = review_id("t", ReviewStage.FIRST, "alice")
+    assert first == review_id("t", ReviewStage.FIRST, "bob")  # one first review per task
+    assert review_id("t", ReviewStage.QA, "alice") != review_id("t", ReviewStage.QA, "bob")
+
+
+def test_human_action_mapping() -> None:
+    packs = load_registry(None)
+    pack = packs.default
+    assert human_action(pack, Verdict.UNSAFE) is Action.BLOCK
+    assert human_action(pack, Verdict.SAFE) is Action.ALLOW
+    strict = pack.model_copy(update={"controversial": ControversialMode.STRICT})
+    review = pack.model_copy(update={"controversial": ControversialMode.REVIEW})
+    assert human_action(strict, Verdict.CONTROVERSIAL) is Action.BLOCK
+    assert human_action(review, Verdict.CONTROVERSIAL) is Action.ALLOW  # never back to review
+    assert human_action(None, Verdict.UNSAFE) is Action.BLOCK
+
+
+def test_a_late_unsafe_decision_blocks_and_says_it_was_late() -> None:
+    sub = submit(outcome="correct", verdict="unsafe", reason="污名化表达", tags=["健康污名"])
+    t = task(sla=SlaState.EXPIRED)
+    decision = human_decision(t, sub, load_registry(None).default, late=True, at=NOW)  # type: ignore[arg-type]
+    assert decision.action is Action.BLOCK
+    assert decision.source is Source.HUMAN
+    assert decision.rule == "human_review:late"
+    assert "after the SLA expired" in decision.reason
+    again = human_decision(t, sub, None, late=True, at=NOW + timedelta(seconds=5))  # type: ignore[arg-type]
+    assert again.decision_id == decision.decision_id
+    review = review_event(t, sub, stage=ReviewStage.FIRST, reviewer="alice", late=True, at=NOW)  # type: ignore[arg-type]
+    assert review.late and review.outcome is ReviewOutcome.CORRECT
+    assert review.model_verdict is Verdict.CONTROVERSIAL and review.tags == ("健康污名",)
+    entry = human_verdict_entry(t, sub, late=True, at=NOW)  # type: ignore[arg-type]
+    assert entry.source is Source.HUMAN and entry.verdict is Verdict.UNSAFE
+
+
+def test_countdown() -> None:
+    assert countdown(NOW + timedelta(minutes=65), NOW) == "1h 05m left"
+    assert countdown(NOW + timedelta(seconds=250), NOW) == "4m 10s left"
+    assert countdown(NOW - timedelta(minutes=3), NOW) == "expired 3m 00s ago"
+
+
+def test_agreement() -> None:
+    result = agreement([(Verdict.SAFE, Verdict.SAFE), (Verdict.UNSAFE, Verdict.SAFE)])
+    assert (result.compared, result.agreed, result.rate) == (2, 1, 0.5)
+    assert agreement([]).rate is None
+
+
+def test_passwords_hash_and_verify() -> None:
+    stored = auth.hash_password("correct horse")
+    assert stored.startswith("scrypt$") and "correct horse" not in stored
+    assert auth.verify_password("correct horse", stored)
+    assert not auth.verify_password("wrong", stored)
+    assert not auth.verify_password("x", "garbage")
+
+
+def test_sessions_reject_tampering_and_expiry() -> None:
+    key = b"k" * 32
+    cookie, session = auth.issue_session(key, "alice", 1000.0, 60)
+    assert auth.read_session(key, cookie, 1001.0) == session
+    assert auth.read_session(key, cookie, 1061.0) is None  # expired
+    assert auth.read_session(b"x" * 32, cookie, 1001.0) is None  # other key
+    _body, sig = cookie.rsplit(".", 1)
+    forged = auth.issue_session(key, "mallory", 1000.0, 60)[0].rsplit(".", 1)[0] + "." + sig
+    assert auth.read_session(key, forged, 1001.0) is None
+    assert auth.read_session(key, None, 1001.0) is None
+    assert auth.csrf_ok(session, session.csrf) and not auth.csrf_ok(session, None)
+    assert not auth.csrf_ok(session, "nope")
