@@ -114,10 +114,11 @@ def model_cache_dir() -> Path:
 
 @pytest.fixture
 def settings(
-    kafka_bootstrap: str, redis_url: str, namespace: str, model_cache_dir: Path
+    kafka_bootstrap: str, redis_url: str, namespace: str, model_cache_dir: Path, tmp_path: Path
 ) -> Settings:
     return Settings(
         namespace=namespace,
+        feedback_dir=tmp_path / "feedback",  # never the user's archive
         kafka_bootstrap=kafka_bootstrap,
         redis_url=redis_url,
         model="tiny",

@@ -28,6 +28,7 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         "GUARDSTREAM_MAX_MODEL_LEN": str(settings.max_model_len),
         "GUARDSTREAM_POLL_TIMEOUT_MS": str(settings.poll_timeout_ms),
         "GUARDSTREAM_RETRY_BACKOFF_MAX_S": str(settings.retry_backoff_max_s),
+        "GUARDSTREAM_FEEDBACK_DIR": str(settings.feedback_dir),
     }
     env.update(extra)
     return env

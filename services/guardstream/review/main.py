@@ -27,6 +27,7 @@ from guardstream.core.kafka import make_consumer, make_producer
 from guardstream.core.loop import BatchLoop, LoopConfig
 from guardstream.core.settings import Settings
 from guardstream.core.topics import TopicNames
+from guardstream.feedback.archive import Archive
 from guardstream.policy import load_registry
 from guardstream.review import metrics as review_metrics
 from guardstream.review.api import install_error_handlers, router
@@ -95,7 +96,13 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
     stack.push_async_callback(producer.stop)
     cache = RedisVerdictCache.from_settings(settings)
     stack.push_async_callback(cache.close)
-    relay = OutboxRelay(store, producer, cache, TopicNames(settings.namespace))
+    relay = OutboxRelay(
+        store,
+        producer,
+        cache,
+        TopicNames(settings.namespace),
+        archive=Archive(settings.feedback_dir),
+    )
     service = ReviewService(
         store,
         policies,

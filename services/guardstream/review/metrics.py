@@ -57,3 +57,14 @@ meter.create_observable_gauge(
     unit="1",
     description="Share of senior QA re-reviews that agree with the first review",
 )
+
+samples_without_text = meter.create_counter(
+    "guardstream.review.samples_without_text",
+    unit="{review}",
+    description="Reviews whose post text had not arrived: not archived for training yet",
+)
+feedback_samples = meter.create_counter(
+    "guardstream.feedback.samples",
+    unit="{sample}",
+    description="Reviews written to the feedback archive",
+)

@@ -19,6 +19,9 @@ from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import utcnow
 from guardstream.core.redisstore import Unavailable
 from guardstream.core.topics import Topic, TopicNames
+from guardstream.feedback.archive import Archive
+from guardstream.feedback.sample import FeedbackSample
+from guardstream.review import metrics as review_metrics
 from guardstream.review.store import ReviewStore
 
 log = logging.getLogger(__name__)
@@ -42,9 +45,11 @@ class OutboxRelay:
         cache: HumanVerdictSink,
         topics: TopicNames,
         *,
+        archive: Archive | None = None,
         batch: int = 200,
     ) -> None:
         self._store = store
+        self._archive = archive
         self._producer = producer
         self._cache = cache
         self._topics = topics
@@ -90,6 +95,12 @@ class OutboxRelay:
                 *await tx.conn.fetch(_UNSENT, "event", self._batch),
                 *await tx.conn.fetch(_UNSENT, "human_verdict", self._batch),
             ]
+            samples = (
+                await tx.conn.fetch(_UNSENT, "feedback_sample", self._batch)
+                if self._archive is not None
+                else []
+            )
+            rows += samples
             if not rows:
                 return 0
             futures: list[asyncio.Future[Any]] = []
@@ -106,8 +117,15 @@ class OutboxRelay:
                     done.append(row["id"])
             await asyncio.gather(*futures)
             # Cache writes apart: Redis being down must not hold back (or re-send) events.
+            if samples and self._archive is not None:
+                # The archive fsyncs before returning; a failure leaves the rows queued.
+                archived = [FeedbackSample.from_json(bytes(row["payload"])) for row in samples]
+                await asyncio.to_thread(self._archive.append, archived)
+                for sample in archived:
+                    review_metrics.feedback_samples.add(1, {"tenant": sample.tenant})
+                done.extend(row["id"] for row in samples)
             for row in rows:
-                if row["kind"] != "event":
+                if row["kind"] == "human_verdict":
                     entry = CachedVerdict.model_validate_json(bytes(row["payload"]))
                     try:
                         await self._cache.put_human(row["key"], entry)

@@ -18,6 +18,7 @@ from typing import Any
 from guardstream.core.contracts import (
     AssignmentEvent,
     Decision,
+    Kind,
     Review,
     ReviewAssignment,
     ReviewStage,
@@ -25,7 +26,8 @@ from guardstream.core.contracts import (
 )
 from guardstream.core.decisions import ACTION_TOPIC
 from guardstream.core.topics import Topic
-from guardstream.policy import PolicyRegistry
+from guardstream.feedback.sample import FeedbackSample, from_review
+from guardstream.policy import PolicyPack, PolicyRegistry
 from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import (
@@ -372,6 +374,7 @@ class ReviewService:
             await tx.mark_decided(task.task_id, sub.verdict, late, now)
             await self._publish(tx, review)
             await self._publish(tx, decision)
+            await self._archive(tx, task, review, pack)
             entry = human_verdict_entry(task, sub, late=late, at=now)
             await tx.enqueue(
                 "human_verdict", "verdict_cache", task.content_key, entry.model_dump_json().encode()
@@ -460,6 +463,10 @@ class ReviewService:
                 raise Conflict("you have re-reviewed this task already")
             first = await tx.first_review_verdict(task.task_id)
             await self._publish(tx, review)
+            pack = self.policies.by_ref(task.policy) or self.policies.for_post(
+                task.tenant, task.region
+            )
+            await self._archive(tx, task, review, pack)
             await tx.audit(
                 actor=reviewer.id,
                 action="task.qa",
@@ -534,8 +541,37 @@ class ReviewService:
             topic = Topic.ASSIGNMENTS
         await tx.enqueue("event", topic.value, event.post_id, event.to_json())
 
+    async def _archive(self, tx: Tx, task: Task, review: Review, pack: PolicyPack) -> None:
+        """Queue the review's feedback sample (the relay appends it to the archive). Without
+        the post's text there is nothing to train on: counted, and `guardstream feedback
+        rebuild` recreates it from this store once the text has arrived."""
+        post = await tx.post_text(task.post_id, task.tenant)
+        if post is None:
+            review_metrics.samples_without_text.add(1, {"tenant": task.tenant})
+            log.warning("review archived without text", extra={"task_id": task.task_id})
+            return
+        sample = feedback_sample(task, review, post, pack)
+        await tx.enqueue("feedback_sample", "archive", review.review_id, sample.to_json())
+
     async def _reload(self, task_id: str) -> Task:
         async with self.store.transaction() as tx:
             task = await tx.task(task_id)
         assert task is not None
         return task
+
+
+def feedback_sample(task: Task, review: Review, post: PostText, pack: PolicyPack) -> FeedbackSample:
+    """The archived form of a review: the post as the model saw it, what it said, what the
+    human decided (see guardstream.feedback.sample)."""
+    return from_review(
+        review,
+        text=post.text,
+        kind=Kind(post.kind),
+        prompt=post.prompt,
+        lang=post.lang or task.lang,
+        pred_categories=tuple(task.categories),
+        pred_reason=task.reason,
+        pred_refusal=None,
+        decided_at=task.created_at,
+        pack=pack,
+    )

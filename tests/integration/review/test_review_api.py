@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from guardstream.core.cache import RedisVerdictCache
+from guardstream.core.content import normalise
 from guardstream.core.contracts import (
     AssignmentEvent,
     SlaEvent,
@@ -16,6 +17,7 @@ from guardstream.core.contracts import (
     utcnow,
 )
 from guardstream.core.topics import Topic
+from guardstream.feedback.archive import Archive
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import Role, task_id
 from tests.integration.review.conftest import (
@@ -203,6 +205,14 @@ async def test_a_correction_is_published_actioned_and_overrides_the_cache(
             break
         await asyncio.sleep(0.1)
     assert unsent[0]["n"] == 0
+
+    # ... including the feedback sample: the review, archived for training.
+    (sample,) = Archive(console.settings.feedback_dir).read()
+    assert sample.sample_id == review["review_id"]
+    assert sample.text == normalise(post.text)  # as the model saw it (default pack: no prefix)
+    assert (sample.pred_verdict, sample.human_verdict) == (Verdict.CONTROVERSIAL, Verdict.UNSAFE)
+    assert sample.human_reason == "地域歧视,煽动对立"
+    assert sample.content_key == decision.content_key
 
 
 async def test_an_expired_task_stays_decidable_and_a_late_unsafe_blocks(console: Console) -> None:
