@@ -277,8 +277,8 @@ class Settings(BaseSettings):
     ] = 2.0
     # Quick tags a reviewer must pick from (at least one), comma-separated.
     review_tags: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_REVIEW_TAGS"))] = (
-        "性别歧视,地域攻击,健康污名,政治隐喻,"
-        "gender discrimination,regional attack,health stigma,political allusion"
+        "性别歧视,地域攻击,健康污名,政治隐喻,误判,"
+        "gender discrimination,regional attack,health stigma,political allusion,false positive"
     )
     # Post texts without a review task are purged after this (they are kept for reviewers).
     review_post_text_ttl_s: Annotated[
