@@ -309,6 +309,12 @@ class Settings(BaseSettings):
     feedback_anchor_ratio: Annotated[
         float, Field(ge=0, validation_alias=_env("GUARDSTREAM_FEEDBACK_ANCHOR_RATIO"))
     ] = 1.0
+    # A small model (hub id, path or `tiny`) that prescreens curated labels: when it confidently
+    # contradicts the human label, the sample is held for a senior instead of trained on.
+    # Unset: no prescreen. It must not be the serving model, which disagrees by definition.
+    feedback_prescreen_model: Annotated[
+        str | None, Field(validation_alias=_env("GUARDSTREAM_FEEDBACK_PRESCREEN_MODEL"))
+    ] = None
     # A candidate adapter must beat the serving one by this much held-out accuracy.
     feedback_promotion_margin: Annotated[
         float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN"))

@@ -16,6 +16,7 @@ from rich.table import Table
 from guardstream.core.settings import Settings
 
 if TYPE_CHECKING:
+    from guardstream.core.contracts import Verdict
     from guardstream.feedback.job import FeedbackConfig
 
 feedback_app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
@@ -107,6 +108,23 @@ def run(
         raise typer.Exit(2)
     base, _model_id = resolve_model(settings)
     registry = AdapterRegistry(settings.adapter_dir)
+    prescreen = None
+    if settings.feedback_prescreen_model is not None:
+        from guardstream.feedback.dataset import NotTrainable, example
+        from guardstream.feedback.evaluate import LabelScorer
+        from guardstream.feedback.sample import FeedbackSample
+
+        small, _ = resolve_model(
+            settings.model_copy(update={"model": settings.feedback_prescreen_model})
+        )
+        screener = LabelScorer(small)
+
+        def prescreen(sample: FeedbackSample) -> tuple[Verdict, float]:
+            try:
+                return screener.predict(example(sample))
+            except NotTrainable:
+                return sample.human_verdict, 0.0  # nothing to check; training reports it
+
     with Progress(
         TextColumn("training"), BarColumn(), TextColumn("{task.description}"), console=err
     ) as bar:
@@ -122,6 +140,7 @@ def run(
                 registry,
                 datetime.now(UTC),
                 config_from(settings),
+                prescreen=prescreen,
                 force=force,
                 progress=progress,
                 tenant=tenant,

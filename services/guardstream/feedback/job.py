@@ -125,6 +125,18 @@ def run_cycle(
         "not_trainable": problems[:50],
     }
     train_lora(base_model, train, out_dir, config.lora, card, progress)
+    # Labels the prescreen doubts, for a senior: not trained on, not lost.
+    (out_dir / "held_for_senior.json").write_text(
+        json.dumps(
+            [
+                {"sample_id": s.sample_id, "post_id": s.post_id, "prescreen": v.value, "p": p}
+                for s, v, p in curation.held_for_senior
+            ],
+            indent=2,
+        )
+        + "\n",
+        encoding="utf-8",
+    )
 
     serving = registry.snapshot(fresh=True).serving_for(tenant)
     current = LabelScorer(base_model, serving.path if serving else None)
