@@ -149,6 +149,20 @@ class RedisVerdictCache(FailOpenStore):
         async with self.attempt("set") as redis:
             await redis.set(self._human_key(content_key), value, ex=self._human_ttl_s)
 
+    def _human_marker(self) -> str:
+        return self._prefix + "human-marker"
+
+    async def human_verdicts_present(self) -> bool:
+        """False when Redis lost the human verdicts (flushed, failed over to an empty
+        replica): the review console then writes them again from its store. Raises
+        `Unavailable` when Redis does not answer (nothing to conclude)."""
+        async with self.attempt("exists") as redis:
+            return bool(await redis.exists(self._human_marker()))
+
+    async def mark_human_verdicts_present(self) -> None:
+        async with self.attempt("set") as redis:
+            await redis.set(self._human_marker(), b"1")
+
     async def forget_many(self, keys: Sequence[str]) -> None:
         if not keys:
             return

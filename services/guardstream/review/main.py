@@ -102,6 +102,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
         cache,
         TopicNames(settings.namespace),
         archive=Archive(settings.feedback_dir),
+        human_ttl_s=settings.human_verdict_ttl_s,
     )
     service = ReviewService(
         store,

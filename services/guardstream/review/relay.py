@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
@@ -36,6 +37,17 @@ _UNSENT = (
 class HumanVerdictSink(Protocol):
     async def put_human(self, content_key: str, entry: CachedVerdict) -> None: ...
 
+    async def human_verdicts_present(self) -> bool: ...
+
+    async def mark_human_verdicts_present(self) -> None: ...
+
+
+# The latest human verdict per content key still within its lifetime: what Redis must hold.
+_HUMAN_VERDICTS = (
+    "SELECT DISTINCT ON (key) key, payload FROM outbox WHERE kind = 'human_verdict'"
+    " AND created_at > $1 ORDER BY key, id DESC"
+)
+
 
 class OutboxRelay:
     def __init__(
@@ -46,8 +58,10 @@ class OutboxRelay:
         topics: TopicNames,
         *,
         archive: Archive | None = None,
+        human_ttl_s: int = 90 * 24 * 3600,
         batch: int = 200,
     ) -> None:
+        self._human_ttl_s = human_ttl_s
         self._store = store
         self._archive = archive
         self._producer = producer
@@ -74,6 +88,30 @@ class OutboxRelay:
             stopped.cancel()
             self._kicked.clear()
             await self.drain()
+            await self.restore_human_verdicts()
+
+    async def restore_human_verdicts(self) -> int:
+        """Human overrides are sticky even across a Redis flush: when the marker key is gone,
+        every human verdict still within its lifetime is written again from this store.
+        Returns how many were restored; a Redis or database outage is retried next round."""
+        try:
+            if await self._cache.human_verdicts_present():
+                return 0
+            since = utcnow() - timedelta(seconds=self._human_ttl_s)
+            async with self._store.transaction() as tx:
+                rows = await tx.conn.fetch(_HUMAN_VERDICTS, since)
+            for row in rows:
+                entry = CachedVerdict.model_validate_json(bytes(row["payload"]))
+                await self._cache.put_human(row["key"], entry)
+            await self._cache.mark_human_verdicts_present()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - Redis or the database down: next round
+            log.warning("human verdict restore failed", extra={"error": type(exc).__name__})
+            return 0
+        if rows:
+            log.info("human verdicts restored to the cache", extra={"count": len(rows)})
+        return len(rows)
 
     async def relay_once(self) -> int:
         """Send one batch of unsent items; returns how many were sent. Never raises for a

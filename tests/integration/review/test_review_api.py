@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import redis
 
-from guardstream.core.cache import RedisVerdictCache
+from guardstream.core.cache import CachedVerdict, RedisVerdictCache
 from guardstream.core.content import normalise
 from guardstream.core.contracts import (
     AssignmentEvent,
     SlaEvent,
     SlaEventKind,
+    Source,
     Verdict,
     utcnow,
 )
@@ -353,3 +355,52 @@ async def test_openapi_documents_the_api(console: Console) -> None:
         spec = (await http.get("/openapi.json")).json()
     for path in ("/api/v1/queue", "/api/v1/tasks/claim", "/api/v1/tasks/{task_id}/decision"):
         assert path in spec["paths"]
+
+
+async def test_human_verdicts_survive_a_redis_flush(console: Console, redis_url: str) -> None:
+    """RELIABILITY 11: the cache loses everything; the console writes its human verdicts
+    again from PostgreSQL, so a repost still gets the reviewer's answer."""
+    post = new_test_post()
+    decision = contested(post)
+    await produce(
+        console.settings, (Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)
+    )
+    await console.wait_tasks(1)
+    await console.add_reviewer("alice", ("acme",))
+    async with console.client("alice") as http:
+        tid = task_id(post.post_id, decision.policy)
+        response = await http.post(
+            f"/api/v1/tasks/{tid}/decision",
+            json={
+                "outcome": "correct",
+                "verdict": "unsafe",
+                "reason": "地域歧视",
+                "tags": ["地域攻击"],
+            },
+        )
+        assert response.status_code == 200, response.text
+
+    cache = RedisVerdictCache.from_settings(console.settings)
+    client = redis.Redis.from_url(redis_url)
+    try:
+
+        async def human_entry() -> CachedVerdict | None:
+            for _ in range(100):
+                found = (await cache.get_many([decision.content_key])).get(decision.content_key)
+                if found is not None and found.source is Source.HUMAN:
+                    return found
+                await asyncio.sleep(0.1)
+            return None
+
+        assert await human_entry() is not None
+        # This namespace's keys gone, as after FLUSHALL (other tests share this Redis).
+        keys = list(client.scan_iter(f"{console.settings.cache_prefix}*"))
+        assert keys
+        client.delete(*keys)
+        assert (await cache.get_many([decision.content_key])) == {}
+        restored = await human_entry()  # the relay checks every assign interval (0.2 s here)
+        assert restored is not None
+        assert restored.verdict is Verdict.UNSAFE
+    finally:
+        await cache.close()
+        client.close()
