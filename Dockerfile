@@ -22,7 +22,10 @@ ENV PYTHONUNBUFFERED=1 \
     VLLM_NO_USAGE_STATS=1 \
     DO_NOT_TRACK=1
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin guardstream \
-    && mkdir -p /models /var/lib/guardstream/sla \
+    # Volume mount points (a named volume takes its first owner from the image's directory):
+    # SLA store, LoRA adapter registry, feedback archive.
+    && mkdir -p /models /var/lib/guardstream/sla /var/lib/guardstream/adapters \
+        /var/lib/guardstream/feedback \
     && chown -R guardstream:guardstream /models /var/lib/guardstream
 COPY --from=build /wheels /wheels
 RUN case "${ENGINE}" in \

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from compose_spec import PyOptions
 
-from tests.unit.test_deploy import ENV_LANDING_ELSEWHERE, runs_a_real_command, settings_env_names
+from tests.unit.test_deploy import LIBRARY_ENV, runs_a_real_command, settings_env_names
 
 pytestmark = pytest.mark.unit
 
@@ -116,9 +116,61 @@ def test_the_whole_product_runs(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_every_env_name_is_a_setting(services: dict[str, dict[str, Any]]) -> None:
-    known = settings_env_names() | ENV_LANDING_ELSEWHERE | {"HOME"}
+    known = settings_env_names() | LIBRARY_ENV
     for name, service in ours(services).items():
         assert set(service["environment"]) <= known, name
+
+
+def mounts(service: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    """Container path → (named volume or bind source, mode) of a service's volumes."""
+    found = {}
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        found[target] = (source, mode[0] if mode else "rw")
+    return found
+
+
+@pytest.mark.parametrize(
+    ("env_name", "volume", "users", "read_only"),
+    [
+        # The LoRA adapter registry: `feedback run` registers and promotes adapters, triage and
+        # the scorers only read it.
+        (
+            "GUARDSTREAM_ADAPTER_DIR",
+            "adapters",
+            {"feedback", "triage", "scorer", "scorer-gpu"},
+            {"triage", "scorer", "scorer-gpu"},
+        ),
+        # The feedback archive: the console appends every review; `feedback run` (which keeps
+        # its training runs beside it) and `feedback qa-sample` read it.
+        (
+            "GUARDSTREAM_FEEDBACK_DIR",
+            "feedback-archive",
+            {"review", "feedback", "qa-sample"},
+            set(),
+        ),
+    ],
+)
+def test_shared_storage_is_one_volume_at_the_path_each_process_is_told(
+    services: dict[str, dict[str, Any]],
+    compose: dict[str, Any],
+    env_name: str,
+    volume: str,
+    users: set[str],
+    read_only: set[str],
+) -> None:
+    assert volume in compose["volumes"]
+    assert {n for n, s in ours(services).items() if env_name in s["environment"]} == users
+    paths = set()
+    for name in users:
+        path = services[name]["environment"][env_name]
+        assert mounts(services[name])[path] == (volume, "ro" if name in read_only else "rw"), name
+        paths.add(path)
+    (path,) = paths
+    # The image owns the mount point, so uid 10001 can write a fresh named volume.
+    assert path in (ROOT / "Dockerfile").read_text()
+    # The weekly run loads the base model: it shares the scorers' model cache.
+    assert mounts(services["feedback"])["/models"] == ("models", "rw")
 
 
 def test_kafka_is_apache_kafka_in_kraft_mode_without_auto_created_topics(

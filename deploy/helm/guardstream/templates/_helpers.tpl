@@ -183,3 +183,42 @@ checksum/policy: {{ toYaml .root.Values.policy | sha256sum }}
 {{- end -}}
 {{ toYaml $r }}
 {{- end }}
+
+{{/* Shared ReadWriteMany storage: the LoRA adapter registry and the feedback archive. */}}
+{{- define "guardstream.sharedClaim" -}}
+{{ .Values.sharedStorage.existingClaim | default (printf "%s-shared" .Release.Name) }}
+{{- end }}
+
+{{/* Env naming the shared directories a process uses:
+(dict "root" $ "adapters" true "archive" true) */}}
+{{- define "guardstream.sharedEnv" -}}
+{{- $s := .root.Values.sharedStorage -}}
+{{- if $s.enabled -}}
+{{- if eq $s.adapterDir $s.feedbackDir -}}
+{{- fail "sharedStorage.adapterDir and sharedStorage.feedbackDir must be different directories" -}}
+{{- end -}}
+{{- if .adapters }}
+- name: GUARDSTREAM_ADAPTER_DIR
+  value: {{ printf "%s/%s" $s.mountPath $s.adapterDir | quote }}
+{{- end }}
+{{- if .archive }}
+- name: GUARDSTREAM_FEEDBACK_DIR
+  value: {{ printf "%s/%s" $s.mountPath $s.feedbackDir | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The shared claim's mount: (dict "root" $ "readOnly" true) for processes that only read. */}}
+{{- define "guardstream.sharedMount" -}}
+{{- if .root.Values.sharedStorage.enabled }}
+- { name: shared, mountPath: {{ .root.Values.sharedStorage.mountPath }}{{ if .readOnly }}, readOnly: true{{ end }} }
+{{- end }}
+{{- end }}
+
+{{- define "guardstream.sharedVolume" -}}
+{{- if .Values.sharedStorage.enabled }}
+- name: shared
+  persistentVolumeClaim:
+    claimName: {{ include "guardstream.sharedClaim" . }}
+{{- end }}
+{{- end }}
