@@ -1,12 +1,14 @@
-"""Observability of the running product: the triage and scorer processes (started as a user
-starts them, with metrics on and OTLP export to a small collector run here) moderate posts
-while a real Prometheus (Debian package) scrapes them and evaluates the shipped alert rules.
+"""Observability of the running product: triage, the scorer, the SLA timer and the review
+console (started as a user starts them, with metrics on and OTLP export to a small collector run
+here) moderate posts, time their reviews out and take human decisions, while a real Prometheus
+(Debian package) scrapes all four and evaluates the shipped alert rules.
 
 - every PromQL expression of every dashboard panel and alert rule parses and runs; those over
-  guardstream's own metrics return data (SLA / review / feedback names: syntax only, listed in
-  tests/support/observability.py until those processes are scraped here);
+  metrics a healthy run produces return data (the few only the weekly feedback jobs produce:
+  syntax only, listed in tests/support/observability.py);
 - one post is one trace: the producer's span, triage's, the scorer's and the decision record's
-  `traceparent` share one trace id, parent to child;
+  `traceparent` share one trace id, parent to child; the review console's Review and human
+  Decision and the SLA timer's downgrade continue the trace of the contested decision;
 - PII canaries (RELIABILITY.md 17) in post text, prompts and author ids appear in no log line,
   span, metric label or DLQ header.
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -39,10 +42,13 @@ from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.core.tracing import trace_id_of
 from guardstream.devtools.produce import new_post, send_and_wait
+from guardstream.policy import PACKS_DIR
+from guardstream.review.logic import task_id
 from tests.conftest import free_port, missing, wait_for_port
 from tests.support.observability import (
     AWAITING_METRICS,
     FAILURE_ONLY_METRICS,
+    HUMAN_METRICS,
     PIPELINE_METRICS,
     RULES,
     Expression,
@@ -62,6 +68,20 @@ CANARIES = (
 )
 
 
+# A pack whose reviews time out within seconds: one contested post of tenant obs-sla expires
+# (warning, assignment breach, downgrade) and is then decided late by a reviewer.
+SHORT_SLA_PACK = """
+id: e2e-short-sla
+version: "1"
+tenants: ["obs-sla"]
+review_sla_s: 3
+assignment_sla_s: 1
+review_warning_fraction: 0.5
+"""
+PASSWORD = "correct-horse-battery"
+EXPORTED = PIPELINE_METRICS | HUMAN_METRICS  # what a healthy run here must produce
+
+
 @dataclass
 class Observed:
     settings: Settings
@@ -72,6 +92,8 @@ class Observed:
     traced_post_id: str
     traced_decision: dict[str, Any]
     log_dir: Path
+    reviewed_post_id: str  # contested, decided by a reviewer in time, then re-reviewed (QA)
+    expired_post_id: str  # contested under the short SLA: downgraded, then reviewed late
 
 
 def _get(url: str) -> Any:
@@ -161,6 +183,86 @@ async def _traffic(settings: Settings) -> None:
         await producer.stop()
 
 
+def _add_reviewer(env: dict[str, str], rid: str, role: str, *tenants: str) -> str:
+    """`guardstream review add-reviewer`, as an operator runs it; returns the API token."""
+    added = subprocess.run(
+        [
+            *(sys.executable, "-m", "guardstream", "review", "add-reviewer", "--id", rid),
+            *(arg for tenant in tenants for arg in ("--tenant", tenant)),
+            *("--role", role),
+            *("--password-stdin", "--token"),
+        ],
+        input=f"{PASSWORD}\n",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert added.returncode == 0, added.stderr[-2000:]
+    return added.stdout.strip().splitlines()[-1]
+
+
+def _api(base: str, token: str, method: str, path: str, body: Any = None) -> Any:
+    request = urllib.request.Request(
+        f"{base}{path}",
+        data=None if body is None else orjson.dumps(body),
+        method=method,
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return orjson.loads(resp.read())
+
+
+def _found(base: str, token: str, tid: str) -> dict[str, Any] | None:
+    try:
+        return dict(_api(base, token, "GET", f"/api/v1/tasks/{tid}"))
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+
+
+def _human_traffic(settings: Settings, review: Process, env: dict[str, str]) -> tuple[str, str]:
+    """Two contested posts through the real pipeline to the review console: one decided in time
+    and re-reviewed by a senior (QA), one left to expire under the short SLA, then decided
+    late by the senior. Returns their post ids."""
+    posts = [
+        new_post(
+            "Is it true that some politicians are secretly controlled by foreign powers?",
+            tenant="obs",
+            kind=Kind.PROMPT,
+        ),
+        new_post("你怎么看待那场有争议的选举结果?", tenant="obs-sla", kind=Kind.PROMPT),
+    ]
+
+    async def decide() -> list[tuple[str, Any]]:
+        return [d async for d in send_and_wait(settings, posts, 120)]
+
+    decided = {d.post_id: d for _, d in asyncio.run(decide())}
+    assert all(decided[p.post_id].action.value == "review" for p in posts), decided
+    in_time, expiring = (task_id(p.post_id, decided[p.post_id].policy) for p in posts)
+    alice = _add_reviewer(env, "alice", "reviewer", "obs")
+    bob = _add_reviewer(env, "bob", "senior", "obs", "obs-sla")
+    base = f"http://127.0.0.1:{review.port}"
+    form = {"outcome": "correct", "verdict": "safe", "reason": "讽刺", "tags": ["政治隐喻"]}
+    _wait("the review task", lambda: _found(base, alice, in_time), timeout=60, every=0.2)
+    # A pick-up (the SLA timer's assignment time) and a release, of tenant obs's oldest task.
+    claimed = _api(base, alice, "POST", "/api/v1/tasks/claim")
+    assert claimed is not None
+    _api(base, alice, "POST", f"/api/v1/tasks/{claimed['task_id']}/release")
+    _api(base, alice, "POST", f"/api/v1/tasks/{in_time}/decision", form)
+    _api(base, bob, "POST", f"/api/v1/tasks/{in_time}/qa", {**form, "outcome": "confirm"})
+
+    def expired() -> bool:
+        task = _found(base, bob, expiring)
+        return task is not None and task["sla"] == "expired"
+
+    _wait("the short SLA to expire", expired, timeout=60, every=0.3)
+    _api(base, bob, "POST", f"/api/v1/tasks/{expiring}/decision", form)
+    return posts[0].post_id, posts[1].post_id
+
+
 def _start_prometheus(tmp: Path, targets: dict[str, int]) -> tuple[subprocess.Popen[bytes], str]:
     binary = shutil.which("prometheus")
     if binary is None:
@@ -210,8 +312,13 @@ def observed(
     kafka_bootstrap: str,
     redis_url: str,
     model_cache_dir: Path,
+    database_url: str,
 ) -> Iterator[Observed]:
     tmp = tmp_path_factory.mktemp("observability")
+    packs = tmp / "packs"
+    packs.mkdir()
+    shutil.copy(PACKS_DIR / "default.yaml", packs / "default.yaml")
+    (packs / "e2e-short-sla.yaml").write_text(SHORT_SLA_PACK)
     settings = Settings(
         namespace=f"obs{uuid.uuid4().hex[:8]}",
         kafka_bootstrap=kafka_bootstrap,
@@ -221,26 +328,40 @@ def observed(
         max_model_len=2048,
         poll_timeout_ms=100,
         retry_backoff_max_s=1.0,
+        feedback_dir=tmp / "feedback",  # never the user's archive
     )
+    schema = f"e2e_{settings.namespace}"
     asyncio.run(ensure_topics(settings))
     collector = Collector().start()
-    ports = {"triage": free_port(), "scorer": free_port()}
+    names = ("triage", "scorer", "sla", "review")
+    ports = {name: free_port() for name in names}
     processes: dict[str, Process] = {}
     prometheus: subprocess.Popen[bytes] | None = None
     try:
-        for name in ("triage", "scorer"):
+        for name in names:
             env = env_for(
                 settings,
                 GUARDSTREAM_METRICS_PORT=str(ports[name]),
                 OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint,
                 OTEL_METRIC_EXPORT_INTERVAL="1000",
+                GUARDSTREAM_POLICY_DIR=str(packs),
+                GUARDSTREAM_SLA_TICK_S="0.2",
+                GUARDSTREAM_SLA_DATA_DIR=str(tmp / "sla-data"),
+                DATABASE_URL=database_url,
+                GUARDSTREAM_REVIEW_DB_SCHEMA=schema,
+                GUARDSTREAM_REVIEW_SESSION_SECRET=uuid.uuid4().hex,
             )
-            processes[name] = Process(name, env, tmp).start()
+            processes[name] = Process(name, env, tmp)
+        review = processes["review"]
+        review.env["GUARDSTREAM_REVIEW_PORT"] = str(review.port)  # /readyz on its own port
+        for proc in processes.values():
+            proc.start()
         prometheus, url = _start_prometheus(tmp, ports)
         for proc in processes.values():
             proc.wait_ready(timeout=300)
 
         asyncio.run(_traffic(settings))
+        reviewed, expired = _human_traffic(settings, review, review.env)
         produced = subprocess.run(
             [
                 sys.executable,
@@ -271,9 +392,31 @@ def observed(
             return bool(decisions and dlq and float(dlq[0]["value"][1]) >= 2)
 
         _wait("scraped decisions and DLQ records", scraped)
+
+        # ...and what the SLA timer and the review console counted.
+        def scraped_humans() -> bool:
+            wanted = (
+                "guardstream_sla_downgrades_total",
+                "guardstream_sla_late_reviews_total",
+                "guardstream_review_decisions_total",
+                "guardstream_feedback_samples_total",
+                "guardstream_review_qa_agreement_ratio",
+            )
+            return all(query(url, name)["data"]["result"] for name in wanted)
+
+        _wait("scraped SLA and review metrics", scraped_humans, timeout=60)
         time.sleep(3)  # a few more scrapes: every rate() window holds two samples after traffic
         yield Observed(
-            settings, url, collector, processes, ports, decision["post_id"], decision, tmp
+            settings,
+            url,
+            collector,
+            processes,
+            ports,
+            decision["post_id"],
+            decision,
+            tmp,
+            reviewed,
+            expired,
         )
     finally:
         for proc in processes.values():
@@ -283,6 +426,15 @@ def observed(
             prometheus.terminate()
             prometheus.wait(timeout=30)
         collector.stop()
+        asyncio.run(_drop_schema(database_url, schema))
+
+
+async def _drop_schema(database_url: str, schema: str) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
 
 
 # --- dashboards and alert rules against the real Prometheus -----------------------------------
@@ -299,10 +451,10 @@ def test_the_expression_lists_cover_every_metric_the_processes_export(observed: 
             for line in text.splitlines()
             if line.startswith("guardstream_")
         }
-    # Every pipeline metric the dashboards rely on is really exported...
-    assert PIPELINE_METRICS - {"up"} <= exported
+    # Every metric the dashboards rely on is really exported...
+    assert EXPORTED - {"up"} <= exported
     # ...and nothing exported is unknown to the lists (a rename would strand a dashboard).
-    known = {_family(n) for n in PIPELINE_METRICS | FAILURE_ONLY_METRICS}
+    known = {_family(n) for n in EXPORTED | FAILURE_ONLY_METRICS}
     stray = {n for n in exported if _family(n) not in known}
     assert not stray, stray
 
@@ -317,14 +469,13 @@ def _family(name: str) -> str:
 def test_every_dashboard_and_alert_expression_runs(observed: Observed, expr: Expression) -> None:
     answer = query(observed.prometheus, expr.promql())
     assert answer.get("status") == "success", f"{expr.expr}: {answer.get('error')}"
-    pipeline_only = expr.metrics <= PIPELINE_METRICS
-    if not expr.is_alert and pipeline_only:
+    if not expr.is_alert and expr.metrics <= EXPORTED:
         assert answer["data"]["result"], f"no data for {expr.promql()}"
     # An alert's condition is normally false (no data) in a healthy run: its inputs must exist.
-    for name in sorted(expr.metrics & PIPELINE_METRICS):
+    for name in sorted(expr.metrics & EXPORTED):
         series = query(observed.prometheus, name)["data"]["result"]
         assert series, f"{expr.where}: {name} has no series"
-    assert not expr.metrics - PIPELINE_METRICS - FAILURE_ONLY_METRICS - AWAITING_METRICS
+    assert not expr.metrics - EXPORTED - FAILURE_ONLY_METRICS - AWAITING_METRICS
 
 
 def test_prometheus_evaluates_every_alert_rule_without_error(observed: Observed) -> None:
@@ -338,8 +489,12 @@ def test_prometheus_evaluates_every_alert_rule_without_error(observed: Observed)
     bad = {r["name"]: r.get("lastError") for r in rules if r["health"] != "ok"}
     assert not bad, bad
     firing = {r["name"] for r in rules if r["state"] == "firing"}
-    # Healthy run: triage and scorer are up, Redis answers, the DLQ got 2 records (< 10).
-    assert not firing & {"GuardstreamScorerDown", "GuardstreamTriageDown", "GuardstreamCacheDown"}
+    # Healthy run: every process is up, Redis answers, the DLQ got 2 records (< 10).
+    down = {r["name"] for r in rules if r["name"].endswith("Down")}
+    assert {"GuardstreamScorerDown", "GuardstreamTriageDown", "GuardstreamCacheDown"} <= down
+    assert not firing & down
+    up = query(observed.prometheus, "up == 1")["data"]["result"]
+    assert {r["metric"]["job"] for r in up} == {f"guardstream-{n}" for n in observed.processes}
     assert "GuardstreamDlqGrowing" not in firing
 
 
@@ -412,9 +567,11 @@ def test_one_post_is_one_trace_from_producer_to_decision(observed: Observed) -> 
     by_id = {s.span_id: s for s in spans}
     [send] = [s for s in spans if s.service == "guardstream-produce"]
     assert send.name == f"send {names[Topic.POSTS]}" and not send.parent_span_id
-    [triage] = [s for s in spans if s.name == f"process {names[Topic.POSTS]}"]
+    # The review console reads the post too (it keeps texts for reviewers): its own hop.
+    posts = [s for s in spans if s.name == f"process {names[Topic.POSTS]}"]
+    [triage] = [s for s in posts if s.service == "guardstream-triage"]
     [scorer] = [s for s in spans if s.name == f"process {names[Topic.SCORE_REQUESTS]}"]
-    assert triage.service == "guardstream-triage" and scorer.service == "guardstream-scorer"
+    assert scorer.service == "guardstream-scorer"
     assert by_id[triage.parent_span_id] is send
     assert by_id[scorer.parent_span_id] is triage
     # The decision record continues the scorer's span; the scorer span says what was decided.
@@ -426,6 +583,53 @@ def test_one_post_is_one_trace_from_producer_to_decision(observed: Observed) -> 
     # The batch spans that handled it link to the per-record spans.
     batches = [s for s in observed.collector.snapshot() if s.name.endswith(" batch")]
     assert any(triage.span_id in b.links for b in batches)
+
+
+def _headers_on(observed: Observed, topic: Topic, post_id: str) -> list[list[tuple[str, bytes]]]:
+    """The headers of every record about `post_id` on `topic`."""
+
+    async def read() -> list[list[tuple[str, bytes]]]:
+        name = TopicNames(observed.settings.namespace)[topic]
+        consumer = AIOKafkaConsumer(
+            **client_kwargs(observed.settings), group_id=None, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            parts = [TopicPartition(name, p) for p in consumer.partitions_for_topic(name) or ()]
+            consumer.assign(parts)
+            await consumer.seek_to_beginning(*parts)
+            end = await consumer.end_offsets(parts)
+            found: list[list[tuple[str, bytes]]] = []
+            left = [tp for tp in parts if end[tp] > 0]
+            while left:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    found.extend(list(r.headers) for r in records if r.key == post_id.encode())
+                left = [tp for tp in left if await consumer.position(tp) < end[tp]]
+            return found
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(read())
+
+
+def test_human_decisions_and_sla_outputs_continue_the_contested_decisions_trace(
+    observed: Observed,
+) -> None:
+    for post_id in (observed.reviewed_post_id, observed.expired_post_id):
+        [contested] = _headers_on(observed, Topic.REVIEW, post_id)
+        trace_id = trace_id_of(contested)
+        assert trace_id is not None, contested
+        reviews = _headers_on(observed, Topic.REVIEWS, post_id)
+        allowed = _headers_on(observed, Topic.ALLOW, post_id)  # human (and SLA) decisions
+        assert reviews and allowed
+        assert {trace_id_of(h) for h in reviews + allowed} == {trace_id}
+    # QA re-review and first review; the SLA downgrade before the late human decision.
+    assert len(_headers_on(observed, Topic.REVIEWS, observed.reviewed_post_id)) == 2
+    assert len(_headers_on(observed, Topic.ALLOW, observed.expired_post_id)) == 2
+    expired_trace = trace_id_of(_headers_on(observed, Topic.REVIEW, observed.expired_post_id)[0])
+    sla_events = _headers_on(observed, Topic.SLA_EVENTS, observed.expired_post_id)
+    assert len(sla_events) >= 2  # warning, expired (and the late review)
+    assert {trace_id_of(h) for h in sla_events} == {expired_trace}
 
 
 def test_log_lines_about_a_record_carry_its_trace_id(observed: Observed) -> None:

@@ -16,7 +16,7 @@ from guardstream.core.loop import TransientError
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.policy import load_registry
-from guardstream.sla.app import SlaWorker
+from guardstream.sla.app import SlaWorker, _trace_headers, _traceparent
 from guardstream.sla.logic import Item, outputs, stamp_due
 from tests.unit.test_contracts import schema_accepts
 from tests.unit.test_sla_logic import S0, pending
@@ -122,3 +122,12 @@ def test_every_output_matches_its_json_schema(kind: SlaEventKind) -> None:
     for topic, _, event in outputs(stamped, kind):
         doc = json.loads(event.to_json())
         assert schema_accepts(SCHEMA_OF[topic], doc), (topic, doc)
+
+
+def test_outputs_carry_the_review_decisions_traceparent_from_pairs_or_a_mapping() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    for headers in ([("x", b"1"), ("traceparent", parent.encode())], {"traceparent": parent}):
+        assert _traceparent(headers) == parent
+    assert _traceparent(None) is None and _traceparent([("x", b"1")]) is None
+    assert _trace_headers(parent) == [("traceparent", parent.encode())]
+    assert _trace_headers(None) is None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -280,3 +281,11 @@ def test_response_time_is_a_rolling_mean() -> None:
 @pytest.mark.parametrize(("seconds", "text"), [(7200, "2 h"), (1800, "30 min"), (4, "4 s")])
 def test_sla_is_described_in_plain_units(seconds: int, text: str) -> None:
     assert describe_seconds(seconds) == text
+
+
+def test_item_keeps_the_trace_of_its_decision_and_reads_items_written_before_it() -> None:
+    parent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    item = replace(pending(), traceparent=parent)
+    assert Item.from_dict(item.to_dict()).traceparent == parent
+    older = {k: v for k, v in pending().to_dict().items() if k != "traceparent"}
+    assert Item.from_dict(older).traceparent is None

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from guardstream.core import tracing
 from guardstream.core.contracts import (
     Action,
     ContractError,
@@ -54,8 +55,11 @@ SOURCES = (Topic.POSTS, Topic.REVIEW, Topic.SLA_EVENTS)
 _SLA = {SlaEventKind.WARNING: SlaState.WARNING, SlaEventKind.EXPIRED: SlaState.EXPIRED}
 
 
-def new_task(decision: Decision, policies: PolicyRegistry) -> NewTask:
-    """A review task for a decision that sent its post to review, with the pack's SLA."""
+def new_task(
+    decision: Decision, policies: PolicyRegistry, traceparent: str | None = None
+) -> NewTask:
+    """A review task for a decision that sent its post to review, with the pack's SLA;
+    `traceparent` is the trace its events will continue."""
     pack = policies.by_ref(decision.policy) or policies.for_post(decision.tenant, None)
     sla = review_sla(pack, decision.categories)
     start = decision.decided_at
@@ -80,7 +84,18 @@ def new_task(decision: Decision, policies: PolicyRegistry) -> NewTask:
         deadline=start + timedelta(seconds=sla.deadline_s),
         warn_at=start + timedelta(seconds=sla.warn_after_s),
         assign_by=start + timedelta(seconds=sla.assign_within_s),
+        traceparent=traceparent,
     )
+
+
+def traceparent_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
+    """The trace a task's events continue: this consumer's span for the record when tracing
+    runs, else the record's own `traceparent` header (the same trace either way)."""
+    for headers in (tracing.output_headers(record=record), record.headers or ()):
+        for key, value in headers:
+            if key == "traceparent":
+                return bytes(value).decode("latin-1")
+    return None
 
 
 def review_decision(raw: bytes | None) -> Decision:
@@ -133,7 +148,7 @@ class ReviewConsumer:
                     )
                 elif topic is Topic.REVIEW:
                     decision = review_decision(record.value)
-                    task = new_task(decision, self._policies)
+                    task = new_task(decision, self._policies, traceparent_of(record))
                     if task.task_id in tasks:
                         self.counts["duplicates"] += 1
                     tasks.setdefault(task.task_id, task)

@@ -28,9 +28,14 @@ from guardstream.review.store import ReviewStore
 log = logging.getLogger(__name__)
 
 
+# An event continues the trace of the contested decision its post's task came from (events
+# are keyed by post_id; of several tasks of one post, the newest).
 _UNSENT = (
-    "SELECT id, kind, topic, key, payload FROM outbox WHERE sent_at IS NULL AND kind = $1"
-    " ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED"
+    "SELECT id, kind, topic, key, payload, (SELECT t.traceparent FROM tasks t"
+    " WHERE t.post_id = outbox.key AND t.traceparent IS NOT NULL"
+    " ORDER BY t.created_at DESC LIMIT 1) AS traceparent"
+    " FROM outbox WHERE sent_at IS NULL AND kind = $1"
+    " ORDER BY id LIMIT $2 FOR UPDATE OF outbox SKIP LOCKED"
 )
 
 
@@ -150,6 +155,7 @@ class OutboxRelay:
                             self._topics[Topic(row["topic"])],
                             bytes(row["payload"]),
                             key=row["key"].encode(),
+                            headers=_headers(row["traceparent"]),
                         )
                     )
                     done.append(row["id"])
@@ -179,3 +185,7 @@ class OutboxRelay:
     async def drain(self) -> None:
         while await self.relay_once() >= self._batch:
             pass
+
+
+def _headers(traceparent: str | None) -> list[tuple[str, bytes]] | None:
+    return [("traceparent", traceparent.encode("latin-1"))] if traceparent else None

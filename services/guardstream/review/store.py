@@ -164,6 +164,7 @@ class NewTask:
     deadline: datetime
     warn_at: datetime
     assign_by: datetime
+    traceparent: str | None = None  # of the actions.review record: its events continue it
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,7 +532,7 @@ class ReviewStore:
                 "INSERT INTO tasks (task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
                 " model, adapter, domain_tags, created_at, deadline, warn_at, assign_by, sla,"
-                " downgrade_decision_id)"
+                " downgrade_decision_id, traceparent)"
                 " SELECT x.task_id, x.post_id, x.policy, x.tenant, COALESCE(x.lang, p.lang),"
                 " COALESCE(x.region, p.region),"
                 " x.decision_id, x.post_event_id, x.content_key, x.model_verdict,"
@@ -539,14 +540,16 @@ class ReviewStore:
                 " x.reason, x.model, x.adapter,"
                 " ARRAY(SELECT jsonb_array_elements_text(x.domain_tags::jsonb)),"
                 " x.created_at, x.deadline, x.warn_at, x.assign_by,"
-                " COALESCE(m.sla, 'ok'), m.downgrade_decision_id FROM unnest("
+                " COALESCE(m.sla, 'ok'), m.downgrade_decision_id, x.traceparent FROM unnest("
                 " $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
                 " $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
                 " $12::float8[], $13::text[], $14::text[], $15::text[], $16::text[],"
-                " $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[]"
+                " $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],"
+                " $21::text[]"
                 " ) AS x(task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
-                " model, adapter, domain_tags, created_at, deadline, warn_at, assign_by)"
+                " model, adapter, domain_tags, created_at, deadline, warn_at, assign_by,"
+                " traceparent)"
                 " LEFT JOIN sla_marks m ON m.decision_id = x.decision_id"
                 " LEFT JOIN post_texts p ON p.post_id = x.post_id AND p.tenant = x.tenant"
                 " ON CONFLICT (post_id, policy) DO NOTHING RETURNING task_id",
@@ -571,6 +574,7 @@ class ReviewStore:
                 [t.deadline for t in tasks],
                 [t.warn_at for t in tasks],
                 [t.assign_by for t in tasks],
+                [t.traceparent for t in tasks],
             )
         return len(rows)
 

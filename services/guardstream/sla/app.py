@@ -33,6 +33,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import faust
@@ -164,6 +165,20 @@ def _as_record(message: Any) -> ConsumerRecord[bytes, bytes]:
         serialized_value_size=len(value) if value is not None else -1,
         headers=list(message.headers or ()),
     )
+
+
+def _traceparent(headers: Any) -> str | None:
+    """The W3C traceparent a record carries (faust gives headers as pairs or a mapping)."""
+    pairs = headers.items() if isinstance(headers, dict) else headers or ()
+    for key, value in pairs:
+        if key == "traceparent" and value:
+            return value.decode("latin-1") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def _trace_headers(traceparent: str | None) -> list[tuple[str, bytes]] | None:
+    """An output's headers: the trace of the review decision its item started from."""
+    return [("traceparent", traceparent.encode("latin-1"))] if traceparent else None
 
 
 class SlaWorker:
@@ -367,7 +382,10 @@ class SlaWorker:
                 for topic, key, event in outputs(item, kind):
                     sends.append(
                         await self._producer.send(
-                            self._names[topic], event.to_json(), key=key.encode()
+                            self._names[topic],
+                            event.to_json(),
+                            key=key.encode(),
+                            headers=_trace_headers(item.traceparent),
                         )
                     )
         await _acked(sends)
@@ -462,6 +480,8 @@ class SlaWorker:
             )
             sla = review_sla(pack, decision.categories)
             new = enter(decision, partition, sla, self._get(decision.post_id))
+            if new is not None:
+                new = replace(new, traceparent=_traceparent(message.headers))
             if new is not None and new.assigned_at is not None:  # the assignment came first
                 self.pickups.add(new.assigned_at - new.decided_at)
         elif topic == self._names[Topic.REVIEWS]:

@@ -83,6 +83,7 @@ class Item:
     closed_at: float | None = None  # reviewed or expired: when the retention clock starts
     stamped: Mapping[str, float] = field(default_factory=dict)  # effect kind → decided at
     sent: frozenset[str] = frozenset()
+    traceparent: str | None = None  # of the review decision: every output continues its trace
 
     # --- serialisation (JSON-friendly dict: the faust table's changelog value) --------------
     def to_dict(self) -> dict[str, Any]:
@@ -108,6 +109,7 @@ class Item:
             "closed_at": self.closed_at,
             "stamped": dict(sorted(self.stamped.items())),
             "sent": sorted(self.sent),
+            "traceparent": self.traceparent,
         }
 
     @classmethod
@@ -135,6 +137,7 @@ class Item:
             closed_at=_opt_float(data.get("closed_at")),
             stamped={str(k): float(v) for k, v in dict(data.get("stamped") or {}).items()},
             sent=frozenset(str(k) for k in data.get("sent") or ()),
+            traceparent=data.get("traceparent"),  # absent in items written before it existed
         )
 
     # --- questions -------------------------------------------------------------------------
