@@ -74,10 +74,14 @@ class ScriptedLLM:
 
     script: list[_Completion | BaseException]
     prompts: list[list[int]] = field(default_factory=list)
+    loras: list[Any] = field(default_factory=list)
     errored: bool = False
 
-    async def generate(self, prompt: Any, params: Any, request_id: str) -> AsyncIterator[_Output]:
+    async def generate(
+        self, prompt: Any, params: Any, request_id: str, lora_request: Any = None
+    ) -> AsyncIterator[_Output]:
         self.prompts.append(list(prompt["prompt_token_ids"]))
+        self.loras.append(lora_request)
         step = self.script.pop(0)
         if isinstance(step, BaseException):
             raise step
@@ -154,3 +158,27 @@ async def test_without_the_refusal_probe_a_safe_response_takes_one_request(
     raw = await engine.assess_two_phase(chat, "r")
     assert parse_answer(raw.text).refusal is None
     assert raw.requests == 1 and len(llm.prompts) == 1
+
+
+async def test_each_adapter_keeps_one_lora_id_and_none_is_served_without_a_registry(
+    tokenizer: Any, tmp_path: Path
+) -> None:
+    from guardstream.core.adapters import Adapter
+
+    safe = tokenizer.encode(" Safe", add_special_tokens=False)[0]
+    one = Adapter("fb-1", tmp_path / "a", "*", "t")
+    two = Adapter("fb-2", tmp_path / "b", "*", "t")
+    chat = [{"role": "user", "content": "q"}]
+    for adapter_dir, expect_error in ((None, True), (tmp_path, False)):
+        settings = Settings(model="tiny", max_model_len=2048, adapter_dir=adapter_dir)
+        renderer = PromptRenderer(tokenizer, VllmGuardEngine.max_input_tokens(settings, tokenizer))
+        llm = ScriptedLLM([_Completion(" Safe", [safe], None) for _ in range(4)])
+        engine = VllmGuardEngine(llm, tokenizer, renderer, "scripted", settings)
+        if expect_error:
+            with pytest.raises(ScoringError, match="no adapter registry"):
+                await engine.assess_two_phase(chat, "r", one)
+            continue
+        for adapter in (one, two, one, None):
+            await engine.assess_two_phase(chat, "r", adapter)
+        ids = [(r.lora_name, r.lora_int_id) if r else None for r in llm.loras]
+        assert ids == [("fb-1", 1), ("fb-2", 2), ("fb-1", 1), None]
