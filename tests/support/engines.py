@@ -21,10 +21,6 @@ class SlowEngine:
         return self._inner.model_id
 
     @property
-    def adapter(self) -> str | None:
-        return self._inner.adapter
-
-    @property
     def alive(self) -> bool:
         return self._inner.alive
 

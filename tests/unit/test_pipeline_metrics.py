@@ -4,6 +4,7 @@ Redis availability as the fail-open stores see it, the adapter the scorer serves
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from guardstream.core.adapters import Adapter
 from guardstream.core.loop import BatchLoop, LoopConfig
 from guardstream.core.redisstore import FailOpenStore, Unavailable
 from guardstream.scorer.engine import RawAnswer
-from guardstream.scorer.metered import MeteredEngine
+from guardstream.scorer.metered import SERVING_WINDOW_S, MeteredEngine
 
 pytestmark = pytest.mark.unit
 
@@ -85,8 +86,8 @@ async def test_redis_availability_follows_the_fail_open_store() -> None:
 
 class FakeEngine:
     def __init__(self) -> None:
-        self.adapter: str | None = None
         self.model_id = "m"
+        self.alive = True
 
     async def assess(
         self,
@@ -100,15 +101,21 @@ class FakeEngine:
         return None
 
 
-async def test_the_adapter_serving_gauge_follows_the_engine() -> None:
-    engine = FakeEngine()
-    metered = MeteredEngine(engine)
+async def test_the_adapter_serving_gauge_shows_the_adapters_requests_named() -> None:
+    now = [0.0]
+    metered = MeteredEngine(FakeEngine(), clock=lambda: now[0])
     assert observed("guardstream.scorer.adapter_serving") == {
         (("adapter", "none"), ("model", "m")): 1
     }
-    engine.adapter = "lora-7"
-    answer = await metered.assess([{"role": "user", "content": "x"}], "r1")
+    lora = Adapter("lora-7", Path("/adapters/lora-7"), "acme", "t")
+    answer = await metered.assess([{"role": "user", "content": "x"}], "r1", lora)
     assert answer.prompt_tokens == 30
     assert observed("guardstream.scorer.adapter_serving") == {
-        (("adapter", "lora-7"), ("model", "m")): 1
+        (("adapter", "lora-7"), ("model", "m")): 1,
+        (("adapter", "none"), ("model", "m")): 1,  # other tenants still get the base model
+    }
+    now[0] = SERVING_WINDOW_S + 1
+    await metered.assess([{"role": "user", "content": "x"}], "r2", lora)
+    assert observed("guardstream.scorer.adapter_serving") == {
+        (("adapter", "lora-7"), ("model", "m")): 1  # the base has not served for a while
     }

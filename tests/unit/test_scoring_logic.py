@@ -35,10 +35,6 @@ class ScriptedEngine:
         return "scripted"
 
     @property
-    def adapter(self) -> str | None:
-        return None
-
-    @property
     def alive(self) -> bool:
         return True
 

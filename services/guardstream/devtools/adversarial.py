@@ -218,10 +218,6 @@ class RecordingEngine:
         return self._inner.model_id
 
     @property
-    def adapter(self) -> str | None:
-        return self._inner.adapter
-
-    @property
     def alive(self) -> bool:
         return bool(getattr(self._inner, "alive", True))
 

@@ -78,9 +78,6 @@ class GuardEngine(Protocol):
     def model_id(self) -> str: ...
 
     @property
-    def adapter(self) -> str | None: ...
-
-    @property
     def alive(self) -> bool:
         """False once the engine can serve nothing any more (liveness probe)."""
         ...
@@ -270,10 +267,6 @@ class VllmGuardEngine:
     @property
     def model_id(self) -> str:
         return self._model_id
-
-    @property
-    def adapter(self) -> str | None:
-        return None
 
     @property
     def alive(self) -> bool:

@@ -118,10 +118,6 @@ class TransformersGuardEngine:
         return self._model_id
 
     @property
-    def adapter(self) -> str | None:
-        return None
-
-    @property
     def alive(self) -> bool:
         return not self._closed and (self._worker is None or not self._worker.done())
 

@@ -7,38 +7,44 @@ stay free of telemetry code. Attributes are the model id and adapter only.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from guardstream.core import metrics
 from guardstream.core.adapters import Adapter
 from guardstream.scorer.engine import GuardEngine, RawAnswer
 
+SERVING_WINDOW_S = 600.0
+
 
 class MeteredEngine:
-    def __init__(self, engine: GuardEngine) -> None:
+    def __init__(self, engine: GuardEngine, clock: Callable[[], float] = time.monotonic) -> None:
         self._engine = engine
-        self._serving()
+        self._clock = clock
+        self._last_served: dict[str, float] = {}  # adapter id ("none": base) → monotonic time
+        self._serving(None)
 
     @property
     def model_id(self) -> str:
         return self._engine.model_id
 
     @property
-    def adapter(self) -> str | None:
-        return self._engine.adapter
-
-    @property
     def alive(self) -> bool:
         return self._engine.alive
 
-    def _serving(self) -> dict[str, str]:
-        """Report the model/adapter served now (the series of an earlier one disappears)."""
-        attrs = {"model": self.model_id, "adapter": self.adapter or "none"}
+    def _serving(self, adapter: Adapter | None) -> dict[str, str]:
+        """Report the adapters this scorer served within `SERVING_WINDOW_S` (each request
+        names its own: tenants may have different ones); a retired one's series disappears."""
+        name = adapter.adapter_id if adapter is not None else "none"
+        now = self._clock()
+        self._last_served[name] = now
+        self._last_served = {
+            a: t for a, t in self._last_served.items() if now - t <= SERVING_WINDOW_S
+        }
         metrics.gauges.replace_where(
             "guardstream.scorer.adapter_serving",
-            {tuple(sorted(attrs.items())): 1},
+            {(("adapter", a), ("model", self.model_id)): 1 for a in self._last_served},
         )
-        return attrs
+        return {"model": self.model_id, "adapter": name}
 
     async def assess(
         self,
@@ -46,7 +52,7 @@ class MeteredEngine:
         request_id: str,
         adapter: Adapter | None = None,
     ) -> RawAnswer:
-        attrs = self._serving()
+        attrs = self._serving(adapter)
         started = time.monotonic()
         try:
             answer = await self._engine.assess(messages, request_id, adapter)
