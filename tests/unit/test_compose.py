@@ -20,7 +20,7 @@ import pytest
 import yaml
 from compose_spec import PyOptions
 
-from tests.unit.test_deploy import LIBRARY_ENV, runs_a_real_command, settings_env_names
+from tests.unit.test_deploy import LIBRARY_ENV, cli_accepts, settings_env_names
 
 pytestmark = pytest.mark.unit
 
@@ -108,7 +108,7 @@ def test_the_whole_product_runs(services: dict[str, dict[str, Any]]) -> None:
     assert {"kafka", "redis", "postgres", "prometheus", "grafana"} <= set(services)
     for name, service in ours(services).items():
         for args in guardstream_commands(service):
-            assert runs_a_real_command(args), (name, args)
+            assert cli_accepts(args), (name, args)
         assert service["environment"]["KAFKA_BOOTSTRAP"] == "kafka:9092", name
     commands = {n: guardstream_commands(s) for n, s in ours(services).items()}
     assert commands["feedback"] == [["feedback", "run"]]
