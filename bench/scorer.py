@@ -21,9 +21,17 @@ limit of Qwen3Guard-Gen 0.6B / 4B / 8B at 50% MFU on 300-token posts. The tiny c
 CPU measures the scheduling and decode structure (1 prefill vs prefill + ~12 decode steps),
 not a GPU's arithmetic.
 
-Usage: `python bench/scorer.py [--model tiny|PATH] [--engine vllm|transformers] [--posts 512]
-[--in-flight 1,8,32,128]`. `--engine transformers` (no vLLM on the machine) has no prefix
-cache, so it runs once, reported as caching off.
+Real-size shapes without real weights: `--model random-0.6B|random-4B|random-8B` builds (once)
+a random-weight Qwen3 of that size (`bench/random_qwen3.py`) and reports it as such. A random
+model never ends its answer, so plain answers are capped at `--answer-tokens` (default 8, about
+"Safety: Unsafe\nCategories: Violent" and the end-of-turn token in Qwen3's tokenizer) and
+two-phase's second request at `--detail-tokens` (default 4, about "Categories: Violent" and the
+end of turn): each mode decodes about as many steps as the real model would. Labels (and so
+the share of posts needing a second request) are whatever the random model says, printed.
+
+Usage: `python bench/scorer.py [--model tiny|PATH|random-SIZE] [--engine vllm|transformers]
+[--posts 512] [--in-flight 1,8,32,128]`. `--engine transformers` (no vLLM on the machine) has
+no prefix cache, so it runs once, reported as caching off.
 The last output line is one JSON object.
 """
 
@@ -38,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from random_qwen3 import ensure_random_checkpoint, is_random_model
 
 H100_PREFILL_REFERENCE = {"0.6B": 1370, "4B": 206, "8B": 103}  # posts/s, 50% MFU, 300 tokens
 MODES = ("plain", "two_phase")
@@ -88,6 +97,22 @@ async def corpus(
     return chosen, want_safe / len(chosen)
 
 
+def cap_details(engine: Any, tokens: int) -> None:
+    """Random weights: cap two-phase's second request at a real answer's remainder.
+
+    A random model never ends its answer, so each request decodes to its cap; plain
+    generation's cap is `--answer-tokens` (the settings' `max_output_tokens`), and the engines
+    derive the second request's from it minus the longest forced prefix, which would leave it
+    shorter than a real answer's remainder. Bench-only: reaches into the engine's sampling
+    parameters.
+    """
+    if hasattr(engine, "_detail_params"):  # vLLM
+        engine._detail_params = engine._detail_params.clone()
+        engine._detail_params.max_tokens = tokens
+    else:  # transformers
+        engine._detail_max = tokens
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
@@ -125,17 +150,28 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     limits = [int(x) for x in args.in_flight.split(",")]
     runs: list[Run] = []
     model_id = args.model
+    model, weights, extra = args.model, "guardstream tiny test checkpoint", {}
+    if is_random_model(args.model):
+        size = args.model.removeprefix("random-")
+        model = str(ensure_random_checkpoint(size, args.cache_dir or Settings().model_cache_dir))
+        weights = f"random weights, Qwen3Guard-Gen-{size} shape (not the model)"
+        extra = {"max_output_tokens": args.answer_tokens}
+    elif args.model != "tiny":
+        weights = args.model
     # transformers keeps no prefix cache: one engine, reported as caching off.
     cachings = (True, False) if args.engine == "vllm" else (False,)
     for caching in cachings:
         settings = Settings(
             engine=args.engine,
-            model=args.model,
+            model=model,
             max_model_len=args.max_model_len,
             prefix_caching=caching,
             model_cache_dir=args.cache_dir or Settings().model_cache_dir,
+            **extra,
         )
         engine: Any = await start_engine(settings)
+        if is_random_model(args.model):
+            cap_details(engine, args.detail_tokens)
         model_id = engine.model_id
         try:
             if not chats:  # drawn once, with the first engine: both see the same inputs
@@ -170,11 +206,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     )
         finally:
             await engine.close()
-    return summarise(args, runs, limits, model_id, safe_share)
+    return summarise(args, runs, limits, model_id, safe_share, weights)
 
 
 def summarise(
-    args: argparse.Namespace, runs: list[Run], limits: list[int], model_id: str, safe_share: float
+    args: argparse.Namespace,
+    runs: list[Run],
+    limits: list[int],
+    model_id: str,
+    safe_share: float,
+    weights: str,
 ) -> dict[str, Any]:
     cachings = sorted({r.caching for r in runs}, reverse=True)
     best = cachings[0]  # the headline: prefix caching on where the engine has it
@@ -210,12 +251,12 @@ def summarise(
     print("\nH100 prefill limit at 50% MFU, 300-token posts (reference, not measured here):")
     for size, rate in H100_PREFILL_REFERENCE.items():
         print(f"  Qwen3Guard-Gen-{size}: ~{rate:,} posts/s")
-    print(f"measured here: {two.posts_per_s:.1f} posts/s two-phase ({model_id}, {device()})")
+    print(f"measured here: {two.posts_per_s:.1f} posts/s two-phase ({weights}, {device()})")
     return {
         "bench": "scorer",
         "model": model_id,
         "engine": args.engine,
-        "weights": "guardstream tiny test checkpoint" if args.model == "tiny" else args.model,
+        "weights": weights,
         "device": device(),
         "posts": args.posts,
         "safe_share": round(safe_share, 3),
@@ -260,7 +301,15 @@ def device() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--model", default="tiny", help="`tiny` or a Qwen3Guard-Gen checkpoint")
+    parser.add_argument(
+        "--model", default="tiny", help="`tiny`, a Qwen3Guard-Gen checkpoint, or random-SIZE"
+    )
+    parser.add_argument(
+        "--answer-tokens", type=int, default=8, help="random-SIZE: plain answer length"
+    )
+    parser.add_argument(
+        "--detail-tokens", type=int, default=4, help="random-SIZE: second request's length"
+    )
     parser.add_argument("--engine", choices=["vllm", "transformers"], default="vllm")
     parser.add_argument("--posts", type=int, default=512)
     parser.add_argument("--in-flight", default="1,8,32,128", help="comma-separated limits")

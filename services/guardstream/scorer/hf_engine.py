@@ -69,6 +69,7 @@ class TransformersGuardEngine:
         self._max_output = settings.max_output_tokens
         self._batch_max = settings.scorer_batch_max
         self._forced = ForcedPrefixes.of(tokenizer)
+        self._detail_max = max(1, self._max_output - self._forced.longest)  # as the vLLM engine
         self._by_token = {tid: label for label, tid in self._forced.label_token.items()}
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._eos = tokenizer.eos_token_id
@@ -295,8 +296,8 @@ class TransformersGuardEngine:
                 text = f"{SAFETY_PREFIX} {label}\n"
                 detail.append((index, self._forced.detail[label], text))
         if detail:
-            budget = self._max_output - self._forced.longest
-            outputs, _ = self._greedy([jobs[i].ids + forced for i, forced, _ in detail], budget)
+            seqs = [jobs[i].ids + forced for i, forced, _ in detail]
+            outputs, _ = self._greedy(seqs, self._detail_max)
             for (index, _, text), tokens in zip(detail, outputs, strict=True):
                 answers[index] = _with(
                     answers[index], text + self._decode(tokens), second=len(tokens)

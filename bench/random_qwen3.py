@@ -1,0 +1,182 @@
+"""Random-weight Qwen3 checkpoints of Qwen3Guard-Gen's real sizes, for benchmarks only.
+
+Where the real weights cannot be fetched (no network on the GPU box), throughput can still be
+measured at the real shapes: the same layers, widths, heads and vocabulary as
+Qwen3Guard-Gen-0.6B / 4B / 8B (their Qwen3 base configs), weights drawn at random. Compute and
+memory traffic per token are the real model's; the answers are not. Two changes make its
+answers exercise the scorer's real paths: the Safe and Unsafe output rows are set so that after
+`Safety:` the model names one of them, about half the sample posts each (`_split_labels`; which
+post gets which is as meaningless as the weights), instead of one arbitrary token for every
+post, so two-phase scoring makes its second request only for some posts, as on a real feed;
+and the scorer bench caps every answer at a real answer's length, since a random model never
+stops on its own. The tokenizer and chat template are the tiny test checkpoint's (its ids are
+a subset of the vocabulary). Report results as "random weights, <size> shape", never as the
+model.
+
+`python bench/random_qwen3.py 0.6B` builds one (cached under the model cache directory) and
+prints its path; `bench/scorer.py --model random-0.6B` builds and uses it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+# From the Qwen3 base configs (Qwen/Qwen3-0.6B, -4B, -8B config.json) that Qwen3Guard-Gen keeps.
+SHAPES: dict[str, dict[str, Any]] = {
+    "0.6B": {
+        "hidden_size": 1024,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 16,
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": True,
+    },
+    "4B": {
+        "hidden_size": 2560,
+        "intermediate_size": 9728,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": True,
+    },
+    "8B": {
+        "hidden_size": 4096,
+        "intermediate_size": 12288,
+        "num_hidden_layers": 36,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "tie_word_embeddings": False,
+    },
+}
+COMMON = {
+    "vocab_size": 151936,
+    "head_dim": 128,
+    "max_position_embeddings": 40960,
+    "rope_theta": 1000000.0,
+    "rms_norm_eps": 1e-6,
+    "hidden_act": "silu",
+    "use_sliding_window": False,
+}
+PREFIX = "random-"
+# A random model's hidden state after `Safety:` barely depends on the input, so random label
+# rows would give every post the same label. The label rows are instead set along the
+# direction in which those hidden states vary most across sample posts (their first principal
+# component), split at the median: about half the posts read Safe, half Unsafe, for reasons
+# no more meaningful than the weights, and ×LABEL_GAIN so a label beats every other token.
+LABEL_GAIN = 64.0
+CALIBRATION_POSTS = 24
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+)
+
+
+def is_random_model(name: str) -> bool:
+    return name.startswith(PREFIX) and name[len(PREFIX) :] in SHAPES
+
+
+def ensure_random_checkpoint(size: str, cache_root: Path, seed: int = 0) -> Path:
+    """The checkpoint directory for `size` (built once; bf16 safetensors)."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    from guardstream.model.tiny import ensure_tiny_checkpoint
+
+    final = Path(cache_root) / f"random-qwen3-{size}-seed{seed}-split{LABEL_GAIN:g}"
+    if (final / "config.json").is_file() and any(final.glob("*.safetensors")):
+        return final
+    tiny = ensure_tiny_checkpoint(Path(cache_root))
+    tokenizer = AutoTokenizer.from_pretrained(tiny)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = Qwen3Config(
+        **COMMON,
+        **SHAPES[size],
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="bfloat16",
+    )
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # 8B in fp32 would need 32 GB just to build
+    try:
+        model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    _split_labels(model, tokenizer)
+    model.save_pretrained(tmp)
+    for name in TOKENIZER_FILES:
+        if (tiny / name).is_file():
+            shutil.copy2(tiny / name, tmp / name)
+    GenerationConfig(
+        bos_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        do_sample=False,
+    ).save_pretrained(tmp)
+    params = sum(p.numel() for p in model.parameters())
+    (tmp / "guardstream-random.json").write_text(
+        json.dumps(
+            {"shape": size, "seed": seed, "parameters": params, "label_gain": LABEL_GAIN},
+            indent=2,
+        )
+        + "\n"
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def _split_labels(model: Any, tokenizer: Any) -> None:
+    """Point the Safe / Unsafe output rows so the label depends on the input (module doc)."""
+    import torch
+
+    from guardstream.model.tiny import TEACHING_SET
+    from guardstream.scorer.engine import ForcedPrefixes
+    from guardstream.scorer.prompt import PromptRenderer
+
+    forced = ForcedPrefixes.of(tokenizer)
+    states = []
+    with torch.inference_mode():
+        for number in range(CALIBRATION_POSTS):
+            chat = TEACHING_SET[number % len(TEACHING_SET)].chat()
+            chat[-1] = {**chat[-1], "content": f"{chat[-1]['content']} #{number:05d}"}
+            ids = PromptRenderer(tokenizer, 1 << 20).encode(chat) + forced.safety
+            hidden = model.model(torch.tensor([ids])).last_hidden_state[0, -1]
+            states.append(hidden.float())
+    h = torch.stack(states)
+    mean = h.mean(0)
+    direction = torch.linalg.svd(h - mean, full_matrices=False).Vh[0]
+    # A row u with h . u = 1 on every sample (least squares, minimum norm) stands in for the
+    # bias a language-model head lacks: logit(Safe) - logit(Unsafe) = 2 * gain * (h . direction
+    # - median) on the samples, and close to it on posts like them.
+    projection = h @ direction
+    ones = torch.linalg.lstsq(h, torch.ones(len(h), 1)).solution[:, 0]
+    row = direction - projection.median() * ones
+    row = row / (h @ row).abs().median()  # the median sample sits one unit from the boundary
+    out = model.get_output_embeddings().weight
+    with torch.no_grad():
+        out[forced.label_token["Safe"]] = (LABEL_GAIN * row).to(out.dtype)
+        out[forced.label_token["Unsafe"]] = (-LABEL_GAIN * row).to(out.dtype)
+
+
+def main() -> None:
+    from guardstream.core.settings import Settings
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("size", choices=sorted(SHAPES))
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    args = parser.parse_args()
+    print(ensure_random_checkpoint(args.size, args.cache_dir or Settings().model_cache_dir))
+
+
+if __name__ == "__main__":
+    main()
