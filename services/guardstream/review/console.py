@@ -98,7 +98,13 @@ def _page(request: Request, name: str, context: dict[str, Any], status: int = 20
     def _countdown(deadline: datetime) -> str:
         return countdown(deadline, now)
 
-    base = {"countdown": _countdown, "reviewer": None, "csrf": "", "message": None, "error": None}
+    base: dict[str, Any] = {
+        "countdown": _countdown,
+        "reviewer": None,
+        "csrf": "",
+        "message": None,
+        "error": None,
+    }
     base.update(context)
     who = base["reviewer"]
     base["can_qa"] = (
