@@ -5,8 +5,7 @@ reviewers whose agreement with the seniors falls below the bar raise an alert (p
 possible (a quiet reviewer is checked too), deterministically for a given period (the seed).
 `low_agreement_alert` names the reviewers whose per-reviewer agreement with the seniors is
 below `min_agreement` — by pseudonymous id only, one alert per period. The review console
-(`review/service.py`) runs these on its QA queue in PostgreSQL; `qa_sample` /
-`agreement_alerts` run them on archived samples (`guardstream feedback report` and tests).
+(`review/service.py`) runs these on its QA queue in PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,8 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
-from guardstream.core.contracts import Alert, AlertSeverity, ReviewStage, utcnow
-from guardstream.feedback.sample import FeedbackSample
+from guardstream.core.contracts import Alert, AlertSeverity
 
 T = TypeVar("T")
 Cadence = Literal["monthly", "weekly"]
@@ -45,13 +43,6 @@ def spread(
             if queue and len(picked) < size:
                 picked.append(queue.pop(0))
     return picked
-
-
-def qa_sample(samples: Sequence[FeedbackSample], size: int, seed: str) -> list[FeedbackSample]:
-    """Up to `size` archived first-stage reviews not re-reviewed yet, spread over reviewers."""
-    checked = {s.content_key for s in samples if s.stage is ReviewStage.QA}
-    firsts = [s for s in samples if s.stage is ReviewStage.FIRST and s.content_key not in checked]
-    return spread(firsts, size, seed, ident=lambda s: s.sample_id, by=lambda s: s.reviewer)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,30 +81,6 @@ def parse_period(key: str) -> QaPeriod:
     year, mon = int(month[1]), int(month[2])
     start = datetime(year, mon, 1, tzinfo=UTC)
     return QaPeriod(key, start, datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC))
-
-
-def agreement(samples: Sequence[FeedbackSample]) -> dict[str, tuple[int, int]]:
-    """Reviewer → (agreed, checked) against senior QA re-reviews of the same content."""
-    first = {s.content_key: s for s in samples if s.stage is ReviewStage.FIRST}
-    out: dict[str, tuple[int, int]] = {}
-    for s in samples:
-        original = first.get(s.content_key) if s.stage is ReviewStage.QA else None
-        if original is None:
-            continue
-        agreed, checked = out.get(original.reviewer, (0, 0))
-        out[original.reviewer] = (agreed + (original.human_verdict is s.human_verdict), checked + 1)
-    return out
-
-
-def agreement_alerts(
-    samples: Sequence[FeedbackSample],
-    min_agreement: float,
-    period: str,
-    now: datetime | None = None,
-) -> list[Alert]:
-    """`low_agreement_alert` over archived samples (first reviews and their QA re-reviews)."""
-    alert = low_agreement_alert(agreement(samples), min_agreement, period, now or utcnow())
-    return [alert] if alert else []
 
 
 def below_bar(scores: Mapping[str, tuple[int, int]], min_agreement: float) -> list[str]:

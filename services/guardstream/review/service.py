@@ -483,6 +483,10 @@ class ReviewService:
             if await tx.first_reviewer(task.task_id) == reviewer.id:
                 raise Conflict("a QA re-review must come from someone else than the first reviewer")
             batch = await tx.lock_open_qa_batch_of(task.task_id)
+            if batch is not None and not blind:
+                # Sampled items are labelled blind: a "confirm" without having looked would
+                # count as agreement.
+                raise Conflict("this task is in the QA queue: label it there (blind)")
             first = await tx.first_review_verdict(task.task_id)
             base = first or task.human_verdict or task.model_verdict
             post = await tx.post_text(task.post_id, task.tenant)

@@ -464,13 +464,16 @@ class Tx:
         return bool(status == "INSERT 0 1")
 
     async def qa_candidates(self, since: datetime, until: datetime) -> list[QaCandidate]:
-        """First reviews given in [since, until) whose task no senior has re-reviewed yet."""
+        """First reviews given in [since, until) whose task no senior has re-reviewed yet and
+        no batch holds."""
         rows = await self.conn.fetch(
             "SELECT r.task_id, t.tenant, r.reviewer FROM reviews r"
             " JOIN tasks t ON t.task_id = r.task_id"
             " WHERE r.stage = 'first' AND r.reviewed_at >= $1 AND r.reviewed_at < $2"
             " AND NOT EXISTS (SELECT 1 FROM reviews q WHERE q.task_id = r.task_id"
-            " AND q.stage = 'qa')",
+            " AND q.stage = 'qa')"
+            # A cadence change may make periods overlap: an item is sampled only once.
+            " AND NOT EXISTS (SELECT 1 FROM qa_items i WHERE i.task_id = r.task_id)",
             since,
             until,
         )

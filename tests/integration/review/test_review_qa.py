@@ -112,6 +112,10 @@ async def test_seniors_work_a_blind_qa_queue_and_low_agreement_alerts(console: C
         assert (await http.get(f"/api/v1/qa/items/{zeta}")).status_code == 404
         no_reason = await http.post(f"/api/v1/qa/items/{acme[0]}", json={"verdict": "safe"})
         assert no_reason.status_code == 422
+        peek = await http.post(
+            f"/api/v1/tasks/{acme[0]}/qa", json={"outcome": "confirm", "tags": TAGS}
+        )
+        assert peek.status_code == 409  # a sampled item is labelled blind, not "confirmed"
     async with console.client("alice") as http:  # the first reviewer still sees her label
         assert (await http.get(f"/api/v1/tasks/{acme[0]}")).json()["human_verdict"] is not None
 
