@@ -17,8 +17,13 @@ from guardstream.feedback.qa import (
     spread,
 )
 from guardstream.policy import load_registry
-from guardstream.review.logic import InvalidSubmission, review_event, validate_submission
-from guardstream.review.service import blind_form, feedback_sample
+from guardstream.review.logic import (
+    InvalidSubmission,
+    blind_form,
+    review_event,
+    validate_submission,
+)
+from guardstream.review.service import feedback_sample
 from guardstream.review.store import PostText
 from guardstream.scorer.output import parse_answer
 from tests.unit.test_review_logic import TAGS, submit, task

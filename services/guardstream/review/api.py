@@ -139,8 +139,8 @@ class QaDecisionIn(BaseModel):
     """A blind QA label: the senior has not seen the first review's label."""
 
     verdict: Verdict
-    reason: str = Field(
-        min_length=1, max_length=REVIEW_REASON_MAX, description="why this label (always required)"
+    reason: str | None = Field(
+        None, description=f"why this label: always required, at most {REVIEW_REASON_MAX} characters"
     )
     tags: list[str] = Field(default_factory=list, description="at least one quick tag")
     categories: list[str] | None = None

@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import (
@@ -244,6 +245,20 @@ def validate_submission(
     if refused is not None and not is_response:
         raise InvalidSubmission("refusal", "only a response (an assistant's answer) has one")
     return Submission(chosen, label, cats, text, picked, refused)
+
+
+def blind_form(form: dict[str, Any], first: Verdict) -> dict[str, Any]:
+    """A blind QA submission (a label, a reason, tags) as a confirm / correct of the first
+    label. The reason is required either way: the senior wrote it before knowing whether they
+    agree, and it is what the first reviewer is coached with."""
+    if not (form.get("reason") or "").strip():
+        raise InvalidSubmission("reason", "a QA label needs a reason (at most 50 characters)")
+    try:
+        label = Verdict(form.get("verdict") or "")
+    except ValueError:
+        raise InvalidSubmission("verdict", "choose safe, controversial or unsafe") from None
+    outcome = ReviewOutcome.CONFIRM if label is first else ReviewOutcome.CORRECT
+    return {**form, "outcome": outcome.value, "verdict": label.value}
 
 
 # --- what a decision produces -----------------------------------------------------------------

@@ -21,7 +21,6 @@ from guardstream.core.contracts import (
     Kind,
     Review,
     ReviewAssignment,
-    ReviewOutcome,
     ReviewStage,
     Verdict,
     utcnow,
@@ -42,7 +41,6 @@ from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import (
     Agreement,
-    InvalidSubmission,
     Permission,
     Reviewer,
     SlaState,
@@ -51,6 +49,7 @@ from guardstream.review.logic import (
     TaskState,
     agreement,
     assignment,
+    blind_form,
     human_decision,
     human_verdict_entry,
     review_event,
@@ -782,20 +781,6 @@ def feedback_sample(
         pack=pack,
         human_refusal=human_refusal,
     )
-
-
-def blind_form(form: dict[str, Any], first: Verdict) -> dict[str, Any]:
-    """A blind QA submission (a label, a reason, tags) as a confirm / correct of the first
-    label. The reason is required either way: the senior wrote it before knowing whether they
-    agree, and it is what the first reviewer is coached with."""
-    if not (form.get("reason") or "").strip():
-        raise InvalidSubmission("reason", "a QA label needs a reason (at most 50 characters)")
-    try:
-        label = Verdict(form.get("verdict") or "")
-    except ValueError:
-        raise InvalidSubmission("verdict", "choose safe, controversial or unsafe") from None
-    outcome = ReviewOutcome.CONFIRM if label is first else ReviewOutcome.CORRECT
-    return {**form, "outcome": outcome.value, "verdict": label.value}
 
 
 def blinded(entry: QaEntry) -> QaEntry:

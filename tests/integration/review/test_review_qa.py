@@ -111,7 +111,7 @@ async def test_seniors_work_a_blind_qa_queue_and_low_agreement_alerts(console: C
         assert (await http.get(f"/api/v1/tasks/{acme[0]}")).json()["human_verdict"] is None
         assert (await http.get(f"/api/v1/qa/items/{zeta}")).status_code == 404
         no_reason = await http.post(f"/api/v1/qa/items/{acme[0]}", json={"verdict": "safe"})
-        assert no_reason.status_code == 422
+        assert no_reason.status_code == 422 and no_reason.json()["field"] == "reason"
         peek = await http.post(
             f"/api/v1/tasks/{acme[0]}/qa", json={"outcome": "confirm", "tags": TAGS}
         )
