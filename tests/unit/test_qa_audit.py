@@ -174,3 +174,30 @@ def test_a_refusal_correction_alone_is_worth_training() -> None:
     assert worth_training(agreeing, CurationConfig()) == "refusal_correction"
     same = agreeing.model_copy(update={"human_refusal": True})
     assert worth_training(same, CurationConfig()) is None
+
+
+def test_qa_schedule_size_and_bar_come_from_the_documented_env_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from pydantic import ValidationError
+
+    from guardstream.core.settings import Settings
+
+    defaults = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (defaults.qa_cadence, defaults.qa_sample_size, defaults.qa_agreement_min) == (
+        "monthly",
+        100,
+        0.9,
+    )
+    monkeypatch.setenv("GUARDSTREAM_QA_CADENCE", "weekly")
+    monkeypatch.setenv("GUARDSTREAM_QA_SAMPLE_SIZE", "25")
+    monkeypatch.setenv("GUARDSTREAM_QA_AGREEMENT_MIN", "0.8")
+    custom = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (custom.qa_cadence, custom.qa_sample_size, custom.qa_agreement_min) == (
+        "weekly",
+        25,
+        0.8,
+    )
+    monkeypatch.setenv("GUARDSTREAM_QA_CADENCE", "daily")
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None)  # type: ignore[call-arg]
