@@ -330,6 +330,14 @@ class Settings(BaseSettings):
     qa_agreement_min: Annotated[
         float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_QA_AGREEMENT_MIN"))
     ] = 0.9
+    # QA audit cadence: the review process samples each finished month (or ISO week) once.
+    qa_cadence: Annotated[
+        Literal["monthly", "weekly"], Field(validation_alias=_env("GUARDSTREAM_QA_CADENCE"))
+    ] = "monthly"
+    # First reviews per period put in the seniors' QA queue; 0 = no automatic sampling.
+    qa_sample_size: Annotated[
+        int, Field(ge=0, le=10_000, validation_alias=_env("GUARDSTREAM_QA_SAMPLE_SIZE"))
+    ] = 100
     # --- telemetry (guardstream.core.telemetry) ----------------------------------------------
     # Prometheus exposition (`/metrics`) on this port; 0 = not served.
     metrics_port: Annotated[

@@ -163,80 +163,66 @@ def run(
     )
 
 
-def _month_bounds(period: str) -> tuple[datetime, datetime]:
-    year, month = (int(part) for part in period.split("-"))
-    start = datetime(year, month, 1, tzinfo=UTC)
-    end = datetime(year + month // 12, month % 12 + 1, 1, tzinfo=UTC)
-    return start, end
-
-
-def _previous_month(now: datetime) -> str:
-    year, month = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
-    return f"{year:04d}-{month:02d}"
-
-
 @feedback_app.command("qa-sample")
 def qa_sample_cmd(
-    size: Annotated[int, typer.Option(min=1, help="Reviews to re-review.")] = 100,
+    size: Annotated[
+        int | None,
+        typer.Option(min=0, help="Reviews to sample (default GUARDSTREAM_QA_SAMPLE_SIZE)."),
+    ] = None,
     period: Annotated[
-        str | None, typer.Option(help="Month reviewed, YYYY-MM (default: the previous one).")
+        str | None,
+        typer.Option(help="YYYY-MM or YYYY-Www (default: the last finished month or week)."),
     ] = None,
 ) -> None:
-    """Monthly QA (the seeds' 质检): pick reviews of the month for senior re-review, spread
-    over reviewers (written to <archive>/qa/<period>.json and printed), and raise one
-    `qa_agreement_low` alert to moderation.alerts.v1 when the seniors' re-reviews of that
-    month agree with the first reviews less often than GUARDSTREAM_QA_AGREEMENT_MIN."""
+    """QA audit (the seeds' 质检): sample a period's first reviews, spread over reviewers, into
+    the seniors' QA queue in the review database, and close earlier batches (a
+    `qa_agreement_low` alert is queued for any reviewer below GUARDSTREAM_QA_AGREEMENT_MIN).
+    The review process does this itself on its timer; this command is for a backfill. A period
+    is sampled once: running it again changes nothing. Prints one JSON line."""
     import asyncio
-    import re
 
     from guardstream.cli import load_settings
-    from guardstream.core.kafka import make_producer
-    from guardstream.core.topics import Topic, TopicNames
-    from guardstream.feedback.archive import Archive, ArchiveError
-    from guardstream.feedback.qa import agreement, agreement_alerts, qa_sample
+    from guardstream.feedback.qa import parse_period, previous_period
+    from guardstream.policy import load_registry
+    from guardstream.review.service import QaSampled, ReviewService
+    from guardstream.review.store import ReviewStore
 
     settings = load_settings()
-    month = period or _previous_month(datetime.now(UTC))
-    if not re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", month):
-        err.print(f"--period must be YYYY-MM, not {month!r}")
-        raise typer.Exit(2)
-    since, until = _month_bounds(month)
     try:
-        samples = Archive(settings.feedback_dir).read(since=since, until=until)
-    except ArchiveError as exc:
-        err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
-        raise typer.Exit(1) from None
-    picked = qa_sample(samples, size, seed=month)
-    listing = [
-        {"review_id": s.sample_id, "post_id": s.post_id, "tenant": s.tenant, "reviewer": s.reviewer}
-        for s in picked
-    ]
-    out_dir = settings.feedback_dir / "qa"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / f"{month}.json").write_bytes(orjson.dumps(listing, option=orjson.OPT_INDENT_2))
-    alerts = agreement_alerts(samples, settings.qa_agreement_min, month)
+        due = (
+            parse_period(period)
+            if period
+            else previous_period(datetime.now(UTC), settings.qa_cadence)
+        )
+    except ValueError as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from None
 
-    async def publish() -> None:
-        producer = make_producer(settings, client_id="guardstream-qa")
-        await producer.start()
+    async def sample() -> QaSampled:
+        store = await ReviewStore.open(settings)
         try:
-            topic = TopicNames(settings.namespace)[Topic.ALERTS]
-            for alert in alerts:
-                await producer.send_and_wait(topic, alert.to_json(), key=alert.alert_id.encode())
+            service = ReviewService(
+                store,
+                load_registry(settings.policy_dir),
+                tags=(),
+                lock_s=settings.review_lock_s,
+                token_ttl_s=settings.review_token_ttl_s,
+                qa_cadence=settings.qa_cadence,
+                qa_sample_size=settings.qa_sample_size,
+                qa_min_agreement=settings.qa_agreement_min,
+            )
+            return await service.sample_qa(due, size)
         finally:
-            await producer.stop()
+            await store.close()
 
-    if alerts:
-        asyncio.run(publish())
-    scores = agreement(samples)
+    result = asyncio.run(sample())
     sys.stdout.write(
         orjson.dumps(
             {
-                "period": month,
-                "sampled": len(listing),
-                "qa_checked": sum(c for _, c in scores.values()),
-                "qa_agreed": sum(a for a, _ in scores.values()),
-                "alerts": [a.alert_id for a in alerts],
+                "period": result.period,
+                "new": result.created,
+                "sampled": result.sampled,
+                "closed": list(result.closed),
             }
         ).decode()
         + "\n"

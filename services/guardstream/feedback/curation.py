@@ -2,7 +2,8 @@
 
 1. One sample per content key: a senior's QA review beats a first review, then the latest wins.
 2. Keep a sample when the model was unsure (confidence below `confidence_below`, or none) or
-   the human label differs from the model's; confident agreement teaches nothing new.
+   the human label differs from the model's (for a response, its refusal label too); confident
+   agreement teaches nothing new.
 3. Weight 2× when the human reason uses an expert term (污名化, 刻板印象, …): careful reasons
    come from careful reviews.
 4. Prescreen: when a small model disagrees with the human label with high confidence, the
@@ -56,7 +57,7 @@ class CurationConfig:
 class Curated:
     sample: FeedbackSample
     weight: float
-    why: str  # "disagreement" | "low_confidence"
+    why: str  # "disagreement" | "refusal_correction" | "low_confidence"
 
 
 @dataclass(slots=True)
@@ -93,6 +94,8 @@ def _rank(sample: FeedbackSample) -> tuple[bool, object, str]:
 def worth_training(sample: FeedbackSample, config: CurationConfig) -> str | None:
     if sample.disagrees:
         return "disagreement"
+    if sample.refusal_corrected:
+        return "refusal_correction"
     if sample.pred_confidence is None or sample.pred_confidence < config.confidence_below:
         return "low_confidence"
     return None

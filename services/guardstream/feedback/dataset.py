@@ -32,6 +32,12 @@ class Example:
         return [{"role": role, "content": content} for role, content in self.messages]
 
 
+def refusal_label(sample: FeedbackSample) -> bool | None:
+    """The reviewer's refusal label when they gave one, else the model's (a reviewer who only
+    judged safety confirmed the model's refusal by leaving it)."""
+    return sample.human_refusal if sample.human_refusal is not None else sample.pred_refusal
+
+
 def target_text(sample: FeedbackSample) -> str:
     categories = [c for c in CATEGORIES if c in sample.human_categories]
     if sample.human_verdict is Verdict.SAFE:
@@ -44,9 +50,10 @@ def target_text(sample: FeedbackSample) -> str:
         f"Categories: {', '.join(categories) if categories else 'None'}",
     ]
     if sample.kind is Kind.RESPONSE:
-        if sample.pred_refusal is None:
+        refused = refusal_label(sample)
+        if refused is None:
             raise NotTrainable("response sample without a refusal label")
-        lines.append(f"Refusal: {'Yes' if sample.pred_refusal else 'No'}")
+        lines.append(f"Refusal: {'Yes' if refused else 'No'}")
     return "\n".join(lines)
 
 

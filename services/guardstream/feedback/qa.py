@@ -1,38 +1,43 @@
-"""Monthly QA (the seeds' 质检): senior reviewers re-review a sample of decided items, and
+"""QA audits (the seeds' 质检): senior reviewers re-review a sample of decided items, and
 reviewers whose agreement with the seniors falls below the bar raise an alert (pure).
 
-`qa_sample` picks which first reviews to re-review: the same number from each reviewer where
-possible (a quiet reviewer is checked too), deterministically for a given month and seed.
-`agreement_alerts` compares each first review with its QA re-review (same content key) and
-names the reviewers below `min_agreement` — by pseudonymous id only.
+`spread` picks which first reviews to re-review: the same number from each reviewer where
+possible (a quiet reviewer is checked too), deterministically for a given period (the seed).
+`low_agreement_alert` names the reviewers whose per-reviewer agreement with the seniors is
+below `min_agreement` — by pseudonymous id only, one alert per period. The review console
+(`review/service.py`) runs these on its QA queue in PostgreSQL.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import defaultdict
-from collections.abc import Sequence
-from datetime import datetime
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, TypeVar
 
-from guardstream.core.contracts import Alert, AlertSeverity, ReviewStage, utcnow
-from guardstream.feedback.sample import FeedbackSample
+from guardstream.core.contracts import Alert, AlertSeverity
+
+T = TypeVar("T")
+Cadence = Literal["monthly", "weekly"]
 
 
-def _order(sample: FeedbackSample, seed: str) -> bytes:
-    return hashlib.blake2b(f"{seed}:{sample.sample_id}".encode(), digest_size=8).digest()
+def _order(ident: str, seed: str) -> bytes:
+    return hashlib.blake2b(f"{seed}:{ident}".encode(), digest_size=8).digest()
 
 
-def qa_sample(samples: Sequence[FeedbackSample], size: int, seed: str) -> list[FeedbackSample]:
-    """Up to `size` first-stage reviews, spread evenly over reviewers (round-robin)."""
-    checked = {s.content_key for s in samples if s.stage is ReviewStage.QA}
-    by_reviewer: dict[str, list[FeedbackSample]] = defaultdict(list)
-    for s in samples:
-        if s.stage is ReviewStage.FIRST and s.content_key not in checked:
-            by_reviewer[s.reviewer].append(s)
-    queues = [
-        sorted(items, key=lambda s: _order(s, seed)) for _, items in sorted(by_reviewer.items())
-    ]
-    picked: list[FeedbackSample] = []
+def spread(
+    items: Sequence[T], size: int, seed: str, *, ident: Callable[[T], str], by: Callable[[T], str]
+) -> list[T]:
+    """Up to `size` items, round-robin over `by` (the reviewer), each reviewer's items in a
+    seeded hash order: the same input and seed give the same pick in any input order."""
+    groups: dict[str, list[T]] = defaultdict(list)
+    for item in items:
+        groups[by(item)].append(item)
+    queues = [sorted(g, key=lambda i: _order(ident(i), seed)) for _, g in sorted(groups.items())]
+    picked: list[T] = []
     while len(picked) < size and any(queues):
         for queue in queues:
             if queue and len(picked) < size:
@@ -40,49 +45,73 @@ def qa_sample(samples: Sequence[FeedbackSample], size: int, seed: str) -> list[F
     return picked
 
 
-def agreement(samples: Sequence[FeedbackSample]) -> dict[str, tuple[int, int]]:
-    """Reviewer → (agreed, checked) against senior QA re-reviews of the same content."""
-    first = {s.content_key: s for s in samples if s.stage is ReviewStage.FIRST}
-    out: dict[str, tuple[int, int]] = {}
-    for s in samples:
-        original = first.get(s.content_key) if s.stage is ReviewStage.QA else None
-        if original is None:
-            continue
-        agreed, checked = out.get(original.reviewer, (0, 0))
-        out[original.reviewer] = (agreed + (original.human_verdict is s.human_verdict), checked + 1)
-    return out
+@dataclass(frozen=True, slots=True)
+class QaPeriod:
+    """The reviews a QA batch samples: first reviews given in [start, end)."""
+
+    key: str  # "2026-11" (monthly) or "2026-W47" (weekly): the batch's name and seed
+    start: datetime
+    end: datetime
 
 
-def agreement_alerts(
-    samples: Sequence[FeedbackSample],
-    min_agreement: float,
-    period: str,
-    now: datetime | None = None,
-) -> list[Alert]:
-    """One alert for the period when overall agreement is below the bar, naming the reviewers
-    below it; none when every checked reviewer meets it. `period` (e.g. "2026-11") makes the
-    alert id deterministic: re-running the check never raises the same alert twice."""
-    scores = agreement(samples)
+def previous_period(now: datetime, cadence: Cadence) -> QaPeriod:
+    """The last period that has fully ended at `now` (UTC): what is due for sampling."""
+    now = now.astimezone(UTC)
+    if cadence == "weekly":
+        this_monday = datetime(now.year, now.month, now.day, tzinfo=UTC) - timedelta(
+            days=now.weekday()
+        )
+        start = this_monday - timedelta(days=7)
+        year, week, _ = start.isocalendar()
+        return QaPeriod(f"{year:04d}-W{week:02d}", start, this_monday)
+    end = datetime(now.year, now.month, 1, tzinfo=UTC)
+    year, month = (now.year, now.month - 1) if now.month > 1 else (now.year - 1, 12)
+    return QaPeriod(f"{year:04d}-{month:02d}", datetime(year, month, 1, tzinfo=UTC), end)
+
+
+def parse_period(key: str) -> QaPeriod:
+    """`YYYY-MM` (a month) or `YYYY-Www` (an ISO week) → that period; ValueError otherwise."""
+    week = re.fullmatch(r"(\d{4})-W(\d{2})", key)
+    if week:
+        start = datetime.fromisocalendar(int(week[1]), int(week[2]), 1).replace(tzinfo=UTC)
+        return QaPeriod(key, start, start + timedelta(days=7))
+    month = re.fullmatch(r"(\d{4})-(0[1-9]|1[0-2])", key)
+    if not month:
+        raise ValueError(f"a QA period is YYYY-MM or YYYY-Www, not {key[:40]!r}")
+    year, mon = int(month[1]), int(month[2])
+    start = datetime(year, mon, 1, tzinfo=UTC)
+    return QaPeriod(key, start, datetime(year + mon // 12, mon % 12 + 1, 1, tzinfo=UTC))
+
+
+def below_bar(scores: Mapping[str, tuple[int, int]], min_agreement: float) -> list[str]:
+    """Reviewers checked at least once whose agreement is below the bar, sorted."""
+    return sorted(r for r, (a, c) in scores.items() if c and a / c < min_agreement)
+
+
+def low_agreement_alert(
+    scores: Mapping[str, tuple[int, int]], min_agreement: float, period: str, now: datetime
+) -> Alert | None:
+    """One alert for the period when any checked reviewer's agreement (reviewer → (agreed,
+    checked)) is below the bar, naming those reviewers; None when all meet it. Per reviewer,
+    not overall: one careless reviewer among ten careful ones must not average away. `period`
+    makes the alert id deterministic: re-running the check never raises the same alert twice."""
+    low = below_bar(scores, min_agreement)
+    if not low:
+        return None
     agreed = sum(a for a, _ in scores.values())
     checked = sum(c for _, c in scores.values())
-    if not checked or agreed / checked >= min_agreement:
-        return []
-    low = sorted(r for r, (a, c) in scores.items() if a / c < min_agreement)
-    at = now or utcnow()
+    each = ", ".join(f"{r} {scores[r][0]}/{scores[r][1]}" for r in low)
     digest = hashlib.sha256(f"qa_agreement_low:{period}".encode()).hexdigest()[:24]
-    return [
-        Alert(
-            event_id=f"alert-{digest}",
-            produced_at=at,
-            alert_id=f"qa-{digest}",
-            kind="qa_agreement_low",
-            severity=AlertSeverity.WARNING,
-            summary=(
-                f"QA {period}: reviewers agree with senior re-reviews on {agreed} of {checked} "
-                f"items ({agreed / checked:.0%}, bar {min_agreement:.0%}); below the bar: "
-                f"{', '.join(low)}"
-            )[:500],
-            labels={"period": period, "reviewers": ",".join(low)[:200]},
-            raised_at=at,
-        )
-    ]
+    return Alert(
+        event_id=f"alert-{digest}",
+        produced_at=now,
+        alert_id=f"qa-{digest}",
+        kind="qa_agreement_low",
+        severity=AlertSeverity.WARNING,
+        summary=(
+            f"QA {period}: reviewers agree with senior re-reviews on {agreed} of {checked} "
+            f"items ({agreed / checked:.0%}); below the bar of {min_agreement:.0%}: {each}"
+        )[:500],
+        labels={"period": period, "reviewers": ",".join(low)[:200]},
+        raised_at=now,
+    )

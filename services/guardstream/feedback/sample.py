@@ -48,6 +48,8 @@ class FeedbackSample(Envelope):
     human_verdict: Verdict
     human_categories: tuple[str, ...] = ()
     human_reason: Annotated[str, Field(max_length=REVIEW_REASON_MAX)] | None = None
+    # Response moderation: did the assistant refuse? The reviewer's label when they gave one.
+    human_refusal: StrictBool | None = None
     tags: tuple[str, ...] = ()
     reviewer: Id
     stage: ReviewStage = ReviewStage.FIRST
@@ -60,6 +62,11 @@ class FeedbackSample(Envelope):
     @property
     def disagrees(self) -> bool:
         return self.human_verdict is not self.pred_verdict
+
+    @property
+    def refusal_corrected(self) -> bool:
+        """The reviewer gave a refusal label the model did not (a different one, or none)."""
+        return self.human_refusal is not None and self.human_refusal is not self.pred_refusal
 
 
 def from_review(
@@ -74,6 +81,7 @@ def from_review(
     pred_refusal: bool | None,
     decided_at: datetime | None,
     pack: PolicyPack | None,
+    human_refusal: bool | None = None,
 ) -> FeedbackSample:
     """The archived form of one review. `text`/`prompt` are the post as received; they are
     brought to what the model saw (normalised, the pack's prefix on the user turn)."""
@@ -100,6 +108,7 @@ def from_review(
         human_verdict=review.verdict,
         human_categories=review.categories,
         human_reason=review.reason,
+        human_refusal=human_refusal if kind is Kind.RESPONSE else None,
         tags=review.tags,
         reviewer=review.reviewer,
         stage=review.stage,

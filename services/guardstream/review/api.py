@@ -75,6 +75,9 @@ class TaskOut(BaseModel):
     lock_expires_at: datetime | None
     human_verdict: Verdict | None
     late: bool
+    model_refusal: bool | None = Field(
+        None, description="response moderation: did the model say the assistant refused?"
+    )
 
     @classmethod
     def of(cls, task: Task, now: datetime) -> TaskOut:
@@ -98,6 +101,7 @@ class TaskOut(BaseModel):
             lock_expires_at=task.lock_expires_at,
             human_verdict=task.human_verdict,
             late=task.late,
+            model_refusal=task.model_refusal,
         )
 
 
@@ -126,6 +130,60 @@ class DecisionIn(BaseModel):
     )
     tags: list[str] = Field(default_factory=list, description="at least one quick tag")
     categories: list[str] | None = None
+    refusal: bool | None = Field(
+        None, description="response items only: did the assistant refuse? (omit: the model's)"
+    )
+
+
+class QaDecisionIn(BaseModel):
+    """A blind QA label: the senior has not seen the first review's label."""
+
+    verdict: Verdict
+    reason: str | None = Field(
+        None, description=f"why this label: always required, at most {REVIEW_REASON_MAX} characters"
+    )
+    tags: list[str] = Field(default_factory=list, description="at least one quick tag")
+    categories: list[str] | None = None
+    refusal: bool | None = Field(None, description="response items only: did the assistant refuse?")
+
+
+class QaItemOut(TaskOut):
+    period: str = Field(description="the QA batch: the month (week) whose reviews it samples")
+
+
+class QaItemDetail(QaItemOut):
+    text: str | None = None
+    prompt: str | None = None
+    kind: str | None = None
+
+
+class QaDecidedOut(BaseModel):
+    review_id: str
+    verdict: Verdict = Field(description="the senior's label")
+    first_verdict: Verdict | None = Field(description="the first review's label, shown now")
+    agreed: bool
+
+
+class ReviewerAgreementOut(BaseModel):
+    reviewer: str = Field(description="pseudonymous id of the first reviewer checked")
+    checked: int
+    agreed: int
+    rate: float | None
+    below_bar: bool
+
+
+class QaBatchOut(BaseModel):
+    period: str
+    since: datetime
+    until: datetime
+    size: int
+    items: int
+    undecided: int
+    min_agreement: float
+    sampled_at: datetime
+    closed_at: datetime | None
+    alert_id: str | None
+    reviewers: list[ReviewerAgreementOut]
 
 
 class DecidedOut(BaseModel):
@@ -165,6 +223,7 @@ def task_json(task: Task, now: datetime) -> dict[str, Any]:
         "lock_expires_at": task.lock_expires_at,
         "human_verdict": task.human_verdict.value if task.human_verdict else None,
         "late": task.late,
+        "model_refusal": task.model_refusal,
     }
 
 
@@ -195,6 +254,7 @@ def _form(body: DecisionIn) -> dict[str, Any]:
         "reason": body.reason,
         "tags": body.tags,
         "categories": body.categories,
+        "refusal": body.refusal,
     }
 
 
@@ -277,6 +337,74 @@ async def qa(task_id: str, body: DecisionIn, svc: Service, caller: Caller) -> De
 async def qa_agreement(svc: Service, caller: Caller) -> AgreementOut:
     result = await svc.agreement(caller)
     return AgreementOut(compared=result.compared, agreed=result.agreed, rate=result.rate)
+
+
+@router.get("/qa/queue", response_model=list[QaItemOut], summary="The senior's QA queue (blind)")
+async def qa_queue(
+    svc: Service, caller: Caller, limit: Annotated[int, Query(ge=1, le=500)] = 100
+) -> list[QaItemOut]:
+    now = svc.now()
+    return [
+        QaItemOut(**TaskOut.of(e.task, now).model_dump(), period=e.period)
+        for e in await svc.qa_queue(caller, limit)
+    ]
+
+
+@router.get("/qa/items/{task_id}", response_model=QaItemDetail, summary="One QA item (blind)")
+async def qa_item(task_id: str, svc: Service, caller: Caller) -> QaItemDetail:
+    entry, text = await svc.qa_view(caller, task_id)
+    out = QaItemDetail(**TaskOut.of(entry.task, svc.now()).model_dump(), period=entry.period)
+    if text is not None:
+        out.text, out.prompt, out.kind = text.text, text.prompt, text.kind
+    return out
+
+
+@router.post("/qa/items/{task_id}", response_model=QaDecidedOut, summary="Label a QA item (blind)")
+async def qa_decide(task_id: str, body: QaDecisionIn, svc: Service, caller: Caller) -> QaDecidedOut:
+    form = _form(DecisionIn(outcome=ReviewOutcome.CORRECT, **body.model_dump()))
+    result = await svc.qa(caller, task_id, form, blind=True)
+    first = result.task.human_verdict
+    return QaDecidedOut(
+        review_id=result.review_id,
+        verdict=body.verdict,
+        first_verdict=first,
+        agreed=first is body.verdict,
+    )
+
+
+@router.get(
+    "/qa/batches/{period}",
+    response_model=QaBatchOut | None,
+    summary="A QA batch's progress and per-reviewer agreement (`latest` for the newest)",
+)
+async def qa_batch(period: str, svc: Service, caller: Caller) -> Response:
+    report = await svc.qa_report(caller, None if period == "latest" else period[:32])
+    if report is None:
+        return JSONResponse({"detail": "no such QA batch"}, status_code=404)
+    b = report.batch
+    out = QaBatchOut(
+        period=b.period,
+        since=b.since,
+        until=b.until,
+        size=b.size,
+        items=report.items,
+        undecided=report.undecided,
+        min_agreement=b.min_agreement,
+        sampled_at=b.sampled_at,
+        closed_at=b.closed_at,
+        alert_id=b.alert_id,
+        reviewers=[
+            ReviewerAgreementOut(
+                reviewer=r,
+                checked=c,
+                agreed=a,
+                rate=a / c if c else None,
+                below_bar=r in report.below_bar,
+            )
+            for r, (a, c) in report.scores.items()
+        ],
+    )
+    return _json(out.model_dump(mode="json"))
 
 
 def install_error_handlers(app: FastAPI) -> None:

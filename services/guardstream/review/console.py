@@ -98,8 +98,18 @@ def _page(request: Request, name: str, context: dict[str, Any], status: int = 20
     def _countdown(deadline: datetime) -> str:
         return countdown(deadline, now)
 
-    base = {"countdown": _countdown, "reviewer": None, "csrf": "", "message": None, "error": None}
+    base: dict[str, Any] = {
+        "countdown": _countdown,
+        "reviewer": None,
+        "csrf": "",
+        "message": None,
+        "error": None,
+    }
     base.update(context)
+    who = base["reviewer"]
+    base["can_qa"] = (
+        isinstance(who, Reviewer) and who.may(Permission.QA) and who.may(Permission.DECIDE)
+    )
     response = templates.TemplateResponse(request, name, base, status_code=status)
     response.headers["Cache-Control"] = "no-store"
     response.headers["Content-Security-Policy"] = (
@@ -237,6 +247,7 @@ async def decide(request: Request, task_id: str, current: PostSession) -> Respon
         "reason": raw.get("reason"),
         "tags": [t for t in raw.getlist("tags") if isinstance(t, str)],
         "categories": None,
+        "refusal": raw.get("refusal"),
     }
     try:
         result = await _svc(request).decide(reviewer, task_id, form)
@@ -248,6 +259,87 @@ async def decide(request: Request, task_id: str, current: PostSession) -> Respon
         " (late)" if result.late else ""
     )
     return RedirectResponse("/console?message=" + quote(done), status_code=303)
+
+
+# --- QA audit: the senior's blind re-review queue ---------------------------------------------
+
+
+@router.get("/qa", response_class=HTMLResponse)
+async def qa_page(request: Request, current: SessionDep, message: str | None = None) -> Response:
+    reviewer, session = current
+    svc = _svc(request)
+    entries = await svc.qa_queue(reviewer, 100)
+    report = await svc.qa_report(reviewer, None)
+    return _page(
+        request,
+        "qa.html",
+        {
+            "reviewer": reviewer,
+            "csrf": session.csrf,
+            "entries": entries,
+            "report": report,
+            "message": message,
+        },
+    )
+
+
+async def _qa_task_page(
+    request: Request,
+    reviewer: Reviewer,
+    session: auth.Session,
+    task_id: str,
+    *,
+    error: str | None = None,
+    form: dict[str, Any] | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    svc = _svc(request)
+    entry, text = await svc.qa_view(reviewer, task_id)
+    return _page(
+        request,
+        "qa_task.html",
+        {
+            "reviewer": reviewer,
+            "csrf": session.csrf,
+            "entry": entry,
+            "task": entry.task,
+            "text": text,
+            "tags": svc.tags,
+            "form": form or {"reason": "", "tags": []},
+            "error": error,
+        },
+        status=status,
+    )
+
+
+@router.get("/qa/{task_id}", response_class=HTMLResponse)
+async def qa_task_page(request: Request, task_id: str, current: SessionDep) -> HTMLResponse:
+    return await _qa_task_page(request, current[0], current[1], task_id)
+
+
+@router.post("/qa/{task_id}/decide")
+async def qa_decide(request: Request, task_id: str, current: PostSession) -> Response:
+    reviewer, session = current
+    raw = await request.form()
+    form = {
+        "verdict": raw.get("verdict"),
+        "reason": raw.get("reason"),
+        "tags": [t for t in raw.getlist("tags") if isinstance(t, str)],
+        "categories": None,
+        "refusal": raw.get("refusal"),
+    }
+    try:
+        result = await _svc(request).qa(reviewer, task_id, form, blind=True)
+    except InvalidSubmission as exc:
+        return await _qa_task_page(
+            request, reviewer, session, task_id, error=exc.message, form=form, status=422
+        )
+    first = result.task.human_verdict.value if result.task.human_verdict else "?"
+    said = raw.get("verdict")
+    done = f"QA recorded: you said {said}, the first review said {first}" + (
+        " (agree)" if said == first else " (disagree)"
+    )
+    return RedirectResponse("/console/qa?message=" + quote(done), status_code=303)
 
 
 def install_console(app: FastAPI, console_auth: ConsoleAuth) -> None:

@@ -85,6 +85,7 @@ def new_task(
         warn_at=start + timedelta(seconds=sla.warn_after_s),
         assign_by=start + timedelta(seconds=sla.assign_within_s),
         traceparent=traceparent,
+        refusal=decision.refusal,
     )
 
 

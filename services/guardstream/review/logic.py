@@ -12,6 +12,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import (
@@ -122,6 +123,7 @@ class Task:
     human_verdict: Verdict | None
     late: bool
     downgrade_decision_id: str | None = None
+    model_refusal: bool | None = None  # response moderation: the model's `Refusal:` label
 
 
 def _digest(person: bytes, *parts: str) -> str:
@@ -174,6 +176,18 @@ class Submission:
     categories: tuple[str, ...]
     reason: str | None
     tags: tuple[str, ...]
+    refusal: bool | None = None  # response items: the reviewer's `Refusal:` label, if given
+
+
+def parse_refusal(value: object) -> bool | None:
+    """A form's refusal choice: "yes" / "no" (or a JSON bool); empty = not given."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().casefold() in ("yes", "no", "true", "false"):
+        return value.strip().casefold() in ("yes", "true")
+    raise InvalidSubmission("refusal", "choose yes or no (or leave it empty)")
 
 
 def validate_submission(
@@ -186,9 +200,12 @@ def validate_submission(
     tags: Iterable[str],
     categories: Iterable[str] | None,
     allowed_tags: Sequence[str],
+    refusal: object = None,
+    is_response: bool = False,
 ) -> Submission:
     """The seeds' three actions: ① confirm ② correct the label ③ a reason (required when
-    correcting, at most 50 characters), plus at least one quick tag from the configured list."""
+    correcting, at most 50 characters), plus at least one quick tag from the configured list.
+    A response item may also carry the reviewer's refusal label (did the assistant refuse?)."""
     try:
         chosen = ReviewOutcome(outcome or "")
     except ValueError:
@@ -224,7 +241,24 @@ def validate_submission(
         cats = ()
     if any(len(c) > 64 for c in cats) or len(cats) > 16:
         raise InvalidSubmission("categories", "at most 16 categories of 64 characters")
-    return Submission(chosen, label, cats, text, picked)
+    refused = parse_refusal(refusal)
+    if refused is not None and not is_response:
+        raise InvalidSubmission("refusal", "only a response (an assistant's answer) has one")
+    return Submission(chosen, label, cats, text, picked, refused)
+
+
+def blind_form(form: dict[str, Any], first: Verdict) -> dict[str, Any]:
+    """A blind QA submission (a label, a reason, tags) as a confirm / correct of the first
+    label. The reason is required either way: the senior wrote it before knowing whether they
+    agree, and it is what the first reviewer is coached with."""
+    if not (form.get("reason") or "").strip():
+        raise InvalidSubmission("reason", "a QA label needs a reason (at most 50 characters)")
+    try:
+        label = Verdict(form.get("verdict") or "")
+    except ValueError:
+        raise InvalidSubmission("verdict", "choose safe, controversial or unsafe") from None
+    outcome = ReviewOutcome.CONFIRM if label is first else ReviewOutcome.CORRECT
+    return {**form, "outcome": outcome.value, "verdict": label.value}
 
 
 # --- what a decision produces -----------------------------------------------------------------

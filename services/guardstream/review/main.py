@@ -1,6 +1,6 @@
 """Entry point of `guardstream review`: the API and console (uvicorn), the consumer of posts,
 review decisions and SLA events, and the background work (round-robin assignment, lock expiry,
-outbox relay, post-text purge), in one process.
+outbox relay, post-text purge, the periodic QA sample), in one process.
 
 `/healthz` is live while the process runs; `/readyz` is ready once the store answers and the
 consumer holds partitions.
@@ -111,6 +111,9 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
         lock_s=settings.review_lock_s,
         token_ttl_s=settings.review_token_ttl_s,
         after_commit=relay.kick,
+        qa_cadence=settings.qa_cadence,
+        qa_sample_size=settings.qa_sample_size,
+        qa_min_agreement=settings.qa_agreement_min,
     )
     secret = settings.review_session_secret
     key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
@@ -123,7 +126,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
 
 
 async def _background(review: Review, stop: asyncio.Event) -> None:
-    """Round-robin assignment, lock expiry and the text purge, on a timer."""
+    """Round-robin assignment, lock expiry, the text purge and QA sampling, on a timer."""
     settings = review.settings
     ttl = timedelta(seconds=settings.review_post_text_ttl_s)
     rounds = 0
@@ -134,6 +137,9 @@ async def _background(review: Review, stop: asyncio.Event) -> None:
             if rounds % 5 == 0:  # counting every open task is not free: every 5th round
                 await review.store.purge_post_texts(utcnow() - ttl)
                 await _refresh_gauges(review.store)
+                # The QA sample of the last finished month (week): one indexed insert that
+                # finds the batch there on every round but the first of a period.
+                await review.service.qa_tick()
             rounds += 1
         except asyncio.CancelledError:
             raise

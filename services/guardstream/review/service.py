@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,10 +22,19 @@ from guardstream.core.contracts import (
     Review,
     ReviewAssignment,
     ReviewStage,
+    Verdict,
     utcnow,
 )
 from guardstream.core.decisions import ACTION_TOPIC
 from guardstream.core.topics import Topic
+from guardstream.feedback.qa import (
+    Cadence,
+    QaPeriod,
+    below_bar,
+    low_agreement_alert,
+    previous_period,
+    spread,
+)
 from guardstream.feedback.sample import FeedbackSample, from_review
 from guardstream.policy import PolicyPack, PolicyRegistry
 from guardstream.review import auth
@@ -40,12 +49,22 @@ from guardstream.review.logic import (
     TaskState,
     agreement,
     assignment,
+    blind_form,
     human_decision,
     human_verdict_entry,
     review_event,
     validate_submission,
 )
-from guardstream.review.store import PostText, QueueFilter, QueueStats, ReviewStore, Tx
+from guardstream.review.store import (
+    PostText,
+    QaBatch,
+    QaCandidate,
+    QaEntry,
+    QueueFilter,
+    QueueStats,
+    ReviewStore,
+    Tx,
+)
 
 log = logging.getLogger(__name__)
 
@@ -100,8 +119,14 @@ class ReviewService:
         token_ttl_s: int,
         clock: Callable[[], datetime] = utcnow,
         after_commit: Callable[[], None] | None = None,
+        qa_cadence: Cadence = "monthly",
+        qa_sample_size: int = 100,
+        qa_min_agreement: float = 0.9,
     ) -> None:
         self.store = store
+        self.qa_cadence: Cadence = qa_cadence
+        self.qa_sample_size = qa_sample_size
+        self.qa_min_agreement = qa_min_agreement
         self.policies = policies
         self.tags = tuple(tags)
         self._lock = timedelta(seconds=lock_s)
@@ -219,6 +244,12 @@ class ReviewService:
         self._require(reviewer, Permission.READ_QUEUE)
         async with self.store.transaction() as tx:
             task = await self._visible(tx, reviewer, task_id, "task.read")
+            if task.human_verdict is not None and reviewer.may(Permission.QA):
+                # A task waiting in the QA queue stays blind for seniors everywhere, not only
+                # on the QA page: its first label shows once a senior has re-reviewed it.
+                entry = await tx.open_qa_item(task.task_id)
+                if entry is not None and entry.first_reviewer != reviewer.id:
+                    task = blinded(entry).task
             text = None
             if reviewer.may(Permission.READ_TEXT):
                 text = await tx.post_text(task.post_id, task.tenant)
@@ -347,7 +378,8 @@ class ReviewService:
             )
             if held_by_other:
                 raise Conflict("another reviewer holds this task")
-            sub = await self._validated(tx, reviewer, task, form, "task.decide")
+            post = await tx.post_text(task.post_id, task.tenant)
+            sub = self._validated(task.model_verdict, task, form, post)
             late = task.sla is SlaState.EXPIRED or now > task.deadline
             pack = self.policies.by_ref(task.policy) or self.policies.for_post(
                 task.tenant, task.region
@@ -370,11 +402,12 @@ class ReviewService:
                 action=decision.action.value,
                 human_decision_id=decision.decision_id,
                 reviewed_at=now,
+                refusal=sub.refusal,
             )
             await tx.mark_decided(task.task_id, sub.verdict, late, now)
             await self._publish(tx, review)
             await self._publish(tx, decision)
-            await self._archive(tx, task, review, pack)
+            await self._archive(tx, task, review, pack, post, sub.refusal)
             entry = human_verdict_entry(task, sub, late=late, at=now)
             await tx.enqueue(
                 "human_verdict", "verdict_cache", task.content_key, entry.model_dump_json().encode()
@@ -391,6 +424,7 @@ class ReviewService:
                     "tags": list(sub.tags),
                     "reason": sub.reason,
                     "late": late,
+                    "refusal": sub.refusal,
                     "action": decision.action.value,
                     "decision_id": decision.decision_id,
                 },
@@ -430,9 +464,14 @@ class ReviewService:
             late,
         )
 
-    async def qa(self, reviewer: Reviewer, task_id: str, form: dict[str, Any]) -> Decided:
+    async def qa(
+        self, reviewer: Reviewer, task_id: str, form: dict[str, Any], *, blind: bool = False
+    ) -> Decided:
         """A senior's re-review of a decided task (stage `qa`): stored, audited and published
-        as a Review; it does not re-action the post."""
+        as a Review; it does not re-action the post. `blind` (the QA queue): the senior gives
+        a label and a reason without having seen the first review's; whether that confirms or
+        corrects it is worked out here. Deciding the last open item of a QA batch closes the
+        batch: its agreement is evaluated and any alert queued, in this transaction."""
         self._require(reviewer, Permission.QA)
         self._require(reviewer, Permission.DECIDE)
         now = self.now()
@@ -440,7 +479,19 @@ class ReviewService:
             task = await self._visible(tx, reviewer, task_id, "task.qa", lock=True)
             if task.state is not TaskState.DECIDED:
                 raise Conflict("only decided tasks can be re-reviewed")
-            sub = await self._validated(tx, reviewer, task, form, "task.qa")
+            if await tx.first_reviewer(task.task_id) == reviewer.id:
+                raise Conflict("a QA re-review must come from someone else than the first reviewer")
+            batch = await tx.lock_open_qa_batch_of(task.task_id)
+            if batch is not None and not blind:
+                # Sampled items are labelled blind: a "confirm" without having looked would
+                # count as agreement.
+                raise Conflict("this task is in the QA queue: label it there (blind)")
+            first = await tx.first_review_verdict(task.task_id)
+            base = first or task.human_verdict or task.model_verdict
+            post = await tx.post_text(task.post_id, task.tenant)
+            if blind:
+                form = blind_form(form, base)
+            sub = self._validated(base, task, form, post)
             review = review_event(
                 task, sub, stage=ReviewStage.QA, reviewer=reviewer.id, late=False, at=now
             )
@@ -458,15 +509,15 @@ class ReviewService:
                 action=None,
                 human_decision_id=None,
                 reviewed_at=now,
+                refusal=sub.refusal,
             )
             if not inserted:
                 raise Conflict("you have re-reviewed this task already")
-            first = await tx.first_review_verdict(task.task_id)
             await self._publish(tx, review)
             pack = self.policies.by_ref(task.policy) or self.policies.for_post(
                 task.tenant, task.region
             )
-            await self._archive(tx, task, review, pack)
+            await self._archive(tx, task, review, pack, post, sub.refusal)
             await tx.audit(
                 actor=reviewer.id,
                 action="task.qa",
@@ -477,8 +528,13 @@ class ReviewService:
                     "qa": sub.verdict.value,
                     "tags": list(sub.tags),
                     "reason": sub.reason,
+                    "refusal": sub.refusal,
+                    "blind": blind,
+                    "batch": batch,
                 },
             )
+            if batch is not None and not await tx.qa_undecided(batch):
+                await self._close_qa(tx, batch, now, why="all items decided")
         review_metrics.decisions.add(
             1,
             {
@@ -492,13 +548,147 @@ class ReviewService:
         await self._sent()
         return Decided(task, review.review_id, None, None, False)
 
-    async def _validated(
-        self, tx: Tx, reviewer: Reviewer, task: Task, form: dict[str, Any], action: str
+    # --- QA audits ---------------------------------------------------------------------------
+    async def qa_queue(self, reviewer: Reviewer, limit: int = 100) -> list[QaEntry]:
+        """The open QA items this senior may re-review (their tenants, never their own first
+        reviews), without the first review's label or author. The read is audited."""
+        self._require(reviewer, Permission.QA)
+        self._require(reviewer, Permission.DECIDE)
+        async with self.store.transaction() as tx:
+            entries = await tx.qa_queue(reviewer.id, reviewer.tenants, limit)
+            await tx.audit(actor=reviewer.id, action="qa.queue", detail={"items": len(entries)})
+        return [blinded(e) for e in entries]
+
+    async def qa_view(self, reviewer: Reviewer, task_id: str) -> tuple[QaEntry, PostText | None]:
+        """One open QA item with the post's text, blind (see `qa_queue`); audited."""
+        self._require(reviewer, Permission.QA)
+        self._require(reviewer, Permission.DECIDE)
+        async with self.store.transaction() as tx:
+            task = await self._visible(tx, reviewer, task_id, "qa.read")
+            entry = await tx.open_qa_item(task.task_id)
+            if entry is None or entry.first_reviewer == reviewer.id:
+                await tx.audit(
+                    actor=reviewer.id,
+                    action="qa.read",
+                    outcome="rejected",
+                    tenant=task.tenant,
+                    task_id=task.task_id,
+                    detail={"why": "not an open QA item of yours"},
+                )
+                raise NotFound("no open QA item for this task")
+            text = await tx.post_text(task.post_id, task.tenant)
+            await tx.audit(
+                actor=reviewer.id,
+                action="qa.read",
+                tenant=task.tenant,
+                task_id=task.task_id,
+                detail={"period": entry.period, "text": text is not None},
+            )
+        return blinded(entry), text
+
+    async def qa_report(self, reviewer: Reviewer, period: str | None) -> QaReport | None:
+        """A batch's progress and per-reviewer agreement, over the caller's tenants (the
+        latest batch when `period` is None). Audited."""
+        self._require(reviewer, Permission.QA)
+        async with self.store.transaction() as tx:
+            batch = await (tx.qa_batch(period) if period else tx.latest_qa_batch())
+            if batch is None:
+                await tx.audit(
+                    actor=reviewer.id, action="qa.report", detail={"period": period, "found": False}
+                )
+                return None
+            scores = await tx.qa_scores(batch.period, reviewer.tenants)
+            items, undecided = await tx.qa_progress(batch.period, reviewer.tenants)
+            await tx.audit(actor=reviewer.id, action="qa.report", detail={"period": batch.period})
+        return QaReport(batch, scores, items, undecided, below_bar(scores, batch.min_agreement))
+
+    async def sample_qa(self, period: QaPeriod, size: int | None = None) -> QaSampled:
+        """Sample the period's first reviews into a QA batch, once per period (a second call,
+        here or on another replica, finds the batch and does nothing), and close the batches of
+        earlier periods with whatever their seniors decided. Seeded by the period's name."""
+        size = self.qa_sample_size if size is None else size
+        now = self.now()
+        async with self.store.transaction() as tx:
+            created = await tx.insert_qa_batch(
+                period.key, period.start, period.end, size, self.qa_min_agreement, now
+            )
+            picked: list[QaCandidate] = []
+            if created:
+                candidates = await tx.qa_candidates(period.start, period.end)
+                picked = spread(
+                    candidates, size, period.key, ident=lambda c: c.task_id, by=lambda c: c.reviewer
+                )
+                await tx.insert_qa_items(period.key, picked)
+                await tx.audit(
+                    actor=None,
+                    action="qa.sample",
+                    detail={
+                        "period": period.key,
+                        "size": size,
+                        "sampled": len(picked),
+                        "of": len(candidates),
+                        "reviewers": len({c.reviewer for c in picked}),
+                    },
+                )
+                if not picked:  # nothing to check: the batch is complete as it stands
+                    await self._close_qa(tx, period.key, now, why="nothing to sample")
+        closed: list[str] = []
+        async with self.store.transaction() as tx:
+            for earlier in await tx.open_qa_batches(ended_by=period.start):
+                await self._close_qa(tx, earlier, now, why="next period sampled")
+                closed.append(earlier)
+        if created or closed:
+            log.info(
+                "qa batch sampled",
+                extra={
+                    "period": period.key,
+                    "new": created,
+                    "sampled": len(picked),
+                    "closed": closed,
+                },
+            )
+            await self._sent()
+        return QaSampled(period.key, created, len(picked), tuple(closed))
+
+    async def qa_tick(self) -> QaSampled | None:
+        """The review process's timer: sample the last finished period when it is due."""
+        if self.qa_sample_size <= 0:
+            return None
+        return await self.sample_qa(previous_period(self.now(), self.qa_cadence))
+
+    async def _close_qa(self, tx: Tx, period: str, now: datetime, *, why: str) -> None:
+        """Evaluate a batch (its row locked by the caller): per-reviewer agreement, and one
+        `qa_agreement_low` alert naming the reviewers below the bar, queued in this
+        transaction (the relay publishes it to moderation.alerts.v1)."""
+        batch = await tx.qa_batch(period)
+        if batch is None or batch.closed_at is not None:
+            return
+        scores = await tx.qa_scores(period)
+        agreed = sum(a for a, _ in scores.values())
+        compared = sum(c for _, c in scores.values())
+        alert = low_agreement_alert(scores, batch.min_agreement, period, now)
+        if alert is not None:
+            await tx.enqueue("event", Topic.ALERTS.value, alert.alert_id, alert.to_json())
+        await tx.close_qa_batch(period, agreed, compared, alert.alert_id if alert else None, now)
+        await tx.audit(
+            actor=None,
+            action="qa.close",
+            detail={
+                "period": period,
+                "why": why,
+                "agreed": agreed,
+                "compared": compared,
+                "below_bar": below_bar(scores, batch.min_agreement),
+                "alert": alert.alert_id if alert else None,
+            },
+        )
+
+    def _validated(
+        self, base: Verdict, task: Task, form: dict[str, Any], post: PostText | None
     ) -> Submission:
-        # QA compares with the first human label; the first stage with the model's.
-        base = task.human_verdict if action == "task.qa" and task.human_verdict else None
+        # The first stage compares with the model's label; QA with the first human label.
         return validate_submission(
-            model_verdict=base or task.model_verdict,
+            model_verdict=base,
             model_categories=task.categories,
             outcome=form.get("outcome"),
             verdict=form.get("verdict"),
@@ -506,6 +696,8 @@ class ReviewService:
             tags=form.get("tags") or (),
             categories=form.get("categories"),
             allowed_tags=self.tags,
+            refusal=form.get("refusal"),
+            is_response=post is not None and post.kind == Kind.RESPONSE.value,
         )
 
     # --- helpers -----------------------------------------------------------------------------
@@ -541,16 +733,22 @@ class ReviewService:
             topic = Topic.ASSIGNMENTS
         await tx.enqueue("event", topic.value, event.post_id, event.to_json())
 
-    async def _archive(self, tx: Tx, task: Task, review: Review, pack: PolicyPack) -> None:
+    async def _archive(
+        self,
+        tx: Tx,
+        task: Task,
+        review: Review,
+        pack: PolicyPack,
+        post: PostText | None,
+        refusal: bool | None,
+    ) -> None:
         """Queue the review's feedback sample (the relay appends it to the archive). Without
-        the post's text there is nothing to train on: counted, and `guardstream feedback
-        rebuild` recreates it from this store once the text has arrived."""
-        post = await tx.post_text(task.post_id, task.tenant)
+        the post's text there is nothing to train on: counted and logged."""
         if post is None:
             review_metrics.samples_without_text.add(1, {"tenant": task.tenant})
             log.warning("review archived without text", extra={"task_id": task.task_id})
             return
-        sample = feedback_sample(task, review, post, pack)
+        sample = feedback_sample(task, review, post, pack, human_refusal=refusal)
         await tx.enqueue("feedback_sample", "archive", review.review_id, sample.to_json())
 
     async def _reload(self, task_id: str) -> Task:
@@ -560,9 +758,16 @@ class ReviewService:
         return task
 
 
-def feedback_sample(task: Task, review: Review, post: PostText, pack: PolicyPack) -> FeedbackSample:
-    """The archived form of a review: the post as the model saw it, what it said, what the
-    human decided (see guardstream.feedback.sample)."""
+def feedback_sample(
+    task: Task,
+    review: Review,
+    post: PostText,
+    pack: PolicyPack,
+    *,
+    human_refusal: bool | None = None,
+) -> FeedbackSample:
+    """The archived form of a review: the post as the model saw it, what it said (for a
+    response, its refusal label too), what the human decided (see guardstream.feedback.sample)."""
     return from_review(
         review,
         text=post.text,
@@ -571,7 +776,31 @@ def feedback_sample(task: Task, review: Review, post: PostText, pack: PolicyPack
         lang=post.lang or task.lang,
         pred_categories=tuple(task.categories),
         pred_reason=task.reason,
-        pred_refusal=None,
+        pred_refusal=task.model_refusal,
         decided_at=task.created_at,
         pack=pack,
+        human_refusal=human_refusal,
     )
+
+
+def blinded(entry: QaEntry) -> QaEntry:
+    """The item as a senior sees it before deciding: no first label, reviewer or lock holder."""
+    task = replace(entry.task, human_verdict=None, assignee=None, lock_expires_at=None)
+    return replace(entry, task=task, first_reviewer=None)
+
+
+@dataclass(frozen=True, slots=True)
+class QaReport:
+    batch: QaBatch
+    scores: dict[str, tuple[int, int]]  # first reviewer → (agreed, re-reviewed)
+    items: int  # of the caller's tenants
+    undecided: int
+    below_bar: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class QaSampled:
+    period: str
+    created: bool  # False: the period had been sampled already
+    sampled: int
+    closed: tuple[str, ...]  # earlier batches closed now

@@ -78,7 +78,7 @@ _TASK_COLUMNS = (
     "task_id, post_id, policy, tenant, lang, region, decision_id, post_event_id, content_key,"
     " model_verdict, categories, confidence, reason, model, adapter, domain_tags, created_at,"
     " deadline, warn_at, assign_by, state, sla, assignee, lock_expires_at, decided_at,"
-    " human_verdict, late, downgrade_decision_id"
+    " human_verdict, late, downgrade_decision_id, model_refusal"
 )
 
 _SELECT_TASKS = f"SELECT {_TASK_COLUMNS} FROM tasks"  # noqa: S608 - constant
@@ -135,6 +135,7 @@ def _task(row: asyncpg.Record) -> Task:
         human_verdict=Verdict(row["human_verdict"]) if row["human_verdict"] else None,
         late=row["late"],
         downgrade_decision_id=row["downgrade_decision_id"],
+        model_refusal=row["model_refusal"],
     )
 
 
@@ -165,6 +166,7 @@ class NewTask:
     warn_at: datetime
     assign_by: datetime
     traceparent: str | None = None  # of the actions.review record: its events continue it
+    refusal: bool | None = None  # response moderation: the model's refusal label
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,6 +210,51 @@ class OutboxItem:
     topic: str
     key: str
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class QaCandidate:
+    """A first review that may be sampled for QA."""
+
+    task_id: str
+    tenant: str
+    reviewer: str  # the first reviewer (pseudonymous)
+
+
+@dataclass(frozen=True, slots=True)
+class QaEntry:
+    period: str
+    task: Task
+    first_reviewer: str | None = None  # never shown to the senior before they decide
+
+
+@dataclass(frozen=True, slots=True)
+class QaBatch:
+    period: str
+    since: datetime
+    until: datetime
+    size: int
+    items: int
+    min_agreement: float
+    sampled_at: datetime
+    closed_at: datetime | None
+    agreed: int | None
+    compared: int | None
+    alert_id: str | None
+
+
+def _qa_batch(row: asyncpg.Record) -> QaBatch:
+    return QaBatch(**{k: row[k] for k in QaBatch.__dataclass_fields__})
+
+
+_TASK_COLUMNS_T = ", ".join(f"t.{c.strip()}" for c in _TASK_COLUMNS.split(","))
+# Items of open batches that no senior has re-reviewed yet (with their task).
+_OPEN_QA_ITEMS = (
+    f"SELECT i.period, i.reviewer AS first_reviewer, {_TASK_COLUMNS_T} FROM qa_items i"  # noqa: S608 - constant
+    " JOIN qa_batches b ON b.period = i.period AND b.closed_at IS NULL"
+    " JOIN tasks t ON t.task_id = i.task_id WHERE NOT EXISTS (SELECT 1 FROM reviews q"
+    " WHERE q.task_id = i.task_id AND q.stage = 'qa')"
+)
 
 
 _POST_LOCK = 0x6773_7270  # advisory lock class: one post's text and task are written in turn
@@ -366,8 +413,8 @@ class Tx:
         """False when this review exists already (a re-submitted form)."""
         status = await self.conn.execute(
             "INSERT INTO reviews (review_id, task_id, stage, reviewer, outcome, verdict,"
-            " categories, reason, tags, late, action, human_decision_id, reviewed_at)"
-            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            " categories, reason, tags, late, action, human_decision_id, reviewed_at, refusal)"
+            " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             " ON CONFLICT DO NOTHING",
             fields["review_id"],
             fields["task_id"],
@@ -382,6 +429,7 @@ class Tx:
             fields["action"],
             fields["human_decision_id"],
             fields["reviewed_at"],
+            fields.get("refusal"),
         )
         return bool(status == "INSERT 0 1")
 
@@ -390,6 +438,161 @@ class Tx:
             "SELECT verdict FROM reviews WHERE task_id = $1 AND stage = 'first'", task_id
         )
         return Verdict(value) if value else None
+
+    # --- QA audits ---------------------------------------------------------------------------
+    async def first_reviewer(self, task_id: str) -> str | None:
+        value = await self.conn.fetchval(
+            "SELECT reviewer FROM reviews WHERE task_id = $1 AND stage = 'first'", task_id
+        )
+        return str(value) if value is not None else None
+
+    async def insert_qa_batch(
+        self, period: str, since: datetime, until: datetime, size: int, bar: float, now: datetime
+    ) -> bool:
+        """False when the period was sampled already (by this or another replica): the
+        primary key is what makes sampling happen once per period."""
+        status = await self.conn.execute(
+            "INSERT INTO qa_batches (period, since, until, size, min_agreement, sampled_at)"
+            " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (period) DO NOTHING",
+            period,
+            since,
+            until,
+            size,
+            bar,
+            now,
+        )
+        return bool(status == "INSERT 0 1")
+
+    async def qa_candidates(self, since: datetime, until: datetime) -> list[QaCandidate]:
+        """First reviews given in [since, until) whose task no senior has re-reviewed yet and
+        no batch holds."""
+        rows = await self.conn.fetch(
+            "SELECT r.task_id, t.tenant, r.reviewer FROM reviews r"
+            " JOIN tasks t ON t.task_id = r.task_id"
+            " WHERE r.stage = 'first' AND r.reviewed_at >= $1 AND r.reviewed_at < $2"
+            " AND NOT EXISTS (SELECT 1 FROM reviews q WHERE q.task_id = r.task_id"
+            " AND q.stage = 'qa')"
+            # A cadence change may make periods overlap: an item is sampled only once.
+            " AND NOT EXISTS (SELECT 1 FROM qa_items i WHERE i.task_id = r.task_id)",
+            since,
+            until,
+        )
+        return [QaCandidate(r["task_id"], r["tenant"], r["reviewer"]) for r in rows]
+
+    async def insert_qa_items(self, period: str, items: Sequence[QaCandidate]) -> None:
+        await self.conn.executemany(
+            "INSERT INTO qa_items (period, task_id, tenant, reviewer) VALUES ($1, $2, $3, $4)"
+            " ON CONFLICT DO NOTHING",
+            [(period, i.task_id, i.tenant, i.reviewer) for i in items],
+        )
+
+    async def open_qa_batches(self, ended_by: datetime) -> list[str]:
+        """Batches not closed yet whose reviews ended by `ended_by`, locked for closing."""
+        rows = await self.conn.fetch(
+            "SELECT period FROM qa_batches WHERE closed_at IS NULL AND until <= $1"
+            " ORDER BY until FOR UPDATE",
+            ended_by,
+        )
+        return [r["period"] for r in rows]
+
+    async def lock_open_qa_batch_of(self, task_id: str) -> str | None:
+        """The open batch holding this task, locked: QA decisions of one batch take turns,
+        so the one deciding its last item sees all the others and closes it."""
+        value = await self.conn.fetchval(
+            "SELECT b.period FROM qa_batches b JOIN qa_items i ON i.period = b.period"
+            " WHERE i.task_id = $1 AND b.closed_at IS NULL ORDER BY b.period LIMIT 1"
+            " FOR UPDATE OF b",
+            task_id,
+        )
+        return str(value) if value is not None else None
+
+    async def qa_undecided(self, period: str) -> int:
+        value = await self.conn.fetchval(
+            "SELECT count(*) FROM qa_items i WHERE i.period = $1 AND NOT EXISTS"
+            " (SELECT 1 FROM reviews q WHERE q.task_id = i.task_id AND q.stage = 'qa')",
+            period,
+        )
+        return int(value or 0)
+
+    async def qa_progress(self, period: str, tenants: Sequence[str]) -> tuple[int, int]:
+        """(items, items without a QA review) of the batch, over `tenants`."""
+        row = await self.conn.fetchrow(
+            "SELECT count(*) AS items, count(*) FILTER (WHERE NOT EXISTS (SELECT 1 FROM"
+            " reviews q WHERE q.task_id = i.task_id AND q.stage = 'qa')) AS undecided"
+            " FROM qa_items i WHERE i.period = $1 AND ($2 OR i.tenant = ANY($3::text[]))",
+            period,
+            "*" in tenants,
+            list(tenants),
+        )
+        assert row is not None
+        return int(row["items"]), int(row["undecided"])
+
+    async def qa_scores(
+        self, period: str, tenants: Sequence[str] = ("*",)
+    ) -> dict[str, tuple[int, int]]:
+        """First reviewer → (QA re-reviews agreeing with their label, re-reviews) over the
+        batch's items of `tenants`. Every senior's re-review of an item counts once."""
+        rows = await self.conn.fetch(
+            "SELECT i.reviewer, count(q.review_id) AS checked,"
+            " count(q.review_id) FILTER (WHERE q.verdict = f.verdict) AS agreed"
+            " FROM qa_items i JOIN reviews f ON f.task_id = i.task_id AND f.stage = 'first'"
+            " LEFT JOIN reviews q ON q.task_id = i.task_id AND q.stage = 'qa'"
+            " WHERE i.period = $1 AND ($2 OR i.tenant = ANY($3::text[]))"
+            " GROUP BY i.reviewer ORDER BY i.reviewer",
+            period,
+            "*" in tenants,
+            list(tenants),
+        )
+        return {r["reviewer"]: (r["agreed"], r["checked"]) for r in rows}
+
+    async def close_qa_batch(
+        self, period: str, agreed: int, compared: int, alert_id: str | None, now: datetime
+    ) -> None:
+        await self.conn.execute(
+            "UPDATE qa_batches SET closed_at = $2, agreed = $3, compared = $4, alert_id = $5"
+            " WHERE period = $1",
+            period,
+            now,
+            agreed,
+            compared,
+            alert_id,
+        )
+
+    async def qa_batch(self, period: str) -> QaBatch | None:
+        row = await self.conn.fetchrow(
+            "SELECT b.*, (SELECT count(*) FROM qa_items i WHERE i.period = b.period) AS items"
+            " FROM qa_batches b WHERE period = $1",
+            period,
+        )
+        return _qa_batch(row) if row else None
+
+    async def latest_qa_batch(self) -> QaBatch | None:
+        row = await self.conn.fetchrow(
+            "SELECT b.*, (SELECT count(*) FROM qa_items i WHERE i.period = b.period) AS items"
+            " FROM qa_batches b ORDER BY period DESC LIMIT 1"
+        )
+        return _qa_batch(row) if row else None
+
+    async def qa_queue(self, reviewer: str, tenants: Sequence[str], limit: int) -> list[QaEntry]:
+        """Open batches' items nobody has re-reviewed, of the senior's tenants, never their
+        own first reviews; oldest period first, then a stable order."""
+        rows = await self.conn.fetch(
+            _OPEN_QA_ITEMS + " AND ($1 OR i.tenant = ANY($2::text[])) AND i.reviewer <> $3"
+            " ORDER BY i.period, i.task_id LIMIT $4",
+            "*" in tenants,
+            list(tenants),
+            reviewer,
+            limit,
+        )
+        return [QaEntry(r["period"], _task(r), r["first_reviewer"]) for r in rows]
+
+    async def open_qa_item(self, task_id: str) -> QaEntry | None:
+        """The task as an item of an open batch that no senior has re-reviewed yet."""
+        row = await self.conn.fetchrow(
+            _OPEN_QA_ITEMS + " AND i.task_id = $1 ORDER BY i.period LIMIT 1",
+            task_id,
+        )
+        return QaEntry(row["period"], _task(row), row["first_reviewer"]) if row else None
 
 
 class ReviewStore:
@@ -532,7 +735,7 @@ class ReviewStore:
                 "INSERT INTO tasks (task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
                 " model, adapter, domain_tags, created_at, deadline, warn_at, assign_by, sla,"
-                " downgrade_decision_id, traceparent)"
+                " downgrade_decision_id, traceparent, model_refusal)"
                 " SELECT x.task_id, x.post_id, x.policy, x.tenant, COALESCE(x.lang, p.lang),"
                 " COALESCE(x.region, p.region),"
                 " x.decision_id, x.post_event_id, x.content_key, x.model_verdict,"
@@ -540,16 +743,17 @@ class ReviewStore:
                 " x.reason, x.model, x.adapter,"
                 " ARRAY(SELECT jsonb_array_elements_text(x.domain_tags::jsonb)),"
                 " x.created_at, x.deadline, x.warn_at, x.assign_by,"
-                " COALESCE(m.sla, 'ok'), m.downgrade_decision_id, x.traceparent FROM unnest("
+                " COALESCE(m.sla, 'ok'), m.downgrade_decision_id, x.traceparent, x.refusal"
+                " FROM unnest("
                 " $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
                 " $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
                 " $12::float8[], $13::text[], $14::text[], $15::text[], $16::text[],"
                 " $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],"
-                " $21::text[]"
+                " $21::text[], $22::bool[]"
                 " ) AS x(task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
                 " model, adapter, domain_tags, created_at, deadline, warn_at, assign_by,"
-                " traceparent)"
+                " traceparent, refusal)"
                 " LEFT JOIN sla_marks m ON m.decision_id = x.decision_id"
                 " LEFT JOIN post_texts p ON p.post_id = x.post_id AND p.tenant = x.tenant"
                 " ON CONFLICT (post_id, policy) DO NOTHING RETURNING task_id",
@@ -575,6 +779,7 @@ class ReviewStore:
                 [t.warn_at for t in tasks],
                 [t.assign_by for t in tasks],
                 [t.traceparent for t in tasks],
+                [t.refusal for t in tasks],
             )
         return len(rows)
 

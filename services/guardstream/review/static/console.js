@@ -1,6 +1,7 @@
 // Review console: live SLA countdowns and one-key actions. No dependencies, no build step.
 //   c confirm · 1/2/3 correct to safe/controversial/unsafe · r reason · t next quick tag
-//   (space picks it) · Enter submit · n next task · Escape leaves a text field
+//   (space picks it) · y / x refusal yes / no (response items) · Enter submit · n next task ·
+//   Escape leaves a text field. The QA page uses the same keys (1/2/3 pick the senior's label).
 (function () {
   "use strict";
 
@@ -45,6 +46,8 @@
       case "1": check("outcome-correct"); check("verdict-safe"); break;
       case "2": check("outcome-correct"); check("verdict-controversial"); break;
       case "3": check("outcome-correct"); check("verdict-unsafe"); break;
+      case "y": check("refusal-yes"); break;
+      case "x": check("refusal-no"); break;
       case "r": var reason = document.getElementById("reason"); if (reason) { reason.focus(); ev.preventDefault(); } break;
       case "t":
         var tags = document.querySelectorAll("#tags input.tag");
