@@ -287,6 +287,22 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
             {**ALERT, "labels": {"Bad Key": "x"}},
         ],
     ),
+    ShadowRecord: (
+        [
+            {**SHADOW, "serving_adapter": "fb-20261118-0", "escalated": True},
+            {**SHADOW, "candidate_categories": ["Violent"], "serving_categories": []},
+            drop(SHADOW, "serving_confidence", "candidate_confidence"),
+        ],
+        [
+            drop(SHADOW, "candidate_adapter"),
+            drop(SHADOW, "serving_verdict"),
+            {**SHADOW, "candidate_verdict": "maybe"},
+            {**SHADOW, "candidate_confidence": 1.5},
+            {**SHADOW, "content_key": "XYZ"},
+            {**SHADOW, "escalated": "yes"},
+            {**SHADOW, "serving_decided_at": "yesterday"},
+        ],
+    ),
 }
 
 
