@@ -103,6 +103,7 @@ class Scorer:
                 "truncated",
                 "dlq",
                 "escalated",
+                "shadow_started",
                 "shadow_scored",
                 "shadow_skipped",
                 "shadow_failed",
@@ -244,6 +245,7 @@ class Scorer:
             self.counts["shadow_skipped"] += 1
             return
         task = asyncio.create_task(self._shadow(request, serving, candidate, escalated))
+        self.counts["shadow_started"] += 1
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
