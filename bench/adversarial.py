@@ -1,7 +1,7 @@
 """The adversarial corpus report: per attack family, was the prompt's structure preserved and
 what did the model decide?
 
-Runs `services/guardstream/devtools/corpus/adversarial-v1.jsonl` (or `--corpus`) through the
+Runs `services/guardstream/devtools/corpus/adversarial-v2.jsonl` (or `--corpus`) through the
 real pipeline in this process: triage and the scorer through their entry points, a real
 Kafka-protocol broker (a memory-only tansu started here unless `KAFKA_BOOTSTRAP` is set), the
 real Redis (`REDIS_URL`) and the vLLM engine serving `GUARDSTREAM_MODEL` (default `tiny`, the
@@ -32,7 +32,7 @@ import redis
 
 from guardstream.core.settings import Settings
 from guardstream.devtools.adversarial import (
-    CORPUS_V1,
+    CORPUS_LATEST,
     assess,
     load_corpus,
     load_tokenizer,
@@ -74,7 +74,7 @@ async def report(settings: Settings, corpus_path: Path) -> tuple[str, dict[str, 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--corpus", type=Path, default=CORPUS_V1)
+    parser.add_argument("--corpus", type=Path, default=CORPUS_LATEST)
     parser.add_argument("--max-model-len", type=int, default=None)
     args = parser.parse_args()
 

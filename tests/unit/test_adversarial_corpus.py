@@ -3,7 +3,7 @@
 import pytest
 
 from guardstream.core.contracts import Kind
-from guardstream.devtools.adversarial import CORPUS_V1, invisible_chars, load_corpus
+from guardstream.devtools.adversarial import CORPUS_LATEST, invisible_chars, load_corpus
 
 pytestmark = pytest.mark.unit
 
@@ -12,13 +12,22 @@ FAMILIES = {"control", "injection", "template", "invisible", "homoglyph", "paddi
 
 def test_the_corpus_loads_and_covers_every_family() -> None:
     corpus = load_corpus()
-    assert corpus.name == "adversarial-v1" and CORPUS_V1.name == "adversarial-v1.jsonl"
+    assert corpus.name == "adversarial-v2" and CORPUS_LATEST.name == "adversarial-v2.jsonl"
     families = {a.family for a in corpus.attacks}
     assert families == FAMILIES
     for family in FAMILIES:
         kinds = {a.kind for a in corpus.attacks if a.family == family}
         assert Kind.PROMPT in kinds, family
     assert {a.kind for a in corpus.attacks if a.family == "control"} == {Kind.PROMPT, Kind.RESPONSE}
+
+
+def test_earlier_versions_are_kept_and_still_load() -> None:
+    # A file is never edited once results were reported from it; v2 changed what v1's
+    # cross-script homoglyph entries expect (folding) and added two.
+    v1 = load_corpus(CORPUS_LATEST.with_name("adversarial-v1.jsonl"))
+    v2 = load_corpus()
+    assert {a.id for a in v1.attacks} < {a.id for a in v2.attacks}
+    assert v1.sha256.startswith("5a4f93c3")
 
 
 def test_template_forgeries_cover_each_control_token_and_look_alikes() -> None:

@@ -1,8 +1,9 @@
 """Canonical form of user text and the content key derived from it.
 
 Spam waves and reposts differ in invisible ways (zero-width joiners, tag characters,
-full-width letters, odd spacing); the normal form erases those so equal-looking posts share a
-key and a verdict. The content key also covers everything else that changes the model's input
+full-width letters, odd spacing, a Cyrillic `о` inside a Latin word); the normal form erases
+those so equal-looking posts share a key and a verdict, and the model reads what a person
+sees. The content key also covers everything else that changes the model's input
 or output (kind, prompt context, policy fields that enter the prompt, model and adapter), so a
 cached verdict is only reused when the model would have seen the same thing.
 """
@@ -10,6 +11,7 @@ cached verdict is only reused when the model would have seen the same thing.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 
 # Format (Cf: zero-width space/joiners, bidi controls, tag characters, BOM, soft hyphen),
@@ -57,17 +59,98 @@ _ASCII_CONTROLS = {
 
 
 def normalise(text: str) -> str:
-    """Invisible and control characters removed, NFKC, whitespace collapsed, trimmed.
+    """Invisible and control characters removed, NFKC, whitespace collapsed, trimmed, and
+    cross-script homoglyphs folded (`fold_homoglyphs`).
 
     Removal comes before NFKC so that characters split by an invisible one compose the same
     way as if it had never been there (which also makes `normalise` idempotent). ASCII text
-    has nothing invisible and is its own NFKC form, so it only loses its controls.
+    has nothing invisible, is its own NFKC form and has no other script, so it only loses its
+    controls.
     """
     if text.isascii():
         if not text.isprintable():
             text = text.translate(_ASCII_CONTROLS)
         return " ".join(text.split())
-    return " ".join(unicodedata.normalize("NFKC", text.translate(_VISIBLE)).split())
+    text = unicodedata.normalize("NFKC", text.translate(_VISIBLE))
+    if (folded := fold_homoglyphs(text)) != text:
+        # A folded letter may now compose with a following combining mark ("bо\u0301mb").
+        text = unicodedata.normalize("NFKC", folded)
+    return " ".join(text.split())
+
+
+# --- cross-script homoglyphs ---------------------------------------------------------------
+# NFKC keeps scripts apart, so "bоmb" with a Cyrillic о stays a different string from "bomb":
+# a keyword filter, the cache and a tokenizer all see another word, a reader sees the same one.
+# Following Unicode TS #39 (mixed-script confusables), a word that mixes Latin, Cyrillic and
+# Greek letters is brought into the text's dominant script, and so is a word made only of
+# look-alike letters inside Latin-dominated text (the Cyrillic "а" in "make а bomb"). Words
+# written wholly in their own script inside text of that script ("Привет", "Ελλάδα") are left
+# alone, as are Cyrillic- or Greek-dominated texts' all-Latin words (brand names, code).
+
+# Letters a reader cannot tell from a Latin one in common fonts (from Unicode's
+# confusables.txt, limited to unambiguous single-letter pairs).
+_CYRILLIC_LATIN = dict(
+    zip(
+        "аеорсухіјѕԁһԛԝӏАВЕКМНОРСТХІЈЅҮ",
+        "aeopcyxijsdhqwlABEKMHOPCTXIJSY",
+        strict=True,
+    )
+)
+_GREEK_LATIN = dict(zip("οαινρυχΑΒΕΖΗΙΚΜΝΟΡΤΥΧ", "oaivpuxABEZHIKMNOPTYX", strict=True))
+_SKELETON = {"Cyrillic": _CYRILLIC_LATIN, "Greek": _GREEK_LATIN}  # letter → its Latin twin
+
+
+def _into(script: str) -> dict[int, str]:
+    """Translation table bringing the other scripts' look-alike letters into `script`."""
+    if script == "Latin":
+        return str.maketrans(_CYRILLIC_LATIN | _GREEK_LATIN)
+    own = {latin: letter for letter, latin in _SKELETON[script].items()}
+    (other,) = (pairs for name, pairs in _SKELETON.items() if name != script)
+    twins = {latin: latin for latin in own} | other  # Latin letters are their own twins
+    return {ord(letter): own[latin] for letter, latin in twins.items() if latin in own}
+
+
+_INTO = {script: _into(script) for script in ("Latin", "Cyrillic", "Greek")}
+_LOOKALIKE = re.compile(f"[{''.join(_CYRILLIC_LATIN)}{''.join(_GREEK_LATIN)}]")
+_SCRIPT_LETTERS = {
+    "Latin": re.compile(r"[A-Za-z\u00c0-\u024f]"),
+    "Cyrillic": re.compile(r"[\u0400-\u052f]"),
+    "Greek": re.compile(r"[\u0370-\u03ff]"),
+}
+# A word: letters with their combining marks (a mark must not split a word: after folding,
+# NFKC may compose it with the letter before it and join two words into one).
+_MARKS = "\u0300-\u036f\u0483-\u0489\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f"
+_WORD = re.compile(f"[^\\W\\d_](?:[^\\W\\d_]|[{_MARKS}])*")
+
+
+def _scripts(word: str) -> set[str]:
+    return {script for script, letters in _SCRIPT_LETTERS.items() if letters.search(word)}
+
+
+def fold_homoglyphs(text: str) -> str:
+    """Mixed-script words (and look-alike-only words in Latin text) in the dominant script."""
+    if not _LOOKALIKE.search(text):
+        return text
+    present = {
+        script: letters for script, letters in _SCRIPT_LETTERS.items() if letters.search(text)
+    }
+    if len(present) < 2:  # one script: nothing to fold
+        return text
+    counts = {script: len(letters.findall(text)) for script, letters in present.items()}
+    dominant = max(counts, key=counts.__getitem__)  # ties: Latin, then Cyrillic, then Greek
+    table = _INTO[dominant]
+
+    def fold(match: re.Match[str]) -> str:
+        word = match.group(0)
+        scripts = _scripts(word)
+        if len(scripts) > 1 and dominant in scripts:
+            return word.translate(table)
+        if dominant == "Latin" and scripts != {"Latin"}:
+            folded = word.translate(table)
+            return folded if _scripts(folded) == {"Latin"} else word
+        return word
+
+    return _WORD.sub(fold, text)
 
 
 def content_key(

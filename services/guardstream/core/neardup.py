@@ -50,8 +50,8 @@ Why these choices:
   posts share only by chance (1 in 2**(64 / bands)).
 
 Blind spots, by design: a post differing from another only in an emoji, symbol, link or
-punctuation ("see you tonight 🔪" / "see you tonight 🌹") matches it; homoglyphs from other
-scripts and traditional/simplified Chinese are not folded.
+punctuation ("see you tonight 🔪" / "see you tonight 🌹") matches it; traditional/simplified
+Chinese are not folded (cross-script homoglyphs are, by `normalise`).
 
 Redis is an optimisation as for the verdict cache (`FailOpenStore`): a timeout, a connection
 error or an unreadable member is no match, and the post is scored. Each bucket keeps its

@@ -1,10 +1,10 @@
 """The versioned adversarial corpus, run through the real pipeline, and what it shows.
 
-`corpus/adversarial-v1.jsonl` holds attacks by family (prompt injection, chat-template token
-forgery, invisible characters, homoglyphs, benign padding + harmful tail, mixed languages) and
-benign controls. `run_corpus` sends every entry as a post through triage and the scorer (real
-broker, Redis and guard engine), records the conversation the engine was actually asked to
-judge, and `assess` checks per post, independently of the code under test:
+`corpus/adversarial-v2.jsonl` (the latest version) holds attacks by family (prompt injection,
+chat-template token forgery, invisible characters, homoglyphs, benign padding + harmful tail,
+mixed languages) and benign controls. `run_corpus` sends every entry as a post through triage
+and the scorer (real broker, Redis and guard engine), records the conversation the engine was
+actually asked to judge, and `assess` checks per post, independently of the code under test:
 
 - structure: the rendered prompt's sequence of added/special tokens (`<|im_start|>`, ...) equals
   a benign control's of the same kind: forged template tokens were neutralised;
@@ -43,7 +43,7 @@ from guardstream.core.topics import Topic, TopicNames
 from guardstream.scorer.engine import GuardEngine, RawAnswer
 
 CORPUS_DIR = Path(__file__).with_name("corpus")
-CORPUS_V1 = CORPUS_DIR / "adversarial-v1.jsonl"
+CORPUS_LATEST = CORPUS_DIR / "adversarial-v2.jsonl"
 TENANT = "corpus"
 # The re-rendering leaves this many tokens more room for the answer than the engine's own
 # budget (max_model_len - max_output_tokens), which scoring modes may shrink by a forced prefix.
@@ -76,7 +76,7 @@ class Corpus:
     attacks: tuple[Attack, ...]
 
 
-def load_corpus(path: Path = CORPUS_V1) -> Corpus:
+def load_corpus(path: Path = CORPUS_LATEST) -> Corpus:
     raw = path.read_bytes()
     attacks = tuple(
         Attack.model_validate(orjson.loads(line)) for line in raw.splitlines() if line.strip()
