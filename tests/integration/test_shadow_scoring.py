@@ -103,7 +103,8 @@ async def test_a_shadow_candidate_is_scored_alongside_never_actioned_then_judged
             assert decided[bread.post_id].action is Action.ALLOW  # its shadow scoring failed
             assert all(d.source is Source.MODEL and d.adapter is None for d in decided.values())
 
-            records = {r.post_id: r for r in await wait_shadow_records(lora, 3)}
+            shadowed_posts = {remark.post_id, bomb.post_id, other.post_id}
+            records = {r.post_id: r for r in await wait_shadow_records(lora, shadowed_posts)}
             assert set(records) == {remark.post_id, bomb.post_id, other.post_id}
             shadowed = records[remark.post_id]
             assert (shadowed.serving_verdict, shadowed.serving_adapter) == (
@@ -118,6 +119,10 @@ async def test_a_shadow_candidate_is_scored_alongside_never_actioned_then_judged
             assert records[other.post_id].candidate_adapter == "fb-beta"
             assert records[bomb.post_id].candidate_verdict is Verdict.UNSAFE
             counts = pipeline.scorer.counts
+            for _ in range(600):  # a published record is counted a moment after the broker has it
+                if counts["shadow_scored"] + counts["shadow_failed"] >= counts["shadow_started"]:
+                    break
+                await asyncio.sleep(0.1)
             assert (counts["shadow_started"], counts["shadow_scored"]) == (4, 3)
             assert counts["shadow_failed"] == 1
 

@@ -90,15 +90,16 @@ MISJUDGED_LIVE = "这个方法在小样本下表现一般,可能需要更多数�
 
 
 async def wait_shadow_records(
-    settings: Settings, n: int, within_s: float = 60
+    settings: Settings, post_ids: set[str], within_s: float = 120
 ) -> list[ShadowRecord]:
-    """The shadow topic's records once it holds at least `n` (shadow scoring runs in the
-    background after the serving decision, so it may land a moment after the decisions)."""
+    """The shadow topic's records once every post in `post_ids` has one (shadow scoring runs
+    in the background after the serving decision, so it may land a moment after it)."""
     deadline = asyncio.get_running_loop().time() + within_s
     while True:
         log = await read_shadow_log(settings)
         assert log.invalid == 0
-        if len(log.records) >= n:
+        missing = post_ids - {r.post_id for r in log.records}
+        if not missing:
             return log.records
-        assert asyncio.get_running_loop().time() < deadline, f"{len(log.records)} of {n}"
+        assert asyncio.get_running_loop().time() < deadline, f"no shadow record for {missing}"
         await asyncio.sleep(0.2)

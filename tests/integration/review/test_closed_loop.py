@@ -86,7 +86,7 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
                     assert decided.status_code == 200, decided.text
 
             async def corrections(n: int) -> list[str]:
-                for _ in range(100):  # the relay archives them after commit
+                for _ in range(600):  # the relay archives them after commit
                     found = [s.text for s in archive.read() if s.disagrees]
                     if len(found) == n:
                         return found
@@ -120,11 +120,14 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
             shadowed = {d.post_id: d for _, d in (await decide(settings, [live, bomb])).values()}
             assert shadowed[live.post_id].verdict is Verdict.CONTROVERSIAL
             assert {d.adapter for d in shadowed.values()} == {None}
-            records = {r.post_id: r for r in await wait_shadow_records(settings, 2)}
+            records = {
+                r.post_id: r
+                for r in await wait_shadow_records(settings, {live.post_id, bomb.post_id})
+            }
             assert records[live.post_id].candidate_adapter == report.adapter_id
             assert records[live.post_id].candidate_verdict is Verdict.SAFE
             assert records[live.post_id].content_key == shadowed[live.post_id].content_key
-            await console.wait_tasks(3)
+            await console.wait_tasks(3, within=60)
             await correct_next()
             assert MISJUDGED_LIVE in await corrections(3)
 
