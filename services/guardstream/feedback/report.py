@@ -99,15 +99,17 @@ def read_cards(root: Path) -> list[dict[str, Any]]:
     ]
 
 
+# Shadow columns: content keys scored in shadow (of which human-labelled), accuracy and
+# false-positive rate against those labels (serving → candidate), agreement with serving.
 ADAPTER_COLUMNS = (
     "adapter",
     "data until",
     "curated",
-    "held-out accuracy",
-    "shadow samples (labelled)",
-    "shadow accuracy",
-    "shadow false positives",
-    "shadow agreement",
+    "held-out acc",
+    "shadow n (labelled)",
+    "shadow acc",
+    "shadow FPR",
+    "agreement",
     "outcome",
 )
 
