@@ -166,11 +166,11 @@ class Scorer:
         misses = [key for key in by_key if key not in cached]
         scored = await asyncio.gather(*(self._score_once(by_key[key][0]) for key in misses))
         fresh = dict(zip(misses, scored, strict=True))
-        unsure_keys = {key for key, verdict in fresh.items() if self._escalates(verdict)}
-        for key, verdict in fresh.items():
-            self._start_shadow(by_key[key][0], verdict, escalated=key in unsure_keys)
+        unsure = [key for key, verdict in fresh.items() if self._escalates(verdict)]
+        for key, verdict in fresh.items():  # in the background: nothing here waits for it
+            self._start_shadow(by_key[key][0], verdict, escalated=key in unsure)
         # Cascade: what this (small) model is unsure of goes to the larger model, undecided.
-        for key in unsure_keys:
+        for key in unsure:
             del fresh[key]
             for request in by_key.pop(key):
                 await outbox.send(Topic.ESCALATIONS, request, key=key)
