@@ -3,16 +3,21 @@ later human labels, the promotion gate on them, and what the evaluation does to 
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from guardstream.core.adapters import AdapterRegistry
+from guardstream.core.adapters import Adapter, AdapterRegistry
+from guardstream.core.cache import CachedVerdict
 from guardstream.core.content import content_key
-from guardstream.core.contracts import ShadowRecord, Verdict
+from guardstream.core.contracts import Kind, ScoreRequest, ShadowRecord, Source, Verdict
+from guardstream.core.settings import Settings
+from guardstream.core.stores import Stores
 from guardstream.feedback.archive import Archive
 from guardstream.feedback.job import evaluate_shadow, run_cycle
 from guardstream.feedback.report import adapter_row, read_cards
@@ -24,11 +29,14 @@ from guardstream.feedback.shadow import (
     shadow_decision,
     shadow_metrics,
 )
-from guardstream.scorer.service import shadow_sampled
+from guardstream.policy import load_registry
+from guardstream.scorer.engine import RawAnswer, ScoringError
+from guardstream.scorer.service import Scorer, shadow_sampled
 
 pytestmark = pytest.mark.unit
 
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+POLICIES = load_registry(None)
 S, C, U = Verdict.SAFE, Verdict.CONTROVERSIAL, Verdict.UNSAFE
 
 
@@ -216,3 +224,130 @@ def test_a_losing_candidate_is_retired_and_training_resumes(tmp_path: Path) -> N
     resumed = run_cycle(archive, tmp_path / "no-model", registry, now)
     assert resumed.status == "skipped"
     assert "curated samples since the last run" in resumed.detail
+
+
+class HeldEngine:
+    """Latency and fault injection for shadow scoring: requests wait for `release`, then
+    answer `text`, or fail when `fails`."""
+
+    def __init__(self, text: str = "Safety: Safe\nCategories: None", fails: bool = False) -> None:
+        self.release = asyncio.Event()
+        self.text = text
+        self.fails = fails
+        self.adapters: list[str | None] = []
+
+    @property
+    def model_id(self) -> str:
+        return "held"
+
+    @property
+    def alive(self) -> bool:
+        return True
+
+    async def assess(
+        self, messages: Sequence[dict[str, str]], request_id: str, adapter: Adapter | None = None
+    ) -> RawAnswer:
+        self.adapters.append(adapter.adapter_id if adapter else None)
+        await self.release.wait()
+        if self.fails:
+            raise ScoringError("injected")
+        return RawAnswer(self.text, {"Safe": -0.01, "Unsafe": -5.0, "Controversial": -5.0})
+
+    async def close(self) -> None:
+        pass
+
+
+class SentRecords:
+    """The producer seen from the scorer's shadow path: what was sent where."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes, bytes]] = []
+
+    async def send_and_wait(self, topic: str, value: bytes, key: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+
+def shadow_scorer(
+    tmp_path: Path, engine: HeldEngine, **settings: Any
+) -> tuple[Scorer, SentRecords]:
+    _, registry = shadowed_registry(tmp_path)
+    stores = Stores(cache=None, journal=None, near=None, policies=POLICIES, adapters=registry)  # type: ignore[arg-type]
+    producer = SentRecords()
+    config = Settings(_env_file=None, namespace="t1", **settings)  # type: ignore[call-arg]
+    return Scorer(config, producer, stores, engine), producer  # type: ignore[arg-type]
+
+
+def score_request(n: int, tenant: str = "acme") -> ScoreRequest:
+    return ScoreRequest(
+        event_id=f"e-{n}",
+        produced_at=T0,
+        post_id=f"p-{n}",
+        post_event_id=f"e-{n}",
+        tenant=tenant,
+        kind=Kind.PROMPT,
+        text=f"post {n}",
+        content_key=content_key(
+            f"post {n}", kind="prompt", prompt=None, model="held", adapter=None
+        ),
+        policy="default@1",
+        received_at=T0,
+    )
+
+
+SERVING = CachedVerdict(
+    verdict=Verdict.CONTROVERSIAL,
+    confidence=0.6,
+    reason="model",
+    source=Source.MODEL,
+    model="held",
+    decided_at=T0,
+)
+
+
+async def test_shadow_scoring_is_bounded_and_publishes_only_to_the_shadow_topic(
+    tmp_path: Path,
+) -> None:
+    engine = HeldEngine()
+    scorer, producer = shadow_scorer(tmp_path, engine, shadow_max_in_flight=2)
+    for n in range(3):
+        scorer._start_shadow(score_request(n), SERVING, escalated=False)
+    assert (scorer.counts["shadow_started"], scorer.counts["shadow_skipped"]) == (2, 1)
+    engine.release.set()
+    await asyncio.gather(*scorer._shadow_tasks)
+    assert scorer.counts["shadow_scored"] == 2
+    assert engine.adapters == ["cand", "cand"]
+    assert {topic for topic, _, _ in producer.sent} == {"t1.moderation.shadow.v1"}
+    shadow = ShadowRecord.from_json(producer.sent[0][2])
+    assert (shadow.serving_verdict, shadow.candidate_verdict) == (C, S)
+    assert shadow.candidate_confidence is not None and shadow.candidate_confidence > 0.9
+    assert producer.sent[0][1] == shadow.content_key.encode()
+
+
+async def test_a_failed_shadow_scoring_is_counted_and_sends_nothing(tmp_path: Path) -> None:
+    engine = HeldEngine(fails=True)
+    scorer, producer = shadow_scorer(tmp_path, engine)
+    scorer._start_shadow(score_request(1), SERVING, escalated=False)
+    engine.release.set()
+    await asyncio.gather(*scorer._shadow_tasks)  # the failure stays inside the task
+    assert (scorer.counts["shadow_failed"], scorer.counts["shadow_scored"]) == (1, 0)
+    assert producer.sent == []
+
+
+async def test_shadow_sampling_and_switch_off_start_nothing(tmp_path: Path) -> None:
+    engine = HeldEngine()
+    off, _ = shadow_scorer(tmp_path / "a", engine, shadow_max_in_flight=0)
+    never, _ = shadow_scorer(tmp_path / "b", engine, shadow_sample_rate=0.0)
+    for scorer in (off, never):
+        scorer._start_shadow(score_request(1), SERVING, escalated=False)
+        assert scorer.counts["shadow_started"] == 0
+    assert engine.adapters == []
+
+
+async def test_stopping_drops_shadow_scorings_still_running(tmp_path: Path) -> None:
+    engine = HeldEngine()  # never released
+    scorer, producer = shadow_scorer(tmp_path, engine)
+    scorer._start_shadow(score_request(1), SERVING, escalated=False)
+    await asyncio.sleep(0)  # let it reach the engine
+    await scorer.drain_shadow(timeout_s=0.01)
+    assert not scorer._shadow_tasks
+    assert (scorer.counts["shadow_failed"], producer.sent) == (0, [])
