@@ -333,11 +333,14 @@ async def test_a_failed_shadow_scoring_is_counted_and_sends_nothing(tmp_path: Pa
     assert producer.sent == []
 
 
-async def test_shadow_sampling_and_switch_off_start_nothing(tmp_path: Path) -> None:
+async def test_sampling_switch_off_and_the_second_tier_start_no_shadow_scoring(
+    tmp_path: Path,
+) -> None:
     engine = HeldEngine()
     off, _ = shadow_scorer(tmp_path / "a", engine, shadow_max_in_flight=0)
     never, _ = shadow_scorer(tmp_path / "b", engine, shadow_sample_rate=0.0)
-    for scorer in (off, never):
+    second_tier, _ = shadow_scorer(tmp_path / "c", engine, scorer_source="escalations")
+    for scorer in (off, never, second_tier):
         scorer._start_shadow(score_request(1), SERVING, escalated=False)
         assert scorer.counts["shadow_started"] == 0
     assert engine.adapters == []

@@ -231,6 +231,8 @@ class Scorer:
         and there is room; nothing here can fail or delay the serving decision."""
         if self._adapters is None or self._settings.shadow_max_in_flight == 0:
             return
+        if self._settings.scorer_source == "escalations":
+            return  # the first tier shadowed this key already (its record says `escalated`)
         try:
             candidate = self._adapters.shadow_for(request.tenant)
         except (OSError, ValueError, KeyError) as exc:  # an unreadable registry: no shadow
