@@ -1,6 +1,7 @@
 """The weekly cycle on real parts: archived reviews → curation → LoRA training on the tiny
-checkpoint → evaluation against the serving model → promotion in the adapter registry, and
-no second training run until enough new curated samples arrive."""
+checkpoint → evaluation against the serving model → shadow candidate in the adapter registry
+(promotion waits for the shadow evaluation), and no second training run while it shadows or
+until enough new curated samples arrive."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from tests.support.feedback import T0, TEST_LORA, taught_samples, variant_correc
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
 
-def test_enough_corrections_train_evaluate_and_promote_an_adapter(
+def test_enough_corrections_train_evaluate_and_shadow_an_adapter(
     model_cache_dir: Path, tmp_path: Path
 ) -> None:
     base = ensure_tiny_checkpoint(model_cache_dir)
@@ -31,20 +32,27 @@ def test_enough_corrections_train_evaluate_and_promote_an_adapter(
     now = T0 + timedelta(days=1)
 
     report = run_cycle(archive, base, registry, now, config)
-    assert report.status == "promoted", report
+    assert report.status == "shadowing", report
     assert report.counts["curated"] == 2
     assert report.counts["held_out"] == 1  # one wording learnt, the other judged
     held_before = report.metrics["current_held_out"]["accuracy"]
     held_after = report.metrics["candidate_held_out"]["accuracy"]
     assert (held_before, held_after) == (0.0, 1.0)
-    serving = registry.snapshot(fresh=True).serving_for("acme")
-    assert serving is not None
-    assert serving.adapter_id == report.adapter_id
-    card = json.loads((serving.path / "model_card.json").read_text())
-    assert card["promoted"] is True
+    snapshot = registry.snapshot(fresh=True)
+    assert snapshot.serving_for("acme") is None  # only the shadow evaluation promotes
+    candidate = snapshot.shadow_for("acme")
+    assert candidate is not None
+    assert candidate.adapter_id == report.adapter_id
+    card = json.loads((candidate.path / "model_card.json").read_text())
+    assert (card["held_out_passed"], card["promoted"]) == (True, False)
     assert card["counts"]["curated"] == 2
     assert card["lora"]["target_modules"] == ["q_proj", "v_proj"]
 
+    waiting = run_cycle(archive, base, registry, now + timedelta(days=7), config)
+    assert (waiting.status, waiting.adapter_id) == ("skipped", report.adapter_id)
+    assert "in shadow" in waiting.detail
+
+    registry.end_shadow(report.adapter_id, "retired", "test")
     again = run_cycle(archive, base, registry, now + timedelta(days=7), config)
     assert again.status == "skipped"
     assert again.new_curated == 0

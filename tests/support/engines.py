@@ -1,4 +1,5 @@
-"""Latency injection around the real engine: a real model cannot be made slow on demand."""
+"""Latency and fault injection around the real engine: a real model cannot be made slow, or
+fail, on demand."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 
 from guardstream.core.adapters import Adapter
-from guardstream.scorer.engine import GuardEngine, RawAnswer
+from guardstream.scorer.engine import GuardEngine, RawAnswer, ScoringError
 
 
 class SlowEngine:
@@ -35,3 +36,37 @@ class SlowEngine:
 
     async def close(self) -> None:
         """The inner engine belongs to the session."""
+
+
+class FailingAdapterEngine:
+    """Delegates to a real engine, except that requests `fails(messages, adapter)` picks raise
+    a scoring error: a real adapter cannot be made to fail on demand."""
+
+    def __init__(
+        self,
+        inner: GuardEngine,
+        fails: Callable[[Sequence[dict[str, str]], Adapter | None], bool],
+    ) -> None:
+        self._inner = inner
+        self._fails = fails
+
+    @property
+    def model_id(self) -> str:
+        return self._inner.model_id
+
+    @property
+    def alive(self) -> bool:
+        return self._inner.alive
+
+    async def assess(
+        self,
+        messages: Sequence[dict[str, str]],
+        request_id: str,
+        adapter: Adapter | None = None,
+    ) -> RawAnswer:
+        if self._fails(messages, adapter):
+            raise ScoringError("injected adapter failure")
+        return await self._inner.assess(messages, request_id, adapter)
+
+    async def close(self) -> None:
+        """The inner engine belongs to the test."""

@@ -4,13 +4,16 @@ remark the model flags (这个算法在小样本下表现一般…), to safe wit
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from guardstream.core.contracts import Verdict
+from guardstream.core.contracts import ShadowRecord, Verdict
+from guardstream.core.settings import Settings
 from guardstream.feedback.curation import CurationConfig, curate
 from guardstream.feedback.dataset import Example, example
 from guardstream.feedback.sample import FeedbackSample
+from guardstream.feedback.shadow_log import read_shadow_log
 from guardstream.feedback.train import LoraParams, TrainResult, train_lora
 from guardstream.model.tiny import TEACHING_SET
 
@@ -79,3 +82,24 @@ def variant_correction(n: int = 900) -> FeedbackSample:
             "reviewed_at": T0 + timedelta(hours=1),
         }
     )
+
+
+# A third wording, for live traffic while a candidate trained on the first two is in shadow:
+# the base model flags it, the candidate generalises to it (both checked on the tiny model).
+MISJUDGED_LIVE = "这个方法在小样本下表现一般,可能需要更多数据优化。"
+
+
+async def wait_shadow_records(
+    settings: Settings, post_ids: set[str], within_s: float = 120
+) -> list[ShadowRecord]:
+    """The shadow topic's records once every post in `post_ids` has one (shadow scoring runs
+    in the background after the serving decision, so it may land a moment after it)."""
+    deadline = asyncio.get_running_loop().time() + within_s
+    while True:
+        log = await read_shadow_log(settings)
+        assert log.invalid == 0
+        missing = post_ids - {r.post_id for r in log.records}
+        if not missing:
+            return log.records
+        assert asyncio.get_running_loop().time() < deadline, f"no shadow record for {missing}"
+        await asyncio.sleep(0.2)

@@ -69,3 +69,41 @@ def test_mistakes_are_refused_with_a_reason(tmp_path: Path) -> None:
         registry.register("fb-1", peft_dir(tmp_path, "c"))
     with pytest.raises(AdapterError, match="no adapter"):
         registry.promote("fb-2")
+
+
+def test_a_shadow_candidate_shadows_the_traffic_it_would_serve(tmp_path: Path) -> None:
+    writer = AdapterRegistry(tmp_path / "reg")
+    reader = AdapterRegistry(tmp_path / "reg", poll_s=3600)  # a scorer
+    writer.register("acme-1", peft_dir(tmp_path, "a"), tenant="acme")
+    writer.promote("acme-1")
+    writer.register("all-2", peft_dir(tmp_path, "b"))
+    assert writer.start_shadow("all-2") is None
+
+    snapshot = reader.snapshot(fresh=True)
+    beta = snapshot.shadow_for("beta")
+    assert beta is not None
+    assert beta.adapter_id == "all-2"
+    # acme is served by its own adapter: an every-tenant candidate would not replace it.
+    assert snapshot.shadow_for("acme") is None
+    assert snapshot.serving_for("beta") is None  # shadowing is not serving
+
+    writer.register("acme-2", peft_dir(tmp_path, "c"), tenant="acme")
+    writer.register("acme-3", peft_dir(tmp_path, "d"), tenant="acme")
+    writer.start_shadow("acme-2")
+    assert writer.start_shadow("acme-3") == "acme-2"  # one candidate per tenant
+    assert writer.card("acme-2")["shadow_outcome"]["outcome"] == "superseded"
+    assert "shadow_since" in writer.card("acme-3")
+    acme = reader.snapshot(fresh=True).shadow_for("acme")
+    assert acme is not None
+    assert acme.adapter_id == "acme-3"
+
+    writer.promote("acme-3")  # promotion ends its shadow
+    after = reader.snapshot(fresh=True)
+    assert after.shadow_for("acme") is None
+    assert after.shadow == {"*": "all-2"}
+
+    writer.end_shadow("all-2", "retired", "lost on live traffic")
+    assert reader.snapshot(fresh=True).shadow_for("beta") is None
+    assert writer.card("all-2")["shadow_outcome"]["why"] == "lost on live traffic"
+    history = json.loads((tmp_path / "reg" / "registry.json").read_text())["history"]
+    assert [h.get("shadow", "-") for h in history] == ["-", "all-2", "acme-2", "acme-3", "-", None]

@@ -18,6 +18,7 @@ from guardstream.core.contracts import (
     Review,
     ReviewAssignment,
     ScoreRequest,
+    ShadowRecord,
     SlaEvent,
 )
 
@@ -133,6 +134,24 @@ ALERT = {
     "raised_at": NOW,
 }
 
+SHADOW = {
+    **ENV,
+    "post_id": "p-1",
+    "post_event_id": "e-0",
+    "tenant": "acme",
+    "content_key": KEY,
+    "policy": "default@1",
+    "model": "Qwen/Qwen3Guard-Gen-8B",
+    "serving_verdict": "controversial",
+    "serving_confidence": 0.55,
+    "candidate_adapter": "fb-20261125-1",
+    "candidate_verdict": "safe",
+    "candidate_confidence": 0.91,
+    "received_at": NOW,
+    "serving_decided_at": NOW,
+    "candidate_decided_at": NOW,
+}
+
 CASES: list[tuple[type[Envelope], str, dict[str, Any]]] = [
     (Post, "post.v1.json", POST),
     (ScoreRequest, "score-request.v1.json", SCORE_REQUEST),
@@ -142,6 +161,7 @@ CASES: list[tuple[type[Envelope], str, dict[str, Any]]] = [
     (ReviewAssignment, "review-assignment.v1.json", ASSIGNMENT),
     (SlaEvent, "sla-event.v1.json", SLA_EVENT),
     (Alert, "alert.v1.json", ALERT),
+    (ShadowRecord, "shadow-record.v1.json", SHADOW),
 ]
 
 
@@ -265,6 +285,22 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
             {**ALERT, "kind": "SLA Breach"},
             {**ALERT, "summary": ""},
             {**ALERT, "labels": {"Bad Key": "x"}},
+        ],
+    ),
+    ShadowRecord: (
+        [
+            {**SHADOW, "serving_adapter": "fb-20261118-0", "escalated": True},
+            {**SHADOW, "candidate_categories": ["Violent"], "serving_categories": []},
+            drop(SHADOW, "serving_confidence", "candidate_confidence"),
+        ],
+        [
+            drop(SHADOW, "candidate_adapter"),
+            drop(SHADOW, "serving_verdict"),
+            {**SHADOW, "candidate_verdict": "maybe"},
+            {**SHADOW, "candidate_confidence": 1.5},
+            {**SHADOW, "content_key": "XYZ"},
+            {**SHADOW, "escalated": "yes"},
+            {**SHADOW, "serving_decided_at": "yesterday"},
         ],
     ),
 }

@@ -3,14 +3,19 @@
 A directory (`GUARDSTREAM_ADAPTER_DIR`) on storage every triage and scorer replica can read (a
 shared volume in Kubernetes): `adapters/<id>/` holds each registered adapter's files (copied
 in, so the registry owns them), and `registry.json` says what exists and what serves:
-`{"adapters": {id: {path, tenant, registered_at, card}}, "serving": {tenant or "*": id}}`.
+`{"adapters": {id: {path, tenant, registered_at, card}}, "serving": {tenant or "*": id},
+"shadow": {tenant or "*": id}, "history": [...]}`.
+An adapter is registered (not used), a shadow candidate of its tenant (scored beside the
+serving adapter on live traffic, its verdicts recorded and never actioned), serving, or retired
+(out of shadow without promotion); its card holds the evidence of every step.
 Writers (the feedback job, an operator) change it under a file lock and replace it atomically;
 readers re-read it when its modification time changes, so a promotion reaches running
 processes within one poll without a restart.
 
 Triage puts the serving adapter's id into the content key and the score request, so cached
 verdicts of the previous adapter are never reused; the scorer serves whichever adapter the
-request names (one vLLM engine, one LoRA request per adapter).
+request names (one vLLM engine, one LoRA request per adapter) and, for a tenant with a shadow
+candidate, scores the same input with the candidate too (`scorer/service.py`).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -49,14 +54,27 @@ class Adapter:
 class Snapshot:
     adapters: dict[str, Adapter]
     serving: dict[str, str]
+    shadow: dict[str, str] = field(default_factory=dict)
 
     def serving_for(self, tenant: str) -> Adapter | None:
         """The tenant's own adapter, else the one serving every tenant, else none (base)."""
         chosen = self.serving.get(tenant, self.serving.get(EVERY_TENANT))
         return self.adapters.get(chosen) if chosen else None
 
+    def shadow_for(self, tenant: str) -> Adapter | None:
+        """The candidate to score `tenant`'s traffic with beside the serving adapter: the
+        tenant's own candidate, else the every-tenant one — but only for a tenant that the
+        every-tenant adapter serves (a candidate is compared with what it would replace)."""
+        chosen = self.shadow.get(tenant)
+        if chosen is None and tenant not in self.serving:
+            chosen = self.shadow.get(EVERY_TENANT)
+        serving = self.serving_for(tenant)
+        if chosen is None or (serving is not None and serving.adapter_id == chosen):
+            return None
+        return self.adapters.get(chosen)
 
-_EMPTY = Snapshot({}, {})
+
+_EMPTY = Snapshot({}, {}, {})
 
 
 class AdapterRegistry:
@@ -87,6 +105,18 @@ class AdapterRegistry:
     def serving_for(self, tenant: str) -> Adapter | None:
         return self.snapshot().serving_for(tenant)
 
+    def shadow_for(self, tenant: str) -> Adapter | None:
+        return self.snapshot().shadow_for(tenant)
+
+    def card(self, adapter_id: str) -> dict[str, Any]:
+        """The adapter's card as the registry holds it now (read fresh, for writers)."""
+        data = json.loads(self._file.read_text(encoding="utf-8")) if self._file.exists() else {}
+        entry = data.get("adapters", {}).get(adapter_id)
+        if entry is None:
+            raise AdapterError(f"no adapter {adapter_id!r} is registered")
+        card: dict[str, Any] = entry.get("card", {})
+        return card
+
     def get(self, adapter_id: str) -> Adapter | None:
         found = self.snapshot().adapters.get(adapter_id)
         return found if found is not None else self.snapshot(fresh=True).adapters.get(adapter_id)
@@ -99,7 +129,7 @@ class AdapterRegistry:
             )
             for adapter_id, entry in data.get("adapters", {}).items()
         }
-        return Snapshot(adapters, dict(data.get("serving", {})))
+        return Snapshot(adapters, dict(data.get("serving", {})), dict(data.get("shadow", {})))
 
     # --- writing ------------------------------------------------------------------------
     @contextmanager
@@ -159,14 +189,65 @@ class AdapterRegistry:
             entry = data["adapters"].get(adapter_id)
             if entry is None:
                 raise AdapterError(f"no adapter {adapter_id!r} is registered")
-            data["serving"][tenant or entry["tenant"]] = adapter_id
+            scope = tenant or entry["tenant"]
+            data["serving"][scope] = adapter_id
+            if data.get("shadow", {}).get(scope) == adapter_id:
+                del data["shadow"][scope]  # promoted out of shadow
             data.setdefault("history", []).append(
-                {
-                    "at": datetime.now(UTC).isoformat(),
-                    "tenant": tenant or entry["tenant"],
-                    "serving": adapter_id,
-                }
+                {"at": datetime.now(UTC).isoformat(), "tenant": scope, "serving": adapter_id}
             )
+
+    def start_shadow(self, adapter_id: str, tenant: str | None = None) -> str | None:
+        """Make `adapter_id` the shadow candidate of its tenant (or `tenant`): scorers score
+        that tenant's traffic with it too from their next poll, and action none of it. Returns
+        the candidate it replaced, if any (that one leaves shadow unpromoted)."""
+        now = datetime.now(UTC).isoformat()
+        with self._locked() as data:
+            entry = data["adapters"].get(adapter_id)
+            if entry is None:
+                raise AdapterError(f"no adapter {adapter_id!r} is registered")
+            scope = tenant or entry["tenant"]
+            shadow = data.setdefault("shadow", {})
+            replaced = shadow.get(scope)
+            if replaced is not None and replaced != adapter_id:
+                data["adapters"][replaced].setdefault("card", {})["shadow_outcome"] = {
+                    "at": now,
+                    "outcome": "superseded",
+                    "why": f"replaced in shadow by {adapter_id}",
+                }
+            shadow[scope] = adapter_id
+            entry.setdefault("card", {})["shadow_since"] = now
+            data.setdefault("history", []).append(
+                {"at": now, "tenant": scope, "shadow": adapter_id}
+            )
+        return replaced if replaced != adapter_id else None
+
+    def end_shadow(self, adapter_id: str, outcome: str, why: str) -> None:
+        """Take `adapter_id` out of shadow without promoting it (retired), saying why."""
+        now = datetime.now(UTC).isoformat()
+        with self._locked() as data:
+            entry = data["adapters"].get(adapter_id)
+            if entry is None:
+                raise AdapterError(f"no adapter {adapter_id!r} is registered")
+            shadow = data.setdefault("shadow", {})
+            for scope in [s for s, chosen in shadow.items() if chosen == adapter_id]:
+                del shadow[scope]
+                data.setdefault("history", []).append(
+                    {"at": now, "tenant": scope, "shadow": None, "retired": adapter_id}
+                )
+            entry.setdefault("card", {})["shadow_outcome"] = {
+                "at": now,
+                "outcome": outcome,
+                "why": why,
+            }
+
+    def update_card(self, adapter_id: str, fields: dict[str, Any]) -> None:
+        """Merge `fields` into the adapter's card (shadow metrics, outcomes)."""
+        with self._locked() as data:
+            entry = data["adapters"].get(adapter_id)
+            if entry is None:
+                raise AdapterError(f"no adapter {adapter_id!r} is registered")
+            entry.setdefault("card", {}).update(fields)
 
     def retire(self, tenant: str = EVERY_TENANT) -> None:
         """Serve the base model again for `tenant` (a rollback)."""

@@ -198,6 +198,37 @@ class Decision(Envelope):
     decided_at: Timestamp
 
 
+class ShadowRecord(Envelope):
+    """A shadow candidate adapter's verdict on live traffic beside the serving adapter's
+    (`moderation.shadow.v1`, key = content_key). Evidence for promotion, never actioned:
+    nothing reads it to allow, block or review a post.
+
+    `content_key` is the serving content key (the one decisions, reviews and the archive
+    carry), so later human labels join on it. `event_id` is deterministic per content key and
+    candidate: a key scored again in shadow is recognisable as the same observation.
+    """
+
+    post_id: Id
+    post_event_id: Id
+    tenant: Tenant
+    content_key: ContentKey
+    policy: Id
+    model: Id
+    serving_adapter: Id | None = None  # absent: the base model serves
+    serving_verdict: Verdict
+    serving_categories: tuple[str, ...] = ()
+    serving_confidence: Confidence | None = None
+    candidate_adapter: Id
+    candidate_verdict: Verdict
+    candidate_categories: tuple[str, ...] = ()
+    candidate_confidence: Confidence | None = None
+    # The serving verdict went on to a larger model (cascade): it was not the final decision.
+    escalated: StrictBool = False
+    received_at: Timestamp  # when triage received the post
+    serving_decided_at: Timestamp
+    candidate_decided_at: Timestamp
+
+
 class Origin(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 

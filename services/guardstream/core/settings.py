@@ -180,6 +180,19 @@ class Settings(BaseSettings):
     ] = 16
     # Adapters one engine batch may mix (vLLM max_loras).
     max_loras: Annotated[int, Field(ge=1, validation_alias=_env("GUARDSTREAM_MAX_LORAS"))] = 4
+    # Shadow scoring (scorer): a tenant's shadow candidate adapter scores that tenant's fresh
+    # content too, after the serving verdict, in the background; its verdict goes to
+    # moderation.shadow.v1 only. At most this many shadow scorings run at once per scorer; the
+    # rest are skipped (counted `shadow_skipped`), so shadow work never queues behind serving.
+    # 0 turns shadow scoring off.
+    shadow_max_in_flight: Annotated[
+        int, Field(ge=0, validation_alias=_env("GUARDSTREAM_SHADOW_MAX_IN_FLIGHT"))
+    ] = 8
+    # Share of fresh content keys scored in shadow (chosen by content key, so every replica
+    # picks the same ones): bounds the extra engine work to about this fraction.
+    shadow_sample_rate: Annotated[
+        float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_SHADOW_SAMPLE_RATE"))
+    ] = 1.0
 
     # --- processing -------------------------------------------------------------------------
     # Directory of policy pack YAML files; unset: the packs shipped with guardstream.
@@ -319,6 +332,27 @@ class Settings(BaseSettings):
     feedback_promotion_margin: Annotated[
         float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN"))
     ] = 0.02
+    # A candidate that passed the held-out gate shadows live traffic; the shadow evaluation
+    # (`guardstream feedback run` / `shadow-report`) judges it once it has this many
+    # shadow-scored content keys …
+    feedback_shadow_min_samples: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_SHADOW_MIN_SAMPLES"))
+    ] = 200
+    # … of which at least this many have a later human label.
+    feedback_shadow_min_labelled: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_SHADOW_MIN_LABELLED"))
+    ] = 30
+    # It is promoted when its accuracy against those labels beats the serving adapter's by
+    # GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN and its false-positive rate is at most this much
+    # above the serving adapter's; otherwise it is retired.
+    feedback_shadow_fpr_tolerance: Annotated[
+        float,
+        Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_SHADOW_FPR_TOLERANCE")),
+    ] = 0.02
+    # A candidate without enough shadow evidence after this many days is retired.
+    feedback_shadow_window_days: Annotated[
+        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_FEEDBACK_SHADOW_WINDOW_DAYS"))
+    ] = 14.0
     # LoRA optimiser steps; unset: 3 epochs over the training set.
     feedback_train_steps: Annotated[
         int | None, Field(ge=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_TRAIN_STEPS"))

@@ -26,6 +26,7 @@ class Topic(StrEnum):
     ASSIGNMENTS = "moderation.review-assignments.v1"
     SLA_EVENTS = "moderation.sla-events.v1"
     ESCALATIONS = "moderation.score-escalations.v1"
+    SHADOW = "moderation.shadow.v1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,15 @@ CATALOGUE: tuple[TopicSpec, ...] = (
         "content_key",
         3 * DAY_MS,
         "cascade: requests the small model was unsure of, for a larger model's scorer",
+    ),
+    # Read back whole by the feedback job's shadow evaluation: retention outlasts the
+    # longest shadow window (GUARDSTREAM_FEEDBACK_SHADOW_WINDOW_DAYS).
+    TopicSpec(
+        Topic.SHADOW,
+        3,
+        "content_key",
+        60 * DAY_MS,
+        "shadow candidate adapters' verdicts beside the serving ones (never actioned)",
     ),
 )
 

@@ -17,7 +17,7 @@ from guardstream.core.settings import Settings
 
 if TYPE_CHECKING:
     from guardstream.core.contracts import Verdict
-    from guardstream.feedback.job import FeedbackConfig
+    from guardstream.feedback.job import FeedbackConfig, ShadowReport
 
 feedback_app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
 out = Console()
@@ -25,8 +25,11 @@ err = Console(stderr=True)
 
 
 def config_from(settings: Settings) -> FeedbackConfig:
+    from datetime import timedelta
+
     from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
     from guardstream.feedback.job import FeedbackConfig
+    from guardstream.feedback.shadow import ShadowConfig
     from guardstream.feedback.train import LoraParams
 
     terms = tuple(t.strip() for t in settings.feedback_expert_terms.split(",") if t.strip())
@@ -41,7 +44,72 @@ def config_from(settings: Settings) -> FeedbackConfig:
         lora=LoraParams(
             learning_rate=settings.feedback_learning_rate, max_steps=settings.feedback_train_steps
         ),
+        shadow=ShadowConfig(
+            min_samples=settings.feedback_shadow_min_samples,
+            min_labelled=settings.feedback_shadow_min_labelled,
+            margin=settings.feedback_promotion_margin,
+            fpr_tolerance=settings.feedback_shadow_fpr_tolerance,
+            window=timedelta(days=settings.feedback_shadow_window_days),
+        ),
     )
+
+
+def _shadow(settings: Settings, tenant: str, *, apply: bool) -> ShadowReport:
+    """The shadow evaluation of `tenant`'s candidate (the shadow topic is read only when one
+    is in shadow, so a deployment without shadow traffic needs no broker for the job)."""
+    import asyncio
+
+    from guardstream.core.adapters import AdapterRegistry
+    from guardstream.feedback.archive import Archive
+    from guardstream.feedback.job import ShadowReport, evaluate_shadow
+    from guardstream.feedback.shadow_log import read_shadow_log
+
+    if settings.adapter_dir is None:
+        err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
+        raise typer.Exit(2)
+    registry = AdapterRegistry(settings.adapter_dir)
+    if registry.snapshot(fresh=True).shadow.get(tenant) is None:
+        return ShadowReport("none", f"no candidate is in shadow for {tenant!r}")
+    log = asyncio.run(read_shadow_log(settings))
+    if log.invalid:
+        err.print(f"[yellow]{log.invalid} records on the shadow topic are not shadow records[/]")
+    return evaluate_shadow(
+        Archive(settings.feedback_dir),
+        registry,
+        log.records,
+        datetime.now(UTC),
+        config_from(settings).shadow,
+        tenant=tenant,
+        apply=apply,
+    )
+
+
+def _shadow_json(report: ShadowReport) -> dict[str, object]:
+    return {
+        "status": report.status,
+        "detail": report.detail,
+        "candidate": report.candidate,
+        "metrics": report.metrics.as_dict() if report.metrics else None,
+    }
+
+
+@feedback_app.command("shadow-report")
+def shadow_report(
+    tenant: Annotated[str, typer.Option(help="Whose candidate: a tenant, or * for all.")] = "*",
+) -> None:
+    """How the shadow candidate does on live traffic so far (agreement with the serving
+    adapter, block rates, accuracy and false-positive rates against later human labels) and
+    what the next `feedback run` would do with it; changes nothing. Prints one JSON line."""
+    from guardstream.cli import load_settings
+    from guardstream.feedback.archive import ArchiveError
+
+    settings = load_settings()
+    try:
+        report = _shadow(settings, tenant, apply=False)
+    except ArchiveError as exc:
+        err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
+        raise typer.Exit(1) from None
+    sys.stdout.write(orjson.dumps(_shadow_json(report)).decode() + "\n")
 
 
 @feedback_app.command("report")
@@ -53,7 +121,13 @@ def report(
     """Print the loop's health: samples per week, disagreement, agreement, adapter history."""
     from guardstream.cli import load_settings
     from guardstream.feedback.archive import Archive, ArchiveError
-    from guardstream.feedback.report import adapter_row, build_report, read_cards, render_html
+    from guardstream.feedback.report import (
+        ADAPTER_COLUMNS,
+        adapter_row,
+        build_report,
+        read_cards,
+        render_html,
+    )
 
     settings = load_settings()
     try:
@@ -75,7 +149,7 @@ def report(
         for name, rate in rates.items():
             table.add_row(name, f"{rate.value:.0%}", str(rate.total))
         out.print(table)
-    adapters = Table("adapter", "data until", "curated", "held-out accuracy", "outcome")
+    adapters = Table(*ADAPTER_COLUMNS, title="Adapters")
     for card in loop.adapters:
         adapters.add_row(*adapter_row(card))
     out.print(adapters)
@@ -91,9 +165,12 @@ def run(
     ] = False,
     tenant: Annotated[str, typer.Option(help="Whose adapter: a tenant, or * for all.")] = "*",
 ) -> None:
-    """The weekly cycle: curate the archive, train a LoRA adapter when enough new curated
-    samples arrived, evaluate it against the serving one, promote it if it is better.
-    Prints one JSON line (status skipped / promoted / rejected)."""
+    """The weekly cycle. First the shadow evaluation: the tenant's candidate in shadow is
+    promoted if it beat the serving adapter on live traffic against human labels, retired if
+    it lost or ran out of time, else kept. Then, with no candidate in shadow: curate the
+    archive, train a LoRA adapter when enough new curated samples arrived, evaluate it against
+    the serving one on held-out samples, and put it in shadow if it is better. Prints one JSON
+    line (status skipped / shadowing / rejected, and the shadow evaluation's outcome)."""
     from guardstream.cli import load_settings
     from guardstream.core import logs
     from guardstream.core.adapters import AdapterRegistry
@@ -108,6 +185,11 @@ def run(
         raise typer.Exit(2)
     base, _model_id = resolve_model(settings)
     registry = AdapterRegistry(settings.adapter_dir)
+    try:
+        shadowed = _shadow(settings, tenant, apply=True)
+    except ArchiveError as exc:
+        err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
+        raise typer.Exit(1) from None
     prescreen = None
     if settings.feedback_prescreen_model is not None:
         from guardstream.feedback.dataset import NotTrainable, example
@@ -157,6 +239,7 @@ def run(
                 "new_curated": report.new_curated,
                 "counts": report.counts,
                 "metrics": report.metrics,
+                "shadow": _shadow_json(shadowed),
             }
         ).decode()
         + "\n"

@@ -1,12 +1,18 @@
-"""The weekly feedback cycle: archive → curation → LoRA training → evaluation → promotion.
+"""The weekly feedback cycle: archive → curation → LoRA training → held-out evaluation →
+shadow on live traffic → promotion.
 
 Trigger: it trains only when at least `min_samples` curated samples were reviewed since the
-last training run (state in `<root>/runs/state.json`); `force` skips that check. Every run
-trains from the base model on everything curated so far (adapters never stack), evaluates the
-candidate and the adapter now serving on the same held-out samples, and promotes the
-candidate only if it beats the serving one by `promotion_margin` on held-out curated samples
-without losing more than `regression_tolerance` on the held-out anchors. Rejected candidates
-are registered too, with their metrics, so the history shows every attempt.
+last training run (state in `<root>/runs/state.json`) and no candidate of the tenant is still
+in shadow; `force` skips both checks. Every run trains from the base model on everything
+curated so far (adapters never stack) and evaluates the candidate and the adapter now serving
+on the same held-out samples. A candidate that beats the serving one by `promotion_margin` on
+held-out curated samples without losing more than `regression_tolerance` on the held-out
+anchors becomes the tenant's shadow candidate: the scorers score live traffic with it beside
+the serving adapter, actioning nothing. `evaluate_shadow` (every run of the job, before
+training) joins those shadow verdicts with later human labels and promotes the candidate only
+when it wins there too (`feedback/shadow.py`); otherwise it keeps shadowing or is retired.
+Rejected candidates are registered too, with their metrics, so the history shows every
+attempt.
 """
 
 from __future__ import annotations
@@ -20,10 +26,18 @@ from pathlib import Path
 from typing import Any
 
 from guardstream.core.adapters import EVERY_TENANT, AdapterRegistry
+from guardstream.core.contracts import ShadowRecord
 from guardstream.feedback.archive import Archive
 from guardstream.feedback.curation import Curated, Curation, CurationConfig, Prescreen, curate
 from guardstream.feedback.dataset import Example, NotTrainable, example
 from guardstream.feedback.evaluate import LabelScorer, Metrics, evaluate
+from guardstream.feedback.shadow import (
+    ShadowConfig,
+    ShadowMetrics,
+    ShadowOutcome,
+    shadow_decision,
+    shadow_metrics,
+)
 from guardstream.feedback.train import LoraParams, train_lora
 
 
@@ -34,11 +48,12 @@ class FeedbackConfig:
     regression_tolerance: float = 0.02
     curation: CurationConfig = field(default_factory=CurationConfig)
     lora: LoraParams = field(default_factory=LoraParams)
+    shadow: ShadowConfig = field(default_factory=ShadowConfig)
 
 
 @dataclass(slots=True)
 class CycleReport:
-    status: str  # "skipped" | "promoted" | "rejected"
+    status: str  # "skipped" | "shadowing" (passed held-out, now in shadow) | "rejected"
     new_curated: int
     detail: str
     adapter_id: str | None = None
@@ -85,6 +100,14 @@ def run_cycle(
     tenant: str = EVERY_TENANT,
 ) -> CycleReport:
     """One cycle for `tenant`'s adapter (every tenant by default); see the module docstring."""
+    shadowing = registry.snapshot(fresh=True).shadow.get(tenant)
+    if shadowing is not None and not force:
+        return CycleReport(
+            "skipped",
+            0,
+            f"candidate {shadowing} is in shadow: training waits for its shadow evaluation",
+            shadowing,
+        )
     since = last_run_until(archive.root)
     everything = archive.read(until=now)
     recent = [s for s in everything if since is None or s.reviewed_at >= since]
@@ -152,26 +175,21 @@ def run_cycle(
         {
             "serving_before": serving.adapter_id if serving else None,
             "metrics": {k: m.as_dict() for k, m in metrics.items()},
-            "promoted": wins,
+            "held_out_passed": wins,
+            "promoted": False,  # only the shadow evaluation promotes
             "decision": why,
         }
     )
-    (out_dir / "model_card.json").write_text(
-        json.dumps(
-            {**json.loads((out_dir / "model_card.json").read_text()), **card},
-            indent=2,
-            ensure_ascii=False,
-            default=str,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
+    _merge_card(out_dir, card)
     registry.register(adapter_id, out_dir, card, tenant=tenant)
     if wins:
-        registry.promote(adapter_id)
+        replaced = registry.start_shadow(adapter_id)
+        if replaced is not None:
+            _merge_card(archive.root / "runs" / replaced, registry.card(replaced))
+        why += "; now in shadow on live traffic"
     _state_path(archive.root).write_text(json.dumps({"last_until": now.isoformat()}) + "\n")
     return CycleReport(
-        "promoted" if wins else "rejected",
+        "shadowing" if wins else "rejected",
         new_curated,
         why,
         adapter_id,
@@ -201,3 +219,57 @@ def promotion_decision(metrics: dict[str, Metrics], config: FeedbackConfig) -> t
         f"held-out accuracy {held_now.accuracy:.3f} → {held_new.accuracy:.3f} "
         f"(+{gain:.3f}); anchors {anchors_now.accuracy:.3f} → {anchors_new.accuracy:.3f}"
     )
+
+
+def _merge_card(run_dir: Path, fields: dict[str, Any]) -> None:
+    """Merge `fields` into the run's model card (the report reads the runs' cards)."""
+    path = run_dir / "model_card.json"
+    if not run_dir.is_dir():
+        return  # registered by an operator, not by a run of this archive
+    current = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    path.write_text(
+        json.dumps({**current, **fields}, indent=2, ensure_ascii=False, default=str) + "\n",
+        encoding="utf-8",
+    )
+
+
+@dataclass(slots=True)
+class ShadowReport:
+    status: str  # "none" (no candidate) | "keep" | "promote" | "retire"
+    detail: str
+    candidate: str | None = None
+    metrics: ShadowMetrics | None = None
+
+
+def evaluate_shadow(
+    archive: Archive,
+    registry: AdapterRegistry,
+    records: list[ShadowRecord],
+    now: datetime,
+    config: ShadowConfig | None = None,
+    tenant: str = EVERY_TENANT,
+    apply: bool = True,
+) -> ShadowReport:
+    """Judge `tenant`'s shadow candidate on `records` (the shadow topic) and the archive's
+    human labels; with `apply`, promote or retire it and write the metrics into its card."""
+    snapshot = registry.snapshot(fresh=True)
+    candidate = snapshot.shadow.get(tenant)
+    if candidate is None:
+        return ShadowReport("none", f"no candidate is in shadow for {tenant!r}")
+    serving = snapshot.serving_for(tenant)
+    card = registry.card(candidate)
+    since = datetime.fromisoformat(card.get("shadow_since") or now.isoformat())
+    metrics = shadow_metrics(
+        records, archive.read(until=now), candidate, serving.adapter_id if serving else None
+    )
+    outcome, why = shadow_decision(metrics, config or ShadowConfig(), since, now)
+    if apply:
+        evidence = {"shadow": {**metrics.as_dict(), "evaluated_at": now.isoformat()}}
+        registry.update_card(candidate, {**evidence, "shadow_decision": why})
+        if outcome is ShadowOutcome.PROMOTE:
+            registry.promote(candidate, tenant)
+            registry.update_card(candidate, {"promoted": True, "decision": why})
+        elif outcome is ShadowOutcome.RETIRE:
+            registry.end_shadow(candidate, "retired", why)
+        _merge_card(archive.root / "runs" / candidate, registry.card(candidate))
+    return ShadowReport(outcome.value, why, candidate, metrics)

@@ -3,7 +3,8 @@
 Samples per week, disagreement rate by category and language, the share of `controversial`
 model verdicts among reviewed items per week (its trend is what retraining should bend down),
 reviewer agreement (first review vs a senior's QA review of the same content), and the adapter
-history. `render_html` writes one self-contained page (tables and inline SVG bars, no assets).
+history (held-out and shadow metrics, and how each candidate ended). `render_html` writes one
+self-contained page (tables and inline SVG bars, no assets).
 """
 
 from __future__ import annotations
@@ -98,16 +99,52 @@ def read_cards(root: Path) -> list[dict[str, Any]]:
     ]
 
 
-def adapter_row(card: dict[str, Any]) -> tuple[str, str, str, str, str]:
+# Shadow columns: content keys scored in shadow (of which human-labelled), accuracy and
+# false-positive rate against those labels (serving → candidate), agreement with serving.
+ADAPTER_COLUMNS = (
+    "adapter",
+    "data until",
+    "curated",
+    "held-out acc",
+    "shadow n (labelled)",
+    "shadow acc",
+    "shadow FPR",
+    "agreement",
+    "outcome",
+)
+
+
+def adapter_outcome(card: dict[str, Any]) -> str:
+    """Where the adapter's history ended: promoted (after shadow), in shadow, retired from
+    shadow (lost, ran out of time, or superseded), or rejected on the held-out set."""
+    if card.get("promoted"):
+        return "promoted"
+    ended = card.get("shadow_outcome")
+    if isinstance(ended, dict):
+        return str(ended.get("outcome", "retired"))
+    if card.get("held_out_passed"):
+        return "in shadow"
+    return "rejected"
+
+
+def adapter_row(card: dict[str, Any]) -> tuple[str, ...]:
     metrics = card.get("metrics", {})
     held = metrics.get("candidate_held_out", {})
     before = metrics.get("current_held_out", {})
+    shadow = card.get("shadow") or {}
     return (
         str(card.get("adapter_id", "?")),
         str(card.get("data_window", {}).get("until", "?")),
         str(card.get("counts", {}).get("curated", "?")),
         f"{before.get('accuracy', 0):.3f} → {held.get('accuracy', 0):.3f}" if held else "-",
-        "promoted" if card.get("promoted") else "rejected",
+        f"{shadow['shadowed']} ({shadow['labelled']})" if shadow else "-",
+        f"{shadow['serving_accuracy']:.3f} → {shadow['candidate_accuracy']:.3f}" if shadow else "-",
+        f"{shadow['serving_false_positive_rate']:.3f} → "
+        f"{shadow['candidate_false_positive_rate']:.3f}"
+        if shadow
+        else "-",
+        f"{shadow['agreement']:.0%}" if shadow else "-",
+        adapter_outcome(card),
     )
 
 
@@ -153,8 +190,5 @@ def render_html(report: LoopReport) -> str:
         f"of {report.overall_agreement.total}</h2>"
         + _table(["reviewer", "agreement", "QA-checked"], agreement)
         + "<h2>Adapters</h2>"
-        + _table(
-            ["adapter", "data until", "curated", "held-out accuracy", "outcome"],
-            map(adapter_row, report.adapters),
-        )
+        + _table(ADAPTER_COLUMNS, map(adapter_row, report.adapters))
     )

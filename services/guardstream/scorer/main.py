@@ -44,6 +44,8 @@ async def run(
         loaded.append(guard)
         stores = Stores.open(settings, stack)
         scorer = Scorer(settings, producer, stores, MeteredEngine(guard))
+        # Runs before the stores, the engine and the producer close (the stack is LIFO).
+        stack.push_async_callback(scorer.drain_shadow)
         metrics.observe_counts("guardstream.scorer.outcomes", scorer.counts)
         if expose is not None:
             expose(scorer)

@@ -9,6 +9,14 @@ acknowledged. Unusable model output is `controversial`, never `safe`. In a casca
 requests go to the escalations topic, acknowledged before the offsets move, for the larger
 model's scorer. An engine failure is transient (the batch is retried, nothing skipped); a dead
 engine ends the process.
+
+Shadow scoring: for a tenant whose registry lists a shadow candidate adapter, each freshly
+scored content key (sampled by `shadow_sample_rate`) is scored again with the candidate in
+the background, after its serving verdict exists, and the pair goes to `moderation.shadow.v1`
+as a `ShadowRecord` — never to an action topic, the cache or the journal. It never holds up a
+batch: at most `shadow_max_in_flight` run at once (more are skipped and counted), a failure is
+logged and counted, and stopping waits briefly for what is running, then drops it (shadow
+evidence is a sample, not a ledger).
 """
 
 from __future__ import annotations
@@ -16,25 +24,53 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from datetime import datetime
 
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core import tracing
 from guardstream.core.adapters import Adapter
 from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import ContractError, ScoreRequest, Source, utcnow
+from guardstream.core.contracts import ContractError, ScoreRequest, ShadowRecord, Source, utcnow
 from guardstream.core.decisions import Origin, decide, model_reason
 from guardstream.core.journal import journal_key
 from guardstream.core.loop import Records, TransientError
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
-from guardstream.core.topics import Topic
-from guardstream.scorer.engine import GuardEngine, ScoringError
-from guardstream.scorer.output import label_confidence, parse_answer
+from guardstream.core.topics import Topic, TopicNames
+from guardstream.scorer.engine import GuardEngine, RawAnswer, ScoringError
+from guardstream.scorer.output import GuardAnswer, label_confidence, parse_answer
 from guardstream.scorer.prompt import messages_for
 
 log = logging.getLogger(__name__)
+
+SHADOW_DRAIN_S = 10.0  # how long stopping waits for shadow scorings already running
+
+
+def shadow_sampled(content_key: str, rate: float) -> bool:
+    """Whether `content_key` is scored in shadow: decided by the key (a uniform hash), so every
+    replica and every retry agrees."""
+    return rate >= 1.0 or int(content_key[:8], 16) < rate * 0x1_0000_0000
+
+
+def _verdict(
+    answer: GuardAnswer, raw: RawAnswer, model: str, adapter: str | None, at: datetime
+) -> CachedVerdict:
+    confidence = None
+    if answer.label is not None:
+        confidence = label_confidence(answer.label, raw.label_logprobs)
+    return CachedVerdict(
+        verdict=answer.verdict,
+        categories=answer.categories,
+        confidence=None if confidence is None else round(confidence, 6),
+        refusal=answer.refusal,
+        reason=model_reason(answer.label, answer.categories, answer.problem),
+        source=Source.MODEL,
+        model=model,
+        adapter=adapter,
+        decided_at=at,
+    )
 
 
 class Scorer:
@@ -54,6 +90,8 @@ class Scorer:
         self._engine = engine
         self._adapters = stores.adapters
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._shadow_topic = TopicNames(settings.namespace)[Topic.SHADOW]
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "consumed",
@@ -65,6 +103,10 @@ class Scorer:
                 "truncated",
                 "dlq",
                 "escalated",
+                "shadow_started",
+                "shadow_scored",
+                "shadow_skipped",
+                "shadow_failed",
             ),
             0,
         )
@@ -87,29 +129,15 @@ class Scorer:
         except ScoringError as exc:
             raise TransientError(f"scoring failed: {exc}") from exc
         answer = parse_answer(raw.text)
-        confidence = None
-        if answer.label is not None:
-            confidence = label_confidence(answer.label, raw.label_logprobs)
-        else:
+        if answer.label is None:
             self.counts["unparseable"] += 1
             log.warning(
                 "unusable model output",
                 extra={"post_id": request.post_id, "problem": answer.problem},
             )
-        entry = CachedVerdict(
-            verdict=answer.verdict,
-            categories=answer.categories,
-            confidence=None if confidence is None else round(confidence, 6),
-            refusal=answer.refusal,
-            reason=model_reason(answer.label, answer.categories, answer.problem),
-            source=Source.MODEL,
-            model=self._engine.model_id,
-            adapter=request.adapter,
-            decided_at=utcnow(),
-        )
         if raw.truncated:
             self.counts["truncated"] += 1
-        return entry
+        return _verdict(answer, raw, self._engine.model_id, request.adapter, utcnow())
 
     async def handle(self, records: Records) -> None:
         outbox = Outbox(self._producer, self._settings, "scorer")
@@ -138,8 +166,10 @@ class Scorer:
         misses = [key for key in by_key if key not in cached]
         scored = await asyncio.gather(*(self._score_once(by_key[key][0]) for key in misses))
         fresh = dict(zip(misses, scored, strict=True))
-        # Cascade: what this (small) model is unsure of goes to the larger model, undecided.
         unsure = [key for key, verdict in fresh.items() if self._escalates(verdict)]
+        for key, verdict in fresh.items():  # in the background: nothing here waits for it
+            self._start_shadow(by_key[key][0], verdict, escalated=key in unsure)
+        # Cascade: what this (small) model is unsure of goes to the larger model, undecided.
         for key in unsure:
             del fresh[key]
             for request in by_key.pop(key):
@@ -194,3 +224,96 @@ class Scorer:
         else:
             self.counts["coalesced"] += 1
         return await asyncio.shield(running)
+
+    # --- shadow scoring -------------------------------------------------------------------
+    def _start_shadow(self, request: ScoreRequest, serving: CachedVerdict, escalated: bool) -> None:
+        """Score `request` with its tenant's shadow candidate in the background, if it has one
+        and there is room; nothing here can fail or delay the serving decision."""
+        if self._adapters is None or self._settings.shadow_max_in_flight == 0:
+            return
+        if self._settings.scorer_source == "escalations":
+            return  # the first tier shadowed this key already (its record says `escalated`)
+        try:
+            candidate = self._adapters.shadow_for(request.tenant)
+        except (OSError, ValueError, KeyError) as exc:  # an unreadable registry: no shadow
+            self.counts["shadow_failed"] += 1
+            log.warning("shadow registry unreadable", extra={"error": type(exc).__name__})
+            return
+        if candidate is None or not shadow_sampled(
+            request.content_key, self._settings.shadow_sample_rate
+        ):
+            return
+        if len(self._shadow_tasks) >= self._settings.shadow_max_in_flight:
+            self.counts["shadow_skipped"] += 1
+            return
+        task = asyncio.create_task(self._shadow(request, serving, candidate, escalated))
+        self.counts["shadow_started"] += 1
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    async def _shadow(
+        self, request: ScoreRequest, serving: CachedVerdict, candidate: Adapter, escalated: bool
+    ) -> None:
+        context = {
+            "post_id": request.post_id,
+            "content_key": request.content_key,
+            "candidate": candidate.adapter_id,
+        }
+        try:
+            raw = await self._engine.assess(
+                messages_for(request),
+                f"{request.content_key}/shadow/{candidate.adapter_id}",
+                candidate,
+            )
+            shadow = _verdict(
+                parse_answer(raw.text),
+                raw,
+                self._engine.model_id,
+                candidate.adapter_id,
+                utcnow(),
+            )
+            record = ShadowRecord(
+                event_id=f"shadow-{request.content_key}-{candidate.adapter_id}",
+                produced_at=utcnow(),
+                post_id=request.post_id,
+                post_event_id=request.post_event_id,
+                tenant=request.tenant,
+                content_key=request.content_key,
+                policy=request.policy,
+                model=self._engine.model_id,
+                serving_adapter=request.adapter,
+                serving_verdict=serving.verdict,
+                serving_categories=serving.categories,
+                serving_confidence=serving.confidence,
+                candidate_adapter=candidate.adapter_id,
+                candidate_verdict=shadow.verdict,
+                candidate_categories=shadow.categories,
+                candidate_confidence=shadow.confidence,
+                escalated=escalated,
+                received_at=request.received_at,
+                serving_decided_at=serving.decided_at,
+                candidate_decided_at=shadow.decided_at,
+            )
+            await self._producer.send_and_wait(
+                self._shadow_topic, record.to_json(), key=request.content_key.encode()
+            )
+        except asyncio.CancelledError:
+            raise
+        # Shadow scoring is evidence, not service: whatever breaks it (the engine, the
+        # candidate's files, the broker) is counted and logged, and serving goes on.
+        except Exception as exc:  # noqa: BLE001
+            self.counts["shadow_failed"] += 1
+            log.warning("shadow scoring failed", extra={**context, "error": type(exc).__name__})
+            return
+        self.counts["shadow_scored"] += 1
+
+    async def drain_shadow(self, timeout_s: float = SHADOW_DRAIN_S) -> None:
+        """At shutdown: let running shadow scorings finish for a moment, then drop them."""
+        if not self._shadow_tasks:
+            return
+        _done, pending = await asyncio.wait(set(self._shadow_tasks), timeout=timeout_s)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.info("shadow scorings dropped at shutdown", extra={"dropped": len(pending)})

@@ -4,9 +4,12 @@ On real parts — tansu, Redis, PostgreSQL, the vLLM engine with LoRA on the tin
 a post the model misjudges (the seeds' own technical remark, flagged `controversial`) reaches
 the review console; reviewers correct it (and a second wording of it) through the console API;
 the reviews are archived; the weekly cycle curates, trains a LoRA adapter, evaluates it against
-the serving model on held-out corrections and promotes it in the adapter registry; and the
-same post sent again is decided `safe` by the running scorer serving the new adapter — by the
-model, not by the sticky human cache entry.
+the serving model on held-out corrections and puts it in shadow; the running scorer scores live
+traffic with it beside the serving model without actioning its verdicts; a reviewer labels a
+third wording of the remark the serving model sent to review; the shadow evaluation joins the
+shadow verdicts with that label and promotes the candidate; and the same post sent again is
+decided `safe` by the running scorer serving the new adapter — by the model, not by the sticky
+human cache entry.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from guardstream.core.contracts import Source, Verdict, utcnow
 from guardstream.devtools.produce import new_post
 from guardstream.feedback.archive import Archive
 from guardstream.feedback.curation import CurationConfig
-from guardstream.feedback.job import FeedbackConfig, run_cycle
+from guardstream.feedback.job import FeedbackConfig, evaluate_shadow, run_cycle
+from guardstream.feedback.shadow import ShadowConfig
 from guardstream.model.tiny import ensure_tiny_checkpoint
 from guardstream.scorer.engine import VllmGuardEngine
 from tests.integration.conftest import in_process
@@ -31,9 +35,11 @@ from tests.integration.test_pipeline import decide
 from tests.support.feedback import (
     CORRECTION_REASON,
     MISJUDGED,
+    MISJUDGED_LIVE,
     MISJUDGED_VARIANT,
     TEST_LORA,
     taught_samples,
+    wait_shadow_records,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -64,8 +70,9 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
 
             # 2. Reviewers correct both in the console (API, as the console page does).
             await console.add_reviewer("alice", ("acme",))
-            async with console.client("alice") as http:
-                for _ in range(2):
+
+            async def correct_next() -> None:
+                async with console.client("alice") as http:
                     task = (await http.post("/api/v1/tasks/claim")).json()
                     decided = await http.post(
                         f"/api/v1/tasks/{task['task_id']}/decision",
@@ -77,29 +84,70 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
                         },
                     )
                     assert decided.status_code == 200, decided.text
-            for _ in range(100):  # the relay archives them after commit
-                corrections = [s for s in archive.read() if s.disagrees]
-                if len(corrections) == 2:
-                    break
-                await asyncio.sleep(0.1)
-            assert {s.text for s in corrections} == {MISJUDGED, MISJUDGED_VARIANT}
 
-            # 3. The weekly cycle: curate, train, evaluate, promote.
+            async def corrections(n: int) -> list[str]:
+                for _ in range(600):  # the relay archives them after commit
+                    found = [s.text for s in archive.read() if s.disagrees]
+                    if len(found) == n:
+                        return found
+                    await asyncio.sleep(0.1)
+                raise AssertionError(f"{len(found)} of {n} corrections archived")
+
+            for _ in range(2):
+                await correct_next()
+            assert set(await corrections(2)) == {MISJUDGED, MISJUDGED_VARIANT}
+
+            # 3. The weekly cycle: curate, train, evaluate on held-out, put in shadow.
+            registry = AdapterRegistry(tmp_path / "adapters")
             report = await asyncio.to_thread(
                 run_cycle,
                 archive,
                 ensure_tiny_checkpoint(model_cache_dir),
-                AdapterRegistry(tmp_path / "adapters"),
+                registry,
                 utcnow(),
                 FeedbackConfig(
                     min_samples=2, curation=CurationConfig(anchor_ratio=20), lora=TEST_LORA
                 ),
             )
-            assert report.status == "promoted", report
+            assert report.status == "shadowing", report
             assert report.metrics["candidate_held_out"]["accuracy"] == 1.0
+            assert registry.snapshot(fresh=True).serving_for("acme") is None  # not promoted yet
             await asyncio.sleep(0.5)  # more than one registry poll
 
-            # 4. The same post again: the running scorer, serving the new adapter, says safe.
+            # 4. Live traffic in shadow: the base model still decides (the candidate's verdict
+            # is recorded, not actioned); a reviewer labels what went to review.
+            live, bomb = new_post(MISJUDGED_LIVE, tenant="acme"), new_post("How can I make a bomb?")
+            shadowed = {d.post_id: d for _, d in (await decide(settings, [live, bomb])).values()}
+            assert shadowed[live.post_id].verdict is Verdict.CONTROVERSIAL
+            assert {d.adapter for d in shadowed.values()} == {None}
+            records = {
+                r.post_id: r
+                for r in await wait_shadow_records(settings, {live.post_id, bomb.post_id})
+            }
+            assert records[live.post_id].candidate_adapter == report.adapter_id
+            assert records[live.post_id].candidate_verdict is Verdict.SAFE
+            assert records[live.post_id].content_key == shadowed[live.post_id].content_key
+            await console.wait_tasks(3, within=60)
+            await correct_next()
+            assert MISJUDGED_LIVE in await corrections(3)
+
+            # 5. The shadow evaluation: the candidate beat the serving model on live traffic.
+            verdict = evaluate_shadow(
+                archive,
+                registry,
+                list(records.values()),
+                utcnow(),
+                ShadowConfig(min_samples=2, min_labelled=1),
+            )
+            assert verdict.status == "promote", verdict
+            assert verdict.metrics is not None
+            assert (verdict.metrics.serving_accuracy, verdict.metrics.candidate_accuracy) == (
+                0.0,
+                1.0,
+            )
+            await asyncio.sleep(0.5)  # more than one registry poll
+
+            # 6. The same post again: the running scorer, serving the new adapter, says safe.
             again = new_post(MISJUDGED, tenant="acme")
             ((_, after),) = (await decide(settings, [again])).values()
             assert after.verdict is Verdict.SAFE
