@@ -11,7 +11,8 @@ import asyncio
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from guardstream.core.contracts import Decision, DlqRecord
 from guardstream.core.kafka import client_kwargs
@@ -35,7 +36,9 @@ class Verdicts:
         return {k: v for k, v in self.decisions.items() if len(v) > 1}
 
 
-async def read_all(settings: Settings, topics: list[str], timeout_s: float = 10) -> list[bytes]:
+async def read_records(
+    settings: Settings, topics: list[str], timeout_s: float = 10
+) -> list[ConsumerRecord[bytes, bytes]]:
     """Every record currently in `topics`, from offset 0 to the end."""
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -46,16 +49,21 @@ async def read_all(settings: Settings, topics: list[str], timeout_s: float = 10)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
-        values: list[bytes] = []
+        records: list[ConsumerRecord[bytes, bytes]] = []
         deadline = asyncio.get_running_loop().time() + timeout_s
         while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("could not read the topics to their end")
-            for records in (await consumer.getmany(timeout_ms=200)).values():
-                values.extend(r.value for r in records if r.value is not None)
-        return values
+            for batch in (await consumer.getmany(timeout_ms=200)).values():
+                records.extend(r for r in batch if r.value is not None)
+        return records
     finally:
         await consumer.stop()
+
+
+async def read_all(settings: Settings, topics: list[str], timeout_s: float = 10) -> list[bytes]:
+    """Every record value currently in `topics`, from offset 0 to the end."""
+    return [r.value for r in await read_records(settings, topics, timeout_s) if r.value is not None]
 
 
 async def collect(settings: Settings) -> Verdicts:
@@ -110,3 +118,32 @@ async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in parts}
     finally:
         await consumer.stop()
+
+
+@dataclass
+class CommitAudit:
+    """Where a consumer group's committed offsets stand against the decisions made so far."""
+
+    committed: dict[int, int | None]
+    # (partition, offset, post_id) of records the commit passed although their post is
+    # undecided: must be empty (a crash there would lose the post).
+    passed_undecided: list[tuple[int, int, str]]
+    # Undecided records at or after the commit: the work a restart must redo.
+    pending: list[tuple[int, int, str]]
+
+
+async def audit_commits(
+    settings: Settings, group: str, topic: str, decided: set[str]
+) -> CommitAudit:
+    """Compare `group`'s committed offsets on `topic` (records carrying a `post_id`, such as
+    score requests) with the posts that have a decision."""
+    committed = await committed_offsets(settings, group, topic)
+    passed, pending = [], []
+    for record in await read_records(settings, [topic]):
+        post_id = str(orjson.loads(record.value or b"{}").get("post_id"))
+        if post_id in decided:
+            continue
+        mark = committed.get(record.partition) or 0
+        where = (record.partition, record.offset, post_id)
+        (passed if record.offset < mark else pending).append(where)
+    return CommitAudit(committed, passed, pending)

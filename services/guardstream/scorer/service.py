@@ -24,6 +24,7 @@ from guardstream.core.adapters import Adapter
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, ScoreRequest, Source, utcnow
 from guardstream.core.decisions import Origin, decide, model_reason
+from guardstream.core.faults import FaultPoints
 from guardstream.core.journal import journal_key
 from guardstream.core.loop import Records, TransientError
 from guardstream.core.outbox import Outbox
@@ -53,6 +54,7 @@ class Scorer:
         self._near = stores.near
         self._engine = engine
         self._adapters = stores.adapters
+        self._faults = FaultPoints(settings.fault)
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
         self.counts: dict[str, int] = dict.fromkeys(
             (
@@ -138,6 +140,8 @@ class Scorer:
         misses = [key for key in by_key if key not in cached]
         scored = await asyncio.gather(*(self._score_once(by_key[key][0]) for key in misses))
         fresh = dict(zip(misses, scored, strict=True))
+        # The model has answered, nothing of this batch is published or committed yet.
+        self._faults.reach("scorer_scored")
         # Cascade: what this (small) model is unsure of goes to the larger model, undecided.
         unsure = [key for key, verdict in fresh.items() if self._escalates(verdict)]
         for key in unsure:
