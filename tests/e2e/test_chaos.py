@@ -177,6 +177,8 @@ async def rig(
         GUARDSTREAM_ADAPTER_DIR=str(scorer_registry.root),
         GUARDSTREAM_SCORER_BATCH_MAX=str(BATCH),
         GUARDSTREAM_SCORER_MAX_IN_FLIGHT=str(IN_FLIGHT),
+        # The tiny model needs little KV cache; a small reservation starts beside other engines.
+        GUARDSTREAM_GPU_MEMORY_UTILIZATION="0.05",
         **common,
     )
     (workdir / "triage").mkdir()

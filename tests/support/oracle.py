@@ -37,9 +37,11 @@ class Verdicts:
 
 
 async def read_records(
-    settings: Settings, topics: list[str], timeout_s: float = 10
+    settings: Settings, topics: list[str], timeout_s: float = 10, *, settle_s: float = 0
 ) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record currently in `topics`, from offset 0 to the end."""
+    """Every record currently in `topics`, from offset 0 to the end. With `settle_s`, the end
+    is where nothing more arrives for that long, for brokers whose reported end offsets are
+    wrong (tansu 0.6 on `s3://` storage under-reports them)."""
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
@@ -48,9 +50,18 @@ async def read_records(
         ]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
         records: list[ConsumerRecord[bytes, bytes]] = []
         deadline = asyncio.get_running_loop().time() + timeout_s
+        if settle_s:
+            quiet_since = asyncio.get_running_loop().time()
+            while asyncio.get_running_loop().time() - quiet_since < settle_s:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise TimeoutError("the topics did not settle")
+                for batch in (await consumer.getmany(timeout_ms=200)).values():
+                    records.extend(r for r in batch if r.value is not None)
+                    quiet_since = asyncio.get_running_loop().time()
+            return records
+        ends = await consumer.end_offsets(partitions)
         while [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             if asyncio.get_running_loop().time() > deadline:
                 raise TimeoutError("could not read the topics to their end")
@@ -61,29 +72,42 @@ async def read_records(
         await consumer.stop()
 
 
-async def read_all(settings: Settings, topics: list[str], timeout_s: float = 10) -> list[bytes]:
+async def read_all(
+    settings: Settings, topics: list[str], timeout_s: float = 10, *, settle_s: float = 0
+) -> list[bytes]:
     """Every record value currently in `topics`, from offset 0 to the end."""
-    return [r.value for r in await read_records(settings, topics, timeout_s) if r.value is not None]
+    records = await read_records(settings, topics, timeout_s, settle_s=settle_s)
+    return [r.value for r in records if r.value is not None]
 
 
-async def collect(settings: Settings) -> Verdicts:
+async def collect(
+    settings: Settings, *, settle_s: float = 0, read_timeout_s: float = 10
+) -> Verdicts:
     names = TopicNames(settings.namespace)
     out = Verdicts()
-    for raw in await read_all(settings, [names[t] for t in ACTION_TOPICS]):
+    actions = [names[t] for t in ACTION_TOPICS]
+    for raw in await read_all(settings, actions, read_timeout_s, settle_s=settle_s):
         decision = Decision.from_json(raw)
         out.decisions[(decision.post_id, decision.policy)].add(raw)
         out.emissions += 1
-    out.dlq = [DlqRecord.from_json(raw) for raw in await read_all(settings, [names[Topic.DLQ]])]
+    dlq = await read_all(settings, [names[Topic.DLQ]], read_timeout_s, settle_s=settle_s)
+    out.dlq = [DlqRecord.from_json(raw) for raw in dlq]
     return out
 
 
 async def wait_for_decisions(
-    settings: Settings, post_ids: set[str], timeout_s: float, poll_s: float = 1.0
+    settings: Settings,
+    post_ids: set[str],
+    timeout_s: float,
+    poll_s: float = 1.0,
+    *,
+    settle_s: float = 0,
+    read_timeout_s: float = 10,
 ) -> Verdicts:
     """Poll until every post has a decision (or the timeout passes); returns the last read."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     while True:
-        verdicts = await collect(settings)
+        verdicts = await collect(settings, settle_s=settle_s, read_timeout_s=read_timeout_s)
         if post_ids <= verdicts.decided_posts() or asyncio.get_running_loop().time() > deadline:
             return verdicts
         await asyncio.sleep(poll_s)
