@@ -23,7 +23,7 @@ from guardstream.core.settings import Settings
 from guardstream.devtools.produce import new_post
 from tests.integration.test_reliability import TEXTS, produce
 from tests.support.broker import ExternalBroker, NoPersistentBroker, TansuOnS3, persistent_broker
-from tests.support.oracle import assert_invariants, wait_for_decisions
+from tests.support.oracle import assert_invariants, record_figures, wait_for_decisions
 from tests.support.processes import Process, env_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -99,5 +99,6 @@ async def test_broker_restart_mid_run_loses_and_doubles_nothing(
         triage.stop()
         scorer.stop()
     assert_invariants(verdicts, expected)
+    record_figures("21 broker restart", verdicts, len(batch), broker=type(broker).__name__)
     for process in (triage, scorer):
         assert "Traceback" not in process.log(), process.log()[-3000:]

@@ -49,6 +49,7 @@ from tests.support.oracle import (
     collect,
     committed_offsets,
     read_records,
+    record_figures,
     wait_for_decisions,
 )
 from tests.support.processes import Process, env_for
@@ -234,6 +235,14 @@ async def test_scorer_killed_with_a_batch_in_flight(rig: Rig) -> None:
     # Everything decided, so the group commits to the end of the requests.
     final = await drained(settings, group)
     assert not final.pending and not final.passed_undecided
+    record_figures(
+        "1 scorer SIGKILL mid-batch",
+        verdicts,
+        len(batch),
+        pending_at_kill=len(audit.pending),
+        committed_at_kill=sum(o or 0 for o in audit.committed.values()),
+        committed_final=sum(o or 0 for o in final.committed.values()),
+    )
 
 
 async def drained(settings: Settings, group: str, timeout_s: float = 120) -> CommitAudit:
@@ -287,6 +296,7 @@ async def test_unparseable_model_output_goes_to_review_never_safe(rig: Rig) -> N
     assert {e["problem"] for e in unusable} >= {"unknown Safety label"}
     after = metric(rig.metrics_port, "guardstream_scorer_outcomes_total", outcome="unparseable")
     assert after - before == len(garbled)  # distinct texts, each scored once
+    record_figures("14 unparseable output", verdicts, len(expected), unparseable=after - before)
 
 
 def by_post(verdicts: Verdicts) -> dict[str, Decision]:
@@ -344,3 +354,12 @@ async def test_scorer_outage_backs_off_commits_nothing_and_recovers(
     assert all(re.fullmatch(r"TransientError", str(e["error"])) for e in retries)
     retried = metric(rig.metrics_port, "guardstream_consumer_retries_total", error="TransientError")
     assert retried >= len(retries)
+    record_figures(
+        "8 scorer outage",
+        verdicts,
+        len(batch),
+        outage_s=outage_s,
+        retries=len(retries),
+        max_attempt=max(attempts),
+        max_delay_s=max(delays),
+    )

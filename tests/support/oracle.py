@@ -8,6 +8,7 @@ are allowed but bounded and counted), and a DLQ holding exactly the injected poi
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -30,6 +31,15 @@ class Verdicts:
 
     def decided_posts(self) -> set[str]:
         return {post_id for post_id, _ in self.decisions}
+
+    def figures(self) -> dict[str, int]:
+        """What a chaos run reports: decisions, emissions, identical re-emissions, DLQ."""
+        return {
+            "decided": len(self.decisions),
+            "emissions": self.emissions,
+            "re_emissions": self.emissions - len(self.decisions),
+            "dlq": len(self.dlq),
+        }
 
     def conflicting(self) -> dict[tuple[str, str], set[bytes]]:
         """(post, policy) pairs with more than one distinct decision payload."""
@@ -171,3 +181,14 @@ async def audit_commits(
         where = (record.partition, record.offset, post_id)
         (passed if record.offset < mark else pending).append(where)
     return CommitAudit(committed, passed, pending)
+
+
+def record_figures(scenario: str, verdicts: Verdicts, posts: int, **extra: object) -> None:
+    """Append a scenario's figures as one JSON line to `GUARDSTREAM_CHAOS_REPORT` (set by
+    `make chaos`; the README quotes the last run). Nothing is written when it is unset."""
+    path = os.environ.get("GUARDSTREAM_CHAOS_REPORT")
+    if not path:
+        return
+    line = {"scenario": scenario, "posts": posts, **verdicts.figures(), **extra}
+    with open(path, "ab") as out:
+        out.write(orjson.dumps(line, default=str) + b"\n")
