@@ -79,7 +79,8 @@ test-e2e: install
 
 # Every reliability scenario (shared/RELIABILITY.md), the long `chaos` variants included: a
 # scorer outage of CHAOS_OUTAGE_S seconds, the broker restart. Each scenario's figures (posts,
-# decisions, re-emissions, DLQ, committed offsets) go to $(RUN_DIR)/chaos-report.jsonl.
+# decisions, re-emissions, DLQ, committed offsets) go to $(RUN_DIR)/chaos-report.jsonl; the
+# processes' logs stay under $(RUN_DIR)/chaos-tmp (pytest's shared /tmp dirs are rotated).
 CHAOS_OUTAGE_S ?= 180
 CHAOS_TESTS := tests/integration/test_reliability.py tests/integration/test_scorer_outage.py \
   tests/integration/test_engine_death.py tests/integration/test_sla.py \
@@ -92,7 +93,7 @@ chaos: install
 	rm -f $(RUN_DIR)/chaos-report.jsonl
 	GUARDSTREAM_CHAOS_OUTAGE_S=$(CHAOS_OUTAGE_S) \
 	  GUARDSTREAM_CHAOS_REPORT=$(abspath $(RUN_DIR))/chaos-report.jsonl \
-	  $(BIN)/pytest --chaos $(CHAOS_TESTS)
+	  $(BIN)/pytest --chaos --basetemp=$(RUN_DIR)/chaos-tmp $(CHAOS_TESTS)
 	@cat $(RUN_DIR)/chaos-report.jsonl
 
 bench-pipeline: install
