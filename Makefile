@@ -77,8 +77,24 @@ test-integration: install
 test-e2e: install
 	$(BIN)/pytest -m e2e
 
+# Every reliability scenario (shared/RELIABILITY.md), the long `chaos` variants included: a
+# scorer outage of CHAOS_OUTAGE_S seconds, the broker restart. Each scenario's figures (posts,
+# decisions, re-emissions, DLQ, committed offsets) go to $(RUN_DIR)/chaos-report.jsonl; the
+# processes' logs stay under $(RUN_DIR)/chaos-tmp (pytest's shared /tmp dirs are rotated).
+CHAOS_OUTAGE_S ?= 180
+CHAOS_TESTS := tests/integration/test_reliability.py tests/integration/test_scorer_outage.py \
+  tests/integration/test_engine_death.py tests/integration/test_sla.py \
+  tests/integration/review/test_review_authz.py tests/integration/review/test_review_with_sla.py \
+  tests/integration/test_adversarial_corpus.py tests/e2e/test_chaos.py \
+  tests/e2e/test_review_kill.py tests/e2e/test_broker_restart.py \
+  tests/e2e/test_observability.py::test_pii_canaries_reach_no_log_span_metric_label_or_dlq_header
 chaos: install
-	$(BIN)/pytest tests/integration/test_reliability.py
+	mkdir -p $(RUN_DIR)
+	rm -f $(RUN_DIR)/chaos-report.jsonl
+	GUARDSTREAM_CHAOS_OUTAGE_S=$(CHAOS_OUTAGE_S) \
+	  GUARDSTREAM_CHAOS_REPORT=$(abspath $(RUN_DIR))/chaos-report.jsonl \
+	  $(BIN)/pytest --chaos --basetemp=$(RUN_DIR)/chaos-tmp $(CHAOS_TESTS)
+	@cat $(RUN_DIR)/chaos-report.jsonl
 
 bench-pipeline: install
 	$(PY) bench/pipeline.py

@@ -127,3 +127,22 @@ def settings(
         poll_timeout_ms=100,
         retry_backoff_max_s=1.0,
     )
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--chaos",
+        action="store_true",
+        help="also run the long chaos variants (minutes each); `make chaos` passes it",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Long `chaos` variants are deselected (not skipped) from a plain `pytest`, so CI runs
+    the short variant of each scenario; `--chaos` or a `-m` naming chaos brings them in."""
+    if config.getoption("--chaos") or "chaos" in (config.option.markexpr or ""):
+        return
+    keep = [item for item in items if item.get_closest_marker("chaos") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep

@@ -4,6 +4,10 @@ A signal from outside cannot land "after the outputs were acknowledged but befor
 were committed" on demand; this can. Off unless `GUARDSTREAM_FAULT` names a point, e.g.
 `after_publish:2` (SIGKILL ourselves the 2nd time that point is reached). Never set it in a
 deployment: it exists so tests can prove what happens when a process dies there.
+
+Points: `after_publish` (every consumer loop: outputs acknowledged, offsets not committed),
+`scorer_scored` (the scorer: the model answered a batch, nothing of it published yet) and
+`sla_after_publish` (the SLA app).
 """
 
 from __future__ import annotations

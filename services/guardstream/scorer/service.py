@@ -33,6 +33,7 @@ from guardstream.core.adapters import Adapter
 from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, ScoreRequest, ShadowRecord, Source, utcnow
 from guardstream.core.decisions import Origin, decide, model_reason
+from guardstream.core.faults import FaultPoints
 from guardstream.core.journal import journal_key
 from guardstream.core.loop import Records, TransientError
 from guardstream.core.outbox import Outbox
@@ -89,6 +90,7 @@ class Scorer:
         self._near = stores.near
         self._engine = engine
         self._adapters = stores.adapters
+        self._faults = FaultPoints(settings.fault)
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._shadow_topic = TopicNames(settings.namespace)[Topic.SHADOW]
@@ -166,6 +168,8 @@ class Scorer:
         misses = [key for key in by_key if key not in cached]
         scored = await asyncio.gather(*(self._score_once(by_key[key][0]) for key in misses))
         fresh = dict(zip(misses, scored, strict=True))
+        # The model has answered, nothing of this batch is published or committed yet.
+        self._faults.reach("scorer_scored")
         unsure = [key for key, verdict in fresh.items() if self._escalates(verdict)]
         for key, verdict in fresh.items():  # in the background: nothing here waits for it
             self._start_shadow(by_key[key][0], verdict, escalated=key in unsure)
