@@ -216,7 +216,7 @@ async def test_scorer_killed_with_a_batch_in_flight(rig: Rig) -> None:
     doomed.start()
     await send(settings, batch)
     assert doomed.proc is not None
-    assert await asyncio.to_thread(doomed.proc.wait, 600) == -signal.SIGKILL
+    assert await asyncio.to_thread(doomed.wait, 600) == -signal.SIGKILL
     assert "fault point reached" in doomed.log()
 
     decided = (await collect(settings)).decided_posts()

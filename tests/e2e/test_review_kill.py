@@ -79,7 +79,7 @@ async def test_review_killed_between_storing_and_committing_keeps_one_task_per_p
 
         doomed.start()
         assert doomed.proc is not None
-        assert await asyncio.to_thread(doomed.proc.wait, 240) == -signal.SIGKILL
+        assert await asyncio.to_thread(doomed.wait, 240) == -signal.SIGKILL
         assert "fault point reached" in doomed.log()
         stored = await task_posts(database_url, schema)
         assert 0 < len(stored) < POSTS, len(stored)  # killed mid-stream

@@ -120,7 +120,7 @@ async def test_crash_between_publish_and_commit_re_emits_identical_decisions(
             await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch])
             crashing.start()
             assert crashing.proc is not None
-            assert crashing.proc.wait(timeout=120) == -signal.SIGKILL
+            assert crashing.wait(timeout=120) == -signal.SIGKILL
             assert "fault point reached" in crashing.log()
             # It died after publishing, before committing: nothing may be committed yet, so
             # the restart must read these posts again (and decide none of them differently).

@@ -304,7 +304,7 @@ async def test_crash_between_publish_and_table_write_republishes_identically(
         await start(settings, proc)
         d = decision("p-crash", utcnow() - timedelta(seconds=DEADLINE_S + 1))  # overdue
         await send(settings, Topic.REVIEW, d)
-        assert await asyncio.to_thread(proc.proc.wait, 30) == -signal.SIGKILL  # type: ignore[union-attr]
+        assert await asyncio.to_thread(proc.wait, 30) == -signal.SIGKILL
         first = await collect_sla(settings)
         assert first.downgrade_emissions == 1
         proc.env.pop("GUARDSTREAM_FAULT")

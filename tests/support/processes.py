@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -35,6 +36,14 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
 
 
 class Process:
+    """One guardstream process in its own process group, as in its own container.
+
+    The scorer's vLLM engine runs in child processes (engine core, workers) that outlive a
+    SIGKILLed parent; a container runtime or systemd kills them with it, so `kill` with
+    SIGKILL and `stop` do the same to the whole group, and anything left of a process that
+    died by itself (a fault point) is reaped when it is waited for.
+    """
+
     def __init__(self, name: str, env: dict[str, str], log_dir: Path) -> None:
         self.name = name
         self.port = free_port()
@@ -50,6 +59,7 @@ class Process:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,
             )
         return self
 
@@ -73,14 +83,33 @@ class Process:
             time.sleep(0.2)
 
     def kill(self, sig: int = signal.SIGKILL) -> int:
+        """SIGKILL: the process and its children at once; other signals: the process only."""
         assert self.proc is not None
-        self.proc.send_signal(sig)
-        return self.proc.wait(timeout=60)
+        if sig == signal.SIGKILL:
+            self._kill_group()
+        else:
+            self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self._kill_group()  # what a graceful exit or a self-kill left behind
+        return code
+
+    def wait(self, timeout: float) -> int:
+        """Wait for the process to exit by itself (e.g. at a fault point); reap its children."""
+        assert self.proc is not None
+        code = self.proc.wait(timeout=timeout)
+        self._kill_group()
+        return code
+
+    def _kill_group(self) -> None:
+        assert self.proc is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=30)
+        if self.proc is None:
+            return
+        self._kill_group()
+        self.proc.wait(timeout=30)
