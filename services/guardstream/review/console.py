@@ -218,6 +218,17 @@ async def _task_page(
     )
 
 
+def _label_form(raw: Any) -> dict[str, Any]:
+    """The label a reviewer submits from a console form (first review or QA)."""
+    return {
+        "verdict": raw.get("verdict"),
+        "reason": raw.get("reason"),
+        "tags": [t for t in raw.getlist("tags") if isinstance(t, str)],
+        "categories": None,
+        "refusal": raw.get("refusal"),
+    }
+
+
 @router.get("/tasks/{task_id}", response_class=HTMLResponse)
 async def task_page(request: Request, task_id: str, current: SessionDep) -> HTMLResponse:
     return await _task_page(request, current[0], current[1], task_id)
@@ -241,14 +252,7 @@ async def release(request: Request, task_id: str, current: PostSession) -> Respo
 async def decide(request: Request, task_id: str, current: PostSession) -> Response:
     reviewer, session = current
     raw = await request.form()
-    form = {
-        "outcome": raw.get("outcome"),
-        "verdict": raw.get("verdict"),
-        "reason": raw.get("reason"),
-        "tags": [t for t in raw.getlist("tags") if isinstance(t, str)],
-        "categories": None,
-        "refusal": raw.get("refusal"),
-    }
+    form = {"outcome": raw.get("outcome"), **_label_form(raw)}
     try:
         result = await _svc(request).decide(reviewer, task_id, form)
     except InvalidSubmission as exc:
@@ -320,14 +324,7 @@ async def qa_task_page(request: Request, task_id: str, current: SessionDep) -> H
 @router.post("/qa/{task_id}/decide")
 async def qa_decide(request: Request, task_id: str, current: PostSession) -> Response:
     reviewer, session = current
-    raw = await request.form()
-    form = {
-        "verdict": raw.get("verdict"),
-        "reason": raw.get("reason"),
-        "tags": [t for t in raw.getlist("tags") if isinstance(t, str)],
-        "categories": None,
-        "refusal": raw.get("refusal"),
-    }
+    form = _label_form(await request.form())
     try:
         result = await _svc(request).qa(reviewer, task_id, form, blind=True)
     except InvalidSubmission as exc:
@@ -335,7 +332,7 @@ async def qa_decide(request: Request, task_id: str, current: PostSession) -> Res
             request, reviewer, session, task_id, error=exc.message, form=form, status=422
         )
     first = result.task.human_verdict.value if result.task.human_verdict else "?"
-    said = raw.get("verdict")
+    said = form["verdict"]
     done = f"QA recorded: you said {said}, the first review said {first}" + (
         " (agree)" if said == first else " (disagree)"
     )
