@@ -11,7 +11,9 @@ post, so two-phase scoring makes its second request only for some posts, as on a
 and the scorer bench caps every answer at a real answer's length, since a random model never
 stops on its own. The tokenizer and chat template are the tiny test checkpoint's (its ids are
 a subset of the vocabulary). Report results as "random weights, <size> shape", never as the
-model.
+model. Posts can be lengthened to real post lengths (`pad_post`: benign filler before the
+post's own text); the label split is then calibrated on posts of that length, since a random
+model's hidden state shifts with length and one split would not fit both.
 
 `python bench/random_qwen3.py 0.6B` builds one (cached under the model cache directory) and
 prints its path; `bench/scorer.py --model random-0.6B` builds and uses it.
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 from pathlib import Path
 from typing import Any
@@ -77,18 +80,45 @@ TOKENIZER_FILES = (
 )
 
 
+# Benign filler that lengthens a post to a real post's size (`pad_post`).
+FILLER = (
+    "the weather in the park was pleasant and we walked along the river before lunch while "
+    "friends talked about books music recipes travel plans school work the garden a new cafe "
+    "near the station photos from the weekend and a film everyone wanted to see again soon"
+).split()
+
+
+def pad_post(tokenizer: Any, text: str, tokens: int, rng: random.Random) -> str:
+    """`text` after benign filler: about `tokens` tokens in all (unchanged if it is longer).
+
+    The post's own text comes last, as in a post that hides what matters after padding."""
+    need = tokens - len(tokenizer.encode(text, add_special_tokens=False))
+    if need <= 0:
+        return text
+    words: list[str] = []
+    ids: list[int] = []
+    while len(ids) < need:
+        words.extend(rng.choice(FILLER) for _ in range(max(8, need - len(ids))))
+        ids = tokenizer.encode(" ".join(words), add_special_tokens=False)
+    return f"{tokenizer.decode(ids[:need]).strip()} {text}"
+
+
 def is_random_model(name: str) -> bool:
     return name.startswith(PREFIX) and name[len(PREFIX) :] in SHAPES
 
 
-def ensure_random_checkpoint(size: str, cache_root: Path, seed: int = 0) -> Path:
-    """The checkpoint directory for `size` (built once; bf16 safetensors)."""
+def ensure_random_checkpoint(
+    size: str, cache_root: Path, seed: int = 0, post_tokens: int = 0
+) -> Path:
+    """The checkpoint directory for `size` (built once; bf16 safetensors), its label split
+    calibrated on posts of about `post_tokens` tokens (0: the lessons as they are)."""
     import torch
     from transformers import AutoTokenizer, GenerationConfig, Qwen3Config, Qwen3ForCausalLM
 
     from guardstream.model.tiny import ensure_tiny_checkpoint
 
-    final = Path(cache_root) / f"random-qwen3-{size}-seed{seed}-split{LABEL_GAIN:g}"
+    length = f"-len{post_tokens}" if post_tokens > 0 else ""
+    final = Path(cache_root) / f"random-qwen3-{size}-seed{seed}-split{LABEL_GAIN:g}{length}"
     if (final / "config.json").is_file() and any(final.glob("*.safetensors")):
         return final
     tiny = ensure_tiny_checkpoint(Path(cache_root))
@@ -107,11 +137,14 @@ def ensure_random_checkpoint(size: str, cache_root: Path, seed: int = 0) -> Path
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.bfloat16)  # 8B in fp32 would need 32 GB just to build
+    # Built (random init) and calibrated on the GPU where there is one: minutes on a CPU.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        model = Qwen3ForCausalLM(config)
+        with device:
+            model = Qwen3ForCausalLM(config)
     finally:
         torch.set_default_dtype(previous)
-    _split_labels(model, tokenizer)
+    _split_labels(model, tokenizer, post_tokens)
     model.save_pretrained(tmp)
     for name in TOKENIZER_FILES:
         if (tiny / name).is_file():
@@ -125,7 +158,13 @@ def ensure_random_checkpoint(size: str, cache_root: Path, seed: int = 0) -> Path
     params = sum(p.numel() for p in model.parameters())
     (tmp / "guardstream-random.json").write_text(
         json.dumps(
-            {"shape": size, "seed": seed, "parameters": params, "label_gain": LABEL_GAIN},
+            {
+                "shape": size,
+                "seed": seed,
+                "parameters": params,
+                "label_gain": LABEL_GAIN,
+                "calibration_post_tokens": post_tokens,
+            },
             indent=2,
         )
         + "\n"
@@ -135,7 +174,7 @@ def ensure_random_checkpoint(size: str, cache_root: Path, seed: int = 0) -> Path
     return final
 
 
-def _split_labels(model: Any, tokenizer: Any) -> None:
+def _split_labels(model: Any, tokenizer: Any, post_tokens: int) -> None:
     """Point the Safe / Unsafe output rows so the label depends on the input (module doc)."""
     import torch
 
@@ -144,15 +183,17 @@ def _split_labels(model: Any, tokenizer: Any) -> None:
     from guardstream.scorer.prompt import PromptRenderer
 
     forced = ForcedPrefixes.of(tokenizer)
+    rng = random.Random(post_tokens)
     states = []
     with torch.inference_mode():
         for number in range(CALIBRATION_POSTS):
             chat = TEACHING_SET[number % len(TEACHING_SET)].chat()
-            chat[-1] = {**chat[-1], "content": f"{chat[-1]['content']} #{number:05d}"}
+            text = f"{chat[-1]['content']} #{number:05d}"
+            chat[-1] = {**chat[-1], "content": pad_post(tokenizer, text, post_tokens, rng)}
             ids = PromptRenderer(tokenizer, 1 << 20).encode(chat) + forced.safety
-            hidden = model.model(torch.tensor([ids])).last_hidden_state[0, -1]
+            hidden = model.model(torch.tensor([ids], device=model.device)).last_hidden_state[0, -1]
             states.append(hidden.float())
-    h = torch.stack(states)
+    h = torch.stack(states).cpu()
     mean = h.mean(0)
     direction = torch.linalg.svd(h - mean, full_matrices=False).Vh[0]
     # A row u with h . u = 1 on every sample (least squares, minimum norm) stands in for the
@@ -164,8 +205,8 @@ def _split_labels(model: Any, tokenizer: Any) -> None:
     row = row / (h @ row).abs().median()  # the median sample sits one unit from the boundary
     out = model.get_output_embeddings().weight
     with torch.no_grad():
-        out[forced.label_token["Safe"]] = (LABEL_GAIN * row).to(out.dtype)
-        out[forced.label_token["Unsafe"]] = (-LABEL_GAIN * row).to(out.dtype)
+        out[forced.label_token["Safe"]] = (LABEL_GAIN * row).to(out.device, out.dtype)
+        out[forced.label_token["Unsafe"]] = (-LABEL_GAIN * row).to(out.device, out.dtype)
 
 
 def main() -> None:
@@ -174,8 +215,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("size", choices=sorted(SHAPES))
     parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--post-tokens", type=int, default=0, help="calibration post length")
     args = parser.parse_args()
-    print(ensure_random_checkpoint(args.size, args.cache_dir or Settings().model_cache_dir))
+    cache = args.cache_dir or Settings().model_cache_dir
+    print(ensure_random_checkpoint(args.size, cache, post_tokens=args.post_tokens))
 
 
 if __name__ == "__main__":

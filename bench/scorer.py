@@ -21,6 +21,10 @@ limit of Qwen3Guard-Gen 0.6B / 4B / 8B at 50% MFU on 300-token posts. The tiny c
 CPU measures the scheduling and decode structure (1 prefill vs prefill + ~12 decode steps),
 not a GPU's arithmetic.
 
+`--post-tokens N` lengthens every post to about N tokens with benign filler before its own
+text (`random_qwen3.pad_post`), so throughput can be read against the 300-token reference
+below; the mean prompt length actually scored is printed and recorded either way.
+
 Real-size shapes without real weights: `--model random-0.6B|random-4B|random-8B` builds (once)
 a random-weight Qwen3 of that size (`bench/random_qwen3.py`) and reports it as such. A random
 model never ends its answer, so plain answers are capped at `--answer-tokens` (default 8, about
@@ -30,8 +34,8 @@ end of turn): each mode decodes about as many steps as the real model would. Lab
 the share of posts needing a second request) are whatever the random model says, printed.
 
 Usage: `python bench/scorer.py [--model tiny|PATH|random-SIZE] [--engine vllm|transformers]
-[--posts 512] [--in-flight 1,8,32,128]`. `--engine transformers` (no vLLM on the machine) has
-no prefix cache, so it runs once, reported as caching off.
+[--posts 512] [--in-flight 1,8,32,128] [--post-tokens N]`. `--engine transformers` (no vLLM
+on the machine) has no prefix cache, so it runs once, reported as caching off.
 The last output line is one JSON object.
 """
 
@@ -46,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from random_qwen3 import ensure_random_checkpoint, is_random_model
+from random_qwen3 import ensure_random_checkpoint, is_random_model, pad_post
 
 H100_PREFILL_REFERENCE = {"0.6B": 1370, "4B": 206, "8B": 103}  # posts/s, 50% MFU, 300 tokens
 MODES = ("plain", "two_phase")
@@ -62,10 +66,19 @@ class Run:
     p99_ms: float
     requests: int
     output_tokens: int
+    prompt_tokens: int
     labels: list[str | None]
 
 
-def candidates(count: int, seed: int) -> list[list[dict[str, str]]]:
+@dataclass(frozen=True)
+class Lengthen:
+    """Pads posts to about `tokens` tokens of `tokenizer` (`tokens` 0: posts as they are)."""
+
+    tokenizer: Any = None
+    tokens: int = 0
+
+
+def candidates(count: int, seed: int, lengthen: Lengthen) -> list[list[dict[str, str]]]:
     """Unique conversations: the lessons, each with a reference number appended."""
     from guardstream.model.tiny import TEACHING_SET
 
@@ -73,25 +86,37 @@ def candidates(count: int, seed: int) -> list[list[dict[str, str]]]:
     chats = []
     for number in range(count):
         chat = rng.choice(TEACHING_SET).chat()
-        chat[-1] = {**chat[-1], "content": f"{chat[-1]['content']} #{number:05d}"}
+        text = f"{chat[-1]['content']} #{number:05d}"
+        if lengthen.tokens > 0:
+            text = pad_post(lengthen.tokenizer, text, lengthen.tokens, rng)
+        chat[-1] = {**chat[-1], "content": text}
         chats.append(chat)
     return chats
 
 
 async def corpus(
-    engine: Any, posts: int, safe_share: float, seed: int
+    engine: Any, posts: int, safe_share: float, seed: int, lengthen: Lengthen
 ) -> tuple[list[list[dict[str, str]]], float]:
     """`posts` conversations of which `safe_share` are ones THIS model calls Safe.
 
     A memorising test model does not keep its taught label once a reference number is
     appended, so the mix is drawn from labelled candidates, not from the taught labels.
     Returns the corpus and its actual safe share (lower if too few safe candidates exist).
+    Candidates are labelled `posts` at a time until both kinds suffice (a big model's
+    labelling is not free).
     """
-    pool = candidates(posts * 6, seed)
-    _, _, answers = await measure(engine, "two_phase", pool, 32, "pool")
-    safe = [c for c, a in zip(pool, answers, strict=True) if a[0] == "Safe"]
-    other = [c for c, a in zip(pool, answers, strict=True) if a[0] != "Safe"]
-    want_safe = min(len(safe), round(posts * safe_share))
+    pool = candidates(posts * 6, seed, lengthen)
+    safe: list[list[dict[str, str]]] = []
+    other: list[list[dict[str, str]]] = []
+    target = round(posts * safe_share)
+    for start in range(0, len(pool), posts):
+        if len(safe) >= target and len(other) >= posts - target:
+            break
+        chunk = pool[start : start + posts]
+        _, _, answers = await measure(engine, "two_phase", chunk, 32, f"pool-{start}")
+        for chat, answer in zip(chunk, answers, strict=True):
+            (safe if answer[0] == "Safe" else other).append(chat)
+    want_safe = min(len(safe), target)
     chosen = safe[:want_safe] + other[: posts - want_safe]
     random.Random(seed).shuffle(chosen)
     return chosen, want_safe / len(chosen)
@@ -133,7 +158,12 @@ async def measure(
             started = time.perf_counter()
             raw = await assess(chats[index], f"{tag}-{index}")
             latencies[index] = (time.perf_counter() - started) * 1000
-            answers[index] = (parse_answer(raw.text).label, raw.requests, raw.output_tokens)
+            answers[index] = (
+                parse_answer(raw.text).label,
+                raw.requests,
+                raw.output_tokens,
+                raw.prompt_tokens,
+            )
 
     await engine.reset_prefix_cache()
     started = time.perf_counter()
@@ -151,9 +181,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[Run] = []
     model_id = args.model
     model, weights, extra = args.model, "guardstream tiny test checkpoint", {}
+    cache_dir = args.cache_dir or Settings().model_cache_dir
     if is_random_model(args.model):
         size = args.model.removeprefix("random-")
-        model = str(ensure_random_checkpoint(size, args.cache_dir or Settings().model_cache_dir))
+        model = str(ensure_random_checkpoint(size, cache_dir, post_tokens=args.post_tokens))
         weights = f"random weights, Qwen3Guard-Gen-{size} shape (not the model)"
         extra = {"max_output_tokens": args.answer_tokens}
     elif args.model != "tiny":
@@ -166,18 +197,28 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             model=model,
             max_model_len=args.max_model_len,
             prefix_caching=caching,
-            model_cache_dir=args.cache_dir or Settings().model_cache_dir,
+            model_cache_dir=cache_dir,
             **extra,
         )
         engine: Any = await start_engine(settings)
+        lengthen = Lengthen()
+        if args.post_tokens > 0:
+            from transformers import AutoTokenizer
+
+            from guardstream.scorer.engine import resolve_model
+
+            path, _ = resolve_model(settings)
+            lengthen = Lengthen(AutoTokenizer.from_pretrained(path), args.post_tokens)
         if is_random_model(args.model):
             cap_details(engine, args.detail_tokens)
         model_id = engine.model_id
         try:
             if not chats:  # drawn once, with the first engine: both see the same inputs
-                chats, safe_share = await corpus(engine, args.posts, args.safe_share, args.seed)
+                chats, safe_share = await corpus(
+                    engine, args.posts, args.safe_share, args.seed, lengthen
+                )
                 print(f"corpus: {len(chats)} posts, {safe_share:.0%} called Safe", flush=True)
-            warm = candidates(16, args.seed + 1)
+            warm = candidates(16, args.seed + 1, lengthen)
             for mode in MODES:
                 await measure(engine, mode, warm, 8, f"warm-{mode}")
             for limit in limits:
@@ -194,6 +235,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         percentile(lat, 0.99),
                         sum(a[1] for a in answers),
                         sum(a[2] for a in answers),
+                        sum(a[3] for a in answers),
                         [a[0] for a in answers],
                     )
                     runs.append(run)
@@ -251,7 +293,11 @@ def summarise(
     print("\nH100 prefill limit at 50% MFU, 300-token posts (reference, not measured here):")
     for size, rate in H100_PREFILL_REFERENCE.items():
         print(f"  Qwen3Guard-Gen-{size}: ~{rate:,} posts/s")
-    print(f"measured here: {two.posts_per_s:.1f} posts/s two-phase ({weights}, {device()})")
+    prompt_tokens = two.prompt_tokens / len(two.labels)
+    print(
+        f"measured here: {two.posts_per_s:.1f} posts/s two-phase ({weights}, {device()}), "
+        f"prompts of {prompt_tokens:.0f} tokens on average"
+    )
     return {
         "bench": "scorer",
         "model": model_id,
@@ -260,6 +306,7 @@ def summarise(
         "device": device(),
         "posts": args.posts,
         "safe_share": round(safe_share, 3),
+        "prompt_tokens_mean": round(prompt_tokens, 1),
         "in_flight": top,
         "plain_posts_per_s": round(plain.posts_per_s, 1),
         "two_phase_posts_per_s": round(two.posts_per_s, 1),
@@ -317,6 +364,9 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=2048)
     parser.add_argument("--cache-dir", type=Path, default=None, help="tiny checkpoint cache")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--post-tokens", type=int, default=0, help="lengthen posts to about N tokens (0: as is)"
+    )
     args = parser.parse_args()
     summary = asyncio.run(bench(args))
     print(orjson.dumps(summary).decode(), flush=True)
