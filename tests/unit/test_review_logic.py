@@ -216,3 +216,23 @@ def test_sessions_reject_tampering_and_expiry() -> None:
     assert auth.read_session(key, None, 1001.0) is None
     assert auth.csrf_ok(session, session.csrf) and not auth.csrf_ok(session, None)
     assert not auth.csrf_ok(session, "nope")
+
+
+def test_a_response_review_carries_both_refusal_labels() -> None:
+    t = task(model_verdict=Verdict.SAFE, categories=(), model_refusal=True)
+    said = submit(model_verdict=Verdict.SAFE, is_response=True, refusal="no")
+    review = review_event(t, said, stage=ReviewStage.FIRST, reviewer="alice", late=False, at=NOW)  # type: ignore[arg-type]
+    assert (review.refusal, review.model_refusal) == (False, True)
+    assert type(review).from_json(review.to_json()) == review
+    assert human_decision(t, said, None, late=False, at=NOW).refusal is False  # type: ignore[arg-type]
+    assert human_verdict_entry(t, said, late=False, at=NOW).refusal is False  # type: ignore[arg-type]
+    # The reviewer left it: the model's label stands on what is actioned and cached.
+    silent = submit(model_verdict=Verdict.SAFE, is_response=True)
+    assert (
+        review_event(
+            t, silent, stage=ReviewStage.FIRST, reviewer="alice", late=False, at=NOW
+        ).refusal
+        is None
+    )  # type: ignore[arg-type]
+    assert human_decision(t, silent, None, late=False, at=NOW).refusal is True  # type: ignore[arg-type]
+    assert human_verdict_entry(t, silent, late=False, at=NOW).refusal is True  # type: ignore[arg-type]

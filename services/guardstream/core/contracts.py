@@ -295,6 +295,10 @@ class Review(Envelope):
     model_confidence: Confidence | None = None
     model: Id | None = None
     adapter: Id | None = None
+    # Response moderation: did the assistant refuse? The reviewer's label (None: not given)
+    # and the model's `Refusal:` label.
+    refusal: StrictBool | None = None
+    model_refusal: StrictBool | None = None
     # Decided after the SLA app downgraded the item: the human verdict still wins.
     late: StrictBool = False
     reviewed_at: Timestamp

@@ -296,6 +296,8 @@ def review_event(
         model_confidence=task.confidence,
         model=task.model,
         adapter=task.adapter,
+        refusal=sub.refusal,
+        model_refusal=task.model_refusal,
         late=late,
         reviewed_at=at,
     )
@@ -331,8 +333,15 @@ def human_decision(
         adapter=task.adapter,
         policy=task.policy,
         content_key=task.content_key,
+        refusal=human_refusal(task, sub),
         decided_at=at,
     )
+
+
+def human_refusal(task: Task, sub: Submission) -> bool | None:
+    """A response's refusal on what the human decided: the reviewer's label where given, else
+    the model's, which the reviewer left standing."""
+    return sub.refusal if sub.refusal is not None else task.model_refusal
 
 
 def human_verdict_entry(task: Task, sub: Submission, *, late: bool, at: datetime) -> CachedVerdict:
@@ -344,6 +353,7 @@ def human_verdict_entry(task: Task, sub: Submission, *, late: bool, at: datetime
         source=Source.HUMAN,
         model=task.model,
         adapter=task.adapter,
+        refusal=human_refusal(task, sub),
         decided_at=at,
     )
 
