@@ -34,8 +34,8 @@ end of turn): each mode decodes about as many steps as the real model would. Lab
 the share of posts needing a second request) are whatever the random model says, printed.
 
 Usage: `python bench/scorer.py [--model tiny|PATH|random-SIZE] [--engine vllm|transformers]
-[--posts 512] [--in-flight 1,8,32,128] [--post-tokens N]`. `--engine transformers` (no vLLM
-on the machine) has no prefix cache, so it runs once, reported as caching off.
+[--posts 512] [--in-flight 1,8,32,128] [--post-tokens N]`. With `--engine transformers` (no
+vLLM on the machine) "prefix caching" is that engine's shared-prefix reuse (its module doc).
 The last output line is one JSON object.
 """
 
@@ -189,9 +189,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         extra = {"max_output_tokens": args.answer_tokens}
     elif args.model != "tiny":
         weights = args.model
-    # transformers keeps no prefix cache: one engine, reported as caching off.
-    cachings = (True, False) if args.engine == "vllm" else (False,)
-    for caching in cachings:
+    for caching in (True, False):
         settings = Settings(
             engine=args.engine,
             model=model,

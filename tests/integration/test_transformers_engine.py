@@ -70,3 +70,42 @@ async def test_a_closed_transformers_engine_is_dead(model_cache_dir: Path) -> No
     assert not engine.alive
     with pytest.raises(EngineDead):
         await engine.assess([{"role": "user", "content": "hi"}], "r")
+
+
+async def test_shared_prefix_reuse_changes_no_answer(
+    hf: TransformersGuardEngine, model_cache_dir: Path
+) -> None:
+    """The template's shared prefix is prefilled once per batch and reused (module doc of
+    hf_engine); answers and label log-probabilities are those of full prefills."""
+    settings = Settings(
+        model="tiny",
+        model_cache_dir=model_cache_dir,
+        max_model_len=2048,
+        engine="transformers",
+        prefix_caching=False,
+    )
+    full = await TransformersGuardEngine.start(settings)
+    try:
+        chats = [lesson.chat() for lesson in TEACHING_SET]
+        answers = {}
+        for mode in ("two_phase", "plain"):
+            shared = await asyncio.gather(*(hf._submit(c, plain=mode == "plain") for c in chats))
+            unshared = await asyncio.gather(
+                *(full._submit(c, plain=mode == "plain") for c in chats)
+            )
+            answers[mode] = shared
+            for mine, ref in zip(shared, unshared, strict=True):
+                assert (mine.text, mine.requests) == (ref.text, ref.requests)
+                for label, logprob in ref.label_logprobs.items():
+                    assert mine.label_logprobs[label] == pytest.approx(logprob, abs=1e-3)
+        # Prompt and response moderation each share a long prefix (their instructions).
+        lengths = sorted(len(prefix) for prefix, _ in hf._prefixes)
+        assert len(lengths) >= 2 and lengths[0] >= 100, lengths
+        assert full._prefixes == []
+        # A lone post reuses a known prefix: nothing new is prefilled for it.
+        known = [id(cache) for _, cache in hf._prefixes]
+        answer = await hf.assess_two_phase(chats[0], "lone")
+        assert answer.text == answers["two_phase"][0].text
+        assert sorted(id(cache) for _, cache in hf._prefixes) == sorted(known)
+    finally:
+        await full.close()

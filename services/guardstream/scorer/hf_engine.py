@@ -6,13 +6,23 @@ are gathered into batches (up to `scorer_batch_max`, as they arrive) and run in 
 thread: two-phase scoring is one left-padded forward pass over `prompt + "Safety:"` for the
 whole batch (the label distribution at the last position), then one batched greedy
 generation from `Safety: <Label>\\n` for the posts that need details. Plain mode is one
-batched greedy generation. No KV cache is shared between the phases (transformers has no
-prefix cache): use vLLM where it runs.
+batched greedy generation.
+
+Shared-prefix reuse (`GUARDSTREAM_PREFIX_CACHING`, on by default): every prompt starts with
+the same template instructions, about half of a 300-token post's prompt. The token prefix all
+sequences of a batch share is prefilled once, its KV cache repeated over the batch, and only
+each post's own tokens are computed, laid out as `[shared prefix][left padding][own tokens]`
+with positions that skip the padding (so the model sees what it would see unpadded). Batches
+are formed per template (prompt or response moderation), whose instructions differ early on.
+Recent shared prefixes are kept and reused by later batches that start with one, one-post
+batches included. This is a simpler cousin of vLLM's block-level prefix caching: the two
+phases do not share KV beyond that prefix, so use vLLM where it runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +46,10 @@ from guardstream.scorer.engine import (
 from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 log = logging.getLogger(__name__)
+
+# A shared prefix shorter than this is not worth a separate prefill.
+MIN_SHARED_PREFIX = 16
+KNOWN_PREFIXES = 8
 
 
 @dataclass
@@ -73,6 +87,8 @@ class TransformersGuardEngine:
         self._by_token = {tid: label for label, tid in self._forced.label_token.items()}
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._eos = tokenizer.eos_token_id
+        self._share_prefix = settings.prefix_caching
+        self._prefixes: list[tuple[list[int], Any]] = []  # shared prefixes and KV, newest first
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
@@ -144,7 +160,8 @@ class TransformersGuardEngine:
         return await self._submit(messages, plain=False)
 
     async def reset_prefix_cache(self) -> None:
-        """Nothing to forget: transformers keeps no cache between calls."""
+        """Forget the known shared prefixes (benchmarks start each run cold)."""
+        self._prefixes = []
 
     async def close(self) -> None:
         self._closed = True
@@ -168,10 +185,12 @@ class TransformersGuardEngine:
             jobs = [await self._queue.get()]
             while len(jobs) < self._batch_max and not self._queue.empty():
                 jobs.append(self._queue.get_nowait())
-            for plain in (True, False):
-                group = [job for job in jobs if job.plain is plain]
-                if not group:
-                    continue
+            # One model batch per mode and template (prompt or response moderation): each
+            # shares a long prompt prefix (see the module doc).
+            groups: dict[tuple[bool, bool], list[_Job]] = {}
+            for job in jobs:
+                groups.setdefault((job.plain, is_response(job.messages)), []).append(job)
+            for (plain, _), group in groups.items():
                 self.batches += 1
                 try:
                     run = self._plain_batch if plain else self._two_phase_batch
@@ -190,27 +209,67 @@ class TransformersGuardEngine:
                     job.done.set_result(answer)
 
     # --- model work (worker thread) ------------------------------------------------------------
-    def _padded(self, seqs: list[list[int]]) -> tuple[Any, Any]:
+    def _padded(self, seqs: list[list[int]]) -> tuple[Any, Any, Any, int]:
+        """(input ids, attention mask, KV cache of the shared prefix or None, its length).
+
+        Without a shared prefix: left padding, every sequence ends at the last column. With
+        one: `[prefix][left padding][own tokens]`, the prefix's KV repeated over the batch."""
         import torch
 
-        width = max(map(len, seqs))
-        input_ids = torch.full((len(seqs), width), self._pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for row, seq in enumerate(seqs):  # left padding: every sequence ends at the last column
-            input_ids[row, width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
-            mask[row, width - len(seq) :] = 1
+        prefix, cache = self._shared_prefix(seqs)
+        shared = len(prefix)
+        own = [seq[shared:] for seq in seqs]
+        width = max(map(len, own))
+        input_ids = torch.full((len(seqs), shared + width), self._pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), shared + width), dtype=torch.long)
+        input_ids[:, :shared] = torch.tensor(prefix, dtype=torch.long)
+        mask[:, :shared] = 1
+        for row, seq in enumerate(own):
+            input_ids[row, shared + width - len(seq) :] = torch.tensor(seq, dtype=torch.long)
+            mask[row, shared + width - len(seq) :] = 1
+        if cache is not None:
+            cache = copy.deepcopy(cache)
+            cache.batch_repeat_interleave(len(seqs))
         device = self._model.device
-        return input_ids.to(device), mask.to(device)
+        return input_ids.to(device), mask.to(device), cache, shared
+
+    def _shared_prefix(self, seqs: list[list[int]]) -> tuple[list[int], Any]:
+        """The prefix every sequence shares (each keeps a token of its own) and its KV cache:
+        a known one if they all start with it, else this batch's common prefix, prefilled and
+        remembered (the newest `KNOWN_PREFIXES`: templates times policy packs in use)."""
+        import torch
+
+        if not self._share_prefix:
+            return [], None
+        for index, (known, cache) in enumerate(self._prefixes):
+            if all(len(seq) > len(known) and seq[: len(known)] == known for seq in seqs):
+                self._prefixes.insert(0, self._prefixes.pop(index))
+                return known, cache
+        if len(seqs) < 2:
+            return [], None
+        common = _common_prefix(seqs)[: min(map(len, seqs)) - 1]
+        if len(common) < MIN_SHARED_PREFIX:
+            return [], None
+        with torch.no_grad():
+            ids = torch.tensor([common], dtype=torch.long, device=self._model.device)
+            cache = self._model(input_ids=ids, use_cache=True).past_key_values
+        self._prefixes = [(common, cache), *self._prefixes[: KNOWN_PREFIXES - 1]]
+        return common, cache
 
     def _last_logprobs(self, seqs: list[list[int]]) -> Any:
         """log-softmax of the next-token logits after each sequence, one forward pass."""
         import torch
 
-        input_ids, mask = self._padded(seqs)
+        input_ids, mask, cache, shared = self._padded(seqs)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         with torch.no_grad():
             out = self._model(
-                input_ids=input_ids, attention_mask=mask, position_ids=positions, logits_to_keep=1
+                input_ids=input_ids[:, shared:],
+                attention_mask=mask,
+                position_ids=positions[:, shared:],
+                past_key_values=cache,
+                use_cache=cache is not None,
+                logits_to_keep=1,
             )
         return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1).cpu()
 
@@ -218,11 +277,12 @@ class TransformersGuardEngine:
         """Greedy continuations (without padding and end of turn) and the per-step scores."""
         import torch
 
-        input_ids, mask = self._padded(seqs)
+        input_ids, mask, cache, _ = self._padded(seqs)
         with torch.no_grad():
             out = self._model.generate(
                 input_ids=input_ids,
                 attention_mask=mask,
+                past_key_values=cache,  # generate computes only what the cache lacks
                 max_new_tokens=max(1, max_new),
                 do_sample=False,
                 pad_token_id=self._pad,
@@ -303,6 +363,17 @@ class TransformersGuardEngine:
                     answers[index], text + self._decode(tokens), second=len(tokens)
                 )
         return answers
+
+
+def _common_prefix(seqs: list[list[int]]) -> list[int]:
+    """The longest prefix of all `seqs`: the one the lexicographically first and last share."""
+    first, last = min(seqs), max(seqs)
+    shared = 0
+    for a, b in zip(first, last, strict=False):
+        if a != b:
+            break
+        shared += 1
+    return first[:shared]
 
 
 def _with(answer: RawAnswer, text: str, second: int | None = None) -> RawAnswer:
