@@ -145,7 +145,8 @@ class Settings(BaseSettings):
         Literal["vllm", "transformers"], Field(validation_alias=_env("GUARDSTREAM_ENGINE"))
     ] = "vllm"
     # vLLM automatic prefix caching: the two phases (and posts sharing the policy preamble)
-    # reuse KV blocks instead of recomputing them. Off only to measure what it buys.
+    # reuse KV blocks instead of recomputing them. The transformers engine's cousin: the prompt
+    # prefix a batch shares is prefilled once (hf_engine). Off only to measure what it buys.
     prefix_caching: Annotated[bool, Field(validation_alias=_env("GUARDSTREAM_PREFIX_CACHING"))] = (
         True
     )
