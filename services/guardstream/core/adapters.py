@@ -186,9 +186,7 @@ class AdapterRegistry:
     def promote(self, adapter_id: str, tenant: str | None = None) -> None:
         """Serve `adapter_id` for its tenant (or `tenant`): takes effect at the next poll."""
         with self._locked() as data:
-            entry = data["adapters"].get(adapter_id)
-            if entry is None:
-                raise AdapterError(f"no adapter {adapter_id!r} is registered")
+            entry = _registered(data, adapter_id)
             scope = tenant or entry["tenant"]
             data["serving"][scope] = adapter_id
             if data.get("shadow", {}).get(scope) == adapter_id:
@@ -203,9 +201,7 @@ class AdapterRegistry:
         the candidate it replaced, if any (that one leaves shadow unpromoted)."""
         now = datetime.now(UTC).isoformat()
         with self._locked() as data:
-            entry = data["adapters"].get(adapter_id)
-            if entry is None:
-                raise AdapterError(f"no adapter {adapter_id!r} is registered")
+            entry = _registered(data, adapter_id)
             scope = tenant or entry["tenant"]
             shadow = data.setdefault("shadow", {})
             replaced = shadow.get(scope)
@@ -226,9 +222,7 @@ class AdapterRegistry:
         """Take `adapter_id` out of shadow without promoting it (retired), saying why."""
         now = datetime.now(UTC).isoformat()
         with self._locked() as data:
-            entry = data["adapters"].get(adapter_id)
-            if entry is None:
-                raise AdapterError(f"no adapter {adapter_id!r} is registered")
+            entry = _registered(data, adapter_id)
             shadow = data.setdefault("shadow", {})
             for scope in [s for s, chosen in shadow.items() if chosen == adapter_id]:
                 del shadow[scope]
@@ -244,9 +238,7 @@ class AdapterRegistry:
     def update_card(self, adapter_id: str, fields: dict[str, Any]) -> None:
         """Merge `fields` into the adapter's card (shadow metrics, outcomes)."""
         with self._locked() as data:
-            entry = data["adapters"].get(adapter_id)
-            if entry is None:
-                raise AdapterError(f"no adapter {adapter_id!r} is registered")
+            entry = _registered(data, adapter_id)
             entry.setdefault("card", {}).update(fields)
 
     def retire(self, tenant: str = EVERY_TENANT) -> None:
@@ -256,3 +248,11 @@ class AdapterRegistry:
             data.setdefault("history", []).append(
                 {"at": datetime.now(UTC).isoformat(), "tenant": tenant, "serving": None}
             )
+
+
+def _registered(data: dict[str, Any], adapter_id: str) -> dict[str, Any]:
+    """The registry entry of `adapter_id`; `AdapterError` if there is none."""
+    entry: dict[str, Any] | None = data["adapters"].get(adapter_id)
+    if entry is None:
+        raise AdapterError(f"no adapter {adapter_id!r} is registered")
+    return entry
