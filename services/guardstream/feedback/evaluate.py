@@ -15,6 +15,7 @@ from pathlib import Path
 from guardstream.core.contracts import Verdict
 from guardstream.feedback.dataset import Example
 from guardstream.feedback.train import load_base
+from guardstream.scorer.engine import ForcedPrefixes
 
 LABEL_VERDICT = {
     "Safe": Verdict.SAFE,
@@ -52,10 +53,8 @@ class LabelScorer:
             model = PeftModel.from_pretrained(model, str(adapter_dir))
         self._model = model.eval()
         self._device = next(model.parameters()).device
-        self._label_ids = {
-            label: self._tok.encode(" " + label, add_special_tokens=False)[0]
-            for label in LABEL_VERDICT
-        }
+        # The label tokens the scorer reads (`Safety:` then the first token of " <Label>").
+        self._label_ids = ForcedPrefixes.of(self._tok).label_token
         self._torch = torch
 
     def distribution(self, example: Example) -> dict[Verdict, float]:
