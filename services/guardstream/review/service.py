@@ -389,20 +389,7 @@ class ReviewService:
             )
             decision = human_decision(task, sub, pack, late=late, at=now)
             await tx.insert_review(
-                review_id=review.review_id,
-                task_id=task.task_id,
-                stage=ReviewStage.FIRST.value,
-                reviewer=reviewer.id,
-                outcome=sub.outcome.value,
-                verdict=sub.verdict.value,
-                categories=sub.categories,
-                reason=sub.reason,
-                tags=sub.tags,
-                late=late,
-                action=decision.action.value,
-                human_decision_id=decision.decision_id,
-                reviewed_at=now,
-                refusal=sub.refusal,
+                review, action=decision.action, human_decision_id=decision.decision_id
             )
             await tx.mark_decided(task.task_id, sub.verdict, late, now)
             await self._publish(tx, review)
@@ -495,23 +482,7 @@ class ReviewService:
             review = review_event(
                 task, sub, stage=ReviewStage.QA, reviewer=reviewer.id, late=False, at=now
             )
-            inserted = await tx.insert_review(
-                review_id=review.review_id,
-                task_id=task.task_id,
-                stage=ReviewStage.QA.value,
-                reviewer=reviewer.id,
-                outcome=sub.outcome.value,
-                verdict=sub.verdict.value,
-                categories=sub.categories,
-                reason=sub.reason,
-                tags=sub.tags,
-                late=False,
-                action=None,
-                human_decision_id=None,
-                reviewed_at=now,
-                refusal=sub.refusal,
-            )
-            if not inserted:
+            if not await tx.insert_review(review):
                 raise Conflict("you have re-reviewed this task already")
             await self._publish(tx, review)
             pack = self.policies.by_ref(task.policy) or self.policies.for_post(

@@ -23,7 +23,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from guardstream.core.contracts import Verdict
+from guardstream.core.contracts import Action, Review, Verdict
 from guardstream.core.settings import Settings
 from guardstream.review.logic import Reviewer, Role, SlaState, Task, TaskState
 
@@ -409,27 +409,30 @@ class Tx:
             late,
         )
 
-    async def insert_review(self, **fields: Any) -> bool:
-        """False when this review exists already (a re-submitted form)."""
+    async def insert_review(
+        self, review: Review, *, action: Action | None = None, human_decision_id: str | None = None
+    ) -> bool:
+        """Store a review as published; `action` and `human_decision_id`: what a first review
+        actioned. False when this review exists already (a re-submitted form)."""
         status = await self.conn.execute(
             "INSERT INTO reviews (review_id, task_id, stage, reviewer, outcome, verdict,"
             " categories, reason, tags, late, action, human_decision_id, reviewed_at, refusal)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)"
             " ON CONFLICT DO NOTHING",
-            fields["review_id"],
-            fields["task_id"],
-            fields["stage"],
-            fields["reviewer"],
-            fields["outcome"],
-            fields["verdict"],
-            list(fields["categories"]),
-            fields["reason"],
-            list(fields["tags"]),
-            fields["late"],
-            fields["action"],
-            fields["human_decision_id"],
-            fields["reviewed_at"],
-            fields.get("refusal"),
+            review.review_id,
+            review.task_id,
+            review.stage.value,
+            review.reviewer,
+            review.outcome.value,
+            review.verdict.value,
+            list(review.categories),
+            review.reason,
+            list(review.tags),
+            review.late,
+            action.value if action is not None else None,
+            human_decision_id,
+            review.reviewed_at,
+            review.refusal,
         )
         return bool(status == "INSERT 0 1")
 
