@@ -8,14 +8,15 @@ import orjson
 import pytest
 
 from guardstream.core.adapters import Adapter
+from guardstream.core.content import content_key
 from guardstream.core.contracts import ContractError, Kind, ScoreRequest, Source, Verdict, utcnow
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
-from guardstream.policy import load_registry
+from guardstream.policy import load_registry, prompt_fingerprint
 from guardstream.scorer.engine import RawAnswer
 from guardstream.scorer.prompt import messages_for
 from guardstream.scorer.service import Scorer
-from guardstream.triage.logic import Triaged, score_request, triage_record
+from guardstream.triage.logic import Triaged, Triager, score_request, triage_record
 
 pytestmark = pytest.mark.unit
 
@@ -155,6 +156,28 @@ def test_a_pack_that_changes_the_prompt_changes_the_key_and_the_request() -> Non
     assert request.near_scope == health.near_scope
     assert messages_for(request)[0]["content"] == "[领域:公共卫生][敏感类型:污名化] Hello world"
     assert score_request(health, near_duplicates=False).near_scope is None
+
+
+def test_keys_worked_out_once_per_pack_are_the_content_keys_of_each_post() -> None:
+    triager = Triager(
+        max_text_chars=100, model="m", adapter_for=lambda _tenant: "lora", policies=POLICIES
+    )
+    for raw in (
+        post(text="first"),
+        post(text="second"),  # the pack's key context again, remembered
+        post(tenant="health-forum", text="second"),
+        post(kind="response", prompt="q?", text="second"),
+    ):
+        item = triager.triage(raw)
+        expected = {
+            "kind": item.post.kind.value,
+            "prompt": item.prompt,
+            "model": "m",
+            "adapter": "lora",
+            "prompt_policy": prompt_fingerprint(item.pack),
+        }
+        assert item.content_key == content_key(item.text, **expected)
+        assert item.near_scope == content_key("", **expected)
 
 
 def test_near_scope_is_shared_by_texts_and_split_by_everything_else() -> None:

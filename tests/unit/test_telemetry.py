@@ -19,6 +19,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, generate_latest
 
 from guardstream.core import metrics, telemetry, tracing
@@ -125,6 +126,37 @@ def test_outputs_continue_the_trace_of_the_record_their_post_event_came_in(
     assert {link.context.span_id for link in batch_span.links} == {
         s.context.span_id for s in records if s.context is not None
     }
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.0])
+def test_without_an_exporter_batches_get_context_only_spans_with_the_same_ids(
+    finished: InMemorySpanExporter, ratio: float
+) -> None:
+    """As a process without an exporter runs: outputs still continue the producer's trace (its
+    trace id, a new span id, the sampler's flag), log lines still find one, nothing recorded."""
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(ratio)))
+    traced = FakeRecord("posts.v1", 0, 1, [("traceparent", TRACEPARENT.encode())])
+    untraced = FakeRecord("posts.v1", 0, 2)
+    tracing.context_only_spans(provider)
+    try:
+        batch = tracing.BatchTrace("triage", "guardstream-triage", [traced, untraced])
+        with tracing.batch_scope(batch):
+            tracing.bind(traced, "event-a")
+            tracing.bind(untraced, "event-b")
+            a = tracing.output_headers("event-a", attributes={"guardstream.verdict": "unsafe"})
+            b = tracing.output_headers("event-b")
+        batch.end()
+    finally:
+        tracing.context_only_spans(None)
+
+    parent_a = dict(a)["traceparent"].decode().split("-")
+    assert parent_a[1] == "0af7651916cd43dd8448eb211c80319c"
+    assert parent_a[2] not in ("b7ad6b7169203331", "0" * 16)
+    assert parent_a[3] == "01"  # the producer sampled it: kept whatever the ratio
+    parent_b = dict(b)["traceparent"].decode().split("-")
+    assert parent_b[1] not in (parent_a[1], "0" * 32)  # a trace of its own
+    assert int(parent_b[3], 16) & 1 == (1 if ratio == 1.0 else 0)
+    assert finished.get_finished_spans() == ()
 
 
 def test_outside_a_batch_bind_is_a_no_op_and_headers_follow_the_current_span(

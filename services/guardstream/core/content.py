@@ -167,9 +167,30 @@ def content_key(
     `prompt_policy` is the part of a policy pack that enters the prompt (domain tags, region
     hints); thresholds and action mapping are applied after the lookup and stay out of the key.
     """
-    encoded = [
-        part.encode("utf-8", "surrogatepass")
-        for part in (kind, prompt or "", prompt_policy, model, adapter or "", text)
-    ]
-    framed = b"".join(len(part).to_bytes(8, "big") + part for part in encoded)
-    return hashlib.blake2b(framed, digest_size=16, person=b"guardstream-ck1").hexdigest()
+    context = key_context(
+        kind=kind, prompt=prompt, model=model, adapter=adapter, prompt_policy=prompt_policy
+    )
+    return keyed(context, text)
+
+
+def key_context(
+    *, kind: str, prompt: str | None, model: str, adapter: str | None, prompt_policy: str = ""
+) -> bytes:
+    """Everything in a content key but the text, framed: `keyed(key_context(...), text)` is
+    `content_key(text, ...)`. Posts sharing a context (the same pack, model and adapter, no
+    prompt) can share this, and only their text is framed and hashed per post."""
+    return b"".join(
+        _framed(part) for part in (kind, prompt or "", prompt_policy, model, adapter or "")
+    )
+
+
+def keyed(context: bytes, text: str) -> str:
+    """The content key of `text` in `context` (from `key_context`)."""
+    return hashlib.blake2b(
+        context + _framed(text), digest_size=16, person=b"guardstream-ck1"
+    ).hexdigest()
+
+
+def _framed(part: str) -> bytes:
+    encoded = part.encode("utf-8", "surrogatepass")
+    return len(encoded).to_bytes(8, "big") + encoded

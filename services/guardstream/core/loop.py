@@ -15,7 +15,7 @@ crash never skips an undecided record. Commit policy:
 |                            | keeps polling (the group keeps us) and pauses partitions when   |
 |                            | the in-flight budget is spent                                   |
 | backpressure               | in-flight records ≥ budget → every assigned partition paused;   |
-|                            | resumed once work drains                                        |
+|                            | resumed as soon as a batch finishes under budget                |
 | shutdown (SIGTERM/SIGINT)  | no new fetches; in-flight batches get `drain_s` to finish; the  |
 |                            | watermark is committed; exit 0. Unfinished work is redelivered  |
 | rebalance (revoke)         | the revoked partitions' watermark is committed, their in-flight |
@@ -93,6 +93,7 @@ class BatchLoop:
         self._fatal: BaseException | None = None
         self._paused = False
         self._stop = asyncio.Event()
+        self._finished = asyncio.Event()  # set whenever a batch ends: budget may be free
         self.report = LoopReport()
         self._faults = FaultPoints(config.fault)
 
@@ -126,9 +127,18 @@ class BatchLoop:
         self._stop = stop
         try:
             while not stop.is_set() and self._fatal is None:
+                self._finished.clear()
                 self._apply_backpressure()
+                if self._paused:
+                    # A fetch cannot return records now. Resume the moment a batch finishes
+                    # rather than after a whole poll timeout: the fetcher restarts from an
+                    # empty pipeline, and every millisecond here is idle CPU (bench/pipeline.py).
+                    await _sleep_unless(self._finished, cfg.poll_timeout_ms / 1000)
+                    self._apply_backpressure()
                 batches = await self._consumer.getmany(
-                    timeout_ms=cfg.poll_timeout_ms, max_records=cfg.max_records
+                    # Still polled while paused (a record-less poll): the group keeps us.
+                    timeout_ms=0 if self._paused else cfg.poll_timeout_ms,
+                    max_records=cfg.max_records,
                 )
                 if batches and not stop.is_set():
                     for tp, records in batches.items():
@@ -199,6 +209,8 @@ class BatchLoop:
             raise
         finally:
             batch.end(failure or (None if done else self._fatal), abandoned=not done)
+            # Wakes a paused loop once this task yields: after the bookkeeping below (no awaits).
+            self._finished.set()
         if not done:
             return
         self._faults.reach("after_publish")  # outputs acknowledged, offsets not yet committed

@@ -2,12 +2,15 @@
 
 SIGTERM / SIGINT stop fetching; in-flight batches get the drain budget to finish; the done
 watermark is committed; clients close; the process exits 0 and logs what it drained and
-committed. Readiness turns true once the consumer holds partitions.
+committed. Readiness turns true once the consumer holds partitions. Before it consumes, the
+garbage collector is set for a long-lived process that allocates per record
+(`settle_garbage_collector`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable
@@ -21,6 +24,27 @@ from guardstream.core.loop import BatchHandler, BatchLoop, LoopConfig, LoopRepor
 from guardstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+# Python collects its youngest generation every 700 new objects: the records of in-flight
+# batches outlive that, are promoted, and are walked again by every older collection. At
+# 10,000 most die young. Each older generation is collected every 20 collections of the one
+# below it (default 10).
+GC_THRESHOLDS = (10_000, 20, 20)
+
+
+def settle_garbage_collector() -> None:
+    """Freeze what start-up built (modules, clients, policy packs, a model: it lives as long as
+    the process) so that no later collection walks it, and collect young objects less often.
+
+    Measured in triage (`bench/pipeline.py`): with Python's defaults a fifth of its CPU went
+    to the collector (0.78 of 3.4 CPU-seconds for 20,000 posts); frozen and with these
+    thresholds 0.13. Only cyclic garbage waits longer to be freed; reference counting frees
+    everything else at once, as before.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
@@ -88,6 +112,7 @@ async def serve(
         await consumer.start()
         stack.push_async_callback(consumer.stop)
         consumer.subscribe([source_topic], listener=loop.listener())
+        settle_garbage_collector()
         report = await loop.run(stop)
         log.info(
             "stopping",

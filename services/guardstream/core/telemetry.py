@@ -14,7 +14,9 @@ What it installs, from `Settings` only:
   (0 = not served) and pushed over OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set;
 - a TracerProvider (parent-based sampling at `GUARDSTREAM_TRACE_SAMPLE_RATIO`) exporting over
   OTLP/HTTP when the endpoint is set, plus any span exporter a test passes. Trace ids exist
-  even without an exporter, so log lines and Kafka headers always carry them.
+  even without an exporter, so log lines and Kafka headers always carry them; consumed
+  batches then get context-only spans (`tracing.context_only_spans`): same ids, nothing
+  built that no exporter would read.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
+from guardstream.core import tracing
 from guardstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -123,6 +126,7 @@ class Telemetry:
         """Also send every finished span to `exporter`, synchronously (tests)."""
         self.tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
         self._extra.append(exporter)
+        tracing.context_only_spans(None)  # spans have somewhere to go now
 
     def shutdown(self) -> None:
         global _installed
@@ -134,6 +138,7 @@ class Telemetry:
             self._server.server_close()
         if _installed is self:
             _installed = None
+            tracing.context_only_spans(None)
 
 
 _installed: Telemetry | None = None
@@ -188,6 +193,8 @@ def setup(
                 )
             )
         trace.set_tracer_provider(tracer_provider)
+        if not endpoint:  # until a span exporter is added
+            tracing.context_only_spans(tracer_provider)
 
         handle = Telemetry(service_name, meter_provider, tracer_provider)
         for exporter in span_exporters:

@@ -7,6 +7,11 @@ record to the post event it carries; `core/outbox.py` then injects that record's
 every output about the same post event, so score requests and decisions continue the post's
 trace. Span attributes are topic / partition / offset / group, tenant, verdict and hashed ids
 only: never text, author ids or anything a user wrote.
+
+While no exporter is configured (`core.telemetry` then calls `context_only_spans`), a batch's
+spans are context-only: the same trace ids, span ids and sampling flags the SDK would give
+them - so headers and log lines carry them as before - but no span objects, attributes or
+processors, which nobody would read (a tenth or more of triage's CPU time).
 """
 
 from __future__ import annotations
@@ -15,14 +20,26 @@ import hashlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.propagators.textmap import Getter, Setter
-from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+if TYPE_CHECKING:  # instrumentation uses the API only; the SDK is `core.telemetry`'s
+    from opentelemetry.sdk.trace import TracerProvider
 
 Headers = list[tuple[str, bytes]]
 # W3C trace context only: what Kafka headers carry must not depend on process-wide config.
@@ -100,6 +117,45 @@ def sdk_installed() -> bool:
     )
 
 
+# The SDK provider whose ids and sampler context-only spans take; None: real spans.
+_context_only: TracerProvider | None = None
+
+
+def context_only_spans(provider: TracerProvider | None) -> None:
+    """Batches get context-only spans decided by `provider` (installed, exporting nowhere),
+    or real spans again (None, the default). Called by `core.telemetry`."""
+    global _context_only
+    _context_only = provider
+
+
+def _context_only_span(
+    provider: TracerProvider, name: str, parent: Context, kind: SpanKind
+) -> Span:
+    """What the SDK's `start_span` decides for a span - its ids, the sampler's verdict - as
+    a `NonRecordingSpan`: propagated and logged like the real one, never exported."""
+    parent_ctx = trace.get_current_span(parent).get_span_context()
+    if parent_ctx.is_valid:
+        trace_id = parent_ctx.trace_id
+        random_id = parent_ctx.trace_flags.random_trace_id
+    else:
+        trace_id = provider.id_generator.generate_trace_id()
+        random_id = provider.id_generator.is_trace_id_random()
+    sampling = provider.sampler.should_sample(parent, trace_id, name, kind)
+    sampled = sampling.decision.is_sampled()  # type: ignore[no-untyped-call]  # SDK: untyped
+    flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
+    if random_id:
+        flags |= TraceFlags.RANDOM_TRACE_ID
+    return NonRecordingSpan(
+        SpanContext(
+            trace_id,
+            provider.id_generator.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=sampling.trace_state,
+        )
+    )
+
+
 def trace_id_of(headers: Sequence[tuple[str, bytes]] | None) -> str | None:
     """The 32-hex trace id these headers carry, if any (tests and tooling)."""
     ctx = trace.get_current_span(extract(headers)).get_span_context()
@@ -155,6 +211,9 @@ class BatchTrace:
         self.batch: Span = trace.INVALID_SPAN
         if not sdk_installed():
             return  # no tracer (a test or a bench in-process): no per-record work at all
+        if _context_only is not None:
+            self._context_only_spans(_context_only, records)
+            return
         tr = tracer()
         links: list[Link] = []
         topic = ""
@@ -184,6 +243,17 @@ class BatchTrace:
                 "messaging.consumer.group.name": group,
                 "guardstream.service": service,
             },
+        )
+
+    def _context_only_spans(self, provider: TracerProvider, records: Iterable[_Record]) -> None:
+        topic = ""
+        for record in records:
+            topic = record.topic
+            self._by_record[(topic, record.partition, record.offset)] = _context_only_span(
+                provider, f"process {topic}", extract(record.headers), SpanKind.CONSUMER
+            )
+        self.batch = _context_only_span(
+            provider, f"process {topic} batch", _EMPTY, SpanKind.CONSUMER
         )
 
     def record_span(self, record: _Record) -> Span | None:

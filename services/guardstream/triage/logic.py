@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from guardstream.core.content import content_key, normalise
+from guardstream.core.content import key_context, keyed, normalise
 from guardstream.core.contracts import ContractError, Kind, Post, ScoreRequest, utcnow
 from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
 
@@ -25,8 +25,8 @@ class Triaged:
 
 class Triager:
     """Validates and keys posts for one process. What depends only on the pack (its prompt
-    prefix and fingerprint) and, for prompts, the near-duplicate scope is worked out once per
-    pack rather than once per post."""
+    prefix and fingerprint) and, for posts without a prompt context, the content key's framed
+    context and the near-duplicate scope are worked out once per pack rather than per post."""
 
     def __init__(
         self,
@@ -41,8 +41,9 @@ class Triager:
         self._adapter_for = adapter_for  # tenant → serving adapter id (None: base model)
         self._policies = policies
         self._prompt_parts: dict[str, tuple[str, str | None]] = {}  # pack ref → fingerprint, prefix
-        # (pack ref, adapter) → near scope of its prompt posts
-        self._prompt_scopes: dict[tuple[str, str | None], str] = {}
+        # (kind, pack ref, adapter) → content key context and near scope of posts without a
+        # prompt context (most posts): worked out once, then only the text is hashed per post
+        self._contexts: dict[tuple[Kind, str, str | None], tuple[bytes, str]] = {}
 
     def triage(self, raw: bytes | None) -> Triaged:
         """Validate and key one post; raises `ContractError` (→ DLQ) when it cannot be used."""
@@ -69,32 +70,32 @@ class Triager:
             )
         fingerprint, prefix = parts
         adapter = self._adapter_for(post.tenant)
-
-        def key(of: str) -> str:
-            return content_key(
-                of,
-                kind=post.kind.value,
-                prompt=prompt,
-                model=self._model,
-                adapter=adapter,
-                prompt_policy=fingerprint,
-            )
-
         if prompt is None:
-            scope = self._prompt_scopes.get((pack.ref, adapter))
-            if scope is None:
-                scope = self._prompt_scopes[(pack.ref, adapter)] = key("")
+            known = self._contexts.get((post.kind, pack.ref, adapter))
+            if known is None:
+                context = self._context(post.kind, None, adapter, fingerprint)
+                known = self._contexts[(post.kind, pack.ref, adapter)] = (
+                    context,
+                    keyed(context, ""),
+                )
+            context, scope = known
         else:
-            scope = key("")
+            context = self._context(post.kind, prompt, adapter, fingerprint)
+            scope = keyed(context, "")
         return Triaged(
             post,
             pack,
             text,
             prompt,
-            key(text),
+            keyed(context, text),
             near_scope=scope,
             prompt_prefix=prefix,
             adapter=adapter,
+        )
+
+    def _context(self, kind: Kind, prompt: str | None, adapter: str | None, policy: str) -> bytes:
+        return key_context(
+            kind=kind.value, prompt=prompt, model=self._model, adapter=adapter, prompt_policy=policy
         )
 
 
