@@ -47,9 +47,9 @@ on a free port, unless `KAFKA_BOOTSTRAP` is set) and the real Redis (`REDIS_URL`
    (`make_consumer`), which a downstream reader of the decisions also pays. Caveat: tansu
    does not answer a waiting fetch when data arrives, so each consumer hop - triage's
    included - costs a share of the fetch's max wait (one consumer, a record every 20 ms:
-   p50 ~140 / 33 / 9 ms at `fetch_max_wait_ms` 500 (aiokafka's default, which guardstream
-   keeps) / 100 / 10), where Apache Kafka answers as soon as data is there. Read the
-   latencies against the broker-hop row.
+   p50 ~140 / 33 / 9 ms at `fetch_max_wait_ms` 500 (aiokafka's default) / 100 / 10;
+   guardstream's `KAFKA_FETCH_MAX_WAIT_MS` default is 50), where Apache Kafka answers as soon
+   as data is there. Read the latencies against the broker-hop row.
 6. Peak RSS of the triage process (psutil, every 50 ms); CPU seconds per phase of triage, the
    broker, Redis and this process; how often triage's Redis calls missed their deadline
    (counted from its log: each is a fail-open miss).
