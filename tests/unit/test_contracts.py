@@ -1,6 +1,7 @@
 """The JSON Schemas in schemas/ and the Python models must agree on every example."""
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +330,36 @@ def test_serialised_models_validate_against_their_schema(
     event = model.from_json(orjson.dumps(base))
     assert schema_accepts(schema, orjson.loads(event.to_json()))
     assert model.from_json(event.to_json()) == event
+
+
+def _as_orjson_wrote_it(event: Envelope) -> bytes:
+    """What `to_json` was: orjson over pydantic's JSON-mode dict."""
+    return orjson.dumps(event.model_dump(mode="json", exclude_none=True))
+
+
+@pytest.mark.parametrize(
+    ("model", "schema", "base"), CASES, ids=lambda c: getattr(c, "__name__", "")
+)
+def test_to_json_writes_the_bytes_orjson_wrote(
+    model: type[Envelope], schema: str, base: dict[str, Any]
+) -> None:
+    valid, _ = variants(base)
+    for doc in [base, *valid]:
+        event = model.from_json(orjson.dumps(doc))
+        assert event.to_json() == _as_orjson_wrote_it(event)
+
+
+def test_to_json_writes_floats_and_text_as_orjson_did() -> None:
+    rng = random.Random(5)
+    confidences = [0.0, 1.0, 0.1, 1e-5, 1e-7, 5e-324, 0.30000000000000004]
+    confidences += [rng.random() for _ in range(2000)] + [rng.random() / 10**9 for _ in range(200)]
+    texts = ["中文，标点！", "emoji 🔪🌹", "ctl \x00\x1f\x7f", 'q"b\\s/', "\u2028\u2029\ufeff"]
+    base = Decision.from_json(orjson.dumps(DECISION))
+    for n, confidence in enumerate(confidences):
+        event = base.model_copy(
+            update={"confidence": confidence, "reason": texts[n % len(texts)] * 3}
+        )
+        assert event.to_json() == _as_orjson_wrote_it(event)
 
 
 @pytest.mark.parametrize(

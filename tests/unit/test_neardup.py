@@ -1,3 +1,4 @@
+import hashlib
 import os
 import random
 import subprocess
@@ -116,6 +117,17 @@ def _simhash_one_text_at_a_time(sig: str) -> int:
 def test_batched_fingerprints_follow_the_definition(texts: list[str]) -> None:
     signals = [signal(t) for t in texts]
     assert fingerprints(signals) == [_simhash_one_text_at_a_time(s) for s in signals]
+
+
+def test_fingerprints_of_a_fixed_corpus_are_pinned() -> None:
+    # Any faster way of computing fingerprints must give these very values (the index keeps
+    # them across deploys): 420 texts of 1-3,000 words or ideographs, 400 of them up to 600.
+    rng = random.Random(20261126)
+    texts = [random_post(rng, rng.randint(1, 600)) for _ in range(400)]
+    texts += [random_post(rng, rng.randint(600, 3000)) for _ in range(20)]
+    prints = fingerprints([signal(t) for t in texts])
+    digest = hashlib.sha256(",".join(map(str, prints)).encode()).hexdigest()
+    assert digest == "51821383de579d2a4a7c8c93cfc0aa9740305cc9c76d78e1ada8bbb23e5023d7"
 
 
 def test_features_are_a_set_per_text_even_when_low_bits_collide() -> None:

@@ -3,6 +3,7 @@ because a real one cannot be made to emit garbage on demand."""
 
 import math
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import orjson
 import pytest
@@ -16,7 +17,13 @@ from guardstream.policy import load_registry, prompt_fingerprint
 from guardstream.scorer.engine import RawAnswer
 from guardstream.scorer.prompt import messages_for
 from guardstream.scorer.service import Scorer
-from guardstream.triage.logic import Triaged, Triager, score_request, triage_record
+from guardstream.triage.logic import (
+    Triaged,
+    Triager,
+    score_request,
+    score_request_json,
+    triage_record,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -184,3 +191,33 @@ def test_near_scope_is_shared_by_texts_and_split_by_everything_else() -> None:
     assert triaged(post(text="one text")).near_scope == triaged(post(text="another")).near_scope
     assert triaged(post()).near_scope != triaged(post(tenant="health-forum")).near_scope
     assert triaged(post()).near_scope != triaged(post(kind="response", prompt="q")).near_scope
+
+
+@pytest.mark.parametrize(
+    "now",
+    [
+        datetime(2026, 11, 26, 1, 2, 3, 456789, UTC),
+        datetime(2026, 11, 26, 1, 2, 3, 0, UTC),  # no microseconds: none written
+        datetime(2026, 11, 26, 1, 2, 3, 10, UTC),
+    ],
+)
+def test_the_score_request_triage_sends_is_the_models_json_byte_for_byte(now: datetime) -> None:
+    triager = Triager(
+        max_text_chars=100,
+        model="m",
+        adapter_for=lambda tenant: "lora-1" if tenant == "acme" else None,
+        policies=POLICIES,
+    )
+    raws = [
+        post(),  # lang, region, prompt, prefix absent
+        post(tenant="beta", text="你好，世界！这是一条中文帖子。", lang="zh", region="cn"),
+        post(tenant="health-forum", text='quote " back\\slash \u2028 tab\t'),  # a prompt prefix
+        post(kind="response", prompt="Ｑ\u200b: what?", text="an answer", event_id="e" * 128),
+    ]
+    for raw in raws:
+        item = triager.triage(raw)
+        for near in (True, False):
+            request = score_request(item, near_duplicates=near, now=now)
+            sent = score_request_json(item, near_duplicates=near, now=now)
+            assert sent == request.to_json()
+            assert ScoreRequest.model_validate_json(sent) == request

@@ -80,6 +80,35 @@ def test_extract_then_inject_keeps_the_trace_and_replaces_an_old_traceparent() -
 
 
 @pytest.mark.parametrize(
+    "span_context",
+    [
+        trace.SpanContext(0x0AF7651916CD43DD8448EB211C80319C, 0xB7AD6B7169203331, False),
+        trace.SpanContext(
+            1, 2, True, trace.TraceFlags(trace.TraceFlags.SAMPLED | 2), trace.TraceState()
+        ),
+        trace.SpanContext(
+            0xFFFF << 100,
+            0xABC,
+            False,
+            trace.TraceFlags(trace.TraceFlags.SAMPLED),
+            trace.TraceState([("vendor", "a=1"), ("other", "b")]),
+        ),
+        trace.INVALID_SPAN_CONTEXT,
+    ],
+)
+@pytest.mark.parametrize("existing", [None, [("traceparent", b"old"), ("gs-reason", b"kept")]])
+def test_a_span_s_headers_are_what_the_propagator_writes(
+    span_context: trace.SpanContext, existing: list[tuple[str, bytes]] | None
+) -> None:
+    span = trace.NonRecordingSpan(span_context)
+    ours = tracing._inject_span(None if existing is None else list(existing), span)
+    theirs = tracing.inject(
+        None if existing is None else list(existing), context=trace.set_span_in_context(span)
+    )
+    assert ours == theirs
+
+
+@pytest.mark.parametrize(
     "headers",
     [None, [], [("traceparent", b"garbage")], [("traceparent", b"\xff\xfe")], [("other", b"x")]],
 )

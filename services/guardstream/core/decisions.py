@@ -84,12 +84,11 @@ def decide(
         routed = Routed(action, "human_verdict", f"{pack.ref} acts on the human verdict")
     else:
         routed = route(pack, entry.verdict, entry.confidence, entry.categories)
-    when = entry.decided_at.isoformat(timespec="seconds")
-    earlier = {
-        Origin.MODEL: "",
-        Origin.CACHE: f"identical content decided earlier ({entry.source.value}, {when}); ",
-        Origin.NEAR: f"near-duplicate of content decided earlier ({entry.source.value}, {when}); ",
-    }[origin]
+    earlier = ""
+    if origin is not Origin.MODEL:
+        what = "identical content" if origin is Origin.CACHE else "near-duplicate of content"
+        when = entry.decided_at.isoformat(timespec="seconds")
+        earlier = f"{what} decided earlier ({entry.source.value}, {when}); "
     ident = decision_id(post_event_id, pack.ref, content_key)
     now = utcnow()
     return Decision(

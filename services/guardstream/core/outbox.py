@@ -51,8 +51,14 @@ class Outbox:
     async def send(self, topic: Topic, event: Envelope, key: str) -> None:
         """`event` to `topic`; an event about a post event (`post_event_id`) continues the
         trace of the input that carried that post event."""
-        headers = tracing.output_headers(getattr(event, "post_event_id", None))
-        self._queued.append((self._topics[topic], key.encode(), event.to_json(), headers))
+        await self.send_json(topic, event.to_json(), key, getattr(event, "post_event_id", None))
+
+    async def send_json(
+        self, topic: Topic, raw: bytes, key: str, post_event_id: str | None = None
+    ) -> None:
+        """An event already serialised (`raw`) to `topic`, as `send` would send it."""
+        headers = tracing.output_headers(post_event_id)
+        self._queued.append((self._topics[topic], key.encode(), raw, headers))
 
     async def decision(self, raw: bytes, decision: Decision | None = None) -> None:
         """A serialised decision to the action topic of its action, keyed by post. `decision`

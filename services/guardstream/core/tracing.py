@@ -326,7 +326,24 @@ def output_headers(
         return inject(headers)
     if attributes and span.is_recording():
         span.set_attributes(attributes)
-    return inject(headers, context=trace.set_span_in_context(span))
+    return _inject_span(headers, span)
+
+
+def _inject_span(headers: Headers | None, span: Span) -> Headers:
+    """`inject(headers, context=<span current>)` without building a context for the
+    propagator: the same W3C `traceparent` (and `tracestate` when the span has one) that
+    `TraceContextTextMapPropagator.inject` writes, pinned by a unit test. Once per output on
+    triage's hot path, where the propagator's way took a fifth of tracing's time."""
+    carrier: Headers = [] if headers is None else headers
+    ctx = span.get_span_context()
+    if ctx == trace.INVALID_SPAN_CONTEXT:  # the propagator's test, exactly
+        return carrier
+    _SETTER.set(
+        carrier, "traceparent", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{ctx.trace_flags:02x}"
+    )
+    if ctx.trace_state:
+        _SETTER.set(carrier, "tracestate", ctx.trace_state.to_header())
+    return carrier
 
 
 @contextmanager

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
 
 from guardstream.core.content import key_context, keyed, normalise
-from guardstream.core.contracts import ContractError, Kind, Post, ScoreRequest, utcnow
+from guardstream.core.contracts import (
+    SCHEMA_VERSION,
+    ContractError,
+    Kind,
+    Post,
+    ScoreRequest,
+    utcnow,
+)
 from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
 
 
@@ -116,25 +127,58 @@ def triage_record(
     ).triage(raw)
 
 
-def score_request(item: Triaged, *, near_duplicates: bool) -> ScoreRequest:
-    post = item.post
-    reuse = near_duplicates and item.pack.reuse_near_duplicates
-    now = utcnow()
-    return ScoreRequest(
-        event_id=f"sr-{post.event_id}"[:128],
-        produced_at=now,
-        post_id=post.post_id,
-        post_event_id=post.event_id,
-        tenant=post.tenant,
-        kind=post.kind,
-        text=item.text,
-        prompt=item.prompt,
-        lang=post.lang,
-        region=post.region,
-        content_key=item.content_key,
-        policy=item.pack.ref,
-        received_at=now,
-        prompt_prefix=item.prompt_prefix,
-        near_scope=item.near_scope if reuse else None,
-        adapter=item.adapter,
+def score_request(
+    item: Triaged, *, near_duplicates: bool, now: datetime | None = None
+) -> ScoreRequest:
+    """The score request for a miss, validated (tests, tools; triage sends
+    `score_request_json`, the same bytes). `now` is its produced and received time."""
+    fields = _request_fields(item, near_duplicates=near_duplicates, now=now or utcnow())
+    return ScoreRequest(**fields)
+
+
+def score_request_json(
+    item: Triaged, *, near_duplicates: bool, now: datetime | None = None
+) -> bytes:
+    """`score_request(item, ...).to_json()` without the model: what triage sends per miss.
+
+    Every value is already valid - the post's fields were validated by `Post`, the content
+    keys are hashes, pack refs and adapter ids are checked where packs and adapters are
+    loaded - so building and validating the model again only costs time (about 9 µs of the
+    13 µs a request took). The fields go in the model's order with None left out, and orjson
+    writes UTC timestamps as pydantic does ("Z", microseconds only when there are some): the
+    bytes are the model's (pinned by a unit test)."""
+    return orjson.dumps(
+        _request_fields(item, near_duplicates=near_duplicates, now=now or utcnow()),
+        option=orjson.OPT_UTC_Z,
     )
+
+
+def _request_fields(item: Triaged, *, near_duplicates: bool, now: datetime) -> dict[str, Any]:
+    """A score request's fields in `ScoreRequest`'s order, the absent (None) ones left out."""
+    post = item.post
+    fields: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "event_id": f"sr-{post.event_id}"[:128],
+        "produced_at": now,
+        "post_id": post.post_id,
+        "post_event_id": post.event_id,
+        "tenant": post.tenant,
+        "kind": post.kind,
+        "text": item.text,
+    }
+    if item.prompt is not None:
+        fields["prompt"] = item.prompt
+    if post.lang is not None:
+        fields["lang"] = post.lang
+    if post.region is not None:
+        fields["region"] = post.region
+    fields["content_key"] = item.content_key
+    fields["policy"] = item.pack.ref
+    fields["received_at"] = now
+    if item.prompt_prefix is not None:
+        fields["prompt_prefix"] = item.prompt_prefix
+    if near_duplicates and item.pack.reuse_near_duplicates:
+        fields["near_scope"] = item.near_scope
+    if item.adapter is not None:
+        fields["adapter"] = item.adapter
+    return fields

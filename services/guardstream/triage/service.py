@@ -32,7 +32,7 @@ from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
 from guardstream.core.topics import Topic, TopicNames
 from guardstream.policy import ScorerUnavailableMode
-from guardstream.triage.logic import Triaged, Triager, score_request
+from guardstream.triage.logic import Triaged, Triager, score_request_json
 from guardstream.triage.watch import ScorerWatch
 
 log = logging.getLogger(__name__)
@@ -153,8 +153,10 @@ class Triage:
                 decisions.append(self._unscored(item))
                 self.counts["unscored"] += 1
                 continue
-            request = score_request(item, near_duplicates=self._near is not None)
-            await outbox.send(Topic.SCORE_REQUESTS, request, item.content_key)
+            request = score_request_json(item, near_duplicates=self._near is not None)
+            await outbox.send_json(
+                Topic.SCORE_REQUESTS, request, item.content_key, item.post.event_id
+            )
             self.counts["scoring"] += 1
         await outbox.decisions(self._journal, decisions)
         await outbox.flush()
