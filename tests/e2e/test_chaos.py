@@ -178,7 +178,10 @@ async def rig(
         GUARDSTREAM_SCORER_BATCH_MAX=str(BATCH),
         GUARDSTREAM_SCORER_MAX_IN_FLIGHT=str(IN_FLIGHT),
         # The tiny model needs little KV cache; a small reservation starts beside other engines.
-        GUARDSTREAM_GPU_MEMORY_UTILIZATION="0.05",
+        # vLLM's CPU build reserves this share of NUMA node 0's memory for the worker's whole
+        # RSS (model, runtime, LoRA) plus KV: 0.05 of this machine's 15 GB node left the KV
+        # nothing once the worker grew past ~0.75 GB.
+        GUARDSTREAM_GPU_MEMORY_UTILIZATION="0.1",
         **common,
     )
     (workdir / "triage").mkdir()
