@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,6 +73,10 @@ async def test_a_closed_transformers_engine_is_dead(model_cache_dir: Path) -> No
         await engine.assess([{"role": "user", "content": "hi"}], "r")
 
 
+def assess(engine: TransformersGuardEngine, mode: str) -> Any:
+    return engine.assess_plain if mode == "plain" else engine.assess_two_phase
+
+
 async def test_shared_prefix_reuse_changes_no_answer(
     hf: TransformersGuardEngine, model_cache_dir: Path
 ) -> None:
@@ -89,10 +94,8 @@ async def test_shared_prefix_reuse_changes_no_answer(
         chats = [lesson.chat() for lesson in TEACHING_SET]
         answers = {}
         for mode in ("two_phase", "plain"):
-            shared = await asyncio.gather(*(hf._submit(c, plain=mode == "plain") for c in chats))
-            unshared = await asyncio.gather(
-                *(full._submit(c, plain=mode == "plain") for c in chats)
-            )
+            shared = await asyncio.gather(*(assess(hf, mode)(c, "s") for c in chats))
+            unshared = await asyncio.gather(*(assess(full, mode)(c, "u") for c in chats))
             answers[mode] = shared
             for mine, ref in zip(shared, unshared, strict=True):
                 assert (mine.text, mine.requests) == (ref.text, ref.requests)
