@@ -383,3 +383,36 @@ async def test_outbox_decisions_continue_the_trace_and_count_once_acknowledged(
         assert topic.endswith(f"actions.{decision.action.value}.v1")
         assert tracing.trace_id_of(headers) == "0af7651916cd43dd8448eb211c80319c"
         assert _decided("outbox-t") == counted  # a failed delivery is not a decision
+
+
+async def test_outbox_counts_each_decision_of_a_flush_and_annotates_recording_spans(
+    spans: InMemorySpanExporter,
+) -> None:
+    """Decisions are counted per attribute set in one add each; the total stays one per
+    decision, and the input's span still gets the decision's attributes."""
+    pack = load_registry(None).for_post("default", None)
+    records = [FakeRecord("score-requests", 0, n, []) for n in range(3)]
+    outbox = Outbox(FakeProducer(False), Settings(), "scorer")  # type: ignore[arg-type]
+    batch = tracing.BatchTrace("scorer", "g", records)
+    with tracing.batch_scope(batch):
+        for n, (record, verdict) in enumerate(
+            zip(records, (Verdict.SAFE, Verdict.SAFE, Verdict.UNSAFE), strict=True)
+        ):
+            tracing.bind(record, f"tally-{n}")
+            entry = CachedVerdict(
+                verdict=verdict, reason="r", source=Source.MODEL, model="m", decided_at=utcnow()
+            )
+            decision = decide(
+                entry, Origin.MODEL, pack, post_id=f"p-{n}", post_event_id=f"tally-{n}",
+                tenant="tally-t", content_key="0" * 32,
+            )  # fmt: skip
+            await outbox.decision(decision.to_json(), decision)
+        await outbox.flush()
+    batch.end()
+    assert _decided("tally-t") == 3.0
+    verdicts = sorted(
+        str(s.attributes.get("guardstream.verdict"))
+        for s in spans.get_finished_spans()
+        if s.attributes and s.attributes.get("guardstream.tenant") == "tally-t"
+    )
+    assert verdicts == ["safe", "safe", "unsafe"]

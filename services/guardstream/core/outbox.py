@@ -69,7 +69,7 @@ class Outbox:
         attributes = metrics.decision_attributes(decision, self._process)
         headers = tracing.output_headers(
             decision.post_event_id,
-            attributes={
+            attributes=lambda: {
                 "guardstream.verdict": attributes["verdict"],
                 "guardstream.action": attributes["action"],
                 "guardstream.source": attributes["source"],
@@ -113,10 +113,11 @@ class Outbox:
             await asyncio.gather(*pending, *(future for future, _ in batches))
         except Exception as exc:
             raise TransientError(f"delivery failed: {type(exc).__name__}") from exc
-        for attributes in decided:
-            metrics.decisions.add(1, attributes)
-        for attributes in dead:
-            metrics.dead_letters.add(1, attributes)
+        # One add per distinct attribute set: the SDK takes about 8 µs per call.
+        for attributes, count in _tally(decided):
+            metrics.decisions.add(count, attributes)
+        for attributes, count in _tally(dead):
+            metrics.dead_letters.add(count, attributes)
         for future, count in batches:
             sent = future.result()  # the batch's base offset: its records follow it
             self.published.append((sent.topic, sent.partition, sent.offset + count - 1))
@@ -151,3 +152,13 @@ class Outbox:
                 (await self._producer.send_batch(batch, topic, partition=partition), count)
             )
         return batches
+
+
+def _tally(attribute_sets: Sequence[dict[str, str]]) -> list[tuple[dict[str, str], int]]:
+    """Equal attribute sets counted together, each with one of them."""
+    counts: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], int]] = {}
+    for attributes in attribute_sets:
+        key = tuple(attributes.items())
+        seen = counts.get(key)
+        counts[key] = (attributes, 1 if seen is None else seen[1] + 1)
+    return list(counts.values())

@@ -17,7 +17,7 @@ processors, which nobody would read (a tenth or more of triage's CPU time).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
@@ -309,12 +309,13 @@ def bind(record: _Record, post_event_id: str) -> None:
 def output_headers(
     post_event_id: str | None = None,
     record: _Record | None = None,
-    attributes: Mapping[str, Any] | None = None,
+    attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
     headers: Headers | None = None,
 ) -> Headers:
     """`headers` (or new ones) plus the trace context for a record produced while handling a
     batch: the span of the input it derives from (by post event, else by record), annotated
-    with `attributes`; outside a batch, the current span's."""
+    with `attributes` (or what calling it gives: worked out only for a recording span);
+    outside a batch, the current span's."""
     batch = _current.get()
     span = None
     if batch is not None:
@@ -324,8 +325,8 @@ def output_headers(
             span = batch.record_span(record)
     if span is None:
         return inject(headers)
-    if attributes and span.is_recording():
-        span.set_attributes(attributes)
+    if attributes is not None and span.is_recording():
+        span.set_attributes(attributes() if callable(attributes) else attributes)
     return _inject_span(headers, span)
 
 
