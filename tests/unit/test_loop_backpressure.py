@@ -1,5 +1,6 @@
-"""The consumer runtime's backpressure: over budget it pauses, and it resumes as soon as a
-batch finishes rather than after a poll spent waiting on paused partitions."""
+"""The consumer runtime's backpressure and commits: over budget it pauses and resumes as soon as
+a batch finishes rather than after a poll spent waiting on paused partitions; finished work is
+committed at most once per commit interval, and whatever finished is committed at the end."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class FakeConsumer:
         self._backlog = [FakeRecord(TOPIC, 0, offset) for offset in range(count)]
         self._paused = False
         self.committed: dict[TopicPartition, int] = {}
+        self.commits = 0
         self.waiting_polls_while_paused = 0
 
     def assignment(self) -> set[TopicPartition]:
@@ -65,6 +67,7 @@ class FakeConsumer:
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         self.committed.update(offsets)
+        self.commits += 1
 
 
 async def test_a_paused_loop_resumes_when_a_batch_finishes_without_waiting_in_a_poll() -> None:
@@ -87,3 +90,30 @@ async def test_a_paused_loop_resumes_when_a_batch_finishes_without_waiting_in_a_
     assert consumer.committed == {consumer.tp: 30}
     assert report.peak_in_flight <= 10
     assert consumer.waiting_polls_while_paused == 0
+
+
+@pytest.mark.parametrize(("interval_s", "most_commits"), [(0.0, 31), (60.0, 2)])
+async def test_finished_work_is_committed_at_most_once_per_interval_and_at_the_end(
+    interval_s: float, most_commits: int
+) -> None:
+    """30 one-record batches: committed after every round without an interval (at most 30 and
+    the end); with a long
+    one, once at the start (nothing done yet: no commit) and once when the loop ends."""
+    consumer = FakeConsumer(count=30)
+    stop = asyncio.Event()
+    handled: list[int] = []
+
+    async def handler(records: Sequence[FakeRecord]) -> None:
+        await asyncio.sleep(0.001)
+        handled.extend(r.offset for r in records)
+        if len(handled) == 30:
+            stop.set()
+
+    config = LoopConfig("triage", 1, 1, 50, 1.0, 5.0, commit_interval_s=interval_s)
+    loop = BatchLoop(consumer, handler, config)  # type: ignore[arg-type]
+    await asyncio.wait_for(loop.run(stop), timeout=30)
+
+    assert consumer.committed == {consumer.tp: 30}
+    assert 1 <= consumer.commits <= most_commits
+    if interval_s == 0.0:
+        assert consumer.commits > 2  # one per round: the interval is what keeps it to two

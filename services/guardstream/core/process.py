@@ -103,6 +103,7 @@ async def serve(
                 max_records=max_records,
                 max_in_flight=max_in_flight,
                 poll_timeout_ms=settings.poll_timeout_ms,
+                commit_interval_s=settings.commit_interval_ms / 1000,
                 backoff_max_s=settings.retry_backoff_max_s,
                 drain_s=settings.shutdown_drain_s,
                 fault=settings.fault,

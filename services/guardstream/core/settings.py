@@ -224,6 +224,12 @@ class Settings(BaseSettings):
     poll_timeout_ms: Annotated[
         int, Field(ge=1, validation_alias=_env("GUARDSTREAM_POLL_TIMEOUT_MS"))
     ] = 200
+    # Offsets of finished work are committed at most this often (0: after every fetch round).
+    # Each commit is a round trip the loop waits for before its next fetch; rebalances and
+    # shutdown commit at once whatever the interval, and a crash only redelivers more.
+    commit_interval_ms: Annotated[
+        int, Field(ge=0, validation_alias=_env("GUARDSTREAM_COMMIT_INTERVAL_MS"))
+    ] = 500
     retry_backoff_max_s: Annotated[
         float, Field(gt=0, validation_alias=_env("GUARDSTREAM_RETRY_BACKOFF_MAX_S"))
     ] = 30.0
