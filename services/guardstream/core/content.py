@@ -89,6 +89,8 @@ def _visible_text(text: str) -> str:
 def _visible_char(match: re.Match[str]) -> str:
     value = _VISIBLE[ord(match.group())]
     return "" if value is None else value if isinstance(value, str) else chr(value)
+
+
 _ASCII_CONTROLS = {
     code: (" " if chr(code) in _SPACE_CONTROLS else None) for code in (*range(0x20), 0x7F)
 }
