@@ -31,6 +31,7 @@ from guardstream.policy import (
     review_sla,
     route,
     route_scorer_unavailable,
+    routing,
 )
 from guardstream.scorer.output import CATEGORIES
 
@@ -682,3 +683,23 @@ def test_invalid_documents_fail_schema_and_model(document: dict[str, Any]) -> No
     assert not VALIDATOR.is_valid(document)
     with pytest.raises(ValidationError):
         PolicyPack.model_validate(document)
+
+
+@given(
+    pack=packs(),
+    verdict=st.sampled_from([S, C, U]),
+    confidence=st.none() | st.floats(0.0, 1.0) | unusable,
+    categories=any_categories,
+)
+def test_routes_answered_from_memory_are_the_rules_answers(
+    pack: PolicyPack, verdict: Verdict, confidence: float | None, categories: list[str]
+) -> None:
+    # The second call is answered from memory; both are what the rules say.
+    fresh = routing._route(pack, verdict, confidence, categories)
+    assert route(pack, verdict, confidence, categories) == fresh
+    assert route(pack, verdict, confidence, categories) == fresh
+    # An equal pack object with other thresholds is its own entry.
+    other = pack.model_copy(update={"review_below": ReviewBelow(safe=1.0, unsafe=1.0)})
+    assert route(other, verdict, confidence, categories) == routing._route(
+        other, verdict, confidence, categories
+    )

@@ -72,13 +72,39 @@ EXPLANATION_MAX = 500
 _DONE = {Action.ALLOW: "Allowed", Action.BLOCK: "Blocked", Action.REVIEW: "Sent to review"}
 
 
+# (pack identity, verdict, confidence, categories) → (the pack, its route). Repeated content
+# repeats its cached verdict, so triage routes the same few inputs again and again; the pack
+# is kept with its route, so an id reused by another pack object never answers for it.
+_ROUTES: dict[tuple[int, Verdict, float | None, tuple[str, ...]], tuple[PolicyPack, Routed]] = {}
+_ROUTES_KEPT = 4096
+
+
 def route(
     pack: PolicyPack,
     verdict: Verdict,
     confidence: float | None,
     categories: Sequence[str],
 ) -> Routed:
-    """The action for one model verdict under `pack` (precedence in the module docstring)."""
+    """The action for one model verdict under `pack` (precedence in the module docstring).
+
+    Pure: an input seen before is answered from memory (a NaN confidence never is)."""
+    key = (id(pack), verdict, confidence, tuple(categories))
+    known = _ROUTES.get(key)
+    if known is not None and known[0] is pack:
+        return known[1]
+    routed = _route(pack, verdict, confidence, categories)
+    if len(_ROUTES) >= _ROUTES_KEPT:
+        _ROUTES.clear()
+    _ROUTES[key] = (pack, routed)
+    return routed
+
+
+def _route(
+    pack: PolicyPack,
+    verdict: Verdict,
+    confidence: float | None,
+    categories: Sequence[str],
+) -> Routed:
     # Unknown strings are ignored rather than echoed: explanations end up in decisions.
     named = [c for c in CATEGORIES if c in categories]
     usable = _usable(confidence)
