@@ -698,6 +698,12 @@ def test_routes_answered_from_memory_are_the_rules_answers(
     fresh = routing._route(pack, verdict, confidence, categories)
     assert route(pack, verdict, confidence, categories) == fresh
     assert route(pack, verdict, confidence, categories) == fresh
+    # Equal confidences that read differently are explained as they read.
+    if confidence == 0.0:
+        for zero in (0.0, -0.0):
+            assert route(pack, verdict, zero, categories) == routing._route(
+                pack, verdict, zero, categories
+            )
     # An equal pack object with other thresholds is its own entry.
     other = pack.model_copy(update={"review_below": ReviewBelow(safe=1.0, unsafe=1.0)})
     assert route(other, verdict, confidence, categories) == routing._route(

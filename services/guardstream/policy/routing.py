@@ -74,8 +74,10 @@ _DONE = {Action.ALLOW: "Allowed", Action.BLOCK: "Blocked", Action.REVIEW: "Sent 
 
 # (pack identity, verdict, confidence, categories) → (the pack, its route). Repeated content
 # repeats its cached verdict, so triage routes the same few inputs again and again; the pack
-# is kept with its route, so an id reused by another pack object never answers for it.
-_ROUTES: dict[tuple[int, Verdict, float | None, tuple[str, ...]], tuple[PolicyPack, Routed]] = {}
+# is kept with its route, so an id reused by another pack object never answers for it. The
+# confidence is keyed by its repr: equal floats that read differently (0.0 and -0.0) are
+# explained differently.
+_ROUTES: dict[tuple[int, Verdict, str, tuple[str, ...]], tuple[PolicyPack, Routed]] = {}
 _ROUTES_KEPT = 4096
 
 
@@ -87,8 +89,8 @@ def route(
 ) -> Routed:
     """The action for one model verdict under `pack` (precedence in the module docstring).
 
-    Pure: an input seen before is answered from memory (a NaN confidence never is)."""
-    key = (id(pack), verdict, confidence, tuple(categories))
+    Pure: an input seen before is answered from memory."""
+    key = (id(pack), verdict, repr(confidence), tuple(categories))
     known = _ROUTES.get(key)
     if known is not None and known[0] is pack:
         return known[1]
