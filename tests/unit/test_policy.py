@@ -704,7 +704,7 @@ def test_routes_answered_from_memory_are_the_rules_answers(
             assert route(pack, verdict, zero, categories) == routing._route(
                 pack, verdict, zero, categories
             )
-    # An equal pack object with other thresholds is its own entry.
+    # Another pack object (the same ref, other thresholds) is remembered apart.
     other = pack.model_copy(update={"review_below": ReviewBelow(safe=1.0, unsafe=1.0)})
     assert route(other, verdict, confidence, categories) == routing._route(
         other, verdict, confidence, categories

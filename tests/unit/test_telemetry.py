@@ -128,7 +128,7 @@ def test_outputs_continue_the_trace_of_the_record_their_post_event_came_in(
     with tracing.batch_scope(batch):
         tracing.bind(traced, "event-a")
         tracing.bind(untraced, "event-b")
-        a = tracing.output_headers("event-a", attributes={"guardstream.verdict": "unsafe"})
+        a = tracing.output_headers("event-a", attributes=lambda: {"guardstream.verdict": "unsafe"})
         b = tracing.output_headers("event-b")
         dlq = tracing.output_headers(record=untraced, headers=[("gs-reason", b"bad_json")])
         unknown = tracing.output_headers("event-never-bound")
@@ -172,7 +172,8 @@ def test_without_an_exporter_batches_get_context_only_spans_with_the_same_ids(
         with tracing.batch_scope(batch):
             tracing.bind(traced, "event-a")
             tracing.bind(untraced, "event-b")
-            a = tracing.output_headers("event-a", attributes={"guardstream.verdict": "unsafe"})
+            verdict = {"guardstream.verdict": "unsafe"}
+            a = tracing.output_headers("event-a", attributes=lambda: verdict)
             b = tracing.output_headers("event-b")
         batch.end()
     finally:

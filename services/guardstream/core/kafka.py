@@ -259,7 +259,7 @@ async def dead_letter(
         key=record.key,
         headers=tracing.output_headers(
             record=record,
-            attributes={"guardstream.dlq_reason": error.reason},
+            attributes=lambda: {"guardstream.dlq_reason": error.reason},
             headers=origin_headers(record, error.reason, attempts),
         ),
     )

@@ -17,6 +17,7 @@ batches, in order. One future per batch instead of one per record: the per-recor
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -155,10 +156,6 @@ class Outbox:
 
 
 def _tally(attribute_sets: Sequence[dict[str, str]]) -> list[tuple[dict[str, str], int]]:
-    """Equal attribute sets counted together, each with one of them."""
-    counts: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], int]] = {}
-    for attributes in attribute_sets:
-        key = tuple(attributes.items())
-        seen = counts.get(key)
-        counts[key] = (attributes, 1 if seen is None else seen[1] + 1)
-    return list(counts.values())
+    """Equal attribute sets counted together."""
+    counts = Counter(tuple(attributes.items()) for attributes in attribute_sets)
+    return [(dict(items), count) for items, count in counts.items()]

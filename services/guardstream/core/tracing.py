@@ -309,12 +309,12 @@ def bind(record: _Record, post_event_id: str) -> None:
 def output_headers(
     post_event_id: str | None = None,
     record: _Record | None = None,
-    attributes: Mapping[str, Any] | Callable[[], Mapping[str, Any]] | None = None,
+    attributes: Callable[[], Mapping[str, Any]] | None = None,
     headers: Headers | None = None,
 ) -> Headers:
     """`headers` (or new ones) plus the trace context for a record produced while handling a
     batch: the span of the input it derives from (by post event, else by record), annotated
-    with `attributes` (or what calling it gives: worked out only for a recording span);
+    with what `attributes` gives (called only for a recording span: nobody reads the others);
     outside a batch, the current span's."""
     batch = _current.get()
     span = None
@@ -326,7 +326,7 @@ def output_headers(
     if span is None:
         return inject(headers)
     if attributes is not None and span.is_recording():
-        span.set_attributes(attributes() if callable(attributes) else attributes)
+        span.set_attributes(attributes())
     return _inject_span(headers, span)
 
 
