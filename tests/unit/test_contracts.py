@@ -8,6 +8,8 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guardstream.core.contracts import (
     Alert,
@@ -21,6 +23,7 @@ from guardstream.core.contracts import (
     ScoreRequest,
     ShadowRecord,
     SlaEvent,
+    within_text_limit,
 )
 
 pytestmark = pytest.mark.unit
@@ -386,3 +389,134 @@ def test_rejection_detail_never_contains_the_payload() -> None:
         Post.from_json(orjson.dumps(doc))
     assert secret not in str(info.value)
     assert "text" in info.value.detail
+
+
+# --- what a string may contain ----------------------------------------------------------------
+# Forbidden in every string field: C0 controls, DEL, C1 controls, lone surrogates; free text
+# (text, prompt, reasons, summary, detail) may hold tab, LF and CR.
+CONTROLS = [chr(c) for c in (*range(0x00, 0x20), *range(0x7F, 0xA0))]
+FREE_TEXT_WHITESPACE = {"\t", "\n", "\r"}
+FREE_TEXT_FIELDS = {"text", "prompt", "prompt_prefix", "reason", "detail", "summary"}
+SURROGATES = st.integers(0xD800, 0xDFFF).map(chr)
+
+
+def string_slots(doc: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Paths to every string in `doc` (list items and mapping values included) the character
+    rule covers: enum and hash fields are excluded (their own patterns reject more)."""
+    closed = {"schema_version", "tenant", "content_key", "matched_content_key", "near_scope"}
+    closed |= {"payload_sha256", "payload_b64", "key_b64", "kind", "verdict", "action"}
+    closed |= {"source", "outcome", "stage", "event", "severity", "model_verdict"}
+    closed |= {"serving_verdict", "candidate_verdict", "produced_at", "created_at"}
+    closed |= {"decided_at", "received_at", "reviewed_at", "at", "deadline", "raised_at"}
+    closed |= {"serving_decided_at", "candidate_decided_at", "consumer_reason"}
+    slots: list[tuple[str, ...]] = []
+    for key, value in doc.items():
+        if key in closed or (key == "reason" and doc is DLQ):
+            continue
+        if isinstance(value, str):
+            slots.append((key,))
+        elif isinstance(value, list):
+            slots += [(key, str(i)) for i, item in enumerate(value) if isinstance(item, str)]
+        elif isinstance(value, dict):
+            slots += [(key, *path) for path in string_slots(value)]
+    return slots
+
+
+def replaced(doc: dict[str, Any], path: tuple[str, ...], value: str) -> dict[str, Any]:
+    head, *rest = path
+    current = doc[head]
+    if not rest:
+        new: Any = value
+    elif isinstance(current, list):
+        new = [value if str(i) == rest[0] else item for i, item in enumerate(current)]
+    else:
+        new = replaced(current, tuple(rest), value)
+    return {**doc, head: new}
+
+
+@given(data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_a_forbidden_character_in_any_string_field_is_a_contract_error(data: st.DataObject) -> None:
+    model, schema, base = data.draw(st.sampled_from(CASES), label="event")
+    path = data.draw(st.sampled_from(string_slots(base)), label="field")
+    free = path[0] in FREE_TEXT_FIELDS
+    bad = data.draw(
+        st.sampled_from([c for c in CONTROLS if not (free and c in FREE_TEXT_WHITESPACE)])
+        | SURROGATES,
+        label="character",
+    )
+    around = st.text(st.characters(codec="utf-8", exclude_categories=["Cc"]), max_size=8)
+    value = data.draw(around) + bad + data.draw(around)
+    doc = replaced(base, path, value)
+    # json.dumps escapes a lone surrogate as `\udXXX`, as a hostile producer would write it.
+    raw = json.dumps(doc).encode()
+    with pytest.raises(ContractError) as info:
+        model.from_json(raw)
+    assert info.value.reason in {"forbidden_character", "invalid_schema"}
+    if len(value) <= 40 or path[0] in FREE_TEXT_FIELDS:
+        assert info.value.reason == "forbidden_character", info.value.detail
+    assert value not in info.value.detail
+    assert not schema_accepts(schema, json.loads(raw))
+
+
+@given(data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_any_accepted_string_round_trips_and_agrees_with_the_schema(data: st.DataObject) -> None:
+    model, schema, base = data.draw(st.sampled_from(CASES), label="event")
+    path = data.draw(st.sampled_from(string_slots(base)), label="field")
+    value = data.draw(st.text(max_size=60), label="value")
+    doc = replaced(base, path, value)
+    raw = json.dumps(doc).encode()
+    try:
+        event = model.from_json(raw)
+    except ContractError as exc:
+        assert exc.reason in {"forbidden_character", "invalid_schema", "invalid_json"}
+        assert not schema_accepts(schema, json.loads(raw))
+        return
+    assert schema_accepts(schema, json.loads(raw))
+    assert model.from_json(event.to_json()) == event
+    assert schema_accepts(schema, orjson.loads(event.to_json()))
+
+
+@pytest.mark.parametrize("field", ["text", "prompt", "author_id", "post_id", "lang"])
+def test_nul_in_a_post_is_forbidden_character(field: str) -> None:
+    doc = {**POST, "kind": "response", "prompt": "q", field: "a\x00b"}
+    with pytest.raises(ContractError) as info:
+        Post.from_json(orjson.dumps(doc))
+    assert info.value.reason == "forbidden_character"
+    assert info.value.detail.startswith(field)
+
+
+def test_tab_and_newlines_are_free_text_but_not_ids() -> None:
+    assert Post.from_json(orjson.dumps({**POST, "text": "a\tb\r\nc"})).text == "a\tb\r\nc"
+    with pytest.raises(ContractError):
+        Post.from_json(orjson.dumps({**POST, "author_id": "a\tb"}))
+
+
+@pytest.mark.parametrize("surrogate", [b"\\ud800", b"\\udfff", b"x\\udc00y", b"\\ud83d"])
+def test_an_escaped_lone_surrogate_is_forbidden_character(surrogate: bytes) -> None:
+    raw = orjson.dumps({**POST, "text": "@"}).replace(b'"@"', b'"' + surrogate + b'"')
+    with pytest.raises(ContractError) as info:
+        Post.from_json(raw)
+    assert info.value.reason == "forbidden_character"
+
+
+def test_a_pair_of_escaped_surrogates_is_one_character() -> None:
+    raw = orjson.dumps({**POST, "text": "@"}).replace(b'"@"', b'"\\ud83d\\ude00"')
+    assert Post.from_json(raw).text == "\U0001f600"
+
+
+@given(
+    text=st.text(min_size=1, max_size=30),
+    prompt=st.none() | st.text(max_size=30),
+    limit=st.integers(1, 30),
+)
+def test_the_text_limit_counts_text_and_prompt(text: str, prompt: str | None, limit: int) -> None:
+    post = Post.model_construct(**{**POST, "text": text, "prompt": prompt})
+    longest = max(len(text), len(prompt or ""))
+    if longest <= limit:
+        assert within_text_limit(post, limit) is post
+    else:
+        with pytest.raises(ContractError) as info:
+            within_text_limit(post, limit)
+        assert info.value.reason == "text_too_long"

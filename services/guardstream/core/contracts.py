@@ -5,13 +5,21 @@ flat JSON object with an envelope (`schema_version` "MAJOR.MINOR", `event_id`, `
 and its payload. Unknown optional fields are tolerated so producers can add fields; an unknown
 major version is rejected with a reason that sends the record to the DLQ. Wire format is
 orjson; pydantic validates.
+
+What a string may hold is decided here, once, for every string field of every event: no C0
+control character (U+0000-U+001F), no DEL or C1 control (U+007F-U+009F) and no lone surrogate
+(U+D800-U+DFFF); free text (a post's text and prompt, reasons, summaries, details) may also
+hold tab, LF and CR. A record breaking it is rejected as `forbidden_character`, so nothing
+downstream (PostgreSQL refuses U+0000, Redis clients refuse surrogates) ever sees one. Text
+longer than the deployment's `max_text_chars` is rejected by `within_text_limit`, which every
+consumer of posts and score requests calls.
 """
 
 from __future__ import annotations
 
 import enum
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import orjson
 from pydantic import (
@@ -30,10 +38,20 @@ from pydantic import (
 SCHEMA_MAJOR = 1
 SCHEMA_VERSION = "1.0"
 
-Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f]+$")]
+# pydantic checks patterns in Rust, where a lone surrogate is no string at all: any field with
+# one of these patterns rejects surrogates too (`string_unicode`), and orjson never parses one.
+LINE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # ids, names, labels: one line of printable text
+FREE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"  # may also hold \t \n \r
+_CHARACTER_PATTERNS = frozenset((LINE, FREE_TEXT))
+Line = Annotated[str, Field(pattern=LINE)]
+FreeText = Annotated[str, Field(pattern=FREE_TEXT)]
+Id = Annotated[Line, Field(min_length=1, max_length=128)]
+Category = Annotated[Line, Field(min_length=1, max_length=64)]
+Categories = Annotated[tuple[Category, ...], Field(max_length=32)]
 Tenant = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
 ContentKey = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
 Confidence = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]
+Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
 
 
 def _timestamp_text(value: object) -> object:
@@ -108,6 +126,8 @@ class Envelope(BaseModel):
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            if "high surrogate" in exc.msg or "low surrogate" in exc.msg:  # a `\udXXX` escape
+                raise ContractError("forbidden_character", f"lone surrogate ({exc.msg})") from None
             raise ContractError("invalid_json", f"not valid UTF-8 JSON ({exc.msg})") from None
         if not isinstance(data, dict):
             raise ContractError("invalid_json", "top level is not an object")
@@ -122,7 +142,18 @@ class Envelope(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            raise ContractError("invalid_schema", describe_errors(exc)) from None
+            raise ContractError(rejection_reason(exc), describe_errors(exc)) from None
+
+
+def rejection_reason(exc: ValidationError) -> str:
+    """`forbidden_character` when a string broke the character rule, else `invalid_schema`."""
+    for err in exc.errors(include_input=False, include_url=False):
+        if err["type"] == "string_unicode" or (
+            err["type"] == "string_pattern_mismatch"
+            and err.get("ctx", {}).get("pattern") in _CHARACTER_PATTERNS
+        ):
+            return "forbidden_character"
+    return "invalid_schema"
 
 
 def describe_errors(exc: ValidationError, limit: int = 5) -> str:
@@ -141,12 +172,12 @@ class Post(Envelope):
     post_id: Id
     tenant: Tenant
     author_id: Id
-    text: Annotated[str, Field(min_length=1)]
+    text: Annotated[FreeText, Field(min_length=1)]
     kind: Kind = Kind.PROMPT
     # Response moderation: the prompt the response answers (Qwen3Guard judges the pair).
-    prompt: str | None = None
-    lang: Annotated[str, Field(max_length=35)] | None = None
-    region: Annotated[str, Field(max_length=35)] | None = None
+    prompt: FreeText | None = None
+    lang: Annotated[Line, Field(max_length=35)] | None = None
+    region: Annotated[Line, Field(max_length=35)] | None = None
     created_at: Timestamp
 
     @model_validator(mode="after")
@@ -163,19 +194,34 @@ class ScoreRequest(Envelope):
     post_event_id: Id
     tenant: Tenant
     kind: Kind
-    text: str  # normalised
-    prompt: str | None = None  # normalised
-    lang: str | None = None
-    region: str | None = None
+    text: FreeText  # normalised
+    prompt: FreeText | None = None  # normalised
+    lang: Annotated[Line, Field(max_length=35)] | None = None
+    region: Annotated[Line, Field(max_length=35)] | None = None
     content_key: ContentKey
     policy: Id
     received_at: Timestamp
     # The policy pack's domain tags / region hint, put before the text (part of the key).
-    prompt_prefix: str | None = None
+    prompt_prefix: FreeText | None = None
     # Near-duplicate index scope once scored; absent when the pack does not reuse variants.
     near_scope: ContentKey | None = None
     # The LoRA adapter that must score it (part of the content key); absent: the base model.
     adapter: Id | None = None
+
+
+Texted = TypeVar("Texted", Post, ScoreRequest)
+
+
+def within_text_limit(event: Texted, max_chars: int) -> Texted:
+    """`event` if its text and prompt hold at most `max_chars` characters (the deployment's
+    `max_text_chars`); raises `ContractError` `text_too_long` otherwise. Every consumer of
+    posts and score requests calls it, so a record one process refuses is refused by all."""
+    for name, value in (("text", event.text), ("prompt", event.prompt)):
+        if value is not None and len(value) > max_chars:
+            raise ContractError(
+                "text_too_long", f"{name} has {len(value)} characters, limit {max_chars}"
+            )
+    return event
 
 
 class Decision(Envelope):
@@ -187,11 +233,11 @@ class Decision(Envelope):
     tenant: Tenant
     verdict: Verdict
     action: Action
-    categories: tuple[str, ...] = ()
+    categories: Categories = ()
     confidence: Confidence | None = None
     refusal: StrictBool | None = None
-    reason: Annotated[str, Field(min_length=1, max_length=500)]
-    rule: Annotated[str, Field(max_length=120)] | None = None
+    reason: Annotated[FreeText, Field(min_length=1, max_length=500)]
+    rule: Annotated[Line, Field(max_length=120)] | None = None
     source: Source
     model: Id
     adapter: Id | None = None
@@ -220,11 +266,11 @@ class ShadowRecord(Envelope):
     model: Id
     serving_adapter: Id | None = None  # absent: the base model serves
     serving_verdict: Verdict
-    serving_categories: tuple[str, ...] = ()
+    serving_categories: Categories = ()
     serving_confidence: Confidence | None = None
     candidate_adapter: Id
     candidate_verdict: Verdict
-    candidate_categories: tuple[str, ...] = ()
+    candidate_categories: Categories = ()
     candidate_confidence: Confidence | None = None
     # The serving verdict went on to a larger model (cascade): it was not the final decision.
     escalated: StrictBool = False
@@ -236,11 +282,11 @@ class ShadowRecord(Envelope):
 class Origin(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    topic: Annotated[str, Field(min_length=1)]
+    topic: Annotated[Line, Field(min_length=1)]
     partition: Annotated[StrictInt, Field(ge=0)]
     offset: Annotated[StrictInt, Field(ge=0)]
     timestamp_ms: StrictInt | None = None
-    key_b64: str | None = None
+    key_b64: Base64 | None = None
 
 
 class DlqRecord(Envelope):
@@ -249,9 +295,9 @@ class DlqRecord(Envelope):
     origin: Origin
     consumer: Id
     reason: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")]
-    detail: Annotated[str, Field(max_length=2000)]
+    detail: Annotated[FreeText, Field(max_length=2000)]
     attempts: Annotated[StrictInt, Field(ge=1)]
-    payload_b64: str
+    payload_b64: Base64
     payload_size: Annotated[StrictInt, Field(ge=0)]
     payload_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     payload_truncated: StrictBool = False
@@ -288,11 +334,11 @@ class Review(Envelope):
     outcome: ReviewOutcome
     stage: ReviewStage = ReviewStage.FIRST
     verdict: Verdict  # the human's label
-    categories: tuple[str, ...] = ()
+    categories: Categories = ()
     # Required when correcting (the seeds' ③ 填写理由), at most 50 characters.
-    reason: Annotated[str, Field(min_length=1, max_length=REVIEW_REASON_MAX)] | None = None
+    reason: Annotated[FreeText, Field(min_length=1, max_length=REVIEW_REASON_MAX)] | None = None
     tags: Annotated[
-        tuple[Annotated[str, Field(min_length=1, max_length=40)], ...], Field(min_length=1)
+        tuple[Annotated[Line, Field(min_length=1, max_length=40)], ...], Field(min_length=1)
     ]
     reviewer: Id  # pseudonymous reviewer id, never a name or e-mail
     model_verdict: Verdict
@@ -368,9 +414,9 @@ class Alert(Envelope):
     severity: AlertSeverity
     tenant: Tenant | None = None
     post_id: Id | None = None
-    summary: Annotated[str, Field(min_length=1, max_length=500)]  # never post text or PII
+    summary: Annotated[FreeText, Field(min_length=1, max_length=500)]  # no post text or PII
     labels: dict[
-        Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Annotated[str, Field(max_length=200)]
+        Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]*$")], Annotated[Line, Field(max_length=200)]
     ] = Field(default_factory=dict)
     raised_at: Timestamp
 

@@ -12,6 +12,10 @@ crash never skips an undecided record. Commit policy:
 |                            | finished since the last one, re-emitted identically)            |
 | permanent error (a record) | the handler dead-letters that record (origin, reason, attempts) |
 |                            | and counts it done; the batch goes on                           |
+| a record the stores refuse | (`isolate`) a data error of PostgreSQL or Redis, or a derived   |
+| or the code cannot use     | event failing its contract: the batch is halved until the one   |
+|                            | record is found; the others are handled, it is dead-lettered    |
+|                            | (`store_rejected` / `unprocessable`) and counts done            |
 | transient error            | nothing done; the same batch retried with capped exponential    |
 |                            | backoff, forever — never skipped, never dead-lettered. The loop |
 |                            | keeps polling (the group keeps us) and pauses partitions when   |
@@ -39,8 +43,10 @@ from typing import ClassVar, TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
+from pydantic import ValidationError
 
 from guardstream.core import metrics, tracing
+from guardstream.core.contracts import ContractError, describe_errors
 from guardstream.core.faults import FaultPoints
 from guardstream.core.offsets import OffsetTracker
 
@@ -61,6 +67,59 @@ def is_transient(exc: BaseException) -> bool:
     if isinstance(exc, TransientError):
         return True
     return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+
+
+def unusable(
+    exc: BaseException, store_errors: tuple[type[BaseException], ...] = ()
+) -> ContractError | None:
+    """The DLQ error when `exc` says one record's data cannot be used, else None (an
+    infrastructure fault or a bug, which must not cost a record): a contract error, a derived
+    event failing its own contract (`unprocessable`), or one of `store_errors`, the data
+    errors of the consumer's stores (`store_rejected`). Details name types, never values."""
+    if isinstance(exc, ContractError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return ContractError("unprocessable", describe_errors(exc))
+    if store_errors and isinstance(exc, store_errors):
+        state = getattr(exc, "sqlstate", None)
+        where = f" (SQLSTATE {state})" if state else ""
+        return ContractError("store_rejected", f"{type(exc).__name__}{where}")
+    return None
+
+
+async def isolate(
+    records: Records,
+    handle: BatchHandler,
+    rejected: Callable[[BaseException], ContractError | None],
+    dead_letter: Callable[[Record, ContractError], Awaitable[None]],
+) -> None:
+    """`handle(records)`; when it fails because of one record's data (`rejected` gives its
+    DLQ error), the batch is halved and each half handled in order, down to the record that
+    fails alone, which is dead-lettered. Handlers are idempotent (a transient retry redoes a
+    whole batch too), so the halves redo what the failed attempt did. A record among n costs
+    about 2·log2(n) more handler calls; any other error propagates."""
+    try:
+        await handle(records)
+    except Exception as exc:
+        error = rejected(exc)
+        if error is None:
+            raise
+        if len(records) > 1:
+            middle = len(records) // 2
+            await isolate(records[:middle], handle, rejected, dead_letter)
+            await isolate(records[middle:], handle, rejected, dead_letter)
+            return
+        (record,) = records
+        log.warning(
+            "record rejected by the data it holds; dead-lettered",
+            extra={
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "reason": error.reason,
+            },
+        )
+        await dead_letter(record, error)
 
 
 @dataclass(frozen=True, slots=True)

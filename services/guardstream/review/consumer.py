@@ -11,7 +11,13 @@ One consumer group reads three topics (all keyed by post_id) through the shared 
 | sla-events, warning / expired           | the task is marked (an expired task stays        |
 |                                         | decidable); early events wait in `sla_marks`     |
 | sla-events, assignment_breach / late    | nothing to store (the console knows)             |
-| unparseable / unknown major version     | DLQ with origin and reason, then done            |
+| unparseable / unknown major version /   | DLQ with origin and reason, then done            |
+| forbidden character / text over         |                                                  |
+| `max_text_chars` (posts, as triage)     |                                                  |
+| PostgreSQL refuses a record's data      | the batch is halved until that record is found   |
+| (SQLSTATE class 22, 23 or 54)           | (`core.loop.isolate`); the rest are stored, it   |
+|                                         | goes to the DLQ `store_rejected`, then done      |
+| a task/mark the record cannot make      | likewise, DLQ `unprocessable`                    |
 | PostgreSQL unreachable / serialisation  | transient: the batch is retried with backoff     |
 | any other database error                | the process stops (a bug), nothing committed     |
 """
@@ -33,8 +39,9 @@ from guardstream.core.contracts import (
     Post,
     SlaEvent,
     SlaEventKind,
+    within_text_limit,
 )
-from guardstream.core.loop import Records, TransientError
+from guardstream.core.loop import Record, Records, TransientError, isolate, unusable
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
@@ -53,6 +60,14 @@ log = logging.getLogger(__name__)
 
 SOURCES = (Topic.POSTS, Topic.REVIEW, Topic.SLA_EVENTS)
 _SLA = {SlaEventKind.WARNING: SlaState.WARNING, SlaEventKind.EXPIRED: SlaState.EXPIRED}
+# What PostgreSQL refuses because of a record's values, not because it is unwell: data
+# exceptions (22xxx: U+0000, a value too long or out of range), integrity violations (23xxx)
+# and program limits (54xxx: an index row too large).
+REJECTED_DATA: tuple[type[BaseException], ...] = (
+    asyncpg.exceptions.DataError,
+    asyncpg.exceptions.IntegrityConstraintViolationError,
+    asyncpg.exceptions.ProgramLimitExceededError,
+)
 
 
 def new_task(
@@ -127,7 +142,22 @@ class ReviewConsumer:
         self.counts = dict.fromkeys(("posts", "tasks", "duplicates", "sla", "dlq"), 0)
 
     async def handle(self, records: Records) -> None:
+        """Store a batch; a record PostgreSQL refuses is found and dead-lettered alone."""
+        await isolate(records, self._handle, self._rejected, self._dead_letter)
+
+    @staticmethod
+    def _rejected(exc: BaseException) -> ContractError | None:
+        return unusable(exc, REJECTED_DATA)
+
+    async def _dead_letter(self, record: Record, error: ContractError) -> None:
         outbox = Outbox(self._producer, self._settings, "review")
+        await outbox.dead_letter(record, error)
+        await outbox.flush()
+        self.counts["dlq"] += 1
+
+    async def _handle(self, records: Records) -> None:
+        outbox = Outbox(self._producer, self._settings, "review")
+        dead = 0
         texts: list[PostText] = []
         tasks: dict[str, NewTask] = {}
         marks: list[SlaMark] = []
@@ -135,7 +165,9 @@ class ReviewConsumer:
             topic = self._topic_of.get(record.topic)
             try:
                 if topic is Topic.POSTS:
-                    post = Post.from_json(record.value)
+                    post = within_text_limit(
+                        Post.from_json(record.value), self._settings.max_text_chars
+                    )
                     texts.append(
                         PostText(
                             post.post_id,
@@ -168,7 +200,7 @@ class ReviewConsumer:
                     unexpected_topic()
             except ContractError as exc:
                 await outbox.dead_letter(record, exc)
-                self.counts["dlq"] += 1
+                dead += 1
         try:
             await self._store.save_post_texts(texts)
             created = await self._store.create_tasks(list(tasks.values()))
@@ -178,6 +210,7 @@ class ReviewConsumer:
         except asyncpg.exceptions.InsufficientResourcesError as exc:
             raise TransientError(f"review store: {type(exc).__name__}") from exc
         await outbox.flush()
+        self.counts["dlq"] += dead
         self.counts["posts"] += len(texts)
         self.counts["tasks"] += created
         self.counts["duplicates"] += len(tasks) - created

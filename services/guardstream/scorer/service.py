@@ -1,6 +1,7 @@
 """The scorer consumer: score requests in, model decisions out, verdict cache filled.
 
-Per batch: requests are validated (bad ones to the DLQ), grouped by content key so equal
+Per batch: requests are validated against the contract and `max_text_chars` (bad ones to the
+DLQ with the contract's reason), grouped by content key so equal
 content is scored once, the cache is re-checked (another scorer may have just scored it), the
 remaining keys are scored concurrently (vLLM batches them), verdicts are cached, and one
 decision per request goes to its action topic. Offsets are committed after every decision is
@@ -8,7 +9,9 @@ acknowledged. Unusable model output is `controversial`, never `safe`. In a casca
 (`cascade_escalate_below`), verdicts below the threshold are neither cached nor decided: the
 requests go to the escalations topic, acknowledged before the offsets move, for the larger
 model's scorer. An engine failure is transient (the batch is retried, nothing skipped); a dead
-engine ends the process.
+engine ends the process. A request whose data Redis refuses, or that cannot become a valid
+decision, is found by halving the batch (`core.loop.isolate`) and dead-lettered alone
+(`store_rejected`, `unprocessable`); the rest are decided.
 
 Shadow scoring: for a tenant whose registry lists a shadow candidate adapter, each freshly
 scored content key (sampled by `shadow_sample_rate`) is scored again with the candidate in
@@ -26,16 +29,24 @@ import logging
 from collections import defaultdict
 from datetime import datetime
 
+import redis.exceptions
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core import tracing
 from guardstream.core.adapters import Adapter
 from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import ContractError, ScoreRequest, ShadowRecord, Source, utcnow
+from guardstream.core.contracts import (
+    ContractError,
+    ScoreRequest,
+    ShadowRecord,
+    Source,
+    utcnow,
+    within_text_limit,
+)
 from guardstream.core.decisions import Origin, decide, model_reason
 from guardstream.core.faults import FaultPoints
 from guardstream.core.journal import journal_key
-from guardstream.core.loop import Records, TransientError
+from guardstream.core.loop import Record, Records, TransientError, isolate, unusable
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
@@ -47,6 +58,8 @@ from guardstream.scorer.prompt import messages_for
 log = logging.getLogger(__name__)
 
 SHADOW_DRAIN_S = 10.0  # how long stopping waits for shadow scorings already running
+# What Redis (or its client, encoding a value) refuses because of a record's values.
+REJECTED_DATA: tuple[type[BaseException], ...] = (redis.exceptions.DataError, UnicodeError)
 
 
 def shadow_sampled(content_key: str, rate: float) -> bool:
@@ -142,14 +155,31 @@ class Scorer:
         return _verdict(answer, raw, self._engine.model_id, request.adapter, utcnow())
 
     async def handle(self, records: Records) -> None:
+        """Score a batch; a request the stores refuse is found and dead-lettered alone."""
+        await isolate(records, self._handle, self._rejected, self._dead_letter)
+
+    @staticmethod
+    def _rejected(exc: BaseException) -> ContractError | None:
+        return unusable(exc, REJECTED_DATA)
+
+    async def _dead_letter(self, record: Record, error: ContractError) -> None:
+        outbox = Outbox(self._producer, self._settings, "scorer")
+        await outbox.dead_letter(record, error)
+        await outbox.flush()
+        self.counts["dlq"] += 1
+        self.counts["consumed"] += 1
+
+    async def _handle(self, records: Records) -> None:
         outbox = Outbox(self._producer, self._settings, "scorer")
         requests: dict[str, ScoreRequest] = {}  # by journal key: a replayed event counts once
+        dead = 0
+        limit = self._settings.max_text_chars
         for record in records:
             try:
-                request = ScoreRequest.from_json(record.value)
+                request = within_text_limit(ScoreRequest.from_json(record.value), limit)
             except ContractError as exc:
                 await outbox.dead_letter(record, exc)
-                self.counts["dlq"] += 1
+                dead += 1
                 continue
             tracing.bind(record, request.post_event_id)  # its decision continues its trace
             requests.setdefault(journal_key(request.post_event_id, request.policy), request)
@@ -198,6 +228,7 @@ class Scorer:
         await self._index_near_duplicates([by_key[key][0] for key in fresh])
         await outbox.decisions(self._journal, decisions)
         await outbox.flush()
+        self.counts["dlq"] += dead
         self.counts["consumed"] += len(records)
 
     def _escalates(self, verdict: CachedVerdict) -> bool:

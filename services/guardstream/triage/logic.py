@@ -17,6 +17,7 @@ from guardstream.core.contracts import (
     Post,
     ScoreRequest,
     utcnow,
+    within_text_limit,
 )
 from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
 
@@ -58,20 +59,19 @@ class Triager:
 
     def triage(self, raw: bytes | None) -> Triaged:
         """Validate and key one post; raises `ContractError` (→ DLQ) when it cannot be used."""
-        post = Post.from_json(raw)
         limit = self._max_text_chars
-        if len(post.text) > limit:
-            raise ContractError(
-                "text_too_long", f"text has {len(post.text)} characters, limit {limit}"
-            )
-        if post.prompt is not None and len(post.prompt) > limit:
-            raise ContractError(
-                "text_too_long", f"prompt has {len(post.prompt)} characters, limit {limit}"
-            )
+        post = within_text_limit(Post.from_json(raw), limit)
         text = normalise(post.text)
         if not text:
             raise ContractError("empty_text", "text is empty after normalisation")
         prompt = normalise(post.prompt) if post.kind is Kind.RESPONSE and post.prompt else None
+        # NFKC may lengthen text (one ligature, many letters): the score request the scorer
+        # checks against the same limit carries the normalised forms.
+        for name, value in (("text", text), ("prompt", prompt)):
+            if value is not None and len(value) > limit:
+                raise ContractError(
+                    "text_too_long", f"normalised {name} has {len(value)} characters, limit {limit}"
+                )
         pack = self._policies.for_post(post.tenant, post.region)
         parts = self._prompt_parts.get(pack.ref)
         if parts is None:

@@ -6,8 +6,12 @@ batch; exact hits, then near-duplicates of decided content (when the pack allows
 decisions routed by the pack, as long as the verdict is younger than the pack's
 `cache_ttl_s`; the rest become score requests keyed by content key, or, while the scorer is
 unavailable (`guardstream.triage.watch`) and the pack fails closed, review decisions with
-source `rule`; bad records go to the DLQ with their origin. Offsets are committed only after
-every produced record is acknowledged (see `guardstream.core.loop` for the full table).
+source `rule`; bad records go to the DLQ with their origin (reasons from the contract:
+`invalid_json`, `invalid_schema`, `forbidden_character`, `text_too_long`, ...). A record whose
+data Redis refuses, or that the code cannot turn into valid events, is found by halving the
+batch (`core.loop.isolate`) and dead-lettered alone (`store_rejected`, `unprocessable`); the
+rest of the batch is decided. Offsets are committed only after every produced record is
+acknowledged (see `guardstream.core.loop` for the full table).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime
 
+import redis.exceptions
 from aiokafka import AIOKafkaProducer
 
 from guardstream.core import tracing
@@ -26,7 +31,7 @@ from guardstream.core.cache import CachedVerdict
 from guardstream.core.contracts import ContractError, Decision, utcnow
 from guardstream.core.decisions import Origin, decide, unscored
 from guardstream.core.journal import journal_key
-from guardstream.core.loop import Records
+from guardstream.core.loop import Record, Records, isolate, unusable
 from guardstream.core.outbox import Outbox
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
@@ -36,6 +41,9 @@ from guardstream.triage.logic import Triaged, Triager, score_request_json
 from guardstream.triage.watch import ScorerWatch
 
 log = logging.getLogger(__name__)
+
+# What Redis (or its client, encoding a value) refuses because of a record's values.
+REJECTED_DATA: tuple[type[BaseException], ...] = (redis.exceptions.DataError, UnicodeError)
 
 
 def _adapter_for(adapters: AdapterRegistry | None) -> Callable[[str], str | None]:
@@ -95,14 +103,30 @@ class Triage:
         return self._watch is not None and self._watch.unavailable()
 
     async def handle(self, records: Records) -> None:
+        """Decide a batch; a record the stores refuse is found and dead-lettered alone."""
+        await isolate(records, self._handle, self._rejected, self._dead_letter)
+
+    @staticmethod
+    def _rejected(exc: BaseException) -> ContractError | None:
+        return unusable(exc, REJECTED_DATA)
+
+    async def _dead_letter(self, record: Record, error: ContractError) -> None:
+        outbox = Outbox(self._producer, self._settings, "triage")
+        await outbox.dead_letter(record, error)
+        await outbox.flush()
+        self.counts["dlq"] += 1
+        self.counts["consumed"] += 1
+
+    async def _handle(self, records: Records) -> None:
         outbox = Outbox(self._producer, self._settings, "triage")
         accepted: dict[str, Triaged] = {}  # by journal key: a replayed event counts once
+        dead = 0
         for record in records:
             try:
                 item = self._triager.triage(record.value)
             except ContractError as exc:
                 await outbox.dead_letter(record, exc)
-                self.counts["dlq"] += 1
+                dead += 1
                 continue
             tracing.bind(record, item.post.event_id)  # its outputs continue its trace
             key = journal_key(item.post.event_id, item.pack.ref)
@@ -160,6 +184,7 @@ class Triage:
             self.counts["scoring"] += 1
         await outbox.decisions(self._journal, decisions)
         await outbox.flush()
+        self.counts["dlq"] += dead
         if self._watch is not None:
             for topic, partition, last_offset in outbox.published:
                 if topic == self._score_topic:

@@ -1,0 +1,344 @@
+"""Every consumer group survives every record (issue 17), against the real broker, Redis and
+PostgreSQL: triage and the scorer (tiny vLLM checkpoint) in this event loop as `serve()` runs
+them, the review console's consumer in-process (`console`), the SLA timer as an OS process.
+
+Hypothesis draws a corpus of hostile records - control characters and lone surrogates in every
+string field, oversized text and ids, wrong types, deep nesting, duplicate keys, bytes that
+are no JSON, odd but valid text - for each input topic (posts, score requests, review
+decisions), interleaved with good records. Afterwards every process is alive, and every record
+is accounted for exactly once in every group that reads it: decided / stored / entered, or one
+DLQ record naming that group and the record's topic, partition and offset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import urllib.request
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
+
+from guardstream.core.contracts import DlqRecord, utcnow
+from guardstream.core.kafka import make_producer
+from guardstream.core.settings import Settings
+from guardstream.core.topics import Topic, TopicNames
+from guardstream.scorer.engine import VllmGuardEngine
+from tests.integration.conftest import in_process
+from tests.integration.review.conftest import Console
+from tests.support.oracle import ACTION_TOPICS, read_records
+from tests.support.processes import Process, env_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+
+LIMIT = 600  # max_text_chars here: oversized texts stay small records
+NOW = utcnow().isoformat()
+
+CONTROLS = [chr(c) for c in (*range(0x20), *range(0x7F, 0xA0))]
+FORBIDDEN = st.sampled_from(CONTROLS) | st.integers(0xD800, 0xDFFF).map(chr)
+AROUND = st.text(max_size=6)
+SPOILED = st.tuples(AROUND, FORBIDDEN, AROUND).map("".join)
+WRONG_TYPE = st.one_of(
+    st.integers(),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+)
+OVERSIZED = st.integers(LIMIT + 1, 3 * LIMIT).map(lambda n: "长" * n)
+ODD_TEXT = st.text(min_size=1, max_size=80)  # anything Unicode: may be valid
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """How one record is spoilt: `how` is set / duplicate / nest / bytes / text."""
+
+    how: str
+    field: str = ""
+    value: Any = None
+
+
+def hostile(fields: list[str]) -> st.SearchStrategy[Hostile]:
+    field = st.sampled_from(fields)
+    return st.one_of(
+        st.builds(Hostile, st.just("set"), field, SPOILED | WRONG_TYPE | OVERSIZED),
+        st.builds(Hostile, st.just("duplicate"), field, SPOILED | WRONG_TYPE),
+        st.builds(Hostile, st.just("nest"), st.just("meta"), st.integers(1, 1500)),
+        st.builds(Hostile, st.just("bytes"), st.just(""), st.binary(max_size=40)),
+        st.builds(Hostile, st.just("text"), st.just("text"), ODD_TEXT),
+    )
+
+
+def drawn(strategy: st.SearchStrategy[Hostile], n: int) -> list[Hostile]:
+    """`n` examples of `strategy`, the same on every run (a corpus, not a property)."""
+    corpus: list[Hostile] = []
+
+    @hypothesis_settings(
+        max_examples=n,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def collect(item: Hostile) -> None:
+        corpus.append(item)
+
+    collect()
+    return corpus
+
+
+def render(doc: dict[str, Any], spoil: Hostile | None) -> bytes:
+    """The record's bytes; json.dumps writes a lone surrogate as the escape a producer would."""
+    if spoil is None:
+        return json.dumps(doc).encode()
+    if spoil.how == "bytes":
+        return bytes(spoil.value)
+    if spoil.how == "nest":
+        depth = int(spoil.value)  # orjson refuses more than 1024 levels
+        nested = b'"meta": ' + b"[" * depth + b"]" * depth
+        return json.dumps({**doc, "meta": 0}).encode().replace(b'"meta": 0', nested)
+    if spoil.how == "duplicate":  # the good value first, the hostile one last (orjson: wins)
+        return (
+            json.dumps(doc)[:-1] + f", {json.dumps(spoil.field)}: {json.dumps(spoil.value)}}}"
+        ).encode()
+    return json.dumps({**doc, spoil.field: spoil.value}).encode()
+
+
+def post_doc(n: int) -> dict[str, Any]:
+    return {
+        "schema_version": "1.0",
+        "event_id": f"ev-{uuid.uuid4().hex}",
+        "produced_at": NOW,
+        "post_id": f"p-{uuid.uuid4().hex}",
+        "tenant": "acme",
+        "author_id": f"a-{n}",
+        "text": f"good post number {n}: the weather is lovely",
+        "kind": "response",
+        "prompt": "how is the weather?",
+        "lang": "en",
+        "region": "EU",
+        "created_at": NOW,
+    }
+
+
+def request_doc(n: int) -> dict[str, Any]:
+    return {
+        "schema_version": "1.0",
+        "event_id": f"sr-{uuid.uuid4().hex}",
+        "produced_at": NOW,
+        "post_id": f"p-{uuid.uuid4().hex}",
+        "post_event_id": f"ev-{uuid.uuid4().hex}",
+        "tenant": "acme",
+        "kind": "prompt",
+        "text": f"scored directly, number {n}",
+        "lang": "en",
+        "region": "EU",
+        "content_key": uuid.uuid4().hex,
+        "policy": "default@1",
+        "received_at": NOW,
+    }
+
+
+def decision_doc(n: int) -> dict[str, Any]:
+    ident = f"d-{uuid.uuid4().hex}"
+    return {
+        "schema_version": "1.0",
+        "event_id": ident,
+        "produced_at": NOW,
+        "decision_id": ident,
+        "post_id": f"p-{uuid.uuid4().hex}",
+        "post_event_id": f"ev-{uuid.uuid4().hex}",
+        "tenant": "acme",
+        "verdict": "controversial",
+        "action": "review",
+        "categories": ["Politically Sensitive Topics"],
+        "confidence": 0.5,
+        "reason": f"review decision number {n}",
+        "rule": "controversial:review",
+        "source": "model",
+        "model": "tiny",
+        "policy": "default@1",
+        "content_key": uuid.uuid4().hex,
+        "decided_at": NOW,
+    }
+
+
+STRING_FIELDS = {
+    Topic.POSTS: ["event_id", "post_id", "tenant", "author_id", "text", "prompt", "lang", "region"],
+    Topic.SCORE_REQUESTS: ["event_id", "post_id", "post_event_id", "text", "lang", "policy"],
+    Topic.REVIEW: ["decision_id", "post_id", "reason", "rule", "model", "policy", "categories"],
+}
+MAKERS: dict[Topic, Callable[[int], dict[str, Any]]] = {
+    Topic.POSTS: post_doc,
+    Topic.SCORE_REQUESTS: request_doc,
+    Topic.REVIEW: decision_doc,
+}
+HOSTILE_PER_TOPIC = {Topic.POSTS: 50, Topic.SCORE_REQUESTS: 25, Topic.REVIEW: 30}
+# The issue's own cases, beside what Hypothesis draws.
+KNOWN = [
+    Hostile("set", "text", "NUL \x00 in text"),
+    Hostile("set", "prompt", "NUL \x00 in prompt"),
+    Hostile("set", "author_id", "a\x00"),
+    Hostile("set", "text", "x" * (LIMIT + 1)),
+]
+
+
+@dataclass
+class Sent:
+    topic: str
+    partition: int
+    offset: int
+    doc: dict[str, Any] | None  # what it says, when it is a JSON object
+
+    def field(self, name: str) -> str | None:
+        value = (self.doc or {}).get(name)
+        return value if isinstance(value, str) else None
+
+
+@pytest.fixture
+def settings(settings: Settings) -> Settings:  # the shared one, with a small text limit
+    return settings.model_copy(update={"max_text_chars": LIMIT})
+
+
+def corpus(topic: Topic) -> list[tuple[bytes, str]]:
+    """(record, key) in order: each hostile record followed by a good one."""
+    spoils = drawn(hostile(STRING_FIELDS[topic]), HOSTILE_PER_TOPIC[topic])
+    if topic is Topic.POSTS:
+        spoils = KNOWN + spoils
+    records = []
+    for n, spoil in enumerate(spoils):
+        for doc, how in ((MAKERS[topic](n), spoil), (MAKERS[topic](n + 10_000), None)):
+            key = doc["post_id"] if how is None or how.field != "post_id" else "hostile"
+            records.append((render(doc, how), key))
+    return records
+
+
+async def produce(settings: Settings, topic: Topic, records: list[tuple[bytes, str]]) -> list[Sent]:
+    name = TopicNames(settings.namespace)[topic]
+    producer = make_producer(settings, client_id="hostile-sweep")
+    await producer.start()
+    sent = []
+    try:
+        for raw, key in records:
+            meta = await producer.send_and_wait(name, raw, key=key.encode("utf-8", "replace"))
+            try:
+                doc = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                doc = None
+            sent.append(
+                Sent(name, meta.partition, meta.offset, doc if isinstance(doc, dict) else None)
+            )
+    finally:
+        await producer.stop()
+    return sent
+
+
+@dataclass
+class Outcome:
+    dlq: Counter[tuple[str, str, int, int]]  # (group, topic, partition, offset)
+    decided: dict[str, set[str]]  # post_event_id → decision ids
+    texts: set[str]  # post ids with a stored text
+    tasks: set[str]  # decision ids with a task
+
+
+async def outcome(console: Console) -> Outcome:
+    settings = console.settings
+    names = TopicNames(settings.namespace)
+    dlq: Counter[tuple[str, str, int, int]] = Counter()
+    for record in await read_records(settings, [names[Topic.DLQ]], timeout_s=30):
+        dead = DlqRecord.from_json(record.value)
+        dlq[(dead.consumer, dead.origin.topic, dead.origin.partition, dead.origin.offset)] += 1
+    decided: dict[str, set[str]] = {}
+    actions = await read_records(settings, [names[t] for t in ACTION_TOPICS], timeout_s=30)
+    for record in actions:
+        decision = orjson.loads(record.value)
+        decided.setdefault(decision["post_event_id"], set()).add(decision["decision_id"])
+    texts = {row["post_id"] for row in await console.sql("SELECT post_id FROM post_texts")}
+    tasks = {row["decision_id"] for row in await console.sql("SELECT decision_id FROM tasks")}
+    return Outcome(dlq, decided, texts, tasks)
+
+
+def unaccounted(
+    got: Outcome, settings: Settings, sent: dict[Topic, list[Sent]], sla_items: int | None
+) -> list[str]:
+    """Every (group, record) pair not accounted for exactly once; [] when all are."""
+    group = settings.group_id
+    problems = []
+
+    def once(who: str, record: Sent, done: int) -> None:
+        dead = got.dlq[(group(who), record.topic, record.partition, record.offset)]
+        if dead + done != 1:
+            problems.append(
+                f"{who} {record.topic}/{record.partition}/{record.offset}: {dead} DLQ + {done} done"
+            )
+
+    for record in sent[Topic.POSTS]:
+        once("triage", record, len(got.decided.get(record.field("event_id") or "", ())))
+        once("review", record, int(record.field("post_id") in got.texts))
+    for record in sent[Topic.SCORE_REQUESTS]:
+        once("scorer", record, len(got.decided.get(record.field("post_event_id") or "", ())))
+    for record in sent[Topic.REVIEW]:
+        once("review", record, int(record.field("decision_id") in got.tasks))
+    if sla_items is not None:  # the SLA table holds one item per review decision it took
+        review = TopicNames(settings.namespace)[Topic.REVIEW]
+        taken = {k for k in got.dlq if k[0] == group("sla") and k[1] == review}
+        if any(n != 1 for k, n in got.dlq.items() if k[0] == group("sla")):
+            problems.append("sla: a record dead-lettered twice")
+        entered = len(got.tasks)  # review decisions with a valid post: SLA items
+        if sla_items != entered:
+            problems.append(
+                f"sla: {sla_items} items for {entered} review decisions, {len(taken)} DLQ"
+            )
+    return problems
+
+
+def sla_items(process: Process) -> int:
+    """Items in the SLA worker's table (its `/status`)."""
+    url = f"http://127.0.0.1:{process.port}/status"
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return int(orjson.loads(response.read())["items"])
+
+
+async def test_every_group_accounts_for_every_hostile_record_and_stays_alive(
+    console: Console, engine: VllmGuardEngine, tmp_path: Path
+) -> None:
+    settings = console.settings
+    env = env_for(
+        settings,
+        GUARDSTREAM_SLA_DATA_DIR=str(tmp_path / "sla-data"),
+        GUARDSTREAM_SLA_SESSION_TIMEOUT_S="6",
+    )
+    sla = Process("sla", env, tmp_path)
+    try:
+        sla.start()
+        await asyncio.to_thread(sla.wait_ready, 90)
+        async with in_process(settings, engine, "triage", "scorer") as pipeline:
+            sent = {topic: await produce(settings, topic, corpus(topic)) for topic in MAKERS}
+            deadline = asyncio.get_running_loop().time() + 240
+            while True:
+                items = await asyncio.to_thread(sla_items, sla)
+                problems = unaccounted(await outcome(console), settings, sent, items)
+                if not problems or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(2)
+            assert not problems, problems[:20]
+            for name, handler in pipeline.handlers.items():
+                assert handler.counts["dlq"] > 0, name
+        assert sla.proc is not None and sla.proc.poll() is None, sla.log()
+        assert console.review.consumer.counts["dlq"] > 0
+        async with console.client() as http:
+            assert (await http.get("/readyz")).status_code == 200
+    finally:
+        sla.stop()
