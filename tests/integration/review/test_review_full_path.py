@@ -72,7 +72,7 @@ async def test_post_to_review_to_human_decision_to_action_and_cache(console: Con
         await produce(settings, (Topic.REVIEW, contested, contested.post_id))
 
         await console.wait_tasks(1)
-        tid = task_id(first.post_id, contested.policy)
+        tid = task_id(first.tenant, first.post_id, contested.policy)
         await console.add_reviewer("alice", ("acme",))
         async with console.client("alice") as http:
             queue = (await http.get("/api/v1/queue")).json()
