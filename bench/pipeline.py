@@ -104,7 +104,7 @@ import psutil  # type: ignore[import-untyped]
 import redis
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from guardstream.core.cache import CachedVerdict, RedisVerdictCache
+from guardstream.core.cache import CachedVerdict, RedisVerdictCache, VerdictKey
 from guardstream.core.content import normalise
 from guardstream.core.contracts import ScoreRequest, Source, Verdict, utcnow
 from guardstream.core.decisions import ACTION_TOPIC, Origin, decide, model_reason
@@ -373,7 +373,7 @@ async def warm_history(settings: Settings, items: Sequence[Item]) -> None:
     keyed exactly as triage keys them (`triage_record`), as the scorer would have."""
     policies = load_registry(settings.policy_dir)
     model = served_model_id(settings)
-    verdicts: dict[str, CachedVerdict] = {}
+    verdicts: dict[VerdictKey, CachedVerdict] = {}
     scopes: dict[str, list[tuple[str, str]]] = {}
     for post in encode(items, "hist"):
         item = triage_record(
@@ -383,7 +383,7 @@ async def warm_history(settings: Settings, items: Sequence[Item]) -> None:
             adapter=None,
             policies=policies,
         )
-        verdicts[item.content_key] = standin_verdict(item.content_key, model)
+        verdicts[item.verdict_key] = standin_verdict(item.content_key, model)
         if settings.near_duplicates and item.pack.reuse_near_duplicates:
             scopes.setdefault(item.near_scope, []).append((item.content_key, item.text))
     patient = settings.model_copy(update={"cache_timeout_ms": 30_000})
@@ -837,7 +837,16 @@ class StandIn:
         await asyncio.sleep(self.latency_s)  # the model
         requests = [ScoreRequest.from_json(r.value) for r in records]
         verdicts = {r.content_key: standin_verdict(r.content_key, self._model) for r in requests}
-        await self._cache.put_many(verdicts)
+        await self._cache.put_many(
+            {
+                VerdictKey(
+                    r.content_key,
+                    r.tenant,
+                    self._policies.for_post(r.tenant, r.region).share_model_verdicts,
+                ): verdicts[r.content_key]
+                for r in requests
+            }
+        )
         scopes: dict[str, list[tuple[str, str]]] = {}
         for r in requests:
             if r.near_scope is not None:

@@ -94,7 +94,7 @@ async def seed(settings: Settings, pending: int, reviewers: int) -> dict[str, st
                 deadline = now + timedelta(seconds=rng.uniform(60, 7200))
                 rows.append(
                     (
-                        task_id(post, "default@1"),
+                        task_id(TENANT, post, "default@1"),
                         post,
                         "default@1",
                         TENANT,

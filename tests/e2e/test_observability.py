@@ -241,7 +241,7 @@ def _human_traffic(settings: Settings, review: Process, env: dict[str, str]) -> 
 
     decided = {d.post_id: d for _, d in asyncio.run(decide())}
     assert all(decided[p.post_id].action.value == "review" for p in posts), decided
-    in_time, expiring = (task_id(p.post_id, decided[p.post_id].policy) for p in posts)
+    in_time, expiring = (task_id(p.tenant, p.post_id, decided[p.post_id].policy) for p in posts)
     alice = _add_reviewer(env, "alice", "reviewer", "obs")
     bob = _add_reviewer(env, "bob", "senior", "obs", "obs-sla")
     base = f"http://127.0.0.1:{review.port}"

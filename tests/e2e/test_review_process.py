@@ -69,7 +69,7 @@ async def test_review_process_serves_decides_and_stops_cleanly(
         await produce(
             settings, (Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)
         )
-        tid = task_id(post.post_id, decision.policy)
+        tid = task_id(post.tenant, post.post_id, decision.policy)
         base = f"http://127.0.0.1:{review.port}"
         headers = {"Authorization": f"Bearer {token}"}
         async with httpx.AsyncClient(base_url=base, headers=headers, timeout=30) as http:

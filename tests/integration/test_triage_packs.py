@@ -1,5 +1,6 @@
 """Triage against the real broker and Redis under policy packs of its own: per-pack verdict
-lifetimes (`cache_ttl_s`). No scorer runs: a miss shows up as a score request."""
+lifetimes (`cache_ttl_s`) and whose model verdicts a tenant may reuse (`share_model_verdicts`).
+No scorer runs: a miss shows up as a score request."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from guardstream.core.cache import CachedVerdict, RedisVerdictCache
+from guardstream.core.cache import CachedVerdict, RedisVerdictCache, VerdictKey, human_verdict_key
 from guardstream.core.contracts import ScoreRequest, Source, Verdict, utcnow
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
@@ -30,11 +31,18 @@ id: default
 version: "1"
 tenants: ["*"]
 cache_ttl_s: 86400
+share_model_verdicts: true
 ---
 id: fresh-news
 version: "1"
 tenants: [news]
 cache_ttl_s: 300
+share_model_verdicts: true
+---
+id: private
+version: "1"
+tenants: [vault, vault-2]
+cache_ttl_s: 3600
 """
 TEXT = "Breaking: the bridge on Main Street is closed until Friday, take the ferry instead."
 
@@ -65,7 +73,7 @@ async def seed(settings: Settings, tenant: str, age: timedelta, source: Source) 
     try:
         await cache.put_many(
             {
-                item.content_key: CachedVerdict(
+                item.verdict_key: CachedVerdict(
                     verdict=Verdict.SAFE,
                     confidence=0.97,
                     reason="Qwen3Guard: Safe",
@@ -115,7 +123,7 @@ async def test_each_pack_reuses_only_verdicts_younger_than_its_cache_ttl(
     ]
     client = aioredis.Redis.from_url(redis_url)
     try:
-        assert await client.exists(f"{settings.cache_prefix}verdict:{key}") == 0
+        assert await client.exists(f"{settings.cache_prefix}verdict:v2:m:*:{key}") == 0
     finally:
         await client.aclose()
     assert triage_only.triage.counts["stale"] == 1
@@ -149,9 +157,9 @@ async def test_entries_live_as_long_as_the_longest_lived_pack_reuses_them(
     )
     client = aioredis.Redis.from_url(redis_url)
     try:
-        await cache.put_many({"a" * 32: entry})
-        await capped.put_many({"b" * 32: entry})
-        prefix = f"{pack_settings.cache_prefix}verdict:"
+        await cache.put_many({VerdictKey("a" * 32, "acme"): entry})
+        await capped.put_many({VerdictKey("b" * 32, "acme"): entry})
+        prefix = f"{pack_settings.cache_prefix}verdict:v2:m:acme:"
         assert 86_000 < await client.ttl(prefix + "a" * 32) <= 86_400  # the longest pack
         assert 500 < await client.ttl(prefix + "b" * 32) <= 600  # GUARDSTREAM_CACHE_TTL_S caps
         assert orjson.loads(await client.get(prefix + "a" * 32))["verdict"] == "safe"
@@ -160,3 +168,54 @@ async def test_entries_live_as_long_as_the_longest_lived_pack_reuses_them(
         await client.aclose()
         await cache.close()
         await capped.close()
+
+
+async def test_without_sharing_a_tenant_never_reuses_another_tenants_model_verdict(
+    triage_only: Pipeline,
+) -> None:
+    """The `private` pack keeps the default (`share_model_verdicts: false`): tenant vault-2's
+    identical post is scored, not told that vault saw the text; vault's own repost is a hit."""
+    settings = triage_only.settings
+    key = await seed(settings, "vault", timedelta(minutes=1), Source.MODEL)
+    other = new_post(TEXT, tenant="vault-2")
+    await send(settings, [other])
+    requests = await wait_for_score_requests(settings, 1)
+    assert [(r.post_id, r.tenant, r.content_key) for r in requests] == [
+        (other.post_id, "vault-2", key)
+    ]
+    own = new_post(TEXT, tenant="vault")
+    decided = [d async for _, d in send_and_wait(settings, [own], timeout_s=60)]
+    assert [(d.post_id, d.source, d.content_key) for d in decided] == [
+        (own.post_id, Source.CACHE, key)
+    ]
+    assert triage_only.triage.counts["cache_hit"] == 1
+
+
+async def test_a_human_verdict_and_its_reason_stay_with_their_tenant(
+    triage_only: Pipeline,
+) -> None:
+    """Even where model verdicts are shared (the default pack here), a reviewer's verdict for
+    tenant acme - with the words of its reason - never decides another tenant's post."""
+    settings = triage_only.settings
+    key = await seed(settings, "news", timedelta(minutes=1), Source.MODEL)  # shared, safe
+    cache = RedisVerdictCache.from_settings(settings)
+    secret = "human review corrected the model (unsafe): acme's own note"
+    try:
+        await cache.put_human(
+            human_verdict_key("acme", key),
+            CachedVerdict(
+                verdict=Verdict.UNSAFE,
+                reason=secret,
+                source=Source.HUMAN,
+                model=served_model_id(settings),
+                decided_at=utcnow(),
+            ),
+        )
+    finally:
+        await cache.close()
+    acme, beta = new_post(TEXT, tenant="acme"), new_post(TEXT, tenant="beta")
+    decided = {d.post_id: d async for _, d in send_and_wait(settings, [acme, beta], 60)}
+    assert decided[acme.post_id].verdict is Verdict.UNSAFE
+    assert secret in decided[acme.post_id].reason
+    assert decided[beta.post_id].verdict is Verdict.SAFE  # the shared model verdict
+    assert "note" not in decided[beta.post_id].reason

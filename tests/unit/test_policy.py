@@ -333,6 +333,7 @@ NOT_PROMPT: dict[str, Any] = {
     "always_review": ["PII"],
     "scorer_unavailable": "fail_open",
     "reuse_near_duplicates": False,
+    "share_model_verdicts": True,
     "cache_ttl_s": 60,
     "review_sla_s": 600,
     "review_sla_by_category": {"PII": 60},

@@ -59,7 +59,7 @@ def submit(**kw: object) -> object:
 
 def task(**kw: object) -> Task:
     base: dict[str, object] = dict(
-        task_id=task_id("p1", "default@1"),
+        task_id=task_id("acme", "p1", "default@1"),
         post_id="p1",
         policy="default@1",
         tenant="acme",
@@ -149,7 +149,8 @@ def test_roles() -> None:
 
 
 def test_ids_are_deterministic() -> None:
-    assert task_id("p1", "pol@1") == task_id("p1", "pol@1") != task_id("p1", "pol@2")
+    assert task_id("a", "p1", "pol@1") == task_id("a", "p1", "pol@1") != task_id("a", "p1", "pol@2")
+    assert task_id("a", "p1", "pol@1") != task_id("b", "p1", "pol@1")  # tenants never share
     first = review_id("t", ReviewStage.FIRST, "alice")
     assert first == review_id("t", ReviewStage.FIRST, "bob")  # one first review per task
     assert review_id("t", ReviewStage.QA, "alice") != review_id("t", ReviewStage.QA, "bob")

@@ -9,11 +9,13 @@ import orjson
 import pytest
 
 from guardstream.core.adapters import Adapter
-from guardstream.core.content import content_key
+from guardstream.core.cache import VerdictKey
+from guardstream.core.content import content_key, key_context
 from guardstream.core.contracts import ContractError, Kind, ScoreRequest, Source, Verdict, utcnow
+from guardstream.core.neardup import near_scope
 from guardstream.core.settings import Settings
 from guardstream.core.stores import Stores
-from guardstream.policy import load_registry, prompt_fingerprint
+from guardstream.policy import PolicyPack, PolicyRegistry, load_registry, prompt_fingerprint
 from guardstream.scorer.engine import RawAnswer
 from guardstream.scorer.prompt import messages_for
 from guardstream.scorer.service import Scorer
@@ -184,13 +186,40 @@ def test_keys_worked_out_once_per_pack_are_the_content_keys_of_each_post() -> No
             "prompt_policy": prompt_fingerprint(item.pack),
         }
         assert item.content_key == content_key(item.text, **expected)
-        assert item.near_scope == content_key("", **expected)
+        assert item.near_scope == near_scope(key_context(**expected), item.post.tenant)
+        assert item.verdict_key == VerdictKey(item.content_key, item.post.tenant, shared=False)
 
 
 def test_near_scope_is_shared_by_texts_and_split_by_everything_else() -> None:
     assert triaged(post(text="one text")).near_scope == triaged(post(text="another")).near_scope
     assert triaged(post()).near_scope != triaged(post(tenant="health-forum")).near_scope
     assert triaged(post()).near_scope != triaged(post(kind="response", prompt="q")).near_scope
+
+
+SHARING = PolicyRegistry(
+    [PolicyPack(id="pool", version="1", tenants=("*",), share_model_verdicts=True)]
+)
+
+
+@pytest.mark.parametrize("prompt", [None, "q?"])
+def test_tenants_share_verdicts_and_near_scopes_only_under_a_sharing_pack(
+    prompt: str | None,
+) -> None:
+    kind = "prompt" if prompt is None else "response"
+    for policies, shared in ((POLICIES, False), (SHARING, True)):
+        triager = Triager(
+            max_text_chars=100, model="m", adapter_for=lambda _t: None, policies=policies
+        )
+        acme, beta = (
+            triager.triage(post(tenant=tenant, kind=kind, prompt=prompt))
+            for tenant in ("acme", "beta")
+        )
+        assert acme.content_key == beta.content_key  # the model sees the same input
+        assert acme.verdict_key == VerdictKey(acme.content_key, "acme", shared)
+        assert beta.verdict_key == VerdictKey(acme.content_key, "beta", shared)
+        assert (acme.near_scope == beta.near_scope) is shared
+        again = triager.triage(post(tenant="acme", kind=kind, prompt=prompt, text="other"))
+        assert again.near_scope == acme.near_scope  # remembered per tenant, still the same
 
 
 @pytest.mark.parametrize(

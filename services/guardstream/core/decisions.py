@@ -3,8 +3,9 @@
 Triage (cache and near-duplicate hits) and the scorer (model verdicts) both build decisions
 here, so a decision means the same thing whichever path produced it. The action comes from the
 post's policy pack (`guardstream.policy.route`); the reason says what the model said and which
-rule acted on it, nothing more. The id depends only on the post event, the pack and the content
-key: a decision re-made after a crash carries the same id.
+rule acted on it, nothing more. The id depends only on the tenant, the post event, the pack and
+the content key: a decision re-made after a crash carries the same id, and another tenant's
+post with the same event id and text gets another one.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ class Origin(enum.Enum):
     NEAR = "near"  # a trivial variant of content decided earlier
 
 
-def decision_id(post_event_id: str, policy: str, content_key: str) -> str:
-    h = hashlib.blake2b(digest_size=16, person=b"guardstream-dec1")
-    for part in (post_event_id, policy, content_key):
+def decision_id(tenant: str, post_event_id: str, policy: str, content_key: str) -> str:
+    h = hashlib.blake2b(digest_size=16, person=b"guardstream-dec2")
+    for part in (tenant, post_event_id, policy, content_key):
         h.update(part.encode("utf-8", "surrogatepass") + b"\x00")
     return h.hexdigest()
 
@@ -89,7 +90,7 @@ def decide(
         what = "identical content" if origin is Origin.CACHE else "near-duplicate of content"
         when = entry.decided_at.isoformat(timespec="seconds")
         earlier = f"{what} decided earlier ({entry.source.value}, {when}); "
-    ident = decision_id(post_event_id, pack.ref, content_key)
+    ident = decision_id(tenant, post_event_id, pack.ref, content_key)
     now = utcnow()
     return Decision(
         event_id=ident,
@@ -132,7 +133,7 @@ def unscored(
     source is `rule` and the reason says so. Same id as a model decision for the post would
     have: the journal keeps it the only one."""
     routed = route_scorer_unavailable(pack)
-    ident = decision_id(post_event_id, pack.ref, content_key)
+    ident = decision_id(tenant, post_event_id, pack.ref, content_key)
     now = utcnow()
     reason = f"not scored: a score request has waited {waited_s:.0f} s unanswered. "
     return Decision(

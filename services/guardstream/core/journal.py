@@ -7,6 +7,11 @@ recorded bytes instead of a new decision. Downstream therefore sees identical re
 never a second, different decision. Recording uses `SET NX GET`, so two workers racing on the
 same event agree on one winner.
 
+An event is named by its tenant, its event id and the pack deciding it: event ids are chosen
+by producers, so another tenant's post carrying the same event id is another event, never a
+replay of this one. (Keys live under `decision:v2:`; those written before the tenant was part
+of the name, under `decision:`, are never read again and expire with `GUARDSTREAM_JOURNAL_TTL_S`.)
+
 Like the verdict cache this is an optimisation on Redis: when Redis is unavailable the decision
 is emitted as made (same verdict, fresh timestamps); the journal cannot guarantee byte identity
 then, and says so in a log line.
@@ -24,8 +29,9 @@ from guardstream.core.redisstore import FailOpenStore, Unavailable, redis_client
 from guardstream.core.settings import Settings
 
 
-def journal_key(post_event_id: str, policy: str) -> str:
-    return f"{policy}\x1f{post_event_id}"
+def journal_key(tenant: str, post_event_id: str, policy: str) -> str:
+    # None of the three holds a control character (contracts `Tenant`, `Id`; pack refs).
+    return f"{tenant}\x1f{policy}\x1f{post_event_id}"
 
 
 class DecisionJournal(Protocol):
@@ -41,7 +47,7 @@ class DecisionJournal(Protocol):
 class RedisDecisionJournal(FailOpenStore):
     def __init__(self, client: aioredis.Redis, *, prefix: str, ttl_s: int, timeout_s: float):
         super().__init__(client, what="decision_journal", timeout_s=timeout_s)
-        self._prefix = prefix + "decision:"
+        self._prefix = prefix + "decision:v2:"
         self._ttl_s = ttl_s
         # One round trip per batch (EVALSHA; loaded on first use and again after a flush).
         self._settle = client.register_script(_SETTLE_SCRIPT)

@@ -338,6 +338,18 @@ def bands(fingerprint: int, count: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def near_scope(context: bytes, tenant: str | None) -> str:
+    """The scope near-duplicates are sought in: the content key's context (`core.content.
+    key_context`: kind, prompt context, model, adapter, prompt policy) and the tenant, or None
+    when the post's pack shares model verdicts (`share_model_verdicts`) - then sharing packs'
+    tenants meet in one scope. Like an exact cache hit, a near match on another tenant's post
+    would tell this tenant that the other one saw (almost) this text."""
+    h = hashlib.blake2b(context, digest_size=16, person=b"gs-nearscope2")
+    # `context` is a fixed number of length-framed parts: what follows it is the tenant alone.
+    h.update(b"*" if tenant is None else b"=" + tenant.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
 @dataclass(frozen=True, slots=True)
 class NearMatch:
     content_key: str
@@ -345,8 +357,9 @@ class NearMatch:
 
 
 class NearDuplicateIndex(Protocol):
-    """Items are (content key, normalised text); `scope` is everything else that must be equal
-    for a verdict to carry over (kind, prompt context, model, adapter, prompt policy).
+    """Items are (content key, normalised text); `scope` (`near_scope`) is everything else that
+    must be equal for a verdict to carry over (kind, prompt context, model, adapter, prompt
+    policy, and the tenant unless the pack shares model verdicts).
 
     `find_many` answers, for each item that has one, the nearest post added earlier in the same
     scope under a *different* content key; `add_many` records decided posts. Neither raises for

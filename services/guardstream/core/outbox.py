@@ -84,7 +84,9 @@ class Outbox:
     async def decisions(self, journal: DecisionJournal, decisions: Sequence[Decision]) -> None:
         """Record each decision in the journal, then send what the journal says: for a post
         event decided before (a replay), the earlier decision, byte for byte."""
-        ours = {journal_key(d.post_event_id, d.policy): (d.to_json(), d) for d in decisions}
+        ours = {
+            journal_key(d.tenant, d.post_event_id, d.policy): (d.to_json(), d) for d in decisions
+        }
         settled = await journal.settle_many({key: raw for key, (raw, _) in ours.items()})
         for key, raw in settled.items():
             made, decision = ours[key]

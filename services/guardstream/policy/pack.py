@@ -122,6 +122,10 @@ class PolicyPack(BaseModel):
     # A trivial variant (case, punctuation, emoji, link added) of a decided post reuses its
     # verdict instead of being scored; off for tenants that want every post scored.
     reuse_near_duplicates: StrictBool = True
+    # Whether this pack's model verdicts (and near-duplicate index) are pooled with other
+    # sharing packs' tenants. Off by default: a cache hit on another tenant's verdict tells
+    # this tenant that the other one saw the same text. Human verdicts are never shared.
+    share_model_verdicts: StrictBool = False
     cache_ttl_s: Seconds = DEFAULT_CACHE_TTL_S
     review_sla_s: Seconds = DEFAULT_REVIEW_SLA_S
     review_sla_by_category: dict[Category, Seconds] = Field(default_factory=dict)

@@ -79,7 +79,7 @@ def new_task(
     sla = review_sla(pack, decision.categories)
     start = decision.decided_at
     return NewTask(
-        task_id=task_id(decision.post_id, decision.policy),
+        task_id=task_id(decision.tenant, decision.post_id, decision.policy),
         post_id=decision.post_id,
         policy=decision.policy,
         tenant=decision.tenant,

@@ -133,9 +133,10 @@ def _digest(person: bytes, *parts: str) -> str:
     return h.hexdigest()
 
 
-def task_id(post_id: str, policy: str) -> str:
-    """One task per post and policy: a replayed decision maps to the same task."""
-    return _digest(b"gs-review-task1", post_id, policy)
+def task_id(tenant: str, post_id: str, policy: str) -> str:
+    """One task per post and policy of a tenant: a replayed decision maps to the same task,
+    and another tenant's post with the same post_id gets a task of its own."""
+    return _digest(b"gs-review-task2", tenant, post_id, policy)
 
 
 def review_id(task: str, stage: ReviewStage, reviewer: str) -> str:

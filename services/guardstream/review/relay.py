@@ -40,14 +40,15 @@ _UNSENT = (
 
 
 class HumanVerdictSink(Protocol):
-    async def put_human(self, content_key: str, entry: CachedVerdict) -> None: ...
+    async def put_human(self, key: str, entry: CachedVerdict) -> None: ...
 
     async def human_verdicts_present(self) -> bool: ...
 
     async def mark_human_verdicts_present(self) -> None: ...
 
 
-# The latest human verdict per content key still within its lifetime: what Redis must hold.
+# The latest human verdict per (tenant, content key) still within its lifetime: what Redis
+# must hold (the key is `core.cache.human_verdict_key`).
 _HUMAN_VERDICTS = (
     "SELECT DISTINCT ON (key) key, payload FROM outbox WHERE kind = 'human_verdict'"
     " AND created_at > $1 ORDER BY key, id DESC"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from guardstream.core.cache import human_verdict_key
 from guardstream.core.contracts import (
     AssignmentEvent,
     Decision,
@@ -397,7 +398,10 @@ class ReviewService:
             await self._archive(tx, task, review, pack, post, sub.refusal)
             entry = human_verdict_entry(task, sub, late=late, at=now)
             await tx.enqueue(
-                "human_verdict", "verdict_cache", task.content_key, entry.model_dump_json().encode()
+                "human_verdict",
+                "verdict_cache",
+                human_verdict_key(task.tenant, task.content_key),  # the tenant's own, never shared
+                entry.model_dump_json().encode(),
             )
             await tx.audit(
                 actor=reviewer.id,

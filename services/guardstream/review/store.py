@@ -12,7 +12,7 @@ whole action and nothing is stored half-way.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime
@@ -260,14 +260,16 @@ _OPEN_QA_ITEMS = (
 _POST_LOCK = 0x6773_7270  # advisory lock class: one post's text and task are written in turn
 
 
-async def _lock_posts(conn: Conn, post_ids: Sequence[str]) -> None:
-    """Serialise writers of the same posts (text and task may arrive in concurrent batches or
-    on different replicas): whoever commits second sees the other's row. Sorted: no deadlock."""
+async def _lock_posts(conn: Conn, posts: Iterable[tuple[str, str]]) -> None:
+    """Serialise writers of the same posts, each a (tenant, post_id) (text and task may arrive
+    in concurrent batches or on different replicas): whoever commits second sees the other's
+    row. Sorted: no deadlock."""
+    # Neither a tenant nor a post_id holds a control character: the pair joins unambiguously.
     await conn.execute(
         "SELECT pg_advisory_xact_lock($1, hashtext(x))"
         " FROM (SELECT DISTINCT x FROM unnest($2::text[]) AS x ORDER BY x) AS s",
         _POST_LOCK,
-        sorted(set(post_ids)),
+        sorted({f"{tenant}\x1f{post_id}" for tenant, post_id in posts}),
     )
 
 
@@ -712,10 +714,10 @@ class ReviewStore:
         if not posts:
             return
         async with self.transaction() as tx:
-            await _lock_posts(tx.conn, [p.post_id for p in posts])
+            await _lock_posts(tx.conn, [(p.tenant, p.post_id) for p in posts])
             await tx.conn.executemany(
                 "INSERT INTO post_texts (post_id, tenant, kind, text, prompt, lang, region)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (post_id) DO NOTHING",
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, post_id) DO NOTHING",
                 [(p.post_id, p.tenant, p.kind, p.text, p.prompt, p.lang, p.region) for p in posts],
             )
             # Tasks created before their post arrived learn its language and region now.
@@ -728,12 +730,12 @@ class ReviewStore:
             )
 
     async def create_tasks(self, tasks: Sequence[NewTask]) -> int:
-        """Insert the tasks not there yet (unique per post and policy); returns how many were
-        new. An SLA mark that arrived first is applied to its task."""
+        """Insert the tasks not there yet (unique per tenant, post and policy); returns how many
+        were new. An SLA mark that arrived first is applied to its task."""
         if not tasks:
             return 0
         async with self.transaction() as tx:
-            await _lock_posts(tx.conn, [t.post_id for t in tasks])
+            await _lock_posts(tx.conn, [(t.tenant, t.post_id) for t in tasks])
             rows = await tx.conn.fetch(
                 "INSERT INTO tasks (task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
@@ -759,7 +761,7 @@ class ReviewStore:
                 " traceparent, refusal)"
                 " LEFT JOIN sla_marks m ON m.decision_id = x.decision_id"
                 " LEFT JOIN post_texts p ON p.post_id = x.post_id AND p.tenant = x.tenant"
-                " ON CONFLICT (post_id, policy) DO NOTHING RETURNING task_id",
+                " ON CONFLICT (tenant, post_id, policy) DO NOTHING RETURNING task_id",
                 [t.task_id for t in tasks],
                 [t.post_id for t in tasks],
                 [t.policy for t in tasks],
@@ -819,7 +821,8 @@ class ReviewStore:
     async def purge_post_texts(self, before: datetime) -> int:
         status = await self._pool.execute(
             "DELETE FROM post_texts p WHERE received_at < $1"
-            " AND NOT EXISTS (SELECT 1 FROM tasks t WHERE t.post_id = p.post_id)",
+            " AND NOT EXISTS (SELECT 1 FROM tasks t"
+            " WHERE t.tenant = p.tenant AND t.post_id = p.post_id)",
             before,
         )
         return int(status.split()[-1])

@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaProducer
 
 from guardstream.core import tracing
 from guardstream.core.adapters import Adapter
-from guardstream.core.cache import CachedVerdict
+from guardstream.core.cache import CachedVerdict, VerdictKey
 from guardstream.core.contracts import (
     ContractError,
     ScoreRequest,
@@ -182,17 +182,22 @@ class Scorer:
                 dead += 1
                 continue
             tracing.bind(record, request.post_event_id)  # its decision continues its trace
-            requests.setdefault(journal_key(request.post_event_id, request.policy), request)
+            requests.setdefault(
+                journal_key(request.tenant, request.post_event_id, request.policy), request
+            )
 
         recalled = await self._journal.recall_many(list(requests))
-        for key in recalled:  # decided before (a replay): say the same thing again
-            await outbox.decision(recalled[key])
-            del requests[key]
+        for event in recalled:  # decided before (a replay): say the same thing again
+            await outbox.decision(recalled[event])
+            del requests[event]
         self.counts["replayed"] += len(recalled)
 
-        by_key: dict[str, list[ScoreRequest]] = defaultdict(list)
+        # By content key within the tenant (or the pool of packs sharing model verdicts): the
+        # model is asked once per content key, the cache once per tenant's key.
+        by_key: dict[VerdictKey, list[ScoreRequest]] = defaultdict(list)
         for request in requests.values():
-            by_key[request.content_key].append(request)
+            shared = self._policies.for_post(request.tenant, request.region).share_model_verdicts
+            by_key[VerdictKey(request.content_key, request.tenant, shared)].append(request)
         # Another scorer may have scored a key since triage looked: ask the cache again.
         cached = await self._cache.get_many(list(by_key))
         misses = [key for key in by_key if key not in cached]
@@ -207,7 +212,7 @@ class Scorer:
         for key in unsure:
             del fresh[key]
             for request in by_key.pop(key):
-                await outbox.send(Topic.ESCALATIONS, request, key=key)
+                await outbox.send(Topic.ESCALATIONS, request, key=key.content_key)
                 self.counts["escalated"] += 1
         await self._cache.put_many(fresh)
         self.counts["cache_hit"] += sum(len(by_key[key]) for key in cached)
@@ -220,7 +225,7 @@ class Scorer:
                 post_id=request.post_id,
                 post_event_id=request.post_event_id,
                 tenant=request.tenant,
-                content_key=key,
+                content_key=key.content_key,
             )
             for key, group in by_key.items()
             for request in group

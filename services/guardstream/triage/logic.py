@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from guardstream.core.cache import VerdictKey
 from guardstream.core.content import key_context, keyed, normalise
 from guardstream.core.contracts import (
     SCHEMA_VERSION,
@@ -19,7 +20,10 @@ from guardstream.core.contracts import (
     utcnow,
     within_text_limit,
 )
+from guardstream.core.neardup import near_scope
 from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
+
+_SCOPES_KEPT = 4096  # near scopes remembered (per tenant: bounded whatever tenants arrive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,8 +33,10 @@ class Triaged:
     text: str  # normalised
     prompt: str | None  # normalised
     content_key: str
-    # Everything in the content key but the text: near-duplicates are only sought within it.
+    # Everything in the content key but the text, and the tenant unless the pack shares model
+    # verdicts: near-duplicates are only sought within it (`core.neardup.near_scope`).
     near_scope: str
+    verdict_key: VerdictKey  # where its verdict is cached: the content key within its tenant
     prompt_prefix: str | None = None  # the pack's domain tags / region hint, when it has any
     adapter: str | None = None  # the LoRA adapter serving the post's tenant (in the key)
 
@@ -53,9 +59,11 @@ class Triager:
         self._adapter_for = adapter_for  # tenant → serving adapter id (None: base model)
         self._policies = policies
         self._prompt_parts: dict[str, tuple[str, str | None]] = {}  # pack ref → fingerprint, prefix
-        # (kind, pack ref, adapter) → content key context and near scope of posts without a
-        # prompt context (most posts): worked out once, then only the text is hashed per post
-        self._contexts: dict[tuple[Kind, str, str | None], tuple[bytes, str]] = {}
+        # (kind, pack ref, adapter) → content key context of posts without a prompt context
+        # (most posts): worked out once, then only the text is hashed per post; their near
+        # scope once per tenant too (the tenant is in it unless the pack shares verdicts)
+        self._contexts: dict[tuple[Kind, str, str | None], bytes] = {}
+        self._scopes: dict[tuple[Kind, str, str | None, str | None], str] = {}
 
     def triage(self, raw: bytes | None) -> Triaged:
         """Validate and key one post; raises `ContractError` (→ DLQ) when it cannot be used."""
@@ -81,25 +89,33 @@ class Triager:
             )
         fingerprint, prefix = parts
         adapter = self._adapter_for(post.tenant)
+        shared = pack.share_model_verdicts
+        tenant = None if shared else post.tenant
         if prompt is None:
-            known = self._contexts.get((post.kind, pack.ref, adapter))
-            if known is None:
-                context = self._context(post.kind, None, adapter, fingerprint)
-                known = self._contexts[(post.kind, pack.ref, adapter)] = (
-                    context,
-                    keyed(context, ""),
+            context = self._contexts.get((post.kind, pack.ref, adapter))
+            if context is None:
+                context = self._contexts[(post.kind, pack.ref, adapter)] = self._context(
+                    post.kind, None, adapter, fingerprint
                 )
-            context, scope = known
+            scope = self._scopes.get((post.kind, pack.ref, adapter, tenant))
+            if scope is None:
+                if len(self._scopes) >= _SCOPES_KEPT:
+                    self._scopes.clear()
+                scope = self._scopes[(post.kind, pack.ref, adapter, tenant)] = near_scope(
+                    context, tenant
+                )
         else:
             context = self._context(post.kind, prompt, adapter, fingerprint)
-            scope = keyed(context, "")
+            scope = near_scope(context, tenant)
+        key = keyed(context, text)
         return Triaged(
             post,
             pack,
             text,
             prompt,
-            keyed(context, text),
+            key,
             near_scope=scope,
+            verdict_key=VerdictKey(key, post.tenant, shared),
             prompt_prefix=prefix,
             adapter=adapter,
         )

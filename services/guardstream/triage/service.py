@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaProducer
 
 from guardstream.core import tracing
 from guardstream.core.adapters import AdapterRegistry
-from guardstream.core.cache import CachedVerdict
+from guardstream.core.cache import CachedVerdict, VerdictKey
 from guardstream.core.contracts import ContractError, Decision, utcnow
 from guardstream.core.decisions import Origin, decide, unscored
 from guardstream.core.journal import journal_key
@@ -129,14 +129,14 @@ class Triage:
                 dead += 1
                 continue
             tracing.bind(record, item.post.event_id)  # its outputs continue its trace
-            key = journal_key(item.post.event_id, item.pack.ref)
+            key = journal_key(item.post.tenant, item.post.event_id, item.pack.ref)
             if key in accepted:
                 self.counts["duplicate_in_batch"] += 1
                 continue
             accepted[key] = item
 
         cached, recalled = await asyncio.gather(
-            self._cache.get_many([item.content_key for item in accepted.values()]),
+            self._cache.get_many([item.verdict_key for item in accepted.values()]),
             self._journal.recall_many(list(accepted)),
         )
         for key in recalled:  # these events were decided before: say the same thing again
@@ -146,14 +146,14 @@ class Triage:
 
         decisions: list[Decision] = []
         misses: list[Triaged] = []
-        stale: set[str] = set()
+        stale: set[VerdictKey] = set()
         now = utcnow()
         for item in accepted.values():
-            hit = cached.get(item.content_key)
+            hit = cached.get(item.verdict_key)
             if hit is not None and not hit.fresh_for(item.pack.cache_ttl_s, now):
                 # Older than this pack reuses: scored again. Dropped too, or the scorer's own
                 # cache check would hand the same old verdict back.
-                stale.add(item.content_key)
+                stale.add(item.verdict_key)
                 hit = None
             if hit is None:
                 misses.append(item)
@@ -167,7 +167,7 @@ class Triage:
         near = await self._near_duplicates(misses, now)
         scorer_down = self.scorer_unavailable
         for item in misses:
-            match = near.get(item.content_key)
+            match = near.get(item.verdict_key)
             if match is not None:
                 matched_key, entry = match
                 decisions.append(self._decide(entry, Origin.NEAR, item, matched_key))
@@ -221,10 +221,11 @@ class Triage:
 
     async def _near_duplicates(
         self, misses: list[Triaged], now: datetime
-    ) -> dict[str, tuple[str, CachedVerdict]]:
+    ) -> dict[VerdictKey, tuple[str, CachedVerdict]]:
         """For exact misses whose pack allows it: (matched key, its verdict) of a near-duplicate
-        decided earlier. A match whose verdict has since expired, or is older than the pack
-        reuses, is no match."""
+        decided earlier, in the miss's scope (its tenant's, unless its pack shares verdicts).
+        A match whose verdict has since expired, or is older than the pack reuses, is no
+        match."""
         if self._near is None:
             return {}
         by_scope: dict[str, list[tuple[str, str]]] = defaultdict(list)
@@ -234,11 +235,24 @@ class Triage:
         found = await asyncio.gather(
             *(self._near.find_many(scope, items) for scope, items in by_scope.items())
         )
-        matches = {key: m.content_key for part in found for key, m in part.items()}
-        verdicts = await self._cache.get_many(list(set(matches.values())))
-        ttl = {item.content_key: item.pack.cache_ttl_s for item in misses}
+        # By scope too: two tenants' posts with one content key are looked up in two scopes.
+        matches = {
+            (scope, key): m.content_key
+            for scope, part in zip(by_scope, found, strict=True)
+            for key, m in part.items()
+        }
+        # The matched post's verdict as this miss's tenant may see it: its model verdict in the
+        # miss's scope (the index scope already kept other tenants out), the tenant's own human
+        # verdict over it.
+        matched = {
+            item.verdict_key: item.verdict_key._replace(content_key=found_key)
+            for item in misses
+            if (found_key := matches.get((item.near_scope, item.content_key))) is not None
+        }
+        verdicts = await self._cache.get_many(list(set(matched.values())))
+        ttl = {item.verdict_key: item.pack.cache_ttl_s for item in misses}
         return {
-            k: (m, verdicts[m])
-            for k, m in matches.items()
+            k: (m.content_key, verdicts[m])
+            for k, m in matched.items()
             if m in verdicts and verdicts[m].fresh_for(ttl[k], now)
         }

@@ -126,7 +126,7 @@ def contested(
 ) -> Decision:
     """The decision triage or the scorer would send to actions.review for `post`."""
     key = content_key or uuid.uuid4().hex
-    ident = decision_id(post.event_id, policy, key)
+    ident = decision_id(post.tenant, post.event_id, policy, key)
     at = utcnow() - timedelta(seconds=decided_ago_s)
     return Decision(
         event_id=ident,

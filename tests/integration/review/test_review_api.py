@@ -8,7 +8,7 @@ import asyncio
 import pytest
 import redis
 
-from guardstream.core.cache import CachedVerdict, RedisVerdictCache
+from guardstream.core.cache import CachedVerdict, RedisVerdictCache, VerdictKey
 from guardstream.core.content import normalise
 from guardstream.core.contracts import (
     AssignmentEvent,
@@ -41,7 +41,7 @@ async def seed(console: Console, n: int, tenant: str = "acme", **kw: object) -> 
         post = new_test_post(tenant)
         decision = contested(post, **kw)  # type: ignore[arg-type]
         items += [(Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)]
-        ids.append(task_id(post.post_id, decision.policy))
+        ids.append(task_id(post.tenant, post.post_id, decision.policy))
     before = (await console.sql("SELECT count(*) AS n FROM tasks"))[0]["n"]
     await produce(console.settings, *items)
     await console.wait_tasks(before + n)
@@ -143,7 +143,7 @@ async def test_a_correction_is_published_actioned_and_overrides_the_cache(
         console.settings, (Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)
     )
     await console.wait_tasks(1)
-    tid = task_id(post.post_id, decision.policy)
+    tid = task_id(post.tenant, post.post_id, decision.policy)
     await console.add_reviewer("alice", ("acme",))
     async with console.client("alice") as http:
         claimed = (await http.post("/api/v1/tasks/claim")).json()
@@ -184,11 +184,11 @@ async def test_a_correction_is_published_actioned_and_overrides_the_cache(
     cache = RedisVerdictCache.from_settings(console.settings)
     try:
         for _ in range(50):  # written by the relay; a slow Redis is a miss here, so ask again
-            found = await cache.get_many([decision.content_key])
+            found = await cache.get_many([VerdictKey(decision.content_key, decision.tenant)])
             if found:
                 break
             await asyncio.sleep(0.1)
-        hit = found[decision.content_key]
+        [hit] = found.values()
     finally:
         await cache.close()
     assert hit.source.value == "human" and hit.verdict is Verdict.UNSAFE
@@ -237,7 +237,7 @@ async def test_an_expired_task_stays_decidable_and_a_late_unsafe_blocks(console:
     await asyncio.sleep(0.5)
     await produce(console.settings, (Topic.REVIEW, decision, post.post_id))
     await console.wait_tasks(1)
-    tid = task_id(post.post_id, decision.policy)
+    tid = task_id(post.tenant, post.post_id, decision.policy)
     rows = await console.sql("SELECT sla, downgrade_decision_id FROM tasks")
     assert rows[0]["sla"] == "expired" and rows[0]["downgrade_decision_id"] == "downgrade-1"
     await console.add_reviewer("alice", ("acme",))
@@ -368,7 +368,7 @@ async def test_human_verdicts_survive_a_redis_flush(console: Console, redis_url:
     await console.wait_tasks(1)
     await console.add_reviewer("alice", ("acme",))
     async with console.client("alice") as http:
-        tid = task_id(post.post_id, decision.policy)
+        tid = task_id(post.tenant, post.post_id, decision.policy)
         response = await http.post(
             f"/api/v1/tasks/{tid}/decision",
             json={
@@ -382,11 +382,12 @@ async def test_human_verdicts_survive_a_redis_flush(console: Console, redis_url:
 
     cache = RedisVerdictCache.from_settings(console.settings)
     client = redis.Redis.from_url(redis_url)
+    key = VerdictKey(decision.content_key, decision.tenant)
     try:
 
         async def human_entry() -> CachedVerdict | None:
             for _ in range(100):
-                found = (await cache.get_many([decision.content_key])).get(decision.content_key)
+                found = (await cache.get_many([key])).get(key)
                 if found is not None and found.source is Source.HUMAN:
                     return found
                 await asyncio.sleep(0.1)
@@ -397,7 +398,7 @@ async def test_human_verdicts_survive_a_redis_flush(console: Console, redis_url:
         keys = list(client.scan_iter(f"{console.settings.cache_prefix}*"))
         assert keys
         client.delete(*keys)
-        assert (await cache.get_many([decision.content_key])) == {}
+        assert (await cache.get_many([key])) == {}
         restored = await human_entry()  # the relay checks every assign interval (0.2 s here)
         assert restored is not None
         assert restored.verdict is Verdict.UNSAFE

@@ -63,7 +63,7 @@ async def test_a_reviewer_works_an_item_with_the_keyboard(console: Console, page
         console.settings, (Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)
     )
     await console.wait_tasks(1)
-    tid = task_id(post.post_id, decision.policy)
+    tid = task_id(post.tenant, post.post_id, decision.policy)
     await console.add_reviewer("alice", ("acme",))
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -121,7 +121,7 @@ async def test_a_senior_works_the_qa_queue_blind_with_the_keyboard(
         console.settings, (Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)
     )
     await console.wait_tasks(1)
-    tid = task_id(post.post_id, decision.policy)
+    tid = task_id(post.tenant, post.post_id, decision.policy)
     await console.add_reviewer("alice", ("acme",))
     await console.add_reviewer("sue", ("acme",), role=Role.SENIOR)
     async with console.client("alice") as http:

@@ -190,7 +190,7 @@ async def test_a_response_correction_carries_both_refusal_labels_to_the_target(
         (Topic.REVIEW, prompt_decision, prompt_post.post_id),
     )
     await console.wait_tasks(2)
-    tid = task_id(post.post_id, decision.policy)
+    tid = task_id(post.tenant, post.post_id, decision.policy)
     await console.add_reviewer("alice", ("acme",))
     async with console.client("alice") as http:
         for _ in range(100):  # the text may land after the task
@@ -199,7 +199,7 @@ async def test_a_response_correction_carries_both_refusal_labels_to_the_target(
                 break
             await asyncio.sleep(0.1)
         assert body["kind"] == "response" and body["model_refusal"] is True
-        other = task_id(prompt_post.post_id, prompt_decision.policy)
+        other = task_id(prompt_post.tenant, prompt_post.post_id, prompt_decision.policy)
         for _ in range(100):
             if (await http.get(f"/api/v1/tasks/{other}")).json().get("kind"):
                 break

@@ -8,7 +8,7 @@ import uuid
 import pytest
 import redis.asyncio as aioredis
 
-from guardstream.core.cache import RedisVerdictCache
+from guardstream.core.cache import RedisVerdictCache, VerdictKey, human_verdict_key
 from guardstream.core.contracts import Source, Verdict
 from guardstream.core.kafka import ensure_topics, make_producer
 from guardstream.core.settings import Settings
@@ -34,7 +34,8 @@ async def test_a_redis_outage_holds_back_only_the_cache_write(review_settings: S
         timeout_s=0.3,
     )
     live = RedisVerdictCache.from_settings(settings)
-    key = uuid.uuid4().hex
+    content_key = uuid.uuid4().hex
+    key = human_verdict_key("acme", content_key)
     entry = (
         b'{"v":1,"verdict":"unsafe","categories":[],"reason":"human review","source":"human",'
         b'"model":"tiny","decided_at":"2026-01-01T00:00:00Z"}'
@@ -54,8 +55,8 @@ async def test_a_redis_outage_holds_back_only_the_cache_write(review_settings: S
 
         up = OutboxRelay(store, producer, live, names)
         assert await up.relay_once() == 1
-        found = await live.get_many([key])
-        assert found[key].source is Source.HUMAN and found[key].verdict is Verdict.UNSAFE
+        [found] = (await live.get_many([VerdictKey(content_key, "acme")])).values()
+        assert found.source is Source.HUMAN and found.verdict is Verdict.UNSAFE
         assert await store.unsent(10) == []
         assert len(await read_topic(settings, Topic.REVIEWS, 3, within=2)) == 2
     finally:

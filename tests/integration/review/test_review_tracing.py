@@ -72,7 +72,7 @@ async def test_review_events_carry_the_trace_of_the_contested_decision(console: 
     async with console.client("alice") as http:
         for pid in (post.post_id, untraced.post_id):
             response = await http.post(
-                f"/api/v1/tasks/{task_id(pid, decision.policy)}/decision",
+                f"/api/v1/tasks/{task_id(decision.tenant, pid, decision.policy)}/decision",
                 json={
                     "outcome": "correct",
                     "verdict": "safe",

@@ -70,7 +70,7 @@ async def test_expired_by_the_sla_app_then_decided_late(console: Console, sla_ap
         console.settings, (Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id)
     )
     await console.wait_tasks(1)
-    tid = task_id(post.post_id, decision.policy)
+    tid = task_id(post.tenant, post.post_id, decision.policy)
     rows = await console.sql("SELECT deadline, created_at FROM tasks")
     assert (rows[0]["deadline"] - rows[0]["created_at"]).total_seconds() == 4
 
