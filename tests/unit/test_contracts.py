@@ -192,6 +192,8 @@ def variants(base: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         {**base, "schema_version": "1.7"},
         {**base, "added_in_1_1": {"x": 1}},
         {**base, "produced_at": "2026-11-22T18:00:00+08:00"},
+        {**base, "produced_at": "8999-12-31T23:59:59-14:00"},
+        {**base, "produced_at": "1970-01-01T00:00:00+14:00"},
     ]
     invalid = [
         {k: v for k, v in base.items() if k != "event_id"},
@@ -201,8 +203,10 @@ def variants(base: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str,
         {**base, "event_id": "x" * 129},
         {**base, "produced_at": "yesterday"},
         {**base, "produced_at": 1700000000},
-        {**base, "produced_at": "2026-11-22T10:00:00"},
-    ]  # no offset
+        {**base, "produced_at": "2026-11-22T10:00:00"},  # no offset
+        {**base, "produced_at": "9999-12-31T23:59:59Z"},  # a deadline after it overflows
+        {**base, "produced_at": "1969-12-31T23:59:59Z"},
+    ]
     return valid, invalid
 
 

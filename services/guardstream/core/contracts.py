@@ -23,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import orjson
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -61,7 +62,21 @@ def _timestamp_text(value: object) -> object:
     return value
 
 
-Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text)]
+# Years every consumer can do arithmetic on (SLA deadlines, UTC conversion, PostgreSQL's
+# timestamptz) without overflowing: 9999-12-31 plus an SLA is no datetime at all. The year as
+# written is checked, as the schemas' pattern checks it.
+YEARS = range(1970, 9000)
+
+
+def _timestamp_range(value: datetime) -> datetime:
+    if value.year not in YEARS:
+        raise ValueError(f"timestamps lie in the years {YEARS.start}-{YEARS.stop - 1}")
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime, BeforeValidator(_timestamp_text), AfterValidator(_timestamp_range)
+]
 
 
 class Verdict(enum.StrEnum):

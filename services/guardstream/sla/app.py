@@ -11,8 +11,10 @@ event's offset once the agent has moved past it):
 |-------------------------|---------------------------------------------------------------------|
 | success                 | table written (changelog acknowledged) and every output acknowledged |
 |                         | by the broker before the agent takes the next event                 |
-| permanent error         | a record failing its contract, or whose key is not its post_id →    |
-|                         | DLQ (origin, reason, attempts) after one attempt, then acked         |
+| permanent error         | a record failing its contract (`forbidden_character`, ...), whose   |
+|                         | key is not its post_id, or whose item is no valid event               |
+|                         | (`unprocessable`) → DLQ (origin, reason, attempts) after one attempt, |
+|                         | then acked                                                           |
 | transient error         | broker produce / changelog failure → the same event retried with     |
 |                         | capped exponential backoff, forever; never acked, never skipped      |
 | unexpected error (bug)  | retried 3 times with backoff, then DLQ `processing_failed` with the  |
@@ -52,7 +54,7 @@ from guardstream.core.contracts import (
 )
 from guardstream.core.faults import FaultPoints
 from guardstream.core.kafka import client_kwargs, dead_letter
-from guardstream.core.loop import TransientError
+from guardstream.core.loop import TransientError, unusable
 from guardstream.core.settings import Settings
 from guardstream.core.topics import SPECS, Topic, TopicNames
 from guardstream.policy import PolicyRegistry, review_sla
@@ -423,15 +425,16 @@ class SlaWorker:
             try:
                 async with self._lock(message.partition):
                     await self._handle(message)
-            except ContractError as exc:
-                await self._dead_letter(message, exc, attempt)
-                return
             except (TransientError, KafkaError, TimeoutError) as exc:
                 log.warning(
                     "SLA event failed, retrying",
                     extra={**_where(message), "error": type(exc).__name__, "attempt": attempt},
                 )
             except Exception as exc:
+                rejected = unusable(exc)  # the record's own fault: no retry can fix it
+                if rejected is not None:
+                    await self._dead_letter(message, rejected, attempt)
+                    return
                 log.exception("SLA event handling failed", extra=_where(message))
                 if attempt >= UNEXPECTED_ATTEMPTS:
                     detail = f"{type(exc).__name__} after {attempt} attempts"

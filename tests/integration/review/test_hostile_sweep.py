@@ -24,14 +24,18 @@ from typing import Any
 
 import orjson
 import pytest
+from aiokafka import ConsumerRecord
 from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from guardstream.core.contracts import DlqRecord, utcnow
+from guardstream.core.contracts import ContractError, DlqRecord, utcnow
 from guardstream.core.kafka import make_producer
+from guardstream.core.loop import Record, Records, isolate
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
+from guardstream.review.consumer import ReviewConsumer
+from guardstream.review.store import PostText
 from guardstream.scorer.engine import VllmGuardEngine
 from tests.integration.conftest import in_process
 from tests.integration.review.conftest import Console
@@ -342,3 +346,80 @@ async def test_every_group_accounts_for_every_hostile_record_and_stays_alive(
             assert (await http.get("/readyz")).status_code == 200
     finally:
         sla.stop()
+
+
+async def test_nul_and_oversized_posts_cost_review_only_themselves(console: Console) -> None:
+    """The issue's case: posts valid under the old contract with U+0000 in text, prompt or
+    author_id, and a text over `max_text_chars`, reach the review consumer directly, between
+    good posts. They go to the DLQ with their reason; the good ones are stored; it stays up."""
+    settings = console.settings
+    good = [post_doc(n) for n in range(4)]
+    bad = [
+        ({**post_doc(10), "text": "a\x00b"}, "forbidden_character"),
+        ({**post_doc(11), "prompt": "q\x00"}, "forbidden_character"),
+        ({**post_doc(12), "author_id": "\x00"}, "forbidden_character"),
+        ({**post_doc(13), "text": "长" * (LIMIT + 1)}, "text_too_long"),
+    ]
+    records = []
+    for n, (doc, _) in enumerate(bad):
+        records += [
+            (render(good[n], None), good[n]["post_id"]),
+            (render(doc, None), doc["post_id"]),
+        ]
+    sent = await produce(settings, Topic.POSTS, records)
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        got = await outcome(console)
+        dead = {k: n for k, n in got.dlq.items() if k[0] == settings.group_id("review")}
+        stored = {d["post_id"] for d in good} <= got.texts
+        if (stored and len(dead) == len(bad)) or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    assert stored
+    assert not got.texts & {doc["post_id"] for doc, _ in bad}
+    bad_records = sent[1::2]
+    assert dead == {
+        (settings.group_id("review"), r.topic, r.partition, r.offset): 1 for r in bad_records
+    }
+    reasons = sorted(
+        DlqRecord.from_json(r.value).reason
+        for r in await read_records(settings, [TopicNames(settings.namespace)[Topic.DLQ]])
+    )
+    assert reasons == sorted(reason for _, reason in bad)
+    async with console.client() as http:
+        assert (await http.get("/readyz")).status_code == 200
+
+
+async def test_a_value_postgresql_refuses_costs_only_its_record(console: Console) -> None:
+    """Behind the contract, the database is the last judge: a batch PostgreSQL refuses for one
+    record's value (U+0000: CharacterNotInRepertoireError) is halved down to that record, the
+    others are stored, and it alone is dead-lettered `store_rejected`."""
+    store = console.review.store
+    texts = {
+        offset: PostText(
+            post_id=f"p-{uuid.uuid4().hex}",
+            tenant="acme",
+            kind="prompt",
+            text="NUL \x00" if offset in (2, 5) else f"text {offset}",
+            prompt=None,
+        )
+        for offset in range(8)
+    }
+    records = [
+        ConsumerRecord("posts", 0, offset, 0, 0, None, b"{}", None, 0, 2, []) for offset in texts
+    ]
+
+    async def save(batch: Records) -> None:
+        await store.save_post_texts([texts[r.offset] for r in batch])
+
+    dead: list[tuple[int, str, str]] = []
+
+    async def dead_letter(record: Record, error: ContractError) -> None:
+        dead.append((record.offset, error.reason, error.detail))
+
+    await isolate(records, save, ReviewConsumer._rejected, dead_letter)
+    assert [(o, r) for o, r, _ in dead] == [(2, "store_rejected"), (5, "store_rejected")]
+    assert all("CharacterNotInRepertoireError" in detail for _, _, detail in dead)
+    stored = {row["post_id"] for row in await console.sql("SELECT post_id FROM post_texts")}
+    assert stored >= {t.post_id for o, t in texts.items() if o not in (2, 5)}
+    assert not stored & {texts[2].post_id, texts[5].post_id}
