@@ -234,6 +234,26 @@ async def test_downgrade_at_deadline_reviewed_in_time_is_not(
     assert 0 <= status["max_lateness_s"] <= BOUND_S
 
 
+async def test_two_tenants_posts_with_one_post_id_keep_their_own_clocks(
+    settings: Settings, sla_process: Process
+) -> None:
+    """Tenants choose their post ids: acme's and patient's posts share one. Each is an item of
+    its own - patient's review stops only patient's clock, acme's still runs out."""
+    await start(settings, sla_process)
+    hasty = decision("p-shared")  # acme: 4 s
+    patient = decision("p-shared", tenant="patient", policy="sla-patient@1")  # 60 s
+    await send(settings, Topic.REVIEW, hasty, patient)
+    await asyncio.sleep(1)
+    assert sla_status(sla_process)["pending"] == 2
+    await send(settings, Topic.REVIEWS, review_of(patient, Verdict.UNSAFE))
+    outcome = await wait_for(settings, lambda o: "p-shared" in o.downgrades, DEADLINE_S + 20)
+    got = outcome.decisions["p-shared"]
+    assert (got.tenant, got.policy) == ("acme", hasty.policy)
+    assert len(outcome.downgrades["p-shared"]) == 1
+    status = sla_status(sla_process)
+    assert status["pending"] == 0 and status["counts"]["expired"] == 1
+
+
 async def test_late_review_is_recorded_once(settings: Settings, sla_process: Process) -> None:
     await start(settings, sla_process)
     d = decision("p-slow")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -131,3 +132,35 @@ def test_outputs_carry_the_review_decisions_traceparent_from_pairs_or_a_mapping(
     assert _traceparent(None) is None and _traceparent([("x", b"1")]) is None
     assert _trace_headers(parent) == [("traceparent", parent.encode())]
     assert _trace_headers(None) is None
+
+
+class FakeTable:
+    """The faust table's in-memory side and its changelog writes."""
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.changelog: list[tuple[int, str, Any]] = []
+
+    def send_changelog(
+        self, partition: int, key: str, value: Any, **_: Any
+    ) -> asyncio.Future[None]:
+        self.changelog.append((partition, key, value))
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+
+async def test_items_written_under_their_post_id_alone_are_renamed_on_recovery() -> None:
+    """Before tenants were part of an item's name the table was keyed by post_id: recovery
+    moves such an entry to `item_key(tenant, post_id)`, in memory and in the changelog, and
+    the timer finds it there."""
+    w, _ = worker()
+    old = pending()  # partition 3
+    current = replace(old, post_id="p2")
+    table = FakeTable({old.post_id: old.to_dict(), current.key: current.to_dict()})
+    w.table = table  # type: ignore[assignment]
+    w._owned = lambda: {3}  # type: ignore[method-assign]
+    await w._on_recovered()
+    assert set(table.data) == {old.key, current.key}
+    assert table.changelog == [(3, old.post_id, None), (3, old.key, old.to_dict())]
+    assert w._get(old.key) == old and w.pending_count() == 2

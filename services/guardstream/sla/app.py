@@ -1,7 +1,8 @@
 """The SLA timer's transport: a faust-streaming app with one agent, one table and one timer.
 
 The agent reads `actions.review`, `reviews` and `review-assignments` (6 partitions each, keyed
-by post_id: co-partitioned) and keeps one `Item` per post in the `sla_items` table, whose
+by post_id: co-partitioned) and keeps one `Item` per post in the `sla_items` table (keyed by
+tenant and post_id, `logic.item_key`: tenants may share post ids), whose
 changelog (`<group>-sla_items-changelog`, 6 partitions) restores it after a restart or a
 rebalance. Each worker keeps a deadline index per partition it owns, rebuilt from the table
 when recovery completes, so a tick pops only what is due. Commit policy (faust commits an
@@ -66,6 +67,7 @@ from guardstream.sla.logic import (
     assigned,
     enter,
     epoch,
+    item_key,
     mark_sent,
     outputs,
     purgeable,
@@ -201,7 +203,7 @@ class SlaWorker:
         self._names = TopicNames(settings.namespace)
         self._retain = float(settings.sla_retain_s)
         self._indexes: dict[int, DeadlineIndex] = {}
-        self._pending: dict[int, dict[str, float]] = {}  # partition → post_id → decided_at
+        self._pending: dict[int, dict[str, float]] = {}  # partition → item key → decided_at
         self._locks: dict[int, asyncio.Lock] = {}
         self._recovered = False
         self._faults = FaultPoints(settings.fault)
@@ -304,6 +306,7 @@ class SlaWorker:
             self._indexes[partition] = DeadlineIndex()
             self._pending[partition] = {}
         bad = 0
+        renamed: list[asyncio.Future[Any]] = []
         for key, value in list(self.table.data.items()):
             try:
                 item = Item.from_dict(value)
@@ -312,7 +315,15 @@ class SlaWorker:
                 log.exception("unreadable SLA table entry skipped", extra={"key": str(key)[:128]})
                 continue
             if item.partition in fresh:
+                if key != item.key:  # written before items were keyed by tenant and post_id
+                    renamed += [self._forget(item.partition, key), self._put(item)]
                 self._track(item)
+        if renamed:
+            # Lost writes leave the old names in the changelog: renamed again next recovery.
+            try:
+                await _acked(renamed)
+            except TransientError:
+                log.warning("SLA items not renamed yet", extra={"count": len(renamed) // 2})
         self._recovered = True
         log.info(
             "SLA partitions recovered",
@@ -337,37 +348,40 @@ class SlaWorker:
         index = self._indexes.get(item.partition)
         if index is None:
             return  # not (yet) ours: recovery indexes it from the table when it is assigned
-        index.schedule(item.post_id, item.next_due(self._retain))
+        index.schedule(item.key, item.next_due(self._retain))
         pending = self._pending.setdefault(item.partition, {})
         if item.phase is Phase.PENDING:
-            pending[item.post_id] = item.decided_at
+            pending[item.key] = item.decided_at
         else:
-            pending.pop(item.post_id, None)
+            pending.pop(item.key, None)
 
     # --- table -----------------------------------------------------------------------------
-    def _get(self, post_id: str) -> Item | None:
-        raw = self.table.data.get(post_id)
+    def _get(self, key: str) -> Item | None:
+        raw = self.table.data.get(key)
         if raw is None:
             return None
         try:
             return Item.from_dict(raw)
         except (ValueError, KeyError, TypeError):
-            log.exception("unreadable SLA table entry replaced", extra={"post_id": post_id})
+            log.exception("unreadable SLA table entry replaced", extra={"key": key[:200]})
             return None
 
     def _put(self, item: Item) -> asyncio.Future[Any]:
         value = item.to_dict()
-        self.table.data[item.post_id] = value
-        future: asyncio.Future[Any] = self.table.send_changelog(item.partition, item.post_id, value)
+        self.table.data[item.key] = value
+        future: asyncio.Future[Any] = self.table.send_changelog(item.partition, item.key, value)
         return future
 
     def _delete(self, item: Item) -> asyncio.Future[Any]:
-        self.table.data.pop(item.post_id, None)
-        index = self._indexes.get(item.partition)
+        return self._forget(item.partition, item.key)
+
+    def _forget(self, partition: int, key: str) -> asyncio.Future[Any]:
+        self.table.data.pop(key, None)
+        index = self._indexes.get(partition)
         if index is not None:
-            index.discard(item.post_id)
+            index.discard(key)
         future: asyncio.Future[Any] = self.table.send_changelog(
-            item.partition, item.post_id, None, value_serializer="raw"
+            partition, key, None, value_serializer="raw"
         )
         return future
 
@@ -482,7 +496,8 @@ class SlaWorker:
                 decision.tenant, None
             )
             sla = review_sla(pack, decision.categories)
-            new = enter(decision, partition, sla, self._get(decision.post_id))
+            current = self._get(item_key(decision.tenant, decision.post_id))
+            new = enter(decision, partition, sla, current)
             if new is not None:
                 new = replace(new, traceparent=_traceparent(message.headers))
             if new is not None and new.assigned_at is not None:  # the assignment came first
@@ -490,14 +505,14 @@ class SlaWorker:
         elif topic == self._names[Topic.REVIEWS]:
             review = Review.from_json(raw)
             self._check_key(message, review.post_id)
-            current = self._get(review.post_id)
+            current = self._get(item_key(review.tenant, review.post_id))
             new = reviewed(review, partition, current)
             if new is not None and current is not None and current.decision_id == new.decision_id:
                 self.responses.add(epoch(review.reviewed_at) - current.decided_at)
         else:
             assignment = ReviewAssignment.from_json(raw)
             self._check_key(message, assignment.post_id)
-            current = self._get(assignment.post_id)
+            current = self._get(item_key(assignment.tenant, assignment.post_id))
             new = assigned(assignment, partition, current)
             if new is not None and new.phase is Phase.PENDING and new.assigned_at is not None:
                 self.pickups.add(new.assigned_at - new.decided_at)
@@ -527,8 +542,8 @@ class SlaWorker:
                         await self.fire(partition, due, now)
                 except Exception:  # a broker hiccup: keep them due, retry next tick
                     log.exception("SLA tick failed; retrying next tick", extra={"n": len(due)})
-                    for post_id in due:
-                        index.schedule(post_id, now)
+                    for key in due:
+                        index.schedule(key, now)
                     break
                 index = self._indexes.get(partition)
         self.last_tick_ms = (time.perf_counter() - started) * 1000
@@ -538,8 +553,8 @@ class SlaWorker:
         """Act on the items of `partition` the index says are due at `now`."""
         changed: list[Item] = []
         purged: list[asyncio.Future[Any]] = []
-        for post_id in due:
-            item = self._get(post_id)
+        for key in due:
+            item = self._get(key)
             if item is None or item.partition != partition:
                 continue
             if purgeable(item, now, self._retain):

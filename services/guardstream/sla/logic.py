@@ -59,9 +59,15 @@ EFFECT_ORDER: Final = (
 )
 
 
+def item_key(tenant: str, post_id: str) -> str:
+    """An item's table key: a post is named by its tenant and its post_id (another tenant's
+    post with the same post_id is another item). Neither holds a control character."""
+    return f"{tenant}\x1f{post_id}"
+
+
 @dataclass(frozen=True, slots=True)
 class Item:
-    """What the SLA app knows about one post under review (table value, key = post_id)."""
+    """What the SLA app knows about one post under review (table value, key = `item_key`)."""
 
     post_id: str
     partition: int  # source partition: the changelog partition and the index it lives in
@@ -141,6 +147,10 @@ class Item:
         )
 
     # --- questions -------------------------------------------------------------------------
+    @property
+    def key(self) -> str:
+        return item_key(self.tenant, self.post_id)
+
     @property
     def unsent(self) -> list[SlaEventKind]:
         """Effects decided but not yet acknowledged by the broker, in publishing order."""
@@ -425,7 +435,8 @@ _ALERTS: Final[dict[SlaEventKind, tuple[str, AlertSeverity, str]]] = {
 
 # --- the per-partition deadline index ---------------------------------------------------------
 class DeadlineIndex:
-    """Post ids by the time the timer must next look at them (a heap with lazy deletion).
+    """Item keys (`item_key`) by the time the timer must next look at them (a heap with lazy
+    deletion).
 
     `schedule` is O(log n); `pop_due` pops only what is due, so a tick costs O(k log n) for k
     due items, not a scan of every pending one. A rescheduled id leaves a stale heap entry that
