@@ -739,12 +739,6 @@ class ReviewStore:
         )
         return (_reviewer(row), row["password_hash"]) if row else None
 
-    async def reviewer(self, reviewer_id: str) -> Reviewer | None:
-        row = await self._pool.fetchrow(
-            "SELECT id, tenants, role, on_call FROM reviewers WHERE id = $1", reviewer_id
-        )
-        return _reviewer(row) if row else None
-
     async def store_token(self, reviewer_id: str, digest: str, expires: datetime) -> None:
         """Store a token's hash; the reviewer's expired tokens go in the same transaction."""
         async with self.transaction() as tx:
