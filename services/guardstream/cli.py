@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
 import typer
 from pydantic import AliasChoices, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from guardstream.core import logs
@@ -18,6 +20,11 @@ from guardstream.core.contracts import Decision, Kind, dump
 from guardstream.core.settings import Settings
 from guardstream.core.topics import CATALOGUE, TopicNames
 from guardstream.feedback.cli import feedback_app
+
+if TYPE_CHECKING:
+    from guardstream.review.service import ReviewService
+
+T = TypeVar("T")
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
@@ -346,9 +353,7 @@ def add_reviewer(
     except ValueError:
         err.print("role must be reviewer, senior or admin")
         raise typer.Exit(2) from None
-    if not reviewer_id.strip() or len(reviewer_id) > 128:
-        err.print("--id must be 1-128 characters")
-        raise typer.Exit(2)
+    _check_reviewer_id(reviewer_id)
     password = (
         sys.stdin.readline().rstrip("\n")
         if password_stdin
@@ -383,9 +388,116 @@ def add_reviewer(
             await store.close()
 
     issued = asyncio.run(main())
-    out.print(f"reviewer {reviewer_id} saved ({chosen.value}; tenants {', '.join(tenant)})")
+    out.print(
+        f"reviewer {escape(reviewer_id)} saved ({chosen.value};"
+        f" tenants {escape(', '.join(tenant))})"
+    )
     if issued:
         sys.stdout.write(issued + "\n")
+
+
+def _check_reviewer_id(reviewer_id: str) -> None:
+    """Exit 2 with a message unless the id is 1-128 printable characters (what the store and
+    the login form accept)."""
+    try:
+        reviewer_id.encode()
+    except UnicodeEncodeError:
+        reviewer_id = "\0"  # a lone surrogate: refused like any unprintable character
+    if not reviewer_id.strip() or len(reviewer_id) > 128 or not reviewer_id.isprintable():
+        err.print("--id must be 1-128 printable characters")
+        raise typer.Exit(2)
+
+
+def _with_review_service(work: Callable[[ReviewService], Awaitable[T]]) -> T:
+    """Run `work` against the review store of this deployment (migrated first), then close."""
+    settings = load_settings()
+
+    async def main() -> T:
+        from guardstream.policy import load_registry
+        from guardstream.review.service import ReviewService
+        from guardstream.review.store import ReviewStore
+
+        store = await ReviewStore.open(settings)
+        try:
+            service = ReviewService(
+                store,
+                load_registry(settings.policy_dir),
+                tags=(),
+                lock_s=settings.review_lock_s,
+                token_ttl_s=settings.review_token_ttl_s,
+            )
+            return await work(service)
+        finally:
+            await store.close()
+
+    return asyncio.run(main())
+
+
+ReviewerId = Annotated[str, typer.Option("--id", help="The reviewer's id.")]
+
+
+@review_app.command("revoke-token")
+def revoke_token(
+    reviewer_id: Annotated[
+        str | None,
+        typer.Option("--id", help="Revoke every token and console session of this reviewer."),
+    ] = None,
+    token_stdin: Annotated[
+        bool, typer.Option(help="Read the token to revoke from stdin instead of a prompt.")
+    ] = False,
+) -> None:
+    """Revoke one API token (given on stdin or at a hidden prompt), or with --id every token
+    and console session of a reviewer. Takes effect from the next request, on every replica."""
+
+    if reviewer_id is not None:
+        _check_reviewer_id(reviewer_id)
+        revoked = _with_review_service(lambda svc: svc.revoke_all(reviewer_id, actor="cli"))
+        if revoked is None:
+            err.print(f"no reviewer with id {escape(repr(reviewer_id))}")
+            raise typer.Exit(1)
+        out.print(
+            f"reviewer {escape(reviewer_id)}: {revoked[0]} token(s) and {revoked[1]}"
+            " session(s) revoked"
+        )
+        return
+    token = (
+        sys.stdin.readline().strip()
+        if token_stdin
+        else typer.prompt("token", hide_input=True).strip()
+    )
+    if not token or not token.isascii() or not token.isprintable():
+        err.print("not a token: give the gsr_... value the token was issued as")
+        raise typer.Exit(2)
+    owner = _with_review_service(lambda svc: svc.revoke_token(token, actor="cli"))
+    if owner is None:
+        err.print("no such token (unknown, already revoked or purged after expiry)")
+        raise typer.Exit(1)
+    out.print(f"token of reviewer {escape(owner)} revoked")
+
+
+@review_app.command("disable-reviewer")
+def disable_reviewer(reviewer_id: ReviewerId) -> None:
+    """Disable a reviewer at once: no login, every token and session revoked, the tasks they
+    hold back in the queue. `enable-reviewer` undoes it (with new credentials)."""
+    _check_reviewer_id(reviewer_id)
+    done = _with_review_service(lambda svc: svc.disable_reviewer(reviewer_id, actor="cli"))
+    if done is None:
+        err.print(f"no reviewer with id {escape(repr(reviewer_id))}")
+        raise typer.Exit(1)
+    out.print(
+        f"reviewer {escape(reviewer_id)} disabled: {done.tokens} token(s) and {done.sessions}"
+        f" session(s) revoked, {done.released} task(s) back in the queue"
+    )
+
+
+@review_app.command("enable-reviewer")
+def enable_reviewer(reviewer_id: ReviewerId) -> None:
+    """Let a disabled reviewer log in again; tokens and sessions revoked stay revoked."""
+    _check_reviewer_id(reviewer_id)
+    if not _with_review_service(lambda svc: svc.enable_reviewer(reviewer_id, actor="cli")):
+        err.print(f"no reviewer with id {escape(repr(reviewer_id))}")
+        raise typer.Exit(1)
+    out.print(f"reviewer {escape(reviewer_id)} enabled")
 
 
 @app.command()

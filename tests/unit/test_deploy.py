@@ -202,6 +202,24 @@ def test_secrets_come_only_from_existing_secret_references(
     assert "DATABASE_URL" not in {e["name"] for e in triage["containers"][0]["env"]}
 
 
+def test_review_cookies_are_secure_behind_the_trusted_ingress(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    """The console is served over https by the ingress: Secure cookies, the ingress network
+    trusted for X-Forwarded-Proto/-For, the claim limit passed on."""
+    review = by_kind(production_docs, "Deployment")["gs-review"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in review["containers"][0]["env"]}
+    assert env["GUARDSTREAM_REVIEW_COOKIE_SECURE"] == "true"
+    assert env["GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS"] == "10.0.0.0/8"
+    assert env["GUARDSTREAM_REVIEW_MAX_CLAIMS"] == "1"
+    parsed = Settings(
+        review_cookie_secure=env["GUARDSTREAM_REVIEW_COOKIE_SECURE"],
+        review_forwarded_allow_ips=env["GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS"],
+        review_max_claims=env["GUARDSTREAM_REVIEW_MAX_CLAIMS"],
+    )
+    assert parsed.review_cookie_secure is True and parsed.review_max_claims == 1
+
+
 def test_install_notes_name_every_secret_the_pods_read(
     production_docs: list[dict[str, Any]],
 ) -> None:
@@ -495,6 +513,8 @@ def test_network_policy_admits_only_metrics_and_the_console(
         ({"sharedStorage": {"adapterDir": "../adapters"}}, "at '/sharedStorage/adapterDir'"),
         ({"sharedStorage": {"mountPath": "shared/"}}, "at '/sharedStorage/mountPath'"),
         ({"sharedStorage": {"size": "lots"}}, "at '/sharedStorage/size'"),
+        ({"review": {"forwardedAllowIps": "ingress"}}, "at '/review/forwardedAllowIps'"),
+        ({"review": {"maxClaims": 0}}, "at '/review/maxClaims'"),
     ],
 )
 def test_values_schema_refuses_bad_values_with_a_clear_message(

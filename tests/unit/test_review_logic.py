@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from guardstream.core.contracts import (
@@ -217,6 +219,16 @@ def test_sessions_reject_tampering_and_expiry() -> None:
     assert auth.read_session(key, None, 1001.0) is None
     assert auth.csrf_ok(session, session.csrf) and not auth.csrf_ok(session, None)
     assert not auth.csrf_ok(session, "nope")
+
+
+def test_every_session_names_its_own_server_side_id() -> None:
+    key = b"k" * 32
+    sids = {auth.issue_session(key, "alice", 1000.0, 60)[1].sid for _ in range(50)}
+    assert len(sids) == 50 and all(len(s) >= 43 for s in sids)  # 256 random bits each
+    # A validly signed cookie of the earlier, stateless format names no session: refused.
+    body = base64.urlsafe_b64encode(orjson.dumps({"r": "alice", "e": 2000, "c": "x"}))
+    stateless = f"{body.decode()}.{auth._sign(key, body)}"
+    assert auth.read_session(key, stateless, 1001.0) is None
 
 
 def test_a_response_review_carries_both_refusal_labels() -> None:

@@ -286,6 +286,27 @@ class Settings(BaseSettings):
     review_token_ttl_s: Annotated[
         int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_TOKEN_TTL_S"))
     ] = 12 * 3600
+    # Mark the console's session cookie Secure. Leave it on wherever a browser reaches the
+    # console over https (directly or through a TLS ingress); turn it off only for local use
+    # over plain http (browsers may drop a Secure cookie sent over http). A request that came
+    # over https gets a Secure cookie whatever this says.
+    review_cookie_secure: Annotated[
+        bool, Field(validation_alias=_env("GUARDSTREAM_REVIEW_COOKIE_SECURE"))
+    ] = True
+    # Proxies trusted to say the client's scheme and address (X-Forwarded-Proto/-For):
+    # comma-separated addresses or networks, "*" for any (only when nothing but the proxy can
+    # reach the console). uvicorn's own FORWARDED_ALLOW_IPS is read too.
+    review_forwarded_allow_ips: Annotated[
+        str,
+        Field(
+            validation_alias=_env("GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS")
+        ),
+    ] = "127.0.0.1,::1"
+    # How many tasks one reviewer may hold at once (claims and round-robin assignments); the
+    # database enforces it. The review process writes it to the store when it starts.
+    review_max_claims: Annotated[
+        int, Field(ge=1, le=100, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_CLAIMS"))
+    ] = 1
     # A claimed task goes back to the queue when its reviewer holds it longer than this.
     review_lock_s: Annotated[
         int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_LOCK_S"))

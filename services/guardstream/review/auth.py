@@ -3,7 +3,9 @@
 Passwords are stored as scrypt hashes (n=2^14, r=8, p=1, 16-byte salt). API tokens are 256-bit
 random strings; only their SHA-256 is stored (a high-entropy token needs no slow hash). A console
 session is a cookie `base64(payload).hmac` signed with the session secret; its payload holds the
-reviewer id, the expiry and the CSRF token form posts must echo. Pure functions, no I/O.
+reviewer id, the expiry, the CSRF token form posts must echo and a 256-bit session id whose
+SHA-256 the store keeps while the session is open (logout and revocation delete it: a signed
+cookie alone is never enough). Pure functions, no I/O.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Session:
     reviewer: str
     expires: int  # unix seconds
     csrf: str
+    sid: str  # the server-side session's id (the store keeps its hash)
 
 
 def _sign(key: bytes, body: bytes) -> str:
@@ -58,15 +61,20 @@ def _sign(key: bytes, body: bytes) -> str:
 
 
 def issue_session(key: bytes, reviewer: str, now: float, ttl_s: int) -> tuple[str, Session]:
-    session = Session(reviewer, int(now) + ttl_s, secrets.token_urlsafe(24))
+    session = Session(
+        reviewer, int(now) + ttl_s, secrets.token_urlsafe(24), secrets.token_urlsafe(32)
+    )
     body = base64.urlsafe_b64encode(
-        orjson.dumps({"r": session.reviewer, "e": session.expires, "c": session.csrf})
+        orjson.dumps(
+            {"r": session.reviewer, "e": session.expires, "c": session.csrf, "s": session.sid}
+        )
     )
     return f"{body.decode()}.{_sign(key, body)}", session
 
 
 def read_session(key: bytes, cookie: str | None, now: float) -> Session | None:
-    """The session a cookie carries, or None when it is missing, tampered with or expired."""
+    """The session a cookie carries, or None when it is missing, tampered with or expired
+    (whether it is still open is the store's to say)."""
     if not cookie or "." not in cookie:
         return None
     body, _, signature = cookie.rpartition(".")
@@ -74,7 +82,7 @@ def read_session(key: bytes, cookie: str | None, now: float) -> Session | None:
         return None
     try:
         data = orjson.loads(base64.urlsafe_b64decode(body.encode()))
-        session = Session(str(data["r"]), int(data["e"]), str(data["c"]))
+        session = Session(str(data["r"]), int(data["e"]), str(data["c"]), str(data["s"]))
     except (ValueError, KeyError, TypeError):
         return None
     return session if session.expires > now else None

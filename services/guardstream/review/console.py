@@ -1,7 +1,9 @@
 """The console: server-rendered pages (Jinja2) for reviewers, keyboard-first (`static/`).
 
-A signed session cookie (HttpOnly, SameSite=Strict, Secure over https) identifies the reviewer;
-every form post carries the session's CSRF token and is refused (403, audited) without it.
+A signed session cookie (HttpOnly, SameSite=Strict, Secure unless configured off for local
+plain-http use) names a session the store keeps open until logout, expiry, a password change or
+the reviewer being disabled; every form post carries the session's CSRF token and is refused
+(403, audited) without it.
 Pages go through the same `ReviewService` as the API, so scoping and auditing are identical.
 """
 
@@ -30,11 +32,14 @@ templates = Jinja2Templates(directory=HERE / "templates")
 
 
 class ConsoleAuth:
-    """Issues and reads session cookies with one secret key."""
+    """Issues and reads session cookies with one secret key. `secure`: mark cookies Secure
+    (GUARDSTREAM_REVIEW_COOKIE_SECURE); a request that arrived over https, directly or through
+    a trusted proxy, gets a Secure cookie either way."""
 
-    def __init__(self, key: bytes, ttl_s: int) -> None:
+    def __init__(self, key: bytes, ttl_s: int, *, secure: bool = True) -> None:
         self.key = key
         self.ttl_s = ttl_s
+        self.secure = secure
 
 
 def _svc(request: Request) -> ReviewService:
@@ -54,7 +59,7 @@ class NeedLogin(Exception):
 async def session_of(request: Request) -> tuple[Reviewer, auth.Session]:
     svc = _svc(request)
     session = auth.read_session(_auth(request).key, request.cookies.get(COOKIE), time.time())
-    reviewer = await svc.store.reviewer(session.reviewer) if session else None
+    reviewer = await svc.from_session(session)
     if session is None or reviewer is None:
         await svc.store.audit_alone(
             actor=None,
@@ -120,9 +125,15 @@ def _page(request: Request, name: str, context: dict[str, Any], status: int = 20
     return response
 
 
+def _login_context(request: Request) -> dict[str, Any]:
+    # Over plain http a browser may drop the Secure cookie (most keep it for localhost):
+    # the page says why a login would not stick, and what to set for local use.
+    return {"plain_http": _auth(request).secure and request.url.scheme != "https"}
+
+
 @router.get("/login", response_class=HTMLResponse)
 async def login_page(request: Request) -> HTMLResponse:
-    return _page(request, "login.html", {})
+    return _page(request, "login.html", _login_context(request))
 
 
 @router.post("/login")
@@ -134,9 +145,12 @@ async def login(
     try:
         who = await _svc(request).login(reviewer, password)
     except Unauthenticated as exc:
-        return _page(request, "login.html", {"error": exc.message}, status=401)
+        context = _login_context(request) | {"error": exc.message}
+        return _page(request, "login.html", context, status=401)
     console = _auth(request)
-    cookie, _ = auth.issue_session(console.key, who.id, time.time(), console.ttl_s)
+    cookie, session = auth.issue_session(console.key, who.id, time.time(), console.ttl_s)
+    await _svc(request).open_session(who, session)
+    secure = console.secure or request.url.scheme == "https"
     response = RedirectResponse("/console", status_code=303)
     response.set_cookie(
         COOKIE,
@@ -144,7 +158,7 @@ async def login(
         max_age=console.ttl_s,
         httponly=True,
         samesite="strict",
-        secure=request.url.scheme == "https",
+        secure=secure,
         path="/",
     )
     return response
@@ -152,9 +166,16 @@ async def login(
 
 @router.post("/logout")
 async def logout(request: Request, current: PostSession) -> Response:
-    await _svc(request).store.audit_alone(actor=current[0].id, action="logout")
+    # The session ends on the server: a copy of the cookie kept elsewhere is refused too.
+    await _svc(request).logout(*current)
     response = RedirectResponse("/console/login", status_code=303)
-    response.delete_cookie(COOKIE, path="/")
+    response.delete_cookie(
+        COOKIE,
+        path="/",
+        httponly=True,
+        samesite="strict",
+        secure=_auth(request).secure or request.url.scheme == "https",
+    )
     return response
 
 

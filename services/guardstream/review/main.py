@@ -1,6 +1,6 @@
 """Entry point of `guardstream review`: the API and console (uvicorn), the consumer of posts,
 review decisions and SLA events, and the background work (round-robin assignment, lock expiry,
-outbox relay, post-text purge, the periodic QA sample), in one process.
+outbox relay, post-text and expired-credential purge, the periodic QA sample), in one process.
 
 `/healthz` is live while the process runs; `/readyz` is ready once the store answers and the
 consumer holds partitions.
@@ -91,6 +91,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
     policies = load_registry(settings.policy_dir)
     store = await ReviewStore.open(settings)
     stack.push_async_callback(store.close)
+    await store.set_claim_limit(settings.review_max_claims)
     producer = make_producer(settings, client_id="guardstream-review")
     await producer.start()
     stack.push_async_callback(producer.stop)
@@ -110,6 +111,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
         tags=parse_tags(settings.review_tags),
         lock_s=settings.review_lock_s,
         token_ttl_s=settings.review_token_ttl_s,
+        max_claims=settings.review_max_claims,
         after_commit=relay.kick,
         qa_cadence=settings.qa_cadence,
         qa_sample_size=settings.qa_sample_size,
@@ -117,7 +119,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
     )
     secret = settings.review_session_secret
     key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
-    console = ConsoleAuth(key, settings.review_session_ttl_s)
+    console = ConsoleAuth(key, settings.review_session_ttl_s, secure=settings.review_cookie_secure)
     handler = ReviewConsumer(settings, producer, store, policies)
     ready = {"assigned": False}
     app = create_app(service, console, lambda: ready["assigned"])
@@ -126,7 +128,8 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
 
 
 async def _background(review: Review, stop: asyncio.Event) -> None:
-    """Round-robin assignment, lock expiry, the text purge and QA sampling, on a timer."""
+    """Round-robin assignment, lock expiry, the purge of texts and of expired tokens and
+    sessions, and QA sampling, on a timer."""
     settings = review.settings
     ttl = timedelta(seconds=settings.review_post_text_ttl_s)
     rounds = 0
@@ -136,6 +139,7 @@ async def _background(review: Review, stop: asyncio.Event) -> None:
             await review.service.assign_round_robin()
             if rounds % 5 == 0:  # counting every open task is not free: every 5th round
                 await review.store.purge_post_texts(utcnow() - ttl)
+                await review.store.purge_credentials(utcnow())
                 await _refresh_gauges(review.store)
                 # The QA sample of the last finished month (week): one indexed insert that
                 # finds the batch there on every round but the first of a period.
@@ -199,6 +203,10 @@ async def run(
                 log_config=None,
                 access_log=False,
                 lifespan="off",
+                # The scheme and client address a trusted TLS proxy reports (Secure cookies,
+                # audit); anyone else's X-Forwarded-* headers are ignored.
+                proxy_headers=True,
+                forwarded_allow_ips=settings.review_forwarded_allow_ips,
             )
         )
 

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guardstream.core.cache import human_verdict_key
@@ -57,6 +57,7 @@ from guardstream.review.logic import (
     validate_submission,
 )
 from guardstream.review.store import (
+    ClaimLimitReached,
     PostText,
     QaBatch,
     QaCandidate,
@@ -101,6 +102,15 @@ class TaskView:
 
 
 @dataclass(frozen=True, slots=True)
+class Disabled:
+    """What disabling a reviewer took back."""
+
+    tokens: int
+    sessions: int
+    released: int  # tasks they held, back in the queue
+
+
+@dataclass(frozen=True, slots=True)
 class Decided:
     task: Task
     review_id: str
@@ -118,6 +128,7 @@ class ReviewService:
         tags: Sequence[str],
         lock_s: int,
         token_ttl_s: int,
+        max_claims: int = 1,
         clock: Callable[[], datetime] = utcnow,
         after_commit: Callable[[], None] | None = None,
         qa_cadence: Cadence = "monthly",
@@ -131,6 +142,7 @@ class ReviewService:
         self.policies = policies
         self.tags = tuple(tags)
         self._lock = timedelta(seconds=lock_s)
+        self.max_claims = max_claims  # the database enforces its own copy (claim_limit)
         self._token_ttl = timedelta(seconds=token_ttl_s)
         self.now = clock
         # Tells the outbox relay a committed change queued events (it sends them at once,
@@ -141,8 +153,6 @@ class ReviewService:
         self._stats: dict[tuple[str, ...], tuple[float, QueueStats]] = {}
         self.stats_max_age_s = 1.0
         self._refreshing: dict[tuple[str, ...], asyncio.Future[QueueStats]] = {}
-        self._tokens: dict[str, tuple[Reviewer, datetime, float]] = {}
-        self.token_cache_s = 5.0
 
     async def _sent(self) -> None:
         if self._after_commit is not None:
@@ -172,7 +182,9 @@ class ReviewService:
             )
             review_metrics.denied.add(1, {"reason": "no_token"})
             raise Unauthenticated("missing bearer token")
-        reviewer = await self._token_owner(auth.token_hash(token))
+        # Read on every request, never remembered: a revoked token, a changed password or a
+        # disabled reviewer is refused from the next request on, on every replica.
+        reviewer = await self.store.token_owner(auth.token_hash(token), self.now())
         if reviewer is None:
             await self.store.audit_alone(
                 actor=None,
@@ -184,22 +196,74 @@ class ReviewService:
             raise Unauthenticated("invalid or expired token")
         return reviewer
 
-    async def _token_owner(self, digest: str) -> Reviewer | None:
-        """The token's reviewer while the token is valid. Owners are remembered for
-        `token_cache_s` (a role or tenant change reaches open tokens within that time); the
-        expiry is checked on every call. Unknown tokens are never remembered."""
-        now = time.monotonic()
-        known = self._tokens.get(digest)
-        if known is None or now - known[2] > self.token_cache_s:
-            found = await self.store.token_owner(digest)
-            if found is None:
+    async def open_session(self, reviewer: Reviewer, session: auth.Session) -> None:
+        """Record a console session issued at login (logout and revocation delete it)."""
+        expires = datetime.fromtimestamp(session.expires, tz=UTC)
+        await self.store.store_session(reviewer.id, auth.token_hash(session.sid), expires)
+
+    async def from_session(self, session: auth.Session | None) -> Reviewer | None:
+        """The reviewer of a signed session cookie while its session is open on the server."""
+        if session is None:
+            return None
+        return await self.store.session_owner(
+            auth.token_hash(session.sid), session.reviewer, self.now()
+        )
+
+    async def logout(self, reviewer: Reviewer, session: auth.Session) -> None:
+        await self.store.end_session(auth.token_hash(session.sid), reviewer.id)
+
+    # --- credential lifecycle (the `guardstream review` admin commands) ----------------------
+    async def revoke_token(self, token: str, *, actor: str | None) -> str | None:
+        """Delete one API token; the reviewer it belonged to, or None when it is unknown."""
+        return await self.store.revoke_token(auth.token_hash(token), actor=actor)
+
+    async def revoke_all(self, reviewer_id: str, *, actor: str | None) -> tuple[int, int] | None:
+        """Delete every token and session of a reviewer: (tokens, sessions), None if unknown."""
+        async with self.store.transaction() as tx:
+            if not await tx.has_reviewer(reviewer_id):
                 return None
-            if len(self._tokens) > 10_000:
-                self._tokens.clear()
-            known = (found[0], found[1], now)
-            self._tokens[digest] = known
-        reviewer, expires, _ = known
-        return reviewer if expires > self.now() else None
+            revoked = await tx.revoke_credentials(reviewer_id)
+            await tx.audit(
+                actor=actor,
+                action="reviewer.revoke",
+                detail={"reviewer": reviewer_id, "tokens": revoked[0], "sessions": revoked[1]},
+            )
+        return revoked
+
+    async def disable_reviewer(self, reviewer_id: str, *, actor: str | None) -> Disabled | None:
+        """Disable a reviewer at once: no login, every token and session deleted, the tasks
+        they hold back in the queue (with their `released` events), one transaction.
+        None when there is no such reviewer."""
+        now = self.now()
+        async with self.store.transaction() as tx:
+            if not await tx.set_disabled(reviewer_id, now):
+                return None
+            tokens, sessions = await tx.revoke_credentials(reviewer_id)
+            held = await tx.held_tasks(reviewer_id)
+            for task in held:
+                await tx.unassign(task.task_id)
+                await self._publish(tx, assignment(task, AssignmentEvent.RELEASED, None, now))
+            await tx.audit(
+                actor=actor,
+                action="reviewer.disable",
+                detail={
+                    "reviewer": reviewer_id,
+                    "tokens": tokens,
+                    "sessions": sessions,
+                    "released": [t.task_id for t in held],
+                },
+            )
+        if held:
+            await self._sent()
+        return Disabled(tokens, sessions, len(held))
+
+    async def enable_reviewer(self, reviewer_id: str, *, actor: str | None) -> bool:
+        """Let a disabled reviewer log in again (their old credentials stay revoked)."""
+        async with self.store.transaction() as tx:
+            if not await tx.set_disabled(reviewer_id, None):
+                return False
+            await tx.audit(actor=actor, action="reviewer.enable", detail={"reviewer": reviewer_id})
+        return True
 
     # --- reads -------------------------------------------------------------------------------
     async def queue(
@@ -269,25 +333,39 @@ class ReviewService:
 
     # --- claims ------------------------------------------------------------------------------
     async def claim(self, reviewer: Reviewer) -> Task | None:
-        """The reviewer's current task, or the open task with the earliest deadline."""
+        """The open task with the earliest deadline, while the reviewer holds fewer than
+        `max_claims` tasks; at the limit (or with nothing left to claim), the task they hold
+        with the earliest deadline. The reviewer's row is locked first, so one reviewer's
+        concurrent claims take turns; their own expired locks are released here. The limit
+        itself is the database's (a trigger on `tasks`), whatever the writer."""
         self._require(reviewer, Permission.DECIDE)
         now = self.now()
-        async with self.store.transaction() as tx:
-            held = await tx.held_by(reviewer.id, now)
-            if held is not None:
-                await tx.audit(
-                    actor=reviewer.id,
-                    action="task.claim",
-                    tenant=held.tenant,
-                    task_id=held.task_id,
-                    detail={"held": True},
-                )
-                return held
-            task = await tx.next_claimable(reviewer.tenants, now)
-            if task is None:
-                await tx.audit(actor=reviewer.id, action="task.claim", detail={"empty": True})
-                return None
-            await self._assign(tx, task, reviewer.id, now, actor=reviewer.id, how="claim")
+        try:
+            async with self.store.transaction() as tx:
+                if not await tx.lock_reviewer(reviewer.id):
+                    raise Unauthenticated("this reviewer is disabled")
+                for gone in await tx.expired_locks(now, 100, assignee=reviewer.id):
+                    await tx.unassign(gone.task_id)
+                    await self._publish(tx, assignment(gone, AssignmentEvent.RELEASED, None, now))
+                held = await tx.held_by(reviewer.id, now)
+                task = None
+                if held is None or await tx.held_count(reviewer.id) < self.max_claims:
+                    task = await tx.next_claimable(reviewer.tenants, now)
+                if task is None:
+                    await tx.audit(
+                        actor=reviewer.id,
+                        action="task.claim",
+                        tenant=held.tenant if held else None,
+                        task_id=held.task_id if held else None,
+                        detail={"held": True} if held else {"empty": True},
+                    )
+                    return held
+                await self._assign(tx, task, reviewer.id, now, actor=reviewer.id, how="claim")
+        except ClaimLimitReached as exc:
+            await self.store.audit_alone(
+                actor=reviewer.id, action="task.claim", outcome="rejected", detail={"why": str(exc)}
+            )
+            raise Conflict("you hold as many tasks as you may: decide or release one") from None
         await self._sent()
         return await self._reload(task.task_id)
 
@@ -331,13 +409,16 @@ class ReviewService:
         async with self.store.transaction() as tx:
             idle = await tx.idle_on_call(now)
         for reviewer in idle:
-            async with self.store.transaction() as tx:
-                if not await tx.lock_idle_reviewer(reviewer.id, now):
-                    continue  # another replica assigned them meanwhile
-                task = await tx.next_claimable(reviewer.tenants, now)
-                if task is None:
-                    continue
-                await self._assign(tx, task, reviewer.id, now, actor=None, how="assign")
+            try:
+                async with self.store.transaction() as tx:
+                    if not await tx.lock_idle_reviewer(reviewer.id, now):
+                        continue  # another replica assigned them meanwhile
+                    task = await tx.next_claimable(reviewer.tenants, now)
+                    if task is None:
+                        continue
+                    await self._assign(tx, task, reviewer.id, now, actor=None, how="assign")
+            except ClaimLimitReached:
+                continue  # an expired lock not released yet still counts: the next round
             done += 1
         if done:
             await self._sent()

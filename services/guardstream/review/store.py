@@ -52,6 +52,10 @@ class AuditFailed(RuntimeError):
     """The audit row could not be written: the action it records does not happen."""
 
 
+class ClaimLimitReached(Exception):
+    """The database refused an assignment: the reviewer holds as many tasks as allowed."""
+
+
 async def apply_migrations(conn: asyncpg.Connection, schema: str) -> list[str]:
     """Apply the migrations not yet recorded; returns the names applied now."""
     applied_now: list[str] = []
@@ -84,7 +88,7 @@ _TASK_COLUMNS = (
 _SELECT_TASKS = f"SELECT {_TASK_COLUMNS} FROM tasks"  # noqa: S608 - constant
 _IDLE_ON_CALL = (
     "SELECT r.id, r.tenants, r.role, r.on_call FROM reviewers r"
-    " WHERE r.on_call AND r.role IN ('reviewer', 'senior')"
+    " WHERE r.on_call AND r.disabled_at IS NULL AND r.role IN ('reviewer', 'senior')"
     " AND NOT EXISTS (SELECT 1 FROM tasks h WHERE h.assignee = r.id"
     " AND h.state = 'assigned' AND h.lock_expires_at > $1)"
     " ORDER BY r.last_assigned_at NULLS FIRST, r.id"
@@ -344,6 +348,22 @@ class Tx:
         )
         return _task(row) if row else None
 
+    async def lock_reviewer(self, reviewer_id: str) -> bool:
+        """Lock the reviewer's row for this transaction (their claims take turns); False when
+        the reviewer does not exist or is disabled."""
+        row = await self.conn.fetchrow(
+            "SELECT 1 FROM reviewers WHERE id = $1 AND disabled_at IS NULL FOR UPDATE",
+            reviewer_id,
+        )
+        return row is not None
+
+    async def held_count(self, reviewer: str) -> int:
+        """Tasks the reviewer holds, expired locks included: what the claim limit counts."""
+        value = await self.conn.fetchval(
+            "SELECT count(*) FROM tasks WHERE assignee = $1 AND state = 'assigned'", reviewer
+        )
+        return int(value or 0)
+
     async def next_claimable(self, tenants: Sequence[str], now: datetime) -> Task | None:
         """The open task with the earliest deadline nobody holds, locked for this transaction;
         tasks other transactions are claiming are skipped, never waited for."""
@@ -359,13 +379,20 @@ class Tx:
         return _task(row) if row else None
 
     async def assign(self, task_id: str, reviewer: str, until: datetime, now: datetime) -> None:
-        await self.conn.execute(
-            "UPDATE tasks SET state = 'assigned', assignee = $2, lock_expires_at = $3"
-            " WHERE task_id = $1",
-            task_id,
-            reviewer,
-            until,
-        )
+        """Hand the task to the reviewer; `ClaimLimitReached` when the trigger refuses it (the
+        transaction is then aborted)."""
+        try:
+            await self.conn.execute(
+                "UPDATE tasks SET state = 'assigned', assignee = $2, lock_expires_at = $3"
+                " WHERE task_id = $1",
+                task_id,
+                reviewer,
+                until,
+            )
+        except asyncpg.CheckViolationError as exc:
+            if exc.constraint_name != "tasks_claim_limit":
+                raise
+            raise ClaimLimitReached(str(exc)) from exc
         await self.conn.execute(
             "UPDATE reviewers SET last_assigned_at = $2 WHERE id = $1", reviewer, now
         )
@@ -377,15 +404,48 @@ class Tx:
             task_id,
         )
 
-    async def expired_locks(self, now: datetime, limit: int) -> list[Task]:
+    async def expired_locks(
+        self, now: datetime, limit: int, *, assignee: str | None = None
+    ) -> list[Task]:
+        """Assigned tasks whose lock ran out (of one reviewer when `assignee` is given)."""
         rows = await self.conn.fetch(
             _SELECT_TASKS + " WHERE state = 'assigned'"
-            " AND lock_expires_at <= $1 ORDER BY lock_expires_at LIMIT $2"
-            " FOR UPDATE SKIP LOCKED",
+            " AND lock_expires_at <= $1 AND ($3::text IS NULL OR assignee = $3)"
+            " ORDER BY lock_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             now,
             limit,
+            assignee,
         )
         return [_task(r) for r in rows]
+
+    async def held_tasks(self, reviewer: str) -> list[Task]:
+        """Every task the reviewer holds, live or expired lock, locked for this transaction."""
+        rows = await self.conn.fetch(
+            _SELECT_TASKS + " WHERE assignee = $1 AND state = 'assigned' ORDER BY task_id"
+            " FOR UPDATE",
+            reviewer,
+        )
+        return [_task(r) for r in rows]
+
+    async def has_reviewer(self, reviewer_id: str) -> bool:
+        return bool(await self.conn.fetchval("SELECT 1 FROM reviewers WHERE id = $1", reviewer_id))
+
+    async def set_disabled(self, reviewer_id: str, disabled_at: datetime | None) -> bool:
+        """Disable (a time) or enable (None) a reviewer; False when there is no such reviewer."""
+        status = await self.conn.execute(
+            "UPDATE reviewers SET disabled_at = $2 WHERE id = $1", reviewer_id, disabled_at
+        )
+        return bool(status == "UPDATE 1")
+
+    async def revoke_credentials(self, reviewer_id: str) -> tuple[int, int]:
+        """Delete every token and console session of the reviewer: (tokens, sessions)."""
+        tokens = await self.conn.execute(
+            "DELETE FROM api_tokens WHERE reviewer_id = $1", reviewer_id
+        )
+        sessions = await self.conn.execute(
+            "DELETE FROM console_sessions WHERE reviewer_id = $1", reviewer_id
+        )
+        return int(tokens.split()[-1]), int(sessions.split()[-1])
 
     async def idle_on_call(self, now: datetime) -> list[Reviewer]:
         """On-call reviewers (not admins) holding no live claim, assigned longest ago first."""
@@ -641,7 +701,10 @@ class ReviewStore:
     # --- reviewers and credentials -------------------------------------------------------
     async def put_reviewer(
         self, reviewer: Reviewer, password_hash: str, *, actor: str | None
-    ) -> None:
+    ) -> tuple[int, int]:
+        """Create or update a reviewer with a new password. An existing reviewer's tokens and
+        console sessions are deleted in the same transaction (a reset password takes back
+        what the old one gave); returns how many (tokens, sessions) were revoked."""
         async with self.transaction() as tx:
             await tx.conn.execute(
                 "INSERT INTO reviewers (id, tenants, role, on_call, password_hash)"
@@ -654,6 +717,7 @@ class ReviewStore:
                 reviewer.on_call,
                 password_hash,
             )
+            revoked = await tx.revoke_credentials(reviewer.id)
             await tx.audit(
                 actor=actor,
                 action="reviewer.put",
@@ -662,24 +726,28 @@ class ReviewStore:
                     "role": reviewer.role.value,
                     "tenants": list(reviewer.tenants),
                     "on_call": reviewer.on_call,
+                    "revoked_tokens": revoked[0],
+                    "revoked_sessions": revoked[1],
                 },
             )
+        return revoked
 
     async def reviewer_credentials(self, reviewer_id: str) -> tuple[Reviewer, str] | None:
+        """The reviewer and their password hash; None when unknown or disabled."""
         row = await self._pool.fetchrow(
-            "SELECT id, tenants, role, on_call, password_hash FROM reviewers WHERE id = $1",
+            "SELECT id, tenants, role, on_call, password_hash FROM reviewers"
+            " WHERE id = $1 AND disabled_at IS NULL",
             reviewer_id,
         )
         return (_reviewer(row), row["password_hash"]) if row else None
 
-    async def reviewer(self, reviewer_id: str) -> Reviewer | None:
-        row = await self._pool.fetchrow(
-            "SELECT id, tenants, role, on_call FROM reviewers WHERE id = $1", reviewer_id
-        )
-        return _reviewer(row) if row else None
-
     async def store_token(self, reviewer_id: str, digest: str, expires: datetime) -> None:
+        """Store a token's hash; the reviewer's expired tokens go in the same transaction."""
         async with self.transaction() as tx:
+            await tx.conn.execute(
+                "DELETE FROM api_tokens WHERE reviewer_id = $1 AND expires_at <= now()",
+                reviewer_id,
+            )
             await tx.conn.execute(
                 "INSERT INTO api_tokens (token_hash, reviewer_id, expires_at) VALUES ($1, $2, $3)",
                 digest,
@@ -688,14 +756,79 @@ class ReviewStore:
             )
             await tx.audit(actor=reviewer_id, action="token.issue")
 
-    async def token_owner(self, digest: str) -> tuple[Reviewer, datetime] | None:
-        """The reviewer a token hash belongs to and when the token expires."""
+    async def token_owner(self, digest: str, now: datetime) -> Reviewer | None:
+        """The reviewer a token hash belongs to, while the token is unexpired and the
+        reviewer enabled. Read on every request: a revocation holds from the next one."""
         row = await self._pool.fetchrow(
-            "SELECT r.id, r.tenants, r.role, r.on_call, t.expires_at FROM api_tokens t"
-            " JOIN reviewers r ON r.id = t.reviewer_id WHERE t.token_hash = $1",
+            "SELECT r.id, r.tenants, r.role, r.on_call FROM api_tokens t"
+            " JOIN reviewers r ON r.id = t.reviewer_id WHERE t.token_hash = $1"
+            " AND t.expires_at > $2 AND r.disabled_at IS NULL",
             digest,
+            now,
         )
-        return (_reviewer(row), row["expires_at"]) if row else None
+        return _reviewer(row) if row else None
+
+    async def revoke_token(self, digest: str, *, actor: str | None) -> str | None:
+        """Delete one token; the reviewer it belonged to, or None when there was none."""
+        async with self.transaction() as tx:
+            owner = await tx.conn.fetchval(
+                "DELETE FROM api_tokens WHERE token_hash = $1 RETURNING reviewer_id", digest
+            )
+            if owner is not None:
+                await tx.audit(actor=actor, action="token.revoke", detail={"reviewer": owner})
+        return str(owner) if owner is not None else None
+
+    async def store_session(self, reviewer_id: str, digest: str, expires: datetime) -> None:
+        """Open a console session (its id's hash) with its audit row; the reviewer's
+        expired sessions go in the same transaction."""
+        async with self.transaction() as tx:
+            await tx.conn.execute(
+                "DELETE FROM console_sessions WHERE reviewer_id = $1 AND expires_at <= now()",
+                reviewer_id,
+            )
+            await tx.conn.execute(
+                "INSERT INTO console_sessions (session_hash, reviewer_id, expires_at)"
+                " VALUES ($1, $2, $3)",
+                digest,
+                reviewer_id,
+                expires,
+            )
+            await tx.audit(actor=reviewer_id, action="session.open")
+
+    async def session_owner(self, digest: str, reviewer_id: str, now: datetime) -> Reviewer | None:
+        """The reviewer of a live console session (not logged out, not expired, enabled)."""
+        row = await self._pool.fetchrow(
+            "SELECT r.id, r.tenants, r.role, r.on_call FROM console_sessions s"
+            " JOIN reviewers r ON r.id = s.reviewer_id WHERE s.session_hash = $1"
+            " AND s.reviewer_id = $2 AND s.expires_at > $3 AND r.disabled_at IS NULL",
+            digest,
+            reviewer_id,
+            now,
+        )
+        return _reviewer(row) if row else None
+
+    async def end_session(self, digest: str, reviewer_id: str) -> None:
+        """Log out: the session row goes, with its audit row."""
+        async with self.transaction() as tx:
+            await tx.conn.execute(
+                "DELETE FROM console_sessions WHERE session_hash = $1 AND reviewer_id = $2",
+                digest,
+                reviewer_id,
+            )
+            await tx.audit(actor=reviewer_id, action="logout")
+
+    async def purge_credentials(self, now: datetime) -> tuple[int, int]:
+        """Delete expired tokens and sessions: (tokens, sessions)."""
+        async with self.transaction() as tx:
+            tokens = await tx.conn.execute("DELETE FROM api_tokens WHERE expires_at <= $1", now)
+            sessions = await tx.conn.execute(
+                "DELETE FROM console_sessions WHERE expires_at <= $1", now
+            )
+        return int(tokens.split()[-1]), int(sessions.split()[-1])
+
+    async def set_claim_limit(self, max_claims: int) -> None:
+        """The number of tasks one reviewer may hold, enforced by a trigger on `tasks`."""
+        await self._pool.execute("UPDATE claim_limit SET max_claims = $1", max_claims)
 
     async def set_on_call(self, reviewer_id: str, on_call: bool) -> None:
         async with self.transaction() as tx:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -40,6 +41,9 @@ async def review_settings(settings: Settings, database_url: str) -> AsyncIterato
             "review_port": free_port(),
             "review_assign_interval_s": 0.2,
             "review_lock_s": 60,
+            # Tests talk plain http to 127.0.0.1, where httpx never sends a Secure cookie
+            # back (test_review_credentials checks the Secure default).
+            "review_cookie_secure": False,
         }
     )
     conn = await asyncpg.connect(database_url)
@@ -92,6 +96,13 @@ class Console:
 
 @pytest.fixture
 async def console(review_settings: Settings) -> AsyncIterator[Console]:
+    async with serve(review_settings) as running:
+        yield running
+
+
+@asynccontextmanager
+async def serve(review_settings: Settings) -> AsyncIterator[Console]:
+    """The review process with these settings, in this event loop, once it is ready."""
     await ensure_topics(review_settings)
     stop = asyncio.Event()
     exposed: list[Review] = []
