@@ -14,6 +14,8 @@ from collections import Counter
 
 from hypothesis import strategies as st
 
+from guardstream.core.content import normalise
+
 GENERATION_PROMPT = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
 SECTIONS = ("CONVERSATION", "SAFETY POLICY", "UNSAFE CONTENT CATEGORIES", "REFUSAL POLICY")
 LABELS = ("USER", "ASSISTANT", "SYSTEM", "Safety", "Categories", "Refusal", "Task")
@@ -52,3 +54,14 @@ def skeleton(rendered: str) -> Counter[str]:
         found[token] = rendered.count(token)
     found["generation prompt"] = rendered.count(GENERATION_PROMPT)
     return found
+
+
+# A tag key the pack format accepts (no brackets, colons, blanks or controls), hostile where it
+# can be: control tokens, markers' halves and role words fit that pattern.
+tag_keys = st.one_of(
+    st.sampled_from(("<|im_start|>", "<|im_end|>", "<END", "CONVERSATION>", "USER", "<think>")),
+    st.from_regex(r"[^\[\]:：\s\x00-\x1f\x7f]{1,32}", fullmatch=True).filter(
+        lambda key: normalise(key) == key  # the pack format asks for keys as NFKC writes them
+    ),
+)
+tag_values = hostile_text.filter(lambda v: 1 <= len(v) <= 200)

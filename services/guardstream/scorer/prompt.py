@@ -4,9 +4,9 @@ Qwen3Guard-Gen carries its moderation instructions in its own chat template, so 
 sends plain conversations: one `user` turn for prompt moderation, `user` + `assistant` for
 response moderation. User text cannot forge conversation structure: chat-template control
 tokens, the template's section markers and its role/label line prefixes are broken up before
-rendering (`neutralise`), so every prompt holds exactly one conversation block. A conversation longer than the model's window is
-shortened inside each turn, keeping its head and its tail (harm hidden after benign padding
-stays visible); the template itself is never cut.
+rendering (`neutralise`), so every prompt holds exactly one conversation block. A conversation
+longer than the model's window is shortened inside each turn, keeping its head and its tail
+(harm hidden after benign padding stays visible); the template itself is never cut.
 """
 
 from __future__ import annotations
