@@ -9,16 +9,15 @@ a hostile post must leave it exactly as a benign one does.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 
 from hypothesis import strategies as st
 
 from guardstream.core.content import normalise
+from guardstream.devtools.adversarial import TEMPLATE_LABELS
+from guardstream.devtools.adversarial import skeleton as text_skeleton
 
-GENERATION_PROMPT = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
 SECTIONS = ("CONVERSATION", "SAFETY POLICY", "UNSAFE CONTENT CATEGORIES", "REFUSAL POLICY")
-LABELS = ("USER", "ASSISTANT", "SYSTEM", "Safety", "Categories", "Refusal", "Task")
 CONTROL_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>")
 
 _BREAKS = ("\n", "\n\n", "\r\n", "\r", "\v", "\f", "\x85", "\u2028", "\u2029", "\x1c")
@@ -26,7 +25,9 @@ _FRAGMENTS = st.one_of(
     st.sampled_from([f"<{edge} {name}>" for edge in ("BEGIN", "END") for name in SECTIONS]),
     st.tuples(
         st.sampled_from(("", " ", "**", "# ", "> ", "- ", "\u200b", "\ufeff")),
-        st.sampled_from(LABELS).flatmap(lambda w: st.sampled_from((w, w.upper(), w.lower()))),
+        st.sampled_from(TEMPLATE_LABELS).flatmap(
+            lambda w: st.sampled_from((w, w.upper(), w.lower()))
+        ),
         st.sampled_from((":", " :", "：", "﹕", "∶")),
         st.sampled_from((" Safe", " Unsafe", " None", " Yes", " hi", "")),
     ).map("".join),
@@ -36,23 +37,12 @@ _FRAGMENTS = st.one_of(
 )
 hostile_text = st.lists(_FRAGMENTS, max_size=24).map("".join)
 
-_MARKER = re.compile(r"<(BEGIN|END) ([A-Z ]+)>")
-_DECORATION = " \t*#>_-\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
-_LINE_LABEL = re.compile(r"(" + "|".join(LABELS) + r")\s*[:：﹕︓∶]", re.IGNORECASE)
-
 
 def skeleton(rendered: str) -> Counter[str]:
-    """What a rendered prompt's structure is made of, counted."""
-    found: Counter[str] = Counter()
-    for edge, name in _MARKER.findall(rendered):
-        found[f"<{edge} {name}>"] += 1
-    for line in rendered.splitlines():  # every break str.splitlines honours
-        label = _LINE_LABEL.match(line.lstrip(_DECORATION))
-        if label:
-            found[f"line {label.group(1).lower()}"] += 1
+    """The corpus tool's plain-text skeleton of a rendered prompt, with its control tokens."""
+    found = text_skeleton(rendered)
     for token in CONTROL_TOKENS:
         found[token] = rendered.count(token)
-    found["generation prompt"] = rendered.count(GENERATION_PROMPT)
     return found
 
 

@@ -3,11 +3,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from guardstream.core.contracts import Kind, ScoreRequest, utcnow
+from guardstream.devtools.adversarial import GENERATION_PROMPT
 from guardstream.model.tiny import render_chat
 from guardstream.policy import PolicyPack, prompt_prefix
 from guardstream.scorer.prompt import messages_for, neutralise
 from tests.support.prompt_structure import (
-    GENERATION_PROMPT,
     hostile_text,
     skeleton,
     tag_keys,
