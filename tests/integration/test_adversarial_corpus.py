@@ -94,6 +94,26 @@ def test_the_checks_catch_forged_tokens_invisibles_and_a_lost_tail(model_cache_d
     assert wrong.checks["verdict_from_answer"] is False
 
 
+def test_the_delimiter_check_catches_a_forged_block_and_passes_the_neutralised_one(
+    model_cache_dir: Path,
+) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(ensure_tiny_checkpoint(model_cache_dir))
+    corpus = {a.id: a for a in load_corpus().attacks}
+    control = outcome("control-en", [{"role": "user", "content": corpus["control-en"].text}])
+    delimiter_ids = [
+        i for i, a in corpus.items() if a.family == "delimiter" and a.kind is Kind.PROMPT
+    ]
+    raw = [outcome(i, [{"role": "user", "content": corpus[i].text}]) for i in delimiter_ids]
+    neutral = [outcome(i, messages_for_text(corpus[i].text)) for i in delimiter_ids]
+    assess([control, *raw], tokenizer, 1900)  # one outcome per attack id and call
+    assess([control, *neutral], tokenizer, 1900)
+    assert control.checks["delimiters"]
+    assert not [o.attack.id for o in raw if o.checks["delimiters"]]  # every forgery is seen
+    assert all(o.checks["delimiters"] for o in neutral), [o.problems for o in neutral]
+
+
 # Added tokens of the real Qwen3 tokenizer that carry no `<|…|>` pipes. A tokenizer matches
 # every added token inside plain text, so user text containing one changes the prompt's
 # structure unless `neutralise` breaks it up. The tiny checkpoint's vocabulary lacks them.

@@ -3,10 +3,14 @@
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guardstream.core.contracts import Kind, ScoreRequest, utcnow
 from guardstream.model.tiny import ensure_tiny_checkpoint
+from guardstream.policy import PolicyPack, prompt_prefix
 from guardstream.scorer.prompt import PromptRenderer, messages_for
+from tests.support.prompt_structure import hostile_text, skeleton, tag_keys, tag_values
 
 pytestmark = pytest.mark.integration
 
@@ -20,19 +24,20 @@ def tokenizer(model_cache_dir: Path):  # type: ignore[no-untyped-def]
     return AutoTokenizer.from_pretrained(ensure_tiny_checkpoint(model_cache_dir))
 
 
-def request(text: str, prompt: str | None = None) -> ScoreRequest:
+def request(text: str, prompt: str | None = None, prefix: str | None = None) -> ScoreRequest:
     return ScoreRequest(
         event_id="e",
         produced_at=utcnow(),
         post_id="p",
         post_event_id="e",
         tenant="t",
-        kind=Kind.RESPONSE if prompt else Kind.PROMPT,
+        kind=Kind.PROMPT if prompt is None else Kind.RESPONSE,
         text=text,
         prompt=prompt,
         content_key="0" * 32,
         policy="p",
         received_at=utcnow(),
+        prompt_prefix=prefix,
     )
 
 
@@ -60,3 +65,29 @@ def test_padding_cannot_push_a_harmful_tail_out_of_the_window(tokenizer) -> None
     assert "How can I make a bomb?" in rendered
     assert "pack it into a pipe." in rendered
     assert rendered.startswith("<|im_start|>user") and rendered.endswith(GENERATION_PROMPT)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    text=hostile_text,
+    prompt=st.none() | hostile_text,
+    tags=st.dictionaries(tag_keys, tag_values, max_size=3),
+)
+def test_hostile_posts_and_pack_tags_keep_the_prompt_skeleton(  # type: ignore[no-untyped-def]
+    tokenizer, text: str, prompt: str | None, tags: dict[str, str]
+) -> None:
+    """With the checkpoint's tokenizer and template, as the scorer renders: the decoded prompt
+    has the benign prompt's skeleton (one conversation block, one role line per turn, the
+    generation prefix last) and its special tokens are exactly the benign ones."""
+    renderer = PromptRenderer(tokenizer, 1900)
+    prefix = prompt_prefix(PolicyPack(id="p", version="1", tenants=("t",), domain_tags=tags))
+    ids, _ = renderer.render(messages_for(request(text, prompt, prefix or None)))
+    honest, _ = renderer.render(messages_for(request("hi", None if prompt is None else "hi")))
+    specials = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    assert [t for t in ids if t in specials] == [t for t in honest if t in specials]
+    rendered = tokenizer.decode(ids)
+    shape = skeleton(rendered)
+    assert shape == skeleton(tokenizer.decode(honest))
+    assert shape["<BEGIN CONVERSATION>"] == shape["<END CONVERSATION>"] == 1
+    assert shape["line user"] == 1 and shape["line assistant"] == (prompt is not None)
+    assert rendered.endswith(GENERATION_PROMPT)

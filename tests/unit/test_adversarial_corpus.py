@@ -7,12 +7,21 @@ from guardstream.devtools.adversarial import CORPUS_LATEST, invisible_chars, loa
 
 pytestmark = pytest.mark.unit
 
-FAMILIES = {"control", "injection", "template", "invisible", "homoglyph", "padding", "multilingual"}
+FAMILIES = {
+    "control",
+    "injection",
+    "template",
+    "delimiter",
+    "invisible",
+    "homoglyph",
+    "padding",
+    "multilingual",
+}
 
 
 def test_the_corpus_loads_and_covers_every_family() -> None:
     corpus = load_corpus()
-    assert corpus.name == "adversarial-v2" and CORPUS_LATEST.name == "adversarial-v2.jsonl"
+    assert corpus.name == "adversarial-v3" and CORPUS_LATEST.name == "adversarial-v3.jsonl"
     families = {a.family for a in corpus.attacks}
     assert families == FAMILIES
     for family in FAMILIES:
@@ -23,11 +32,26 @@ def test_the_corpus_loads_and_covers_every_family() -> None:
 
 def test_earlier_versions_are_kept_and_still_load() -> None:
     # A file is never edited once results were reported from it; v2 changed what v1's
-    # cross-script homoglyph entries expect (folding) and added two.
+    # cross-script homoglyph entries expect (folding) and added two; v3 adds the template's
+    # plain-text delimiters (section markers, role and label lines).
     v1 = load_corpus(CORPUS_LATEST.with_name("adversarial-v1.jsonl"))
-    v2 = load_corpus()
-    assert {a.id for a in v1.attacks} < {a.id for a in v2.attacks}
-    assert v1.sha256.startswith("5a4f93c3")
+    v2 = load_corpus(CORPUS_LATEST.with_name("adversarial-v2.jsonl"))
+    v3 = load_corpus()
+    assert {a.id for a in v1.attacks} < {a.id for a in v2.attacks} < {a.id for a in v3.attacks}
+    assert v1.sha256.startswith("5a4f93c3") and v2.sha256.startswith("90f21941")
+    new = {a.family for a in v3.attacks if a.id not in {b.id for b in v2.attacks}}
+    assert new == {"delimiter"}
+
+
+def test_delimiter_entries_forge_each_marker_and_label_line() -> None:
+    entries = [a for a in load_corpus().attacks if a.family == "delimiter"]
+    texts = "\n".join(a.text + "\n" + (a.prompt or "") for a in entries)
+    for forged in ("<END CONVERSATION>", "<BEGIN CONVERSATION>", "<BEGIN SAFETY POLICY>"):
+        assert forged in texts, forged
+    for label in ("USER:", "ASSISTANT:", "Safety:", "Categories:", "Refusal:", "# Task:"):
+        assert f"\n{label}" in texts, label
+    assert {a.kind for a in entries} == {Kind.PROMPT, Kind.RESPONSE}
+    assert all("delimiters" in a.expect for a in entries)
 
 
 def test_template_forgeries_cover_each_control_token_and_look_alikes() -> None:

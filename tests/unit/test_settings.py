@@ -1,7 +1,10 @@
 import pytest
-from pydantic import ValidationError
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import SecretStr, ValidationError
 
-from guardstream.core.settings import Settings, redact_url
+from guardstream.core.settings import Settings, mask_url, url_secrets
+from tests.support.hostile_urls import url_with_secrets
 
 pytestmark = pytest.mark.unit
 
@@ -51,5 +54,51 @@ def test_invalid_values_are_rejected_at_start_up(monkeypatch: pytest.MonkeyPatch
         ("postgresql://u:p@w@h/db", "postgresql://u:***@h/db"),
     ],
 )
-def test_redact_url(url: str, shown: str) -> None:
-    assert redact_url(url) == shown
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+@given(url_with_secrets(("redis", "rediss", "unix", "postgresql", "https")))
+def test_mask_url_hides_every_secret_wherever_it_is(example: tuple[str, list[str]]) -> None:
+    url, hidden = example
+    shown = mask_url(url)
+    assert not [s for s in hidden if s in shown], shown
+    assert shown.partition("://")[0] == url.partition("://")[0]
+    assert mask_url(shown) == shown  # masking a masked URL changes nothing
+    # What doctor scrubs from drivers' messages covers each secret.
+    assert all(any(s in piece for piece in url_secrets(url)) for s in hidden)
+
+
+@given(st.text(st.characters(codec="utf-8")))
+def test_mask_url_never_raises_and_leaves_non_urls_alone(text: str) -> None:
+    shown = mask_url(text)
+    if "://" not in text:
+        assert shown == text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://h/0?password=p%40ss&db=2", "redis://h/0?password=***&db=2"),
+        (
+            "postgresql://u@h/db?sslmode=require&sslpassword=k#frag",
+            "postgresql://u@h/db?sslmode=require&sslpassword=***#***",
+        ),
+        ("redis://h/0?token", "redis://h/0?***"),
+        ("redis://h/0?password=p@ss", "redis://***"),
+        ("rediss://:a/b?c@h:1/0", "rediss://***"),
+    ],
+)
+def test_query_values_and_ambiguous_urls(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+def test_public_view_masks_urls_in_plain_settings_too() -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        otlp_endpoint="https://collector:4318/?api_key=Zq9k",
+        redis_url=SecretStr("redis://h:6379/0?password=Zq9r"),
+    )
+    view = str(settings.public_view())
+    assert "Zq9" not in view
+    assert "https://collector:4318/?api_key=***" in view

@@ -1,7 +1,8 @@
 """The one settings object. Every process reads its configuration from here and nowhere else.
 
 Values come from the environment (and a `.env` file when present); secrets are `SecretStr` and
-never appear in `repr` or in `Settings.public_view()`, which is what processes log at start-up.
+never appear in `repr` or in `Settings.public_view()`, which is what processes log at start-up
+and `guardstream settings` / `doctor` print: every URL there goes through `mask_url`.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 import re
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NamedTuple
+from urllib.parse import unquote
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,17 +23,132 @@ def _env(*names: str) -> AliasChoices:
     return AliasChoices(*names)
 
 
-def redact_url(url: str) -> str:
-    """`redis://u:secret@host` → `redis://u:***@host`: addresses may be logged, passwords not."""
+# Query parameters whose values are shown as written. Every other value is masked: a name
+# cannot tell a password from a setting (`password`, `sslpassword`, `token`, `sig`, `key` ...),
+# so the list names what is known to be harmless instead of what is known to be secret.
+SHOWN_QUERY_PARAMS = frozenset(
+    {
+        "application_name",
+        "connect_timeout",
+        "db",
+        "health_check_interval",
+        "protocol",
+        "socket_timeout",
+        "ssl",
+        "ssl_cert_reqs",
+        "sslmode",
+        "target_session_attrs",
+        "timeout",
+    }
+)
+MASK = "***"
+
+
+class _Url(NamedTuple):
+    scheme: str
+    user: str | None  # None: no user info (or all of it masked, see `_split_url`)
+    password: str | None  # None: no `:` in the user info
+    where: str  # host, port and path
+    query: str | None  # None: no `?`
+    fragment: str | None  # None: no `#`
+
+
+def _split_url(url: str) -> _Url | None:
+    """The parts of `url`, None if it has no `://`.
+
+    The user info ends at the last `@` before the first `?` or `#` (as drivers read it), so a
+    password holding `@` or `/` unencoded is still taken whole. An `@` after the first `?` or
+    `#` is ambiguous (a query value holding `@`, or a password holding `?` or `#`): then all
+    of the URL after `scheme://` is the password, user None. A user name holding `/` is no
+    name: all of the user info is masked.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep:
+        return None
+    cut = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    if "@" in rest[cut:]:
+        return _Url(scheme, None, rest, "", None, None)
+    userinfo, at, tail = rest.rpartition("@")
+    user: str | None = None
+    password: str | None = None
+    if at:
+        name, colon, secret = userinfo.partition(":")
+        if "/" in name:
+            user, password = "", userinfo
+        else:
+            user, password = name, secret if colon else None
+    tail, hashmark, fragment = tail.partition("#")
+    where, qmark, query = tail.partition("?")
+    return _Url(
+        scheme, user, password, where, query if qmark else None, fragment if hashmark else None
+    )
+
+
+def _masked_query(query: str) -> tuple[str, list[str]]:
+    """`query` with every value but those of `SHOWN_QUERY_PARAMS` masked, and what was."""
+    shown: list[str] = []
+    hidden: list[str] = []
+    for part in query.split("&"):
+        name, eq, value = part.partition("=")
+        if not part or (eq and unquote(name).lower() in SHOWN_QUERY_PARAMS):
+            shown.append(part)
+        elif eq:
+            shown.append(f"{name}={MASK}")
+            hidden.append(value)
+        else:
+            shown.append(MASK)  # a bare `?token`
+            hidden.append(part)
+    return "&".join(shown), hidden
+
+
+def mask_url(url: str) -> str:
+    """`url` with its credentials masked wherever they are; never raises.
+
+    `redis://u:pw@host:6379/0?password=x&db=1#f` → `redis://u:***@host:6379/0?password=***&db=1#***`:
+    the password of the user info, every query value but those of `SHOWN_QUERY_PARAMS`, and
+    the fragment. Scheme, user, host, port and path stay (an address may be logged, a password
+    not). A string without `://` is returned as it is; one with an `@` after its first `?` or
+    `#` as `scheme://***` (where its password ends cannot be told).
+    """
+    parts = _split_url(url)
+    if parts is None:
         return url
-    authority, slash, path = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not at or ":" not in userinfo:
-        return url
-    user = userinfo.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}{slash}{path}"
+    shown = f"{parts.scheme}://"
+    if parts.password is not None:
+        shown += MASK if parts.user is None else f"{parts.user}:{MASK}@"
+    elif parts.user is not None:
+        shown += f"{parts.user}@"
+    shown += parts.where
+    if parts.query is not None:
+        shown += "?" + _masked_query(parts.query)[0]
+    if parts.fragment is not None:
+        shown += f"#{MASK}"
+    return shown
+
+
+def url_secrets(url: str) -> list[str]:
+    """What `mask_url` hides in `url`, as written and percent-decoded (a driver's error message
+    may quote either): to scrub texts that quote them outside the URL."""
+    parts = _split_url(url)
+    if parts is None:
+        return []
+    hidden = [parts.password, parts.fragment]
+    if parts.query is not None:
+        hidden += _masked_query(parts.query)[1]
+    return [text for value in hidden if value for text in dict.fromkeys((value, unquote(value)))]
+
+
+def masked(value: object) -> object:
+    """A setting as it may be shown: a secret `***` (its credentials masked if a URL), any
+    other URL through `mask_url`, a path as text."""
+    if isinstance(value, SecretStr):
+        secret = value.get_secret_value()
+        return mask_url(secret) if "://" in secret else MASK
+    if isinstance(value, str) and "://" in value:
+        return mask_url(value)
+    if isinstance(value, Path):
+        return str(value)
+    return value
 
 
 class Settings(BaseSettings):
@@ -466,15 +583,5 @@ class Settings(BaseSettings):
         return f"{self.namespace}.{base}" if self.namespace else base
 
     def public_view(self) -> dict[str, object]:
-        """What a process logs at start-up: every setting, secrets masked, URLs redacted."""
-        view: dict[str, object] = {}
-        for name in type(self).model_fields:
-            value = getattr(self, name)
-            if isinstance(value, SecretStr):
-                secret = value.get_secret_value()
-                view[name] = redact_url(secret) if "://" in secret else "***"
-            elif isinstance(value, Path):
-                view[name] = str(value)
-            else:
-                view[name] = value
-        return view
+        """What a process logs at start-up: every setting, secrets and URL credentials masked."""
+        return {name: masked(getattr(self, name)) for name in type(self).model_fields}

@@ -8,6 +8,9 @@ actually asked to judge, and `assess` checks per post, independently of the code
 
 - structure: the rendered prompt's sequence of added/special tokens (`<|im_start|>`, ...) equals
   a benign control's of the same kind: forged template tokens were neutralised;
+- delimiters: the rendered prompt's plain-text skeleton (`<BEGIN …>` / `<END …>` markers, lines
+  opening with a role or label such as `USER:` or `Safety:`, the generation prefix) equals a
+  benign control's: exactly one conversation block, one role line per turn;
 - invisible_removed: the text the model saw holds no format (zero-width, bidi, tag), filler or
   variation-selector characters;
 - head_and_tail: an over-long post was cut inside the turn and its head and harmful tail both
@@ -25,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Sequence
@@ -43,13 +47,13 @@ from guardstream.core.topics import Topic, TopicNames
 from guardstream.scorer.engine import GuardEngine, RawAnswer
 
 CORPUS_DIR = Path(__file__).with_name("corpus")
-CORPUS_LATEST = CORPUS_DIR / "adversarial-v2.jsonl"
+CORPUS_LATEST = CORPUS_DIR / "adversarial-v3.jsonl"
 TENANT = "corpus"
 # The re-rendering leaves this many tokens more room for the answer than the engine's own
 # budget (max_model_len - max_output_tokens), which scoring modes may shrink by a forced prefix.
 RENDER_MARGIN = 32
 
-Property = Literal["structure", "invisible_removed", "head_and_tail", "folded"]
+Property = Literal["structure", "delimiters", "invisible_removed", "head_and_tail", "folded"]
 
 
 class Attack(BaseModel):
@@ -121,6 +125,27 @@ def structure(ids: Sequence[int], special: set[int]) -> list[int]:
     return [t for t in ids if t in special]
 
 
+GENERATION_PROMPT = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
+TEMPLATE_LABELS = ("USER", "ASSISTANT", "SYSTEM", "Safety", "Categories", "Refusal", "Task")
+_SECTION_MARKER = re.compile(r"<(BEGIN|END) ([A-Z ]+)>")
+_LINE_DECORATION = " \t*#>_-\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
+_LINE_LABEL = re.compile(r"(" + "|".join(TEMPLATE_LABELS) + r")\s*[:：﹕︓∶]", re.IGNORECASE)
+
+
+def skeleton(rendered: str) -> Counter[str]:
+    """A rendered prompt's plain-text structure, counted: section markers, lines (at every
+    break `str.splitlines` honours) opening with a role or label, the generation prefix."""
+    found: Counter[str] = Counter()
+    for edge, name in _SECTION_MARKER.findall(rendered):
+        found[f"<{edge} {name}>"] += 1
+    for line in rendered.splitlines():
+        label = _LINE_LABEL.match(line.lstrip(_LINE_DECORATION))
+        if label:
+            found[f"line {label.group(1).lower()}"] += 1
+    found["generation prompt"] = rendered.count(GENERATION_PROMPT)
+    return found
+
+
 def special_ids(tokenizer: Any) -> set[int]:
     """Every token the tokenizer adds beside its vocabulary (chat control tokens, think tags)."""
     return set(tokenizer.get_added_vocab().values()) | set(tokenizer.all_special_ids)
@@ -155,9 +180,12 @@ def assess(outcomes: Sequence[Outcome], tokenizer: Any, max_input: int) -> dict[
         if o.seen is not None:
             rendered[o.attack.id] = renderer.render(o.seen)
     baselines: dict[Kind, list[int]] = {}
+    skeletons: dict[Kind, Counter[str]] = {}
     for o in outcomes:
         if o.attack.family == "control" and o.attack.id in rendered:
-            baselines.setdefault(o.attack.kind, structure(rendered[o.attack.id][0], special))
+            ids = rendered[o.attack.id][0]
+            baselines.setdefault(o.attack.kind, structure(ids, special))
+            skeletons.setdefault(o.attack.kind, skeleton(tokenizer.decode(ids)))
 
     for o in outcomes:
         a = o.attack
@@ -174,6 +202,10 @@ def assess(outcomes: Sequence[Outcome], tokenizer: Any, max_input: int) -> dict[
         o.checks["structure"] = same
         if not same:
             o.problems.append("prompt token structure differs from the benign control's")
+        shape = skeleton(tokenizer.decode(ids))
+        o.checks["delimiters"] = shape == skeletons.get(a.kind)
+        if not o.checks["delimiters"]:
+            o.problems.append(f"prompt text skeleton differs from the benign control's: {shape}")
         contents = " ".join(m["content"] for m in o.seen)
         hidden = invisible_chars(contents)
         o.checks["invisible_removed"] = not hidden
@@ -334,7 +366,14 @@ def render_budget(settings: Settings) -> int:
 
 # --- the report -------------------------------------------------------------------------------
 
-CHECKS = ("structure", "invisible_removed", "head_and_tail", "folded", "one_decision")
+CHECKS = (
+    "structure",
+    "delimiters",
+    "invisible_removed",
+    "head_and_tail",
+    "folded",
+    "one_decision",
+)
 
 
 def summarise(corpus: Corpus, outcomes: Sequence[Outcome], model: str) -> dict[str, Any]:
@@ -370,14 +409,16 @@ def render_table(summary: dict[str, Any]) -> str:
     def mark(value: bool | None) -> str:
         return "-" if value is None else ("yes" if value else "NO")
 
-    head = f"{'family':<13} {'n':>3}  {'structure':<9} {'invisible':<9} {'head+tail':<9} "
+    head = f"{'family':<13} {'n':>3}  {'structure':<9} {'delimiter':<9} {'invisible':<9} "
+    head += f"{'head+tail':<9} "
     head += f"{'folded':<6} {'1 decision':<10} verdicts"
     lines = [head]
     for name, fam in summary["families"].items():
         verdicts = ", ".join(f"{k} {v}" for k, v in fam["verdicts"].items())
         lines.append(
             f"{name:<13} {fam['count']:>3}  {mark(fam['structure']):<9} "
-            f"{mark(fam['invisible_removed']):<9} {mark(fam['head_and_tail']):<9} "
+            f"{mark(fam['delimiters']):<9} {mark(fam['invisible_removed']):<9} "
+            f"{mark(fam['head_and_tail']):<9} "
             f"{mark(fam['folded']):<6} {mark(fam['one_decision']):<10} {verdicts}"
         )
         if fam["failed"]:

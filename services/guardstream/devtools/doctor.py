@@ -6,7 +6,9 @@ how to fix it. Nothing is created, downloaded or started: a missing topic is rep
 auto-created (doctor describes only topics that exist, because a metadata request for an
 unknown topic creates it on brokers with auto-creation on), and the model's config, tokenizer
 and chat template are read from local files only; vLLM is not started. Secrets never appear:
-addresses are shown redacted and error texts are scrubbed of every secret value.
+every URL is shown through `mask_url` (credentials masked wherever they are), error texts are
+scrubbed of every secret value, and a URL that does not parse is a failed check in words that
+quote none of it.
 """
 
 from __future__ import annotations
@@ -18,8 +20,11 @@ from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from guardstream.core.settings import Settings, redact_url
+from pydantic import SecretStr
+
+from guardstream.core.settings import MASK, Settings, mask_url, url_secrets
 from guardstream.core.topics import CATALOGUE, TopicNames
 
 BROKER_TIMEOUT_S = 10.0
@@ -58,28 +63,38 @@ def fail(check: str, detail: str, hint: str) -> Finding:
 
 
 def secrets_of(settings: Settings) -> list[str]:
-    """Every secret value (and the password inside secret URLs) that output must not contain."""
+    """Every secret value (and the credentials inside secret URLs) output must not contain."""
     values: list[str] = []
     for name in type(settings).model_fields:
         value = getattr(settings, name)
-        secret = getattr(value, "get_secret_value", None)
-        if secret is None:
-            continue
-        text = str(secret())
-        values.append(text)
-        # `redis://user:pw@host`: the password alone may show up in a driver's message.
-        _, sep, rest = text.partition("://")
-        userinfo = rest.partition("/")[0].rpartition("@")[0] if sep else ""
-        if ":" in userinfo:
-            values.append(userinfo.split(":", 1)[1])
+        if isinstance(value, SecretStr):
+            text = value.get_secret_value()
+            values += [text, *url_secrets(text)]
+        elif isinstance(value, str):
+            values += url_secrets(value)
     return [v for v in values if len(v) >= 3]
 
 
 def scrub(text: str, settings: Settings) -> str:
-    """`text` with every secret of `settings` replaced by `***` (URLs first, then passwords)."""
+    """`text` with every secret of `settings` replaced (URLs masked first, then the rest)."""
     for secret in sorted(secrets_of(settings), key=len, reverse=True):
-        text = text.replace(secret, redact_url(secret) if "://" in secret else "***")
+        text = text.replace(secret, mask_url(secret) if "://" in secret else MASK)
     return text
+
+
+def url_problem(url: str, schemes: tuple[str, ...]) -> str | None:
+    """Why `url` cannot be a URL of `schemes`, in words that quote none of it; None if it can.
+
+    Drivers' own parse errors quote the part they choke on, which may be a piece of a
+    password (`redis://:pa/ss@host` reads as port `pa`): these checks answer first."""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port, parts.hostname
+    except ValueError:
+        return "does not parse (a port that is not a number in 0-65535, or a bad [IPv6] host)"
+    if parts.scheme not in schemes:
+        return f"the scheme must be one of {', '.join(s + '://' for s in schemes)}"
+    return None
 
 
 def _error(exc: BaseException, settings: Settings) -> str:
@@ -259,6 +274,11 @@ async def _close_quietly(admin: Any) -> None:
 
 # --- Redis ------------------------------------------------------------------------------------
 
+_REDIS_URL_HINT = (
+    "REDIS_URL must read redis://[user:password@]host:port/db (rediss:// for TLS, unix:///path "
+    "for a socket); percent-encode `@ : / ? #` inside a password"
+)
+
 
 async def check_redis(settings: Settings) -> Finding:
     """PING, then a write, a read and a delete of a scratch key, each within the cache timeout."""
@@ -266,9 +286,17 @@ async def check_redis(settings: Settings) -> Finding:
 
     from guardstream.core.redisstore import redis_client
 
-    url = redact_url(settings.redis_url.get_secret_value())
+    url = mask_url(settings.redis_url.get_secret_value())
+    problem = url_problem(settings.redis_url.get_secret_value(), ("redis", "rediss", "unix"))
+    client = None
+    if problem is None:
+        try:
+            client = redis_client(settings)
+        except Exception as exc:  # noqa: BLE001 - its message may quote a piece of the URL
+            problem = f"is not a usable Redis URL ({type(exc).__name__})"
+    if client is None:
+        return fail("redis", f"REDIS_URL {url}: {problem}", _REDIS_URL_HINT)
     budget_ms = settings.cache_timeout_ms
-    client = redis_client(settings)
     key = f"{settings.cache_prefix}doctor:{uuid.uuid4().hex}"
     slowest = 0.0
     try:
@@ -319,6 +347,8 @@ async def check_redis(settings: Settings) -> Finding:
             "is Redis running and REDIS_URL its host:port/db? "
             "(without it every post is scored again: the pipeline runs, slower)",
         )
+    except Exception as exc:  # noqa: BLE001 - e.g. a URL option the client does not know
+        return fail("redis", f"{url}: {_error(exc, settings)}", _REDIS_URL_HINT)
     finally:
         await client.aclose()
     if slowest > budget_ms / 2000:
@@ -336,7 +366,15 @@ async def check_redis(settings: Settings) -> Finding:
 
 async def check_postgres(settings: Settings) -> Finding:
     """Connect with DATABASE_URL and run `select 1` (asyncpg, the review store's driver)."""
-    url = redact_url(settings.database_url.get_secret_value())
+    url = mask_url(settings.database_url.get_secret_value())
+    problem = url_problem(settings.database_url.get_secret_value(), ("postgresql", "postgres"))
+    if problem is not None:
+        return fail(
+            "postgresql",
+            f"DATABASE_URL {url}: {problem}",
+            "DATABASE_URL must read postgresql://user:password@host:port/db; percent-encode "
+            "`@ : / ? #` inside a password",
+        )
     try:
         import asyncpg
     except ImportError:

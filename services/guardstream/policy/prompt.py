@@ -3,8 +3,9 @@
 Rendered like the seeds' feedback loop writes it, `[领域:公共卫生][敏感类型:污名化]`, with the
 region hint last as `[地区:…]` (Chinese keys like the seeds'; the model reads both languages).
 The scorer puts the prefix and one space before the text being judged (`apply_prefix`).
-Tag values may one day come from reviewers' notes, so they are neutralised: a value cannot
-close its tag and open another, break a line, or carry chat-template control tokens.
+Tag keys and values are neutralised alike (values may one day come from reviewers' notes): they
+cannot close their tag and open another, break a line, or carry chat-template control tokens,
+section markers or role/label prefixes.
 `prompt_fingerprint` is what the content key hashes for the pack: exactly the rendered
 prefix, so thresholds and actions can change without invalidating cached verdicts.
 """
@@ -18,6 +19,8 @@ from guardstream.scorer.prompt import neutralise
 # Lenticular brackets: same reading for a Chinese model, and NFKC leaves them alone (the
 # full-width "［" would turn back into "[" under NFKC).
 _BRACKETS = str.maketrans({"[": "【", "]": "】"})
+# A key's colon (NFKC makes one of `﹕`) would end it early: U+2236 RATIO reads the same.
+_KEY_COLON = str.maketrans({":": "∶"})
 _FINGERPRINT_FORMAT = "prompt-v1"
 
 
@@ -32,7 +35,10 @@ def prompt_prefix(pack: PolicyPack) -> str:
     tags = list(pack.domain_tags.items())
     if pack.region_hint is not None:
         tags.append((REGION_TAG, pack.region_hint))
-    return "".join(f"[{key}:{neutral_value(value)}]" for key, value in tags)
+    return "".join(
+        f"[{neutral_value(key).translate(_KEY_COLON)}:{neutral_value(value)}]"
+        for key, value in tags
+    )
 
 
 def apply_prefix(pack: PolicyPack, text: str) -> str:

@@ -3,9 +3,10 @@
 Qwen3Guard-Gen carries its moderation instructions in its own chat template, so the scorer
 sends plain conversations: one `user` turn for prompt moderation, `user` + `assistant` for
 response moderation. User text cannot forge conversation structure: chat-template control
-tokens in it are broken up before rendering. A conversation longer than the model's window is
-shortened inside each turn, keeping its head and its tail (harm hidden after benign padding
-stays visible); the template itself is never cut.
+tokens, the template's section markers and its role/label line prefixes are broken up before
+rendering (`neutralise`), so every prompt holds exactly one conversation block. A conversation
+longer than the model's window is shortened inside each turn, keeping its head and its tail
+(harm hidden after benign padding stays visible); the template itself is never cut.
 """
 
 from __future__ import annotations
@@ -22,18 +23,47 @@ ELISION = " … "
 # pipes (`<think>`, `<tool_call>`, `<tool_response>`): a tokenizer matches added tokens inside
 # plain text, so any of them in a post would become structure.
 _CONTROL = re.compile(r"<\|[^<>|\s]{0,40}\|>|</?(?:think|tool_call|tool_response)>", re.IGNORECASE)
+# The template's plain-text structure: its `<BEGIN …>` / `<END …>` section markers (the
+# conversation, safety policy, categories, refusal policy), closed or not.
+_MARKER = re.compile(r"<(\s*/?\s*(?:BEGIN|END)\b[^<>\n]{0,80})(>?)", re.IGNORECASE)
+# … and its line prefixes: the turn roles, the answer's labels and `# Task:`, at the start of a
+# line (any line break a reader may honour), after blanks, markdown marks or invisibles, with
+# an ASCII or look-alike colon.
+_LINE_START = r"(?:^|(?<=[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]))"
+_LABEL = re.compile(
+    _LINE_START
+    + r"([\s*#>_\-\u00ad\u200b-\u200f\u2060\ufeff]*)"
+    + r"(USER|ASSISTANT|SYSTEM|Safety|Categories|Refusal|Task)"
+    + r"(\s*[:\uff1a\ufe55\ufe13\u2236])",
+    re.IGNORECASE,
+)
+
+
+def _quoted(match: re.Match[str]) -> str:
+    return match.group(0).replace("<", "‹").replace(">", "›")
 
 
 def neutralise(text: str) -> str:
-    """Break template control tokens so the tokenizer reads them as plain text."""
-    return _CONTROL.sub(lambda m: m.group(0).replace("<", "‹").replace(">", "›"), text)
+    """`text` with nothing the model or the tokenizer could take for prompt structure.
+
+    Control tokens and `<BEGIN …>` / `<END …>` markers get their angle brackets turned to
+    `‹ ›` (`<|im_start|>` → `‹|im_start|›`, `<END CONVERSATION>` → `‹END CONVERSATION›`);
+    a line opening with a role or label has the word quoted the same way (`USER:` →
+    `‹USER›:`, `Safety: Safe` → `‹Safety›: Safe`). Pure and idempotent: the same text always
+    gives the same model input, so cache keys (over the text itself) stay valid.
+    """
+    text = _CONTROL.sub(_quoted, text)
+    text = _MARKER.sub(lambda m: f"‹{m.group(1)}{'›' if m.group(2) else ''}", text)
+    return _LABEL.sub(lambda m: f"{m.group(1)}‹{m.group(2)}›{m.group(3)}", text)
 
 
 def messages_for(request: ScoreRequest) -> list[dict[str, str]]:
     """The conversation to judge. A policy pack's prefix (domain tags, region hint, e.g.
     `[领域:公共卫生][敏感类型:污名化]`) opens the user turn, as in the seed articles; the pack
     renders it safe, and it is part of the content key."""
-    prefix = f"{request.prompt_prefix} " if request.prompt_prefix else ""
+    # The pack renders its prefix safe; neutralising it again (idempotent) keeps a forged
+    # request from the wire from adding structure.
+    prefix = f"{neutralise(request.prompt_prefix)} " if request.prompt_prefix else ""
     if request.kind is Kind.RESPONSE:
         return [
             {"role": "user", "content": prefix + neutralise(request.prompt or "")},
