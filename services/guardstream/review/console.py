@@ -22,6 +22,7 @@ from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import InvalidSubmission, Permission, Reviewer, countdown, duration
 from guardstream.review.service import Forbidden, ReviewService, Unauthenticated
+from guardstream.review.shield import Edge, Throttled, identifier
 from guardstream.review.store import QueueFilter
 
 COOKIE = "gs_review_session"
@@ -132,9 +133,19 @@ async def login(
     password: Annotated[str, Form(max_length=1024)],
 ) -> Response:
     try:
+        identifier(reviewer)
+    except ValueError as exc:
+        return _page(request, "login.html", {"error": f"reviewer id: {exc}"}, status=422)
+    edge: Edge = request.app.state.edge
+    try:
+        await edge.admit_login(reviewer, request.client.host if request.client else None)
         who = await _svc(request).login(reviewer, password)
     except Unauthenticated as exc:
         return _page(request, "login.html", {"error": exc.message}, status=401)
+    except Throttled as exc:
+        page = _page(request, "login.html", {"error": "too many attempts: retry later"}, 429)
+        page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     console = _auth(request)
     cookie, _ = auth.issue_session(console.key, who.id, time.time(), console.ttl_s)
     response = RedirectResponse("/console", status_code=303)
