@@ -519,12 +519,17 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: InvalidSubmission) -> JSONResponse:
         return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=422)
 
+    token_path = app.url_path_for("token")
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The documented body, without pydantic's `input`: a login's password is never echoed.
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         loc = [str(part) for part in first.get("loc", ())]
         field = ".".join(loc[1:]) or (loc[0] if loc else None)
+        if request.url.path == token_path:
+            # A refused login is a failed attempt: audited, at the bounded rate.
+            await edge_of(request).denied.record("login", {"why": "invalid input", "field": field})
         return JSONResponse({"detail": str(first.get("msg", "invalid")), "field": field}, 422)
 
     @app.exception_handler(Throttled)

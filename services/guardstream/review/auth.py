@@ -15,6 +15,7 @@ import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -55,7 +56,13 @@ class HashPool:
     """Password checks on `workers` threads, at most `queue` more waiting; past that
     `HashPoolBusy` at once. The bound caps the CPU and the memory (16 MiB a check) logins take."""
 
-    def __init__(self, workers: int, queue: int) -> None:
+    def __init__(
+        self,
+        workers: int,
+        queue: int,
+        check: Callable[[str, str], bool] = verify_password,
+    ) -> None:
+        self._check = check
         self._executor = ThreadPoolExecutor(workers, thread_name_prefix="review-scrypt")
         self._slots = workers + queue
         self.pending = 0
@@ -69,7 +76,7 @@ class HashPool:
         try:
             loop = asyncio.get_running_loop()
             target = UNKNOWN_ID_HASH if stored is None else stored
-            ok = await loop.run_in_executor(self._executor, verify_password, password, target)
+            ok = await loop.run_in_executor(self._executor, self._check, password, target)
         finally:
             self.pending -= 1
         return ok and stored is not None

@@ -132,11 +132,12 @@ async def login(
     reviewer: Annotated[str, Form(max_length=128)],
     password: Annotated[str, Form(max_length=1024)],
 ) -> Response:
+    edge: Edge = request.app.state.edge
     try:
         identifier(reviewer)
     except ValueError as exc:
+        await edge.denied.record("login", {"why": "invalid input", "field": "reviewer"})
         return _page(request, "login.html", {"error": f"reviewer id: {exc}"}, status=422)
-    edge: Edge = request.app.state.edge
     try:
         await edge.admit_login(reviewer, request.client.host if request.client else None)
         who = await _svc(request).login(reviewer, password)

@@ -17,6 +17,8 @@ price of answering a refusal without a database write, which is what an attack i
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import math
@@ -26,7 +28,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, unquote_to_bytes
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -86,22 +88,33 @@ class BodyLimit:
     """413 for a body over `max_bytes`, declared (Content-Length) or streamed (chunked).
 
     A streamed body is counted as the app reads it; past the limit the app is told the client
-    left, and whatever it answers is replaced by the 413. The connection is closed after a 413,
-    so the rest of the body is never read.
+    left, and whatever it answers is replaced by the 413. Before the 413 is finished at most
+    `max_bytes` more are read and dropped for up to a second (a client a little over the limit
+    then reads its answer instead of a reset); then the connection is closed, so the rest of
+    an oversized body is never read.
     """
 
     def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _refuse(self, send: Send) -> None:
+    async def _refuse(self, receive: Receive, send: Send, more: bool) -> None:
         review_metrics.shed.add(1, {"reason": "body_too_large"})
-        await send_json(
-            send,
-            413,
-            {"detail": f"request body over {self.max_bytes} bytes", "field": "body"},
-            {"connection": "close"},
-        )
+        raw = orjson.dumps({"detail": f"request body over {self.max_bytes} bytes", "field": "body"})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(raw)),
+            (b"connection", b"close"),
+        ]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        left = self.max_bytes
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                while more and left > 0:
+                    message = await receive()
+                    left -= len(message.get("body", b""))
+                    more = message["type"] == "http.request" and message.get("more_body", False)
+        await send({"type": "http.response.body", "body": raw})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -109,18 +122,20 @@ class BodyLimit:
             return
         declared = _header(scope, b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send)
+            await self._refuse(receive, send, more=True)
             return
         seen = 0
+        more = True  # the client has more body to send
         over = False  # the body passed the limit
         started = False  # a response was started (the app's or the 413)
         replaced = False  # the 413 was sent instead of the app's answer
 
         async def counted() -> Message:
-            nonlocal seen, over
+            nonlocal seen, over, more
             if over:
                 return {"type": "http.disconnect"}
             message = await receive()
+            more = message["type"] == "http.request" and message.get("more_body", False)
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
@@ -134,7 +149,7 @@ class BodyLimit:
                 return
             if over and not started:
                 started = replaced = True
-                await self._refuse(send)
+                await self._refuse(receive, send, more)
                 return
             started = started or message["type"] == "http.response.start"
             await send(message)
@@ -147,7 +162,7 @@ class BodyLimit:
             if not over:
                 raise
         if over and not started:
-            await self._refuse(send)
+            await self._refuse(receive, send, more)
 
 
 class EdgeCheck:
@@ -180,11 +195,22 @@ class EdgeCheck:
 
 
 def _hostile_part(scope: Scope) -> str | None:
-    if _NOT_IN_ID.search(scope["path"]):
+    """Where the request holds a control character or bytes that are not UTF-8 (which the
+    server would quietly turn into U+FFFD), or None."""
+    try:
+        raw_path = scope.get("raw_path")
+        path = unquote_to_bytes(raw_path).decode() if raw_path else scope["path"]
+    except UnicodeDecodeError:
+        return "path"
+    if _NOT_IN_ID.search(path) or _NOT_IN_ID.search(scope["path"]):
         return "path"
     query = scope.get("query_string", b"").decode("latin-1")
-    # Decoded as Starlette decodes it for the handlers (percent escapes, UTF-8).
-    for name, value in parse_qsl(query, keep_blank_values=True):
+    # Decoded as Starlette decodes it for the handlers (percent escapes, UTF-8), but strictly.
+    try:
+        pairs = parse_qsl(query, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        return "query"
+    for name, value in pairs:
         if _NOT_IN_ID.search(name) or _NOT_IN_ID.search(value):
             return "query"
     return None
