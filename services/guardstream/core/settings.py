@@ -445,6 +445,51 @@ class Settings(BaseSettings):
     review_batch_max: Annotated[
         int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_BATCH_MAX"))
     ] = 500
+    # --- the review API's edge (guardstream.review.shield): what sheds load before a handler --
+    # A request body over this is answered 413 once its declared or streamed length passes it
+    # (a decision is a few KiB; the chart gives the ingress the same limit).
+    review_max_body_bytes: Annotated[
+        int, Field(ge=1024, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_BODY_BYTES"))
+    ] = 64 * 1024
+    # Requests handled at once; past it a fast 503 + Retry-After (/healthz, /readyz exempt).
+    review_max_in_flight: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_IN_FLIGHT"))
+    ] = 64
+    # Of those, requests without a bearer token or session cookie (logins, strangers); past it
+    # a fast 429: strangers cannot take the reviewers' share.
+    review_max_in_flight_anonymous: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_IN_FLIGHT_ANONYMOUS"))
+    ] = 16
+    # Open connections plus requests uvicorn accepts (its `limit_concurrency`, a 503 for all
+    # past it, health probes included): the backstop behind the limits above.
+    review_max_connections: Annotated[
+        int, Field(ge=16, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_CONNECTIONS"))
+    ] = 1024
+    # Password checks (scrypt, 16 MiB and ~50 ms each) run on this many threads, at most
+    # `review_hash_queue` more waiting; past that a login is answered 503 at once.
+    review_hash_workers: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_HASH_WORKERS"))
+    ] = 2
+    review_hash_queue: Annotated[
+        int, Field(ge=0, validation_alias=_env("GUARDSTREAM_REVIEW_HASH_QUEUE"))
+    ] = 8
+    # Login attempts per reviewer id and per client address (IPv6: per /64), a minute, with a
+    # burst of the same size; past it 429 + Retry-After before any hashing. Per process.
+    review_login_per_id_per_min: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_LOGIN_PER_ID_PER_MIN"))
+    ] = 5
+    review_login_per_address_per_min: Annotated[
+        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_LOGIN_PER_ADDRESS_PER_MIN"))
+    ] = 30
+    # Ids and addresses the login throttle remembers (least recently seen forgotten first).
+    review_login_throttle_keys: Annotated[
+        int, Field(ge=100, validation_alias=_env("GUARDSTREAM_REVIEW_LOGIN_THROTTLE_KEYS"))
+    ] = 100_000
+    # Audit rows for refused attempts (throttled logins, control characters) at most this many
+    # a second; those past it are counted into the next row written.
+    review_denied_audit_per_s: Annotated[
+        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_DENIED_AUDIT_PER_S"))
+    ] = 10.0
 
     # --- feedback loop (guardstream.feedback) ----------------------------------------------
     # Root of the review archive (dated JSONL) and of the training runs' adapters and cards.

@@ -1,9 +1,12 @@
 """The review JSON API (`/api/v1`, OpenAPI at `/docs` and `/openapi.json`).
 
 Bearer tokens (`POST /api/v1/auth/token`) authenticate every other call. Errors are JSON
-`{"detail": ..., "field": ...}`: 401 no/invalid/expired token, 403 role or tenant not allowed,
-404 no such task (also for another tenant's task), 409 state conflict, 422 invalid submission,
-503 the audit row could not be written (then nothing was done).
+`{"detail": ..., "field": ...}` (`ErrorOut`, declared on every route that sends it): 401
+no/invalid/expired token, 403 role or tenant not allowed, 404 no such task (also for another
+tenant's task), 409 state conflict, 413 body too large, 422 invalid input (the value is never
+echoed back), 429 too many logins or anonymous requests (Retry-After), 503 busy (Retry-After) or
+the audit row could not be written (then nothing was done). The edge (`shield`) answers 413,
+429, 503 and 422 for control characters before a handler runs.
 """
 
 from __future__ import annotations
@@ -13,13 +16,18 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, Field
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import AfterValidator, BaseModel, Field
 
 from guardstream.core.contracts import REVIEW_REASON_MAX, ReviewOutcome, Verdict
+from guardstream.review import metrics as review_metrics
+from guardstream.review.auth import HashPoolBusy
 from guardstream.review.logic import InvalidSubmission, Reviewer, Task, countdown
 from guardstream.review.service import Decided, ReviewError, ReviewService, TaskView
+from guardstream.review.shield import Edge, Throttled, free_text, identifier, secret_text
 from guardstream.review.store import AuditFailed, QueueFilter, QueueStats
 
 
@@ -31,23 +39,51 @@ def service_of(request: Request) -> ReviewService:
 Service = Annotated[ReviewService, Depends(service_of)]
 
 
+_bearer_scheme = HTTPBearer(auto_error=False, description="a token from POST /api/v1/auth/token")
+
+
 async def bearer(
     request: Request,
     svc: Service,
-    authorization: Annotated[str | None, Header()] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
 ) -> Reviewer:
-    token = None
-    if authorization and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
+    token = credentials.credentials.strip() if credentials else None
     return await svc.from_token(token, path=request.url.path)
 
 
 Caller = Annotated[Reviewer, Depends(bearer)]
 
+# A string field that reaches the database or a log: no control characters (422 otherwise).
+Ident = Annotated[str, AfterValidator(identifier)]
+Text = Annotated[str, AfterValidator(free_text)]
+
+
+class ErrorOut(BaseModel):
+    """Every error the API sends; `field` names the input at fault, never its value."""
+
+    detail: str
+    field: str | None = None
+
+
+_WHY = {
+    401: "no, invalid or expired credentials",
+    403: "the caller's role or tenants do not allow it",
+    404: "no such task (also another tenant's task)",
+    409: "the task's state does not allow it",
+    413: "request body too large",
+    422: "invalid input; the submitted value is never echoed",
+    429: "too many login attempts, or too many requests without credentials (Retry-After)",
+    503: "busy (Retry-After), or the audit log is unavailable and nothing was done",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorOut, "description": _WHY[code]} for code in codes}
+
 
 class TokenRequest(BaseModel):
-    reviewer: str = Field(min_length=1, max_length=128)
-    password: str = Field(min_length=1, max_length=1024)
+    reviewer: Ident = Field(min_length=1, max_length=128)
+    password: Annotated[str, AfterValidator(secret_text)] = Field(min_length=1, max_length=1024)
 
 
 class TokenOut(BaseModel):
@@ -125,11 +161,11 @@ class QueueOut(BaseModel):
 class DecisionIn(BaseModel):
     outcome: ReviewOutcome = Field(description="confirm the model's label, or correct it")
     verdict: Verdict | None = Field(None, description="the human label (required to correct)")
-    reason: str | None = Field(
+    reason: Text | None = Field(
         None, description=f"required when correcting, at most {REVIEW_REASON_MAX} characters"
     )
-    tags: list[str] = Field(default_factory=list, description="at least one quick tag")
-    categories: list[str] | None = None
+    tags: list[Ident] = Field(default_factory=list, description="at least one quick tag")
+    categories: list[Ident] | None = None
     refusal: bool | None = Field(
         None, description="response items only: did the assistant refuse? (omit: the model's)"
     )
@@ -139,11 +175,11 @@ class QaDecisionIn(BaseModel):
     """A blind QA label: the senior has not seen the first review's label."""
 
     verdict: Verdict
-    reason: str | None = Field(
+    reason: Text | None = Field(
         None, description=f"why this label: always required, at most {REVIEW_REASON_MAX} characters"
     )
-    tags: list[str] = Field(default_factory=list, description="at least one quick tag")
-    categories: list[str] | None = None
+    tags: list[Ident] = Field(default_factory=list, description="at least one quick tag")
+    categories: list[Ident] | None = None
     refusal: bool | None = Field(None, description="response items only: did the assistant refuse?")
 
 
@@ -258,17 +294,28 @@ def _form(body: DecisionIn) -> dict[str, Any]:
     }
 
 
-router = APIRouter(prefix="/api/v1", tags=["review"])
+# Any route may answer these: bad credentials, and what the edge refuses before a handler runs.
+router = APIRouter(prefix="/api/v1", tags=["review"], responses=errors(401, 413, 422, 429, 503))
+
+
+def edge_of(request: Request) -> Edge:
+    edge: Edge = request.app.state.edge
+    return edge
 
 
 @router.post("/auth/token", response_model=TokenOut, summary="Exchange credentials for a token")
-async def token(body: TokenRequest, svc: Service) -> TokenOut:
+async def token(request: Request, body: TokenRequest, svc: Service) -> TokenOut:
+    await edge_of(request).admit_login(
+        body.reviewer, request.client.host if request.client else None
+    )
     reviewer = await svc.login(body.reviewer, body.password)
     value, expires = await svc.issue_token(reviewer)
     return TokenOut(token=value, expires_at=expires)
 
 
-@router.get("/queue", response_model=QueueOut, summary="Open tasks by SLA deadline")
+@router.get(
+    "/queue", response_model=QueueOut, responses=errors(403), summary="Open tasks by SLA deadline"
+)
 async def queue(
     svc: Service,
     caller: Caller,
@@ -289,7 +336,12 @@ async def queue(
     )
 
 
-@router.get("/stats", response_model=StatsOut, summary="Queue depth and average response time")
+@router.get(
+    "/stats",
+    response_model=StatsOut,
+    responses=errors(403),
+    summary="Queue depth and average response time",
+)
 async def stats(svc: Service, caller: Caller) -> StatsOut:
     return _stats(await svc.stats(caller))
 
@@ -299,13 +351,23 @@ async def tags(svc: Service, caller: Caller) -> list[str]:
     return list(svc.tags)
 
 
-@router.post("/tasks/claim", response_model=TaskOut | None, summary="Claim the next task")
+@router.post(
+    "/tasks/claim",
+    response_model=TaskOut | None,
+    responses=errors(403, 409),
+    summary="Claim the next task",
+)
 async def claim(svc: Service, caller: Caller) -> Response:
     task = await svc.claim(caller)
     return _json(task_json(task, svc.now()) if task else None)
 
 
-@router.get("/tasks/{task_id}", response_model=TaskDetail, summary="One task, with its text")
+@router.get(
+    "/tasks/{task_id}",
+    response_model=TaskDetail,
+    responses=errors(403, 404),
+    summary="One task, with its text",
+)
 async def read_task(task_id: str, svc: Service, caller: Caller) -> TaskDetail:
     view: TaskView = await svc.view(caller, task_id)
     base = TaskOut.of(view.task, svc.now()).model_dump()
@@ -314,7 +376,12 @@ async def read_task(task_id: str, svc: Service, caller: Caller) -> TaskDetail:
     return TaskDetail(**base)
 
 
-@router.post("/tasks/{task_id}/release", response_model=TaskOut, summary="Give a task back")
+@router.post(
+    "/tasks/{task_id}/release",
+    response_model=TaskOut,
+    responses=errors(403, 404, 409),
+    summary="Give a task back",
+)
 async def release(task_id: str, svc: Service, caller: Caller) -> TaskOut:
     return TaskOut.of(await svc.release(caller, task_id), svc.now())
 
@@ -322,24 +389,40 @@ async def release(task_id: str, svc: Service, caller: Caller) -> TaskOut:
 @router.post(
     "/tasks/{task_id}/decision",
     response_model=DecidedOut,
+    responses=errors(403, 404, 409),
     summary="Decide a task: confirm or correct, reason, quick tags",
 )
 async def decide(task_id: str, body: DecisionIn, svc: Service, caller: Caller) -> DecidedOut:
     return _decided(await svc.decide(caller, task_id, _form(body)), svc.now())
 
 
-@router.post("/tasks/{task_id}/qa", response_model=DecidedOut, summary="Senior re-review (QA)")
+@router.post(
+    "/tasks/{task_id}/qa",
+    response_model=DecidedOut,
+    responses=errors(403, 404, 409),
+    summary="Senior re-review (QA)",
+)
 async def qa(task_id: str, body: DecisionIn, svc: Service, caller: Caller) -> DecidedOut:
     return _decided(await svc.qa(caller, task_id, _form(body)), svc.now())
 
 
-@router.get("/qa/agreement", response_model=AgreementOut, summary="QA agreement figures")
+@router.get(
+    "/qa/agreement",
+    response_model=AgreementOut,
+    responses=errors(403),
+    summary="QA agreement figures",
+)
 async def qa_agreement(svc: Service, caller: Caller) -> AgreementOut:
     result = await svc.agreement(caller)
     return AgreementOut(compared=result.compared, agreed=result.agreed, rate=result.rate)
 
 
-@router.get("/qa/queue", response_model=list[QaItemOut], summary="The senior's QA queue (blind)")
+@router.get(
+    "/qa/queue",
+    response_model=list[QaItemOut],
+    responses=errors(403),
+    summary="The senior's QA queue (blind)",
+)
 async def qa_queue(
     svc: Service, caller: Caller, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> list[QaItemOut]:
@@ -350,7 +433,12 @@ async def qa_queue(
     ]
 
 
-@router.get("/qa/items/{task_id}", response_model=QaItemDetail, summary="One QA item (blind)")
+@router.get(
+    "/qa/items/{task_id}",
+    response_model=QaItemDetail,
+    responses=errors(403, 404),
+    summary="One QA item (blind)",
+)
 async def qa_item(task_id: str, svc: Service, caller: Caller) -> QaItemDetail:
     entry, text = await svc.qa_view(caller, task_id)
     out = QaItemDetail(**TaskOut.of(entry.task, svc.now()).model_dump(), period=entry.period)
@@ -359,7 +447,12 @@ async def qa_item(task_id: str, svc: Service, caller: Caller) -> QaItemDetail:
     return out
 
 
-@router.post("/qa/items/{task_id}", response_model=QaDecidedOut, summary="Label a QA item (blind)")
+@router.post(
+    "/qa/items/{task_id}",
+    response_model=QaDecidedOut,
+    responses=errors(403, 404, 409),
+    summary="Label a QA item (blind)",
+)
 async def qa_decide(task_id: str, body: QaDecisionIn, svc: Service, caller: Caller) -> QaDecidedOut:
     form = _form(DecisionIn(outcome=ReviewOutcome.CORRECT, **body.model_dump()))
     result = await svc.qa(caller, task_id, form, blind=True)
@@ -375,6 +468,7 @@ async def qa_decide(task_id: str, body: QaDecisionIn, svc: Service, caller: Call
 @router.get(
     "/qa/batches/{period}",
     response_model=QaBatchOut | None,
+    responses=errors(403, 404),
     summary="A QA batch's progress and per-reviewer agreement (`latest` for the newest)",
 )
 async def qa_batch(period: str, svc: Service, caller: Caller) -> Response:
@@ -424,6 +518,36 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(InvalidSubmission)
     async def _invalid(request: Request, exc: InvalidSubmission) -> JSONResponse:
         return JSONResponse({"detail": exc.message, "field": exc.field}, status_code=422)
+
+    token_path = app.url_path_for("token")
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # The documented body, without pydantic's `input`: a login's password is never echoed.
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(part) for part in first.get("loc", ())]
+        field = ".".join(loc[1:]) or (loc[0] if loc else None)
+        if request.url.path == token_path:
+            # A refused login is a failed attempt: audited, at the bounded rate.
+            await edge_of(request).denied.record("login", {"why": "invalid input", "field": field})
+        return JSONResponse({"detail": str(first.get("msg", "invalid")), "field": field}, 422)
+
+    @app.exception_handler(Throttled)
+    async def _throttled(request: Request, exc: Throttled) -> JSONResponse:
+        return JSONResponse(
+            {"detail": f"too many login attempts for this {exc.scope}: retry later"},
+            status_code=429,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
+    @app.exception_handler(HashPoolBusy)
+    async def _hashing_busy(request: Request, exc: HashPoolBusy) -> JSONResponse:
+        review_metrics.shed.add(1, {"reason": "hashing_busy"})
+        return JSONResponse(
+            {"detail": "too many logins at once: retry shortly"},
+            status_code=503,
+            headers={"Retry-After": "1"},
+        )
 
     @app.exception_handler(AuditFailed)
     async def _audit(request: Request, exc: AuditFailed) -> JSONResponse:

@@ -5,15 +5,20 @@ random strings; only their SHA-256 is stored (a high-entropy token needs no slow
 session is a cookie `base64(payload).hmac` signed with the session secret; its payload holds the
 reviewer id, the expiry, the CSRF token form posts must echo and a 256-bit session id whose
 SHA-256 the store keeps while the session is open (logout and revocation delete it: a signed
-cookie alone is never enough). Pure functions, no I/O.
+cookie alone is never enough). Pure functions, no I/O, except `HashPool`: the server verifies
+passwords on a few threads of its own (scrypt releases the GIL), never on the event loop, and
+refuses at once (`HashPoolBusy`) when its queue is full.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import secrets
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import orjson
@@ -38,6 +43,48 @@ def verify_password(password: str, stored: str) -> bool:
     except ValueError:
         return False
     return hmac.compare_digest(got.hex(), digest)
+
+
+# Verified instead of a stored hash when the reviewer id is unknown: the same scrypt work, so
+# the answer takes as long as for a known id with a wrong password (no id enumeration by time).
+UNKNOWN_ID_HASH = f"scrypt${_N}${_R}${_P}${'00' * 16}${'00' * 32}"
+
+
+class HashPoolBusy(Exception):
+    """Every hashing thread is busy and the queue is full: answered 503 with Retry-After."""
+
+
+class HashPool:
+    """Password checks on `workers` threads, at most `queue` more waiting; past that
+    `HashPoolBusy` at once. The bound caps the CPU and the memory (16 MiB a check) logins take."""
+
+    def __init__(
+        self,
+        workers: int,
+        queue: int,
+        check: Callable[[str, str], bool] = verify_password,
+    ) -> None:
+        self._check = check
+        self._executor = ThreadPoolExecutor(workers, thread_name_prefix="review-scrypt")
+        self._slots = workers + queue
+        self.pending = 0
+
+    async def verify(self, password: str, stored: str | None) -> bool:
+        """`verify_password` off the event loop; `stored=None` (unknown id) is hashed against
+        `UNKNOWN_ID_HASH` and is never a match."""
+        if self.pending >= self._slots:
+            raise HashPoolBusy
+        self.pending += 1
+        try:
+            loop = asyncio.get_running_loop()
+            target = UNKNOWN_ID_HASH if stored is None else stored
+            ok = await loop.run_in_executor(self._executor, self._check, password, target)
+        finally:
+            self.pending -= 1
+        return ok and stored is not None
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
 
 
 def new_token() -> str:

@@ -24,6 +24,7 @@ from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import InvalidSubmission, Permission, Reviewer, countdown, duration
 from guardstream.review.service import Forbidden, ReviewService, Unauthenticated
+from guardstream.review.shield import Edge, Throttled, identifier
 from guardstream.review.store import QueueFilter
 
 COOKIE = "gs_review_session"
@@ -142,11 +143,24 @@ async def login(
     reviewer: Annotated[str, Form(max_length=128)],
     password: Annotated[str, Form(max_length=1024)],
 ) -> Response:
+    edge: Edge = request.app.state.edge
     try:
+        identifier(reviewer)
+    except ValueError as exc:
+        await edge.denied.record("login", {"why": "invalid input", "field": "reviewer"})
+        context = _login_context(request) | {"error": f"reviewer id: {exc}"}
+        return _page(request, "login.html", context, status=422)
+    try:
+        await edge.admit_login(reviewer, request.client.host if request.client else None)
         who = await _svc(request).login(reviewer, password)
     except Unauthenticated as exc:
         context = _login_context(request) | {"error": exc.message}
         return _page(request, "login.html", context, status=401)
+    except Throttled as exc:
+        context = _login_context(request) | {"error": "too many attempts: retry later"}
+        page = _page(request, "login.html", context, 429)
+        page.headers["Retry-After"] = str(exc.retry_after)
+        return page
     console = _auth(request)
     cookie, session = auth.issue_session(console.key, who.id, time.time(), console.ttl_s)
     await _svc(request).open_session(who, session)

@@ -3,7 +3,8 @@ review decisions and SLA events, and the background work (round-robin assignment
 outbox relay, post-text and expired-credential purge, the periodic QA sample), in one process.
 
 `/healthz` is live while the process runs; `/readyz` is ready once the store answers and the
-consumer holds partitions.
+consumer holds partitions. Both stay answered under load: the edge (`shield`) sheds everything
+else first (413 oversized bodies, 429/503 past the in-flight limits, 422 control characters).
 """
 
 from __future__ import annotations
@@ -31,17 +32,31 @@ from guardstream.feedback.archive import Archive
 from guardstream.policy import load_registry
 from guardstream.review import metrics as review_metrics
 from guardstream.review.api import install_error_handlers, router
-from guardstream.review.console import ConsoleAuth, install_console
+from guardstream.review.auth import HashPool
+from guardstream.review.console import COOKIE, ConsoleAuth, install_console
 from guardstream.review.consumer import ReviewConsumer, source_topics
 from guardstream.review.logic import parse_tags
 from guardstream.review.relay import OutboxRelay
 from guardstream.review.service import ReviewService
+from guardstream.review.shield import (
+    BodyLimit,
+    DeniedAudit,
+    Edge,
+    EdgeCheck,
+    InFlightLimit,
+    LoginThrottle,
+)
 from guardstream.review.store import ReviewStore
 
 log = logging.getLogger(__name__)
 
 
-def create_app(service: ReviewService, console: ConsoleAuth, ready: Callable[[], bool]) -> FastAPI:
+def create_app(
+    service: ReviewService,
+    console: ConsoleAuth,
+    ready: Callable[[], bool],
+    settings: Settings,
+) -> FastAPI:
     app = FastAPI(
         title="guardstream review",
         version="1",
@@ -52,6 +67,25 @@ def create_app(service: ReviewService, console: ConsoleAuth, ready: Callable[[],
         ),
     )
     app.state.review = service
+    edge = Edge(
+        LoginThrottle(
+            per_id_per_min=settings.review_login_per_id_per_min,
+            per_address_per_min=settings.review_login_per_address_per_min,
+            max_keys=settings.review_login_throttle_keys,
+        ),
+        DeniedAudit(service.store.audit_alone, settings.review_denied_audit_per_s),
+    )
+    app.state.edge = edge
+    # Outermost last: the body limit first, then the character check, then the in-flight
+    # limits (a request refused by the first two never takes a slot).
+    app.add_middleware(
+        InFlightLimit,
+        limit=settings.review_max_in_flight,
+        anonymous_limit=settings.review_max_in_flight_anonymous,
+        session_cookie=COOKIE,
+    )
+    app.add_middleware(EdgeCheck, refused=edge.refused)
+    app.add_middleware(BodyLimit, max_bytes=settings.review_max_body_bytes)
     app.include_router(router)
     install_error_handlers(app)
     install_console(app, console)
@@ -105,6 +139,8 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
         archive=Archive(settings.feedback_dir),
         human_ttl_s=settings.human_verdict_ttl_s,
     )
+    hashes = HashPool(settings.review_hash_workers, settings.review_hash_queue)
+    stack.callback(hashes.close)
     service = ReviewService(
         store,
         policies,
@@ -116,13 +152,14 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
         qa_cadence=settings.qa_cadence,
         qa_sample_size=settings.qa_sample_size,
         qa_min_agreement=settings.qa_agreement_min,
+        hashes=hashes,
     )
     secret = settings.review_session_secret
     key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
     console = ConsoleAuth(key, settings.review_session_ttl_s, secure=settings.review_cookie_secure)
     handler = ReviewConsumer(settings, producer, store, policies)
     ready = {"assigned": False}
-    app = create_app(service, console, lambda: ready["assigned"])
+    app = create_app(service, console, lambda: ready["assigned"], settings)
     app.state.ready_flags = ready
     return Review(settings, store, service, relay, handler, app)
 
@@ -207,6 +244,7 @@ async def run(
                 # audit); anyone else's X-Forwarded-* headers are ignored.
                 proxy_headers=True,
                 forwarded_allow_ips=settings.review_forwarded_allow_ips,
+                limit_concurrency=settings.review_max_connections,
             )
         )
 

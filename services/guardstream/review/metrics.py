@@ -31,6 +31,11 @@ denied = meter.create_counter(
     unit="{request}",
     description="Requests refused and audited: no or bad credentials, other tenant, CSRF",
 )
+shed = meter.create_counter(
+    "guardstream.review.shed",
+    unit="{request}",
+    description="Requests refused at the edge: body too large, busy, throttled, control characters",
+)
 
 # Gauges read what the review process's timer last counted (per tenant), not the database.
 queue_depth_by_tenant: dict[str, int] = {}

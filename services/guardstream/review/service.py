@@ -134,8 +134,10 @@ class ReviewService:
         qa_cadence: Cadence = "monthly",
         qa_sample_size: int = 100,
         qa_min_agreement: float = 0.9,
+        hashes: auth.HashPool | None = None,
     ) -> None:
         self.store = store
+        self.hashes = hashes or auth.HashPool(workers=1, queue=4)
         self.qa_cadence: Cadence = qa_cadence
         self.qa_sample_size = qa_sample_size
         self.qa_min_agreement = qa_min_agreement
@@ -161,7 +163,8 @@ class ReviewService:
     # --- authentication ----------------------------------------------------------------------
     async def login(self, reviewer_id: str, password: str) -> Reviewer:
         found = await self.store.reviewer_credentials(reviewer_id)
-        if found is None or not auth.verify_password(password, found[1]):
+        # Off the event loop; an unknown id costs the same hash work as a wrong password.
+        if not await self.hashes.verify(password, found[1] if found else None) or found is None:
             await self.store.audit_alone(
                 actor=None, action="login", outcome="denied", detail={"reviewer": reviewer_id}
             )
