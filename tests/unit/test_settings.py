@@ -46,6 +46,35 @@ def test_invalid_values_are_rejected_at_start_up(monkeypatch: pytest.MonkeyPatch
         Settings(_env_file=None)  # type: ignore[call-arg]
 
 
+def test_review_auth_settings_default_to_the_safe_side(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.review_cookie_secure is True
+    assert settings.review_forwarded_allow_ips == "127.0.0.1,::1"
+    assert settings.review_max_claims == 1
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "10.0.0.0/8, 192.168.1.7,*")  # uvicorn's name
+    monkeypatch.setenv("GUARDSTREAM_REVIEW_COOKIE_SECURE", "false")
+    settings = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert settings.review_forwarded_allow_ips == "10.0.0.0/8, 192.168.1.7,*"
+    assert settings.review_cookie_secure is False
+
+
+@pytest.mark.parametrize(
+    ("env", "value"),
+    [
+        ("GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS", "ingress-nginx"),
+        ("GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS", "10.0.0.0/8,,"),
+        ("GUARDSTREAM_REVIEW_MAX_CLAIMS", "0"),
+        ("GUARDSTREAM_REVIEW_COOKIE_SECURE", "maybe"),
+    ],
+)
+def test_review_auth_settings_refuse_what_they_cannot_mean(
+    monkeypatch: pytest.MonkeyPatch, env: str, value: str
+) -> None:
+    monkeypatch.setenv(env, value)
+    with pytest.raises(ValidationError, match="(?i)review_"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [

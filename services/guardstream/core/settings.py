@@ -7,6 +7,7 @@ and `guardstream settings` / `doctor` print: every URL there goes through `mask_
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import cached_property
 from pathlib import Path
@@ -616,6 +617,21 @@ class Settings(BaseSettings):
     def _check_namespace(cls, value: str) -> str:
         if value and not _NAMESPACE.match(value):
             raise ValueError("namespace: lowercase letters, digits, '-' and '_' (max 41)")
+        return value
+
+    @field_validator("review_forwarded_allow_ips")
+    @classmethod
+    def _check_forwarded_allow_ips(cls, value: str) -> str:
+        # A typo must not quietly trust nobody (or, worse, be read as a host name).
+        for item in (part.strip() for part in value.split(",")):
+            if item == "*":
+                continue
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"review_forwarded_allow_ips: {item!r} is not an address, a network or '*'"
+                ) from None
         return value
 
     @cached_property
