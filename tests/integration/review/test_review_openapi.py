@@ -62,7 +62,7 @@ async def test_schemathesis_finds_no_5xx_and_no_schema_violation(
     ]
     # The server runs on this event loop: the run is a child process awaited here.
     proc = await asyncio.create_subprocess_exec(
-        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path
     )
     out, _ = await proc.communicate()
     report = out.decode(errors="replace")
