@@ -4,7 +4,8 @@ Bearer tokens (`POST /api/v1/auth/token`) authenticate every other call. Errors 
 `{"detail": ..., "field": ...}` (`ErrorOut`, declared on every route that sends it): 401
 no/invalid/expired token, 403 role or tenant not allowed, 404 no such task (also for another
 tenant's task), 409 state conflict, 413 body too large, 422 invalid input (the value is never
-echoed back), 429 too many logins or anonymous requests (Retry-After), 503 busy (Retry-After) or
+echoed back), 429 too many logins (per id, per address, or at once) or anonymous requests
+(Retry-After), 503 busy (Retry-After) or
 the audit row could not be written (then nothing was done). The edge (`shield`) answers 413,
 429, 503 and 422 for control characters before a handler runs.
 """
@@ -89,7 +90,8 @@ _WHY = {
     409: "the task's state does not allow it",
     413: "request body too large",
     422: "invalid input; the submitted value is never echoed",
-    429: "too many login attempts, or too many requests without credentials (Retry-After)",
+    429: "too many logins (per id, per address or at once) or requests without credentials"
+    " (Retry-After)",
     503: "busy (Retry-After), or the audit log is unavailable and nothing was done",
 }
 
@@ -601,7 +603,7 @@ def install_error_handlers(app: FastAPI) -> None:
         review_metrics.shed.add(1, {"reason": "hashing_busy"})
         return JSONResponse(
             {"detail": "too many logins at once: retry shortly"},
-            status_code=503,
+            status_code=429,
             headers={"Retry-After": "1"},
         )
 

@@ -217,7 +217,7 @@ async def test_an_unknown_id_costs_the_same_hash_work_as_a_wrong_password(
     assert not auth.verify_password("", UNKNOWN_ID_HASH)
 
 
-async def test_a_full_hashing_pool_answers_503_at_once(console: Console) -> None:
+async def test_a_full_hashing_pool_answers_429_at_once(console: Console) -> None:
     await console.add_reviewer("alice", ("acme",))
     release = threading.Event()
     hashing = asyncio.Event()
@@ -239,7 +239,8 @@ async def test_a_full_hashing_pool_answers_503_at_once(console: Console) -> None
             second = await other.post(
                 "/api/v1/auth/token", json={"reviewer": "bob", "password": "x"}
             )
-            assert second.status_code == 503 and second.headers["Retry-After"] == "1"
+            assert second.status_code == 429 and second.headers["Retry-After"] == "1"
+            assert second.json()["detail"].startswith("too many logins at once")
             release.set()
             assert (await first).status_code == 401
     finally:
