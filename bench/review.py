@@ -431,6 +431,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "abuse_claim_p99_ms": under_abuse["claim_p99_ms"],
             "abuse_reviewer_requests": under_abuse["queue_n"] + under_abuse["claim_n"],
             "abuse_answers": answered,
+            # How hard the abusers pushed (answers and resets a second): bounded by the cores
+            # they share with everything else here.
+            "abuse_answers_per_s": round(sum(answered.values()) / (args.abuse_s + 2), 1),
             "saturated_queue_p99_ms": saturated.get("queue_p99_ms"),
             "saturated_claim_p99_ms": saturated.get("claim_p99_ms"),
             "saturated_requests_per_s": saturated.get("requests_per_s"),
