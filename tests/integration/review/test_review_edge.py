@@ -95,7 +95,8 @@ async def test_an_oversized_body_is_refused_without_being_read(console: Console)
     )
     assert status == 413, raw[:200]
     assert b"connection: close" in raw.lower()
-    assert sent < 400, f"{sent} chunks of 64 KiB went out before the 413"
+    # ~60 here: what the loopback's socket buffers take before the server's close is seen.
+    assert sent < 160, f"{sent} chunks of 64 KiB (of 800) went out before the 413"
     # An authenticated route's body is limited the same way, and the process still serves.
     await console.add_reviewer("alice", ("acme",))
     async with console.client("alice") as http:
