@@ -16,6 +16,13 @@ and a Kafka-protocol broker (a memory-only tansu started here unless `KAFKA_BOOT
    Each request is timed from send to full response; the first `--warmup-s` are dropped.
    Then a saturation run: the same loop with no pause, to show where the single process
    tops out on this machine (reported beside, not as the target).
+4. Abuse (issue 17): right after the paced run, the same paced reviewers for `--abuse-s`
+   while `--abusers` (default 200) unauthenticated clients in a child process hammer the API
+   without pause: half send junk logins (random ids and passwords), half POST
+   `--abuse-body-mb` (default 10) MB bodies, declared and chunked in turn. Reported: the
+   reviewer-facing p99 (queue + claim together) without and with the abuse, their ratio
+   (`abuse_p99_ratio`, target <= 3) and every 5xx anyone got meanwhile (`abuse_5xx`, target 0),
+   beside what the abusers were answered.
 
 Latencies include the audit row written (and committed) for every read, and for a decision
 the outbox relay publishing its Review, Decision and assignment events to the broker before
@@ -38,7 +45,8 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from urllib.error import URLError
@@ -157,6 +165,7 @@ async def reviewer_loop(
     think_s: float,
     timings: dict[str, list[float]],
     rng: random.Random,
+    server_errors: Counter[str],
 ) -> None:
     async with httpx.AsyncClient(
         base_url=base,
@@ -169,7 +178,10 @@ async def reviewer_loop(
             start = time.perf_counter()
             response = await http.request(method, url, **kw)  # type: ignore[arg-type]
             took = (time.perf_counter() - start) * 1000
-            response.raise_for_status()
+            if response.status_code >= 500:
+                server_errors[f"{name} {response.status_code}"] += 1
+            else:
+                response.raise_for_status()
             if time.monotonic() >= warm_until:
                 timings[name].append(took)
             return response
@@ -182,7 +194,8 @@ async def reviewer_loop(
         while time.monotonic() < stop_at:
             await timed("queue", "GET", "/api/v1/queue", params={"limit": 50})
             await pause()
-            task = (await timed("claim", "POST", "/api/v1/tasks/claim")).json()
+            claimed = await timed("claim", "POST", "/api/v1/tasks/claim")
+            task = claimed.json() if claimed.status_code == 200 else None
             await pause()
             if task:
                 await timed(
@@ -195,9 +208,15 @@ async def reviewer_loop(
 
 
 async def load(
-    base: str, tokens: dict[str, str], seconds: float, warmup_s: float, think_s: float
+    base: str,
+    tokens: dict[str, str],
+    seconds: float,
+    warmup_s: float,
+    think_s: float,
+    server_errors: Counter[str] | None = None,
 ) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {"queue": [], "claim": [], "decide": []}
+    errors: Counter[str] = Counter() if server_errors is None else server_errors
     now = time.monotonic()
     rng = random.Random(11)
     await asyncio.gather(
@@ -210,11 +229,86 @@ async def load(
                 think_s,
                 timings,
                 random.Random(rng.random()),
+                errors,
             )
             for token in tokens.values()
         )
     )
     return timings
+
+
+async def abuser(base: str, n: int, stop_at: float, body: bytes, answered: Counter[str]) -> None:
+    """One unauthenticated client without pause: junk logins (even n) or `body` (odd n),
+    declared and chunked in turn."""
+    rng = random.Random(n)
+    view = memoryview(body)
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(view), 65536):
+            yield bytes(view[start : start + 65536])
+
+    async with httpx.AsyncClient(
+        base_url=base, timeout=30, limits=httpx.Limits(max_connections=1)
+    ) as http:
+        i = 0
+        while time.monotonic() < stop_at:
+            i += 1
+            try:
+                if n % 2 == 0:
+                    junk = {
+                        "reviewer": f"r{rng.randrange(10**6)}",
+                        "password": secrets.token_hex(8),
+                    }
+                    response = await http.post("/api/v1/auth/token", json=junk)
+                else:
+                    response = await http.post(
+                        "/api/v1/auth/token",
+                        content=body if i % 2 else chunked(),
+                        headers={"Content-Type": "application/json"},
+                    )
+                answered[str(response.status_code)] += 1
+            except httpx.TransportError as exc:
+                # The server closes after a 413 without reading the rest of the body.
+                answered[type(exc).__name__] += 1
+
+
+async def abuse_only(base: str, clients: int, seconds: float, body_mb: int) -> dict[str, int]:
+    answered: Counter[str] = Counter()
+    stop_at = time.monotonic() + seconds
+    body = b"x" * (body_mb * 1024 * 1024)  # one copy, shared by every client
+    await asyncio.gather(*(abuser(base, n, stop_at, body, answered) for n in range(clients)))
+    return dict(answered)
+
+
+async def abused_load(
+    base: str, tokens: dict[str, str], args: argparse.Namespace
+) -> tuple[dict[str, list[float]], dict[str, int], Counter[str]]:
+    """The paced reviewers while the abusers run in a child process (their own event loop and
+    core share, as an attacker's would be)."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--abuse-only",
+        base,
+        "--abusers",
+        str(args.abusers),
+        "--abuse-s",
+        str(args.abuse_s + 2),
+        "--abuse-body-mb",
+        str(args.abuse_body_mb),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    await asyncio.sleep(2)  # the abusers are at full speed before the reviewers are timed
+    server_errors: Counter[str] = Counter()
+    timings = await load(base, tokens, args.abuse_s, args.warmup_s, args.think_s, server_errors)
+    out, _ = await child.communicate()
+    answered: dict[str, int] = json.loads(out.decode().strip().splitlines()[-1])
+    return timings, answered, server_errors
+
+
+def reviewer_p99(timings: dict[str, list[float]]) -> float:
+    """The reviewer-facing p99: the queue page and claims together."""
+    return round(pct(timings["queue"] + timings["claim"], 99), 2)
 
 
 def summary(timings: dict[str, list[float]], seconds: float) -> dict[str, float]:
@@ -299,6 +393,13 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         human = await load(base, tokens, args.seconds, args.warmup_s, args.think_s)
         paced = summary(human, args.seconds - args.warmup_s)
         print(f"paced ({args.reviewers} reviewers, think {args.think_s}s):", paced)
+        abused, answered, server_errors = await abused_load(base, tokens, args)
+        under_abuse = summary(abused, args.abuse_s - args.warmup_s)
+        abuse_5xx = sum(server_errors.values()) + sum(
+            n for status, n in answered.items() if status.isdigit() and int(status) >= 500
+        )
+        print(f"paced under abuse ({args.abusers} clients):", under_abuse)
+        print("abusers were answered:", answered, "reviewer 5xx:", dict(server_errors))
         saturated: dict[str, float] = {}
         if args.saturate_s > 0:
             flat = await load(base, tokens, args.saturate_s, 1.0, 0.0)
@@ -320,11 +421,25 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
             "decide_p50_ms": paced["decide_p50_ms"],
             "decide_p99_ms": paced["decide_p99_ms"],
             "requests_per_s": paced["requests_per_s"],
+            "abusers": args.abusers,
+            "abuse_body_mb": args.abuse_body_mb,
+            "reviewer_p99_ms": reviewer_p99(human),
+            "abuse_reviewer_p99_ms": reviewer_p99(abused),
+            "abuse_p99_ratio": round(reviewer_p99(abused) / reviewer_p99(human), 2),
+            "abuse_5xx": abuse_5xx,
+            "abuse_queue_p99_ms": under_abuse["queue_p99_ms"],
+            "abuse_claim_p99_ms": under_abuse["claim_p99_ms"],
+            "abuse_reviewer_requests": under_abuse["queue_n"] + under_abuse["claim_n"],
+            "abuse_answers": answered,
+            # How hard the abusers pushed (answers and resets a second): bounded by the cores
+            # they share with everything else here.
+            "abuse_answers_per_s": round(sum(answered.values()) / (args.abuse_s + 2), 1),
             "saturated_queue_p99_ms": saturated.get("queue_p99_ms"),
             "saturated_claim_p99_ms": saturated.get("claim_p99_ms"),
             "saturated_requests_per_s": saturated.get("requests_per_s"),
             "queue_depth_after": stats["queue_depth"],
             "target_queue_p99_ms": 50,
+            "target_abuse_p99_ratio": 3,
             "cpus": os.cpu_count(),
             # Other work on this machine during the run (1-minute load average, end of run).
             "load_avg_1m": round(os.getloadavg()[0], 2),
@@ -352,7 +467,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--think-s", type=float, default=1.0, help="mean pause between actions")
     parser.add_argument("--saturate-s", type=float, default=15.0, help="0 skips it")
     parser.add_argument("--pool", type=int, default=20, help="server's PostgreSQL pool size")
+    parser.add_argument("--abusers", type=int, default=200, help="unauthenticated clients")
+    parser.add_argument("--abuse-s", type=float, default=30.0, help="paced run under abuse")
+    parser.add_argument("--abuse-body-mb", type=int, default=10)
+    parser.add_argument("--abuse-only", metavar="URL", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.abuse_only:
+        # The abusers' child process: its answers as one JSON line.
+        answered = asyncio.run(
+            abuse_only(args.abuse_only, args.abusers, args.abuse_s, args.abuse_body_mb)
+        )
+        print(json.dumps(answered))
+        return 0
     result = asyncio.run(run(args))
     print(json.dumps(result, ensure_ascii=False))
     return 0

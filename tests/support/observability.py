@@ -55,6 +55,7 @@ FAILURE_ONLY_METRICS = frozenset(
         "guardstream_scorer_failures_total",
         "guardstream_sla_dlq_total",
         "guardstream_review_denied_total",
+        "guardstream_review_shed_total",
         "guardstream_review_samples_without_text_total",
     }
 )

@@ -341,6 +341,24 @@ def test_review_console_is_served_and_exposed_by_ingress(
     assert ingress["tls"] == [{"hosts": [rule["host"]], "secretName": "review-tls"}]
 
 
+def test_review_body_limit_is_the_same_at_the_ingress_and_in_the_app() -> None:
+    """Issue 17: an oversized body stops at the ingress, and at the app behind it."""
+    values = {"review": {"maxBodyBytes": 32768, "ingress": {"enabled": True}}}
+    docs = render(values)
+    annotations = by_kind(docs, "Ingress")["gs-review"]["metadata"]["annotations"]
+    assert annotations == {"nginx.ingress.kubernetes.io/proxy-body-size": "32768"}
+    review = by_kind(docs, "Deployment")["gs-review"]["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in review["containers"][0]["env"]}
+    assert env["GUARDSTREAM_REVIEW_MAX_BODY_BYTES"] == "32768"
+    # An annotation of the operator's own wins; the others are kept beside it.
+    values["review"]["ingress"]["annotations"] = {
+        "nginx.ingress.kubernetes.io/proxy-body-size": "1m",
+        "example.com/team": "trust-and-safety",
+    }
+    annotations = by_kind(render(values), "Ingress")["gs-review"]["metadata"]["annotations"]
+    assert annotations == values["review"]["ingress"]["annotations"]
+
+
 @pytest.mark.parametrize("kind", ["StatefulSet", "Deployment"])
 def test_sla_store_is_a_volume_or_memory_as_chosen(kind: str) -> None:
     docs = render({"sla": {"kind": kind}})

@@ -467,7 +467,7 @@ class Settings(BaseSettings):
         int, Field(ge=16, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_CONNECTIONS"))
     ] = 1024
     # Password checks (scrypt, 16 MiB and ~50 ms each) run on this many threads, at most
-    # `review_hash_queue` more waiting; past that a login is answered 503 at once.
+    # `review_hash_queue` more waiting; past that a login is answered 429 at once.
     review_hash_workers: Annotated[
         int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_HASH_WORKERS"))
     ] = 2

@@ -4,7 +4,8 @@ Bearer tokens (`POST /api/v1/auth/token`) authenticate every other call. Errors 
 `{"detail": ..., "field": ...}` (`ErrorOut`, declared on every route that sends it): 401
 no/invalid/expired token, 403 role or tenant not allowed, 404 no such task (also for another
 tenant's task), 409 state conflict, 413 body too large, 422 invalid input (the value is never
-echoed back), 429 too many logins or anonymous requests (Retry-After), 503 busy (Retry-After) or
+echoed back), 429 too many logins (per id, per address, or at once) or anonymous requests
+(Retry-After), 503 busy (Retry-After) or
 the audit row could not be written (then nothing was done). The edge (`shield`) answers 413,
 429, 503 and 422 for control characters before a handler runs.
 """
@@ -16,18 +17,29 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, FastAPI, Query, Request
+from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import AfterValidator, BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from guardstream.core.contracts import REVIEW_REASON_MAX, ReviewOutcome, Verdict
 from guardstream.review import metrics as review_metrics
 from guardstream.review.auth import HashPoolBusy
 from guardstream.review.logic import InvalidSubmission, Reviewer, Task, countdown
 from guardstream.review.service import Decided, ReviewError, ReviewService, TaskView
-from guardstream.review.shield import Edge, Throttled, free_text, identifier, secret_text
+from guardstream.review.shield import (
+    ID_PATTERN,
+    TEXT_PATTERN,
+    Edge,
+    Throttled,
+    free_text,
+    identifier,
+    secret_text,
+)
 from guardstream.review.store import AuditFailed, QueueFilter, QueueStats
 
 
@@ -53,9 +65,14 @@ async def bearer(
 
 Caller = Annotated[Reviewer, Depends(bearer)]
 
-# A string field that reaches the database or a log: no control characters (422 otherwise).
-Ident = Annotated[str, AfterValidator(identifier)]
-Text = Annotated[str, AfterValidator(free_text)]
+# A string that reaches the database or a log: no control characters (422 otherwise), and the
+# OpenAPI document says so (the pattern is documentation; the validator enforces it).
+Ident = Annotated[str, AfterValidator(identifier), Field(json_schema_extra={"pattern": ID_PATTERN})]
+Text = Annotated[str, AfterValidator(free_text), Field(json_schema_extra={"pattern": TEXT_PATTERN})]
+Secret = Annotated[str, AfterValidator(secret_text)]
+# Path and query strings: the edge (`shield.EdgeCheck`) refuses control characters in them.
+TaskId = Annotated[str, Path(json_schema_extra={"pattern": ID_PATTERN})]
+Filter = Annotated[str | None, Query(json_schema_extra={"pattern": ID_PATTERN})]
 
 
 class ErrorOut(BaseModel):
@@ -66,13 +83,15 @@ class ErrorOut(BaseModel):
 
 
 _WHY = {
+    400: "the body is not UTF-8",
     401: "no, invalid or expired credentials",
     403: "the caller's role or tenants do not allow it",
     404: "no such task (also another tenant's task)",
     409: "the task's state does not allow it",
     413: "request body too large",
     422: "invalid input; the submitted value is never echoed",
-    429: "too many login attempts, or too many requests without credentials (Retry-After)",
+    429: "too many logins (per id, per address or at once) or requests without credentials"
+    " (Retry-After)",
     503: "busy (Retry-After), or the audit log is unavailable and nothing was done",
 }
 
@@ -83,7 +102,7 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 class TokenRequest(BaseModel):
     reviewer: Ident = Field(min_length=1, max_length=128)
-    password: Annotated[str, AfterValidator(secret_text)] = Field(min_length=1, max_length=1024)
+    password: Secret = Field(min_length=1, max_length=1024)
 
 
 class TokenOut(BaseModel):
@@ -164,7 +183,11 @@ class DecisionIn(BaseModel):
     reason: Text | None = Field(
         None, description=f"required when correcting, at most {REVIEW_REASON_MAX} characters"
     )
-    tags: list[Ident] = Field(default_factory=list, description="at least one quick tag")
+    tags: list[Ident] = Field(
+        default_factory=list,
+        description="at least one quick tag",
+        json_schema_extra={"minItems": 1},  # checked by the service (its message)
+    )
     categories: list[Ident] | None = None
     refusal: bool | None = Field(
         None, description="response items only: did the assistant refuse? (omit: the model's)"
@@ -178,7 +201,11 @@ class QaDecisionIn(BaseModel):
     reason: Text | None = Field(
         None, description=f"why this label: always required, at most {REVIEW_REASON_MAX} characters"
     )
-    tags: list[Ident] = Field(default_factory=list, description="at least one quick tag")
+    tags: list[Ident] = Field(
+        default_factory=list,
+        description="at least one quick tag",
+        json_schema_extra={"minItems": 1},  # checked by the service (its message)
+    )
     categories: list[Ident] | None = None
     refusal: bool | None = Field(None, description="response items only: did the assistant refuse?")
 
@@ -303,7 +330,12 @@ def edge_of(request: Request) -> Edge:
     return edge
 
 
-@router.post("/auth/token", response_model=TokenOut, summary="Exchange credentials for a token")
+@router.post(
+    "/auth/token",
+    response_model=TokenOut,
+    responses=errors(400),
+    summary="Exchange credentials for a token",
+)
 async def token(request: Request, body: TokenRequest, svc: Service) -> TokenOut:
     await edge_of(request).admit_login(
         body.reviewer, request.client.host if request.client else None
@@ -319,10 +351,16 @@ async def token(request: Request, body: TokenRequest, svc: Service) -> TokenOut:
 async def queue(
     svc: Service,
     caller: Caller,
-    tenant: str | None = None,
-    lang: str | None = None,
-    category: str | None = None,
-    tag: Annotated[str | None, Query(description="a policy domain tag, e.g. 领域:公共卫生")] = None,
+    tenant: Filter = None,
+    lang: Filter = None,
+    category: Filter = None,
+    tag: Annotated[
+        str | None,
+        Query(
+            description="a policy domain tag, e.g. 领域:公共卫生",
+            json_schema_extra={"pattern": ID_PATTERN},
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> Response:
     tasks, stats = await svc.queue(caller, QueueFilter(tenant, lang, category, tag), limit)
@@ -368,7 +406,7 @@ async def claim(svc: Service, caller: Caller) -> Response:
     responses=errors(403, 404),
     summary="One task, with its text",
 )
-async def read_task(task_id: str, svc: Service, caller: Caller) -> TaskDetail:
+async def read_task(task_id: TaskId, svc: Service, caller: Caller) -> TaskDetail:
     view: TaskView = await svc.view(caller, task_id)
     base = TaskOut.of(view.task, svc.now()).model_dump()
     if view.text is not None:
@@ -382,27 +420,27 @@ async def read_task(task_id: str, svc: Service, caller: Caller) -> TaskDetail:
     responses=errors(403, 404, 409),
     summary="Give a task back",
 )
-async def release(task_id: str, svc: Service, caller: Caller) -> TaskOut:
+async def release(task_id: TaskId, svc: Service, caller: Caller) -> TaskOut:
     return TaskOut.of(await svc.release(caller, task_id), svc.now())
 
 
 @router.post(
     "/tasks/{task_id}/decision",
     response_model=DecidedOut,
-    responses=errors(403, 404, 409),
+    responses=errors(400, 403, 404, 409),
     summary="Decide a task: confirm or correct, reason, quick tags",
 )
-async def decide(task_id: str, body: DecisionIn, svc: Service, caller: Caller) -> DecidedOut:
+async def decide(task_id: TaskId, body: DecisionIn, svc: Service, caller: Caller) -> DecidedOut:
     return _decided(await svc.decide(caller, task_id, _form(body)), svc.now())
 
 
 @router.post(
     "/tasks/{task_id}/qa",
     response_model=DecidedOut,
-    responses=errors(403, 404, 409),
+    responses=errors(400, 403, 404, 409),
     summary="Senior re-review (QA)",
 )
-async def qa(task_id: str, body: DecisionIn, svc: Service, caller: Caller) -> DecidedOut:
+async def qa(task_id: TaskId, body: DecisionIn, svc: Service, caller: Caller) -> DecidedOut:
     return _decided(await svc.qa(caller, task_id, _form(body)), svc.now())
 
 
@@ -439,7 +477,7 @@ async def qa_queue(
     responses=errors(403, 404),
     summary="One QA item (blind)",
 )
-async def qa_item(task_id: str, svc: Service, caller: Caller) -> QaItemDetail:
+async def qa_item(task_id: TaskId, svc: Service, caller: Caller) -> QaItemDetail:
     entry, text = await svc.qa_view(caller, task_id)
     out = QaItemDetail(**TaskOut.of(entry.task, svc.now()).model_dump(), period=entry.period)
     if text is not None:
@@ -450,10 +488,12 @@ async def qa_item(task_id: str, svc: Service, caller: Caller) -> QaItemDetail:
 @router.post(
     "/qa/items/{task_id}",
     response_model=QaDecidedOut,
-    responses=errors(403, 404, 409),
+    responses=errors(400, 403, 404, 409),
     summary="Label a QA item (blind)",
 )
-async def qa_decide(task_id: str, body: QaDecisionIn, svc: Service, caller: Caller) -> QaDecidedOut:
+async def qa_decide(
+    task_id: TaskId, body: QaDecisionIn, svc: Service, caller: Caller
+) -> QaDecidedOut:
     form = _form(DecisionIn(outcome=ReviewOutcome.CORRECT, **body.model_dump()))
     result = await svc.qa(caller, task_id, form, blind=True)
     first = result.task.human_verdict
@@ -471,7 +511,7 @@ async def qa_decide(task_id: str, body: QaDecisionIn, svc: Service, caller: Call
     responses=errors(403, 404),
     summary="A QA batch's progress and per-reviewer agreement (`latest` for the newest)",
 )
-async def qa_batch(period: str, svc: Service, caller: Caller) -> Response:
+async def qa_batch(period: TaskId, svc: Service, caller: Caller) -> Response:
     report = await svc.qa_report(caller, None if period == "latest" else period[:32])
     if report is None:
         return JSONResponse({"detail": "no such QA batch"}, status_code=404)
@@ -521,6 +561,24 @@ def install_error_handlers(app: FastAPI) -> None:
 
     token_path = app.url_path_for("token")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 405:
+            # Starlette names only the first route matching the path; a path template served
+            # by two routes (GET and POST of a QA item) allows both. PARTIAL: the path matches,
+            # the method does not.
+            matching = [
+                r
+                for r in app.routes
+                if isinstance(r, Route) and r.matches(request.scope)[0] is not Match.NONE
+            ]
+            allowed: set[str] = set()
+            for route in matching:
+                if route.path == matching[0].path:
+                    allowed |= route.methods or set()
+            exc = StarletteHTTPException(405, exc.detail, {"Allow": ", ".join(sorted(allowed))})
+        return await http_exception_handler(request, exc)
+
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         # The documented body, without pydantic's `input`: a login's password is never echoed.
@@ -545,7 +603,7 @@ def install_error_handlers(app: FastAPI) -> None:
         review_metrics.shed.add(1, {"reason": "hashing_busy"})
         return JSONResponse(
             {"detail": "too many logins at once: retry shortly"},
-            status_code=503,
+            status_code=429,
             headers={"Retry-After": "1"},
         )
 

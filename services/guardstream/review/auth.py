@@ -51,7 +51,8 @@ UNKNOWN_ID_HASH = f"scrypt${_N}${_R}${_P}${'00' * 16}${'00' * 32}"
 
 
 class HashPoolBusy(Exception):
-    """Every hashing thread is busy and the queue is full: answered 503 with Retry-After."""
+    """Every hashing thread is busy and the queue is full: answered 429 with Retry-After (too
+    many logins at once; the server itself is not overloaded)."""
 
 
 class HashPool:

@@ -39,11 +39,18 @@ from guardstream.review.store import AuditFailed
 log = logging.getLogger(__name__)
 
 # Ids, query values and paths: no C0/C1 control character, no DEL, no lone surrogate.
-_NOT_IN_ID = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_ID_EXCLUDES = r"\x00-\x1f\x7f-\x9f\ud800-\udfff"
 # Free text (a reason): tab and line breaks are text; other controls and lone surrogates not.
-_NOT_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
+_TEXT_EXCLUDES = r"\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff"
 # Passwords are only hashed: anything UTF-8 can encode.
-_NOT_IN_SECRET = re.compile(r"[\ud800-\udfff]")
+_UNENCODABLE = r"\ud800-\udfff"
+_NOT_IN_ID = re.compile(f"[{_ID_EXCLUDES}]")
+_NOT_IN_TEXT = re.compile(f"[{_TEXT_EXCLUDES}]")
+_NOT_IN_SECRET = re.compile(f"[{_UNENCODABLE}]")
+# The same rules as JSON Schema patterns for the OpenAPI document, less the lone surrogates:
+# an ECMA pattern cannot name them, and a JSON text of valid Unicode holds none.
+ID_PATTERN = r"^[^\x00-\x1f\x7f-\x9f]*$"
+TEXT_PATTERN = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"
 
 EXEMPT = frozenset({"/healthz", "/readyz"})
 

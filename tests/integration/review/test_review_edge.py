@@ -95,7 +95,8 @@ async def test_an_oversized_body_is_refused_without_being_read(console: Console)
     )
     assert status == 413, raw[:200]
     assert b"connection: close" in raw.lower()
-    assert sent < 400, f"{sent} chunks of 64 KiB went out before the 413"
+    # ~60 here: what the loopback's socket buffers take before the server's close is seen.
+    assert sent < 160, f"{sent} chunks of 64 KiB (of 800) went out before the 413"
     # An authenticated route's body is limited the same way, and the process still serves.
     await console.add_reviewer("alice", ("acme",))
     async with console.client("alice") as http:
@@ -217,7 +218,7 @@ async def test_an_unknown_id_costs_the_same_hash_work_as_a_wrong_password(
     assert not auth.verify_password("", UNKNOWN_ID_HASH)
 
 
-async def test_a_full_hashing_pool_answers_503_at_once(console: Console) -> None:
+async def test_a_full_hashing_pool_answers_429_at_once(console: Console) -> None:
     await console.add_reviewer("alice", ("acme",))
     release = threading.Event()
     hashing = asyncio.Event()
@@ -239,7 +240,8 @@ async def test_a_full_hashing_pool_answers_503_at_once(console: Console) -> None
             second = await other.post(
                 "/api/v1/auth/token", json={"reviewer": "bob", "password": "x"}
             )
-            assert second.status_code == 503 and second.headers["Retry-After"] == "1"
+            assert second.status_code == 429 and second.headers["Retry-After"] == "1"
+            assert second.json()["detail"].startswith("too many logins at once")
             release.set()
             assert (await first).status_code == 401
     finally:
