@@ -71,7 +71,7 @@ def test_review_auth_settings_refuse_what_they_cannot_mean(
     monkeypatch: pytest.MonkeyPatch, env: str, value: str
 ) -> None:
     monkeypatch.setenv(env, value)
-    with pytest.raises(ValidationError, match="(?i)review_"):
+    with pytest.raises(ValidationError, match=r"(?i)review_"):
         Settings(_env_file=None)  # type: ignore[call-arg]
 
 
