@@ -62,12 +62,7 @@ async def session_of(request: Request) -> tuple[Reviewer, auth.Session]:
     session = auth.read_session(_auth(request).key, request.cookies.get(COOKIE), time.time())
     reviewer = await svc.from_session(session)
     if session is None or reviewer is None:
-        await svc.store.audit_alone(
-            actor=None,
-            action="console",
-            outcome="denied",
-            detail={"path": request.url.path, "why": "no valid session"},
-        )
+        await svc.refusals.record("console", {"path": request.url.path, "why": "no valid session"})
         if request.method == "GET":
             raise NeedLogin
         raise Unauthenticated("no valid session: log in again")

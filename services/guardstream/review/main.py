@@ -40,7 +40,6 @@ from guardstream.review.relay import OutboxRelay
 from guardstream.review.service import ReviewService
 from guardstream.review.shield import (
     BodyLimit,
-    DeniedAudit,
     Edge,
     EdgeCheck,
     InFlightLimit,
@@ -73,7 +72,7 @@ def create_app(
             per_address_per_min=settings.review_login_per_address_per_min,
             max_keys=settings.review_login_throttle_keys,
         ),
-        DeniedAudit(service.store.audit_alone, settings.review_denied_audit_per_s),
+        service.refusals,
     )
     app.state.edge = edge
     # Outermost last: the body limit first, then the character check, then the in-flight
@@ -153,6 +152,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
         qa_sample_size=settings.qa_sample_size,
         qa_min_agreement=settings.qa_agreement_min,
         hashes=hashes,
+        denied_audit_per_s=settings.review_denied_audit_per_s,
     )
     secret = settings.review_session_secret
     key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)

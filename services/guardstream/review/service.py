@@ -56,6 +56,7 @@ from guardstream.review.logic import (
     review_event,
     validate_submission,
 )
+from guardstream.review.shield import DeniedAudit
 from guardstream.review.store import (
     ClaimLimitReached,
     PostText,
@@ -135,8 +136,12 @@ class ReviewService:
         qa_sample_size: int = 100,
         qa_min_agreement: float = 0.9,
         hashes: auth.HashPool | None = None,
+        denied_audit_per_s: float = 10.0,
     ) -> None:
         self.store = store
+        # Refusals a stranger can cause at will (no or a made-up token, no session) are
+        # audited at a bounded rate; the rest are counted into the next row written.
+        self.refusals = DeniedAudit(store.audit_alone, denied_audit_per_s)
         self.hashes = hashes or auth.HashPool(workers=1, queue=4)
         self.qa_cadence: Cadence = qa_cadence
         self.qa_sample_size = qa_sample_size
@@ -180,21 +185,14 @@ class ReviewService:
 
     async def from_token(self, token: str | None, *, path: str) -> Reviewer:
         if not token:
-            await self.store.audit_alone(
-                actor=None, action="api", outcome="denied", detail={"path": path, "why": "none"}
-            )
+            await self.refusals.record("api", {"path": path, "why": "none"})
             review_metrics.denied.add(1, {"reason": "no_token"})
             raise Unauthenticated("missing bearer token")
         # Read on every request, never remembered: a revoked token, a changed password or a
         # disabled reviewer is refused from the next request on, on every replica.
         reviewer = await self.store.token_owner(auth.token_hash(token), self.now())
         if reviewer is None:
-            await self.store.audit_alone(
-                actor=None,
-                action="api",
-                outcome="denied",
-                detail={"path": path, "why": "invalid or expired token"},
-            )
+            await self.refusals.record("api", {"path": path, "why": "invalid or expired token"})
             review_metrics.denied.add(1, {"reason": "bad_token"})
             raise Unauthenticated("invalid or expired token")
         return reviewer

@@ -350,3 +350,23 @@ async def test_control_characters_are_refused_with_422_before_the_database(
         "SELECT count(*) AS n FROM audit WHERE actor = 'alice' AND action <> 'token.issue'"
     )
     assert reads[0]["n"] == 0
+
+
+async def test_made_up_tokens_and_sessions_are_audited_at_the_bounded_rate(
+    console: Console,
+) -> None:
+    # A stranger's refusals cost no audit row each: 40 requests without a token, with a
+    # made-up one and without a session write one row (the rate here is 0.001/s, burst 1),
+    # and that row's successor will carry the count of the rest.
+    async with httpx.AsyncClient(base_url=console.base_url, timeout=30) as http:
+        for n in range(40):
+            headers = {"Authorization": f"Bearer made-up-{n}"} if n % 2 else {}
+            assert (await http.get("/api/v1/queue", headers=headers)).status_code == 401
+        for _ in range(10):
+            assert (await http.post("/console/logout")).status_code in (401, 403)
+    rows = await console.sql(
+        "SELECT count(*) AS n FROM audit WHERE outcome = 'denied' AND actor IS NULL"
+        " AND action IN ('api', 'console')"
+    )
+    assert rows[0]["n"] == 1
+    assert console.review.service.refusals.suppressed == 49
