@@ -201,8 +201,9 @@ async def test_corrupt_cache_entry_is_dropped_and_rescored(
         normalise(text), kind="prompt", prompt=None, model=engine.model_id, adapter=None
     )
     client = redis.Redis.from_url(redis_url)
-    client.set(f"{settings.cache_prefix}verdict:{key}", b"\xff not a verdict")
     post = new_post(text)
+    name = f"{settings.cache_prefix}verdict:v2:m:{post.tenant}:{key}"  # the default pack's
+    client.set(name, b"\xff not a verdict")
     async with in_process(settings, engine, "triage", "scorer") as pipeline:
         await produce(settings, [(post.post_id.encode(), post.to_json())])
         verdicts = await wait_for_decisions(settings, {post.post_id}, timeout_s=120)
@@ -210,7 +211,7 @@ async def test_corrupt_cache_entry_is_dropped_and_rescored(
     (raw,) = next(iter(verdicts.decisions.values()))
     assert orjson.loads(raw)["source"] == "model"
     assert pipeline.scorer.counts["scored"] == 1
-    assert orjson.loads(client.get(f"{settings.cache_prefix}verdict:{key}"))["verdict"] == "unsafe"
+    assert orjson.loads(client.get(name))["verdict"] == "unsafe"
 
 
 async def test_rebalance_storm_loses_and_doubles_nothing(

@@ -219,3 +219,22 @@ async def test_a_human_verdict_and_its_reason_stay_with_their_tenant(
     assert secret in decided[acme.post_id].reason
     assert decided[beta.post_id].verdict is Verdict.SAFE  # the shared model verdict
     assert "note" not in decided[beta.post_id].reason
+
+
+async def test_another_tenants_post_with_the_same_event_id_is_not_a_replay(
+    triage_only: Pipeline,
+) -> None:
+    """Producers choose event ids: vault-2 reusing vault's event id must get its own handling,
+    never vault's recorded decision re-emitted as a replay (the journal names the tenant)."""
+    settings = triage_only.settings
+    await seed(settings, "vault", timedelta(minutes=1), Source.MODEL)
+    own = new_post(TEXT, tenant="vault")
+    decided = [d async for _, d in send_and_wait(settings, [own], timeout_s=60)]
+    assert [(d.post_id, d.source) for d in decided] == [(own.post_id, Source.CACHE)]
+    copycat = new_post(TEXT, tenant="vault-2").model_copy(update={"event_id": own.event_id})
+    await send(settings, [copycat])
+    requests = await wait_for_score_requests(settings, 1)
+    assert [(r.post_id, r.tenant, r.post_event_id) for r in requests] == [
+        (copycat.post_id, "vault-2", own.event_id)
+    ]
+    assert triage_only.triage.counts["replayed"] == 0

@@ -4,13 +4,13 @@
 -- their ids: the old keys were unique, so they stay unique under the wider keys, and nothing
 -- recomputes an old task's id (a replayed decision meets its task through the unique key).
 
+-- post_id leads both keys: the consumer's batch lookups go by post_id (`= ANY(...)`), then
+-- match the tenant; a (tenant, post_id) lookup uses the same index.
 ALTER TABLE post_texts DROP CONSTRAINT post_texts_pkey;
-ALTER TABLE post_texts ADD PRIMARY KEY (tenant, post_id);
+ALTER TABLE post_texts ADD PRIMARY KEY (post_id, tenant);
 
 ALTER TABLE tasks DROP CONSTRAINT tasks_post_id_policy_key;
-ALTER TABLE tasks ADD CONSTRAINT tasks_tenant_post_policy_key UNIQUE (tenant, post_id, policy);
--- Text lookups, the purge and the text-arrives-late join go by (tenant, post_id).
-CREATE INDEX tasks_post ON tasks (tenant, post_id);
+ALTER TABLE tasks ADD CONSTRAINT tasks_post_tenant_policy_key UNIQUE (post_id, tenant, policy);
 
 -- Human verdicts queued for the verdict cache were keyed by content key alone, and the cache
 -- applied a reviewer's verdict (and free-text reason) to every tenant's posts with that text.
