@@ -264,6 +264,7 @@ async def produce(settings: Settings, topic: Topic, records: list[tuple[bytes, s
 @dataclass
 class Outcome:
     dlq: Counter[tuple[str, str, int, int]]  # (group, topic, partition, offset)
+    why: dict[tuple[str, str, int, int], str]  # its reason: detail
     decided: dict[str, set[str]]  # post_event_id → decision ids
     texts: set[str]  # post ids with a stored text
     tasks: set[str]  # decision ids with a task
@@ -273,9 +274,12 @@ async def outcome(console: Console) -> Outcome:
     settings = console.settings
     names = TopicNames(settings.namespace)
     dlq: Counter[tuple[str, str, int, int]] = Counter()
+    why: dict[tuple[str, str, int, int], str] = {}
     for record in await read_records(settings, [names[Topic.DLQ]], timeout_s=30):
         dead = DlqRecord.from_json(record.value)
-        dlq[(dead.consumer, dead.origin.topic, dead.origin.partition, dead.origin.offset)] += 1
+        key = (dead.consumer, dead.origin.topic, dead.origin.partition, dead.origin.offset)
+        dlq[key] += 1
+        why[key] = f"{dead.reason}: {dead.detail}"
     decided: dict[str, set[str]] = {}
     actions = await read_records(settings, [names[t] for t in ACTION_TOPICS], timeout_s=30)
     for record in actions:  # actions.review also holds the corpus's own hostile decisions
@@ -286,7 +290,7 @@ async def outcome(console: Console) -> Outcome:
         decided.setdefault(decision.post_event_id, set()).add(decision.decision_id)
     texts = {row["post_id"] for row in await console.sql("SELECT post_id FROM post_texts")}
     tasks = {row["decision_id"] for row in await console.sql("SELECT decision_id FROM tasks")}
-    return Outcome(dlq, decided, texts, tasks)
+    return Outcome(dlq, why, decided, texts, tasks)
 
 
 def unaccounted(got: Outcome, settings: Settings, sent: dict[Topic, list[Sent]]) -> list[str]:
@@ -304,6 +308,20 @@ def unaccounted(got: Outcome, settings: Settings, sent: dict[Topic, list[Sent]])
     for record in sent[Topic.POSTS]:
         once("triage", record, len(got.decided.get(record.field("event_id") or "", ())))
         once("review", record, int(record.field("post_id") in got.texts))
+        # One contract, one limit: review refuses a post exactly when triage refuses it for
+        # what it is (triage alone also looks at its normalised form).
+        where = (record.topic, record.partition, record.offset)
+        by_triage, by_review = (
+            got.why.get((group("triage"), *where)),
+            got.why.get((group("review"), *where)),
+        )
+        own = by_triage is not None and (
+            by_triage.startswith("empty_text") or "normalised" in by_triage
+        )
+        if (by_triage is None or own) != (by_review is None):
+            problems.append(
+                f"posts {'/'.join(map(str, where))}: triage {by_triage}, review {by_review}"
+            )
     for record in sent[Topic.SCORE_REQUESTS]:
         once("scorer", record, len(got.decided.get(record.field("post_event_id") or "", ())))
     for record in sent[Topic.REVIEW]:
