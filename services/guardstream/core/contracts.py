@@ -23,7 +23,6 @@ from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
 import orjson
 from pydantic import (
-    AfterValidator,
     AwareDatetime,
     BaseModel,
     BeforeValidator,
@@ -55,28 +54,26 @@ Confidence = Annotated[StrictFloat, Field(ge=0.0, le=1.0)]
 Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
 
 
-def _timestamp_text(value: object) -> object:
-    # JSON Schema says date-time *string*; lax pydantic would also take epoch numbers.
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        raise ValueError("timestamps are RFC 3339 strings")  # noqa: TRY004
-    return value
-
-
 # Years every consumer can do arithmetic on (SLA deadlines, UTC conversion, PostgreSQL's
 # timestamptz) without overflowing: 9999-12-31 plus an SLA is no datetime at all. The year as
 # written is checked, as the schemas' pattern checks it.
 YEARS = range(1970, 9000)
 
 
-def _timestamp_range(value: datetime) -> datetime:
-    if value.year not in YEARS:
+def _timestamp_text(value: object) -> object:
+    # JSON Schema says date-time *string*; lax pydantic would also take epoch numbers.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        raise ValueError("timestamps are RFC 3339 strings")  # noqa: TRY004
+    if isinstance(value, str):
+        year = int(value[:4]) if value[:4].isdigit() else None
+    else:
+        year = value.year if isinstance(value, datetime) else None
+    if year is not None and year not in YEARS:
         raise ValueError(f"timestamps lie in the years {YEARS.start}-{YEARS.stop - 1}")
     return value
 
 
-Timestamp = Annotated[
-    AwareDatetime, BeforeValidator(_timestamp_text), AfterValidator(_timestamp_range)
-]
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_timestamp_text)]
 
 
 class Verdict(enum.StrEnum):
