@@ -1,7 +1,7 @@
 """The adversarial corpus report: per attack family, was the prompt's structure preserved and
 what did the model decide?
 
-Runs `services/guardstream/devtools/corpus/adversarial-v2.jsonl` (or `--corpus`) through the
+Runs `services/guardstream/devtools/corpus/adversarial-v3.jsonl` (or `--corpus`) through the
 real pipeline in this process: triage and the scorer through their entry points, a real
 Kafka-protocol broker (a memory-only tansu started here unless `KAFKA_BOOTSTRAP` is set), the
 real Redis (`REDIS_URL`) and the vLLM engine serving `GUARDSTREAM_MODEL` (default `tiny`, the

@@ -4,9 +4,12 @@ and readers see a change without restarting."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guardstream.core.adapters import AdapterError, AdapterRegistry
 
@@ -107,3 +110,62 @@ def test_a_shadow_candidate_shadows_the_traffic_it_would_serve(tmp_path: Path) -
     assert writer.card("all-2")["shadow_outcome"]["why"] == "lost on live traffic"
     history = json.loads((tmp_path / "reg" / "registry.json").read_text())["history"]
     assert [h.get("shadow", "-") for h in history] == ["-", "all-2", "acme-2", "acme-3", "-", None]
+
+
+def write_entry(registry: AdapterRegistry, adapter_id: str, path: str) -> None:
+    """Edit registry.json by hand, as anyone with write access to the volume could."""
+    data = json.loads((registry.root / "registry.json").read_text())
+    data["adapters"][adapter_id] = {"path": path, "tenant": "*", "registered_at": "2026-01-01"}
+    data["serving"]["*"] = adapter_id
+    (registry.root / "registry.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../../outside", "/etc", "adapters/../../outside", "adapters", ".", "adapters/link-out"],
+)
+def test_entries_pointing_outside_the_registry_are_never_served(tmp_path: Path, path: str) -> None:
+    registry = AdapterRegistry(tmp_path / "reg")
+    registry.register("fb-1", peft_dir(tmp_path, "a"))
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "adapter_config.json").write_text("{}")
+    (registry.root / "adapters" / "link-out").symlink_to(tmp_path / "outside")
+    write_entry(registry, "evil", path)
+    snapshot = registry.snapshot(fresh=True)
+    assert "evil" not in snapshot.adapters and registry.serving_for("t") is None
+    assert registry.get("evil") is None
+    assert snapshot.adapters["fb-1"].path == (registry.root / "adapters" / "fb-1").resolve()
+
+
+def test_a_link_inside_an_adapter_directory_leading_out_drops_it(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "reg")
+    adapter = registry.register("fb-1", peft_dir(tmp_path, "a"))
+    registry.promote("fb-1")
+    (adapter.path / "adapter_model.safetensors").unlink()
+    (adapter.path / "adapter_model.safetensors").symlink_to("/etc/passwd")
+    assert registry.snapshot(fresh=True).adapters == {}
+    assert registry.serving_for("t") is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    adapter_id=st.text(max_size=70),
+    path=st.one_of(
+        st.text(max_size=40),
+        st.lists(st.sampled_from(["..", ".", "adapters", "fb-1", "/", "etc", "x"]), max_size=6).map(
+            "/".join
+        ),
+    ),
+)
+def test_whatever_an_entry_says_a_served_path_is_inside_the_registry(
+    tmp_path_factory: pytest.TempPathFactory, adapter_id: str, path: str
+) -> None:
+    root = tmp_path_factory.mktemp("reg")
+    registry = AdapterRegistry(root / "reg")
+    registry.register("fb-1", peft_dir(root, "a"))
+    write_entry(registry, adapter_id, path)
+    home = (registry.root / "adapters").resolve()
+    for found in registry.snapshot(fresh=True).adapters.values():
+        assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", found.adapter_id)
+        assert found.path.is_relative_to(home) and found.path != home
+        assert found.path == found.path.resolve()

@@ -12,6 +12,13 @@ Writers (the feedback job, an operator) change it under a file lock and replace 
 readers re-read it when its modification time changes, so a promotion reaches running
 processes within one poll without a restart.
 
+What is read is checked, not only what is written (the file sits on a shared volume anyone
+with write access could edit): an entry whose id is not a valid id, whose path resolves
+(symlinks followed) outside `adapters/` of the registry root, or whose directory holds a link
+leading out of it is dropped with an error log, so a tenant it would serve gets the base model
+and vLLM's LoRA loader never reads a file outside the registry. `Adapter.path` is the resolved
+directory.
+
 Triage puts the serving adapter's id into the content key and the score request, so cached
 verdicts of the previous adapter are never reused; the scorer serves whichever adapter the
 request names (one vLLM engine, one LoRA request per adapter) and, for a tenant with a shadow
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,8 +42,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 EVERY_TENANT = "*"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_TENANT = re.compile(r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$")
 
 
 class AdapterError(ValueError):
@@ -123,13 +134,49 @@ class AdapterRegistry:
 
     def _read(self) -> Snapshot:
         data = json.loads(self._file.read_text(encoding="utf-8"))
-        adapters = {
-            adapter_id: Adapter(
-                adapter_id, self.root / entry["path"], entry["tenant"], entry["registered_at"]
-            )
-            for adapter_id, entry in data.get("adapters", {}).items()
-        }
-        return Snapshot(adapters, dict(data.get("serving", {})), dict(data.get("shadow", {})))
+        adapters: dict[str, Adapter] = {}
+        for adapter_id, entry in _mapping(data.get("adapters")).items():
+            try:
+                adapters[adapter_id] = self._checked_entry(adapter_id, entry)
+            except AdapterError as exc:
+                log.error(  # noqa: TRY400 - the reason is the message; no traceback to add
+                    "adapter entry dropped",
+                    extra={"adapter": repr(adapter_id)[:80], "why": str(exc)},
+                )
+        return Snapshot(
+            adapters,
+            _choices(data.get("serving"), adapters),
+            _choices(data.get("shadow"), adapters),
+        )
+
+    def _checked_entry(self, adapter_id: str, entry: Any) -> Adapter:
+        """`entry` as an `Adapter` whose files all lie inside this registry's `adapters/`."""
+        if not _ID.match(adapter_id):
+            raise AdapterError("not a valid adapter id")
+        if not isinstance(entry, dict):
+            raise AdapterError("not an object")
+        relative, tenant, registered_at = (
+            entry.get(k) for k in ("path", "tenant", "registered_at")
+        )
+        if not (
+            isinstance(relative, str) and isinstance(tenant, str) and isinstance(registered_at, str)
+        ):
+            raise AdapterError("path, tenant and registered_at must be strings")
+        if not _TENANT.match(tenant):
+            raise AdapterError("not a valid tenant")
+        home = (self.root / "adapters").resolve()
+        try:
+            path = (self.root / relative).resolve(strict=True)
+            outside = [
+                f.name for f in path.iterdir() if not f.resolve(strict=True).is_relative_to(path)
+            ]
+        except (OSError, RuntimeError, ValueError) as exc:  # missing, a link loop, a NUL
+            raise AdapterError(f"path does not resolve ({type(exc).__name__})") from None
+        if path == home or not path.is_relative_to(home) or not path.is_dir():
+            raise AdapterError("path is not a directory inside the registry's adapters/")
+        if outside:
+            raise AdapterError(f"links leading out of the adapter directory: {outside[:3]}")
+        return Adapter(adapter_id, path, tenant, registered_at)
 
     # --- writing ------------------------------------------------------------------------
     @contextmanager
@@ -248,6 +295,19 @@ class AdapterRegistry:
             data.setdefault("history", []).append(
                 {"at": datetime.now(UTC).isoformat(), "tenant": tenant, "serving": None}
             )
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return {k: v for k, v in value.items() if isinstance(k, str)} if isinstance(value, dict) else {}
+
+
+def _choices(value: Any, adapters: dict[str, Adapter]) -> dict[str, str]:
+    """A serving or shadow map, keeping only valid tenants that name a valid adapter."""
+    return {
+        tenant: chosen
+        for tenant, chosen in _mapping(value).items()
+        if _TENANT.match(tenant) and isinstance(chosen, str) and chosen in adapters
+    }
 
 
 def _registered(data: dict[str, Any], adapter_id: str) -> dict[str, Any]:

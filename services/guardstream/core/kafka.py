@@ -14,11 +14,17 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.partitioner import murmur2
 
 from guardstream.core import tracing
@@ -29,6 +35,27 @@ from guardstream.core.topics import CATALOGUE, Topic, TopicNames
 log = logging.getLogger(__name__)
 
 Headers = list[tuple[str, bytes]]
+
+# Produce errors no retry can fix: the producer or the broker refuses the record (too large)
+# or its topic (invalid name, no write permission) for good. Every other failed delivery is
+# transient (broker down, leader moving, timeout) and the batch is retried.
+PERMANENT_PRODUCE_ERRORS: tuple[type[Exception], ...] = (
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    InvalidTopicError,
+    TopicAuthorizationFailedError,
+)
+
+
+class OutputRejected(Exception):
+    """An output of the batch was refused for good (`error`, one of `PERMANENT_PRODUCE_ERRORS`):
+    retrying cannot help; the input it derives from goes to the DLQ (`core.outbox`)."""
+
+    retriable: ClassVar[bool] = False
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(f"output refused: {type(error).__name__}")
+        self.error = error
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
@@ -231,9 +258,11 @@ async def dead_letter(
     consumer: str,
     max_request_bytes: int,
     attempts: int = 1,
+    max_payload: int | None = None,
 ) -> asyncio.Future[Any]:
     """Queue `record` for the DLQ with its origin and reason; returns the delivery future.
-    The DLQ record continues the rejected record's trace."""
+    The DLQ record continues the rejected record's trace. It keeps at most `max_payload` bytes
+    of the payload (default: 70% of `max_request_bytes`; its size and SHA-256 always)."""
     with tracing.record_scope(record):
         log.warning(
             "record rejected to DLQ",
@@ -251,7 +280,7 @@ async def dead_letter(
         reason=error.reason,
         detail=error.detail,
         attempts=attempts,
-        max_payload=max_request_bytes * 7 // 10,
+        max_payload=max_request_bytes * 7 // 10 if max_payload is None else max_payload,
     )
     future: asyncio.Future[Any] = await producer.send(
         dlq_topic,

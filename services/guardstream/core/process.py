@@ -2,9 +2,10 @@
 
 SIGTERM / SIGINT stop fetching; in-flight batches get the drain budget to finish; the done
 watermark is committed; clients close; the process exits 0 and logs what it drained and
-committed. Readiness turns true once the consumer holds partitions. Before it consumes, the
-garbage collector is set for a long-lived process that allocates per record
-(`settle_garbage_collector`).
+committed. An input whose output the broker refuses for good goes to the DLQ with an alert
+(`outbox.isolating_rejections`); the process goes on. Readiness turns true once the consumer
+holds partitions. Before it consumes, the garbage collector is set for a long-lived process
+that allocates per record (`settle_garbage_collector`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from guardstream.core.health import HealthServer
 from guardstream.core.kafka import make_consumer, make_producer
 from guardstream.core.loop import BatchHandler, BatchLoop, LoopConfig, LoopReport
+from guardstream.core.outbox import isolating_rejections
 from guardstream.core.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -87,7 +89,7 @@ async def serve(
         # The handler is built first: loading a model takes minutes, a broker connection not.
         producer = make_producer(settings, client_id=f"guardstream-{name}")
         stack.push_async_callback(producer.stop)
-        handler = await build(producer, stack)
+        handler = isolating_rejections(await build(producer, stack), producer, settings, name)
         await producer.start()
         consumer = make_consumer(
             settings,

@@ -1,6 +1,6 @@
 """The versioned adversarial corpus, run through the real pipeline, and what it shows.
 
-`corpus/adversarial-v2.jsonl` (the latest version) holds attacks by family (prompt injection,
+`corpus/adversarial-v3.jsonl` (the latest version) holds attacks by family (prompt injection,
 chat-template token forgery, invisible characters, homoglyphs, benign padding + harmful tail,
 mixed languages) and benign controls. `run_corpus` sends every entry as a post through triage
 and the scorer (real broker, Redis and guard engine), records the conversation the engine was

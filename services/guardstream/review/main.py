@@ -25,7 +25,8 @@ from fastapi.responses import JSONResponse
 from guardstream.core.cache import RedisVerdictCache
 from guardstream.core.contracts import utcnow
 from guardstream.core.kafka import make_consumer, make_producer
-from guardstream.core.loop import BatchLoop, LoopConfig
+from guardstream.core.loop import BatchHandler, BatchLoop, LoopConfig
+from guardstream.core.outbox import isolating_rejections
 from guardstream.core.settings import Settings
 from guardstream.core.topics import TopicNames
 from guardstream.feedback.archive import Archive
@@ -111,6 +112,7 @@ class Review:
     relay: OutboxRelay
     consumer: ReviewConsumer
     app: FastAPI
+    handle: BatchHandler  # the consumer's, with refused outputs isolated (core.outbox)
 
 
 class _Server(uvicorn.Server):
@@ -161,7 +163,8 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
     ready = {"assigned": False}
     app = create_app(service, console, lambda: ready["assigned"], settings)
     app.state.ready_flags = ready
-    return Review(settings, store, service, relay, handler, app)
+    handle = isolating_rejections(handler.handle, producer, settings, "review")
+    return Review(settings, store, service, relay, handler, app, handle)
 
 
 async def _background(review: Review, stop: asyncio.Event) -> None:
@@ -217,7 +220,7 @@ async def run(
         )
         loop = BatchLoop(
             consumer,
-            review.consumer.handle,
+            review.handle,
             LoopConfig(
                 name="review",
                 max_records=settings.review_batch_max,

@@ -2,9 +2,10 @@
 the verdict cache.
 
 At-least-once: an item is marked sent only after the broker acknowledged it (or Redis stored
-it); a failure leaves it for the next round. Items carry deterministic ids, so a re-send is a
-harmless, recognisable replay. Rows are taken `FOR UPDATE SKIP LOCKED`, so several console
-replicas never send the same row at once.
+it, or the feedback archive fsynced it); a failure leaves that item for the next round and
+marks the others sent (an archive or Redis outage never makes events go out again). Items
+carry deterministic ids, so a re-send is a harmless, recognisable replay. Rows are taken
+`FOR UPDATE SKIP LOCKED`, so several console replicas never send the same row at once.
 """
 
 from __future__ import annotations
@@ -161,14 +162,10 @@ class OutboxRelay:
                     )
                     done.append(row["id"])
             await asyncio.gather(*futures)
-            # Cache writes apart: Redis being down must not hold back (or re-send) events.
-            if samples and self._archive is not None:
-                # The archive fsyncs before returning; a failure leaves the rows queued.
-                archived = [FeedbackSample.from_json(bytes(row["payload"])) for row in samples]
-                await asyncio.to_thread(self._archive.append, archived)
-                for sample in archived:
-                    review_metrics.feedback_samples.add(1, {"tenant": sample.tenant})
-                done.extend(row["id"] for row in samples)
+            # Archive and cache writes apart: an archive or Redis outage must not hold back (or
+            # re-send) events; what failed stays queued on its own.
+            if samples:
+                done.extend(await self._archived(samples))
             for row in rows:
                 if row["kind"] == "human_verdict":
                     entry = CachedVerdict.model_validate_json(bytes(row["payload"]))
@@ -182,6 +179,25 @@ class OutboxRelay:
             )
         self.sent += len(done)
         return len(done)
+
+    async def _archived(self, samples: list[Any]) -> list[int]:
+        """Append the feedback samples of `samples` (outbox rows) to the archive, which fsyncs
+        before returning; their ids, or none when the archive failed (they stay queued)."""
+        if self._archive is None:
+            return []
+        try:
+            archived = [FeedbackSample.from_json(bytes(row["payload"])) for row in samples]
+            await asyncio.to_thread(self._archive.append, archived)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the archive unwritable: retried next round
+            log.warning(
+                "feedback archive failed; samples stay queued", extra={"error": type(exc).__name__}
+            )
+            return []
+        for sample in archived:
+            review_metrics.feedback_samples.add(1, {"tenant": sample.tenant})
+        return [row["id"] for row in samples]
 
     async def drain(self) -> None:
         while await self.relay_once() >= self._batch:

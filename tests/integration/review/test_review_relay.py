@@ -1,9 +1,11 @@
-"""The outbox relay: events reach the broker even while Redis is unreachable; the human
-verdict waits in the outbox (not lost, not re-sending events) and lands once Redis answers."""
+"""The outbox relay: events reach the broker even while Redis or the feedback archive is
+unavailable; the human verdict (or feedback sample) waits in the outbox (not lost, not
+re-sending events) and lands once Redis (the archive) answers."""
 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -13,10 +15,12 @@ from guardstream.core.contracts import Source, Verdict
 from guardstream.core.kafka import ensure_topics, make_producer
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
+from guardstream.feedback.archive import Archive
 from guardstream.review.relay import OutboxRelay
 from guardstream.review.store import ReviewStore
 from tests.conftest import free_port
 from tests.integration.review.conftest import read_topic
+from tests.support.feedback import taught_samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -62,5 +66,42 @@ async def test_a_redis_outage_holds_back_only_the_cache_write(review_settings: S
     finally:
         await dead.close()
         await live.close()
+        await producer.stop()
+        await store.close()
+
+
+async def test_an_archive_outage_holds_back_only_the_samples(
+    review_settings: Settings, tmp_path: Path
+) -> None:
+    settings = review_settings
+    await ensure_topics(settings)
+    store = await ReviewStore.open(settings)
+    producer = make_producer(settings, client_id="relay-test")
+    await producer.start()
+    cache = RedisVerdictCache.from_settings(settings)
+    blocked = tmp_path / "not-a-directory"
+    blocked.write_text("the archive root is a file: every append fails")
+    sample = taught_samples()[0]
+    try:
+        async with store.transaction() as tx:
+            await tx.enqueue("event", Topic.REVIEWS.value, "p1", b'{"n": 1}')
+            await tx.enqueue("feedback_sample", "archive", sample.sample_id, sample.to_json())
+            await tx.enqueue("event", Topic.REVIEWS.value, "p1", b'{"n": 2}')
+        names = TopicNames(settings.namespace)
+        down = OutboxRelay(store, producer, cache, names, archive=Archive(blocked))
+        assert await down.relay_once() == 2  # both events, not the sample
+        for _ in range(3):  # every later round: nothing sent again
+            assert await down.relay_once() == 0
+        assert [u.kind for u in await store.unsent(10)] == ["feedback_sample"]
+
+        archive = Archive(tmp_path / "archive")
+        up = OutboxRelay(store, producer, cache, names, archive=archive)
+        assert await up.relay_once() == 1
+        assert [s.sample_id for s in archive.read()] == [sample.sample_id]
+        assert await store.unsent(10) == []
+        # Each event reached the broker exactly once through the outage.
+        assert [r["n"] for r in await read_topic(settings, Topic.REVIEWS, 3, within=2)] == [1, 2]
+    finally:
+        await cache.close()
         await producer.stop()
         await store.close()
