@@ -50,7 +50,7 @@ from guardstream.core.kafka import (
     dead_letter,
     key_partitions,
 )
-from guardstream.core.loop import BatchHandler, Records, TransientError
+from guardstream.core.loop import BatchHandler, Records, TransientError, isolate
 from guardstream.core.settings import Settings
 from guardstream.core.topics import Topic, TopicNames
 
@@ -211,11 +211,16 @@ def isolating_rejections(
     group = settings.group_id(process)
     max_request_bytes = settings.kafka_max_request_bytes
 
-    async def reject(record: ConsumerRecord[bytes, bytes], error: BaseException) -> None:
-        name = type(error).__name__
-        problem = ContractError(
+    def refused(exc: BaseException) -> ContractError | None:
+        if not isinstance(exc, REJECTIONS):
+            return None  # transient or a bug: the loop's business
+        name = type(exc.error if isinstance(exc, OutputRejected) else exc).__name__
+        return ContractError(
             OUTPUT_REJECTED, f"{name}: an output of this record was refused by the broker"
         )
+
+    async def reject(record: ConsumerRecord[bytes, bytes], problem: ContractError) -> None:
+        name = problem.detail.split(":", 1)[0]
         sent = await _refused_or_sent(
             dead_letter(
                 producer,
@@ -280,16 +285,7 @@ def isolating_rejections(
         )
 
     async def handle(records: Records) -> None:
-        try:
-            await handler(records)
-        except REJECTIONS as exc:
-            error = exc.error if isinstance(exc, OutputRejected) else exc
-            if len(records) == 1:
-                await reject(records[0], error)
-                return
-            middle = len(records) // 2
-            await handle(records[:middle])
-            await handle(records[middle:])
+        await isolate(records, handler, refused, reject)  # the same halving as a store's refusal
 
     return handle
 
