@@ -419,7 +419,7 @@ def string_slots(doc: dict[str, Any]) -> list[tuple[str, ...]]:
     closed |= {"source", "outcome", "stage", "event", "severity", "model_verdict"}
     closed |= {"serving_verdict", "candidate_verdict", "produced_at", "created_at"}
     closed |= {"decided_at", "received_at", "reviewed_at", "at", "deadline", "raised_at"}
-    closed |= {"serving_decided_at", "candidate_decided_at", "consumer_reason"}
+    closed |= {"serving_decided_at", "candidate_decided_at"}
     slots: list[tuple[str, ...]] = []
     for key, value in doc.items():
         if key in closed or (key == "reason" and doc is DLQ):
