@@ -10,6 +10,7 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import TypeAdapter, ValidationError
 
 from guardstream.core.contracts import (
     Alert,
@@ -17,14 +18,19 @@ from guardstream.core.contracts import (
     Decision,
     DlqRecord,
     Envelope,
+    FreeText,
+    Line,
     Post,
     Review,
     ReviewAssignment,
     ScoreRequest,
     ShadowRecord,
     SlaEvent,
+    Verdict,
+    allowed_characters,
     within_text_limit,
 )
+from guardstream.review.logic import InvalidSubmission, validate_submission
 
 pytestmark = pytest.mark.unit
 
@@ -402,6 +408,7 @@ CONTROLS = [chr(c) for c in (*range(0x00, 0x20), *range(0x7F, 0xA0))]
 FREE_TEXT_WHITESPACE = {"\t", "\n", "\r"}
 FREE_TEXT_FIELDS = {"text", "prompt", "prompt_prefix", "reason", "detail", "summary"}
 SURROGATES = st.integers(0xD800, 0xDFFF).map(chr)
+AROUND_TEXT = st.text(max_size=5)
 
 
 def string_slots(doc: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -412,7 +419,7 @@ def string_slots(doc: dict[str, Any]) -> list[tuple[str, ...]]:
     closed |= {"source", "outcome", "stage", "event", "severity", "model_verdict"}
     closed |= {"serving_verdict", "candidate_verdict", "produced_at", "created_at"}
     closed |= {"decided_at", "received_at", "reviewed_at", "at", "deadline", "raised_at"}
-    closed |= {"serving_decided_at", "candidate_decided_at", "consumer_reason"}
+    closed |= {"serving_decided_at", "candidate_decided_at"}
     slots: list[tuple[str, ...]] = []
     for key, value in doc.items():
         if key in closed or (key == "reason" and doc is DLQ):
@@ -524,3 +531,36 @@ def test_the_text_limit_counts_text_and_prompt(text: str, prompt: str | None, li
         with pytest.raises(ContractError) as info:
             within_text_limit(post, limit)
         assert info.value.reason == "text_too_long"
+
+
+@given(
+    value=st.text(max_size=20)
+    | st.tuples(AROUND_TEXT, st.sampled_from(CONTROLS), AROUND_TEXT).map("".join)
+)
+def test_the_early_character_check_is_the_contract_s(value: str) -> None:
+    for free_text, field in ((False, Line), (True, FreeText)):
+        try:
+            TypeAdapter(field).validate_python(value)
+        except ValidationError:
+            accepted = False
+        else:
+            accepted = True
+        assert allowed_characters(value, free_text=free_text) is accepted
+
+
+def test_a_reviewer_s_reason_or_category_with_a_control_character_is_a_submission_error() -> None:
+    common = {
+        "outcome": "correct",
+        "verdict": "unsafe",
+        "model_verdict": Verdict.SAFE,
+        "model_categories": (),
+        "tags": ["t"],
+        "allowed_tags": ["t"],
+    }
+    with pytest.raises(InvalidSubmission) as info:
+        validate_submission(reason="bad\x00reason", categories=None, **common)
+    assert info.value.field == "reason"
+    with pytest.raises(InvalidSubmission) as info:
+        validate_submission(reason="ok", categories=["Vio\x85lent"], **common)
+    assert info.value.field == "categories"
+    assert validate_submission(reason="line one\nline two", categories=None, **common).reason

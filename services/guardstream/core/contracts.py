@@ -18,6 +18,7 @@ consumer of posts and score requests calls.
 from __future__ import annotations
 
 import enum
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
 
@@ -43,6 +44,18 @@ SCHEMA_VERSION = "1.0"
 LINE = r"^[^\x00-\x1f\x7f-\x9f]*$"  # ids, names, labels: one line of printable text
 FREE_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]*$"  # may also hold \t \n \r
 _CHARACTER_PATTERNS = frozenset((LINE, FREE_TEXT))
+# The same rule for text checked before an event is built (a reviewer's reason, say), so
+# a person hears what is wrong instead of the event failing its contract.
+_FORBIDDEN_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_FORBIDDEN_IN_FREE_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def allowed_characters(value: str, *, free_text: bool = False) -> bool:
+    """Whether `value` keeps the character rule (`FREE_TEXT` when `free_text`, else `LINE`)."""
+    forbidden = _FORBIDDEN_IN_FREE_TEXT if free_text else _FORBIDDEN_IN_LINE
+    return forbidden.search(value) is None
+
+
 Line = Annotated[str, Field(pattern=LINE)]
 FreeText = Annotated[str, Field(pattern=FREE_TEXT)]
 Id = Annotated[Line, Field(min_length=1, max_length=128)]

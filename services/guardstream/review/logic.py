@@ -25,6 +25,7 @@ from guardstream.core.contracts import (
     ReviewStage,
     Source,
     Verdict,
+    allowed_characters,
 )
 from guardstream.core.decisions import human_action
 from guardstream.policy import PolicyPack
@@ -212,6 +213,8 @@ def validate_submission(
     except ValueError:
         raise InvalidSubmission("outcome", "choose confirm or correct") from None
     text = (reason or "").strip() or None
+    if text is not None and not allowed_characters(text, free_text=True):
+        raise InvalidSubmission("reason", "control characters are not allowed")
     if text is not None and len(text) > REVIEW_REASON_MAX:
         raise InvalidSubmission(
             "reason", f"at most {REVIEW_REASON_MAX} characters (got {len(text)})"
@@ -240,6 +243,8 @@ def validate_submission(
         cats = tuple(model_categories)
     if label is Verdict.SAFE:
         cats = ()
+    if not all(allowed_characters(c) for c in cats):
+        raise InvalidSubmission("categories", "control characters are not allowed")
     if any(len(c) > 64 for c in cats) or len(cats) > 16:
         raise InvalidSubmission("categories", "at most 16 categories of 64 characters")
     refused = parse_refusal(refusal)

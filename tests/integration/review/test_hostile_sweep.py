@@ -30,7 +30,16 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from guardstream.core.contracts import ContractError, Decision, DlqRecord, utcnow
+from guardstream.core.contracts import (
+    ContractError,
+    Decision,
+    DlqRecord,
+    Envelope,
+    Review,
+    ReviewAssignment,
+    SlaEvent,
+    utcnow,
+)
 from guardstream.core.kafka import make_producer
 from guardstream.core.loop import Record, Records, isolate
 from guardstream.core.settings import Settings
@@ -185,22 +194,100 @@ def decision_doc(n: int) -> dict[str, Any]:
     }
 
 
+def review_doc(n: int) -> dict[str, Any]:
+    ident = f"rv-{uuid.uuid4().hex}"
+    return {
+        "schema_version": "1.0",
+        "event_id": ident,
+        "produced_at": NOW,
+        "review_id": ident,
+        "task_id": f"task-{n}",
+        "post_id": f"p-{uuid.uuid4().hex}",
+        "post_event_id": f"ev-{uuid.uuid4().hex}",
+        "tenant": "acme",
+        "decision_id": f"d-{uuid.uuid4().hex}",
+        "content_key": uuid.uuid4().hex,
+        "policy": "default@1",
+        "outcome": "correct",
+        "verdict": "safe",
+        "categories": [],
+        "reason": "人工复核",
+        "tags": ["test"],
+        "reviewer": "rev-1",
+        "model_verdict": "controversial",
+        "reviewed_at": NOW,
+    }
+
+
+def assignment_doc(n: int) -> dict[str, Any]:
+    return {
+        "schema_version": "1.0",
+        "event_id": f"as-{uuid.uuid4().hex}",
+        "produced_at": NOW,
+        "task_id": f"task-{n}",
+        "post_id": f"p-{uuid.uuid4().hex}",
+        "tenant": "acme",
+        "event": "assigned",
+        "reviewer": "rev-1",
+        "at": NOW,
+    }
+
+
+def sla_event_doc(n: int) -> dict[str, Any]:
+    ident = f"s-{uuid.uuid4().hex}"
+    return {
+        "schema_version": "1.0",
+        "event_id": ident,
+        "produced_at": NOW,
+        "sla_event_id": ident,
+        "post_id": f"p-{uuid.uuid4().hex}",
+        "tenant": "acme",
+        "decision_id": f"d-{uuid.uuid4().hex}",
+        "kind": "warning",
+        "deadline": NOW,
+        "at": NOW,
+    }
+
+
 STRING_FIELDS = {
     Topic.POSTS: ["event_id", "post_id", "tenant", "author_id", "text", "prompt", "lang", "region"],
     Topic.SCORE_REQUESTS: ["event_id", "post_id", "post_event_id", "text", "lang", "policy"],
     Topic.REVIEW: ["decision_id", "post_id", "reason", "rule", "model", "policy", "categories"],
+    Topic.REVIEWS: ["review_id", "task_id", "post_id", "reason", "tags", "reviewer", "categories"],
+    Topic.ASSIGNMENTS: ["event_id", "task_id", "post_id", "reviewer"],
+    Topic.SLA_EVENTS: ["sla_event_id", "post_id", "decision_id", "downgrade_decision_id"],
 }
 TIMESTAMP_FIELDS = {
     Topic.POSTS: ["produced_at", "created_at"],
     Topic.SCORE_REQUESTS: ["produced_at", "received_at"],
     Topic.REVIEW: ["produced_at", "decided_at"],
+    Topic.REVIEWS: ["produced_at", "reviewed_at"],
+    Topic.ASSIGNMENTS: ["produced_at", "at"],
+    Topic.SLA_EVENTS: ["deadline", "at"],
 }
 MAKERS: dict[Topic, Callable[[int], dict[str, Any]]] = {
     Topic.POSTS: post_doc,
     Topic.SCORE_REQUESTS: request_doc,
     Topic.REVIEW: decision_doc,
+    Topic.REVIEWS: review_doc,
+    Topic.ASSIGNMENTS: assignment_doc,
+    Topic.SLA_EVENTS: sla_event_doc,
 }
-HOSTILE_PER_TOPIC = {Topic.POSTS: 50, Topic.SCORE_REQUESTS: 25, Topic.REVIEW: 30}
+HOSTILE_PER_TOPIC = {
+    Topic.POSTS: 50,
+    Topic.SCORE_REQUESTS: 25,
+    Topic.REVIEW: 30,
+    Topic.REVIEWS: 15,
+    Topic.ASSIGNMENTS: 15,
+    Topic.SLA_EVENTS: 15,
+}
+# Inputs whose effect is not visible from outside: what the group takes is what the contract
+# takes, so each record is dead-lettered by it exactly when its model refuses it.
+BY_CONTRACT: dict[Topic, tuple[str, type[Envelope]]] = {
+    Topic.REVIEWS: ("sla", Review),
+    Topic.ASSIGNMENTS: ("sla", ReviewAssignment),
+    Topic.SLA_EVENTS: ("review", SlaEvent),
+}
 # The issue's own cases, beside what Hypothesis draws.
 KNOWN = [
     Hostile("set", "text", "NUL \x00 in text"),
@@ -215,6 +302,7 @@ class Sent:
     topic: str
     partition: int
     offset: int
+    raw: bytes
     doc: dict[str, Any] | None  # what it says, when it is a JSON object
 
     def field(self, name: str) -> str | None:
@@ -254,7 +342,13 @@ async def produce(settings: Settings, topic: Topic, records: list[tuple[bytes, s
             except orjson.JSONDecodeError:
                 doc = None
             sent.append(
-                Sent(name, meta.partition, meta.offset, doc if isinstance(doc, dict) else None)
+                Sent(
+                    name,
+                    meta.partition,
+                    meta.offset,
+                    raw,
+                    doc if isinstance(doc, dict) else None,
+                )
             )
     finally:
         await producer.stop()
@@ -331,6 +425,14 @@ def unaccounted(got: Outcome, settings: Settings, sent: dict[Topic, list[Sent]])
         sla, review = got.dlq[(group("sla"), *where)], got.dlq[(group("review"), *where)]
         if sla != review:
             problems.append(f"sla {'/'.join(map(str, where))}: {sla} DLQ, review {review}")
+    for topic, (who, model) in BY_CONTRACT.items():
+        for record in sent[topic]:
+            try:
+                model.from_json(record.raw)
+            except ContractError:
+                once(who, record, 0)
+            else:
+                once(who, record, 1)
     return problems
 
 
