@@ -128,8 +128,11 @@ def structure(ids: Sequence[int], special: set[int]) -> list[int]:
 GENERATION_PROMPT = "<|im_start|>assistant\n<think>\n\n</think>\n\n"
 TEMPLATE_LABELS = ("USER", "ASSISTANT", "SYSTEM", "Safety", "Categories", "Refusal", "Task")
 _SECTION_MARKER = re.compile(r"<(BEGIN|END) ([A-Z ]+)>")
-_LINE_DECORATION = " \t*#>_-\u00ad\u200b\u200c\u200d\u200e\u200f\u2060\ufeff"
-_LINE_LABEL = re.compile(r"(" + "|".join(TEMPLATE_LABELS) + r")\s*[:：﹕︓∶]", re.IGNORECASE)
+# A line opening with a role or label, after blanks, markdown marks or invisibles.
+_LINE_LABEL = re.compile(
+    r"[\s*#>_\-\u00ad\u200b-\u200f\u2060\ufeff]*(" + "|".join(TEMPLATE_LABELS) + r")\s*[:：﹕︓∶]",
+    re.IGNORECASE,
+)
 
 
 def skeleton(rendered: str) -> Counter[str]:
@@ -139,7 +142,7 @@ def skeleton(rendered: str) -> Counter[str]:
     for edge, name in _SECTION_MARKER.findall(rendered):
         found[f"<{edge} {name}>"] += 1
     for line in rendered.splitlines():
-        label = _LINE_LABEL.match(line.lstrip(_LINE_DECORATION))
+        label = _LINE_LABEL.match(line)
         if label:
             found[f"line {label.group(1).lower()}"] += 1
     found["generation prompt"] = rendered.count(GENERATION_PROMPT)

@@ -24,17 +24,21 @@ ELISION = " … "
 # plain text, so any of them in a post would become structure.
 _CONTROL = re.compile(r"<\|[^<>|\s]{0,40}\|>|</?(?:think|tool_call|tool_response)>", re.IGNORECASE)
 # The template's plain-text structure: its `<BEGIN …>` / `<END …>` section markers (the
-# conversation, safety policy, categories, refusal policy), closed or not.
-_MARKER = re.compile(r"<(\s*/?\s*(?:BEGIN|END)\b[^<>\n]{0,80})(>?)", re.IGNORECASE)
+# conversation, safety policy, categories, refusal policy), closed or not. No repetition in
+# these patterns crosses a line break and each is possessive (`*+`, never backtracked), so a
+# post of 64k newlines or blanks costs linear time (`\s*` here took minutes on such a post).
+_MARKER = re.compile(r"<([ \t]*+/?[ \t]*+(?:BEGIN|END)\b[^<>\n]{0,80})(>?)", re.IGNORECASE)
 # … and its line prefixes: the turn roles, the answer's labels and `# Task:`, at the start of a
 # line (any line break a reader may honour), after blanks, markdown marks or invisibles, with
 # an ASCII or look-alike colon.
-_LINE_START = r"(?:^|(?<=[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]))"
+_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # every line break `str.splitlines` honours
+_LINE_START = f"(?:^|(?<=[{_BREAKS}]))"
+_BLANK = f"[^\\S{_BREAKS}]"  # white space that does not break the line
 _LABEL = re.compile(
     _LINE_START
-    + r"([\s*#>_\-\u00ad\u200b-\u200f\u2060\ufeff]*)"
+    + f"((?:{_BLANK}|[*#>_\\-\u00ad\u200b-\u200f\u2060\ufeff])*+)"
     + r"(USER|ASSISTANT|SYSTEM|Safety|Categories|Refusal|Task)"
-    + r"(\s*[:\uff1a\ufe55\ufe13\u2236])",
+    + f"({_BLANK}*+[:\uff1a\ufe55\ufe13\u2236])",
     re.IGNORECASE,
 )
 
