@@ -16,6 +16,9 @@ crash never skips an undecided record. Commit policy:
 | or the code cannot use     | event failing its contract: the batch is halved until the one   |
 |                            | record is found; the others are handled, it is dead-lettered    |
 |                            | (`store_rejected` / `unprocessable`) and counts done            |
+| an output refused for good | (`outbox.isolating_rejections`, the same halving) too large,    |
+|                            | invalid topic, no permission: the input it came from is         |
+|                            | dead-lettered (`output_rejected`), a critical alert is raised   |
 | transient error            | nothing done; the same batch retried with capped exponential    |
 |                            | backoff, forever — never skipped, never dead-lettered. The loop |
 |                            | keeps polling (the group keeps us) and pauses partitions when   |
