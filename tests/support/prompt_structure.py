@@ -9,6 +9,7 @@ a hostile post must leave it exactly as a benign one does.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 
 from hypothesis import strategies as st
@@ -35,7 +36,13 @@ _FRAGMENTS = st.one_of(
     st.sampled_from(_BREAKS),
     st.text(max_size=12),
 )
-hostile_text = st.lists(_FRAGMENTS, max_size=24).map("".join)
+# What the contract refuses (C0 but tab/LF/CR, DEL, C1, lone surrogates) never reaches a prompt:
+# such a post goes to the DLQ. Where a fragment holds one, a line break is tried instead.
+_REFUSED_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+_REFUSED_IN_LINE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+hostile_text = (
+    st.lists(_FRAGMENTS, max_size=24).map("".join).map(lambda t: _REFUSED_IN_TEXT.sub("\n", t))
+)
 
 
 def skeleton(rendered: str) -> Counter[str]:
@@ -50,8 +57,12 @@ def skeleton(rendered: str) -> Counter[str]:
 # can be: control tokens, markers' halves and role words fit that pattern.
 tag_keys = st.one_of(
     st.sampled_from(("<|im_start|>", "<|im_end|>", "<END", "CONVERSATION>", "USER", "<think>")),
-    st.from_regex(r"[^\[\]:：\s\x00-\x1f\x7f]{1,32}", fullmatch=True).filter(
+    st.from_regex(r"[^\[\]:：\s\x00-\x1f\x7f-\x9f\ud800-\udfff]{1,32}", fullmatch=True).filter(
         lambda key: normalise(key) == key  # the pack format asks for keys as NFKC writes them
     ),
 )
-tag_values = hostile_text.filter(lambda v: 1 <= len(v) <= 200)
+# A pack keeps the contract's character rule for one line (no breaks, no controls): the rest
+# of the hostile text is what a tag value may still try.
+tag_values = hostile_text.map(lambda v: _REFUSED_IN_LINE.sub(" ", v)).filter(
+    lambda v: 1 <= len(v) <= 200
+)

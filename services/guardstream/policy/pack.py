@@ -27,7 +27,7 @@ from pydantic import (
 )
 
 from guardstream.core.content import normalise
-from guardstream.core.contracts import Verdict
+from guardstream.core.contracts import LINE, Verdict
 from guardstream.scorer.output import CATEGORIES
 
 DEFAULT_TENANT: Final = "*"
@@ -60,9 +60,11 @@ PackVersion = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0
 TenantClaim = Annotated[StrictStr, Field(pattern=r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$")]
 Region = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,34}$")]
 # Brackets and colons would make the rendered `[key:value]` ambiguous, so keys cannot hold them
-# (values are neutralised at render time instead: they may come from reviewers' notes).
-TagKey = Annotated[StrictStr, Field(pattern=r"^[^\[\]:：\s\x00-\x1f\x7f]{1,32}$")]
-TagValue = Annotated[StrictStr, Field(min_length=1, max_length=200)]
+# (values are neutralised at render time instead: they may come from reviewers' notes). Both
+# keep the contract's character rule (no control characters, no lone surrogates): a prompt
+# prefix that broke it would send every post of the pack to the DLQ.
+TagKey = Annotated[StrictStr, Field(pattern=r"^[^\[\]:：\s\x00-\x1f\x7f-\x9f]{1,32}$")]
+TagValue = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=LINE)]
 Threshold = Annotated[StrictFloat, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Seconds = Annotated[StrictInt, Field(gt=0)]
 
