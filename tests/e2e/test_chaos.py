@@ -288,7 +288,7 @@ async def test_unparseable_model_output_goes_to_review_never_safe(rig: Rig) -> N
     assert_invariants(verdicts, expected)
 
     decisions = by_post(verdicts)
-    assert decisions[control.post_id].verdict is Verdict.SAFE
+    assert decisions[control.post_id].verdict is Verdict.SAFE, decisions[control.post_id]
     for post in garbled:
         decision = decisions[post.post_id]
         assert (decision.verdict, decision.action) == (Verdict.CONTROVERSIAL, Action.REVIEW)
