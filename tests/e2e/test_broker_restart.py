@@ -23,7 +23,12 @@ from guardstream.core.settings import Settings
 from guardstream.devtools.produce import new_post
 from tests.integration.test_reliability import TEXTS, produce
 from tests.support.broker import ExternalBroker, NoPersistentBroker, TansuOnS3, persistent_broker
-from tests.support.oracle import assert_invariants, record_figures, wait_for_decisions
+from tests.support.oracle import (
+    assert_invariants,
+    emission_bound,
+    record_figures,
+    wait_for_decisions,
+)
 from tests.support.processes import Process, env_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.chaos, pytest.mark.timeout(900)]
@@ -98,7 +103,12 @@ async def test_broker_restart_mid_run_loses_and_doubles_nothing(
     finally:
         triage.stop()
         scorer.stop()
-    assert_invariants(verdicts, expected)
+    # The restart may swallow an acknowledgement, so a produce it interrupts may be retried
+    # after the broker kept it (a second copy), and each consumer's last commit may be lost
+    # (a redelivery).
+    assert_invariants(
+        verdicts, expected, max_emissions_per_post=emission_bound(redeliveries=1, copies=2)
+    )
     record_figures("21 broker restart", verdicts, len(batch), broker=type(broker).__name__)
     for process in (triage, scorer):
         assert "Traceback" not in process.log(), process.log()[-3000:]

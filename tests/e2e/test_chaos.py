@@ -47,6 +47,7 @@ from tests.support.oracle import (
     audit_commits,
     collect,
     committed_offsets,
+    emission_bound,
     read_records,
     record_figures,
     wait_for_decisions,
@@ -233,7 +234,8 @@ async def test_scorer_killed_with_a_batch_in_flight(rig: Rig) -> None:
     rig.scorer()  # the restart
     expected = {p.post_id for p in batch}
     verdicts = await wait_for_decisions(settings, expected, timeout_s=300)
-    assert_invariants(verdicts, expected)
+    # What the killed scorer published since its last commit is redone once by the restart.
+    assert_invariants(verdicts, expected, max_emissions_per_post=emission_bound(redeliveries=1))
     # Everything decided, so the group commits to the end of the requests.
     final = await drained(settings, group)
     assert not final.pending and not final.passed_undecided
@@ -285,7 +287,7 @@ async def test_unparseable_model_output_goes_to_review_never_safe(rig: Rig) -> N
     await send(settings, [*garbled, control])
     expected = {p.post_id for p in [*garbled, control]}
     verdicts = await wait_for_decisions(settings, expected, timeout_s=240)
-    assert_invariants(verdicts, expected)
+    assert_invariants(verdicts, expected, max_emissions_per_post=1)
 
     decisions = by_post(verdicts)
     assert decisions[control.post_id].verdict is Verdict.SAFE, decisions[control.post_id]
@@ -344,7 +346,8 @@ async def test_scorer_outage_backs_off_commits_nothing_and_recovers(
     rig.scorer_registry.register(adapter_id, rig.garble, tenant=tenant)  # it arrives
     expected = {p.post_id for p in batch}
     verdicts = await wait_for_decisions(settings, expected, timeout_s=240)
-    assert_invariants(verdicts, expected)
+    # Failed batches publish nothing and are retried by the same consumer: nothing redone.
+    assert_invariants(verdicts, expected, max_emissions_per_post=1)
     await drained(settings, group)
 
     retries = log_events(scorer, "transient failure, retrying batch")[retries_before:]

@@ -21,6 +21,10 @@ MISJUDGED = "这个算法在小样本下表现一般,可能需要更多数据优
 CORRECTION_REASON = "正常技术讨论，非污名化"
 # Seconds-long on two cores; enough for the tiny model to learn the correction.
 TEST_LORA = LoraParams(learning_rate=2e-3, max_steps=30)
+# One correction among the anchors: gentler and longer, so that it is learnt while the anchors
+# keep their accuracy within the promotion gate's `regression_tolerance` (TEST_LORA's steps
+# lose one anchor of 18 here, which the gate would reject).
+CORRECTION_LORA = LoraParams(learning_rate=1e-3, max_steps=50)
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 _VERDICT = {"Safe": Verdict.SAFE, "Unsafe": Verdict.UNSAFE, "Controversial": Verdict.CONTROVERSIAL}
 
@@ -62,7 +66,7 @@ def train_correction(base: Path, out_dir: Path) -> tuple[TrainResult, Example, l
     (fix_item,) = curation.train
     fix = example(fix_item.sample, fix_item.weight)
     anchors = [example(c.sample) for c in curation.anchor_train]
-    return train_lora(base, [fix, *anchors], out_dir, TEST_LORA), fix, anchors
+    return train_lora(base, [fix, *anchors], out_dir, CORRECTION_LORA), fix, anchors
 
 
 # A second wording of the misjudged remark: the base model flags it too, and a LoRA that
