@@ -42,6 +42,7 @@ from pathlib import Path
 import orjson
 
 from guardstream.contracts.events import Action, Decision, Source, Verdict, utcnow
+from guardstream.contracts.identity import PostIdentity
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.stack import tansu_command
 from guardstream.policy import load_registry, review_sla
@@ -98,13 +99,15 @@ def make_items(n: int, due: int, now: float, spread_s: float, seed: int) -> list
         warned = decided + sla.warn_after_s < now + 3
         items.append(
             Item(
-                post_id=f"bench-{i}",
+                identity=PostIdentity(
+                    tenant="bench",
+                    post_id=f"bench-{i}",
+                    post_event_id=f"ev-{i}",
+                    policy="default@1",
+                    content_key=f"{i:032x}",
+                ),
                 partition=i % 6,
-                tenant="bench",
                 decision_id=uuid.UUID(int=rnd.getrandbits(128)).hex,
-                post_event_id=f"ev-{i}",
-                policy="default@1",
-                content_key=f"{i:032x}",
                 model="bench",
                 adapter=None,
                 decided_at=decided,

@@ -23,6 +23,7 @@ from guardstream.contracts.events import (
     Post,
     Review,
     ReviewAssignment,
+    ReviewOutcome,
     ScoreRequest,
     ShadowRecord,
     SlaEvent,
@@ -30,7 +31,12 @@ from guardstream.contracts.events import (
     allowed_characters,
     within_text_limit,
 )
-from guardstream.review.logic import InvalidSubmission, validate_submission
+from guardstream.review.logic import (
+    InvalidSubmission,
+    Submission,
+    SubmissionForm,
+    validate_submission,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -549,18 +555,22 @@ def test_the_early_character_check_is_the_contract_s(value: str) -> None:
 
 
 def test_a_reviewer_s_reason_or_category_with_a_control_character_is_a_submission_error() -> None:
-    common = {
-        "outcome": "correct",
-        "verdict": "unsafe",
-        "model_verdict": Verdict.SAFE,
-        "model_categories": (),
-        "tags": ["t"],
-        "allowed_tags": ["t"],
-    }
+    def submit(reason: str, categories: tuple[str, ...] | None) -> Submission:
+        form = SubmissionForm(
+            outcome=ReviewOutcome.CORRECT,
+            verdict=Verdict.UNSAFE,
+            reason=reason,
+            tags=("t",),
+            categories=categories,
+        )
+        return validate_submission(
+            form, model_verdict=Verdict.SAFE, model_categories=(), allowed_tags=["t"]
+        )
+
     with pytest.raises(InvalidSubmission) as info:
-        validate_submission(reason="bad\x00reason", categories=None, **common)
+        submit("bad\x00reason", None)
     assert info.value.field == "reason"
     with pytest.raises(InvalidSubmission) as info:
-        validate_submission(reason="ok", categories=["Vio\x85lent"], **common)
+        submit("ok", ("Vio\x85lent",))
     assert info.value.field == "categories"
-    assert validate_submission(reason="line one\nline two", categories=None, **common).reason
+    assert submit("line one\nline two", None).reason

@@ -7,19 +7,21 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from guardstream.contracts.events import Kind, ReviewStage, Verdict
+from guardstream.contracts.events import Kind, ReviewOutcome, ReviewStage, Verdict
 from guardstream.feedback.curation import CurationConfig, worth_training
 from guardstream.feedback.dataset import NotTrainable, example, target_text
 from guardstream.policy import load_registry
 from guardstream.review.logic import (
     InvalidSubmission,
+    SubmissionForm,
     blind_form,
+    read_form,
     review_event,
     validate_submission,
 )
 from guardstream.review.qa_period import low_agreement_alert, parse_period, previous_period, spread
-from guardstream.review.service import feedback_sample
-from guardstream.review.store import PostText
+from guardstream.review.services.common import feedback_sample
+from guardstream.review.store.posts import PostText
 from guardstream.scorer.output import parse_answer
 from tests.unit.test_review_logic import TAGS, submit, task
 
@@ -86,14 +88,14 @@ def test_one_careless_reviewer_is_named_even_when_the_overall_rate_passes() -> N
 
 
 def test_a_blind_qa_label_becomes_confirm_or_correct_of_the_first_label() -> None:
-    form = {"verdict": "unsafe", "reason": "明显人身攻击", "tags": ["地域攻击"]}
-    assert blind_form(form, Verdict.UNSAFE)["outcome"] == "confirm"
-    assert blind_form(form, Verdict.SAFE)["outcome"] == "correct"
+    form = SubmissionForm(verdict=Verdict.UNSAFE, reason="明显人身攻击", tags=("地域攻击",))
+    assert blind_form(form, Verdict.UNSAFE).outcome is ReviewOutcome.CONFIRM
+    assert blind_form(form, Verdict.SAFE).outcome is ReviewOutcome.CORRECT
     with pytest.raises(InvalidSubmission) as no_reason:
-        blind_form({**form, "reason": " "}, Verdict.UNSAFE)
+        blind_form(form.model_copy(update={"reason": " "}), Verdict.UNSAFE)
     assert no_reason.value.field == "reason"  # required either way: it would give the answer away
     with pytest.raises(InvalidSubmission) as no_label:
-        blind_form({**form, "verdict": None}, Verdict.UNSAFE)
+        blind_form(form.model_copy(update={"verdict": None}), Verdict.UNSAFE)
     assert no_label.value.field == "verdict"
 
 
@@ -117,16 +119,19 @@ def _response_sample(*, model_refusal: bool | None, refusal: str | None):  # typ
         confidence=0.7,
         model_refusal=model_refusal,
     )
-    sub = validate_submission(
-        model_verdict=item.model_verdict,
-        model_categories=item.categories,
+    form = read_form(
         outcome="correct",
         verdict="unsafe",
         reason="教人制作爆炸物",
         tags=["政治隐喻"],
         categories=["Violent"],
-        allowed_tags=TAGS,
         refusal=refusal,
+    )
+    sub = validate_submission(
+        form,
+        model_verdict=item.model_verdict,
+        model_categories=item.categories,
+        allowed_tags=TAGS,
         is_response=True,
     )
     review = review_event(item, sub, stage=ReviewStage.FIRST, reviewer="alice", late=False, at=NOW)

@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from guardstream.contracts.events import Action, ReviewOutcome, ReviewStage, Source, Verdict
+from guardstream.contracts.identity import PostIdentity
 from guardstream.policy import ControversialMode, load_registry
 from guardstream.review import auth
 from guardstream.review.logic import (
@@ -25,6 +26,7 @@ from guardstream.review.logic import (
     human_decision,
     human_verdict_entry,
     parse_tags,
+    read_form,
     review_event,
     review_id,
     task_id,
@@ -39,31 +41,40 @@ TAGS = SEED_TAGS
 
 
 def submit(**kw: object) -> object:
-    args: dict[str, object] = {
-        "model_verdict": Verdict.CONTROVERSIAL,
-        "model_categories": ("Politically Sensitive Topics",),
+    """A console form (strings, as the browser sends them) read and validated against a
+    controversial model verdict."""
+    fields: dict[str, object] = {
         "outcome": "confirm",
         "verdict": None,
         "reason": None,
         "tags": ["政治隐喻"],
         "categories": None,
-        "allowed_tags": TAGS,
+        "refusal": None,
     }
-    args.update(kw)
-    return validate_submission(**args)  # type: ignore[arg-type]
+    context: dict[str, object] = {
+        "model_verdict": Verdict.CONTROVERSIAL,
+        "model_categories": ("Politically Sensitive Topics",),
+        "allowed_tags": TAGS,
+        "is_response": False,
+    }
+    for key, value in kw.items():
+        (fields if key in fields else context)[key] = value
+    return validate_submission(read_form(**fields), **context)  # type: ignore[arg-type]
 
 
 def task(**kw: object) -> Task:
     base: dict[str, object] = dict(
         task_id=task_id("acme", "p1", "default@1"),
-        post_id="p1",
-        policy="default@1",
-        tenant="acme",
+        identity=PostIdentity(
+            tenant="acme",
+            post_id="p1",
+            post_event_id="e1",
+            policy="default@1",
+            content_key="a" * 32,
+        ),
         lang="zh",
         region=None,
         decision_id="d" * 32,
-        post_event_id="e1",
-        content_key="a" * 32,
         model_verdict=Verdict.CONTROVERSIAL,
         categories=("Politically Sensitive Topics",),
         confidence=0.61,

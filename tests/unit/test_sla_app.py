@@ -156,7 +156,7 @@ async def test_items_written_under_their_post_id_alone_are_renamed_on_recovery()
     the timer finds it there."""
     w, _ = worker()
     old = pending()  # partition 3
-    current = replace(old, post_id="p2")
+    current = replace(old, identity=replace(old.identity, post_id="p2"))
     table = FakeTable({old.post_id: old.to_dict(), current.key: current.to_dict()})
     w.table = table  # type: ignore[assignment]
     w._owned = lambda: {3}  # type: ignore[method-assign]

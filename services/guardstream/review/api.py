@@ -29,8 +29,19 @@ from starlette.routing import Match, Route
 from guardstream.contracts.events import REVIEW_REASON_MAX, ReviewOutcome, Verdict
 from guardstream.review import metrics as review_metrics
 from guardstream.review.auth import HashPoolBusy
-from guardstream.review.logic import InvalidSubmission, Reviewer, Task, countdown
-from guardstream.review.service import Decided, ReviewError, ReviewService, TaskView
+from guardstream.review.logic import (
+    InvalidSubmission,
+    Reviewer,
+    SubmissionForm,
+    Task,
+    countdown,
+)
+from guardstream.review.services.auth import AuthService
+from guardstream.review.services.common import Decided
+from guardstream.review.services.errors import ReviewError
+from guardstream.review.services.qa import QaService
+from guardstream.review.services.queue import QueueService, TaskView
+from guardstream.review.services.tasks import TaskService
 from guardstream.review.shield import (
     ID_PATTERN,
     TEXT_PATTERN,
@@ -40,15 +51,36 @@ from guardstream.review.shield import (
     identifier,
     secret_text,
 )
-from guardstream.review.store import AuditFailed, QueueFilter, QueueStats
+from guardstream.review.store.audit import AuditFailed
+from guardstream.review.store.tasks import QueueFilter, QueueStats
+from guardstream.review.wiring import ReviewServices
 
 
-def service_of(request: Request) -> ReviewService:
-    svc: ReviewService = request.app.state.review
-    return svc
+def services_of(request: Request) -> ReviewServices:
+    services: ReviewServices = request.app.state.review
+    return services
 
 
-Service = Annotated[ReviewService, Depends(service_of)]
+def _auth(request: Request) -> AuthService:
+    return services_of(request).auth
+
+
+def _queue(request: Request) -> QueueService:
+    return services_of(request).queue
+
+
+def _tasks(request: Request) -> TaskService:
+    return services_of(request).tasks
+
+
+def _qa(request: Request) -> QaService:
+    return services_of(request).qa
+
+
+Auth = Annotated[AuthService, Depends(_auth)]
+Queue = Annotated[QueueService, Depends(_queue)]
+Tasks = Annotated[TaskService, Depends(_tasks)]
+Qa = Annotated[QaService, Depends(_qa)]
 
 
 _bearer_scheme = HTTPBearer(auto_error=False, description="a token from POST /api/v1/auth/token")
@@ -56,7 +88,7 @@ _bearer_scheme = HTTPBearer(auto_error=False, description="a token from POST /ap
 
 async def bearer(
     request: Request,
-    svc: Service,
+    svc: Auth,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer_scheme)],
 ) -> Reviewer:
     token = credentials.credentials.strip() if credentials else None
@@ -193,6 +225,16 @@ class DecisionIn(BaseModel):
         None, description="response items only: did the assistant refuse? (omit: the model's)"
     )
 
+    def submission(self) -> SubmissionForm:
+        return SubmissionForm(
+            outcome=self.outcome,
+            verdict=self.verdict,
+            reason=self.reason,
+            tags=tuple(self.tags),
+            categories=None if self.categories is None else tuple(self.categories),
+            refusal=self.refusal,
+        )
+
 
 class QaDecisionIn(BaseModel):
     """A blind QA label: the senior has not seen the first review's label."""
@@ -208,6 +250,16 @@ class QaDecisionIn(BaseModel):
     )
     categories: list[Ident] | None = None
     refusal: bool | None = Field(None, description="response items only: did the assistant refuse?")
+
+    def submission(self) -> SubmissionForm:
+        """Blind: no outcome (the service works it out against the first label)."""
+        return SubmissionForm(
+            verdict=self.verdict,
+            reason=self.reason,
+            tags=tuple(self.tags),
+            categories=None if self.categories is None else tuple(self.categories),
+            refusal=self.refusal,
+        )
 
 
 class QaItemOut(TaskOut):
@@ -310,17 +362,6 @@ def _decided(result: Decided, now: datetime) -> DecidedOut:
     )
 
 
-def _form(body: DecisionIn) -> dict[str, Any]:
-    return {
-        "outcome": body.outcome.value,
-        "verdict": body.verdict.value if body.verdict else None,
-        "reason": body.reason,
-        "tags": body.tags,
-        "categories": body.categories,
-        "refusal": body.refusal,
-    }
-
-
 # Any route may answer these: bad credentials, and what the edge refuses before a handler runs.
 router = APIRouter(prefix="/api/v1", tags=["review"], responses=errors(401, 413, 422, 429, 503))
 
@@ -336,7 +377,7 @@ def edge_of(request: Request) -> Edge:
     responses=errors(400),
     summary="Exchange credentials for a token",
 )
-async def token(request: Request, body: TokenRequest, svc: Service) -> TokenOut:
+async def token(request: Request, body: TokenRequest, svc: Auth) -> TokenOut:
     await edge_of(request).admit_login(
         body.reviewer, request.client.host if request.client else None
     )
@@ -349,7 +390,7 @@ async def token(request: Request, body: TokenRequest, svc: Service) -> TokenOut:
     "/queue", response_model=QueueOut, responses=errors(403), summary="Open tasks by SLA deadline"
 )
 async def queue(
-    svc: Service,
+    svc: Queue,
     caller: Caller,
     tenant: Filter = None,
     lang: Filter = None,
@@ -380,12 +421,12 @@ async def queue(
     responses=errors(403),
     summary="Queue depth and average response time",
 )
-async def stats(svc: Service, caller: Caller) -> StatsOut:
+async def stats(svc: Queue, caller: Caller) -> StatsOut:
     return _stats(await svc.stats(caller))
 
 
 @router.get("/tags", response_model=list[str], summary="The quick tags a decision picks from")
-async def tags(svc: Service, caller: Caller) -> list[str]:
+async def tags(svc: Tasks, caller: Caller) -> list[str]:
     return list(svc.tags)
 
 
@@ -395,7 +436,7 @@ async def tags(svc: Service, caller: Caller) -> list[str]:
     responses=errors(403, 409),
     summary="Claim the next task",
 )
-async def claim(svc: Service, caller: Caller) -> Response:
+async def claim(svc: Tasks, caller: Caller) -> Response:
     task = await svc.claim(caller)
     return _json(task_json(task, svc.now()) if task else None)
 
@@ -406,7 +447,7 @@ async def claim(svc: Service, caller: Caller) -> Response:
     responses=errors(403, 404),
     summary="One task, with its text",
 )
-async def read_task(task_id: TaskId, svc: Service, caller: Caller) -> TaskDetail:
+async def read_task(task_id: TaskId, svc: Queue, caller: Caller) -> TaskDetail:
     view: TaskView = await svc.view(caller, task_id)
     base = TaskOut.of(view.task, svc.now()).model_dump()
     if view.text is not None:
@@ -420,7 +461,7 @@ async def read_task(task_id: TaskId, svc: Service, caller: Caller) -> TaskDetail
     responses=errors(403, 404, 409),
     summary="Give a task back",
 )
-async def release(task_id: TaskId, svc: Service, caller: Caller) -> TaskOut:
+async def release(task_id: TaskId, svc: Tasks, caller: Caller) -> TaskOut:
     return TaskOut.of(await svc.release(caller, task_id), svc.now())
 
 
@@ -430,8 +471,8 @@ async def release(task_id: TaskId, svc: Service, caller: Caller) -> TaskOut:
     responses=errors(400, 403, 404, 409),
     summary="Decide a task: confirm or correct, reason, quick tags",
 )
-async def decide(task_id: TaskId, body: DecisionIn, svc: Service, caller: Caller) -> DecidedOut:
-    return _decided(await svc.decide(caller, task_id, _form(body)), svc.now())
+async def decide(task_id: TaskId, body: DecisionIn, svc: Tasks, caller: Caller) -> DecidedOut:
+    return _decided(await svc.decide(caller, task_id, body.submission()), svc.now())
 
 
 @router.post(
@@ -440,8 +481,8 @@ async def decide(task_id: TaskId, body: DecisionIn, svc: Service, caller: Caller
     responses=errors(400, 403, 404, 409),
     summary="Senior re-review (QA)",
 )
-async def qa(task_id: TaskId, body: DecisionIn, svc: Service, caller: Caller) -> DecidedOut:
-    return _decided(await svc.qa(caller, task_id, _form(body)), svc.now())
+async def qa(task_id: TaskId, body: DecisionIn, svc: Qa, caller: Caller) -> DecidedOut:
+    return _decided(await svc.re_review(caller, task_id, body.submission()), svc.now())
 
 
 @router.get(
@@ -450,7 +491,7 @@ async def qa(task_id: TaskId, body: DecisionIn, svc: Service, caller: Caller) ->
     responses=errors(403),
     summary="QA agreement figures",
 )
-async def qa_agreement(svc: Service, caller: Caller) -> AgreementOut:
+async def qa_agreement(svc: Qa, caller: Caller) -> AgreementOut:
     result = await svc.agreement(caller)
     return AgreementOut(compared=result.compared, agreed=result.agreed, rate=result.rate)
 
@@ -462,12 +503,12 @@ async def qa_agreement(svc: Service, caller: Caller) -> AgreementOut:
     summary="The senior's QA queue (blind)",
 )
 async def qa_queue(
-    svc: Service, caller: Caller, limit: Annotated[int, Query(ge=1, le=500)] = 100
+    svc: Qa, caller: Caller, limit: Annotated[int, Query(ge=1, le=500)] = 100
 ) -> list[QaItemOut]:
     now = svc.now()
     return [
         QaItemOut(**TaskOut.of(e.task, now).model_dump(), period=e.period)
-        for e in await svc.qa_queue(caller, limit)
+        for e in await svc.queue(caller, limit)
     ]
 
 
@@ -477,8 +518,8 @@ async def qa_queue(
     responses=errors(403, 404),
     summary="One QA item (blind)",
 )
-async def qa_item(task_id: TaskId, svc: Service, caller: Caller) -> QaItemDetail:
-    entry, text = await svc.qa_view(caller, task_id)
+async def qa_item(task_id: TaskId, svc: Qa, caller: Caller) -> QaItemDetail:
+    entry, text = await svc.view(caller, task_id)
     out = QaItemDetail(**TaskOut.of(entry.task, svc.now()).model_dump(), period=entry.period)
     if text is not None:
         out.text, out.prompt, out.kind = text.text, text.prompt, text.kind
@@ -491,11 +532,8 @@ async def qa_item(task_id: TaskId, svc: Service, caller: Caller) -> QaItemDetail
     responses=errors(400, 403, 404, 409),
     summary="Label a QA item (blind)",
 )
-async def qa_decide(
-    task_id: TaskId, body: QaDecisionIn, svc: Service, caller: Caller
-) -> QaDecidedOut:
-    form = _form(DecisionIn(outcome=ReviewOutcome.CORRECT, **body.model_dump()))
-    result = await svc.qa(caller, task_id, form, blind=True)
+async def qa_decide(task_id: TaskId, body: QaDecisionIn, svc: Qa, caller: Caller) -> QaDecidedOut:
+    result = await svc.re_review(caller, task_id, body.submission(), blind=True)
     first = result.task.human_verdict
     return QaDecidedOut(
         review_id=result.review_id,
@@ -511,8 +549,8 @@ async def qa_decide(
     responses=errors(403, 404),
     summary="A QA batch's progress and per-reviewer agreement (`latest` for the newest)",
 )
-async def qa_batch(period: TaskId, svc: Service, caller: Caller) -> Response:
-    report = await svc.qa_report(caller, None if period == "latest" else period[:32])
+async def qa_batch(period: TaskId, svc: Qa, caller: Caller) -> Response:
+    report = await svc.report(caller, None if period == "latest" else period[:32])
     if report is None:
         return JSONResponse({"detail": "no such QA batch"}, status_code=404)
     b = report.batch

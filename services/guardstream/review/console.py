@@ -4,7 +4,7 @@ A signed session cookie (HttpOnly, SameSite=Strict, Secure unless configured off
 plain-http use) names a session the store keeps open until logout, expiry, a password change or
 the reviewer being disabled; every form post carries the session's CSRF token and is refused
 (403, audited) without it.
-Pages go through the same `ReviewService` as the API, so scoping and auditing are identical.
+Pages go through the same review services as the API, so scoping and auditing are identical.
 """
 
 from __future__ import annotations
@@ -22,10 +22,18 @@ from fastapi.templating import Jinja2Templates
 
 from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
-from guardstream.review.logic import InvalidSubmission, Permission, Reviewer, countdown, duration
-from guardstream.review.service import Forbidden, ReviewService, Unauthenticated
+from guardstream.review.logic import (
+    InvalidSubmission,
+    Permission,
+    Reviewer,
+    countdown,
+    duration,
+    read_form,
+)
+from guardstream.review.services.errors import Forbidden, Unauthenticated
 from guardstream.review.shield import Edge, Throttled, identifier
-from guardstream.review.store import QueueFilter
+from guardstream.review.store.tasks import QueueFilter
+from guardstream.review.wiring import ReviewServices
 
 COOKIE = "gs_review_session"
 HERE = Path(__file__).parent
@@ -43,9 +51,9 @@ class ConsoleAuth:
         self.secure = secure
 
 
-def _svc(request: Request) -> ReviewService:
-    svc: ReviewService = request.app.state.review
-    return svc
+def _svc(request: Request) -> ReviewServices:
+    services: ReviewServices = request.app.state.review
+    return services
 
 
 def _auth(request: Request) -> ConsoleAuth:
@@ -58,7 +66,7 @@ class NeedLogin(Exception):
 
 
 async def session_of(request: Request) -> tuple[Reviewer, auth.Session]:
-    svc = _svc(request)
+    svc = _svc(request).auth
     session = auth.read_session(_auth(request).key, request.cookies.get(COOKIE), time.time())
     reviewer = await svc.from_session(session)
     if session is None or reviewer is None:
@@ -77,7 +85,7 @@ async def checked_csrf(request: Request, current: SessionDep) -> tuple[Reviewer,
     submitted = form.get("csrf")
     reviewer, session = current
     if not auth.csrf_ok(session, submitted if isinstance(submitted, str) else None):
-        await _svc(request).store.audit_alone(
+        await _svc(request).store.audit.write(
             actor=reviewer.id,
             action="console",
             outcome="denied",
@@ -94,7 +102,7 @@ router = APIRouter(prefix="/console", include_in_schema=False)
 
 
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    now = _svc(request).now()
+    now = _svc(request).queue.now()
 
     def _countdown(deadline: datetime) -> str:
         return countdown(deadline, now)
@@ -147,7 +155,7 @@ async def login(
         return _page(request, "login.html", context, status=422)
     try:
         await edge.admit_login(reviewer, request.client.host if request.client else None)
-        who = await _svc(request).login(reviewer, password)
+        who = await _svc(request).auth.login(reviewer, password)
     except Unauthenticated as exc:
         context = _login_context(request) | {"error": exc.message}
         return _page(request, "login.html", context, status=401)
@@ -158,7 +166,7 @@ async def login(
         return page
     console = _auth(request)
     cookie, session = auth.issue_session(console.key, who.id, time.time(), console.ttl_s)
-    await _svc(request).open_session(who, session)
+    await _svc(request).auth.open_session(who, session)
     secure = console.secure or request.url.scheme == "https"
     response = RedirectResponse("/console", status_code=303)
     response.set_cookie(
@@ -176,7 +184,7 @@ async def login(
 @router.post("/logout")
 async def logout(request: Request, current: PostSession) -> Response:
     # The session ends on the server: a copy of the cookie kept elsewhere is refused too.
-    await _svc(request).logout(*current)
+    await _svc(request).auth.logout(*current)
     response = RedirectResponse("/console/login", status_code=303)
     response.delete_cookie(
         COOKIE,
@@ -200,7 +208,7 @@ async def queue_page(
 ) -> HTMLResponse:
     reviewer, session = current
     filters = QueueFilter(tenant or None, lang or None, category or None, tag or None)
-    tasks, stats = await _svc(request).queue(reviewer, filters, 100)
+    tasks, stats = await _svc(request).queue.queue(reviewer, filters, 100)
     return _page(
         request,
         "queue.html",
@@ -228,7 +236,7 @@ async def _task_page(
     status: int = 200,
 ) -> HTMLResponse:
     svc = _svc(request)
-    view = await svc.view(reviewer, task_id)
+    view = await svc.queue.view(reviewer, task_id)
     return _page(
         request,
         "task.html",
@@ -237,7 +245,7 @@ async def _task_page(
             "csrf": session.csrf,
             "task": view.task,
             "text": view.text,
-            "tags": svc.tags,
+            "tags": svc.tasks.tags,
             "can_decide": reviewer.may(Permission.DECIDE),
             "can_read_text": reviewer.may(Permission.READ_TEXT),
             "form": form or {"reason": "", "tags": []},
@@ -249,12 +257,12 @@ async def _task_page(
 
 
 def _label_form(raw: Any) -> dict[str, Any]:
-    """The label a reviewer submits from a console form (first review or QA)."""
+    """The label a reviewer submits from a console form (first review or QA), as submitted:
+    what the page shows back when it is refused."""
     return {
         "verdict": raw.get("verdict"),
         "reason": raw.get("reason"),
         "tags": [t for t in raw.getlist("tags") if isinstance(t, str)],
-        "categories": None,
         "refusal": raw.get("refusal"),
     }
 
@@ -266,7 +274,7 @@ async def task_page(request: Request, task_id: str, current: SessionDep) -> HTML
 
 @router.post("/next")
 async def next_task(request: Request, current: PostSession) -> Response:
-    task = await _svc(request).claim(current[0])
+    task = await _svc(request).tasks.claim(current[0])
     if task is None:
         return RedirectResponse("/console?message=" + quote("nothing to review"), 303)
     return RedirectResponse(f"/console/tasks/{task.task_id}", status_code=303)
@@ -274,7 +282,7 @@ async def next_task(request: Request, current: PostSession) -> Response:
 
 @router.post("/tasks/{task_id}/release")
 async def release(request: Request, task_id: str, current: PostSession) -> Response:
-    await _svc(request).release(current[0], task_id)
+    await _svc(request).tasks.release(current[0], task_id)
     return RedirectResponse("/console?message=" + quote("task released"), 303)
 
 
@@ -284,7 +292,7 @@ async def decide(request: Request, task_id: str, current: PostSession) -> Respon
     raw = await request.form()
     form = {"outcome": raw.get("outcome"), **_label_form(raw)}
     try:
-        result = await _svc(request).decide(reviewer, task_id, form)
+        result = await _svc(request).tasks.decide(reviewer, task_id, read_form(**form))
     except InvalidSubmission as exc:
         return await _task_page(
             request, reviewer, session, task_id, error=exc.message, form=form, status=422
@@ -301,9 +309,9 @@ async def decide(request: Request, task_id: str, current: PostSession) -> Respon
 @router.get("/qa", response_class=HTMLResponse)
 async def qa_page(request: Request, current: SessionDep, message: str | None = None) -> Response:
     reviewer, session = current
-    svc = _svc(request)
-    entries = await svc.qa_queue(reviewer, 100)
-    report = await svc.qa_report(reviewer, None)
+    svc = _svc(request).qa
+    entries = await svc.queue(reviewer, 100)
+    report = await svc.report(reviewer, None)
     return _page(
         request,
         "qa.html",
@@ -327,8 +335,8 @@ async def _qa_task_page(
     form: dict[str, Any] | None = None,
     status: int = 200,
 ) -> HTMLResponse:
-    svc = _svc(request)
-    entry, text = await svc.qa_view(reviewer, task_id)
+    svc = _svc(request).qa
+    entry, text = await svc.view(reviewer, task_id)
     return _page(
         request,
         "qa_task.html",
@@ -356,7 +364,7 @@ async def qa_decide(request: Request, task_id: str, current: PostSession) -> Res
     reviewer, session = current
     form = _label_form(await request.form())
     try:
-        result = await _svc(request).qa(reviewer, task_id, form, blind=True)
+        result = await _svc(request).qa.re_review(reviewer, task_id, read_form(**form), blind=True)
     except InvalidSubmission as exc:
         return await _qa_task_page(
             request, reviewer, session, task_id, error=exc.message, form=form, status=422

@@ -40,17 +40,15 @@ from guardstream.contracts.events import (
     SlaEventKind,
     within_text_limit,
 )
+from guardstream.contracts.identity import PostIdentity
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.policy import PolicyRegistry, review_sla
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import SlaState, task_id
-from guardstream.review.store import (
-    TRANSIENT_DB_ERRORS,
-    NewTask,
-    PostText,
-    ReviewStore,
-    SlaMark,
-)
+from guardstream.review.store import ReviewStore
+from guardstream.review.store.db import TRANSIENT_DB_ERRORS
+from guardstream.review.store.posts import PostText
+from guardstream.review.store.tasks import NewTask, SlaMark
 from guardstream.runtime import tracing
 from guardstream.runtime.loop import Record, Records, TransientError, isolate, unusable
 from guardstream.runtime.settings import Settings
@@ -80,14 +78,10 @@ def new_task(
     start = decision.decided_at
     return NewTask(
         task_id=task_id(decision.tenant, decision.post_id, decision.policy),
-        post_id=decision.post_id,
-        policy=decision.policy,
-        tenant=decision.tenant,
+        identity=PostIdentity.of(decision),
         lang=None,
         region=None,
         decision_id=decision.decision_id,
-        post_event_id=decision.post_event_id,
-        content_key=decision.content_key,
         model_verdict=decision.verdict.value,
         categories=decision.categories,
         confidence=decision.confidence,
@@ -202,9 +196,9 @@ class ReviewConsumer:
                 await outbox.dead_letter(record, exc)
                 dead += 1
         try:
-            await self._store.save_post_texts(texts)
-            created = await self._store.create_tasks(list(tasks.values()))
-            await self._store.mark_sla(marks)
+            await self._store.posts.save(texts)
+            created = await self._store.tasks.create(list(tasks.values()))
+            await self._store.tasks.mark_sla(marks)
         except TRANSIENT_DB_ERRORS as exc:
             raise TransientError(f"review store: {type(exc).__name__}") from exc
         except asyncpg.exceptions.InsufficientResourcesError as exc:

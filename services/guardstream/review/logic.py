@@ -12,7 +12,8 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+
+from pydantic import BaseModel, ConfigDict
 
 from guardstream.contracts.events import (
     REVIEW_REASON_MAX,
@@ -26,6 +27,7 @@ from guardstream.contracts.events import (
     Verdict,
     allowed_characters,
 )
+from guardstream.contracts.identity import HasIdentity, PostIdentity
 from guardstream.policy import PolicyPack
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import human_action
@@ -95,16 +97,12 @@ class SlaState(enum.StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Task:
+class Task(HasIdentity):
     task_id: str
-    post_id: str
-    policy: str
-    tenant: str
+    identity: PostIdentity  # also read as task.tenant, task.post_id, …
     lang: str | None
     region: str | None
-    decision_id: str
-    post_event_id: str
-    content_key: str
+    decision_id: str  # the decision that sent the post to review
     model_verdict: Verdict
     categories: tuple[str, ...]
     confidence: float | None
@@ -171,8 +169,24 @@ class InvalidSubmission(ValueError):
         self.message = message
 
 
+class SubmissionForm(BaseModel):
+    """What a reviewer submitted (the API's body, or a console form read by `read_form`),
+    typed at the edge. The service checks it against its task (`validate_submission`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    outcome: ReviewOutcome | None = None  # None: not chosen (a blind QA label works it out)
+    verdict: Verdict | None = None
+    reason: str | None = None
+    tags: tuple[str, ...] = ()
+    categories: tuple[str, ...] | None = None  # None: the model's
+    refusal: bool | None = None  # response items: did the assistant refuse? None: not given
+
+
 @dataclass(frozen=True, slots=True)
 class Submission:
+    """A submission valid for its task: what the review and the human decision are made of."""
+
     outcome: ReviewOutcome
     verdict: Verdict
     categories: tuple[str, ...]
@@ -192,27 +206,52 @@ def parse_refusal(value: object) -> bool | None:
     raise InvalidSubmission("refusal", "choose yes or no (or leave it empty)")
 
 
+def read_form(
+    *,
+    outcome: object = None,
+    verdict: object = None,
+    reason: object = None,
+    tags: Iterable[object] = (),
+    categories: Iterable[object] | None = None,
+    refusal: object = None,
+) -> SubmissionForm:
+    """A console form's strings as a `SubmissionForm`: an empty field is not given; a value
+    outside its choices is an `InvalidSubmission` naming the field."""
+    try:
+        chosen = ReviewOutcome(str(outcome)) if outcome else None
+    except ValueError:
+        raise InvalidSubmission("outcome", "choose confirm or correct") from None
+    try:
+        label = Verdict(str(verdict)) if verdict else None
+    except ValueError:
+        raise InvalidSubmission("verdict", "choose safe, controversial or unsafe") from None
+    return SubmissionForm(
+        outcome=chosen,
+        verdict=label,
+        reason=reason if isinstance(reason, str) else None,
+        tags=tuple(t for t in tags if isinstance(t, str)),
+        categories=None
+        if categories is None
+        else tuple(c for c in categories if isinstance(c, str)),
+        refusal=parse_refusal(refusal),
+    )
+
+
 def validate_submission(
+    form: SubmissionForm,
     *,
     model_verdict: Verdict,
     model_categories: Sequence[str],
-    outcome: str | None,
-    verdict: str | None,
-    reason: str | None,
-    tags: Iterable[str],
-    categories: Iterable[str] | None,
     allowed_tags: Sequence[str],
-    refusal: object = None,
     is_response: bool = False,
 ) -> Submission:
     """The seeds' three actions: ① confirm ② correct the label ③ a reason (required when
     correcting, at most 50 characters), plus at least one quick tag from the configured list.
     A response item may also carry the reviewer's refusal label (did the assistant refuse?)."""
-    try:
-        chosen = ReviewOutcome(outcome or "")
-    except ValueError:
-        raise InvalidSubmission("outcome", "choose confirm or correct") from None
-    text = (reason or "").strip() or None
+    chosen = form.outcome
+    if chosen is None:
+        raise InvalidSubmission("outcome", "choose confirm or correct")
+    text = (form.reason or "").strip() or None
     if text is not None and not allowed_characters(text, free_text=True):
         raise InvalidSubmission("reason", "control characters are not allowed")
     if text is not None and len(text) > REVIEW_REASON_MAX:
@@ -220,24 +259,24 @@ def validate_submission(
             "reason", f"at most {REVIEW_REASON_MAX} characters (got {len(text)})"
         )
     if chosen is ReviewOutcome.CONFIRM:
-        if verdict and verdict != model_verdict.value:
+        if form.verdict is not None and form.verdict is not model_verdict:
             raise InvalidSubmission("verdict", "confirming keeps the model's label; use correct")
         label = model_verdict
     else:
-        try:
-            label = Verdict(verdict or "")
-        except ValueError:
-            raise InvalidSubmission("verdict", "choose safe, controversial or unsafe") from None
+        if form.verdict is None:
+            raise InvalidSubmission("verdict", "choose safe, controversial or unsafe")
+        label = form.verdict
         if label is model_verdict:
             raise InvalidSubmission("verdict", "a correction must change the model's label")
         if text is None:
             raise InvalidSubmission("reason", "a correction needs a reason (at most 50 characters)")
-    picked = tuple(dict.fromkeys(t.strip() for t in tags if t.strip()))
+    picked = tuple(dict.fromkeys(t.strip() for t in form.tags if t.strip()))
     if not picked:
         raise InvalidSubmission("tags", "pick at least one quick tag")
     unknown = [t for t in picked if t not in allowed_tags]
     if unknown:
         raise InvalidSubmission("tags", f"{len(unknown)} tag(s) not in the configured list")
+    categories = form.categories
     cats = tuple(dict.fromkeys(c.strip() for c in (categories or ()) if c.strip()))
     if categories is None or (chosen is ReviewOutcome.CONFIRM and not cats):
         cats = tuple(model_categories)
@@ -247,24 +286,21 @@ def validate_submission(
         raise InvalidSubmission("categories", "control characters are not allowed")
     if any(len(c) > 64 for c in cats) or len(cats) > 16:
         raise InvalidSubmission("categories", "at most 16 categories of 64 characters")
-    refused = parse_refusal(refusal)
-    if refused is not None and not is_response:
+    if form.refusal is not None and not is_response:
         raise InvalidSubmission("refusal", "only a response (an assistant's answer) has one")
-    return Submission(chosen, label, cats, text, picked, refused)
+    return Submission(chosen, label, cats, text, picked, form.refusal)
 
 
-def blind_form(form: dict[str, Any], first: Verdict) -> dict[str, Any]:
+def blind_form(form: SubmissionForm, first: Verdict) -> SubmissionForm:
     """A blind QA submission (a label, a reason, tags) as a confirm / correct of the first
     label. The reason is required either way: the senior wrote it before knowing whether they
     agree, and it is what the first reviewer is coached with."""
-    if not (form.get("reason") or "").strip():
+    if not (form.reason or "").strip():
         raise InvalidSubmission("reason", "a QA label needs a reason (at most 50 characters)")
-    try:
-        label = Verdict(form.get("verdict") or "")
-    except ValueError:
-        raise InvalidSubmission("verdict", "choose safe, controversial or unsafe") from None
-    outcome = ReviewOutcome.CONFIRM if label is first else ReviewOutcome.CORRECT
-    return {**form, "outcome": outcome.value, "verdict": label.value}
+    if form.verdict is None:
+        raise InvalidSubmission("verdict", "choose safe, controversial or unsafe")
+    outcome = ReviewOutcome.CONFIRM if form.verdict is first else ReviewOutcome.CORRECT
+    return form.model_copy(update={"outcome": outcome})
 
 
 # --- what a decision produces -----------------------------------------------------------------
@@ -285,12 +321,8 @@ def review_event(
         produced_at=at,
         review_id=ident,
         task_id=task.task_id,
-        post_id=task.post_id,
-        post_event_id=task.post_event_id,
-        tenant=task.tenant,
+        **task.identity.fields(),
         decision_id=task.decision_id,
-        content_key=task.content_key,
-        policy=task.policy,
         outcome=sub.outcome,
         stage=stage,
         verdict=sub.verdict,

@@ -27,12 +27,9 @@ from guardstream.contracts.topics import TopicNames
 from guardstream.policy import load_registry
 from guardstream.review import metrics as review_metrics
 from guardstream.review.api import install_error_handlers, router
-from guardstream.review.auth import HashPool
 from guardstream.review.console import COOKIE, ConsoleAuth, install_console
 from guardstream.review.consumer import ReviewConsumer, source_topics
-from guardstream.review.logic import parse_tags
 from guardstream.review.relay import OutboxRelay
-from guardstream.review.service import ReviewService
 from guardstream.review.shield import (
     BodyLimit,
     Edge,
@@ -41,6 +38,7 @@ from guardstream.review.shield import (
     LoginThrottle,
 )
 from guardstream.review.store import ReviewStore
+from guardstream.review.wiring import ReviewServices, review_services
 from guardstream.runtime.kafka import make_consumer, make_producer
 from guardstream.runtime.loop import BatchHandler, BatchLoop, LoopConfig
 from guardstream.runtime.rejections import isolating_rejections
@@ -52,7 +50,7 @@ log = logging.getLogger(__name__)
 
 
 def create_app(
-    service: ReviewService,
+    services: ReviewServices,
     console: ConsoleAuth,
     ready: Callable[[], bool],
     settings: Settings,
@@ -66,14 +64,14 @@ def create_app(
             " `POST /api/v1/auth/token`; tenant-scoped; every access audited."
         ),
     )
-    app.state.review = service
+    app.state.review = services
     edge = Edge(
         LoginThrottle(
             per_id_per_min=settings.review_login_per_id_per_min,
             per_address_per_min=settings.review_login_per_address_per_min,
             max_keys=settings.review_login_throttle_keys,
         ),
-        service.refusals,
+        services.auth.refusals,
     )
     app.state.edge = edge
     # Outermost last: the body limit first, then the character check, then the in-flight
@@ -96,7 +94,7 @@ def create_app(
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz() -> JSONResponse:
-        ok = ready() and await service.store.ping()
+        ok = ready() and await services.store.ping()
         return JSONResponse({"process": "review", "ready": ok}, status_code=200 if ok else 503)
 
     return app
@@ -107,8 +105,7 @@ class Review:
     """The parts of a running review process (tests reach in through `expose`)."""
 
     settings: Settings
-    store: ReviewStore
-    service: ReviewService
+    services: ReviewServices
     relay: OutboxRelay
     consumer: ReviewConsumer
     app: FastAPI
@@ -124,66 +121,51 @@ class _Server(uvicorn.Server):
 
 async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
     policies = load_registry(settings.policy_dir)
-    store = await ReviewStore.open(settings)
-    stack.push_async_callback(store.close)
-    await store.set_claim_limit(settings.review_max_claims)
+    services = await stack.enter_async_context(review_services(settings, policies=policies))
+    await services.store.claims.set_limit(settings.review_max_claims)
     producer = make_producer(settings, client_id="guardstream-review")
     await producer.start()
     stack.push_async_callback(producer.stop)
     cache = RedisVerdictCache.from_settings(settings)
     stack.push_async_callback(cache.close)
     relay = OutboxRelay(
-        store,
+        services.store,
         producer,
         cache,
         TopicNames(settings.namespace),
         archive=Archive(settings.feedback_dir),
         human_ttl_s=settings.human_verdict_ttl_s,
-    )
-    hashes = HashPool(settings.review_hash_workers, settings.review_hash_queue)
-    stack.callback(hashes.close)
-    service = ReviewService(
-        store,
-        policies,
-        tags=parse_tags(settings.review_tags),
-        lock_s=settings.review_lock_s,
-        token_ttl_s=settings.review_token_ttl_s,
-        max_claims=settings.review_max_claims,
-        after_commit=relay.kick,
-        qa_cadence=settings.qa_cadence,
-        qa_sample_size=settings.qa_sample_size,
-        qa_min_agreement=settings.qa_agreement_min,
-        hashes=hashes,
-        denied_audit_per_s=settings.review_denied_audit_per_s,
+        queued=services.queued,
     )
     secret = settings.review_session_secret
     key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
     console = ConsoleAuth(key, settings.review_session_ttl_s, secure=settings.review_cookie_secure)
-    handler = ReviewConsumer(settings, producer, store, policies)
+    handler = ReviewConsumer(settings, producer, services.store, policies)
     ready = {"assigned": False}
-    app = create_app(service, console, lambda: ready["assigned"], settings)
+    app = create_app(services, console, lambda: ready["assigned"], settings)
     app.state.ready_flags = ready
     handle = isolating_rejections(handler.handle, producer, settings, "review")
-    return Review(settings, store, service, relay, handler, app, handle)
+    return Review(settings, services, relay, handler, app, handle)
 
 
 async def _background(review: Review, stop: asyncio.Event) -> None:
     """Round-robin assignment, lock expiry, the purge of texts and of expired tokens and
     sessions, and QA sampling, on a timer."""
     settings = review.settings
+    services = review.services
     ttl = timedelta(seconds=settings.review_post_text_ttl_s)
     rounds = 0
     while not stop.is_set():
         try:
-            await review.service.release_expired_locks()
-            await review.service.assign_round_robin()
+            await services.tasks.release_expired_locks()
+            await services.tasks.assign_round_robin()
             if rounds % 5 == 0:  # counting every open task is not free: every 5th round
-                await review.store.purge_post_texts(utcnow() - ttl)
-                await review.store.purge_credentials(utcnow())
-                await _refresh_gauges(review.store)
+                await services.store.posts.purge(utcnow() - ttl)
+                await services.auth.purge_expired()
+                await _refresh_gauges(services.store)
                 # The QA sample of the last finished month (week): one indexed insert that
                 # finds the batch there on every round but the first of a period.
-                await review.service.qa_tick()
+                await services.qa.tick()
             rounds += 1
         except asyncio.CancelledError:
             raise
@@ -194,7 +176,8 @@ async def _background(review: Review, stop: asyncio.Event) -> None:
 
 
 async def _refresh_gauges(store: ReviewStore) -> None:
-    depth, qa = await store.gauges()
+    depth = await store.tasks.depth_by_tenant()
+    qa = await store.reviews.agreement_by_tenant()
     review_metrics.queue_depth_by_tenant.clear()
     review_metrics.queue_depth_by_tenant.update(depth)
     review_metrics.qa_agreement_by_tenant.clear()

@@ -34,7 +34,7 @@ import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from guardstream.review import metrics as review_metrics
-from guardstream.review.store import AuditFailed
+from guardstream.review.store.audit import AuditFailed
 
 log = logging.getLogger(__name__)
 

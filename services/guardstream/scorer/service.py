@@ -40,6 +40,7 @@ from guardstream.contracts.events import (
     utcnow,
     within_text_limit,
 )
+from guardstream.contracts.identity import PostIdentity
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.model.adapters import Adapter
 from guardstream.runtime import tracing
@@ -315,11 +316,7 @@ class Scorer:
             record = ShadowRecord(
                 event_id=f"shadow-{request.content_key}-{candidate.adapter_id}",
                 produced_at=utcnow(),
-                post_id=request.post_id,
-                post_event_id=request.post_event_id,
-                tenant=request.tenant,
-                content_key=request.content_key,
-                policy=request.policy,
+                **PostIdentity.of(request).fields(),
                 model=self._engine.model_id,
                 serving_adapter=request.adapter,
                 serving_verdict=serving.verdict,

@@ -34,6 +34,7 @@ from guardstream.contracts.events import (
     Source,
     Verdict,
 )
+from guardstream.contracts.identity import HasIdentity, PostIdentity
 from guardstream.contracts.topics import Topic
 from guardstream.policy import ReviewSla
 
@@ -66,16 +67,12 @@ def item_key(tenant: str, post_id: str) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class Item:
+class Item(HasIdentity):
     """What the SLA app knows about one post under review (table value, key = `item_key`)."""
 
-    post_id: str
+    identity: PostIdentity  # also read as item.tenant, item.post_id, …
     partition: int  # source partition: the changelog partition and the index it lives in
-    tenant: str
     decision_id: str  # the decision that sent the post to review
-    post_event_id: str
-    policy: str
-    content_key: str
     model: str
     adapter: str | None
     decided_at: float
@@ -95,13 +92,11 @@ class Item:
     def to_dict(self) -> dict[str, Any]:
         return {
             "v": ITEM_VERSION,
-            "post_id": self.post_id,
+            # The identity stays flat in the changelog: items written before it was a
+            # sub-model read back unchanged.
+            **self.identity.fields(),
             "partition": self.partition,
-            "tenant": self.tenant,
             "decision_id": self.decision_id,
-            "post_event_id": self.post_event_id,
-            "policy": self.policy,
-            "content_key": self.content_key,
             "model": self.model,
             "adapter": self.adapter,
             "decided_at": self.decided_at,
@@ -123,13 +118,15 @@ class Item:
         if data.get("v") != ITEM_VERSION:
             raise ValueError(f"unknown SLA item version {data.get('v')!r}")
         return cls(
-            post_id=str(data["post_id"]),
+            identity=PostIdentity(
+                tenant=str(data["tenant"]),
+                post_id=str(data["post_id"]),
+                post_event_id=str(data["post_event_id"]),
+                policy=str(data["policy"]),
+                content_key=str(data["content_key"]),
+            ),
             partition=int(data["partition"]),
-            tenant=str(data["tenant"]),
             decision_id=str(data["decision_id"]),
-            post_event_id=str(data["post_event_id"]),
-            policy=str(data["policy"]),
-            content_key=str(data["content_key"]),
             model=str(data["model"]),
             adapter=data.get("adapter"),
             decided_at=float(data["decided_at"]),
@@ -198,13 +195,9 @@ def enter(decision: Decision, partition: int, sla: ReviewSla, current: Item | No
     start = epoch(decision.decided_at)
     early = current.assigned_at if current is not None and current.phase is Phase.EARLY else None
     return Item(
-        post_id=decision.post_id,
+        identity=PostIdentity.of(decision),
         partition=partition,
-        tenant=decision.tenant,
         decision_id=decision.decision_id,
-        post_event_id=decision.post_event_id,
-        policy=decision.policy,
-        content_key=decision.content_key,
         model=decision.model,
         adapter=decision.adapter,
         decided_at=start,
@@ -227,13 +220,9 @@ def reviewed(review: Review, partition: int, current: Item | None) -> Item | Non
         # The review overtook the decision (different topics are not ordered): remember it, so
         # the decision arriving later does not start a clock nobody will stop.
         return Item(
-            post_id=review.post_id,
+            identity=PostIdentity.of(review),
             partition=partition,
-            tenant=review.tenant,
             decision_id=review.decision_id,
-            post_event_id=review.post_event_id,
-            policy=review.policy,
-            content_key=review.content_key,
             model=review.model or "unknown",
             adapter=review.adapter,
             decided_at=when,
@@ -262,13 +251,15 @@ def assigned(assignment: ReviewAssignment, partition: int, current: Item | None)
     if current is None:
         # The assignment overtook the decision: keep it for the decision to pick up.
         return Item(
-            post_id=assignment.post_id,
+            identity=PostIdentity(
+                tenant=assignment.tenant,
+                post_id=assignment.post_id,
+                post_event_id="",
+                policy="",
+                content_key="",
+            ),
             partition=partition,
-            tenant=assignment.tenant,
             decision_id="",
-            post_event_id="",
-            policy="",
-            content_key="",
             model="",
             adapter=None,
             decided_at=when,

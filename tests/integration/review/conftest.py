@@ -75,13 +75,15 @@ class Console:
         self, rid: str, tenants: tuple[str, ...], role: Role = Role.REVIEWER, on_call: bool = False
     ) -> Reviewer:
         reviewer = Reviewer(rid, tenants, role, on_call)
-        await self.review.store.put_reviewer(reviewer, auth.hash_password(PASSWORD), actor="test")
-        token, _ = await self.review.service.issue_token(reviewer)
+        await self.review.services.auth.put_reviewer(
+            reviewer, auth.hash_password(PASSWORD), actor="test"
+        )
+        token, _ = await self.review.services.auth.issue_token(reviewer)
         self.tokens[rid] = token
         return reviewer
 
     async def sql(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        async with self.review.store.transaction() as tx:
+        async with self.review.services.store.transaction() as tx:
             return list(await tx.conn.fetch(query, *args))
 
     async def wait_tasks(self, n: int, within: float = 30) -> None:

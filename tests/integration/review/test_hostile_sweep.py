@@ -42,7 +42,7 @@ from guardstream.contracts.events import (
 )
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.review.consumer import ReviewConsumer
-from guardstream.review.store import PostText
+from guardstream.review.store.posts import PostText
 from guardstream.runtime.kafka import make_producer
 from guardstream.runtime.loop import Record, Records, isolate
 from guardstream.runtime.settings import Settings
@@ -522,7 +522,7 @@ async def test_a_value_postgresql_refuses_costs_only_its_record(console: Console
     """Behind the contract, the database is the last judge: a batch PostgreSQL refuses for one
     record's value (U+0000: CharacterNotInRepertoireError) is halved down to that record, the
     others are stored, and it alone is dead-lettered `store_rejected`."""
-    store = console.review.store
+    store = console.review.services.store
     texts = {
         offset: PostText(
             post_id=f"p-{uuid.uuid4().hex}",
@@ -538,7 +538,7 @@ async def test_a_value_postgresql_refuses_costs_only_its_record(console: Console
     ]
 
     async def save(batch: Records) -> None:
-        await store.save_post_texts([texts[r.offset] for r in batch])
+        await store.posts.save([texts[r.offset] for r in batch])
 
     dead: list[tuple[int, str, str]] = []
 

@@ -77,7 +77,7 @@ async def test_missing_bad_or_expired_tokens_are_refused(console: Console, case:
         headers["Authorization"] = "Bearer " + good[:-1] + ("A" if good[-1] != "A" else "B")
     elif case == "expired":
         old = auth.new_token()
-        await console.review.store.store_token(
+        await console.review.services.store.credentials.store_token(
             reviewer.id, auth.token_hash(old), utcnow() - timedelta(seconds=1)
         )
         headers["Authorization"] = f"Bearer {old}"

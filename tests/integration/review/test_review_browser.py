@@ -130,7 +130,7 @@ async def test_a_senior_works_the_qa_queue_blind_with_the_keyboard(
         )
         assert first.status_code == 200, first.text
     period = utcnow().strftime("%Y-%m")
-    sampled = await console.review.service.sample_qa(parse_period(period))
+    sampled = await console.review.services.qa.sample(parse_period(period))
     assert sampled.sampled == 1
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))

@@ -206,8 +206,12 @@ async def test_the_process_purges_expired_tokens_and_sessions(console: Console) 
     await console.add_reviewer("alice", ("acme",))
     past = utcnow() - timedelta(seconds=1)
     for _ in range(3):
-        await console.review.store.store_token("alice", auth.token_hash(auth.new_token()), past)
-    await console.review.store.store_session("alice", auth.token_hash("gone"), past)
+        await console.review.services.store.credentials.store_token(
+            "alice", auth.token_hash(auth.new_token()), past
+        )
+    await console.review.services.store.credentials.store_session(
+        "alice", auth.token_hash("gone"), past
+    )
     live = console.tokens["alice"]
     deadline = asyncio.get_running_loop().time() + 60
     while True:  # the background loop purges every fifth round
@@ -221,7 +225,9 @@ async def test_the_process_purges_expired_tokens_and_sessions(console: Console) 
         await asyncio.sleep(0.2)
     assert await api_status(console, live) == 200
     # Issuing a token also drops the reviewer's expired ones at once.
-    await console.review.store.store_token("alice", auth.token_hash(auth.new_token()), past)
+    await console.review.services.store.credentials.store_token(
+        "alice", auth.token_hash(auth.new_token()), past
+    )
     await token_for(console, "alice")
     rows = await console.sql("SELECT count(*) AS n FROM api_tokens WHERE expires_at <= now()")
     assert rows[0]["n"] == 0
@@ -292,7 +298,7 @@ async def test_the_database_bounds_claims_whoever_writes_them(console: Console) 
             await conn.close()
 
     for limit in (1, 3):
-        await console.review.store.set_claim_limit(limit)
+        await console.review.services.store.claims.set_limit(limit)
         await console.sql(
             "UPDATE tasks SET state = 'pending', assignee = NULL, lock_expires_at = NULL"
         )
@@ -322,7 +328,7 @@ async def test_concurrent_claims_of_one_reviewer_hold_at_most_the_limit(
         await seed(console, 5)
         await console.add_reviewer("alice", ("acme",))
         if python_limit is not None:
-            console.review.service.max_claims = python_limit
+            console.review.services.tasks.max_claims = python_limit
         async with console.client("alice") as http:
             answers = await asyncio.gather(*(http.post("/api/v1/tasks/claim") for _ in range(30)))
         held = await console.sql(

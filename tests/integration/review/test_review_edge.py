@@ -198,7 +198,7 @@ async def test_an_unknown_id_costs_the_same_hash_work_as_a_wrong_password(
         checked.append(stored)
         return auth.verify_password(password, stored)
 
-    console.review.service.hashes = HashPool(1, 4, check=check)
+    console.review.services.auth.hashes = HashPool(1, 4, check=check)
     async with console.client() as http:
         known = await http.post("/api/v1/auth/token", json={"reviewer": "alice", "password": "x"})
         unknown = await http.post("/api/v1/auth/token", json={"reviewer": "zed", "password": "x"})
@@ -230,7 +230,7 @@ async def test_a_full_hashing_pool_answers_429_at_once(console: Console) -> None
         return False
 
     pool = HashPool(1, 0, check=slow)
-    console.review.service.hashes = pool
+    console.review.services.auth.hashes = pool
     try:
         async with console.client() as http, console.client() as other:
             first = asyncio.create_task(
@@ -372,4 +372,4 @@ async def test_made_up_tokens_and_sessions_are_audited_at_the_bounded_rate(
         " AND action IN ('api', 'console')"
     )
     assert rows[0]["n"] == 1
-    assert console.review.service.refusals.suppressed == 49
+    assert console.review.services.auth.refusals.suppressed == 49

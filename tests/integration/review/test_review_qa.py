@@ -86,7 +86,7 @@ async def test_seniors_work_a_blind_qa_queue_and_low_agreement_alerts(console: C
     period = utcnow().strftime("%Y-%m")
     first = await asyncio.to_thread(qa_sample_cli, console.settings, period)
     assert first == {"period": period, "new": True, "sampled": 7, "closed": []}
-    again = await console.review.service.sample_qa(parse_period(period))
+    again = await console.review.services.qa.sample(parse_period(period))
     assert (again.created, again.sampled) == (False, 0)
     items = await console.sql("SELECT task_id, reviewer FROM qa_items WHERE period = $1", period)
     assert sorted(r["reviewer"] for r in items) == ["alice"] * 3 + ["bob"] * 3 + ["zed"]

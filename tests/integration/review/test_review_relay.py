@@ -10,19 +10,45 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from guardstream.contracts.events import Source, Verdict
+from guardstream.contracts.events import (
+    AssignmentEvent,
+    ReviewAssignment,
+    Source,
+    Verdict,
+    utcnow,
+)
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.review.relay import OutboxRelay
 from guardstream.review.store import ReviewStore
+from guardstream.review.store.outbox import (
+    EventPayload,
+    FeedbackSamplePayload,
+    HumanVerdictPayload,
+    OutboxKind,
+)
 from guardstream.runtime.kafka import ensure_topics, make_producer
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.archive import Archive
-from guardstream.verdict.cache import RedisVerdictCache, VerdictKey, human_verdict_key
+from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache, VerdictKey
 from tests.conftest import free_port
 from tests.integration.review.conftest import read_topic
 from tests.support.feedback import taught_samples
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+
+def event(n: int) -> EventPayload:
+    """An assignment event of post p1 whose event id says which it is."""
+    released = ReviewAssignment(
+        event_id=f"n{n}",
+        produced_at=utcnow(),
+        task_id="t1",
+        post_id="p1",
+        tenant="acme",
+        event=AssignmentEvent.RELEASED,
+        at=utcnow(),
+    )
+    return EventPayload.of(Topic.ASSIGNMENTS, "p1", released)
 
 
 async def test_a_redis_outage_holds_back_only_the_cache_write(review_settings: Settings) -> None:
@@ -39,30 +65,30 @@ async def test_a_redis_outage_holds_back_only_the_cache_write(review_settings: S
     )
     live = RedisVerdictCache.from_settings(settings)
     content_key = uuid.uuid4().hex
-    key = human_verdict_key("acme", content_key)
-    entry = (
+    entry = CachedVerdict.model_validate_json(
         b'{"v":1,"verdict":"unsafe","categories":[],"reason":"human review","source":"human",'
         b'"model":"tiny","decided_at":"2026-01-01T00:00:00Z"}'
     )
     try:
         async with store.transaction() as tx:
-            await tx.enqueue("event", Topic.REVIEWS.value, "p1", b'{"n": 1}')
-            await tx.enqueue("human_verdict", "verdict_cache", key, entry)
-            await tx.enqueue("event", Topic.REVIEWS.value, "p1", b'{"n": 2}')
+            await tx.outbox.enqueue(event(1))
+            await tx.outbox.enqueue(HumanVerdictPayload.of("acme", content_key, entry))
+            await tx.outbox.enqueue(event(2))
         names = TopicNames(settings.namespace)
         down = OutboxRelay(store, producer, dead, names)
         assert await down.relay_once() == 2  # both events, not the cache write
         assert await down.relay_once() == 0  # and they are not sent again
-        assert [r["n"] for r in await read_topic(settings, Topic.REVIEWS, 2)] == [1, 2]
-        unsent = await store.unsent(10)
-        assert [u.kind for u in unsent] == ["human_verdict"]
+        sent = await read_topic(settings, Topic.ASSIGNMENTS, 2)
+        assert [r["event_id"] for r in sent] == ["n1", "n2"]
+        unsent = await store.outbox.unsent(10)
+        assert [u.payload.kind for u in unsent] == [OutboxKind.HUMAN_VERDICT]
 
         up = OutboxRelay(store, producer, live, names)
         assert await up.relay_once() == 1
         [found] = (await live.get_many([VerdictKey(content_key, "acme")])).values()
         assert found.source is Source.HUMAN and found.verdict is Verdict.UNSAFE
-        assert await store.unsent(10) == []
-        assert len(await read_topic(settings, Topic.REVIEWS, 3, within=2)) == 2
+        assert await store.outbox.unsent(10) == []
+        assert len(await read_topic(settings, Topic.ASSIGNMENTS, 3, within=2)) == 2
     finally:
         await dead.close()
         await live.close()
@@ -84,23 +110,26 @@ async def test_an_archive_outage_holds_back_only_the_samples(
     sample = taught_samples()[0]
     try:
         async with store.transaction() as tx:
-            await tx.enqueue("event", Topic.REVIEWS.value, "p1", b'{"n": 1}')
-            await tx.enqueue("feedback_sample", "archive", sample.sample_id, sample.to_json())
-            await tx.enqueue("event", Topic.REVIEWS.value, "p1", b'{"n": 2}')
+            await tx.outbox.enqueue(event(1))
+            await tx.outbox.enqueue(FeedbackSamplePayload(sample))
+            await tx.outbox.enqueue(event(2))
         names = TopicNames(settings.namespace)
         down = OutboxRelay(store, producer, cache, names, archive=Archive(blocked))
         assert await down.relay_once() == 2  # both events, not the sample
         for _ in range(3):  # every later round: nothing sent again
             assert await down.relay_once() == 0
-        assert [u.kind for u in await store.unsent(10)] == ["feedback_sample"]
+        assert [u.payload.kind for u in await store.outbox.unsent(10)] == [
+            OutboxKind.FEEDBACK_SAMPLE
+        ]
 
         archive = Archive(tmp_path / "archive")
         up = OutboxRelay(store, producer, cache, names, archive=archive)
         assert await up.relay_once() == 1
         assert [s.sample_id for s in archive.read()] == [sample.sample_id]
-        assert await store.unsent(10) == []
+        assert await store.outbox.unsent(10) == []
         # Each event reached the broker exactly once through the outage.
-        assert [r["n"] for r in await read_topic(settings, Topic.REVIEWS, 3, within=2)] == [1, 2]
+        sent = await read_topic(settings, Topic.ASSIGNMENTS, 3, within=2)
+        assert [r["event_id"] for r in sent] == ["n1", "n2"]
     finally:
         await cache.close()
         await producer.stop()

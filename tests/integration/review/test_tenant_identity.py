@@ -17,7 +17,9 @@ from guardstream.contracts.events import Source, Verdict, utcnow
 from guardstream.policy import load_registry
 from guardstream.review.consumer import new_task
 from guardstream.review.logic import TaskState, task_id
-from guardstream.review.store import MIGRATIONS, PostText, ReviewStore
+from guardstream.review.store import ReviewStore
+from guardstream.review.store.db import MIGRATIONS
+from guardstream.review.store.posts import PostText
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.cache import CachedVerdict
 from tests.integration.review.conftest import contested, new_test_post
@@ -60,19 +62,19 @@ def test_posts_sharing_a_post_id_each_keep_their_text_and_get_their_own_task(
                 texts.append(PostText(post.post_id, tenant, "prompt", f"{tenant} says {pid}", None))
             tasks = [new_task(d, POLICIES) for d in decisions]
             if text_first:
-                await store.save_post_texts(texts)
-            assert await store.create_tasks(tasks) == len(posts)
-            assert await store.create_tasks(tasks) == 0  # a replay creates nothing
+                await store.posts.save(texts)
+            assert await store.tasks.create(tasks) == len(posts)
+            assert await store.tasks.create(tasks) == 0  # a replay creates nothing
             if not text_first:
-                await store.save_post_texts(texts)
-            await store.save_post_texts(texts)  # a replayed post changes nothing
+                await store.posts.save(texts)
+            await store.posts.save(texts)  # a replayed post changes nothing
             async with store.transaction() as tx:
                 for decision, text in zip(decisions, texts, strict=True):
                     ident = task_id(decision.tenant, decision.post_id, decision.policy)
-                    task = await tx.task(ident)
+                    task = await tx.tasks.get(ident)
                     assert task is not None and task.tenant == decision.tenant
                     assert task.decision_id == decision.decision_id
-                    stored = await tx.post_text(decision.post_id, decision.tenant)
+                    stored = await tx.posts.get(decision.post_id, decision.tenant)
                     assert stored is not None and stored.text == text.text
         finally:
             await store.close()
@@ -153,18 +155,18 @@ async def test_migration_0005_keeps_existing_rows_working(
 
     store = await ReviewStore.open(review_settings)
     try:
-        assert await store.create_tasks([new_task(decision, POLICIES)]) == 0  # its task exists
+        assert await store.tasks.create([new_task(decision, POLICIES)]) == 0  # its task exists
         beta = contested(post.model_copy(update={"tenant": "beta"}))
-        assert await store.create_tasks([new_task(beta, POLICIES)]) == 1
-        await store.save_post_texts([PostText(post.post_id, "beta", "prompt", "beta text", None)])
+        assert await store.tasks.create([new_task(beta, POLICIES)]) == 1
+        await store.posts.save([PostText(post.post_id, "beta", "prompt", "beta text", None)])
         async with store.transaction() as tx:
-            task = await tx.task(old_id)
+            task = await tx.tasks.get(old_id)
             assert task is not None and task.state is TaskState.DECIDED
-            acme_text = await tx.post_text(post.post_id, "acme")
-            beta_text = await tx.post_text(post.post_id, "beta")
+            acme_text = await tx.posts.get(post.post_id, "acme")
+            beta_text = await tx.posts.get(post.post_id, "beta")
             assert acme_text is not None and acme_text.text == "acme text"
             assert beta_text is not None and beta_text.text == "beta text"
-            assert await tx.task(task_id("beta", post.post_id, beta.policy)) is not None
+            assert await tx.tasks.get(task_id("beta", post.post_id, beta.policy)) is not None
             queued = await tx.conn.fetch(
                 "SELECT key, payload FROM outbox WHERE kind = 'human_verdict'"
             )

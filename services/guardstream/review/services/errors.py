@@ -1,0 +1,27 @@
+"""What a review service refuses, with the HTTP status the API and the console answer."""
+
+from __future__ import annotations
+
+
+class ReviewError(Exception):
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Unauthenticated(ReviewError):
+    status = 401
+
+
+class Forbidden(ReviewError):
+    status = 403
+
+
+class NotFound(ReviewError):
+    status = 404
+
+
+class Conflict(ReviewError):
+    status = 409

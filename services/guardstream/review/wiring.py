@@ -1,0 +1,83 @@
+"""The one way to build the review services: every entry point (the review process, the
+`guardstream review` admin commands, `guardstream feedback qa-sample`) opens them here.
+
+`review_services(settings)` opens the store (migrating it), builds each service from the
+settings, and closes the store and the password-hashing threads on exit. The services share
+one `queued` event, set after a commit that queued outbox items: the review process's relay
+waits on it (elsewhere nobody does, and the items wait for the next relay round).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from guardstream.policy import PolicyRegistry, load_registry
+from guardstream.review.auth import HashPool
+from guardstream.review.logic import parse_tags
+from guardstream.review.services.auth import AuthService
+from guardstream.review.services.qa import QaService
+from guardstream.review.services.queue import QueueService
+from guardstream.review.services.tasks import TaskService
+from guardstream.review.store import ReviewStore
+from guardstream.runtime.settings import Settings
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewServices:
+    store: ReviewStore
+    auth: AuthService
+    queue: QueueService
+    tasks: TaskService
+    qa: QaService
+    queued: asyncio.Event  # set after a commit that queued outbox items
+
+
+@asynccontextmanager
+async def review_services(
+    settings: Settings, *, policies: PolicyRegistry | None = None
+) -> AsyncIterator[ReviewServices]:
+    """The review services over this deployment's store (`policies`: loaded from
+    `settings.policy_dir` unless given)."""
+    registry = policies if policies is not None else load_registry(settings.policy_dir)
+    store = await ReviewStore.open(settings)
+    hashes = HashPool(settings.review_hash_workers, settings.review_hash_queue)
+    queued = asyncio.Event()
+    tags = parse_tags(settings.review_tags)
+    queue = QueueService(store)
+    try:
+        yield ReviewServices(
+            store=store,
+            auth=AuthService(
+                store,
+                hashes=hashes,
+                token_ttl_s=settings.review_token_ttl_s,
+                denied_audit_per_s=settings.review_denied_audit_per_s,
+                queued=queued,
+            ),
+            queue=queue,
+            tasks=TaskService(
+                store,
+                registry,
+                tags=tags,
+                lock_s=settings.review_lock_s,
+                max_claims=settings.review_max_claims,
+                stats=queue.figures,
+                queued=queued,
+            ),
+            qa=QaService(
+                store,
+                registry,
+                tags=tags,
+                cadence=settings.qa_cadence,
+                sample_size=settings.qa_sample_size,
+                min_agreement=settings.qa_agreement_min,
+                queued=queued,
+            ),
+            queued=queued,
+        )
+    finally:
+        hashes.close()
+        await store.close()
