@@ -85,11 +85,6 @@ class Service:
             raise NotFound("no such task")
         return task
 
-    async def _reload(self, task_id: str) -> Task:
-        task = await self.store.tasks.get(task_id)
-        assert task is not None
-        return task
-
 
 async def publish(tx: Tx, event: Review | ReviewAssignment | Decision) -> None:
     """Queue an event (keyed by post) for the relay, in this transaction."""

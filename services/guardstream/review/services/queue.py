@@ -66,15 +66,10 @@ class StatsCache:
 
 
 class QueueService(Service):
-    def __init__(
-        self,
-        store: ReviewStore,
-        *,
-        clock: Callable[[], datetime] = utcnow,
-        stats: StatsCache | None = None,
-    ) -> None:
+    def __init__(self, store: ReviewStore, *, clock: Callable[[], datetime] = utcnow) -> None:
         super().__init__(store, clock=clock)
-        self.figures = stats or StatsCache(lambda tenants: store.tasks.stats(tenants, self.now()))
+        # Shared with `TaskService`, whose decisions make the figures stale.
+        self.figures = StatsCache(lambda tenants: store.tasks.stats(tenants, self.now()))
 
     async def queue(
         self, reviewer: Reviewer, filters: QueueFilter, limit: int

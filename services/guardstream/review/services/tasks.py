@@ -164,6 +164,11 @@ class TaskService(Deciding):
             self.queued.set()
         return len(tasks)
 
+    async def _reload(self, task_id: str) -> Task:
+        task = await self.store.tasks.get(task_id)
+        assert task is not None
+        return task
+
     # --- decisions ---------------------------------------------------------------------------
     async def decide(self, reviewer: Reviewer, task_id: str, form: SubmissionForm) -> Decided:
         """First-stage decision: stored with its audit row, the Review and the human Decision
