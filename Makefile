@@ -64,6 +64,7 @@ samples: install
 lint: install
 	$(BIN)/ruff check services tests
 	$(BIN)/ruff format --check services tests
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

@@ -8,7 +8,6 @@ exist) and must come out as FAIL with a hint, while the healthy one passes.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import shutil
 import subprocess
 import sys
@@ -30,8 +29,6 @@ from tests.support.processes import env_for
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-HAVE_ASYNCPG = importlib.util.find_spec("asyncpg") is not None
-needs_asyncpg = pytest.mark.skipif(not HAVE_ASYNCPG, reason="asyncpg (the review store's driver)")
 
 
 @pytest.fixture
@@ -63,10 +60,7 @@ async def test_a_healthy_deployment_passes_every_check(healthy_settings: Setting
     for check in ("broker", "topics", "model", "policy"):
         assert only(findings, check).status is Status.OK, findings
     pg = only(findings, "postgresql")
-    if HAVE_ASYNCPG:
-        assert pg.status is Status.OK and "reachable" in pg.detail, pg
-    else:  # the review console's driver is not installed here: said so, not failed
-        assert pg.status is Status.WARN and "skipped: no PostgreSQL driver installed" in pg.detail
+    assert pg.status is Status.OK and "reachable" in pg.detail, pg
     # Redis may be slow on a busy machine (warn), never failing.
     assert "reachable and writable" in only(findings, "redis").detail
     assert healthy_settings.kafka_bootstrap in only(findings, "broker").detail
@@ -183,7 +177,6 @@ async def test_an_unreachable_broker_fails(healthy_settings: Settings) -> None:
     assert topics.status is Status.WARN and "not checked" in topics.detail
 
 
-@needs_asyncpg
 async def test_postgres_missing_database_and_closed_port_fail(healthy_settings: Settings) -> None:
     missing_db = changed(
         healthy_settings, database_url="postgresql://postgres@127.0.0.1:5432/gs_doctor_no_such_db"
@@ -276,6 +269,6 @@ async def test_cli_exit_codes_json_and_no_secrets(healthy_settings: Settings) ->
     status = {c["check"]: c for c in report["checks"]}
     assert status["redis"]["status"] == "FAIL"
     assert "authentication rejected" in status["redis"]["detail"]
-    assert status["postgresql"]["status"] == ("FAIL" if HAVE_ASYNCPG else "warn")
+    assert status["postgresql"]["status"] == "FAIL"
     assert status["broker"]["status"] == status["topics"]["status"] == "ok"
     assert report["settings"]["redis_url"] == "redis://guard:***@127.0.0.1:6379/0"

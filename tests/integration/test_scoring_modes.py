@@ -16,7 +16,7 @@ import pytest
 
 from guardstream.model.tiny import TEACHING_SET, Lesson, ensure_tiny_checkpoint
 from guardstream.runtime.settings import Settings
-from guardstream.scorer.engine import EngineDead, ScoringError
+from guardstream.scorer.engine import EngineDead, ScoringError, max_input_tokens
 from guardstream.scorer.output import label_confidence, parse_answer
 from guardstream.scorer.prompt import PromptRenderer
 from guardstream.scorer.vllm_engine import VllmGuardEngine
@@ -98,7 +98,7 @@ def tokenizer(model_cache_dir: Path) -> Any:
 
 def scripted(tokenizer: Any, script: Sequence[_Completion | BaseException]) -> Any:
     settings = Settings(model="tiny", max_model_len=2048)
-    renderer = PromptRenderer(tokenizer, VllmGuardEngine.max_input_tokens(settings, tokenizer))
+    renderer = PromptRenderer(tokenizer, max_input_tokens(settings, tokenizer))
     llm = ScriptedLLM(list(script))
     return VllmGuardEngine(llm, tokenizer, renderer, "scripted", settings), llm
 
@@ -152,7 +152,7 @@ async def test_without_the_refusal_probe_a_safe_response_takes_one_request(
 ) -> None:
     safe = tokenizer.encode(" Safe", add_special_tokens=False)[0]
     settings = Settings(model="tiny", max_model_len=2048, two_phase_refusal=False)
-    renderer = PromptRenderer(tokenizer, VllmGuardEngine.max_input_tokens(settings, tokenizer))
+    renderer = PromptRenderer(tokenizer, max_input_tokens(settings, tokenizer))
     llm = ScriptedLLM([_Completion(" Safe", [safe], None)])
     engine = VllmGuardEngine(llm, tokenizer, renderer, "scripted", settings)
     chat = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
@@ -172,7 +172,7 @@ async def test_each_adapter_keeps_one_lora_id_and_none_is_served_without_a_regis
     chat = [{"role": "user", "content": "q"}]
     for adapter_dir, expect_error in ((None, True), (tmp_path, False)):
         settings = Settings(model="tiny", max_model_len=2048, adapter_dir=adapter_dir)
-        renderer = PromptRenderer(tokenizer, VllmGuardEngine.max_input_tokens(settings, tokenizer))
+        renderer = PromptRenderer(tokenizer, max_input_tokens(settings, tokenizer))
         llm = ScriptedLLM([_Completion(" Safe", [safe], None) for _ in range(4)])
         engine = VllmGuardEngine(llm, tokenizer, renderer, "scripted", settings)
         if expect_error:

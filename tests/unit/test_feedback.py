@@ -245,8 +245,8 @@ def test_report_counts_weeks_disagreement_and_reviewer_agreement() -> None:
 
 def test_a_review_is_archived_as_the_model_saw_the_post() -> None:
     from guardstream.contracts.events import Review, ReviewOutcome
-    from guardstream.contracts.feedback import from_review
     from guardstream.policy.pack import PolicyPack
+    from guardstream.review.sample import from_review
 
     review = Review(
         event_id="e",
