@@ -30,7 +30,6 @@ from pathlib import Path
 import orjson
 import redis
 
-from guardstream.core.settings import Settings
 from guardstream.devtools.adversarial import (
     CORPUS_LATEST,
     assess,
@@ -42,7 +41,8 @@ from guardstream.devtools.adversarial import (
     summarise,
 )
 from guardstream.devtools.stack import port_open, tansu_command
-from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 
 
 def free_port() -> int:

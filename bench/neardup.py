@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from guardstream.core.content import normalise
-from guardstream.core.neardup import (
+from guardstream.contracts.text import normalise
+from guardstream.verdict.neardup import (
     DEFAULT_MIN_CHARS,
     DEFAULT_THRESHOLD,
     digits,

@@ -35,7 +35,7 @@ on a free port, unless `KAFKA_BOOTSTRAP` is set) and the real Redis (`REDIS_URL`
    loop in a thread, sized never to be the bottleneck) that waits `--scorer-latency-ms` per
    batch, writes a verdict derived from the content key (85% safe, 10% unsafe, 5%
    controversial) to the real Redis verdict cache and near-duplicate index as the scorer does
-   (so later repeats hit), and produces a `Decision` made by `guardstream.core.decisions.decide`
+   (so later repeats hit), and produces a `Decision` made by `guardstream.verdict.decisions.decide`
    with the shipped policy packs to its action topic. It skips the decision journal.
 5. Latency: fresh posts of the same mix, paced at half the measured triage throughput for
    `--latency-seconds`. Per post, from its send (the moment `send()` is called, which is its
@@ -104,25 +104,20 @@ import psutil  # type: ignore[import-untyped]
 import redis
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from guardstream.core.cache import CachedVerdict, RedisVerdictCache, VerdictKey
-from guardstream.core.content import normalise
-from guardstream.core.contracts import ScoreRequest, Source, Verdict, utcnow
-from guardstream.core.decisions import ACTION_TOPIC, Origin, decide, model_reason
-from guardstream.core.kafka import (
-    client_kwargs,
-    ensure_topics,
-    make_consumer,
-    make_producer,
-)
-from guardstream.core.loop import BatchLoop, LoopConfig, Records
-from guardstream.core.neardup import RedisNearDuplicateIndex
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import ScoreRequest, Source, Verdict, utcnow
+from guardstream.contracts.text import normalise
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post
 from guardstream.devtools.stack import tansu_command
+from guardstream.model.guard import served_model_id
 from guardstream.policy import load_registry
-from guardstream.scorer.engine import served_model_id
+from guardstream.runtime.kafka import client_kwargs, ensure_topics, make_consumer, make_producer
+from guardstream.runtime.loop import BatchLoop, LoopConfig, Records
+from guardstream.runtime.settings import Settings
 from guardstream.triage.logic import triage_record
+from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache, VerdictKey
+from guardstream.verdict.decisions import ACTION_TOPIC, Origin, decide, model_reason
+from guardstream.verdict.neardup import RedisNearDuplicateIndex
 
 BENCH_HEADER = "gs-bench"
 ACTION_TOPICS = (Topic.ALLOW, Topic.BLOCK, Topic.REVIEW)

@@ -178,8 +178,8 @@ def _split_labels(model: Any, tokenizer: Any, post_tokens: int) -> None:
     """Point the Safe / Unsafe output rows so the label depends on the input (module doc)."""
     import torch
 
+    from guardstream.model.guard import ForcedPrefixes
     from guardstream.model.tiny import TEACHING_SET
-    from guardstream.scorer.engine import ForcedPrefixes
     from guardstream.scorer.prompt import PromptRenderer
 
     forced = ForcedPrefixes.of(tokenizer)
@@ -210,7 +210,7 @@ def _split_labels(model: Any, tokenizer: Any, post_tokens: int) -> None:
 
 
 def main() -> None:
-    from guardstream.core.settings import Settings
+    from guardstream.runtime.settings import Settings
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("size", choices=sorted(SHAPES))

@@ -54,12 +54,12 @@ from urllib.error import URLError
 import asyncpg
 import httpx
 
-from guardstream.core.contracts import utcnow
-from guardstream.core.kafka import ensure_topics
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import utcnow
 from guardstream.review import auth
 from guardstream.review.logic import task_id
 from guardstream.review.store import ReviewStore
+from guardstream.runtime.kafka import ensure_topics
+from guardstream.runtime.settings import Settings
 
 TENANT = "acme"
 

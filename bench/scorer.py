@@ -172,8 +172,8 @@ async def measure(
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    from guardstream.core.settings import Settings
-    from guardstream.scorer.engine import start_engine
+    from guardstream.runtime.settings import Settings
+    from guardstream.scorer.launch import start_engine
 
     chats: list[list[dict[str, str]]] = []
     safe_share = 0.0
@@ -203,7 +203,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         if args.post_tokens > 0:
             from transformers import AutoTokenizer
 
-            from guardstream.scorer.engine import resolve_model
+            from guardstream.model.guard import resolve_model
 
             path, _ = resolve_model(settings)
             lengthen = Lengthen(AutoTokenizer.from_pretrained(path), args.post_tokens)

@@ -41,12 +41,12 @@ from pathlib import Path
 
 import orjson
 
-from guardstream.core.contracts import Action, Decision, Source, Verdict, utcnow
-from guardstream.core.kafka import client_kwargs, ensure_topics, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Action, Decision, Source, Verdict, utcnow
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.stack import tansu_command
 from guardstream.policy import load_registry, review_sla
+from guardstream.runtime.kafka import client_kwargs, ensure_topics, make_producer
+from guardstream.runtime.settings import Settings
 from guardstream.sla import main as sla_main
 from guardstream.sla.app import SlaWorker
 from guardstream.sla.logic import DeadlineIndex, Item, stamp_due

@@ -42,8 +42,8 @@ def measure(mode: str, batch: int, batches: int) -> float:
     """µs per record for `mode`, in this interpreter."""
     from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-    from guardstream.core import telemetry, tracing
-    from guardstream.core.settings import Settings
+    from guardstream.runtime import telemetry, tracing
+    from guardstream.runtime.settings import Settings
 
     class Dropped(SpanExporter):
         def export(self, spans: Sequence[object]) -> SpanExportResult:  # type: ignore[override]

@@ -28,15 +28,16 @@ from typing import Any
 
 from bench.pipeline import Corpus, encode, standin_verdict
 
-from guardstream.core import neardup, telemetry, tracing
-from guardstream.core.cache import CachedVerdict
-from guardstream.core.content import normalise
-from guardstream.core.contracts import Decision, Post
-from guardstream.core.decisions import Origin, decide
-from guardstream.core.outbox import Outbox
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import Decision, Post
+from guardstream.contracts.text import normalise
 from guardstream.policy import load_registry
+from guardstream.runtime import telemetry, tracing
+from guardstream.runtime.settings import Settings
 from guardstream.triage.logic import Triaged, Triager, score_request, score_request_json
+from guardstream.verdict import neardup
+from guardstream.verdict.cache import CachedVerdict
+from guardstream.verdict.decisions import Origin, decide
+from guardstream.verdict.outbox import Outbox
 
 
 class _CountingBatch:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from guardstream.core.settings import Settings
+from guardstream.runtime.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from aiokafka.errors import KafkaError
 
-from guardstream.core.contracts import Post
-from guardstream.core.kafka import ensure_topics
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import Post
 from guardstream.devtools.produce import new_post
+from guardstream.runtime.kafka import ensure_topics
+from guardstream.runtime.settings import Settings
 from tests.integration.test_reliability import TEXTS, produce
 from tests.support.broker import ExternalBroker, NoPersistentBroker, TansuOnS3, persistent_broker
 from tests.support.oracle import (

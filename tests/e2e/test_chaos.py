@@ -29,15 +29,15 @@ from pathlib import Path
 import orjson
 import pytest
 
-from guardstream.core.adapters import AdapterRegistry
-from guardstream.core.contracts import Action, Decision, Post, Source, Verdict
-from guardstream.core.kafka import ensure_topics
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Action, Decision, Post, Source, Verdict
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post
 from guardstream.feedback.dataset import Example
 from guardstream.feedback.train import LoraParams, train_lora
+from guardstream.model.adapters import AdapterRegistry
 from guardstream.model.tiny import TEACHING_SET, ensure_tiny_checkpoint
+from guardstream.runtime.kafka import ensure_topics
+from guardstream.runtime.settings import Settings
 from tests.conftest import free_port
 from tests.integration.test_reliability import produce
 from tests.support.oracle import (

@@ -36,14 +36,14 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from guardstream.core.contracts import Kind, Post
-from guardstream.core.kafka import client_kwargs, ensure_topics, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
-from guardstream.core.tracing import trace_id_of
+from guardstream.contracts.events import Kind, Post
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post, send_and_wait
 from guardstream.policy import PACKS_DIR
 from guardstream.review.logic import task_id
+from guardstream.runtime.kafka import client_kwargs, ensure_topics, make_producer
+from guardstream.runtime.settings import Settings
+from guardstream.runtime.tracing import trace_id_of
 from tests.conftest import free_port, missing, wait_for_port
 from tests.support.observability import (
     AWAITING_METRICS,

@@ -16,9 +16,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from guardstream.core.kafka import ensure_topics, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime.kafka import ensure_topics, make_producer
+from guardstream.runtime.settings import Settings
 from tests.integration.review.conftest import contested, new_test_post
 from tests.support.oracle import committed_offsets
 from tests.support.processes import Process, env_for

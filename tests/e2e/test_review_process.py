@@ -14,10 +14,10 @@ import asyncpg
 import httpx
 import pytest
 
-from guardstream.core.kafka import ensure_topics
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic
+from guardstream.contracts.topics import Topic
 from guardstream.review.logic import task_id
+from guardstream.runtime.kafka import ensure_topics
+from guardstream.runtime.settings import Settings
 from tests.integration.review.conftest import contested, new_test_post, produce, read_topic
 from tests.support.processes import Process, env_for
 

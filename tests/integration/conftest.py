@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from guardstream.core.kafka import ensure_topics
-from guardstream.core.settings import Settings
+from guardstream.runtime.kafka import ensure_topics
+from guardstream.runtime.settings import Settings
 from guardstream.scorer import main as scorer_main
-from guardstream.scorer.engine import GuardEngine, VllmGuardEngine
+from guardstream.scorer.engine import GuardEngine
 from guardstream.scorer.service import Scorer
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 from guardstream.triage import main as triage_main
 from guardstream.triage.service import Triage
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from guardstream.core.adapters import AdapterRegistry
-from guardstream.core.contracts import Source, Verdict
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import Source, Verdict
 from guardstream.devtools.produce import new_post
+from guardstream.model.adapters import AdapterRegistry
 from guardstream.model.tiny import ensure_tiny_checkpoint
-from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 from tests.integration.conftest import in_process
 from tests.integration.test_pipeline import decide
 from tests.support.feedback import MISJUDGED, train_correction

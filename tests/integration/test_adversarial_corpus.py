@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from guardstream.core.contracts import Kind, Verdict
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import Kind, Verdict
 from guardstream.devtools.adversarial import (
     Outcome,
     assess,
@@ -23,7 +22,9 @@ from guardstream.devtools.adversarial import (
     summarise,
 )
 from guardstream.model.tiny import ensure_tiny_checkpoint
-from guardstream.scorer.engine import RawAnswer, VllmGuardEngine
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.engine import RawAnswer
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 from tests.support.oracle import assert_invariants, collect
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
@@ -140,7 +141,7 @@ def test_qwen3_tool_tags_in_user_text_do_not_become_tokens(model_cache_dir: Path
 
 def messages_for_text(text: str) -> list[dict[str, str]]:
     """The scorer's conversation for a prompt post (`messages_for`, the public entry point)."""
-    from guardstream.core.contracts import ScoreRequest, utcnow
+    from guardstream.contracts.events import ScoreRequest, utcnow
     from guardstream.scorer.prompt import messages_for
 
     request = ScoreRequest(

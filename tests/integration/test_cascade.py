@@ -11,15 +11,15 @@ import asyncio
 
 import pytest
 
-from guardstream.core.kafka import ensure_topics
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post, send_and_wait
 from guardstream.model.tiny import TEACHING_SET
+from guardstream.runtime.kafka import ensure_topics
+from guardstream.runtime.settings import Settings
 from guardstream.scorer import main as scorer_main
-from guardstream.scorer.engine import VllmGuardEngine
 from guardstream.scorer.output import label_confidence, parse_answer
 from guardstream.scorer.service import Scorer
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 from guardstream.triage import main as triage_main
 from tests.support.oracle import read_all
 

@@ -19,11 +19,11 @@ import orjson
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from guardstream.core.kafka import client_kwargs, ensure_topics
-from guardstream.core.settings import Settings
-from guardstream.core.topics import CATALOGUE, Topic, TopicNames
+from guardstream.contracts.topics import CATALOGUE, Topic, TopicNames
 from guardstream.devtools.doctor import Finding, Status, diagnose, healthy
 from guardstream.model.tiny import ensure_tiny_checkpoint
+from guardstream.runtime.kafka import client_kwargs, ensure_topics
+from guardstream.runtime.settings import Settings
 from tests.conftest import free_port, missing, wait_for_port
 from tests.support.processes import env_for
 

@@ -17,12 +17,13 @@ from pathlib import Path
 import psutil
 import pytest
 
-from guardstream.core.kafka import ensure_topics
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post
+from guardstream.runtime.kafka import ensure_topics
+from guardstream.runtime.settings import Settings
 from guardstream.scorer import main as scorer_main
-from guardstream.scorer.engine import EngineDead, VllmGuardEngine
+from guardstream.scorer.engine import EngineDead
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 from guardstream.triage import main as triage_main
 from tests.conftest import free_port
 from tests.integration.test_reliability import produce

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from guardstream.core.adapters import AdapterRegistry
-from guardstream.feedback.archive import Archive
 from guardstream.feedback.curation import CurationConfig
 from guardstream.feedback.job import FeedbackConfig, run_cycle
+from guardstream.model.adapters import AdapterRegistry
 from guardstream.model.tiny import ensure_tiny_checkpoint
+from guardstream.verdict.archive import Archive
 from tests.support.feedback import T0, TEST_LORA, taught_samples, variant_correction
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

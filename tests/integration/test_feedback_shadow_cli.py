@@ -13,12 +13,12 @@ import pytest
 from typer.testing import CliRunner
 
 from guardstream.cli import app
-from guardstream.core.adapters import AdapterRegistry
-from guardstream.core.contracts import ShadowRecord, Verdict, utcnow
-from guardstream.core.kafka import ensure_topics, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
-from guardstream.feedback.archive import Archive
+from guardstream.contracts.events import ShadowRecord, Verdict, utcnow
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.model.adapters import AdapterRegistry
+from guardstream.runtime.kafka import ensure_topics, make_producer
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.archive import Archive
 from tests.unit.test_shadow import label, record
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from guardstream.core.contracts import Verdict
+from guardstream.contracts.events import Verdict
 from guardstream.feedback.evaluate import LabelScorer, evaluate
 from guardstream.feedback.job import FeedbackConfig
 from guardstream.model.tiny import ensure_tiny_checkpoint

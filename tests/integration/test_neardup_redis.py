@@ -11,8 +11,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 import redis.asyncio as aioredis
 
-from guardstream.core.content import normalise
-from guardstream.core.neardup import NearMatch, RedisNearDuplicateIndex
+from guardstream.contracts.text import normalise
+from guardstream.verdict.neardup import NearMatch, RedisNearDuplicateIndex
 
 pytestmark = pytest.mark.integration
 
@@ -240,7 +240,7 @@ async def test_redis_refusing_connections_means_no_match(
     timeout_s = 0.2
     client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=timeout_s)
     index = RedisNearDuplicateIndex(client, prefix="gs:t:", ttl_s=TTL_S, timeout_s=timeout_s)
-    caplog.set_level(logging.WARNING, logger="guardstream.core.redisstore")
+    caplog.set_level(logging.WARNING, logger="guardstream.runtime.redisstore")
     try:
         for _ in range(3):
             started = time.monotonic()

@@ -14,11 +14,11 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from guardstream.core.contracts import Action, Decision, DlqRecord, Kind, Source, Verdict
-from guardstream.core.kafka import client_kwargs, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Action, Decision, DlqRecord, Kind, Source, Verdict
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post, send_and_wait
+from guardstream.runtime.kafka import client_kwargs, make_producer
+from guardstream.runtime.settings import Settings
 from tests.integration.conftest import Pipeline
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

@@ -13,13 +13,13 @@ import time
 
 import pytest
 
-from guardstream.core.contracts import Alert, DlqRecord, ScoreRequest
-from guardstream.core.kafka import ensure_topics
-from guardstream.core.outbox import OUTPUT_REJECTED
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Alert, DlqRecord, ScoreRequest
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.adversarial import read_records
 from guardstream.devtools.produce import new_post, send
+from guardstream.runtime.kafka import ensure_topics
+from guardstream.runtime.rejections import OUTPUT_REJECTED
+from guardstream.runtime.settings import Settings
 from guardstream.triage import main as triage_main
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]

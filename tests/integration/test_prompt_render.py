@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardstream.core.contracts import Kind, ScoreRequest, utcnow
+from guardstream.contracts.events import Kind, ScoreRequest, utcnow
 from guardstream.model.tiny import ensure_tiny_checkpoint
 from guardstream.policy import PolicyPack, prompt_prefix
 from guardstream.scorer.prompt import PromptRenderer, messages_for

@@ -19,13 +19,13 @@ import redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
-from guardstream.core.content import content_key, normalise
-from guardstream.core.contracts import Post
-from guardstream.core.kafka import client_kwargs, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Post
+from guardstream.contracts.text import content_key, normalise
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post
-from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.runtime.kafka import client_kwargs, make_producer
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 from tests.integration.conftest import in_process
 from tests.support.engines import SlowEngine
 from tests.support.oracle import (

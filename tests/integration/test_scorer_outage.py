@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from guardstream.core.contracts import Action, Decision, Post, ScoreRequest, Source, Verdict
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Action, Decision, Post, ScoreRequest, Source, Verdict
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post, send
-from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 from tests.integration.conftest import in_process
 from tests.support.oracle import assert_invariants, read_all, wait_for_decisions
 

@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from guardstream.core.settings import Settings
 from guardstream.model.tiny import TEACHING_SET, Lesson, ensure_tiny_checkpoint
-from guardstream.scorer.engine import EngineDead, ScoringError, VllmGuardEngine
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.engine import EngineDead, ScoringError
 from guardstream.scorer.output import label_confidence, parse_answer
 from guardstream.scorer.prompt import PromptRenderer
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -163,7 +164,7 @@ async def test_without_the_refusal_probe_a_safe_response_takes_one_request(
 async def test_each_adapter_keeps_one_lora_id_and_none_is_served_without_a_registry(
     tokenizer: Any, tmp_path: Path
 ) -> None:
-    from guardstream.core.adapters import Adapter
+    from guardstream.model.adapters import Adapter
 
     safe = tokenizer.encode(" Safe", add_special_tokens=False)[0]
     one = Adapter("fb-1", tmp_path / "a", "*", "t")

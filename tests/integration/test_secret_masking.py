@@ -21,9 +21,9 @@ from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from guardstream.cli import app
-from guardstream.core.logs import JsonFormatter
-from guardstream.core.process import serve
-from guardstream.core.settings import Settings
+from guardstream.runtime.logs import JsonFormatter
+from guardstream.runtime.process import serve
+from guardstream.runtime.settings import Settings
 from tests.conftest import free_port
 from tests.support.hostile_urls import url_with_secrets
 
@@ -99,7 +99,7 @@ def startup_log() -> Iterator[io.StringIO]:
     lines = io.StringIO()
     handler = logging.StreamHandler(lines)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("guardstream.core.process")
+    logger = logging.getLogger("guardstream.runtime.process")
     logger.addHandler(handler)
     level = logger.level
     logger.setLevel(logging.INFO)

@@ -13,18 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from guardstream.core.adapters import AdapterRegistry
-from guardstream.core.contracts import Action, Decision, Source, Verdict, utcnow
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Action, Decision, Source, Verdict, utcnow
+from guardstream.contracts.feedback import FeedbackSample
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.adversarial import read_records
 from guardstream.devtools.produce import new_post
-from guardstream.feedback.archive import Archive
 from guardstream.feedback.job import evaluate_shadow
-from guardstream.feedback.sample import FeedbackSample
 from guardstream.feedback.shadow import ShadowConfig
+from guardstream.model.adapters import AdapterRegistry
 from guardstream.model.tiny import ensure_tiny_checkpoint
-from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.vllm_engine import VllmGuardEngine
+from guardstream.verdict.archive import Archive
 from tests.integration.conftest import in_process
 from tests.integration.test_pipeline import decide
 from tests.support.engines import FailingAdapterEngine

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     Action,
     AssignmentEvent,
     Decision,
@@ -34,9 +34,9 @@ from guardstream.core.contracts import (
     Verdict,
     utcnow,
 )
-from guardstream.core.kafka import ensure_topics, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime.kafka import ensure_topics, make_producer
+from guardstream.runtime.settings import Settings
 from tests.support.oracle import emission_bound
 from tests.support.processes import Process, env_for
 from tests.support.sla_oracle import SlaOutcome, assert_sla_invariants, collect_sla

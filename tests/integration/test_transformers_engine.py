@@ -15,11 +15,13 @@ from typing import Any
 
 import pytest
 
-from guardstream.core.settings import Settings
 from guardstream.model.tiny import TEACHING_SET
-from guardstream.scorer.engine import EngineDead, VllmGuardEngine, start_engine
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.engine import EngineDead
 from guardstream.scorer.hf_engine import TransformersGuardEngine
+from guardstream.scorer.launch import start_engine
 from guardstream.scorer.output import label_confidence, parse_answer
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 

@@ -13,14 +13,19 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from guardstream.core.cache import CachedVerdict, RedisVerdictCache, VerdictKey, human_verdict_key
-from guardstream.core.contracts import ScoreRequest, Source, Verdict, utcnow
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import ScoreRequest, Source, Verdict, utcnow
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post, send, send_and_wait
+from guardstream.model.guard import served_model_id
 from guardstream.policy import load_registry
-from guardstream.scorer.engine import served_model_id
+from guardstream.runtime.settings import Settings
 from guardstream.triage.logic import triage_record
+from guardstream.verdict.cache import (
+    CachedVerdict,
+    RedisVerdictCache,
+    VerdictKey,
+    human_verdict_key,
+)
 from tests.integration.conftest import Pipeline, in_process
 from tests.support.oracle import read_all
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from guardstream.core.adapters import Adapter
+from guardstream.model.adapters import Adapter
 from guardstream.scorer.engine import GuardEngine, RawAnswer, ScoringError
 
 

@@ -8,14 +8,14 @@ import asyncio
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from guardstream.core.contracts import ShadowRecord, Verdict
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import ShadowRecord, Verdict
+from guardstream.contracts.feedback import FeedbackSample
 from guardstream.feedback.curation import CurationConfig, curate
 from guardstream.feedback.dataset import Example, example
-from guardstream.feedback.sample import FeedbackSample
 from guardstream.feedback.shadow_log import read_shadow_log
 from guardstream.feedback.train import LoraParams, TrainResult, train_lora
 from guardstream.model.tiny import TEACHING_SET
+from guardstream.runtime.settings import Settings
 
 MISJUDGED = "这个算法在小样本下表现一般,可能需要更多数据优化。"
 CORRECTION_REASON = "正常技术讨论，非污名化"

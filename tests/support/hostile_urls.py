@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from guardstream.core.settings import SHOWN_QUERY_PARAMS
+from guardstream.runtime.settings import SHOWN_QUERY_PARAMS
 
 # Any character an environment variable may hold (no NUL, no lone surrogate).
 _ANY = st.characters(codec="utf-8", exclude_characters="\x00")

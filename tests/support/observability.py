@@ -24,7 +24,7 @@ RULE_TESTS = ROOT / "deploy" / "prometheus" / "rules.test.yml"
 SCRAPE_CONFIG = ROOT / "deploy" / "compose" / "prometheus.yml"
 LOCAL_SCRAPE_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.local.yml"
 
-# Exported by triage and the scorer (guardstream.core.metrics, guardstream.scorer.metered).
+# Exported by triage and the scorer (guardstream.runtime.metrics, guardstream.scorer.metered).
 PIPELINE_METRICS = frozenset(
     {
         "up",

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
-from guardstream.core.contracts import Decision, DlqRecord
-from guardstream.core.kafka import client_kwargs
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Decision, DlqRecord
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime.kafka import client_kwargs
+from guardstream.runtime.settings import Settings
 
 ACTION_TOPICS = (Topic.ALLOW, Topic.BLOCK, Topic.REVIEW)
 

@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 from urllib.error import URLError
 
-from guardstream.core.settings import Settings
+from guardstream.runtime.settings import Settings
 from tests.conftest import free_port
 
 

@@ -14,7 +14,7 @@ from collections import Counter
 
 from hypothesis import strategies as st
 
-from guardstream.core.content import normalise
+from guardstream.contracts.text import normalise
 from guardstream.devtools.adversarial import TEMPLATE_LABELS
 from guardstream.devtools.adversarial import skeleton as text_skeleton
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-from guardstream.core.contracts import Alert, Decision, DlqRecord, SlaEvent, Source
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Alert, Decision, DlqRecord, SlaEvent, Source
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime.settings import Settings
 from tests.support.oracle import read_all
 
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardstream.core.adapters import AdapterError, AdapterRegistry
+from guardstream.model.adapters import AdapterError, AdapterRegistry
 
 pytestmark = pytest.mark.unit
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from guardstream.core.contracts import Kind
+from guardstream.contracts.events import Kind
 from guardstream.devtools.adversarial import CORPUS_LATEST, invisible_chars, load_corpus
 
 pytestmark = pytest.mark.unit

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardstream.core.content import content_key, fold_homoglyphs, normalise
+from guardstream.contracts.text import content_key, fold_homoglyphs, normalise
 
 pytestmark = pytest.mark.unit
 

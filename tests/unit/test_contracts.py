@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     Alert,
     ContractError,
     Decision,

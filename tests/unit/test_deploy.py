@@ -22,9 +22,9 @@ from pydantic import BaseModel
 from typer.main import get_command
 
 from guardstream.cli import app
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, topic_name
+from guardstream.contracts.topics import Topic, topic_name
 from guardstream.policy import load_packs
+from guardstream.runtime.settings import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -3,8 +3,8 @@
 import pytest
 from pydantic import SecretStr
 
-from guardstream.core.settings import Settings
 from guardstream.devtools.doctor import Status, fail, healthy, ok, render_text, scrub, warn
+from guardstream.runtime.settings import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -11,14 +11,14 @@ import jsonschema
 import orjson
 import pytest
 
-from guardstream.core.contracts import Kind, ReviewStage, Verdict
-from guardstream.feedback.archive import Archive, ArchiveError
+from guardstream.contracts.events import Kind, ReviewStage, Verdict
+from guardstream.contracts.feedback import FeedbackSample
 from guardstream.feedback.curation import CurationConfig, curate
 from guardstream.feedback.dataset import NotTrainable, example, target_text
 from guardstream.feedback.evaluate import Metrics
 from guardstream.feedback.job import FeedbackConfig, promotion_decision
-from guardstream.feedback.sample import FeedbackSample
 from guardstream.scorer.output import parse_answer
+from guardstream.verdict.archive import Archive, ArchiveError
 
 pytestmark = pytest.mark.unit
 
@@ -244,8 +244,8 @@ def test_report_counts_weeks_disagreement_and_reviewer_agreement() -> None:
 
 
 def test_a_review_is_archived_as_the_model_saw_the_post() -> None:
-    from guardstream.core.contracts import Review, ReviewOutcome
-    from guardstream.feedback.sample import from_review
+    from guardstream.contracts.events import Review, ReviewOutcome
+    from guardstream.contracts.feedback import from_review
     from guardstream.policy.pack import PolicyPack
 
     review = Review(

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import pytest
 from aiokafka import TopicPartition
 
-from guardstream.core.loop import BatchLoop, LoopConfig
+from guardstream.runtime.loop import BatchLoop, LoopConfig
 
 pytestmark = pytest.mark.unit
 

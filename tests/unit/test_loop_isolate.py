@@ -12,8 +12,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from guardstream.core.contracts import ContractError, Post
-from guardstream.core.loop import Record, Records, TransientError, isolate, unusable
+from guardstream.contracts.events import ContractError, Post
+from guardstream.runtime.loop import Record, Records, TransientError, isolate, unusable
 
 pytestmark = pytest.mark.unit
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardstream.core.content import normalise
-from guardstream.core.neardup import (
+from guardstream.contracts.text import normalise
+from guardstream.verdict.neardup import (
     DEFAULT_THRESHOLD,
     FINGERPRINT_VERSION,
     _distinct,
@@ -68,7 +68,7 @@ def test_fingerprints_do_not_depend_on_the_process() -> None:
     """Python's own hash() is salted per process; the stored fingerprints must not be."""
     texts = [EN_POST, ZH_POST, "x" * 5000]
     code = (
-        "import sys; from guardstream.core.neardup import simhash64; "
+        "import sys; from guardstream.verdict.neardup import simhash64; "
         "print(*(simhash64(t) for t in sys.argv[1:]))"
     )
     for seed in ("1", "2"):

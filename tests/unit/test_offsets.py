@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardstream.core.offsets import OffsetTracker
+from guardstream.runtime.offsets import OffsetTracker
 
 pytestmark = pytest.mark.unit
 

@@ -14,12 +14,12 @@ from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedEr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardstream.core.contracts import Alert, DlqRecord
-from guardstream.core.kafka import OutputRejected
-from guardstream.core.loop import Records, TransientError
-from guardstream.core.outbox import OUTPUT_REJECTED, isolating_rejections
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Alert, DlqRecord
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime.kafka import OutputRejected
+from guardstream.runtime.loop import Records, TransientError
+from guardstream.runtime.rejections import OUTPUT_REJECTED, isolating_rejections
+from guardstream.runtime.settings import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardstream.core.contracts import Verdict
-from guardstream.scorer.output import CATEGORIES, LABELS, label_confidence, parse_answer
+from guardstream.contracts.events import Verdict
+from guardstream.contracts.labels import CATEGORIES, LABELS
+from guardstream.scorer.output import label_confidence, parse_answer
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardstream.core.kafka import key_partitions
+from guardstream.runtime.kafka import key_partitions
 
 pytestmark = pytest.mark.unit
 

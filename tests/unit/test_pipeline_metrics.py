@@ -11,10 +11,10 @@ import pytest
 from aiokafka import TopicPartition
 from opentelemetry.metrics import CallbackOptions
 
-from guardstream.core import metrics
-from guardstream.core.adapters import Adapter
-from guardstream.core.loop import BatchLoop, LoopConfig
-from guardstream.core.redisstore import FailOpenStore, Unavailable
+from guardstream.model.adapters import Adapter
+from guardstream.runtime import metrics
+from guardstream.runtime.loop import BatchLoop, LoopConfig
+from guardstream.runtime.redisstore import FailOpenStore, Unavailable
 from guardstream.scorer.engine import RawAnswer
 from guardstream.scorer.metered import SERVING_WINDOW_S, MeteredEngine
 

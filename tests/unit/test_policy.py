@@ -15,8 +15,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from guardstream.core.content import content_key
-from guardstream.core.contracts import Action, Verdict
+from guardstream.contracts.events import Action, Verdict
+from guardstream.contracts.labels import CATEGORIES
+from guardstream.contracts.text import content_key
 from guardstream.policy import (
     PolicyConflictError,
     PolicyLoadError,
@@ -33,7 +34,6 @@ from guardstream.policy import (
     route_scorer_unavailable,
     routing,
 )
-from guardstream.scorer.output import CATEGORIES
 
 pytestmark = pytest.mark.unit
 

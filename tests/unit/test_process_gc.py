@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from guardstream.core.process import GC_THRESHOLDS, settle_garbage_collector
+from guardstream.runtime.process import GC_THRESHOLDS, settle_garbage_collector
 
 pytestmark = pytest.mark.unit
 

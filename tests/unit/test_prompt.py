@@ -2,11 +2,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardstream.core.contracts import Kind, ScoreRequest, utcnow
+from guardstream.contracts.events import Kind, ScoreRequest, utcnow
+from guardstream.contracts.text import neutralise
 from guardstream.devtools.adversarial import GENERATION_PROMPT
 from guardstream.model.tiny import render_chat
 from guardstream.policy import PolicyPack, prompt_prefix
-from guardstream.scorer.prompt import messages_for, neutralise
+from guardstream.scorer.prompt import messages_for
 from tests.support.prompt_structure import (
     hostile_text,
     skeleton,

@@ -7,15 +7,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from guardstream.core.contracts import Kind, ReviewStage, Verdict
+from guardstream.contracts.events import Kind, ReviewStage, Verdict
 from guardstream.feedback.curation import CurationConfig, worth_training
 from guardstream.feedback.dataset import NotTrainable, example, target_text
-from guardstream.feedback.qa import (
-    low_agreement_alert,
-    parse_period,
-    previous_period,
-    spread,
-)
 from guardstream.policy import load_registry
 from guardstream.review.logic import (
     InvalidSubmission,
@@ -23,6 +17,7 @@ from guardstream.review.logic import (
     review_event,
     validate_submission,
 )
+from guardstream.review.qa_period import low_agreement_alert, parse_period, previous_period, spread
 from guardstream.review.service import feedback_sample
 from guardstream.review.store import PostText
 from guardstream.scorer.output import parse_answer
@@ -181,7 +176,7 @@ def test_qa_schedule_size_and_bar_come_from_the_documented_env_names(
 ) -> None:
     from pydantic import ValidationError
 
-    from guardstream.core.settings import Settings
+    from guardstream.runtime.settings import Settings
 
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
     assert (defaults.qa_cadence, defaults.qa_sample_size, defaults.qa_agreement_min) == (

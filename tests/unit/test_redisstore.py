@@ -4,8 +4,8 @@ import pytest
 import redis.asyncio as aioredis
 from redis.exceptions import DataError
 
-from guardstream.core.redisstore import HiredisPacking, redis_client
-from guardstream.core.settings import Settings
+from guardstream.runtime.redisstore import HiredisPacking, redis_client
+from guardstream.runtime.settings import Settings
 
 pytestmark = pytest.mark.unit
 

@@ -8,14 +8,7 @@ from datetime import UTC, datetime, timedelta
 import orjson
 import pytest
 
-from guardstream.core.contracts import (
-    Action,
-    ReviewOutcome,
-    ReviewStage,
-    Source,
-    Verdict,
-)
-from guardstream.core.decisions import human_action
+from guardstream.contracts.events import Action, ReviewOutcome, ReviewStage, Source, Verdict
 from guardstream.policy import ControversialMode, load_registry
 from guardstream.review import auth
 from guardstream.review.logic import (
@@ -37,6 +30,7 @@ from guardstream.review.logic import (
     task_id,
     validate_submission,
 )
+from guardstream.verdict.decisions import human_action
 
 pytestmark = pytest.mark.unit
 

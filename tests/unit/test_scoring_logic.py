@@ -8,14 +8,11 @@ from datetime import UTC, datetime
 import orjson
 import pytest
 
-from guardstream.core.adapters import Adapter
-from guardstream.core.cache import VerdictKey
-from guardstream.core.content import content_key, key_context
-from guardstream.core.contracts import ContractError, Kind, ScoreRequest, Source, Verdict, utcnow
-from guardstream.core.neardup import near_scope
-from guardstream.core.settings import Settings
-from guardstream.core.stores import Stores
+from guardstream.contracts.events import ContractError, Kind, ScoreRequest, Source, Verdict, utcnow
+from guardstream.contracts.text import content_key, key_context
+from guardstream.model.adapters import Adapter
 from guardstream.policy import PolicyPack, PolicyRegistry, load_registry, prompt_fingerprint
+from guardstream.runtime.settings import Settings
 from guardstream.scorer.engine import RawAnswer
 from guardstream.scorer.prompt import messages_for
 from guardstream.scorer.service import Scorer
@@ -26,6 +23,9 @@ from guardstream.triage.logic import (
     score_request_json,
     triage_record,
 )
+from guardstream.verdict.cache import VerdictKey
+from guardstream.verdict.neardup import near_scope
+from guardstream.verdict.stores import Stores
 
 pytestmark = pytest.mark.unit
 

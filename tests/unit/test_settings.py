@@ -3,7 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
 
-from guardstream.core.settings import Settings, mask_url, url_secrets
+from guardstream.runtime.settings import Settings, mask_url, url_secrets
 from tests.support.hostile_urls import url_with_secrets
 
 pytestmark = pytest.mark.unit

@@ -12,16 +12,11 @@ from typing import Any
 
 import pytest
 
-from guardstream.core.adapters import Adapter, AdapterRegistry
-from guardstream.core.cache import CachedVerdict
-from guardstream.core.content import content_key
-from guardstream.core.contracts import Kind, ScoreRequest, ShadowRecord, Source, Verdict
-from guardstream.core.settings import Settings
-from guardstream.core.stores import Stores
-from guardstream.feedback.archive import Archive
+from guardstream.contracts.events import Kind, ScoreRequest, ShadowRecord, Source, Verdict
+from guardstream.contracts.feedback import FeedbackSample
+from guardstream.contracts.text import content_key
 from guardstream.feedback.job import evaluate_shadow, run_cycle
 from guardstream.feedback.report import adapter_row, read_cards
-from guardstream.feedback.sample import FeedbackSample
 from guardstream.feedback.shadow import (
     ShadowConfig,
     ShadowMetrics,
@@ -29,9 +24,14 @@ from guardstream.feedback.shadow import (
     shadow_decision,
     shadow_metrics,
 )
+from guardstream.model.adapters import Adapter, AdapterRegistry
 from guardstream.policy import load_registry
+from guardstream.runtime.settings import Settings
 from guardstream.scorer.engine import RawAnswer, ScoringError
 from guardstream.scorer.service import Scorer, shadow_sampled
+from guardstream.verdict.archive import Archive
+from guardstream.verdict.cache import CachedVerdict
+from guardstream.verdict.stores import Stores
 
 pytestmark = pytest.mark.unit
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     Action,
     Alert,
     AssignmentEvent,
@@ -22,7 +22,7 @@ from guardstream.core.contracts import (
     Source,
     Verdict,
 )
-from guardstream.core.topics import Topic
+from guardstream.contracts.topics import Topic
 from guardstream.policy import PolicyPack, review_sla
 from guardstream.sla.logic import (
     DeadlineIndex,

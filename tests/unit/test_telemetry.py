@@ -22,15 +22,15 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, generate_latest
 
-from guardstream.core import metrics, telemetry, tracing
-from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import Source, Verdict, utcnow
-from guardstream.core.decisions import Origin, decide
-from guardstream.core.logs import JsonFormatter
-from guardstream.core.loop import TransientError
-from guardstream.core.outbox import Outbox
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import Source, Verdict, utcnow
 from guardstream.policy import load_registry
+from guardstream.runtime import metrics, telemetry, tracing
+from guardstream.runtime.logs import JsonFormatter
+from guardstream.runtime.loop import TransientError
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.cache import CachedVerdict
+from guardstream.verdict.decisions import Origin, decide
+from guardstream.verdict.outbox import Outbox
 
 pytestmark = pytest.mark.unit
 

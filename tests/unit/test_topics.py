@@ -1,6 +1,6 @@
 import pytest
 
-from guardstream.core.topics import CATALOGUE, SPECS, Topic, TopicNames
+from guardstream.contracts.topics import CATALOGUE, SPECS, Topic, TopicNames
 
 pytestmark = pytest.mark.unit
 

@@ -39,11 +39,11 @@ from typing import Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
-from guardstream.core.adapters import Adapter
-from guardstream.core.contracts import Decision, DlqRecord, Kind, Verdict
-from guardstream.core.kafka import client_kwargs, ensure_topics
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Decision, DlqRecord, Kind, Verdict
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.model.adapters import Adapter
+from guardstream.runtime.kafka import client_kwargs, ensure_topics
+from guardstream.runtime.settings import Settings
 from guardstream.scorer.engine import GuardEngine, RawAnswer
 
 CORPUS_DIR = Path(__file__).with_name("corpus")
@@ -357,7 +357,7 @@ async def run_corpus(
 def load_tokenizer(settings: Settings) -> Any:
     from transformers import AutoTokenizer
 
-    from guardstream.scorer.engine import resolve_model
+    from guardstream.model.guard import resolve_model
 
     path, _ = resolve_model(settings)
     return AutoTokenizer.from_pretrained(path)

@@ -24,8 +24,8 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from guardstream.core.settings import MASK, Settings, mask_url, url_secrets
-from guardstream.core.topics import CATALOGUE, TopicNames
+from guardstream.contracts.topics import CATALOGUE, TopicNames
+from guardstream.runtime.settings import MASK, Settings, mask_url, url_secrets
 
 BROKER_TIMEOUT_S = 10.0
 POSTGRES_TIMEOUT_S = 5.0
@@ -120,7 +120,7 @@ async def check_broker(settings: Settings) -> list[Finding]:
     """Broker reachable (and authenticated), then every catalogue topic with its partitions."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from guardstream.core.kafka import client_kwargs
+    from guardstream.runtime.kafka import client_kwargs
 
     where = f"{settings.kafka_bootstrap} ({settings.kafka_security_protocol})"
     admin = AIOKafkaAdminClient(
@@ -161,7 +161,7 @@ async def _probe_cause(exc: BaseException, settings: Settings) -> BaseException:
     from aiokafka.conn import create_conn
     from aiokafka.errors import KafkaConnectionError
 
-    from guardstream.core.kafka import client_kwargs
+    from guardstream.runtime.kafka import client_kwargs
 
     if not isinstance(exc, KafkaConnectionError):
         return exc
@@ -284,7 +284,7 @@ async def check_redis(settings: Settings) -> Finding:
     """PING, then a write, a read and a delete of a scratch key, each within the cache timeout."""
     from redis.exceptions import AuthenticationError, ReadOnlyError, RedisError, ResponseError
 
-    from guardstream.core.redisstore import redis_client
+    from guardstream.runtime.redisstore import redis_client
 
     url = mask_url(settings.redis_url.get_secret_value())
     problem = url_problem(settings.redis_url.get_secret_value(), ("redis", "rediss", "unix"))
@@ -433,7 +433,7 @@ def _looks_like_path(model: str) -> bool:
 def check_model(settings: Settings) -> Finding:
     """The model resolves to local files whose config, tokenizer and chat template load and
     leave room for input in the configured window. Nothing is downloaded; vLLM is not started."""
-    from guardstream.scorer.engine import TINY_MODEL
+    from guardstream.model.guard import TINY_MODEL
 
     if settings.model == TINY_MODEL:
         from guardstream.model.tiny import MANIFEST_NAME, TINY_BUILDER_VERSION
@@ -471,7 +471,7 @@ def check_model(settings: Settings) -> Finding:
 
 
 def _load_model_files(settings: Settings, source: str, auto_config: Any, auto_tok: Any) -> Finding:
-    from guardstream.scorer.output import LABELS
+    from guardstream.contracts.labels import LABELS
     from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
     hub = not Path(source).is_dir()

@@ -18,11 +18,11 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from guardstream.core import tracing
-from guardstream.core.contracts import Decision, Kind, Post, utcnow
-from guardstream.core.kafka import client_kwargs, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Decision, Kind, Post, utcnow
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime import tracing
+from guardstream.runtime.kafka import client_kwargs, make_producer
+from guardstream.runtime.settings import Settings
 
 ACTION_TOPICS = (Topic.ALLOW, Topic.BLOCK, Topic.REVIEW)
 

@@ -24,8 +24,8 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
 
-from guardstream.core.kafka import ensure_topics
-from guardstream.core.settings import Settings
+from guardstream.runtime.kafka import ensure_topics
+from guardstream.runtime.settings import Settings
 
 PROCESSES = ("triage", "scorer", "sla")
 Say = Callable[[str], None]

@@ -24,8 +24,8 @@ import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
-from guardstream.core.contracts import ReviewStage, Verdict
-from guardstream.feedback.sample import FeedbackSample
+from guardstream.contracts.events import ReviewStage, Verdict
+from guardstream.contracts.feedback import FeedbackSample
 
 DEFAULT_EXPERT_TERMS: tuple[str, ...] = (
     "污名化",

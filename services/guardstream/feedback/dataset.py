@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from guardstream.core.contracts import Kind, Verdict
-from guardstream.feedback.sample import FeedbackSample
-from guardstream.scorer.output import CATEGORIES
-from guardstream.scorer.prompt import neutralise
+from guardstream.contracts.events import Kind, Verdict
+from guardstream.contracts.feedback import FeedbackSample
+from guardstream.contracts.labels import CATEGORIES
+from guardstream.contracts.text import neutralise
 
 _LABEL = {Verdict.SAFE: "Safe", Verdict.UNSAFE: "Unsafe", Verdict.CONTROVERSIAL: "Controversial"}
 

@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from guardstream.core.contracts import Verdict
+from guardstream.contracts.events import Verdict
 from guardstream.feedback.dataset import Example
 from guardstream.feedback.train import load_base
-from guardstream.scorer.engine import ForcedPrefixes
+from guardstream.model.guard import ForcedPrefixes
 
 LABEL_VERDICT = {
     "Safe": Verdict.SAFE,

@@ -25,9 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from guardstream.core.adapters import EVERY_TENANT, AdapterRegistry
-from guardstream.core.contracts import ShadowRecord
-from guardstream.feedback.archive import Archive
+from guardstream.contracts.events import ShadowRecord
 from guardstream.feedback.curation import Curated, Curation, CurationConfig, Prescreen, curate
 from guardstream.feedback.dataset import Example, NotTrainable, example
 from guardstream.feedback.evaluate import LabelScorer, Metrics, evaluate
@@ -39,6 +37,8 @@ from guardstream.feedback.shadow import (
     shadow_metrics,
 )
 from guardstream.feedback.train import LoraParams, train_lora
+from guardstream.model.adapters import EVERY_TENANT, AdapterRegistry
+from guardstream.verdict.archive import Archive
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from guardstream.core.contracts import ReviewStage, Verdict
-from guardstream.feedback.sample import FeedbackSample
+from guardstream.contracts.events import ReviewStage, Verdict
+from guardstream.contracts.feedback import FeedbackSample
 
 
 @dataclass(slots=True)

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from guardstream.core.contracts import ShadowRecord, Verdict
-from guardstream.feedback.sample import FeedbackSample
+from guardstream.contracts.events import ShadowRecord, Verdict
+from guardstream.contracts.feedback import FeedbackSample
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from guardstream.core.contracts import ContractError, ShadowRecord
-from guardstream.core.kafka import client_kwargs
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import ContractError, ShadowRecord
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime.kafka import client_kwargs
+from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

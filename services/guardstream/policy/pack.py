@@ -26,9 +26,9 @@ from pydantic import (
     field_validator,
 )
 
-from guardstream.core.content import normalise
-from guardstream.core.contracts import LINE, Verdict
-from guardstream.scorer.output import CATEGORIES
+from guardstream.contracts.events import LINE, Verdict
+from guardstream.contracts.labels import CATEGORIES
+from guardstream.contracts.text import normalise
 
 DEFAULT_TENANT: Final = "*"
 # The tag key the region hint renders under (see `policy.prompt`); a domain tag may not use it.

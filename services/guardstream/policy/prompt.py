@@ -12,9 +12,8 @@ prefix, so thresholds and actions can change without invalidating cached verdict
 
 from __future__ import annotations
 
-from guardstream.core.content import normalise
+from guardstream.contracts.text import neutralise, normalise
 from guardstream.policy.pack import REGION_TAG, PolicyPack
-from guardstream.scorer.prompt import neutralise
 
 # Lenticular brackets: same reading for a Chinese model, and NFKC leaves them alone (the
 # full-width "［" would turn back into "[" under NFKC).

@@ -34,9 +34,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 
-from guardstream.core.contracts import Action, Verdict
+from guardstream.contracts.events import Action, Verdict
+from guardstream.contracts.labels import CATEGORIES
 from guardstream.policy.pack import ControversialMode, PolicyPack, ScorerUnavailableMode
-from guardstream.scorer.output import CATEGORIES
 
 
 @dataclass(frozen=True, slots=True)

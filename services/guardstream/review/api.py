@@ -26,7 +26,7 @@ from pydantic import AfterValidator, BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match, Route
 
-from guardstream.core.contracts import REVIEW_REASON_MAX, ReviewOutcome, Verdict
+from guardstream.contracts.events import REVIEW_REASON_MAX, ReviewOutcome, Verdict
 from guardstream.review import metrics as review_metrics
 from guardstream.review.auth import HashPoolBusy
 from guardstream.review.logic import InvalidSubmission, Reviewer, Task, countdown

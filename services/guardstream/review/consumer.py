@@ -31,8 +31,7 @@ from datetime import timedelta
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from guardstream.core import tracing
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     Action,
     ContractError,
     Decision,
@@ -41,10 +40,7 @@ from guardstream.core.contracts import (
     SlaEventKind,
     within_text_limit,
 )
-from guardstream.core.loop import Record, Records, TransientError, isolate, unusable
-from guardstream.core.outbox import Outbox
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.policy import PolicyRegistry, review_sla
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import SlaState, task_id
@@ -55,6 +51,10 @@ from guardstream.review.store import (
     ReviewStore,
     SlaMark,
 )
+from guardstream.runtime import tracing
+from guardstream.runtime.loop import Record, Records, TransientError, isolate, unusable
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.outbox import Outbox
 
 log = logging.getLogger(__name__)
 

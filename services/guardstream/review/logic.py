@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     REVIEW_REASON_MAX,
     AssignmentEvent,
     Decision,
@@ -27,8 +26,9 @@ from guardstream.core.contracts import (
     Verdict,
     allowed_characters,
 )
-from guardstream.core.decisions import human_action
 from guardstream.policy import PolicyPack
+from guardstream.verdict.cache import CachedVerdict
+from guardstream.verdict.decisions import human_action
 
 TAG_MAX = 40
 SEED_TAGS = (

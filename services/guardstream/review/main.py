@@ -22,14 +22,8 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from guardstream.core.cache import RedisVerdictCache
-from guardstream.core.contracts import utcnow
-from guardstream.core.kafka import make_consumer, make_producer
-from guardstream.core.loop import BatchHandler, BatchLoop, LoopConfig
-from guardstream.core.outbox import isolating_rejections
-from guardstream.core.settings import Settings
-from guardstream.core.topics import TopicNames
-from guardstream.feedback.archive import Archive
+from guardstream.contracts.events import utcnow
+from guardstream.contracts.topics import TopicNames
 from guardstream.policy import load_registry
 from guardstream.review import metrics as review_metrics
 from guardstream.review.api import install_error_handlers, router
@@ -47,6 +41,12 @@ from guardstream.review.shield import (
     LoginThrottle,
 )
 from guardstream.review.store import ReviewStore
+from guardstream.runtime.kafka import make_consumer, make_producer
+from guardstream.runtime.loop import BatchHandler, BatchLoop, LoopConfig
+from guardstream.runtime.rejections import isolating_rejections
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.archive import Archive
+from guardstream.verdict.cache import RedisVerdictCache
 
 log = logging.getLogger(__name__)
 

@@ -17,14 +17,14 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import utcnow
-from guardstream.core.redisstore import Unavailable
-from guardstream.core.topics import Topic, TopicNames
-from guardstream.feedback.archive import Archive
-from guardstream.feedback.sample import FeedbackSample
+from guardstream.contracts.events import utcnow
+from guardstream.contracts.feedback import FeedbackSample
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.review import metrics as review_metrics
 from guardstream.review.store import ReviewStore
+from guardstream.runtime.redisstore import Unavailable
+from guardstream.verdict.archive import Archive
+from guardstream.verdict.cache import CachedVerdict
 
 log = logging.getLogger(__name__)
 

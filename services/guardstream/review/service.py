@@ -15,8 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from guardstream.core.cache import human_verdict_key
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     AssignmentEvent,
     Decision,
     Kind,
@@ -26,17 +25,8 @@ from guardstream.core.contracts import (
     Verdict,
     utcnow,
 )
-from guardstream.core.decisions import ACTION_TOPIC
-from guardstream.core.topics import Topic
-from guardstream.feedback.qa import (
-    Cadence,
-    QaPeriod,
-    below_bar,
-    low_agreement_alert,
-    previous_period,
-    spread,
-)
-from guardstream.feedback.sample import FeedbackSample, from_review
+from guardstream.contracts.feedback import FeedbackSample, from_review
+from guardstream.contracts.topics import Topic
 from guardstream.policy import PolicyPack, PolicyRegistry
 from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
@@ -56,6 +46,14 @@ from guardstream.review.logic import (
     review_event,
     validate_submission,
 )
+from guardstream.review.qa_period import (
+    Cadence,
+    QaPeriod,
+    below_bar,
+    low_agreement_alert,
+    previous_period,
+    spread,
+)
 from guardstream.review.shield import DeniedAudit
 from guardstream.review.store import (
     ClaimLimitReached,
@@ -68,6 +66,8 @@ from guardstream.review.store import (
     ReviewStore,
     Tx,
 )
+from guardstream.verdict.cache import human_verdict_key
+from guardstream.verdict.decisions import ACTION_TOPIC
 
 log = logging.getLogger(__name__)
 
@@ -824,7 +824,8 @@ def feedback_sample(
     human_refusal: bool | None = None,
 ) -> FeedbackSample:
     """The archived form of a review: the post as the model saw it, what it said (for a
-    response, its refusal label too), what the human decided (see guardstream.feedback.sample)."""
+    response, its refusal label too), what the human decided
+    (see guardstream.contracts.feedback)."""
     return from_review(
         review,
         text=post.text,

@@ -23,9 +23,9 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
-from guardstream.core.contracts import Action, Review, Verdict
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import Action, Review, Verdict
 from guardstream.review.logic import Reviewer, Role, SlaState, Task, TaskState
+from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

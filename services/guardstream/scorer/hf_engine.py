@@ -28,21 +28,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from guardstream.core.adapters import Adapter
-from guardstream.core.contracts import Label
-from guardstream.core.settings import Settings
-from guardstream.scorer.engine import (
+from guardstream.contracts.events import Label
+from guardstream.model.adapters import Adapter
+from guardstream.model.guard import (
     SAFE_ANSWER,
     SAFE_RESPONSE_PREFIX,
     SAFETY_PREFIX,
-    EngineDead,
     ForcedPrefixes,
     ModelUnavailable,
-    RawAnswer,
-    ScoringError,
     is_response,
     resolve_model,
 )
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.engine import EngineDead, RawAnswer, ScoringError
 from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 log = logging.getLogger(__name__)
@@ -97,7 +95,7 @@ class TransformersGuardEngine:
     @classmethod
     async def start(cls, settings: Settings) -> TransformersGuardEngine:
         path, model_id = await asyncio.to_thread(resolve_model, settings)
-        from guardstream.scorer.engine import VllmGuardEngine
+        from guardstream.scorer.vllm_engine import VllmGuardEngine
 
         def load() -> tuple[Any, Any]:
             import torch

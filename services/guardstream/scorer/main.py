@@ -13,15 +13,16 @@ from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core import metrics
-from guardstream.core.loop import BatchHandler, LoopReport
-from guardstream.core.process import serve
-from guardstream.core.settings import Settings
-from guardstream.core.stores import Stores
-from guardstream.core.topics import Topic, TopicNames
-from guardstream.scorer.engine import GuardEngine, start_engine
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime import metrics
+from guardstream.runtime.loop import BatchHandler, LoopReport
+from guardstream.runtime.process import serve
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.engine import GuardEngine
+from guardstream.scorer.launch import start_engine
 from guardstream.scorer.metered import MeteredEngine
 from guardstream.scorer.service import Scorer
+from guardstream.verdict.stores import Stores
 
 
 async def run(

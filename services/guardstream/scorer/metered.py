@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 
-from guardstream.core import metrics
-from guardstream.core.adapters import Adapter
+from guardstream.model.adapters import Adapter
+from guardstream.runtime import metrics
 from guardstream.scorer.engine import GuardEngine, RawAnswer
 
 SERVING_WINDOW_S = 600.0

@@ -13,25 +13,9 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from guardstream.core.contracts import Label, Verdict
+from guardstream.contracts.events import Label, Verdict
+from guardstream.contracts.labels import CATEGORIES, LABEL_VERDICT, LABELS
 
-LABELS: tuple[Label, ...] = ("Safe", "Unsafe", "Controversial")
-LABEL_VERDICT: dict[Label, Verdict] = {
-    "Safe": Verdict.SAFE,
-    "Unsafe": Verdict.UNSAFE,
-    "Controversial": Verdict.CONTROVERSIAL,
-}
-CATEGORIES: tuple[str, ...] = (
-    "Violent",
-    "Non-violent Illegal Acts",
-    "Sexual Content or Sexual Acts",
-    "PII",
-    "Suicide & Self-Harm",
-    "Unethical Acts",
-    "Politically Sensitive Topics",
-    "Copyright Violation",
-    "Jailbreak",
-)
 _CANONICAL = {c.casefold(): c for c in CATEGORIES}
 _LINE = re.compile(r"^\s*(safety|categories|refusal)\s*:\s*(.*?)\s*$", re.IGNORECASE)
 

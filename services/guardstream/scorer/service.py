@@ -32,10 +32,7 @@ from datetime import datetime
 import redis.exceptions
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core import tracing
-from guardstream.core.adapters import Adapter
-from guardstream.core.cache import CachedVerdict, VerdictKey
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     ContractError,
     ScoreRequest,
     ShadowRecord,
@@ -43,17 +40,20 @@ from guardstream.core.contracts import (
     utcnow,
     within_text_limit,
 )
-from guardstream.core.decisions import Origin, decide, model_reason
-from guardstream.core.faults import FaultPoints
-from guardstream.core.journal import journal_key
-from guardstream.core.loop import Record, Records, TransientError, isolate, unusable
-from guardstream.core.outbox import Outbox
-from guardstream.core.settings import Settings
-from guardstream.core.stores import Stores
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.model.adapters import Adapter
+from guardstream.runtime import tracing
+from guardstream.runtime.faults import FaultPoints
+from guardstream.runtime.loop import Record, Records, TransientError, isolate, unusable
+from guardstream.runtime.settings import Settings
 from guardstream.scorer.engine import GuardEngine, RawAnswer, ScoringError
 from guardstream.scorer.output import GuardAnswer, label_confidence, parse_answer
 from guardstream.scorer.prompt import messages_for
+from guardstream.verdict.cache import CachedVerdict, VerdictKey
+from guardstream.verdict.decisions import Origin, decide, model_reason
+from guardstream.verdict.journal import journal_key
+from guardstream.verdict.outbox import Outbox
+from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
 

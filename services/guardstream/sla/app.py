@@ -45,7 +45,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from opentelemetry import metrics
 
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     Action,
     ContractError,
     Decision,
@@ -53,12 +53,12 @@ from guardstream.core.contracts import (
     ReviewAssignment,
     SlaEventKind,
 )
-from guardstream.core.faults import FaultPoints
-from guardstream.core.kafka import client_kwargs, dead_letter
-from guardstream.core.loop import TransientError, unusable
-from guardstream.core.settings import Settings
-from guardstream.core.topics import SPECS, Topic, TopicNames
+from guardstream.contracts.topics import SPECS, Topic, TopicNames
 from guardstream.policy import PolicyRegistry, review_sla
+from guardstream.runtime.faults import FaultPoints
+from guardstream.runtime.kafka import client_kwargs, dead_letter
+from guardstream.runtime.loop import TransientError, unusable
+from guardstream.runtime.settings import Settings
 from guardstream.sla.logic import (
     DeadlineIndex,
     Item,

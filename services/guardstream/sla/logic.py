@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     Action,
     Alert,
     AlertSeverity,
@@ -34,7 +34,7 @@ from guardstream.core.contracts import (
     Source,
     Verdict,
 )
-from guardstream.core.topics import Topic
+from guardstream.contracts.topics import Topic
 from guardstream.policy import ReviewSla
 
 ITEM_VERSION: Final = 1

@@ -7,10 +7,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from guardstream.core.health import HealthServer
-from guardstream.core.kafka import make_producer
-from guardstream.core.settings import Settings
 from guardstream.policy import load_registry
+from guardstream.runtime.health import HealthServer
+from guardstream.runtime.kafka import make_producer
+from guardstream.runtime.settings import Settings
 from guardstream.sla.app import SlaWorker, changelog_topic, ensure_changelog
 
 log = logging.getLogger(__name__)

@@ -9,9 +9,7 @@ from typing import Any
 
 import orjson
 
-from guardstream.core.cache import VerdictKey
-from guardstream.core.content import key_context, keyed, normalise
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     SCHEMA_VERSION,
     ContractError,
     Kind,
@@ -20,8 +18,10 @@ from guardstream.core.contracts import (
     utcnow,
     within_text_limit,
 )
-from guardstream.core.neardup import near_scope
+from guardstream.contracts.text import key_context, keyed, normalise
 from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
+from guardstream.verdict.cache import VerdictKey
+from guardstream.verdict.neardup import near_scope
 
 _SCOPES_KEPT = 4096  # near scopes remembered (per tenant: bounded whatever tenants arrive)
 

@@ -8,15 +8,15 @@ from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core import metrics
-from guardstream.core.loop import BatchHandler, LoopReport
-from guardstream.core.process import serve
-from guardstream.core.settings import Settings
-from guardstream.core.stores import Stores
-from guardstream.core.topics import Topic, TopicNames
-from guardstream.scorer.engine import served_model_id
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.model.guard import served_model_id
+from guardstream.runtime import metrics
+from guardstream.runtime.loop import BatchHandler, LoopReport
+from guardstream.runtime.process import serve
+from guardstream.runtime.settings import Settings
 from guardstream.triage.service import Triage
 from guardstream.triage.watch import CommitLagWatch, admin_client, scorer_offsets
+from guardstream.verdict.stores import Stores
 
 
 async def run(

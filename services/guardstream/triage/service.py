@@ -11,7 +11,7 @@ source `rule`; bad records go to the DLQ with their origin (reasons from the con
 data Redis refuses, or that the code cannot turn into valid events, is found by halving the
 batch (`core.loop.isolate`) and dead-lettered alone (`store_rejected`, `unprocessable`); the
 rest of the batch is decided. Offsets are committed only after every produced record is
-acknowledged (see `guardstream.core.loop` for the full table).
+acknowledged (see `guardstream.runtime.loop` for the full table).
 """
 
 from __future__ import annotations
@@ -25,20 +25,20 @@ from datetime import datetime
 import redis.exceptions
 from aiokafka import AIOKafkaProducer
 
-from guardstream.core import tracing
-from guardstream.core.adapters import AdapterRegistry
-from guardstream.core.cache import CachedVerdict, VerdictKey
-from guardstream.core.contracts import ContractError, Decision, utcnow
-from guardstream.core.decisions import Origin, decide, unscored
-from guardstream.core.journal import journal_key
-from guardstream.core.loop import Record, Records, isolate, unusable
-from guardstream.core.outbox import Outbox
-from guardstream.core.settings import Settings
-from guardstream.core.stores import Stores
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import ContractError, Decision, utcnow
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.model.adapters import AdapterRegistry
 from guardstream.policy import ScorerUnavailableMode
+from guardstream.runtime import tracing
+from guardstream.runtime.loop import Record, Records, isolate, unusable
+from guardstream.runtime.settings import Settings
 from guardstream.triage.logic import Triaged, Triager, score_request_json
 from guardstream.triage.watch import ScorerWatch
+from guardstream.verdict.cache import CachedVerdict, VerdictKey
+from guardstream.verdict.decisions import Origin, decide, unscored
+from guardstream.verdict.journal import journal_key
+from guardstream.verdict.outbox import Outbox
+from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
 

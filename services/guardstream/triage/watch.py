@@ -27,9 +27,9 @@ from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
-from guardstream.core.kafka import client_kwargs
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime.kafka import client_kwargs
+from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -18,14 +18,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
-from guardstream.core.contracts import Action, Decision, Envelope, Post, Verdict, utcnow
-from guardstream.core.decisions import decision_id
-from guardstream.core.kafka import client_kwargs, ensure_topics, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.events import Action, Decision, Envelope, Post, Verdict, utcnow
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.review import auth
 from guardstream.review.logic import Reviewer, Role
 from guardstream.review.main import Review, run
+from guardstream.runtime.kafka import client_kwargs, ensure_topics, make_producer
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.decisions import decision_id
 from tests.conftest import free_port
 
 PASSWORD = "s3cret-pass"

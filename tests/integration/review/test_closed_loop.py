@@ -20,15 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from guardstream.core.adapters import AdapterRegistry
-from guardstream.core.contracts import Source, Verdict, utcnow
+from guardstream.contracts.events import Source, Verdict, utcnow
 from guardstream.devtools.produce import new_post
-from guardstream.feedback.archive import Archive
 from guardstream.feedback.curation import CurationConfig
 from guardstream.feedback.job import FeedbackConfig, evaluate_shadow, run_cycle
 from guardstream.feedback.shadow import ShadowConfig
+from guardstream.model.adapters import AdapterRegistry
 from guardstream.model.tiny import ensure_tiny_checkpoint
-from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.scorer.vllm_engine import VllmGuardEngine
+from guardstream.verdict.archive import Archive
 from tests.integration.conftest import in_process
 from tests.integration.review.conftest import Console
 from tests.integration.test_pipeline import decide

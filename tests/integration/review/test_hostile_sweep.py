@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, Phase, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     ContractError,
     Decision,
     DlqRecord,
@@ -40,13 +40,13 @@ from guardstream.core.contracts import (
     SlaEvent,
     utcnow,
 )
-from guardstream.core.kafka import make_producer
-from guardstream.core.loop import Record, Records, isolate
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.review.consumer import ReviewConsumer
 from guardstream.review.store import PostText
-from guardstream.scorer.engine import VllmGuardEngine
+from guardstream.runtime.kafka import make_producer
+from guardstream.runtime.loop import Record, Records, isolate
+from guardstream.runtime.settings import Settings
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 from tests.integration.conftest import in_process
 from tests.integration.review.conftest import Console
 from tests.support.oracle import ACTION_TOPICS, read_records

@@ -14,9 +14,14 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from guardstream.core.cache import CachedVerdict, RedisVerdictCache, VerdictKey, human_verdict_key
-from guardstream.core.contracts import Source, Verdict, utcnow
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import Source, Verdict, utcnow
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.cache import (
+    CachedVerdict,
+    RedisVerdictCache,
+    VerdictKey,
+    human_verdict_key,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,7 @@ import asyncio
 import pytest
 import redis
 
-from guardstream.core.cache import CachedVerdict, RedisVerdictCache, VerdictKey
-from guardstream.core.content import normalise
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     AssignmentEvent,
     SlaEvent,
     SlaEventKind,
@@ -18,10 +16,12 @@ from guardstream.core.contracts import (
     Verdict,
     utcnow,
 )
-from guardstream.core.topics import Topic
-from guardstream.feedback.archive import Archive
+from guardstream.contracts.text import normalise
+from guardstream.contracts.topics import Topic
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import Role, task_id
+from guardstream.verdict.archive import Archive
+from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache, VerdictKey
 from tests.integration.review.conftest import (
     Console,
     contested,

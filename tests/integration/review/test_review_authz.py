@@ -10,7 +10,7 @@ from datetime import timedelta
 import httpx
 import pytest
 
-from guardstream.core.contracts import utcnow
+from guardstream.contracts.events import utcnow
 from guardstream.review import auth
 from guardstream.review.console import COOKIE
 from guardstream.review.logic import Role

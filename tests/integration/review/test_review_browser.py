@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from guardstream.core.contracts import utcnow
-from guardstream.core.topics import Topic
-from guardstream.feedback.qa import parse_period
+from guardstream.contracts.events import utcnow
+from guardstream.contracts.topics import Topic
 from guardstream.review.logic import Role, task_id
+from guardstream.review.qa_period import parse_period
 from tests.conftest import missing
 from tests.integration.review.conftest import (
     PASSWORD,

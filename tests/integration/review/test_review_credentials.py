@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from guardstream.cli import app
-from guardstream.core.contracts import utcnow
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import utcnow
 from guardstream.review import auth
 from guardstream.review.console import COOKIE
+from guardstream.runtime.settings import Settings
 from tests.integration.review.conftest import PASSWORD, Console, serve
 from tests.integration.review.test_review_api import seed
 from tests.integration.review.test_review_authz import login

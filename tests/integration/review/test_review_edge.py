@@ -21,9 +21,9 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.errors import HypothesisDeprecationWarning
 
-from guardstream.core.settings import Settings
 from guardstream.review import auth
 from guardstream.review.auth import UNKNOWN_ID_HASH, HashPool
+from guardstream.runtime.settings import Settings
 from tests.integration.review.conftest import PASSWORD, Console
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

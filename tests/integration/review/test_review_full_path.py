@@ -12,13 +12,13 @@ import uuid
 
 import pytest
 
-from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import Decision, Post, ScoreRequest, Source, Verdict, utcnow
-from guardstream.core.decisions import Origin, decide
-from guardstream.core.topics import Topic
+from guardstream.contracts.events import Decision, Post, ScoreRequest, Source, Verdict, utcnow
+from guardstream.contracts.topics import Topic
 from guardstream.policy import load_registry
 from guardstream.review.logic import task_id
 from guardstream.triage import main as triage_main
+from guardstream.verdict.cache import CachedVerdict
+from guardstream.verdict.decisions import Origin, decide
 from tests.integration.review.conftest import Console, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 import pytest
 
-from guardstream.core.contracts import Alert, Kind, Post, Verdict, utcnow
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic
-from guardstream.feedback.archive import Archive
+from guardstream.contracts.events import Alert, Kind, Post, Verdict, utcnow
+from guardstream.contracts.topics import Topic
 from guardstream.feedback.dataset import target_text
-from guardstream.feedback.qa import parse_period, previous_period
 from guardstream.review.logic import Role, task_id
+from guardstream.review.qa_period import parse_period, previous_period
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.archive import Archive
 from tests.integration.review.conftest import (
     Console,
     contested,

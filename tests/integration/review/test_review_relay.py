@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
-from guardstream.core.cache import RedisVerdictCache, VerdictKey, human_verdict_key
-from guardstream.core.contracts import Source, Verdict
-from guardstream.core.kafka import ensure_topics, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
-from guardstream.feedback.archive import Archive
+from guardstream.contracts.events import Source, Verdict
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.review.relay import OutboxRelay
 from guardstream.review.store import ReviewStore
+from guardstream.runtime.kafka import ensure_topics, make_producer
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.archive import Archive
+from guardstream.verdict.cache import RedisVerdictCache, VerdictKey, human_verdict_key
 from tests.conftest import free_port
 from tests.integration.review.conftest import read_topic
 from tests.support.feedback import taught_samples

@@ -10,11 +10,11 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from guardstream.core.kafka import client_kwargs, make_producer
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
-from guardstream.core.tracing import trace_id_of
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.review.logic import task_id
+from guardstream.runtime.kafka import client_kwargs, make_producer
+from guardstream.runtime.settings import Settings
+from guardstream.runtime.tracing import trace_id_of
 from tests.integration.review.conftest import Console, contested, new_test_post
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]

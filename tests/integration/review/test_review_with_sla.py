@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic
+from guardstream.contracts.topics import Topic
 from guardstream.review.logic import task_id
+from guardstream.runtime.settings import Settings
 from tests.integration.review.conftest import (
     Console,
     contested,

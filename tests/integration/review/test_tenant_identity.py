@@ -13,13 +13,13 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import Source, Verdict, utcnow
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import Source, Verdict, utcnow
 from guardstream.policy import load_registry
 from guardstream.review.consumer import new_task
 from guardstream.review.logic import TaskState, task_id
 from guardstream.review.store import MIGRATIONS, PostText, ReviewStore
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.cache import CachedVerdict
 from tests.integration.review.conftest import contested, new_test_post
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -35,9 +35,9 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from guardstream.core.contracts import Confidence, Source, Timestamp, Verdict
-from guardstream.core.redisstore import FailOpenStore, Unavailable, redis_client
-from guardstream.core.settings import Settings
+from guardstream.contracts.events import Confidence, Source, Timestamp, Verdict
+from guardstream.runtime.redisstore import FailOpenStore, Unavailable, redis_client
+from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

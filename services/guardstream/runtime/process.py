@@ -19,11 +19,11 @@ from contextlib import AsyncExitStack
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from guardstream.core.health import HealthServer
-from guardstream.core.kafka import make_consumer, make_producer
-from guardstream.core.loop import BatchHandler, BatchLoop, LoopConfig, LoopReport
-from guardstream.core.outbox import isolating_rejections
-from guardstream.core.settings import Settings
+from guardstream.runtime.health import HealthServer
+from guardstream.runtime.kafka import make_consumer, make_producer
+from guardstream.runtime.loop import BatchHandler, BatchLoop, LoopConfig, LoopReport
+from guardstream.runtime.rejections import isolating_rejections
+from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

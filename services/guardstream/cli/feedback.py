@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from guardstream.core.settings import Settings
+from guardstream.runtime.settings import Settings
 
 if TYPE_CHECKING:
-    from guardstream.core.contracts import Verdict
+    from guardstream.contracts.events import Verdict
     from guardstream.feedback.job import FeedbackConfig, ShadowReport
 
 feedback_app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
@@ -59,10 +59,10 @@ def _shadow(settings: Settings, tenant: str, *, apply: bool) -> ShadowReport:
     is in shadow, so a deployment without shadow traffic needs no broker for the job)."""
     import asyncio
 
-    from guardstream.core.adapters import AdapterRegistry
-    from guardstream.feedback.archive import Archive
     from guardstream.feedback.job import ShadowReport, evaluate_shadow
     from guardstream.feedback.shadow_log import read_shadow_log
+    from guardstream.model.adapters import AdapterRegistry
+    from guardstream.verdict.archive import Archive
 
     if settings.adapter_dir is None:
         err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
@@ -101,7 +101,7 @@ def shadow_report(
     adapter, block rates, accuracy and false-positive rates against later human labels) and
     what the next `feedback run` would do with it; changes nothing. Prints one JSON line."""
     from guardstream.cli import load_settings
-    from guardstream.feedback.archive import ArchiveError
+    from guardstream.verdict.archive import ArchiveError
 
     settings = load_settings()
     try:
@@ -120,7 +120,6 @@ def report(
 ) -> None:
     """Print the loop's health: samples per week, disagreement, agreement, adapter history."""
     from guardstream.cli import load_settings
-    from guardstream.feedback.archive import Archive, ArchiveError
     from guardstream.feedback.report import (
         ADAPTER_COLUMNS,
         adapter_row,
@@ -128,6 +127,7 @@ def report(
         read_cards,
         render_html,
     )
+    from guardstream.verdict.archive import Archive, ArchiveError
 
     settings = load_settings()
     try:
@@ -172,11 +172,11 @@ def run(
     the serving one on held-out samples, and put it in shadow if it is better. Prints one JSON
     line (status skipped / shadowing / rejected, and the shadow evaluation's outcome)."""
     from guardstream.cli import load_settings
-    from guardstream.core import logs
-    from guardstream.core.adapters import AdapterRegistry
-    from guardstream.feedback.archive import Archive, ArchiveError
     from guardstream.feedback.job import run_cycle
-    from guardstream.scorer.engine import resolve_model
+    from guardstream.model.adapters import AdapterRegistry
+    from guardstream.model.guard import resolve_model
+    from guardstream.runtime import logs
+    from guardstream.verdict.archive import Archive, ArchiveError
 
     settings = load_settings()
     logs.configure(settings.log_level)
@@ -192,9 +192,9 @@ def run(
         raise typer.Exit(1) from None
     prescreen = None
     if settings.feedback_prescreen_model is not None:
+        from guardstream.contracts.feedback import FeedbackSample
         from guardstream.feedback.dataset import NotTrainable, example
         from guardstream.feedback.evaluate import LabelScorer
-        from guardstream.feedback.sample import FeedbackSample
 
         small, _ = resolve_model(
             settings.model_copy(update={"model": settings.feedback_prescreen_model})
@@ -265,8 +265,8 @@ def qa_sample_cmd(
     import asyncio
 
     from guardstream.cli import load_settings
-    from guardstream.feedback.qa import parse_period, previous_period
     from guardstream.policy import load_registry
+    from guardstream.review.qa_period import parse_period, previous_period
     from guardstream.review.service import QaSampled, ReviewService
     from guardstream.review.store import ReviewStore
 

@@ -1,7 +1,7 @@
 """The pipeline's metrics, defined once, on the OpenTelemetry API.
 
 Instruments are created on the API's global meter at import; until a process installs the SDK
-(`guardstream.core.telemetry.setup`) they cost next to nothing and record nothing. Attributes
+(`guardstream.runtime.telemetry.setup`) they cost next to nothing and record nothing. Attributes
 are low-cardinality only (process, topic, partition, tenant, verdict, source, reason, store,
 model, adapter) — never post ids, author ids or text. Prometheus names: dots become
 underscores, the unit is appended (`s` → `_seconds`; `1` and `{…}` add nothing) and counters
@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from opentelemetry import metrics
 from opentelemetry.metrics import CallbackOptions, Observation
 
-from guardstream.core.contracts import Decision
+from guardstream.contracts.events import Decision
 
 meter = metrics.get_meter("guardstream")
 

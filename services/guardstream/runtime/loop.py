@@ -48,10 +48,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
 
-from guardstream.core import metrics, tracing
-from guardstream.core.contracts import ContractError, describe_errors
-from guardstream.core.faults import FaultPoints
-from guardstream.core.offsets import OffsetTracker
+from guardstream.contracts.events import ContractError, describe_errors
+from guardstream.runtime import metrics, tracing
+from guardstream.runtime.faults import FaultPoints
+from guardstream.runtime.offsets import OffsetTracker
 
 log = logging.getLogger(__name__)
 

@@ -47,8 +47,8 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
-from guardstream.core import tracing
-from guardstream.core.settings import Settings
+from guardstream.runtime import tracing
+from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
-from guardstream.core.adapters import AdapterRegistry
-from guardstream.core.cache import RedisVerdictCache, VerdictCache
-from guardstream.core.journal import DecisionJournal, RedisDecisionJournal
-from guardstream.core.neardup import NearDuplicateIndex, RedisNearDuplicateIndex
-from guardstream.core.settings import Settings
+from guardstream.model.adapters import AdapterRegistry
 from guardstream.policy import PolicyRegistry, load_registry
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.cache import RedisVerdictCache, VerdictCache
+from guardstream.verdict.journal import DecisionJournal, RedisDecisionJournal
+from guardstream.verdict.neardup import NearDuplicateIndex, RedisNearDuplicateIndex
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,8 +17,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import DataError, RedisError
 from redis.typing import EncodableT
 
-from guardstream.core import metrics
-from guardstream.core.settings import Settings
+from guardstream.runtime import metrics
+from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

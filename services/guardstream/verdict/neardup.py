@@ -75,8 +75,8 @@ import numpy as np
 import numpy.typing as npt
 import redis.asyncio as aioredis
 
-from guardstream.core.redisstore import FailOpenStore, Unavailable, redis_client
-from guardstream.core.settings import Settings
+from guardstream.runtime.redisstore import FailOpenStore, Unavailable, redis_client
+from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from guardstream.core import logs
-from guardstream.core.contracts import Decision, Kind, dump
-from guardstream.core.settings import Settings
-from guardstream.core.topics import CATALOGUE, TopicNames
-from guardstream.feedback.cli import feedback_app
+from guardstream.cli.feedback import feedback_app
+from guardstream.contracts.events import Decision, Kind, dump
+from guardstream.contracts.topics import CATALOGUE, TopicNames
+from guardstream.runtime import logs
+from guardstream.runtime.settings import Settings
 
 if TYPE_CHECKING:
     from guardstream.review.service import ReviewService
@@ -57,8 +57,8 @@ def load_settings() -> Settings:
 def _run_process(name: str) -> None:
     settings = load_settings()
     logs.configure(settings.log_level)
-    from guardstream.core import telemetry
-    from guardstream.core.process import install_stop_signals
+    from guardstream.runtime import telemetry
+    from guardstream.runtime.process import install_stop_signals
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -76,8 +76,9 @@ def _run_process(name: str) -> None:
 
             await run_scorer(settings, stop)
 
+    from guardstream.model.guard import ModelUnavailable
     from guardstream.policy import PolicyConflictError, PolicyLoadError
-    from guardstream.scorer.engine import EngineDead, ModelUnavailable
+    from guardstream.scorer.engine import EngineDead
 
     try:
         handle = telemetry.setup(settings, name)
@@ -132,7 +133,7 @@ def settings() -> None:
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every catalogue topic that does not exist yet (idempotent)."""
-    from guardstream.core.kafka import ensure_topics
+    from guardstream.runtime.kafka import ensure_topics
     from guardstream.sla.app import changelog_topic, ensure_changelog
 
     settings = load_settings()
@@ -180,7 +181,7 @@ def produce(
         err.print("give exactly one of --text or --samples")
         raise typer.Exit(2)
     settings = load_settings()
-    from guardstream.core import telemetry
+    from guardstream.runtime import telemetry
 
     # Traces only: a one-shot client serves no /metrics (the port may be a process's).
     handle = telemetry.setup(settings.model_copy(update={"metrics_port": 0}), "produce")
@@ -210,7 +211,7 @@ def _produce(
             else [new_post(text or "", tenant=tenant, kind=kind, prompt=prompt, post_id=post_id)]
         )
     except ValidationError as exc:
-        from guardstream.core.contracts import describe_errors
+        from guardstream.contracts.events import describe_errors
 
         err.print(f"[red]invalid post:[/red] {describe_errors(exc)}")
         raise typer.Exit(2) from None
@@ -304,10 +305,10 @@ def review(ctx: typer.Context) -> None:
         return
     settings = load_settings()
     logs.configure(settings.log_level)
-    from guardstream.core import telemetry
-    from guardstream.core.process import install_stop_signals
     from guardstream.policy import PolicyConflictError, PolicyLoadError
     from guardstream.review.main import run as run_review
+    from guardstream.runtime import telemetry
+    from guardstream.runtime.process import install_stop_signals
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -14,9 +14,8 @@ import enum
 import hashlib
 from collections.abc import Sequence
 
-from guardstream.core.cache import CachedVerdict
-from guardstream.core.contracts import Action, Decision, Source, Verdict, utcnow
-from guardstream.core.topics import Topic
+from guardstream.contracts.events import Action, Decision, Source, Verdict, utcnow
+from guardstream.contracts.topics import Topic
 from guardstream.policy import (
     ControversialMode,
     PolicyPack,
@@ -24,6 +23,7 @@ from guardstream.policy import (
     route,
     route_scorer_unavailable,
 )
+from guardstream.verdict.cache import CachedVerdict
 
 ACTION_TOPIC: dict[Action, Topic] = {
     Action.ALLOW: Topic.ALLOW,

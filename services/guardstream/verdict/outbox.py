@@ -5,10 +5,8 @@ they work through a batch and `flush()` before the batch's offsets may be commit
 delivery is a transient error: the batch is retried whole, and the re-sent records carry the
 same ids, so downstream sees a harmless replay. A delivery refused for good (a record too
 large for the producer or broker, an invalid topic, no permission: `PERMANENT_PRODUCE_ERRORS`)
-is `OutputRejected`; `isolating_rejections` then finds the input whose output it was (halving
-the batch, each half handled again: re-emission is idempotent) and sends that input to the DLQ
-with reason `output_rejected` and an alert (`moderation.alerts.v1`, kind `output_rejected`),
-and the consumer goes on with the rest. Every record sent carries the trace context of
+is `OutputRejected`, which `guardstream.runtime.rejections` turns into a DLQ record for the
+input whose output it was, and an alert. Every record sent carries the trace context of
 the input it derives from (`core/tracing.py`), and every decision is counted
 (`guardstream.pipeline.decisions`) once the broker has it.
 
@@ -23,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
@@ -32,27 +29,24 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from guardstream.core import metrics, tracing
-from guardstream.core.contracts import (
-    Alert,
-    AlertSeverity,
+from guardstream.contracts.events import (
     ContractError,
     Decision,
     Envelope,
-    utcnow,
 )
-from guardstream.core.decisions import ACTION_TOPIC
-from guardstream.core.journal import DecisionJournal, journal_key
-from guardstream.core.kafka import (
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime import metrics, tracing
+from guardstream.runtime.kafka import (
     PERMANENT_PRODUCE_ERRORS,
     Headers,
     OutputRejected,
     dead_letter,
     key_partitions,
 )
-from guardstream.core.loop import BatchHandler, Records, TransientError, isolate
-from guardstream.core.settings import Settings
-from guardstream.core.topics import Topic, TopicNames
+from guardstream.runtime.loop import TransientError
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.decisions import ACTION_TOPIC
+from guardstream.verdict.journal import DecisionJournal, journal_key
 
 log = logging.getLogger(__name__)
 
@@ -194,120 +188,6 @@ def _check_size(key: bytes, value: bytes, headers: Headers, max_request_bytes: i
             f"an output record is {size} bytes, over GUARDSTREAM_KAFKA_MAX_REQUEST_BYTES="
             f"{max_request_bytes}"
         )
-
-
-OUTPUT_REJECTED = "output_rejected"  # DLQ reason and alert kind
-REJECTIONS: tuple[type[Exception], ...] = (OutputRejected, *PERMANENT_PRODUCE_ERRORS)
-
-
-def isolating_rejections(
-    handler: BatchHandler, producer: AIOKafkaProducer, settings: Settings, process: str
-) -> BatchHandler:
-    """`handler`, with a batch whose output was refused for good (`OutputRejected`, or one of
-    `PERMANENT_PRODUCE_ERRORS` raised while queueing) handled again in halves until the input
-    whose output it was stands alone: that input goes to the DLQ and an alert is raised, the
-    others are handled as usual. Transient errors pass through (the loop retries)."""
-    topics = TopicNames(settings.namespace)
-    group = settings.group_id(process)
-    max_request_bytes = settings.kafka_max_request_bytes
-
-    def refused(exc: BaseException) -> ContractError | None:
-        if not isinstance(exc, REJECTIONS):
-            return None  # transient or a bug: the loop's business
-        name = type(exc.error if isinstance(exc, OutputRejected) else exc).__name__
-        return ContractError(
-            OUTPUT_REJECTED, f"{name}: an output of this record was refused by the broker"
-        )
-
-    async def reject(record: ConsumerRecord[bytes, bytes], problem: ContractError) -> None:
-        name = problem.detail.split(":", 1)[0]
-        sent = await _refused_or_sent(
-            dead_letter(
-                producer,
-                topics[Topic.DLQ],
-                record,
-                problem,
-                consumer=group,
-                max_request_bytes=max_request_bytes,
-            )
-        )
-        if not sent:  # the DLQ record itself is too large for the broker: keep no payload
-            await _delivered(
-                dead_letter(
-                    producer,
-                    topics[Topic.DLQ],
-                    record,
-                    problem,
-                    consumer=group,
-                    max_request_bytes=max_request_bytes,
-                    max_payload=0,
-                )
-            )
-        metrics.dead_letters.add(1, {"reason": OUTPUT_REJECTED, "consumer": group})
-        alert_id = str(
-            uuid.uuid5(
-                uuid.NAMESPACE_URL,
-                f"alert:{OUTPUT_REJECTED}:{record.topic}:{record.partition}:{record.offset}:{group}",
-            )
-        )
-        now = utcnow()
-        alert = Alert(
-            event_id=alert_id,
-            produced_at=now,
-            alert_id=alert_id,
-            kind=OUTPUT_REJECTED,
-            severity=AlertSeverity.CRITICAL,
-            summary=(
-                f"{group}: the broker refused an output of {record.topic}[{record.partition}]"
-                f"@{record.offset} for good ({name}); the input is in the DLQ"
-            ),
-            labels={
-                "consumer": group,
-                "error": name,
-                "origin_topic": record.topic,
-                "origin_partition": str(record.partition),
-                "origin_offset": str(record.offset),
-            },
-            raised_at=now,
-        )
-        await _delivered(
-            producer.send(topics[Topic.ALERTS], alert.to_json(), key=alert_id.encode())
-        )
-        log.error(
-            "output refused for good: input dead-lettered",
-            extra={
-                "topic": record.topic,
-                "partition": record.partition,
-                "offset": record.offset,
-                "error": name,
-                "consumer": group,
-            },
-        )
-
-    async def handle(records: Records) -> None:
-        await isolate(records, handler, refused, reject)  # the same halving as a store's refusal
-
-    return handle
-
-
-async def _refused_or_sent(sending: Any) -> bool:
-    """Await a `producer.send` and its delivery: False if refused for good; transient
-    failures raise `TransientError` (the loop retries the batch)."""
-    try:
-        await _delivered(sending)
-    except OutputRejected:
-        return False
-    return True
-
-
-async def _delivered(sending: Any) -> None:
-    try:
-        future = await sending
-        await future
-    except PERMANENT_PRODUCE_ERRORS as exc:
-        raise OutputRejected(exc) from exc
-    except Exception as exc:
-        raise TransientError(f"delivery failed: {type(exc).__name__}") from exc
 
 
 def _tally(attribute_sets: Sequence[dict[str, str]]) -> list[tuple[dict[str, str], int]]:

@@ -12,8 +12,7 @@ from typing import Annotated
 
 from pydantic import Field, StrictBool
 
-from guardstream.core.content import normalise
-from guardstream.core.contracts import (
+from guardstream.contracts.events import (
     REVIEW_REASON_MAX,
     Confidence,
     ContentKey,
@@ -27,6 +26,7 @@ from guardstream.core.contracts import (
     Verdict,
     utcnow,
 )
+from guardstream.contracts.text import normalise
 from guardstream.policy.pack import PolicyPack
 from guardstream.policy.prompt import apply_prefix
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
-from guardstream.core.contracts import Alert, AlertSeverity
+from guardstream.contracts.events import Alert, AlertSeverity
 
 T = TypeVar("T")
 Cadence = Literal["monthly", "weekly"]

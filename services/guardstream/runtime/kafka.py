@@ -27,10 +27,10 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from guardstream.core import tracing
-from guardstream.core.contracts import ContractError, DlqRecord, Origin, utcnow
-from guardstream.core.settings import Settings
-from guardstream.core.topics import CATALOGUE, Topic, TopicNames
+from guardstream.contracts.events import ContractError, DlqRecord, Origin, utcnow
+from guardstream.contracts.topics import CATALOGUE, Topic, TopicNames
+from guardstream.runtime import tracing
+from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 

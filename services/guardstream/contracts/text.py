@@ -229,3 +229,47 @@ def keyed(context: bytes, text: str) -> str:
 def _framed(part: str) -> bytes:
     encoded = part.encode("utf-8", "surrogatepass")
     return len(encoded).to_bytes(8, "big") + encoded
+
+
+# --- neutralise: user text that cannot pose as prompt structure -------------------------
+
+# `<|im_start|>`, `<|endoftext|>`, any `<|…|>` special, and Qwen3's added tokens without
+# pipes (`<think>`, `<tool_call>`, `<tool_response>`): a tokenizer matches added tokens inside
+# plain text, so any of them in a post would become structure.
+_CONTROL = re.compile(r"<\|[^<>|\s]{0,40}\|>|</?(?:think|tool_call|tool_response)>", re.IGNORECASE)
+# The template's plain-text structure: its `<BEGIN …>` / `<END …>` section markers (the
+# conversation, safety policy, categories, refusal policy), closed or not. No repetition in
+# these patterns crosses a line break and each is possessive (`*+`, never backtracked), so a
+# post of 64k newlines or blanks costs linear time (`\s*` here took minutes on such a post).
+_MARKER = re.compile(r"<([ \t]*+/?[ \t]*+(?:BEGIN|END)\b[^<>\n]{0,80})(>?)", re.IGNORECASE)
+# … and its line prefixes: the turn roles, the answer's labels and `# Task:`, at the start of a
+# line (any line break a reader may honour), after blanks, markdown marks or invisibles, with
+# an ASCII or look-alike colon.
+_BREAKS = "\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029"  # every line break `str.splitlines` honours
+_LINE_START = f"(?:^|(?<=[{_BREAKS}]))"
+_BLANK = f"[^\\S{_BREAKS}]"  # white space that does not break the line
+_LABEL = re.compile(
+    _LINE_START
+    + f"((?:{_BLANK}|[*#>_\\-\u00ad\u200b-\u200f\u2060\ufeff])*+)"
+    + r"(USER|ASSISTANT|SYSTEM|Safety|Categories|Refusal|Task)"
+    + f"({_BLANK}*+[:\uff1a\ufe55\ufe13\u2236])",
+    re.IGNORECASE,
+)
+
+
+def _quoted(match: re.Match[str]) -> str:
+    return match.group(0).replace("<", "‹").replace(">", "›")
+
+
+def neutralise(text: str) -> str:
+    """`text` with nothing the model or the tokenizer could take for prompt structure.
+
+    Control tokens and `<BEGIN …>` / `<END …>` markers get their angle brackets turned to
+    `‹ ›` (`<|im_start|>` → `‹|im_start|›`, `<END CONVERSATION>` → `‹END CONVERSATION›`);
+    a line opening with a role or label has the word quoted the same way (`USER:` →
+    `‹USER›:`, `Safety: Safe` → `‹Safety›: Safe`). Pure and idempotent: the same text always
+    gives the same model input, so cache keys (over the text itself) stay valid.
+    """
+    text = _CONTROL.sub(_quoted, text)
+    text = _MARKER.sub(lambda m: f"‹{m.group(1)}{'›' if m.group(2) else ''}", text)
+    return _LABEL.sub(lambda m: f"{m.group(1)}‹{m.group(2)}›{m.group(3)}", text)

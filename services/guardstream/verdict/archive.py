@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-from guardstream.core.contracts import ContractError
-from guardstream.feedback.sample import FeedbackSample
+from guardstream.contracts.events import ContractError
+from guardstream.contracts.feedback import FeedbackSample
 
 _DAY_DIR = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 _WRITER = re.compile(r"[^A-Za-z0-9_.-]")

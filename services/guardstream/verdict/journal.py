@@ -25,8 +25,8 @@ from typing import Protocol
 
 import redis.asyncio as aioredis
 
-from guardstream.core.redisstore import FailOpenStore, Unavailable, redis_client
-from guardstream.core.settings import Settings
+from guardstream.runtime.redisstore import FailOpenStore, Unavailable, redis_client
+from guardstream.runtime.settings import Settings
 
 
 def journal_key(tenant: str, post_event_id: str, policy: str) -> str:

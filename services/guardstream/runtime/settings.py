@@ -283,7 +283,7 @@ class Settings(BaseSettings):
         Field(validation_alias=_env("GUARDSTREAM_SCORER_SOURCE")),
     ] = "requests"
 
-    # LoRA adapter registry (guardstream.core.adapters), shared by triage and every scorer;
+    # LoRA adapter registry (guardstream.model.adapters), shared by triage and every scorer;
     # unset: no adapters, the base model serves every tenant.
     adapter_dir: Annotated[Path | None, Field(validation_alias=_env("GUARDSTREAM_ADAPTER_DIR"))] = (
         None
@@ -318,7 +318,7 @@ class Settings(BaseSettings):
     policy_dir: Annotated[Path | None, Field(validation_alias=_env("GUARDSTREAM_POLICY_DIR"))] = (
         None
     )
-    # Near-duplicate reuse (SimHash, see guardstream.core.neardup); packs can switch it off.
+    # Near-duplicate reuse (SimHash, see guardstream.verdict.neardup); packs can switch it off.
     near_duplicates: Annotated[
         bool, Field(validation_alias=_env("GUARDSTREAM_NEAR_DUPLICATES"))
     ] = True
@@ -358,7 +358,7 @@ class Settings(BaseSettings):
     health_port: Annotated[
         int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_HEALTH_PORT"))
     ] = 0
-    # Test-only crash injection (see guardstream.core.faults); never set in a deployment.
+    # Test-only crash injection (see guardstream.runtime.faults); never set in a deployment.
     fault: Annotated[
         str | None,
         Field(pattern=r"^[a-z_]+(:[0-9]+)?$", validation_alias=_env("GUARDSTREAM_FAULT")),
@@ -563,7 +563,7 @@ class Settings(BaseSettings):
     qa_sample_size: Annotated[
         int, Field(ge=0, le=10_000, validation_alias=_env("GUARDSTREAM_QA_SAMPLE_SIZE"))
     ] = 100
-    # --- telemetry (guardstream.core.telemetry) ----------------------------------------------
+    # --- telemetry (guardstream.runtime.telemetry) ----------------------------------------------
     # Prometheus exposition (`/metrics`) on this port; 0 = not served.
     metrics_port: Annotated[
         int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_METRICS_PORT"))

@@ -1,1 +1,0 @@
-"""Shared core: settings, contracts, topic catalogue, normalisation, cache and Kafka plumbing."""

@@ -1,0 +1,81 @@
+"""The guard model itself, apart from any engine: which model is served (`GUARDSTREAM_MODEL`,
+the tiny test checkpoint or a Qwen3Guard-Gen hub id), the id recorded on decisions and cache
+keys, and the answer format two-phase scoring forces (`Safety:` prefixes, label tokens).
+Triage, the scorer and the feedback loop share it; it loads no model (torch stays out)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from guardstream.contracts.events import Label
+from guardstream.contracts.labels import LABELS
+from guardstream.runtime.settings import Settings
+
+TINY_MODEL = "tiny"
+
+
+class ModelUnavailable(Exception):
+    """The configured model cannot be loaded (not downloadable, not on disk)."""
+
+    retriable: ClassVar[bool] = False
+
+
+def served_model_id(settings: Settings) -> str:
+    """The model id recorded on decisions and in cache keys (triage needs it without a model)."""
+    if settings.model == TINY_MODEL:
+        from guardstream.model.tiny import TINY_BUILDER_VERSION
+
+        return f"guardstream-tiny-{TINY_BUILDER_VERSION}"
+    return settings.model
+
+
+def resolve_model(settings: Settings) -> tuple[str, str]:
+    """(path or hub id to load, model id recorded on decisions and in cache keys)."""
+    if settings.model == TINY_MODEL:
+        from guardstream.model.tiny import ensure_tiny_checkpoint
+
+        return str(ensure_tiny_checkpoint(settings.model_cache_dir)), served_model_id(settings)
+    return settings.model, settings.model
+
+
+SAFETY_PREFIX = "Safety:"
+# What a safe label stands for without generating it, and where a safe response's refusal
+# is read (one token: " Yes" / " No").
+SAFE_ANSWER = "Safety: Safe\nCategories: None"
+SAFE_RESPONSE_PREFIX = SAFE_ANSWER + "\nRefusal:"
+
+
+@dataclass(frozen=True, slots=True)
+class ForcedPrefixes:
+    """Token ids of the assistant-turn prefixes two-phase scoring forces, per tokenizer."""
+
+    safety: list[int]
+    label_token: dict[Label, int]  # first token of " <Label>" after `Safety:`
+    detail: dict[Label, list[int]]  # `Safety: <Label>\n`
+    safe_response: list[int]
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> ForcedPrefixes:
+        def enc(text: str) -> list[int]:
+            return list(tokenizer.encode(text, add_special_tokens=False))
+
+        label_token = {label: enc(" " + label)[0] for label in LABELS}
+        if len(set(label_token.values())) != len(LABELS):
+            raise ModelUnavailable(f"label tokens collide in this tokenizer: {label_token}")
+        return cls(
+            safety=enc(SAFETY_PREFIX),
+            label_token=label_token,
+            detail={label: enc(f"{SAFETY_PREFIX} {label}\n") for label in LABELS},
+            safe_response=enc(SAFE_RESPONSE_PREFIX),
+        )
+
+    @property
+    def longest(self) -> int:
+        return max(len(self.safe_response), *(len(ids) for ids in self.detail.values()))
+
+
+def is_response(messages: Sequence[dict[str, str]]) -> bool:
+    """Response moderation judges a last assistant turn (and answers with a refusal line)."""
+    return bool(messages) and messages[-1].get("role") == "assistant"
