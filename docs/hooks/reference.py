@@ -33,9 +33,9 @@ from mkdocs.config.defaults import MkDocsConfig
 from mkdocs.structure.files import File, Files
 
 # Where the generated pages read from (module:attribute).
-SETTINGS = "guardstream.core.settings:Settings"  # TEMP: old path until the move lands
+SETTINGS = "guardstream.runtime.settings:Settings"
 CLI_APP = "guardstream.cli:app"
-TOPICS = "guardstream.core.topics:CATALOGUE"  # TEMP
+TOPICS = "guardstream.contracts.topics:CATALOGUE"
 SCHEMAS = "schemas"
 # Env names of settings without an alias of their own (pydantic-settings' env_prefix wins).
 ENV_PREFIX = "GUARDSTREAM_"
@@ -69,8 +69,8 @@ def _load(spec: str) -> Any:
 
 def _banner(source: str) -> str:
     return (
-        f"<!-- Generated at build time by docs/hooks/reference.py from {source}; "
-        "edit the code, not this page. -->\n\n"
+        f"*Generated from {source} at every build (`docs/hooks/reference.py`): "
+        "to change this page, change the code.*\n\n"
     )
 
 
