@@ -2,7 +2,7 @@
 process that can be killed). Policies with tiny SLAs: review within 4 s, warning at 2 s,
 assignment within 2 s; the timer ticks every 0.2 s.
 
-Lateness bound asserted here (README "SLA timer"): a downgrade's `decided_at` is at most
+Lateness bound asserted here (docs/components/sla.md): a downgrade's `decided_at` is at most
 tick + 1.5 s (broker and scheduling slack on the shared 2-core machine) after its deadline while
 the worker runs; after a kill -9 items overdue during the outage fire on the first tick after
 recovery.
