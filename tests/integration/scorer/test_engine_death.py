@@ -26,7 +26,7 @@ from guardstream.scorer.engine import EngineDead
 from guardstream.scorer.vllm_engine import VllmGuardEngine
 from guardstream.triage import main as triage_main
 from tests.conftest import free_port
-from tests.integration.test_reliability import produce
+from tests.integration.pipeline.test_reliability import produce
 from tests.support.oracle import committed_offsets, read_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]

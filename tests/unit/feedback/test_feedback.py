@@ -22,7 +22,7 @@ from guardstream.verdict.archive import Archive, ArchiveError
 
 pytestmark = pytest.mark.unit
 
-SCHEMA = Path(__file__).parents[2] / "schemas" / "feedback-sample.v1.json"
+SCHEMA = Path(__file__).parents[3] / "schemas" / "feedback-sample.v1.json"
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
 

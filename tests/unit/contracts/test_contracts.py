@@ -34,7 +34,7 @@ from guardstream.review.logic import InvalidSubmission, validate_submission
 
 pytestmark = pytest.mark.unit
 
-SCHEMAS = Path(__file__).parents[2] / "schemas"
+SCHEMAS = Path(__file__).parents[3] / "schemas"
 NOW = "2026-11-22T10:00:00Z"
 KEY = "0123456789abcdef0123456789abcdef"
 ENV = {"schema_version": "1.0", "event_id": "e-1", "produced_at": NOW}

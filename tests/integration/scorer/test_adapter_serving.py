@@ -16,7 +16,7 @@ from guardstream.model.tiny import ensure_tiny_checkpoint
 from guardstream.runtime.settings import Settings
 from guardstream.scorer.vllm_engine import VllmGuardEngine
 from tests.integration.conftest import in_process
-from tests.integration.test_pipeline import decide
+from tests.integration.pipeline.test_pipeline import decide
 from tests.support.feedback import MISJUDGED, train_correction
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]

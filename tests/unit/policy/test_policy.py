@@ -37,7 +37,7 @@ from guardstream.policy import (
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 POLICIES = ROOT / "services" / "guardstream" / "policy" / "packs"
 SCHEMA: dict[str, Any] = json.loads((ROOT / "schemas" / "policy-pack.v1.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)

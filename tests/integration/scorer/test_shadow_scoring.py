@@ -26,7 +26,7 @@ from guardstream.runtime.settings import Settings
 from guardstream.scorer.vllm_engine import VllmGuardEngine
 from guardstream.verdict.archive import Archive
 from tests.integration.conftest import in_process
-from tests.integration.test_pipeline import decide
+from tests.integration.pipeline.test_pipeline import decide
 from tests.support.engines import FailingAdapterEngine
 from tests.support.feedback import (
     MISJUDGED,

@@ -19,7 +19,7 @@ from guardstream.model.adapters import AdapterRegistry
 from guardstream.runtime.kafka import ensure_topics, make_producer
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.archive import Archive
-from tests.unit.test_shadow import label, record
+from tests.unit.feedback.test_shadow import label, record
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

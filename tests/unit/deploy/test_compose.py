@@ -20,11 +20,11 @@ import pytest
 import yaml
 from compose_spec import PyOptions
 
-from tests.unit.test_deploy import LIBRARY_ENV, cli_accepts, settings_env_names
+from tests.unit.deploy.test_deploy import LIBRARY_ENV, cli_accepts, settings_env_names
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 COMPOSE = ROOT / "docker-compose.yml"
 SCHEMA = ROOT / "tests" / "fixtures" / "compose" / "compose_spec.json"
 

@@ -21,7 +21,7 @@ from guardstream.review.qa_period import low_agreement_alert, parse_period, prev
 from guardstream.review.service import feedback_sample
 from guardstream.review.store import PostText
 from guardstream.scorer.output import parse_answer
-from tests.unit.test_review_logic import TAGS, submit, task
+from tests.unit.review.test_review_logic import TAGS, submit, task
 
 pytestmark = pytest.mark.unit
 

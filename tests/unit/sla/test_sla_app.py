@@ -19,8 +19,8 @@ from guardstream.runtime.loop import TransientError
 from guardstream.runtime.settings import Settings
 from guardstream.sla.app import SlaWorker, _trace_headers, _traceparent
 from guardstream.sla.logic import Item, outputs, stamp_due
-from tests.unit.test_contracts import schema_accepts
-from tests.unit.test_sla_logic import S0, pending
+from tests.unit.contracts.test_contracts import schema_accepts
+from tests.unit.sla.test_sla_logic import S0, pending
 
 pytestmark = pytest.mark.unit
 

@@ -28,7 +28,7 @@ from guardstream.runtime.settings import Settings
 
 pytestmark = pytest.mark.unit
 
-ROOT = Path(__file__).parents[2]
+ROOT = Path(__file__).parents[3]
 CHART = ROOT / "deploy" / "helm" / "guardstream"
 PRODUCTION = ROOT / "deploy" / "helm" / "examples" / "production-gpu.yaml"
 KUBERNETES_VERSION = "1.30.0"  # the oldest minor the chart supports
