@@ -1,7 +1,7 @@
 """The review console's consumer: posts, review decisions and SLA events in; tasks out.
 
 One consumer group reads three topics (all keyed by post_id) through the shared batch runtime
-(`core.loop`), so offsets follow the done watermark. Commit policy:
+(`runtime.loop`), so offsets follow the done watermark. Commit policy:
 
 | record                                  | what happens                                     |
 |-----------------------------------------|--------------------------------------------------|
@@ -15,7 +15,7 @@ One consumer group reads three topics (all keyed by post_id) through the shared 
 | forbidden character / text over         |                                                  |
 | `max_text_chars` (posts, as triage)     |                                                  |
 | PostgreSQL refuses a record's data      | the batch is halved until that record is found   |
-| (SQLSTATE class 22, 23 or 54)           | (`core.loop.isolate`); the rest are stored, it   |
+| (SQLSTATE class 22, 23 or 54)           | (`runtime.loop.isolate`); the rest are stored, it   |
 |                                         | goes to the DLQ `store_rejected`, then done      |
 | a task/mark the record cannot make      | likewise, DLQ `unprocessable`                    |
 | PostgreSQL unreachable / serialisation  | transient: the batch is retried with backoff     |

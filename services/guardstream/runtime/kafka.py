@@ -49,7 +49,7 @@ PERMANENT_PRODUCE_ERRORS: tuple[type[Exception], ...] = (
 
 class OutputRejected(Exception):
     """An output of the batch was refused for good (`error`, one of `PERMANENT_PRODUCE_ERRORS`):
-    retrying cannot help; the input it derives from goes to the DLQ (`core.outbox`)."""
+    retrying cannot help; the input it derives from goes to the DLQ (`verdict.outbox`)."""
 
     retriable: ClassVar[bool] = False
 

@@ -10,7 +10,7 @@ acknowledged. Unusable model output is `controversial`, never `safe`. In a casca
 requests go to the escalations topic, acknowledged before the offsets move, for the larger
 model's scorer. An engine failure is transient (the batch is retried, nothing skipped); a dead
 engine ends the process. A request whose data Redis refuses, or that cannot become a valid
-decision, is found by halving the batch (`core.loop.isolate`) and dead-lettered alone
+decision, is found by halving the batch (`runtime.loop.isolate`) and dead-lettered alone
 (`store_rejected`, `unprocessable`); the rest are decided.
 
 Shadow scoring: for a tenant whose registry lists a shadow candidate adapter, each freshly

@@ -9,9 +9,9 @@ unavailable (`guardstream.triage.watch`) and the pack fails closed, review decis
 source `rule`; bad records go to the DLQ with their origin (reasons from the contract:
 `invalid_json`, `invalid_schema`, `forbidden_character`, `text_too_long`, ...). A record whose
 data Redis refuses, or that the code cannot turn into valid events, is found by halving the
-batch (`core.loop.isolate`) and dead-lettered alone (`store_rejected`, `unprocessable`); the
+batch (`runtime.loop.isolate`) and dead-lettered alone (`store_rejected`, `unprocessable`); the
 rest of the batch is decided. Offsets are committed only after every produced record is
-acknowledged (see `guardstream.runtime.loop` for the full table).
+acknowledged (the whole commit table: docs/concepts/delivery.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`core.loop.isolate`: a batch failing because of some records' data is halved until each such
+"""`runtime.loop.isolate`: a batch failing because of some records' data is halved until each such
 record fails alone; every other record is handled, each offender dead-lettered once."""
 
 from __future__ import annotations
