@@ -112,7 +112,7 @@ class Review:
     relay: OutboxRelay
     consumer: ReviewConsumer
     app: FastAPI
-    handle: BatchHandler  # the consumer's, with refused outputs isolated (verdict.outbox)
+    handle: BatchHandler  # the consumer's, with refused outputs isolated (runtime.rejections)
 
 
 class _Server(uvicorn.Server):

@@ -1,9 +1,9 @@
 """Trace context across Kafka hops: one post is one trace, from producer to decision.
 
 W3C `traceparent` / `tracestate` travel in record headers (`inject` / `extract`). The shared
-consumer runtime (`core/loop.py`) opens a `BatchTrace` around each batch: a span per record,
+consumer runtime (`runtime/loop.py`) opens a `BatchTrace` around each batch: a span per record,
 child of the context its producer injected, and a batch span linking them. Handlers `bind` a
-record to the post event it carries; `core/outbox.py` then injects that record's span into
+record to the post event it carries; `verdict/emitter.py` then injects that record's span into
 every output about the same post event, so score requests and decisions continue the post's
 trace. Span attributes are topic / partition / offset / group, tenant, verdict and hashed ids
 only: never text, author ids or anything a user wrote.
@@ -177,7 +177,7 @@ def producer_span(topic: str, **attributes: str | int) -> Iterator[Headers]:
 
 @contextmanager
 def consumer_span(record: _Record, **attributes: str | int) -> Iterator[Span]:
-    """For consumers outside `core/loop.py` (the faust SLA app, the review console's
+    """For consumers outside `runtime/loop.py` (the faust SLA app, the review console's
     consumers): a current CONSUMER span continuing the record's trace. Records produced inside
     it continue the trace too: send them with `headers=inject()`."""
     attrs: dict[str, str | int] = {

@@ -30,7 +30,7 @@ from guardstream.runtime.loop import TransientError
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import Origin, decide
-from guardstream.verdict.outbox import Outbox
+from guardstream.verdict.emitter import Emitter
 
 pytestmark = pytest.mark.unit
 
@@ -363,27 +363,27 @@ async def test_outbox_decisions_continue_the_trace_and_count_once_acknowledged(
         verdict=Verdict.UNSAFE, reason="r", source=Source.MODEL, model="m", decided_at=utcnow()
     )
     decision = decide(
-        verdict, Origin.MODEL, pack, post_id="p-1", post_event_id="e-1", tenant="outbox-t",
+        verdict, Origin.MODEL, pack, post_id="p-1", post_event_id="e-1", tenant="emitter-t",
         content_key="0" * 32,
     )  # fmt: skip
     record = FakeRecord("score-requests", 0, 5, [("traceparent", TRACEPARENT.encode())])
     for fail, counted in ((True, 0.0), (False, 1.0)):
         producer = FakeProducer(fail)
-        outbox = Outbox(producer, Settings(), "scorer")  # type: ignore[arg-type]
+        emitter = Emitter(producer, Settings(), "scorer")  # type: ignore[arg-type]
         batch = tracing.BatchTrace("scorer", "g", [record])
         with tracing.batch_scope(batch):
             tracing.bind(record, "e-1")
-            await outbox.decision(decision.to_json(), decision)
+            await emitter.decision(decision.to_json(), decision)
             if fail:
                 with pytest.raises(TransientError):
-                    await outbox.flush()
+                    await emitter.flush()
             else:
-                await outbox.flush()
+                await emitter.flush()
         batch.end()
         [(topic, headers)] = producer.sent
         assert topic.endswith(f"actions.{decision.action.value}.v1")
         assert tracing.trace_id_of(headers) == "0af7651916cd43dd8448eb211c80319c"
-        assert _decided("outbox-t") == counted  # a failed delivery is not a decision
+        assert _decided("emitter-t") == counted  # a failed delivery is not a decision
 
 
 async def test_outbox_counts_each_decision_of_a_flush_and_annotates_recording_spans(
@@ -393,7 +393,7 @@ async def test_outbox_counts_each_decision_of_a_flush_and_annotates_recording_sp
     decision, and the input's span still gets the decision's attributes."""
     pack = load_registry(None).for_post("default", None)
     records = [FakeRecord("score-requests", 0, n, []) for n in range(3)]
-    outbox = Outbox(FakeProducer(False), Settings(), "scorer")  # type: ignore[arg-type]
+    emitter = Emitter(FakeProducer(False), Settings(), "scorer")  # type: ignore[arg-type]
     batch = tracing.BatchTrace("scorer", "g", records)
     with tracing.batch_scope(batch):
         for n, (record, verdict) in enumerate(
@@ -407,8 +407,8 @@ async def test_outbox_counts_each_decision_of_a_flush_and_annotates_recording_sp
                 entry, Origin.MODEL, pack, post_id=f"p-{n}", post_event_id=f"tally-{n}",
                 tenant="tally-t", content_key="0" * 32,
             )  # fmt: skip
-            await outbox.decision(decision.to_json(), decision)
-        await outbox.flush()
+            await emitter.decision(decision.to_json(), decision)
+        await emitter.flush()
     batch.end()
     assert _decided("tally-t") == 3.0
     verdicts = sorted(

@@ -7,7 +7,7 @@ same ids, so downstream sees a harmless replay. A delivery refused for good (a r
 large for the producer or broker, an invalid topic, no permission: `PERMANENT_PRODUCE_ERRORS`)
 is `OutputRejected`, which `guardstream.runtime.rejections` turns into a DLQ record for the
 input whose output it was, and an alert. Every record sent carries the trace context of
-the input it derives from (`core/tracing.py`), and every decision is counted
+the input it derives from (`runtime/tracing.py`), and every decision is counted
 (`guardstream.pipeline.decisions`) once the broker has it.
 
 Keyed outputs are not handed to the producer one by one: `flush()` sorts them by partition,
@@ -51,7 +51,7 @@ from guardstream.verdict.journal import DecisionJournal, journal_key
 log = logging.getLogger(__name__)
 
 
-class Outbox:
+class Emitter:
     def __init__(self, producer: AIOKafkaProducer, settings: Settings, process: str) -> None:
         self._producer = producer
         self._process = process
