@@ -8,7 +8,7 @@ METRICS_PORT_BASE ?= 9464
 export GUARDSTREAM_MODEL ?= tiny
 
 .PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla bench-scorer bench-review lint typecheck clean chart-sync docs
-.PHONY: prometheus dashboards bench-telemetry docs
+.PHONY: prometheus dashboards bench-telemetry
 
 
 help:
