@@ -19,6 +19,7 @@ from guardstream.runtime.loop import TransientError
 from guardstream.runtime.settings import Settings
 from guardstream.sla.app import SlaWorker, _trace_headers, _traceparent
 from guardstream.sla.logic import Item, outputs, stamp_due
+from guardstream.sla.table import ItemTable
 from tests.unit.contracts.test_contracts import schema_accepts
 from tests.unit.sla.test_sla_logic import S0, pending
 
@@ -159,8 +160,9 @@ async def test_items_written_under_their_post_id_alone_are_renamed_on_recovery()
     current = replace(old, post_id="p2")
     table = FakeTable({old.post_id: old.to_dict(), current.key: current.to_dict()})
     w.table = table  # type: ignore[assignment]
+    w.items = ItemTable(table, w.deadlines)
     w._owned = lambda: {3}  # type: ignore[method-assign]
     await w._on_recovered()
     assert set(table.data) == {old.key, current.key}
     assert table.changelog == [(3, old.post_id, None), (3, old.key, old.to_dict())]
-    assert w._get(old.key) == old and w.pending_count() == 2
+    assert w.items.get(old.key) == old and w.pending_count() == 2
