@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import orjson
 import typer
-from pydantic import AliasChoices, ValidationError
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -19,7 +19,7 @@ from guardstream.cli.feedback import feedback_app
 from guardstream.contracts.events import Decision, Kind, dump
 from guardstream.contracts.topics import CATALOGUE, TopicNames
 from guardstream.runtime import logs
-from guardstream.runtime.settings import Settings
+from guardstream.runtime.settings import Settings, every_setting
 
 if TYPE_CHECKING:
     from guardstream.review.service import ReviewService
@@ -56,7 +56,7 @@ def load_settings() -> Settings:
 
 def _run_process(name: str) -> None:
     settings = load_settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.process.log_level)
     from guardstream.runtime import telemetry
     from guardstream.runtime.process import install_stop_signals
 
@@ -123,10 +123,8 @@ def settings() -> None:
     """Show the effective configuration (secrets masked) with each setting's env name."""
     current = load_settings().public_view()
     table = Table("setting", "env", "value")
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        env = ", ".join(map(str, alias.choices)) if isinstance(alias, AliasChoices) else name
-        table.add_row(name, str(env), str(current[name]))
+    for field in every_setting():
+        table.add_row(field.path, ", ".join(field.env), str(current[field.path]))
     out.print(table)
 
 
@@ -184,7 +182,7 @@ def produce(
     from guardstream.runtime import telemetry
 
     # Traces only: a one-shot client serves no /metrics (the port may be a process's).
-    handle = telemetry.setup(settings.model_copy(update={"metrics_port": 0}), "produce")
+    handle = telemetry.setup(settings.replace(telemetry={"metrics_port": 0}), "produce")
     try:
         _produce(settings, text, tenant, kind, prompt, post_id, samples, wait, timeout)
     finally:
@@ -262,7 +260,7 @@ def build_tiny(
     path = (
         build_tiny_checkpoint(out_dir)
         if out_dir
-        else ensure_tiny_checkpoint(settings.model_cache_dir)
+        else ensure_tiny_checkpoint(settings.model.cache_dir)
     )
     out.print(str(path))
 
@@ -304,7 +302,7 @@ def review(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     settings = load_settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.process.log_level)
     from guardstream.policy import PolicyConflictError, PolicyLoadError
     from guardstream.review.main import run as run_review
     from guardstream.runtime import telemetry
@@ -378,10 +376,10 @@ def add_reviewer(
                 return None
             service = ReviewService(
                 store,
-                load_registry(settings.policy_dir),
+                load_registry(settings.policy.dir),
                 tags=(),
-                lock_s=settings.review_lock_s,
-                token_ttl_s=settings.review_token_ttl_s,
+                lock_s=settings.review.lock_s,
+                token_ttl_s=settings.review.token_ttl_s,
             )
             value, _ = await service.issue_token(reviewer)
             return value
@@ -422,10 +420,10 @@ def _with_review_service(work: Callable[[ReviewService], Awaitable[T]]) -> T:
         try:
             service = ReviewService(
                 store,
-                load_registry(settings.policy_dir),
+                load_registry(settings.policy.dir),
                 tags=(),
-                lock_s=settings.review_lock_s,
-                token_ttl_s=settings.review_token_ttl_s,
+                lock_s=settings.review.lock_s,
+                token_ttl_s=settings.review.token_ttl_s,
             )
             return await work(service)
         finally:
