@@ -89,14 +89,14 @@ def main() -> int:
         deadline = time.monotonic() + 20
         while not port_open("127.0.0.1", port) and time.monotonic() < deadline:
             time.sleep(0.05)
-    engine = {"max_model_len": args.max_model_len} if args.max_model_len else {}
     settings = Settings(
         namespace=f"adv{uuid.uuid4().hex[:10]}",
         kafka={"bootstrap": bootstrap},
         policy={"near_duplicates": False},
         model={"name": os.environ.get("GUARDSTREAM_MODEL", "tiny")},
-        engine=engine,
     )
+    if args.max_model_len:
+        settings = settings.replace(engine={"max_model_len": args.max_model_len})
     try:
         table, summary = asyncio.run(report(settings, args.corpus))
     finally:
