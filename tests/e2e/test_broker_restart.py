@@ -21,7 +21,7 @@ from guardstream.contracts.events import Post
 from guardstream.devtools.produce import new_post
 from guardstream.runtime.kafka import ensure_topics
 from guardstream.runtime.settings import Settings
-from tests.integration.test_reliability import TEXTS, produce
+from tests.integration.pipeline.test_reliability import TEXTS, produce
 from tests.support.broker import ExternalBroker, NoPersistentBroker, TansuOnS3, persistent_broker
 from tests.support.oracle import (
     assert_invariants,

@@ -39,7 +39,7 @@ from guardstream.model.tiny import TEACHING_SET, ensure_tiny_checkpoint
 from guardstream.runtime.kafka import ensure_topics
 from guardstream.runtime.settings import Settings
 from tests.conftest import free_port
-from tests.integration.test_reliability import produce
+from tests.integration.pipeline.test_reliability import produce
 from tests.support.oracle import (
     CommitAudit,
     Verdicts,

@@ -2,35 +2,48 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from guardstream.cli.common import err, load_settings, out
+from guardstream.contracts.events import Verdict
+from guardstream.contracts.feedback import FeedbackSample
+from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
+from guardstream.feedback.dataset import NotTrainable, example
+from guardstream.feedback.evaluate import LabelScorer
+from guardstream.feedback.job import FeedbackConfig, ShadowReport, evaluate_shadow, run_cycle
+from guardstream.feedback.report import (
+    ADAPTER_COLUMNS,
+    adapter_row,
+    build_report,
+    read_cards,
+    render_html,
+)
+from guardstream.feedback.shadow import ShadowConfig
+from guardstream.feedback.shadow_log import read_shadow_log
+from guardstream.feedback.train import LoraParams
+from guardstream.model.adapters import AdapterRegistry
+from guardstream.model.guard import resolve_model
+from guardstream.policy import load_registry
+from guardstream.review.qa_period import parse_period, previous_period
+from guardstream.review.service import QaSampled, ReviewService
+from guardstream.review.store import ReviewStore
+from guardstream.runtime import logs
 from guardstream.runtime.settings import Settings
+from guardstream.verdict.archive import Archive, ArchiveError
 
-if TYPE_CHECKING:
-    from guardstream.contracts.events import Verdict
-    from guardstream.feedback.job import FeedbackConfig, ShadowReport
-
-feedback_app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
-out = Console()
-err = Console(stderr=True)
+app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
 
 
 def config_from(settings: Settings) -> FeedbackConfig:
-    from datetime import timedelta
-
-    from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
-    from guardstream.feedback.job import FeedbackConfig
-    from guardstream.feedback.shadow import ShadowConfig
-    from guardstream.feedback.train import LoraParams
 
     terms = tuple(t.strip() for t in settings.feedback.expert_terms.split(",") if t.strip())
     return FeedbackConfig(
@@ -57,12 +70,6 @@ def config_from(settings: Settings) -> FeedbackConfig:
 def _shadow(settings: Settings, tenant: str, *, apply: bool) -> ShadowReport:
     """The shadow evaluation of `tenant`'s candidate (the shadow topic is read only when one
     is in shadow, so a deployment without shadow traffic needs no broker for the job)."""
-    import asyncio
-
-    from guardstream.feedback.job import ShadowReport, evaluate_shadow
-    from guardstream.feedback.shadow_log import read_shadow_log
-    from guardstream.model.adapters import AdapterRegistry
-    from guardstream.verdict.archive import Archive
 
     if settings.model.adapter_dir is None:
         err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
@@ -93,15 +100,13 @@ def _shadow_json(report: ShadowReport) -> dict[str, object]:
     }
 
 
-@feedback_app.command("shadow-report")
+@app.command("shadow-report")
 def shadow_report(
     tenant: Annotated[str, typer.Option(help="Whose candidate: a tenant, or * for all.")] = "*",
 ) -> None:
     """How the shadow candidate does on live traffic so far (agreement with the serving
     adapter, block rates, accuracy and false-positive rates against later human labels) and
     what the next `feedback run` would do with it; changes nothing. Prints one JSON line."""
-    from guardstream.cli import load_settings
-    from guardstream.verdict.archive import ArchiveError
 
     settings = load_settings()
     try:
@@ -112,22 +117,13 @@ def shadow_report(
     sys.stdout.write(orjson.dumps(_shadow_json(report)).decode() + "\n")
 
 
-@feedback_app.command("report")
+@app.command("report")
 def report(
     html_out: Annotated[
         Path | None, typer.Option("--html", help="Also write the report as one HTML page.")
     ] = None,
 ) -> None:
     """Print the loop's health: samples per week, disagreement, agreement, adapter history."""
-    from guardstream.cli import load_settings
-    from guardstream.feedback.report import (
-        ADAPTER_COLUMNS,
-        adapter_row,
-        build_report,
-        read_cards,
-        render_html,
-    )
-    from guardstream.verdict.archive import Archive, ArchiveError
 
     settings = load_settings()
     try:
@@ -158,7 +154,7 @@ def report(
         out.print(f"wrote {html_out}")
 
 
-@feedback_app.command("run")
+@app.command("run")
 def run(
     force: Annotated[
         bool, typer.Option(help="Train even with fewer new curated samples than required.")
@@ -171,12 +167,6 @@ def run(
     archive, train a LoRA adapter when enough new curated samples arrived, evaluate it against
     the serving one on held-out samples, and put it in shadow if it is better. Prints one JSON
     line (status skipped / shadowing / rejected, and the shadow evaluation's outcome)."""
-    from guardstream.cli import load_settings
-    from guardstream.feedback.job import run_cycle
-    from guardstream.model.adapters import AdapterRegistry
-    from guardstream.model.guard import resolve_model
-    from guardstream.runtime import logs
-    from guardstream.verdict.archive import Archive, ArchiveError
 
     settings = load_settings()
     logs.configure(settings.process.log_level)
@@ -192,10 +182,6 @@ def run(
         raise typer.Exit(1) from None
     prescreen = None
     if settings.feedback.prescreen_model is not None:
-        from guardstream.contracts.feedback import FeedbackSample
-        from guardstream.feedback.dataset import NotTrainable, example
-        from guardstream.feedback.evaluate import LabelScorer
-
         small, _ = resolve_model(
             settings.replace(model={"name": settings.feedback.prescreen_model})
         )
@@ -246,7 +232,7 @@ def run(
     )
 
 
-@feedback_app.command("qa-sample")
+@app.command("qa-sample")
 def qa_sample_cmd(
     size: Annotated[
         int | None,
@@ -262,13 +248,6 @@ def qa_sample_cmd(
     `qa_agreement_low` alert is queued for any reviewer below GUARDSTREAM_QA_AGREEMENT_MIN).
     The review process does this itself on its timer; this command is for a backfill. A period
     is sampled once: running it again changes nothing. Prints one JSON line."""
-    import asyncio
-
-    from guardstream.cli import load_settings
-    from guardstream.policy import load_registry
-    from guardstream.review.qa_period import parse_period, previous_period
-    from guardstream.review.service import QaSampled, ReviewService
-    from guardstream.review.store import ReviewStore
 
     settings = load_settings()
     try:

@@ -22,10 +22,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError
 from pydantic import SecretStr
+from redis.exceptions import AuthenticationError, ReadOnlyError, RedisError, ResponseError
 
+from guardstream.contracts.labels import LABELS
 from guardstream.contracts.topics import CATALOGUE, TopicNames
+from guardstream.model.guard import TINY_MODEL
+from guardstream.model.tiny import MANIFEST_NAME, TINY_BUILDER_VERSION
+from guardstream.policy import (
+    PACKS_DIR,
+    PolicyConflictError,
+    PolicyLoadError,
+    load_registry,
+)
+from guardstream.runtime.kafka import client_kwargs
+from guardstream.runtime.redisstore import redis_client
 from guardstream.runtime.settings import MASK, Settings, mask_url, url_secrets
+from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 BROKER_TIMEOUT_S = 10.0
 POSTGRES_TIMEOUT_S = 5.0
@@ -117,9 +134,6 @@ _AUTH_ERRORS = (
 
 async def check_broker(settings: Settings) -> list[Finding]:
     """Broker reachable (and authenticated), then every catalogue topic with its partitions."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from guardstream.runtime.kafka import client_kwargs
 
     where = f"{settings.kafka.bootstrap} ({settings.kafka.security_protocol})"
     admin = AIOKafkaAdminClient(
@@ -157,10 +171,6 @@ _RETRY_HINT = "the broker answered the connection but not this request; check it
 async def _probe_cause(exc: BaseException, settings: Settings) -> BaseException:
     """The bootstrap error hides its cause (an auth failure reads "Unable to bootstrap"):
     open one connection to the first bootstrap address by hand to see the real error."""
-    from aiokafka.conn import create_conn
-    from aiokafka.errors import KafkaConnectionError
-
-    from guardstream.runtime.kafka import client_kwargs
 
     if not isinstance(exc, KafkaConnectionError):
         return exc
@@ -281,9 +291,6 @@ _REDIS_URL_HINT = (
 
 async def check_redis(settings: Settings) -> Finding:
     """PING, then a write, a read and a delete of a scratch key, each within the cache timeout."""
-    from redis.exceptions import AuthenticationError, ReadOnlyError, RedisError, ResponseError
-
-    from guardstream.runtime.redisstore import redis_client
 
     url = mask_url(settings.redis.url.get_secret_value())
     problem = url_problem(settings.redis.url.get_secret_value(), ("redis", "rediss", "unix"))
@@ -375,14 +382,6 @@ async def check_postgres(settings: Settings) -> Finding:
             "`@ : / ? #` inside a password",
         )
     try:
-        import asyncpg
-    except ImportError:
-        return warn(
-            "postgresql",
-            f"{url}: skipped: no PostgreSQL driver installed",
-            "install asyncpg to check the review store's database",
-        )
-    try:
         async with asyncio.timeout(POSTGRES_TIMEOUT_S):
             conn = await asyncpg.connect(settings.database.url.get_secret_value())
             try:
@@ -432,11 +431,8 @@ def _looks_like_path(model: str) -> bool:
 def check_model(settings: Settings) -> Finding:
     """The model resolves to local files whose config, tokenizer and chat template load and
     leave room for input in the configured window. Nothing is downloaded; vLLM is not started."""
-    from guardstream.model.guard import TINY_MODEL
 
     if settings.model.name == TINY_MODEL:
-        from guardstream.model.tiny import MANIFEST_NAME, TINY_BUILDER_VERSION
-
         path = Path(settings.model.cache_dir) / f"tiny-{TINY_BUILDER_VERSION}"
         if not (path / MANIFEST_NAME).is_file():
             return warn(
@@ -459,6 +455,7 @@ def check_model(settings: Settings) -> Finding:
     else:
         source = settings.model.name
     try:
+        # lazy: transformers only when a model checkpoint is checked
         from transformers import AutoConfig, AutoTokenizer
     except ImportError:
         return warn(
@@ -470,8 +467,6 @@ def check_model(settings: Settings) -> Finding:
 
 
 def _load_model_files(settings: Settings, source: str, auto_config: Any, auto_tok: Any) -> Finding:
-    from guardstream.contracts.labels import LABELS
-    from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
     hub = not Path(source).is_dir()
     try:
@@ -533,12 +528,6 @@ def _load_model_files(settings: Settings, source: str, auto_config: Any, auto_to
 
 
 def check_policies(settings: Settings) -> Finding:
-    from guardstream.policy import (
-        PACKS_DIR,
-        PolicyConflictError,
-        PolicyLoadError,
-        load_registry,
-    )
 
     where = str(settings.policy.dir or f"{PACKS_DIR} (shipped)")
     try:

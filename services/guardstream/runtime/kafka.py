@@ -49,7 +49,7 @@ PERMANENT_PRODUCE_ERRORS: tuple[type[Exception], ...] = (
 
 class OutputRejected(Exception):
     """An output of the batch was refused for good (`error`, one of `PERMANENT_PRODUCE_ERRORS`):
-    retrying cannot help; the input it derives from goes to the DLQ (`core.outbox`)."""
+    retrying cannot help; the input it derives from goes to the DLQ (`verdict.emitter`)."""
 
     retriable: ClassVar[bool] = False
 
@@ -72,7 +72,7 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
 
 
 # Per-partition record batch. aiokafka sends one produce request per broker at a time, with at
-# most one batch per partition in it: with its default (16 KB) one outbox flush of triage
+# most one batch per partition in it: with its default (16 KB) one emitter flush of triage
 # (500 posts) needed two or more round trips per partition, and concurrent batches queued
 # behind each other waiting for acknowledgements. Always within `kafka_max_request_bytes`.
 PRODUCER_BATCH_BYTES = 1 << 20

@@ -3,7 +3,7 @@
 SIGTERM / SIGINT stop fetching; in-flight batches get the drain budget to finish; the done
 watermark is committed; clients close; the process exits 0 and logs what it drained and
 committed. An input whose output the broker refuses for good goes to the DLQ with an alert
-(`outbox.isolating_rejections`); the process goes on. Readiness turns true once the consumer
+(`emitter.isolating_rejections`); the process goes on. Readiness turns true once the consumer
 holds partitions. Before it consumes, the garbage collector is set for a long-lived process
 that allocates per record (`settle_garbage_collector`).
 """

@@ -1,7 +1,7 @@
 """Install the OpenTelemetry SDK in a process: metrics and traces become real here.
 
-Code everywhere else instruments with the OpenTelemetry *API* only (`core/metrics.py`,
-`core/tracing.py`, or `metrics.get_meter("guardstream")` in a feature folder). Each process
+Code everywhere else instruments with the OpenTelemetry *API* only (`runtime/metrics.py`,
+`runtime/tracing.py`, or `metrics.get_meter("guardstream")` in a feature folder). Each process
 calls, once, at start:
 
     handle = telemetry.setup(settings, "triage")     # before it builds anything

@@ -11,7 +11,8 @@ from guardstream.scorer.engine import GuardEngine
 async def start_engine(settings: Settings) -> GuardEngine:
     """The configured engine (`GUARDSTREAM_ENGINE`), model loaded."""
     if settings.engine.kind == "transformers":
-        from guardstream.scorer.hf_engine import TransformersGuardEngine  # torch only here
+        # lazy: each engine (vLLM, torch) only where it is chosen
+        from guardstream.scorer.hf_engine import TransformersGuardEngine
 
         if settings.model.adapter_dir is not None:
             raise ModelUnavailable(
@@ -20,6 +21,7 @@ async def start_engine(settings: Settings) -> GuardEngine:
             )
 
         return await TransformersGuardEngine.start(settings)
-    from guardstream.scorer.vllm_engine import VllmGuardEngine  # vLLM only where it serves
+    # lazy: each engine (vLLM, torch) only where it is chosen
+    from guardstream.scorer.vllm_engine import VllmGuardEngine
 
     return await VllmGuardEngine.start(settings)

@@ -10,7 +10,7 @@ acknowledged. Unusable model output is `controversial`, never `safe`. In a casca
 requests go to the escalations topic, acknowledged before the offsets move, for the larger
 model's scorer. An engine failure is transient (the batch is retried, nothing skipped); a dead
 engine ends the process. A request whose data Redis refuses, or that cannot become a valid
-decision, is found by halving the batch (`core.loop.isolate`) and dead-lettered alone
+decision, is found by halving the batch (`runtime.loop.isolate`) and dead-lettered alone
 (`store_rejected`, `unprocessable`); the rest are decided.
 
 Shadow scoring: for a tenant whose registry lists a shadow candidate adapter, each freshly
@@ -51,8 +51,8 @@ from guardstream.scorer.output import GuardAnswer, label_confidence, parse_answe
 from guardstream.scorer.prompt import messages_for
 from guardstream.verdict.cache import CachedVerdict, VerdictKey
 from guardstream.verdict.decisions import Origin, decide, model_reason
+from guardstream.verdict.emitter import Emitter
 from guardstream.verdict.journal import journal_key
-from guardstream.verdict.outbox import Outbox
 from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -163,14 +163,14 @@ class Scorer:
         return unusable(exc, REJECTED_DATA)
 
     async def _dead_letter(self, record: Record, error: ContractError) -> None:
-        outbox = Outbox(self._producer, self._settings, "scorer")
-        await outbox.dead_letter(record, error)
-        await outbox.flush()
+        emitter = Emitter(self._producer, self._settings, "scorer")
+        await emitter.dead_letter(record, error)
+        await emitter.flush()
         self.counts["dlq"] += 1
         self.counts["consumed"] += 1
 
     async def _handle(self, records: Records) -> None:
-        outbox = Outbox(self._producer, self._settings, "scorer")
+        emitter = Emitter(self._producer, self._settings, "scorer")
         requests: dict[str, ScoreRequest] = {}  # by journal key: a replayed event counts once
         dead = 0
         limit = self._settings.process.max_text_chars
@@ -178,7 +178,7 @@ class Scorer:
             try:
                 request = within_text_limit(ScoreRequest.from_json(record.value), limit)
             except ContractError as exc:
-                await outbox.dead_letter(record, exc)
+                await emitter.dead_letter(record, exc)
                 dead += 1
                 continue
             tracing.bind(record, request.post_event_id)  # its decision continues its trace
@@ -188,7 +188,7 @@ class Scorer:
 
         recalled = await self._journal.recall_many(list(requests))
         for event in recalled:  # decided before (a replay): say the same thing again
-            await outbox.decision(recalled[event])
+            await emitter.decision(recalled[event])
             del requests[event]
         self.counts["replayed"] += len(recalled)
 
@@ -212,7 +212,7 @@ class Scorer:
         for key in unsure:
             del fresh[key]
             for request in by_key.pop(key):
-                await outbox.send(Topic.ESCALATIONS, request, key=key.content_key)
+                await emitter.send(Topic.ESCALATIONS, request, key=key.content_key)
                 self.counts["escalated"] += 1
         await self._cache.put_many(fresh)
         self.counts["cache_hit"] += sum(len(by_key[key]) for key in cached)
@@ -231,8 +231,8 @@ class Scorer:
             for request in group
         ]
         await self._index_near_duplicates([by_key[key][0] for key in fresh])
-        await outbox.decisions(self._journal, decisions)
-        await outbox.flush()
+        await emitter.decisions(self._journal, decisions)
+        await emitter.flush()
         self.counts["dlq"] += dead
         self.counts["consumed"] += len(records)
 

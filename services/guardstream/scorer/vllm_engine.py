@@ -21,7 +21,7 @@ from guardstream.model.guard import (
     resolve_model,
 )
 from guardstream.runtime.settings import Settings
-from guardstream.scorer.engine import EngineDead, RawAnswer, ScoringError
+from guardstream.scorer.engine import EngineDead, RawAnswer, ScoringError, max_input_tokens
 from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 def _memory_fraction(settings: Settings) -> float:
     if settings.engine.gpu_memory_utilization is not None:
         return settings.engine.gpu_memory_utilization
+    # lazy: vLLM and torch only in a scorer that runs this engine
     import torch
 
     return 0.9 if torch.cuda.is_available() else 0.2
@@ -56,6 +57,7 @@ class VllmGuardEngine:
         self._lora = settings.model.adapter_dir is not None
         self._lora_ids: dict[str, int] = {}  # adapter id → vLLM's integer LoRA id
 
+        # lazy: vLLM and torch only in a scorer that runs this engine
         from vllm import SamplingParams
 
         def params(max_tokens: int, *, label_logprobs: bool, detokenize: bool = True) -> Any:
@@ -76,16 +78,11 @@ class VllmGuardEngine:
         )
         self._refusal_params = params(2, label_logprobs=False)  # " Yes"/" No", end of turn
 
-    @staticmethod
-    def max_input_tokens(settings: Settings, tokenizer: Any) -> int:
-        """Room for the rendered conversation: the window minus the answer and forced prefix."""
-        forced = ForcedPrefixes.of(tokenizer).longest
-        return settings.engine.max_model_len - settings.engine.max_output_tokens - forced
-
     @classmethod
     async def start(cls, settings: Settings) -> VllmGuardEngine:
         """Load the model; raises `ModelUnavailable` with a way out when it cannot."""
         path, model_id = await asyncio.to_thread(resolve_model, settings)
+        # lazy: vLLM and torch only in a scorer that runs this engine
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -101,7 +98,7 @@ class VllmGuardEngine:
             raise ModelUnavailable(f"{offline_hint} ({type(exc).__name__})") from exc
 
         try:
-            renderer = PromptRenderer(tokenizer, cls.max_input_tokens(settings, tokenizer))
+            renderer = PromptRenderer(tokenizer, max_input_tokens(settings, tokenizer))
         except TemplateTooLong as exc:
             raise ModelUnavailable(str(exc)) from exc
         args = AsyncEngineArgs(
@@ -160,6 +157,7 @@ class VllmGuardEngine:
                 f"request names adapter {adapter.adapter_id!r} but this scorer has no adapter "
                 "registry (GUARDSTREAM_ADAPTER_DIR)"
             )
+        # lazy: vLLM and torch only in a scorer that runs this engine
         from vllm.lora.request import LoRARequest
 
         number = self._lora_ids.setdefault(adapter.adapter_id, len(self._lora_ids) + 1)
@@ -235,6 +233,7 @@ class VllmGuardEngine:
         self, ids: list[int], params: Any, request_id: str, lora: Any = None
     ) -> Any:
         """One engine request to completion; vLLM's failures mapped onto our two policies."""
+        # lazy: vLLM and torch only in a scorer that runs this engine
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 

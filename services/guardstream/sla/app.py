@@ -5,27 +5,10 @@ by post_id: co-partitioned) and keeps one `Item` per post in the `sla_items` tab
 tenant and post_id, `logic.item_key`: tenants may share post ids), whose
 changelog (`<group>-sla_items-changelog`, 6 partitions) restores it after a restart or a
 rebalance. Each worker keeps a deadline index per partition it owns, rebuilt from the table
-when recovery completes, so a tick pops only what is due. Commit policy (faust commits an
-event's offset once the agent has moved past it):
-
-| outcome                 | what happens                                                        |
-|-------------------------|---------------------------------------------------------------------|
-| success                 | table written (changelog acknowledged) and every output acknowledged |
-|                         | by the broker before the agent takes the next event                 |
-| permanent error         | a record failing its contract (`forbidden_character`, ...), whose   |
-|                         | key is not its post_id, or whose item is no valid event               |
-|                         | (`unprocessable`) → DLQ (origin, reason, attempts) after one attempt, |
-|                         | then acked                                                           |
-| transient error         | broker produce / changelog failure → the same event retried with     |
-|                         | capped exponential backoff, forever; never acked, never skipped      |
-| unexpected error (bug)  | retried 3 times with backoff, then DLQ `processing_failed` with the  |
-|                         | exception type: explicit, never the silent ack faust would do       |
-| timer publish failure   | the effect stays stamped-unsent in the table and is retried on the   |
-|                         | next tick                                                            |
-| shutdown / kill -9      | uncommitted events are redelivered; items replay idempotently and   |
-|                         | stamped-unsent effects are re-published byte for byte               |
-| rebalance               | revoked partitions' indexes dropped; assigned partitions recovered   |
-|                         | from the changelog, then indexed; overdue items fire on the next tick |
+when recovery completes, so a tick pops only what is due. Faust commits an event's offset
+once the agent has moved past it; what each outcome does (success, permanent and transient
+errors, a bug, a failed timer publish, shutdown, rebalance) is in
+docs/concepts/delivery.md, "The SLA app" (the one copy of the table).
 """
 
 from __future__ import annotations

@@ -339,7 +339,7 @@ def bands(fingerprint: int, count: int) -> tuple[int, ...]:
 
 
 def near_scope(context: bytes, tenant: str | None) -> str:
-    """The scope near-duplicates are sought in: the content key's context (`core.content.
+    """The scope near-duplicates are sought in: the content key's context (`contracts.text.
     key_context`: kind, prompt context, model, adapter, prompt policy) and the tenant, or None
     when the post's pack shares model verdicts (`share_model_verdicts`) - then sharing packs'
     tenants meet in one scope. Like an exact cache hit, a near match on another tenant's post

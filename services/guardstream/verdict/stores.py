@@ -1,7 +1,7 @@
 """What both consumers consult besides Kafka, opened once per process.
 
 The policy packs are loaded first, so a bad pack stops the process before it connects to
-anything; the Redis-backed stores are optimisations that fail open (`core/redisstore.py`).
+anything; the Redis-backed stores are optimisations that fail open (`runtime/redisstore.py`).
 """
 
 from __future__ import annotations

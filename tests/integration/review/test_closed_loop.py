@@ -30,8 +30,8 @@ from guardstream.model.tiny import ensure_tiny_checkpoint
 from guardstream.scorer.vllm_engine import VllmGuardEngine
 from guardstream.verdict.archive import Archive
 from tests.integration.conftest import in_process
+from tests.integration.pipeline.test_pipeline import decide
 from tests.integration.review.conftest import Console
-from tests.integration.test_pipeline import decide
 from tests.support.feedback import (
     CORRECTION_REASON,
     MISJUDGED,

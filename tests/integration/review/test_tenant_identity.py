@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 POLICIES = load_registry(None)
 TENANTS = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,62}", fullmatch=True)
 # What `contracts.Id` lets through (no control characters, no lone surrogates): the contract's
-# handling of the rest is tested where it is decided (tests/unit/test_contracts.py).
+# handling of the rest is tested where it is decided (tests/unit/contracts/test_contracts.py).
 POST_IDS = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40)
 
 
