@@ -38,7 +38,7 @@ def run_process(
     """Run one process until SIGTERM/SIGINT with its telemetry; exit codes: 2 invalid
     configuration or policy packs, 3 cannot start (model, `start_errors`), 4 engine died."""
     settings = load_settings()
-    logs.configure(settings.log_level)
+    logs.configure(settings.process.log_level)
     cannot_start: tuple[type[Exception], ...] = (ModelUnavailable, *start_errors)
 
     async def main() -> None:

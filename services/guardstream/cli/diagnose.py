@@ -11,12 +11,12 @@ from typing import Annotated
 
 import orjson
 import typer
-from pydantic import AliasChoices, ValidationError
+from pydantic import ValidationError
 from rich.table import Table
 
 from guardstream.cli.common import err, load_settings, out
 from guardstream.devtools import doctor as checks
-from guardstream.runtime.settings import Settings
+from guardstream.runtime.settings import Settings, every_setting
 from guardstream.scorer.calibration import load, reliability, slices
 
 
@@ -24,10 +24,8 @@ def settings() -> None:
     """Show the effective configuration (secrets masked) with each setting's env name."""
     current = load_settings().public_view()
     table = Table("setting", "env", "value")
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        env = ", ".join(map(str, alias.choices)) if isinstance(alias, AliasChoices) else name
-        table.add_row(name, str(env), str(current[name]))
+    for field in every_setting():
+        table.add_row(field.path, ", ".join(field.env), str(current[field.path]))
     out.print(table)
 
 

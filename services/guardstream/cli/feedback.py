@@ -45,24 +45,24 @@ app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoR
 
 def config_from(settings: Settings) -> FeedbackConfig:
 
-    terms = tuple(t.strip() for t in settings.feedback_expert_terms.split(",") if t.strip())
+    terms = tuple(t.strip() for t in settings.feedback.expert_terms.split(",") if t.strip())
     return FeedbackConfig(
-        min_samples=settings.feedback_min_samples,
-        promotion_margin=settings.feedback_promotion_margin,
+        min_samples=settings.feedback.min_samples,
+        promotion_margin=settings.feedback.promotion_margin,
         curation=CurationConfig(
-            confidence_below=settings.feedback_confidence_below,
+            confidence_below=settings.feedback.confidence_below,
             expert_terms=terms or DEFAULT_EXPERT_TERMS,
-            anchor_ratio=settings.feedback_anchor_ratio,
+            anchor_ratio=settings.feedback.anchor_ratio,
         ),
         lora=LoraParams(
-            learning_rate=settings.feedback_learning_rate, max_steps=settings.feedback_train_steps
+            learning_rate=settings.feedback.learning_rate, max_steps=settings.feedback.train_steps
         ),
         shadow=ShadowConfig(
-            min_samples=settings.feedback_shadow_min_samples,
-            min_labelled=settings.feedback_shadow_min_labelled,
-            margin=settings.feedback_promotion_margin,
-            fpr_tolerance=settings.feedback_shadow_fpr_tolerance,
-            window=timedelta(days=settings.feedback_shadow_window_days),
+            min_samples=settings.feedback.shadow_min_samples,
+            min_labelled=settings.feedback.shadow_min_labelled,
+            margin=settings.feedback.promotion_margin,
+            fpr_tolerance=settings.feedback.shadow_fpr_tolerance,
+            window=timedelta(days=settings.feedback.shadow_window_days),
         ),
     )
 
@@ -71,17 +71,17 @@ def _shadow(settings: Settings, tenant: str, *, apply: bool) -> ShadowReport:
     """The shadow evaluation of `tenant`'s candidate (the shadow topic is read only when one
     is in shadow, so a deployment without shadow traffic needs no broker for the job)."""
 
-    if settings.adapter_dir is None:
+    if settings.model.adapter_dir is None:
         err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
         raise typer.Exit(2)
-    registry = AdapterRegistry(settings.adapter_dir)
+    registry = AdapterRegistry(settings.model.adapter_dir)
     if registry.snapshot(fresh=True).shadow.get(tenant) is None:
         return ShadowReport("none", f"no candidate is in shadow for {tenant!r}")
     log = asyncio.run(read_shadow_log(settings))
     if log.invalid:
         err.print(f"[yellow]{log.invalid} records on the shadow topic are not shadow records[/]")
     return evaluate_shadow(
-        Archive(settings.feedback_dir),
+        Archive(settings.feedback.dir),
         registry,
         log.records,
         datetime.now(UTC),
@@ -127,11 +127,11 @@ def report(
 
     settings = load_settings()
     try:
-        samples = Archive(settings.feedback_dir).read()
+        samples = Archive(settings.feedback.dir).read()
     except ArchiveError as exc:
         err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
         raise typer.Exit(1) from None
-    loop = build_report(samples, read_cards(settings.feedback_dir))
+    loop = build_report(samples, read_cards(settings.feedback.dir))
     weeks = Table("week", "samples", "model said controversial", title="Reviewed samples")
     for week, n in loop.per_week.items():
         weeks.add_row(week, str(n), f"{loop.controversial_by_week[week].value:.0%}")
@@ -169,21 +169,21 @@ def run(
     line (status skipped / shadowing / rejected, and the shadow evaluation's outcome)."""
 
     settings = load_settings()
-    logs.configure(settings.log_level)
-    if settings.adapter_dir is None:
+    logs.configure(settings.process.log_level)
+    if settings.model.adapter_dir is None:
         err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
         raise typer.Exit(2)
     base, _model_id = resolve_model(settings)
-    registry = AdapterRegistry(settings.adapter_dir)
+    registry = AdapterRegistry(settings.model.adapter_dir)
     try:
         shadowed = _shadow(settings, tenant, apply=True)
     except ArchiveError as exc:
         err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
         raise typer.Exit(1) from None
     prescreen = None
-    if settings.feedback_prescreen_model is not None:
+    if settings.feedback.prescreen_model is not None:
         small, _ = resolve_model(
-            settings.model_copy(update={"model": settings.feedback_prescreen_model})
+            settings.replace(model={"name": settings.feedback.prescreen_model})
         )
         screener = LabelScorer(small)
 
@@ -203,7 +203,7 @@ def run(
 
         try:
             report = run_cycle(
-                Archive(settings.feedback_dir),
+                Archive(settings.feedback.dir),
                 base,
                 registry,
                 datetime.now(UTC),
@@ -254,7 +254,7 @@ def qa_sample_cmd(
         due = (
             parse_period(period)
             if period
-            else previous_period(datetime.now(UTC), settings.qa_cadence)
+            else previous_period(datetime.now(UTC), settings.qa.cadence)
         )
     except ValueError as exc:
         err.print(str(exc))
@@ -265,13 +265,13 @@ def qa_sample_cmd(
         try:
             service = ReviewService(
                 store,
-                load_registry(settings.policy_dir),
+                load_registry(settings.policy.dir),
                 tags=(),
-                lock_s=settings.review_lock_s,
-                token_ttl_s=settings.review_token_ttl_s,
-                qa_cadence=settings.qa_cadence,
-                qa_sample_size=settings.qa_sample_size,
-                qa_min_agreement=settings.qa_agreement_min,
+                lock_s=settings.review.lock_s,
+                token_ttl_s=settings.review.token_ttl_s,
+                qa_cadence=settings.qa.cadence,
+                qa_sample_size=settings.qa.sample_size,
+                qa_min_agreement=settings.qa.agreement_min,
             )
             return await service.sample_qa(due, size)
         finally:

@@ -25,6 +25,6 @@ def build_tiny(
     path = (
         build_tiny_checkpoint(out_dir)
         if out_dir
-        else ensure_tiny_checkpoint(settings.model_cache_dir)
+        else ensure_tiny_checkpoint(settings.model.cache_dir)
     )
     out.print(str(path))

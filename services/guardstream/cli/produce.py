@@ -34,7 +34,7 @@ def produce(
     settings = load_settings()
 
     # Traces only: a one-shot client serves no /metrics (the port may be a process's).
-    handle = telemetry.setup(settings.model_copy(update={"metrics_port": 0}), "produce")
+    handle = telemetry.setup(settings.replace(telemetry={"metrics_port": 0}), "produce")
     try:
         _produce(settings, text, tenant, kind, prompt, post_id, samples, wait, timeout)
     finally:

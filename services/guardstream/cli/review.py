@@ -76,10 +76,10 @@ def add_reviewer(
                 return None
             service = ReviewService(
                 store,
-                load_registry(settings.policy_dir),
+                load_registry(settings.policy.dir),
                 tags=(),
-                lock_s=settings.review_lock_s,
-                token_ttl_s=settings.review_token_ttl_s,
+                lock_s=settings.review.lock_s,
+                token_ttl_s=settings.review.token_ttl_s,
             )
             value, _ = await service.issue_token(reviewer)
             return value
@@ -117,10 +117,10 @@ def _with_review_service(work: Callable[[ReviewService], Awaitable[T]]) -> T:
         try:
             service = ReviewService(
                 store,
-                load_registry(settings.policy_dir),
+                load_registry(settings.policy.dir),
                 tags=(),
-                lock_s=settings.review_lock_s,
-                token_ttl_s=settings.review_token_ttl_s,
+                lock_s=settings.review.lock_s,
+                token_ttl_s=settings.review.token_ttl_s,
             )
             return await work(service)
         finally:

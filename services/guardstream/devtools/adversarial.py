@@ -303,7 +303,7 @@ async def run_corpus(
     """Send every entry as a post through triage and the scorer (in this process, through their
     real entry points) and collect, per post, its decisions and what the engine saw."""
 
-    if settings.near_duplicates:
+    if settings.policy.near_duplicates:
         raise ValueError("run the corpus with near-duplicate reuse off: every text must be scored")
     await ensure_topics(settings)
     recorder = RecordingEngine(engine)
@@ -364,7 +364,7 @@ def load_tokenizer(settings: Settings) -> Any:
 
 
 def render_budget(settings: Settings) -> int:
-    return settings.max_model_len - settings.max_output_tokens - RENDER_MARGIN
+    return settings.engine.max_model_len - settings.engine.max_output_tokens - RENDER_MARGIN
 
 
 # --- the report -------------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class ReviewConsumer:
             try:
                 if topic is Topic.POSTS:
                     post = within_text_limit(
-                        Post.from_json(record.value), self._settings.max_text_chars
+                        Post.from_json(record.value), self._settings.process.max_text_chars
                     )
                     texts.append(
                         PostText(

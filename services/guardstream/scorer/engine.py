@@ -84,5 +84,5 @@ class GuardEngine(Protocol):
 def max_input_tokens(settings: Settings, tokenizer: Any) -> int:
     """Room for the rendered conversation: the window minus the answer and forced prefix."""
     forced = ForcedPrefixes.of(tokenizer).longest
-    room: int = settings.max_model_len - settings.max_output_tokens - forced
+    room: int = settings.engine.max_model_len - settings.engine.max_output_tokens - forced
     return room

@@ -76,16 +76,16 @@ class TransformersGuardEngine:
         self._tok = tokenizer
         self._renderer = renderer
         self._model_id = model_id
-        self._mode = settings.scoring_mode
-        self._refusal = settings.two_phase_refusal
-        self._max_output = settings.max_output_tokens
-        self._batch_max = settings.scorer_batch_max
+        self._mode = settings.engine.scoring_mode
+        self._refusal = settings.engine.two_phase_refusal
+        self._max_output = settings.engine.max_output_tokens
+        self._batch_max = settings.scorer.batch_max
         self._forced = ForcedPrefixes.of(tokenizer)
         self._detail_max = max(1, self._max_output - self._forced.longest)  # as the vLLM engine
         self._by_token = {tid: label for label, tid in self._forced.label_token.items()}
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._eos = tokenizer.eos_token_id
-        self._share_prefix = settings.prefix_caching
+        self._share_prefix = settings.engine.prefix_caching
         self._prefixes: list[tuple[list[int], Any]] = []  # shared prefixes and KV, newest first
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -104,8 +104,8 @@ class TransformersGuardEngine:
             tokenizer = AutoTokenizer.from_pretrained(path)
             dtype = (
                 "auto"
-                if settings.model_dtype == "auto"
-                else getattr(torch, _DTYPES[settings.model_dtype])
+                if settings.engine.dtype == "auto"
+                else getattr(torch, _DTYPES[settings.engine.dtype])
             )
             model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             model.eval()
@@ -117,7 +117,7 @@ class TransformersGuardEngine:
             model, tokenizer = await asyncio.to_thread(load)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(
-                f"cannot load model {settings.model!r} with transformers "
+                f"cannot load model {settings.model.name!r} with transformers "
                 f"({type(exc).__name__}); GUARDSTREAM_MODEL=tiny serves the offline checkpoint"
             ) from exc
         try:

@@ -10,11 +10,11 @@ from guardstream.scorer.engine import GuardEngine
 
 async def start_engine(settings: Settings) -> GuardEngine:
     """The configured engine (`GUARDSTREAM_ENGINE`), model loaded."""
-    if settings.engine == "transformers":
+    if settings.engine.kind == "transformers":
         # lazy: each engine (vLLM, torch) only where it is chosen
         from guardstream.scorer.hf_engine import TransformersGuardEngine
 
-        if settings.adapter_dir is not None:
+        if settings.model.adapter_dir is not None:
             raise ModelUnavailable(
                 "GUARDSTREAM_ADAPTER_DIR is set but the transformers engine serves no LoRA "
                 "adapters: use GUARDSTREAM_ENGINE=vllm, or unset the adapter registry"

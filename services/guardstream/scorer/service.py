@@ -103,7 +103,7 @@ class Scorer:
         self._near = stores.near
         self._engine = engine
         self._adapters = stores.adapters
-        self._faults = FaultPoints(settings.fault)
+        self._faults = FaultPoints(settings.process.fault)
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._shadow_topic = TopicNames(settings.namespace)[Topic.SHADOW]
@@ -173,7 +173,7 @@ class Scorer:
         emitter = Emitter(self._producer, self._settings, "scorer")
         requests: dict[str, ScoreRequest] = {}  # by journal key: a replayed event counts once
         dead = 0
-        limit = self._settings.max_text_chars
+        limit = self._settings.process.max_text_chars
         for record in records:
             try:
                 request = within_text_limit(ScoreRequest.from_json(record.value), limit)
@@ -237,7 +237,7 @@ class Scorer:
         self.counts["consumed"] += len(records)
 
     def _escalates(self, verdict: CachedVerdict) -> bool:
-        threshold = self._settings.cascade_escalate_below
+        threshold = self._settings.scorer.cascade_escalate_below
         if threshold is None:
             return False
         return verdict.confidence is None or verdict.confidence < threshold
@@ -269,9 +269,9 @@ class Scorer:
     def _start_shadow(self, request: ScoreRequest, serving: CachedVerdict, escalated: bool) -> None:
         """Score `request` with its tenant's shadow candidate in the background, if it has one
         and there is room; nothing here can fail or delay the serving decision."""
-        if self._adapters is None or self._settings.shadow_max_in_flight == 0:
+        if self._adapters is None or self._settings.scorer.shadow_max_in_flight == 0:
             return
-        if self._settings.scorer_source == "escalations":
+        if self._settings.scorer.source == "escalations":
             return  # the first tier shadowed this key already (its record says `escalated`)
         try:
             candidate = self._adapters.shadow_for(request.tenant)
@@ -280,10 +280,10 @@ class Scorer:
             log.warning("shadow registry unreadable", extra={"error": type(exc).__name__})
             return
         if candidate is None or not shadow_sampled(
-            request.content_key, self._settings.shadow_sample_rate
+            request.content_key, self._settings.scorer.shadow_sample_rate
         ):
             return
-        if len(self._shadow_tasks) >= self._settings.shadow_max_in_flight:
+        if len(self._shadow_tasks) >= self._settings.scorer.shadow_max_in_flight:
             self.counts["shadow_skipped"] += 1
             return
         task = asyncio.create_task(self._shadow(request, serving, candidate, escalated))

@@ -112,7 +112,7 @@ async def ensure_changelog(settings: Settings) -> bool:
                 NewTopic(
                     name=name,
                     num_partitions=PARTITIONS,
-                    replication_factor=settings.topic_replication,
+                    replication_factor=settings.kafka.topic_replication,
                     topic_configs={"cleanup.policy": "compact"},
                 )
             ]
@@ -125,10 +125,10 @@ async def ensure_changelog(settings: Settings) -> bool:
 def _faust_app(settings: Settings, datadir: Path) -> faust.App:
     """The worker's faust app: in-memory table store restored from its changelog, topics
     created up front (`topics create`), every produce acknowledged by all replicas."""
-    session = settings.sla_session_timeout_s
+    session = settings.sla.session_timeout_s
     return faust.App(
         settings.group_id("sla"),
-        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",")],
         broker_credentials=_credentials(settings),
         store="memory://",
         datadir=str(datadir),
@@ -146,14 +146,14 @@ def _faust_app(settings: Settings, datadir: Path) -> faust.App:
 
 
 def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    protocol = settings.kafka_security_protocol
+    protocol = settings.kafka.security_protocol
     context = ssl.create_default_context() if protocol.endswith("SSL") else None
-    if settings.kafka_sasl_mechanism:
-        password = settings.kafka_sasl_password
+    if settings.kafka.sasl_mechanism:
+        password = settings.kafka.sasl_password
         return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
+            username=settings.kafka.sasl_username,
             password=password.get_secret_value() if password is not None else None,
-            mechanism=settings.kafka_sasl_mechanism,
+            mechanism=settings.kafka.sasl_mechanism,
             ssl_context=context,
         )
     if context is not None:
@@ -209,26 +209,26 @@ class SlaWorker:
         self._producer = producer
         self._clock = clock
         self._names = TopicNames(settings.namespace)
-        self._retain = float(settings.sla_retain_s)
+        self._retain = float(settings.sla.retain_s)
         self.deadlines = Deadlines()
         self._locks: dict[int, asyncio.Lock] = {}
         self._recovered = False
-        self._faults = FaultPoints(settings.fault)
-        self.responses = ResponseTimes(settings.sla_response_window)
-        self.pickups = ResponseTimes(settings.sla_response_window)  # decided → assigned
+        self._faults = FaultPoints(settings.process.fault)
+        self.responses = ResponseTimes(settings.sla.response_window)
+        self.pickups = ResponseTimes(settings.sla.response_window)  # decided → assigned
         self.counts: dict[str, int] = {k.value: 0 for k in SlaEventKind} | {"dlq": 0}
         self.max_lateness_s = 0.0
         self.last_tick_ms = 0.0
         self.ticks: deque[tuple[int, float]] = deque(maxlen=10_000)  # (items due, ms)
 
-        self._datadir = settings.sla_data_dir / settings.group_id("sla")
+        self._datadir = settings.sla.data_dir / settings.group_id("sla")
         self.app = _faust_app(settings, self._datadir)
         self.table = self.app.Table(TABLE, default=None, partitions=PARTITIONS)
         self._source = self.app.topic(
             *(self._names[t] for t in SOURCES), key_serializer="raw", value_serializer="raw"
         )
         self.app.agent(self._source, name="sla-sources")(self._consume)
-        self.app.timer(interval=settings.sla_tick_s, name="sla-tick")(self._tick)
+        self.app.timer(interval=settings.sla.tick_s, name="sla-tick")(self._tick)
         self.items = ItemTable(self.table, self.deadlines)
         self.table.on_recover(self._on_recovered)
         self.app.on_partitions_revoked.connect(self._on_revoked)
@@ -391,7 +391,7 @@ class SlaWorker:
             else:
                 return
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
+            backoff = min(backoff * 2, self._settings.process.retry_backoff_max_s)
 
     async def _dead_letter(self, message: Any, error: ContractError, attempts: int) -> None:
         backoff = 0.1
@@ -403,7 +403,7 @@ class SlaWorker:
                     _as_record(message),
                     error,
                     consumer=self._settings.group_id("sla"),
-                    max_request_bytes=self._settings.kafka_max_request_bytes,
+                    max_request_bytes=self._settings.kafka.max_request_bytes,
                     attempts=attempts,
                 )
                 await future
@@ -411,7 +411,7 @@ class SlaWorker:
             except (KafkaError, TimeoutError) as exc:
                 log.warning("DLQ publish failed, retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
+                backoff = min(backoff * 2, self._settings.process.retry_backoff_max_s)
         self.counts["dlq"] += 1
         _dead_lettered.add(1, {"reason": error.reason, "topic": message.topic})
 

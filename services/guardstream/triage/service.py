@@ -77,7 +77,7 @@ class Triage:
         self._model = model
         self._score_topic = TopicNames(settings.namespace)[Topic.SCORE_REQUESTS]
         self._triager = Triager(
-            max_text_chars=settings.max_text_chars,
+            max_text_chars=settings.process.max_text_chars,
             model=model,
             adapter_for=_adapter_for(stores.adapters),
             policies=stores.policies,

@@ -57,7 +57,7 @@ class Emitter:
         self._process = process
         self._topics = TopicNames(settings.namespace)
         self._group = settings.group_id(process)
-        self._max_request_bytes = settings.kafka_max_request_bytes
+        self._max_request_bytes = settings.kafka.max_request_bytes
         self._pending: list[asyncio.Future[Any]] = []
         # Counted once the broker has them (a retried batch is not counted twice).
         self._decided: list[dict[str, str]] = []

@@ -422,8 +422,8 @@ class RedisNearDuplicateIndex(FailOpenStore):
         return cls(
             redis_client(settings),
             prefix=settings.cache_prefix,
-            ttl_s=settings.cache_ttl_s,
-            timeout_s=settings.cache_timeout_ms / 1000,
+            ttl_s=settings.redis.cache_ttl_s,
+            timeout_s=settings.redis.timeout_ms / 1000,
         )
 
     def _entries(self, scope: str, items: Iterable[tuple[str, str]]) -> list[_Entry]:

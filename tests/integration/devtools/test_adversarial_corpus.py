@@ -33,7 +33,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 async def test_every_attack_keeps_the_prompt_structure_and_gets_one_decision(
     settings: Settings, engine: VllmGuardEngine
 ) -> None:
-    settings = Settings(**{**settings.model_dump(), "near_duplicates": False})
+    settings = settings.replace(policy={"near_duplicates": False})
     corpus = load_corpus()
     outcomes = await run_corpus(settings, engine, corpus, timeout_s=600)
     assess(outcomes, load_tokenizer(settings), render_budget(settings))

@@ -33,13 +33,8 @@ DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 @pytest.fixture
 def healthy_settings(settings: Settings) -> Settings:
-    ensure_tiny_checkpoint(settings.model_cache_dir)
-    return changed(settings, database_url=DATABASE_URL)
-
-
-def changed(settings: Settings, **values: object) -> Settings:
-    """A copy of `settings` with `values` validated as the environment's would be."""
-    return Settings(**{**settings.model_dump(), **values})
+    ensure_tiny_checkpoint(settings.model.cache_dir)
+    return settings.replace(database={"url": DATABASE_URL})
 
 
 def by_check(findings: list[Finding], check: str) -> list[Finding]:
@@ -63,7 +58,7 @@ async def test_a_healthy_deployment_passes_every_check(healthy_settings: Setting
     assert pg.status is Status.OK and "reachable" in pg.detail, pg
     # Redis may be slow on a busy machine (warn), never failing.
     assert "reachable and writable" in only(findings, "redis").detail
-    assert healthy_settings.kafka_bootstrap in only(findings, "broker").detail
+    assert healthy_settings.kafka.bootstrap in only(findings, "broker").detail
     assert "default@1" in only(findings, "policy").detail
 
 
@@ -100,7 +95,7 @@ async def test_a_wrong_partition_count_fails_naming_the_topic(healthy_settings: 
 
 async def test_under_replicated_topics_are_a_warning(healthy_settings: Settings) -> None:
     await ensure_topics(healthy_settings)  # one replica each: a single test broker
-    wants_three = changed(healthy_settings, topic_replication=3)
+    wants_three = healthy_settings.replace(kafka={"topic_replication": 3})
     (topics,) = by_check(await diagnose(wants_three), "topics")
     assert topics.status is Status.WARN
     assert "GUARDSTREAM_TOPIC_REPLICATION=3" in topics.detail
@@ -109,7 +104,7 @@ async def test_under_replicated_topics_are_a_warning(healthy_settings: Settings)
 
 async def test_an_unreachable_redis_fails(healthy_settings: Settings) -> None:
     port = free_port()
-    bad = changed(healthy_settings, redis_url=f"redis://127.0.0.1:{port}/0")
+    bad = healthy_settings.replace(redis={"url": f"redis://127.0.0.1:{port}/0"})
     redis = only(await diagnose(bad), "redis")
     assert redis.status is Status.FAIL
     assert f"127.0.0.1:{port}" in redis.detail and "not reachable" in redis.detail
@@ -143,7 +138,7 @@ async def test_a_read_only_redis_fails_as_not_writable(
 ) -> None:
     # A replica whose primary is gone still answers, and refuses every write.
     url = private_redis("--replicaof", "127.0.0.1", str(free_port()))
-    redis = only(await diagnose(changed(healthy_settings, redis_url=url)), "redis")
+    redis = only(await diagnose(healthy_settings.replace(redis={"url": url})), "redis")
     assert redis.status is Status.FAIL and "not writable" in redis.detail
     assert "replica" in redis.hint
 
@@ -152,14 +147,14 @@ async def test_a_redis_slower_than_the_cache_timeout_fails(
     healthy_settings: Settings, private_redis: Callable[..., str]
 ) -> None:
     url = private_redis("--enable-debug-command", "local")
-    fast = only(await diagnose(changed(healthy_settings, redis_url=url)), "redis")
+    fast = only(await diagnose(healthy_settings.replace(redis={"url": url})), "redis")
     assert fast.status is not Status.FAIL, fast  # the same server, before it is made slow
     blocker = await asyncio.create_subprocess_exec(
         "redis-cli", "-u", url, "DEBUG", "SLEEP", "3", stdout=asyncio.subprocess.DEVNULL
     )
     try:
         await asyncio.sleep(0.3)  # the server is now busy for ~3 s
-        redis = only(await diagnose(changed(healthy_settings, redis_url=url)), "redis")
+        redis = only(await diagnose(healthy_settings.replace(redis={"url": url})), "redis")
     finally:
         await blocker.wait()
     assert redis.status is Status.FAIL
@@ -168,7 +163,7 @@ async def test_a_redis_slower_than_the_cache_timeout_fails(
 
 async def test_an_unreachable_broker_fails(healthy_settings: Settings) -> None:
     port = free_port()
-    bad = changed(healthy_settings, kafka_bootstrap=f"127.0.0.1:{port}")
+    bad = healthy_settings.replace(kafka={"bootstrap": f"127.0.0.1:{port}"})
     findings = await diagnose(bad)
     broker = only(findings, "broker")
     assert broker.status is Status.FAIL and "not reachable" in broker.detail
@@ -178,15 +173,15 @@ async def test_an_unreachable_broker_fails(healthy_settings: Settings) -> None:
 
 
 async def test_postgres_missing_database_and_closed_port_fail(healthy_settings: Settings) -> None:
-    missing_db = changed(
-        healthy_settings, database_url="postgresql://postgres@127.0.0.1:5432/gs_doctor_no_such_db"
+    missing_db = healthy_settings.replace(
+        database={"url": "postgresql://postgres@127.0.0.1:5432/gs_doctor_no_such_db"}
     )
     pg = only(await diagnose(missing_db), "postgresql")
     assert pg.status is Status.FAIL and "does not exist" in pg.detail
     assert "createdb" in pg.hint
 
-    closed = changed(
-        healthy_settings, database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"
+    closed = healthy_settings.replace(
+        database={"url": f"postgresql://postgres@127.0.0.1:{free_port()}/postgres"}
     )
     pg = only(await diagnose(closed), "postgresql")
     assert pg.status is Status.FAIL and "not reachable" in pg.detail
@@ -196,18 +191,18 @@ async def test_an_invalid_policy_dir_fails_naming_the_file(
     healthy_settings: Settings, tmp_path: Path
 ) -> None:
     (tmp_path / "broken.yaml").write_text("id: broken\nversion: 1\nthresholds: [\n")
-    bad = changed(healthy_settings, policy_dir=tmp_path)
+    bad = healthy_settings.replace(policy={"dir": tmp_path})
     policy = only(await diagnose(bad), "policy")
     assert policy.status is Status.FAIL
     assert "broken.yaml" in policy.detail and "GUARDSTREAM_POLICY_DIR" in policy.hint
 
-    gone = changed(healthy_settings, policy_dir=tmp_path / "nowhere")
+    gone = healthy_settings.replace(policy={"dir": tmp_path / "nowhere"})
     policy = only(await diagnose(gone), "policy")
     assert policy.status is Status.FAIL and "not a directory" in policy.detail
 
 
 async def test_a_nonexistent_model_path_fails(healthy_settings: Settings, tmp_path: Path) -> None:
-    bad = changed(healthy_settings, model=str(tmp_path / "no-such-model"))
+    bad = healthy_settings.replace(model={"name": str(tmp_path / "no-such-model")})
     model = only(await diagnose(bad), "model")
     assert model.status is Status.FAIL and "no such directory" in model.detail
     assert "GUARDSTREAM_MODEL" in model.hint
@@ -216,7 +211,7 @@ async def test_a_nonexistent_model_path_fails(healthy_settings: Settings, tmp_pa
 async def test_a_hub_id_missing_from_the_local_cache_is_a_warning(
     healthy_settings: Settings,
 ) -> None:
-    hub = changed(healthy_settings, model="guardstream-tests/no-such-model")
+    hub = healthy_settings.replace(model={"name": "guardstream-tests/no-such-model"})
     model = only(await diagnose(hub), "model")
     assert model.status is Status.WARN and "not in the local Hugging Face cache" in model.detail
     assert "hf download guardstream-tests/no-such-model" in model.hint
@@ -225,9 +220,9 @@ async def test_a_hub_id_missing_from_the_local_cache_is_a_warning(
 async def test_a_model_dir_with_only_a_config_fails(
     healthy_settings: Settings, tmp_path: Path
 ) -> None:
-    tiny = ensure_tiny_checkpoint(healthy_settings.model_cache_dir)
+    tiny = ensure_tiny_checkpoint(healthy_settings.model.cache_dir)
     (tmp_path / "config.json").write_bytes((tiny / "config.json").read_bytes())
-    bad = changed(healthy_settings, model=str(tmp_path))
+    bad = healthy_settings.replace(model={"name": str(tmp_path)})
     model = only(await diagnose(bad), "model")
     # Depending on the transformers version the tokenizer fails to load or loads without the
     # chat template; either way the scorer could not render Qwen3Guard's prompt.
@@ -271,4 +266,4 @@ async def test_cli_exit_codes_json_and_no_secrets(healthy_settings: Settings) ->
     assert "authentication rejected" in status["redis"]["detail"]
     assert status["postgresql"]["status"] == "FAIL"
     assert status["broker"]["status"] == status["topics"]["status"] == "ok"
-    assert report["settings"]["redis_url"] == "redis://guard:***@127.0.0.1:6379/0"
+    assert report["settings"]["redis.url"] == "redis://guard:***@127.0.0.1:6379/0"

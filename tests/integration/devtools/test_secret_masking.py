@@ -69,7 +69,7 @@ def test_settings_command_prints_no_secret(
     }
     result = CliRunner().invoke(app, ["settings"], env={**env, **urls})
     assert result.exit_code == 0, result.output
-    assert "redis_url" in result.output
+    assert "redis.url" in result.output
     assert not leaked(redis[1] + database[1] + otlp[1], result.output)
 
 
@@ -126,10 +126,10 @@ def test_the_start_up_log_line_carries_no_secret(
 ) -> None:
     current = Settings(
         _env_file=None,  # type: ignore[call-arg]
-        redis_url=SecretStr(redis[0]),
-        database_url=SecretStr(database[0]),
-        otlp_endpoint=otlp[0],
-        kafka_bootstrap=f"127.0.0.1:{free_port()}",
+        redis={"url": SecretStr(redis[0])},
+        database={"url": SecretStr(database[0])},
+        telemetry={"otlp_endpoint": otlp[0]},
+        kafka={"bootstrap": f"127.0.0.1:{free_port()}"},
     )
 
     async def build(*_: object) -> None:
@@ -151,5 +151,5 @@ def test_the_start_up_log_line_carries_no_secret(
         )
     line = orjson.loads(startup_log.getvalue().splitlines()[0])
     assert line["msg"] == "starting"
-    assert "redis_url" in line["settings"]
+    assert "redis.url" in line["settings"]
     assert not leaked(redis[1] + database[1] + otlp[1], startup_log.getvalue())

@@ -56,7 +56,7 @@ def test_feedback_run_judges_the_shadow_candidate_on_the_topic(
     registry.start_shadow("cand")
     now = utcnow()
     # Labels given after the posts were scored in shadow (the archive is read up to now).
-    Archive(settings.feedback_dir).append(
+    Archive(settings.feedback.dir).append(
         [
             label(1, S).model_copy(update={"reviewed_at": now - timedelta(minutes=5)}),
             label(2, U).model_copy(update={"reviewed_at": now - timedelta(minutes=4)}),
@@ -66,12 +66,12 @@ def test_feedback_run_judges_the_shadow_candidate_on_the_topic(
     asyncio.run(publish(settings, [r.to_json() for r in shadowed] + [b"not a shadow record"]))
 
     for name, value in {
-        "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
         "GUARDSTREAM_NAMESPACE": settings.namespace,
-        "GUARDSTREAM_FEEDBACK_DIR": str(settings.feedback_dir),
+        "GUARDSTREAM_FEEDBACK_DIR": str(settings.feedback.dir),
         "GUARDSTREAM_ADAPTER_DIR": str(tmp_path / "adapters"),
         "GUARDSTREAM_MODEL": "tiny",
-        "GUARDSTREAM_MODEL_CACHE_DIR": str(settings.model_cache_dir),
+        "GUARDSTREAM_MODEL_CACHE_DIR": str(settings.model.cache_dir),
         "GUARDSTREAM_FEEDBACK_SHADOW_MIN_SAMPLES": "3",
         "GUARDSTREAM_FEEDBACK_SHADOW_MIN_LABELLED": "2",
     }.items():

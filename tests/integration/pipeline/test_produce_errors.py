@@ -44,8 +44,10 @@ async def test_an_output_too_large_sends_its_input_to_the_dlq_with_an_alert(
     settings: Settings,
 ) -> None:
     # The producer (and the outbox) refuse records over LIMIT; the validator's 1 MiB floor is
-    # stepped over on purpose with model_copy.
-    small = settings.model_copy(update={"kafka_max_request_bytes": LIMIT})
+    # stepped over on purpose with model_copy (`replace` would validate it).
+    small = settings.model_copy(
+        update={"kafka": settings.kafka.model_copy(update={"max_request_bytes": LIMIT})}
+    )
     await ensure_topics(settings)
     huge_text = " ".join(f"word{i}" for i in range(4000))  # ~32 kB: its score request too
     posts = [

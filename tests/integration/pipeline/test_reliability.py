@@ -189,7 +189,7 @@ async def test_redis_down_decisions_continue(
     settings: Settings, engine: VllmGuardEngine, tmp_path: Path
 ) -> None:
     """Scenario 9: no Redis at all → every post still decided by scoring, nothing crashes."""
-    dead = settings.model_copy(update={"redis_url": SecretStr("redis://127.0.0.1:1/0")})
+    dead = settings.replace(redis={"url": SecretStr("redis://127.0.0.1:1/0")})
     batch = posts(40, seed=9)
     triage = Process("triage", env_for(dead), tmp_path).start()
     try:
@@ -319,9 +319,7 @@ async def test_slow_scorer_is_not_evicted_from_its_group(
 ) -> None:
     """Scenario 5: every scoring call takes longer than max.poll.interval.ms; the scorer keeps
     polling (partitions paused), keeps its partitions, and commits what it finishes."""
-    slow = settings.model_copy(
-        update={"kafka_max_poll_interval_ms": 4000, "scorer_max_in_flight": 8}
-    )
+    slow = settings.replace(kafka={"max_poll_interval_ms": 4000}, scorer={"max_in_flight": 8})
     batch = [new_post(f"{TEXTS[3]} number {i}") for i in range(24)]
     async with in_process(slow, SlowEngine(engine, lambda _: 6.0), "triage", "scorer"):
         await produce(slow, [(p.post_id.encode(), p.to_json()) for p in batch])
@@ -338,7 +336,7 @@ async def test_out_of_order_completion_then_crash_resumes_at_the_stalled_item(
     draining. Its committed offset stops at the stalled request, and after a restart the
     stalled post is decided while the later ones are not decided differently."""
     stalled_text = "Is it true that some politicians are secretly controlled by foreign powers?"
-    cfg = settings.model_copy(update={"scorer_batch_max": 1, "shutdown_drain_s": 0.0})
+    cfg = settings.replace(scorer={"batch_max": 1}, process={"shutdown_drain_s": 0.0})
     stalled = new_post(stalled_text)
     later = [new_post(f"{TEXTS[1]} {i}") for i in range(30)]
 

@@ -48,10 +48,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 async def test_a_human_correction_becomes_a_better_model_in_production(
     console: Console, tmp_path: Path, model_cache_dir: Path
 ) -> None:
-    settings = console.settings.model_copy(
-        update={"adapter_dir": tmp_path / "adapters", "adapter_poll_s": 0.2}
+    settings = console.settings.replace(
+        model={"adapter_dir": tmp_path / "adapters", "adapter_poll_s": 0.2}
     )
-    archive = Archive(settings.feedback_dir)
+    archive = Archive(settings.feedback.dir)
     # The archive's history: earlier reviews that confirmed the model (anchors for training).
     history = [s for s in taught_samples() if not s.disagrees]
     archive.append(

@@ -96,7 +96,7 @@ async def test_migration_0005_keeps_existing_rows_working(
     no task explains. After 0005 the task and text still work, a replay of acme's decision
     still finds its task, tenant beta's post with the same post_id gets its own, and the
     queued verdict is acme's only."""
-    schema = review_settings.review_db_schema
+    schema = review_settings.database.review_schema
     conn = await asyncpg.connect(database_url)
     post = new_test_post("acme")
     decision = contested(post)

@@ -33,7 +33,7 @@ async def test_a_promoted_adapter_changes_the_verdict_without_a_restart(
     settings: Settings, correction_adapter: Path, tmp_path: Path
 ) -> None:
     registry_dir = tmp_path / "adapters"
-    lora = settings.model_copy(update={"adapter_dir": registry_dir, "adapter_poll_s": 0.2})
+    lora = settings.replace(model={"adapter_dir": registry_dir, "adapter_poll_s": 0.2})
     engine = await VllmGuardEngine.start(lora)
     try:
         async with in_process(lora, engine, "triage", "scorer"):

@@ -44,8 +44,8 @@ async def test_unsure_verdicts_go_to_the_larger_tier(
     assert low < high, scored
     threshold = (low + high) / 2
 
-    first = settings.model_copy(update={"cascade_escalate_below": threshold})
-    second = settings.model_copy(update={"scorer_source": "escalations"})
+    first = settings.replace(scorer={"cascade_escalate_below": threshold})
+    second = settings.replace(scorer={"source": "escalations"})
     await ensure_topics(settings)
     tiers: dict[str, Scorer] = {}
     stop = asyncio.Event()
@@ -76,8 +76,6 @@ async def test_unsure_verdicts_go_to_the_larger_tier(
 
 
 def test_the_last_tier_cannot_escalate(settings: Settings) -> None:
-    both = settings.model_copy(
-        update={"scorer_source": "escalations", "cascade_escalate_below": 0.9}
-    )
+    both = settings.replace(scorer={"source": "escalations", "cascade_escalate_below": 0.9})
     with pytest.raises(ValueError, match="last one"):
         asyncio.run(scorer_main.run(both, asyncio.Event()))

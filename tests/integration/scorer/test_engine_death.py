@@ -56,7 +56,9 @@ async def doomed(model_cache_dir: Path) -> AsyncIterator[tuple[VllmGuardEngine, 
     """A real engine of its own (the session's must survive) and its engine-core pids."""
     me = psutil.Process()
     before = {child.pid for child in me.children(recursive=True)}
-    settings = Settings(model="tiny", model_cache_dir=model_cache_dir, max_model_len=2048)
+    settings = Settings(
+        model={"name": "tiny", "cache_dir": model_cache_dir}, engine={"max_model_len": 2048}
+    )
     engine = await VllmGuardEngine.start(settings)
     new = [c for c in me.children(recursive=False) if c.pid not in before]
     cores = [c.pid for c in new if "EngineCore" in " ".join([c.name(), *c.cmdline()])]
@@ -69,20 +71,20 @@ async def test_engine_death_fails_health_and_stops_the_scorer(
 ) -> None:
     engine, cores = doomed
     assert cores
-    cfg = settings.model_copy(update={"health_port": free_port()})
+    cfg = settings.replace(process={"health_port": free_port()})
     await ensure_topics(cfg)
     stop = asyncio.Event()
     scorer = asyncio.create_task(scorer_main.run(cfg, stop, engine=engine))
     triage = asyncio.create_task(triage_main.run(settings, stop))  # no health port
     try:
-        await health_becomes(cfg.health_port, 200)
+        await health_becomes(cfg.process.health_port, 200)
         raw = await engine.assess_two_phase([{"role": "user", "content": "hello"}], "before")
         assert raw.text.startswith("Safety:")
 
         for pid in cores:
             os.kill(pid, signal.SIGKILL)
         # Liveness fails without any traffic: the engine noticed its core is gone.
-        await health_becomes(cfg.health_port, 503)
+        await health_becomes(cfg.process.health_port, 503)
         assert not engine.alive
 
         # Unique texts: cache misses, so they reach the dead engine through score requests.

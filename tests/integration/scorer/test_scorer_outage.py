@@ -36,8 +36,8 @@ AFTER_S = 2.0
 @pytest.fixture
 def outage_settings(settings: Settings, tmp_path: Path) -> Settings:
     (tmp_path / "packs.yaml").write_text(PACKS)
-    return settings.model_copy(
-        update={"policy_dir": tmp_path, "scorer_unavailable_after_s": AFTER_S}
+    return settings.replace(
+        policy={"dir": tmp_path}, triage={"scorer_unavailable_after_s": AFTER_S}
     )
 
 

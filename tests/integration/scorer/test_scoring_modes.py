@@ -97,7 +97,7 @@ def tokenizer(model_cache_dir: Path) -> Any:
 
 
 def scripted(tokenizer: Any, script: Sequence[_Completion | BaseException]) -> Any:
-    settings = Settings(model="tiny", max_model_len=2048)
+    settings = Settings(model={"name": "tiny"}, engine={"max_model_len": 2048})
     renderer = PromptRenderer(tokenizer, max_input_tokens(settings, tokenizer))
     llm = ScriptedLLM(list(script))
     return VllmGuardEngine(llm, tokenizer, renderer, "scripted", settings), llm
@@ -151,7 +151,9 @@ async def test_without_the_refusal_probe_a_safe_response_takes_one_request(
     model_cache_dir: Path, tokenizer: Any
 ) -> None:
     safe = tokenizer.encode(" Safe", add_special_tokens=False)[0]
-    settings = Settings(model="tiny", max_model_len=2048, two_phase_refusal=False)
+    settings = Settings(
+        model={"name": "tiny"}, engine={"max_model_len": 2048, "two_phase_refusal": False}
+    )
     renderer = PromptRenderer(tokenizer, max_input_tokens(settings, tokenizer))
     llm = ScriptedLLM([_Completion(" Safe", [safe], None)])
     engine = VllmGuardEngine(llm, tokenizer, renderer, "scripted", settings)
@@ -171,7 +173,9 @@ async def test_each_adapter_keeps_one_lora_id_and_none_is_served_without_a_regis
     two = Adapter("fb-2", tmp_path / "b", "*", "t")
     chat = [{"role": "user", "content": "q"}]
     for adapter_dir, expect_error in ((None, True), (tmp_path, False)):
-        settings = Settings(model="tiny", max_model_len=2048, adapter_dir=adapter_dir)
+        settings = Settings(
+            model={"name": "tiny", "adapter_dir": adapter_dir}, engine={"max_model_len": 2048}
+        )
         renderer = PromptRenderer(tokenizer, max_input_tokens(settings, tokenizer))
         llm = ScriptedLLM([_Completion(" Safe", [safe], None) for _ in range(4)])
         engine = VllmGuardEngine(llm, tokenizer, renderer, "scripted", settings)

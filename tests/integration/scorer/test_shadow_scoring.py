@@ -74,7 +74,7 @@ async def test_a_shadow_candidate_is_scored_alongside_never_actioned_then_judged
     settings: Settings, correction_adapter: Path, tmp_path: Path
 ) -> None:
     registry_dir = tmp_path / "adapters"
-    lora = settings.model_copy(update={"adapter_dir": registry_dir, "adapter_poll_s": 0.2})
+    lora = settings.replace(model={"adapter_dir": registry_dir, "adapter_poll_s": 0.2})
     registry = AdapterRegistry(registry_dir)
     # The same trained adapter as two tenants' candidates: acme's reviewers will agree with
     # it, beta's with the serving model.
@@ -132,7 +132,7 @@ async def test_a_shadow_candidate_is_scored_alongside_never_actioned_then_judged
             assert {d.adapter for d in actioned} == {None}
 
             # Before any human label the evidence is short: the candidates keep shadowing.
-            archive = Archive(lora.feedback_dir)
+            archive = Archive(lora.feedback.dir)
             config = ShadowConfig(min_samples=1, min_labelled=1)
             shadow_log = list(records.values())
             now = datetime.now(UTC)

@@ -29,7 +29,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 @pytest.fixture(scope="module")
 async def hf(model_cache_dir: Path) -> AsyncIterator[TransformersGuardEngine]:
     settings = Settings(
-        model="tiny", model_cache_dir=model_cache_dir, max_model_len=2048, engine="transformers"
+        model={"name": "tiny", "cache_dir": model_cache_dir},
+        engine={"max_model_len": 2048, "kind": "transformers"},
     )
     engine = await start_engine(settings)
     assert isinstance(engine, TransformersGuardEngine)
@@ -64,7 +65,9 @@ async def test_transformers_agrees_with_vllm_on_every_lesson(
 
 
 async def test_a_closed_transformers_engine_is_dead(model_cache_dir: Path) -> None:
-    settings = Settings(model="tiny", model_cache_dir=model_cache_dir, engine="transformers")
+    settings = Settings(
+        model={"name": "tiny", "cache_dir": model_cache_dir}, engine={"kind": "transformers"}
+    )
     engine = await TransformersGuardEngine.start(settings)
     answer = await engine.assess([{"role": "user", "content": "How can I make a bomb?"}], "r")
     assert parse_answer(answer.text).label == "Unsafe"
@@ -85,11 +88,8 @@ async def test_shared_prefix_reuse_changes_no_answer(
     """The template's shared prefix is prefilled once per batch and reused (module doc of
     hf_engine); answers and label log-probabilities are those of full prefills."""
     settings = Settings(
-        model="tiny",
-        model_cache_dir=model_cache_dir,
-        max_model_len=2048,
-        engine="transformers",
-        prefix_caching=False,
+        model={"name": "tiny", "cache_dir": model_cache_dir},
+        engine={"max_model_len": 2048, "kind": "transformers", "prefix_caching": False},
     )
     full = await TransformersGuardEngine.start(settings)
     try:

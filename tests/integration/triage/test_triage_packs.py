@@ -55,7 +55,7 @@ TEXT = "Breaking: the bridge on Main Street is closed until Friday, take the fer
 @pytest.fixture
 def pack_settings(settings: Settings, tmp_path: Path) -> Settings:
     (tmp_path / "packs.yaml").write_text(PACKS)
-    return settings.model_copy(update={"policy_dir": tmp_path})
+    return settings.replace(policy={"dir": tmp_path})
 
 
 @pytest.fixture
@@ -66,10 +66,10 @@ async def triage_only(pack_settings: Settings) -> AsyncIterator[Pipeline]:
 
 async def seed(settings: Settings, tenant: str, age: timedelta, source: Source) -> str:
     """Cache a verdict for TEXT as the scorer would have, `age` ago; returns its key."""
-    policies = load_registry(settings.policy_dir)
+    policies = load_registry(settings.policy.dir)
     item = triage_record(
         new_post(TEXT, tenant=tenant).to_json(),
-        max_text_chars=settings.max_text_chars,
+        max_text_chars=settings.process.max_text_chars,
         model=served_model_id(settings),
         adapter=None,
         policies=policies,
@@ -147,11 +147,11 @@ async def test_a_human_verdict_is_reused_however_old(triage_only: Pipeline) -> N
 async def test_entries_live_as_long_as_the_longest_lived_pack_reuses_them(
     pack_settings: Settings, redis_url: str
 ) -> None:
-    policies = load_registry(pack_settings.policy_dir)
+    policies = load_registry(pack_settings.policy.dir)
     pack_ttls = [p.cache_ttl_s for p in policies.packs]
     cache = RedisVerdictCache.for_packs(pack_settings, pack_ttls)
     capped = RedisVerdictCache.for_packs(
-        pack_settings.model_copy(update={"cache_ttl_s": 600}), pack_ttls
+        pack_settings.replace(redis={"cache_ttl_s": 600}), pack_ttls
     )
     entry = CachedVerdict(
         verdict=Verdict.SAFE,

@@ -24,7 +24,7 @@ from typer.main import get_command
 from guardstream.cli import app
 from guardstream.contracts.topics import Topic, topic_name
 from guardstream.policy import load_packs
-from guardstream.runtime.settings import Settings
+from guardstream.runtime.settings import Settings, every_setting
 
 pytestmark = pytest.mark.unit
 
@@ -60,11 +60,7 @@ def cli_accepts(args: list[str]) -> bool:
 
 
 def settings_env_names() -> set[str]:
-    names: set[str] = set()
-    for field in Settings.model_fields.values():
-        alias = field.validation_alias
-        names.update(str(choice) for choice in getattr(alias, "choices", [alias]) if choice)
-    return names
+    return {name for field in every_setting() for name in field.env}
 
 
 def validate_object(doc: dict[str, Any]) -> None:
@@ -213,11 +209,13 @@ def test_review_cookies_are_secure_behind_the_trusted_ingress(
     assert env["GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS"] == "10.0.0.0/8"
     assert env["GUARDSTREAM_REVIEW_MAX_CLAIMS"] == "1"
     parsed = Settings(
-        review_cookie_secure=env["GUARDSTREAM_REVIEW_COOKIE_SECURE"],
-        review_forwarded_allow_ips=env["GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS"],
-        review_max_claims=env["GUARDSTREAM_REVIEW_MAX_CLAIMS"],
+        review={
+            "cookie_secure": env["GUARDSTREAM_REVIEW_COOKIE_SECURE"],
+            "forwarded_allow_ips": env["GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS"],
+            "max_claims": env["GUARDSTREAM_REVIEW_MAX_CLAIMS"],
+        }
     )
-    assert parsed.review_cookie_secure is True and parsed.review_max_claims == 1
+    assert parsed.review.cookie_secure is True and parsed.review.max_claims == 1
 
 
 def test_install_notes_name_every_secret_the_pods_read(

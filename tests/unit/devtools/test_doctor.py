@@ -11,9 +11,9 @@ pytestmark = pytest.mark.unit
 
 def test_secret_values_and_url_passwords_are_scrubbed() -> None:
     settings = Settings(
-        redis_url=SecretStr("redis://guard:pw-redis-1@cache:6379/0"),
-        database_url=SecretStr("postgresql://app:pw-pg-2@db/reviews"),
-        kafka_sasl_password=SecretStr("pw-sasl-3"),
+        redis={"url": SecretStr("redis://guard:pw-redis-1@cache:6379/0")},
+        database={"url": SecretStr("postgresql://app:pw-pg-2@db/reviews")},
+        kafka={"sasl_password": SecretStr("pw-sasl-3")},
     )
     text = scrub(
         "redis://guard:pw-redis-1@cache:6379/0 refused; password pw-pg-2 or pw-sasl-3 wrong",

@@ -308,7 +308,7 @@ async def test_shadow_scoring_is_bounded_and_publishes_only_to_the_shadow_topic(
     tmp_path: Path,
 ) -> None:
     engine = HeldEngine()
-    scorer, producer = shadow_scorer(tmp_path, engine, shadow_max_in_flight=2)
+    scorer, producer = shadow_scorer(tmp_path, engine, scorer={"shadow_max_in_flight": 2})
     for n in range(3):
         scorer._start_shadow(score_request(n), SERVING, escalated=False)
     assert (scorer.counts["shadow_started"], scorer.counts["shadow_skipped"]) == (2, 1)
@@ -337,9 +337,9 @@ async def test_sampling_switch_off_and_the_second_tier_start_no_shadow_scoring(
     tmp_path: Path,
 ) -> None:
     engine = HeldEngine()
-    off, _ = shadow_scorer(tmp_path / "a", engine, shadow_max_in_flight=0)
-    never, _ = shadow_scorer(tmp_path / "b", engine, shadow_sample_rate=0.0)
-    second_tier, _ = shadow_scorer(tmp_path / "c", engine, scorer_source="escalations")
+    off, _ = shadow_scorer(tmp_path / "a", engine, scorer={"shadow_max_in_flight": 0})
+    never, _ = shadow_scorer(tmp_path / "b", engine, scorer={"shadow_sample_rate": 0.0})
+    second_tier, _ = shadow_scorer(tmp_path / "c", engine, scorer={"source": "escalations"})
     for scorer in (off, never, second_tier):
         scorer._start_shadow(score_request(1), SERVING, escalated=False)
         assert scorer.counts["shadow_started"] == 0

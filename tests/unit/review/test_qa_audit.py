@@ -179,7 +179,7 @@ def test_qa_schedule_size_and_bar_come_from_the_documented_env_names(
     from guardstream.runtime.settings import Settings
 
     defaults = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert (defaults.qa_cadence, defaults.qa_sample_size, defaults.qa_agreement_min) == (
+    assert (defaults.qa.cadence, defaults.qa.sample_size, defaults.qa.agreement_min) == (
         "monthly",
         100,
         0.9,
@@ -188,7 +188,7 @@ def test_qa_schedule_size_and_bar_come_from_the_documented_env_names(
     monkeypatch.setenv("GUARDSTREAM_QA_SAMPLE_SIZE", "25")
     monkeypatch.setenv("GUARDSTREAM_QA_AGREEMENT_MIN", "0.8")
     custom = Settings(_env_file=None)  # type: ignore[call-arg]
-    assert (custom.qa_cadence, custom.qa_sample_size, custom.qa_agreement_min) == (
+    assert (custom.qa.cadence, custom.qa.sample_size, custom.qa.agreement_min) == (
         "weekly",
         25,
         0.8,

@@ -54,7 +54,7 @@ def test_what_redis_py_cannot_encode_is_a_data_error_still(bad: object) -> None:
     ],
 )
 def test_the_client_keeps_the_url_s_connection_kind(url: str, kind: type) -> None:
-    client = redis_client(Settings(redis_url=url))
+    client = redis_client(Settings(redis={"url": url}))
     made = client.connection_pool.connection_class
     assert issubclass(made, HiredisPacking)
     assert issubclass(made, kind)

@@ -53,7 +53,10 @@ def spans() -> Iterator[InMemorySpanExporter]:
     """The process-wide SDK, installed once (OpenTelemetry's globals can be set only once)."""
     exporter = InMemorySpanExporter()
     telemetry.setup(
-        Settings(metrics_port=0), "unit-test", span_exporters=[exporter], metric_readers=[READER]
+        Settings(telemetry={"metrics_port": 0}),
+        "unit-test",
+        span_exporters=[exporter],
+        metric_readers=[READER],
     )
     yield exporter
     exporter.shutdown()  # later tests in this session keep the SDK, not this span store
@@ -247,7 +250,7 @@ def test_log_lines_inside_a_span_carry_its_trace_id(spans: InMemorySpanExporter)
 
 
 def test_setup_is_installed_once(spans: InMemorySpanExporter) -> None:
-    first = telemetry.setup(Settings(metrics_port=0), "other")
+    first = telemetry.setup(Settings(telemetry={"metrics_port": 0}), "other")
     assert first.service == "unit-test"
     assert isinstance(trace.get_tracer_provider(), TracerProvider)
 

@@ -48,7 +48,7 @@ class FakeProducer:
 
 def worker() -> tuple[SlaWorker, FakeProducer]:
     producer = FakeProducer()
-    settings = Settings(namespace="u", retry_backoff_max_s=0.01)
+    settings = Settings(namespace="u", process={"retry_backoff_max_s": 0.01})
     return SlaWorker(settings, load_registry(None), producer), producer  # type: ignore[arg-type]
 
 
