@@ -40,12 +40,12 @@ async def review_services(
     settings: Settings, *, policies: PolicyRegistry | None = None
 ) -> AsyncIterator[ReviewServices]:
     """The review services over this deployment's store (`policies`: loaded from
-    `settings.policy_dir` unless given)."""
-    registry = policies if policies is not None else load_registry(settings.policy_dir)
+    `settings.policy.dir` unless given)."""
+    registry = policies if policies is not None else load_registry(settings.policy.dir)
     store = await ReviewStore.open(settings)
-    hashes = HashPool(settings.review_hash_workers, settings.review_hash_queue)
+    hashes = HashPool(settings.review.edge.hash_workers, settings.review.edge.hash_queue)
     queued = asyncio.Event()
-    tags = parse_tags(settings.review_tags)
+    tags = parse_tags(settings.review.tags)
     queue = QueueService(store)
     try:
         yield ReviewServices(
@@ -53,8 +53,8 @@ async def review_services(
             auth=AuthService(
                 store,
                 hashes=hashes,
-                token_ttl_s=settings.review_token_ttl_s,
-                denied_audit_per_s=settings.review_denied_audit_per_s,
+                token_ttl_s=settings.review.token_ttl_s,
+                denied_audit_per_s=settings.review.edge.denied_audit_per_s,
                 queued=queued,
             ),
             queue=queue,
@@ -62,8 +62,8 @@ async def review_services(
                 store,
                 registry,
                 tags=tags,
-                lock_s=settings.review_lock_s,
-                max_claims=settings.review_max_claims,
+                lock_s=settings.review.lock_s,
+                max_claims=settings.review.max_claims,
                 stats=queue.figures,
                 queued=queued,
             ),
@@ -71,9 +71,9 @@ async def review_services(
                 store,
                 registry,
                 tags=tags,
-                cadence=settings.qa_cadence,
-                sample_size=settings.qa_sample_size,
-                min_agreement=settings.qa_agreement_min,
+                cadence=settings.qa.cadence,
+                sample_size=settings.qa.sample_size,
+                min_agreement=settings.qa.agreement_min,
                 queued=queued,
             ),
             queued=queued,

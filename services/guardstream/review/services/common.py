@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 
 from guardstream.contracts.events import Decision, Kind, Review, ReviewAssignment, Verdict, utcnow
-from guardstream.contracts.feedback import FeedbackSample, from_review
+from guardstream.contracts.feedback import FeedbackSample
 from guardstream.contracts.topics import Topic
 from guardstream.policy import PolicyPack, PolicyRegistry
 from guardstream.review import metrics as review_metrics
@@ -28,6 +28,7 @@ from guardstream.review.logic import (
     Task,
     validate_submission,
 )
+from guardstream.review.sample import from_review
 from guardstream.review.services.errors import Forbidden, NotFound
 from guardstream.review.store import ReviewStore, Tx
 from guardstream.review.store.outbox import EventPayload, FeedbackSamplePayload

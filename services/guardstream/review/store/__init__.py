@@ -71,7 +71,7 @@ class ReviewStore(Tables):
     @classmethod
     async def open(cls, settings: Settings, *, schema: str | None = None) -> ReviewStore:
         """Migrate the schema (`review_db_schema` unless given) and connect to it."""
-        name = schema or settings.review_db_schema
+        name = schema or settings.database.review_schema
         return cls(await connect(settings, name), name)
 
     async def close(self) -> None:

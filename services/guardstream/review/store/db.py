@@ -68,7 +68,7 @@ async def apply_migrations(conn: asyncpg.Connection, schema: str) -> list[str]:
 
 async def connect(settings: Settings, schema: str) -> asyncpg.Pool:
     """Migrate `schema`, then a pool whose connections work in it."""
-    dsn = settings.database_url.get_secret_value()
+    dsn = settings.database.url.get_secret_value()
     conn = await asyncpg.connect(dsn)
     try:
         applied = await apply_migrations(conn, schema)
@@ -79,7 +79,7 @@ async def connect(settings: Settings, schema: str) -> asyncpg.Pool:
     return await asyncpg.create_pool(
         dsn,
         min_size=2,
-        max_size=settings.review_db_pool_max,
+        max_size=settings.database.pool_max,
         server_settings={"search_path": schema},
     )
 
