@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import re
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 import orjson
 from pydantic import (
@@ -35,6 +35,8 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+
+from guardstream.contracts.errors import PermanentError
 
 SCHEMA_MAJOR = 1
 SCHEMA_VERSION = "1.0"
@@ -118,10 +120,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class ContractError(ValueError):
+class ContractError(PermanentError, ValueError):
     """A record that no retry can fix. `reason` is a stable DLQ code; `detail` has no payload."""
-
-    retriable: ClassVar[bool] = False
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")

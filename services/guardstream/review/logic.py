@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import (
     REVIEW_REASON_MAX,
     AssignmentEvent,
@@ -162,7 +163,7 @@ def parse_tags(configured: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in tags if t and len(t) <= TAG_MAX))
 
 
-class InvalidSubmission(ValueError):
+class InvalidSubmission(PermanentError, ValueError):
     """A reviewer's submission that cannot be stored; `field` and `message` go back as a 4xx."""
 
     def __init__(self, field: str, message: str) -> None:

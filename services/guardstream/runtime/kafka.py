@@ -14,7 +14,7 @@ import logging
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -27,6 +27,7 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import ContractError, DlqRecord, Origin, utcnow
 from guardstream.contracts.topics import CATALOGUE, Topic, TopicNames
 from guardstream.runtime import tracing
@@ -47,11 +48,9 @@ PERMANENT_PRODUCE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-class OutputRejected(Exception):
+class OutputRejected(PermanentError):
     """An output of the batch was refused for good (`error`, one of `PERMANENT_PRODUCE_ERRORS`):
     retrying cannot help; the input it derives from goes to the DLQ (`core.outbox`)."""
-
-    retriable: ClassVar[bool] = False
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(f"output refused: {type(error).__name__}")

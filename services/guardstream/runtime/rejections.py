@@ -12,11 +12,12 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import Alert, AlertSeverity, ContractError, utcnow
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.runtime import metrics
 from guardstream.runtime.kafka import PERMANENT_PRODUCE_ERRORS, OutputRejected, dead_letter
-from guardstream.runtime.loop import BatchHandler, Records, TransientError, isolate
+from guardstream.runtime.loop import BatchHandler, Records, isolate
 from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
