@@ -8,12 +8,12 @@ API, the console and the tests agree on one meaning of "a review".
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from guardstream.contracts import ids
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import (
     REVIEW_REASON_MAX,
@@ -27,6 +27,7 @@ from guardstream.contracts.events import (
     Verdict,
     allowed_characters,
 )
+from guardstream.contracts.ids import stable_id
 from guardstream.policy import PolicyPack
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import human_action
@@ -128,33 +129,26 @@ class Task:
     model_refusal: bool | None = None  # response moderation: the model's `Refusal:` label
 
 
-def _digest(person: bytes, *parts: str) -> str:
-    h = hashlib.blake2b(digest_size=16, person=person)
-    for part in parts:
-        h.update(part.encode("utf-8", "surrogatepass") + b"\x00")
-    return h.hexdigest()
-
-
 def task_id(tenant: str, post_id: str, policy: str) -> str:
     """One task per post and policy of a tenant: a replayed decision maps to the same task,
     and another tenant's post with the same post_id gets a task of its own."""
-    return _digest(b"gs-review-task2", tenant, post_id, policy)
+    return stable_id(ids.REVIEW_TASK, tenant, post_id, policy)
 
 
 def review_id(task: str, stage: ReviewStage, reviewer: str) -> str:
     # The first stage has one review per task whoever gives it; QA one per senior.
     who = reviewer if stage is ReviewStage.QA else ""
-    return _digest(b"gs-review-rev1", task, stage.value, who)
+    return stable_id(ids.REVIEW, task, stage.value, who)
 
 
 def human_decision_id(task: str) -> str:
-    return _digest(b"gs-review-dec1", task)
+    return stable_id(ids.HUMAN_DECISION, task)
 
 
 def assignment_event_id(
     task: str, event: AssignmentEvent, reviewer: str | None, at: datetime
 ) -> str:
-    return _digest(b"gs-review-asg1", task, event.value, reviewer or "", at.isoformat())
+    return stable_id(ids.ASSIGNMENT_EVENT, task, event.value, reviewer or "", at.isoformat())
 
 
 def parse_tags(configured: str) -> tuple[str, ...]:

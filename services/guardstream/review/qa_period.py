@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
+from guardstream.contracts import ids
 from guardstream.contracts.events import Alert, AlertSeverity
+from guardstream.contracts.ids import stable_id
 
 T = TypeVar("T")
 Cadence = Literal["monthly", "weekly"]
@@ -101,7 +103,7 @@ def low_agreement_alert(
     agreed = sum(a for a, _ in scores.values())
     checked = sum(c for _, c in scores.values())
     each = ", ".join(f"{r} {scores[r][0]}/{scores[r][1]}" for r in low)
-    digest = hashlib.sha256(f"qa_agreement_low:{period}".encode()).hexdigest()[:24]
+    digest = stable_id(ids.QA_ALERT, period)
     return Alert(
         event_id=f"alert-{digest}",
         produced_at=now,

@@ -11,7 +11,6 @@ import asyncio
 import base64
 import hashlib
 import logging
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +26,10 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
+from guardstream.contracts import ids
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import ContractError, DlqRecord, Origin, utcnow
+from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import CATALOGUE, Topic, TopicNames
 from guardstream.runtime import tracing
 from guardstream.runtime.settings import Settings
@@ -223,11 +224,8 @@ def dlq_record(
     kept = payload[:max_payload]
     return DlqRecord(
         # One DLQ event per (origin, reason): a replayed rejection is recognisably the same.
-        event_id=str(
-            uuid.uuid5(
-                uuid.NAMESPACE_URL,
-                f"dlq:{record.topic}:{record.partition}:{record.offset}:{consumer}:{reason}",
-            )
+        event_id=stable_id(
+            ids.DLQ_RECORD, record.topic, record.partition, record.offset, consumer, reason
         ),
         produced_at=utcnow(),
         origin=Origin(

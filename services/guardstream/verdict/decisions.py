@@ -11,10 +11,11 @@ post with the same event id and text gets another one.
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Sequence
 
+from guardstream.contracts import ids
 from guardstream.contracts.events import Action, Decision, Source, Verdict, utcnow
+from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import Topic
 from guardstream.policy import (
     ControversialMode,
@@ -42,10 +43,7 @@ class Origin(enum.Enum):
 
 
 def decision_id(tenant: str, post_event_id: str, policy: str, content_key: str) -> str:
-    h = hashlib.blake2b(digest_size=16, person=b"guardstream-dec2")
-    for part in (tenant, post_event_id, policy, content_key):
-        h.update(part.encode("utf-8", "surrogatepass") + b"\x00")
-    return h.hexdigest()
+    return stable_id(ids.DECISION, tenant, post_event_id, policy, content_key)
 
 
 def model_reason(label: str | None, categories: Sequence[str], problem: str | None) -> str:
