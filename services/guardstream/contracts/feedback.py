@@ -24,6 +24,7 @@ from guardstream.contracts.events import (
     Tenant,
     Timestamp,
     Verdict,
+    clip,
     utcnow,
 )
 from guardstream.contracts.text import normalise
@@ -103,7 +104,7 @@ def from_review(
         pred_verdict=review.model_verdict,
         pred_categories=pred_categories,
         pred_confidence=review.model_confidence,
-        pred_reason=pred_reason[:500] if pred_reason else None,
+        pred_reason=clip(FeedbackSample, "pred_reason", pred_reason) if pred_reason else None,
         pred_refusal=pred_refusal,
         human_verdict=review.verdict,
         human_categories=review.categories,

@@ -316,11 +316,9 @@ def human_decision(
 ) -> Decision:
     """The human verdict as a decision (`source` human): unsafe blocks, safe allows,
     controversial follows the pack (see `core.decisions.human_action`)."""
-    ident = human_decision_id(task.task_id)
-    return Decision(
-        event_id=ident,
-        produced_at=at,
-        decision_id=ident,
+    return Decision.make(
+        decision_id=human_decision_id(task.task_id),
+        at=at,
         post_id=task.post_id,
         post_event_id=task.post_event_id,
         tenant=task.tenant,
@@ -335,7 +333,6 @@ def human_decision(
         policy=task.policy,
         content_key=task.content_key,
         refusal=human_refusal(task, sub),
-        decided_at=at,
     )
 
 

@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
 from guardstream.contracts import ids
-from guardstream.contracts.events import Alert, AlertSeverity
+from guardstream.contracts.events import Alert, AlertSeverity, clip
 from guardstream.contracts.ids import stable_id
 
 T = TypeVar("T")
@@ -110,10 +110,12 @@ def low_agreement_alert(
         alert_id=f"qa-{digest}",
         kind="qa_agreement_low",
         severity=AlertSeverity.WARNING,
-        summary=(
+        summary=clip(
+            Alert,
+            "summary",
             f"QA {period}: reviewers agree with senior re-reviews on {agreed} of {checked} "
-            f"items ({agreed / checked:.0%}); below the bar of {min_agreement:.0%}: {each}"
-        )[:500],
+            f"items ({agreed / checked:.0%}); below the bar of {min_agreement:.0%}: {each}",
+        ),
         labels={"period": period, "reviewers": ",".join(low)[:200]},
         raised_at=now,
     )

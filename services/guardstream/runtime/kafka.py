@@ -28,7 +28,7 @@ from aiokafka.partitioner import murmur2
 
 from guardstream.contracts import ids
 from guardstream.contracts.errors import PermanentError
-from guardstream.contracts.events import ContractError, DlqRecord, Origin, utcnow
+from guardstream.contracts.events import ContractError, DlqRecord, Origin, clip, utcnow
 from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import CATALOGUE, Topic, TopicNames
 from guardstream.runtime import tracing
@@ -237,7 +237,7 @@ def dlq_record(
         ),
         consumer=consumer,
         reason=reason,
-        detail=detail[:2000],
+        detail=clip(DlqRecord, "detail", detail),
         attempts=attempts,
         payload_b64=base64.b64encode(kept).decode(),
         payload_size=len(payload),

@@ -346,10 +346,9 @@ def outputs(item: Item, kind: SlaEventKind) -> list[Output]:
     downgrade: str | None = None
     if kind is SlaEventKind.EXPIRED:
         downgrade = downgrade_decision_id(item)
-        decision = Decision(
-            event_id=downgrade,
-            produced_at=when,
+        decision = Decision.make(
             decision_id=downgrade,
+            at=when,
             post_id=item.post_id,
             post_event_id=item.post_event_id,
             tenant=item.tenant,
@@ -358,14 +357,13 @@ def outputs(item: Item, kind: SlaEventKind) -> list[Output]:
             reason=(
                 f"Review SLA of {sla} ({item.policy}) expired without a human decision; "
                 f"downgraded to safe by the SLA timer (review decision {item.decision_id})."
-            )[:500],
+            ),
             rule=SLA_RULE,
             source=Source.SLA_TIMEOUT,
             model=item.model,
             adapter=item.adapter,
             policy=item.policy,
             content_key=item.content_key,
-            decided_at=when,
         )
         out.append((Topic.ALLOW, item.post_id, decision))
     alert = _ALERTS.get(kind)

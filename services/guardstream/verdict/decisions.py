@@ -31,7 +31,6 @@ ACTION_TOPIC: dict[Action, Topic] = {
     Action.BLOCK: Topic.BLOCK,
     Action.REVIEW: Topic.REVIEW,
 }
-_REASON_MAX = 500
 
 
 class Origin(enum.Enum):
@@ -90,10 +89,9 @@ def decide(
         earlier = f"{what} decided earlier ({entry.source.value}, {when}); "
     ident = decision_id(tenant, post_event_id, pack.ref, content_key)
     now = utcnow()
-    return Decision(
-        event_id=ident,
-        produced_at=now,
+    return Decision.make(
         decision_id=ident,
+        at=now,
         post_id=post_id,
         post_event_id=post_event_id,
         tenant=tenant,
@@ -102,8 +100,8 @@ def decide(
         categories=entry.categories,
         confidence=entry.confidence,
         refusal=entry.refusal,
-        reason=f"{earlier}{entry.reason}. {routed.explanation}"[:_REASON_MAX],
-        rule=routed.rule[:120],
+        reason=f"{earlier}{entry.reason}. {routed.explanation}",
+        rule=routed.rule,
         source=Source.MODEL if origin is Origin.MODEL else Source.CACHE,
         model=entry.model,
         adapter=entry.adapter,
@@ -131,24 +129,20 @@ def unscored(
     source is `rule` and the reason says so. Same id as a model decision for the post would
     have: the journal keeps it the only one."""
     routed = route_scorer_unavailable(pack)
-    ident = decision_id(tenant, post_event_id, pack.ref, content_key)
-    now = utcnow()
     reason = f"not scored: a score request has waited {waited_s:.0f} s unanswered. "
-    return Decision(
-        event_id=ident,
-        produced_at=now,
-        decision_id=ident,
+    return Decision.make(
+        decision_id=decision_id(tenant, post_event_id, pack.ref, content_key),
+        at=utcnow(),
         post_id=post_id,
         post_event_id=post_event_id,
         tenant=tenant,
         verdict=Verdict.CONTROVERSIAL,
         action=routed.action,
-        reason=f"{reason}{routed.explanation}"[:_REASON_MAX],
-        rule=routed.rule[:120],
+        reason=f"{reason}{routed.explanation}",
+        rule=routed.rule,
         source=Source.RULE,
         model=model,
         adapter=adapter,
         policy=pack.ref,
         content_key=content_key,
-        decided_at=now,
     )
