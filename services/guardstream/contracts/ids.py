@@ -36,7 +36,7 @@ class IdKind:
     digest: Digest
     namespace: bytes = b""
     first: str | None = None
-    sep: bytes | None = None
+    sep: str | None = None
     size: int = 16
 
 
@@ -50,25 +50,30 @@ HUMAN_DECISION: Final = IdKind(Digest.BLAKE2B, b"gs-review-dec1")
 ASSIGNMENT_EVENT: Final = IdKind(Digest.BLAKE2B, b"gs-review-asg1")
 # The SLA: the downgrade decision per (decision under review, post id, "sla_timeout") and every
 # other output per (effect, post id, decision under review).
-SLA_DOWNGRADE: Final = IdKind(Digest.BLAKE2B, b"guardstream-sla1", sep=b"\x00")
+SLA_DOWNGRADE: Final = IdKind(Digest.BLAKE2B, b"guardstream-sla1", sep="\x00")
 SLA_OUTPUT: Final = IdKind(
-    Digest.UUID5, uuid.UUID("5b0c2f4e-7a51-4c5e-9d0e-6a3c1f7e2b90").bytes, sep=b"\x00"
+    Digest.UUID5, uuid.UUID("5b0c2f4e-7a51-4c5e-9d0e-6a3c1f7e2b90").bytes, sep="\x00"
 )
 # A dead-lettered record per (topic, partition, offset, consumer, reason); the alert of an
 # output refused for good per (reason, topic, partition, offset, consumer).
-DLQ_RECORD: Final = IdKind(Digest.UUID5, uuid.NAMESPACE_URL.bytes, first="dlq", sep=b":")
-REJECTION_ALERT: Final = IdKind(Digest.UUID5, uuid.NAMESPACE_URL.bytes, first="alert", sep=b":")
+DLQ_RECORD: Final = IdKind(Digest.UUID5, uuid.NAMESPACE_URL.bytes, first="dlq", sep=":")
+REJECTION_ALERT: Final = IdKind(Digest.UUID5, uuid.NAMESPACE_URL.bytes, first="alert", sep=":")
 # The QA agreement alert per period.
-QA_ALERT: Final = IdKind(Digest.SHA256, first="qa_agreement_low", sep=b":", size=12)
+QA_ALERT: Final = IdKind(Digest.SHA256, first="qa_agreement_low", sep=":", size=12)
 # A trained adapter's version: the sorted sample ids it was trained on.
-TRAINING_SET: Final = IdKind(Digest.SHA256, sep=b"\n", size=4)
+TRAINING_SET: Final = IdKind(Digest.SHA256, sep="\n", size=4)
 
 
 def stable_id(kind: IdKind, *parts: str | int) -> str:
     """The id of `kind` for `parts` (ints as their decimal digits)."""
-    texts = parts if kind.first is None else (kind.first, *parts)
-    encoded = [str(part).encode("utf-8", "surrogatepass") for part in texts]
-    data = b"".join(e + b"\x00" for e in encoded) if kind.sep is None else kind.sep.join(encoded)
+    if kind.first is not None:
+        parts = (kind.first, *parts)
+    text = (
+        "\x00".join(map(str, parts)) + "\x00"
+        if kind.sep is None
+        else kind.sep.join(map(str, parts))
+    )
+    data = text.encode("utf-8", "surrogatepass")
     if kind.digest is Digest.BLAKE2B:
         return hashlib.blake2b(data, digest_size=kind.size, person=kind.namespace).hexdigest()
     if kind.digest is Digest.UUID5:
