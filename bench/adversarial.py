@@ -89,22 +89,21 @@ def main() -> int:
         deadline = time.monotonic() + 20
         while not port_open("127.0.0.1", port) and time.monotonic() < deadline:
             time.sleep(0.05)
-    overrides: dict[str, object] = {
-        "namespace": f"adv{uuid.uuid4().hex[:10]}",
-        "kafka_bootstrap": bootstrap,
-        "near_duplicates": False,
-        "model": os.environ.get("GUARDSTREAM_MODEL", "tiny"),
-    }
+    settings = Settings(
+        namespace=f"adv{uuid.uuid4().hex[:10]}",
+        kafka={"bootstrap": bootstrap},
+        policy={"near_duplicates": False},
+        model={"name": os.environ.get("GUARDSTREAM_MODEL", "tiny")},
+    )
     if args.max_model_len:
-        overrides["max_model_len"] = args.max_model_len
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+        settings = settings.replace(engine={"max_model_len": args.max_model_len})
     try:
         table, summary = asyncio.run(report(settings, args.corpus))
     finally:
         if broker is not None:
             broker.terminate()
             broker.wait(timeout=10)
-        client = redis.Redis.from_url(settings.redis_url.get_secret_value())
+        client = redis.Redis.from_url(settings.redis.url.get_secret_value())
         keys = list(client.scan_iter(f"{settings.cache_prefix}*", count=1000))
         if keys:
             client.delete(*keys)

@@ -366,22 +366,22 @@ class Sent:
 async def warm_history(settings: Settings, items: Sequence[Item]) -> None:
     """Put the history's verdicts in the cache and its texts in the near-duplicate index,
     keyed exactly as triage keys them (`triage_record`), as the scorer would have."""
-    policies = load_registry(settings.policy_dir)
+    policies = load_registry(settings.policy.dir)
     model = served_model_id(settings)
     verdicts: dict[VerdictKey, CachedVerdict] = {}
     scopes: dict[str, list[tuple[str, str]]] = {}
     for post in encode(items, "hist"):
         item = triage_record(
             post.value,
-            max_text_chars=settings.max_text_chars,
+            max_text_chars=settings.process.max_text_chars,
             model=model,
             adapter=None,
             policies=policies,
         )
         verdicts[item.verdict_key] = standin_verdict(item.content_key, model)
-        if settings.near_duplicates and item.pack.reuse_near_duplicates:
+        if settings.policy.near_duplicates and item.pack.reuse_near_duplicates:
             scopes.setdefault(item.near_scope, []).append((item.content_key, item.text))
-    patient = settings.model_copy(update={"cache_timeout_ms": 30_000})
+    patient = settings.replace(redis={"timeout_ms": 30_000})
     cache = RedisVerdictCache.from_settings(patient)
     near = RedisNearDuplicateIndex.from_settings(patient)
     try:
@@ -633,7 +633,7 @@ async def passthrough_raw(settings: Settings, source: str, target: str, count: i
         settings,
         group_id=f"{settings.namespace}.bench-passthrough",
         client_id="bench-passthrough",
-        max_records=settings.triage_batch_max,
+        max_records=settings.triage.batch_max,
     )
     producer = make_producer(settings, client_id="bench-passthrough")
     await producer.start()
@@ -644,7 +644,7 @@ async def passthrough_raw(settings: Settings, source: str, target: str, count: i
         done = 0
         while done < count:
             batches = await consumer.getmany(
-                timeout_ms=settings.poll_timeout_ms, max_records=settings.triage_batch_max
+                timeout_ms=settings.process.poll_timeout_ms, max_records=settings.triage.batch_max
             )
             records = [r for part in batches.values() for r in part]
             if not records:
@@ -665,7 +665,7 @@ async def passthrough_runtime(settings: Settings, source: str, target: str, coun
         settings,
         group_id=f"{settings.namespace}.bench-runtime",
         client_id="bench-runtime",
-        max_records=settings.triage_batch_max,
+        max_records=settings.triage.batch_max,
     )
     producer = make_producer(settings, client_id="bench-runtime")
     finished = asyncio.Event()
@@ -686,11 +686,11 @@ async def passthrough_runtime(settings: Settings, source: str, target: str, coun
         forward,
         LoopConfig(
             name="bench-runtime",
-            max_records=settings.triage_batch_max,
-            max_in_flight=settings.triage_max_in_flight,
-            poll_timeout_ms=settings.poll_timeout_ms,
-            backoff_max_s=settings.retry_backoff_max_s,
-            drain_s=settings.shutdown_drain_s,
+            max_records=settings.triage.batch_max,
+            max_in_flight=settings.triage.max_in_flight,
+            poll_timeout_ms=settings.process.poll_timeout_ms,
+            backoff_max_s=settings.process.retry_backoff_max_s,
+            drain_s=settings.process.shutdown_drain_s,
         ),
     )
     await producer.start()
@@ -747,11 +747,11 @@ class StandIn:
     """
 
     def __init__(self, settings: Settings, latency_s: float) -> None:
-        self.settings = settings.model_copy(update={"cache_timeout_ms": 5000})
+        self.settings = settings.replace(redis={"timeout_ms": 5000})
         self.latency_s = latency_s
         self.batches = 0
         self.requests = 0
-        self._policies = load_registry(settings.policy_dir)
+        self._policies = load_registry(settings.policy.dir)
         self._model = served_model_id(settings)
         self._names = TopicNames(settings.namespace)
         self._ready = threading.Event()
@@ -815,8 +815,8 @@ class StandIn:
                     name="bench-scorer-standin",
                     max_records=STANDIN_BATCH,
                     max_in_flight=STANDIN_IN_FLIGHT,
-                    poll_timeout_ms=settings.poll_timeout_ms,
-                    backoff_max_s=settings.retry_backoff_max_s,
+                    poll_timeout_ms=settings.process.poll_timeout_ms,
+                    backoff_max_s=settings.process.retry_backoff_max_s,
                     drain_s=5,
                 ),
             )
@@ -886,8 +886,8 @@ class TriageProcess:
         env = {
             **os.environ,
             "GUARDSTREAM_NAMESPACE": self.settings.namespace,
-            "KAFKA_BOOTSTRAP": self.settings.kafka_bootstrap,
-            "REDIS_URL": self.settings.redis_url.get_secret_value(),
+            "KAFKA_BOOTSTRAP": self.settings.kafka.bootstrap,
+            "REDIS_URL": self.settings.redis.url.get_secret_value(),
             "GUARDSTREAM_MODEL": "tiny",
             "GUARDSTREAM_HEALTH_PORT": str(self.port),
         }
@@ -1103,7 +1103,7 @@ async def latency_phase(
         )
         # Reads the posts themselves, configured exactly as triage's consumer.
         hop = make_consumer(
-            settings, group_id=None, client_id="bench-hop", max_records=settings.triage_batch_max
+            settings, group_id=None, client_id="bench-hop", max_records=settings.triage.batch_max
         )
         producer = make_producer(settings, client_id="bench-paced")
         for client in (watcher, hop, producer):
@@ -1256,7 +1256,7 @@ async def run_bench(
 ) -> Report:
     names = TopicNames(settings.namespace)
     target = Settings(
-        namespace=f"{settings.namespace}-pt", kafka_bootstrap=settings.kafka_bootstrap
+        namespace=f"{settings.namespace}-pt", kafka={"bootstrap": settings.kafka.bootstrap}
     )
     report_topics = await ensure_topics(settings)
     await ensure_topics(target, [Topic.POSTS])
@@ -1556,7 +1556,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if redis_pid is not None:
                 sampler.watch("redis", redis_pid)
             settings = Settings(
-                namespace=namespace, kafka_bootstrap=bootstrap, redis_url=redis_url, model="tiny"
+                namespace=namespace,
+                kafka={"bootstrap": bootstrap},
+                redis={"url": redis_url},
+                model={"name": "tiny"},
             )
             say(f"namespace {namespace}; logs in {workdir}")
             triage = TriageProcess(settings, workdir / "triage.log", args.profile)

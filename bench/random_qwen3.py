@@ -217,7 +217,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--post-tokens", type=int, default=0, help="calibration post length")
     args = parser.parse_args()
-    cache = args.cache_dir or Settings().model_cache_dir
+    cache = args.cache_dir or Settings().model.cache_dir
     print(ensure_random_checkpoint(args.size, cache, post_tokens=args.post_tokens))
 
 

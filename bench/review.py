@@ -358,10 +358,9 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
     port = free_port()
     settings = Settings(
         namespace=namespace,
-        kafka_bootstrap=bootstrap,
-        database_url=database,
-        review_db_schema=schema,
-        review_port=port,
+        kafka={"bootstrap": bootstrap},
+        database={"url": database, "review_schema": schema},
+        review={"port": port},
     )
     proc: subprocess.Popen[bytes] | None = None
     try:

@@ -181,7 +181,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     runs: list[Run] = []
     model_id = args.model
     model, weights, extra = args.model, "guardstream tiny test checkpoint", {}
-    cache_dir = args.cache_dir or Settings().model_cache_dir
+    cache_dir = args.cache_dir or Settings().model.cache_dir
     if is_random_model(args.model):
         size = args.model.removeprefix("random-")
         model = str(ensure_random_checkpoint(size, cache_dir, post_tokens=args.post_tokens))
@@ -191,12 +191,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         weights = args.model
     for caching in (True, False):
         settings = Settings(
-            engine=args.engine,
-            model=model,
-            max_model_len=args.max_model_len,
-            prefix_caching=caching,
-            model_cache_dir=cache_dir,
-            **extra,
+            engine={
+                "kind": args.engine,
+                "max_model_len": args.max_model_len,
+                "prefix_caching": caching,
+                **extra,
+            },
+            model={"name": model, "cache_dir": cache_dir},
         )
         engine: Any = await start_engine(settings)
         lengthen = Lengthen()

@@ -208,10 +208,9 @@ def load(worker: SlaWorker, items: list[Item]) -> None:
 async def run_worker(args: argparse.Namespace, bootstrap: str) -> dict[str, float | int]:
     settings = Settings(
         namespace=f"bsla{uuid.uuid4().hex[:8]}",
-        kafka_bootstrap=bootstrap,
-        sla_tick_s=args.tick_s,
-        sla_data_dir=Path(tempfile.mkdtemp(prefix="bench-sla-")),
-        log_level="WARNING",
+        kafka={"bootstrap": bootstrap},
+        sla={"tick_s": args.tick_s, "data_dir": Path(tempfile.mkdtemp(prefix="bench-sla-"))},
+        process={"log_level": "WARNING"},
     )
     await ensure_topics(settings)
     stop = asyncio.Event()

@@ -53,7 +53,9 @@ def measure(mode: str, batch: int, batches: int) -> float:
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
         ratio = 1.0 if mode == "sampled" else 0.0
-        handle = telemetry.setup(Settings(metrics_port=0, trace_sample_ratio=ratio), "bench")
+        handle = telemetry.setup(
+            Settings(telemetry={"metrics_port": 0, "trace_sample_ratio": ratio}), "bench"
+        )
         handle.tracer_provider.add_span_processor(BatchSpanProcessor(Dropped()))
 
     attributes = {

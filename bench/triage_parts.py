@@ -37,7 +37,7 @@ from guardstream.triage.logic import Triaged, Triager, score_request, score_requ
 from guardstream.verdict import neardup
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import Origin, decide
-from guardstream.verdict.outbox import Outbox
+from guardstream.verdict.emitter import Emitter
 
 
 class _CountingBatch:
@@ -53,7 +53,7 @@ class _CountingBatch:
 
 
 class _NoBroker:
-    """The producer calls `Outbox` makes, answered at once: what is timed is the outbox."""
+    """The producer calls `Emitter` makes, answered at once: what is timed is the emitter."""
 
     async def partitions_for(self, _topic: str) -> set[int]:
         return {0, 1, 2, 3}
@@ -91,7 +91,7 @@ def decisions_of(items: Sequence[Triaged], verdicts: Sequence[CachedVerdict]) ->
 
 
 def send_decisions(settings: Settings, decisions: Sequence[Decision], size: int = 500) -> None:
-    """Each batch's decisions through an `Outbox` (serialised, headers, counted) and flushed,
+    """Each batch's decisions through an `Emitter` (serialised, headers, counted) and flushed,
     inside the batch's trace scope as the consumer runtime runs handlers."""
 
     async def run() -> None:
@@ -101,14 +101,14 @@ def send_decisions(settings: Settings, decisions: Sequence[Decision], size: int 
                 SimpleNamespace(topic="posts", partition=0, offset=n, headers=[])
                 for n in range(len(part))
             ]
-            outbox = Outbox(_NoBroker(), settings, "triage")  # type: ignore[arg-type]
+            emitter = Emitter(_NoBroker(), settings, "triage")  # type: ignore[arg-type]
             batch = tracing.BatchTrace("triage", "bench", records)
             with tracing.batch_scope(batch):
                 for record, decision in zip(records, part, strict=True):
                     tracing.bind(record, decision.post_event_id)
                 for decision in part:
-                    await outbox.decision(decision.to_json(), decision)
-                await outbox.flush()
+                    await emitter.decision(decision.to_json(), decision)
+                await emitter.flush()
             batch.end()
 
     asyncio.run(run())
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "signal": lambda: [neardup.signal(item.text) for item in items],
         "fingerprints (500/batch)": lambda: [neardup.fingerprints(b) for b in batches],
         "decide (a cache hit)": lambda: decisions_of(items, verdicts),
-        "decision sent (outbox, flush)": lambda: send_decisions(settings, decisions),
+        "decision sent (emitter, flush)": lambda: send_decisions(settings, decisions),
     }
     for name, work in parts.items():
         print(f"{name:32s} {best_us(work, n, args.repeat):7.2f} µs/post")

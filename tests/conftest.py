@@ -118,14 +118,14 @@ def settings(
 ) -> Settings:
     return Settings(
         namespace=namespace,
-        feedback_dir=tmp_path / "feedback",  # never the user's archive
-        kafka_bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
-        model="tiny",
-        model_cache_dir=model_cache_dir,
-        max_model_len=2048,
-        poll_timeout_ms=100,
-        retry_backoff_max_s=1.0,
+        feedback={
+            "dir": tmp_path / "feedback",  # never the user's archive
+        },
+        kafka={"bootstrap": kafka_bootstrap},
+        redis={"url": redis_url},
+        model={"name": "tiny", "cache_dir": model_cache_dir},
+        engine={"max_model_len": 2048},
+        process={"poll_timeout_ms": 100, "retry_backoff_max_s": 1.0},
     )
 
 

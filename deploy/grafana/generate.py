@@ -1,9 +1,9 @@
 """guardstream's Grafana dashboards as code: `python deploy/grafana/generate.py` rewrites
 deploy/grafana/dashboards/*.json (a unit test fails when they are out of date).
 
-Every panel is a PromQL expression over the metrics guardstream exports (names in the
-README's "Observability" section). `$__rate_interval` and the `$tenant` variable are Grafana's;
-tests substitute them when they evaluate each expression against a real Prometheus.
+Every panel is a PromQL expression over the metrics guardstream exports (names in
+docs/operations/observability.md, "Metrics"). `$__rate_interval` and the `$tenant` variable are
+Grafana's; tests substitute them when they evaluate each expression against a real Prometheus.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from guardstream.contracts.events import Post
 from guardstream.devtools.produce import new_post
 from guardstream.runtime.kafka import ensure_topics
 from guardstream.runtime.settings import Settings
-from tests.integration.test_reliability import TEXTS, produce
+from tests.integration.pipeline.test_reliability import TEXTS, produce
 from tests.support.broker import ExternalBroker, NoPersistentBroker, TansuOnS3, persistent_broker
 from tests.support.oracle import (
     assert_invariants,
@@ -49,14 +49,12 @@ async def test_broker_restart_mid_run_loses_and_doubles_nothing(
 ) -> None:
     settings = Settings(
         namespace=f"brk{uuid.uuid4().hex[:8]}",
-        feedback_dir=tmp_path / "feedback",
-        kafka_bootstrap=broker.bootstrap,
-        redis_url=redis_url,
-        model="tiny",
-        model_cache_dir=model_cache_dir,
-        max_model_len=2048,
-        poll_timeout_ms=100,
-        retry_backoff_max_s=1.0,
+        feedback={"dir": tmp_path / "feedback"},
+        kafka={"bootstrap": broker.bootstrap},
+        redis={"url": redis_url},
+        model={"name": "tiny", "cache_dir": model_cache_dir},
+        engine={"max_model_len": 2048},
+        process={"poll_timeout_ms": 100, "retry_backoff_max_s": 1.0},
     )
     await ensure_topics(settings)
     # The tiny model needs little KV cache; a small reservation starts beside other engines.

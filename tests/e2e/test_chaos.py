@@ -39,7 +39,7 @@ from guardstream.model.tiny import TEACHING_SET, ensure_tiny_checkpoint
 from guardstream.runtime.kafka import ensure_topics
 from guardstream.runtime.settings import Settings
 from tests.conftest import free_port
-from tests.integration.test_reliability import produce
+from tests.integration.pipeline.test_reliability import produce
 from tests.support.oracle import (
     CommitAudit,
     Verdicts,
@@ -154,14 +154,12 @@ async def rig(
     workdir = tmp_path_factory.mktemp("chaos")
     settings = Settings(
         namespace=f"chaos{uuid.uuid4().hex[:8]}",
-        feedback_dir=workdir / "feedback",
-        kafka_bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
-        model="tiny",
-        model_cache_dir=model_cache_dir,
-        max_model_len=2048,
-        poll_timeout_ms=100,
-        retry_backoff_max_s=1.0,
+        feedback={"dir": workdir / "feedback"},
+        kafka={"bootstrap": kafka_bootstrap},
+        redis={"url": redis_url},
+        model={"name": "tiny", "cache_dir": model_cache_dir},
+        engine={"max_model_len": 2048},
+        process={"poll_timeout_ms": 100, "retry_backoff_max_s": 1.0},
     )
     await ensure_topics(settings)
     # Triage and the scorer read two copies of the registry, as replicas on separate volumes
@@ -357,7 +355,7 @@ async def test_scorer_outage_backs_off_commits_nothing_and_recovers(
     retries = log_events(scorer, "transient failure, retrying batch")[retries_before:]
     delays = [float(e["delay_s"]) for e in retries]  # type: ignore[arg-type]
     attempts = [int(e["attempt"]) for e in retries]  # type: ignore[call-overload]
-    cap = settings.retry_backoff_max_s
+    cap = settings.process.retry_backoff_max_s
     assert max(delays) == cap and all(d <= cap for d in delays), delays  # capped, reached
     assert max(attempts) >= 4, attempts
     assert {e["error"] for e in retries} == {"TransientError"}

@@ -321,14 +321,14 @@ def observed(
     (packs / "e2e-short-sla.yaml").write_text(SHORT_SLA_PACK)
     settings = Settings(
         namespace=f"obs{uuid.uuid4().hex[:8]}",
-        kafka_bootstrap=kafka_bootstrap,
-        redis_url=redis_url,
-        model="tiny",
-        model_cache_dir=model_cache_dir,
-        max_model_len=2048,
-        poll_timeout_ms=100,
-        retry_backoff_max_s=1.0,
-        feedback_dir=tmp / "feedback",  # never the user's archive
+        kafka={"bootstrap": kafka_bootstrap},
+        redis={"url": redis_url},
+        model={"name": "tiny", "cache_dir": model_cache_dir},
+        engine={"max_model_len": 2048},
+        process={"poll_timeout_ms": 100, "retry_backoff_max_s": 1.0},
+        feedback={
+            "dir": tmp / "feedback",  # never the user's archive
+        },
     )
     schema = f"e2e_{settings.namespace}"
     asyncio.run(ensure_topics(settings))

@@ -25,7 +25,10 @@ MAX_MODEL_LEN = 2048  # the `settings` fixture's window; the shared engine must 
 
 @pytest.fixture(scope="session")
 async def engine(model_cache_dir: Path) -> AsyncIterator[VllmGuardEngine]:
-    settings = Settings(model="tiny", model_cache_dir=model_cache_dir, max_model_len=MAX_MODEL_LEN)
+    settings = Settings(
+        model={"name": "tiny", "cache_dir": model_cache_dir},
+        engine={"max_model_len": MAX_MODEL_LEN},
+    )
     eng = await VllmGuardEngine.start(settings)
     yield eng
     await eng.close()
@@ -51,7 +54,7 @@ async def in_process(
     settings: Settings, engine: GuardEngine, *processes: str
 ) -> AsyncIterator[Pipeline]:
     """Run the named processes (triage, scorer) as tasks until the block ends."""
-    assert settings.max_model_len == MAX_MODEL_LEN
+    assert settings.engine.max_model_len == MAX_MODEL_LEN
     await ensure_topics(settings)
     state = Pipeline(settings)
     stop = asyncio.Event()

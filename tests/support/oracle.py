@@ -27,7 +27,7 @@ PostPolicy = tuple[str, str]
 
 
 def emission_bound(*, redeliveries: int = 0, copies: int = 1) -> int:
-    """How often one post may be emitted in a scenario (README "Reliability suite"): once per
+    """How often one post may be emitted in a scenario (docs/concepts/reliability.md): once per
     copy of its event on the posts topic, and once more per redelivery the scenario forces
     (a consumer killed between publishing and committing, a partition moved while its work
     was in flight). A run with neither emits each decision exactly once."""
@@ -214,7 +214,8 @@ async def audit_commits(
 
 def record_figures(scenario: str, verdicts: Verdicts, posts: int, **extra: object) -> None:
     """Append a scenario's figures as one JSON line to `GUARDSTREAM_CHAOS_REPORT` (set by
-    `make chaos`; the README quotes the last run). Nothing is written when it is unset."""
+    `make chaos`; docs/concepts/reliability.md quotes the last run). Nothing is written when it
+    is unset."""
     path = os.environ.get("GUARDSTREAM_CHAOS_REPORT")
     if not path:
         return

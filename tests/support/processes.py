@@ -22,14 +22,14 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
     env = {
         **os.environ,
         "GUARDSTREAM_NAMESPACE": settings.namespace,
-        "KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
-        "REDIS_URL": settings.redis_url.get_secret_value(),
-        "GUARDSTREAM_MODEL": settings.model,
-        "GUARDSTREAM_MODEL_CACHE_DIR": str(settings.model_cache_dir),
-        "GUARDSTREAM_MAX_MODEL_LEN": str(settings.max_model_len),
-        "GUARDSTREAM_POLL_TIMEOUT_MS": str(settings.poll_timeout_ms),
-        "GUARDSTREAM_RETRY_BACKOFF_MAX_S": str(settings.retry_backoff_max_s),
-        "GUARDSTREAM_FEEDBACK_DIR": str(settings.feedback_dir),
+        "KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
+        "REDIS_URL": settings.redis.url.get_secret_value(),
+        "GUARDSTREAM_MODEL": settings.model.name,
+        "GUARDSTREAM_MODEL_CACHE_DIR": str(settings.model.cache_dir),
+        "GUARDSTREAM_MAX_MODEL_LEN": str(settings.engine.max_model_len),
+        "GUARDSTREAM_POLL_TIMEOUT_MS": str(settings.process.poll_timeout_ms),
+        "GUARDSTREAM_RETRY_BACKOFF_MAX_S": str(settings.process.retry_backoff_max_s),
+        "GUARDSTREAM_FEEDBACK_DIR": str(settings.feedback.dir),
     }
     env.update(extra)
     return env

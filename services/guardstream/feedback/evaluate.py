@@ -44,10 +44,12 @@ class LabelScorer:
     """A model (optionally with a LoRA adapter) that reads the label distribution."""
 
     def __init__(self, base_model: str | Path, adapter_dir: Path | None = None) -> None:
+        # lazy: torch and peft only in the training job
         import torch
 
         model, self._tok = load_base(base_model)
         if adapter_dir is not None:
+            # lazy: torch and peft only in the training job
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, str(adapter_dir))

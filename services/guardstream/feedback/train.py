@@ -49,6 +49,7 @@ class TrainResult:
 
 
 def _device() -> str:
+    # lazy: torch and peft only in the training job
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -56,6 +57,7 @@ def _device() -> str:
 
 def load_base(base_model: str | Path) -> tuple[Any, Any]:
     """(model in float32 on CPU / bfloat16 on GPU, tokenizer)."""
+    # lazy: torch and peft only in the training job
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,6 +80,7 @@ def encode_example(tokenizer: Any, example: Example) -> tuple[list[int], list[in
 
 
 def _batch(tokenizer: Any, rows: Sequence[tuple[list[int], list[int], float]], device: str) -> Any:
+    # lazy: torch and peft only in the training job
     import torch
 
     width = max(len(p) + len(t) for p, t, _ in rows)
@@ -95,6 +98,7 @@ def _batch(tokenizer: Any, rows: Sequence[tuple[list[int], list[int], float]], d
 
 
 def _weighted_loss(logits: Any, labels: Any, weights: Any) -> Any:
+    # lazy: torch and peft only in the training job
     import torch
 
     shifted = logits[:, :-1, :].float()
@@ -119,6 +123,7 @@ def train_lora(
     progress: Callable[[int, int, float], None] | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on `examples` and save it (with its model card) in `out_dir`."""
+    # lazy: torch and peft only in the training job
     import torch
     from peft import LoraConfig, get_peft_model
 

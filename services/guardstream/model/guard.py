@@ -12,6 +12,7 @@ from typing import Any
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import Label
 from guardstream.contracts.labels import LABELS
+from guardstream.model.tiny import TINY_BUILDER_VERSION, ensure_tiny_checkpoint
 from guardstream.runtime.settings import Settings
 
 TINY_MODEL = "tiny"
@@ -23,20 +24,16 @@ class ModelUnavailable(PermanentError):
 
 def served_model_id(settings: Settings) -> str:
     """The model id recorded on decisions and in cache keys (triage needs it without a model)."""
-    if settings.model == TINY_MODEL:
-        from guardstream.model.tiny import TINY_BUILDER_VERSION
-
+    if settings.model.name == TINY_MODEL:
         return f"guardstream-tiny-{TINY_BUILDER_VERSION}"
-    return settings.model
+    return settings.model.name
 
 
 def resolve_model(settings: Settings) -> tuple[str, str]:
     """(path or hub id to load, model id recorded on decisions and in cache keys)."""
-    if settings.model == TINY_MODEL:
-        from guardstream.model.tiny import ensure_tiny_checkpoint
-
-        return str(ensure_tiny_checkpoint(settings.model_cache_dir)), served_model_id(settings)
-    return settings.model, settings.model
+    if settings.model.name == TINY_MODEL:
+        return str(ensure_tiny_checkpoint(settings.model.cache_dir)), served_model_id(settings)
+    return settings.model.name, settings.model.name
 
 
 SAFETY_PREFIX = "Safety:"

@@ -12,12 +12,14 @@ processes at once.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
 import logging
 import math
 import os
+import random
 import shutil
 import tempfile
 import time
@@ -204,6 +206,7 @@ class TinyCheckpointError(PermanentError, RuntimeError):
 
 def render_chat(messages: Sequence[dict[str, str]], *, add_generation_prompt: bool) -> str:
     """Render the template the way transformers does, without needing a tokenizer."""
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
@@ -224,6 +227,7 @@ def _corpus() -> list[str]:
 
 def _train_tokenizer() -> Any:
     """A byte-level BPE shaped like Qwen's: three special tokens, think tags as plain added ones."""
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -313,6 +317,7 @@ def _common_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
 
 def _make_curriculum(tokenizer: Any) -> _Curriculum:
     """Prompt and target are tokenised apart, exactly as vLLM sees the prompt and then generates."""
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     import torch
 
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
@@ -347,6 +352,7 @@ def _make_curriculum(tokenizer: Any) -> _Curriculum:
 
 
 def _new_model(tokenizer: Any) -> Any:
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     config = Qwen3Config(
@@ -363,6 +369,7 @@ def _new_model(tokenizer: Any) -> Any:
 
 def _predictions(model: Any, group: _Group) -> Any:
     """Logits aligned with `group.labels`: position j scores the token due at suffix position j."""
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     import torch
 
     n = group.suffix.shape[0]
@@ -374,6 +381,7 @@ def _predictions(model: Any, group: _Group) -> Any:
 
 
 def _loss(model: Any, curriculum: _Curriculum) -> Any:
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     import torch
 
     total = torch.zeros(())
@@ -397,6 +405,7 @@ def _min_margin(model: Any, curriculum: _Curriculum) -> float:
     Positive everywhere is exactly "greedy decoding reproduces every target", because greedy
     decoding feeds back its own tokens, which are then the target tokens.
     """
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     import torch
 
     worst = math.inf
@@ -414,8 +423,8 @@ def _min_margin(model: Any, curriculum: _Curriculum) -> float:
 
 def _shipped(model: Any) -> Any:
     """The model as saved: bfloat16 like the real Qwen3Guard, and what vLLM on CPU runs."""
-    import copy
 
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     import torch
 
     return copy.deepcopy(model).to(torch.bfloat16).eval()
@@ -423,6 +432,7 @@ def _shipped(model: Any) -> Any:
 
 def _teach(model: Any, curriculum: _Curriculum) -> tuple[Any, int, float, float]:
     """Full fine-tune on the targets until the bf16 copy decodes every one with a safe margin."""
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     import torch
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=_LEARNING_RATE, weight_decay=0.0)
@@ -456,6 +466,7 @@ def _teach(model: Any, curriculum: _Curriculum) -> tuple[Any, int, float, float]
 
 def _greedy(model: Any, prompt: Sequence[int], eos_id: int, max_new_tokens: int) -> list[int]:
     """Plain greedy decoding with a KV cache, independent of generate()'s many knobs."""
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     import torch
 
     new: list[int] = []
@@ -483,8 +494,8 @@ def _verify_greedy(model: Any, tokenizer: Any, curriculum: _Curriculum) -> None:
 @contextmanager
 def _seeded(seed: int) -> Iterator[None]:
     """Seed torch without leaking the RNG state into the caller's process."""
-    import random
 
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     import torch
 
     state = random.getstate()
@@ -503,6 +514,7 @@ def build_tiny_checkpoint(out_dir: Path, *, seed: int = 0) -> Path:
     `out_dir` may exist but should be empty. Raises `TinyCheckpointError` if the result would not
     behave like Qwen3Guard-Gen on the teaching set.
     """
+    # lazy: torch and transformers only where the checkpoint is built, not for its id
     import tokenizers
     import torch
     import transformers

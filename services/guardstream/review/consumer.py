@@ -1,7 +1,7 @@
 """The review console's consumer: posts, review decisions and SLA events in; tasks out.
 
 One consumer group reads three topics (all keyed by post_id) through the shared batch runtime
-(`core.loop`), so offsets follow the done watermark. Commit policy:
+(`runtime.loop`), so offsets follow the done watermark. Commit policy:
 
 | record                                  | what happens                                     |
 |-----------------------------------------|--------------------------------------------------|
@@ -15,7 +15,7 @@ One consumer group reads three topics (all keyed by post_id) through the shared 
 | forbidden character / text over         |                                                  |
 | `max_text_chars` (posts, as triage)     |                                                  |
 | PostgreSQL refuses a record's data      | the batch is halved until that record is found   |
-| (SQLSTATE class 22, 23 or 54)           | (`core.loop.isolate`); the rest are stored, it   |
+| (SQLSTATE class 22, 23 or 54)           | (`runtime.loop.isolate`); the rest are stored, it   |
 |                                         | goes to the DLQ `store_rejected`, then done      |
 | a task/mark the record cannot make      | likewise, DLQ `unprocessable`                    |
 | PostgreSQL unreachable / serialisation  | transient: the batch is retried with backoff     |
@@ -55,7 +55,7 @@ from guardstream.review.store import (
 from guardstream.runtime import tracing
 from guardstream.runtime.loop import Record, Records, isolate, unusable
 from guardstream.runtime.settings import Settings
-from guardstream.verdict.outbox import Outbox
+from guardstream.verdict.emitter import Emitter
 
 log = logging.getLogger(__name__)
 
@@ -151,13 +151,13 @@ class ReviewConsumer:
         return unusable(exc, REJECTED_DATA)
 
     async def _dead_letter(self, record: Record, error: ContractError) -> None:
-        outbox = Outbox(self._producer, self._settings, "review")
-        await outbox.dead_letter(record, error)
-        await outbox.flush()
+        emitter = Emitter(self._producer, self._settings, "review")
+        await emitter.dead_letter(record, error)
+        await emitter.flush()
         self.counts["dlq"] += 1
 
     async def _handle(self, records: Records) -> None:
-        outbox = Outbox(self._producer, self._settings, "review")
+        emitter = Emitter(self._producer, self._settings, "review")
         dead = 0
         texts: list[PostText] = []
         tasks: dict[str, NewTask] = {}
@@ -167,7 +167,7 @@ class ReviewConsumer:
             try:
                 if topic is Topic.POSTS:
                     post = within_text_limit(
-                        Post.from_json(record.value), self._settings.max_text_chars
+                        Post.from_json(record.value), self._settings.process.max_text_chars
                     )
                     texts.append(
                         PostText(
@@ -200,7 +200,7 @@ class ReviewConsumer:
                 else:
                     unexpected_topic()
             except ContractError as exc:
-                await outbox.dead_letter(record, exc)
+                await emitter.dead_letter(record, exc)
                 dead += 1
         try:
             await self._store.save_post_texts(texts)
@@ -210,7 +210,7 @@ class ReviewConsumer:
             raise TransientError(f"review store: {type(exc).__name__}") from exc
         except asyncpg.exceptions.InsufficientResourcesError as exc:
             raise TransientError(f"review store: {type(exc).__name__}") from exc
-        await outbox.flush()
+        await emitter.flush()
         self.counts["dlq"] += dead
         self.counts["posts"] += len(texts)
         self.counts["tasks"] += created

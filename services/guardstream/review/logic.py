@@ -315,7 +315,7 @@ def human_decision(
     task: Task, sub: Submission, pack: PolicyPack | None, *, late: bool, at: datetime
 ) -> Decision:
     """The human verdict as a decision (`source` human): unsafe blocks, safe allows,
-    controversial follows the pack (see `core.decisions.human_action`)."""
+    controversial follows the pack (see `verdict.decisions.human_action`)."""
     return Decision.make(
         decision_id=human_decision_id(task.task_id),
         at=at,

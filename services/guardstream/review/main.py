@@ -69,9 +69,9 @@ def create_app(
     app.state.review = service
     edge = Edge(
         LoginThrottle(
-            per_id_per_min=settings.review_login_per_id_per_min,
-            per_address_per_min=settings.review_login_per_address_per_min,
-            max_keys=settings.review_login_throttle_keys,
+            per_id_per_min=settings.review.edge.login_per_id_per_min,
+            per_address_per_min=settings.review.edge.login_per_address_per_min,
+            max_keys=settings.review.edge.login_throttle_keys,
         ),
         service.refusals,
     )
@@ -80,12 +80,12 @@ def create_app(
     # limits (a request refused by the first two never takes a slot).
     app.add_middleware(
         InFlightLimit,
-        limit=settings.review_max_in_flight,
-        anonymous_limit=settings.review_max_in_flight_anonymous,
+        limit=settings.review.edge.max_in_flight,
+        anonymous_limit=settings.review.edge.max_in_flight_anonymous,
         session_cookie=COOKIE,
     )
     app.add_middleware(EdgeCheck, refused=edge.refused)
-    app.add_middleware(BodyLimit, max_bytes=settings.review_max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.review.edge.max_body_bytes)
     app.include_router(router)
     install_error_handlers(app)
     install_console(app, console)
@@ -112,21 +112,21 @@ class Review:
     relay: OutboxRelay
     consumer: ReviewConsumer
     app: FastAPI
-    handle: BatchHandler  # the consumer's, with refused outputs isolated (core.outbox)
+    handle: BatchHandler  # the consumer's, with refused outputs isolated (runtime.rejections)
 
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        # The process's own stop event handles SIGTERM/SIGINT (core.process).
+        # The process's own stop event handles SIGTERM/SIGINT (runtime.process).
         yield
 
 
 async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
-    policies = load_registry(settings.policy_dir)
+    policies = load_registry(settings.policy.dir)
     store = await ReviewStore.open(settings)
     stack.push_async_callback(store.close)
-    await store.set_claim_limit(settings.review_max_claims)
+    await store.set_claim_limit(settings.review.max_claims)
     producer = make_producer(settings, client_id="guardstream-review")
     await producer.start()
     stack.push_async_callback(producer.stop)
@@ -137,28 +137,28 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
         producer,
         cache,
         TopicNames(settings.namespace),
-        archive=Archive(settings.feedback_dir),
-        human_ttl_s=settings.human_verdict_ttl_s,
+        archive=Archive(settings.feedback.dir),
+        human_ttl_s=settings.review.human_verdict_ttl_s,
     )
-    hashes = HashPool(settings.review_hash_workers, settings.review_hash_queue)
+    hashes = HashPool(settings.review.edge.hash_workers, settings.review.edge.hash_queue)
     stack.callback(hashes.close)
     service = ReviewService(
         store,
         policies,
-        tags=parse_tags(settings.review_tags),
-        lock_s=settings.review_lock_s,
-        token_ttl_s=settings.review_token_ttl_s,
-        max_claims=settings.review_max_claims,
+        tags=parse_tags(settings.review.tags),
+        lock_s=settings.review.lock_s,
+        token_ttl_s=settings.review.token_ttl_s,
+        max_claims=settings.review.max_claims,
         after_commit=relay.kick,
-        qa_cadence=settings.qa_cadence,
-        qa_sample_size=settings.qa_sample_size,
-        qa_min_agreement=settings.qa_agreement_min,
+        qa_cadence=settings.qa.cadence,
+        qa_sample_size=settings.qa.sample_size,
+        qa_min_agreement=settings.qa.agreement_min,
         hashes=hashes,
-        denied_audit_per_s=settings.review_denied_audit_per_s,
+        denied_audit_per_s=settings.review.edge.denied_audit_per_s,
     )
-    secret = settings.review_session_secret
+    secret = settings.review.session_secret
     key = secret.get_secret_value().encode() if secret else secrets.token_bytes(32)
-    console = ConsoleAuth(key, settings.review_session_ttl_s, secure=settings.review_cookie_secure)
+    console = ConsoleAuth(key, settings.review.session_ttl_s, secure=settings.review.cookie_secure)
     handler = ReviewConsumer(settings, producer, store, policies)
     ready = {"assigned": False}
     app = create_app(service, console, lambda: ready["assigned"], settings)
@@ -171,7 +171,7 @@ async def _background(review: Review, stop: asyncio.Event) -> None:
     """Round-robin assignment, lock expiry, the purge of texts and of expired tokens and
     sessions, and QA sampling, on a timer."""
     settings = review.settings
-    ttl = timedelta(seconds=settings.review_post_text_ttl_s)
+    ttl = timedelta(seconds=settings.review.post_text_ttl_s)
     rounds = 0
     while not stop.is_set():
         try:
@@ -190,7 +190,7 @@ async def _background(review: Review, stop: asyncio.Event) -> None:
         except Exception as exc:  # noqa: BLE001 - a database blip must not stop the timer
             log.warning("review background work failed", extra={"error": type(exc).__name__})
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=settings.review_assign_interval_s)
+            await asyncio.wait_for(stop.wait(), timeout=settings.review.assign_interval_s)
 
 
 async def _refresh_gauges(store: ReviewStore) -> None:
@@ -216,19 +216,19 @@ async def run(
             settings,
             group_id=settings.group_id("review"),
             client_id="guardstream-review",
-            max_records=settings.review_batch_max,
+            max_records=settings.review.batch_max,
         )
         loop = BatchLoop(
             consumer,
             review.handle,
             LoopConfig(
                 name="review",
-                max_records=settings.review_batch_max,
-                max_in_flight=settings.review_batch_max * 4,
-                poll_timeout_ms=settings.poll_timeout_ms,
-                backoff_max_s=settings.retry_backoff_max_s,
-                drain_s=settings.shutdown_drain_s,
-                fault=settings.fault,
+                max_records=settings.review.batch_max,
+                max_in_flight=settings.review.batch_max * 4,
+                poll_timeout_ms=settings.process.poll_timeout_ms,
+                backoff_max_s=settings.process.retry_backoff_max_s,
+                drain_s=settings.process.shutdown_drain_s,
+                fault=settings.process.fault,
             ),
         )
         await consumer.start()
@@ -238,16 +238,16 @@ async def run(
         server = _Server(
             uvicorn.Config(
                 review.app,
-                host=settings.review_host,
-                port=settings.review_port,
+                host=settings.review.host,
+                port=settings.review.port,
                 log_config=None,
                 access_log=False,
                 lifespan="off",
                 # The scheme and client address a trusted TLS proxy reports (Secure cookies,
                 # audit); anyone else's X-Forwarded-* headers are ignored.
                 proxy_headers=True,
-                forwarded_allow_ips=settings.review_forwarded_allow_ips,
-                limit_concurrency=settings.review_max_connections,
+                forwarded_allow_ips=settings.review.forwarded_allow_ips,
+                limit_concurrency=settings.review.edge.max_connections,
             )
         )
 
@@ -266,7 +266,7 @@ async def run(
             asyncio.create_task(server.serve(), name="review-http"),
             asyncio.create_task(_background(review, stop), name="review-background"),
             asyncio.create_task(
-                review.relay.run(stop, settings.review_assign_interval_s), name="review-relay"
+                review.relay.run(stop, settings.review.assign_interval_s), name="review-relay"
             ),
             asyncio.create_task(watch_ready(), name="review-ready"),
             asyncio.create_task(stop_server(), name="review-stop"),

@@ -49,7 +49,7 @@ class HumanVerdictSink(Protocol):
 
 
 # The latest human verdict per (tenant, content key) still within its lifetime: what Redis
-# must hold (the key is `core.cache.human_verdict_key`).
+# must hold (the key is `verdict.cache.human_verdict_key`).
 _HUMAN_VERDICTS = (
     "SELECT DISTINCT ON (key) key, payload FROM outbox WHERE kind = 'human_verdict'"
     " AND created_at > $1 ORDER BY key, id DESC"

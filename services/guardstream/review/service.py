@@ -26,7 +26,7 @@ from guardstream.contracts.events import (
     Verdict,
     utcnow,
 )
-from guardstream.contracts.feedback import FeedbackSample, from_review
+from guardstream.contracts.feedback import FeedbackSample
 from guardstream.contracts.topics import Topic
 from guardstream.policy import PolicyPack, PolicyRegistry
 from guardstream.review import auth
@@ -55,6 +55,7 @@ from guardstream.review.qa_period import (
     previous_period,
     spread,
 )
+from guardstream.review.sample import from_review
 from guardstream.review.shield import DeniedAudit
 from guardstream.review.store import (
     ClaimLimitReached,

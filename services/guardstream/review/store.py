@@ -668,8 +668,8 @@ class ReviewStore:
 
     @classmethod
     async def open(cls, settings: Settings, *, schema: str | None = None) -> ReviewStore:
-        name = schema or settings.review_db_schema
-        dsn = settings.database_url.get_secret_value()
+        name = schema or settings.database.review_schema
+        dsn = settings.database.url.get_secret_value()
         conn = await asyncpg.connect(dsn)
         try:
             applied = await apply_migrations(conn, name)
@@ -680,7 +680,7 @@ class ReviewStore:
         pool = await asyncpg.create_pool(
             dsn,
             min_size=2,
-            max_size=settings.review_db_pool_max,
+            max_size=settings.database.pool_max,
             server_settings={"search_path": name},
         )
         return cls(pool, name)

@@ -51,7 +51,7 @@ PERMANENT_PRODUCE_ERRORS: tuple[type[Exception], ...] = (
 
 class OutputRejected(PermanentError):
     """An output of the batch was refused for good (`error`, one of `PERMANENT_PRODUCE_ERRORS`):
-    retrying cannot help; the input it derives from goes to the DLQ (`core.outbox`)."""
+    retrying cannot help; the input it derives from goes to the DLQ (`verdict.emitter`)."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(f"output refused: {type(error).__name__}")
@@ -60,19 +60,19 @@ class OutputRejected(PermanentError):
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
-        "bootstrap_servers": settings.kafka_bootstrap,
-        "security_protocol": settings.kafka_security_protocol,
+        "bootstrap_servers": settings.kafka.bootstrap,
+        "security_protocol": settings.kafka.security_protocol,
     }
-    if settings.kafka_sasl_mechanism:
-        kwargs["sasl_mechanism"] = settings.kafka_sasl_mechanism
-        kwargs["sasl_plain_username"] = settings.kafka_sasl_username
-        if settings.kafka_sasl_password is not None:
-            kwargs["sasl_plain_password"] = settings.kafka_sasl_password.get_secret_value()
+    if settings.kafka.sasl_mechanism:
+        kwargs["sasl_mechanism"] = settings.kafka.sasl_mechanism
+        kwargs["sasl_plain_username"] = settings.kafka.sasl_username
+        if settings.kafka.sasl_password is not None:
+            kwargs["sasl_plain_password"] = settings.kafka.sasl_password.get_secret_value()
     return kwargs
 
 
 # Per-partition record batch. aiokafka sends one produce request per broker at a time, with at
-# most one batch per partition in it: with its default (16 KB) one outbox flush of triage
+# most one batch per partition in it: with its default (16 KB) one emitter flush of triage
 # (500 posts) needed two or more round trips per partition, and concurrent batches queued
 # behind each other waiting for acknowledgements. Always within `kafka_max_request_bytes`.
 PRODUCER_BATCH_BYTES = 1 << 20
@@ -86,7 +86,7 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
         enable_idempotence=False,
         linger_ms=5,
         max_batch_size=PRODUCER_BATCH_BYTES,
-        max_request_size=settings.kafka_max_request_bytes,
+        max_request_size=settings.kafka.max_request_bytes,
         request_timeout_ms=30_000,
     )
 
@@ -101,10 +101,10 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_records,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
-        fetch_max_bytes=max(settings.kafka_max_request_bytes, 52_428_800),
-        max_partition_fetch_bytes=settings.kafka_max_request_bytes,
+        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+        max_poll_interval_ms=settings.kafka.max_poll_interval_ms,
+        fetch_max_bytes=max(settings.kafka.max_request_bytes, 52_428_800),
+        max_partition_fetch_bytes=settings.kafka.max_request_bytes,
     )
 
 
@@ -177,7 +177,7 @@ async def ensure_topics(settings: Settings, topics: Iterable[Topic] | None = Non
                     NewTopic(
                         name=names[spec.topic],
                         num_partitions=spec.partitions,
-                        replication_factor=settings.topic_replication,
+                        replication_factor=settings.kafka.topic_replication,
                         topic_configs=spec.config(),
                     )
                     for spec in missing

@@ -2,37 +2,10 @@
 
 Batches are handled concurrently (up to an in-flight budget) and may finish out of order; the
 committed offset of each partition is its contiguous done watermark (`OffsetTracker`), so a
-crash never skips an undecided record. Commit policy:
-
-| outcome                    | what happens                                                    |
-|----------------------------|-----------------------------------------------------------------|
-| success                    | outputs acknowledged by the broker → records done → watermark   |
-|                            | committed, at most every `commit_interval_s` (each commit is a  |
-|                            | round trip the next fetch waits for; a crash redelivers what    |
-|                            | finished since the last one, re-emitted identically)            |
-| permanent error (a record) | the handler dead-letters that record (origin, reason, attempts) |
-|                            | and counts it done; the batch goes on                           |
-| a record the stores refuse | (`isolate`) a data error of PostgreSQL or Redis, or a derived   |
-| or the code cannot use     | event failing its contract: the batch is halved until the one   |
-|                            | record is found; the others are handled, it is dead-lettered    |
-|                            | (`store_rejected` / `unprocessable`) and counts done            |
-| an output refused for good | (`outbox.isolating_rejections`, the same halving) too large,    |
-|                            | invalid topic, no permission: the input it came from is         |
-|                            | dead-lettered (`output_rejected`), a critical alert is raised   |
-| transient error            | nothing done; the same batch retried with capped exponential    |
-|                            | backoff, forever — never skipped, never dead-lettered. The loop |
-|                            | keeps polling (the group keeps us) and pauses partitions when   |
-|                            | the in-flight budget is spent                                   |
-| backpressure               | in-flight records ≥ budget → every assigned partition paused;   |
-|                            | resumed as soon as a batch finishes under budget                |
-| shutdown (SIGTERM/SIGINT)  | no new fetches; in-flight batches get `drain_s` to finish; the  |
-|                            | watermark is committed; exit 0. Unfinished work is redelivered  |
-| rebalance (revoke)         | the revoked partitions' watermark is committed, their in-flight |
-|                            | state dropped (work still running may finish: it re-emits       |
-|                            | identical decisions). A lost membership cannot commit: the      |
-|                            | broker refuses the stale generation and we log it               |
-| engine dead / bug          | finished work is committed, then the exception ends the process |
-|                            | (non-zero); the failing batch is not committed                  |
+crash never skips an undecided record. Commit policy — success, a permanent error, a record
+the stores refuse, an output refused for good, a transient error, backpressure, shutdown,
+rebalance, engine death — each row with what happens:
+docs/concepts/delivery.md, "The consumer runtime" (the one copy of the table).
 """
 
 from __future__ import annotations

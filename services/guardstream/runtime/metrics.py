@@ -20,7 +20,7 @@ from guardstream.contracts.events import Decision
 
 meter = metrics.get_meter("guardstream")
 
-# --- consumers (core/loop.py) ------------------------------------------------------------
+# --- consumers (runtime/loop.py) ------------------------------------------------------------
 consumed = meter.create_counter(
     "guardstream.consumer.records", unit="{record}", description="Records fetched and handled"
 )
@@ -36,7 +36,7 @@ retries = meter.create_counter(
     "guardstream.consumer.retries", unit="{batch}", description="Transient batch failures retried"
 )
 
-# --- outputs, counted once acknowledged (core/outbox.py) ----------------------------------
+# --- outputs, counted once acknowledged (verdict/emitter.py) ----------------------------------
 decisions = meter.create_counter(
     "guardstream.pipeline.decisions",
     unit="{decision}",
@@ -46,7 +46,7 @@ dead_letters = meter.create_counter(
     "guardstream.dlq.records", unit="{record}", description="Records sent to the DLQ, by reason"
 )
 
-# --- Redis (core/redisstore.py) ----------------------------------------------------------
+# --- Redis (runtime/redisstore.py) ----------------------------------------------------------
 redis_failures = meter.create_counter(
     "guardstream.redis.failures",
     unit="{call}",

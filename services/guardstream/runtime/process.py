@@ -3,7 +3,7 @@
 SIGTERM / SIGINT stop fetching; in-flight batches get the drain budget to finish; the done
 watermark is committed; clients close; the process exits 0 and logs what it drained and
 committed. An input whose output the broker refuses for good goes to the DLQ with an alert
-(`outbox.isolating_rejections`); the process goes on. Readiness turns true once the consumer
+(`emitter.isolating_rejections`); the process goes on. Readiness turns true once the consumer
 holds partitions. Before it consumes, the garbage collector is set for a long-lived process
 that allocates per record (`settle_garbage_collector`).
 """
@@ -77,7 +77,7 @@ async def serve(
         return {"in_flight": loop.report.in_flight, "peak_in_flight": loop.report.peak_in_flight}
 
     health = HealthServer(
-        settings.health_port,
+        settings.process.health_port,
         ready=lambda: consumer is not None and bool(consumer.assignment()),
         name=name,
         gauges=gauges,
@@ -104,11 +104,11 @@ async def serve(
                 name=name,
                 max_records=max_records,
                 max_in_flight=max_in_flight,
-                poll_timeout_ms=settings.poll_timeout_ms,
-                commit_interval_s=settings.commit_interval_ms / 1000,
-                backoff_max_s=settings.retry_backoff_max_s,
-                drain_s=settings.shutdown_drain_s,
-                fault=settings.fault,
+                poll_timeout_ms=settings.process.poll_timeout_ms,
+                commit_interval_s=settings.process.commit_interval_ms / 1000,
+                backoff_max_s=settings.process.retry_backoff_max_s,
+                drain_s=settings.process.shutdown_drain_s,
+                fault=settings.process.fault,
                 group=settings.group_id(name),
             ),
         )

@@ -27,9 +27,9 @@ REDIS_FAILURES = (RedisError, TimeoutError, OSError)
 
 
 def redis_client(settings: Settings) -> aioredis.Redis:
-    timeout = settings.cache_timeout_ms / 1000
+    timeout = settings.redis.timeout_ms / 1000
     client = aioredis.Redis.from_url(
-        settings.redis_url.get_secret_value(),
+        settings.redis.url.get_secret_value(),
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
         health_check_interval=30,

@@ -37,7 +37,7 @@ def isolating_rejections(
     others are handled as usual. Transient errors pass through (the loop retries)."""
     topics = TopicNames(settings.namespace)
     group = settings.group_id(process)
-    max_request_bytes = settings.kafka_max_request_bytes
+    max_request_bytes = settings.kafka.max_request_bytes
 
     def refused(exc: BaseException) -> ContractError | None:
         if not isinstance(exc, REJECTIONS):

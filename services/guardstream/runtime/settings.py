@@ -1,27 +1,49 @@
 """The one settings object. Every process reads its configuration from here and nowhere else.
 
-Values come from the environment (and a `.env` file when present); secrets are `SecretStr` and
-never appear in `repr` or in `Settings.public_view()`, which is what processes log at start-up
-and `guardstream settings` / `doctor` print: every URL there goes through `mask_url`.
+`Settings` is a frozen root of frozen sections (`settings.kafka.bootstrap`,
+`settings.review.edge.max_in_flight`, ...), one per part of the system. Values come from the
+environment (and a `.env` file when present) under each field's documented env name, the flat
+names guardstream always had (`GUARDSTREAM_REVIEW_MAX_CLAIMS`, `KAFKA_BOOTSTRAP`); a
+`GUARDSTREAM_*` name no field claims stops the process at start-up, so a typo is not silently
+a default. Secrets are `SecretStr` and never appear in `repr` or in `Settings.public_view()`,
+which is what processes log at start-up and `guardstream settings` / `doctor` print: every URL
+there goes through `mask_url`.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import re
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, Any, Literal, NamedTuple, Self
 from urllib.parse import unquote
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
 
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
-
-
-def _env(*names: str) -> AliasChoices:
-    return AliasChoices(*names)
 
 
 # Query parameters whose values are shown as written. Every other value is masked: a name
@@ -152,474 +174,338 @@ def masked(value: object) -> object:
     return value
 
 
-class Settings(BaseSettings):
-    """Configuration of every guardstream process. Env names are given by each field's alias."""
+# Names under the `GUARDSTREAM_` prefix that are not settings: read by the test harness and
+# by docker-compose, never by a process, so their presence is no typo.
+NOT_SETTINGS = frozenset(
+    {
+        "GUARDSTREAM_CHAOS_OUTAGE_S",
+        "GUARDSTREAM_CHAOS_REPORT",
+        "GUARDSTREAM_CHROMIUM",
+        "GUARDSTREAM_GPU_MODEL",
+        "GUARDSTREAM_TEST_BROKER_RESTART",
+    }
+)
+_PREFIX = "GUARDSTREAM_"
 
-    model_config = SettingsConfigDict(
-        frozen=True,
-        env_file=".env",
-        env_file_encoding="utf-8",
-        extra="ignore",
-        populate_by_name=True,
+
+def _env(*names: str) -> Any:
+    """The env names a field is read from, first found wins (its validation aliases; code
+    passes the field's own name)."""
+    return Field(validation_alias=AliasChoices(*names))
+
+
+def _int_from_text(value: object) -> object:
+    # An env value is text, and an integer `Literal` matches ints only.
+    return int(value) if isinstance(value, str) else value
+
+
+class Section(BaseModel):
+    """A group of settings: frozen, unknown names refused, a field's docstring its description."""
+
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, use_attribute_docstrings=True
     )
 
-    # --- naming: one namespace isolates topics, consumer groups and cache keys -------------
-    namespace: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_NAMESPACE"))] = ""
 
-    # --- Kafka ----------------------------------------------------------------------------
-    kafka_bootstrap: Annotated[str, Field(validation_alias=_env("KAFKA_BOOTSTRAP"))] = (
-        "127.0.0.1:9092"
-    )
-    kafka_security_protocol: Annotated[
-        Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"],
-        Field(validation_alias=_env("KAFKA_SECURITY_PROTOCOL")),
+class KafkaSettings(Section):
+    """Kafka: where the brokers are, how to reach them, how consumers poll."""
+
+    bootstrap: Annotated[str, _env("KAFKA_BOOTSTRAP")] = "127.0.0.1:9092"
+    """Bootstrap brokers, `host:port[,host:port...]`."""
+    security_protocol: Annotated[
+        Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"], _env("KAFKA_SECURITY_PROTOCOL")
     ] = "PLAINTEXT"
-    kafka_sasl_mechanism: Annotated[
-        str | None, Field(validation_alias=_env("KAFKA_SASL_MECHANISM"))
-    ] = None
-    kafka_sasl_username: Annotated[
-        str | None, Field(validation_alias=_env("KAFKA_SASL_USERNAME"))
-    ] = None
-    kafka_sasl_password: Annotated[
-        SecretStr | None, Field(validation_alias=_env("KAFKA_SASL_PASSWORD"))
-    ] = None
-    # The group evicts a member that does not poll for this long. The runtime keeps polling
-    # while batches are slow (partitions paused), so a slow scorer is not evicted.
-    kafka_max_poll_interval_ms: Annotated[
-        int, Field(ge=1000, validation_alias=_env("KAFKA_MAX_POLL_INTERVAL_MS"))
-    ] = 300_000
-    # How long the broker may hold a fetch waiting for data: latency on a quiet topic.
-    kafka_fetch_max_wait_ms: Annotated[
-        int, Field(ge=1, validation_alias=_env("KAFKA_FETCH_MAX_WAIT_MS"))
-    ] = 50
-    # Replicas per topic created by `guardstream topics create` (3 on a production cluster).
-    topic_replication: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_TOPIC_REPLICATION"))
-    ] = 1
-    # The broker must accept this; a 5 MB poison body has to reach the DLQ intact.
-    kafka_max_request_bytes: Annotated[
-        int, Field(ge=1 << 20, validation_alias=_env("GUARDSTREAM_KAFKA_MAX_REQUEST_BYTES"))
+    """How clients talk to the brokers."""
+    sasl_mechanism: Annotated[str | None, _env("KAFKA_SASL_MECHANISM")] = None
+    """SASL mechanism (`PLAIN`, `SCRAM-SHA-256`, ...) with a `SASL_*` protocol."""
+    sasl_username: Annotated[str | None, _env("KAFKA_SASL_USERNAME")] = None
+    """SASL user name."""
+    sasl_password: Annotated[SecretStr | None, _env("KAFKA_SASL_PASSWORD")] = None
+    """SASL password."""
+    max_poll_interval_ms: Annotated[int, Field(ge=1000), _env("KAFKA_MAX_POLL_INTERVAL_MS")] = (
+        300_000
+    )
+    """The group evicts a member that does not poll for this long. The runtime keeps polling
+    while batches are slow (partitions paused), so a slow scorer is not evicted."""
+    fetch_max_wait_ms: Annotated[int, Field(ge=1), _env("KAFKA_FETCH_MAX_WAIT_MS")] = 50
+    """How long the broker may hold a fetch waiting for data: latency on a quiet topic."""
+    topic_replication: Annotated[int, Field(ge=1), _env("GUARDSTREAM_TOPIC_REPLICATION")] = 1
+    """Replicas per topic created by `guardstream topics create` (3 on a production cluster)."""
+    max_request_bytes: Annotated[
+        int, Field(ge=1 << 20), _env("GUARDSTREAM_KAFKA_MAX_REQUEST_BYTES")
     ] = 16 << 20
+    """Largest produce request. The broker must accept this; a 5 MB poison body has to reach the
+    DLQ intact."""
 
-    # --- Redis verdict cache ----------------------------------------------------------------
-    redis_url: Annotated[SecretStr, Field(validation_alias=_env("REDIS_URL"))] = SecretStr(
-        "redis://127.0.0.1:6379/0"
-    )
-    cache_ttl_s: Annotated[int, Field(gt=0, validation_alias=_env("GUARDSTREAM_CACHE_TTL_S"))] = (
-        7 * 24 * 3600
-    )
-    # How long a post event's decision is remembered for byte-identical re-emission on replay
-    # (at least the posts topic's retention).
-    journal_ttl_s: Annotated[
-        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_JOURNAL_TTL_S"))
-    ] = 7 * 24 * 3600
-    # Redis is an optimisation: a lookup slower than this is a miss (fail open to scoring).
-    cache_timeout_ms: Annotated[
-        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_CACHE_TIMEOUT_MS"))
-    ] = 200
 
-    # --- PostgreSQL (review store; used by later processes) ------------------------------
-    database_url: Annotated[SecretStr, Field(validation_alias=_env("DATABASE_URL"))] = SecretStr(
+class RedisSettings(Section):
+    """Redis: the verdict cache and the decision journal."""
+
+    url: Annotated[SecretStr, _env("REDIS_URL")] = SecretStr("redis://127.0.0.1:6379/0")
+    """Redis URL (credentials masked wherever it is shown)."""
+    timeout_ms: Annotated[int, Field(gt=0), _env("GUARDSTREAM_CACHE_TIMEOUT_MS")] = 200
+    """Redis is an optimisation: a lookup slower than this is a miss (fail open to scoring)."""
+    cache_ttl_s: Annotated[int, Field(gt=0), _env("GUARDSTREAM_CACHE_TTL_S")] = 7 * 24 * 3600
+    """How long a model verdict is reused for the same content (packs may set their own)."""
+    journal_ttl_s: Annotated[int, Field(gt=0), _env("GUARDSTREAM_JOURNAL_TTL_S")] = 7 * 24 * 3600
+    """How long a post event's decision is remembered for byte-identical re-emission on replay
+    (at least the posts topic's retention)."""
+
+
+class DatabaseSettings(Section):
+    """PostgreSQL: the review store."""
+
+    url: Annotated[SecretStr, _env("DATABASE_URL")] = SecretStr(
         "postgresql://postgres@127.0.0.1:5432/postgres"
     )
+    """PostgreSQL URL (credentials masked wherever it is shown)."""
+    review_schema: Annotated[
+        str, Field(pattern=r"^[a-z_][a-z0-9_]{0,62}$"), _env("GUARDSTREAM_REVIEW_DB_SCHEMA")
+    ] = "review"
+    """PostgreSQL schema of the review store (tests use one schema each)."""
+    pool_max: Annotated[int, Field(ge=2), _env("GUARDSTREAM_REVIEW_DB_POOL_MAX")] = 20
+    """Connections the review store's pool may open."""
 
-    # --- model ------------------------------------------------------------------------------
-    # `tiny` builds (once, cached) and serves the project's own offline test checkpoint.
-    model: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_MODEL"))] = (
-        "Qwen/Qwen3Guard-Gen-0.6B"
+
+class ModelSettings(Section):
+    """The guard model every process names, and the LoRA adapters that specialise it."""
+
+    name: Annotated[str, _env("GUARDSTREAM_MODEL")] = "Qwen/Qwen3Guard-Gen-0.6B"
+    """Hub id or path of the guard model; `tiny` builds (once, cached) and serves the project's
+    own offline test checkpoint."""
+    cache_dir: Annotated[Path, _env("GUARDSTREAM_MODEL_CACHE_DIR")] = (
+        Path.home() / ".cache" / "guardstream"
     )
-    model_cache_dir: Annotated[
-        Path, Field(validation_alias=_env("GUARDSTREAM_MODEL_CACHE_DIR"))
-    ] = Path.home() / ".cache" / "guardstream"
-    max_model_len: Annotated[
-        int, Field(ge=256, validation_alias=_env("GUARDSTREAM_MAX_MODEL_LEN"))
-    ] = 4096
-    # Fraction of accelerator memory (of NUMA-node memory on the CPU build) vLLM may take.
-    # Unset: 0.9 on a GPU, 0.2 on the CPU build (its default 0.92 does not start there).
+    """Where built checkpoints (`tiny`) are kept."""
+    adapter_dir: Annotated[Path | None, _env("GUARDSTREAM_ADAPTER_DIR")] = None
+    """LoRA adapter registry (guardstream.model.adapters), shared by triage and every scorer;
+    unset: no adapters, the base model serves every tenant."""
+    adapter_poll_s: Annotated[float, Field(gt=0), _env("GUARDSTREAM_ADAPTER_POLL_S")] = 5.0
+    """How often processes look for a promoted adapter (no restart needed)."""
+
+
+class EngineSettings(Section):
+    """The scorer's inference engine: how the guard model is run."""
+
+    kind: Annotated[Literal["vllm", "transformers"], _env("GUARDSTREAM_ENGINE")] = "vllm"
+    """`vllm` (default) or `transformers` (same prompts and parser, batched, no vLLM needed:
+    laptops, GPU machines where vLLM is not installed)."""
+    max_model_len: Annotated[int, Field(ge=256), _env("GUARDSTREAM_MAX_MODEL_LEN")] = 4096
+    """Longest prompt plus answer, in tokens."""
     gpu_memory_utilization: Annotated[
-        float | None, Field(gt=0, le=1, validation_alias=_env("GUARDSTREAM_GPU_MEMORY_UTILIZATION"))
+        float | None, Field(gt=0, le=1), _env("GUARDSTREAM_GPU_MEMORY_UTILIZATION")
     ] = None
-    model_dtype: Annotated[
+    """Fraction of accelerator memory (of NUMA-node memory on the CPU build) vLLM may take.
+    Unset: 0.9 on a GPU, 0.2 on the CPU build (its default 0.92 does not start there)."""
+    dtype: Annotated[
         Literal["auto", "half", "float16", "bfloat16", "float", "float32"],
-        Field(validation_alias=_env("GUARDSTREAM_MODEL_DTYPE")),
+        _env("GUARDSTREAM_MODEL_DTYPE"),
     ] = "auto"
-    max_output_tokens: Annotated[
-        int, Field(ge=8, validation_alias=_env("GUARDSTREAM_MAX_OUTPUT_TOKENS"))
-    ] = 48
-    # `two_phase`: one prefill reads the label after a forced `Safety:` prefix; categories (and
-    # a response's refusal) are generated only when needed, continuing from the cached prefix.
-    # `plain`: the model writes its whole answer. Both are parsed by the same parser.
-    scoring_mode: Annotated[
-        Literal["two_phase", "plain"], Field(validation_alias=_env("GUARDSTREAM_SCORING_MODE"))
-    ] = "two_phase"
-    # Two-phase: also read a SAFE response's `Refusal:` (one more one-token request from the
-    # cached prefix). Off: a safe response's refusal is left unknown, one request per safe post.
-    two_phase_refusal: Annotated[
-        bool, Field(validation_alias=_env("GUARDSTREAM_TWO_PHASE_REFUSAL"))
-    ] = True
-    # `vllm` (default) or `transformers` (same prompts and parser, batched, no vLLM needed:
-    # laptops, GPU machines where vLLM is not installed).
-    engine: Annotated[
-        Literal["vllm", "transformers"], Field(validation_alias=_env("GUARDSTREAM_ENGINE"))
-    ] = "vllm"
-    # vLLM automatic prefix caching: the two phases (and posts sharing the policy preamble)
-    # reuse KV blocks instead of recomputing them. The transformers engine's cousin: the prompt
-    # prefix a batch shares is prefilled once (hf_engine). Off only to measure what it buys.
-    prefix_caching: Annotated[bool, Field(validation_alias=_env("GUARDSTREAM_PREFIX_CACHING"))] = (
-        True
+    """Weights' and activations' dtype."""
+    max_output_tokens: Annotated[int, Field(ge=8), _env("GUARDSTREAM_MAX_OUTPUT_TOKENS")] = 48
+    """Longest answer the model may write."""
+    scoring_mode: Annotated[Literal["two_phase", "plain"], _env("GUARDSTREAM_SCORING_MODE")] = (
+        "two_phase"
     )
-
-    # Cascade. A scorer with a threshold decides only verdicts at least this confident; the
-    # rest (and unusable output) go to the escalations topic for a larger model's scorer,
-    # uncached. Unset: this scorer decides everything (no cascade, or the last tier).
-    cascade_escalate_below: Annotated[
-        float | None,
-        Field(gt=0, le=1, validation_alias=_env("GUARDSTREAM_CASCADE_ESCALATE_BELOW")),
-    ] = None
-    # What this scorer consumes: `requests` from triage (first or only tier) or `escalations`
-    # (the larger model's tier, in its own consumer group `guardstream-scorer-escalations`).
-    scorer_source: Annotated[
-        Literal["requests", "escalations"],
-        Field(validation_alias=_env("GUARDSTREAM_SCORER_SOURCE")),
-    ] = "requests"
-
-    # LoRA adapter registry (guardstream.model.adapters), shared by triage and every scorer;
-    # unset: no adapters, the base model serves every tenant.
-    adapter_dir: Annotated[Path | None, Field(validation_alias=_env("GUARDSTREAM_ADAPTER_DIR"))] = (
-        None
-    )
-    # How often processes look for a promoted adapter (no restart needed).
-    adapter_poll_s: Annotated[
-        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_ADAPTER_POLL_S"))
-    ] = 5.0
-    # Largest adapter rank the engine reserves room for (vLLM accepts these values).
+    """`two_phase`: one prefill reads the label after a forced `Safety:` prefix; categories (and
+    a response's refusal) are generated only when needed, continuing from the cached prefix.
+    `plain`: the model writes its whole answer. Both are parsed by the same parser."""
+    two_phase_refusal: Annotated[bool, _env("GUARDSTREAM_TWO_PHASE_REFUSAL")] = True
+    """Two-phase: also read a SAFE response's `Refusal:` (one more one-token request from the
+    cached prefix). Off: a safe response's refusal is left unknown, one request per safe post."""
+    prefix_caching: Annotated[bool, _env("GUARDSTREAM_PREFIX_CACHING")] = True
+    """vLLM automatic prefix caching: the two phases (and posts sharing the policy preamble)
+    reuse KV blocks instead of recomputing them. The transformers engine's cousin: the prompt
+    prefix a batch shares is prefilled once (hf_engine). Off only to measure what it buys."""
     max_lora_rank: Annotated[
         Literal[1, 8, 16, 32, 64, 128, 256, 320, 512],
-        Field(validation_alias=_env("GUARDSTREAM_MAX_LORA_RANK")),
+        BeforeValidator(_int_from_text),
+        _env("GUARDSTREAM_MAX_LORA_RANK"),
     ] = 16
-    # Adapters one engine batch may mix (vLLM max_loras).
-    max_loras: Annotated[int, Field(ge=1, validation_alias=_env("GUARDSTREAM_MAX_LORAS"))] = 4
-    # Shadow scoring (scorer): a tenant's shadow candidate adapter scores that tenant's fresh
-    # content too, after the serving verdict, in the background; its verdict goes to
-    # moderation.shadow.v1 only. At most this many shadow scorings run at once per scorer; the
-    # rest are skipped (counted `shadow_skipped`), so shadow work never queues behind serving.
-    # 0 turns shadow scoring off.
-    shadow_max_in_flight: Annotated[
-        int, Field(ge=0, validation_alias=_env("GUARDSTREAM_SHADOW_MAX_IN_FLIGHT"))
-    ] = 8
-    # Share of fresh content keys scored in shadow (chosen by content key, so every replica
-    # picks the same ones): bounds the extra engine work to about this fraction.
-    shadow_sample_rate: Annotated[
-        float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_SHADOW_SAMPLE_RATE"))
-    ] = 1.0
+    """Largest adapter rank the engine reserves room for (vLLM accepts these values)."""
+    max_loras: Annotated[int, Field(ge=1), _env("GUARDSTREAM_MAX_LORAS")] = 4
+    """Adapters one engine batch may mix (vLLM max_loras)."""
 
-    # --- processing -------------------------------------------------------------------------
-    # Directory of policy pack YAML files; unset: the packs shipped with guardstream.
-    policy_dir: Annotated[Path | None, Field(validation_alias=_env("GUARDSTREAM_POLICY_DIR"))] = (
-        None
+
+class PolicySettings(Section):
+    """Policy packs: what each tenant's content is judged by."""
+
+    dir: Annotated[Path | None, _env("GUARDSTREAM_POLICY_DIR")] = None
+    """Directory of policy pack YAML files; unset: the packs shipped with guardstream."""
+    near_duplicates: Annotated[bool, _env("GUARDSTREAM_NEAR_DUPLICATES")] = True
+    """Near-duplicate reuse (SimHash, see guardstream.verdict.neardup); packs can switch it off."""
+
+
+class ProcessSettings(Section):
+    """How every process runs its loop, drains, retries, logs and reports health."""
+
+    shutdown_drain_s: Annotated[float, Field(ge=0), _env("GUARDSTREAM_SHUTDOWN_DRAIN_S")] = 20.0
+    """On SIGTERM, how long in-flight batches may take to finish before the process exits."""
+    poll_timeout_ms: Annotated[int, Field(ge=1), _env("GUARDSTREAM_POLL_TIMEOUT_MS")] = 200
+    """How long one poll waits for records."""
+    commit_interval_ms: Annotated[int, Field(ge=0), _env("GUARDSTREAM_COMMIT_INTERVAL_MS")] = 500
+    """Offsets of finished work are committed at most this often (0: after every fetch round).
+    Each commit is a round trip the loop waits for before its next fetch; rebalances and
+    shutdown commit at once whatever the interval, and a crash only redelivers more."""
+    retry_backoff_max_s: Annotated[float, Field(gt=0), _env("GUARDSTREAM_RETRY_BACKOFF_MAX_S")] = (
+        30.0
     )
-    # Near-duplicate reuse (SimHash, see guardstream.verdict.neardup); packs can switch it off.
-    near_duplicates: Annotated[
-        bool, Field(validation_alias=_env("GUARDSTREAM_NEAR_DUPLICATES"))
-    ] = True
-    triage_batch_max: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_TRIAGE_BATCH_MAX"))
-    ] = 500
-    scorer_batch_max: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_SCORER_BATCH_MAX"))
-    ] = 64
-    # Records a process may hold unfinished before it pauses its partitions (backpressure).
-    triage_max_in_flight: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_TRIAGE_MAX_IN_FLIGHT"))
-    ] = 5000
-    scorer_max_in_flight: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_SCORER_MAX_IN_FLIGHT"))
-    ] = 256
-    # On SIGTERM, how long in-flight batches may take to finish before the process exits.
-    shutdown_drain_s: Annotated[
-        float, Field(ge=0, validation_alias=_env("GUARDSTREAM_SHUTDOWN_DRAIN_S"))
-    ] = 20.0
-    poll_timeout_ms: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_POLL_TIMEOUT_MS"))
-    ] = 200
-    # Offsets of finished work are committed at most this often (0: after every fetch round).
-    # Each commit is a round trip the loop waits for before its next fetch; rebalances and
-    # shutdown commit at once whatever the interval, and a crash only redelivers more.
-    commit_interval_ms: Annotated[
-        int, Field(ge=0, validation_alias=_env("GUARDSTREAM_COMMIT_INTERVAL_MS"))
-    ] = 500
-    retry_backoff_max_s: Annotated[
-        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_RETRY_BACKOFF_MAX_S"))
-    ] = 30.0
-    max_text_chars: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_MAX_TEXT_CHARS"))
-    ] = 65_536
-    # 0 disables the health/readiness HTTP endpoint.
-    health_port: Annotated[
-        int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_HEALTH_PORT"))
-    ] = 0
-    # Test-only crash injection (see guardstream.runtime.faults); never set in a deployment.
+    """Cap of the exponential backoff between retries of a transient failure."""
+    max_text_chars: Annotated[int, Field(ge=1), _env("GUARDSTREAM_MAX_TEXT_CHARS")] = 65_536
+    """Longest post text accepted; a longer one is a contract error (to the DLQ)."""
+    health_port: Annotated[int, Field(ge=0, le=65535), _env("GUARDSTREAM_HEALTH_PORT")] = 0
+    """Port of the health/readiness HTTP endpoint; 0 disables it."""
+    log_level: Annotated[str, _env("GUARDSTREAM_LOG_LEVEL")] = "INFO"
+    """Log level (`DEBUG`, `INFO`, `WARNING`, ...)."""
     fault: Annotated[
-        str | None,
-        Field(pattern=r"^[a-z_]+(:[0-9]+)?$", validation_alias=_env("GUARDSTREAM_FAULT")),
+        str | None, Field(pattern=r"^[a-z_]+(:[0-9]+)?$"), _env("GUARDSTREAM_FAULT")
     ] = None
-    log_level: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_LOG_LEVEL"))] = "INFO"
-    # Triage: once one of its score requests has waited this long unanswered (the scorer
-    # group committed nothing past it), posts under `fail_closed` packs that need scoring are
-    # sent to review with source `rule` instead of queueing (see guardstream.triage.watch).
-    scorer_unavailable_after_s: Annotated[
-        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_SCORER_UNAVAILABLE_AFTER_S"))
-    ] = 120.0
+    """Test-only crash injection (see guardstream.runtime.faults); never set in a deployment."""
 
-    # --- review console (`guardstream review`) ----------------------------------------------
-    # A human verdict overrides the model's for its content key this long (sticky override).
-    human_verdict_ttl_s: Annotated[
-        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_HUMAN_VERDICT_TTL_S"))
-    ] = 90 * 24 * 3600
-    # Where the console's HTTP server (API, console page, /healthz, /readyz) listens.
-    # All interfaces by default, as the health endpoints: containers are reached from outside.
-    review_host: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_REVIEW_HOST"))] = "0.0.0.0"  # noqa: S104
-    review_port: Annotated[
-        int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_REVIEW_PORT"))
-    ] = 8090
-    # PostgreSQL schema of the review store (tests use one schema each).
-    review_db_schema: Annotated[
-        str,
-        Field(
-            pattern=r"^[a-z_][a-z0-9_]{0,62}$",
-            validation_alias=_env("GUARDSTREAM_REVIEW_DB_SCHEMA"),
-        ),
-    ] = "review"
-    review_db_pool_max: Annotated[
-        int, Field(ge=2, validation_alias=_env("GUARDSTREAM_REVIEW_DB_POOL_MAX"))
-    ] = 20
-    # Signs console session cookies. Unset: a random key per start (sessions end on restart).
-    review_session_secret: Annotated[
-        SecretStr | None, Field(validation_alias=_env("GUARDSTREAM_REVIEW_SESSION_SECRET"))
+
+class TriageSettings(Section):
+    """The triage process: rules, cache and journal in front of the scorer."""
+
+    batch_max: Annotated[int, Field(ge=1), _env("GUARDSTREAM_TRIAGE_BATCH_MAX")] = 500
+    """Records triaged in one batch."""
+    max_in_flight: Annotated[int, Field(ge=1), _env("GUARDSTREAM_TRIAGE_MAX_IN_FLIGHT")] = 5000
+    """Records triage may hold unfinished before it pauses its partitions (backpressure)."""
+    scorer_unavailable_after_s: Annotated[
+        float, Field(gt=0), _env("GUARDSTREAM_SCORER_UNAVAILABLE_AFTER_S")
+    ] = 120.0
+    """Once one of triage's score requests has waited this long unanswered (the scorer group
+    committed nothing past it), posts under `fail_closed` packs that need scoring are sent to
+    review with source `rule` instead of queueing (see guardstream.triage.watch)."""
+
+
+class ScorerSettings(Section):
+    """The scorer process: what it consumes, how much it batches, cascade and shadow scoring."""
+
+    source: Annotated[Literal["requests", "escalations"], _env("GUARDSTREAM_SCORER_SOURCE")] = (
+        "requests"
+    )
+    """What this scorer consumes: `requests` from triage (first or only tier) or `escalations`
+    (the larger model's tier, in its own consumer group `guardstream-scorer-escalations`)."""
+    cascade_escalate_below: Annotated[
+        float | None, Field(gt=0, le=1), _env("GUARDSTREAM_CASCADE_ESCALATE_BELOW")
     ] = None
-    review_session_ttl_s: Annotated[
-        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_SESSION_TTL_S"))
-    ] = 8 * 3600
-    # Lifetime of an API bearer token from `POST /api/v1/auth/token` or `review add-reviewer`.
-    review_token_ttl_s: Annotated[
-        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_TOKEN_TTL_S"))
-    ] = 12 * 3600
-    # Mark the console's session cookie Secure. Leave it on wherever a browser reaches the
-    # console over https (directly or through a TLS ingress); turn it off only for local use
-    # over plain http (browsers may drop a Secure cookie sent over http). A request that came
-    # over https gets a Secure cookie whatever this says.
-    review_cookie_secure: Annotated[
-        bool, Field(validation_alias=_env("GUARDSTREAM_REVIEW_COOKIE_SECURE"))
-    ] = True
-    # Proxies trusted to say the client's scheme and address (X-Forwarded-Proto/-For):
-    # comma-separated addresses or networks, "*" for any (only when nothing but the proxy can
-    # reach the console). uvicorn's own FORWARDED_ALLOW_IPS is read too.
-    review_forwarded_allow_ips: Annotated[
-        str,
-        Field(
-            validation_alias=_env("GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS")
-        ),
+    """Cascade: a scorer with a threshold decides only verdicts at least this confident; the
+    rest (and unusable output) go to the escalations topic for a larger model's scorer,
+    uncached. Unset: this scorer decides everything (no cascade, or the last tier)."""
+    batch_max: Annotated[int, Field(ge=1), _env("GUARDSTREAM_SCORER_BATCH_MAX")] = 64
+    """Requests scored in one batch."""
+    max_in_flight: Annotated[int, Field(ge=1), _env("GUARDSTREAM_SCORER_MAX_IN_FLIGHT")] = 256
+    """Records the scorer may hold unfinished before it pauses its partitions (backpressure)."""
+    shadow_max_in_flight: Annotated[int, Field(ge=0), _env("GUARDSTREAM_SHADOW_MAX_IN_FLIGHT")] = 8
+    """Shadow scoring: a tenant's shadow candidate adapter scores that tenant's fresh content
+    too, after the serving verdict, in the background; its verdict goes to moderation.shadow.v1
+    only. At most this many shadow scorings run at once per scorer; the rest are skipped
+    (counted `shadow_skipped`), so shadow work never queues behind serving. 0 turns shadow
+    scoring off."""
+    shadow_sample_rate: Annotated[
+        float, Field(ge=0, le=1), _env("GUARDSTREAM_SHADOW_SAMPLE_RATE")
+    ] = 1.0
+    """Share of fresh content keys scored in shadow (chosen by content key, so every replica
+    picks the same ones): bounds the extra engine work to about this fraction."""
+
+
+class ReviewEdgeSettings(Section):
+    """The review API's edge (guardstream.review.shield): what sheds load before a handler."""
+
+    max_body_bytes: Annotated[int, Field(ge=1024), _env("GUARDSTREAM_REVIEW_MAX_BODY_BYTES")] = (
+        64 * 1024
+    )
+    """A request body over this is answered 413 once its declared or streamed length passes it
+    (a decision is a few KiB; the chart gives the ingress the same limit)."""
+    max_in_flight: Annotated[int, Field(ge=1), _env("GUARDSTREAM_REVIEW_MAX_IN_FLIGHT")] = 64
+    """Requests handled at once; past it a fast 503 + Retry-After (/healthz, /readyz exempt)."""
+    max_in_flight_anonymous: Annotated[
+        int, Field(ge=1), _env("GUARDSTREAM_REVIEW_MAX_IN_FLIGHT_ANONYMOUS")
+    ] = 16
+    """Of those, requests without a bearer token or session cookie (logins, strangers); past it
+    a fast 429: strangers cannot take the reviewers' share."""
+    max_connections: Annotated[int, Field(ge=16), _env("GUARDSTREAM_REVIEW_MAX_CONNECTIONS")] = 1024
+    """Open connections plus requests uvicorn accepts (its `limit_concurrency`, a 503 for all
+    past it, health probes included): the backstop behind the limits above."""
+    hash_workers: Annotated[int, Field(ge=1), _env("GUARDSTREAM_REVIEW_HASH_WORKERS")] = 2
+    """Password checks (scrypt, 16 MiB and ~50 ms each) run on this many threads, at most
+    `hash_queue` more waiting; past that a login is answered 429 at once."""
+    hash_queue: Annotated[int, Field(ge=0), _env("GUARDSTREAM_REVIEW_HASH_QUEUE")] = 8
+    """Password checks that may wait for a hashing thread."""
+    login_per_id_per_min: Annotated[
+        int, Field(ge=1), _env("GUARDSTREAM_REVIEW_LOGIN_PER_ID_PER_MIN")
+    ] = 5
+    """Login attempts per reviewer id a minute, with a burst of the same size; past it 429 +
+    Retry-After before any hashing. Per process."""
+    login_per_address_per_min: Annotated[
+        int, Field(ge=1), _env("GUARDSTREAM_REVIEW_LOGIN_PER_ADDRESS_PER_MIN")
+    ] = 30
+    """Login attempts per client address (IPv6: per /64) a minute, as above."""
+    login_throttle_keys: Annotated[
+        int, Field(ge=100), _env("GUARDSTREAM_REVIEW_LOGIN_THROTTLE_KEYS")
+    ] = 100_000
+    """Ids and addresses the login throttle remembers (least recently seen forgotten first)."""
+    denied_audit_per_s: Annotated[
+        float, Field(gt=0), _env("GUARDSTREAM_REVIEW_DENIED_AUDIT_PER_S")
+    ] = 10.0
+    """Audit rows for refused attempts (throttled logins, control characters) at most this many
+    a second; those past it are counted into the next row written."""
+
+
+class ReviewSettings(Section):
+    """The review console (`guardstream review`): its server, sessions, queue and claims."""
+
+    host: Annotated[str, _env("GUARDSTREAM_REVIEW_HOST")] = "0.0.0.0"  # noqa: S104
+    """Where the console's HTTP server (API, console page, /healthz, /readyz) listens.
+    All interfaces by default, as the health endpoints: containers are reached from outside."""
+    port: Annotated[int, Field(ge=0, le=65535), _env("GUARDSTREAM_REVIEW_PORT")] = 8090
+    """Port of the console's HTTP server."""
+    session_secret: Annotated[SecretStr | None, _env("GUARDSTREAM_REVIEW_SESSION_SECRET")] = None
+    """Signs console session cookies. Unset: a random key per start (sessions end on restart)."""
+    session_ttl_s: Annotated[int, Field(gt=0), _env("GUARDSTREAM_REVIEW_SESSION_TTL_S")] = 8 * 3600
+    """Lifetime of a console session."""
+    token_ttl_s: Annotated[int, Field(gt=0), _env("GUARDSTREAM_REVIEW_TOKEN_TTL_S")] = 12 * 3600
+    """Lifetime of an API bearer token from `POST /api/v1/auth/token` or `review add-reviewer`."""
+    cookie_secure: Annotated[bool, _env("GUARDSTREAM_REVIEW_COOKIE_SECURE")] = True
+    """Mark the console's session cookie Secure. Leave it on wherever a browser reaches the
+    console over https (directly or through a TLS ingress); turn it off only for local use
+    over plain http (browsers may drop a Secure cookie sent over http). A request that came
+    over https gets a Secure cookie whatever this says."""
+    forwarded_allow_ips: Annotated[
+        str, _env("GUARDSTREAM_REVIEW_FORWARDED_ALLOW_IPS", "FORWARDED_ALLOW_IPS")
     ] = "127.0.0.1,::1"
-    # How many tasks one reviewer may hold at once (claims and round-robin assignments); the
-    # database enforces it. The review process writes it to the store when it starts.
-    review_max_claims: Annotated[
-        int, Field(ge=1, le=100, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_CLAIMS"))
-    ] = 1
-    # A claimed task goes back to the queue when its reviewer holds it longer than this.
-    review_lock_s: Annotated[
-        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_LOCK_S"))
-    ] = 600
-    # How often pending tasks are assigned round-robin to on-call reviewers, expired locks
-    # released and the outbox relayed.
-    review_assign_interval_s: Annotated[
-        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_ASSIGN_INTERVAL_S"))
+    """Proxies trusted to say the client's scheme and address (X-Forwarded-Proto/-For):
+    comma-separated addresses or networks, "*" for any (only when nothing but the proxy can
+    reach the console). uvicorn's own FORWARDED_ALLOW_IPS is read too."""
+    max_claims: Annotated[int, Field(ge=1, le=100), _env("GUARDSTREAM_REVIEW_MAX_CLAIMS")] = 1
+    """How many tasks one reviewer may hold at once (claims and round-robin assignments); the
+    database enforces it. The review process writes it to the store when it starts."""
+    lock_s: Annotated[int, Field(gt=0), _env("GUARDSTREAM_REVIEW_LOCK_S")] = 600
+    """A claimed task goes back to the queue when its reviewer holds it longer than this."""
+    assign_interval_s: Annotated[
+        float, Field(gt=0), _env("GUARDSTREAM_REVIEW_ASSIGN_INTERVAL_S")
     ] = 2.0
-    # Quick tags a reviewer must pick from (at least one), comma-separated.
-    review_tags: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_REVIEW_TAGS"))] = (
+    """How often pending tasks are assigned round-robin to on-call reviewers, expired locks
+    released and the outbox relayed."""
+    tags: Annotated[str, _env("GUARDSTREAM_REVIEW_TAGS")] = (
         "性别歧视,地域攻击,健康污名,政治隐喻,误判,"
         "gender discrimination,regional attack,health stigma,political allusion,false positive"
     )
-    # Post texts without a review task are purged after this (they are kept for reviewers).
-    review_post_text_ttl_s: Annotated[
-        int, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_POST_TEXT_TTL_S"))
-    ] = 2 * 24 * 3600
-    review_batch_max: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_BATCH_MAX"))
-    ] = 500
-    # --- the review API's edge (guardstream.review.shield): what sheds load before a handler --
-    # A request body over this is answered 413 once its declared or streamed length passes it
-    # (a decision is a few KiB; the chart gives the ingress the same limit).
-    review_max_body_bytes: Annotated[
-        int, Field(ge=1024, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_BODY_BYTES"))
-    ] = 64 * 1024
-    # Requests handled at once; past it a fast 503 + Retry-After (/healthz, /readyz exempt).
-    review_max_in_flight: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_IN_FLIGHT"))
-    ] = 64
-    # Of those, requests without a bearer token or session cookie (logins, strangers); past it
-    # a fast 429: strangers cannot take the reviewers' share.
-    review_max_in_flight_anonymous: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_IN_FLIGHT_ANONYMOUS"))
-    ] = 16
-    # Open connections plus requests uvicorn accepts (its `limit_concurrency`, a 503 for all
-    # past it, health probes included): the backstop behind the limits above.
-    review_max_connections: Annotated[
-        int, Field(ge=16, validation_alias=_env("GUARDSTREAM_REVIEW_MAX_CONNECTIONS"))
-    ] = 1024
-    # Password checks (scrypt, 16 MiB and ~50 ms each) run on this many threads, at most
-    # `review_hash_queue` more waiting; past that a login is answered 429 at once.
-    review_hash_workers: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_HASH_WORKERS"))
-    ] = 2
-    review_hash_queue: Annotated[
-        int, Field(ge=0, validation_alias=_env("GUARDSTREAM_REVIEW_HASH_QUEUE"))
-    ] = 8
-    # Login attempts per reviewer id and per client address (IPv6: per /64), a minute, with a
-    # burst of the same size; past it 429 + Retry-After before any hashing. Per process.
-    review_login_per_id_per_min: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_LOGIN_PER_ID_PER_MIN"))
-    ] = 5
-    review_login_per_address_per_min: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_REVIEW_LOGIN_PER_ADDRESS_PER_MIN"))
-    ] = 30
-    # Ids and addresses the login throttle remembers (least recently seen forgotten first).
-    review_login_throttle_keys: Annotated[
-        int, Field(ge=100, validation_alias=_env("GUARDSTREAM_REVIEW_LOGIN_THROTTLE_KEYS"))
-    ] = 100_000
-    # Audit rows for refused attempts (throttled logins, control characters) at most this many
-    # a second; those past it are counted into the next row written.
-    review_denied_audit_per_s: Annotated[
-        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_REVIEW_DENIED_AUDIT_PER_S"))
-    ] = 10.0
-
-    # --- feedback loop (guardstream.feedback) ----------------------------------------------
-    # Root of the review archive (dated JSONL) and of the training runs' adapters and cards.
-    feedback_dir: Annotated[Path, Field(validation_alias=_env("GUARDSTREAM_FEEDBACK_DIR"))] = (
-        Path.home() / ".local" / "share" / "guardstream" / "feedback"
+    """Quick tags a reviewer must pick from (at least one), comma-separated."""
+    post_text_ttl_s: Annotated[int, Field(gt=0), _env("GUARDSTREAM_REVIEW_POST_TEXT_TTL_S")] = (
+        2 * 24 * 3600
     )
-    # Training starts when this many curated samples were reviewed since the last run.
-    feedback_min_samples: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_MIN_SAMPLES"))
-    ] = 500
-    # Curation keeps samples the model was less sure of than this (or got wrong).
-    feedback_confidence_below: Annotated[
-        float, Field(gt=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_CONFIDENCE_BELOW"))
-    ] = 0.85
-    # Comma-separated terms that mark an expert reason (weight 2x); empty: the built-in list.
-    feedback_expert_terms: Annotated[
-        str, Field(validation_alias=_env("GUARDSTREAM_FEEDBACK_EXPERT_TERMS"))
-    ] = ""
-    # Confident agreements replayed per curated sample against forgetting (see curation).
-    feedback_anchor_ratio: Annotated[
-        float, Field(ge=0, validation_alias=_env("GUARDSTREAM_FEEDBACK_ANCHOR_RATIO"))
-    ] = 1.0
-    # A small model (hub id, path or `tiny`) that prescreens curated labels: when it confidently
-    # contradicts the human label, the sample is held for a senior instead of trained on.
-    # Unset: no prescreen. It must not be the serving model, which disagrees by definition.
-    feedback_prescreen_model: Annotated[
-        str | None, Field(validation_alias=_env("GUARDSTREAM_FEEDBACK_PRESCREEN_MODEL"))
-    ] = None
-    # A candidate adapter must beat the serving one by this much held-out accuracy.
-    feedback_promotion_margin: Annotated[
-        float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN"))
-    ] = 0.02
-    # A candidate that passed the held-out gate shadows live traffic; the shadow evaluation
-    # (`guardstream feedback run` / `shadow-report`) judges it once it has this many
-    # shadow-scored content keys …
-    feedback_shadow_min_samples: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_SHADOW_MIN_SAMPLES"))
-    ] = 200
-    # … of which at least this many have a later human label.
-    feedback_shadow_min_labelled: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_SHADOW_MIN_LABELLED"))
-    ] = 30
-    # It is promoted when its accuracy against those labels beats the serving adapter's by
-    # GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN and its false-positive rate is at most this much
-    # above the serving adapter's; otherwise it is retired.
-    feedback_shadow_fpr_tolerance: Annotated[
-        float,
-        Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_SHADOW_FPR_TOLERANCE")),
-    ] = 0.02
-    # A candidate without enough shadow evidence after this many days is retired.
-    feedback_shadow_window_days: Annotated[
-        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_FEEDBACK_SHADOW_WINDOW_DAYS"))
-    ] = 14.0
-    # LoRA optimiser steps; unset: 3 epochs over the training set.
-    feedback_train_steps: Annotated[
-        int | None, Field(ge=1, validation_alias=_env("GUARDSTREAM_FEEDBACK_TRAIN_STEPS"))
-    ] = None
-    feedback_learning_rate: Annotated[
-        float, Field(gt=0, validation_alias=_env("GUARDSTREAM_FEEDBACK_LEARNING_RATE"))
-    ] = 2e-4
-    # QA audits: reviewers whose agreement with senior re-reviews is below this raise an alert.
-    qa_agreement_min: Annotated[
-        float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_QA_AGREEMENT_MIN"))
-    ] = 0.9
-    # QA audit cadence: the review process samples each finished month (or ISO week) once.
-    qa_cadence: Annotated[
-        Literal["monthly", "weekly"], Field(validation_alias=_env("GUARDSTREAM_QA_CADENCE"))
-    ] = "monthly"
-    # First reviews per period put in the seniors' QA queue; 0 = no automatic sampling.
-    qa_sample_size: Annotated[
-        int, Field(ge=0, le=10_000, validation_alias=_env("GUARDSTREAM_QA_SAMPLE_SIZE"))
-    ] = 100
-    # --- telemetry (guardstream.runtime.telemetry) ----------------------------------------------
-    # Prometheus exposition (`/metrics`) on this port; 0 = not served.
-    metrics_port: Annotated[
-        int, Field(ge=0, le=65535, validation_alias=_env("GUARDSTREAM_METRICS_PORT"))
-    ] = 0
-    # OTLP/HTTP collector base URL (traces to /v1/traces, metrics to /v1/metrics); unset = off.
-    otlp_endpoint: Annotated[
-        str | None, Field(validation_alias=_env("OTEL_EXPORTER_OTLP_ENDPOINT"))
-    ] = None
-    # Extra OTLP request headers, `k1=v1,k2=v2` (often an auth token: secret).
-    otlp_headers: Annotated[
-        SecretStr | None, Field(validation_alias=_env("OTEL_EXPORTER_OTLP_HEADERS"))
-    ] = None
-    # How often metrics are pushed over OTLP (the Prometheus endpoint is pulled instead).
-    otlp_metrics_interval_ms: Annotated[
-        int, Field(ge=100, validation_alias=_env("OTEL_METRIC_EXPORT_INTERVAL"))
-    ] = 15_000
-    # Fraction of new traces recorded; a post whose producer sampled it is always recorded.
-    trace_sample_ratio: Annotated[
-        float, Field(ge=0, le=1, validation_alias=_env("GUARDSTREAM_TRACE_SAMPLE_RATIO"))
-    ] = 1.0
-    # Deployment name shown as `deployment.environment` on every span and `target_info`.
-    environment: Annotated[str, Field(validation_alias=_env("GUARDSTREAM_ENVIRONMENT"))] = "local"
-
-    # --- SLA timer (guardstream sla) ---------------------------------------------------------
-    # How often the timer looks for due items: downgrades fire at most this much (plus the time
-    # a tick takes) after their deadline while the worker runs.
-    sla_tick_s: Annotated[
-        float, Field(gt=0, le=60, validation_alias=_env("GUARDSTREAM_SLA_TICK_S"))
-    ] = 1.0
-    # How long a finished item (reviewed or downgraded) stays in the table, so a late or
-    # duplicate review is still recognised.
-    sla_retain_s: Annotated[int, Field(gt=0, validation_alias=_env("GUARDSTREAM_SLA_RETAIN_S"))] = (
-        7 * 24 * 3600
+    """Post texts without a review task are purged after this (they are kept for reviewers)."""
+    batch_max: Annotated[int, Field(ge=1), _env("GUARDSTREAM_REVIEW_BATCH_MAX")] = 500
+    """Records the review consumers take in one batch."""
+    human_verdict_ttl_s: Annotated[int, Field(gt=0), _env("GUARDSTREAM_HUMAN_VERDICT_TTL_S")] = (
+        90 * 24 * 3600
     )
-    # The average review response time is the mean over the last this many reviews.
-    sla_response_window: Annotated[
-        int, Field(ge=1, validation_alias=_env("GUARDSTREAM_SLA_RESPONSE_WINDOW"))
-    ] = 200
-    # The SLA app's local data directory (faust's datadir, one subdirectory per namespace). The
-    # table store itself is in memory and rebuilt from its changelog topic on start.
-    sla_data_dir: Annotated[Path, Field(validation_alias=_env("GUARDSTREAM_SLA_DATA_DIR"))] = (
-        Path.home() / ".local" / "share" / "guardstream" / "sla"
-    )
-    # Group session timeout of the SLA app: how soon a killed worker's partitions move on.
-    sla_session_timeout_s: Annotated[
-        float, Field(ge=6, validation_alias=_env("GUARDSTREAM_SLA_SESSION_TIMEOUT_S"))
-    ] = 10.0
+    """A human verdict overrides the model's for its content key this long (sticky override)."""
+    edge: ReviewEdgeSettings = ReviewEdgeSettings()
+    """The API's edge: body size, concurrency and login limits."""
 
-    @field_validator("namespace")
-    @classmethod
-    def _check_namespace(cls, value: str) -> str:
-        if value and not _NAMESPACE.match(value):
-            raise ValueError("namespace: lowercase letters, digits, '-' and '_' (max 41)")
-        return value
-
-    @field_validator("review_forwarded_allow_ips")
+    @field_validator("forwarded_allow_ips")
     @classmethod
     def _check_forwarded_allow_ips(cls, value: str) -> str:
         # A typo must not quietly trust nobody (or, worse, be read as a host name).
@@ -630,8 +516,185 @@ class Settings(BaseSettings):
                 ipaddress.ip_network(item, strict=False)
             except ValueError:
                 raise ValueError(
-                    f"review_forwarded_allow_ips: {item!r} is not an address, a network or '*'"
+                    f"review.forwarded_allow_ips: {item!r} is not an address, a network or '*'"
                 ) from None
+        return value
+
+
+class QaSettings(Section):
+    """QA audits of reviewers: senior re-reviews of a sample of first reviews."""
+
+    agreement_min: Annotated[float, Field(ge=0, le=1), _env("GUARDSTREAM_QA_AGREEMENT_MIN")] = 0.9
+    """Reviewers whose agreement with senior re-reviews is below this raise an alert."""
+    cadence: Annotated[Literal["monthly", "weekly"], _env("GUARDSTREAM_QA_CADENCE")] = "monthly"
+    """The review process samples each finished month (or ISO week) once."""
+    sample_size: Annotated[int, Field(ge=0, le=10_000), _env("GUARDSTREAM_QA_SAMPLE_SIZE")] = 100
+    """First reviews per period put in the seniors' QA queue; 0 = no automatic sampling."""
+
+
+class FeedbackSettings(Section):
+    """The feedback loop (guardstream.feedback): curation, training, shadow evaluation."""
+
+    dir: Annotated[Path, _env("GUARDSTREAM_FEEDBACK_DIR")] = (
+        Path.home() / ".local" / "share" / "guardstream" / "feedback"
+    )
+    """Root of the review archive (dated JSONL) and of the training runs' adapters and cards."""
+    min_samples: Annotated[int, Field(ge=1), _env("GUARDSTREAM_FEEDBACK_MIN_SAMPLES")] = 500
+    """Training starts when this many curated samples were reviewed since the last run."""
+    confidence_below: Annotated[
+        float, Field(gt=0, le=1), _env("GUARDSTREAM_FEEDBACK_CONFIDENCE_BELOW")
+    ] = 0.85
+    """Curation keeps samples the model was less sure of than this (or got wrong)."""
+    expert_terms: Annotated[str, _env("GUARDSTREAM_FEEDBACK_EXPERT_TERMS")] = ""
+    """Comma-separated terms that mark an expert reason (weight 2x); empty: the built-in list."""
+    anchor_ratio: Annotated[float, Field(ge=0), _env("GUARDSTREAM_FEEDBACK_ANCHOR_RATIO")] = 1.0
+    """Confident agreements replayed per curated sample against forgetting (see curation)."""
+    prescreen_model: Annotated[str | None, _env("GUARDSTREAM_FEEDBACK_PRESCREEN_MODEL")] = None
+    """A small model (hub id, path or `tiny`) that prescreens curated labels: when it confidently
+    contradicts the human label, the sample is held for a senior instead of trained on.
+    Unset: no prescreen. It must not be the serving model, which disagrees by definition."""
+    promotion_margin: Annotated[
+        float, Field(ge=0, le=1), _env("GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN")
+    ] = 0.02
+    """A candidate adapter must beat the serving one by this much held-out accuracy."""
+    shadow_min_samples: Annotated[
+        int, Field(ge=1), _env("GUARDSTREAM_FEEDBACK_SHADOW_MIN_SAMPLES")
+    ] = 200
+    """A candidate that passed the held-out gate shadows live traffic; the shadow evaluation
+    (`guardstream feedback run` / `shadow-report`) judges it once it has this many
+    shadow-scored content keys ..."""
+    shadow_min_labelled: Annotated[
+        int, Field(ge=1), _env("GUARDSTREAM_FEEDBACK_SHADOW_MIN_LABELLED")
+    ] = 30
+    """... of which at least this many have a later human label."""
+    shadow_fpr_tolerance: Annotated[
+        float, Field(ge=0, le=1), _env("GUARDSTREAM_FEEDBACK_SHADOW_FPR_TOLERANCE")
+    ] = 0.02
+    """It is promoted when its accuracy against those labels beats the serving adapter's by
+    GUARDSTREAM_FEEDBACK_PROMOTION_MARGIN and its false-positive rate is at most this much
+    above the serving adapter's; otherwise it is retired."""
+    shadow_window_days: Annotated[
+        float, Field(gt=0), _env("GUARDSTREAM_FEEDBACK_SHADOW_WINDOW_DAYS")
+    ] = 14.0
+    """A candidate without enough shadow evidence after this many days is retired."""
+    train_steps: Annotated[int | None, Field(ge=1), _env("GUARDSTREAM_FEEDBACK_TRAIN_STEPS")] = None
+    """LoRA optimiser steps; unset: 3 epochs over the training set."""
+    learning_rate: Annotated[float, Field(gt=0), _env("GUARDSTREAM_FEEDBACK_LEARNING_RATE")] = 2e-4
+    """LoRA learning rate."""
+
+
+class TelemetrySettings(Section):
+    """Telemetry (guardstream.runtime.telemetry): Prometheus, OTLP traces and metrics."""
+
+    metrics_port: Annotated[int, Field(ge=0, le=65535), _env("GUARDSTREAM_METRICS_PORT")] = 0
+    """Prometheus exposition (`/metrics`) on this port; 0 = not served."""
+    otlp_endpoint: Annotated[str | None, _env("OTEL_EXPORTER_OTLP_ENDPOINT")] = None
+    """OTLP/HTTP collector base URL (traces to /v1/traces, metrics to /v1/metrics); unset = off."""
+    otlp_headers: Annotated[SecretStr | None, _env("OTEL_EXPORTER_OTLP_HEADERS")] = None
+    """Extra OTLP request headers, `k1=v1,k2=v2` (often an auth token: secret)."""
+    otlp_metrics_interval_ms: Annotated[int, Field(ge=100), _env("OTEL_METRIC_EXPORT_INTERVAL")] = (
+        15_000
+    )
+    """How often metrics are pushed over OTLP (the Prometheus endpoint is pulled instead)."""
+    trace_sample_ratio: Annotated[
+        float, Field(ge=0, le=1), _env("GUARDSTREAM_TRACE_SAMPLE_RATIO")
+    ] = 1.0
+    """Fraction of new traces recorded; a post whose producer sampled it is always recorded."""
+    environment: Annotated[str, _env("GUARDSTREAM_ENVIRONMENT")] = "local"
+    """Deployment name shown as `deployment.environment` on every span and `target_info`."""
+
+
+class SlaSettings(Section):
+    """The SLA timer (`guardstream sla`): contested items unreviewed past their deadline."""
+
+    tick_s: Annotated[float, Field(gt=0, le=60), _env("GUARDSTREAM_SLA_TICK_S")] = 1.0
+    """How often the timer looks for due items: downgrades fire at most this much (plus the time
+    a tick takes) after their deadline while the worker runs."""
+    retain_s: Annotated[int, Field(gt=0), _env("GUARDSTREAM_SLA_RETAIN_S")] = 7 * 24 * 3600
+    """How long a finished item (reviewed or downgraded) stays in the table, so a late or
+    duplicate review is still recognised."""
+    response_window: Annotated[int, Field(ge=1), _env("GUARDSTREAM_SLA_RESPONSE_WINDOW")] = 200
+    """The average review response time is the mean over the last this many reviews."""
+    data_dir: Annotated[Path, _env("GUARDSTREAM_SLA_DATA_DIR")] = (
+        Path.home() / ".local" / "share" / "guardstream" / "sla"
+    )
+    """The SLA app's local data directory (faust's datadir, one subdirectory per namespace). The
+    table store itself is in memory and rebuilt from its changelog topic on start."""
+    session_timeout_s: Annotated[float, Field(ge=6), _env("GUARDSTREAM_SLA_SESSION_TIMEOUT_S")] = (
+        10.0
+    )
+    """Group session timeout of the SLA app: how soon a killed worker's partitions move on."""
+
+
+class Settings(BaseSettings):
+    """Configuration of every guardstream process: the namespace and one section per part.
+
+    Construct it with sections as dicts (`Settings(review={"max_claims": 2})`), copy it with
+    `replace`; each field's env names are its validation aliases (see `every_setting`).
+    """
+
+    model_config = SettingsConfigDict(
+        frozen=True,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="forbid",
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+    )
+
+    namespace: Annotated[str, _env("GUARDSTREAM_NAMESPACE")] = ""
+    """One namespace isolates topics, consumer groups and cache keys; empty: none."""
+    kafka: KafkaSettings = KafkaSettings()
+    """Kafka: brokers, security, polling."""
+    redis: RedisSettings = RedisSettings()
+    """Redis: the verdict cache and the decision journal."""
+    database: DatabaseSettings = DatabaseSettings()
+    """PostgreSQL: the review store."""
+    model: ModelSettings = ModelSettings()
+    """The guard model and its LoRA adapters."""
+    engine: EngineSettings = EngineSettings()
+    """The scorer's inference engine."""
+    policy: PolicySettings = PolicySettings()
+    """Policy packs."""
+    process: ProcessSettings = ProcessSettings()
+    """What every process shares: loop, drain, retries, logs, health."""
+    triage: TriageSettings = TriageSettings()
+    """The triage process."""
+    scorer: ScorerSettings = ScorerSettings()
+    """The scorer process: source, batching, cascade, shadow scoring."""
+    review: ReviewSettings = ReviewSettings()
+    """The review console and its API's edge."""
+    qa: QaSettings = QaSettings()
+    """QA audits of reviewers."""
+    feedback: FeedbackSettings = FeedbackSettings()
+    """The feedback loop."""
+    telemetry: TelemetrySettings = TelemetrySettings()
+    """Metrics and traces."""
+    sla: SlaSettings = SlaSettings()
+    """The SLA timer."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The env names are flat and the fields nested, which pydantic-settings' own sources
+        # cannot map: one source reads every field's names from the environment, then `.env`.
+        given = init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
+        found = [
+            s.env_vars for s in (env_settings, dotenv_settings) if isinstance(s, EnvSettingsSource)
+        ]
+        return init_settings, _EnvNames(settings_cls, given, found)
+
+    @field_validator("namespace")
+    @classmethod
+    def _check_namespace(cls, value: str) -> str:
+        if value and not _NAMESPACE.match(value):
+            raise ValueError("namespace: lowercase letters, digits, '-' and '_' (max 41)")
         return value
 
     @cached_property
@@ -643,6 +706,164 @@ class Settings(BaseSettings):
         base = f"guardstream-{process}"
         return f"{self.namespace}.{base}" if self.namespace else base
 
+    def replace(self, **changes: object) -> Self:
+        """A validated copy with `changes`: root fields by name, a section's fields as a dict
+        (`settings.replace(review={"max_claims": 2, "edge": {"max_in_flight": 8}})`); what
+        they do not name stays. The environment is not read again."""
+        return self.model_validate(_merged(self.model_dump(), changes))
+
+    def flat(self) -> dict[str, object]:
+        """Every setting's value by its dotted path (`review.edge.max_in_flight`)."""
+        return dict(_values(self, ""))
+
     def public_view(self) -> dict[str, object]:
-        """What a process logs at start-up: every setting, secrets and URL credentials masked."""
-        return {name: masked(getattr(self, name)) for name in type(self).model_fields}
+        """What a process logs at start-up: every setting by its dotted path, secrets and URL
+        credentials masked."""
+        return {path: masked(value) for path, value in self.flat().items()}
+
+
+@dataclass(frozen=True)
+class SettingField:
+    """One setting as the docs and `guardstream settings` show it."""
+
+    path: str  # `review.edge.max_in_flight`
+    env: tuple[str, ...]  # the names it is read from, first found wins
+    info: FieldInfo  # type, default, constraints, description
+
+
+def every_setting(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[SettingField]:
+    """Every setting of `model` (sections walked), in declaration order."""
+    for name, info in model.model_fields.items():
+        section = _section(info)
+        if section is None:
+            yield SettingField(prefix + name, env_names(info), info)
+        else:
+            yield from every_setting(section, f"{prefix}{name}.")
+
+
+def env_names(info: FieldInfo) -> tuple[str, ...]:
+    """The env names a field is read from, first found wins."""
+    alias = info.validation_alias
+    return tuple(map(str, alias.choices)) if isinstance(alias, AliasChoices) else ()
+
+
+def _section(info: FieldInfo) -> type[Section] | None:
+    kind = info.annotation
+    return kind if isinstance(kind, type) and issubclass(kind, Section) else None
+
+
+def _values(model: BaseModel, prefix: str) -> Iterator[tuple[str, object]]:
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, Section):
+            yield from _values(value, f"{prefix}{name}.")
+        else:
+            yield prefix + name, value
+
+
+def _merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in changes.items():
+        old = merged.get(key)
+        if isinstance(old, Mapping) and isinstance(value, Mapping):
+            value = _merged(old, value)
+        merged[key] = value
+    return merged
+
+
+class _EnvNames(PydanticBaseSettingsSource):
+    """Each field's value under the env name it was found by, sections nested, for what the
+    constructor did not set; a `GUARDSTREAM_*` name no field claims, or a constructor argument
+    no field has, is refused here with the name it should have been."""
+
+    def __init__(
+        self,
+        settings_cls: type[BaseSettings],
+        given: Mapping[str, Any],
+        found: Sequence[Mapping[str, str | None]],
+    ) -> None:
+        super().__init__(settings_cls)
+        self._given = given
+        self._found = found  # highest priority first, keys lower-cased
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        # Not called: `__call__` reads every field, sections included, itself.
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        fields = list(every_setting(self.settings_cls))
+        problems = [*self._unknown_arguments(fields), *self._unknown_env_names(fields)]
+        if problems:
+            raise ValidationError.from_exception_data(self.settings_cls.__name__, problems)
+        return _read(self.settings_cls, self._given, self._found)
+
+    def _unknown_arguments(self, fields: list[SettingField]) -> Iterator[InitErrorDetails]:
+        """Constructor arguments no field has: a flat name of old (`review_max_claims`) is
+        answered with its section's (`review.max_claims`)."""
+        root = self.settings_cls.model_fields
+        known = {*root, *(name for info in root.values() for name in env_names(info))}
+        flat_names = {f.path.replace(".", "_"): f.path for f in fields}
+        leaves = Counter(f.path.rpartition(".")[2] for f in fields)
+        flat_names |= {
+            f.path.rpartition(".")[2]: f.path
+            for f in fields
+            if leaves[f.path.rpartition(".")[2]] == 1
+        }
+        for name in self._given:
+            if name not in known:
+                yield _refusal(name, "is no setting", _nearest(name, flat_names))
+
+    def _unknown_env_names(self, fields: list[SettingField]) -> Iterator[InitErrorDetails]:
+        """`GUARDSTREAM_*` names in the environment or `.env` that no field reads."""
+        ours = [name for f in fields for name in f.env if name.startswith(_PREFIX)]
+        claimed = {name.lower() for name in (*ours, *NOT_SETTINGS)}
+        # Compared without the prefix every one of them shares.
+        meant = {name.removeprefix(_PREFIX): name for name in ours}
+        seen = {key for source in self._found for key in source}
+        for key in sorted(seen):
+            name = key.upper()
+            if name.startswith(_PREFIX) and key not in claimed:
+                guess = _nearest(name.removeprefix(_PREFIX), meant)
+                yield _refusal(name, "is set but is no guardstream setting", guess)
+
+
+def _nearest(name: str, candidates: Mapping[str, str]) -> str | None:
+    """What `name` was probably meant to be: `candidates` maps spellings to that."""
+    if name in candidates:
+        return candidates[name]
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
+    return candidates[close[0]] if close else None
+
+
+def _refusal(name: str, problem: str, meant: str | None) -> InitErrorDetails:
+    hint = f"; did you mean {meant}?" if meant else ""
+    return {
+        "type": PydanticCustomError(
+            "unknown_setting", "{problem}{hint}", {"problem": problem, "hint": hint}
+        ),
+        "loc": (name,),
+        "input": name,  # not the value: it may be a secret
+    }
+
+
+def _read(
+    model: type[BaseModel], given: Mapping[str, Any], found: Sequence[Mapping[str, str | None]]
+) -> dict[str, Any]:
+    """`model`'s fields found in `found`, each under the env name it was found by (so an error
+    names it), sections nested; none that `given` sets (a dict there is merged with these)."""
+    data: dict[str, Any] = {}
+    for name, info in model.model_fields.items():
+        names = env_names(info)
+        section = _section(info)
+        if section is not None:
+            inner = given.get(name, {})
+            if isinstance(inner, Mapping) and (values := _read(section, inner, found)):
+                data[name] = values
+        elif name not in given and not given.keys() & set(names):
+            hit = next(
+                ((n, s[n.lower()]) for s in found for n in names if s.get(n.lower()) is not None),
+                None,
+            )
+            if hit is not None:
+                data[hit[0]] = hit[1]
+    return data

@@ -1,7 +1,7 @@
 """Install the OpenTelemetry SDK in a process: metrics and traces become real here.
 
-Code everywhere else instruments with the OpenTelemetry *API* only (`core/metrics.py`,
-`core/tracing.py`, or `metrics.get_meter("guardstream")` in a feature folder). Each process
+Code everywhere else instruments with the OpenTelemetry *API* only (`runtime/metrics.py`,
+`runtime/tracing.py`, or `metrics.get_meter("guardstream")` in a feature folder). Each process
 calls, once, at start:
 
     handle = telemetry.setup(settings, "triage")     # before it builds anything
@@ -106,7 +106,7 @@ def resource_for(settings: Settings, service_name: str) -> Resource:
             "service.namespace": "guardstream",
             "service.version": release,
             "service.instance.id": f"{socket.gethostname()}-{os.getpid()}",
-            "deployment.environment": settings.environment,
+            "deployment.environment": settings.telemetry.environment,
         }
     )
 
@@ -163,13 +163,19 @@ def setup(
             return _installed
         resource = resource_for(settings, service_name)
         otlp_headers = parse_headers(
-            settings.otlp_headers.get_secret_value() if settings.otlp_headers else None
+            settings.telemetry.otlp_headers.get_secret_value()
+            if settings.telemetry.otlp_headers
+            else None
         )
-        endpoint = settings.otlp_endpoint.rstrip("/") if settings.otlp_endpoint else None
+        endpoint = (
+            settings.telemetry.otlp_endpoint.rstrip("/")
+            if settings.telemetry.otlp_endpoint
+            else None
+        )
 
         readers: list[MetricReader] = list(metric_readers)
         registry: CollectorRegistry | None = None
-        if settings.metrics_port:
+        if settings.telemetry.metrics_port:
             registry = CollectorRegistry(auto_describe=True)
             ProcessCollector(registry=registry)
             # Scope labels would only repeat "guardstream" on every series.
@@ -178,14 +184,15 @@ def setup(
             readers.append(
                 PeriodicExportingMetricReader(
                     OTLPMetricExporter(endpoint=f"{endpoint}/v1/metrics", headers=otlp_headers),
-                    export_interval_millis=settings.otlp_metrics_interval_ms,
+                    export_interval_millis=settings.telemetry.otlp_metrics_interval_ms,
                 )
             )
         meter_provider = MeterProvider(resource=resource, metric_readers=readers, views=_views())
         metrics.set_meter_provider(meter_provider)
 
         tracer_provider = TracerProvider(
-            resource=resource, sampler=ParentBased(TraceIdRatioBased(settings.trace_sample_ratio))
+            resource=resource,
+            sampler=ParentBased(TraceIdRatioBased(settings.telemetry.trace_sample_ratio)),
         )
         if endpoint:
             tracer_provider.add_span_processor(
@@ -202,12 +209,14 @@ def setup(
             handle.add_span_exporter(exporter)
         if registry is not None:
             try:
-                server, thread = start_http_server(settings.metrics_port, registry=registry)
+                server, thread = start_http_server(
+                    settings.telemetry.metrics_port, registry=registry
+                )
             except OSError as exc:
                 meter_provider.shutdown()
                 tracer_provider.shutdown()
                 raise TelemetryError(
-                    f"cannot serve metrics on port {settings.metrics_port} "
+                    f"cannot serve metrics on port {settings.telemetry.metrics_port} "
                     f"(GUARDSTREAM_METRICS_PORT): {exc.strerror or exc}"
                 ) from exc
             handle._server, handle._thread = server, thread
@@ -218,7 +227,7 @@ def setup(
                 "service": service_name,
                 "metrics_port": handle.metrics_port,
                 "otlp": endpoint is not None,
-                "trace_sample_ratio": settings.trace_sample_ratio,
+                "trace_sample_ratio": settings.telemetry.trace_sample_ratio,
             },
         )
         _installed = handle

@@ -1,14 +1,14 @@
 """Trace context across Kafka hops: one post is one trace, from producer to decision.
 
 W3C `traceparent` / `tracestate` travel in record headers (`inject` / `extract`). The shared
-consumer runtime (`core/loop.py`) opens a `BatchTrace` around each batch: a span per record,
+consumer runtime (`runtime/loop.py`) opens a `BatchTrace` around each batch: a span per record,
 child of the context its producer injected, and a batch span linking them. Handlers `bind` a
-record to the post event it carries; `core/outbox.py` then injects that record's span into
+record to the post event it carries; `verdict/emitter.py` then injects that record's span into
 every output about the same post event, so score requests and decisions continue the post's
 trace. Span attributes are topic / partition / offset / group, tenant, verdict and hashed ids
 only: never text, author ids or anything a user wrote.
 
-While no exporter is configured (`core.telemetry` then calls `context_only_spans`), a batch's
+While no exporter is configured (`runtime.telemetry` then calls `context_only_spans`), a batch's
 spans are context-only: the same trace ids, span ids and sampling flags the SDK would give
 them - so headers and log lines carry them as before - but no span objects, attributes or
 processors, which nobody would read (a tenth or more of triage's CPU time).
@@ -38,7 +38,7 @@ from opentelemetry.trace import (
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-if TYPE_CHECKING:  # instrumentation uses the API only; the SDK is `core.telemetry`'s
+if TYPE_CHECKING:  # instrumentation uses the API only; the SDK is `runtime.telemetry`'s
     from opentelemetry.sdk.trace import TracerProvider
 
 Headers = list[tuple[str, bytes]]
@@ -111,7 +111,7 @@ def tracer() -> trace.Tracer:
 
 
 def sdk_installed() -> bool:
-    """True once a process installed a real TracerProvider (`core.telemetry.setup`)."""
+    """True once a process installed a real TracerProvider (`runtime.telemetry.setup`)."""
     return not isinstance(
         trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
     )
@@ -123,7 +123,7 @@ _context_only: TracerProvider | None = None
 
 def context_only_spans(provider: TracerProvider | None) -> None:
     """Batches get context-only spans decided by `provider` (installed, exporting nowhere),
-    or real spans again (None, the default). Called by `core.telemetry`."""
+    or real spans again (None, the default). Called by `runtime.telemetry`."""
     global _context_only
     _context_only = provider
 
@@ -177,7 +177,7 @@ def producer_span(topic: str, **attributes: str | int) -> Iterator[Headers]:
 
 @contextmanager
 def consumer_span(record: _Record, **attributes: str | int) -> Iterator[Span]:
-    """For consumers outside `core/loop.py` (the faust SLA app, the review console's
+    """For consumers outside `runtime/loop.py` (the faust SLA app, the review console's
     consumers): a current CONSUMER span continuing the record's trace. Records produced inside
     it continue the trace too: send them with `headers=inject()`."""
     attrs: dict[str, str | int] = {

@@ -24,11 +24,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from guardstream.contracts.errors import PermanentError, TransientError
 from guardstream.contracts.events import Label
 from guardstream.model.adapters import Adapter
+from guardstream.model.guard import ForcedPrefixes
+from guardstream.runtime.settings import Settings
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -74,3 +76,10 @@ class GuardEngine(Protocol):
     ) -> RawAnswer: ...
 
     async def close(self) -> None: ...
+
+
+def max_input_tokens(settings: Settings, tokenizer: Any) -> int:
+    """Room for the rendered conversation: the window minus the answer and forced prefix."""
+    forced = ForcedPrefixes.of(tokenizer).longest
+    room: int = settings.engine.max_model_len - settings.engine.max_output_tokens - forced
+    return room

@@ -40,7 +40,7 @@ from guardstream.model.guard import (
     resolve_model,
 )
 from guardstream.runtime.settings import Settings
-from guardstream.scorer.engine import EngineDead, RawAnswer, ScoringError
+from guardstream.scorer.engine import EngineDead, RawAnswer, ScoringError, max_input_tokens
 from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 log = logging.getLogger(__name__)
@@ -76,16 +76,16 @@ class TransformersGuardEngine:
         self._tok = tokenizer
         self._renderer = renderer
         self._model_id = model_id
-        self._mode = settings.scoring_mode
-        self._refusal = settings.two_phase_refusal
-        self._max_output = settings.max_output_tokens
-        self._batch_max = settings.scorer_batch_max
+        self._mode = settings.engine.scoring_mode
+        self._refusal = settings.engine.two_phase_refusal
+        self._max_output = settings.engine.max_output_tokens
+        self._batch_max = settings.scorer.batch_max
         self._forced = ForcedPrefixes.of(tokenizer)
         self._detail_max = max(1, self._max_output - self._forced.longest)  # as the vLLM engine
         self._by_token = {tid: label for label, tid in self._forced.label_token.items()}
         self._pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self._eos = tokenizer.eos_token_id
-        self._share_prefix = settings.prefix_caching
+        self._share_prefix = settings.engine.prefix_caching
         self._prefixes: list[tuple[list[int], Any]] = []  # shared prefixes and KV, newest first
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
@@ -95,17 +95,17 @@ class TransformersGuardEngine:
     @classmethod
     async def start(cls, settings: Settings) -> TransformersGuardEngine:
         path, model_id = await asyncio.to_thread(resolve_model, settings)
-        from guardstream.scorer.vllm_engine import VllmGuardEngine
 
         def load() -> tuple[Any, Any]:
+            # lazy: torch only in a scorer that runs this engine
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             tokenizer = AutoTokenizer.from_pretrained(path)
             dtype = (
                 "auto"
-                if settings.model_dtype == "auto"
-                else getattr(torch, _DTYPES[settings.model_dtype])
+                if settings.engine.dtype == "auto"
+                else getattr(torch, _DTYPES[settings.engine.dtype])
             )
             model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             model.eval()
@@ -117,11 +117,11 @@ class TransformersGuardEngine:
             model, tokenizer = await asyncio.to_thread(load)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(
-                f"cannot load model {settings.model!r} with transformers "
+                f"cannot load model {settings.model.name!r} with transformers "
                 f"({type(exc).__name__}); GUARDSTREAM_MODEL=tiny serves the offline checkpoint"
             ) from exc
         try:
-            max_input = VllmGuardEngine.max_input_tokens(settings, tokenizer)
+            max_input = max_input_tokens(settings, tokenizer)
             renderer = PromptRenderer(tokenizer, max_input)
         except TemplateTooLong as exc:
             raise ModelUnavailable(str(exc)) from exc
@@ -212,6 +212,7 @@ class TransformersGuardEngine:
 
         Without a shared prefix: left padding, every sequence ends at the last column. With
         one: `[prefix][left padding][own tokens]`, the prefix's KV repeated over the batch."""
+        # lazy: torch only in a scorer that runs this engine
         import torch
 
         prefix, cache = self._shared_prefix(seqs)
@@ -235,6 +236,7 @@ class TransformersGuardEngine:
         """The prefix every sequence shares (each keeps a token of its own) and its KV cache:
         a known one if they all start with it, else this batch's common prefix, prefilled and
         remembered (the newest `KNOWN_PREFIXES`: templates times policy packs in use)."""
+        # lazy: torch only in a scorer that runs this engine
         import torch
 
         if not self._share_prefix:
@@ -256,6 +258,7 @@ class TransformersGuardEngine:
 
     def _last_logprobs(self, seqs: list[list[int]]) -> Any:
         """log-softmax of the next-token logits after each sequence, one forward pass."""
+        # lazy: torch only in a scorer that runs this engine
         import torch
 
         input_ids, mask, cache, shared = self._padded(seqs)
@@ -273,6 +276,7 @@ class TransformersGuardEngine:
 
     def _greedy(self, seqs: list[list[int]], max_new: int) -> tuple[list[list[int]], Any]:
         """Greedy continuations (without padding and end of turn) and the per-step scores."""
+        # lazy: torch only in a scorer that runs this engine
         import torch
 
         input_ids, mask, cache, _ = self._padded(seqs)
@@ -306,6 +310,7 @@ class TransformersGuardEngine:
         return str(self._tok.decode(tokens, skip_special_tokens=True))
 
     def _plain_batch(self, jobs: list[_Job]) -> list[RawAnswer]:
+        # lazy: torch only in a scorer that runs this engine
         import torch
 
         outputs, scores = self._greedy([job.ids for job in jobs], self._max_output)

@@ -10,16 +10,18 @@ from guardstream.scorer.engine import GuardEngine
 
 async def start_engine(settings: Settings) -> GuardEngine:
     """The configured engine (`GUARDSTREAM_ENGINE`), model loaded."""
-    if settings.engine == "transformers":
-        from guardstream.scorer.hf_engine import TransformersGuardEngine  # torch only here
+    if settings.engine.kind == "transformers":
+        # lazy: each engine (vLLM, torch) only where it is chosen
+        from guardstream.scorer.hf_engine import TransformersGuardEngine
 
-        if settings.adapter_dir is not None:
+        if settings.model.adapter_dir is not None:
             raise ModelUnavailable(
                 "GUARDSTREAM_ADAPTER_DIR is set but the transformers engine serves no LoRA "
                 "adapters: use GUARDSTREAM_ENGINE=vllm, or unset the adapter registry"
             )
 
         return await TransformersGuardEngine.start(settings)
-    from guardstream.scorer.vllm_engine import VllmGuardEngine  # vLLM only where it serves
+    # lazy: each engine (vLLM, torch) only where it is chosen
+    from guardstream.scorer.vllm_engine import VllmGuardEngine
 
     return await VllmGuardEngine.start(settings)

@@ -52,17 +52,20 @@ async def run(
             expose(scorer)
         return scorer.handle
 
-    if settings.scorer_source == "escalations" and settings.cascade_escalate_below is not None:
+    if (
+        settings.scorer.source == "escalations"
+        and settings.scorer.cascade_escalate_below is not None
+    ):
         raise ValueError("the escalations tier is the last one: it cannot escalate further")
-    escalations = settings.scorer_source == "escalations"
+    escalations = settings.scorer.source == "escalations"
     return await serve(
         settings,
         name="scorer-escalations" if escalations else "scorer",
         source_topic=TopicNames(settings.namespace)[
             Topic.ESCALATIONS if escalations else Topic.SCORE_REQUESTS
         ],
-        max_records=settings.scorer_batch_max,
-        max_in_flight=settings.scorer_max_in_flight,
+        max_records=settings.scorer.batch_max,
+        max_in_flight=settings.scorer.max_in_flight,
         build=build,
         stop=stop,
         # A dead engine fails the liveness probe at once, even with no traffic to notice it.

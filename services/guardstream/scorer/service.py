@@ -10,7 +10,7 @@ acknowledged. Unusable model output is `controversial`, never `safe`. In a casca
 requests go to the escalations topic, acknowledged before the offsets move, for the larger
 model's scorer. An engine failure is transient (the batch is retried, nothing skipped); a dead
 engine ends the process. A request whose data Redis refuses, or that cannot become a valid
-decision, is found by halving the batch (`core.loop.isolate`) and dead-lettered alone
+decision, is found by halving the batch (`runtime.loop.isolate`) and dead-lettered alone
 (`store_rejected`, `unprocessable`); the rest are decided.
 
 Shadow scoring: for a tenant whose registry lists a shadow candidate adapter, each freshly
@@ -52,8 +52,8 @@ from guardstream.scorer.output import GuardAnswer, label_confidence, parse_answe
 from guardstream.scorer.prompt import messages_for
 from guardstream.verdict.cache import CachedVerdict, VerdictKey
 from guardstream.verdict.decisions import Origin, decide, model_reason
+from guardstream.verdict.emitter import Emitter
 from guardstream.verdict.journal import journal_key
-from guardstream.verdict.outbox import Outbox
 from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Scorer:
         self._near = stores.near
         self._engine = engine
         self._adapters = stores.adapters
-        self._faults = FaultPoints(settings.fault)
+        self._faults = FaultPoints(settings.process.fault)
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self._shadow_topic = TopicNames(settings.namespace)[Topic.SHADOW]
@@ -164,22 +164,22 @@ class Scorer:
         return unusable(exc, REJECTED_DATA)
 
     async def _dead_letter(self, record: Record, error: ContractError) -> None:
-        outbox = Outbox(self._producer, self._settings, "scorer")
-        await outbox.dead_letter(record, error)
-        await outbox.flush()
+        emitter = Emitter(self._producer, self._settings, "scorer")
+        await emitter.dead_letter(record, error)
+        await emitter.flush()
         self.counts["dlq"] += 1
         self.counts["consumed"] += 1
 
     async def _handle(self, records: Records) -> None:
-        outbox = Outbox(self._producer, self._settings, "scorer")
+        emitter = Emitter(self._producer, self._settings, "scorer")
         requests: dict[str, ScoreRequest] = {}  # by journal key: a replayed event counts once
         dead = 0
-        limit = self._settings.max_text_chars
+        limit = self._settings.process.max_text_chars
         for record in records:
             try:
                 request = within_text_limit(ScoreRequest.from_json(record.value), limit)
             except ContractError as exc:
-                await outbox.dead_letter(record, exc)
+                await emitter.dead_letter(record, exc)
                 dead += 1
                 continue
             tracing.bind(record, request.post_event_id)  # its decision continues its trace
@@ -189,7 +189,7 @@ class Scorer:
 
         recalled = await self._journal.recall_many(list(requests))
         for event in recalled:  # decided before (a replay): say the same thing again
-            await outbox.decision(recalled[event])
+            await emitter.decision(recalled[event])
             del requests[event]
         self.counts["replayed"] += len(recalled)
 
@@ -213,7 +213,7 @@ class Scorer:
         for key in unsure:
             del fresh[key]
             for request in by_key.pop(key):
-                await outbox.send(Topic.ESCALATIONS, request, key=key.content_key)
+                await emitter.send(Topic.ESCALATIONS, request, key=key.content_key)
                 self.counts["escalated"] += 1
         await self._cache.put_many(fresh)
         self.counts["cache_hit"] += sum(len(by_key[key]) for key in cached)
@@ -232,13 +232,13 @@ class Scorer:
             for request in group
         ]
         await self._index_near_duplicates([by_key[key][0] for key in fresh])
-        await outbox.decisions(self._journal, decisions)
-        await outbox.flush()
+        await emitter.decisions(self._journal, decisions)
+        await emitter.flush()
         self.counts["dlq"] += dead
         self.counts["consumed"] += len(records)
 
     def _escalates(self, verdict: CachedVerdict) -> bool:
-        threshold = self._settings.cascade_escalate_below
+        threshold = self._settings.scorer.cascade_escalate_below
         if threshold is None:
             return False
         return verdict.confidence is None or verdict.confidence < threshold
@@ -270,9 +270,9 @@ class Scorer:
     def _start_shadow(self, request: ScoreRequest, serving: CachedVerdict, escalated: bool) -> None:
         """Score `request` with its tenant's shadow candidate in the background, if it has one
         and there is room; nothing here can fail or delay the serving decision."""
-        if self._adapters is None or self._settings.shadow_max_in_flight == 0:
+        if self._adapters is None or self._settings.scorer.shadow_max_in_flight == 0:
             return
-        if self._settings.scorer_source == "escalations":
+        if self._settings.scorer.source == "escalations":
             return  # the first tier shadowed this key already (its record says `escalated`)
         try:
             candidate = self._adapters.shadow_for(request.tenant)
@@ -281,10 +281,10 @@ class Scorer:
             log.warning("shadow registry unreadable", extra={"error": type(exc).__name__})
             return
         if candidate is None or not shadow_sampled(
-            request.content_key, self._settings.shadow_sample_rate
+            request.content_key, self._settings.scorer.shadow_sample_rate
         ):
             return
-        if len(self._shadow_tasks) >= self._settings.shadow_max_in_flight:
+        if len(self._shadow_tasks) >= self._settings.scorer.shadow_max_in_flight:
             self.counts["shadow_skipped"] += 1
             return
         task = asyncio.create_task(self._shadow(request, serving, candidate, escalated))

@@ -21,7 +21,7 @@ from guardstream.model.guard import (
     resolve_model,
 )
 from guardstream.runtime.settings import Settings
-from guardstream.scorer.engine import EngineDead, RawAnswer, ScoringError
+from guardstream.scorer.engine import EngineDead, RawAnswer, ScoringError, max_input_tokens
 from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 if TYPE_CHECKING:
@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 
 def _memory_fraction(settings: Settings) -> float:
-    if settings.gpu_memory_utilization is not None:
-        return settings.gpu_memory_utilization
+    if settings.engine.gpu_memory_utilization is not None:
+        return settings.engine.gpu_memory_utilization
+    # lazy: vLLM and torch only in a scorer that runs this engine
     import torch
 
     return 0.9 if torch.cuda.is_available() else 0.2
@@ -48,14 +49,15 @@ class VllmGuardEngine:
         self._renderer = renderer
         self._tokenizer = tokenizer
         self._model_id = model_id
-        self._mode = settings.scoring_mode
-        self._refusal = settings.two_phase_refusal
+        self._mode = settings.engine.scoring_mode
+        self._refusal = settings.engine.two_phase_refusal
         self._forced = ForcedPrefixes.of(tokenizer)
         self._label_ids = self._forced.label_token
         self._by_token = {tid: label for label, tid in self._label_ids.items()}
-        self._lora = settings.adapter_dir is not None
+        self._lora = settings.model.adapter_dir is not None
         self._lora_ids: dict[str, int] = {}  # adapter id → vLLM's integer LoRA id
 
+        # lazy: vLLM and torch only in a scorer that runs this engine
         from vllm import SamplingParams
 
         def params(max_tokens: int, *, label_logprobs: bool, detokenize: bool = True) -> Any:
@@ -68,30 +70,25 @@ class VllmGuardEngine:
                 detokenize=detokenize,
             )
 
-        self._params = params(settings.max_output_tokens, label_logprobs=True)
+        self._params = params(settings.engine.max_output_tokens, label_logprobs=True)
         # One prefill, no decode; the token id is the answer, so no detokenising either.
         self._label_params = params(1, label_logprobs=True, detokenize=False)
         self._detail_params = params(
-            settings.max_output_tokens - self._forced.longest, label_logprobs=False
+            settings.engine.max_output_tokens - self._forced.longest, label_logprobs=False
         )
         self._refusal_params = params(2, label_logprobs=False)  # " Yes"/" No", end of turn
-
-    @staticmethod
-    def max_input_tokens(settings: Settings, tokenizer: Any) -> int:
-        """Room for the rendered conversation: the window minus the answer and forced prefix."""
-        forced = ForcedPrefixes.of(tokenizer).longest
-        return settings.max_model_len - settings.max_output_tokens - forced
 
     @classmethod
     async def start(cls, settings: Settings) -> VllmGuardEngine:
         """Load the model; raises `ModelUnavailable` with a way out when it cannot."""
         path, model_id = await asyncio.to_thread(resolve_model, settings)
+        # lazy: vLLM and torch only in a scorer that runs this engine
         from transformers import AutoTokenizer
         from vllm import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         offline_hint = (
-            f"cannot load model {settings.model!r}. Without access to the model hub, set "
+            f"cannot load model {settings.model.name!r}. Without access to the model hub, set "
             "GUARDSTREAM_MODEL=tiny to serve guardstream's own offline test checkpoint, or point "
             "GUARDSTREAM_MODEL at a local directory holding Qwen3Guard-Gen weights."
         )
@@ -101,22 +98,22 @@ class VllmGuardEngine:
             raise ModelUnavailable(f"{offline_hint} ({type(exc).__name__})") from exc
 
         try:
-            renderer = PromptRenderer(tokenizer, cls.max_input_tokens(settings, tokenizer))
+            renderer = PromptRenderer(tokenizer, max_input_tokens(settings, tokenizer))
         except TemplateTooLong as exc:
             raise ModelUnavailable(str(exc)) from exc
         args = AsyncEngineArgs(
             model=path,
             served_model_name=model_id,
-            dtype=settings.model_dtype,
-            max_model_len=settings.max_model_len,
+            dtype=settings.engine.dtype,
+            max_model_len=settings.engine.max_model_len,
             gpu_memory_utilization=_memory_fraction(settings),
-            enable_prefix_caching=settings.prefix_caching,
+            enable_prefix_caching=settings.engine.prefix_caching,
             seed=0,
             disable_log_stats=True,
             # Adapters from the registry are served by this one engine, per request.
-            enable_lora=settings.adapter_dir is not None,
-            max_lora_rank=settings.max_lora_rank,
-            max_loras=settings.max_loras,
+            enable_lora=settings.model.adapter_dir is not None,
+            max_lora_rank=settings.engine.max_lora_rank,
+            max_loras=settings.engine.max_loras,
         )
         try:
             llm = AsyncLLM.from_engine_args(args)
@@ -124,7 +121,11 @@ class VllmGuardEngine:
             raise ModelUnavailable(f"{offline_hint} ({type(exc).__name__}: {exc})") from exc
         log.info(
             "engine ready",
-            extra={"model": model_id, "pid": os.getpid(), "scoring_mode": settings.scoring_mode},
+            extra={
+                "model": model_id,
+                "pid": os.getpid(),
+                "scoring_mode": settings.engine.scoring_mode,
+            },
         )
         return cls(llm, tokenizer, renderer, model_id, settings)
 
@@ -156,6 +157,7 @@ class VllmGuardEngine:
                 f"request names adapter {adapter.adapter_id!r} but this scorer has no adapter "
                 "registry (GUARDSTREAM_ADAPTER_DIR)"
             )
+        # lazy: vLLM and torch only in a scorer that runs this engine
         from vllm.lora.request import LoRARequest
 
         number = self._lora_ids.setdefault(adapter.adapter_id, len(self._lora_ids) + 1)
@@ -231,6 +233,7 @@ class VllmGuardEngine:
         self, ids: list[int], params: Any, request_id: str, lora: Any = None
     ) -> Any:
         """One engine request to completion; vLLM's failures mapped onto our two policies."""
+        # lazy: vLLM and torch only in a scorer that runs this engine
         from vllm.inputs import TokensPrompt
         from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 

@@ -5,27 +5,10 @@ by post_id: co-partitioned) and keeps one `Item` per post in the `sla_items` tab
 tenant and post_id, `logic.item_key`: tenants may share post ids), whose
 changelog (`<group>-sla_items-changelog`, 6 partitions) restores it after a restart or a
 rebalance. Each worker keeps a deadline index per partition it owns, rebuilt from the table
-when recovery completes, so a tick pops only what is due. Commit policy (faust commits an
-event's offset once the agent has moved past it):
-
-| outcome                 | what happens                                                        |
-|-------------------------|---------------------------------------------------------------------|
-| success                 | table written (changelog acknowledged) and every output acknowledged |
-|                         | by the broker before the agent takes the next event                 |
-| permanent error         | a record failing its contract (`forbidden_character`, ...), whose   |
-|                         | key is not its post_id, or whose item is no valid event               |
-|                         | (`unprocessable`) → DLQ (origin, reason, attempts) after one attempt, |
-|                         | then acked                                                           |
-| transient error         | broker produce / changelog failure → the same event retried with     |
-|                         | capped exponential backoff, forever; never acked, never skipped      |
-| unexpected error (bug)  | retried 3 times with backoff, then DLQ `processing_failed` with the  |
-|                         | exception type: explicit, never the silent ack faust would do       |
-| timer publish failure   | the effect stays stamped-unsent in the table and is retried on the   |
-|                         | next tick                                                            |
-| shutdown / kill -9      | uncommitted events are redelivered; items replay idempotently and   |
-|                         | stamped-unsent effects are re-published byte for byte               |
-| rebalance               | revoked partitions' indexes dropped; assigned partitions recovered   |
-|                         | from the changelog, then indexed; overdue items fire on the next tick |
+when recovery completes, so a tick pops only what is due. Faust commits an event's offset
+once the agent has moved past it; what each outcome does (success, permanent and transient
+errors, a bug, a failed timer publish, shutdown, rebalance) is in
+docs/concepts/delivery.md, "The SLA app" (the one copy of the table).
 """
 
 from __future__ import annotations
@@ -37,6 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -60,8 +44,8 @@ from guardstream.runtime.faults import FaultPoints
 from guardstream.runtime.kafka import client_kwargs, dead_letter
 from guardstream.runtime.loop import unusable
 from guardstream.runtime.settings import Settings
+from guardstream.sla.deadlines import Deadlines
 from guardstream.sla.logic import (
-    DeadlineIndex,
     Item,
     Phase,
     ResponseTimes,
@@ -75,6 +59,7 @@ from guardstream.sla.logic import (
     reviewed,
     stamp_due,
 )
+from guardstream.sla.table import ItemTable
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +113,7 @@ async def ensure_changelog(settings: Settings) -> bool:
                 NewTopic(
                     name=name,
                     num_partitions=PARTITIONS,
-                    replication_factor=settings.topic_replication,
+                    replication_factor=settings.kafka.topic_replication,
                     topic_configs={"cleanup.policy": "compact"},
                 )
             ]
@@ -138,15 +123,38 @@ async def ensure_changelog(settings: Settings) -> bool:
         await admin.close()
 
 
+def _faust_app(settings: Settings, datadir: Path) -> faust.App:
+    """The worker's faust app: in-memory table store restored from its changelog, topics
+    created up front (`topics create`), every produce acknowledged by all replicas."""
+    session = settings.sla.session_timeout_s
+    return faust.App(
+        settings.group_id("sla"),
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka.bootstrap.split(",")],
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        datadir=str(datadir),
+        web_enabled=False,
+        autodiscover=False,
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        topic_partitions=PARTITIONS,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=session,
+        broker_heartbeat_interval=max(1.0, session / 3),
+        producer_acks=-1,
+    )
+
+
 def _credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    protocol = settings.kafka_security_protocol
+    protocol = settings.kafka.security_protocol
     context = ssl.create_default_context() if protocol.endswith("SSL") else None
-    if settings.kafka_sasl_mechanism:
-        password = settings.kafka_sasl_password
+    if settings.kafka.sasl_mechanism:
+        password = settings.kafka.sasl_password
         return faust.SASLCredentials(
-            username=settings.kafka_sasl_username,
+            username=settings.kafka.sasl_username,
             password=password.get_secret_value() if password is not None else None,
-            mechanism=settings.kafka_sasl_mechanism,
+            mechanism=settings.kafka.sasl_mechanism,
             ssl_context=context,
         )
     if context is not None:
@@ -202,61 +210,31 @@ class SlaWorker:
         self._producer = producer
         self._clock = clock
         self._names = TopicNames(settings.namespace)
-        self._retain = float(settings.sla_retain_s)
-        self._indexes: dict[int, DeadlineIndex] = {}
-        self._pending: dict[int, dict[str, float]] = {}  # partition → item key → decided_at
+        self._retain = float(settings.sla.retain_s)
+        self.deadlines = Deadlines()
         self._locks: dict[int, asyncio.Lock] = {}
         self._recovered = False
-        self._faults = FaultPoints(settings.fault)
-        self.responses = ResponseTimes(settings.sla_response_window)
-        self.pickups = ResponseTimes(settings.sla_response_window)  # decided → assigned
+        self._faults = FaultPoints(settings.process.fault)
+        self.responses = ResponseTimes(settings.sla.response_window)
+        self.pickups = ResponseTimes(settings.sla.response_window)  # decided → assigned
         self.counts: dict[str, int] = {k.value: 0 for k in SlaEventKind} | {"dlq": 0}
         self.max_lateness_s = 0.0
         self.last_tick_ms = 0.0
         self.ticks: deque[tuple[int, float]] = deque(maxlen=10_000)  # (items due, ms)
 
-        session = settings.sla_session_timeout_s
-        self._datadir = settings.sla_data_dir / settings.group_id("sla")
-        self.app = faust.App(
-            settings.group_id("sla"),
-            broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
-            broker_credentials=_credentials(settings),
-            store="memory://",
-            datadir=str(self._datadir),
-            web_enabled=False,
-            autodiscover=False,
-            topic_disable_leader=True,
-            topic_allow_declare=False,
-            topic_partitions=PARTITIONS,
-            table_standby_replicas=0,
-            consumer_auto_offset_reset="earliest",
-            broker_session_timeout=session,
-            broker_heartbeat_interval=max(1.0, session / 3),
-            producer_acks=-1,
-        )
+        self._datadir = settings.sla.data_dir / settings.group_id("sla")
+        self.app = _faust_app(settings, self._datadir)
         self.table = self.app.Table(TABLE, default=None, partitions=PARTITIONS)
         self._source = self.app.topic(
             *(self._names[t] for t in SOURCES), key_serializer="raw", value_serializer="raw"
         )
         self.app.agent(self._source, name="sla-sources")(self._consume)
-        self.app.timer(interval=settings.sla_tick_s, name="sla-tick")(self._tick)
+        self.app.timer(interval=settings.sla.tick_s, name="sla-tick")(self._tick)
+        self.items = ItemTable(self.table, self.deadlines)
         self.table.on_recover(self._on_recovered)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
-        meter.create_observable_gauge(
-            "guardstream.sla.pending", callbacks=[self._observe_pending], unit="1"
-        )
-        meter.create_observable_gauge(
-            "guardstream.sla.oldest_pending_age", callbacks=[self._observe_oldest], unit="s"
-        )
-        meter.create_observable_gauge(
-            "guardstream.sla.review_response_time_avg",
-            callbacks=[self._observe_response],
-            unit="s",
-        )
-        meter.create_observable_gauge(
-            "guardstream.sla.assignment_time_avg", callbacks=[self._observe_pickup], unit="s"
-        )
+        _observe(self)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -269,13 +247,13 @@ class SlaWorker:
 
     @property
     def ready(self) -> bool:
-        return self._recovered and bool(self._indexes)
+        return self._recovered and bool(self.deadlines.partitions)
 
     def status(self) -> dict[str, Any]:
         """Numbers for tests, the bench and logs (no post ids)."""
         oldest = self.oldest_pending_age()
         return {
-            "partitions": sorted(self._indexes),
+            "partitions": self.deadlines.partitions,
             "pending": self.pending_count(),
             "items": len(self.table.data),  # pending + finished items still retained
             "oldest_pending_age_s": oldest,
@@ -287,11 +265,10 @@ class SlaWorker:
         }
 
     def pending_count(self) -> int:
-        return sum(len(p) for p in self._pending.values())
+        return self.deadlines.pending_count()
 
     def oldest_pending_age(self) -> float | None:
-        starts = [min(p.values()) for p in self._pending.values() if p]
-        return max(0.0, self._clock() - min(starts)) if starts else None
+        return self.deadlines.oldest_pending_age(self._clock())
 
     # --- partitions ------------------------------------------------------------------------
     def _owned(self) -> set[int]:
@@ -299,13 +276,7 @@ class SlaWorker:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == review}
 
     async def _on_recovered(self) -> None:
-        owned = self._owned()
-        for partition in set(self._indexes) - owned:
-            self._drop(partition)
-        fresh = owned - set(self._indexes)
-        for partition in fresh:
-            self._indexes[partition] = DeadlineIndex()
-            self._pending[partition] = {}
+        fresh = self.deadlines.own(self._owned())
         bad = 0
         renamed: list[asyncio.Future[Any]] = []
         for key, value in list(self.table.data.items()):
@@ -317,7 +288,7 @@ class SlaWorker:
                 continue
             if item.partition in fresh:
                 if key != item.key:  # written before items were keyed by tenant and post_id
-                    renamed += [self._forget(item.partition, key), self._put(item)]
+                    renamed += [self.items.forget(item.partition, key), self.items.put(item)]
                 self._track(item)
         if renamed:
             # Lost writes leave the old names in the changelog: renamed again next recovery.
@@ -328,7 +299,11 @@ class SlaWorker:
         self._recovered = True
         log.info(
             "SLA partitions recovered",
-            extra={"partitions": sorted(owned), "pending": self.pending_count(), "bad": bad},
+            extra={
+                "partitions": self.deadlines.partitions,
+                "pending": self.pending_count(),
+                "bad": bad,
+            },
         )
 
     async def _on_revoked(self, sender: Any, /, *args: Any, signal: Any, **_: Any) -> None:
@@ -336,55 +311,13 @@ class SlaWorker:
         revoked: Iterable[Any] = args[0] if args else ()
         for tp in revoked:
             if tp.topic == review:
-                self._drop(tp.partition)
-
-    def _drop(self, partition: int) -> None:
-        self._indexes.pop(partition, None)
-        self._pending.pop(partition, None)
+                self.deadlines.drop(tp.partition)
 
     def _lock(self, partition: int) -> asyncio.Lock:
         return self._locks.setdefault(partition, asyncio.Lock())
 
     def _track(self, item: Item) -> None:
-        index = self._indexes.get(item.partition)
-        if index is None:
-            return  # not (yet) ours: recovery indexes it from the table when it is assigned
-        index.schedule(item.key, item.next_due(self._retain))
-        pending = self._pending.setdefault(item.partition, {})
-        if item.phase is Phase.PENDING:
-            pending[item.key] = item.decided_at
-        else:
-            pending.pop(item.key, None)
-
-    # --- table -----------------------------------------------------------------------------
-    def _get(self, key: str) -> Item | None:
-        raw = self.table.data.get(key)
-        if raw is None:
-            return None
-        try:
-            return Item.from_dict(raw)
-        except (ValueError, KeyError, TypeError):
-            log.exception("unreadable SLA table entry replaced", extra={"key": key[:200]})
-            return None
-
-    def _put(self, item: Item) -> asyncio.Future[Any]:
-        value = item.to_dict()
-        self.table.data[item.key] = value
-        future: asyncio.Future[Any] = self.table.send_changelog(item.partition, item.key, value)
-        return future
-
-    def _delete(self, item: Item) -> asyncio.Future[Any]:
-        return self._forget(item.partition, item.key)
-
-    def _forget(self, partition: int, key: str) -> asyncio.Future[Any]:
-        self.table.data.pop(key, None)
-        index = self._indexes.get(partition)
-        if index is not None:
-            index.discard(key)
-        future: asyncio.Future[Any] = self.table.send_changelog(
-            partition, key, None, value_serializer="raw"
-        )
-        return future
+        self.deadlines.track(item, self._retain)
 
     async def _settle(self, items: Sequence[Item]) -> None:
         """Make `items` durable, publish their unsent effects, then record them as sent.
@@ -392,7 +325,7 @@ class SlaWorker:
         Stamps reach the changelog before anything is published, so a crash after publishing
         replays the same stamps and therefore the same bytes.
         """
-        await _acked(self._put(item) for item in items)
+        await _acked(self.items.put(item) for item in items)
         sends: list[asyncio.Future[Any]] = []
         for item in items:
             for kind in item.unsent:
@@ -423,7 +356,7 @@ class SlaWorker:
                     self.max_lateness_s = max(self.max_lateness_s, late)
                     _lateness.record(late, {"tenant": item.tenant})
             done.append(mark_sent(item, kinds))
-        await _acked(self._put(item) for item in done)
+        await _acked(self.items.put(item) for item in done)
         for item in done:
             self._track(item)
 
@@ -459,7 +392,7 @@ class SlaWorker:
             else:
                 return
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
+            backoff = min(backoff * 2, self._settings.process.retry_backoff_max_s)
 
     async def _dead_letter(self, message: Any, error: ContractError, attempts: int) -> None:
         backoff = 0.1
@@ -471,7 +404,7 @@ class SlaWorker:
                     _as_record(message),
                     error,
                     consumer=self._settings.group_id("sla"),
-                    max_request_bytes=self._settings.kafka_max_request_bytes,
+                    max_request_bytes=self._settings.kafka.max_request_bytes,
                     attempts=attempts,
                 )
                 await future
@@ -479,7 +412,7 @@ class SlaWorker:
             except (KafkaError, TimeoutError) as exc:
                 log.warning("DLQ publish failed, retrying", extra={"error": type(exc).__name__})
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self._settings.retry_backoff_max_s)
+                backoff = min(backoff * 2, self._settings.process.retry_backoff_max_s)
         self.counts["dlq"] += 1
         _dead_lettered.add(1, {"reason": error.reason, "topic": message.topic})
 
@@ -488,7 +421,7 @@ class SlaWorker:
         new: Item | None
         if topic == self._names[Topic.REVIEW]:
             decision = Decision.from_json(raw)
-            self._check_key(message, decision.post_id)
+            _check_key(message, decision.post_id)
             if decision.action is not Action.REVIEW:
                 raise ContractError(
                     "not_a_review_decision", f"action {decision.action.value} on the review topic"
@@ -497,7 +430,7 @@ class SlaWorker:
                 decision.tenant, None
             )
             sla = review_sla(pack, decision.categories)
-            current = self._get(item_key(decision.tenant, decision.post_id))
+            current = self.items.get(item_key(decision.tenant, decision.post_id))
             new = enter(decision, partition, sla, current)
             if new is not None:
                 new = replace(new, traceparent=_traceparent(message.headers))
@@ -505,34 +438,28 @@ class SlaWorker:
                 self.pickups.add(new.assigned_at - new.decided_at)
         elif topic == self._names[Topic.REVIEWS]:
             review = Review.from_json(raw)
-            self._check_key(message, review.post_id)
-            current = self._get(item_key(review.tenant, review.post_id))
+            _check_key(message, review.post_id)
+            current = self.items.get(item_key(review.tenant, review.post_id))
             new = reviewed(review, partition, current)
             if new is not None and current is not None and current.decision_id == new.decision_id:
                 self.responses.add(epoch(review.reviewed_at) - current.decided_at)
         else:
             assignment = ReviewAssignment.from_json(raw)
-            self._check_key(message, assignment.post_id)
-            current = self._get(item_key(assignment.tenant, assignment.post_id))
+            _check_key(message, assignment.post_id)
+            current = self.items.get(item_key(assignment.tenant, assignment.post_id))
             new = assigned(assignment, partition, current)
             if new is not None and new.phase is Phase.PENDING and new.assigned_at is not None:
                 self.pickups.add(new.assigned_at - new.decided_at)
         if new is not None:
             await self._settle([new])
 
-    @staticmethod
-    def _check_key(message: Any, post_id: str) -> None:
-        # The table is partitioned like its sources only if every source is keyed by post_id.
-        if message.key is not None and message.key != post_id.encode():
-            raise ContractError("key_not_post_id", "record key differs from its post_id")
-
     # --- the timer -------------------------------------------------------------------------
     async def _tick(self) -> None:
         started = time.perf_counter()
         now = self._clock()
         fired = 0
-        for partition in sorted(self._indexes):
-            index = self._indexes.get(partition)
+        for partition in self.deadlines.partitions:
+            index = self.deadlines.index(partition)
             while index is not None:
                 due = index.pop_due(now, TICK_CHUNK)
                 if not due:
@@ -546,7 +473,7 @@ class SlaWorker:
                     for key in due:
                         index.schedule(key, now)
                     break
-                index = self._indexes.get(partition)
+                index = self.deadlines.index(partition)
         self.last_tick_ms = (time.perf_counter() - started) * 1000
         self.ticks.append((fired, self.last_tick_ms))
 
@@ -555,11 +482,11 @@ class SlaWorker:
         changed: list[Item] = []
         purged: list[asyncio.Future[Any]] = []
         for key in due:
-            item = self._get(key)
+            item = self.items.get(key)
             if item is None or item.partition != partition:
                 continue
             if purgeable(item, now, self._retain):
-                purged.append(self._delete(item))
+                purged.append(self.items.delete(item))
                 continue
             new = stamp_due(item, now) or (item if item.unsent else None)
             if new is None:
@@ -570,20 +497,21 @@ class SlaWorker:
             await self._settle(changed)
         await _acked(purged)
 
-    # --- metrics callbacks -----------------------------------------------------------------
-    def _observe_pending(self, _: Any) -> list[metrics.Observation]:
-        return [metrics.Observation(self.pending_count())]
 
-    def _observe_oldest(self, _: Any) -> list[metrics.Observation]:
-        return [metrics.Observation(self.oldest_pending_age() or 0.0)]
+def _observe(worker: SlaWorker) -> None:
+    """The worker's gauges, read at each collection."""
 
-    def _observe_response(self, _: Any) -> list[metrics.Observation]:
-        mean = self.responses.mean()
-        return [] if mean is None else [metrics.Observation(mean)]
+    def gauge(name: str, unit: str, value: Callable[[], float | None]) -> None:
+        def observe(_: Any) -> list[metrics.Observation]:
+            current = value()
+            return [] if current is None else [metrics.Observation(current)]
 
-    def _observe_pickup(self, _: Any) -> list[metrics.Observation]:
-        mean = self.pickups.mean()
-        return [] if mean is None else [metrics.Observation(mean)]
+        meter.create_observable_gauge(name, callbacks=[observe], unit=unit)
+
+    gauge("guardstream.sla.pending", "1", worker.pending_count)
+    gauge("guardstream.sla.oldest_pending_age", "s", lambda: worker.oldest_pending_age() or 0.0)
+    gauge("guardstream.sla.review_response_time_avg", "s", worker.responses.mean)
+    gauge("guardstream.sla.assignment_time_avg", "s", worker.pickups.mean)
 
 
 async def _acked(futures: Iterable[asyncio.Future[Any]]) -> None:
@@ -594,6 +522,12 @@ async def _acked(futures: Iterable[asyncio.Future[Any]]) -> None:
         await asyncio.gather(*pending)
     except Exception as exc:
         raise TransientError(f"delivery failed: {type(exc).__name__}") from exc
+
+
+def _check_key(message: Any, post_id: str) -> None:
+    # The table is partitioned like its sources only if every source is keyed by post_id.
+    if message.key is not None and message.key != post_id.encode():
+        raise ContractError("key_not_post_id", "record key differs from its post_id")
 
 
 def _where(message: Any) -> dict[str, Any]:

@@ -25,14 +25,14 @@ async def run(
 ) -> None:
     """Run the SLA worker until `stop`. `expose` receives the worker (tests and the bench)."""
     log.info("starting", extra={"service": "sla", "settings": settings.public_view()})
-    registry = load_registry(settings.policy_dir)
+    registry = load_registry(settings.policy.dir)
     if await ensure_changelog(settings):
         log.info("created the SLA table changelog", extra={"topic": changelog_topic(settings)})
     producer = make_producer(settings, client_id="guardstream-sla")
     await producer.start()
     worker: SlaWorker | None = None
     health = HealthServer(
-        settings.health_port,
+        settings.process.health_port,
         ready=lambda: worker is not None and worker.ready,
         name="sla",
         status=lambda: worker.status() if worker is not None else {},

@@ -34,7 +34,7 @@ class Triaged:
     prompt: str | None  # normalised
     content_key: str
     # Everything in the content key but the text, and the tenant unless the pack shares model
-    # verdicts: near-duplicates are only sought within it (`core.neardup.near_scope`).
+    # verdicts: near-duplicates are only sought within it (`verdict.neardup.near_scope`).
     near_scope: str
     verdict_key: VerdictKey  # where its verdict is cached: the content key within its tenant
     prompt_prefix: str | None = None  # the pack's domain tags / region hint, when it has any

@@ -37,8 +37,8 @@ async def run(
         settings,
         name="triage",
         source_topic=TopicNames(settings.namespace)[Topic.POSTS],
-        max_records=settings.triage_batch_max,
-        max_in_flight=settings.triage_max_in_flight,
+        max_records=settings.triage.batch_max,
+        max_in_flight=settings.triage.max_in_flight,
         build=build,
         stop=stop,
     )
@@ -50,10 +50,10 @@ async def _watch_scorer(settings: Settings, stack: AsyncExitStack) -> CommitLagW
     await admin.start()
     stack.push_async_callback(admin.close)
     watch = CommitLagWatch(
-        scorer_offsets(settings, admin), after_s=settings.scorer_unavailable_after_s
+        scorer_offsets(settings, admin), after_s=settings.triage.scorer_unavailable_after_s
     )
     done = asyncio.Event()
-    interval_s = min(5.0, settings.scorer_unavailable_after_s / 4)
+    interval_s = min(5.0, settings.triage.scorer_unavailable_after_s / 4)
     polling = asyncio.create_task(watch.run(interval_s, done))
 
     async def stop_polling() -> None:

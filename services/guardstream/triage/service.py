@@ -9,9 +9,9 @@ unavailable (`guardstream.triage.watch`) and the pack fails closed, review decis
 source `rule`; bad records go to the DLQ with their origin (reasons from the contract:
 `invalid_json`, `invalid_schema`, `forbidden_character`, `text_too_long`, ...). A record whose
 data Redis refuses, or that the code cannot turn into valid events, is found by halving the
-batch (`core.loop.isolate`) and dead-lettered alone (`store_rejected`, `unprocessable`); the
+batch (`runtime.loop.isolate`) and dead-lettered alone (`store_rejected`, `unprocessable`); the
 rest of the batch is decided. Offsets are committed only after every produced record is
-acknowledged (see `guardstream.runtime.loop` for the full table).
+acknowledged (the whole commit table: docs/concepts/delivery.md).
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ from guardstream.triage.logic import Triaged, Triager, score_request_json
 from guardstream.triage.watch import ScorerWatch
 from guardstream.verdict.cache import CachedVerdict, VerdictKey
 from guardstream.verdict.decisions import Origin, decide, unscored
+from guardstream.verdict.emitter import Emitter
 from guardstream.verdict.journal import journal_key
-from guardstream.verdict.outbox import Outbox
 from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class Triage:
         self._model = model
         self._score_topic = TopicNames(settings.namespace)[Topic.SCORE_REQUESTS]
         self._triager = Triager(
-            max_text_chars=settings.max_text_chars,
+            max_text_chars=settings.process.max_text_chars,
             model=model,
             adapter_for=_adapter_for(stores.adapters),
             policies=stores.policies,
@@ -111,21 +111,21 @@ class Triage:
         return unusable(exc, REJECTED_DATA)
 
     async def _dead_letter(self, record: Record, error: ContractError) -> None:
-        outbox = Outbox(self._producer, self._settings, "triage")
-        await outbox.dead_letter(record, error)
-        await outbox.flush()
+        emitter = Emitter(self._producer, self._settings, "triage")
+        await emitter.dead_letter(record, error)
+        await emitter.flush()
         self.counts["dlq"] += 1
         self.counts["consumed"] += 1
 
     async def _handle(self, records: Records) -> None:
-        outbox = Outbox(self._producer, self._settings, "triage")
+        emitter = Emitter(self._producer, self._settings, "triage")
         accepted: dict[str, Triaged] = {}  # by journal key: a replayed event counts once
         dead = 0
         for record in records:
             try:
                 item = self._triager.triage(record.value)
             except ContractError as exc:
-                await outbox.dead_letter(record, exc)
+                await emitter.dead_letter(record, exc)
                 dead += 1
                 continue
             tracing.bind(record, item.post.event_id)  # its outputs continue its trace
@@ -140,7 +140,7 @@ class Triage:
             self._journal.recall_many(list(accepted)),
         )
         for key in recalled:  # these events were decided before: say the same thing again
-            await outbox.decision(recalled[key])
+            await emitter.decision(recalled[key])
             del accepted[key]
         self.counts["replayed"] += len(recalled)
 
@@ -178,15 +178,15 @@ class Triage:
                 self.counts["unscored"] += 1
                 continue
             request = score_request_json(item, near_duplicates=self._near is not None)
-            await outbox.send_json(
+            await emitter.send_json(
                 Topic.SCORE_REQUESTS, request, item.content_key, item.post.event_id
             )
             self.counts["scoring"] += 1
-        await outbox.decisions(self._journal, decisions)
-        await outbox.flush()
+        await emitter.decisions(self._journal, decisions)
+        await emitter.flush()
         self.counts["dlq"] += dead
         if self._watch is not None:
-            for topic, partition, last_offset in outbox.published:
+            for topic, partition, last_offset in emitter.published:
                 if topic == self._score_topic:
                     self._watch.sent(partition, last_offset)
         self.counts["consumed"] += len(records)

@@ -116,21 +116,23 @@ class RedisVerdictCache(FailOpenStore):
         return cls(
             redis_client(settings),
             prefix=settings.cache_prefix,
-            ttl_s=settings.cache_ttl_s,
-            timeout_s=settings.cache_timeout_ms / 1000,
-            human_ttl_s=settings.human_verdict_ttl_s,
+            ttl_s=settings.redis.cache_ttl_s,
+            timeout_s=settings.redis.timeout_ms / 1000,
+            human_ttl_s=settings.review.human_verdict_ttl_s,
         )
 
     @classmethod
     def for_packs(cls, settings: Settings, pack_ttls_s: Iterable[int]) -> RedisVerdictCache:
         """Entries live as long as the longest-lived pack reuses them, at most the setting."""
-        ttl_s = min(settings.cache_ttl_s, max(pack_ttls_s, default=settings.cache_ttl_s))
+        ttl_s = min(
+            settings.redis.cache_ttl_s, max(pack_ttls_s, default=settings.redis.cache_ttl_s)
+        )
         return cls(
             redis_client(settings),
             prefix=settings.cache_prefix,
             ttl_s=ttl_s,
-            timeout_s=settings.cache_timeout_ms / 1000,
-            human_ttl_s=settings.human_verdict_ttl_s,
+            timeout_s=settings.redis.timeout_ms / 1000,
+            human_ttl_s=settings.review.human_verdict_ttl_s,
         )
 
     @property

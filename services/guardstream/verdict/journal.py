@@ -57,8 +57,8 @@ class RedisDecisionJournal(FailOpenStore):
         return cls(
             redis_client(settings),
             prefix=settings.cache_prefix,
-            ttl_s=settings.journal_ttl_s,
-            timeout_s=settings.cache_timeout_ms / 1000,
+            ttl_s=settings.redis.journal_ttl_s,
+            timeout_s=settings.redis.timeout_ms / 1000,
         )
 
     async def recall_many(self, keys: Sequence[str]) -> dict[str, bytes]:

@@ -339,7 +339,7 @@ def bands(fingerprint: int, count: int) -> tuple[int, ...]:
 
 
 def near_scope(context: bytes, tenant: str | None) -> str:
-    """The scope near-duplicates are sought in: the content key's context (`core.content.
+    """The scope near-duplicates are sought in: the content key's context (`contracts.text.
     key_context`: kind, prompt context, model, adapter, prompt policy) and the tenant, or None
     when the post's pack shares model verdicts (`share_model_verdicts`) - then sharing packs'
     tenants meet in one scope. Like an exact cache hit, a near match on another tenant's post
@@ -422,8 +422,8 @@ class RedisNearDuplicateIndex(FailOpenStore):
         return cls(
             redis_client(settings),
             prefix=settings.cache_prefix,
-            ttl_s=settings.cache_ttl_s,
-            timeout_s=settings.cache_timeout_ms / 1000,
+            ttl_s=settings.redis.cache_ttl_s,
+            timeout_s=settings.redis.timeout_ms / 1000,
         )
 
     def _entries(self, scope: str, items: Iterable[tuple[str, str]]) -> list[_Entry]:

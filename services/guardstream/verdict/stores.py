@@ -1,7 +1,7 @@
 """What both consumers consult besides Kafka, opened once per process.
 
 The policy packs are loaded first, so a bad pack stops the process before it connects to
-anything; the Redis-backed stores are optimisations that fail open (`core/redisstore.py`).
+anything; the Redis-backed stores are optimisations that fail open (`runtime/redisstore.py`).
 """
 
 from __future__ import annotations
@@ -28,18 +28,18 @@ class Stores:
     @classmethod
     def open(cls, settings: Settings, stack: AsyncExitStack) -> Stores:
         """Open every store; `stack` closes them when the process stops."""
-        policies = load_registry(settings.policy_dir)
+        policies = load_registry(settings.policy.dir)
         cache = RedisVerdictCache.for_packs(settings, (p.cache_ttl_s for p in policies.packs))
         stack.push_async_callback(cache.close)
         journal = RedisDecisionJournal.from_settings(settings)
         stack.push_async_callback(journal.close)
         near = None
-        if settings.near_duplicates:
+        if settings.policy.near_duplicates:
             near = RedisNearDuplicateIndex.from_settings(settings)
             stack.push_async_callback(near.close)
         adapters = (
-            AdapterRegistry(settings.adapter_dir, settings.adapter_poll_s)
-            if settings.adapter_dir is not None
+            AdapterRegistry(settings.model.adapter_dir, settings.model.adapter_poll_s)
+            if settings.model.adapter_dir is not None
             else None
         )
         return cls(cache, journal, near, policies, adapters)

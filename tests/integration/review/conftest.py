@@ -34,17 +34,16 @@ PASSWORD = "s3cret-pass"
 @pytest.fixture
 async def review_settings(settings: Settings, database_url: str) -> AsyncIterator[Settings]:
     schema = f"t_{settings.namespace}"
-    yield settings.model_copy(
-        update={
-            "database_url": SecretStr(database_url),
-            "review_db_schema": schema,
-            "review_port": free_port(),
-            "review_assign_interval_s": 0.2,
-            "review_lock_s": 60,
+    yield settings.replace(
+        database={"url": SecretStr(database_url), "review_schema": schema},
+        review={
+            "port": free_port(),
+            "assign_interval_s": 0.2,
+            "lock_s": 60,
             # Tests talk plain http to 127.0.0.1, where httpx never sends a Secure cookie
             # back (test_review_credentials checks the Secure default).
-            "review_cookie_secure": False,
-        }
+            "cookie_secure": False,
+        },
     )
     conn = await asyncpg.connect(database_url)
     try:
@@ -107,7 +106,7 @@ async def serve(review_settings: Settings) -> AsyncIterator[Console]:
     stop = asyncio.Event()
     exposed: list[Review] = []
     task = asyncio.create_task(run(review_settings, stop, expose=exposed.append))
-    base = f"http://127.0.0.1:{review_settings.review_port}"
+    base = f"http://127.0.0.1:{review_settings.review.port}"
     try:
         async with httpx.AsyncClient(base_url=base, timeout=2) as http:
             for _ in range(300):

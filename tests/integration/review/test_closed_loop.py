@@ -30,8 +30,8 @@ from guardstream.model.tiny import ensure_tiny_checkpoint
 from guardstream.scorer.vllm_engine import VllmGuardEngine
 from guardstream.verdict.archive import Archive
 from tests.integration.conftest import in_process
+from tests.integration.pipeline.test_pipeline import decide
 from tests.integration.review.conftest import Console
-from tests.integration.test_pipeline import decide
 from tests.support.feedback import (
     CORRECTION_REASON,
     MISJUDGED,
@@ -48,10 +48,10 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 async def test_a_human_correction_becomes_a_better_model_in_production(
     console: Console, tmp_path: Path, model_cache_dir: Path
 ) -> None:
-    settings = console.settings.model_copy(
-        update={"adapter_dir": tmp_path / "adapters", "adapter_poll_s": 0.2}
+    settings = console.settings.replace(
+        model={"adapter_dir": tmp_path / "adapters", "adapter_poll_s": 0.2}
     )
-    archive = Archive(settings.feedback_dir)
+    archive = Archive(settings.feedback.dir)
     # The archive's history: earlier reviews that confirmed the model (anchors for training).
     history = [s for s in taught_samples() if not s.disagrees]
     archive.append(

@@ -312,7 +312,7 @@ class Sent:
 
 @pytest.fixture
 def settings(settings: Settings) -> Settings:  # the shared one, with a small text limit
-    return settings.model_copy(update={"max_text_chars": LIMIT})
+    return settings.replace(process={"max_text_chars": LIMIT})
 
 
 def corpus(topic: Topic) -> list[tuple[bytes, str]]:

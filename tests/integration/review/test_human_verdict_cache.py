@@ -50,7 +50,7 @@ async def test_human_verdict_wins_and_sticks(settings: Settings, redis_url: str)
         assert found[other].source is Source.MODEL
         client = redis.Redis.from_url(redis_url)
         human_key = f"{settings.cache_prefix}verdict:v2:h:acme:{key.content_key}"
-        assert client.ttl(human_key) > settings.cache_ttl_s  # sticky: outlives model entries
+        assert client.ttl(human_key) > settings.redis.cache_ttl_s  # sticky: outlives model entries
         client.set(human_key, b"\xff garbage")
         found = await cache.get_many([key])
         assert found[key].source is Source.MODEL  # the corrupt human entry is a miss

@@ -209,7 +209,7 @@ async def test_a_correction_is_published_actioned_and_overrides_the_cache(
     assert unsent[0]["n"] == 0
 
     # ... including the feedback sample: the review, archived for training.
-    (sample,) = Archive(console.settings.feedback_dir).read()
+    (sample,) = Archive(console.settings.feedback.dir).read()
     assert sample.sample_id == review["review_id"]
     assert sample.text == normalise(post.text)  # as the model saw it (default pack: no prefix)
     assert (sample.pred_verdict, sample.human_verdict) == (Verdict.CONTROVERSIAL, Verdict.UNSAFE)

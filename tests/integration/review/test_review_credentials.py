@@ -30,7 +30,7 @@ from guardstream.cli import app
 from guardstream.contracts.events import utcnow
 from guardstream.review import auth
 from guardstream.review.console import COOKIE
-from guardstream.runtime.settings import Settings
+from guardstream.runtime.settings import ReviewSettings, Settings
 from tests.integration.review.conftest import PASSWORD, Console, serve
 from tests.integration.review.test_review_api import seed
 from tests.integration.review.test_review_authz import login
@@ -43,8 +43,8 @@ NEW_PASSWORD = "an0ther-pass"
 
 def cli_env(settings: Settings) -> dict[str, str]:
     return {
-        "DATABASE_URL": settings.database_url.get_secret_value(),
-        "GUARDSTREAM_REVIEW_DB_SCHEMA": settings.review_db_schema,
+        "DATABASE_URL": settings.database.url.get_secret_value(),
+        "GUARDSTREAM_REVIEW_DB_SCHEMA": settings.database.review_schema,
     }
 
 
@@ -243,14 +243,12 @@ async def test_the_session_cookie_is_secure_by_default_and_behind_a_trusted_prox
     forwarded: str | None,
     secure: bool,
 ) -> None:
-    defaults = Settings.model_fields
-    update = {
-        "review_cookie_secure": defaults["review_cookie_secure"].default
-        if cookie_secure is None
-        else cookie_secure,
-        "review_forwarded_allow_ips": allow_ips or defaults["review_forwarded_allow_ips"].default,
+    defaults = ReviewSettings()
+    review = {
+        "cookie_secure": defaults.cookie_secure if cookie_secure is None else cookie_secure,
+        "forwarded_allow_ips": allow_ips or defaults.forwarded_allow_ips,
     }
-    async with serve(review_settings.model_copy(update=update)) as console:
+    async with serve(review_settings.replace(review=review)) as console:
         await console.add_reviewer("alice", ("acme",))
         headers = {"X-Forwarded-Proto": forwarded} if forwarded else {}
         async with httpx.AsyncClient(base_url=console.base_url, headers=headers) as http:
@@ -263,7 +261,7 @@ async def test_the_session_cookie_is_secure_by_default_and_behind_a_trusted_prox
     assert ("secure" in attributes) is secure
     assert {"httponly", "samesite=strict"} <= set(attributes)
     # Over plain http with Secure cookies on, the login page says what to set for local use.
-    assert ('id="plain-http"' in page.text) is (update["review_cookie_secure"] and not forwarded)
+    assert ('id="plain-http"' in page.text) is (review["cookie_secure"] and not forwarded)
 
 
 async def test_the_database_bounds_claims_whoever_writes_them(console: Console) -> None:
@@ -271,8 +269,8 @@ async def test_the_database_bounds_claims_whoever_writes_them(console: Console) 
     lets exactly the configured number through, for the default limit and a larger one."""
     tids = await seed(console, 8)
     await console.add_reviewer("alice", ("acme",))
-    dsn = console.settings.database_url.get_secret_value()
-    schema = console.settings.review_db_schema
+    dsn = console.settings.database.url.get_secret_value()
+    schema = console.settings.database.review_schema
 
     async def assign(task_id: str) -> bool:
         conn = await asyncpg.connect(dsn, server_settings={"search_path": schema})
@@ -318,7 +316,7 @@ async def test_concurrent_claims_of_one_reviewer_hold_at_most_the_limit(
     """Thirty concurrent claims through the API: two tasks held (the limit), never more. With
     the service's own check loosened (10), the database still holds the line: the claims past
     it are refused with 409, none succeeds."""
-    async with serve(review_settings.model_copy(update={"review_max_claims": 2})) as console:
+    async with serve(review_settings.replace(review={"max_claims": 2})) as console:
         await seed(console, 5)
         await console.add_reviewer("alice", ("acme",))
         if python_limit is not None:
@@ -343,7 +341,7 @@ async def test_concurrent_claims_of_one_reviewer_hold_at_most_the_limit(
 @pytest.fixture(scope="module")
 def cli_settings(database_url: str) -> Iterator[Settings]:
     schema = f"t_cli_{uuid.uuid4().hex[:10]}"
-    yield Settings(database_url=database_url, review_db_schema=schema)
+    yield Settings(database={"url": database_url, "review_schema": schema})
 
     async def drop() -> None:
         conn = await asyncpg.connect(database_url)

@@ -33,16 +33,18 @@ MAX_BODY = 64 * 1024
 
 @pytest.fixture
 async def review_settings(review_settings: Settings) -> AsyncIterator[Settings]:
-    yield review_settings.model_copy(
-        update={
-            "review_max_body_bytes": MAX_BODY,
-            "review_max_in_flight": 3,
-            "review_max_in_flight_anonymous": 2,
-            "review_login_per_id_per_min": 3,
-            "review_login_per_address_per_min": 6,
-            # One audit row for refused attempts, then (nearly) none for the rest of a test.
-            "review_denied_audit_per_s": 0.001,
-        }
+    yield review_settings.replace(
+        review={
+            "edge": {
+                "max_body_bytes": MAX_BODY,
+                "max_in_flight": 3,
+                "max_in_flight_anonymous": 2,
+                "login_per_id_per_min": 3,
+                "login_per_address_per_min": 6,
+                # One audit row for refused attempts, then (nearly) none for the rest of a test.
+                "denied_audit_per_s": 0.001,
+            },
+        },
     )
 
 
@@ -75,7 +77,7 @@ async def raw_request(
 
 
 async def test_an_oversized_body_is_refused_without_being_read(console: Console) -> None:
-    port = console.settings.review_port
+    port = console.settings.review.port
     # Declared: refused before a byte of the body is read.
     status, _, raw = await raw_request(
         port,
@@ -151,7 +153,7 @@ async def test_past_the_in_flight_limits_requests_get_a_fast_refusal_and_healthz
     console: Console,
 ) -> None:
     await console.add_reviewer("alice", ("acme",))
-    port = console.settings.review_port
+    port = console.settings.review.port
     token = console.tokens["alice"]
 
     async def hold(authorised: bool) -> tuple[asyncio.StreamWriter, asyncio.StreamReader]:

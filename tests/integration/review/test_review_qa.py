@@ -39,8 +39,8 @@ def qa_sample_cli(settings: Settings, period: str) -> dict[str, Any]:
         [sys.executable, "-m", "guardstream", "feedback", "qa-sample", "--period", period],
         env=env_for(
             settings,
-            DATABASE_URL=settings.database_url.get_secret_value(),
-            GUARDSTREAM_REVIEW_DB_SCHEMA=settings.review_db_schema,
+            DATABASE_URL=settings.database.url.get_secret_value(),
+            GUARDSTREAM_REVIEW_DB_SCHEMA=settings.database.review_schema,
         ),
         capture_output=True,
         timeout=120,
@@ -223,7 +223,7 @@ async def test_a_response_correction_carries_both_refusal_labels_to_the_target(
     rows = await console.sql("SELECT refusal FROM reviews WHERE task_id = $1", tid)
     assert rows[0]["refusal"] is False
     for _ in range(100):  # archived by the relay
-        samples = Archive(console.settings.feedback_dir).read()
+        samples = Archive(console.settings.feedback.dir).read()
         if samples:
             break
         await asyncio.sleep(0.1)

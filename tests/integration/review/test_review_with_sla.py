@@ -45,7 +45,7 @@ def policy_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def review_settings(review_settings: Settings, policy_dir: Path) -> AsyncIterator[Settings]:
-    yield review_settings.model_copy(update={"policy_dir": policy_dir})
+    yield review_settings.replace(policy={"dir": policy_dir})
 
 
 @pytest.fixture

