@@ -337,34 +337,40 @@ class Decision(Envelope):
         refusal: bool | None = None,
         matched_content_key: str | None = None,
         decided_at: datetime | None = None,
-    ) -> Decision:
+    ) -> Self:
         """The one maker of decisions, whichever path decides (model, cache, rule, human, SLA
         timer). A decision is its own event (`event_id` is `decision_id`: made again, it is
         the same event), produced `at`, decided `at` unless it reuses an earlier verdict
         (`decided_at`). Reason and rule are cut to the contract's own limits: a long
         explanation must never cost the decision."""
-        return cls(
-            event_id=decision_id,
-            produced_at=at,
-            decision_id=decision_id,
-            post_id=post_id,
-            post_event_id=post_event_id,
-            tenant=tenant,
-            verdict=verdict,
-            action=action,
-            categories=categories,
-            confidence=confidence,
-            refusal=refusal,
-            reason=reason[: max_length(cls, "reason")],
-            rule=rule[: max_length(cls, "rule")],
-            source=source,
-            model=model,
-            adapter=adapter,
-            policy=policy,
-            content_key=content_key,
-            matched_content_key=matched_content_key,
-            decided_at=at if decided_at is None else decided_at,
+        # The validator itself, as `to_json` uses the serialiser: the same validation as
+        # `cls(...)` without `BaseModel.__init__`'s frame, which pays for this one (triage
+        # makes a decision per cache hit).
+        made: Self = cls.__pydantic_validator__.validate_python(
+            {
+                "event_id": decision_id,
+                "produced_at": at,
+                "decision_id": decision_id,
+                "post_id": post_id,
+                "post_event_id": post_event_id,
+                "tenant": tenant,
+                "verdict": verdict,
+                "action": action,
+                "categories": categories,
+                "confidence": confidence,
+                "refusal": refusal,
+                "reason": reason[: max_length(cls, "reason")],
+                "rule": rule[: max_length(cls, "rule")],
+                "source": source,
+                "model": model,
+                "adapter": adapter,
+                "policy": policy,
+                "content_key": content_key,
+                "matched_content_key": matched_content_key,
+                "decided_at": at if decided_at is None else decided_at,
+            }
         )
+        return made
 
 
 class ShadowRecord(Envelope):
