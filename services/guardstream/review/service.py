@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import (
     AssignmentEvent,
     Decision,
@@ -73,7 +74,7 @@ from guardstream.verdict.decisions import ACTION_TOPIC
 log = logging.getLogger(__name__)
 
 
-class ReviewError(Exception):
+class ReviewError(PermanentError):
     status = 400
 
     def __init__(self, message: str) -> None:

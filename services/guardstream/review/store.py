@@ -23,6 +23,7 @@ import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
 
+from guardstream.contracts.errors import PermanentError, TransientError
 from guardstream.contracts.events import Action, Review, Verdict
 from guardstream.review.logic import Reviewer, Role, SlaState, Task, TaskState
 from guardstream.runtime.settings import Settings
@@ -48,11 +49,11 @@ DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *TRANSIENT_
 Conn: TypeAlias = "asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]"
 
 
-class AuditFailed(RuntimeError):
+class AuditFailed(TransientError, RuntimeError):
     """The audit row could not be written: the action it records does not happen."""
 
 
-class ClaimLimitReached(Exception):
+class ClaimLimitReached(PermanentError):
     """The database refused an assignment: the reviewer holds as many tasks as allowed."""
 
 
