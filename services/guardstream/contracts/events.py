@@ -18,11 +18,15 @@ consumer of posts and score requests calls.
 from __future__ import annotations
 
 import enum
+import functools
 import re
+import types
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, Literal, Self, TypeVar
+from typing import Annotated, Any, Literal, Self, TypeVar, Union, get_args, get_origin
 
 import orjson
+from annotated_types import MaxLen
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -35,6 +39,9 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+
+from guardstream.contracts.errors import PermanentError
 
 SCHEMA_MAJOR = 1
 SCHEMA_VERSION = "1.0"
@@ -118,10 +125,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class ContractError(ValueError):
+class ContractError(PermanentError, ValueError):
     """A record that no retry can fix. `reason` is a stable DLQ code; `detail` has no payload."""
-
-    retriable: ClassVar[bool] = False
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
@@ -189,6 +194,43 @@ def describe_errors(exc: ValidationError, limit: int = 5) -> str:
         parts.append(f"{loc}: {err['msg']}")
     more = exc.error_count() - limit
     return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+@functools.cache
+def max_length(model: type[BaseModel], field: str) -> int:
+    """The `max_length` the contract gives a text field of `model` (optional or not): every
+    truncation takes its limit from here, so a cap can never drift from the contract."""
+    limits = list(_max_lengths(model.model_fields[field].metadata))
+    limits += _annotation_max_lengths(model.model_fields[field].annotation)
+    if not limits:
+        raise TypeError(f"{model.__name__}.{field} declares no max_length")
+    return min(limits)
+
+
+def clip(model: type[BaseModel], field: str, text: str) -> str:
+    """`text` cut to the length `model`'s `field` admits: for explanations, which are worth
+    less than the event that carries them (never for ids, which must fail whole)."""
+    return text[: max_length(model, field)]
+
+
+def _max_lengths(metadata: Iterable[object]) -> Iterator[int]:
+    for item in metadata:
+        if isinstance(item, MaxLen):
+            yield item.max_length
+        elif isinstance(item, FieldInfo):
+            yield from _max_lengths(item.metadata)
+
+
+def _annotation_max_lengths(annotation: object) -> Iterator[int]:
+    # Where pydantic leaves the constraints on the type: `Annotated[...] | None` fields.
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        base, *metadata = get_args(annotation)
+        yield from _max_lengths(metadata)
+        yield from _annotation_max_lengths(base)
+    elif origin is Union or origin is types.UnionType:
+        for arg in get_args(annotation):
+            yield from _annotation_max_lengths(arg)
 
 
 class Post(Envelope):
@@ -271,6 +313,64 @@ class Decision(Envelope):
     # Cache decisions for a near-duplicate: the content key whose verdict was reused.
     matched_content_key: ContentKey | None = None
     decided_at: Timestamp
+
+    @classmethod
+    def make(
+        cls,
+        *,
+        decision_id: str,
+        at: datetime,
+        post_id: str,
+        post_event_id: str,
+        tenant: str,
+        verdict: Verdict,
+        action: Action,
+        reason: str,
+        rule: str,
+        source: Source,
+        model: str,
+        adapter: str | None,
+        policy: str,
+        content_key: str,
+        categories: tuple[str, ...] = (),
+        confidence: float | None = None,
+        refusal: bool | None = None,
+        matched_content_key: str | None = None,
+        decided_at: datetime | None = None,
+    ) -> Self:
+        """The one maker of decisions, whichever path decides (model, cache, rule, human, SLA
+        timer). A decision is its own event (`event_id` is `decision_id`: made again, it is
+        the same event), produced `at`, decided `at` unless it reuses an earlier verdict
+        (`decided_at`). Reason and rule are cut to the contract's own limits: a long
+        explanation must never cost the decision."""
+        # The validator itself, as `to_json` uses the serialiser: the same validation as
+        # `cls(...)` without `BaseModel.__init__`'s frame, which pays for this one (triage
+        # makes a decision per cache hit).
+        made: Self = cls.__pydantic_validator__.validate_python(
+            {
+                "event_id": decision_id,
+                "produced_at": at,
+                "decision_id": decision_id,
+                "post_id": post_id,
+                "post_event_id": post_event_id,
+                "tenant": tenant,
+                "verdict": verdict,
+                "action": action,
+                "categories": categories,
+                "confidence": confidence,
+                "refusal": refusal,
+                "reason": reason[: max_length(cls, "reason")],
+                "rule": rule[: max_length(cls, "rule")],
+                "source": source,
+                "model": model,
+                "adapter": adapter,
+                "policy": policy,
+                "content_key": content_key,
+                "matched_content_key": matched_content_key,
+                "decided_at": at if decided_at is None else decided_at,
+            }
+        )
+        return made
 
 
 class ShadowRecord(Envelope):

@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.error import URLError
 from urllib.parse import urlparse
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.runtime.kafka import ensure_topics
 from guardstream.runtime.settings import Settings
 
@@ -31,7 +32,7 @@ PROCESSES = ("triage", "scorer", "sla")
 Say = Callable[[str], None]
 
 
-class StackError(RuntimeError):
+class StackError(PermanentError, RuntimeError):
     pass
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import Kind, Verdict
 from guardstream.contracts.feedback import FeedbackSample
 from guardstream.contracts.labels import CATEGORIES
@@ -17,7 +18,7 @@ from guardstream.contracts.text import neutralise
 _LABEL = {Verdict.SAFE: "Safe", Verdict.UNSAFE: "Unsafe", Verdict.CONTROVERSIAL: "Controversial"}
 
 
-class NotTrainable(ValueError):
+class NotTrainable(PermanentError, ValueError):
     """A sample that cannot become a faithful target (say why; it is reported, not dropped)."""
 
 

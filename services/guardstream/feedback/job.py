@@ -17,7 +17,6 @@ attempt.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,7 +24,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from guardstream.contracts import ids
 from guardstream.contracts.events import ShadowRecord
+from guardstream.contracts.ids import stable_id
 from guardstream.feedback.curation import Curated, Curation, CurationConfig, Prescreen, curate
 from guardstream.feedback.dataset import Example, NotTrainable, example
 from guardstream.feedback.evaluate import LabelScorer, Metrics, evaluate
@@ -83,8 +84,8 @@ def last_run_until(root: Path) -> datetime | None:
 
 
 def _adapter_id(now: datetime, curation: Curation) -> str:
-    ids = sorted(c.sample.sample_id for c in curation.train + curation.anchor_train)
-    digest = hashlib.sha256("\n".join(ids).encode()).hexdigest()[:8]
+    samples = sorted(c.sample.sample_id for c in curation.train + curation.anchor_train)
+    digest = stable_id(ids.TRAINING_SET, *samples)
     return f"fb-{now:%Y%m%d-%H%M%S}-{digest}"
 
 

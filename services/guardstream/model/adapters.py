@@ -42,6 +42,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from guardstream.contracts.errors import PermanentError
+
 log = logging.getLogger(__name__)
 
 EVERY_TENANT = "*"
@@ -49,7 +51,7 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TENANT = re.compile(r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$")
 
 
-class AdapterError(ValueError):
+class AdapterError(PermanentError, ValueError):
     """A registry operation that cannot be done (unknown id, bad name, missing files)."""
 
 

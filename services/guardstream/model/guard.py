@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import Label
 from guardstream.contracts.labels import LABELS
 from guardstream.model.tiny import TINY_BUILDER_VERSION, ensure_tiny_checkpoint
@@ -17,10 +18,8 @@ from guardstream.runtime.settings import Settings
 TINY_MODEL = "tiny"
 
 
-class ModelUnavailable(Exception):
+class ModelUnavailable(PermanentError):
     """The configured model cannot be loaded (not downloadable, not on disk)."""
-
-    retriable: ClassVar[bool] = False
 
 
 def served_model_id(settings: Settings) -> str:

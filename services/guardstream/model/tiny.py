@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from guardstream.contracts.errors import PermanentError
+
 logger = logging.getLogger("guardstream.model.tiny")
 
 TEMPLATE_PATH: Final = Path(__file__).with_name("qwen3guard_template.jinja")
@@ -198,7 +200,7 @@ def _recipe_digest() -> str:
 TINY_BUILDER_VERSION: Final[str] = f"{_RECIPE_REVISION}.{_recipe_digest()}"
 
 
-class TinyCheckpointError(RuntimeError):
+class TinyCheckpointError(PermanentError, RuntimeError):
     """The tiny checkpoint could not be built to spec."""
 
 

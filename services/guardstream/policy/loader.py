@@ -18,6 +18,7 @@ from typing import Any
 import yaml  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.policy.pack import PolicyPack, ReviewBelow
 from guardstream.policy.registry import PolicyRegistry, find_clashes
 
@@ -37,7 +38,7 @@ class Problem:
         return f"{where}: {self.message}"
 
 
-class PolicyLoadError(ValueError):
+class PolicyLoadError(PermanentError, ValueError):
     """The policy directory cannot be used; nothing was loaded. Not retriable: fix the files."""
 
     def __init__(self, problems: Sequence[Problem]) -> None:

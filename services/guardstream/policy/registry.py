@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.policy.pack import DEFAULT_TENANT, PolicyPack
 
 Claim = tuple[str, str | None]  # (tenant or "*", casefolded region or None)
@@ -32,7 +33,7 @@ class Clash:
     message: str
 
 
-class PolicyConflictError(ValueError):
+class PolicyConflictError(PermanentError, ValueError):
     """The packs cannot form a registry; `clashes` lists every reason at once."""
 
     def __init__(self, clashes: Sequence[Clash]) -> None:

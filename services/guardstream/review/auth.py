@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import orjson
 
+from guardstream.contracts.errors import TransientError
+
 _N, _R, _P = 1 << 14, 8, 1
 
 
@@ -50,7 +52,7 @@ def verify_password(password: str, stored: str) -> bool:
 UNKNOWN_ID_HASH = f"scrypt${_N}${_R}${_P}${'00' * 16}${'00' * 32}"
 
 
-class HashPoolBusy(Exception):
+class HashPoolBusy(TransientError):
     """Every hashing thread is busy and the queue is full: answered 429 with Retry-After (too
     many logins at once; the server itself is not overloaded)."""
 

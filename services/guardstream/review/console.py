@@ -20,6 +20,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import (
@@ -61,7 +62,7 @@ def _auth(request: Request) -> ConsoleAuth:
     return console
 
 
-class NeedLogin(Exception):
+class NeedLogin(PermanentError):
     """A page asked for without a valid session: go to the login page."""
 
 

@@ -31,6 +31,7 @@ from datetime import timedelta
 import asyncpg
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import (
     Action,
     ContractError,
@@ -50,7 +51,7 @@ from guardstream.review.store.db import TRANSIENT_DB_ERRORS
 from guardstream.review.store.posts import PostText
 from guardstream.review.store.tasks import NewTask, SlaMark
 from guardstream.runtime import tracing
-from guardstream.runtime.loop import Record, Records, TransientError, isolate, unusable
+from guardstream.runtime.loop import Record, Records, isolate, unusable
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.emitter import Emitter
 

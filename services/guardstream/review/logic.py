@@ -8,13 +8,14 @@ API, the console and the tests agree on one meaning of "a review".
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel, ConfigDict
 
+from guardstream.contracts import ids
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import (
     REVIEW_REASON_MAX,
     AssignmentEvent,
@@ -28,6 +29,7 @@ from guardstream.contracts.events import (
     allowed_characters,
 )
 from guardstream.contracts.identity import HasIdentity, PostIdentity
+from guardstream.contracts.ids import stable_id
 from guardstream.policy import PolicyPack
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import human_action
@@ -125,33 +127,26 @@ class Task(HasIdentity):
     model_refusal: bool | None = None  # response moderation: the model's `Refusal:` label
 
 
-def _digest(person: bytes, *parts: str) -> str:
-    h = hashlib.blake2b(digest_size=16, person=person)
-    for part in parts:
-        h.update(part.encode("utf-8", "surrogatepass") + b"\x00")
-    return h.hexdigest()
-
-
 def task_id(tenant: str, post_id: str, policy: str) -> str:
     """One task per post and policy of a tenant: a replayed decision maps to the same task,
     and another tenant's post with the same post_id gets a task of its own."""
-    return _digest(b"gs-review-task2", tenant, post_id, policy)
+    return stable_id(ids.REVIEW_TASK, tenant, post_id, policy)
 
 
 def review_id(task: str, stage: ReviewStage, reviewer: str) -> str:
     # The first stage has one review per task whoever gives it; QA one per senior.
     who = reviewer if stage is ReviewStage.QA else ""
-    return _digest(b"gs-review-rev1", task, stage.value, who)
+    return stable_id(ids.REVIEW, task, stage.value, who)
 
 
 def human_decision_id(task: str) -> str:
-    return _digest(b"gs-review-dec1", task)
+    return stable_id(ids.HUMAN_DECISION, task)
 
 
 def assignment_event_id(
     task: str, event: AssignmentEvent, reviewer: str | None, at: datetime
 ) -> str:
-    return _digest(b"gs-review-asg1", task, event.value, reviewer or "", at.isoformat())
+    return stable_id(ids.ASSIGNMENT_EVENT, task, event.value, reviewer or "", at.isoformat())
 
 
 def parse_tags(configured: str) -> tuple[str, ...]:
@@ -160,7 +155,7 @@ def parse_tags(configured: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(t for t in tags if t and len(t) <= TAG_MAX))
 
 
-class InvalidSubmission(ValueError):
+class InvalidSubmission(PermanentError, ValueError):
     """A reviewer's submission that cannot be stored; `field` and `message` go back as a 4xx."""
 
     def __init__(self, field: str, message: str) -> None:
@@ -353,14 +348,10 @@ def human_decision(
 ) -> Decision:
     """The human verdict as a decision (`source` human): unsafe blocks, safe allows,
     controversial follows the pack (see `verdict.decisions.human_action`)."""
-    ident = human_decision_id(task.task_id)
-    return Decision(
-        event_id=ident,
-        produced_at=at,
-        decision_id=ident,
-        post_id=task.post_id,
-        post_event_id=task.post_event_id,
-        tenant=task.tenant,
+    return Decision.make(
+        decision_id=human_decision_id(task.task_id),
+        at=at,
+        **task.identity.fields(),
         verdict=sub.verdict,
         action=human_action(pack, sub.verdict),
         categories=sub.categories,
@@ -369,10 +360,7 @@ def human_decision(
         source=Source.HUMAN,
         model=task.model,
         adapter=task.adapter,
-        policy=task.policy,
-        content_key=task.content_key,
         refusal=human_refusal(task, sub),
-        decided_at=at,
     )
 
 

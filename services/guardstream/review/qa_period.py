@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, TypeVar
 
-from guardstream.contracts.events import Alert, AlertSeverity
+from guardstream.contracts import ids
+from guardstream.contracts.events import Alert, AlertSeverity, clip
+from guardstream.contracts.ids import stable_id
 
 T = TypeVar("T")
 Cadence = Literal["monthly", "weekly"]
@@ -101,17 +103,19 @@ def low_agreement_alert(
     agreed = sum(a for a, _ in scores.values())
     checked = sum(c for _, c in scores.values())
     each = ", ".join(f"{r} {scores[r][0]}/{scores[r][1]}" for r in low)
-    digest = hashlib.sha256(f"qa_agreement_low:{period}".encode()).hexdigest()[:24]
+    digest = stable_id(ids.QA_ALERT, period)
     return Alert(
         event_id=f"alert-{digest}",
         produced_at=now,
         alert_id=f"qa-{digest}",
         kind="qa_agreement_low",
         severity=AlertSeverity.WARNING,
-        summary=(
+        summary=clip(
+            Alert,
+            "summary",
             f"QA {period}: reviewers agree with senior re-reviews on {agreed} of {checked} "
-            f"items ({agreed / checked:.0%}); below the bar of {min_agreement:.0%}: {each}"
-        )[:500],
+            f"items ({agreed / checked:.0%}); below the bar of {min_agreement:.0%}: {each}",
+        ),
         labels={"period": period, "reviewers": ",".join(low)[:200]},
         raised_at=now,
     )

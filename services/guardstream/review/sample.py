@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from guardstream.contracts.events import Kind, Review, utcnow
+from guardstream.contracts.events import Kind, Review, clip, utcnow
 from guardstream.contracts.feedback import FeedbackSample
 from guardstream.contracts.text import normalise
 from guardstream.policy.pack import PolicyPack
@@ -46,7 +46,7 @@ def from_review(
         pred_verdict=review.model_verdict,
         pred_categories=pred_categories,
         pred_confidence=review.model_confidence,
-        pred_reason=pred_reason[:500] if pred_reason else None,
+        pred_reason=clip(FeedbackSample, "pred_reason", pred_reason) if pred_reason else None,
         pred_refusal=pred_refusal,
         human_verdict=review.verdict,
         human_categories=review.categories,

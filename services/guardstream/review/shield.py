@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, unquote_to_bytes
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from guardstream.contracts.errors import TransientError
 from guardstream.review import metrics as review_metrics
 from guardstream.review.store.audit import AuditFailed
 
@@ -318,7 +319,7 @@ class Buckets:
         return (1 - bucket.tokens) / self.per_s
 
 
-class Throttled(Exception):
+class Throttled(TransientError):
     """Too many login attempts for this id or from this address: 429 with Retry-After."""
 
     def __init__(self, retry_after_s: float, scope: str) -> None:

@@ -11,10 +11,9 @@ import asyncio
 import base64
 import hashlib
 import logging
-import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
@@ -27,7 +26,10 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
-from guardstream.contracts.events import ContractError, DlqRecord, Origin, utcnow
+from guardstream.contracts import ids
+from guardstream.contracts.errors import PermanentError
+from guardstream.contracts.events import ContractError, DlqRecord, Origin, clip, utcnow
+from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import CATALOGUE, Topic, TopicNames
 from guardstream.runtime import tracing
 from guardstream.runtime.settings import Settings
@@ -47,11 +49,9 @@ PERMANENT_PRODUCE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-class OutputRejected(Exception):
+class OutputRejected(PermanentError):
     """An output of the batch was refused for good (`error`, one of `PERMANENT_PRODUCE_ERRORS`):
     retrying cannot help; the input it derives from goes to the DLQ (`verdict.emitter`)."""
-
-    retriable: ClassVar[bool] = False
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(f"output refused: {type(error).__name__}")
@@ -224,11 +224,8 @@ def dlq_record(
     kept = payload[:max_payload]
     return DlqRecord(
         # One DLQ event per (origin, reason): a replayed rejection is recognisably the same.
-        event_id=str(
-            uuid.uuid5(
-                uuid.NAMESPACE_URL,
-                f"dlq:{record.topic}:{record.partition}:{record.offset}:{consumer}:{reason}",
-            )
+        event_id=stable_id(
+            ids.DLQ_RECORD, record.topic, record.partition, record.offset, consumer, reason
         ),
         produced_at=utcnow(),
         origin=Origin(
@@ -240,7 +237,7 @@ def dlq_record(
         ),
         consumer=consumer,
         reason=reason,
-        detail=detail[:2000],
+        detail=clip(DlqRecord, "detail", detail),
         attempts=attempts,
         payload_b64=base64.b64encode(kept).decode(),
         payload_size=len(payload),

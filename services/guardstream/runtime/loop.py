@@ -15,12 +15,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import ClassVar, TypeAlias
+from typing import TypeAlias
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 from pydantic import ValidationError
 
+from guardstream.contracts.errors import GuardstreamError
 from guardstream.contracts.events import ContractError, describe_errors
 from guardstream.runtime import metrics, tracing
 from guardstream.runtime.faults import FaultPoints
@@ -33,16 +34,25 @@ Records = Sequence[Record]
 BatchHandler = Callable[[Records], Awaitable[None]]
 
 
-class TransientError(Exception):
-    """Retry the whole batch later; never skip it, never dead-letter it."""
-
-    retriable: ClassVar[bool] = True
+# The retry policy of third-party exceptions that reach the loop raw, which are not ours to
+# subclass: aiokafka's errors carry their own `retriable` (a produce or commit that may succeed
+# later). Database and Redis errors never get here raw: the consumer that touches a store maps
+# them to `TransientError` or a DLQ reason, where it knows which they are.
+FOREIGN_RETRY_POLICY: tuple[tuple[type[BaseException], Callable[[BaseException], bool]], ...] = (
+    (KafkaError, lambda exc: bool(getattr(exc, "retriable", False))),
+)
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TransientError):
-        return True
-    return isinstance(exc, KafkaError) and bool(getattr(exc, "retriable", False))
+    """Whether the batch that raised `exc` is retried: our errors say so themselves
+    (`GuardstreamError.retriable`), third-party ones by `FOREIGN_RETRY_POLICY`; anything else
+    is a bug and stops the process."""
+    if isinstance(exc, GuardstreamError):
+        return exc.retriable
+    for kind, retriable in FOREIGN_RETRY_POLICY:
+        if isinstance(exc, kind):
+            return retriable(exc)
+    return False
 
 
 def unusable(

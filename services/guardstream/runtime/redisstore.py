@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import DataError, RedisError
 from redis.typing import EncodableT
 
+from guardstream.contracts.errors import TransientError
 from guardstream.runtime import metrics
 from guardstream.runtime.settings import Settings
 
@@ -66,7 +67,7 @@ class HiredisPacking:
             raise DataError(str(exc)) from exc
 
 
-class Unavailable(Exception):
+class Unavailable(TransientError):
     """Raised inside `FailOpenStore.attempt` blocks when Redis did not answer in time."""
 
 

@@ -7,16 +7,18 @@ raised, and the consumer goes on with the rest. Every consuming process wraps it
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import Any
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
+from guardstream.contracts import ids
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import Alert, AlertSeverity, ContractError, utcnow
+from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.runtime import metrics
 from guardstream.runtime.kafka import PERMANENT_PRODUCE_ERRORS, OutputRejected, dead_letter
-from guardstream.runtime.loop import BatchHandler, Records, TransientError, isolate
+from guardstream.runtime.loop import BatchHandler, Records, isolate
 from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,11 +72,13 @@ def isolating_rejections(
                 )
             )
         metrics.dead_letters.add(1, {"reason": OUTPUT_REJECTED, "consumer": group})
-        alert_id = str(
-            uuid.uuid5(
-                uuid.NAMESPACE_URL,
-                f"alert:{OUTPUT_REJECTED}:{record.topic}:{record.partition}:{record.offset}:{group}",
-            )
+        alert_id = stable_id(
+            ids.REJECTION_ALERT,
+            OUTPUT_REJECTED,
+            record.topic,
+            record.partition,
+            record.offset,
+            group,
         )
         now = utcnow()
         alert = Alert(

@@ -47,13 +47,14 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, ProcessCollector, start_http_server
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.runtime import tracing
 from guardstream.runtime.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-class TelemetryError(RuntimeError):
+class TelemetryError(PermanentError, RuntimeError):
     """Telemetry cannot be installed as configured (e.g. the metrics port is taken)."""
 
 

@@ -22,8 +22,10 @@ from pathlib import Path
 
 import orjson
 
+from guardstream.contracts.errors import PermanentError
 
-class BadLine(Exception):
+
+class BadLine(PermanentError):
     """A JSONL line that cannot be used; the message says why (never its content)."""
 
 

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
+from guardstream.contracts.errors import PermanentError, TransientError
 from guardstream.contracts.events import Label
 from guardstream.model.adapters import Adapter
 from guardstream.model.guard import ForcedPrefixes
@@ -37,16 +38,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-class ScoringError(Exception):
+class ScoringError(TransientError):
     """The engine failed this request; retrying later may succeed."""
 
-    retriable: ClassVar[bool] = True
 
-
-class EngineDead(Exception):
+class EngineDead(PermanentError):
     """The engine cannot serve any more requests; the process must restart."""
-
-    retriable: ClassVar[bool] = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,25 +96,8 @@ class TransformersGuardEngine:
     async def start(cls, settings: Settings) -> TransformersGuardEngine:
         path, model_id = await asyncio.to_thread(resolve_model, settings)
 
-        def load() -> tuple[Any, Any]:
-            # lazy: torch only in a scorer that runs this engine
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            dtype = (
-                "auto"
-                if settings.engine.dtype == "auto"
-                else getattr(torch, _DTYPES[settings.engine.dtype])
-            )
-            model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-            model.eval()
-            if torch.cuda.is_available():
-                model = model.to("cuda")
-            return model, tokenizer
-
         try:
-            model, tokenizer = await asyncio.to_thread(load)
+            model, tokenizer = await asyncio.to_thread(_load, path, settings.engine.dtype)
         except (OSError, ValueError) as exc:
             raise ModelUnavailable(
                 f"cannot load model {settings.model.name!r} with transformers "
@@ -366,6 +349,21 @@ class TransformersGuardEngine:
                     answers[index], text + self._decode(tokens), second=len(tokens)
                 )
         return answers
+
+
+def _load(path: str, dtype_name: str) -> tuple[Any, Any]:
+    """The model (in eval mode, on the GPU when there is one) and its tokenizer."""
+    # lazy: torch only in a scorer that runs this engine
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dtype = "auto" if dtype_name == "auto" else getattr(torch, _DTYPES[dtype_name])
+    model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    model.eval()
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, tokenizer
 
 
 def _common_prefix(seqs: list[list[int]]) -> list[int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import Kind, ScoreRequest
 from guardstream.contracts.text import neutralise
 
@@ -45,7 +46,7 @@ class ChatTokenizer(Protocol):
     def decode(self, ids: Sequence[int], **kwargs: Any) -> str: ...
 
 
-class TemplateTooLong(ValueError):
+class TemplateTooLong(PermanentError, ValueError):
     """The moderation template alone does not fit the configured window."""
 
 

@@ -32,6 +32,7 @@ from datetime import datetime
 import redis.exceptions
 from aiokafka import AIOKafkaProducer
 
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import (
     ContractError,
     ScoreRequest,
@@ -45,7 +46,7 @@ from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.model.adapters import Adapter
 from guardstream.runtime import tracing
 from guardstream.runtime.faults import FaultPoints
-from guardstream.runtime.loop import Record, Records, TransientError, isolate, unusable
+from guardstream.runtime.loop import Record, Records, isolate, unusable
 from guardstream.runtime.settings import Settings
 from guardstream.scorer.engine import GuardEngine, RawAnswer, ScoringError
 from guardstream.scorer.output import GuardAnswer, label_confidence, parse_answer

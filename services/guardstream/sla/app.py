@@ -29,6 +29,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from opentelemetry import metrics
 
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import (
     Action,
     ContractError,
@@ -41,7 +42,7 @@ from guardstream.contracts.topics import SPECS, Topic, TopicNames
 from guardstream.policy import PolicyRegistry, review_sla
 from guardstream.runtime.faults import FaultPoints
 from guardstream.runtime.kafka import client_kwargs, dead_letter
-from guardstream.runtime.loop import TransientError, unusable
+from guardstream.runtime.loop import unusable
 from guardstream.runtime.settings import Settings
 from guardstream.sla.deadlines import Deadlines
 from guardstream.sla.logic import (

@@ -11,14 +11,13 @@ second, different downgrade. Nothing here does I/O or reads a clock; times are e
 from __future__ import annotations
 
 import enum
-import hashlib
 import heapq
-import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from guardstream.contracts import ids
 from guardstream.contracts.events import (
     Action,
     Alert,
@@ -35,12 +34,12 @@ from guardstream.contracts.events import (
     Verdict,
 )
 from guardstream.contracts.identity import HasIdentity, PostIdentity
+from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import Topic
 from guardstream.policy import ReviewSla
 
 ITEM_VERSION: Final = 1
 SLA_RULE: Final = "review_sla"
-_IDS = uuid.UUID("5b0c2f4e-7a51-4c5e-9d0e-6a3c1f7e2b90")  # namespace of every SLA id
 
 
 class Phase(enum.StrEnum):
@@ -310,13 +309,11 @@ def purgeable(item: Item, now: float, retain_s: float) -> bool:
 # --- outputs -----------------------------------------------------------------------------------
 def sla_id(item: Item, kind: str) -> str:
     """One id per (post, decision under review, effect): a re-publish carries the same id."""
-    return str(uuid.uuid5(_IDS, f"{kind}\x00{item.post_id}\x00{item.decision_id}"))
+    return stable_id(ids.SLA_OUTPUT, kind, item.post_id, item.decision_id)
 
 
 def downgrade_decision_id(item: Item) -> str:
-    h = hashlib.blake2b(digest_size=16, person=b"guardstream-sla1")
-    h.update(f"{item.decision_id}\x00{item.post_id}\x00{Source.SLA_TIMEOUT.value}".encode())
-    return h.hexdigest()
+    return stable_id(ids.SLA_DOWNGRADE, item.decision_id, item.post_id, Source.SLA_TIMEOUT.value)
 
 
 def describe_seconds(seconds: int) -> str:
@@ -340,26 +337,20 @@ def outputs(item: Item, kind: SlaEventKind) -> list[Output]:
     downgrade: str | None = None
     if kind is SlaEventKind.EXPIRED:
         downgrade = downgrade_decision_id(item)
-        decision = Decision(
-            event_id=downgrade,
-            produced_at=when,
+        decision = Decision.make(
             decision_id=downgrade,
-            post_id=item.post_id,
-            post_event_id=item.post_event_id,
-            tenant=item.tenant,
+            at=when,
+            **item.identity.fields(),
             verdict=Verdict.SAFE,
             action=Action.ALLOW,
             reason=(
                 f"Review SLA of {sla} ({item.policy}) expired without a human decision; "
                 f"downgraded to safe by the SLA timer (review decision {item.decision_id})."
-            )[:500],
+            ),
             rule=SLA_RULE,
             source=Source.SLA_TIMEOUT,
             model=item.model,
             adapter=item.adapter,
-            policy=item.policy,
-            content_key=item.content_key,
-            decided_at=when,
         )
         out.append((Topic.ALLOW, item.post_id, decision))
     alert = _ALERTS.get(kind)

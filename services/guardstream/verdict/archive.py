@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import ContractError
 from guardstream.contracts.feedback import FeedbackSample
 
@@ -27,7 +28,7 @@ def default_writer_id() -> str:
     return _WRITER.sub("-", f"{socket.gethostname()}-{os.getpid()}")
 
 
-class ArchiveError(ValueError):
+class ArchiveError(PermanentError, ValueError):
     """A line in the archive that is not a feedback sample: named, never skipped silently."""
 
 

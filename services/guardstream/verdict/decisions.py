@@ -11,10 +11,11 @@ post with the same event id and text gets another one.
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Sequence
 
+from guardstream.contracts import ids
 from guardstream.contracts.events import Action, Decision, Source, Verdict, utcnow
+from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import Topic
 from guardstream.policy import (
     ControversialMode,
@@ -30,7 +31,6 @@ ACTION_TOPIC: dict[Action, Topic] = {
     Action.BLOCK: Topic.BLOCK,
     Action.REVIEW: Topic.REVIEW,
 }
-_REASON_MAX = 500
 
 
 class Origin(enum.Enum):
@@ -42,10 +42,7 @@ class Origin(enum.Enum):
 
 
 def decision_id(tenant: str, post_event_id: str, policy: str, content_key: str) -> str:
-    h = hashlib.blake2b(digest_size=16, person=b"guardstream-dec2")
-    for part in (tenant, post_event_id, policy, content_key):
-        h.update(part.encode("utf-8", "surrogatepass") + b"\x00")
-    return h.hexdigest()
+    return stable_id(ids.DECISION, tenant, post_event_id, policy, content_key)
 
 
 def model_reason(label: str | None, categories: Sequence[str], problem: str | None) -> str:
@@ -92,10 +89,9 @@ def decide(
         earlier = f"{what} decided earlier ({entry.source.value}, {when}); "
     ident = decision_id(tenant, post_event_id, pack.ref, content_key)
     now = utcnow()
-    return Decision(
-        event_id=ident,
-        produced_at=now,
+    return Decision.make(
         decision_id=ident,
+        at=now,
         post_id=post_id,
         post_event_id=post_event_id,
         tenant=tenant,
@@ -104,8 +100,8 @@ def decide(
         categories=entry.categories,
         confidence=entry.confidence,
         refusal=entry.refusal,
-        reason=f"{earlier}{entry.reason}. {routed.explanation}"[:_REASON_MAX],
-        rule=routed.rule[:120],
+        reason=f"{earlier}{entry.reason}. {routed.explanation}",
+        rule=routed.rule,
         source=Source.MODEL if origin is Origin.MODEL else Source.CACHE,
         model=entry.model,
         adapter=entry.adapter,
@@ -133,24 +129,20 @@ def unscored(
     source is `rule` and the reason says so. Same id as a model decision for the post would
     have: the journal keeps it the only one."""
     routed = route_scorer_unavailable(pack)
-    ident = decision_id(tenant, post_event_id, pack.ref, content_key)
-    now = utcnow()
     reason = f"not scored: a score request has waited {waited_s:.0f} s unanswered. "
-    return Decision(
-        event_id=ident,
-        produced_at=now,
-        decision_id=ident,
+    return Decision.make(
+        decision_id=decision_id(tenant, post_event_id, pack.ref, content_key),
+        at=utcnow(),
         post_id=post_id,
         post_event_id=post_event_id,
         tenant=tenant,
         verdict=Verdict.CONTROVERSIAL,
         action=routed.action,
-        reason=f"{reason}{routed.explanation}"[:_REASON_MAX],
-        rule=routed.rule[:120],
+        reason=f"{reason}{routed.explanation}",
+        rule=routed.rule,
         source=Source.RULE,
         model=model,
         adapter=adapter,
         policy=pack.ref,
         content_key=content_key,
-        decided_at=now,
     )

@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import MessageSizeTooLargeError
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import (
     ContractError,
     Decision,
@@ -43,7 +44,6 @@ from guardstream.runtime.kafka import (
     dead_letter,
     key_partitions,
 )
-from guardstream.runtime.loop import TransientError
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.decisions import ACTION_TOPIC
 from guardstream.verdict.journal import DecisionJournal, journal_key

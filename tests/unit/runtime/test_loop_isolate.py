@@ -12,8 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import ContractError, Post
-from guardstream.runtime.loop import Record, Records, TransientError, isolate, unusable
+from guardstream.runtime.loop import Record, Records, isolate, unusable
 
 pytestmark = pytest.mark.unit
 

@@ -14,10 +14,11 @@ from aiokafka.errors import MessageSizeTooLargeError, TopicAuthorizationFailedEr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import Alert, DlqRecord
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.runtime.kafka import OutputRejected
-from guardstream.runtime.loop import Records, TransientError
+from guardstream.runtime.loop import Records
 from guardstream.runtime.rejections import OUTPUT_REJECTED, isolating_rejections
 from guardstream.runtime.settings import Settings
 

@@ -22,11 +22,11 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from prometheus_client import CollectorRegistry, generate_latest
 
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import Source, Verdict, utcnow
 from guardstream.policy import load_registry
 from guardstream.runtime import metrics, telemetry, tracing
 from guardstream.runtime.logs import JsonFormatter
-from guardstream.runtime.loop import TransientError
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import Origin, decide

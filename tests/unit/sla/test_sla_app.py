@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 
+from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import DlqRecord, SlaEventKind
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.policy import load_registry
-from guardstream.runtime.loop import TransientError
 from guardstream.runtime.settings import Settings
 from guardstream.sla.app import SlaWorker, _trace_headers, _traceparent
 from guardstream.sla.logic import Item, outputs, stamp_due

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from guardstream.contracts.errors import PermanentError
 
-class ReviewError(Exception):
+
+class ReviewError(PermanentError):
     status = 400
 
     def __init__(self, message: str) -> None:

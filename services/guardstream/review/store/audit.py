@@ -7,10 +7,11 @@ from typing import Any
 
 import orjson
 
+from guardstream.contracts.errors import TransientError
 from guardstream.review.store.db import DB_ERRORS, Rows
 
 
-class AuditFailed(RuntimeError):
+class AuditFailed(TransientError, RuntimeError):
     """The audit row could not be written: the action it records does not happen."""
 
 

@@ -11,12 +11,13 @@ from datetime import datetime
 
 import asyncpg
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.review.logic import Task
 from guardstream.review.store.db import Rows
 from guardstream.review.store.tasks import SELECT_TASKS, task_of
 
 
-class ClaimLimitReached(Exception):
+class ClaimLimitReached(PermanentError):
     """The database refused an assignment: the reviewer holds as many tasks as allowed."""
 
 
