@@ -15,7 +15,6 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from guardstream.cli.common import err, load_settings, out
-from guardstream.devtools import doctor as checks
 from guardstream.runtime.settings import Settings, every_setting
 from guardstream.scorer.calibration import load, reliability, slices
 
@@ -36,6 +35,8 @@ def doctor(
 
     Each check prints ok / warn / FAIL with what was found and how to fix it. Exit 1 when any
     check failed. Nothing is created, downloaded or started; secrets are never printed."""
+    # lazy: asyncpg (the review database check) only for this command
+    from guardstream.devtools import doctor as checks
 
     try:
         current = Settings()

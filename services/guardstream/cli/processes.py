@@ -1,10 +1,13 @@
-"""`guardstream triage | scorer | sla`: the pipeline's long-lived processes."""
+"""`guardstream triage | scorer | sla`: the pipeline's long-lived processes.
+
+Every command runs through this package, so a process's own heavy dependencies (faust for
+the SLA timer, FastAPI and asyncpg for the review console) are imported by its command only:
+a triage process carries none of them."""
 
 from __future__ import annotations
 
 from guardstream.cli.common import run_process
 from guardstream.scorer.main import run as run_scorer
-from guardstream.sla.main import run as run_sla
 from guardstream.triage.main import run as run_triage
 
 
@@ -20,4 +23,7 @@ def scorer() -> None:
 
 def sla() -> None:
     """Run the SLA timer (contested items unreviewed past their deadline → safe, alerts)."""
+    # lazy: faust-streaming only in the SLA timer's process
+    from guardstream.sla.main import run as run_sla
+
     run_process("sla", run_sla)

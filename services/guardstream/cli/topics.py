@@ -10,7 +10,6 @@ from rich.table import Table
 from guardstream.cli.common import err, load_settings, out
 from guardstream.contracts.topics import CATALOGUE, TopicNames
 from guardstream.runtime.kafka import ensure_topics
-from guardstream.sla.app import changelog_topic, ensure_changelog
 
 app = typer.Typer(no_args_is_help=True, help="The topic catalogue.")
 
@@ -18,6 +17,8 @@ app = typer.Typer(no_args_is_help=True, help="The topic catalogue.")
 @app.command("create")
 def topics_create() -> None:
     """Create every catalogue topic that does not exist yet (idempotent)."""
+    # lazy: faust-streaming only where the SLA changelog is made
+    from guardstream.sla.app import changelog_topic, ensure_changelog
 
     settings = load_settings()
     report = asyncio.run(ensure_topics(settings))
