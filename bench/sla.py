@@ -196,7 +196,7 @@ async def through_the_agent(settings: Settings, worker: SlaWorker, n: int) -> fl
     finally:
         await producer.stop()
     started = time.perf_counter()
-    while worker.pending_count() < n:  # noqa: ASYNC110
+    while worker.deadlines.pending_count() < n:  # noqa: ASYNC110
         await asyncio.sleep(0.02)
     return n / (time.perf_counter() - started)
 

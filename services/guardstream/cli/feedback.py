@@ -6,7 +6,7 @@ import asyncio
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import orjson
 import typer
@@ -32,13 +32,13 @@ from guardstream.feedback.shadow_log import read_shadow_log
 from guardstream.feedback.train import LoraParams
 from guardstream.model.adapters import AdapterRegistry
 from guardstream.model.guard import resolve_model
-from guardstream.policy import load_registry
 from guardstream.review.qa_period import parse_period, previous_period
-from guardstream.review.service import QaSampled, ReviewService
-from guardstream.review.store import ReviewStore
 from guardstream.runtime import logs
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.archive import Archive, ArchiveError
+
+if TYPE_CHECKING:
+    from guardstream.review.services.qa import QaSampled
 
 app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
 
@@ -261,21 +261,11 @@ def qa_sample_cmd(
         raise typer.Exit(2) from None
 
     async def sample() -> QaSampled:
-        store = await ReviewStore.open(settings)
-        try:
-            service = ReviewService(
-                store,
-                load_registry(settings.policy.dir),
-                tags=(),
-                lock_s=settings.review.lock_s,
-                token_ttl_s=settings.review.token_ttl_s,
-                qa_cadence=settings.qa.cadence,
-                qa_sample_size=settings.qa.sample_size,
-                qa_min_agreement=settings.qa.agreement_min,
-            )
-            return await service.sample_qa(due, size)
-        finally:
-            await store.close()
+        # lazy: asyncpg and the review package only for this command
+        from guardstream.review.wiring import review_services
+
+        async with review_services(settings) as review:
+            return await review.qa.sample(due, size)
 
     result = asyncio.run(sample())
     sys.stdout.write(

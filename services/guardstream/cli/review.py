@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import typer
 from rich.markup import escape
 
 from guardstream.cli.common import err, load_settings, out, run_process
-from guardstream.policy import load_registry
-from guardstream.review.auth import hash_password
-from guardstream.review.logic import Reviewer, Role
-from guardstream.review.main import run as run_review
-from guardstream.review.service import ReviewService
-from guardstream.review.store import ReviewStore
+
+if TYPE_CHECKING:
+    from guardstream.review.wiring import ReviewServices
 
 T = TypeVar("T")
 
@@ -32,6 +29,9 @@ def review(ctx: typer.Context) -> None:
     """Serve the review API and console and run its consumers (one process)."""
     if ctx.invoked_subcommand is not None:
         return
+    # lazy: FastAPI, uvicorn and asyncpg only in the review console's process
+    from guardstream.review.main import run as run_review
+
     run_process("review", run_review, start_errors=(OSError,))
 
 
@@ -49,6 +49,10 @@ def add_reviewer(
     token: Annotated[bool, typer.Option(help="Also print a new API bearer token.")] = False,
 ) -> None:
     """Create or update a reviewer; the password is stored as a scrypt hash."""
+    # lazy: asyncpg and the review package only for the review commands
+    from guardstream.review.auth import hash_password
+    from guardstream.review.logic import Reviewer, Role
+    from guardstream.review.wiring import review_services
 
     try:
         chosen = Role(role)
@@ -68,23 +72,12 @@ def add_reviewer(
     reviewer = Reviewer(reviewer_id, tuple(tenant), chosen, on_call)
 
     async def main() -> str | None:
-
-        store = await ReviewStore.open(settings)
-        try:
-            await store.put_reviewer(reviewer, hash_password(password), actor="cli")
+        async with review_services(settings) as review:
+            await review.auth.put_reviewer(reviewer, hash_password(password), actor="cli")
             if not token:
                 return None
-            service = ReviewService(
-                store,
-                load_registry(settings.policy.dir),
-                tags=(),
-                lock_s=settings.review.lock_s,
-                token_ttl_s=settings.review.token_ttl_s,
-            )
-            value, _ = await service.issue_token(reviewer)
+            value, _ = await review.auth.issue_token(reviewer)
             return value
-        finally:
-            await store.close()
 
     issued = asyncio.run(main())
     out.print(
@@ -107,24 +100,16 @@ def _check_reviewer_id(reviewer_id: str) -> None:
         raise typer.Exit(2)
 
 
-def _with_review_service(work: Callable[[ReviewService], Awaitable[T]]) -> T:
-    """Run `work` against the review store of this deployment (migrated first), then close."""
+def _with_review(work: Callable[[ReviewServices], Awaitable[T]]) -> T:
+    """Run `work` against the review services of this deployment (store migrated first)."""
     settings = load_settings()
 
     async def main() -> T:
+        # lazy: asyncpg and the review package only for the review commands
+        from guardstream.review.wiring import review_services
 
-        store = await ReviewStore.open(settings)
-        try:
-            service = ReviewService(
-                store,
-                load_registry(settings.policy.dir),
-                tags=(),
-                lock_s=settings.review.lock_s,
-                token_ttl_s=settings.review.token_ttl_s,
-            )
-            return await work(service)
-        finally:
-            await store.close()
+        async with review_services(settings) as review:
+            return await work(review)
 
     return asyncio.run(main())
 
@@ -147,7 +132,7 @@ def revoke_token(
 
     if reviewer_id is not None:
         _check_reviewer_id(reviewer_id)
-        revoked = _with_review_service(lambda svc: svc.revoke_all(reviewer_id, actor="cli"))
+        revoked = _with_review(lambda r: r.auth.revoke_all(reviewer_id, actor="cli"))
         if revoked is None:
             err.print(f"no reviewer with id {escape(repr(reviewer_id))}")
             raise typer.Exit(1)
@@ -164,7 +149,7 @@ def revoke_token(
     if not token or not token.isascii() or not token.isprintable():
         err.print("not a token: give the gsr_... value the token was issued as")
         raise typer.Exit(2)
-    owner = _with_review_service(lambda svc: svc.revoke_token(token, actor="cli"))
+    owner = _with_review(lambda r: r.auth.revoke_token(token, actor="cli"))
     if owner is None:
         err.print("no such token (unknown, already revoked or purged after expiry)")
         raise typer.Exit(1)
@@ -176,7 +161,7 @@ def disable_reviewer(reviewer_id: ReviewerId) -> None:
     """Disable a reviewer at once: no login, every token and session revoked, the tasks they
     hold back in the queue. `enable-reviewer` undoes it (with new credentials)."""
     _check_reviewer_id(reviewer_id)
-    done = _with_review_service(lambda svc: svc.disable_reviewer(reviewer_id, actor="cli"))
+    done = _with_review(lambda r: r.auth.disable_reviewer(reviewer_id, actor="cli"))
     if done is None:
         err.print(f"no reviewer with id {escape(repr(reviewer_id))}")
         raise typer.Exit(1)
@@ -190,7 +175,7 @@ def disable_reviewer(reviewer_id: ReviewerId) -> None:
 def enable_reviewer(reviewer_id: ReviewerId) -> None:
     """Let a disabled reviewer log in again; tokens and sessions revoked stay revoked."""
     _check_reviewer_id(reviewer_id)
-    if not _with_review_service(lambda svc: svc.enable_reviewer(reviewer_id, actor="cli")):
+    if not _with_review(lambda r: r.auth.enable_reviewer(reviewer_id, actor="cli")):
         err.print(f"no reviewer with id {escape(repr(reviewer_id))}")
         raise typer.Exit(1)
     out.print(f"reviewer {escape(reviewer_id)} enabled")

@@ -109,13 +109,13 @@ class Review:
     relay: OutboxRelay
     consumer: ReviewConsumer
     app: FastAPI
-    handle: BatchHandler  # the consumer's, with refused outputs isolated (core.outbox)
+    handle: BatchHandler  # the consumer's, with refused outputs isolated (verdict.emitter)
 
 
 class _Server(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
-        # The process's own stop event handles SIGTERM/SIGINT (core.process).
+        # The process's own stop event handles SIGTERM/SIGINT (runtime.process).
         yield
 
 

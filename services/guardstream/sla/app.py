@@ -234,7 +234,7 @@ class SlaWorker:
         self.table.on_recover(self._on_recovered)
         self.app.on_partitions_revoked.connect(self._on_revoked)
 
-        _observe(self)
+        _observe(self, clock)
 
     # --- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -251,10 +251,10 @@ class SlaWorker:
 
     def status(self) -> dict[str, Any]:
         """Numbers for tests, the bench and logs (no post ids)."""
-        oldest = self.oldest_pending_age()
+        oldest = self.deadlines.oldest_pending_age(self._clock())
         return {
             "partitions": self.deadlines.partitions,
-            "pending": self.pending_count(),
+            "pending": self.deadlines.pending_count(),
             "items": len(self.table.data),  # pending + finished items still retained
             "oldest_pending_age_s": oldest,
             "avg_review_response_s": self.responses.mean(),
@@ -263,12 +263,6 @@ class SlaWorker:
             "max_lateness_s": self.max_lateness_s,
             "last_tick_ms": self.last_tick_ms,
         }
-
-    def pending_count(self) -> int:
-        return self.deadlines.pending_count()
-
-    def oldest_pending_age(self) -> float | None:
-        return self.deadlines.oldest_pending_age(self._clock())
 
     # --- partitions ------------------------------------------------------------------------
     def _owned(self) -> set[int]:
@@ -301,7 +295,7 @@ class SlaWorker:
             "SLA partitions recovered",
             extra={
                 "partitions": self.deadlines.partitions,
-                "pending": self.pending_count(),
+                "pending": self.deadlines.pending_count(),
                 "bad": bad,
             },
         )
@@ -498,7 +492,7 @@ class SlaWorker:
         await _acked(purged)
 
 
-def _observe(worker: SlaWorker) -> None:
+def _observe(worker: SlaWorker, clock: Callable[[], float]) -> None:
     """The worker's gauges, read at each collection."""
 
     def gauge(name: str, unit: str, value: Callable[[], float | None]) -> None:
@@ -508,8 +502,12 @@ def _observe(worker: SlaWorker) -> None:
 
         meter.create_observable_gauge(name, callbacks=[observe], unit=unit)
 
-    gauge("guardstream.sla.pending", "1", worker.pending_count)
-    gauge("guardstream.sla.oldest_pending_age", "s", lambda: worker.oldest_pending_age() or 0.0)
+    gauge("guardstream.sla.pending", "1", worker.deadlines.pending_count)
+    gauge(
+        "guardstream.sla.oldest_pending_age",
+        "s",
+        lambda: worker.status()["oldest_pending_age_s"] or 0.0,
+    )
     gauge("guardstream.sla.review_response_time_avg", "s", worker.responses.mean)
     gauge("guardstream.sla.assignment_time_avg", "s", worker.pickups.mean)
 

@@ -165,4 +165,4 @@ async def test_items_written_under_their_post_id_alone_are_renamed_on_recovery()
     await w._on_recovered()
     assert set(table.data) == {old.key, current.key}
     assert table.changelog == [(3, old.post_id, None), (3, old.key, old.to_dict())]
-    assert w.items.get(old.key) == old and w.pending_count() == 2
+    assert w.items.get(old.key) == old and w.deadlines.pending_count() == 2

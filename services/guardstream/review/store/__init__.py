@@ -26,7 +26,6 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 
-from guardstream.review.logic import Reviewer
 from guardstream.review.store.audit import AuditRows
 from guardstream.review.store.claims import ClaimRows
 from guardstream.review.store.db import DB_ERRORS, Conn, Db, connect
@@ -87,10 +86,3 @@ class ReviewStore(Tables):
             return bool(await self._pool.fetchval("SELECT 1"))
         except DB_ERRORS:
             return False
-
-    async def put_reviewer(
-        self, reviewer: Reviewer, password_hash: str, *, actor: str | None
-    ) -> tuple[int, int]:
-        """TEMPORARY: `guardstream review add-reviewer` (cli/__init__.py) calls this until it
-        uses `review.wiring`; then delete it (it is `AuthService.put_reviewer`)."""
-        return await self.reviewers.put(reviewer, password_hash, actor=actor)
