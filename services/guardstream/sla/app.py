@@ -493,7 +493,9 @@ class SlaWorker:
 
 
 def _observe(worker: SlaWorker, clock: Callable[[], float]) -> None:
-    """The worker's gauges, read at each collection."""
+    """The worker's gauges, read at each collection. The metric reader calls them on its own
+    thread: they read the deadline indexes only, never the faust table (read from that thread,
+    the table's store never finished stopping on SIGTERM)."""
 
     def gauge(name: str, unit: str, value: Callable[[], float | None]) -> None:
         def observe(_: Any) -> list[metrics.Observation]:
@@ -506,7 +508,7 @@ def _observe(worker: SlaWorker, clock: Callable[[], float]) -> None:
     gauge(
         "guardstream.sla.oldest_pending_age",
         "s",
-        lambda: worker.status()["oldest_pending_age_s"] or 0.0,
+        lambda: worker.deadlines.oldest_pending_age(clock()) or 0.0,
     )
     gauge("guardstream.sla.review_response_time_avg", "s", worker.responses.mean)
     gauge("guardstream.sla.assignment_time_avg", "s", worker.pickups.mean)
