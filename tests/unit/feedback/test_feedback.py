@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -114,13 +115,33 @@ def test_one_sample_per_content_key_and_the_senior_wins() -> None:
     assert [c.sample.sample_id for c in out.train + out.held_out] == ["r-0"]
 
 
-def test_prescreen_holds_likely_noisy_labels_for_a_senior() -> None:
-    def confident_unsafe(s: FeedbackSample) -> tuple[Verdict, float]:
-        return (Verdict.UNSAFE, 0.99) if s.post_id == "p-1" else (s.human_verdict, 0.99)
+@pytest.mark.parametrize(
+    ("label", "confidence", "held"),
+    [
+        (Verdict.UNSAFE, 0.95, True),  # at the threshold: doubted
+        (Verdict.UNSAFE, math.nextafter(0.95, 0.0), False),  # just below: trusted
+        (Verdict.SAFE, 0.99, False),  # confident agreement with the human label
+    ],
+)
+def test_prescreen_holds_labels_it_confidently_contradicts_for_a_senior(
+    label: Verdict, confidence: float, held: bool
+) -> None:
+    config = CurationConfig(anchor_ratio=0)
+    assert config.prescreen_confidence == 0.95
 
-    out = curate([sample(1), sample(2)], CurationConfig(anchor_ratio=0), confident_unsafe)
-    assert [(s.sample_id, v) for s, v, _ in out.held_for_senior] == [("r-1", Verdict.UNSAFE)]
-    assert [c.sample.sample_id for c in out.train + out.held_out] == ["r-2"]
+    def screen(s: FeedbackSample) -> tuple[Verdict, float]:
+        return (label, confidence) if s.post_id == "p-1" else (s.human_verdict, 0.99)
+
+    out = curate([sample(1), sample(2)], config, screen)
+    kept = sorted(c.sample.sample_id for c in out.train + out.held_out)
+    if held:
+        assert [(s.sample_id, v, p) for s, v, p in out.held_for_senior] == [
+            ("r-1", label, confidence)
+        ]
+        assert kept == ["r-2"]
+    else:
+        assert out.held_for_senior == []
+        assert kept == ["r-1", "r-2"]
 
 
 def test_split_is_stratified_deterministic_and_never_empties_a_side() -> None:
