@@ -3,8 +3,9 @@ processes) reconnect, nothing is lost or decided twice.
 
 Needs a broker that keeps its data across a restart (tests.support.broker): an external one
 (`KAFKA_BOOTSTRAP` and `GUARDSTREAM_TEST_BROKER_RESTART`) or tansu on S3 storage in a local
-moto server. Skipped, saying why, when neither is available. A `chaos` test: it starts a
-scorer (a vLLM engine) of its own, so `make chaos` runs it, not every CI run.
+moto server. When neither is available it is skipped, saying why, on a laptop and fails in CI
+(CI=true). A `chaos` test: it starts a scorer (a vLLM engine) of its own, so `make chaos` runs
+it, not every CI run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from guardstream.contracts.events import Post
 from guardstream.devtools.produce import new_post
 from guardstream.runtime.kafka import ensure_topics
 from guardstream.runtime.settings import Settings
+from tests.conftest import missing
 from tests.integration.pipeline.test_reliability import TEXTS, produce
 from tests.support.broker import ExternalBroker, NoPersistentBroker, TansuOnS3, persistent_broker
 from tests.support.oracle import (
@@ -39,7 +41,7 @@ def broker(tmp_path: Path) -> Iterator[ExternalBroker | TansuOnS3]:
     try:
         found = persistent_broker(tmp_path)
     except NoPersistentBroker as exc:
-        pytest.skip(str(exc))
+        missing(str(exc))
     yield found
     found.stop()
 

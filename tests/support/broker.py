@@ -24,7 +24,8 @@ BUCKET = "tansu"
 
 
 class NoPersistentBroker(Exception):
-    """Why no broker that survives a restart is available (the test skips with it)."""
+    """Why no broker that survives a restart is available (the test skips with it on a laptop,
+    fails with it in CI)."""
 
 
 @dataclass

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from compose_spec import PyOptions
 
+from tests.conftest import missing
 from tests.unit.deploy.test_deploy import LIBRARY_ENV, cli_accepts, settings_env_names
 
 pytestmark = pytest.mark.unit
@@ -254,7 +255,7 @@ def test_prometheus_scrapes_every_process_and_loads_the_repositorys_rules(
 def test_prometheus_accepts_the_config() -> None:
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not installed (Debian package `prometheus`)")
+        missing("promtool not installed (Debian package `prometheus`)")
     result = subprocess.run(
         [promtool, "check", "config", str(ROOT / "deploy" / "compose" / "prometheus.yml")],
         capture_output=True,
