@@ -43,10 +43,22 @@ def test_to_commit_reports_only_moves() -> None:
 def test_revoked_partitions_are_forgotten_and_late_finishes_ignored() -> None:
     t: OffsetTracker[str] = OffsetTracker()
     t.start("a", [0, 1])
-    t.drop(["a"])
+    t.start("b", [0])
+    t.drop(["a", "never-held"])  # a revocation may name a partition nothing was started on
     t.finish("a", [0, 1])
     assert t.watermark("a") is None
-    assert t.to_commit() == {}
+    assert t.partitions() == ["b"]
+    assert t.to_commit() == {"b": 0}
+
+
+def test_in_flight_counts_per_partition_and_in_all() -> None:
+    t: OffsetTracker[str] = OffsetTracker()
+    t.start("a", [0, 1, 2])
+    t.start("b", [7])
+    t.finish("a", [1])  # finished behind the unfinished 0: counted until the watermark passes
+    assert (t.in_flight("a"), t.in_flight("b"), t.in_flight("c"), t.in_flight()) == (3, 1, 0, 4)
+    t.finish("a", [0])
+    assert (t.in_flight("a"), t.in_flight()) == (1, 2)
 
 
 def test_out_of_order_start_is_a_bug() -> None:

@@ -6,6 +6,7 @@ import random
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import orjson
 import pytest
 
 from guardstream.contracts.events import (
@@ -25,12 +26,14 @@ from guardstream.contracts.events import (
 from guardstream.contracts.topics import Topic
 from guardstream.policy import PolicyPack, review_sla
 from guardstream.sla.logic import (
+    SLA_RULE,
     DeadlineIndex,
     Item,
     Phase,
     ResponseTimes,
     assigned,
     describe_seconds,
+    downgrade_decision_id,
     enter,
     mark_sent,
     outputs,
@@ -55,11 +58,17 @@ PACK = PolicyPack(
 )
 
 
-def decision(post_id: str = "p1", categories: tuple[str, ...] = ()) -> Decision:
+def decision(
+    post_id: str = "p1",
+    categories: tuple[str, ...] = (),
+    decision_id: str = "d1",
+    after_s: float = 0,
+    adapter: str | None = None,
+) -> Decision:
     return Decision(
-        event_id="d1",
+        event_id=decision_id,
         produced_at=T0,
-        decision_id="d1",
+        decision_id=decision_id,
         post_id=post_id,
         post_event_id="e1",
         tenant="acme",
@@ -70,9 +79,10 @@ def decision(post_id: str = "p1", categories: tuple[str, ...] = ()) -> Decision:
         reason="r",
         source=Source.MODEL,
         model="m",
+        adapter=adapter,
         policy=PACK.ref,
         content_key="a" * 32,
-        decided_at=T0,
+        decided_at=T0 + timedelta(seconds=after_s),
     )
 
 
@@ -135,11 +145,13 @@ def test_assignment_breach_then_warning_then_expiry() -> None:
     item = pending()
     item = stamp_due(item, S0 + 31)
     assert item is not None and item.unsent == [SlaEventKind.ASSIGNMENT_BREACH]
+    assert item.next_due(RETAIN) == S0 + 31  # stamped, not yet sent: look again at once
     item = mark_sent(item, item.unsent)
     assert item.next_due(RETAIN) == S0 + 75
     item = stamp_due(item, S0 + 76)
     assert item is not None and item.unsent == [SlaEventKind.WARNING]
     item = mark_sent(item, item.unsent)
+    assert item.next_due(RETAIN) == S0 + 100  # the warning is behind it
     assert stamp_due(item, S0 + 99) is None
     item = stamp_due(item, S0 + 100.2)
     assert item is not None and item.phase is Phase.EXPIRED
@@ -147,6 +159,19 @@ def test_assignment_breach_then_warning_then_expiry() -> None:
     item = mark_sent(item, item.unsent)
     assert item.next_due(RETAIN) == S0 + 100.2 + RETAIN
     assert not purgeable(item, S0 + 1000, RETAIN) and purgeable(item, S0 + 1101, RETAIN)
+
+
+def test_each_effect_is_due_at_its_instant_not_after() -> None:
+    breach = stamp_due(pending(), S0 + 30)
+    assert breach is not None and breach.unsent == [SlaEventKind.ASSIGNMENT_BREACH]
+    warning = stamp_due(mark_sent(breach, breach.unsent), S0 + 75)
+    assert warning is not None and warning.unsent == [SlaEventKind.WARNING]
+    expired = stamp_due(mark_sent(warning, warning.unsent), S0 + 100)
+    assert expired is not None and expired.unsent == [SlaEventKind.EXPIRED]
+    done = mark_sent(expired, expired.unsent)
+    assert done.closed_at == S0 + 100
+    assert purgeable(done, S0 + 100 + RETAIN, RETAIN)  # at the end of retention, not after
+    assert not purgeable(done, S0 + 100 + RETAIN - 0.001, RETAIN)
 
 
 def test_an_overdue_item_expires_without_a_pointless_warning() -> None:
@@ -164,7 +189,26 @@ def test_assigned_in_time_means_no_breach() -> None:
 
 def test_assignment_before_the_decision_is_kept() -> None:
     early = assigned(assignment(1), 3, None)
-    assert early is not None and early.phase is Phase.EARLY
+    assert early == Item(
+        post_id="p1",
+        partition=3,
+        tenant="acme",
+        decision_id="",
+        post_event_id="",
+        policy="",
+        content_key="",
+        model="",
+        adapter=None,
+        decided_at=S0 + 1,
+        deadline_s=0,
+        deadline_at=S0 + 1,
+        warn_at=S0 + 1,
+        assign_by=S0 + 1,
+        phase=Phase.EARLY,
+        assigned_at=S0 + 1,
+        closed_at=S0 + 1,
+    )
+    assert early.next_due(RETAIN) == S0 + 1 + RETAIN  # purged if its decision never comes
     item = enter(decision(), 3, review_sla(PACK, ()), early)
     assert item is not None and item.phase is Phase.PENDING and item.assigned_at == S0 + 1
 
@@ -172,14 +216,50 @@ def test_assignment_before_the_decision_is_kept() -> None:
 def test_review_in_time_closes_and_duplicates_change_nothing() -> None:
     item = reviewed(review(20), 3, pending())
     assert item is not None and item.phase is Phase.REVIEWED and not item.unsent
+    assert (item.reviewed_at, item.closed_at) == (S0 + 20, S0 + 20)
     assert reviewed(review(20), 3, item) is None
     assert stamp_due(item, S0 + 500) is None
 
 
 def test_review_before_the_decision_stops_the_clock_from_starting() -> None:
     early = reviewed(review(5), 3, None)
-    assert early is not None and early.phase is Phase.REVIEWED
+    assert early == Item(
+        post_id="p1",
+        partition=3,
+        tenant="acme",
+        decision_id="d1",
+        post_event_id="e1",
+        policy=PACK.ref,
+        content_key="a" * 32,
+        model="unknown",  # the review does not say which model decided
+        adapter=None,
+        decided_at=S0 + 5,
+        deadline_s=0,
+        deadline_at=S0 + 5,
+        warn_at=S0 + 5,
+        assign_by=S0 + 5,
+        phase=Phase.REVIEWED,
+        reviewed_at=S0 + 5,
+        closed_at=S0 + 5,
+    )
     assert enter(decision(), 3, review_sla(PACK, ()), early) is None
+    said = reviewed(review(5).model_copy(update={"model": "m", "adapter": "fb-1"}), 3, None)
+    assert said is not None and (said.model, said.adapter) == ("m", "fb-1")
+
+
+def test_a_review_of_an_earlier_round_leaves_the_running_clock_alone() -> None:
+    assert reviewed(review(5, decision_id="d0"), 3, pending()) is None
+
+
+def test_a_newer_decision_restarts_the_clock_an_older_one_is_ignored() -> None:
+    running = enter(decision(decision_id="d2", after_s=10), 3, review_sla(PACK, ()), None)
+    assert running is not None
+    assert enter(decision(decision_id="d1"), 3, review_sla(PACK, ()), running) is None
+    newer = enter(
+        decision(decision_id="d3", after_s=20, adapter="fb-1"), 3, review_sla(PACK, ()), running
+    )
+    assert newer is not None
+    assert (newer.decision_id, newer.deadline_at, newer.adapter) == ("d3", S0 + 120, "fb-1")
 
 
 def test_late_review_is_an_effect_once() -> None:
@@ -188,7 +268,7 @@ def test_late_review_is_an_effect_once() -> None:
     item = mark_sent(item, item.unsent)
     late = reviewed(review(300), 3, item)
     assert late is not None and late.phase is Phase.LATE
-    assert late.unsent == [SlaEventKind.LATE_REVIEW]
+    assert late.unsent == [SlaEventKind.LATE_REVIEW] and late.reviewed_at == S0 + 300
     assert reviewed(review(300), 3, mark_sent(late, late.unsent)) is None
 
 
@@ -222,10 +302,18 @@ def test_expiry_outputs_are_byte_identical_and_honest() -> None:
         "a" * 32,
     )
     assert "100 s" in downgrade.reason and "SLA" in downgrade.reason
+    assert (downgrade.rule, downgrade.model, downgrade.adapter) == (SLA_RULE, "m", None)
     assert downgrade.decided_at.timestamp() == S0 + 100.5
     alert = Alert.from_json(first[1][2])
     event = SlaEvent.from_json(first[2][2])
     assert alert.kind == "sla_breach" and first[1][1] == alert.alert_id
+    assert (alert.tenant, alert.post_id) == ("acme", "p1")
+    assert alert.labels == {"policy": PACK.ref, "decision_id": "d1"}
+    assert "100 s" in alert.summary and PACK.ref in alert.summary
+    adapted = stamp_due(replace(pending(), adapter="fb-1"), S0 + 100.5)
+    assert adapted is not None
+    (_, _, kept), *_ = outputs(adapted, SlaEventKind.EXPIRED)
+    assert isinstance(kept, Decision) and kept.adapter == "fb-1"
     assert event.downgrade_decision_id == downgrade.decision_id
     assert event.deadline.timestamp() == S0 + 100
     # Different effects, different ids.
@@ -234,14 +322,36 @@ def test_expiry_outputs_are_byte_identical_and_honest() -> None:
     (_, _, warn_alert), (_, _, warn_event) = outputs(warned, SlaEventKind.WARNING)
     assert isinstance(warn_event, SlaEvent) and warn_event.sla_event_id != event.sla_event_id
     assert isinstance(warn_alert, Alert) and warn_alert.kind == "sla_warning"
+    assert warn_alert.alert_id != alert.alert_id
 
 
 def test_item_round_trips_and_rejects_unknown_versions() -> None:
     item = assigned(assignment(3), 3, pending())
     assert item is not None
     assert Item.from_dict(item.to_dict()) == item
-    with pytest.raises(ValueError, match="version"):
+    with pytest.raises(ValueError, match="version 99"):
         Item.from_dict({**item.to_dict(), "v": 99})
+
+
+def test_every_field_of_an_item_survives_the_changelog() -> None:
+    """An item with every optional field set (a late review of an adapter's decision)."""
+    item = stamp_due(replace(pending(), adapter="fb-1", assigned_at=S0 + 3), S0 + 101)
+    assert item is not None
+    late = reviewed(review(300), 3, mark_sent(item, item.unsent))
+    assert late is not None
+    late = replace(
+        mark_sent(late, late.unsent), traceparent="00-" + "1" * 32 + "-" + "2" * 16 + "-01"
+    )
+    assert None not in (late.adapter, late.assigned_at, late.reviewed_at, late.closed_at)
+    assert late.sent == {"expired", "late_review"}
+    assert Item.from_dict(late.to_dict()) == late
+    assert Item.from_dict(orjson.loads(orjson.dumps(late.to_dict()))) == late
+
+
+def test_a_downgrade_keeps_its_id_across_releases() -> None:
+    """The id is how consumers recognise a re-published downgrade, also one re-published by a
+    newer release after a crash: it is a pinned function of the decision and the post."""
+    assert downgrade_decision_id(pending()) == "a1d5132034fc59889279142ce6f319b5"
 
 
 def test_deadline_index_pops_only_what_is_due_once() -> None:
@@ -261,6 +371,26 @@ def test_deadline_index_pops_only_what_is_due_once() -> None:
     assert set(index.pop_due(1e9, limit=10**6)) == {p for p, d in dues.items() if d > 50}
 
 
+def test_deadline_index_unschedules_limits_and_skips_stale_heads() -> None:
+    index = DeadlineIndex()
+    assert index.earliest() is None
+    index.schedule("a", 1.0)
+    index.schedule("a", 1.0)  # unchanged: no second heap entry
+    assert len(index._heap) == 1
+    index.schedule("a", 5.0)  # the entry at 1.0 is stale now
+    assert index.earliest() == 5.0
+    index.schedule("gone", None)  # unscheduling what is not there is fine
+    for name in ("b", "c", "d"):
+        index.schedule(name, 2.0)
+    index.schedule("b", None)
+    index.discard("c")
+    assert index.pop_due(10.0, limit=1) == ["d"]
+    assert index.pop_due(10.0) == ["a"]
+    for n in range(5):
+        index.schedule(f"x{n}", 1.0)
+    assert len(index.pop_due(10.0, limit=2)) == 2
+
+
 def test_deadline_index_compacts_stale_entries() -> None:
     index = DeadlineIndex()
     for round_ in range(20):
@@ -276,6 +406,13 @@ def test_response_time_is_a_rolling_mean() -> None:
     for value in (10, 20, 30, 40):
         times.add(value)
     assert times.mean() == 30 and len(times) == 3
+    for value in (50, 60, 70):  # the window keeps moving: the last three
+        times.add(value)
+        assert times.mean() == value - 10
+    short = ResponseTimes(size=3)
+    short.add(0.5)
+    short.add(-3)  # a review stamped before its decision (clock skew) counts as instant
+    assert short.mean() == 0.25
 
 
 @pytest.mark.parametrize(("seconds", "text"), [(7200, "2 h"), (1800, "30 min"), (4, "4 s")])
