@@ -94,6 +94,9 @@ LOOSE = make(controversial="loose")
         (FULL, S, 0.59, [], REVIEW, "low_confidence:safe<0.60"),
         (FULL, S, 0.60, [], ALLOW, "verdict"),
         (FULL, C, 0.49, [], REVIEW, "low_confidence:controversial<0.50"),
+        # 0 and 1 are confidences like any other (the edges of the usable range)
+        (FULL, C, 0.0, [], REVIEW, "low_confidence:controversial<0.50"),
+        (FULL, S, 1.0, [], ALLOW, "verdict"),
         # 5. controversial mode
         (FULL, C, 0.50, [], BLOCK, "controversial:strict"),
         (BARE, C, 0.99, ["PII"], REVIEW, "controversial:review"),
@@ -135,6 +138,10 @@ def test_explanations_say_only_what_inputs_and_pack_say() -> None:
     assert route(FULL, U, 0.99, ["Violent", "PII"]).explanation == (
         "Blocked: model verdict unsafe [Violent, PII] at confidence 0.99; acme@3 always "
         "blocks Violent."
+    )
+    both = make(always_block=["Violent", "PII"])
+    assert route(both, U, 0.99, ["Violent", "PII"]).explanation.endswith(
+        "acme@3 always blocks Violent, PII."
     )
     assert route(FULL, C, None, []).explanation == (
         "Sent to review: model verdict controversial without a confidence; acme@3 does not "
@@ -226,7 +233,7 @@ def test_every_route_names_a_known_rule_and_explains_itself(
 def test_longest_explanation_fits_a_decision_reason() -> None:
     pack = make(id="x" * 63, version="y" * 32, always_block=list(CATEGORIES))
     explanation = route(pack, U, 0.5, CATEGORIES).explanation
-    assert len(explanation) <= 500
+    assert len(explanation) == 500 and explanation.endswith("…")  # cut, visibly
     assert explanation.startswith("Blocked: model verdict unsafe [Violent, Non-violent")
 
 
@@ -239,6 +246,7 @@ def test_scorer_unavailable_modes() -> None:
     assert "not moderated" in opened.explanation
     closed = route_scorer_unavailable(make())  # fail_closed is the default
     assert (closed.action, closed.rule) == (REVIEW, "scorer_unavailable:fail_closed")
+    assert closed.explanation.endswith("past its budget and acme@3 fails closed.")
 
 
 def test_review_sla_defaults_to_two_hours_and_takes_the_tightest_override() -> None:
@@ -725,10 +733,12 @@ def test_invalid_documents_fail_schema_and_model(document: dict[str, Any]) -> No
 def test_routes_answered_from_memory_are_the_rules_answers(
     pack: PolicyPack, verdict: Verdict, confidence: float | None, categories: list[str]
 ) -> None:
+    routing._ROUTES.clear()  # far from full: nothing is forgotten during this example
     # The second call is answered from memory; both are what the rules say.
     fresh = routing._route(pack, verdict, confidence, categories)
-    assert route(pack, verdict, confidence, categories) == fresh
-    assert route(pack, verdict, confidence, categories) == fresh
+    remembered = route(pack, verdict, confidence, categories)
+    assert remembered == fresh
+    assert route(pack, verdict, confidence, categories) is remembered
     # Equal confidences that read differently are explained as they read.
     if confidence == 0.0:
         for zero in (0.0, -0.0):
@@ -740,3 +750,4 @@ def test_routes_answered_from_memory_are_the_rules_answers(
     assert route(other, verdict, confidence, categories) == routing._route(
         other, verdict, confidence, categories
     )
+    assert route(pack, verdict, confidence, categories) is remembered  # each kept its own
