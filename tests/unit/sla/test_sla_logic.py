@@ -23,6 +23,7 @@ from guardstream.contracts.events import (
     Source,
     Verdict,
 )
+from guardstream.contracts.identity import PostIdentity
 from guardstream.contracts.topics import Topic
 from guardstream.policy import PolicyPack, review_sla
 from guardstream.sla.logic import (
@@ -190,13 +191,11 @@ def test_assigned_in_time_means_no_breach() -> None:
 def test_assignment_before_the_decision_is_kept() -> None:
     early = assigned(assignment(1), 3, None)
     assert early == Item(
-        post_id="p1",
+        identity=PostIdentity(
+            tenant="acme", post_id="p1", post_event_id="", policy="", content_key=""
+        ),
         partition=3,
-        tenant="acme",
         decision_id="",
-        post_event_id="",
-        policy="",
-        content_key="",
         model="",
         adapter=None,
         decided_at=S0 + 1,
@@ -224,13 +223,11 @@ def test_review_in_time_closes_and_duplicates_change_nothing() -> None:
 def test_review_before_the_decision_stops_the_clock_from_starting() -> None:
     early = reviewed(review(5), 3, None)
     assert early == Item(
-        post_id="p1",
+        identity=PostIdentity(
+            tenant="acme", post_id="p1", post_event_id="e1", policy=PACK.ref, content_key="a" * 32
+        ),
         partition=3,
-        tenant="acme",
         decision_id="d1",
-        post_event_id="e1",
-        policy=PACK.ref,
-        content_key="a" * 32,
         model="unknown",  # the review does not say which model decided
         adapter=None,
         decided_at=S0 + 5,
