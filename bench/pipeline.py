@@ -1416,7 +1416,10 @@ def render(report: Report, wall_s: float) -> tuple[str, dict[str, Any]]:
             + f"{spent.get('bench', 0):>8.1f}"
         )
     summary: dict[str, Any] = {
+        "bench": "pipeline",
         "posts": report.posts,
+        # Everything here shares the machine: a load above its cores inflates CPU per post.
+        "load_1m_at_end": round(os.getloadavg()[0], 2),
         "passthrough_msgs_per_s": round(report.raw.per_s, 1),
         "passthrough_batchloop_msgs_per_s": round(report.runtime.per_s, 1),
         "triage_msgs_per_s": round(report.triage.per_s, 1),

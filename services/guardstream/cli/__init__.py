@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import typer
 
-from guardstream.cli import diagnose, feedback, model, processes, produce, review, stack, topics
+from guardstream.cli import (
+    diagnose,
+    feedback,
+    model,
+    plan,
+    processes,
+    produce,
+    review,
+    stack,
+    topics,
+)
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -22,6 +32,7 @@ for command in (
     produce.produce,
     diagnose.doctor,
     diagnose.calibrate,
+    plan.plan,
 ):
     app.command()(command)
 app.add_typer(topics.app, name="topics")

@@ -1,0 +1,505 @@
+"""The capacity planner: what a deployment needs for a given volume, from measured unit costs.
+
+Every unit cost comes from a benchmark result committed under `bench/results/` and names its
+file: triage CPU per post (`bench/pipeline.py`), scorer posts/s per GPU per model size and
+scoring mode (`bench/scorer.py`), bytes per cached verdict, near-duplicate entry, journal
+entry and review task (`bench/storage.py`). What cannot be measured here (how long a person
+takes per review, how peaky the traffic is) is an input, never a hidden constant. The
+arithmetic is plain and written out in docs/operations/capacity.md; beside guardstream's plan
+it prints a naive design's (no cache, no near-duplicates, plain generation, the largest model
+for everything) from the same inputs and costs, and the ratio of GPUs between the two.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+
+from guardstream.contracts.topics import CATALOGUE, Topic
+
+Mode = Literal["plain", "two_phase"]
+MODEL_SIZES: tuple[str, ...] = ("0.6B", "4B", "8B")
+HUB_MODEL = "Qwen/Qwen3Guard-Gen-{size}"
+DAY_S = 86_400
+
+
+class PlanError(ValueError):
+    """The inputs or the results files cannot give a plan (the message says which)."""
+
+
+def default_results_dir() -> Path:
+    """`bench/results/` of the checkout this package runs from."""
+    return Path(__file__).resolve().parents[3] / "bench" / "results"
+
+
+@dataclass(frozen=True, slots=True)
+class UnitCost:
+    value: float
+    unit: str
+    source: str  # the results file it was read from, relative to the results directory
+    detail: str = ""  # which run / field of that file
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "unit": self.unit,
+            "source": self.source,
+            "detail": self.detail,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UnitCosts:
+    triage_cpu_us_per_post: UnitCost
+    bytes_per_verdict: UnitCost
+    bytes_per_near_entry: UnitCost
+    bytes_per_journal_entry: UnitCost
+    bytes_per_review_task: UnitCost  # the task row and its post text, indexes included
+    # (gpu kind, model size, mode) → posts/s of one GPU
+    scorer_posts_per_s: Mapping[tuple[str, str, Mode], UnitCost]
+
+    def gpu_kinds(self) -> list[str]:
+        return sorted({gpu for gpu, _, _ in self.scorer_posts_per_s})
+
+    def scorer(self, gpu: str, size: str, mode: Mode) -> UnitCost:
+        found = self.scorer_posts_per_s.get((gpu, size, mode))
+        if found is None:
+            measured = ", ".join(f"{g} {s} {m}" for g, s, m in sorted(self.scorer_posts_per_s))
+            raise PlanError(
+                f"no measured scorer throughput for {size} ({mode}) on {gpu}; measured: "
+                f"{measured or 'nothing'} (bench/scorer.py writes bench/results/scorer-*)"
+            )
+        return found
+
+    def every(self) -> dict[str, UnitCost]:
+        named = {
+            "triage_cpu_us_per_post": self.triage_cpu_us_per_post,
+            "bytes_per_verdict": self.bytes_per_verdict,
+            "bytes_per_near_entry": self.bytes_per_near_entry,
+            "bytes_per_journal_entry": self.bytes_per_journal_entry,
+            "bytes_per_review_task": self.bytes_per_review_task,
+        }
+        for (gpu, size, mode), cost in sorted(self.scorer_posts_per_s.items()):
+            named[f"scorer_posts_per_s[{gpu},{size},{mode}]"] = cost
+        return named
+
+
+def _json_lines(path: Path) -> Iterable[dict[str, Any]]:
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("{"):
+            try:
+                value = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(value, dict):
+                yield value
+
+
+def _gpu_kind(device: str) -> str:
+    """ "NVIDIA H200" → "h200"; "NVIDIA H100 80GB HBM3" → "h100"."""
+    found = re.search(r"\b([A-Z]\d{2,3}[A-Z]?)\b", device)
+    return found.group(1).lower() if found else device.strip().lower()
+
+
+def _model_size(run: Mapping[str, Any]) -> str | None:
+    text = f"{run.get('weights', '')} {run.get('model', '')}"
+    found = re.search(r"(0\.6B|4B|8B)", text)
+    return found.group(1) if found else None
+
+
+def load_costs(results: Path | None = None) -> UnitCosts:
+    """The newest measured value of each unit cost in `results` (files sorted by name, which
+    starts with the bench and carries the date: the last one that has a value wins)."""
+    root = results or default_results_dir()
+    if not root.is_dir():
+        raise PlanError(f"no results directory at {root}")
+    single: dict[str, UnitCost] = {}
+    scorer: dict[tuple[str, str, Mode], UnitCost] = {}
+    for path in sorted(root.iterdir()):
+        if not path.is_file() or path.suffix not in {".json", ".jsonl", ".txt"}:
+            continue
+        name = path.name
+        for run in _json_lines(path):
+            kind = run.get("bench")
+            if kind == "pipeline" and "triage_cpu_us_per_post" in run:
+                single["triage_cpu_us_per_post"] = UnitCost(
+                    float(run["triage_cpu_us_per_post"]),
+                    "CPU µs per post",
+                    name,
+                    f"triage_cpu_us_per_post, {run.get('posts')} posts, {run.get('cpus')} cpus",
+                )
+            elif kind == "storage":
+                for key, unit in (
+                    ("bytes_per_verdict", "bytes per cached verdict"),
+                    ("bytes_per_near_entry", "bytes per near-duplicate entry"),
+                    ("bytes_per_journal_entry", "bytes per journal entry"),
+                ):
+                    single[key] = UnitCost(float(run[key]), unit, name, key)
+                task = float(run["bytes_per_review_task"]) + float(
+                    run["bytes_per_review_post_text"]
+                )
+                single["bytes_per_review_task"] = UnitCost(
+                    round(task, 1),
+                    "bytes per review task (task + post text)",
+                    name,
+                    "bytes_per_review_task + bytes_per_review_post_text",
+                )
+            elif kind == "scorer":
+                size = _model_size(run)
+                if size is None or "device" not in run:
+                    continue
+                gpu = _gpu_kind(str(run["device"]))
+                engine = run.get("engine", "?")
+                for mode in ("plain", "two_phase"):
+                    value = run.get(f"{mode}_posts_per_s")
+                    if isinstance(value, int | float) and value > 0:
+                        scorer[(gpu, size, mode)] = UnitCost(
+                            float(value),
+                            "posts/s per GPU",
+                            name,
+                            f"{mode}_posts_per_s, {engine} engine, "
+                            f"~{run.get('prompt_tokens_mean', '?')} prompt tokens, "
+                            f"{run.get('weights', run.get('model'))}",
+                        )
+    needed = (
+        "triage_cpu_us_per_post",
+        "bytes_per_verdict",
+        "bytes_per_near_entry",
+        "bytes_per_journal_entry",
+        "bytes_per_review_task",
+    )
+    missing = [key for key in needed if key not in single]
+    if missing:
+        raise PlanError(
+            f"{root} lacks {', '.join(missing)}: run bench/pipeline.py and bench/storage.py and "
+            "save their last line under bench/results/"
+        )
+    if not scorer:
+        raise PlanError(f"{root} has no scorer results (bench/scorer.py on a GPU)")
+    return UnitCosts(
+        triage_cpu_us_per_post=single["triage_cpu_us_per_post"],
+        bytes_per_verdict=single["bytes_per_verdict"],
+        bytes_per_near_entry=single["bytes_per_near_entry"],
+        bytes_per_journal_entry=single["bytes_per_journal_entry"],
+        bytes_per_review_task=single["bytes_per_review_task"],
+        scorer_posts_per_s=scorer,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Inputs:
+    """What the buyer knows about its traffic and people; defaults are only a starting point."""
+
+    posts_per_day: float
+    peak_to_mean: float = 3.0
+    duplicate_share: float = 0.30  # exact repeats of earlier content (verdict cache hits)
+    near_duplicate_share: float = 0.05  # trivial variants (near-duplicate index hits)
+    contested_share: float = 0.03  # of the content scored, what goes to human review
+    model: str = "0.6B"  # the first tier, which sees every scored post
+    escalate_to: str | None = None  # the cascade's second tier, if any
+    escalation_share: float = 0.0  # of the first tier's posts, what goes on to the second
+    gpu: str = "h200"
+    mode: Mode = "two_phase"
+    gpu_utilisation: float = 0.7  # the share of a GPU's measured throughput planned for
+    triage_core_utilisation: float = 0.7  # of the one core a triage process uses
+    minutes_per_review: float = 2.0
+    reviewer_occupancy: float = 0.8  # of a shift spent deciding
+    shift_hours: float = 8.0
+    sla_hours: float = 2.0
+    cache_days: float = 7.0  # GUARDSTREAM_CACHE_TTL_S
+    journal_days: float = 7.0  # GUARDSTREAM_JOURNAL_TTL_S
+    review_retention_days: float = 30.0
+    max_msgs_per_partition: float = 5_000.0  # the rate one partition is planned to carry
+    # Redis memory over its data: fragmentation, replication and client buffers. The storage
+    # bench prints the server's fragmentation ratio beside its figures as a guide.
+    redis_headroom: float = 1.5
+
+    def check(self) -> None:
+        shares = {
+            "duplicate_share": self.duplicate_share,
+            "near_duplicate_share": self.near_duplicate_share,
+            "contested_share": self.contested_share,
+            "escalation_share": self.escalation_share,
+            "gpu_utilisation": self.gpu_utilisation,
+            "triage_core_utilisation": self.triage_core_utilisation,
+            "reviewer_occupancy": self.reviewer_occupancy,
+        }
+        for name, value in shares.items():
+            if not 0.0 <= value <= 1.0 or math.isnan(value):
+                raise PlanError(f"{name} must be a share between 0 and 1, not {value}")
+        for name in ("gpu_utilisation", "triage_core_utilisation", "reviewer_occupancy"):
+            if shares[name] == 0:
+                raise PlanError(f"{name} must be above 0")
+        if self.duplicate_share + self.near_duplicate_share > 1.0:
+            raise PlanError("duplicate_share + near_duplicate_share cannot exceed 1")
+        positive = {
+            "posts_per_day": self.posts_per_day,
+            "peak_to_mean": self.peak_to_mean,
+            "minutes_per_review": self.minutes_per_review,
+            "shift_hours": self.shift_hours,
+            "sla_hours": self.sla_hours,
+            "max_msgs_per_partition": self.max_msgs_per_partition,
+            "redis_headroom": self.redis_headroom,
+        }
+        for name, value in positive.items():
+            if not value > 0 or math.isinf(value):
+                raise PlanError(f"{name} must be a positive number, not {value}")
+        if self.peak_to_mean < 1:
+            raise PlanError("peak_to_mean is at least 1 (the peak is never below the mean)")
+        for name, value in (
+            ("cache_days", self.cache_days),
+            ("journal_days", self.journal_days),
+            ("review_retention_days", self.review_retention_days),
+        ):
+            if not value >= 0 or math.isinf(value):
+                raise PlanError(f"{name} must be 0 or more, not {value}")
+        for size in (self.model, self.escalate_to):
+            if size is not None and size not in MODEL_SIZES:
+                raise PlanError(f"model size {size!r}: one of {', '.join(MODEL_SIZES)}")
+        if self.escalate_to is None and self.escalation_share > 0:
+            raise PlanError("escalation_share needs escalate_to (the second tier's model)")
+
+
+@dataclass(frozen=True, slots=True)
+class Tier:
+    model: str
+    posts_per_s: float  # at peak
+    gpu_posts_per_s: UnitCost
+    gpus: int
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    inputs: Inputs
+    peak_posts_per_s: float
+    scored_share: float
+    triage_cores: float
+    triage_replicas: int
+    tiers: tuple[Tier, ...]
+    gpus: int
+    naive_gpus: int
+    naive_tier: Tier
+    contested_per_day: float
+    reviewers_on_shift: int
+    reviewer_headcount: int
+    redis_bytes: dict[str, float]
+    postgres_bytes: float
+    partitions: dict[str, int]
+    msgs_per_partition: dict[str, float]
+    costs: UnitCosts
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def gpu_ratio(self) -> float:
+        return self.naive_gpus / self.gpus if self.gpus else math.inf
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "inputs": {k: getattr(self.inputs, k) for k in Inputs.__dataclass_fields__},
+            "peak_posts_per_s": round(self.peak_posts_per_s, 1),
+            "scored_share": round(self.scored_share, 4),
+            "triage": {"cores": round(self.triage_cores, 2), "replicas": self.triage_replicas},
+            "scorer": {
+                "tiers": [
+                    {
+                        "model": HUB_MODEL.format(size=t.model),
+                        "posts_per_s": round(t.posts_per_s, 1),
+                        "gpu_posts_per_s": t.gpu_posts_per_s.value,
+                        "gpus": t.gpus,
+                    }
+                    for t in self.tiers
+                ],
+                "gpus": self.gpus,
+            },
+            "naive": {
+                "model": HUB_MODEL.format(size=self.naive_tier.model),
+                "mode": "plain",
+                "posts_per_s": round(self.naive_tier.posts_per_s, 1),
+                "gpus": self.naive_gpus,
+            },
+            "gpu_ratio_naive_over_guardstream": round(self.gpu_ratio, 2),
+            "review": {
+                "contested_per_day": round(self.contested_per_day),
+                "reviewers_on_shift_at_peak": self.reviewers_on_shift,
+                "reviewer_headcount": self.reviewer_headcount,
+            },
+            "redis_bytes": {k: round(v) for k, v in self.redis_bytes.items()},
+            "postgres_bytes": round(self.postgres_bytes),
+            "partitions": self.partitions,
+            "msgs_per_partition_at_peak": {
+                k: round(v, 1) for k, v in self.msgs_per_partition.items()
+            },
+            "unit_costs": {k: c.as_dict() for k, c in self.costs.every().items()},
+            "notes": self.notes,
+        }
+
+
+def _tier(model: str, posts_per_s: float, cost: UnitCost, utilisation: float) -> Tier:
+    gpus = math.ceil(posts_per_s / (cost.value * utilisation)) if posts_per_s > 0 else 0
+    return Tier(model, posts_per_s, cost, gpus)
+
+
+def _partitions(default: int, rate: float, consumers: int, per_partition: float) -> int:
+    """At least the catalogue's count, room for twice the planned consumers (autoscaling, a
+    rebalance), and no partition above the planned rate."""
+    return max(default, 2 * consumers, math.ceil(rate / per_partition))
+
+
+def make_plan(inputs: Inputs, costs: UnitCosts) -> Plan:
+    inputs.check()
+    notes: list[str] = []
+    peak = inputs.posts_per_day / DAY_S * inputs.peak_to_mean
+    scored_share = 1.0 - inputs.duplicate_share - inputs.near_duplicate_share
+    scored = peak * scored_share
+
+    triage_cores = peak * costs.triage_cpu_us_per_post.value / 1e6
+    triage_replicas = max(1, math.ceil(triage_cores / inputs.triage_core_utilisation))
+
+    first = _tier(
+        inputs.model,
+        scored,
+        costs.scorer(inputs.gpu, inputs.model, inputs.mode),
+        inputs.gpu_utilisation,
+    )
+    tiers = [first]
+    if inputs.escalate_to is not None:
+        tiers.append(
+            _tier(
+                inputs.escalate_to,
+                scored * inputs.escalation_share,
+                costs.scorer(inputs.gpu, inputs.escalate_to, inputs.mode),
+                inputs.gpu_utilisation,
+            )
+        )
+    gpus = sum(t.gpus for t in tiers)
+    largest = MODEL_SIZES[-1]
+    naive = _tier(largest, peak, costs.scorer(inputs.gpu, largest, "plain"), inputs.gpu_utilisation)
+
+    # Human review: contested content once per content key (repeats reuse the human verdict).
+    contested_per_day = inputs.posts_per_day * scored_share * inputs.contested_share
+    peak_hour_items = contested_per_day / 24 * inputs.peak_to_mean
+    work_hours_per_hour = peak_hour_items * inputs.minutes_per_review / 60
+    reviewers_on_shift = math.ceil(work_hours_per_hour / inputs.reviewer_occupancy)
+    daily_work_hours = contested_per_day * inputs.minutes_per_review / 60
+    reviewer_headcount = math.ceil(
+        daily_work_hours / inputs.reviewer_occupancy / inputs.shift_hours
+    )
+    if inputs.minutes_per_review / 60 > inputs.sla_hours:
+        notes.append("one review takes longer than the SLA: every item will be late")
+
+    unique_per_day = inputs.posts_per_day * scored_share
+    redis_bytes = {
+        "verdict_cache": unique_per_day * inputs.cache_days * costs.bytes_per_verdict.value,
+        "near_duplicate_index": unique_per_day
+        * inputs.cache_days
+        * costs.bytes_per_near_entry.value,
+        "decision_journal": inputs.posts_per_day
+        * inputs.journal_days
+        * costs.bytes_per_journal_entry.value,
+    }
+    redis_bytes["total_with_headroom"] = sum(redis_bytes.values()) * inputs.redis_headroom
+    postgres_bytes = (
+        contested_per_day * inputs.review_retention_days * costs.bytes_per_review_task.value
+    )
+
+    default = {spec.topic: spec.partitions for spec in CATALOGUE}
+    rates = {
+        Topic.POSTS: (peak, triage_replicas),
+        Topic.SCORE_REQUESTS: (scored, first.gpus),
+        Topic.REVIEW: (peak_hour_items / 3600, 1),
+    }
+    if len(tiers) > 1:
+        rates[Topic.ESCALATIONS] = (tiers[1].posts_per_s, tiers[1].gpus)
+    partitions = {
+        str(topic): _partitions(default[topic], rate, consumers, inputs.max_msgs_per_partition)
+        for topic, (rate, consumers) in rates.items()
+    }
+    per_partition = {
+        str(topic): rate / partitions[str(topic)] for topic, (rate, _) in rates.items()
+    }
+    if partitions[str(Topic.POSTS)] > default[Topic.POSTS]:
+        notes.append(
+            f"posts.v1 needs {partitions[str(Topic.POSTS)]} partitions (the catalogue creates "
+            f"{default[Topic.POSTS]}): create it with more before the first post"
+        )
+    return Plan(
+        inputs=inputs,
+        peak_posts_per_s=peak,
+        scored_share=scored_share,
+        triage_cores=triage_cores,
+        triage_replicas=triage_replicas,
+        tiers=tuple(tiers),
+        gpus=gpus,
+        naive_gpus=naive.gpus,
+        naive_tier=naive,
+        contested_per_day=contested_per_day,
+        reviewers_on_shift=reviewers_on_shift,
+        reviewer_headcount=reviewer_headcount,
+        redis_bytes=redis_bytes,
+        postgres_bytes=postgres_bytes,
+        partitions=partitions,
+        msgs_per_partition=per_partition,
+        costs=costs,
+        notes=notes,
+    )
+
+
+def helm_values(plan: Plan) -> dict[str, Any]:
+    """A values overlay for deploy/helm/guardstream: replicas, autoscaling bounds, the first
+    tier's model and the retention the plan assumed. A second cascade tier is a second
+    release of the chart (its scorer reads the escalations topic): see `second_tier_values`."""
+    first = plan.tiers[0]
+    posts_partitions = plan.partitions[str(Topic.POSTS)]
+    return {
+        "model": HUB_MODEL.format(size=first.model),
+        "extraEnv": [
+            {"name": "GUARDSTREAM_CACHE_TTL_S", "value": str(int(plan.inputs.cache_days * DAY_S))},
+            {
+                "name": "GUARDSTREAM_JOURNAL_TTL_S",
+                "value": str(int(plan.inputs.journal_days * DAY_S)),
+            },
+        ],
+        "triage": {
+            "replicas": plan.triage_replicas,
+            "keda": {"maxReplicaCount": max(plan.triage_replicas, posts_partitions)},
+            "hpa": {
+                "minReplicas": plan.triage_replicas,
+                "maxReplicas": max(plan.triage_replicas, posts_partitions),
+            },
+        },
+        "scorer": {
+            "replicas": max(first.gpus, 1),
+            "gpus": 1,
+            "keda": {
+                "minReplicaCount": max(first.gpus, 1),
+                "maxReplicaCount": max(first.gpus, 1),
+            },
+            "hpa": {"minReplicas": max(first.gpus, 1), "maxReplicas": max(first.gpus, 1)},
+        },
+    }
+
+
+def second_tier_values(plan: Plan) -> dict[str, Any] | None:
+    """The cascade's second tier as its own release's overlay (scorer only), if there is one."""
+    if len(plan.tiers) < 2:
+        return None
+    second = plan.tiers[1]
+    return {
+        "model": HUB_MODEL.format(size=second.model),
+        "topics": {"enabled": False},
+        "triage": {"enabled": False},
+        "review": {"enabled": False},
+        "feedback": {"enabled": False},
+        "sla": {"enabled": False},
+        "scorer": {
+            "replicas": max(second.gpus, 1),
+            "gpus": 1,
+            "env": [{"name": "GUARDSTREAM_SCORER_SOURCE", "value": "escalations"}],
+        },
+    }

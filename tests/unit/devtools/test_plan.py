@@ -1,0 +1,250 @@
+"""The capacity planner: its arithmetic against hand-worked cases, every unit cost read from a
+results file (and named with it), hostile inputs refused with a reason, and its Helm overlay
+rendered and linted by Helm itself with the chart."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import helm_python as helm
+import orjson
+import pytest
+import yaml
+from hypothesis import given
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from guardstream.cli import app
+from guardstream.devtools.plan import (
+    Inputs,
+    PlanError,
+    default_results_dir,
+    helm_values,
+    load_costs,
+    make_plan,
+    second_tier_values,
+)
+from tests.unit.deploy.test_deploy import CHART, KUBERNETES_VERSION, by_kind, render
+
+pytestmark = pytest.mark.unit
+
+
+def write_results(root: Path, *, triage_us: float = 100.0, gpu_0_6b: float = 100.0) -> Path:
+    """Results files as the benches write them (their last JSON line), with round numbers."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "pipeline-test.json").write_text(
+        orjson.dumps(
+            {"bench": "pipeline", "posts": 20000, "triage_cpu_us_per_post": triage_us, "cpus": 2}
+        ).decode()
+        + "\n"
+    )
+    (root / "storage-test.json").write_text(
+        orjson.dumps(
+            {
+                "bench": "storage",
+                "bytes_per_verdict": 300,
+                "bytes_per_near_entry": 200,
+                "bytes_per_journal_entry": 800,
+                "bytes_per_review_task": 1000,
+                "bytes_per_review_post_text": 500,
+            }
+        ).decode()
+        + "\n"
+    )
+    runs = [
+        ("0.6B", gpu_0_6b, 90.0),
+        ("4B", 50.0, 40.0),
+        ("8B", 30.0, 20.0),
+    ]
+    lines = [
+        orjson.dumps(
+            {
+                "bench": "scorer",
+                "device": "NVIDIA H200",
+                "engine": "vllm",
+                "weights": f"random weights, Qwen3Guard-Gen-{size} shape (not the model)",
+                "two_phase_posts_per_s": two_phase,
+                "plain_posts_per_s": plain,
+            }
+        ).decode()
+        for size, two_phase, plain in runs
+    ]
+    (root / "scorer-h200-test.jsonl").write_text("# a comment line\n" + "\n".join(lines) + "\n")
+    return root
+
+
+def test_a_hand_worked_plan(tmp_path: Path) -> None:
+    costs = load_costs(write_results(tmp_path))
+    plan = make_plan(Inputs(posts_per_day=86_400_000, shift_hours=10), costs)
+    # 1,000 posts/s on average, 3,000 at peak; 65% are scored (30% repeats, 5% variants).
+    assert plan.peak_posts_per_s == pytest.approx(3000)
+    assert plan.tiers[0].posts_per_s == pytest.approx(1950)
+    # 1,950 / (100 posts/s per GPU × 0.7) = 27.9 → 28; naive: 3,000 / (20 plain 8B × 0.7) → 215.
+    assert plan.gpus == 28
+    assert plan.naive_gpus == 215
+    assert plan.gpu_ratio == pytest.approx(215 / 28)
+    # 3,000 × 100 µs = 0.3 cores → one replica at 70% of a core.
+    assert plan.triage_cores == pytest.approx(0.3)
+    assert plan.triage_replicas == 1
+    # 86.4 M × 0.65 × 0.03 = 1,684,800 contested a day; at peak 210,600 an hour × 2 min
+    # = 7,020 person-hours per hour / 0.8 occupancy = 8,775 on shift; 56,160 h a day / 0.8 / 10.
+    assert plan.contested_per_day == pytest.approx(1_684_800)
+    assert plan.reviewers_on_shift == 8775
+    assert plan.reviewer_headcount == 7020
+    # Redis: 56.16 M new keys a day × 7 days × 300 / 200 B; 86.4 M decisions × 7 days × 800 B.
+    assert plan.redis_bytes["verdict_cache"] == pytest.approx(117.936e9)
+    assert plan.redis_bytes["near_duplicate_index"] == pytest.approx(78.624e9)
+    assert plan.redis_bytes["decision_journal"] == pytest.approx(483.84e9)
+    assert plan.redis_bytes["total_with_headroom"] == pytest.approx(680.4e9 * 1.5)
+    # PostgreSQL: 1,684,800 × 30 days × 1,500 B.
+    assert plan.postgres_bytes == pytest.approx(75.816e9)
+    # Partitions: the catalogue's 12 for posts; room for twice the 28 scorers on requests.
+    assert plan.partitions["posts.v1"] == 12
+    assert plan.partitions["moderation.score-requests.v1"] == 56
+    assert plan.msgs_per_partition["posts.v1"] == pytest.approx(250)
+
+
+def test_a_cascade_adds_its_second_tier(tmp_path: Path) -> None:
+    costs = load_costs(write_results(tmp_path))
+    plan = make_plan(
+        Inputs(posts_per_day=86_400_000, escalate_to="4B", escalation_share=0.2), costs
+    )
+    # 20% of the 1,950 scored posts/s go on to 4B at 50 posts/s per GPU × 0.7: 390 / 35 → 12.
+    assert [t.gpus for t in plan.tiers] == [28, 12]
+    assert plan.gpus == 40
+    assert plan.partitions["moderation.score-escalations.v1"] == 24
+    second = second_tier_values(plan)
+    assert second is not None and second["model"] == "Qwen/Qwen3Guard-Gen-4B"
+
+
+def test_every_unit_cost_is_read_from_its_file(tmp_path: Path) -> None:
+    costs = load_costs(write_results(tmp_path))
+    for name, cost in costs.every().items():
+        assert (tmp_path / cost.source).is_file(), name
+    # And it is the file's value that counts: change the file, the plan changes.
+    slower = load_costs(write_results(tmp_path / "b", triage_us=1000.0, gpu_0_6b=50.0))
+    base = make_plan(Inputs(posts_per_day=86_400_000), costs)
+    other = make_plan(Inputs(posts_per_day=86_400_000), slower)
+    assert other.triage_cores == pytest.approx(10 * base.triage_cores)
+    assert other.gpus == math.ceil(1950 / 35)
+
+
+def test_the_shipped_results_give_a_plan_citing_them() -> None:
+    costs = load_costs()
+    plan = make_plan(Inputs(posts_per_day=1e9), costs)
+    for name, cost in plan.costs.every().items():
+        assert (default_results_dir() / cost.source).is_file(), name
+    assert plan.gpus > 0 and plan.naive_gpus > plan.gpus
+
+
+def test_missing_results_are_named(tmp_path: Path) -> None:
+    root = write_results(tmp_path)
+    (root / "storage-test.json").unlink()
+    with pytest.raises(PlanError, match=r"bytes_per_verdict.*bench/storage\.py"):
+        load_costs(root)
+    with pytest.raises(
+        PlanError,
+        match=r"no measured scorer throughput for 0\.6B \(two_phase\) on h100; measured: h200",
+    ):
+        make_plan(Inputs(posts_per_day=1e6, gpu="h100"), load_costs(write_results(tmp_path / "c")))
+
+
+numbers = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**12), 10**12).map(float)
+)
+
+
+@given(
+    posts=numbers,
+    peak=numbers,
+    dup=numbers,
+    near=numbers,
+    contested=numbers,
+    util=numbers,
+    minutes=numbers,
+    days=numbers,
+)
+def test_any_inputs_give_a_plan_or_a_reason(
+    tmp_path_factory: pytest.TempPathFactory,
+    posts: float,
+    peak: float,
+    dup: float,
+    near: float,
+    contested: float,
+    util: float,
+    minutes: float,
+    days: float,
+) -> None:
+    costs = load_costs(write_results(tmp_path_factory.mktemp("r")))
+    inputs = Inputs(
+        posts_per_day=posts,
+        peak_to_mean=peak,
+        duplicate_share=dup,
+        near_duplicate_share=near,
+        contested_share=contested,
+        gpu_utilisation=util,
+        minutes_per_review=minutes,
+        cache_days=days,
+    )
+    try:
+        plan = make_plan(inputs, costs)
+    except PlanError as exc:
+        assert str(exc)
+        return
+    assert plan.gpus >= 0 and plan.triage_replicas >= 1
+    assert all(math.isfinite(v) and v >= 0 for v in plan.redis_bytes.values())
+    orjson.dumps(plan.as_dict())
+
+
+def test_the_command_prints_json_and_refuses_bad_input(tmp_path: Path) -> None:
+    runner = CliRunner()
+    root = write_results(tmp_path)
+    done = runner.invoke(app, ["plan", "--posts-per-day", "1e9", "--json", "--results", str(root)])
+    assert done.exit_code == 0, done.output
+    found = orjson.loads(done.stdout)
+    assert found["unit_costs"]["triage_cpu_us_per_post"]["source"] == "pipeline-test.json"
+    assert found["gpu_ratio_naive_over_guardstream"] > 1
+    refused = runner.invoke(
+        app, ["plan", "--posts-per-day", "1e9", "--duplicate-share", "1.5", "--results", str(root)]
+    )
+    assert refused.exit_code == 2
+    assert "duplicate_share must be a share between 0 and 1" in refused.output
+    table = runner.invoke(app, ["plan", "--posts-per-day", "1e9", "--results", str(root)])
+    assert table.exit_code == 0 and "pipeline-test.json" in table.stdout
+
+
+def test_the_helm_overlay_renders_and_lints_with_the_chart(tmp_path: Path) -> None:
+    root = write_results(tmp_path)
+    done = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "--posts-per-day",
+            "1e9",
+            "-o",
+            "helm",
+            "--escalate-to",
+            "8B",
+            "--escalation-share",
+            "0.1",
+            "--results",
+            str(root),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    first, second = list(yaml.safe_load_all(done.stdout))
+    plan = make_plan(
+        Inputs(posts_per_day=1e9, escalate_to="8B", escalation_share=0.1), load_costs(root)
+    )
+    assert first == helm_values(plan)
+    for values in (first, second):
+        report = helm.lint(str(CHART), values, strict=True, kube_version=f"v{KUBERNETES_VERSION}")
+        assert report["errors"] == []
+        assert [m for m in report["messages"] if m["severity"] >= 2] == []
+    deployments = by_kind(render(first), "Deployment")
+    assert deployments["gs-scorer"]["spec"]["replicas"] == plan.tiers[0].gpus
+    assert deployments["gs-triage"]["spec"]["replicas"] == plan.triage_replicas
+    tier2 = by_kind(render(second), "Deployment")
+    assert set(tier2) == {"gs-scorer"}
+    assert tier2["gs-scorer"]["spec"]["replicas"] == plan.tiers[1].gpus
