@@ -28,42 +28,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-# From the Qwen3 base configs (Qwen/Qwen3-0.6B, -4B, -8B config.json) that Qwen3Guard-Gen keeps.
-SHAPES: dict[str, dict[str, Any]] = {
-    "0.6B": {
-        "hidden_size": 1024,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 28,
-        "num_attention_heads": 16,
-        "num_key_value_heads": 8,
-        "tie_word_embeddings": True,
-    },
-    "4B": {
-        "hidden_size": 2560,
-        "intermediate_size": 9728,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "tie_word_embeddings": True,
-    },
-    "8B": {
-        "hidden_size": 4096,
-        "intermediate_size": 12288,
-        "num_hidden_layers": 36,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "tie_word_embeddings": False,
-    },
-}
-COMMON = {
-    "vocab_size": 151936,
-    "head_dim": 128,
-    "max_position_embeddings": 40960,
-    "rope_theta": 1000000.0,
-    "rms_norm_eps": 1e-6,
-    "hidden_act": "silu",
-    "use_sliding_window": False,
-}
+from guardstream.model.shapes import COMMON, SHAPES  # the sizes' real shapes
+
 PREFIX = "random-"
 # A random model's hidden state after `Safety:` barely depends on the input, so random label
 # rows would give every post the same label. The label rows are instead set along the

@@ -61,6 +61,15 @@ def _table(plan: Plan) -> None:
         f"{plan.naive_tier.gpu_posts_per_s.value:g}/GPU)",
     )
     summary.add_row("GPU ratio naive / guardstream", f"{plan.gpu_ratio:.1f}×", "")
+    for tier in (*plan.tiers, plan.naive_tier):
+        m = tier.memory
+        summary.add_row(
+            f"one {i.gpu} with {tier.model}",
+            f"{m.weight_bytes / 1e9:.1f} GB weights, KV cache for {m.kv_tokens:,} tokens: "
+            f"max_model_len {m.max_model_len:,} ({m.full_contexts:.0f} at once), "
+            f"{m.posts_in_flight:,} posts in flight",
+            "" if tier is not plan.naive_tier else "(the naive design's model)",
+        )
     summary.add_row(
         "triage replicas (cores)", f"{plan.triage_replicas} ({plan.triage_cores:.1f})", ""
     )

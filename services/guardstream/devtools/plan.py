@@ -22,11 +22,15 @@ from typing import Any, Literal
 import orjson
 
 from guardstream.contracts.topics import CATALOGUE, Topic
+from guardstream.model.shapes import CONTEXT_TOKENS, kv_bytes_per_token, weight_bytes
 
 Mode = Literal["plain", "two_phase"]
 MODEL_SIZES: tuple[str, ...] = ("0.6B", "4B", "8B")
 HUB_MODEL = "Qwen/Qwen3Guard-Gen-{size}"
 DAY_S = 86_400
+# Memory per GPU kind (NVIDIA's datasheets: H100 SXM 80 GB HBM3, H200 141 GB HBM3e). A fact of
+# the hardware, not a measurement: what the engine may use of it is `gpu_memory_utilization`.
+GPU_MEMORY_BYTES: dict[str, float] = {"h100": 80e9, "h200": 141e9}
 
 
 class PlanError(ValueError):
@@ -219,6 +223,9 @@ class Inputs:
     # Redis memory over its data: fragmentation, replication and client buffers. The storage
     # bench prints the server's fragmentation ratio beside its figures as a guide.
     redis_headroom: float = 1.5
+    gpu_memory_utilization: float = 0.9  # GUARDSTREAM_GPU_MEMORY_UTILIZATION (the chart's)
+    engine_reserve_bytes: float = 4e9  # activations, CUDA graphs, the sampler's buffers
+    post_tokens: int = 640  # a post's prompt and answer (the scorer bench's ~620 + answer)
 
     def check(self) -> None:
         shares = {
@@ -229,11 +236,17 @@ class Inputs:
             "gpu_utilisation": self.gpu_utilisation,
             "triage_core_utilisation": self.triage_core_utilisation,
             "reviewer_occupancy": self.reviewer_occupancy,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
         }
         for name, value in shares.items():
             if not 0.0 <= value <= 1.0 or math.isnan(value):
                 raise PlanError(f"{name} must be a share between 0 and 1, not {value}")
-        for name in ("gpu_utilisation", "triage_core_utilisation", "reviewer_occupancy"):
+        for name in (
+            "gpu_utilisation",
+            "triage_core_utilisation",
+            "reviewer_occupancy",
+            "gpu_memory_utilization",
+        ):
             if shares[name] == 0:
                 raise PlanError(f"{name} must be above 0")
         if self.duplicate_share + self.near_duplicate_share > 1.0:
@@ -246,10 +259,15 @@ class Inputs:
             "sla_hours": self.sla_hours,
             "max_msgs_per_partition": self.max_msgs_per_partition,
             "redis_headroom": self.redis_headroom,
+            "post_tokens": self.post_tokens,
         }
         for name, value in positive.items():
             if not value > 0 or math.isinf(value):
                 raise PlanError(f"{name} must be a positive number, not {value}")
+        if not 0 <= self.engine_reserve_bytes < math.inf:
+            raise PlanError(
+                f"engine_reserve_bytes must be 0 or more, not {self.engine_reserve_bytes}"
+            )
         if self.peak_to_mean < 1:
             raise PlanError("peak_to_mean is at least 1 (the peak is never below the mean)")
         for name, value in (
@@ -267,11 +285,66 @@ class Inputs:
 
 
 @dataclass(frozen=True, slots=True)
+class GpuMemory:
+    """What one GPU holds for a model size: the weights, then KV cache for the rest."""
+
+    gpu_bytes: float
+    weight_bytes: float
+    kv_bytes_per_token: int
+    kv_tokens: int  # KV cache capacity in tokens
+    max_model_len: int  # the longest context that fits (the model's own 32,768 where it can)
+    full_contexts: float  # sequences of max_model_len that fit at once
+    posts_in_flight: int  # sequences of a typical post (`post_tokens`) that fit at once
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "gpu_bytes": self.gpu_bytes,
+            "weight_bytes": self.weight_bytes,
+            "kv_bytes_per_token": self.kv_bytes_per_token,
+            "kv_tokens": self.kv_tokens,
+            "max_model_len": self.max_model_len,
+            "full_contexts": round(self.full_contexts, 1),
+            "posts_in_flight": self.posts_in_flight,
+        }
+
+
+def gpu_memory(size: str, inputs: Inputs) -> GpuMemory:
+    """KV cache left on one GPU after the weights and the engine's reserve, and the longest
+    context it allows: the model's full 32,768 tokens wherever one such sequence fits."""
+    if inputs.gpu not in GPU_MEMORY_BYTES:
+        raise PlanError(f"GPU kind {inputs.gpu!r}: memory known for {', '.join(GPU_MEMORY_BYTES)}")
+    total = GPU_MEMORY_BYTES[inputs.gpu]
+    weights = weight_bytes(size)
+    per_token = kv_bytes_per_token(size)
+    budget = total * inputs.gpu_memory_utilization - weights - inputs.engine_reserve_bytes
+    if budget < per_token * 256:
+        raise PlanError(
+            f"{size} does not fit a {inputs.gpu}: {weights / 1e9:.1f} GB of weights and "
+            f"{inputs.engine_reserve_bytes / 1e9:.1f} GB reserve in "
+            f"{total * inputs.gpu_memory_utilization / 1e9:.1f} GB"
+        )
+    tokens = int(budget // per_token)
+    max_len = CONTEXT_TOKENS
+    while max_len > tokens:
+        max_len //= 2
+    return GpuMemory(
+        gpu_bytes=total,
+        weight_bytes=weights,
+        kv_bytes_per_token=per_token,
+        kv_tokens=tokens,
+        max_model_len=max_len,
+        full_contexts=tokens / max_len,
+        posts_in_flight=tokens // inputs.post_tokens,
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Tier:
     model: str
     posts_per_s: float  # at peak
     gpu_posts_per_s: UnitCost
     gpus: int
+    memory: GpuMemory
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +385,7 @@ class Plan:
                         "posts_per_s": round(t.posts_per_s, 1),
                         "gpu_posts_per_s": t.gpu_posts_per_s.value,
                         "gpus": t.gpus,
+                        "gpu_memory": t.memory.as_dict(),
                     }
                     for t in self.tiers
                 ],
@@ -340,9 +414,10 @@ class Plan:
         }
 
 
-def _tier(model: str, posts_per_s: float, cost: UnitCost, utilisation: float) -> Tier:
-    gpus = math.ceil(posts_per_s / (cost.value * utilisation)) if posts_per_s > 0 else 0
-    return Tier(model, posts_per_s, cost, gpus)
+def _tier(model: str, posts_per_s: float, cost: UnitCost, inputs: Inputs) -> Tier:
+    per_gpu = cost.value * inputs.gpu_utilisation
+    gpus = math.ceil(posts_per_s / per_gpu) if posts_per_s > 0 else 0
+    return Tier(model, posts_per_s, cost, gpus, gpu_memory(model, inputs))
 
 
 def _partitions(default: int, rate: float, consumers: int, per_partition: float) -> int:
@@ -365,7 +440,7 @@ def make_plan(inputs: Inputs, costs: UnitCosts) -> Plan:
         inputs.model,
         scored,
         costs.scorer(inputs.gpu, inputs.model, inputs.mode),
-        inputs.gpu_utilisation,
+        inputs,
     )
     tiers = [first]
     if inputs.escalate_to is not None:
@@ -374,12 +449,12 @@ def make_plan(inputs: Inputs, costs: UnitCosts) -> Plan:
                 inputs.escalate_to,
                 scored * inputs.escalation_share,
                 costs.scorer(inputs.gpu, inputs.escalate_to, inputs.mode),
-                inputs.gpu_utilisation,
+                inputs,
             )
         )
     gpus = sum(t.gpus for t in tiers)
     largest = MODEL_SIZES[-1]
-    naive = _tier(largest, peak, costs.scorer(inputs.gpu, largest, "plain"), inputs.gpu_utilisation)
+    naive = _tier(largest, peak, costs.scorer(inputs.gpu, largest, "plain"), inputs)
 
     # Human review: contested content once per content key (repeats reuse the human verdict).
     contested_per_day = inputs.posts_per_day * scored_share * inputs.contested_share
@@ -476,6 +551,10 @@ def helm_values(plan: Plan) -> dict[str, Any]:
         "scorer": {
             "replicas": max(first.gpus, 1),
             "gpus": 1,
+            "gpuMemoryUtilization": str(plan.inputs.gpu_memory_utilization),
+            "env": [
+                {"name": "GUARDSTREAM_MAX_MODEL_LEN", "value": str(first.memory.max_model_len)}
+            ],
             "keda": {
                 "minReplicaCount": max(first.gpus, 1),
                 "maxReplicaCount": max(first.gpus, 1),
@@ -500,6 +579,10 @@ def second_tier_values(plan: Plan) -> dict[str, Any] | None:
         "scorer": {
             "replicas": max(second.gpus, 1),
             "gpus": 1,
-            "env": [{"name": "GUARDSTREAM_SCORER_SOURCE", "value": "escalations"}],
+            "gpuMemoryUtilization": str(plan.inputs.gpu_memory_utilization),
+            "env": [
+                {"name": "GUARDSTREAM_SCORER_SOURCE", "value": "escalations"},
+                {"name": "GUARDSTREAM_MAX_MODEL_LEN", "value": str(second.memory.max_model_len)},
+            ],
         },
     }

@@ -20,11 +20,13 @@ from guardstream.devtools.plan import (
     Inputs,
     PlanError,
     default_results_dir,
+    gpu_memory,
     helm_values,
     load_costs,
     make_plan,
     second_tier_values,
 )
+from guardstream.model.shapes import kv_bytes_per_token, parameters, weight_bytes
 from tests.unit.deploy.test_deploy import CHART, KUBERNETES_VERSION, by_kind, render
 
 pytestmark = pytest.mark.unit
@@ -248,3 +250,51 @@ def test_the_helm_overlay_renders_and_lints_with_the_chart(tmp_path: Path) -> No
     tier2 = by_kind(render(second), "Deployment")
     assert set(tier2) == {"gs-scorer"}
     assert tier2["gs-scorer"]["spec"]["replicas"] == plan.tiers[1].gpus
+
+
+def test_the_shapes_match_the_published_sizes() -> None:
+    # Qwen3 model cards: 0.6B has 0.44B parameters besides its embeddings; 4B 3.6B; 8B 6.95B.
+    embeddings = {"0.6B": 151936 * 1024, "4B": 151936 * 2560, "8B": 2 * 151936 * 4096}
+    published = {"0.6B": 0.44e9, "4B": 3.6e9, "8B": 6.95e9}
+    for size, expected in published.items():
+        assert parameters(size) - embeddings[size] == pytest.approx(expected, rel=0.02), size
+    # K and V of 28 / 36 layers × 8 KV heads × 128 dims, 2 bytes each.
+    assert kv_bytes_per_token("0.6B") == 2 * 28 * 8 * 128 * 2
+    assert kv_bytes_per_token("8B") == 2 * 36 * 8 * 128 * 2
+
+
+def test_gpu_memory_gives_the_full_context_where_it_fits() -> None:
+    roomy = gpu_memory("8B", Inputs(posts_per_day=1, gpu="h200"))
+    budget = 141e9 * 0.9 - weight_bytes("8B") - 4e9
+    assert roomy.kv_tokens == int(budget // kv_bytes_per_token("8B"))
+    assert roomy.max_model_len == 32_768
+    assert roomy.posts_in_flight == roomy.kv_tokens // 640
+    # 7% of an H100 for 0.6B: 5.6 GB - 1.2 GB weights - 4 GB reserve ≈ 3,600 tokens → 2,048.
+    tight = gpu_memory("0.6B", Inputs(posts_per_day=1, gpu="h100", gpu_memory_utilization=0.07))
+    assert tight.max_model_len == 2048 and 2048 <= tight.kv_tokens < 4096
+    with pytest.raises(PlanError, match="8B does not fit a h100"):
+        gpu_memory("8B", Inputs(posts_per_day=1, gpu="h100", gpu_memory_utilization=0.2))
+
+
+def test_the_overlay_sets_the_context_the_memory_allows(tmp_path: Path) -> None:
+    plan = make_plan(Inputs(posts_per_day=1e9), load_costs(write_results(tmp_path)))
+    env = {e["name"]: e["value"] for e in helm_values(plan)["scorer"]["env"]}
+    assert env["GUARDSTREAM_MAX_MODEL_LEN"] == str(plan.tiers[0].memory.max_model_len) == "32768"
+
+
+def test_the_capacity_page_shows_what_the_planner_computes() -> None:
+    """The docs' walk-through and memory table are this planner's output on the shipped
+    results: a new results file that changes them fails here until the page is updated."""
+    page = (Path(__file__).parents[3] / "docs" / "operations" / "capacity.md").read_text()
+    plan = make_plan(Inputs(posts_per_day=1e9), load_costs())
+    assert f"**{plan.gpus:,}**" in page
+    assert f"**{plan.naive_gpus:,}**" in page
+    assert f"**{plan.gpu_ratio:.1f}×**" in page
+    for gpu in ("h100", "h200"):
+        for size in ("0.6B", "4B", "8B"):
+            m = gpu_memory(size, Inputs(posts_per_day=1, gpu=gpu))
+            row = (
+                f"| {size} | {gpu.upper()} | {m.weight_bytes / 1e9:.1f} GB | "
+                f"{m.kv_bytes_per_token / 1024:.0f} KiB | {m.kv_tokens:,} | {m.max_model_len:,} |"
+            )
+            assert row in page, row
