@@ -228,60 +228,45 @@ class Inputs:
     post_tokens: int = 640  # a post's prompt and answer (the scorer bench's ~620 + answer)
 
     def check(self) -> None:
-        shares = {
-            "duplicate_share": self.duplicate_share,
-            "near_duplicate_share": self.near_duplicate_share,
-            "contested_share": self.contested_share,
-            "escalation_share": self.escalation_share,
-            "gpu_utilisation": self.gpu_utilisation,
-            "triage_core_utilisation": self.triage_core_utilisation,
-            "reviewer_occupancy": self.reviewer_occupancy,
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-        }
-        for name, value in shares.items():
-            if not 0.0 <= value <= 1.0 or math.isnan(value):
-                raise PlanError(f"{name} must be a share between 0 and 1, not {value}")
-        for name in (
-            "gpu_utilisation",
-            "triage_core_utilisation",
-            "reviewer_occupancy",
-            "gpu_memory_utilization",
-        ):
-            if shares[name] == 0:
-                raise PlanError(f"{name} must be above 0")
+        """Every input within a range a real deployment can have (which also keeps every
+        result a finite number), else a `PlanError` naming the input and its range."""
+        for name, (low, high) in RANGES.items():
+            value = getattr(self, name)
+            if not low <= value <= high:  # NaN fails both
+                raise PlanError(f"{name} must be between {low:g} and {high:g}, not {value}")
         if self.duplicate_share + self.near_duplicate_share > 1.0:
             raise PlanError("duplicate_share + near_duplicate_share cannot exceed 1")
-        positive = {
-            "posts_per_day": self.posts_per_day,
-            "peak_to_mean": self.peak_to_mean,
-            "minutes_per_review": self.minutes_per_review,
-            "shift_hours": self.shift_hours,
-            "sla_hours": self.sla_hours,
-            "max_msgs_per_partition": self.max_msgs_per_partition,
-            "redis_headroom": self.redis_headroom,
-            "post_tokens": self.post_tokens,
-        }
-        for name, value in positive.items():
-            if not value > 0 or math.isinf(value):
-                raise PlanError(f"{name} must be a positive number, not {value}")
-        if not 0 <= self.engine_reserve_bytes < math.inf:
-            raise PlanError(
-                f"engine_reserve_bytes must be 0 or more, not {self.engine_reserve_bytes}"
-            )
-        if self.peak_to_mean < 1:
-            raise PlanError("peak_to_mean is at least 1 (the peak is never below the mean)")
-        for name, value in (
-            ("cache_days", self.cache_days),
-            ("journal_days", self.journal_days),
-            ("review_retention_days", self.review_retention_days),
-        ):
-            if not value >= 0 or math.isinf(value):
-                raise PlanError(f"{name} must be 0 or more, not {value}")
         for size in (self.model, self.escalate_to):
             if size is not None and size not in MODEL_SIZES:
                 raise PlanError(f"model size {size!r}: one of {', '.join(MODEL_SIZES)}")
         if self.escalate_to is None and self.escalation_share > 0:
             raise PlanError("escalation_share needs escalate_to (the second tier's model)")
+
+
+# The range each numeric input may take: shares are shares, utilisations leave room to run,
+# volumes and durations stay within what a deployment can have.
+RANGES: dict[str, tuple[float, float]] = {
+    "posts_per_day": (1, 1e13),
+    "peak_to_mean": (1, 1000),
+    "duplicate_share": (0, 1),
+    "near_duplicate_share": (0, 1),
+    "contested_share": (0, 1),
+    "escalation_share": (0, 1),
+    "gpu_utilisation": (0.01, 1),
+    "triage_core_utilisation": (0.01, 1),
+    "minutes_per_review": (0.01, 24 * 60),
+    "reviewer_occupancy": (0.01, 1),
+    "shift_hours": (0.5, 24),
+    "sla_hours": (0.01, 24 * 365),
+    "cache_days": (0, 3650),
+    "journal_days": (0, 3650),
+    "review_retention_days": (0, 3650),
+    "max_msgs_per_partition": (1, 1e7),
+    "redis_headroom": (1, 10),
+    "gpu_memory_utilization": (0.05, 1),
+    "engine_reserve_bytes": (0, 1e12),
+    "post_tokens": (1, CONTEXT_TOKENS),
+}
 
 
 @dataclass(frozen=True, slots=True)

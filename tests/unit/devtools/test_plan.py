@@ -211,7 +211,7 @@ def test_the_command_prints_json_and_refuses_bad_input(tmp_path: Path) -> None:
         app, ["plan", "--posts-per-day", "1e9", "--duplicate-share", "1.5", "--results", str(root)]
     )
     assert refused.exit_code == 2
-    assert "duplicate_share must be a share between 0 and 1" in refused.output
+    assert "duplicate_share must be between 0 and 1, not 1.5" in refused.output
     table = runner.invoke(app, ["plan", "--posts-per-day", "1e9", "--results", str(root)])
     assert table.exit_code == 0 and "pipeline-test.json" in table.stdout
 
