@@ -94,7 +94,7 @@ def produce(
     Without --samples each decision is one JSON line on stdout; a post a process refused
     (empty after normalisation, longer than GUARDSTREAM_MAX_TEXT_CHARS, ...) is reported
     the moment its DLQ record appears, with the reason, as a JSON line
-    {"post_id", "outcome": "dlq", "reason", "detail", "consumer"} and on stderr.
+    {"post_id", "outcome": "dlq", "reason", "detail", "consumer", ...} and on stderr.
 
     Exit codes: 0 every post sent (and decided, with --wait); 1 timed out with posts still
     undecided, or the broker could not be reached; 2 invalid arguments or input (nothing
@@ -258,6 +258,7 @@ def _report_dead_letter(outcome: DeadLettered, settings: Settings, pretty: bool)
             "reason": record.reason,
             "detail": record.detail,
             "consumer": record.consumer,
+            "payload_size": record.payload_size,
             "topic": outcome.topic,
         }
         sys.stdout.write(orjson.dumps(line).decode() + "\n")
