@@ -200,9 +200,10 @@ VERDICT_STYLES = {"safe": "green", "unsafe": "red", "controversial": "yellow"}
 def as_text(seen: Seen) -> Text:
     """The record as one line (a terminal wraps it; nothing is cut)."""
     at = datetime.fromtimestamp(seen.timestamp_ms / 1000, tz=UTC).strftime("%H:%M:%S")
-    line = Text(f"{at} ", style="dim")
+    line = Text()
+    line.append(f"{at} ", style="dim")
     event = seen.event
-    ids = f" {seen.post_id or '-'} {seen.tenant or '-'} "
+    ids = f"{seen.post_id or '-'} {seen.tenant or '-'} "
     match event:
         case Decision():
             conf = "" if event.confidence is None else f" {event.confidence:.3f}"
@@ -223,7 +224,8 @@ def as_text(seen: Seen) -> Text:
                 line.append(f": {_one_line(event.reason)}", style="dim")
         case ShadowRecord():
             line.append(f"{'shadow':<7}", style="bold")
-            line.append(f"{event.serving_verdict.value}→{event.candidate_verdict.value:<14}")
+            change = f"{event.serving_verdict.value}→{event.candidate_verdict.value}"
+            line.append(f"{change:<14}")
             line.append(ids)
             line.append(
                 f"candidate {event.candidate_adapter} vs {event.serving_adapter or 'base model'}"
