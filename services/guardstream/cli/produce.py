@@ -5,6 +5,7 @@ decision, or the DLQ record of a post no process would accept."""
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from dataclasses import dataclass
 from enum import IntEnum
@@ -157,6 +158,10 @@ def produce(
             f"[red]the broker at {escape(settings.kafka.bootstrap)} did not answer:[/red]"
             f" {escape(str(exc) or type(exc).__name__)} (is it up? `guardstream doctor`)"
         )
+        code = Exit.TIMED_OUT
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): nothing more can be said; exit 1 quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = Exit.TIMED_OUT
     finally:
         handle.shutdown()

@@ -293,7 +293,8 @@ def tail(
 
     Reads without a consumer group (nothing is committed, no process is disturbed). Records
     that are not valid events are shown with the reason. Ctrl-C or SIGTERM stops it (exit 0);
-    exit 1 when the broker cannot be reached or none of the topics exists."""
+    exit 1 when the broker cannot be reached, none of the topics exists, or the reader of
+    its output went away (a closed pipe)."""
     streams = tuple(dict.fromkeys(topic or list(Stream)))
     filters = Filters(
         frozenset(post_id or ()),
@@ -311,9 +312,10 @@ def tail(
         )
         code = 1
     except BrokenPipeError:
-        # The reader went away (`| head`): stop quietly, and let nothing flush into the pipe.
+        # The reader went away (`| head`): stop quietly, let nothing flush into the closed pipe,
+        # and exit 1 as rich does when the pretty output's pipe closes.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
+        code = 1
     if code:
         raise typer.Exit(code)
 
