@@ -62,7 +62,9 @@ def doctor(
         raise typer.Exit(1) from None
     # The report says what the clients' own retry logs would: keep them out of it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    findings = asyncio.run(checks.diagnose(current))
+    # A spinner on a terminal (stderr) while unreachable parts run into their timeouts.
+    with err.status("checking the broker, topics, Redis, PostgreSQL, model files, policies"):
+        findings = asyncio.run(checks.diagnose(current))
     if as_json:
         sys.stdout.write(orjson.dumps(checks.report(current, findings)).decode() + "\n")
     else:
