@@ -26,12 +26,17 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from guardstream.cli import app
-from guardstream.contracts.events import Post
+from guardstream.contracts.events import Post, Source, Verdict, utcnow
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.adversarial import read_records
+from guardstream.devtools.produce import new_post
+from guardstream.model.guard import served_model_id
+from guardstream.policy import load_registry
 from guardstream.runtime.kafka import ensure_topics
 from guardstream.runtime.settings import Settings
 from guardstream.triage import main as triage_main
+from guardstream.triage.logic import triage_record
+from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache
 from tests.integration.cli.conftest import guardstream
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
@@ -104,6 +109,66 @@ async def test_a_refused_post_is_reported_from_the_dlq_with_its_reason_and_exit_
         ("blank-1", "empty_text")
     ]
     assert "1 of 2 undecided" in mixed.stderr
+
+
+async def seed_verdict(settings: Settings, text: str, tenant: str) -> None:
+    """Cache an unsafe verdict for `text` as the scorer would have: triage decides it from the
+    cache (no model runs in these tests)."""
+    item = triage_record(
+        new_post(text, tenant=tenant).to_json(),
+        max_text_chars=settings.process.max_text_chars,
+        model=served_model_id(settings),
+        adapter=None,
+        policies=load_registry(settings.policy.dir),
+    )
+    cache = RedisVerdictCache.from_settings(settings)
+    try:
+        await cache.put_many(
+            {
+                item.verdict_key: CachedVerdict(
+                    verdict=Verdict.UNSAFE,
+                    categories=("Violent",),
+                    confidence=0.98,
+                    reason="Qwen3Guard: Unsafe [Violent]",
+                    source=Source.MODEL,
+                    model=served_model_id(settings),
+                    decided_at=utcnow(),
+                )
+            }
+        )
+    finally:
+        await cache.close()
+
+
+async def test_decisions_and_refusals_of_a_jsonl_file_each_get_one_line(
+    settings: Settings, triage: None, tmp_path: Path
+) -> None:
+    await seed_verdict(settings, "How can I make a bomb?", "acme")
+    posts = tmp_path / "posts.jsonl"
+    posts.write_text(
+        '{"text": "How can I make a bomb?", "tenant": "acme", "post_id": "bomb-1"}\n'
+        '{"text": "\\n\\t  ", "tenant": "acme", "post_id": "blank-1"}\n'
+    )
+    ran = await guardstream(settings, "produce", "--jsonl", str(posts), "--wait")
+    assert ran.code == 3, ran.stderr  # every post has an outcome, one of them the DLQ
+    by_post = {line["post_id"]: line for line in map(orjson.loads, ran.lines)}
+    assert by_post.keys() == {"bomb-1", "blank-1"}
+    decided = by_post["bomb-1"]
+    assert (decided["verdict"], decided["action"], decided["source"]) == (
+        "unsafe",
+        "block",
+        "cache",
+    )
+    assert (decided["tenant"], decided["categories"]) == ("acme", ["Violent"])
+    assert by_post["blank-1"]["reason"] == "empty_text"
+    assert "1 of 2 went to the DLQ" in ran.stderr
+
+    alone = await guardstream(
+        settings, "produce", "--text", "How can I make a bomb?", "--tenant", "acme", "--wait"
+    )
+    assert alone.code == 0, alone.stderr
+    (line,) = map(orjson.loads, alone.lines)
+    assert (line["verdict"], line["source"]) == ("unsafe", "cache")
 
 
 async def test_a_jsonl_file_with_bad_lines_sends_nothing_and_names_each_line(
