@@ -15,6 +15,7 @@ from guardstream.cli import (
     produce,
     review,
     stack,
+    tail,
     topics,
 )
 
@@ -30,6 +31,7 @@ for command in (
     processes.sla,
     diagnose.settings,
     produce.produce,
+    tail.tail,
     diagnose.doctor,
     diagnose.calibrate,
     plan.plan,

@@ -12,20 +12,30 @@ from typing import Annotated
 import orjson
 import typer
 from pydantic import ValidationError
-from rich.table import Table
 
 from guardstream.cli.common import err, load_settings, out
+from guardstream.cli.output import add_column, json_lines, table
 from guardstream.runtime.settings import Settings, every_setting
 from guardstream.scorer.calibration import load, reliability, slices
 
 
-def settings() -> None:
+def settings(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object a line instead of the table.")
+    ] = False,
+) -> None:
     """Show the effective configuration (secrets masked) with each setting's env name."""
     current = load_settings().public_view()
-    table = Table("setting", "env", "value")
+    if as_json:
+        json_lines(
+            {"setting": field.path, "env": list(field.env), "value": current[field.path]}
+            for field in every_setting()
+        )
+        return
+    listing = table("setting", "env", "value")
     for field in every_setting():
-        table.add_row(field.path, ", ".join(field.env), str(current[field.path]))
-    out.print(table)
+        listing.add_row(field.path, ", ".join(field.env), str(current[field.path]))
+    out.print(listing)
 
 
 def doctor(
@@ -52,7 +62,9 @@ def doctor(
         raise typer.Exit(1) from None
     # The report says what the clients' own retry logs would: keep them out of it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    findings = asyncio.run(checks.diagnose(current))
+    # A spinner on a terminal (stderr) while unreachable parts run into their timeouts.
+    with err.status("checking the broker, topics, Redis, PostgreSQL, model files, policies"):
+        findings = asyncio.run(checks.diagnose(current))
     if as_json:
         sys.stdout.write(orjson.dumps(checks.report(current, findings)).decode() + "\n")
     else:
@@ -82,25 +94,25 @@ def calibrate(
         raise typer.Exit(2)
 
     overall = reliability(items, bins)
-    table = Table(title=f"Reliability ({overall.count} items, {len(problems)} left out)")
+    bins_table = table(title=f"Reliability ({overall.count} items, {len(problems)} left out)")
     for column in ("confidence bin", "items", "mean confidence", "accuracy", "gap"):
-        table.add_column(column, justify="right")
+        add_column(bins_table, column, justify="right")
     for b in overall.bins:
         gap = f"{b.accuracy - b.confidence:+.3f}" if b.count else "-"
-        table.add_row(
+        bins_table.add_row(
             f"{b.low:.1f}–{b.high:.1f}",
             str(b.count),
             f"{b.confidence:.3f}" if b.count else "-",
             f"{b.accuracy:.3f}" if b.count else "-",
             gap,
         )
-    out.print(table)
+    out.print(bins_table)
     out.print(f"ECE {overall.ece:.4f}  accuracy {overall.accuracy:.3f}")
 
-    per = Table(title="ECE per slice")
+    per = table(title="ECE per slice")
     for column in ("slice", "value", "items", "accuracy", "ECE"):
-        per.add_column(
-            column, justify="right" if column in ("items", "accuracy", "ECE") else "left"
+        add_column(
+            per, column, justify="right" if column in ("items", "accuracy", "ECE") else "left"
         )
     summary: dict[str, dict[str, float]] = {}
     for kind, value, members in slices(items):

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Annotated
 import orjson
 import typer
 from rich.progress import BarColumn, Progress, TextColumn
-from rich.table import Table
 
 from guardstream.cli.common import err, load_settings, out
+from guardstream.cli.output import table
 from guardstream.contracts.events import Verdict
 from guardstream.contracts.feedback import FeedbackSample
 from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
@@ -132,7 +132,7 @@ def report(
         err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
         raise typer.Exit(1) from None
     loop = build_report(samples, read_cards(settings.feedback.dir))
-    weeks = Table("week", "samples", "model said controversial", title="Reviewed samples")
+    weeks = table("week", "samples", "model said controversial", title="Reviewed samples")
     for week, n in loop.per_week.items():
         weeks.add_row(week, str(n), f"{loop.controversial_by_week[week].value:.0%}")
     out.print(weeks)
@@ -141,11 +141,11 @@ def report(
         ("Disagreement by language", loop.disagreement_by_lang),
         ("Reviewer agreement with QA", loop.reviewer_agreement),
     ):
-        table = Table("", "rate", "of", title=title)
+        listing = table("", "rate", "of", title=title)
         for name, rate in rates.items():
-            table.add_row(name, f"{rate.value:.0%}", str(rate.total))
-        out.print(table)
-    adapters = Table(*ADAPTER_COLUMNS, title="Adapters")
+            listing.add_row(name, f"{rate.value:.0%}", str(rate.total))
+        out.print(listing)
+    adapters = table(*ADAPTER_COLUMNS, title="Adapters")
     for card in loop.adapters:
         adapters.add_row(*adapter_row(card))
     out.print(adapters)

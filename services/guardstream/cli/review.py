@@ -4,6 +4,7 @@ credentials' admin commands."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, TypeVar
@@ -12,11 +13,15 @@ import typer
 from rich.markup import escape
 
 from guardstream.cli.common import err, load_settings, out, run_process
+from guardstream.runtime.settings import Settings
 
 if TYPE_CHECKING:
     from guardstream.review.wiring import ReviewServices
 
 T = TypeVar("T")
+
+# 18 random bytes: 24 URL-safe characters, 144 bits.
+GENERATED_PASSWORD_BYTES = 18
 
 app = typer.Typer(
     invoke_without_command=True,
@@ -44,11 +49,28 @@ def add_reviewer(
     role: Annotated[str, typer.Option(help="reviewer, senior or admin.")] = "reviewer",
     on_call: Annotated[bool, typer.Option(help="Receives round-robin assignments.")] = False,
     password_stdin: Annotated[
-        bool, typer.Option(help="Read the password from stdin instead of a prompt.")
+        bool,
+        typer.Option(help="Read the password from the first line of stdin (8+ characters)."),
     ] = False,
-    token: Annotated[bool, typer.Option(help="Also print a new API bearer token.")] = False,
+    generate_password: Annotated[
+        bool,
+        typer.Option(
+            help="Generate a strong password and print it once. The default when stdin is"
+            " not a terminal and --password-stdin is not given."
+        ),
+    ] = False,
+    token: Annotated[
+        bool,
+        typer.Option(help="Also print a new API bearer token (the last line of stdout)."),
+    ] = False,
 ) -> None:
-    """Create or update a reviewer; the password is stored as a scrypt hash."""
+    """Create or update a reviewer; the password is stored as a scrypt hash.
+
+    The password comes from --password-stdin, a hidden prompt on a terminal, or is generated
+    and printed once (--generate-password, and whenever there is no terminal to prompt on).
+    Updating an existing reviewer resets the password and revokes their tokens and console
+    sessions. The console's login page takes the reviewer id and this password; a token
+    (--token) is for the API only. Exit 2 on invalid arguments."""
     # lazy: asyncpg and the review package only for the review commands
     from guardstream.review.auth import hash_password
     from guardstream.review.logic import Reviewer, Role
@@ -60,32 +82,75 @@ def add_reviewer(
         err.print("role must be reviewer, senior or admin")
         raise typer.Exit(2) from None
     _check_reviewer_id(reviewer_id)
-    password = (
-        sys.stdin.readline().rstrip("\n")
-        if password_stdin
-        else typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    )
+    if password_stdin and generate_password:
+        err.print("give at most one of --password-stdin and --generate-password")
+        raise typer.Exit(2)
+    generated = generate_password or (not password_stdin and not _stdin_is_terminal())
+    if generated:
+        password = secrets.token_urlsafe(GENERATED_PASSWORD_BYTES)
+    elif password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
     if len(password) < 8:
         err.print("the password needs at least 8 characters")
         raise typer.Exit(2)
     settings = load_settings()
     reviewer = Reviewer(reviewer_id, tuple(tenant), chosen, on_call)
 
-    async def main() -> str | None:
+    async def main() -> tuple[tuple[int, int], str | None]:
         async with review_services(settings) as review:
-            await review.auth.put_reviewer(reviewer, hash_password(password), actor="cli")
+            revoked = await review.auth.put_reviewer(reviewer, hash_password(password), actor="cli")
             if not token:
-                return None
+                return revoked, None
             value, _ = await review.auth.issue_token(reviewer)
-            return value
+            return revoked, value
 
-    issued = asyncio.run(main())
+    revoked, issued = asyncio.run(main())
     out.print(
         f"reviewer {escape(reviewer_id)} saved ({chosen.value};"
-        f" tenants {escape(', '.join(tenant))})"
+        f" tenants {escape(', '.join(tenant))})",
+        soft_wrap=True,
+    )
+    if any(revoked):
+        out.print(
+            f"password reset: {revoked[0]} token(s) and {revoked[1]} console session(s) of the"
+            " old one revoked",
+            soft_wrap=True,
+        )
+    if generated:
+        # Plain, on its own line: the one place this password is ever shown.
+        sys.stdout.write(f"password (generated, shown once): {password}\n")
+        sys.stdout.flush()
+    given = "generated above" if generated else "you gave"
+    out.print(
+        f"log in to the console at {escape(console_login_url(settings))} as"
+        f" {escape(reviewer_id)} with the password {given}"
+        + (
+            "; the token below is for the API only (Authorization: Bearer ...)"
+            if token
+            else "; --token also prints an API token"
+        ),
+        soft_wrap=True,
+        highlight=False,
     )
     if issued:
         sys.stdout.write(issued + "\n")
+
+
+def _stdin_is_terminal() -> bool:
+    return sys.stdin is not None and sys.stdin.isatty()
+
+
+def console_login_url(settings: Settings) -> str:
+    """Where a browser on this machine finds the console's login page (a wildcard listen
+    address is reached at the loopback address)."""
+    host = settings.review.host
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104  (a listen address, read, not bound)
+        host = "127.0.0.1"
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.review.port}/console/login"
 
 
 def _check_reviewer_id(reviewer_id: str) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
 import typer
-from rich.table import Table
+from rich.table import Column
 
 from guardstream.cli.common import err, load_settings, out
+from guardstream.cli.output import json_lines, table
 from guardstream.contracts.topics import CATALOGUE, TopicNames
 from guardstream.runtime.kafka import ensure_topics
 
@@ -34,16 +36,41 @@ def topics_create() -> None:
 
 
 @app.command("list")
-def topics_list() -> None:
-    """Print the catalogue: topic, partitions, key, retention."""
+def topics_list(
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object a line instead of the table.")
+    ] = False,
+) -> None:
+    """Print the catalogue: topic (with this deployment's namespace), partitions, key,
+    retention and purpose. Names are never cut: a narrow terminal folds them."""
     names = TopicNames(load_settings().namespace)
-    table = Table("topic", "partitions", "key", "retention (days)", "purpose")
+    if as_json:
+        json_lines(
+            {
+                "topic": names[spec.topic],
+                "catalogue_name": spec.topic.value,
+                "partitions": spec.partitions,
+                "key": spec.key,
+                "retention_ms": spec.retention_ms,
+                "purpose": spec.purpose,
+            }
+            for spec in CATALOGUE
+        )
+        return
+    listing = table(
+        # Names get the largest share of the width (folded, never cut, when it is too narrow).
+        Column("topic", ratio=3),
+        Column("partitions", justify="right"),
+        Column("key", ratio=1),
+        Column("retention", justify="right"),
+        Column("purpose", ratio=2),
+    )
     for spec in CATALOGUE:
-        table.add_row(
+        listing.add_row(
             names[spec.topic],
             str(spec.partitions),
             spec.key,
-            f"{spec.retention_ms / 86_400_000:g}",
+            f"{spec.retention_ms / 86_400_000:g} d",
             spec.purpose,
         )
-    out.print(table)
+    out.print(listing)
