@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import orjson
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.topics import CATALOGUE, Topic
 from guardstream.model.shapes import CONTEXT_TOKENS, kv_bytes_per_token, weight_bytes
 
@@ -33,7 +34,7 @@ DAY_S = 86_400
 GPU_MEMORY_BYTES: dict[str, float] = {"h100": 80e9, "h200": 141e9}
 
 
-class PlanError(ValueError):
+class PlanError(PermanentError):
     """The inputs or the results files cannot give a plan (the message says which)."""
 
 

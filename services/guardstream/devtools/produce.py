@@ -25,6 +25,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel, ConfigDict, StrictStr, ValidationError
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import (
     FREE_TEXT,
     LINE,
@@ -193,7 +194,7 @@ def oversized(posts: Iterable[Post], max_request_bytes: int) -> list[tuple[Post,
     ]
 
 
-class TopicsMissing(RuntimeError):
+class TopicsMissing(PermanentError, RuntimeError):
     """The topics to watch do not exist on this broker (in this namespace)."""
 
 
