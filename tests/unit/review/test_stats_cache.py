@@ -24,9 +24,11 @@ class Depth:
         self.depth = depth
         self.counts = 0
         self.gate: asyncio.Event | None = None
+        self.started = asyncio.Event()
 
     async def __call__(self, tenants: Sequence[str]) -> QueueStats:
         self.counts += 1
+        self.started.set()
         seen = self.depth  # what the database's snapshot holds when the count starts
         if self.gate is not None:
             await self.gate.wait()
@@ -67,8 +69,7 @@ async def test_readers_without_a_copy_share_one_count() -> None:
     store.gate = asyncio.Event()
     figures = StatsCache(store, max_age_s=1.0, clock=clock)
     readers = [asyncio.ensure_future(figures.get(TENANTS)) for _ in range(20)]
-    while store.counts == 0:
-        await asyncio.sleep(0)
+    await store.started.wait()
     store.gate.set()
     assert [r.depth for r in await asyncio.gather(*readers)] == [7] * 20
     assert store.counts == 1
@@ -79,8 +80,7 @@ async def test_a_count_begun_before_a_decision_is_not_reused_after_it() -> None:
     store.gate = asyncio.Event()
     figures = StatsCache(store, max_age_s=1.0, clock=clock)
     early = asyncio.ensure_future(figures.get(TENANTS))
-    while store.counts == 0:
-        await asyncio.sleep(0)
+    await store.started.wait()
     store.depth = 3
     figures.stale()
     late = asyncio.ensure_future(figures.get(TENANTS))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from guardstream.contracts.events import utcnow
-from guardstream.review.logic import Permission, Reviewer, Task
+from guardstream.review.logic import PREVIEW_CHARS, Permission, Reviewer, Task, text_preview
 from guardstream.review.services.common import Service, blinded
 from guardstream.review.services.errors import Forbidden
 from guardstream.review.store import ReviewStore
@@ -102,6 +102,24 @@ class QueueService(Service):
             raise Forbidden("not a tenant of yours")
         tasks = await self.store.tasks.queue(reviewer.id, reviewer.tenants, filters, limit)
         return tasks, await self.stats(reviewer)
+
+    async def previews(self, reviewer: Reviewer, tasks: Sequence[Task]) -> dict[str, str]:
+        """Each task's post text preview (`text_preview`), by task id, for a reviewer who may
+        read texts (nobody else gets any); audited as one read of those texts."""
+        if not tasks or not reviewer.may(Permission.READ_TEXT):
+            return {}
+        # Room for the whitespace and controls a preview drops.
+        chars = PREVIEW_CHARS * 4
+        async with self.store.transaction() as tx:
+            heads = await tx.posts.heads([(t.tenant, t.post_id) for t in tasks], chars)
+            await tx.audit.write(
+                actor=reviewer.id, action="queue.previews", detail={"texts": len(heads)}
+            )
+        return {
+            t.task_id: text_preview(heads[(t.tenant, t.post_id)])
+            for t in tasks
+            if (t.tenant, t.post_id) in heads
+        }
 
     async def stats(self, reviewer: Reviewer) -> QueueStats:
         """Queue depth, expired count and average response time of the reviewer's tenants

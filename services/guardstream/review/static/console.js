@@ -2,6 +2,7 @@
 //   c confirm · 1/2/3 correct to safe/controversial/unsafe · r reason · t next quick tag
 //   (space picks it) · y / x refusal yes / no (response items) · Enter submit · n next task ·
 //   Escape leaves a text field. The QA page uses the same keys (1/2/3 pick the senior's label).
+//   The reason box counts its characters as they are typed.
 (function () {
   "use strict";
 
@@ -69,6 +70,24 @@
     if (ev.target && ev.target.name === "verdict") check("outcome-correct");
   });
 
+  // The reason box has no maxlength (a browser cuts a longer paste silently): a live count,
+  // and past the limit a message; the server refuses it the same way, keeping the text.
+  function countReason() {
+    var box = document.getElementById("reason");
+    var out = document.getElementById("reason-count");
+    if (!box || !out) return;
+    var max = parseInt(box.dataset.max, 10);
+    var n = Array.from(box.value.trim()).length;  // characters, as the server counts them
+    var over = n - max;
+    out.textContent = n + " / " + max + (over > 0 ? " \u2014 " + over + " too many: shorten it" : "");
+    out.classList.toggle("over", over > 0);
+    box.setAttribute("aria-invalid", over > 0 ? "true" : "false");
+  }
+  document.addEventListener("input", function (ev) {
+    if (ev.target && ev.target.id === "reason") countReason();
+  });
+
+  countReason();
   tick();
   setInterval(tick, 1000);
 })();
