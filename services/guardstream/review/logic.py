@@ -442,8 +442,10 @@ def text_preview(text: str, limit: int = PREVIEW_CHARS) -> str:
     return flat[:limit].rstrip() + "…"
 
 
-LONG_TEXT_HEAD = 600  # characters shown before a long post's folded middle
-LONG_TEXT_TAIL = 600  # and after it: a harmful last sentence is never behind a click
+# A long post on one screen: its opening, then its end (the scorer keeps both too), where
+# harm hidden after benign padding sits; never behind a click.
+LONG_TEXT_HEAD = 300  # characters shown before a long post's folded middle
+LONG_TEXT_TAIL = 500  # and after it
 LONG_TEXT_MIN_FOLD = 400  # a shorter middle is not worth a click: the post is shown whole
 _WORD_SLACK = 80  # how far a cut moves to fall on whitespace
 
@@ -466,17 +468,22 @@ def long_text(
     min_fold: int = LONG_TEXT_MIN_FOLD,
 ) -> LongText:
     """`text` split into its head, a middle the reviewer unfolds on demand, and its tail; the
-    cuts move back (head) or forward (tail) by up to a few words to fall on whitespace."""
+    cuts move back (head) or forward (tail) by up to a few words to fall after a line break or
+    a space."""
     if len(text) <= head + tail + min_fold:
         return LongText(text, "", "")
     cut = head
-    space = text.rfind(" ", head - _WORD_SLACK, head)
-    if space > 0:
-        cut = space + 1
+    for blank in ("\n", " "):  # a line break if there is one near, else a space
+        found = text.rfind(blank, head - _WORD_SLACK, head)
+        if found > 0:
+            cut = found + 1
+            break
     start = len(text) - tail
-    space = text.find(" ", start, start + _WORD_SLACK)
-    if space >= 0:
-        start = space + 1
+    for blank in ("\n", " "):
+        found = text.find(blank, start, start + _WORD_SLACK)
+        if found >= 0:
+            start = found + 1
+            break
     return LongText(text[:cut], text[cut:start], text[start:])
 
 
