@@ -88,9 +88,7 @@ async def test_the_queue_previews_posts_and_counts_after_a_decision(
     texts = [
         "那个省的人都是骗子,大家小心。\n\n别和他们做生意。",
         # Markup, an RTL override and a word longer than any cell: shown as text, on one line.
-        '<script>alert("x")</script><img src=x onerror=alert(1)> \u202eevil.exe'
-        + " "
-        + "w" * 400,
+        '<script>alert("x")</script><img src=x onerror=alert(1)> \u202eevil.exe' + " " + "w" * 400,
         "Vaccines from that region are poison, everyone knows it. " * 6,
         "该地区的人都有病,别让他们进城。",
     ]
