@@ -154,6 +154,8 @@ async def test_a_long_post_keeps_its_tail_and_its_controls_in_view(
     await console.wait_tasks(1)
     tid = task_id(post.tenant, post.post_id, decision.policy)
     await console.add_reviewer("alice", ("acme",))
+    async with console.client("alice") as http:  # the API says it too
+        assert (await http.get(f"/api/v1/tasks/{tid}")).json()["input_truncated"] is True
     errors: list[str] = []
     page.on("pageerror", lambda exc: errors.append(str(exc)))
     await log_in(page, console, "alice")
