@@ -2,7 +2,7 @@
 //   c confirm · 1/2/3 correct to safe/controversial/unsafe · r reason · t next quick tag
 //   (space picks it) · y / x refusal yes / no (response items) · Enter submit · n next task ·
 //   Escape leaves a text field. The QA page uses the same keys (1/2/3 pick the senior's label).
-//   The reason box counts its characters as they are typed.
+//   m unfolds / folds a long post's middle. The reason box counts its characters as typed.
 (function () {
   "use strict";
 
@@ -39,6 +39,7 @@
     var form = document.getElementById("decide-form");
     if (ev.key === "Escape") { if (document.activeElement) document.activeElement.blur(); return; }
     if (typing(ev.target)) return;  // Enter in the reason field submits natively
+    if (ev.target && ev.target.tagName === "SUMMARY" && ev.key === "Enter") return;  // unfolds
     switch (ev.key) {
       case "c":
         document.querySelectorAll("input[name=verdict]").forEach(function (el) { el.checked = false; });
@@ -56,6 +57,10 @@
         break;
       case "Enter":
         if (form) { ev.preventDefault(); form.requestSubmit(); }
+        break;
+      case "m":
+        var middle = document.getElementById("post-middle");
+        if (middle) middle.open = !middle.open;
         break;
       case "n":
         var next = document.getElementById("next-form");
