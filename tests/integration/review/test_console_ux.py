@@ -183,6 +183,14 @@ async def test_a_long_post_keeps_its_tail_and_its_controls_in_view(
     for control in ("#outcome-confirm", "#reason", "#submit"):
         await expect(page.locator(control)).to_be_in_viewport()  # sticky
 
+    # On a narrow screen the controls sit below the text, stuck to the bottom of the window.
+    await page.set_viewport_size({"width": 600, "height": 800})
+    for scroll in ("0", "document.body.scrollHeight / 2"):
+        await page.evaluate(f"window.scrollTo(0, {scroll})")
+        for control in ("#outcome-confirm", "#submit"):
+            await expect(page.locator(control)).to_be_in_viewport()
+    await page.set_viewport_size(VIEWPORT)  # type: ignore[arg-type]
+
     # A refused decision: the label, the tags and the reason come back as submitted.
     long_reason = "该帖以长篇无害内容掩盖结尾的地域攻击与暴力煽动,应当拦截处理,不能放行。" * 2
     assert len(long_reason) > REVIEW_REASON_MAX
