@@ -1,6 +1,6 @@
-"""The queue figures a reviewer sees: never older than their age bound, never from before a
-decision made in this process, one count for many readers (issue 19: "4 with 3 rows" right
-after a decision; "3 for 853 tasks" on the first read after an idle period)."""
+"""The queue figures a reviewer sees: never older than their age bound, never from before the
+reviewer's own decision, one count for many readers (issue 19: "4 with 3 rows" right after a
+decision; "3 for 853 tasks" on the first read after an idle period)."""
 
 from __future__ import annotations
 
@@ -43,13 +43,30 @@ class Clock:
         return self.now
 
 
-async def test_after_a_decision_the_next_read_counts_again() -> None:
+async def test_after_a_decision_its_reviewer_reads_figures_that_count_it() -> None:
     store, clock = Depth(4), Clock()
     figures = StatsCache(store, max_age_s=1.0, clock=clock)
-    assert (await figures.get(TENANTS)).depth == 4
-    store.depth = 3  # a decision commits ...
-    figures.stale()  # ... and says so
-    assert (await figures.get(TENANTS)).depth == 3  # not the 4 from before it
+    assert (await figures.get(TENANTS, "alice")).depth == 4
+    assert (await figures.get(TENANTS, "bob")).depth == 4
+    store.depth = 3  # alice's decision commits ...
+    figures.stale("alice")  # ... and says so
+    assert (await figures.get(TENANTS, "alice")).depth == 3  # not the 4 from before it
+    assert store.counts == 2
+    assert (await figures.get(TENANTS, "alice")).depth == 3  # owed once: now a shared copy
+    assert (await figures.get(TENANTS, "bob")).depth == 3  # the newer copy is everyone's
+    assert store.counts == 2
+
+
+async def test_a_decision_costs_other_readers_no_count_within_the_age() -> None:
+    store, clock = Depth(4), Clock()
+    figures = StatsCache(store, max_age_s=1.0, clock=clock)
+    assert (await figures.get(TENANTS, "bob")).depth == 4
+    store.depth = 3
+    figures.stale("alice")
+    assert (await figures.get(TENANTS, "bob")).depth == 4  # at most max_age_s old
+    assert store.counts == 1
+    clock.now += 1.0
+    assert (await figures.get(TENANTS, "bob")).depth == 3
 
 
 async def test_a_copy_past_its_age_is_never_shown() -> None:
@@ -79,17 +96,17 @@ async def test_a_count_begun_before_a_decision_is_not_reused_after_it() -> None:
     store, clock = Depth(4), Clock()
     store.gate = asyncio.Event()
     figures = StatsCache(store, max_age_s=1.0, clock=clock)
-    early = asyncio.ensure_future(figures.get(TENANTS))
+    early = asyncio.ensure_future(figures.get(TENANTS, "bob"))
     await store.started.wait()
     store.depth = 3
-    figures.stale()
-    late = asyncio.ensure_future(figures.get(TENANTS))
+    figures.stale("alice")
+    late = asyncio.ensure_future(figures.get(TENANTS, "alice"))
     store.gate.set()
     assert (await early).depth == 4  # it asked before the decision
     assert (await late).depth == 3
     assert store.counts == 2
     store.gate = None
-    assert (await figures.get(TENANTS)).depth == 3  # the older count did not become the copy
+    assert (await figures.get(TENANTS, "bob")).depth == 3  # the older count is not the copy
     assert store.counts == 2
 
 
@@ -108,3 +125,31 @@ async def test_a_failed_count_is_not_kept_and_the_next_read_counts_again() -> No
     with pytest.raises(ConnectionError):
         await figures.get(TENANTS)
     assert (await figures.get(TENANTS)).depth == 5
+
+
+async def test_a_count_finishing_late_never_replaces_a_copy_counted_after_it() -> None:
+    clock = Clock()
+    gates: list[asyncio.Event] = []
+    asked = asyncio.Event()
+
+    async def count(tenants: Sequence[str]) -> QueueStats:
+        depth = 4 if not gates else 3  # the first count began before the decision
+        gate = asyncio.Event()
+        gates.append(gate)
+        asked.set()
+        await gate.wait()
+        return QueueStats(depth, 0, None)
+
+    figures = StatsCache(count, max_age_s=1.0, clock=clock)
+    early = asyncio.ensure_future(figures.get(TENANTS, "bob"))
+    await asked.wait()
+    figures.stale("alice")
+    asked.clear()
+    late = asyncio.ensure_future(figures.get(TENANTS, "alice"))
+    await asked.wait()
+    gates[1].set()  # the later count finishes first ...
+    assert (await late).depth == 3
+    gates[0].set()  # ... the earlier one after it
+    assert (await early).depth == 4
+    assert (await figures.get(TENANTS, "bob")).depth == 3
+    assert len(gates) == 2

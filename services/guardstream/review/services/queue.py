@@ -30,9 +30,12 @@ class StatsCache:
     readers within that age share one copy, and readers that find none wait for one shared
     count (no stampede of counts).
 
-    A copy past its age is never shown while a fresh one is counted: after an idle hour it
-    would say 3 for 853 open tasks. A write in this process (`stale()`) ends the current copy
-    and any count begun before it, so the page shown right after a decision counts after it.
+    A copy past its age is never shown while a fresh one is counted (after an idle hour it
+    said 3 for 853 open tasks). A reviewer whose decision changed the figures (`stale(who)`)
+    is owed a count begun after it: the page they see right after the decision counts it
+    (not "4" beside 3 rows), while everyone else keeps sharing copies at most `max_age_s` old
+    (a decision does not cost every reader a count). Per process: behind several replicas, the
+    next page may come from one whose copy is up to `max_age_s` old.
     """
 
     def __init__(
@@ -46,30 +49,34 @@ class StatsCache:
         self.max_age_s = max_age_s
         self._clock = clock
         self._generation = 0  # bumped by every write that changes the figures
-        # key -> (when its count began, generation it began in, the figures)
+        self._owed: dict[str, int] = {}  # reader -> the generation their last write made
+        # key -> (when its count began, the generation it began in, the figures)
         self._copies: dict[tuple[str, ...], tuple[float, int, QueueStats]] = {}
         self._refreshing: dict[tuple[str, ...], tuple[int, asyncio.Future[QueueStats]]] = {}
 
-    async def get(self, tenants: Sequence[str]) -> QueueStats:
+    async def get(self, tenants: Sequence[str], reader: str | None = None) -> QueueStats:
         key = tuple(sorted(tenants))
+        need = self._owed.get(reader, 0) if reader is not None else 0
         cached = self._copies.get(key)
-        if (
-            cached is not None
-            and cached[1] == self._generation
-            and self._clock() - cached[0] < self.max_age_s
-        ):
-            return cached[2]
-        pending = self._refreshing.get(key)
-        if pending is None or pending[0] != self._generation:
-            # None running, or one begun before the last write: its figures would be stale.
-            future = asyncio.ensure_future(self._refresh(key, tenants, self._generation))
-            pending = (self._generation, future)
-            self._refreshing[key] = pending
-        return await asyncio.shield(pending[1])
+        if cached is not None and cached[1] >= need and self._clock() - cached[0] < self.max_age_s:
+            figures = cached[2]
+        else:
+            pending = self._refreshing.get(key)
+            if pending is None or pending[0] < need:
+                # None running, or one begun before this reader's write: it would not count it.
+                future = asyncio.ensure_future(self._refresh(key, tenants, self._generation))
+                pending = (self._generation, future)
+                self._refreshing[key] = pending
+            figures = await asyncio.shield(pending[1])
+        if reader is not None and self._owed.get(reader) == need:
+            del self._owed[reader]
+        return figures
 
-    def stale(self) -> None:
-        """The figures just changed: no copy or count from before is shown again."""
+    def stale(self, writer: str | None = None) -> None:
+        """The figures just changed (committed): `writer`'s next read counts again."""
         self._generation += 1
+        if writer is not None:
+            self._owed[writer] = self._generation
 
     async def _refresh(
         self, key: tuple[str, ...], tenants: Sequence[str], generation: int
@@ -77,7 +84,8 @@ class StatsCache:
         began = self._clock()  # the copy is as old as the moment its count began
         try:
             fresh = await self._count(tenants)
-            if generation == self._generation:
+            kept = self._copies.get(key)
+            if kept is None or kept[1] <= generation:  # never over a copy counted later
                 self._copies[key] = (began, generation, fresh)
             return fresh
         finally:
@@ -123,9 +131,9 @@ class QueueService(Service):
 
     async def stats(self, reviewer: Reviewer) -> QueueStats:
         """Queue depth, expired count and average response time of the reviewer's tenants
-        (at most `StatsCache.max_age_s` old)."""
+        (at most `StatsCache.max_age_s` old; counted after the reviewer's last decision)."""
         self._require(reviewer, Permission.READ_QUEUE)
-        return await self.figures.get(reviewer.tenants)
+        return await self.figures.get(reviewer.tenants, reader=reviewer.id)
 
     async def view(self, reviewer: Reviewer, task_id: str) -> TaskView:
         self._require(reviewer, Permission.READ_QUEUE)
