@@ -303,6 +303,9 @@ class Decision(Envelope):
     categories: Categories = ()
     confidence: Confidence | None = None
     refusal: StrictBool | None = None
+    # The model judged a shortened text (longer than its input window: head and tail kept).
+    # Absent when it saw the whole text, or no model judged it.
+    input_truncated: StrictBool | None = None
     reason: Annotated[FreeText, Field(min_length=1, max_length=500)]
     rule: Annotated[Line, Field(max_length=120)] | None = None
     source: Source
@@ -335,6 +338,7 @@ class Decision(Envelope):
         categories: tuple[str, ...] = (),
         confidence: float | None = None,
         refusal: bool | None = None,
+        input_truncated: bool = False,
         matched_content_key: str | None = None,
         decided_at: datetime | None = None,
     ) -> Self:
@@ -359,6 +363,7 @@ class Decision(Envelope):
                 "categories": categories,
                 "confidence": confidence,
                 "refusal": refusal,
+                "input_truncated": True if input_truncated else None,
                 "reason": reason[: max_length(cls, "reason")],
                 "rule": rule[: max_length(cls, "rule")],
                 "source": source,

@@ -165,6 +165,11 @@ class TaskOut(BaseModel):
     model_refusal: bool | None = Field(
         None, description="response moderation: did the model say the assistant refused?"
     )
+    input_truncated: bool = Field(
+        False,
+        description="the model judged a shortened text (the post was longer than its input"
+        " window; head and tail kept): read the whole post before confirming",
+    )
 
     @classmethod
     def of(cls, task: Task, now: datetime) -> TaskOut:
@@ -189,6 +194,7 @@ class TaskOut(BaseModel):
             human_verdict=task.human_verdict,
             late=task.late,
             model_refusal=task.model_refusal,
+            input_truncated=task.input_truncated,
         )
 
 

@@ -21,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
 from guardstream.contracts.errors import PermanentError
+from guardstream.contracts.events import REVIEW_REASON_MAX
 from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import (
@@ -29,6 +30,7 @@ from guardstream.review.logic import (
     Reviewer,
     countdown,
     duration,
+    long_text,
     read_form,
 )
 from guardstream.review.services.errors import Forbidden, Unauthenticated
@@ -209,7 +211,9 @@ async def queue_page(
 ) -> HTMLResponse:
     reviewer, session = current
     filters = QueueFilter(tenant or None, lang or None, category or None, tag or None)
-    tasks, stats = await _svc(request).queue.queue(reviewer, filters, 100)
+    svc = _svc(request).queue
+    tasks, stats = await svc.queue(reviewer, filters, 100)
+    previews = await svc.previews(reviewer, tasks)
     return _page(
         request,
         "queue.html",
@@ -217,6 +221,7 @@ async def queue_page(
             "reviewer": reviewer,
             "csrf": session.csrf,
             "tasks": tasks,
+            "previews": previews,
             "stats": stats,
             "filters": filters,
             "message": message,
@@ -246,6 +251,8 @@ async def _task_page(
             "csrf": session.csrf,
             "task": view.task,
             "text": view.text,
+            "parts": long_text(view.text.text) if view.text else None,
+            "reason_max": REVIEW_REASON_MAX,
             "tags": svc.tasks.tags,
             "can_decide": reviewer.may(Permission.DECIDE),
             "can_read_text": reviewer.may(Permission.READ_TEXT),
@@ -347,6 +354,8 @@ async def _qa_task_page(
             "entry": entry,
             "task": entry.task,
             "text": text,
+            "parts": long_text(text.text) if text else None,
+            "reason_max": REVIEW_REASON_MAX,
             "tags": svc.tags,
             "form": form or {"reason": "", "tags": []},
             "error": error,

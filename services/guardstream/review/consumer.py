@@ -96,6 +96,7 @@ def new_task(
         assign_by=start + timedelta(seconds=sla.assign_within_s),
         traceparent=traceparent,
         refusal=decision.refusal,
+        input_truncated=bool(decision.input_truncated),
     )
 
 

@@ -8,6 +8,7 @@ API, the console and the tests agree on one meaning of "a review".
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -125,6 +126,7 @@ class Task(HasIdentity):
     late: bool
     downgrade_decision_id: str | None = None
     model_refusal: bool | None = None  # response moderation: the model's `Refusal:` label
+    input_truncated: bool = False  # the model judged a shortened text (longer than its window)
 
 
 def task_id(tenant: str, post_id: str, policy: str) -> str:
@@ -251,7 +253,9 @@ def validate_submission(
         raise InvalidSubmission("reason", "control characters are not allowed")
     if text is not None and len(text) > REVIEW_REASON_MAX:
         raise InvalidSubmission(
-            "reason", f"at most {REVIEW_REASON_MAX} characters (got {len(text)})"
+            "reason",
+            f"{len(text)} characters, {len(text) - REVIEW_REASON_MAX} over the limit of"
+            f" {REVIEW_REASON_MAX}: shorten it (nothing was cut)",
         )
     if chosen is ReviewOutcome.CONFIRM:
         if form.verdict is not None and form.verdict is not model_verdict:
@@ -416,6 +420,71 @@ def duration(seconds: float) -> str:
     if s >= 60:
         return f"{s // 60}m {s % 60:02d}s"
     return f"{s}s"
+
+
+PREVIEW_CHARS = 120  # the queue's preview of a post
+# Characters that change how the text around them is laid out, not what it says: bidi
+# embeddings, overrides and isolates (an override turns "gpj.exe" into "exe.jpg" and runs on into
+# the next cell), zero-width joiners and marks, the byte-order mark.
+_LAYOUT_CONTROLS = re.compile("[\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+_BLANKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
+_SURROGATES = re.compile("[\ud800-\udfff]")
+
+
+def text_preview(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """A post's first `limit` characters on one line, for the queue: control characters and
+    runs of whitespace become one space, layout controls are dropped, a lone surrogate (which
+    UTF-8 cannot carry) becomes U+FFFD, and "…" marks a cut. HTML escaping is the template's."""
+    flat = _SURROGATES.sub("\ufffd", _LAYOUT_CONTROLS.sub("", text))
+    flat = _BLANKS.sub(" ", flat).strip()
+    if len(flat) <= limit:
+        return flat
+    return flat[:limit].rstrip() + "…"
+
+
+# A long post on one screen: its opening, then its end (the scorer keeps both too), where
+# harm hidden after benign padding sits; never behind a click.
+LONG_TEXT_HEAD = 300  # characters shown before a long post's folded middle
+LONG_TEXT_TAIL = 500  # and after it
+LONG_TEXT_MIN_FOLD = 400  # a shorter middle is not worth a click: the post is shown whole
+_WORD_SLACK = 80  # how far a cut moves to fall on whitespace
+
+
+@dataclass(frozen=True, slots=True)
+class LongText:
+    """A post as the task page shows it: `head` + `middle` + `tail` is the whole text; an
+    empty `middle` means it is shown whole (in `head`)."""
+
+    head: str
+    middle: str
+    tail: str
+
+
+def long_text(
+    text: str,
+    *,
+    head: int = LONG_TEXT_HEAD,
+    tail: int = LONG_TEXT_TAIL,
+    min_fold: int = LONG_TEXT_MIN_FOLD,
+) -> LongText:
+    """`text` split into its head, a middle the reviewer unfolds on demand, and its tail; the
+    cuts move back (head) or forward (tail) by up to a few words to fall after a line break or
+    a space."""
+    if len(text) <= head + tail + min_fold:
+        return LongText(text, "", "")
+    cut = head
+    for blank in ("\n", " "):  # a line break if there is one near, else a space
+        found = text.rfind(blank, head - _WORD_SLACK, head)
+        if found > 0:
+            cut = found + 1
+            break
+    start = len(text) - tail
+    for blank in ("\n", " "):
+        found = text.find(blank, start, start + _WORD_SLACK)
+        if found >= 0:
+            start = found + 1
+            break
+    return LongText(text[:cut], text[cut:start], text[start:])
 
 
 @dataclass(frozen=True, slots=True)

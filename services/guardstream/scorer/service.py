@@ -81,6 +81,7 @@ def _verdict(
         categories=answer.categories,
         confidence=None if confidence is None else round(confidence, 6),
         refusal=answer.refusal,
+        input_truncated=raw.truncated,
         reason=model_reason(answer.label, answer.categories, answer.problem),
         source=Source.MODEL,
         model=model,

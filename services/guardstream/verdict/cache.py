@@ -52,6 +52,7 @@ class CachedVerdict(BaseModel):
     categories: tuple[str, ...] = ()
     confidence: Confidence | None = None
     refusal: bool | None = None
+    input_truncated: bool = False  # the model judged a shortened text (see `Decision`)
     reason: str
     source: Source
     model: str

@@ -100,6 +100,7 @@ def decide(
         categories=entry.categories,
         confidence=entry.confidence,
         refusal=entry.refusal,
+        input_truncated=entry.input_truncated,
         reason=f"{earlier}{entry.reason}. {routed.explanation}",
         rule=routed.rule,
         source=Source.MODEL if origin is Origin.MODEL else Source.CACHE,

@@ -250,6 +250,7 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
             {**DECISION, "confidence": 1, "refusal": True},
             {**DECISION, "adapter": "lora-2026-11"},
             {**DECISION, "categories": []},
+            {**DECISION, "input_truncated": True},
         ],
         [
             {**DECISION, "verdict": "maybe"},
@@ -258,6 +259,7 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
             {**DECISION, "source": "oracle"},
             {**DECISION, "reason": ""},
             {**DECISION, "refusal": "yes"},
+            {**DECISION, "input_truncated": "yes"},
             {**DECISION, "action": "delete"},
         ],
     ),

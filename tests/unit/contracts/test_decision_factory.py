@@ -115,3 +115,32 @@ def test_a_model_decision_with_a_long_reason_is_cut_not_lost() -> None:
     assert made.reason.startswith("Qwen3Guard: Unsafe zzz")
     assert made.decision_id == decision_id("acme", "e-1", pack.ref, CK)
     assert made.decided_at == AT  # the model's own verdict: decided when it was scored
+
+
+@pytest.mark.parametrize("origin", [Origin.MODEL, Origin.CACHE])
+def test_a_decision_says_when_the_model_judged_a_shortened_text(origin: Origin) -> None:
+    pack = load_registry(None).default
+    entry = CachedVerdict(
+        verdict=Verdict.CONTROVERSIAL,
+        reason="Qwen3Guard: Controversial",
+        source=Source.MODEL,
+        model="m",
+        decided_at=AT,
+        input_truncated=True,
+    )
+    made = decide(
+        entry, origin, pack, post_id="p-1", post_event_id="e-1", tenant="acme", content_key=CK
+    )
+    assert made.input_truncated is True  # a cache hit reuses the verdict on the same text
+    assert json.loads(made.to_json())["input_truncated"] is True
+    whole = decide(
+        entry.model_copy(update={"input_truncated": False}),
+        origin,
+        pack,
+        post_id="p-1",
+        post_event_id="e-1",
+        tenant="acme",
+        content_key=CK,
+    )
+    assert whole.input_truncated is None
+    assert b"input_truncated" not in whole.to_json()  # the wire form of every other decision

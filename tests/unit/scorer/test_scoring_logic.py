@@ -35,9 +35,16 @@ POLICIES = load_registry(None)
 class ScriptedEngine:
     """Answers every request with the same scripted text."""
 
-    def __init__(self, text: str, label_logprobs: dict[str, float | None] | None = None) -> None:
+    def __init__(
+        self,
+        text: str,
+        label_logprobs: dict[str, float | None] | None = None,
+        *,
+        truncated: bool = False,
+    ) -> None:
         self.text = text
         self.label_logprobs = label_logprobs or {}
+        self.truncated = truncated  # the engine shortened the conversation to fit its window
         self.calls = 0
 
     @property
@@ -55,7 +62,7 @@ class ScriptedEngine:
         adapter: Adapter | None = None,
     ) -> RawAnswer:
         self.calls += 1
-        return RawAnswer(self.text, self.label_logprobs)  # type: ignore[arg-type]
+        return RawAnswer(self.text, self.label_logprobs, truncated=self.truncated)  # type: ignore[arg-type]
 
     async def close(self) -> None:
         pass
@@ -101,6 +108,14 @@ async def test_model_verdict_carries_confidence_and_categories() -> None:
     assert scored.confidence == pytest.approx(0.9)
     assert scored.source is Source.MODEL
     assert scored.reason == "Qwen3Guard: Unsafe [Violent]"
+
+
+@pytest.mark.parametrize("truncated", [True, False])
+async def test_the_verdict_says_whether_the_model_saw_a_shortened_text(truncated: bool) -> None:
+    s = scorer(ScriptedEngine("Safety: Unsafe\nCategories: Violent", truncated=truncated))
+    scored = await s.score(request())
+    assert scored.input_truncated is truncated
+    assert s.counts["truncated"] == int(truncated)
 
 
 def post(**fields: object) -> bytes:

@@ -234,7 +234,7 @@ class TaskService(Deciding):
         review_metrics.response_time.record(
             max(0.0, (now - task.created_at).total_seconds()), {"tenant": task.tenant}
         )
-        self._stats.stale()
+        self._stats.stale(reviewer.id)
         self.queued.set()
         log.info(
             "task decided",

@@ -2,6 +2,7 @@
 //   c confirm · 1/2/3 correct to safe/controversial/unsafe · r reason · t next quick tag
 //   (space picks it) · y / x refusal yes / no (response items) · Enter submit · n next task ·
 //   Escape leaves a text field. The QA page uses the same keys (1/2/3 pick the senior's label).
+//   m unfolds / folds a long post's middle. The reason box counts its characters as typed.
 (function () {
   "use strict";
 
@@ -38,6 +39,7 @@
     var form = document.getElementById("decide-form");
     if (ev.key === "Escape") { if (document.activeElement) document.activeElement.blur(); return; }
     if (typing(ev.target)) return;  // Enter in the reason field submits natively
+    if (ev.target && ev.target.tagName === "SUMMARY" && ev.key === "Enter") return;  // unfolds
     switch (ev.key) {
       case "c":
         document.querySelectorAll("input[name=verdict]").forEach(function (el) { el.checked = false; });
@@ -56,6 +58,10 @@
       case "Enter":
         if (form) { ev.preventDefault(); form.requestSubmit(); }
         break;
+      case "m":
+        var middle = document.getElementById("post-middle");
+        if (middle) middle.open = !middle.open;
+        break;
       case "n":
         var next = document.getElementById("next-form");
         if (next) next.requestSubmit();
@@ -69,6 +75,24 @@
     if (ev.target && ev.target.name === "verdict") check("outcome-correct");
   });
 
+  // The reason box has no maxlength (a browser cuts a longer paste silently): a live count,
+  // and past the limit a message; the server refuses it the same way, keeping the text.
+  function countReason() {
+    var box = document.getElementById("reason");
+    var out = document.getElementById("reason-count");
+    if (!box || !out) return;
+    var max = parseInt(box.dataset.max, 10);
+    var n = Array.from(box.value.trim()).length;  // characters, as the server counts them
+    var over = n - max;
+    out.textContent = n + " / " + max + (over > 0 ? " \u2014 " + over + " too many: shorten it" : "");
+    out.classList.toggle("over", over > 0);
+    box.setAttribute("aria-invalid", over > 0 ? "true" : "false");
+  }
+  document.addEventListener("input", function (ev) {
+    if (ev.target && ev.target.id === "reason") countReason();
+  });
+
+  countReason();
   tick();
   setInterval(tick, 1000);
 })();

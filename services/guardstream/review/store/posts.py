@@ -69,6 +69,23 @@ class PostRows(Rows):
         )
         return PostText(**dict(row)) if row else None
 
+    async def heads(
+        self, posts: Sequence[tuple[str, str]], chars: int
+    ) -> dict[tuple[str, str], str]:
+        """The first `chars` characters of each kept text, by (tenant, post_id): the queue's
+        previews (a post whose text has not arrived has none)."""
+        if not posts:
+            return {}
+        rows = await self.db.fetch(
+            "SELECT p.tenant, p.post_id, left(p.text, $3) AS head FROM post_texts p"
+            " JOIN unnest($1::text[], $2::text[]) AS k(tenant, post_id)"
+            " ON p.tenant = k.tenant AND p.post_id = k.post_id",
+            [t for t, _ in posts],
+            [p for _, p in posts],
+            chars,
+        )
+        return {(r["tenant"], r["post_id"]): r["head"] for r in rows}
+
     async def purge(self, before: datetime) -> int:
         """Delete texts received before `before` that no task refers to; how many."""
         status = await self.db.execute(

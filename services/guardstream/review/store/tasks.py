@@ -25,7 +25,7 @@ TASK_COLUMNS = (
     "task_id, post_id, policy, tenant, lang, region, decision_id, post_event_id, content_key,"
     " model_verdict, categories, confidence, reason, model, adapter, domain_tags, created_at,"
     " deadline, warn_at, assign_by, state, sla, assignee, lock_expires_at, decided_at,"
-    " human_verdict, late, downgrade_decision_id, model_refusal"
+    " human_verdict, late, downgrade_decision_id, model_refusal, input_truncated"
 )
 SELECT_TASKS = f"SELECT {TASK_COLUMNS} FROM tasks"  # noqa: S608 - constant
 
@@ -77,6 +77,7 @@ def task_of(row: asyncpg.Record) -> Task:
         late=row["late"],
         downgrade_decision_id=row["downgrade_decision_id"],
         model_refusal=row["model_refusal"],
+        input_truncated=row["input_truncated"],
     )
 
 
@@ -100,6 +101,7 @@ class NewTask:
     assign_by: datetime
     traceparent: str | None = None  # of the actions.review record: its events continue it
     refusal: bool | None = None  # response moderation: the model's refusal label
+    input_truncated: bool = False  # the model judged a shortened text
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,7 +148,7 @@ class TaskRows(Rows):
                 "INSERT INTO tasks (task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
                 " model, adapter, domain_tags, created_at, deadline, warn_at, assign_by, sla,"
-                " downgrade_decision_id, traceparent, model_refusal)"
+                " downgrade_decision_id, traceparent, model_refusal, input_truncated)"
                 " SELECT x.task_id, x.post_id, x.policy, x.tenant, COALESCE(x.lang, p.lang),"
                 " COALESCE(x.region, p.region),"
                 " x.decision_id, x.post_event_id, x.content_key, x.model_verdict,"
@@ -154,17 +156,18 @@ class TaskRows(Rows):
                 " x.reason, x.model, x.adapter,"
                 " ARRAY(SELECT jsonb_array_elements_text(x.domain_tags::jsonb)),"
                 " x.created_at, x.deadline, x.warn_at, x.assign_by,"
-                " COALESCE(m.sla, 'ok'), m.downgrade_decision_id, x.traceparent, x.refusal"
+                " COALESCE(m.sla, 'ok'), m.downgrade_decision_id, x.traceparent, x.refusal,"
+                " x.input_truncated"
                 " FROM unnest("
                 " $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
                 " $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
                 " $12::float8[], $13::text[], $14::text[], $15::text[], $16::text[],"
                 " $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],"
-                " $21::text[], $22::bool[]"
+                " $21::text[], $22::bool[], $23::bool[]"
                 " ) AS x(task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
                 " model, adapter, domain_tags, created_at, deadline, warn_at, assign_by,"
-                " traceparent, refusal)"
+                " traceparent, refusal, input_truncated)"
                 " LEFT JOIN sla_marks m ON m.decision_id = x.decision_id"
                 " LEFT JOIN post_texts p ON p.post_id = x.post_id AND p.tenant = x.tenant"
                 " ON CONFLICT (tenant, post_id, policy) DO NOTHING RETURNING task_id",
@@ -191,6 +194,7 @@ class TaskRows(Rows):
                 [t.assign_by for t in tasks],
                 [t.traceparent for t in tasks],
                 [t.refusal for t in tasks],
+                [t.input_truncated for t in tasks],
             )
         return len(rows)
 

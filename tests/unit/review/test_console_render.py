@@ -1,0 +1,242 @@
+"""The console's pages as rendered (Jinja2, no server): the queue's text preview of any text,
+however hostile, is one escaped line; a long post is its head, a folded middle and its tail,
+nothing lost; the note that the model saw a shortened text; the form as submitted survives a
+refusal (issue 19, console)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from html.parser import HTMLParser
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from guardstream.contracts.events import REVIEW_REASON_MAX, Verdict
+from guardstream.contracts.identity import PostIdentity
+from guardstream.review.console import templates
+from guardstream.review.logic import (
+    LONG_TEXT_HEAD,
+    LONG_TEXT_MIN_FOLD,
+    LONG_TEXT_TAIL,
+    PREVIEW_CHARS,
+    SEED_TAGS,
+    SlaState,
+    Task,
+    TaskState,
+    countdown,
+    long_text,
+    task_id,
+    text_preview,
+)
+from guardstream.review.store.posts import PostText
+from guardstream.review.store.tasks import QueueFilter, QueueStats
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+# Any code point, lone surrogates and C0/C1/format controls (bidi overrides) made likely, and
+# markup-shaped runs: what a hostile post holds.
+hostile_char = st.one_of(
+    st.characters(codec=None),
+    st.characters(categories=["Cs"]),  # lone surrogates: UTF-8 cannot carry them
+    st.characters(categories=["Cc", "Cf", "Zl", "Zp", "Zs"]),  # controls, bidi overrides
+    st.sampled_from("<>&\"'/=`"),
+)
+# Joined lists, not `st.text`, which never draws a lone surrogate.
+hostile_chars = st.lists(hostile_char, max_size=400).map("".join)
+hostile_text = st.one_of(
+    hostile_chars,
+    st.lists(
+        st.one_of(
+            st.lists(hostile_char, max_size=20).map("".join),
+            st.builds(lambda s: f"<{s}>", st.lists(hostile_char, max_size=12).map("".join)),
+            st.builds(lambda n: "w" * n, st.integers(100, 3000)),  # one very long word
+        ),
+        max_size=12,
+    ).map("".join),
+)
+
+
+def task(post_id: str = "p1", *, input_truncated: bool = False) -> Task:
+    return Task(
+        task_id=task_id("acme", post_id, "default@1"),
+        identity=PostIdentity(
+            tenant="acme",
+            post_id=post_id,
+            post_event_id="e1",
+            policy="default@1",
+            content_key="a" * 32,
+        ),
+        lang="zh",
+        region=None,
+        decision_id="d" * 32,
+        model_verdict=Verdict.CONTROVERSIAL,
+        categories=("Politically Sensitive Topics",),
+        confidence=0.61,
+        reason="Qwen3Guard: Controversial",
+        model="tiny",
+        adapter=None,
+        domain_tags=(),
+        created_at=NOW,
+        deadline=NOW + timedelta(hours=2),
+        warn_at=NOW + timedelta(hours=1),
+        assign_by=NOW + timedelta(minutes=15),
+        state=TaskState.ASSIGNED,
+        sla=SlaState.OK,
+        assignee="alice",
+        lock_expires_at=None,
+        decided_at=None,
+        human_verdict=None,
+        late=False,
+        input_truncated=input_truncated,
+    )
+
+
+class Dom(HTMLParser):
+    """Start tags in order, and the text inside elements with an id or class of interest."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[str] = []
+        self.stack: list[str] = []
+        self.text: dict[str, str] = {}
+        self.attrs: dict[str, dict[str, str | None]] = {}
+        self.ticked: list[str | None] = []  # checked quick-tag boxes
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append(tag)
+        named = dict(attrs)
+        key = named.get("id") or (named.get("class") or "").split(" ")[0] or tag
+        self.attrs.setdefault(key, named)
+        if named.get("name") == "tags" and "checked" in named:
+            self.ticked.append(named.get("value"))
+        if tag not in ("input", "br", "meta", "link"):
+            self.stack.append(key)
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag not in ("input", "br", "meta", "link") and self.stack:
+            self.stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        for key in self.stack:
+            self.text[key] = self.text.get(key, "") + data
+
+
+def render(name: str, **context: Any) -> str:
+    base: dict[str, Any] = {
+        "countdown": lambda deadline: countdown(deadline, NOW),
+        "reviewer": None,
+        "csrf": "c",
+        "message": None,
+        "error": None,
+        "can_qa": False,
+    }
+    html = templates.env.get_template(name).render(base | context)
+    html.encode("utf-8")  # what the response does: a lone surrogate would fail it here
+    return html
+
+
+def queue_page(previews: dict[str, str], tasks: list[Task]) -> Dom:
+    dom = Dom()
+    dom.feed(
+        render(
+            "queue.html",
+            tasks=tasks,
+            previews=previews,
+            stats=QueueStats(len(tasks), 0, None),
+            filters=QueueFilter(),
+            avg_response="–",
+        )
+    )
+    return dom
+
+
+@given(hostile_text)
+def test_a_preview_is_one_short_line_of_visible_text(text: str) -> None:
+    shown = text_preview(text)
+    assert len(shown) <= PREVIEW_CHARS + 1
+    assert shown == shown.strip()
+    assert not any(c in shown for c in "\n\r\t\x00\u202e\u2066\ufeff")
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for c in shown)
+    assert shown.endswith("…") or len(shown) <= PREVIEW_CHARS
+    plain = " ".join(text.split())
+    if plain.isprintable() and len(plain) <= PREVIEW_CHARS:
+        assert shown == plain  # ordinary short text is shown as it is
+
+
+@given(hostile_text)
+def test_the_queue_shows_any_preview_escaped_as_text(text: str) -> None:
+    benign = queue_page({"x": "plain words"}, [task()])
+    dom = queue_page({task().task_id: text_preview(text)}, [task()])
+    assert dom.tags == benign.tags  # no element, attribute or script came from the text
+    assert dom.text.get("preview", "") == text_preview(text)
+
+
+def test_a_reader_without_text_permission_sees_no_preview_cell_content() -> None:
+    dom = queue_page({}, [task()])
+    assert dom.text.get("preview", "") == ""
+
+
+@given(st.text(st.characters(codec="utf-8"), max_size=5000))
+def test_a_long_post_is_split_into_head_middle_and_tail_with_nothing_lost(text: str) -> None:
+    parts = long_text(text)
+    assert parts.head + parts.middle + parts.tail == text
+    if len(text) <= LONG_TEXT_HEAD + LONG_TEXT_TAIL + LONG_TEXT_MIN_FOLD:
+        assert (parts.head, parts.middle, parts.tail) == (text, "", "")
+    else:
+        assert LONG_TEXT_HEAD - 80 <= len(parts.head) <= LONG_TEXT_HEAD
+        assert LONG_TEXT_TAIL - 80 <= len(parts.tail) <= LONG_TEXT_TAIL
+        assert len(parts.middle) >= LONG_TEXT_MIN_FOLD
+
+
+def task_page(text: str, t: Task, form: dict[str, Any] | None = None) -> Dom:
+    dom = Dom()
+    dom.feed(
+        render(
+            "task.html",
+            task=t,
+            text=PostText(t.post_id, t.tenant, "prompt", text, None),
+            parts=long_text(text),
+            reason_max=REVIEW_REASON_MAX,
+            tags=SEED_TAGS,
+            can_decide=True,
+            can_read_text=True,
+            form=form or {"reason": "", "tags": []},
+        )
+    )
+    return dom
+
+
+def test_a_long_post_shows_its_tail_outside_the_fold_and_the_controls_beside_it() -> None:
+    words = " ".join(f"word{i}" for i in range(2000))
+    text = words + " 最后一句才是真正的攻击。"
+    dom = task_page(text, task())
+    shown = dom.text["post-head"] + dom.text["post-middle-text"] + dom.text["post-tail"]
+    assert shown == text
+    assert dom.text["post-tail"].endswith("最后一句才是真正的攻击。")
+    assert dom.text["post-head"].startswith("word0 word1")
+    assert "post-middle" in dom.attrs and "controls" in dom.attrs
+    assert "truncated-note" not in dom.attrs
+    short = task_page("短文本", task())
+    assert short.text["post-text"] == "短文本" and "post-middle" not in short.attrs
+
+
+def test_the_note_says_when_the_model_saw_a_shortened_text() -> None:
+    dom = task_page("x " * 5000, task(input_truncated=True))
+    assert "shortened text" in dom.text["truncated-note"]
+
+
+def test_a_refused_form_comes_back_as_it_was_submitted() -> None:
+    reason = "r" * (REVIEW_REASON_MAX + 9)
+    form = {"outcome": "correct", "verdict": "unsafe", "reason": reason, "tags": [SEED_TAGS[1]]}
+    dom = task_page("text", task(), form)
+    assert "checked" in dom.attrs["outcome-correct"]
+    assert "checked" in dom.attrs["verdict-unsafe"]
+    assert "checked" not in dom.attrs["verdict-safe"]
+    assert dom.attrs["reason"]["value"] == reason  # whole: no maxlength anywhere
+    assert "maxlength" not in dom.attrs["reason"]
+    assert dom.text["reason-count"].strip() == f"{len(reason)} / {REVIEW_REASON_MAX}"
+    assert dom.ticked == [SEED_TAGS[1]]
