@@ -183,6 +183,21 @@ async def committed_offsets(settings: Settings, group: str, topic: str) -> dict[
         await consumer.stop()
 
 
+async def wait_for_commits(
+    settings: Settings, group: str, topic: str, ends: dict[int, int], timeout_s: float
+) -> dict[int, int | None]:
+    """Poll until `group` has committed `ends` (partition → offset) on `topic`: the consumer
+    has handled every record before them and its outputs were acknowledged (the commit tables,
+    docs/concepts/delivery.md). Fails when the timeout passes first."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        committed = await committed_offsets(settings, group, topic)
+        if all(committed.get(p) == end for p, end in ends.items()):
+            return committed
+        assert asyncio.get_running_loop().time() < deadline, (committed, ends)
+        await asyncio.sleep(0.2)
+
+
 @dataclass
 class CommitAudit:
     """Where a consumer group's committed offsets stand against the decisions made so far."""

@@ -30,8 +30,11 @@ from tests.integration.conftest import in_process
 from tests.support.engines import SlowEngine
 from tests.support.oracle import (
     assert_invariants,
+    collect,
     committed_offsets,
     emission_bound,
+    read_all,
+    wait_for_commits,
     wait_for_decisions,
 )
 from tests.support.processes import Process, env_for
@@ -124,28 +127,56 @@ async def test_crash_between_publish_and_commit_re_emits_identical_decisions(
     offsets are committed; the restarted triage re-reads those posts and re-emits the same
     decisions byte for byte (the journal), never different ones."""
     batch = posts(400, seed=2)
+    expected = {p.post_id for p in batch}
+    posts_topic = TopicNames(settings.namespace)[Topic.POSTS]
+    group = settings.group_id("triage")
     crashing = Process("triage", env_for(settings, GUARDSTREAM_FAULT="after_publish:1"), tmp_path)
     restarted = Process("triage", env_for(settings), tmp_path)
     try:
         async with in_process(settings, engine, "scorer"):
-            await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch])
+            offsets = await produce(settings, [(p.post_id.encode(), p.to_json()) for p in batch])
             crashing.start()
             assert crashing.proc is not None
             assert crashing.wait(timeout=120) == -signal.SIGKILL
             assert "fault point reached" in crashing.log()
             # It died after publishing, before committing: nothing may be committed yet, so
             # the restart must read these posts again (and decide none of them differently).
-            posts_topic = TopicNames(settings.namespace)[Topic.POSTS]
-            group = settings.group_id("triage")
             committed = await committed_offsets(settings, group, posts_topic)
             assert set(committed.values()) <= {None, 0}, committed
+            # The crashed triage published score requests (and any decisions of its own) for
+            # the posts it handled. The scorer, still running, decides them; only then does
+            # triage restart, so every one of them is in the journal when it is read again.
+            handled = await published_for(settings)
+            assert handled, "the crashed triage published nothing"
+            before = await wait_for_decisions(settings, handled, timeout_s=180)
+            decided_before = before.decided_posts() & expected
+            assert handled <= decided_before, handled - decided_before
             restarted.start()
-            expected = {p.post_id for p in batch}
+            # Every post read again and its outputs acknowledged: the restarted triage has
+            # committed the end of the topic (the figures are read after that, not before).
+            await wait_for_commits(settings, group, posts_topic, end_offsets(offsets), 240)
             verdicts = await wait_for_decisions(settings, expected, timeout_s=240)
     finally:
         crashing.stop()
         restarted.stop()
     assert_invariants(verdicts, expected, max_emissions_per_post=emission_bound(redeliveries=1))
+    # The re-emission happened: every post decided before the restart was said again, and
+    # (the oracle above) identically.
+    re_emitted = {post_id for post_id, _ in verdicts.re_emitted()}
+    assert decided_before <= re_emitted, (len(decided_before - re_emitted), verdicts.figures())
+    assert verdicts.re_emissions >= len(decided_before) > 0, verdicts.figures()
+
+
+async def published_for(settings: Settings) -> set[str]:
+    """The posts that have a score request or a decision on the broker now."""
+    requests = await read_all(settings, [TopicNames(settings.namespace)[Topic.SCORE_REQUESTS]])
+    requested = {str(orjson.loads(raw)["post_id"]) for raw in requests}
+    return requested | (await collect(settings)).decided_posts()
+
+
+def end_offsets(offsets: list[tuple[str, int, int]]) -> dict[int, int]:
+    """Partition → one past the last of these produced offsets."""
+    return {p: max(o for _, q, o in offsets if q == p) + 1 for _, p, _ in offsets}
 
 
 async def test_replayed_events_get_one_decision(
@@ -290,10 +321,18 @@ async def test_redis_flushed_mid_run_changes_no_decision(
     assert_invariants(verdicts, expected, max_emissions_per_post=1)
     by_text: dict[str, set[tuple[str, str]]] = {}
     text_of = {p.post_id: p.text for p in batch}
+    scored_after_flush: set[str] = set()
+    second_half = {p.post_id for p in batch[300:]}
     for (post_id, _), payloads in verdicts.decisions.items():
         decision = orjson.loads(next(iter(payloads)))
         by_text.setdefault(text_of[post_id], set()).add((decision["verdict"], decision["action"]))
+        if post_id in second_half and decision["source"] == "model":
+            scored_after_flush.add(text_of[post_id])
     assert all(len(v) == 1 for v in by_text.values()), by_text
+    # The flush took effect: texts the first half had decided were scored by the model again
+    # in the second half (without it, every one would have been a cache hit).
+    repeated = {p.text for p in batch[:300]} & {p.text for p in batch[300:]}
+    assert repeated & scored_after_flush, (repeated, scored_after_flush)
 
 
 async def test_schema_evolution(settings: Settings, engine: VllmGuardEngine) -> None:

@@ -5,6 +5,7 @@ and helpers to create reviewers, produce decisions and read topics."""
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -26,9 +27,35 @@ from guardstream.review.main import Review, run
 from guardstream.runtime.kafka import client_kwargs, ensure_topics, make_producer
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.decisions import decision_id
-from tests.conftest import free_port
+from tests.conftest import free_port, missing
 
 PASSWORD = "s3cret-pass"
+# The console in a real browser: Playwright drives Debian's Chromium (`/usr/bin/chromium`,
+# installed by apt in `.ci/run`; never `playwright install`).
+CHROMIUM = os.environ.get("GUARDSTREAM_CHROMIUM", "/usr/bin/chromium")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture
+async def page() -> AsyncIterator[object]:
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before the browser starts
+        missing(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            context = await browser.new_context()
+            yield await context.new_page()
+        finally:
+            await browser.close()
 
 
 @pytest.fixture

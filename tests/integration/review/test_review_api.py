@@ -4,6 +4,7 @@ the real `guardstream review` process."""
 from __future__ import annotations
 
 import asyncio
+import random
 
 import pytest
 import redis
@@ -82,9 +83,27 @@ async def test_review_decisions_become_one_task_each_with_text_and_sla(console: 
     assert body["text"] == post.text and body["lang"] == "zh"
 
 
+async def seed_by_deadline(console: Console, n: int) -> list[str]:
+    """n contested posts decided a minute apart, produced in a shuffled order → their task ids
+    from the earliest SLA deadline to the latest, once the tasks exist."""
+    ages = [60 * (n - i) for i in range(n)]  # the first is the oldest: earliest deadline
+    posts = [new_test_post() for _ in ages]
+    decisions = [contested(post, decided_ago_s=age) for post, age in zip(posts, ages, strict=True)]
+    items = [
+        item
+        for post, decision in zip(posts, decisions, strict=True)
+        for item in ((Topic.POSTS, post, post.post_id), (Topic.REVIEW, decision, post.post_id))
+    ]
+    pairs = [items[i : i + 2] for i in range(0, len(items), 2)]
+    random.Random(25).shuffle(pairs)  # arrival order is not deadline order
+    await produce(console.settings, *[item for pair in pairs for item in pair])
+    await console.wait_tasks(n)
+    return [task_id(p.tenant, p.post_id, d.policy) for p, d in zip(posts, decisions, strict=True)]
+
+
 async def test_two_reviewers_never_claim_the_same_task(console: Console) -> None:
-    await seed(console, 12)
-    names = [f"r{i}" for i in range(16)]
+    by_deadline = await seed_by_deadline(console, 20)
+    names = [f"r{i:02d}" for i in range(21)]
     for name in names:
         await console.add_reviewer(name, ("acme",))
 
@@ -95,16 +114,19 @@ async def test_two_reviewers_never_claim_the_same_task(console: Console) -> None
             body = response.json()
             return body["task_id"] if body else None
 
-    claimed = await asyncio.gather(*(claim(n) for n in names))
-    got = [c for c in claimed if c is not None]
-    assert len(got) == 12 and len(set(got)) == 12  # 16 reviewers, 12 tasks: 4 get nothing
-    # Claims come in deadline order: the earliest deadlines went first.
-    rows = await console.sql("SELECT assignee FROM tasks WHERE state = 'assigned'")
-    assert len(rows) == 12
-    # A second claim returns the task the reviewer already holds.
-    async with console.client(names[0]) as http:
-        again = (await http.post("/api/v1/tasks/claim")).json()
-    assert again is None or again["task_id"] == claimed[0]
+    # 16 reviewers at once: 16 different tasks, and they are the 16 earliest deadlines.
+    claimed = await asyncio.gather(*(claim(n) for n in names[:16]))
+    assert None not in claimed and len(set(claimed)) == 16, claimed
+    assert set(claimed) == set(by_deadline[:16])
+    rows = await console.sql("SELECT task_id, assignee FROM tasks WHERE state = 'assigned'")
+    assert {r["task_id"]: r["assignee"] for r in rows} == dict(
+        zip(claimed, names[:16], strict=True)
+    )
+    # A second claim returns the task the reviewer already holds (one claim each by default).
+    assert await claim(names[0]) == claimed[0]
+    # One at a time, the rest go exactly in deadline order; then there is nothing left.
+    assert [await claim(n) for n in names[16:20]] == by_deadline[16:]
+    assert await claim(names[20]) is None
 
 
 async def test_invalid_submissions_are_refused_and_store_nothing(console: Console) -> None:
@@ -263,28 +285,49 @@ async def test_an_expired_task_stays_decidable_and_a_late_unsafe_blocks(console:
 
 
 async def test_round_robin_assignment_and_lock_expiry(console: Console) -> None:
-    await console.add_reviewer("on1", ("acme",), on_call=True)
-    await console.add_reviewer("on2", ("acme",), on_call=True)
+    """Round-robin hands each new task to the idle on-call reviewer assigned longest ago
+    (never assigned first, then by id; never the off-call one); a task whose lock expires is
+    released and handed to the next reviewer in turn."""
+    for name in ("on1", "on2", "on3"):
+        await console.add_reviewer(name, ("acme",), on_call=True)
     await console.add_reviewer("off", ("acme",), on_call=False)
-    await seed(console, 3)
-    for _ in range(100):
-        rows = await console.sql("SELECT assignee FROM tasks WHERE state = 'assigned'")
-        if len(rows) == 2:
-            break
-        await asyncio.sleep(0.1)
-    # One task each for the two on-call reviewers; the third waits; off-call gets none.
-    assert sorted(r["assignee"] for r in rows) == ["on1", "on2"]
-    # on1's lock expires: the task goes back and is handed out again.
+
+    async def assignee(tid: str, other_than: str | None = None) -> str:
+        for _ in range(300):
+            rows = await console.sql("SELECT state, assignee FROM tasks WHERE task_id = $1", tid)
+            if rows[0]["state"] == "assigned" and rows[0]["assignee"] != other_than:
+                return str(rows[0]["assignee"])
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{tid} was not assigned (again): {rows}")
+
+    # One task at a time, each decided before the next arrives: the turn rotates.
+    turns = []
+    for _ in range(4):
+        [tid] = await seed(console, 1)
+        turns.append(await assignee(tid))
+        async with console.client(turns[-1]) as http:
+            decided = await http.post(
+                f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": ["政治隐喻"]}
+            )
+            assert decided.status_code == 200, decided.text
+    assert turns == ["on1", "on2", "on3", "on1"]
+
+    # The next task goes to on2 (assigned longest ago). Its lock expires: the task is released
+    # and handed to on3, the next in turn (on1 had the last one before it).
+    [tid] = await seed(console, 1)
+    assert await assignee(tid) == "on2"
     await console.sql(
-        "UPDATE tasks SET lock_expires_at = now() - interval '1 second' WHERE assignee = 'on1'"
+        "UPDATE tasks SET lock_expires_at = now() - interval '1 second' WHERE task_id = $1", tid
     )
-    events: list[dict[str, object]] = []
-    for _ in range(100):
-        events = await read_topic(console.settings, Topic.ASSIGNMENTS, 4, within=2)
-        if any(e["event"] == "released" for e in events):
+    assert await assignee(tid, other_than="on2") == "on3"
+    history: list[tuple[object, object]] = []
+    for _ in range(100):  # the relay publishes the events after their transactions commit
+        events = await read_topic(console.settings, Topic.ASSIGNMENTS, 100, within=1)
+        history = [(e["event"], e.get("reviewer")) for e in events if e["task_id"] == tid]
+        if len(history) >= 3:
             break
-    assert any(e["event"] == "released" for e in events)
-    assert {e["reviewer"] for e in events if e["event"] == "assigned"} >= {"on1", "on2"}
+    assert history == [("assigned", "on2"), ("released", None), ("assigned", "on3")]
+    assert "off" not in {e.get("reviewer") for e in events}
 
 
 async def test_release_gives_the_task_back(console: Console) -> None:

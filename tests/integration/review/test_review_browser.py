@@ -5,9 +5,7 @@ a senior works the blind QA queue the same way."""
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -15,7 +13,6 @@ from guardstream.contracts.events import utcnow
 from guardstream.contracts.topics import Topic
 from guardstream.review.logic import Role, task_id
 from guardstream.review.qa_period import parse_period
-from tests.conftest import missing
 from tests.integration.review.conftest import (
     PASSWORD,
     Console,
@@ -26,31 +23,6 @@ from tests.integration.review.conftest import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
-
-CHROMIUM = os.environ.get("GUARDSTREAM_CHROMIUM", "/usr/bin/chromium")
-FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-@pytest.fixture
-async def page() -> AsyncIterator[object]:
-    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before the browser starts
-        missing(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
-    from playwright.async_api import async_playwright
-
-    async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
-        try:
-            context = await browser.new_context()
-            yield await context.new_page()
-        finally:
-            await browser.close()
 
 
 async def test_a_reviewer_works_an_item_with_the_keyboard(console: Console, page: object) -> None:
