@@ -15,13 +15,15 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from guardstream.cli.common import err, load_settings, out
-from guardstream.runtime.settings import Settings, every_setting
+from guardstream.runtime.settings import Settings, every_setting, settings_sources
 from guardstream.scorer.calibration import load, reliability, slices
 
 
 def settings() -> None:
-    """Show the effective configuration (secrets masked) with each setting's env name."""
+    """Show the effective configuration (secrets masked) with each setting's env name, and
+    where it came from (the environment, the env file, defaults)."""
     current = load_settings().public_view()
+    out.print(f"settings from {settings_sources().describe()}", markup=False, highlight=False)
     table = Table("setting", "env", "value")
     for field in every_setting():
         table.add_row(field.path, ", ".join(field.env), str(current[field.path]))
@@ -52,7 +54,9 @@ def doctor(
         raise typer.Exit(1) from None
     # The report says what the clients' own retry logs would: keep them out of it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    findings = asyncio.run(checks.diagnose(current))
+    # Where the settings came from first: a value from a forgotten .env surprises most.
+    findings = [checks.ok("settings", settings_sources().describe())]
+    findings += asyncio.run(checks.diagnose(current))
     if as_json:
         sys.stdout.write(orjson.dumps(checks.report(current, findings)).decode() + "\n")
     else:
