@@ -264,7 +264,9 @@ class EnvFile:
 def _choose(config: StackConfig, env_file: EnvFile, bootstrap: str | None) -> dict[str, str]:
     """The settings the stack runs with, by env name: what the environment or a person's
     lines in the env file say wins; the rest is chosen here (local broker, tiny model, ports,
-    directories under the run directory, a session secret kept across restarts)."""
+    directories under the run directory, a session secret kept across restarts) or kept from
+    the block written last time (what the environment said then: the processes still run
+    with it)."""
     known = {name for field in every_setting() for name in field.env}
     given_by_env = {n for n in known - PER_PROCESS if n in os.environ}
     given = given_by_env | {n.upper() for n in env_file.their_names()}
@@ -283,8 +285,11 @@ def _choose(config: StackConfig, env_file: EnvFile, bootstrap: str | None) -> di
     }
     if bootstrap is not None:
         chosen["KAFKA_BOOTSTRAP"] = bootstrap
-    entries = {name: os.environ[name] for name in sorted(given_by_env)}
+    theirs = {n.upper() for n in env_file.their_names()}
+    # What the running processes were started with stays, unless chosen again or set anew.
+    entries = {n: v for n, v in env_file.ours.items() if n not in theirs and n not in PER_PROCESS}
     entries |= {name: value for name, value in chosen.items() if name not in given}
+    entries |= {name: os.environ[name] for name in sorted(given_by_env)}
     return entries
 
 
