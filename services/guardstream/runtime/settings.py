@@ -6,9 +6,10 @@ environment, then from the env file (`.env` in the working directory, or the fil
 `GUARDSTREAM_ENV_FILE` names; `guardstream stack up` writes it), under each field's documented
 env name, the flat names guardstream always had (`GUARDSTREAM_REVIEW_MAX_CLAIMS`,
 `KAFKA_BOOTSTRAP`); a `GUARDSTREAM_*` name no field claims, in either, stops the process at
-start-up, so a typo is not silently a default. `settings_sources()` says where they came from. Secrets are `SecretStr` and never appear in `repr` or in `Settings.public_view()`,
-which is what processes log at start-up and `guardstream settings` / `doctor` print: every URL
-there goes through `mask_url`.
+start-up, so a typo is not silently a default; `settings_sources()` says where they came
+from. Secrets are `SecretStr` and never appear in `repr` or in `Settings.public_view()`, which
+is what processes log at start-up and `guardstream settings` / `doctor` print: every URL there
+goes through `mask_url`.
 """
 
 from __future__ import annotations

@@ -460,7 +460,7 @@ def test_a_named_env_file_that_is_not_there_stops_the_start(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv(ENV_FILE_VAR, str(tmp_path / "typo.env"))
-    with pytest.raises(ValidationError, match="typo.env"):
+    with pytest.raises(ValidationError, match=r"typo\.env"):
         Settings()
 
 
@@ -489,7 +489,7 @@ def test_an_env_file_written_for_settings_reads_back_as_written(values: dict[str
     assert dict(read) == {name.lower(): value for name, value in values.items()}
 
 
-@given(st.text(min_size=1).filter(lambda s: any(c in s for c in "\n\r\x00")))
-def test_a_value_an_env_file_cannot_hold_is_refused(value: str) -> None:
+@given(st.text(), st.sampled_from("\n\r\x00"), st.text())
+def test_a_value_an_env_file_cannot_hold_is_refused(head: str, breaker: str, tail: str) -> None:
     with pytest.raises(ValueError, match="GUARDSTREAM_MODEL"):
-        env_file_text({"GUARDSTREAM_MODEL": value})
+        env_file_text({"GUARDSTREAM_MODEL": head + breaker + tail})
