@@ -5,16 +5,19 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from guardstream.devtools.stack import (
     BLOCK_END,
     BLOCK_START,
+    PROCESSES,
     EnvFile,
     StackConfig,
     _choose,
     _external_bootstrap,
 )
 from guardstream.runtime.settings import Settings, every_setting
+from tests.support.observability import LOCAL_SCRAPE_CONFIG, ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +87,16 @@ def test_only_a_bootstrap_set_by_a_person_means_a_cluster_of_theirs(
     assert _external_bootstrap(EnvFile.read(path)) == "kafka.example:9092"
     monkeypatch.setenv("KAFKA_BOOTSTRAP", "env.example:9092")
     assert _external_bootstrap(EnvFile.read(path)) == "env.example:9092"
+
+
+def test_the_local_prometheus_scrapes_every_process_make_up_starts() -> None:
+    config = yaml.safe_load(LOCAL_SCRAPE_CONFIG.read_text())
+    targets = {
+        job["job_name"]: job["static_configs"][0]["targets"] for job in config["scrape_configs"]
+    }
+    base = 9464  # the Makefile's METRICS_PORT_BASE
+    stack = StackConfig(Path(".run"), metrics_port_base=base)
+    assert targets == {
+        f"guardstream-{name}": [f"127.0.0.1:{stack.metrics_port(name)}"] for name in PROCESSES
+    }
+    assert f"METRICS_PORT_BASE ?= {base}" in (ROOT / "Makefile").read_text()
