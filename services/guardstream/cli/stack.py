@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 
 from guardstream.cli.common import err, out
@@ -42,6 +43,9 @@ def stack_up(
     except StackError as exc:
         err.print(f"[red]stack failed:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    except ValidationError as exc:
+        err.print(f"[red]invalid configuration:[/red]\n{escape(str(exc))}")
+        raise typer.Exit(2) from None
     out.print("[green]guardstream is up[/green]")
     for line in report.lines():
         out.print(line, markup=False, highlight=False, soft_wrap=True)

@@ -251,14 +251,24 @@ class EnvFile:
     def their_names(self) -> set[str]:
         return set(dotenv_values(stream=io.StringIO(self.theirs)))
 
-    def write(self, entries: dict[str, str]) -> None:
+    def write(self, entries: dict[str, str]) -> Settings:
+        """Replace the file with a person's text and `entries` as our block, once the settings
+        it makes are valid (what they are is returned; nothing is written when they are not)."""
         block = env_file_text(entries)
         theirs = (
             self.theirs if not self.theirs or self.theirs.endswith("\n") else self.theirs + "\n"
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(f"{theirs}{BLOCK_START}\n{block}{BLOCK_END}\n", encoding="utf-8")
-        self.path.chmod(0o600)  # it may hold the session secret and URLs with passwords
+        draft = self.path.with_name(f".{self.path.name}.new")
+        draft.touch(mode=0o600)  # it may hold the session secret and URLs with passwords
+        draft.chmod(0o600)
+        try:
+            draft.write_text(f"{theirs}{BLOCK_START}\n{block}{BLOCK_END}\n", encoding="utf-8")
+            settings = Settings(_env_file=draft)
+            draft.replace(self.path)
+        finally:
+            draft.unlink(missing_ok=True)
+        return settings
 
 
 def _choose(config: StackConfig, env_file: EnvFile, bootstrap: str | None) -> dict[str, str]:
@@ -359,19 +369,19 @@ def up(config: StackConfig, say: Say) -> StackReport:
     path = (default_file or config.run_dir / "guardstream.env").resolve()
     env_file = EnvFile.read(path)
     external = _external_bootstrap(env_file)
+    for name in PROCESSES:
+        port = config.health_port(name)
+        if _read_pid(config.run_dir / f"{name}.pid") is None and port_open("127.0.0.1", port):
+            raise StackError(f"port {port} ({name}) is taken by something else")
+    local = f"127.0.0.1:{config.kafka_port}"
+    settings = env_file.write(_choose(config, env_file, None if external else local))
+    say(f"settings written to {path}")
     if external is None:
         bootstrap = start_broker(config, say)
     else:
         bootstrap = external
         say(f"using the Kafka cluster at {external}")
-    for name in PROCESSES:
-        port = config.health_port(name)
-        if _read_pid(config.run_dir / f"{name}.pid") is None and port_open("127.0.0.1", port):
-            raise StackError(f"port {port} ({name}) is taken by something else")
-    env_file.write(_choose(config, env_file, None if external else bootstrap))
-    say(f"settings written to {path}")
     env = {**os.environ, ENV_FILE_VAR: str(path)}
-    settings = Settings(_env_file=path)
     if settings.model.name == TINY_MODEL:
         env["HF_HUB_OFFLINE"] = "1"  # the tiny checkpoint is built here: no hub at all
     ensure_redis(settings, say)

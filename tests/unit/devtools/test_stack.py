@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import ValidationError
 
 from guardstream.devtools.stack import (
     BLOCK_END,
@@ -100,3 +101,13 @@ def test_the_local_prometheus_scrapes_every_process_make_up_starts() -> None:
         f"guardstream-{name}": [f"127.0.0.1:{stack.metrics_port(name)}"] for name in PROCESSES
     }
     assert f"METRICS_PORT_BASE ?= {base}" in (ROOT / "Makefile").read_text()
+
+
+def test_settings_that_would_not_start_are_not_written(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text("GUARDSTREAM_MODLE=tiny\n")  # a typo of a person's
+    env_file = EnvFile.read(path)
+    with pytest.raises(ValidationError, match="did you mean GUARDSTREAM_MODEL"):
+        env_file.write(_choose(StackConfig(tmp_path / "run"), env_file, "127.0.0.1:9092"))
+    assert path.read_text() == "GUARDSTREAM_MODLE=tiny\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".env"]  # no draft left behind
