@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import io
 import os
 import secrets
@@ -327,18 +328,15 @@ def demo_password(password_file: Path) -> str:
     return password
 
 
-async def ensure_demo_reviewer(settings: Settings, password: str) -> bool:
-    """The local demo reviewer (all tenants, senior, on call) with `password`: created once,
-    left alone when it is already there with that password (its sessions stay); False, and
-    nothing done, against a database that is not on this machine."""
-    if not _is_local(settings.database.url.get_secret_value()):
-        return False
+async def ensure_demo_reviewer(settings: Settings, password: str) -> None:
+    """The local demo reviewer (all tenants, senior, on call) with `password`, the store
+    migrated first: created once, left alone when it is already there with that password (its
+    sessions stay). `up` makes it only against a database on this machine."""
     wanted = Reviewer(DEMO_REVIEWER, ("*",), Role.SENIOR, on_call=True)
     async with review_services(settings) as review:  # migrates the store first
         found = await review.store.reviewers.with_password(DEMO_REVIEWER)
         if found is None or found[0] != wanted or not verify_password(password, found[1]):
             await review.auth.put_reviewer(wanted, hash_password(password), actor="stack-up")
-    return True
 
 
 @dataclass(frozen=True)
@@ -364,18 +362,22 @@ class StackReport:
 
 
 def up(config: StackConfig, say: Say) -> StackReport:
+    """Bring up what is not running yet, each step gated on the one before (module docstring);
+    returns once every process is ready."""
     config.run_dir.mkdir(parents=True, exist_ok=True)
     default_file = env_file_path()
     path = (default_file or config.run_dir / "guardstream.env").resolve()
     env_file = EnvFile.read(path)
     external = _external_bootstrap(env_file)
+    local = f"127.0.0.1:{config.kafka_port}"
+    settings = env_file.write(_choose(config, env_file, None if external else local))
+    say(f"settings written to {path}")
+    # The console's port is a setting: a person's line or the environment may have moved it.
+    config = dataclasses.replace(config, review_port=settings.review.port)
     for name in PROCESSES:
         port = config.health_port(name)
         if _read_pid(config.run_dir / f"{name}.pid") is None and port_open("127.0.0.1", port):
             raise StackError(f"port {port} ({name}) is taken by something else")
-    local = f"127.0.0.1:{config.kafka_port}"
-    settings = env_file.write(_choose(config, env_file, None if external else local))
-    say(f"settings written to {path}")
     if external is None:
         bootstrap = start_broker(config, say)
     else:
@@ -391,10 +393,14 @@ def up(config: StackConfig, say: Say) -> StackReport:
     for directory in (settings.model.adapter_dir, settings.feedback.dir, settings.sla.data_dir):
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
-    password = demo_password(config.run_dir / "demo-reviewer.password")
-    made = asyncio.run(ensure_demo_reviewer(settings, password))
-    demo = (DEMO_REVIEWER, password) if made else None
-    say("review store migrated" + (f"; demo reviewer {DEMO_REVIEWER!r} ready" if made else ""))
+    demo: tuple[str, str] | None = None
+    if _is_local(settings.database.url.get_secret_value()):
+        password = demo_password(config.run_dir / "demo-reviewer.password")
+        asyncio.run(ensure_demo_reviewer(settings, password))
+        demo = (DEMO_REVIEWER, password)
+        say(f"review store migrated; demo reviewer {DEMO_REVIEWER!r} ready")
+    else:
+        say("review store: not on this machine, so no demo reviewer (`review add-reviewer`)")
 
     for name in PROCESSES:
         pid_file = config.run_dir / f"{name}.pid"
