@@ -21,6 +21,9 @@ import redis
 from guardstream.runtime.settings import Settings
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+# The checkout's `.env` (written by `make up`) is for the commands a person runs, not for the
+# tests: they and the processes they start read no env file unless a test names one.
+os.environ.setdefault("GUARDSTREAM_ENV_FILE", "")
 
 
 def missing(reason: str) -> None:

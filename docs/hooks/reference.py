@@ -98,10 +98,13 @@ def configuration_page() -> str:
         "",
         _banner(f"`{SETTINGS.replace(':', '.')}`").rstrip(),
         "",
-        "Every setting comes from the environment (or a `.env` file in the working directory) "
-        "and nowhere else. `guardstream settings` prints each one with its env name and current "
-        "value, secrets masked; `guardstream doctor` checks that the addresses answer. Values "
-        "are validated at start-up: a process with an invalid setting exits 2 naming it.",
+        "Every setting comes from the environment, then from the env file (`.env` in the "
+        "working directory, or the file `GUARDSTREAM_ENV_FILE` names; empty: none; `make up` "
+        "writes it), and nowhere else; the environment wins. `guardstream settings` prints "
+        "each one with its env name and current value, secrets masked, and where they came "
+        "from; `guardstream doctor` checks that the addresses answer. Values are validated at "
+        "start-up: a process with an invalid setting, or a `GUARDSTREAM_*` name no setting "
+        "has, exits 2 naming it.",
         "",
     ]
     lines += _settings_section(settings, (), settings, level=2)

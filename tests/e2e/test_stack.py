@@ -1,25 +1,35 @@
-"""The product as a user runs it: `guardstream stack up`, `produce --wait`, `stack down`.
+"""The product as a user runs it: `guardstream stack up`, `produce --wait`, the README's and
+the docs' command blocks as written, `stack down`.
 
-Separate OS processes (broker, triage, scorer) started by the CLI, talking over real sockets
-to the real broker, Redis and the vLLM engine.
+Separate OS processes (broker, triage, scorer, SLA timer, review console) started by the CLI,
+talking over real sockets to the real broker, Redis, PostgreSQL and the vLLM engine. One stack
+serves every test of the module; the docs' blocks run against it without a terminal, without
+the network and with nothing but the env file `stack up` wrote to tell them where it is.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
+import re
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import asyncpg
 import orjson
 import pytest
 
-from tests.conftest import free_port
+from guardstream.runtime.settings import every_setting
+from tests.conftest import free_port, missing
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 GUARDSTREAM = [sys.executable, "-m", "guardstream"]
+ROOT = Path(__file__).parents[2]
 
 
 def run(
@@ -32,20 +42,27 @@ def run(
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, redis_url: str, model_cache_dir: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    redis_url: str,
+    database_url: str,
+    model_cache_dir: Path,
 ) -> Iterator[dict[str, str]]:
     run_dir = tmp_path_factory.mktemp("stack")
-    kafka_port = free_port()
-    health = free_port()
+    ports = {"kafka": free_port(), "health": free_port(), "review": free_port()}
+    namespace = f"e2e{os.getpid()}"
     env = {
         **os.environ,
-        "GUARDSTREAM_NAMESPACE": f"e2e{os.getpid()}",
-        "GUARDSTREAM_MODEL": "tiny",
+        "GUARDSTREAM_ENV_FILE": str(run_dir / ".env"),  # written by `stack up`
+        "GUARDSTREAM_NAMESPACE": namespace,
+        "GUARDSTREAM_REVIEW_DB_SCHEMA": namespace,
         "GUARDSTREAM_MODEL_CACHE_DIR": str(model_cache_dir),
         "GUARDSTREAM_MAX_MODEL_LEN": "2048",
         "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
     }
-    env.pop("KAFKA_BOOTSTRAP", None)  # the stack starts its own broker on kafka_port
+    env.pop("KAFKA_BOOTSTRAP", None)  # the stack starts its own broker on its port
+    # Not the env file of a checkout this test runs in: only the one the stack writes.
+    env.pop("GUARDSTREAM_MODEL", None)
     up = run(
         [
             "stack",
@@ -53,20 +70,37 @@ def stack(
             "--run-dir",
             str(run_dir),
             "--kafka-port",
-            str(kafka_port),
+            str(ports["kafka"]),
             "--health-port-base",
-            str(health),
+            str(ports["health"]),
+            "--review-port",
+            str(ports["review"]),
         ],
         env,
     )
-    env["KAFKA_BOOTSTRAP"] = f"127.0.0.1:{kafka_port}"
+    env["KAFKA_BOOTSTRAP"] = f"127.0.0.1:{ports['kafka']}"
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        assert "triage ready" in up.stdout and "scorer ready" in up.stdout
-        yield {**env, "RUN_DIR": str(run_dir)}
+        for name in ("triage", "scorer", "sla", "review"):
+            assert f"{name} ready" in up.stdout, up.stdout
+        yield {
+            **env,
+            "RUN_DIR": str(run_dir),
+            "UP_OUTPUT": up.stdout,
+            **{f"PORT_{k.upper()}": str(v) for k, v in ports.items()},
+        }
     finally:
         down = run(["stack", "down", "--run-dir", str(run_dir)], env, timeout=120)
         assert down.returncode == 0, down.stdout + down.stderr
+
+        async def drop_schema() -> None:
+            conn = await asyncpg.connect(database_url)
+            try:
+                await conn.execute(f'DROP SCHEMA IF EXISTS "{namespace}" CASCADE')
+            finally:
+                await conn.close()
+
+        asyncio.run(drop_schema())
 
 
 def test_produce_wait_prints_the_decision_as_one_json_line(stack: dict[str, str]) -> None:
@@ -127,12 +161,134 @@ def test_invalid_cli_input_is_a_clear_error(stack: dict[str, str]) -> None:
     assert "Traceback" not in result.stderr
 
 
+def demo_credentials(up_output: str) -> tuple[str, str]:
+    found = re.search(r"demo reviewer\s+id (\S+), password (\S+)", up_output)
+    assert found, up_output
+    return found[1], found[2]
+
+
+def test_up_prints_every_url_and_the_demo_reviewer_logs_in(stack: dict[str, str]) -> None:
+    console = f"http://127.0.0.1:{stack['PORT_REVIEW']}"
+    for url in (f"{console}/console", f"{console}/docs", f"127.0.0.1:{stack['PORT_KAFKA']}"):
+        assert url in stack["UP_OUTPUT"], stack["UP_OUTPUT"]
+    reviewer, password = demo_credentials(stack["UP_OUTPUT"])
+    body = orjson.dumps({"reviewer": reviewer, "password": password})
+    request = urllib.request.Request(
+        f"{console}/api/v1/auth/token", body, {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert orjson.loads(answer.read())["token"].startswith("gsr_")
+
+
+def non_loopback_address() -> str | None:
+    """An address of this machine other than loopback (None when it has none)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))  # TEST-NET-1: nothing is sent, a route is chosen
+        except OSError:
+            return None
+        address = str(probe.getsockname()[0])
+    return None if address.startswith("127.") else address
+
+
+def test_every_local_process_listens_on_loopback_only(stack: dict[str, str]) -> None:
+    address = non_loopback_address()
+    if address is None:
+        pytest.skip("this machine has no address but loopback")
+    ports = [int(stack["PORT_REVIEW"]), *(int(stack["PORT_HEALTH"]) + i for i in range(3))]
+    for port in ports:
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # it is served ...
+        with pytest.raises(OSError), socket.create_connection((address, port), timeout=5):
+            pass  # ... on loopback only
+
+
+COMMAND_BLOCK = re.compile(r"^```(?:bash|sh|shell|console)[^\n]*\n(.*?)^```", re.M | re.S)
+
+
+def command_blocks(page: Path, section: str | None) -> list[str]:
+    """The shell blocks of `page` (of its `## section` when given), as a reader pastes them:
+    prompts (`$ `) taken off."""
+    text = page.read_text(encoding="utf-8")
+    if section is not None:
+        start = text.index(f"\n## {section}\n")
+        end = text.find("\n## ", start + 1)
+        text = text[start : end if end >= 0 else None]
+    blocks = [re.sub(r"^\$ ", "", b, flags=re.M) for b in COMMAND_BLOCK.findall(text)]
+    assert blocks, f"{page.name}: no command blocks"
+    return blocks
+
+
+def as_a_reader(stack: dict[str, str]) -> dict[str, str]:
+    """The environment of a person's shell in the checkout: no guardstream setting but the env
+    file the stack wrote (the Makefile's ports pointed at this stack's), no network."""
+    settings = {name for field in every_setting() for name in field.env}
+    env = {k: v for k, v in os.environ.items() if k not in settings and not k.startswith("MAKE")}
+    env.pop("MFLAGS", None)
+    return {
+        **env,
+        "GUARDSTREAM_ENV_FILE": stack["GUARDSTREAM_ENV_FILE"],
+        "RUN_DIR": stack["RUN_DIR"],
+        "KAFKA_PORT": stack["PORT_KAFKA"],
+        "HEALTH_PORT_BASE": stack["PORT_HEALTH"],
+        "REVIEW_PORT": stack["PORT_REVIEW"],
+        "METRICS_PORT_BASE": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        **{proxy: "http://127.0.0.1:9" for proxy in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")},
+        **{p.lower(): "http://127.0.0.1:9" for p in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")},
+        "NO_PROXY": "127.0.0.1,localhost",
+        "no_proxy": "127.0.0.1,localhost",
+    }
+
+
+# In reading order; the README's last block stops the stack (`make down`).
+DOCS = [("docs/components/review.md", None), ("README.md", "Run it")]
+
+
+@pytest.mark.parametrize(("page", "section"), DOCS, ids=[page for page, _ in DOCS])
+def test_the_docs_command_blocks_work_as_written(
+    stack: dict[str, str], page: str, section: str | None
+) -> None:
+    installed = ROOT / ".venv" / ".installed"
+    if (
+        not installed.exists()
+        or installed.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime
+    ):
+        missing("`make up` would install .venv first: run `make install`")
+    env = as_a_reader(stack)
+    for block in command_blocks(ROOT / page, section):
+        result = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", block],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        out, err = result.stdout[-3000:], result.stderr[-3000:]
+        shown = f"{page}:\n{block}\n--- stdout\n{out}\n--- stderr\n{err}"
+        assert result.returncode == 0, shown
+        assert "Traceback" not in result.stdout + result.stderr, shown
+        if "make up" in block:  # again: nothing new starts, the same demo reviewer
+            for name in ("broker", "triage", "scorer", "sla", "review"):
+                assert f"{name} already running" in result.stdout, shown
+            assert "started (pid" not in result.stdout, shown
+            assert demo_credentials(result.stdout) == demo_credentials(stack["UP_OUTPUT"]), shown
+        if "produce --text" in block:
+            assert '"verdict":"unsafe"' in result.stdout, shown
+        if "doctor" in block:
+            assert str(Path(stack["GUARDSTREAM_ENV_FILE"]).resolve()) in result.stdout, shown
+
+
 def test_processes_shut_down_cleanly(stack: dict[str, str]) -> None:
     # Runs last in this module (pytest keeps file order): stop, then read the logs.
     run_dir = Path(stack["RUN_DIR"])
     down = run(["stack", "down", "--run-dir", str(run_dir)], stack, timeout=120)
     assert down.returncode == 0
-    for name in ("triage", "scorer"):
+    for name in ("triage", "scorer", "review"):
         log = (run_dir / f"{name}.log").read_text()
         assert '"msg":"stopping"' in log, log[-2000:]
         assert "Traceback" not in log, log[-3000:]
@@ -149,3 +305,21 @@ def test_unreachable_model_names_the_offline_option(tmp_path: Path) -> None:
     result = run(["scorer"], env, timeout=180)
     assert result.returncode == 3, result.stderr[-3000:]
     assert "GUARDSTREAM_MODEL=tiny" in result.stderr
+
+
+def test_feedback_run_without_a_reachable_model_fails_at_once_saying_what_to_do(
+    tmp_path: Path,
+) -> None:
+    env = {
+        **os.environ,
+        "GUARDSTREAM_ENV_FILE": "",
+        "GUARDSTREAM_MODEL": "Qwen/Qwen3Guard-Gen-0.6B",
+        "GUARDSTREAM_ADAPTER_DIR": str(tmp_path / "adapters"),
+        "GUARDSTREAM_FEEDBACK_DIR": str(tmp_path / "feedback"),
+        "HF_HUB_OFFLINE": "1",
+        "HF_HOME": str(tmp_path / "hf"),
+    }
+    result = run(["feedback", "run", "--force"], env, timeout=120)
+    assert result.returncode == 3, result.stderr[-3000:]
+    assert "GUARDSTREAM_MODEL=tiny" in result.stderr
+    assert "Traceback" not in result.stderr

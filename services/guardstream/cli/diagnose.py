@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from guardstream.cli.common import err, load_settings, out
 from guardstream.cli.output import add_column, json_lines, table
-from guardstream.runtime.settings import Settings, every_setting
+from guardstream.runtime.settings import Settings, every_setting, settings_sources
 from guardstream.scorer.calibration import load, reliability, slices
 
 
@@ -24,7 +24,8 @@ def settings(
         bool, typer.Option("--json", help="One JSON object a line instead of the table.")
     ] = False,
 ) -> None:
-    """Show the effective configuration (secrets masked) with each setting's env name."""
+    """Show the effective configuration (secrets masked) with each setting's env name, and
+    where it came from (the environment, the env file, defaults)."""
     current = load_settings().public_view()
     if as_json:
         json_lines(
@@ -32,6 +33,7 @@ def settings(
             for field in every_setting()
         )
         return
+    out.print(f"settings from {settings_sources().describe()}", markup=False, highlight=False)
     listing = table("setting", "env", "value")
     for field in every_setting():
         listing.add_row(field.path, ", ".join(field.env), str(current[field.path]))
@@ -62,9 +64,11 @@ def doctor(
         raise typer.Exit(1) from None
     # The report says what the clients' own retry logs would: keep them out of it.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # Where the settings came from first: a value from a forgotten .env surprises most.
+    findings = [checks.ok("settings", settings_sources().describe())]
     # A spinner on a terminal (stderr) while unreachable parts run into their timeouts.
     with err.status("checking the broker, topics, Redis, PostgreSQL, model files, policies"):
-        findings = asyncio.run(checks.diagnose(current))
+        findings += asyncio.run(checks.diagnose(current))
     if as_json:
         sys.stdout.write(orjson.dumps(checks.report(current, findings)).decode() + "\n")
     else:

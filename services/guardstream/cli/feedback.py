@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
+from urllib.parse import urlparse
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
 from guardstream.cli.common import err, load_settings, out
@@ -154,6 +158,39 @@ def report(
         out.print(f"wrote {html_out}")
 
 
+def _exit_unless_loadable(model: str) -> None:
+    """Exit 3 at once, saying what to do, when `model` is neither on this machine nor
+    reachable: loading it would retry the model hub for most of a minute, then raise."""
+    if Path(model).expanduser().is_dir():
+        return
+    # lazy: transformers and its hub client only for a run that trains
+    from huggingface_hub import constants, is_offline_mode
+    from transformers import AutoConfig
+
+    with contextlib.suppress(OSError):
+        AutoConfig.from_pretrained(model, local_files_only=True)
+        return  # in the local hub cache
+    endpoint = urlparse(constants.ENDPOINT)
+    if is_offline_mode():
+        why = "the model hub is switched off here (HF_HUB_OFFLINE)"
+    elif not _reachable(endpoint.hostname or "huggingface.co", endpoint.port or 443):
+        why = f"{endpoint.hostname} cannot be reached"
+    else:
+        return  # it will be downloaded
+    err.print(
+        f"[red]cannot load model {escape(model)}:[/red] it is not in the local cache and {why}."
+        " GUARDSTREAM_MODEL=tiny trains on guardstream's offline test checkpoint (`make up`"
+        " writes it to .env); or point GUARDSTREAM_MODEL at a local directory of weights."
+    )
+    raise typer.Exit(3)
+
+
+def _reachable(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=3):
+        return True
+    return False
+
+
 @app.command("run")
 def run(
     force: Annotated[
@@ -174,6 +211,7 @@ def run(
         err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
         raise typer.Exit(2)
     base, _model_id = resolve_model(settings)
+    _exit_unless_loadable(base)
     registry = AdapterRegistry(settings.model.adapter_dir)
     try:
         shadowed = _shadow(settings, tenant, apply=True)
@@ -185,6 +223,7 @@ def run(
         small, _ = resolve_model(
             settings.replace(model={"name": settings.feedback.prescreen_model})
         )
+        _exit_unless_loadable(small)
         screener = LabelScorer(small)
 
         def prescreen(sample: FeedbackSample) -> tuple[Verdict, float]:

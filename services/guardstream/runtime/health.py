@@ -27,8 +27,10 @@ class HealthServer:
         status: Callable[[], dict[str, Any]] | None = None,
         gauges: Callable[[], dict[str, int]] | None = None,
         live: Callable[[], bool] = lambda: True,
+        host: str = "127.0.0.1",
     ) -> None:
         self._port = port
+        self._host = host
         self._ready = ready
         self._live = live
         self._name = name
@@ -38,8 +40,8 @@ class HealthServer:
 
     async def start(self) -> None:
         if self._port:
-            self._server = await asyncio.start_server(self._handle, "0.0.0.0", self._port)  # noqa: S104
-            log.info("health endpoint listening", extra={"port": self._port})
+            self._server = await asyncio.start_server(self._handle, self._host, self._port)
+            log.info("health endpoint listening", extra={"host": self._host, "port": self._port})
 
     async def close(self) -> None:
         if self._server is not None:

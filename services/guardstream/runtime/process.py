@@ -82,6 +82,7 @@ async def serve(
         name=name,
         gauges=gauges,
         live=live,
+        host=settings.process.listen_host,
     )
     async with AsyncExitStack() as stack:
         await health.start()

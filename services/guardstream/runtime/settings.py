@@ -2,18 +2,21 @@
 
 `Settings` is a frozen root of frozen sections (`settings.kafka.bootstrap`,
 `settings.review.edge.max_in_flight`, ...), one per part of the system. Values come from the
-environment (and a `.env` file when present) under each field's documented env name, the flat
-names guardstream always had (`GUARDSTREAM_REVIEW_MAX_CLAIMS`, `KAFKA_BOOTSTRAP`); a
-`GUARDSTREAM_*` name no field claims stops the process at start-up, so a typo is not silently
-a default. Secrets are `SecretStr` and never appear in `repr` or in `Settings.public_view()`,
-which is what processes log at start-up and `guardstream settings` / `doctor` print: every URL
-there goes through `mask_url`.
+environment, then from the env file (`.env` in the working directory, or the file
+`GUARDSTREAM_ENV_FILE` names; `guardstream stack up` writes it), under each field's documented
+env name, the flat names guardstream always had (`GUARDSTREAM_REVIEW_MAX_CLAIMS`,
+`KAFKA_BOOTSTRAP`); a `GUARDSTREAM_*` name no field claims, in either, stops the process at
+start-up, so a typo is not silently a default; `settings_sources()` says where they came
+from. Secrets are `SecretStr` and never appear in `repr` or in `Settings.public_view()`, which
+is what processes log at start-up and `guardstream settings` / `doctor` print: every URL there
+goes through `mask_url`.
 """
 
 from __future__ import annotations
 
 import difflib
 import ipaddress
+import os
 import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +40,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
     EnvSettingsSource,
     InitSettingsSource,
     PydanticBaseSettingsSource,
@@ -181,11 +185,88 @@ NOT_SETTINGS = frozenset(
         "GUARDSTREAM_CHAOS_OUTAGE_S",
         "GUARDSTREAM_CHAOS_REPORT",
         "GUARDSTREAM_CHROMIUM",
+        "GUARDSTREAM_ENV_FILE",  # read by the loader itself: which env file (see ENV_FILE_VAR)
         "GUARDSTREAM_GPU_MODEL",
         "GUARDSTREAM_TEST_BROKER_RESTART",
     }
 )
 _PREFIX = "GUARDSTREAM_"
+
+ENV_FILE_VAR = "GUARDSTREAM_ENV_FILE"
+"""Names the env file every command reads; unset: `.env` in the working directory; empty: none."""
+DEFAULT_ENV_FILE = Path(".env")
+
+
+def env_file_path() -> Path | None:
+    """The env file every command reads: `GUARDSTREAM_ENV_FILE` when set (empty: none), else
+    `.env` in the working directory (read when present)."""
+    named = os.environ.get(ENV_FILE_VAR)
+    if named is None:
+        return DEFAULT_ENV_FILE
+    return Path(named).expanduser() if named.strip() else None
+
+
+@dataclass(frozen=True)
+class SettingsSources:
+    """Where the settings came from: the env file read (None: none), and the env names each
+    source set that a setting reads (a name in both is the environment's: it wins)."""
+
+    env_file: Path | None
+    from_environment: tuple[str, ...]
+    from_env_file: tuple[str, ...]
+
+    def describe(self) -> str:
+        """One line for people: `environment (2: KAFKA_BOOTSTRAP, ...), /x/.env (5: ...)`."""
+
+        def names(found: tuple[str, ...]) -> str:
+            shown = ", ".join(found[:6]) + (", ..." if len(found) > 6 else "")
+            return f"{len(found)}: {shown}" if found else "nothing"
+
+        where = (
+            "no env file"
+            if self.env_file is None
+            else f"{self.env_file.resolve()} ({names(self.from_env_file)})"
+            if self.env_file.is_file()
+            else f"no env file at {self.env_file.resolve()}"
+        )
+        return f"environment ({names(self.from_environment)}), {where}, defaults for the rest"
+
+
+def settings_sources(env_file: Path | None = None) -> SettingsSources:
+    """Which setting env names the environment and the env file (default: `env_file_path()`)
+    set, as `Settings()` reads them."""
+    path = env_file_path() if env_file is None else env_file
+    known = {name for f in every_setting() for name in f.env}
+    environment = tuple(sorted(name for name in known if name in os.environ))
+    in_file: tuple[str, ...] = ()
+    if path is not None and path.is_file():
+        values = _read_env_file(path)
+        in_file = tuple(sorted(n for n in known if n.lower() in values and n not in environment))
+    return SettingsSources(path, environment, in_file)
+
+
+_PLAIN_VALUE = re.compile(r"^[A-Za-z0-9_./:@,+=%-]*$")
+
+
+def env_file_text(entries: Mapping[str, str], header: str = "") -> str:
+    """An env file setting `entries` (env name → value) that `Settings()` reads back as
+    written: a value that is not plain is single-quoted, its `\\` and `'` escaped."""
+    lines = [f"# {line}".rstrip() for line in header.splitlines()]
+    for name, value in entries.items():
+        if not re.fullmatch(r"[A-Z_][A-Z0-9_]*", name):
+            raise ValueError(f"not an env name: {name!r}")
+        if "\n" in value or "\r" in value or "\0" in value:
+            raise ValueError(f"{name}: an env file value cannot hold a line break or NUL")
+        if not _PLAIN_VALUE.match(value):
+            value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        lines.append(f"{name}={value}")
+    return "\n".join(lines) + "\n"
+
+
+def _read_env_file(path: Path) -> Mapping[str, str | None]:
+    """The env file's entries, names lower-cased (as pydantic-settings reads them)."""
+    source = DotEnvSettingsSource(Settings, env_file=path)
+    return source.env_vars
 
 
 def _env(*names: str) -> Any:
@@ -355,6 +436,9 @@ class ProcessSettings(Section):
     """Longest post text accepted; a longer one is a contract error (to the DLQ)."""
     health_port: Annotated[int, Field(ge=0, le=65535), _env("GUARDSTREAM_HEALTH_PORT")] = 0
     """Port of the health/readiness HTTP endpoint; 0 disables it."""
+    listen_host: Annotated[str, _env("GUARDSTREAM_LISTEN_HOST")] = "127.0.0.1"
+    """Address the health endpoint and the Prometheus `/metrics` listen on: this machine only
+    by default; containers set `0.0.0.0` (docker-compose, the Helm chart) to be probed."""
     log_level: Annotated[str, _env("GUARDSTREAM_LOG_LEVEL")] = "INFO"
     """Log level (`DEBUG`, `INFO`, `WARNING`, ...)."""
     fault: Annotated[
@@ -455,9 +539,9 @@ class ReviewEdgeSettings(Section):
 class ReviewSettings(Section):
     """The review console (`guardstream review`): its server, sessions, queue and claims."""
 
-    host: Annotated[str, _env("GUARDSTREAM_REVIEW_HOST")] = "0.0.0.0"  # noqa: S104
-    """Where the console's HTTP server (API, console page, /healthz, /readyz) listens.
-    All interfaces by default, as the health endpoints: containers are reached from outside."""
+    host: Annotated[str, _env("GUARDSTREAM_REVIEW_HOST")] = "127.0.0.1"
+    """Where the console's HTTP server (API, console page, /healthz, /readyz) listens: this
+    machine only by default; containers set `0.0.0.0` (docker-compose, the Helm chart)."""
     port: Annotated[int, Field(ge=0, le=65535), _env("GUARDSTREAM_REVIEW_PORT")] = 8090
     """Port of the console's HTTP server."""
     session_secret: Annotated[SecretStr | None, _env("GUARDSTREAM_REVIEW_SESSION_SECRET")] = None
@@ -635,7 +719,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(
         frozen=True,
-        env_file=".env",
+        env_file=DEFAULT_ENV_FILE,  # replaced by `env_file_path()` unless `_env_file` is given
         env_file_encoding="utf-8",
         extra="forbid",
         populate_by_name=True,
@@ -685,6 +769,16 @@ class Settings(BaseSettings):
         # The env names are flat and the fields nested, which pydantic-settings' own sources
         # cannot map: one source reads every field's names from the environment, then `.env`.
         given = init_settings.init_kwargs if isinstance(init_settings, InitSettingsSource) else {}
+        if isinstance(dotenv_settings, DotEnvSettingsSource) and (
+            dotenv_settings.env_file == DEFAULT_ENV_FILE
+        ):
+            # Not given by the caller (`_env_file`): the file every command reads.
+            path = env_file_path()
+            if path is not None and path != DEFAULT_ENV_FILE and not path.is_file():
+                # Named on purpose, so a typo must not quietly mean the defaults.
+                problem = _refusal(ENV_FILE_VAR, f"names {path}, which is no file", None)
+                raise ValidationError.from_exception_data(settings_cls.__name__, [problem])
+            dotenv_settings = DotEnvSettingsSource(settings_cls, env_file=path)
         found = [
             s.env_vars for s in (env_settings, dotenv_settings) if isinstance(s, EnvSettingsSource)
         ]

@@ -210,7 +210,9 @@ def setup(
         if registry is not None:
             try:
                 server, thread = start_http_server(
-                    settings.telemetry.metrics_port, registry=registry
+                    settings.telemetry.metrics_port,
+                    addr=settings.process.listen_host,
+                    registry=registry,
                 )
             except OSError as exc:
                 meter_provider.shutdown()

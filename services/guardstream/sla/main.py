@@ -36,6 +36,7 @@ async def run(
         ready=lambda: worker is not None and worker.ready,
         name="sla",
         status=lambda: worker.status() if worker is not None else {},
+        host=settings.process.listen_host,
     )
     await health.start()
     try:

@@ -111,6 +111,9 @@ def test_the_whole_product_runs(services: dict[str, dict[str, Any]]) -> None:
         for args in guardstream_commands(service):
             assert cli_accepts(args), (name, args)
         assert service["environment"]["KAFKA_BOOTSTRAP"] == "kafka:9092", name
+        # Processes listen on 127.0.0.1 by default; containers say 0.0.0.0 explicitly.
+        assert service["environment"]["GUARDSTREAM_LISTEN_HOST"] == "0.0.0.0", name
+        assert service["environment"]["GUARDSTREAM_REVIEW_HOST"] == "0.0.0.0", name
     commands = {n: guardstream_commands(s) for n, s in ours(services).items()}
     assert commands["feedback"] == [["feedback", "run"]]
     assert commands["qa-sample"] == [["feedback", "qa-sample"]]

@@ -165,6 +165,9 @@ def test_every_pod_is_probed_resourced_non_root_and_read_only(
         env = {e["name"]: e for e in container["env"]}
         assert env["HOME"]["value"] == "/tmp"
         assert {"KAFKA_BOOTSTRAP", "REDIS_URL", "GUARDSTREAM_MODEL"} <= set(env), name
+        # Processes listen on 127.0.0.1 by default; a pod is probed and scraped from outside.
+        assert env["GUARDSTREAM_LISTEN_HOST"]["value"] == "0.0.0.0", name
+        assert env["GUARDSTREAM_REVIEW_HOST"]["value"] == "0.0.0.0", name
         if name in long_running:
             assert container["readinessProbe"]["httpGet"]["path"] == "/readyz", name
             assert container["livenessProbe"]["httpGet"]["path"] == "/healthz", name

@@ -1,3 +1,4 @@
+import tempfile
 from pathlib import Path
 from types import NoneType, UnionType
 from typing import Literal, Union, get_args, get_origin
@@ -6,14 +7,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import SecretStr, ValidationError
+from pydantic_settings import DotEnvSettingsSource
 
 from guardstream.runtime.settings import (
+    ENV_FILE_VAR,
     NOT_SETTINGS,
     ReviewSettings,
     SettingField,
     Settings,
+    env_file_text,
     every_setting,
     mask_url,
+    settings_sources,
     url_secrets,
 )
 from tests.support.hostile_urls import url_with_secrets
@@ -200,6 +205,7 @@ FLAT_ENV_NAMES = [
     ("GUARDSTREAM_RETRY_BACKOFF_MAX_S",),
     ("GUARDSTREAM_MAX_TEXT_CHARS",),
     ("GUARDSTREAM_HEALTH_PORT",),
+    ("GUARDSTREAM_LISTEN_HOST",),
     ("GUARDSTREAM_FAULT",),
     ("GUARDSTREAM_LOG_LEVEL",),
     ("GUARDSTREAM_SCORER_UNAVAILABLE_AFTER_S",),
@@ -418,3 +424,72 @@ def test_the_public_view_names_every_setting_by_its_path() -> None:
     assert list(view) == [f.path for f in EVERY_SETTING]
     assert view["review.edge.max_in_flight"] == 64
     assert view["redis.url"] == "redis://127.0.0.1:6379/0"
+
+
+def test_every_command_reads_dot_env_in_the_working_directory_under_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv(ENV_FILE_VAR, raising=False)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("GUARDSTREAM_MODEL=tiny\nKAFKA_BOOTSTRAP=127.0.0.1:1\n")
+    monkeypatch.setenv("KAFKA_BOOTSTRAP", "127.0.0.1:2")
+    settings = Settings()
+    assert (settings.model.name, settings.kafka.bootstrap) == ("tiny", "127.0.0.1:2")
+    sources = settings_sources()
+    assert sources.from_env_file == ("GUARDSTREAM_MODEL",)
+    assert "KAFKA_BOOTSTRAP" in sources.from_environment
+    assert "KAFKA_BOOTSTRAP" not in sources.from_env_file  # the environment's wins
+    assert str(tmp_path / ".env") in sources.describe()
+
+
+def test_the_env_file_variable_names_another_file_or_none(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("GUARDSTREAM_MODEL=from-dot-env\n")
+    elsewhere = tmp_path / "local.env"
+    elsewhere.write_text("GUARDSTREAM_MODEL=from-elsewhere\n")
+    monkeypatch.setenv(ENV_FILE_VAR, str(elsewhere))
+    assert Settings().model.name == "from-elsewhere"
+    monkeypatch.setenv(ENV_FILE_VAR, "")
+    assert Settings().model.name == Settings(_env_file=None).model.name  # type: ignore[call-arg]
+    assert settings_sources().describe().endswith("no env file, defaults for the rest")
+
+
+def test_a_named_env_file_that_is_not_there_stops_the_start(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv(ENV_FILE_VAR, str(tmp_path / "typo.env"))
+    with pytest.raises(ValidationError, match=r"typo\.env"):
+        Settings()
+
+
+def test_an_unknown_name_in_the_named_env_file_is_refused(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    named = tmp_path / "local.env"
+    named.write_text("GUARDSTREAM_MODLE=tiny\n")
+    monkeypatch.setenv(ENV_FILE_VAR, str(named))
+    with pytest.raises(ValidationError, match="did you mean GUARDSTREAM_MODEL"):
+        Settings()
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from([n for f in EVERY_SETTING for n in f.env if n.startswith("GUARDSTREAM_")]),
+        st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\n\r\x00")),
+        max_size=4,
+    )
+)
+def test_an_env_file_written_for_settings_reads_back_as_written(values: dict[str, str]) -> None:
+    with tempfile.TemporaryDirectory() as folder:  # tmp_path is per test, not per example
+        path = Path(folder) / ".env"
+        path.write_text(env_file_text(values, header="written by a test\nsecond line"))
+        read = DotEnvSettingsSource(Settings, env_file=path).env_vars
+    assert dict(read) == {name.lower(): value for name, value in values.items()}
+
+
+@given(st.text(), st.sampled_from("\n\r\x00"), st.text())
+def test_a_value_an_env_file_cannot_hold_is_refused(head: str, breaker: str, tail: str) -> None:
+    with pytest.raises(ValueError, match="GUARDSTREAM_MODEL"):
+        env_file_text({"GUARDSTREAM_MODEL": head + breaker + tail})

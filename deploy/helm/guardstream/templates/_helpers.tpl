@@ -89,6 +89,11 @@ guardstream-{{ .process }}
   value: {{ .Values.topicReplication | quote }}
 - name: GUARDSTREAM_HEALTH_PORT
   value: {{ .Values.healthPort | quote }}
+# Processes listen on 127.0.0.1 unless told otherwise: probes and scrapes come from outside.
+- name: GUARDSTREAM_LISTEN_HOST
+  value: "0.0.0.0"
+- name: GUARDSTREAM_REVIEW_HOST
+  value: "0.0.0.0"
 - name: GUARDSTREAM_METRICS_PORT
   value: {{ .Values.metricsPort | quote }}
 - name: GUARDSTREAM_LOG_LEVEL
