@@ -22,6 +22,8 @@ from guardstream.contracts.topics import Topic
 from guardstream.review.logic import task_id, text_preview
 from tests.conftest import missing
 from tests.integration.review.conftest import (
+    CHROMIUM,
+    FLAGS,
     PASSWORD,
     Console,
     contested,
@@ -29,7 +31,6 @@ from tests.integration.review.conftest import (
     produce,
     read_topic,
 )
-from tests.integration.review.test_review_browser import CHROMIUM, FLAGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
