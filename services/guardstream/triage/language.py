@@ -28,7 +28,6 @@ MIN_SCORE = 0.3
 OTHER = "other"
 
 
-
 class LanguageDetector(Protocol):
     """Text → a BCP 47 primary language subtag (`zh`, `en`, `ceb`, ...) or `und`."""
 
