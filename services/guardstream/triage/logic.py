@@ -21,10 +21,11 @@ from guardstream.contracts.events import (
 )
 from guardstream.contracts.text import key_context, keyed, normalise
 from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
-from guardstream.triage.language import LanguageDetector, default_detector, effective_language
+from guardstream.triage.language import LanguageDetector, default_detector
 from guardstream.verdict.cache import VerdictKey
 from guardstream.verdict.neardup import near_scope
 
+_GIVEN, _DETECTED = LangSource.GIVEN, LangSource.DETECTED
 _SCOPES_KEPT = 4096  # near scopes remembered (per tenant: bounded whatever tenants arrive)
 
 
@@ -116,7 +117,12 @@ class Triager:
             context = self._context(post.kind, prompt, adapter, fingerprint)
             scope = near_scope(context, tenant)
         key = keyed(context, text)
-        lang, lang_source = effective_language(post.lang, text, self._languages)
+        # The post's own `lang` unless absent or blank, else detected from its normal form.
+        lang = post.lang
+        if lang and not lang.isspace():
+            lang_source = _GIVEN
+        else:
+            lang, lang_source = self._languages.detect(text), _DETECTED
         return Triaged(
             post,
             pack,

@@ -18,7 +18,6 @@ from guardstream.triage.language import (
     OTHER,
     UNDETERMINED,
     default_detector,
-    effective_language,
     language_label,
 )
 from guardstream.triage.logic import Triaged, score_request, score_request_json, triage_record
@@ -102,20 +101,6 @@ def test_only_the_head_of_a_long_text_is_read() -> None:
     assert DETECTOR.detect(head + " This tail is English and very long." * 10_000) == "zh"
 
 
-@given(st.text(ANY_CHAR, min_size=1, max_size=35).filter(str.strip))
-def test_a_given_lang_is_kept_as_given(lang: str) -> None:
-    assert effective_language(lang, "Hello world, how are you today?", DETECTOR) == (
-        lang,
-        LangSource.GIVEN,
-    )
-
-
-@pytest.mark.parametrize("lang", [None, "", "   "])
-def test_a_missing_or_blank_lang_is_detected(lang: str | None) -> None:
-    found = effective_language(lang, "¿Alguien sabe a qué hora abre la farmacia mañana?", DETECTOR)
-    assert found == ("es", LangSource.DETECTED)
-
-
 @given(st.text(ANY_CHAR, max_size=60))
 def test_metric_labels_stay_in_a_bounded_set(lang: str) -> None:
     label = language_label(lang, DETECTOR)
@@ -145,6 +130,27 @@ def post(**fields: object) -> bytes:
 
 def triaged(raw: bytes) -> Triaged:
     return triage_record(raw, max_text_chars=1000, model="m", adapter=None, policies=POLICIES)
+
+
+# What the contract accepts as `lang`: one line of printable text, at most 35 characters.
+LANGS = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")),
+    min_size=1,
+    max_size=35,
+).filter(lambda lang: not lang.isspace())
+
+
+@settings(deadline=None)
+@given(LANGS)
+def test_a_given_lang_is_kept_as_given(lang: str) -> None:
+    item = triaged(post(lang=lang, text="Hello world, how are you today?"))
+    assert (item.lang, item.lang_source) == (lang, LangSource.GIVEN)
+
+
+@pytest.mark.parametrize("lang", ["", "   "])
+def test_a_blank_lang_is_detected(lang: str) -> None:
+    item = triaged(post(lang=lang, text="¿Alguien sabe a qué hora abre la farmacia mañana?"))
+    assert (item.lang, item.lang_source) == ("es", LangSource.DETECTED)
 
 
 @pytest.mark.parametrize(
