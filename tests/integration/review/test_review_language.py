@@ -18,6 +18,7 @@ from guardstream.policy import load_registry
 from guardstream.review.logic import task_id
 from guardstream.triage import main as triage_main
 from guardstream.triage.logic import triage_record
+from guardstream.triage.service import Triage
 from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache
 from tests.integration.review.conftest import Console, produce, read_topic
 
@@ -43,7 +44,8 @@ async def test_a_post_without_lang_is_reviewed_under_its_detected_language(
 ) -> None:
     settings = console.settings
     stop = asyncio.Event()
-    triage = asyncio.create_task(triage_main.run(settings, stop))
+    exposed: list[Triage] = []
+    triage = asyncio.create_task(triage_main.run(settings, stop, expose=exposed.append))
     try:
         first = post_without_lang(TEXT)
         await produce(settings, (Topic.POSTS, first, first.post_id))
@@ -85,6 +87,7 @@ async def test_a_post_without_lang_is_reviewed_under_its_detected_language(
         [decision] = await read_topic(settings, Topic.REVIEW, 1, within=60)
         assert decision["post_id"] == repost.post_id and decision["source"] == "cache"
         assert (decision["lang"], decision["lang_source"]) == ("zh", "detected")
+        assert exposed[0].languages == {("zh", "detected"): 2}  # the metric's counts
 
         await console.wait_tasks(1)
         tid = task_id(repost.tenant, repost.post_id, decision["policy"])

@@ -10,9 +10,11 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.metrics import CallbackOptions
 
 from guardstream.contracts.events import Decision, LangSource, ScoreRequest, Source, Verdict
 from guardstream.policy import load_registry
+from guardstream.runtime import metrics
 from guardstream.triage.language import (
     DETECT_CHARS,
     OTHER,
@@ -105,6 +107,19 @@ def test_only_the_head_of_a_long_text_is_read() -> None:
 def test_metric_labels_stay_in_a_bounded_set(lang: str) -> None:
     label = language_label(lang, DETECTOR)
     assert label in DETECTOR.languages | {UNDETERMINED, OTHER}
+
+
+def test_the_language_metric_sums_every_triage_process_count() -> None:
+    first: dict[tuple[str, str], int] = {("zh", "detected"): 2, ("en", "given"): 1}
+    second: dict[tuple[str, str], int] = {("zh", "detected"): 3}
+    metrics.observe_languages(first)
+    metrics.observe_languages(second)
+    seen = {
+        (o.attributes["lang"], o.attributes["source"]): o.value
+        for o in metrics._observe_languages(CallbackOptions())  # what the SDK collects
+        if o.attributes is not None
+    }
+    assert seen[("zh", "detected")] >= 5 and seen[("en", "given")] >= 1
 
 
 def test_metric_labels_use_the_primary_subtag() -> None:
