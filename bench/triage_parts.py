@@ -6,12 +6,21 @@ of one part; `bench/pipeline.py` measures the whole process. The decision parts 
 records to a producer that only counts them (no broker), with the telemetry SDK installed as
 in the processes (no exporter), in batches of 500 as triage's.
 
+Posts without `lang` are triaged with language detection (`triage.language`): its parts are
+timed on the same posts with their `lang` left out. `--against DIR` compares whole triage
+(parse, normalise, key, detect) with another checkout's (`DIR/services`, e.g. main before a
+change): child processes of each run in turn, interleaved, and the ratio of their medians and
+the median of each round's ratio are printed, for posts with `lang` and for posts without.
+Times are CPU time of the measuring thread (best of `--repeat`), so that other work on a
+shared machine does not count.
+
 glibc's malloc is first set as a long-running triage process ends up on its own (where its
 dynamic mmap threshold has risen: no page faults after start-up): otherwise numpy's
 temporaries of a few hundred KB may each be mapped and unmapped again, and the fingerprint
 part measured anywhere between 13 and 26 µs depending on what ran before it.
 
     python bench/triage_parts.py --posts 5000
+    python bench/triage_parts.py --against /tmp/base --rounds 7
 """
 
 from __future__ import annotations
@@ -21,11 +30,17 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import os
+import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 from bench.pipeline import Corpus, encode, standin_verdict
 
 from guardstream.contracts.events import Decision, Post
@@ -114,13 +129,84 @@ def send_decisions(settings: Settings, decisions: Sequence[Decision], size: int 
     asyncio.run(run())
 
 
-def best_us(work: Callable[[], object], count: int, repeat: int) -> float:
+def best_us(
+    work: Callable[[], object], count: int, repeat: int, before: Callable[[], object] = int
+) -> float:
+    """The least CPU time (this thread's: a machine shared with other work slows the wall
+    clock, not this) one of `repeat` runs of `work` took, per item, in µs; `before` runs
+    untimed ahead of each."""
     best = float("inf")
     for _ in range(repeat):
-        start = time.perf_counter()
+        before()
+        start = time.thread_time()
         work()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, time.thread_time() - start)
     return best / count * 1e6
+
+
+def without_lang(raws: Sequence[bytes]) -> list[bytes]:
+    """The same posts as their producer would send them without `lang`."""
+    out = []
+    for raw in raws:
+        post = orjson.loads(raw)
+        post.pop("lang", None)
+        out.append(orjson.dumps(post))
+    return out
+
+
+def triage_us(posts: int, repeat: int, seed: int) -> tuple[float, float]:
+    """Whole triage (`Triager.triage`) per post: (posts with `lang`, posts without)."""
+    raws = [sent.value for sent in encode(Corpus(seed, gap=50).take(posts), "mb")]
+    bare = without_lang(raws)
+    triager = Triager(
+        max_text_chars=10_000,
+        model="tiny",
+        adapter_for=lambda _t: None,
+        policies=load_registry(None),
+    )
+    triager.triage(bare[0])  # a detector is loaded on first use, not timed
+    # Each pass as the first: the detector's memory of recent posts holds only the corpus's
+    # own repeats (a checkout without one has nothing to forget).
+    forget = getattr(getattr(triager, "languages", None), "forget", int)
+    with_lang = best_us(lambda: [triager.triage(raw) for raw in raws], len(raws), repeat, forget)
+    no_lang = best_us(lambda: [triager.triage(raw) for raw in bare], len(bare), repeat, forget)
+    return with_lang, no_lang
+
+
+def against(base: Path, args: argparse.Namespace) -> int:
+    """Interleaved child processes of `base`'s triage and this checkout's; medians, ratio."""
+    root = Path(__file__).resolve().parents[1]
+    trees = {"base": base.resolve(), "this": root}
+    extra = os.environ.get("PYTHONPATH", "")
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+    for round_ in range(args.rounds):
+        order = list(trees) if round_ % 2 == 0 else list(reversed(trees))
+        for name in order:
+            path = os.pathsep.join(p for p in (f"{trees[name]}/services", str(root), extra) if p)
+            child = subprocess.run(
+                [sys.executable, __file__, "--child", f"--posts={args.posts}",
+                 f"--repeat={args.repeat}", f"--seed={args.seed}"],
+                capture_output=True, text=True, check=True, env=os.environ | {"PYTHONPATH": path},
+            )  # fmt: skip
+            with_lang, no_lang = map(float, child.stdout.split())
+            results[name].append((with_lang, no_lang))
+            print(
+                f"round {round_ + 1} {name:4s}  with lang {with_lang:6.2f}  without {no_lang:6.2f}"
+            )
+    medians = {
+        name: tuple(statistics.median(r[i] for r in runs) for i in (0, 1))
+        for name, runs in results.items()
+    }
+    for i, what in enumerate(("posts with lang", "posts without lang")):
+        b, t = medians["base"][i], medians["this"][i]
+        paired = statistics.median(
+            base[i] / this[i] for base, this in zip(results["base"], results["this"], strict=True)
+        )
+        print(
+            f"triage, {what:18s}: base {b:6.2f} µs/post, this {t:6.2f} µs/post (medians);"
+            f" throughput this/base {b / t:.3f}, median of the rounds' ratios {paired:.3f}"
+        )
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -128,10 +214,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--posts", type=int, default=5000)
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--against", type=Path, help="another checkout's root: compare triage")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (--against)")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     steady_malloc()
+    if args.child:
+        print(*triage_us(args.posts, args.repeat, args.seed))
+        return 0
+    if args.against is not None:
+        return against(args.against, args)
+    # lazy: a base checkout (--against) may predate the module
+    from guardstream.triage.language import default_detector
 
     raws = [sent.value for sent in encode(Corpus(args.seed, gap=50).take(args.posts), "mb")]
+    bare = without_lang(raws)
     triager = Triager(
         max_text_chars=10_000,
         model="tiny",
@@ -139,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         policies=load_registry(None),
     )
     items = [triager.triage(raw) for raw in raws]
+    detector = default_detector()
     settings = Settings()
     telemetry.setup(settings, "triage")  # as the processes run: SDK installed, no exporter
     verdicts = [standin_verdict(item.content_key, "tiny") for item in items]
@@ -151,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parts: dict[str, Callable[[], object]] = {
         "parse (Post.from_json)": lambda: [Post.from_json(raw) for raw in raws],
         "triage (parse+normalise+key)": lambda: [triager.triage(raw) for raw in raws],
+        "triage, no lang (+detect)": lambda: [triager.triage(raw) for raw in bare],
+        "detect language (no lang)": lambda: [detector.detect(item.text) for item in items],
         "normalise": lambda: [normalise(item.post.text) for item in items],
         "score_request build": lambda: [score_request(i, near_duplicates=True) for i in items],
         "score_request to_json": lambda: [r.to_json() for r in requests],
@@ -163,7 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "decision sent (emitter, flush)": lambda: send_decisions(settings, decisions),
     }
     for name, work in parts.items():
-        print(f"{name:32s} {best_us(work, n, args.repeat):7.2f} µs/post")
+        us = best_us(work, n, args.repeat, detector.forget)  # the corpus's repeats only
+        print(f"{name:32s} {us:7.2f} µs/post")
     return 0
 
 

@@ -144,6 +144,7 @@ DECISIONS = "guardstream_pipeline_decisions_total"
 TRIAGE = "guardstream_triage_outcomes_total"
 SCORER = "guardstream_scorer_outcomes_total"
 TRIAGED = f'{TRIAGE}{{outcome=~"cache_hit|near_hit|scoring"}}'
+LANGUAGES = "guardstream_triage_languages_total"
 
 
 def overview() -> Board:
@@ -247,6 +248,22 @@ def pipeline() -> Board:
         (ratio(f'{TRIAGE}{{outcome="near_hit"}}', TRIAGED), "near-duplicate"),
         (ratio(f'{SCORER}{{outcome="cache_hit"}}', f'{SCORER}{{outcome="consumed"}}'), "scorer"),
         unit="percentunit",
+    )
+    b.panel(
+        "Posts / s by language (top 10)",
+        (f"topk(10, sum by (lang) (rate({LANGUAGES}[{RATE}])))", "{{lang}}"),
+        unit="ops",
+        description=(
+            "The post's own `lang`, or the one triage detected when it had none (`und`: no"
+            " language could be told; `other`: a given `lang` outside the detector's 176)."
+        ),
+    )
+    b.panel(
+        "Language detected, not given",
+        (ratio(f'{LANGUAGES}{{source="detected"}}', LANGUAGES), "detected"),
+        (ratio(f'{LANGUAGES}{{lang="und"}}', LANGUAGES), "undetermined"),
+        unit="percentunit",
+        description="Share of posts sent without `lang`, and of posts whose language is `und`.",
     )
     b.panel(
         "Consumer lag by partition",

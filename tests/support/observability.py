@@ -38,6 +38,7 @@ PIPELINE_METRICS = frozenset(
         "guardstream_dlq_records_total",
         "guardstream_redis_available",
         "guardstream_triage_outcomes_total",
+        "guardstream_triage_languages_total",
         "guardstream_scorer_outcomes_total",
         "guardstream_scorer_latency_seconds_bucket",
         "guardstream_scorer_latency_seconds_count",

@@ -116,6 +116,13 @@ class Source(enum.StrEnum):
     RULE = "rule"
 
 
+class LangSource(enum.StrEnum):
+    """Where an event's `lang` came from."""
+
+    GIVEN = "given"  # the post's producer set it
+    DETECTED = "detected"  # triage found it in the text (`und`: it could not tell)
+
+
 class Kind(enum.StrEnum):
     PROMPT = "prompt"
     RESPONSE = "response"
@@ -263,7 +270,10 @@ class ScoreRequest(Envelope):
     kind: Kind
     text: FreeText  # normalised
     prompt: FreeText | None = None  # normalised
+    # The post's language: its own `lang` or, without one, the one triage detected; an
+    # optional field added later, `lang_source` says which (absent: an older triage's, given).
     lang: Annotated[Line, Field(max_length=35)] | None = None
+    lang_source: LangSource | None = None
     region: Annotated[Line, Field(max_length=35)] | None = None
     content_key: ContentKey
     policy: Id
@@ -316,6 +326,11 @@ class Decision(Envelope):
     # Cache decisions for a near-duplicate: the content key whose verdict was reused.
     matched_content_key: ContentKey | None = None
     decided_at: Timestamp
+    # The post's language as triage knew it (its own `lang`, else detected; `und`: could not
+    # tell) and which; optional fields added later: absent from older producers' decisions
+    # and from human and SLA decisions (no post text at hand there).
+    lang: Annotated[Line, Field(max_length=35)] | None = None
+    lang_source: LangSource | None = None
 
     @classmethod
     def make(
@@ -341,6 +356,8 @@ class Decision(Envelope):
         input_truncated: bool = False,
         matched_content_key: str | None = None,
         decided_at: datetime | None = None,
+        lang: str | None = None,
+        lang_source: LangSource | None = None,
     ) -> Self:
         """The one maker of decisions, whichever path decides (model, cache, rule, human, SLA
         timer). A decision is its own event (`event_id` is `decision_id`: made again, it is
@@ -373,6 +390,8 @@ class Decision(Envelope):
                 "content_key": content_key,
                 "matched_content_key": matched_content_key,
                 "decided_at": at if decided_at is None else decided_at,
+                "lang": lang,
+                "lang_source": lang_source,
             }
         )
         return made

@@ -80,7 +80,9 @@ def new_task(
     return NewTask(
         task_id=task_id(decision.tenant, decision.post_id, decision.policy),
         identity=PostIdentity.of(decision),
-        lang=None,
+        # The language triage gave the post (its own, else detected); absent from an older
+        # triage's decision, the post's own `lang` fills it when its text arrives.
+        lang=decision.lang,
         region=None,
         decision_id=decision.decision_id,
         model_verdict=decision.verdict.value,

@@ -143,6 +143,35 @@ def observe_counts(name: str, counts: Mapping[str, int]) -> None:
     _count_sources.setdefault(name, []).append(counts)
 
 
+def observe_languages(counts: Mapping[tuple[str, str], int]) -> None:
+    """Export triage's running count of posts by (language, source) as
+    `guardstream.triage.languages` with `lang` and `source` ("given" | "detected") attributes.
+    The caller bounds the languages (triage: the detector's set, `und` and `other`)."""
+    _language_sources.append(counts)
+
+
+_language_sources: list[Mapping[tuple[str, str], int]] = []
+
+
+def _observe_languages(_: CallbackOptions) -> Iterable[Observation]:
+    totals: dict[tuple[str, str], int] = {}
+    for counts in list(_language_sources):
+        for key, value in list(counts.items()):
+            totals[key] = totals.get(key, 0) + value
+    return [
+        Observation(value, {"lang": lang, "source": source})
+        for (lang, source), value in totals.items()
+    ]
+
+
+meter.create_observable_counter(
+    "guardstream.triage.languages",
+    callbacks=[_observe_languages],
+    unit="{post}",
+    description="Posts triaged, by language (given or detected; bounded set) and its source",
+)
+
+
 def decision_attributes(decision: Decision, process: str) -> dict[str, str]:
     """The metric attributes of a decision (low-cardinality fields only)."""
     return {

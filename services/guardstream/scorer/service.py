@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaProducer
 from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import (
     ContractError,
+    LangSource,
     ScoreRequest,
     ShadowRecord,
     Source,
@@ -229,6 +230,9 @@ class Scorer:
                 post_event_id=request.post_event_id,
                 tenant=request.tenant,
                 content_key=key.content_key,
+                lang=request.lang,
+                # An older triage's request: its `lang` can only be the post's own.
+                lang_source=request.lang_source or (LangSource.GIVEN if request.lang else None),
             )
             for key, group in by_key.items()
             for request in group

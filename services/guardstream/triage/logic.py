@@ -13,6 +13,7 @@ from guardstream.contracts.events import (
     SCHEMA_VERSION,
     ContractError,
     Kind,
+    LangSource,
     Post,
     ScoreRequest,
     utcnow,
@@ -20,9 +21,11 @@ from guardstream.contracts.events import (
 )
 from guardstream.contracts.text import key_context, keyed, normalise
 from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
+from guardstream.triage.language import LanguageDetector, default_detector
 from guardstream.verdict.cache import VerdictKey
 from guardstream.verdict.neardup import near_scope
 
+_GIVEN, _DETECTED = LangSource.GIVEN, LangSource.DETECTED
 _SCOPES_KEPT = 4096  # near scopes remembered (per tenant: bounded whatever tenants arrive)
 
 
@@ -37,6 +40,9 @@ class Triaged:
     # verdicts: near-duplicates are only sought within it (`verdict.neardup.near_scope`).
     near_scope: str
     verdict_key: VerdictKey  # where its verdict is cached: the content key within its tenant
+    # Its language: the post's own `lang`, else detected from `text` (`und`: undetermined).
+    lang: str
+    lang_source: LangSource
     prompt_prefix: str | None = None  # the pack's domain tags / region hint, when it has any
     adapter: str | None = None  # the LoRA adapter serving the post's tenant (in the key)
 
@@ -44,7 +50,8 @@ class Triaged:
 class Triager:
     """Validates and keys posts for one process. What depends only on the pack (its prompt
     prefix and fingerprint) and, for posts without a prompt context, the content key's framed
-    context and the near-duplicate scope are worked out once per pack rather than per post."""
+    context and the near-duplicate scope are worked out once per pack rather than per post.
+    A post without `lang` gets the one `languages` detects (default: the bundled model)."""
 
     def __init__(
         self,
@@ -53,8 +60,10 @@ class Triager:
         model: str,
         adapter_for: Callable[[str], str | None],
         policies: PolicyRegistry,
+        languages: LanguageDetector | None = None,
     ) -> None:
         self._max_text_chars = max_text_chars
+        self._languages = languages if languages is not None else default_detector()
         self._model = model
         self._adapter_for = adapter_for  # tenant → serving adapter id (None: base model)
         self._policies = policies
@@ -108,6 +117,12 @@ class Triager:
             context = self._context(post.kind, prompt, adapter, fingerprint)
             scope = near_scope(context, tenant)
         key = keyed(context, text)
+        # The post's own `lang` unless absent or blank, else detected from its normal form.
+        lang = post.lang
+        if lang and not lang.isspace():
+            lang_source = _GIVEN
+        else:
+            lang, lang_source = self._languages.detect(text), _DETECTED
         return Triaged(
             post,
             pack,
@@ -116,9 +131,15 @@ class Triager:
             key,
             near_scope=scope,
             verdict_key=VerdictKey(key, post.tenant, shared),
+            lang=lang,
+            lang_source=lang_source,
             prompt_prefix=prefix,
             adapter=adapter,
         )
+
+    @property
+    def languages(self) -> LanguageDetector:
+        return self._languages
 
     def _context(self, kind: Kind, prompt: str | None, adapter: str | None, policy: str) -> bytes:
         return key_context(
@@ -184,8 +205,8 @@ def _request_fields(item: Triaged, *, near_duplicates: bool, now: datetime) -> d
     }
     if item.prompt is not None:
         fields["prompt"] = item.prompt
-    if post.lang is not None:
-        fields["lang"] = post.lang
+    fields["lang"] = item.lang
+    fields["lang_source"] = item.lang_source
     if post.region is not None:
         fields["region"] = post.region
     fields["content_key"] = item.content_key

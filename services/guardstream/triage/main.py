@@ -29,6 +29,7 @@ async def run(
         watch = await _watch_scorer(settings, stack)
         triage = Triage(settings, producer, stores, model=served_model_id(settings), watch=watch)
         metrics.observe_counts("guardstream.triage.outcomes", triage.counts)
+        metrics.observe_languages(triage.languages)
         if expose is not None:
             expose(triage)
         return triage.handle

@@ -32,6 +32,7 @@ from guardstream.policy import ScorerUnavailableMode
 from guardstream.runtime import tracing
 from guardstream.runtime.loop import Record, Records, isolate, unusable
 from guardstream.runtime.settings import Settings
+from guardstream.triage.language import language_label
 from guardstream.triage.logic import Triaged, Triager, score_request_json
 from guardstream.triage.watch import ScorerWatch
 from guardstream.verdict.cache import CachedVerdict, VerdictKey
@@ -96,6 +97,9 @@ class Triage:
             ),
             0,
         )
+        # Posts by (language label, "given" | "detected"): bounded by the detector's language
+        # set (`triage.language.language_label`), so it can be a metric.
+        self.languages: defaultdict[tuple[str, str], int] = defaultdict(int)
 
     @property
     def scorer_unavailable(self) -> bool:
@@ -120,6 +124,7 @@ class Triage:
     async def _handle(self, records: Records) -> None:
         emitter = Emitter(self._producer, self._settings, "triage")
         accepted: dict[str, Triaged] = {}  # by journal key: a replayed event counts once
+        languages = self._triager.languages
         dead = 0
         for record in records:
             try:
@@ -134,6 +139,7 @@ class Triage:
                 self.counts["duplicate_in_batch"] += 1
                 continue
             accepted[key] = item
+            self.languages[(language_label(item.lang, languages), item.lang_source.value)] += 1
 
         cached, recalled = await asyncio.gather(
             self._cache.get_many([item.verdict_key for item in accepted.values()]),
@@ -202,6 +208,8 @@ class Triage:
             model=self._model,
             adapter=item.adapter,
             waited_s=self._watch.oldest_wait_s() if self._watch is not None else 0.0,
+            lang=item.lang,
+            lang_source=item.lang_source,
         )
 
     def _decide(
@@ -217,6 +225,8 @@ class Triage:
             tenant=post.tenant,
             content_key=item.content_key,
             matched_content_key=matched,
+            lang=item.lang,
+            lang_source=item.lang_source,
         )
 
     async def _near_duplicates(

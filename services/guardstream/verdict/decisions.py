@@ -14,7 +14,7 @@ import enum
 from collections.abc import Sequence
 
 from guardstream.contracts import ids
-from guardstream.contracts.events import Action, Decision, Source, Verdict, utcnow
+from guardstream.contracts.events import Action, Decision, LangSource, Source, Verdict, utcnow
 from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import Topic
 from guardstream.policy import (
@@ -75,6 +75,8 @@ def decide(
     tenant: str,
     content_key: str,
     matched_content_key: str | None = None,
+    lang: str | None = None,
+    lang_source: LangSource | None = None,
 ) -> Decision:
     if entry.source is Source.HUMAN:
         # A human verdict overrides the model's for this content (sticky), whatever the rules.
@@ -110,6 +112,8 @@ def decide(
         content_key=content_key,
         matched_content_key=matched_content_key,
         decided_at=entry.decided_at if origin is Origin.MODEL else now,
+        lang=lang,
+        lang_source=lang_source,
     )
 
 
@@ -123,6 +127,8 @@ def unscored(
     model: str,
     adapter: str | None,
     waited_s: float,
+    lang: str | None = None,
+    lang_source: LangSource | None = None,
 ) -> Decision:
     """The decision for a post the scorer could not judge in time, under a pack that says
     what to do then (`route_scorer_unavailable`). No model saw the post: the verdict is
@@ -146,4 +152,6 @@ def unscored(
         adapter=adapter,
         policy=pack.ref,
         content_key=content_key,
+        lang=lang,
+        lang_source=lang_source,
     )

@@ -14,7 +14,15 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from guardstream.contracts.events import Action, Decision, DlqRecord, Kind, Source, Verdict
+from guardstream.contracts.events import (
+    Action,
+    Decision,
+    DlqRecord,
+    Kind,
+    LangSource,
+    Source,
+    Verdict,
+)
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post, send_and_wait
 from guardstream.runtime.kafka import client_kwargs, make_producer
@@ -101,6 +109,9 @@ async def test_posts_are_scored_and_routed_by_verdict(pipeline: Pipeline) -> Non
         assert decision.categories == categories
         assert decision.refusal is refusal
         assert decision.source is Source.MODEL
+        # Sent without `lang`: triage detected it, the scorer's decision carries it.
+        lang = "zh" if any("\u4e00" <= c <= "\u9fff" for c in post.text) else "en"
+        assert (decision.lang, decision.lang_source) == (lang, LangSource.DETECTED), post.text
         assert decision.model == pipeline.scorer._engine.model_id
         assert decision.tenant == "acme"
         assert decision.policy == "default@1"
