@@ -5,8 +5,12 @@ Timings on a shared 2-core machine move by 2-4× with what else runs; instructio
 not (the same binary, inputs and environment give the same count). Each part runs once inside
 `functools.reduce`, and callgrind collects only inside that C function
 (`--toggle-collect=functools_reduce`), so corpus building, imports and the warm-up run are not
-counted. Parts: `triage` (parse, normalise, policy, content key), `decide` (a cache hit's
-decision) and `send` (the decision through the emitter and flushed, no broker).
+counted. Parts: `triage` (parse, normalise, policy, content key), `triage-bare` (the same posts
+without `lang`, which triage then detects), `decide` (a cache hit's decision) and `send` (the
+decision through the emitter and flushed, no broker). The totals add `triage` (or, for posts
+without `lang`, `triage-bare`) to `decide` and `send`: a cache hit's whole path in triage's
+code, without the broker client and Redis calls, so a ratio of totals is an upper bound on
+what a change does to the whole process's CPU per post.
 
 Several checkouts (`--tree`, the first is the baseline) are measured in one run, part by
 part, and the ratio to the baseline printed; e.g. before and after a change:
@@ -32,7 +36,7 @@ from pathlib import Path
 
 import orjson
 
-PARTS = ("triage", "decide", "send")
+PARTS = ("triage", "triage-bare", "decide", "send")
 
 
 def run_part(part: str, posts: int) -> None:
@@ -48,6 +52,11 @@ def run_part(part: str, posts: int) -> None:
         adapter_for=lambda _t: None,
         policies=tp.load_registry(None),
     )
+    bare = []
+    for raw in raws:
+        post = orjson.loads(raw)
+        post.pop("lang", None)
+        bare.append(orjson.dumps(post))
     items = [triager.triage(raw) for raw in raws]
     verdicts = [standin_verdict(item.content_key, "tiny") for item in items]
     decisions = tp.decisions_of(items, verdicts)
@@ -55,6 +64,7 @@ def run_part(part: str, posts: int) -> None:
     tp.telemetry.setup(settings, "triage")
     work: Callable[[], object] = {
         "triage": lambda: [triager.triage(raw) for raw in raws],
+        "triage-bare": lambda: [triager.triage(raw) for raw in bare],
         "decide": lambda: tp.decisions_of(items, verdicts),
         "send": lambda: tp.send_decisions(settings, decisions),
     }[part]
@@ -112,15 +122,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             per_post.setdefault(str(tree), {})[part] = n
             base = per_post[str(trees[0])][part]
             print(f"{part:8s} {n:12,.0f} instructions/post  ×{n / base:.3f}  {tree}", flush=True)
-    totals = {tree: sum(parts_.values()) for tree, parts_ in per_post.items()}
-    base_total = totals[str(trees[0])]
-    for tree, total in totals.items():
-        print(f"{'total':8s} {total:12,.0f} instructions/post  ×{total / base_total:.3f}  {tree}")
+    totals: dict[str, dict[str, float]] = {}
+    for tree, got in per_post.items():
+        rest = got.get("decide", 0.0) + got.get("send", 0.0)
+        for kind, part in (("with lang", "triage"), ("without lang", "triage-bare")):
+            if part in got:
+                totals.setdefault(kind, {})[tree] = got[part] + rest
+    ratios: dict[str, dict[str, float]] = {}
+    for kind, by_tree in totals.items():
+        base_total = by_tree[str(trees[0])]
+        for tree, total in by_tree.items():
+            ratios.setdefault(kind, {})[tree] = round(total / base_total, 4)
+            print(
+                f"total, posts {kind:12s} {total:12,.0f} instructions/post  "
+                f"×{total / base_total:.3f}  {tree}"
+            )
     summary = {
         "bench": "triage_instructions",
         "posts": args.posts,
         "per_post": per_post,
-        "ratio_to_first": {tree: round(total / base_total, 4) for tree, total in totals.items()},
+        "ratio_to_first": ratios,
     }
     print(orjson.dumps(summary).decode())
     return 0
