@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Runs ON the GPU machine (device tool `run`), from the repository root. bench/gpu/README.md
+# gives the call sequence. Verbs:
+#
+#   run.sh stage K     copy call K's carried parts (.gpu/parts/callKK) to $GPU_STAGE, which
+#                      stays on the machine between consecutive calls while it is warm
+#   run.sh install     join the parts, check every sha256, pip-install into $GPU_STAGE/site,
+#                      then import vLLM and print what it sees
+#   run.sh measure     bench/scorer.py --engine vllm for each of $SIZES (cheapest first), each
+#                      within its share of $MEASURE_SECONDS; output in $OUT
+#
+# DRY_RUN=1 prints the commands instead of running them (any machine). The measure step runs on
+# a CPU too (SIZES=tiny PY=.venv/bin/python POSTS=8 IN_FLIGHT=2,4): that is how its flags are
+# tested here.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+GPU_STAGE=${GPU_STAGE:-$ROOT/.gpu-stage}   # ignored (.gitignore): kept between warm calls
+SITE=$GPU_STAGE/site
+PY=${PY:-python3}
+OUT=${OUT:-$ROOT/.gpu/out}
+DRY_RUN=${DRY_RUN:-0}
+
+run() {  # echo the command; run it unless DRY_RUN=1
+  echo "+ $*" >&2
+  [ "$DRY_RUN" = 1 ] || "$@"
+}
+
+stage() {
+  local call
+  call=$(printf 'call%02d' "$1")
+  [ -d ".gpu/parts/$call" ] || { echo "run.sh: .gpu/parts/$call was not carried" >&2; return 1; }
+  run mkdir -p "$GPU_STAGE"
+  run cp -f .gpu/parts/"$call"/* "$GPU_STAGE"/
+  [ "$DRY_RUN" = 1 ] && return 0
+  echo "staged $call: $(ls "$GPU_STAGE" | grep -c '\.part[0-9]*$') parts in $GPU_STAGE," \
+    "$(du -sh "$GPU_STAGE" | cut -f1)"
+}
+
+install() {
+  local wheels=$GPU_STAGE/wheels
+  run "$PY" bench/gpu/plan.py join "$GPU_STAGE/manifest.json" "$GPU_STAGE" "$wheels" || return 1
+  run rm -rf "$SITE"
+  # shellcheck disable=SC2046
+  run "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target "$SITE" "$wheels"/*.whl || return 1
+  if [ "$DRY_RUN" != 1 ]; then rm -f "$GPU_STAGE"/*.part[0-9]*; rm -rf "$wheels"; fi
+  probe
+}
+
+probe() {  # what the measuring call will see; fails fast on a missing module
+  run env PYTHONPATH="$SITE:$ROOT/services" "$PY" -c '
+import importlib.metadata as md, torch, vllm
+from vllm import AsyncEngineArgs, SamplingParams
+from vllm.v1.engine.async_llm import AsyncLLM
+print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu",
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
+print("vllm", vllm.__version__, "from", vllm.__file__)
+for name in ("transformers", "numpy", "pydantic", "numba", "triton"):
+    print(name, md.version(name))
+'
+}
+
+measure() {
+  # Sizes cheapest first, so the 0.6B's figures come back even if a later size runs out of time.
+  local sizes=${SIZES:-0.6B 4B 8B}
+  local total=${MEASURE_SECONDS:-470} started=$SECONDS
+  local limits=${IN_FLIGHT:-8,32,128}
+  local tokens=${POST_TOKENS:-300}
+  local cache=${CACHE_DIR:-/tmp/guardstream-cache}
+  run mkdir -p "$OUT"
+  [ "$DRY_RUN" = 1 ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
+    > "$OUT/gpu.txt" 2>&1
+  # Each size gets its weight's share of the time still left (bigger shapes weigh more).
+  weight() { case $1 in 8B) echo 14 ;; 4B) echo 12 ;; *) echo 10 ;; esac; }
+  local rest=() size
+  read -r -a rest <<< "$sizes"
+  while [ "${#rest[@]}" -gt 0 ]; do
+    size=${rest[0]}
+    local left=$((total - (SECONDS - started))) sum=0 s
+    for s in "${rest[@]}"; do sum=$((sum + $(weight "$s"))); done
+    local share=$((left * $(weight "$size") / sum))
+    rest=("${rest[@]:1}")
+    [ "$share" -lt 30 ] && { echo "run.sh: no time left for $size" >&2; break; }
+    local model=random-$size posts=${POSTS:-256}
+    [ "$size" = tiny ] && model=tiny
+    [ "$size" = 0.6B ] && posts=${POSTS:-512}
+    local log=$OUT/scorer-vllm-$size.txt
+    echo "== $size: $share s, $posts posts, in flight $limits, $tokens-token posts" | tee "$log"
+    run env PYTHONPATH="$SITE:$ROOT/services" PYTHONUNBUFFERED=1 \
+      timeout --signal=INT --kill-after=15 "$share" \
+      "$PY" bench/scorer.py --engine vllm --model "$model" --posts "$posts" \
+      --in-flight "$limits" --post-tokens "$tokens" --cache-dir "$cache" 2>&1 \
+      | { [ "$DRY_RUN" = 1 ] && cat || tee -a "$log"; }
+    echo "== $size: exit ${PIPESTATUS[0]} after $((SECONDS - started)) s" | tee -a "$log"
+    # The last line of a finished run is its JSON summary: one line per size.
+    [ "$DRY_RUN" = 1 ] || grep '^{"bench":"scorer"' "$log" >> "$OUT/scorer-vllm.jsonl"
+  done
+  return 0
+}
+
+case "${1:-}" in
+  stage) stage "$2" ;;
+  install) install ;;
+  probe) probe ;;
+  measure) measure ;;
+  *) echo "usage: run.sh stage K | install | probe | measure" >&2; exit 2 ;;
+esac
