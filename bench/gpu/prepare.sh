@@ -78,10 +78,31 @@ if want:
     sys.exit(f"prepare.sh: no wheel downloaded for {sorted(want)}")
 EOF
 
-# 4. Parts and calls. The budget: 64 MiB less what always travels (the tracked files).
-REPO_BYTES=$(git ls-files -z | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
+# 4. Parts and calls. The budget: 64 MiB less what always travels (tracked and untracked,
+#    not ignored, files of THIS checkout: run prepare.sh in the checkout the device tool sends).
+REPO_BYTES=$(git ls-files -z --cached --others --exclude-standard | xargs -0 du -cb 2>/dev/null | tail -1 | cut -f1)
 rm -rf "$DIR/parts"
 python3 "$HERE/plan.py" split "$DIR/carried" "$DIR/parts" "$DIR/manifest.json" "$REPO_BYTES"
 for call in "$DIR"/parts/call*; do cp "$DIR/manifest.json" "$call/manifest.json"; done
+
+# 5. The tiny test checkpoint (its tokenizer and template serve the random shapes too), built
+#    here once and sent with the last call, so the GPU machine does not train it.
+if [ "${CARRY_TINY:-1}" = 1 ]; then
+  TINY=$(PYTHONPATH=services .venv/bin/python -c '
+from guardstream.model.tiny import ensure_tiny_checkpoint
+from guardstream.runtime.settings import Settings
+print(ensure_tiny_checkpoint(Settings().model.cache_dir))')
+  LAST=$(ls -d "$DIR"/parts/call* | tail -1)
+  mkdir -p "$LAST/cache" && cp -r "$TINY" "$LAST/cache/"
+fi
+
+# 6. Every call within the limit, with what always travels.
+for call in "$DIR"/parts/call*; do
+  bytes=$(( $(du -cb "$call" | tail -1 | cut -f1) + REPO_BYTES ))
+  [ "$bytes" -lt $((64 * 1024 * 1024)) ] || { echo "prepare.sh: $call is $bytes bytes" >&2; exit 1; }
+done
+
+# 7. Nothing left out is imported where the scorer's vLLM path loads (static, from the wheel).
+[ "$GPU_TIER" = full ] || python3 "$HERE/imports.py" "$(ls "$DIR"/wheels/vllm-"$VLLM_VERSION"-*.whl)" | tail -1
 du -shL "$DIR/carried" | sed 's/^/carried in all: /'
 echo "manifest: $DIR/manifest.json; send the calls as bench/gpu/README.md says"

@@ -31,10 +31,23 @@ stage() {
   call=$(printf 'call%02d' "$1")
   [ -d ".gpu/parts/$call" ] || { echo "run.sh: .gpu/parts/$call was not carried" >&2; return 1; }
   run mkdir -p "$GPU_STAGE"
-  run cp -f .gpu/parts/"$call"/* "$GPU_STAGE"/
+  run cp -rf .gpu/parts/"$call"/. "$GPU_STAGE"/
   [ "$DRY_RUN" = 1 ] && return 0
-  echo "staged $call: $(ls "$GPU_STAGE" | grep -c '\.part[0-9]*$') parts in $GPU_STAGE," \
-    "$(du -sh "$GPU_STAGE" | cut -f1)"
+  echo "staged $call: $(find "$GPU_STAGE" -maxdepth 1 -name '*.part[0-9]*' | wc -l) parts" \
+    "in $GPU_STAGE, $(du -sh "$GPU_STAGE" | cut -f1)"
+  # The parts of calls 1..K must all be here: if the machine went back between two calls
+  # (idle past its warm time), the earlier calls' parts are gone and must be sent again.
+  "$PY" - "$GPU_STAGE" "$1" <<'PY'
+import json, sys
+from pathlib import Path
+stage, upto = Path(sys.argv[1]), int(sys.argv[2])
+calls = json.loads((stage / "manifest.json").read_text())["calls"]
+lost = [c["call"] for c in calls[:upto] if any(not (stage / p).is_file() for p in c["parts"])]
+if lost:
+    sys.exit(f"run.sh: parts of call(s) {lost} are not on this machine (was it given back "
+             "between calls?): send those calls again")
+print(f"calls 1..{upto} of {len(calls)} staged")
+PY
 }
 
 install() {
@@ -67,7 +80,7 @@ measure() {
   local total=${MEASURE_SECONDS:-470} started=$SECONDS
   local limits=${IN_FLIGHT:-8,32,128}
   local tokens=${POST_TOKENS:-300}
-  local cache=${CACHE_DIR:-/tmp/guardstream-cache}
+  local cache=${CACHE_DIR:-$GPU_STAGE/cache}  # the tiny checkpoint came with the last call
   run mkdir -p "$OUT"
   [ "$DRY_RUN" = 1 ] || nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv \
     > "$OUT/gpu.txt" 2>&1
@@ -86,7 +99,19 @@ measure() {
     [ "$size" = tiny ] && model=tiny
     [ "$size" = 0.6B ] && posts=${POSTS:-512}
     local log=$OUT/scorer-vllm-$size.txt
+    [ "$DRY_RUN" = 1 ] && log=/dev/null
     echo "== $size: $share s, $posts posts, in flight $limits, $tokens-token posts" | tee "$log"
+    local begun=$SECONDS
+    if [ "$size" != tiny ]; then
+      # The random checkpoint is built (on the GPU) in a process of its own, which gives its
+      # GPU memory back before vLLM's engine measures what is free.
+      run env PYTHONPATH="$SITE:$ROOT/services" timeout "$share" \
+        "$PY" bench/random_qwen3.py "$size" --cache-dir "$cache" --post-tokens "$tokens" 2>&1 \
+        | { [ "$DRY_RUN" = 1 ] && cat || tee -a "$log"; }
+      echo "== $size: checkpoint ready after $((SECONDS - begun)) s" | tee -a "$log"
+    fi
+    share=$((share - (SECONDS - begun)))
+    [ "$share" -lt 30 ] && { echo "run.sh: no time left for $size" >&2; break; }
     run env PYTHONPATH="$SITE:$ROOT/services" PYTHONUNBUFFERED=1 \
       timeout --signal=INT --kill-after=15 "$share" \
       "$PY" bench/scorer.py --engine vllm --model "$model" --posts "$posts" \
@@ -101,7 +126,7 @@ measure() {
 
 case "${1:-}" in
   stage) stage "$2" ;;
-  install) install ;;
+  install) mkdir -p "$OUT"; install 2>&1 | tee "$OUT/install.txt"; exit "${PIPESTATUS[0]}" ;;
   probe) probe ;;
   measure) measure ;;
   *) echo "usage: run.sh stage K | install | probe | measure" >&2; exit 2 ;;
