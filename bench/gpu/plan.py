@@ -65,6 +65,18 @@ def image_packages(path: Path) -> set[str]:
     return {norm(x) for x in lines if x.strip() and not x.startswith("#")}
 
 
+def on_image(report: dict, present: set[str]) -> list[tuple[str, str]]:
+    """`(name, version)` of each distribution in pip's report that the image has: what
+    prepare.sh's SIMULATE_IMAGE=1 downloads to stand in for the image here."""
+    return sorted(
+        {
+            (norm(i["metadata"]["name"]), i["metadata"]["version"])
+            for i in report["install"]
+            if norm(i["metadata"]["name"]) in present
+        }
+    )
+
+
 def missing(report: dict, present: set[str], full: bool) -> list[tuple[str, str]]:
     """`(name, version)` of each distribution in pip's report the image lacks, sorted."""
     chosen: dict[str, str] = {}
@@ -181,6 +193,11 @@ def main(argv: list[str]) -> int:
         report = json.loads(Path(argv[2]).read_text())
         full = len(argv) > 4 and argv[4] == "full"
         for name, version in missing(report, image_packages(Path(argv[3])), full):
+            print(f"{name}=={version}")
+        return 0
+    if command == "on-image":
+        report = json.loads(Path(argv[2]).read_text())
+        for name, version in on_image(report, image_packages(Path(argv[3]))):
             print(f"{name}=={version}")
         return 0
     if command == "split":

@@ -105,4 +105,29 @@ done
 # 7. Nothing left out is imported where the scorer's vLLM path loads (static, from the wheel).
 [ "$GPU_TIER" = full ] || python3 "$HERE/imports.py" "$(ls "$DIR"/wheels/vllm-"$VLLM_VERSION"-*.whl)" | tail -1
 du -shL "$DIR/carried" | sed 's/^/carried in all: /'
+
+# 8. Optional (SIMULATE_IMAGE=1; ~3 GB more): the image's packages as the resolver chose them
+#    (torch 2.11.0+cu130 and its CUDA wheels, transformers, ...) in a folder of their own, the
+#    carried set joined from the parts and installed as on the GPU machine, and run.sh's import
+#    probe over both. Without a GPU driver here, only vllm.platforms.cuda may fail (libcuda).
+if [ "${SIMULATE_IMAGE:-0}" = 1 ]; then
+  python3 "$HERE/plan.py" on-image "$DIR/resolved.json" "$HERE/image-packages.txt" \
+    > "$DIR/on-image.txt"
+  "${PIP[@]}" download --isolated -q --no-deps "${TARGET[@]}" -d "$DIR/image-wheels" \
+    -r "$DIR/on-image.txt"
+  rm -rf "$DIR/sim" && mkdir -p "$DIR/sim"
+  "${PIP[@]}" install -q --no-index --no-deps --no-compile --target "$DIR/sim/image" \
+    "$DIR"/image-wheels/*.whl
+  for call in "$DIR"/parts/call*; do
+    GPU_STAGE="$DIR/sim" PY="$DIR/pip312/bin/python" bash "$HERE/run.sh" stage "${call##*call}"
+  done
+  GPU_STAGE="$DIR/sim" PY="$DIR/pip312/bin/python" IMAGE_PATH="$DIR/sim/image" OUT="$DIR/sim" \
+    bash "$HERE/run.sh" install 2>/dev/null | grep -v '^INFO\|^WARNING' > "$DIR/sim/probe.txt" || true
+  cat "$DIR/sim/probe.txt" | grep -v '^+' | tail -12
+  if grep '^probe: cannot import' "$DIR/sim/probe.txt" | grep -qv 'libcuda.so'; then
+    echo "prepare.sh: the carried set misses a module (above)" >&2; exit 1
+  fi
+  grep -q '^vllm 0' "$DIR/sim/probe.txt" || { echo "prepare.sh: vLLM did not import" >&2; exit 1; }
+  echo "simulated image: vLLM's serving path imports (only the driver is missing here)"
+fi
 echo "manifest: $DIR/manifest.json; send the calls as bench/gpu/README.md says"

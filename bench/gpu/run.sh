@@ -20,15 +20,18 @@ SITE=$GPU_STAGE/site
 PY=${PY:-python3}
 OUT=${OUT:-$ROOT/.gpu/out}
 DRY_RUN=${DRY_RUN:-0}
+# No network there: nothing may wait on the model hub or usage statistics.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 
-run() {  # echo the command; run it unless DRY_RUN=1
-  echo "+ $*" >&2
+run() {  # echo the command (its first 600 characters); run it unless DRY_RUN=1
+  local text="$*"
+  echo "+ ${text:0:600}" >&2
   [ "$DRY_RUN" = 1 ] || "$@"
 }
 
 stage() {
   local call
-  call=$(printf 'call%02d' "$1")
+  call=$(printf 'call%02d' "$((10#$1))")
   [ -d ".gpu/parts/$call" ] || { echo "run.sh: .gpu/parts/$call was not carried" >&2; return 1; }
   run mkdir -p "$GPU_STAGE"
   run cp -rf .gpu/parts/"$call"/. "$GPU_STAGE"/
@@ -37,7 +40,7 @@ stage() {
     "in $GPU_STAGE, $(du -sh "$GPU_STAGE" | cut -f1)"
   # The parts of calls 1..K must all be here: if the machine went back between two calls
   # (idle past its warm time), the earlier calls' parts are gone and must be sent again.
-  "$PY" - "$GPU_STAGE" "$1" <<'PY'
+  "$PY" - "$GPU_STAGE" "$((10#$1))" <<'PY'
 import json, sys
 from pathlib import Path
 stage, upto = Path(sys.argv[1]), int(sys.argv[2])
@@ -62,15 +65,30 @@ install() {
 }
 
 probe() {  # what the measuring call will see; fails fast on a missing module
-  run env PYTHONPATH="$SITE:$ROOT/services" "$PY" -c '
-import importlib.metadata as md, torch, vllm
-from vllm import AsyncEngineArgs, SamplingParams
-from vllm.v1.engine.async_llm import AsyncLLM
+  # IMAGE_PATH: a folder standing in for the image's packages (prepare.sh's SIMULATE_IMAGE=1).
+  run env PYTHONPATH="$SITE:${IMAGE_PATH:+$IMAGE_PATH:}$ROOT/services" "$PY" -c '
+import importlib, importlib.metadata as md, sys
+import torch, vllm
 print("torch", torch.__version__, "cuda", torch.version.cuda, "gpu",
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else None)
 print("vllm", vllm.__version__, "from", vllm.__file__)
-for name in ("transformers", "numpy", "pydantic", "numba", "triton"):
-    print(name, md.version(name))
+for name in ("transformers", "numpy", "pydantic", "numba", "triton", "flashinfer-python"):
+    try:
+        print(name, md.version(name))
+    except md.PackageNotFoundError:
+        print(name, "not installed")
+failed = []
+# The modules the scorer loads on a GPU (bench/gpu/imports.py follows the same from the wheel).
+for module in ("vllm.v1.engine.async_llm", "vllm.v1.engine.core", "vllm.v1.worker.gpu_worker",
+               "vllm.v1.worker.gpu_model_runner", "vllm.model_executor.models.qwen3",
+               "vllm.v1.attention.backends.flash_attn", "vllm.v1.sample.sampler",
+               "vllm.platforms.cuda", "guardstream.scorer.vllm_engine"):
+    try:
+        importlib.import_module(module)
+    except Exception as exc:
+        failed.append(module)
+        print("probe: cannot import", module, "-", type(exc).__name__, exc)
+sys.exit(1 if failed else 0)
 '
 }
 
