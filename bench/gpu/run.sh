@@ -57,7 +57,26 @@ install() {
   local wheels=$GPU_STAGE/wheels
   run "$PY" bench/gpu/plan.py join "$GPU_STAGE/manifest.json" "$GPU_STAGE" "$wheels" || return 1
   run rm -rf "$SITE"
-  # shellcheck disable=SC2046
+  [ "$DRY_RUN" = 1 ] || ldd --version 2>&1 | head -1   # glibc: the manylinux tags it takes
+  # A wheel this machine refuses (a manylinux tag newer than its glibc, say) would stop pip for
+  # all of them; one pip per wheel would break namespace packages (opentelemetry/, google/)
+  # in one --target. So set those aside first, name them, and install the rest at once.
+  run "$PY" - "$wheels" <<'PY' || return 1
+import sys
+from pathlib import Path
+try:
+    from packaging.tags import sys_tags
+    from packaging.utils import parse_wheel_filename
+except ImportError:  # pip's own copy
+    from pip._vendor.packaging.tags import sys_tags
+    from pip._vendor.packaging.utils import parse_wheel_filename
+here = set(sys_tags())
+for wheel in sorted(Path(sys.argv[1]).glob("*.whl")):
+    if not parse_wheel_filename(wheel.name)[3] & here:
+        (wheel.parent / "refused").mkdir(exist_ok=True)
+        wheel.rename(wheel.parent / "refused" / wheel.name)
+        print("install: left out (not for this machine):", wheel.name)
+PY
   run "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
     --target "$SITE" "$wheels"/*.whl || return 1
   if [ "$DRY_RUN" != 1 ]; then rm -f "$GPU_STAGE"/*.part[0-9]*; rm -rf "$wheels"; fi
