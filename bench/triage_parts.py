@@ -33,11 +33,11 @@ from guardstream.contracts.text import normalise
 from guardstream.policy import load_registry
 from guardstream.runtime import telemetry, tracing
 from guardstream.runtime.settings import Settings
-from guardstream.triage.logic import Triaged, Triager, score_request, score_request_json
 from guardstream.verdict import neardup
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import Origin, decide
 from guardstream.verdict.emitter import Emitter
+from guardstream.verdict.intake import Triaged, Triager, score_request, score_request_json
 
 
 class _CountingBatch:
