@@ -102,15 +102,16 @@ async def test_the_api_decides_as_the_stream_does_once_per_post_event(
 
         # The OpenAI SDK, unmodified.
         openai = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
-        moderation = await openai.moderations.create(
-            input=[UNSAFE, SAFE], model="omni-moderation-latest"
-        )
+        async with openai:
+            moderation = await openai.moderations.create(
+                input=[UNSAFE, SAFE], model="omni-moderation-latest"
+            )
+            one = await openai.moderations.create(input=CONTESTED)
         assert moderation.model == "omni-moderation-latest"
         unsafe, safe = moderation.results
         assert unsafe.flagged and unsafe.categories.violence and not unsafe.categories.sexual
         assert unsafe.category_scores.violence > 0.5
         assert not safe.flagged and not safe.categories.violence
-        one = await openai.moderations.create(input=CONTESTED)
         assert one.results[0].flagged  # held for review
 
         # Stream and API traffic mixed, the same contents through both doors.
