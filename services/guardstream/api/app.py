@@ -10,8 +10,10 @@ with the contract's reason (and a DLQ record), never a 5xx. Status codes:
 | decided                                  | 200 Decision   | 200        | 200, its result     |
 | escalated to the larger model's tier     | 202            | 202        | 200, flagged (held) |
 | refused by the contract                  | 422 reason     | 422        | 400 OpenAI error    |
-| scorer unreachable/saturated (fail open) | 503 Retry-After| 503        | 503 Retry-After     |
+| scorer busy (1)                          | 503 Retry-After| 503        | 503 Retry-After     |
 | body over the limit                      | 413            | 413        | 413                 |
+
+(1) saturated, or unreachable under a `fail_open` pack (`fail_closed`: decided, to review).
 """
 
 from __future__ import annotations

@@ -13,8 +13,9 @@ priority, within the request's deadline (past it: `controversial` → review, ne
 | cache or near-duplicate hit                     | its decision, published by the API      |
 | miss: scorer decides                            | its decision (published by the scorer)   |
 | miss: escalated to the larger model's tier      | `Escalated` (202): decided on the topics |
-| scorer unreachable/saturated, pack fails closed | `controversial` → review, source `rule`  |
-| scorer unreachable/saturated, pack fails open   | `Unavailable` (503, Retry-After)         |
+| scorer unreachable, pack fails closed           | `controversial` → review, source `rule`  |
+| scorer unreachable, pack fails open             | `Unavailable` (503, Retry-After)         |
+| scorer saturated (its 503) or its engine failed | `Unavailable` (503, Retry-After)         |
 
 (1) origin topic `http:<route>`, consumer `guardstream-api`, the contract's reason.
 
@@ -78,6 +79,8 @@ class _Scored:
     escalated: bool = False
     refused: Refused | None = None
     unavailable: str | None = None
+    unreachable: bool = False  # no answer at all (not a refusal): the pack's outage rule applies
+    waited_s: float = 0.0
 
 
 def _origin(route: str, sequence: int, raw: bytes, at_ms: int) -> ConsumerRecord[bytes, bytes]:
@@ -202,8 +205,11 @@ class Moderator:
             elif answer.refused is not None:
                 by_key[key] = answer.refused
                 self.counts["refused"] += 1
-            elif item.pack.scorer_unavailable is ScorerUnavailableMode.FAIL_CLOSED:
-                decisions.append(unscored_item(item, model=self._model, waited_s=0.0))
+            elif (
+                answer.unreachable
+                and item.pack.scorer_unavailable is ScorerUnavailableMode.FAIL_CLOSED
+            ):
+                decisions.append(unscored_item(item, model=self._model, waited_s=answer.waited_s))
                 self.counts["unscored"] += 1
             else:
                 by_key[key] = Unavailable(answer.unavailable or "scorer unavailable")
@@ -219,6 +225,7 @@ class Moderator:
     async def _score(self, item: Triaged) -> _Scored:
         """Ask the scorer's interactive door to decide `item`."""
         body = score_request_json(item, near_duplicates=self._near is not None)
+        started = time.monotonic()
         try:
             response = await self._scorer.post(
                 SCORE_PATH,
@@ -231,7 +238,11 @@ class Moderator:
             )
         except httpx.HTTPError as exc:
             log.warning("scorer unreachable", extra={"error": type(exc).__name__})
-            return _Scored(unavailable=f"scorer unreachable ({type(exc).__name__})")
+            return _Scored(
+                unavailable=f"scorer unreachable ({type(exc).__name__})",
+                unreachable=True,
+                waited_s=time.monotonic() - started,
+            )
         if response.status_code == 200:
             return _Scored(decision=Decision.from_json(response.content))
         if response.status_code == 202:
@@ -239,4 +250,5 @@ class Moderator:
         if response.status_code == 422:
             answer = response.json()
             return _Scored(refused=Refused(str(answer["reason"]), str(answer["detail"])))
+        # Saturated, or its engine failed this request: back-pressure, the caller retries.
         return _Scored(unavailable=f"scorer answered {response.status_code}")
