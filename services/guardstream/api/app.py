@@ -25,11 +25,12 @@ import orjson
 import redis.exceptions
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from guardstream.api import openai_compat
 from guardstream.api.moderator import Escalated, Moderator, Outcome, Refused, Unavailable
 from guardstream.api.protocol import (
+    DEFAULT_TENANT,
     BatchItem,
     ModerateBatchRequest,
     ModerateRequest,
@@ -37,12 +38,25 @@ from guardstream.api.protocol import (
     parse_json,
 )
 from guardstream.contracts.errors import TransientError
-from guardstream.contracts.events import ContractError, Decision
+from guardstream.contracts.events import (
+    ContractError,
+    Decision,
+    Id,
+    Tenant,
+    describe_errors,
+    rejection_reason,
+)
+from guardstream.runtime import redisstore
+from guardstream.verdict.latest import LatestDecisions
 
 log = logging.getLogger(__name__)
 
 # What Redis (or its client, encoding a value) refuses because of a post's values.
 REJECTED_DATA: tuple[type[BaseException], ...] = (redis.exceptions.DataError, UnicodeError)
+
+
+_ID: TypeAdapter[str] = TypeAdapter(Id)
+_TENANT: TypeAdapter[str] = TypeAdapter(Tenant)
 
 
 class _TooLarge(Exception):
@@ -63,7 +77,12 @@ def _body_schema(model: type[BaseModel]) -> dict[str, object]:
 
 
 def create_app(
-    moderator: Moderator, *, max_body_bytes: int, batch_max: int, retry_after_s: int
+    moderator: Moderator,
+    latest: LatestDecisions,
+    *,
+    max_body_bytes: int,
+    batch_max: int,
+    retry_after_s: int,
 ) -> FastAPI:
     app = FastAPI(
         title="guardstream moderation API",
@@ -171,6 +190,23 @@ def create_app(
             decisions.append(outcome if isinstance(outcome, Decision) else None)
         answer = openai_compat.response(decisions, model)
         return Response(answer.model_dump_json(), 200, media_type="application/json")
+
+    @app.get("/v1/decisions/{post_id}")
+    async def current_decision(post_id: str, tenant: str = DEFAULT_TENANT) -> Response:
+        """The post's current decision: the last one published for it (by either door, a
+        human's review or the SLA timer), as the action topics carried it."""
+        try:
+            _ID.validate_python(post_id)
+            _TENANT.validate_python(tenant)
+        except ValidationError as exc:
+            return _json(422, {"reason": rejection_reason(exc), "detail": describe_errors(exc)})
+        try:
+            found = await latest.get(tenant, post_id)
+        except redisstore.Unavailable:
+            return _json(503, {"error": "the decision index is unavailable"}, **busy)
+        if found is None:
+            return _json(404, {"reason": "unknown_post", "detail": "no decision for this post"})
+        return Response(found.to_json(), 200, media_type="application/json")
 
     return app
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -20,9 +20,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 from openai import AsyncOpenAI
 
-from guardstream.contracts.events import Action, Decision, DlqRecord, Source, Verdict
+from guardstream.contracts.events import Action, Decision, DlqRecord, Source, Verdict, utcnow
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post, send
+from guardstream.runtime.kafka import make_producer
 from guardstream.runtime.settings import Settings
 from guardstream.scorer.engine import GuardEngine
 from guardstream.scorer.vllm_engine import VllmGuardEngine
@@ -131,6 +132,29 @@ async def test_the_api_decides_as_the_stream_does_once_per_post_event(
     assert verdicts.re_emitted() == {("api-1", scored.policy): 2}
     review = await read_all(settings, [names[Topic.REVIEW]])
     assert {Decision.from_json(r).post_id for r in review} >= {"api-3", "api-mix-1"}
+
+
+async def current_decision(
+    client: httpx.AsyncClient, post_id: str, wanted: Callable[[Decision], bool]
+) -> httpx.Response:
+    """`GET /v1/decisions/{post_id}` once the index holds a decision `wanted` accepts (the
+    test's timeout bounds the wait)."""
+    answer = await client.get(f"/v1/decisions/{post_id}")
+    while answer.status_code != 200 or not wanted(Decision.from_json(answer.content)):
+        assert answer.status_code in (200, 404), answer.text
+        await asyncio.sleep(0.2)
+        answer = await client.get(f"/v1/decisions/{post_id}")
+    return answer
+
+
+async def publish(settings: Settings, topic: Topic, decision: Decision) -> None:
+    producer = make_producer(settings, client_id="test")
+    await producer.start()
+    try:
+        name = TopicNames(settings.namespace)[topic]
+        await producer.send_and_wait(name, decision.to_json(), key=decision.post_id.encode())
+    finally:
+        await producer.stop()
 
 
 def hostile_text() -> st.SearchStrategy[str]:
@@ -247,7 +271,8 @@ async def test_without_a_scorer_the_pack_decides_or_the_api_says_retry_after(
     settings: Settings, tmp_path: Path
 ) -> None:
     """The scorer's door is closed: a fail-closed pack sends the post to review (source `rule`),
-    a fail-open pack makes the API answer 503 with Retry-After, at once."""
+    a fail-open pack makes the API answer 503 with Retry-After, at once. The post's current
+    decision is then the API's, until a human's comes along the action topics."""
     (tmp_path / "packs.yaml").write_text(
         'id: default\nversion: "1"\ntenants: ["*"]\nscorer_unavailable: fail_closed\n---\n'
         'id: open-forum\nversion: "1"\ntenants: [openco]\nscorer_unavailable: fail_open\n'
@@ -267,6 +292,24 @@ async def test_without_a_scorer_the_pack_decides_or_the_api_says_retry_after(
             opened = await client.post(
                 "/v1/moderate", json={"text": SAFE, "post_id": "o-1", "tenant": "openco"}
             )
+            # The current decision, from the action topics: the API's own, then a human's.
+            current = await current_decision(client, "c-1", lambda d: True)
+            assert current.content == closed.content
+            human = Decision.from_json(closed.content).model_copy(
+                update={
+                    "decision_id": "human-c-1",
+                    "produced_at": utcnow(),
+                    "verdict": Verdict.SAFE,
+                    "action": Action.ALLOW,
+                    "source": Source.HUMAN,
+                }
+            )
+            await publish(settings, Topic.ALLOW, human)
+            after = await current_decision(client, "c-1", lambda d: d.source is Source.HUMAN)
+            assert Decision.from_json(after.content) == human
+            assert (await client.get("/v1/decisions/nobody")).status_code == 404
+            bad = await client.get("/v1/decisions/c-1", params={"tenant": "No\x00"})
+            assert bad.status_code == 422 and bad.json()["reason"]
     finally:
         api.stop()
     decision = Decision.from_json(closed.content)
