@@ -37,7 +37,7 @@ from guardstream.api.protocol import (
     Refusal,
     parse_json,
 )
-from guardstream.contracts.errors import TransientError
+from guardstream.contracts.errors import PermanentError, TransientError
 from guardstream.contracts.events import (
     ContractError,
     Decision,
@@ -59,8 +59,8 @@ _ID: TypeAdapter[str] = TypeAdapter(Id)
 _TENANT: TypeAdapter[str] = TypeAdapter(Tenant)
 
 
-class _TooLarge(Exception):
-    pass
+class BodyTooLarge(PermanentError):
+    """A request body over `GUARDSTREAM_API_MAX_BODY_BYTES` (413, read no further)."""
 
 
 def _json(status: int, value: object, **headers: str) -> Response:
@@ -94,13 +94,13 @@ def create_app(
     async def body_of(request: Request) -> bytes:
         length = request.headers.get("content-length")
         if length is not None and length.isdigit() and int(length) > max_body_bytes:
-            raise _TooLarge
+            raise BodyTooLarge
         chunks: list[bytes] = []
         size = 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > max_body_bytes:
-                raise _TooLarge
+                raise BodyTooLarge
             chunks.append(chunk)
         return b"".join(chunks)
 
@@ -122,8 +122,8 @@ def create_app(
             log.warning("moderation failed", extra={"route": route, "error": type(exc).__name__})
             return _json(503, {"error": "temporarily unavailable"}, **busy)
 
-    @app.exception_handler(_TooLarge)
-    async def too_large(request: Request, _exc: _TooLarge) -> Response:
+    @app.exception_handler(BodyTooLarge)
+    async def too_large(request: Request, _exc: BodyTooLarge) -> Response:
         # Refused unread: its DLQ record says so, without the payload.
         refusal = ContractError("body_too_large", f"body over {max_body_bytes} bytes")
         await moderator.refuse(b"", refusal, request.url.path)

@@ -38,6 +38,8 @@ the built-in base their callers catch them by (a `ContractError` is still a `Val
 | `AuditFailed` (503, nothing was done)   | review.store.audit     | `RuntimeError` | yes       |
 | `ClaimLimitReached`                     | review.store.claims    |                | no        |
 | `StackError`                            | devtools.stack         | `RuntimeError` | no        |
+| `BadHttpRequest` (4xx, connection closed) | runtime.jsonhttp     |                | no        |
+| `BodyTooLarge` (413)                    | api.app                |                | no        |
 
 Third-party exceptions (aiokafka, asyncpg, redis) are not ours to subclass: each consumer maps
 the ones it expects to `TransientError` or a DLQ reason where it knows which they are, and the

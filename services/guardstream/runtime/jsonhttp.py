@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from guardstream.contracts.errors import PermanentError
+
 log = logging.getLogger(__name__)
 
 MAX_HEADER_LINES = 64
@@ -52,7 +54,9 @@ class Reply:
 Handler = Callable[[bytes, Mapping[str, str]], Awaitable[Reply]]
 
 
-class _BadRequest(Exception):
+class BadHttpRequest(PermanentError):
+    """A request this server cannot read (answered with `status`, the connection closed)."""
+
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status = status
@@ -117,7 +121,7 @@ class JsonServer:
             method, path, headers = await self._head(line, reader)
             keep = headers.get("connection", "").lower() != "close"
             body = await self._body(headers, reader)
-        except _BadRequest as exc:
+        except BadHttpRequest as exc:
             await _write(writer, Reply.json(exc.status, {"error": exc.why}), keep=False)
             return False
         handler = self._routes.get((method, path.split("?", 1)[0]))
@@ -141,7 +145,7 @@ class JsonServer:
     ) -> tuple[str, str, dict[str, str]]:
         parts = line.decode("latin-1").split()
         if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
-            raise _BadRequest(400, "malformed request line")
+            raise BadHttpRequest(400, "malformed request line")
         headers: dict[str, str] = {}
         for _ in range(MAX_HEADER_LINES):
             raw = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT_S)
@@ -149,19 +153,19 @@ class JsonServer:
                 return parts[0], parts[1], headers
             name, sep, value = raw.decode("latin-1").partition(":")
             if not sep:
-                raise _BadRequest(400, "malformed header")
+                raise BadHttpRequest(400, "malformed header")
             headers[name.strip().lower()] = value.strip()
-        raise _BadRequest(431, "too many headers")
+        raise BadHttpRequest(431, "too many headers")
 
     async def _body(self, headers: Mapping[str, str], reader: asyncio.StreamReader) -> bytes:
         if "transfer-encoding" in headers:
-            raise _BadRequest(411, "chunked bodies are not accepted: send Content-Length")
+            raise BadHttpRequest(411, "chunked bodies are not accepted: send Content-Length")
         length_text = headers.get("content-length", "0")
         if not length_text.isdigit():
-            raise _BadRequest(400, "invalid Content-Length")
+            raise BadHttpRequest(400, "invalid Content-Length")
         length = int(length_text)
         if length > self._max_body:
-            raise _BadRequest(413, f"body over {self._max_body} bytes")
+            raise BadHttpRequest(413, f"body over {self._max_body} bytes")
         if length == 0:
             return b""
         return await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT_S)
