@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import httpx
 import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from pydantic import ValidationError
 
 from guardstream.api.protocol import parse_json, post_event
 from guardstream.contracts.events import ContractError, Decision, utcnow
@@ -157,7 +158,10 @@ class Moderator:
     ) -> None:
         self._sequence += 1
         origin = _origin(route, self._sequence, raw, int(time.time() * 1000))
-        await emitter.dead_letter(origin, error)
+        try:
+            await emitter.dead_letter(origin, error)
+        except ValidationError:  # a detail the DLQ contract refuses: the reason still goes
+            await emitter.dead_letter(origin, ContractError(error.reason, "detail withheld"))
 
     async def moderate(self, items: Sequence[object], route: str) -> list[Outcome]:
         """Decide each item (a parsed JSON value, or raw bytes still to parse)."""

@@ -104,8 +104,10 @@ def test_a_body_becomes_the_post_event_the_stream_would_carry() -> None:
     again = Post.from_json(post_event({"text": "hi", "event_id": "e-1", "post_id": "p-1"}, now))
     assert (again.event_id, again.post_id, again.tenant) == ("e-1", "p-1", "default")
     with pytest.raises(ContractError) as caught:
-        post_event({"text": "hi", "secret": 1}, now)
+        post_event({"text": "hi", "secret": 1, "\x00\u0099bad": 2}, now)
     assert caught.value.reason == "invalid_schema"
+    # A client's text never reaches the DLQ record's detail (a hostile key once made it 500).
+    assert caught.value.detail == "2 unknown field(s): secret"
     with pytest.raises(ContractError):
         Post.from_json(post_event({"text": 3}, now))  # the post contract judges the values
     assert orjson.loads(post_event({"text": "x"}, now))["author_id"] == "api-anonymous"
