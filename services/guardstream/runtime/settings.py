@@ -491,6 +491,39 @@ class ScorerSettings(Section):
     ] = 1.0
     """Share of fresh content keys scored in shadow (chosen by content key, so every replica
     picks the same ones): bounds the extra engine work to about this fraction."""
+    interactive_host: Annotated[str, _env("GUARDSTREAM_SCORER_INTERACTIVE_HOST")] = "127.0.0.1"
+    """Address of the interactive endpoint (`POST /v1/score`, the API's direct door to this
+    scorer's engine)."""
+    interactive_port: Annotated[
+        int, Field(ge=0, le=65535), _env("GUARDSTREAM_SCORER_INTERACTIVE_PORT")
+    ] = 0
+    """Port of the interactive endpoint; 0 turns it off (the scorer then serves Kafka only).
+    The API's `GUARDSTREAM_API_SCORER_URL` points at it."""
+    interactive_max_in_flight: Annotated[
+        int, Field(ge=1), _env("GUARDSTREAM_SCORER_INTERACTIVE_MAX_IN_FLIGHT")
+    ] = 64
+    """Interactive requests scored at once; one more is refused at once (503, Retry-After)
+    so a saturated engine answers quickly instead of queueing callers."""
+
+
+class ApiSettings(Section):
+    """The moderation API (`guardstream api`): the synchronous door beside Kafka."""
+
+    host: Annotated[str, _env("GUARDSTREAM_API_HOST")] = "127.0.0.1"
+    """Address the API listens on."""
+    port: Annotated[int, Field(ge=0, le=65535), _env("GUARDSTREAM_API_PORT")] = 8080
+    """Port the API listens on."""
+    scorer_url: Annotated[str, _env("GUARDSTREAM_API_SCORER_URL")] = "http://127.0.0.1:8095"
+    """The scorer's interactive endpoint (`GUARDSTREAM_SCORER_INTERACTIVE_PORT`)."""
+    deadline_s: Annotated[float, Field(gt=0, le=300), _env("GUARDSTREAM_API_DEADLINE_S")] = 5.0
+    """Time a post may take to be scored; past it the post is `controversial` and goes to
+    review (never `safe`)."""
+    batch_max: Annotated[int, Field(ge=1, le=1000), _env("GUARDSTREAM_API_BATCH_MAX")] = 32
+    """Posts in one `POST /v1/moderate/batch` or one `/v1/moderations` call."""
+    max_body_bytes: Annotated[int, Field(ge=1024), _env("GUARDSTREAM_API_MAX_BODY_BYTES")] = 1 << 20
+    """Largest request body accepted; a larger one is refused (413) before it is read."""
+    retry_after_s: Annotated[int, Field(ge=1), _env("GUARDSTREAM_API_RETRY_AFTER_S")] = 1
+    """`Retry-After` of a 503 (the scorer unreachable or saturated)."""
 
 
 class ReviewEdgeSettings(Section):
@@ -748,6 +781,8 @@ class Settings(BaseSettings):
     """The scorer process: source, batching, cascade, shadow scoring."""
     review: ReviewSettings = ReviewSettings()
     """The review console and its API's edge."""
+    api: ApiSettings = ApiSettings()
+    """The moderation API (`guardstream api`)."""
     qa: QaSettings = QaSettings()
     """QA audits of reviewers."""
     feedback: FeedbackSettings = FeedbackSettings()

@@ -23,6 +23,7 @@ Errors carry their policy: `ScoringError` (this request failed, retry later) vs 
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -36,6 +37,16 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
 log = logging.getLogger(__name__)
+
+
+# Engine priority of the requests made in the current context (lower first, as vLLM orders
+# them): the scorer's interactive door sets `INTERACTIVE` for its requests, so the API's
+# callers are scheduled ahead of the Kafka backlog. A context variable rather than an
+# `assess` argument: the scorer's coalescing task inherits it where the request started, and
+# every engine and wrapper (metering, test engines) passes it along untouched.
+INTERACTIVE = 0
+STREAM = 1
+engine_priority: ContextVar[int] = ContextVar("guardstream_engine_priority", default=STREAM)
 
 
 class ScoringError(TransientError):

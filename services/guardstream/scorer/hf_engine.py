@@ -40,7 +40,13 @@ from guardstream.model.guard import (
     resolve_model,
 )
 from guardstream.runtime.settings import Settings
-from guardstream.scorer.engine import EngineDead, RawAnswer, ScoringError, max_input_tokens
+from guardstream.scorer.engine import (
+    EngineDead,
+    RawAnswer,
+    ScoringError,
+    engine_priority,
+    max_input_tokens,
+)
 from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 log = logging.getLogger(__name__)
@@ -87,7 +93,9 @@ class TransformersGuardEngine:
         self._eos = tokenizer.eos_token_id
         self._share_prefix = settings.engine.prefix_caching
         self._prefixes: list[tuple[list[int], Any]] = []  # shared prefixes and KV, newest first
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        # (priority, arrival, job): interactive requests join the next batch first.
+        self._queue: asyncio.PriorityQueue[tuple[int, int, _Job]] = asyncio.PriorityQueue()
+        self._arrivals = 0
         self._worker: asyncio.Task[None] | None = None
         self._closed = False
         self.batches = 0  # model batches run (tests and benchmarks read it)
@@ -158,14 +166,15 @@ class TransformersGuardEngine:
         job = _Job(ids, messages, truncated, plain)
         if self._worker is None:
             self._worker = asyncio.create_task(self._run())
-        await self._queue.put(job)
+        self._arrivals += 1
+        await self._queue.put((engine_priority.get(), self._arrivals, job))
         return await job.done
 
     async def _run(self) -> None:
         while True:
-            jobs = [await self._queue.get()]
+            jobs = [(await self._queue.get())[2]]
             while len(jobs) < self._batch_max and not self._queue.empty():
-                jobs.append(self._queue.get_nowait())
+                jobs.append(self._queue.get_nowait()[2])
             # One model batch per mode and template (prompt or response moderation): each
             # shares a long prompt prefix (see the module doc).
             groups: dict[tuple[bool, bool], list[_Job]] = {}

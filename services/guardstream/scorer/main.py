@@ -1,4 +1,5 @@
-"""Entry point of the scorer process: load the model first, then consume.
+"""Entry point of the scorer process: load the model first, then consume (and, with
+`GUARDSTREAM_SCORER_INTERACTIVE_PORT`, answer the API's interactive requests: `scorer.door`).
 
 Engine death (`EngineDead`) fails `/healthz` as soon as the engine reports it, and the first
 batch that meets it stops the loop: finished work is committed, nothing past it, and the
@@ -18,6 +19,7 @@ from guardstream.runtime import metrics
 from guardstream.runtime.loop import BatchHandler, LoopReport
 from guardstream.runtime.process import serve
 from guardstream.runtime.settings import Settings
+from guardstream.scorer.door import InteractiveDoor
 from guardstream.scorer.engine import GuardEngine
 from guardstream.scorer.launch import start_engine
 from guardstream.scorer.metered import MeteredEngine
@@ -48,6 +50,10 @@ async def run(
         # Runs before the stores, the engine and the producer close (the stack is LIFO).
         stack.push_async_callback(scorer.drain_shadow)
         metrics.observe_counts("guardstream.scorer.outcomes", scorer.counts)
+        if settings.scorer.interactive_port:
+            door = InteractiveDoor(scorer, settings).server()
+            await door.start()
+            stack.push_async_callback(door.close)  # closed first: no new interactive work
         if expose is not None:
             expose(scorer)
         return scorer.handle

@@ -35,6 +35,7 @@ from aiokafka import AIOKafkaProducer
 from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import (
     ContractError,
+    Decision,
     LangSource,
     ScoreRequest,
     ShadowRecord,
@@ -49,11 +50,17 @@ from guardstream.runtime import tracing
 from guardstream.runtime.faults import FaultPoints
 from guardstream.runtime.loop import Record, Records, isolate, unusable
 from guardstream.runtime.settings import Settings
-from guardstream.scorer.engine import GuardEngine, RawAnswer, ScoringError
+from guardstream.scorer.engine import (
+    INTERACTIVE,
+    GuardEngine,
+    RawAnswer,
+    ScoringError,
+    engine_priority,
+)
 from guardstream.scorer.output import GuardAnswer, label_confidence, parse_answer
 from guardstream.scorer.prompt import messages_for
 from guardstream.verdict.cache import CachedVerdict, VerdictKey
-from guardstream.verdict.decisions import Origin, decide, model_reason
+from guardstream.verdict.decisions import Origin, decide, model_reason, past_deadline
 from guardstream.verdict.emitter import Emitter
 from guardstream.verdict.journal import journal_key
 from guardstream.verdict.stores import Stores
@@ -110,6 +117,7 @@ class Scorer:
         self._faults = FaultPoints(settings.process.fault)
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
+        self._late_tasks: set[asyncio.Task[None]] = set()
         self._shadow_topic = TopicNames(settings.namespace)[Topic.SHADOW]
         self.counts: dict[str, int] = dict.fromkeys(
             (
@@ -122,6 +130,9 @@ class Scorer:
                 "truncated",
                 "dlq",
                 "escalated",
+                "interactive",
+                "interactive_refused",
+                "past_deadline",
                 "shadow_started",
                 "shadow_scored",
                 "shadow_skipped",
@@ -190,9 +201,27 @@ class Scorer:
                 journal_key(request.tenant, request.post_event_id, request.policy), request
             )
 
+        await self._decide(requests, emitter)
+        await emitter.flush()
+        self.counts["dlq"] += dead
+        self.counts["consumed"] += len(records)
+
+    async def _decide(
+        self,
+        requests: dict[str, ScoreRequest],
+        emitter: Emitter,
+        deadline_s: float | None = None,
+    ) -> dict[str, bytes]:
+        """Decide `requests` (by journal key), as both doors do: the decisions are queued on
+        `emitter` (the caller flushes) and returned by journal key, as sent (an earlier
+        decision for a replayed event); an escalated request has none. With `deadline_s` (the
+        interactive door), a key the model has not judged by then is decided `past_deadline`
+        (its scoring goes on, and its verdict is cached when it comes)."""
+        sent: dict[str, bytes] = {}
         recalled = await self._journal.recall_many(list(requests))
         for event in recalled:  # decided before (a replay): say the same thing again
             await emitter.decision(recalled[event])
+            sent[event] = recalled[event]
             del requests[event]
         self.counts["replayed"] += len(recalled)
 
@@ -205,8 +234,11 @@ class Scorer:
         # Another scorer may have scored a key since triage looked: ask the cache again.
         cached = await self._cache.get_many(list(by_key))
         misses = [key for key in by_key if key not in cached]
-        scored = await asyncio.gather(*(self._score_once(by_key[key][0]) for key in misses))
-        fresh = dict(zip(misses, scored, strict=True))
+        if deadline_s is None:
+            scored = await asyncio.gather(*(self._score_once(by_key[key][0]) for key in misses))
+            fresh = dict(zip(misses, scored, strict=True))
+        else:
+            fresh = await self._score_within(by_key, misses, deadline_s)
         # The model has answered, nothing of this batch is published or committed yet.
         self._faults.reach("scorer_scored")
         unsure = [key for key, verdict in fresh.items() if self._escalates(verdict)]
@@ -222,26 +254,113 @@ class Scorer:
         self.counts["cache_hit"] += sum(len(by_key[key]) for key in cached)
 
         decisions = [
-            decide(
-                fresh.get(key) or cached[key],
-                Origin.MODEL if key in fresh else Origin.CACHE,
-                self._policies.for_post(request.tenant, request.region),
-                post_id=request.post_id,
-                post_event_id=request.post_event_id,
-                tenant=request.tenant,
-                content_key=key.content_key,
-                lang=request.lang,
-                # An older triage's request: its `lang` can only be the post's own.
-                lang_source=request.lang_source or (LangSource.GIVEN if request.lang else None),
-            )
+            self._decision(request, key, fresh, cached, deadline_s)
             for key, group in by_key.items()
             for request in group
         ]
         await self._index_near_duplicates([by_key[key][0] for key in fresh])
-        await emitter.decisions(self._journal, decisions)
-        await emitter.flush()
-        self.counts["dlq"] += dead
-        self.counts["consumed"] += len(records)
+        sent.update(await emitter.decisions(self._journal, decisions))
+        return sent
+
+    def _decision(
+        self,
+        request: ScoreRequest,
+        key: VerdictKey,
+        fresh: dict[VerdictKey, CachedVerdict],
+        cached: dict[VerdictKey, CachedVerdict],
+        deadline_s: float | None,
+    ) -> Decision:
+        pack = self._policies.for_post(request.tenant, request.region)
+        # An older triage's request: its `lang` can only be the post's own.
+        lang_source = request.lang_source or (LangSource.GIVEN if request.lang else None)
+        entry = fresh.get(key) or cached.get(key)
+        if entry is None:  # not judged within the interactive caller's deadline
+            return past_deadline(
+                pack,
+                post_id=request.post_id,
+                post_event_id=request.post_event_id,
+                tenant=request.tenant,
+                content_key=key.content_key,
+                model=self._engine.model_id,
+                adapter=request.adapter,
+                deadline_s=deadline_s or 0.0,
+                lang=request.lang,
+                lang_source=lang_source,
+            )
+        return decide(
+            entry,
+            Origin.MODEL if key in fresh else Origin.CACHE,
+            pack,
+            post_id=request.post_id,
+            post_event_id=request.post_event_id,
+            tenant=request.tenant,
+            content_key=key.content_key,
+            lang=request.lang,
+            lang_source=lang_source,
+        )
+
+    async def _score_within(
+        self,
+        by_key: dict[VerdictKey, list[ScoreRequest]],
+        misses: list[VerdictKey],
+        deadline_s: float,
+    ) -> dict[VerdictKey, CachedVerdict]:
+        """Score `misses` for at most `deadline_s`: what the model judged in time. The late
+        ones keep scoring; their verdicts are cached and indexed when they come, for the next
+        post with that content (no decision: this one is decided)."""
+        tasks = {key: asyncio.ensure_future(self._score_once(by_key[key][0])) for key in misses}
+        if tasks:
+            await asyncio.wait(tasks.values(), timeout=deadline_s)
+        fresh: dict[VerdictKey, CachedVerdict] = {}
+        for key, task in tasks.items():
+            if task.done():
+                fresh[key] = task.result()  # a scoring error is raised here, as in a batch
+            else:
+                self.counts["past_deadline"] += 1
+                self._keep_late(key, by_key[key][0], task)
+        return fresh
+
+    def _keep_late(
+        self, key: VerdictKey, request: ScoreRequest, task: asyncio.Future[CachedVerdict]
+    ) -> None:
+        async def cache_when_done() -> None:
+            try:
+                verdict = await task
+                if not self._escalates(verdict):
+                    await self._cache.put_many({key: verdict})
+                    await self._index_near_duplicates([request])
+            except asyncio.CancelledError:
+                raise
+            # A late verdict is a bonus for the next post: whatever stops it is only logged.
+            except Exception as exc:  # noqa: BLE001
+                log.warning("late verdict not kept", extra={"error": type(exc).__name__})
+
+        late = asyncio.create_task(cache_when_done())
+        self._late_tasks.add(late)
+        late.add_done_callback(self._late_tasks.discard)
+
+    # --- the interactive door -------------------------------------------------------------
+    async def interactive(self, body: bytes, deadline_s: float) -> Decision | None:
+        """One score request from the API, decided exactly as the stream decides it (journal,
+        cache, coalesced scoring, cache put, near-duplicate index, action topic and journal),
+        at interactive engine priority and within `deadline_s`. Returns the decision sent, or
+        None when the request was escalated (the larger model's tier decides it). Raises
+        `ContractError` for a request the contract refuses (nothing is published then) and
+        `TransientError` when the engine fails it."""
+        request = within_text_limit(
+            ScoreRequest.from_json(body), self._settings.process.max_text_chars
+        )
+        token = engine_priority.set(INTERACTIVE)
+        try:
+            emitter = Emitter(self._producer, self._settings, "scorer")
+            key = journal_key(request.tenant, request.post_event_id, request.policy)
+            sent = await self._decide({key: request}, emitter, deadline_s)
+            await emitter.flush()
+        finally:
+            engine_priority.reset(token)
+        self.counts["interactive"] += 1
+        raw = sent.get(key)
+        return Decision.from_json(raw) if raw is not None else None
 
     def _escalates(self, verdict: CachedVerdict) -> bool:
         threshold = self._settings.scorer.cascade_escalate_below
@@ -352,6 +471,8 @@ class Scorer:
 
     async def drain_shadow(self, timeout_s: float = SHADOW_DRAIN_S) -> None:
         """At shutdown: let running shadow scorings finish for a moment, then drop them."""
+        for late in list(self._late_tasks):  # late verdicts are a bonus: dropped at once
+            late.cancel()
         if not self._shadow_tasks:
             return
         _done, pending = await asyncio.wait(set(self._shadow_tasks), timeout=timeout_s)

@@ -21,7 +21,13 @@ from guardstream.model.guard import (
     resolve_model,
 )
 from guardstream.runtime.settings import Settings
-from guardstream.scorer.engine import EngineDead, RawAnswer, ScoringError, max_input_tokens
+from guardstream.scorer.engine import (
+    EngineDead,
+    RawAnswer,
+    ScoringError,
+    engine_priority,
+    max_input_tokens,
+)
 from guardstream.scorer.prompt import PromptRenderer, TemplateTooLong
 
 if TYPE_CHECKING:
@@ -114,6 +120,8 @@ class VllmGuardEngine:
             enable_lora=settings.model.adapter_dir is not None,
             max_lora_rank=settings.engine.max_lora_rank,
             max_loras=settings.engine.max_loras,
+            # Interactive requests (the API's) ahead of the Kafka backlog: `engine_priority`.
+            scheduling_policy="priority",
         )
         try:
             llm = AsyncLLM.from_engine_args(args)
@@ -242,7 +250,11 @@ class VllmGuardEngine:
         final = None
         try:
             async for output in self._llm.generate(
-                TokensPrompt(prompt_token_ids=ids), params, request_id, lora_request=lora
+                TokensPrompt(prompt_token_ids=ids),
+                params,
+                request_id,
+                lora_request=lora,
+                priority=engine_priority.get(),
             ):
                 final = output
         except EngineDeadError as exc:

@@ -1,62 +1,45 @@
 """The triage consumer: posts in; cache-hit decisions, score requests and DLQ records out.
 
-Per batch: every record is validated, given its policy pack and keyed; a replayed event gets
-its earlier decision again (the journal); the verdict cache is asked once (MGET) for the whole
-batch; exact hits, then near-duplicates of decided content (when the pack allows), become
-decisions routed by the pack, as long as the verdict is younger than the pack's
-`cache_ttl_s`; the rest become score requests keyed by content key, or, while the scorer is
-unavailable (`guardstream.triage.watch`) and the pack fails closed, review decisions with
-source `rule`; bad records go to the DLQ with their origin (reasons from the contract:
-`invalid_json`, `invalid_schema`, `forbidden_character`, `text_too_long`, ...). A record whose
-data Redis refuses, or that the code cannot turn into valid events, is found by halving the
-batch (`runtime.loop.isolate`) and dead-lettered alone (`store_rejected`, `unprocessable`); the
-rest of the batch is decided. Offsets are committed only after every produced record is
-acknowledged (the whole commit table: docs/concepts/delivery.md).
+Per batch: every record is validated, given its policy pack and keyed (`verdict.intake`); what
+is already known is looked up as the API looks it up (`verdict.lookup`: a replayed event gets
+its earlier decision again, the verdict cache is asked once for the whole batch, exact hits,
+then near-duplicates of decided content, become decisions routed by the pack while younger
+than the pack's `cache_ttl_s`); the rest become score requests keyed by content key, or,
+while the scorer is unavailable (`guardstream.triage.watch`) and the pack fails closed, review
+decisions with source `rule`; bad records go to the DLQ with their origin (reasons from the
+contract: `invalid_json`, `invalid_schema`, `forbidden_character`, `text_too_long`, ...). A
+record whose data Redis refuses, or that the code cannot turn into valid events, is found by
+halving the batch (`runtime.loop.isolate`) and dead-lettered alone (`store_rejected`,
+`unprocessable`); the rest of the batch is decided. Offsets are committed only after every
+produced record is acknowledged (the whole commit table: docs/concepts/delivery.md).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Callable
-from datetime import datetime
 
 import redis.exceptions
 from aiokafka import AIOKafkaProducer
 
-from guardstream.contracts.events import ContractError, Decision, utcnow
+from guardstream.contracts.events import ContractError, Decision
 from guardstream.contracts.topics import Topic, TopicNames
-from guardstream.model.adapters import AdapterRegistry
 from guardstream.policy import ScorerUnavailableMode
 from guardstream.runtime import tracing
 from guardstream.runtime.loop import Record, Records, isolate, unusable
 from guardstream.runtime.settings import Settings
-from guardstream.triage.language import language_label
-from guardstream.triage.logic import Triaged, Triager, score_request_json
 from guardstream.triage.watch import ScorerWatch
-from guardstream.verdict.cache import CachedVerdict, VerdictKey
-from guardstream.verdict.decisions import Origin, decide, unscored
 from guardstream.verdict.emitter import Emitter
+from guardstream.verdict.intake import Triaged, score_request_json
 from guardstream.verdict.journal import journal_key
+from guardstream.verdict.language import language_label
+from guardstream.verdict.lookup import Lookup, triager, unscored_item
 from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
 
 # What Redis (or its client, encoding a value) refuses because of a record's values.
 REJECTED_DATA: tuple[type[BaseException], ...] = (redis.exceptions.DataError, UnicodeError)
-
-
-def _adapter_for(adapters: AdapterRegistry | None) -> Callable[[str], str | None]:
-    """Tenant → id of the adapter serving it now (re-read when the registry changes)."""
-    if adapters is None:
-        return lambda _tenant: None
-
-    def serving(tenant: str) -> str | None:
-        adapter = adapters.serving_for(tenant)
-        return adapter.adapter_id if adapter is not None else None
-
-    return serving
 
 
 class Triage:
@@ -71,18 +54,13 @@ class Triage:
     ) -> None:
         self._settings = settings
         self._producer = producer
-        self._cache = stores.cache
         self._journal = stores.journal
         self._near = stores.near
+        self._lookup = Lookup(stores.cache, stores.journal, stores.near)
         self._watch = watch
         self._model = model
         self._score_topic = TopicNames(settings.namespace)[Topic.SCORE_REQUESTS]
-        self._triager = Triager(
-            max_text_chars=settings.process.max_text_chars,
-            model=model,
-            adapter_for=_adapter_for(stores.adapters),
-            policies=stores.policies,
-        )
+        self._triager = triager(settings, stores, model)
         self.counts: dict[str, int] = dict.fromkeys(
             (
                 "consumed",
@@ -98,7 +76,7 @@ class Triage:
             0,
         )
         # Posts by (language label, "given" | "detected"): bounded by the detector's language
-        # set (`triage.language.language_label`), so it can be a metric.
+        # set (`verdict.language.language_label`), so it can be a metric.
         self.languages: defaultdict[tuple[str, str], int] = defaultdict(int)
 
     @property
@@ -141,44 +119,17 @@ class Triage:
             accepted[key] = item
             self.languages[(language_label(item.lang, languages), item.lang_source.value)] += 1
 
-        cached, recalled = await asyncio.gather(
-            self._cache.get_many([item.verdict_key for item in accepted.values()]),
-            self._journal.recall_many(list(accepted)),
-        )
-        for key in recalled:  # these events were decided before: say the same thing again
-            await emitter.decision(recalled[key])
-            del accepted[key]
-        self.counts["replayed"] += len(recalled)
+        looked = await self._lookup.look(accepted)
+        for raw in looked.recalled.values():  # decided before: say the same thing again
+            await emitter.decision(raw)
+        self.counts["replayed"] += len(looked.recalled)
+        self.counts["cache_hit"] += looked.cache_hits
+        self.counts["stale"] += looked.stale
+        self.counts["near_hit"] += looked.near_hits
 
-        decisions: list[Decision] = []
-        misses: list[Triaged] = []
-        stale: set[VerdictKey] = set()
-        now = utcnow()
-        for item in accepted.values():
-            hit = cached.get(item.verdict_key)
-            if hit is not None and not hit.fresh_for(item.pack.cache_ttl_s, now):
-                # Older than this pack reuses: scored again. Dropped too, or the scorer's own
-                # cache check would hand the same old verdict back.
-                stale.add(item.verdict_key)
-                hit = None
-            if hit is None:
-                misses.append(item)
-                continue
-            decisions.append(self._decide(hit, Origin.CACHE, item))
-            self.counts["cache_hit"] += 1
-        if stale:
-            await self._cache.forget_many(list(stale))
-            self.counts["stale"] += len(stale)
-
-        near = await self._near_duplicates(misses, now)
+        decisions = looked.decisions
         scorer_down = self.scorer_unavailable
-        for item in misses:
-            match = near.get(item.verdict_key)
-            if match is not None:
-                matched_key, entry = match
-                decisions.append(self._decide(entry, Origin.NEAR, item, matched_key))
-                self.counts["near_hit"] += 1
-                continue
+        for item in looked.misses:
             if scorer_down and item.pack.scorer_unavailable is ScorerUnavailableMode.FAIL_CLOSED:
                 decisions.append(self._unscored(item))
                 self.counts["unscored"] += 1
@@ -198,71 +149,5 @@ class Triage:
         self.counts["consumed"] += len(records)
 
     def _unscored(self, item: Triaged) -> Decision:
-        post = item.post
-        return unscored(
-            item.pack,
-            post_id=post.post_id,
-            post_event_id=post.event_id,
-            tenant=post.tenant,
-            content_key=item.content_key,
-            model=self._model,
-            adapter=item.adapter,
-            waited_s=self._watch.oldest_wait_s() if self._watch is not None else 0.0,
-            lang=item.lang,
-            lang_source=item.lang_source,
-        )
-
-    def _decide(
-        self, entry: CachedVerdict, origin: Origin, item: Triaged, matched: str | None = None
-    ) -> Decision:
-        post = item.post
-        return decide(
-            entry,
-            origin,
-            item.pack,
-            post_id=post.post_id,
-            post_event_id=post.event_id,
-            tenant=post.tenant,
-            content_key=item.content_key,
-            matched_content_key=matched,
-            lang=item.lang,
-            lang_source=item.lang_source,
-        )
-
-    async def _near_duplicates(
-        self, misses: list[Triaged], now: datetime
-    ) -> dict[VerdictKey, tuple[str, CachedVerdict]]:
-        """For exact misses whose pack allows it: (matched key, its verdict) of a near-duplicate
-        decided earlier, in the miss's scope (its tenant's, unless its pack shares verdicts).
-        A match whose verdict has since expired, or is older than the pack reuses, is no
-        match."""
-        if self._near is None:
-            return {}
-        by_scope: dict[str, list[tuple[str, str]]] = defaultdict(list)
-        for item in misses:
-            if item.pack.reuse_near_duplicates:
-                by_scope[item.near_scope].append((item.content_key, item.text))
-        found = await asyncio.gather(
-            *(self._near.find_many(scope, items) for scope, items in by_scope.items())
-        )
-        # By scope too: two tenants' posts with one content key are looked up in two scopes.
-        matches = {
-            (scope, key): m.content_key
-            for scope, part in zip(by_scope, found, strict=True)
-            for key, m in part.items()
-        }
-        # The matched post's verdict as this miss's tenant may see it: its model verdict in the
-        # miss's scope (the index scope already kept other tenants out), the tenant's own human
-        # verdict over it.
-        matched = {
-            item.verdict_key: item.verdict_key._replace(content_key=found_key)
-            for item in misses
-            if (found_key := matches.get((item.near_scope, item.content_key))) is not None
-        }
-        verdicts = await self._cache.get_many(list(set(matched.values())))
-        ttl = {item.verdict_key: item.pack.cache_ttl_s for item in misses}
-        return {
-            k: (m.content_key, verdicts[m])
-            for k, m in matched.items()
-            if m in verdicts and verdicts[m].fresh_for(ttl[k], now)
-        }
+        waited = self._watch.oldest_wait_s() if self._watch is not None else 0.0
+        return unscored_item(item, model=self._model, waited_s=waited)

@@ -155,3 +155,40 @@ def unscored(
         lang=lang,
         lang_source=lang_source,
     )
+
+
+def past_deadline(
+    pack: PolicyPack,
+    *,
+    post_id: str,
+    post_event_id: str,
+    tenant: str,
+    content_key: str,
+    model: str,
+    adapter: str | None,
+    deadline_s: float,
+    lang: str | None = None,
+    lang_source: LangSource | None = None,
+) -> Decision:
+    """The decision for an interactive post the model did not judge within its caller's
+    deadline: `controversial`, sent to review whatever the pack's rules (never `safe`: an
+    unjudged post is not known to be harmless), source `rule`. Same id as a model decision
+    for the post would have: the journal keeps it the only one."""
+    return Decision.make(
+        decision_id=decision_id(tenant, post_event_id, pack.ref, content_key),
+        at=utcnow(),
+        post_id=post_id,
+        post_event_id=post_event_id,
+        tenant=tenant,
+        verdict=Verdict.CONTROVERSIAL,
+        action=Action.REVIEW,
+        reason=f"not scored within the caller's deadline of {deadline_s:g} s: a person decides",
+        rule="deadline",
+        source=Source.RULE,
+        model=model,
+        adapter=adapter,
+        policy=pack.ref,
+        content_key=content_key,
+        lang=lang,
+        lang_source=lang_source,
+    )

@@ -99,9 +99,12 @@ class Emitter:
         self._queued.append((topic, decision.post_id.encode(), raw, headers))
         self._decided.append(attributes)
 
-    async def decisions(self, journal: DecisionJournal, decisions: Sequence[Decision]) -> None:
+    async def decisions(
+        self, journal: DecisionJournal, decisions: Sequence[Decision]
+    ) -> dict[str, bytes]:
         """Record each decision in the journal, then send what the journal says: for a post
-        event decided before (a replay), the earlier decision, byte for byte."""
+        event decided before (a replay), the earlier decision, byte for byte. Returns what
+        was sent, by journal key."""
         ours = {
             journal_key(d.tenant, d.post_event_id, d.policy): (d.to_json(), d) for d in decisions
         }
@@ -110,6 +113,7 @@ class Emitter:
             made, decision = ours[key]
             # Only an earlier decision (a replay) needs reading; ours is known already.
             await self.decision(raw, decision if raw == made else None)
+        return settled
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: ContractError) -> None:
         self._pending.append(

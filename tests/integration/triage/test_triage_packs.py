@@ -19,13 +19,13 @@ from guardstream.devtools.produce import new_post, send, send_and_wait
 from guardstream.model.guard import served_model_id
 from guardstream.policy import load_registry
 from guardstream.runtime.settings import Settings
-from guardstream.triage.logic import triage_record
 from guardstream.verdict.cache import (
     CachedVerdict,
     RedisVerdictCache,
     VerdictKey,
     human_verdict_key,
 )
+from guardstream.verdict.intake import triage_record
 from tests.integration.conftest import Pipeline, in_process
 from tests.support.oracle import read_all
 

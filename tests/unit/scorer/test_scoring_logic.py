@@ -16,14 +16,14 @@ from guardstream.runtime.settings import Settings
 from guardstream.scorer.engine import RawAnswer
 from guardstream.scorer.prompt import messages_for
 from guardstream.scorer.service import Scorer
-from guardstream.triage.logic import (
+from guardstream.verdict.cache import VerdictKey
+from guardstream.verdict.intake import (
     Triaged,
     Triager,
     score_request,
     score_request_json,
     triage_record,
 )
-from guardstream.verdict.cache import VerdictKey
 from guardstream.verdict.neardup import near_scope
 from guardstream.verdict.stores import Stores
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from guardstream.triage.logic import Triaged, score_request, score_request_json, triage_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.metrics import CallbackOptions
@@ -15,7 +16,9 @@ from opentelemetry.metrics import CallbackOptions
 from guardstream.contracts.events import Decision, LangSource, ScoreRequest, Source, Verdict
 from guardstream.policy import load_registry
 from guardstream.runtime import metrics
-from guardstream.triage.language import (
+from guardstream.verdict.cache import CachedVerdict
+from guardstream.verdict.decisions import Origin, decide
+from guardstream.verdict.language import (
     DETECT_CHARS,
     OTHER,
     UNDETERMINED,
@@ -23,9 +26,6 @@ from guardstream.triage.language import (
     default_detector,
     language_label,
 )
-from guardstream.triage.logic import Triaged, score_request, score_request_json, triage_record
-from guardstream.verdict.cache import CachedVerdict
-from guardstream.verdict.decisions import Origin, decide
 
 pytestmark = pytest.mark.unit
 

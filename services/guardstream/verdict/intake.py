@@ -21,8 +21,8 @@ from guardstream.contracts.events import (
 )
 from guardstream.contracts.text import key_context, keyed, normalise
 from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
-from guardstream.triage.language import LanguageDetector, default_detector
 from guardstream.verdict.cache import VerdictKey
+from guardstream.verdict.language import LanguageDetector, default_detector
 from guardstream.verdict.neardup import near_scope
 
 _GIVEN, _DETECTED = LangSource.GIVEN, LangSource.DETECTED

@@ -1,0 +1,1 @@
+"""The moderation API (`guardstream api`): the synchronous HTTP door beside Kafka."""

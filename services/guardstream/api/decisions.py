@@ -1,0 +1,49 @@
+"""The latest-decision index behind `GET /v1/decisions/{post_id}`: the API process reads the
+action topics (consumer group `guardstream-api-decisions`) into `verdict.latest`.
+
+Commit table: a batch recorded → committed; a record that is no decision → DLQ with the
+contract's reason, then committed; Redis refusing the write → transient, the batch is
+retried (nothing committed past it); shutdown → what is recorded is committed.
+"""
+
+from __future__ import annotations
+
+from aiokafka import AIOKafkaProducer
+
+from guardstream.contracts.events import ContractError, Decision
+from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.runtime.loop import Records
+from guardstream.runtime.settings import Settings
+from guardstream.verdict.emitter import Emitter
+from guardstream.verdict.latest import LatestDecisions
+
+GROUP = "api-decisions"
+ACTION_TOPICS = (Topic.ALLOW, Topic.BLOCK, Topic.REVIEW)
+
+
+def action_topics(settings: Settings) -> list[str]:
+    names = TopicNames(settings.namespace)
+    return [names[topic] for topic in ACTION_TOPICS]
+
+
+class DecisionIndexer:
+    def __init__(
+        self, settings: Settings, producer: AIOKafkaProducer, latest: LatestDecisions
+    ) -> None:
+        self._settings = settings
+        self._producer = producer
+        self._latest = latest
+        self.counts: dict[str, int] = {"indexed": 0, "dlq": 0}
+
+    async def handle(self, records: Records) -> None:
+        emitter = Emitter(self._producer, self._settings, GROUP)
+        decisions: list[Decision] = []
+        for record in records:
+            try:
+                decisions.append(Decision.from_json(record.value))
+            except ContractError as exc:
+                await emitter.dead_letter(record, exc)
+                self.counts["dlq"] += 1
+        await self._latest.record_many(decisions)
+        await emitter.flush()
+        self.counts["indexed"] += len(decisions)
