@@ -51,9 +51,9 @@ from guardstream.review.store.posts import PostText
 from guardstream.review.store.tasks import NewTask
 from guardstream.runtime.redisstore import redis_client
 from guardstream.runtime.settings import Settings
-from guardstream.triage.logic import Triaged, Triager
 from guardstream.verdict.cache import RedisVerdictCache
 from guardstream.verdict.decisions import Origin, decide
+from guardstream.verdict.intake import Triaged, Triager
 from guardstream.verdict.journal import RedisDecisionJournal, journal_key
 from guardstream.verdict.neardup import RedisNearDuplicateIndex
 

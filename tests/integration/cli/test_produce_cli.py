@@ -35,8 +35,8 @@ from guardstream.policy import load_registry
 from guardstream.runtime.kafka import ensure_topics
 from guardstream.runtime.settings import Settings
 from guardstream.triage import main as triage_main
-from guardstream.triage.logic import triage_record
 from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache
+from guardstream.verdict.intake import triage_record
 from tests.integration.cli.conftest import guardstream
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -17,9 +17,9 @@ from guardstream.model.guard import served_model_id
 from guardstream.policy import load_registry
 from guardstream.review.logic import task_id
 from guardstream.triage import main as triage_main
-from guardstream.triage.logic import triage_record
 from guardstream.triage.service import Triage
 from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache
+from guardstream.verdict.intake import triage_record
 from tests.integration.review.conftest import Console, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-from guardstream.triage.logic import Triaged, score_request, score_request_json, triage_record
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry.metrics import CallbackOptions
@@ -18,6 +17,7 @@ from guardstream.policy import load_registry
 from guardstream.runtime import metrics
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import Origin, decide
+from guardstream.verdict.intake import Triaged, score_request, score_request_json, triage_record
 from guardstream.verdict.language import (
     DETECT_CHARS,
     OTHER,
