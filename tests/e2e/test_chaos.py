@@ -325,7 +325,9 @@ async def test_scorer_outage_backs_off_commits_nothing_and_recovers(
     adapter_id = f"{tenant}-1"
     rig.triage_registry.register(adapter_id, rig.garble, tenant=tenant)
     rig.triage_registry.promote(adapter_id)
-    await asyncio.sleep(0.5)  # more than triage's registry poll
+    # Triage keys the tenant's posts with the adapter from the generation that promoted it.
+    promoted = rig.triage_registry.snapshot(fresh=True).generation
+    await asyncio.to_thread(rig.triage.wait_adapter_generation, promoted)
     group = settings.group_id("scorer")
     retries_before = len(log_events(scorer, "transient failure, retrying batch"))
     batch = unique_posts(6, tenant=tenant)

@@ -73,6 +73,7 @@ class Triage:
         self._cache = stores.cache
         self._journal = stores.journal
         self._near = stores.near
+        self._adapters = stores.adapters
         self._watch = watch
         self._model = model
         self._score_topic = TopicNames(settings.namespace)[Topic.SCORE_REQUESTS]
@@ -96,6 +97,11 @@ class Triage:
             ),
             0,
         )
+
+    @property
+    def adapter_generation(self) -> int | None:
+        """The adapter registry generation triage keys requests from now (None: no registry)."""
+        return self._adapters.generation if self._adapters is not None else None
 
     @property
     def scorer_unavailable(self) -> bool:
