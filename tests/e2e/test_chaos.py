@@ -346,8 +346,12 @@ async def test_scorer_outage_backs_off_commits_nothing_and_recovers(
     assert scorer.proc is not None and scorer.proc.poll() is None
 
     rig.scorer_registry.register(adapter_id, rig.garble, tenant=tenant)  # it arrives
+    arrived = rig.scorer_registry.snapshot(fresh=True).generation
     expected = {p.post_id for p in batch}
     verdicts = await wait_for_decisions(settings, expected, timeout_s=240)
+    # Decided by a scorer that serves the registry the adapter arrived in (or a later one).
+    served = scorer.health()["adapter_generation"]
+    assert isinstance(served, int) and served >= arrived, (served, arrived)
     # Failed batches publish nothing and are retried by the same consumer: nothing redone.
     # The rig's namespace is shared with scenario 1, whose SIGKILL re-emits some of its posts
     # once: the oracle reads every decision of the namespace, those included.

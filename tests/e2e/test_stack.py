@@ -1,7 +1,8 @@
 """The product as a user runs it: `guardstream stack up`, `produce --wait`, `stack down`.
 
 Separate OS processes (broker, triage, scorer) started by the CLI, talking over real sockets
-to the real broker, Redis and the vLLM engine.
+to the real broker, Redis and the vLLM engine. The tests share one stack and run in any order;
+`stack down` and a clean shutdown in the logs are checked when the module is done with it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,13 @@ def stack(
         yield {**env, "RUN_DIR": str(run_dir)}
     finally:
         down = run(["stack", "down", "--run-dir", str(run_dir)], env, timeout=120)
-        assert down.returncode == 0, down.stdout + down.stderr
+    # The processes shut down cleanly: checked after every test of the module has used the
+    # stack, whatever their order (a failure here is an error at the last test's teardown).
+    assert down.returncode == 0, down.stdout + down.stderr
+    for name in ("triage", "scorer"):
+        log = (run_dir / f"{name}.log").read_text()
+        assert '"msg":"stopping"' in log, log[-2000:]
+        assert "Traceback" not in log, log[-3000:]
 
 
 def test_produce_wait_prints_the_decision_as_one_json_line(stack: dict[str, str]) -> None:
@@ -125,17 +132,6 @@ def test_invalid_cli_input_is_a_clear_error(stack: dict[str, str]) -> None:
     assert result.returncode == 2
     assert "prompt" in result.stderr
     assert "Traceback" not in result.stderr
-
-
-def test_processes_shut_down_cleanly(stack: dict[str, str]) -> None:
-    # Runs last in this module (pytest keeps file order): stop, then read the logs.
-    run_dir = Path(stack["RUN_DIR"])
-    down = run(["stack", "down", "--run-dir", str(run_dir)], stack, timeout=120)
-    assert down.returncode == 0
-    for name in ("triage", "scorer"):
-        log = (run_dir / f"{name}.log").read_text()
-        assert '"msg":"stopping"' in log, log[-2000:]
-        assert "Traceback" not in log, log[-3000:]
 
 
 def test_unreachable_model_names_the_offline_option(tmp_path: Path) -> None:
