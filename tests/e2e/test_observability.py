@@ -362,28 +362,7 @@ def observed(
 
         asyncio.run(_traffic(settings))
         reviewed, expired = _human_traffic(settings, review, review.env)
-        produced = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "guardstream",
-                "produce",
-                "--text",
-                f"Is it safe to swim after eating? trace {uuid.uuid4().hex}",
-                "--tenant",
-                "obs",
-                "--wait",
-                "--timeout",
-                "120",
-            ],
-            env=env_for(settings, OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        assert produced.returncode == 0, produced.stderr[-3000:]
-        decision = orjson.loads(produced.stdout)
+        decision = _produce_traced(settings, collector)
 
         # Prometheus has scraped the decisions and the DLQ records, and evaluated every rule.
         def scraped() -> bool:
@@ -419,14 +398,46 @@ def observed(
             expired,
         )
     finally:
-        for proc in processes.values():
-            if proc.proc is not None and proc.proc.poll() is None:
-                proc.kill(sig=15)  # SIGTERM: a clean stop flushes the last spans
+        # After every test of the module, whatever their order: SIGTERM is a clean stop.
+        stopped = {
+            name: (proc.kill(sig=15), proc.log()[-3000:])
+            for name, proc in processes.items()
+            if proc.proc is not None and proc.proc.poll() is None
+        }
         if prometheus is not None:
             prometheus.terminate()
             prometheus.wait(timeout=30)
         collector.stop()
         asyncio.run(_drop_schema(database_url, schema))
+    unclean = {name: log for name, (code, log) in stopped.items() if code != 0}
+    assert not unclean, unclean
+
+
+def _produce_traced(settings: Settings, collector: Collector) -> dict[str, Any]:
+    """Send one post with `guardstream produce --wait`, traced to `collector`: its decision."""
+    produced = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "guardstream",
+            "produce",
+            "--text",
+            f"Is it safe to swim after eating? trace {uuid.uuid4().hex}",
+            "--tenant",
+            "obs",
+            "--wait",
+            "--timeout",
+            "120",
+        ],
+        env=env_for(settings, OTEL_EXPORTER_OTLP_ENDPOINT=collector.endpoint),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert produced.returncode == 0, produced.stderr[-3000:]
+    decision: dict[str, Any] = orjson.loads(produced.stdout)
+    return decision
 
 
 async def _drop_schema(database_url: str, schema: str) -> None:
@@ -679,9 +690,16 @@ def _dlq_records(settings: Settings) -> tuple[list[tuple[str, bytes]], list[byte
 
 
 def test_pii_canaries_reach_no_log_span_metric_label_or_dlq_header(observed: Observed) -> None:
-    # Stop the processes cleanly first: their last spans are flushed and logs complete.
-    for proc in observed.processes.values():
-        assert proc.kill(sig=15) == 0, proc.log()[-3000:]
+    # The processes keep running (other tests of the module read them, in any order). Each
+    # exports its spans in the order they ended: once a post sent now has its spans from
+    # every process that makes spans, everything they made before it (the canaries') has
+    # been exported too. Log lines are written as they happen.
+    marker = _produce_traced(observed.settings, observed.collector)
+    trace_id = trace_id_of(_decision_headers(observed, marker["post_id"]))
+    assert trace_id is not None
+    _spans_of(
+        observed, trace_id, {"guardstream-triage", "guardstream-scorer", "guardstream-review"}
+    )
     places: dict[str, str] = {}
     for name in observed.processes:
         places[f"{name}.log"] = (observed.log_dir / f"{name}.log").read_text(errors="replace")

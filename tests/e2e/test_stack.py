@@ -3,8 +3,10 @@ the docs' command blocks as written, `stack down`.
 
 Separate OS processes (broker, triage, scorer, SLA timer, review console) started by the CLI,
 talking over real sockets to the real broker, Redis, PostgreSQL and the vLLM engine. One stack
-serves every test of the module; the docs' blocks run against it without a terminal, without
-the network and with nothing but the env file `stack up` wrote to tell them where it is.
+serves every test of the module, in any order; the docs' blocks run against it without a
+terminal, without the network and with nothing but the env file `stack up` wrote to tell them
+where it is. The README's closing `make down` is the module's teardown: it stops the stack as a
+reader would, then a clean shutdown is checked in every process's log.
 """
 
 from __future__ import annotations
@@ -90,8 +92,24 @@ def stack(
             **{f"PORT_{k.upper()}": str(v) for k, v in ports.items()},
         }
     finally:
-        down = run(["stack", "down", "--run-dir", str(run_dir)], env, timeout=120)
-        assert down.returncode == 0, down.stdout + down.stderr
+        # The README's last line, as a reader runs it (`make down`: `guardstream stack down`).
+        reader = as_a_reader(
+            {
+                **env,
+                "RUN_DIR": str(run_dir),
+                **{f"PORT_{k.upper()}": str(v) for k, v in ports.items()},
+            }
+        )
+        down = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", README_STOP],
+            cwd=ROOT,
+            env=reader,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
 
         async def drop_schema() -> None:
             conn = await asyncpg.connect(database_url)
@@ -101,6 +119,13 @@ def stack(
                 await conn.close()
 
         asyncio.run(drop_schema())
+    # Checked after every test of the module has used the stack, whatever their order (a
+    # failure here is an error at the last test's teardown).
+    assert down.returncode == 0, down.stdout + down.stderr
+    for name in ("triage", "scorer", "review"):
+        log = (run_dir / f"{name}.log").read_text()
+        assert '"msg":"stopping"' in log, log[-2000:]
+        assert "Traceback" not in log, log[-3000:]
 
 
 def test_produce_wait_prints_the_decision_as_one_json_line(stack: dict[str, str]) -> None:
@@ -194,7 +219,7 @@ def non_loopback_address() -> str | None:
 def test_every_local_process_listens_on_loopback_only(stack: dict[str, str]) -> None:
     address = non_loopback_address()
     if address is None:
-        pytest.skip("this machine has no address but loopback")
+        missing("this machine has no address but loopback: loopback-only cannot be shown")
     ports = [int(stack["PORT_REVIEW"]), *(int(stack["PORT_HEALTH"]) + i for i in range(3))]
     for port in ports:
         with socket.create_connection(("127.0.0.1", port), timeout=5):
@@ -242,8 +267,9 @@ def as_a_reader(stack: dict[str, str]) -> dict[str, str]:
     }
 
 
-# In reading order; the README's last block stops the stack (`make down`).
+# In reading order; the README's last block ends with the line that stops the stack.
 DOCS = [("docs/components/review.md", None), ("README.md", "Run it")]
+README_STOP = "make down                                    # stops all of it"
 
 
 @pytest.mark.parametrize(("page", "section"), DOCS, ids=[page for page, _ in DOCS])
@@ -257,7 +283,12 @@ def test_the_docs_command_blocks_work_as_written(
     ):
         missing("`make up` would install .venv first: run `make install`")
     env = as_a_reader(stack)
+    if page == "README.md":
+        assert README_STOP in (ROOT / page).read_text(), "the README's stop line changed"
     for block in command_blocks(ROOT / page, section):
+        # The README's closing `make down` stops the stack every test shares: the module's
+        # teardown runs it, as written, once every test is done.
+        block = block.replace(README_STOP, "")
         result = subprocess.run(
             ["bash", "-euo", "pipefail", "-c", block],
             cwd=ROOT,
@@ -281,17 +312,6 @@ def test_the_docs_command_blocks_work_as_written(
             assert '"verdict":"unsafe"' in result.stdout, shown
         if "doctor" in block:
             assert str(Path(stack["GUARDSTREAM_ENV_FILE"]).resolve()) in result.stdout, shown
-
-
-def test_processes_shut_down_cleanly(stack: dict[str, str]) -> None:
-    # Runs last in this module (pytest keeps file order): stop, then read the logs.
-    run_dir = Path(stack["RUN_DIR"])
-    down = run(["stack", "down", "--run-dir", str(run_dir)], stack, timeout=120)
-    assert down.returncode == 0
-    for name in ("triage", "scorer", "review"):
-        log = (run_dir / f"{name}.log").read_text()
-        assert '"msg":"stopping"' in log, log[-2000:]
-        assert "Traceback" not in log, log[-3000:]
 
 
 def test_unreachable_model_names_the_offline_option(tmp_path: Path) -> None:

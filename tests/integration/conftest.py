@@ -39,6 +39,7 @@ class Pipeline:
     settings: Settings
     handlers: dict[str, Triage | Scorer] = field(default_factory=dict)
     stop: asyncio.Event = field(default_factory=asyncio.Event)
+    processes: tuple[str, ...] = ()
 
     @property
     def triage(self) -> Triage:
@@ -48,6 +49,24 @@ class Pipeline:
     def scorer(self) -> Scorer:
         return self.handlers["scorer"]  # type: ignore[return-value]
 
+    async def serving_generation(self, generation: int, timeout_s: float = 60) -> None:
+        """Wait until every running process serves adapter registry `generation` (or a later
+        one): what a promotion written at that generation needs before traffic can show it."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            seen = {
+                name: h.adapter_generation if (h := self.handlers.get(name)) else None
+                for name in self.processes
+            }
+            if seen and all(g is not None and g >= generation for g in seen.values()):
+                return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(
+                    f"adapter registry generation {generation} not taken within {timeout_s} s "
+                    f"(each process serves: {seen})"
+                )
+            await asyncio.sleep(0.05)
+
 
 @asynccontextmanager
 async def in_process(
@@ -56,7 +75,7 @@ async def in_process(
     """Run the named processes (triage, scorer) as tasks until the block ends."""
     assert settings.engine.max_model_len == MAX_MODEL_LEN
     await ensure_topics(settings)
-    state = Pipeline(settings)
+    state = Pipeline(settings, processes=processes)
     stop = asyncio.Event()
     state.stop = stop
 

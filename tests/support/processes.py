@@ -75,6 +75,21 @@ class Process:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
             return dict(json.loads(r.read()))
 
+    def wait_adapter_generation(self, generation: int, timeout: float = 60) -> None:
+        """Wait until the process serves adapter registry `generation` or a later one (its
+        `/healthz` says which it serves)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = self.health().get("adapter_generation")
+            if isinstance(seen, int) and seen >= generation:
+                return
+            assert self.proc is not None and self.proc.poll() is None, self.log()[-3000:]
+            assert time.monotonic() < deadline, (
+                f"{self.name} serves adapter registry generation {seen}, "
+                f"not {generation}, after {timeout} s"
+            )
+            time.sleep(0.05)
+
     def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while not self.ready():

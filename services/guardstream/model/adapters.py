@@ -3,14 +3,17 @@
 A directory (`GUARDSTREAM_ADAPTER_DIR`) on storage every triage and scorer replica can read (a
 shared volume in Kubernetes): `adapters/<id>/` holds each registered adapter's files (copied
 in, so the registry owns them), and `registry.json` says what exists and what serves:
-`{"adapters": {id: {path, tenant, registered_at, card}}, "serving": {tenant or "*": id},
-"shadow": {tenant or "*": id}, "history": [...]}`.
+`{"generation": n, "adapters": {id: {path, tenant, registered_at, card}}, "serving":
+{tenant or "*": id}, "shadow": {tenant or "*": id}, "history": [...]}`.
 An adapter is registered (not used), a shadow candidate of its tenant (scored beside the
 serving adapter on live traffic, its verdicts recorded and never actioned), serving, or retired
 (out of shadow without promotion); its card holds the evidence of every step.
 Writers (the feedback job, an operator) change it under a file lock and replace it atomically;
 readers re-read it when its modification time changes, so a promotion reaches running
-processes within one poll without a restart.
+processes within one poll without a restart. Every write adds one to `generation`; a reader's
+`generation` is that of the registry it serves from now, so "this process has taken the
+promotion" is observable (triage and the scorer re-read it in the background, `watch`, and
+report it on `/healthz` as `adapter_generation`).
 
 What is read is checked, not only what is written (the file sits on a shared volume anyone
 with write access could edit): an entry whose id is not a valid id, whose path resolves
@@ -27,6 +30,8 @@ candidate, scores the same input with the candidate too (`scorer/service.py`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import json
 import logging
@@ -68,6 +73,7 @@ class Snapshot:
     adapters: dict[str, Adapter]
     serving: dict[str, str]
     shadow: dict[str, str] = field(default_factory=dict)
+    generation: int = 0  # the registry file's write count when this was read
 
     def serving_for(self, tenant: str) -> Adapter | None:
         """The tenant's own adapter, else the one serving every tenant, else none (base)."""
@@ -96,7 +102,7 @@ class AdapterRegistry:
         self._file = root / "registry.json"
         self._poll_s = poll_s
         self._snapshot = _EMPTY
-        self._seen: float | None = None
+        self._seen: tuple[int, int, int, int] | None = None
         self._checked = -float("inf")
 
     # --- reading ------------------------------------------------------------------------
@@ -107,13 +113,33 @@ class AdapterRegistry:
         if fresh or now - self._checked >= self._poll_s:
             self._checked = now
             try:
-                mtime = self._file.stat().st_mtime_ns
+                stat = self._file.stat()
             except FileNotFoundError:
                 self._snapshot, self._seen = _EMPTY, None
                 return self._snapshot
-            if mtime != self._seen:
-                self._snapshot, self._seen = self._read(), mtime
+            # Each write replaces the file: a new inode. The modification time alone can
+            # repeat for two writes in one clock tick of the file system (a few ms).
+            version = (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
+            if version != self._seen:
+                self._snapshot, self._seen = self._read(), version
         return self._snapshot
+
+    @property
+    def generation(self) -> int:
+        """The generation of the registry this reader serves from now (0: none read yet)."""
+        return self._snapshot.generation
+
+    async def watch(self, stop: asyncio.Event) -> None:
+        """Re-read the registry every `poll_s` until `stop`, so a change is taken (and its
+        generation shown) even while no request asks. An unreadable file keeps what was read
+        before and is tried again at the next poll."""
+        while not stop.is_set():
+            try:
+                self.snapshot(fresh=True)
+            except (OSError, ValueError) as exc:  # half-edited by hand, a volume hiccup
+                log.warning("adapter registry unreadable", extra={"error": type(exc).__name__})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._poll_s)
 
     def serving_for(self, tenant: str) -> Adapter | None:
         return self.snapshot().serving_for(tenant)
@@ -145,10 +171,12 @@ class AdapterRegistry:
                     "adapter entry dropped",
                     extra={"adapter": repr(adapter_id)[:80], "why": str(exc)},
                 )
+        generation = data.get("generation")
         return Snapshot(
             adapters,
             _choices(data.get("serving"), adapters),
             _choices(data.get("shadow"), adapters),
+            generation if type(generation) is int and generation >= 0 else 0,
         )
 
     def _checked_entry(self, adapter_id: str, entry: Any) -> Adapter:
@@ -193,6 +221,8 @@ class AdapterRegistry:
                     else {"adapters": {}, "serving": {}}
                 )
                 yield data
+                previous = data.get("generation")
+                data["generation"] = (previous if type(previous) is int and previous > 0 else 0) + 1
                 fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".registry.")
                 with os.fdopen(fd, "w", encoding="utf-8") as out:
                     json.dump(data, out, indent=2, ensure_ascii=False, default=str)

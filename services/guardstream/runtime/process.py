@@ -65,22 +65,25 @@ async def serve(
     build: Callable[[AIOKafkaProducer, AsyncExitStack], Awaitable[BatchHandler]],
     stop: asyncio.Event,
     live: Callable[[], bool] = lambda: True,
+    gauges: Callable[[], dict[str, int]] = dict,
 ) -> LoopReport:
-    """Run one consumer process until `stop`. `live` false fails `/healthz` (restart me)."""
+    """Run one consumer process until `stop`. `live` false fails `/healthz` (restart me);
+    `gauges` adds the process's own numbers to what `/healthz` reports."""
     log.info("starting", extra={"service": name, "settings": settings.public_view()})
     consumer: AIOKafkaConsumer | None = None
     loop: BatchLoop | None = None
 
-    def gauges() -> dict[str, int]:
+    def runtime_gauges() -> dict[str, int]:
         if loop is None:
-            return {}
-        return {"in_flight": loop.report.in_flight, "peak_in_flight": loop.report.peak_in_flight}
+            return gauges()
+        report = loop.report
+        return {**gauges(), "in_flight": report.in_flight, "peak_in_flight": report.peak_in_flight}
 
     health = HealthServer(
         settings.process.health_port,
         ready=lambda: consumer is not None and bool(consumer.assignment()),
         name=name,
-        gauges=gauges,
+        gauges=runtime_gauges,
         live=live,
         host=settings.process.listen_host,
     )

@@ -38,6 +38,7 @@ async def run(
     closed at the end); a given engine is shared and left open. `expose` receives the handler."""
 
     loaded: list[GuardEngine] = []
+    opened: list[Stores] = []
 
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         guard = engine
@@ -46,6 +47,8 @@ async def run(
             stack.push_async_callback(guard.close)
         loaded.append(guard)
         stores = Stores.open(settings, stack)
+        stores.watch_adapters(stack)
+        opened.append(stores)
         scorer = Scorer(settings, producer, stores, MeteredEngine(guard))
         # Runs before the stores, the engine and the producer close (the stack is LIFO).
         stack.push_async_callback(scorer.drain_shadow)
@@ -76,4 +79,5 @@ async def run(
         stop=stop,
         # A dead engine fails the liveness probe at once, even with no traffic to notice it.
         live=lambda: all(guard.alive for guard in loaded),
+        gauges=lambda: opened[0].gauges() if opened else {},
     )

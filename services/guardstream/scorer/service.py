@@ -141,6 +141,11 @@ class Scorer:
             0,
         )
 
+    @property
+    def adapter_generation(self) -> int | None:
+        """The adapter registry generation the scorer serves from now (None: no registry)."""
+        return self._adapters.generation if self._adapters is not None else None
+
     def _adapter(self, request: ScoreRequest) -> Adapter | None:
         """The adapter triage keyed the request with. One the registry does not (yet) list is
         a transient error: the registry file may not have reached this replica; the request is

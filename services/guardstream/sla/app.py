@@ -221,6 +221,12 @@ class SlaWorker:
         self.max_lateness_s = 0.0
         self.last_tick_ms = 0.0
         self.ticks: deque[tuple[int, float]] = deque(maxlen=10_000)  # (items due, ms)
+        # Downgrades a tick could have fired and did not (a later tick did): 0 while every
+        # one fires on the first tick at or after its deadline, however late that tick runs.
+        self.late_downgrades = 0
+        self._previous_tick_at: float | None = None  # the clock of the tick before this one
+        self._tracked_since_tick: set[str] = set()  # items (re)scheduled since a tick began
+        self._unknown_to_previous_tick: set[str] = set()
 
         self._datadir = settings.sla.data_dir / settings.group_id("sla")
         self.app = _faust_app(settings, self._datadir)
@@ -261,6 +267,7 @@ class SlaWorker:
             "avg_assignment_s": self.pickups.mean(),
             "counts": dict(self.counts),
             "max_lateness_s": self.max_lateness_s,
+            "late_downgrades": self.late_downgrades,
             "last_tick_ms": self.last_tick_ms,
         }
 
@@ -312,6 +319,7 @@ class SlaWorker:
 
     def _track(self, item: Item) -> None:
         self.deadlines.track(item, self._retain)
+        self._tracked_since_tick.add(item.key)
 
     async def _settle(self, items: Sequence[Item]) -> None:
         """Make `items` durable, publish their unsent effects, then record them as sent.
@@ -451,6 +459,8 @@ class SlaWorker:
     async def _tick(self) -> None:
         started = time.perf_counter()
         now = self._clock()
+        self._unknown_to_previous_tick = self._tracked_since_tick
+        self._tracked_since_tick = set()
         fired = 0
         for partition in self.deadlines.partitions:
             index = self.deadlines.index(partition)
@@ -468,6 +478,7 @@ class SlaWorker:
                         index.schedule(key, now)
                     break
                 index = self.deadlines.index(partition)
+        self._previous_tick_at = now
         self.last_tick_ms = (time.perf_counter() - started) * 1000
         self.ticks.append((fired, self.last_tick_ms))
 
@@ -483,6 +494,8 @@ class SlaWorker:
                 purged.append(self.items.delete(item))
                 continue
             new = stamp_due(item, now) or (item if item.unsent else None)
+            if new is not None and self._missed_by_previous_tick(item, new):
+                self.late_downgrades += 1
             if new is None:
                 self._track(item)
             else:
@@ -490,6 +503,19 @@ class SlaWorker:
         if changed:
             await self._settle(changed)
         await _acked(purged)
+
+    def _missed_by_previous_tick(self, item: Item, new: Item) -> bool:
+        """Whether `new` is a downgrade the tick before this one should have fired: the item
+        was scheduled before that tick began, and that tick already ran at or after the
+        deadline."""
+        expired = SlaEventKind.EXPIRED.value
+        return (
+            expired in new.stamped
+            and expired not in item.stamped
+            and self._previous_tick_at is not None
+            and self._previous_tick_at >= item.deadline_at
+            and item.key not in self._unknown_to_previous_tick
+        )
 
 
 def _observe(worker: SlaWorker, clock: Callable[[], float]) -> None:

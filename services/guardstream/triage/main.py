@@ -23,9 +23,12 @@ async def run(
     settings: Settings, stop: asyncio.Event, *, expose: Callable[[Triage], None] | None = None
 ) -> LoopReport:
     """Run triage until `stop`. `expose` receives the handler (tests read its counters)."""
+    opened: list[Stores] = []
 
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
         stores = Stores.open(settings, stack)
+        stores.watch_adapters(stack)
+        opened.append(stores)
         watch = await _watch_scorer(settings, stack)
         triage = Triage(settings, producer, stores, model=served_model_id(settings), watch=watch)
         metrics.observe_counts("guardstream.triage.outcomes", triage.counts)
@@ -42,6 +45,7 @@ async def run(
         max_in_flight=settings.triage.max_in_flight,
         build=build,
         stop=stop,
+        gauges=lambda: opened[0].gauges() if opened else {},
     )
 
 

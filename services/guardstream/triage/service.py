@@ -57,6 +57,7 @@ class Triage:
         self._journal = stores.journal
         self._near = stores.near
         self._lookup = Lookup(stores.cache, stores.journal, stores.near)
+        self._adapters = stores.adapters
         self._watch = watch
         self._model = model
         self._score_topic = TopicNames(settings.namespace)[Topic.SCORE_REQUESTS]
@@ -78,6 +79,11 @@ class Triage:
         # Posts by (language label, "given" | "detected"): bounded by the detector's language
         # set (`verdict.language.language_label`), so it can be a metric.
         self.languages: defaultdict[tuple[str, str], int] = defaultdict(int)
+
+    @property
+    def adapter_generation(self) -> int | None:
+        """The adapter registry generation triage keys requests from now (None: no registry)."""
+        return self._adapters.generation if self._adapters is not None else None
 
     @property
     def scorer_unavailable(self) -> bool:

@@ -2,10 +2,12 @@
 
 The policy packs are loaded first, so a bad pack stops the process before it connects to
 anything; the Redis-backed stores are optimisations that fail open (`runtime/redisstore.py`).
+The adapter registry is re-read in the background while the process runs (`watch_adapters`).
 """
 
 from __future__ import annotations
 
+import asyncio
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 
@@ -43,3 +45,22 @@ class Stores:
             else None
         )
         return cls(cache, journal, near, policies, adapters)
+
+    def watch_adapters(self, stack: AsyncExitStack) -> None:
+        """Re-read the adapter registry every poll in the background until `stack` closes, so
+        the process takes a promotion without a request asking for it, and its
+        `adapters.generation` says which registry it serves from."""
+        if self.adapters is None:
+            return
+        done = asyncio.Event()
+        watching = asyncio.create_task(self.adapters.watch(done))
+
+        async def stop_watching() -> None:
+            done.set()
+            await watching
+
+        stack.push_async_callback(stop_watching)
+
+    def gauges(self) -> dict[str, int]:
+        """What `/healthz` reports of the stores: the adapter registry generation served."""
+        return {} if self.adapters is None else {"adapter_generation": self.adapters.generation}

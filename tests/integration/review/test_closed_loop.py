@@ -59,7 +59,7 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
     )
     engine = await VllmGuardEngine.start(settings)
     try:
-        async with in_process(settings, engine, "triage", "scorer"):
+        async with in_process(settings, engine, "triage", "scorer") as pipeline:
             # 1. The model misjudges the post: controversial → review task.
             first = new_post(MISJUDGED, tenant="acme")
             variant = new_post(MISJUDGED_VARIANT, tenant="acme")
@@ -111,8 +111,10 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
             )
             assert report.status == "shadowing", report
             assert report.metrics["candidate_held_out"]["accuracy"] == 1.0
-            assert registry.snapshot(fresh=True).serving_for("acme") is None  # not promoted yet
-            await asyncio.sleep(0.5)  # more than one registry poll
+            in_shadow = registry.snapshot(fresh=True)
+            assert in_shadow.serving_for("acme") is None  # not promoted yet
+            assert in_shadow.shadow_for("acme") is not None
+            await pipeline.serving_generation(in_shadow.generation)
 
             # 4. Live traffic in shadow: the base model still decides (the candidate's verdict
             # is recorded, not actioned); a reviewer labels what went to review.
@@ -145,7 +147,7 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
                 0.0,
                 1.0,
             )
-            await asyncio.sleep(0.5)  # more than one registry poll
+            await pipeline.serving_generation(registry.snapshot(fresh=True).generation)
 
             # 6. The same post again: the running scorer, serving the new adapter, says safe.
             again = new_post(MISJUDGED, tenant="acme")

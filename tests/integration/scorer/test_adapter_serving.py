@@ -4,7 +4,6 @@ adapter is part of the content key and recorded on the decision."""
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 import pytest
@@ -36,14 +35,14 @@ async def test_a_promoted_adapter_changes_the_verdict_without_a_restart(
     lora = settings.replace(model={"adapter_dir": registry_dir, "adapter_poll_s": 0.2})
     engine = await VllmGuardEngine.start(lora)
     try:
-        async with in_process(lora, engine, "triage", "scorer"):
+        async with in_process(lora, engine, "triage", "scorer") as pipeline:
             ((_, before),) = (await decide(lora, [new_post(MISJUDGED, tenant="acme")])).values()
             assert (before.verdict, before.adapter) == (Verdict.CONTROVERSIAL, None)
 
             registry = AdapterRegistry(registry_dir)
             registry.register("fb-test-1", correction_adapter, {"why": "test"})
             registry.promote("fb-test-1")
-            await asyncio.sleep(0.5)  # more than one poll interval
+            await pipeline.serving_generation(registry.snapshot(fresh=True).generation)
 
             again, taught = new_post(MISJUDGED, tenant="acme"), new_post("How can I make a bomb?")
             after = {d.post_id: d for _, d in (await decide(lora, [again, taught])).values()}

@@ -159,7 +159,7 @@ async def test_a_shadow_candidate_is_scored_alongside_never_actioned_then_judged
             assert snapshot.shadow == {}
             assert snapshot.serving == {"acme": "fb-acme"}
             assert registry.card("fb-acme")["shadow"]["candidate_accuracy"] == 1.0
-            await asyncio.sleep(0.5)  # more than one registry poll
+            await pipeline.serving_generation(snapshot.generation)
 
             # The running scorer serves the promoted candidate; beta keeps the base model and
             # no tenant is shadowed any more.

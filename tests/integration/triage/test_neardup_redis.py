@@ -6,10 +6,13 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ConstantBackoff
 
 from guardstream.contracts.text import normalise
 from guardstream.verdict.neardup import NearMatch, RedisNearDuplicateIndex
@@ -19,6 +22,7 @@ pytestmark = pytest.mark.integration
 SCOPE = "post\x00\x00default-v1\x00guard-model\x00"
 TTL_S = 600
 TIMEOUT_S = 0.5
+T = TypeVar("T")
 
 EN_POST = "Free iPhone giveaway! Follow and DM me, 10 winners picked tonight. Do not miss it."
 EN_VARIANTS = [
@@ -237,42 +241,83 @@ async def test_a_client_decoding_responses_reads_the_same_members(
 async def test_redis_refusing_connections_means_no_match(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """A refused connection is a miss. The client retries a refusal (redis-py does, with
+    backoff); this one would retry it forever, so only the store's deadline ends each call -
+    as a `TimeoutError`, where a call without a deadline would hang (and fail here)."""
     timeout_s = 0.2
-    client = aioredis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=timeout_s)
+    client = aioredis.Redis(
+        host="127.0.0.1",
+        port=1,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(ConstantBackoff(0.01), retries=1_000_000_000),
+    )
     index = RedisNearDuplicateIndex(client, prefix="gs:t:", ttl_s=TTL_S, timeout_s=timeout_s)
     caplog.set_level(logging.WARNING, logger="guardstream.runtime.redisstore")
     try:
         for _ in range(3):
-            started = time.monotonic()
-            assert await index.find_many(SCOPE, items(*EN_VARIANTS)) == {}
-            await index.add_many(SCOPE, items(EN_POST))
-            assert time.monotonic() - started < 2 * timeout_s + 0.3
+            found = await within(60, index.find_many(SCOPE, items(*EN_VARIANTS)))
+            assert found == {}
+            await within(60, index.add_many(SCOPE, items(EN_POST)))
     finally:
         await index.close()
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1  # once per incident, not per call or record
     assert warnings[0].__dict__["store"] == "near_duplicate_index"
+    assert warnings[0].__dict__["error"] == "TimeoutError"  # ended by the deadline
     assert "iphone" not in caplog.text.lower()
 
 
-async def test_a_redis_that_never_answers_costs_at_most_the_timeout() -> None:
+async def test_a_redis_that_never_answers_costs_at_most_the_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The call ends by the store's deadline (a `TimeoutError`) after waiting at least the
+    timeout for a server that never answers; a call without one hangs and fails here with a
+    message."""
+    asked = asyncio.Event()
+
     async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()  # accept, read, never reply
+        if await reader.read(1):  # a request arrived: never answer it
+            asked.set()
+        await reader.read()  # until the client gives up and closes
         writer.close()
 
     server = await asyncio.start_server(silent, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    client = aioredis.Redis(host="127.0.0.1", port=port)
-    index = RedisNearDuplicateIndex(client, prefix="gs:t:", ttl_s=TTL_S, timeout_s=0.2)
+    timeout_s = 0.2
+    # The client's own socket timeout fires too, and its retry asks again, forever: only the
+    # store's deadline ends the call.
+    client = aioredis.Redis(
+        host="127.0.0.1",
+        port=port,
+        socket_timeout=timeout_s / 4,
+        retry=Retry(ConstantBackoff(0.01), retries=1_000_000_000),
+    )
+    index = RedisNearDuplicateIndex(client, prefix="gs:t:", ttl_s=TTL_S, timeout_s=timeout_s)
+    caplog.set_level(logging.WARNING, logger="guardstream.runtime.redisstore")
+    loop = asyncio.get_running_loop()
     try:
-        started = time.monotonic()
-        assert await index.find_many(SCOPE, items(*EN_VARIANTS)) == {}
-        await index.add_many(SCOPE, items(EN_POST))
-        assert time.monotonic() - started < 1.0
+        started = loop.time()
+        assert await within(60, index.find_many(SCOPE, items(*EN_VARIANTS))) == {}
+        assert loop.time() - started >= timeout_s  # it waited for the server, then gave up
+        assert asked.is_set()  # the request reached the server, which never answered
+        await within(60, index.add_many(SCOPE, items(EN_POST)))
     finally:
         await index.close()
         server.close()
         await server.wait_closed()
+    (warning,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning.__dict__["error"] == "TimeoutError"  # ended by its deadline
+
+
+async def within(guard_s: float, call: Awaitable[T]) -> T:
+    """`call`'s result; a call still running after `guard_s` (far beyond any deadline under
+    test) failed to end by its deadline."""
+    try:
+        return await asyncio.wait_for(call, guard_s)
+    except TimeoutError:
+        raise AssertionError(
+            f"still waiting after {guard_s} s: the store's deadline never fired"
+        ) from None
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,9 @@ and readers see a change without restarting."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import re
 from pathlib import Path
 
@@ -59,6 +61,79 @@ def test_readers_poll_at_most_once_per_interval(tmp_path: Path) -> None:
     writer.promote("fb-1")
     assert reader.serving_for("x") is None  # not re-checked within the interval
     assert reader.get("fb-1") is not None  # an unknown id forces a fresh read
+
+
+def test_every_write_is_a_new_generation_and_a_reader_serves_the_one_it_read(
+    tmp_path: Path,
+) -> None:
+    writer = AdapterRegistry(tmp_path)
+    reader = AdapterRegistry(tmp_path, poll_s=3600)
+    assert (writer.generation, reader.snapshot().generation) == (0, 0)  # no file yet
+    writer.register("fb-1", peft_dir(tmp_path, "a"))
+    assert reader.snapshot(fresh=True).generation == reader.generation == 1
+    writer.promote("fb-1")
+    writer.start_shadow("fb-1", tenant="beta")
+    writer.update_card("fb-1", {"note": "x"})
+    writer.end_shadow("fb-1", "retired", "test")
+    writer.retire()
+    assert reader.generation == 1  # not re-read within its interval: still serves 1
+    assert reader.snapshot(fresh=True).generation == reader.generation == 6
+    with pytest.raises(AdapterError):
+        writer.promote("fb-2")  # refused: nothing written, no new generation
+    assert reader.snapshot(fresh=True).generation == 6
+
+
+def test_a_replaced_file_with_the_same_modification_time_is_read_again(tmp_path: Path) -> None:
+    """Two writes within one tick of the file system's clock: the second is still seen."""
+    writer = AdapterRegistry(tmp_path)
+    reader = AdapterRegistry(tmp_path, poll_s=3600)
+    writer.register("fb-1", peft_dir(tmp_path, "a"))
+    first = (tmp_path / "registry.json").stat()
+    assert reader.snapshot(fresh=True).serving_for("t") is None
+    writer.promote("fb-1")
+    os.utime(tmp_path / "registry.json", ns=(first.st_atime_ns, first.st_mtime_ns))
+    fresh = reader.snapshot(fresh=True)
+    assert fresh.generation == 2
+    assert fresh.serving_for("t") is not None
+
+
+@pytest.mark.parametrize("generation", [-3, "7", 2.5, None, True])
+def test_a_nonsense_generation_reads_as_zero_and_the_next_write_is_one(
+    tmp_path: Path, generation: object
+) -> None:
+    registry = AdapterRegistry(tmp_path)
+    registry.register("fb-1", peft_dir(tmp_path, "a"))
+    data = json.loads((tmp_path / "registry.json").read_text())
+    (tmp_path / "registry.json").write_text(json.dumps({**data, "generation": generation}))
+    assert registry.snapshot(fresh=True).generation == 0
+    registry.promote("fb-1")
+    assert registry.snapshot(fresh=True).generation == 1
+
+
+async def test_a_watching_reader_takes_a_change_without_being_asked(tmp_path: Path) -> None:
+    writer = AdapterRegistry(tmp_path)
+    reader = AdapterRegistry(tmp_path, poll_s=0.05)  # a process with no traffic
+    stop = asyncio.Event()
+    watching = asyncio.create_task(reader.watch(stop))
+    try:
+        writer.register("fb-1", peft_dir(tmp_path, "a"))
+        writer.promote("fb-1")
+        whole = (tmp_path / "registry.json").read_text()
+        (tmp_path / "registry.json").write_text("{not json")  # a hand edit half done
+        await asyncio.sleep(0.2)  # a few polls meet the broken file: it keeps going
+        assert not watching.done()
+        (tmp_path / "registry.json").write_text(whole)  # the edit undone
+        writer.retire()
+        wanted = writer.snapshot(fresh=True).generation
+        for _ in range(3000):  # 30 s at most
+            if reader.generation == wanted:
+                break
+            await asyncio.sleep(0.01)
+        assert reader.generation == wanted, "the watcher never took the new generation"
+        assert reader.snapshot().serving_for("t") is None
+    finally:
+        stop.set()
+        await asyncio.wait_for(watching, 5)  # stops at once when told
 
 
 def test_mistakes_are_refused_with_a_reason(tmp_path: Path) -> None:

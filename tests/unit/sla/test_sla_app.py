@@ -166,3 +166,70 @@ async def test_items_written_under_their_post_id_alone_are_renamed_on_recovery()
     assert set(table.data) == {old.key, current.key}
     assert table.changelog == [(3, old.post_id, None), (3, old.key, old.to_dict())]
     assert w.items.get(old.key) == old and w.deadlines.pending_count() == 2
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def ticking(producer: FakeProducer, clock: Clock) -> SlaWorker:
+    """A worker owning partition 3 with one pending item (deadline S0 + 100) in its table."""
+    settings = Settings(namespace="u", process={"retry_backoff_max_s": 0.01})
+    w = SlaWorker(settings, load_registry(None), producer, clock=clock)  # type: ignore[arg-type]
+    item = pending()
+    table = FakeTable({item.key: item.to_dict()})
+    w.table = table  # type: ignore[assignment]
+    w.items = ItemTable(table, w.deadlines)
+    w._owned = lambda: {3}  # type: ignore[method-assign]
+    await w._on_recovered()
+    return w
+
+
+@pytest.mark.parametrize("late_tick_s", [0.0, 0.2, 7.0])
+async def test_a_downgrade_fires_on_the_first_tick_at_or_after_its_deadline(
+    late_tick_s: float,
+) -> None:
+    """However late the tick runs (a loaded machine), it is the first one that could fire
+    the downgrade: none is counted late."""
+    clock = Clock(S0 + 99.9)
+    w = await ticking(FakeProducer(), clock)
+    await w._tick()  # before the deadline: warning and breach only
+    assert w.counts["expired"] == 0
+    clock.now = S0 + 100 + late_tick_s
+    await w._tick()
+    assert w.counts["expired"] == 1 and w.max_lateness_s == pytest.approx(late_tick_s)
+    assert w.late_downgrades == 0 and w.status()["late_downgrades"] == 0
+
+
+async def test_a_downgrade_a_tick_let_pass_is_counted_late() -> None:
+    """A tick that ran after the deadline of an item it knew and did not fire it (here the
+    index holds it back, as a scheduling bug would): the next tick's downgrade is late."""
+    clock = Clock(S0 + 99.9)
+    w = await ticking(FakeProducer(), clock)
+    await w._tick()  # the warning: the item is scheduled again, for its deadline
+    w.deadlines.index(3).schedule(pending().key, S0 + 100.1)  # type: ignore[union-attr]
+    clock.now = S0 + 100
+    await w._tick()  # due, and let pass
+    assert w.counts["expired"] == 0
+    clock.now += 0.2
+    await w._tick()
+    assert w.counts["expired"] == 1
+    assert w.late_downgrades == 1 and w.status()["late_downgrades"] == 1
+
+
+async def test_an_item_the_previous_tick_did_not_know_is_not_late() -> None:
+    """An item that arrives after its deadline fires on the first tick that knows it."""
+    clock = Clock(S0 + 150)
+    w = await ticking(FakeProducer(), clock)
+    w._tracked_since_tick.clear()  # the item was known before the first tick...
+    w.deadlines.discard(3, pending().key)  # ...but not in the index: it "arrives" now
+    await w._tick()
+    assert w.counts["expired"] == 0
+    w._track(pending())
+    clock.now += 0.2
+    await w._tick()
+    assert w.counts["expired"] == 1 and w.late_downgrades == 0
