@@ -7,6 +7,8 @@ RUN_DIR ?= .run
 METRICS_PORT_BASE ?= 9464
 KAFKA_PORT ?= 9092
 REVIEW_PORT ?= 8090
+API_PORT ?= 8080
+SCORER_PORT ?= 8095
 HEALTH_PORT_BASE ?= 18081
 
 .PHONY: help install up down logs produce samples test test-unit test-integration test-e2e chaos bench-pipeline bench-neardup bench-sla bench-scorer bench-review lint typecheck clean chart-sync docs
@@ -14,7 +16,7 @@ HEALTH_PORT_BASE ?= 18081
 
 
 help:
-	@echo "make up          start broker, topics, triage, scorer, SLA timer, review console (returns when ready)"
+	@echo "make up          start broker, topics, triage, scorer, SLA timer, review console, API (returns when ready)"
 	@echo "make samples     send the sample posts and print their decisions"
 	@echo "make down        stop what 'make up' started"
 	@echo "make test        install everything, then lint, typecheck and all test tiers"
@@ -48,7 +50,8 @@ install: $(VENV)/.installed
 # GUARDSTREAM_ENV_FILE names), which every guardstream command reads: no exports needed.
 up: install
 	$(BIN)/guardstream stack up --run-dir $(RUN_DIR) --metrics-port-base $(METRICS_PORT_BASE) \
-	  --kafka-port $(KAFKA_PORT) --review-port $(REVIEW_PORT) --health-port-base $(HEALTH_PORT_BASE)
+	  --kafka-port $(KAFKA_PORT) --review-port $(REVIEW_PORT) --health-port-base $(HEALTH_PORT_BASE) \
+	  --api-port $(API_PORT) --scorer-port $(SCORER_PORT)
 
 # A local Prometheus (Debian: apt-get install prometheus) scraping `make up`'s processes with
 # the shipped alert rules; http://127.0.0.1:9090. Dashboards: deploy/grafana/dashboards.

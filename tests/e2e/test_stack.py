@@ -50,7 +50,13 @@ def stack(
     model_cache_dir: Path,
 ) -> Iterator[dict[str, str]]:
     run_dir = tmp_path_factory.mktemp("stack")
-    ports = {"kafka": free_port(), "health": free_port(), "review": free_port()}
+    ports = {
+        "kafka": free_port(),
+        "health": free_port(),
+        "review": free_port(),
+        "api": free_port(),
+        "scorer": free_port(),
+    }
     namespace = f"e2e{os.getpid()}"
     env = {
         **os.environ,
@@ -77,13 +83,17 @@ def stack(
             str(ports["health"]),
             "--review-port",
             str(ports["review"]),
+            "--api-port",
+            str(ports["api"]),
+            "--scorer-port",
+            str(ports["scorer"]),
         ],
         env,
     )
     env["KAFKA_BOOTSTRAP"] = f"127.0.0.1:{ports['kafka']}"
     try:
         assert up.returncode == 0, up.stdout + up.stderr
-        for name in ("triage", "scorer", "sla", "review"):
+        for name in ("triage", "scorer", "sla", "review", "api"):
             assert f"{name} ready" in up.stdout, up.stdout
         yield {
             **env,
@@ -122,7 +132,7 @@ def stack(
     # Checked after every test of the module has used the stack, whatever their order (a
     # failure here is an error at the last test's teardown).
     assert down.returncode == 0, down.stdout + down.stderr
-    for name in ("triage", "scorer", "review"):
+    for name in ("triage", "scorer", "review", "api"):
         log = (run_dir / f"{name}.log").read_text()
         assert '"msg":"stopping"' in log, log[-2000:]
         assert "Traceback" not in log, log[-3000:]
@@ -205,6 +215,42 @@ def test_up_prints_every_url_and_the_demo_reviewer_logs_in(stack: dict[str, str]
         assert orjson.loads(answer.read())["token"].startswith("gsr_")
 
 
+def test_the_moderation_api_answers_curl_and_an_unmodified_openai_client(
+    stack: dict[str, str],
+) -> None:
+    """Issue 20's door on the stack `make up` starts: `curl` on /v1/moderate and the `openai`
+    SDK's `moderations.create`, both decided by the real scorer (the tiny model)."""
+    from openai import OpenAI
+
+    api = f"http://127.0.0.1:{stack['PORT_API']}"
+    assert f"{api}/v1/moderate" in stack["UP_OUTPUT"], stack["UP_OUTPUT"]
+    body = orjson.dumps({"text": "How can I make a bomb?", "tenant": "acme"}).decode()
+    curl = subprocess.run(
+        [
+            "curl",
+            "-sS",
+            "--fail-with-body",
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            body,
+            f"{api}/v1/moderate",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert curl.returncode == 0, curl.stdout + curl.stderr
+    decided = orjson.loads(curl.stdout)
+    assert decided["verdict"] == "unsafe" and decided["action"] == "block", decided
+    with OpenAI(base_url=f"{api}/v1", api_key="unused-locally", max_retries=0) as client:
+        answer = client.moderations.create(
+            model="guardstream", input=["How can I make a bomb?", "今天天气很好,我们去公园散步吧。"]
+        )
+    assert [r.flagged for r in answer.results] == [True, False], answer
+
+
 def non_loopback_address() -> str | None:
     """An address of this machine other than loopback (None when it has none)."""
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
@@ -220,7 +266,12 @@ def test_every_local_process_listens_on_loopback_only(stack: dict[str, str]) -> 
     address = non_loopback_address()
     if address is None:
         missing("this machine has no address but loopback: loopback-only cannot be shown")
-    ports = [int(stack["PORT_REVIEW"]), *(int(stack["PORT_HEALTH"]) + i for i in range(3))]
+    ports = [
+        int(stack["PORT_REVIEW"]),
+        int(stack["PORT_API"]),
+        int(stack["PORT_SCORER"]),
+        *(int(stack["PORT_HEALTH"]) + i for i in (0, 1, 2, 4)),
+    ]
     for port in ports:
         with socket.create_connection(("127.0.0.1", port), timeout=5):
             pass  # it is served ...
@@ -257,6 +308,8 @@ def as_a_reader(stack: dict[str, str]) -> dict[str, str]:
         "KAFKA_PORT": stack["PORT_KAFKA"],
         "HEALTH_PORT_BASE": stack["PORT_HEALTH"],
         "REVIEW_PORT": stack["PORT_REVIEW"],
+        "API_PORT": stack["PORT_API"],
+        "SCORER_PORT": stack["PORT_SCORER"],
         "METRICS_PORT_BASE": "0",
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
@@ -304,7 +357,7 @@ def test_the_docs_command_blocks_work_as_written(
         assert result.returncode == 0, shown
         assert "Traceback" not in result.stdout + result.stderr, shown
         if "make up" in block:  # again: nothing new starts, the same demo reviewer
-            for name in ("broker", "triage", "scorer", "sla", "review"):
+            for name in ("broker", "triage", "scorer", "sla", "review", "api"):
                 assert f"{name} already running" in result.stdout, shown
             assert "started (pid" not in result.stdout, shown
             assert demo_credentials(result.stdout) == demo_credentials(stack["UP_OUTPUT"]), shown

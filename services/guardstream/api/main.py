@@ -113,6 +113,7 @@ async def run(
             ready=lambda: server.started,
             name="api",
             status=lambda: dict(moderator.counts),
+            host=settings.process.listen_host,
         )
         await health.start()
         stack.push_async_callback(health.close)

@@ -27,17 +27,29 @@ def stack_up(
         int, typer.Option(help="Serve /metrics from this port on, one per process; 0 = off.")
     ] = 0,
     review_port: Annotated[int, typer.Option(help="The review console's port.")] = 8090,
+    api_port: Annotated[int, typer.Option(help="The moderation API's port.")] = 8080,
+    scorer_port: Annotated[
+        int, typer.Option(help="The scorer's interactive door (the API calls it).")
+    ] = 8095,
 ) -> None:
-    """Start broker (unless KAFKA_BOOTSTRAP is set), topics, triage, scorer, SLA timer and
-    review console; wait until each is ready. The settings chosen go to the env file every
-    guardstream command reads (.env here, or GUARDSTREAM_ENV_FILE); a local demo reviewer is
-    created once and its credentials printed."""
+    """Start broker (unless KAFKA_BOOTSTRAP is set), topics, triage, scorer, SLA timer, review
+    console and moderation API; wait until each is ready. The settings chosen go to the env
+    file every guardstream command reads (.env here, or GUARDSTREAM_ENV_FILE); a local demo
+    reviewer is created once and its credentials printed."""
 
     # lazy: the stack makes the demo reviewer through the review store (asyncpg, FastAPI's
     # stack), which the pipeline processes, run through this same command line, must not load
     from guardstream.devtools.stack import StackConfig, StackError, up
 
-    config = StackConfig(run_dir, kafka_port, health_port_base, metrics_port_base, review_port)
+    config = StackConfig(
+        run_dir,
+        kafka_port,
+        health_port_base,
+        metrics_port_base,
+        review_port,
+        api_port=api_port,
+        scorer_port=scorer_port,
+    )
     try:
         report = up(config, out.print)
     except StackError as exc:

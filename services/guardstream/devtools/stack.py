@@ -47,7 +47,7 @@ from guardstream.runtime.settings import (
     every_setting,
 )
 
-PROCESSES = ("triage", "scorer", "sla", "review")
+PROCESSES = ("triage", "scorer", "sla", "review", "api")
 Say = Callable[[str], None]
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEMO_REVIEWER = "demo"
@@ -71,6 +71,8 @@ class StackConfig:
     metrics_port_base: int = 0  # Prometheus /metrics per process from here; 0 = not served
     review_port: int = 8090
     ready_timeout_s: float = 900.0
+    api_port: int = 8080  # the moderation API
+    scorer_port: int = 8095  # the scorer's interactive door, which the API calls
 
     def health_port(self, process: str) -> int:
         """Where `process` answers /readyz (the review console on its own HTTP port)."""
@@ -285,6 +287,9 @@ def _choose(config: StackConfig, env_file: EnvFile, bootstrap: str | None) -> di
     chosen = {
         "GUARDSTREAM_MODEL": TINY_MODEL,
         "GUARDSTREAM_REVIEW_PORT": str(config.review_port),
+        "GUARDSTREAM_API_PORT": str(config.api_port),
+        "GUARDSTREAM_SCORER_INTERACTIVE_PORT": str(config.scorer_port),
+        "GUARDSTREAM_API_SCORER_URL": f"http://127.0.0.1:{config.scorer_port}",
         # The local console is plain http: a Secure cookie would be dropped by the browser.
         "GUARDSTREAM_REVIEW_COOKIE_SECURE": "false",
         "GUARDSTREAM_REVIEW_SESSION_SECRET": env_file.ours.get(
@@ -374,9 +379,15 @@ def up(config: StackConfig, say: Say) -> StackReport:
     say(f"settings written to {path}")
     # The console's port is a setting: a person's line or the environment may have moved it.
     config = dataclasses.replace(config, review_port=settings.review.port)
-    for name in PROCESSES:
-        port = config.health_port(name)
-        if _read_pid(config.run_dir / f"{name}.pid") is None and port_open("127.0.0.1", port):
+    serving = {
+        **{name: config.health_port(name) for name in PROCESSES},
+        "api": settings.api.port,
+        "scorer": settings.scorer.interactive_port,
+    }
+    health = {f"{name} health": config.health_port(name) for name in ("api", "scorer")}
+    for name, port in {**serving, **health}.items():
+        process = name.split()[0]
+        if _read_pid(config.run_dir / f"{process}.pid") is None and port_open("127.0.0.1", port):
             raise StackError(f"port {port} ({name}) is taken by something else")
     if external is None:
         bootstrap = start_broker(config, say)
@@ -422,6 +433,8 @@ def up(config: StackConfig, say: Say) -> StackReport:
     urls = {"broker": bootstrap}
     review = f"http://127.0.0.1:{settings.review.port}"
     urls |= {"console": f"{review}/console", "review API": f"{review}/docs"}
+    api = f"http://127.0.0.1:{settings.api.port}"
+    urls |= {"moderation API": f"{api}/v1/moderate", "moderation API docs": f"{api}/docs"}
     urls |= {name: f"http://127.0.0.1:{config.health_port(name)}/readyz" for name in PROCESSES}
     if config.metrics_port_base:
         urls |= {
