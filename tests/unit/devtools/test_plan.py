@@ -105,6 +105,8 @@ def test_a_hand_worked_plan(tmp_path: Path) -> None:
     assert plan.partitions["posts.v1"] == 12
     assert plan.partitions["moderation.score-requests.v1"] == 56
     assert plan.msgs_per_partition["posts.v1"] == pytest.approx(250)
+    # What has no measured cost is said, not guessed.
+    assert any("API replicas are not planned" in note for note in plan.notes)
 
 
 def test_a_cascade_adds_its_second_tier(tmp_path: Path) -> None:
