@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from guardstream.contracts import ids
 from guardstream.contracts.events import Action, Decision, LangSource, Source, Verdict, utcnow
+from guardstream.contracts.identity import PostIdentity
 from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import Topic
 from guardstream.policy import (
@@ -137,21 +138,14 @@ def unscored(
     have: the journal keeps it the only one."""
     routed = route_scorer_unavailable(pack)
     reason = f"not scored: a score request has waited {waited_s:.0f} s unanswered. "
-    return Decision.make(
-        decision_id=decision_id(tenant, post_event_id, pack.ref, content_key),
-        at=utcnow(),
-        post_id=post_id,
-        post_event_id=post_event_id,
-        tenant=tenant,
-        verdict=Verdict.CONTROVERSIAL,
-        action=routed.action,
-        reason=f"{reason}{routed.explanation}",
-        rule=routed.rule,
-        source=Source.RULE,
+    return _unjudged(
+        pack,
+        routed.action,
+        f"{reason}{routed.explanation}",
+        routed.rule,
+        PostIdentity(tenant, post_id, post_event_id, pack.ref, content_key),
         model=model,
         adapter=adapter,
-        policy=pack.ref,
-        content_key=content_key,
         lang=lang,
         lang_source=lang_source,
     )
@@ -174,21 +168,47 @@ def past_deadline(
     deadline: `controversial`, sent to review whatever the pack's rules (never `safe`: an
     unjudged post is not known to be harmless), source `rule`. Same id as a model decision
     for the post would have: the journal keeps it the only one."""
+    return _unjudged(
+        pack,
+        Action.REVIEW,
+        f"not scored within the caller's deadline of {deadline_s:g} s: a person decides",
+        "deadline",
+        PostIdentity(tenant, post_id, post_event_id, pack.ref, content_key),
+        model=model,
+        adapter=adapter,
+        lang=lang,
+        lang_source=lang_source,
+    )
+
+
+def _unjudged(
+    pack: PolicyPack,
+    action: Action,
+    reason: str,
+    rule: str,
+    post: PostIdentity,
+    *,
+    model: str,
+    adapter: str | None,
+    lang: str | None,
+    lang_source: LangSource | None,
+) -> Decision:
+    """A decision no model made: `controversial`, source `rule`, no confidence or categories."""
     return Decision.make(
-        decision_id=decision_id(tenant, post_event_id, pack.ref, content_key),
+        decision_id=decision_id(post.tenant, post.post_event_id, pack.ref, post.content_key),
         at=utcnow(),
-        post_id=post_id,
-        post_event_id=post_event_id,
-        tenant=tenant,
+        post_id=post.post_id,
+        post_event_id=post.post_event_id,
+        tenant=post.tenant,
         verdict=Verdict.CONTROVERSIAL,
-        action=Action.REVIEW,
-        reason=f"not scored within the caller's deadline of {deadline_s:g} s: a person decides",
-        rule="deadline",
+        action=action,
+        reason=reason,
+        rule=rule,
         source=Source.RULE,
         model=model,
         adapter=adapter,
         policy=pack.ref,
-        content_key=content_key,
+        content_key=post.content_key,
         lang=lang,
         lang_source=lang_source,
     )
