@@ -23,6 +23,11 @@ def ratio(part: str, whole: str) -> str:
     return f"sum(rate({part}[{RATE}])) / sum(rate({whole}[{RATE}]))"
 
 
+def share(part: str, whole: str) -> str:
+    """`ratio` for a part that may have no series yet (no `und` post so far): 0, not no data."""
+    return f"(sum(rate({part}[{RATE}])) or vector(0)) / sum(rate({whole}[{RATE}]))"
+
+
 def quantile(q: float, bucket: str, by: str = "") -> str:
     labels = f"le, {by}" if by else "le"
     return f"histogram_quantile({q}, sum by ({labels}) (rate({bucket}[{RATE}])))"
@@ -260,8 +265,8 @@ def pipeline() -> Board:
     )
     b.panel(
         "Language detected, not given",
-        (ratio(f'{LANGUAGES}{{source="detected"}}', LANGUAGES), "detected"),
-        (ratio(f'{LANGUAGES}{{lang="und"}}', LANGUAGES), "undetermined"),
+        (share(f'{LANGUAGES}{{source="detected"}}', LANGUAGES), "detected"),
+        (share(f'{LANGUAGES}{{lang="und"}}', LANGUAGES), "undetermined"),
         unit="percentunit",
         description="Share of posts sent without `lang`, and of posts whose language is `und`.",
     )
