@@ -213,7 +213,14 @@ async def test_scorer_killed_with_a_batch_in_flight(rig: Rig) -> None:
     restarted scorer decides the rest and the oracle holds."""
     settings = rig.settings
     batch = unique_posts(200, tenant="acme")
-    doomed = rig.scorer_process("doomed", GUARDSTREAM_FAULT=f"scorer_scored:{KILL_AT_BATCH}")
+    doomed = rig.scorer_process(
+        "doomed",
+        GUARDSTREAM_FAULT=f"scorer_scored:{KILL_AT_BATCH}",
+        # Finished batches committed every round, not every 500 ms: the batches before the
+        # kill are then committed before it, whatever the machine's speed (a fast run could
+        # score all ten within one commit interval and leave nothing committed to audit).
+        GUARDSTREAM_COMMIT_INTERVAL_MS="0",
+    )
     doomed.start()
     await send(settings, batch)
     assert doomed.proc is not None

@@ -16,7 +16,14 @@ import pytest
 
 from guardstream.model.tiny import TEACHING_SET, Lesson, ensure_tiny_checkpoint
 from guardstream.runtime.settings import Settings
-from guardstream.scorer.engine import EngineDead, ScoringError, max_input_tokens
+from guardstream.scorer.engine import (
+    INTERACTIVE,
+    STREAM,
+    EngineDead,
+    ScoringError,
+    engine_priority,
+    max_input_tokens,
+)
 from guardstream.scorer.output import label_confidence, parse_answer
 from guardstream.scorer.prompt import PromptRenderer
 from guardstream.scorer.vllm_engine import VllmGuardEngine
@@ -77,12 +84,19 @@ class ScriptedLLM:
     prompts: list[list[int]] = field(default_factory=list)
     loras: list[Any] = field(default_factory=list)
     errored: bool = False
+    priorities: list[int] = field(default_factory=list)
 
     async def generate(
-        self, prompt: Any, params: Any, request_id: str, lora_request: Any = None
+        self,
+        prompt: Any,
+        params: Any,
+        request_id: str,
+        lora_request: Any = None,
+        priority: int = 0,
     ) -> AsyncIterator[_Output]:
         self.prompts.append(list(prompt["prompt_token_ids"]))
         self.loras.append(lora_request)
+        self.priorities.append(priority)
         step = self.script.pop(0)
         if isinstance(step, BaseException):
             raise step
@@ -118,16 +132,26 @@ async def test_a_non_label_token_after_safety_is_unusable(tokenizer: Any) -> Non
 async def test_second_phase_continues_from_the_forced_label(tokenizer: Any) -> None:
     unsafe = tokenizer.encode(" Unsafe", add_special_tokens=False)[0]
     detail = _Completion("Categories: Violent", [1, 2, 3])
-    engine, llm = scripted(tokenizer, [_Completion(" Unsafe", [unsafe], None), detail])
+    label = _Completion(" Unsafe", [unsafe], None)
+    engine, llm = scripted(tokenizer, [label, detail, label, detail])
     raw = await engine.assess_two_phase(CHAT, "r")
     assert raw.text == "Safety: Unsafe\nCategories: Violent"
-    first, second = llm.prompts
+    first, second = llm.prompts[:2]
     safety = tokenizer.encode("Safety:", add_special_tokens=False)
     forced = tokenizer.encode("Safety: Unsafe\n", add_special_tokens=False)
     # Same conversation, the forced label in place of the bare prefix: the prefix is cached.
     assert first[-len(safety) :] == safety
     assert second[: len(first) - len(safety)] == first[: -len(safety)]
     assert second[-len(forced) :] == forced
+    # Both phases go to vLLM with the caller's priority: the stream's here, the interactive
+    # door's where it set its own (the API's callers ahead of the Kafka backlog).
+    assert llm.priorities == [STREAM, STREAM]
+    token = engine_priority.set(INTERACTIVE)
+    try:
+        await engine.assess_two_phase(CHAT, "r2")
+    finally:
+        engine_priority.reset(token)
+    assert llm.priorities[2:] == [INTERACTIVE, INTERACTIVE]
 
 
 async def test_engine_failures_carry_their_policy(tokenizer: Any) -> None:
