@@ -17,6 +17,7 @@ from aiokafka import AIOKafkaProducer
 
 from guardstream.api.app import create_app
 from guardstream.api.decisions import GROUP, DecisionIndexer, action_topics
+from guardstream.api.gate import open_gate
 from guardstream.api.moderator import Moderator
 from guardstream.model.guard import served_model_id
 from guardstream.runtime import metrics
@@ -91,12 +92,15 @@ async def run(
             expose(moderator)
         latest = LatestDecisions(settings)
         stack.push_async_callback(latest.close)
+        gate = await open_gate(settings, stack)
+        metrics.observe_counts("guardstream.api.gate", gate.counts)
         app = create_app(
             moderator,
             latest,
             max_body_bytes=settings.api.max_body_bytes,
             batch_max=settings.api.batch_max,
             retry_after_s=settings.api.retry_after_s,
+            gate=gate,
         )
         server = _Server(
             uvicorn.Config(
@@ -112,7 +116,7 @@ async def run(
             settings.process.health_port,
             ready=lambda: server.started,
             name="api",
-            status=lambda: dict(moderator.counts),
+            status=lambda: {**moderator.counts, **{f"gate_{k}": n for k, n in gate.counts.items()}},
             host=settings.process.listen_host,
         )
         await health.start()
