@@ -396,3 +396,32 @@ async def test_auth_off_takes_the_tenant_from_the_body_and_only_on_the_loopback(
     refused = Process("api", env, tmp_path).start()
     assert refused.wait(120) == 3
     assert "GUARDSTREAM_API_AUTH=off" in refused.log()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("add-key", "--tenant", "acme\x01"),
+        ("add-key", "--tenant", "acme\udcff"),  # bytes that are no UTF-8 (\xff)
+        ("add-key", "--tenant", "acme", "--name", "\x1b[31mred"),
+        ("add-key", "--tenant", "acme", "--name", "n" * 100_000),
+        ("add-key", "--tenant", "a" * 100_000),
+        ("add-key", "--tenant", "acme", "--rate", "nan"),
+        ("add-key", "--tenant", "acme", "--rate", "-1"),
+        ("add-key", "--tenant", "acme", "--burst", "0"),
+        ("add-key", "--tenant", "acme", "--rate", "fast"),
+        ("revoke-key", "\x00" * 3 + "x"),
+        ("revoke-key", "gsk_" + "z" * 100_000),
+        ("list-keys", "--tenant", "\u202eacme"),
+    ],
+)
+async def test_hostile_cli_arguments_exit_2_with_a_message(
+    settings: Settings, args: tuple[str, ...]
+) -> None:
+    """NUL itself cannot reach a process's argv (execve ends an argument there), so the
+    NUL case above is the text after it; the checks refuse NUL all the same (unit tests)."""
+    args = tuple(a.replace("\x00", "") for a in args)
+    ran = await guardstream(settings, "api", *args, env=cli_env(settings))
+    assert ran.code == 2, (ran.code, ran.stdout[-500:], ran.stderr[-2000:])
+    assert "Traceback" not in ran.stderr and ran.stderr.strip()
+    assert "gsk_" not in ran.stdout
