@@ -28,6 +28,7 @@ from guardstream.api import db
 from guardstream.api.keys import Check, KeyRing, KeyStore, KeyStoreUnavailable, key_id_of
 from guardstream.api.ratelimit import RateLimiter, gcra, interval_us
 from guardstream.contracts.events import Decision, Verdict
+from guardstream.devtools.stack import DEMO_KEY_FILE, ensure_demo_key
 from guardstream.runtime.kafka import ensure_topics
 from guardstream.runtime.settings import Settings
 from tests.conftest import free_port
@@ -425,3 +426,29 @@ async def test_hostile_cli_arguments_exit_2_with_a_message(
     assert ran.code == 2, (ran.code, ran.stdout[-500:], ran.stderr[-2000:])
     assert "Traceback" not in ran.stderr and ran.stderr.strip()
     assert "gsk_" not in ran.stdout
+
+
+async def test_make_up_keeps_one_demo_key_while_it_works(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """`stack up`'s demo key: made once, kept in the run directory (owner only), the same on
+    the next `up`, a new one once the kept one is revoked (or lost)."""
+    key_file = tmp_path / DEMO_KEY_FILE
+    first = await ensure_demo_key(settings, key_file)
+    assert key_file.read_text().strip() == first and key_file.stat().st_mode & 0o777 == 0o600
+    assert await ensure_demo_key(settings, key_file) == first
+    pool = await db.connect(settings)
+    try:
+        store = KeyStore(pool)
+        key_id = key_id_of(first)
+        assert key_id is not None
+        assert [k.tenant for k in await store.list()] == ["default"]
+        await store.revoke(key_id)
+        second = await ensure_demo_key(settings, key_file)
+        assert second != first and key_file.read_text().strip() == second
+        key_file.write_text("gsk_garbage\n")
+        third = await ensure_demo_key(settings, key_file)
+        assert third not in (first, second)
+        assert len(await store.list("default")) == 3
+    finally:
+        await pool.close()
