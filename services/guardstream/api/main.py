@@ -11,13 +11,14 @@ import logging
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 
+import asyncpg
 import httpx
 import uvicorn
 from aiokafka import AIOKafkaProducer
 
 from guardstream.api.app import create_app
 from guardstream.api.decisions import GROUP, DecisionIndexer, action_topics
-from guardstream.api.gate import open_gate
+from guardstream.api.gate import OpenApiRefused, open_gate
 from guardstream.api.moderator import Moderator
 from guardstream.model.guard import served_model_id
 from guardstream.runtime import metrics
@@ -30,6 +31,10 @@ from guardstream.verdict.latest import LatestDecisions
 from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
+
+# What stops the process at start with "cannot start" (exit 3): the key store unreachable or
+# refusing us, a port taken, keys off beyond the loopback.
+START_ERRORS: tuple[type[Exception], ...] = (OSError, asyncpg.PostgresError, OpenApiRefused)
 
 
 async def _index_decisions(

@@ -35,12 +35,10 @@ def api(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     # lazy: FastAPI, uvicorn and asyncpg only in the API's process
-    import asyncpg
-
-    from guardstream.api.gate import OpenApiRefused
+    from guardstream.api.main import START_ERRORS
     from guardstream.api.main import run as run_api
 
-    run_process("api", run_api, start_errors=(OSError, asyncpg.PostgresError, OpenApiRefused))
+    run_process("api", run_api, start_errors=START_ERRORS)
 
 
 def _invalid(problem: str) -> typer.Exit:
@@ -52,8 +50,8 @@ def _with_keys(work: Callable[[KeyStore], Awaitable[T]]) -> T:
     """Run `work` on the key store of this deployment (its tables migrated first)."""
     # lazy: asyncpg only for the key commands
     from guardstream.api import db
+    from guardstream.api.db import DB_ERRORS
     from guardstream.api.keys import KeyStore
-    from guardstream.runtime.postgres import DB_ERRORS
 
     settings = load_settings()
 
@@ -102,6 +100,7 @@ def add_key(
 
     Callers send it as `Authorization: Bearer <key>` (the OpenAI SDK's `api_key`); only its
     SHA-256 is stored, so it cannot be shown again: revoke it and add another if it is lost."""
+    # lazy: asyncpg and the API package only for the key commands
     from guardstream.api.keys import (
         KeyRequestInvalid,
         checked_name,
@@ -133,6 +132,7 @@ def revoke_key(
     key_id: Annotated[str, typer.Argument(help="The key's id (16 hex digits after `gsk_`).")],
 ) -> None:
     """Revoke a key: refused (401) on every API replica within GUARDSTREAM_API_KEY_CACHE_S."""
+    # lazy: asyncpg and the API package only for the key commands
     from guardstream.api.keys import KeyRequestInvalid, checked_key_id, key_id_of
 
     key_id = key_id_of(key_id) or key_id  # the whole key names its id too
@@ -152,6 +152,7 @@ def list_keys(
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys.")] = None,
 ) -> None:
     """List keys (ids, tenants, names, rates, states; never a secret), oldest first."""
+    # lazy: asyncpg and the API package only for the key commands
     from guardstream.api.keys import KeyRequestInvalid, checked_tenant
 
     if tenant is not None:

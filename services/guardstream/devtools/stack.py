@@ -349,24 +349,30 @@ async def ensure_demo_reviewer(settings: Settings, password: str) -> None:
             await review.auth.put_reviewer(wanted, hash_password(password), actor="stack-up")
 
 
-async def ensure_demo_key(settings: Settings, key_file: Path) -> str:
+def ensure_demo_key(settings: Settings, key_file: Path) -> str:
     """An API key of the demo tenant, kept in `key_file` (readable by its owner only): the
     one there while the store still accepts it, else a new one (the store keeps its hash
     only, so a lost file means a new key). `up` makes it only against a local database."""
+    kept = key_file.read_text(encoding="utf-8").strip() if key_file.is_file() else None
+    key = asyncio.run(_demo_key(settings, kept))
+    if key != kept:
+        key_file.write_text(key + "\n", encoding="utf-8")
+        key_file.chmod(0o600)
+    return key
+
+
+async def _demo_key(settings: Settings, kept: str | None) -> str:
     pool = await api_db.connect(settings)  # migrates the API's tables first
     try:
         store = KeyStore(pool)
-        if key_file.is_file():
-            kept = key_file.read_text(encoding="utf-8").strip()
+        if kept is not None:
             found = await KeyRing(store, ttl_s=0).check(kept)
             if not isinstance(found, Check) and found.tenant == DEMO_TENANT:
                 return kept
         _, key = await store.add(DEMO_TENANT, "make up demo")
+        return key
     finally:
         await pool.close()
-    key_file.write_text(key + "\n", encoding="utf-8")
-    key_file.chmod(0o600)
-    return key
 
 
 @dataclass(frozen=True)
@@ -446,7 +452,7 @@ def up(config: StackConfig, say: Say) -> StackReport:
     api_key: tuple[str, Path] | None = None
     if settings.api.auth == "keys" and _is_local(settings.database.url.get_secret_value()):
         key_file = config.run_dir / DEMO_KEY_FILE
-        api_key = (asyncio.run(ensure_demo_key(settings, key_file)), key_file)
+        api_key = (ensure_demo_key(settings, key_file), key_file)
         say(f"API key of tenant {DEMO_TENANT!r} ready ({key_file})")
     elif settings.api.auth == "keys":
         say("API keys: not on this machine, so no demo key (`guardstream api add-key`)")

@@ -434,9 +434,9 @@ async def test_make_up_keeps_one_demo_key_while_it_works(
     """`stack up`'s demo key: made once, kept in the run directory (owner only), the same on
     the next `up`, a new one once the kept one is revoked (or lost)."""
     key_file = tmp_path / DEMO_KEY_FILE
-    first = await ensure_demo_key(settings, key_file)
+    first = await asyncio.to_thread(ensure_demo_key, settings, key_file)
     assert key_file.read_text().strip() == first and key_file.stat().st_mode & 0o777 == 0o600
-    assert await ensure_demo_key(settings, key_file) == first
+    assert await asyncio.to_thread(ensure_demo_key, settings, key_file) == first
     pool = await db.connect(settings)
     try:
         store = KeyStore(pool)
@@ -444,10 +444,10 @@ async def test_make_up_keeps_one_demo_key_while_it_works(
         assert key_id is not None
         assert [k.tenant for k in await store.list()] == ["default"]
         await store.revoke(key_id)
-        second = await ensure_demo_key(settings, key_file)
+        second = await asyncio.to_thread(ensure_demo_key, settings, key_file)
         assert second != first and key_file.read_text().strip() == second
         key_file.write_text("gsk_garbage\n")
-        third = await ensure_demo_key(settings, key_file)
+        third = await asyncio.to_thread(ensure_demo_key, settings, key_file)
         assert third not in (first, second)
         assert len(await store.list("default")) == 3
     finally:
