@@ -53,6 +53,13 @@ _DETAIL = {
 }
 
 
+_DOCUMENTED = {
+    "401": "no key, or a malformed, unknown or revoked one (`reason`, `WWW-Authenticate`)",
+    "403": "a tenant other than the key's (`forbidden_tenant`)",
+    "429": "over the key's rate limit (`rate_limited`, Retry-After)",
+}
+
+
 class TenantMismatch(PermanentError):
     """A request naming a tenant other than its key's (403)."""
 
@@ -169,8 +176,10 @@ class Gate:
         )
 
     def install(self, app: FastAPI) -> None:
-        """Put the gate in front of `app` and answer `TenantMismatch` 403."""
+        """Put the gate in front of `app`, answer `TenantMismatch` 403, and say both in the
+        OpenAPI document (the bearer scheme, the refusals of every `/v1` operation)."""
         app.add_middleware(_GateLayer, gate=self)
+        self._document(app)
 
         @app.exception_handler(TenantMismatch)
         async def forbidden(_request: Request, _exc: TenantMismatch) -> Response:
@@ -180,6 +189,36 @@ class Gate:
                 "forbidden_tenant",
                 "this key answers for its own tenant only: omit the tenant or give the key's",
             )
+
+    def _document(self, app: FastAPI) -> None:
+        generate = app.openapi
+        keys = self._keys is not None
+
+        def openapi() -> dict[str, Any]:
+            if app.openapi_schema is not None:
+                return app.openapi_schema
+            schema = generate()
+            if keys:
+                schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
+                schemes["apiKey"] = {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A tenant's key (`guardstream api add-key`): gsk_...",
+                }
+            for path, operations in schema.get("paths", {}).items():
+                if not guarded(path):
+                    continue
+                for operation in operations.values():
+                    if keys:
+                        operation["security"] = [{"apiKey": []}]
+                    responses = operation.setdefault("responses", {})
+                    for status, description in _DOCUMENTED.items() if keys else ():
+                        responses.setdefault(status, {"description": description})
+                    responses.setdefault("503", {"description": "unavailable, Retry-After"})
+            app.openapi_schema = schema
+            return schema
+
+        app.openapi = openapi  # type: ignore[method-assign]
 
     async def admit(self, authorization: str | None) -> Caller | Response:
         """The caller of a request with this `Authorization` header, or the answer refusing it."""

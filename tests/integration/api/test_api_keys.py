@@ -143,7 +143,11 @@ async def test_keys_authenticate_callers_and_bind_them_to_their_tenant(
                 await sdk.moderations.create(input=TEXT)
 
         # What stays open: the health port, the OpenAPI document.
-        assert (await anonymous.get("/openapi.json")).status_code == 200
+        document = (await anonymous.get("/openapi.json")).json()
+        assert document["components"]["securitySchemes"]["apiKey"]["scheme"] == "bearer"
+        moderate = document["paths"]["/v1/moderate"]["post"]
+        assert moderate["security"] == [{"apiKey": []}]
+        assert {"401", "403", "429"} <= set(moderate["responses"])
 
         # Revoked with the CLI: refused within GUARDSTREAM_API_KEY_CACHE_S.
         key_id = key_id_of(acme)
