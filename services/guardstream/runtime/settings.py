@@ -334,7 +334,7 @@ class RedisSettings(Section):
 
 
 class DatabaseSettings(Section):
-    """PostgreSQL: the review store."""
+    """PostgreSQL: the review store and the API's tables (keys)."""
 
     url: Annotated[SecretStr, _env("DATABASE_URL")] = SecretStr(
         "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -524,6 +524,9 @@ class ApiSettings(Section):
     """Largest request body accepted; a larger one is refused (413) before it is read."""
     retry_after_s: Annotated[int, Field(ge=1), _env("GUARDSTREAM_API_RETRY_AFTER_S")] = 1
     """`Retry-After` of a 503 (the scorer unreachable or saturated)."""
+    db_pool_max: Annotated[int, Field(ge=1), _env("GUARDSTREAM_API_DB_POOL_MAX")] = 4
+    """Connections the API's PostgreSQL pool may open (its tables live in the database and
+    schema of `DATABASE_URL` and `GUARDSTREAM_REVIEW_DB_SCHEMA`)."""
 
 
 class WebhookSettings(Section):

@@ -1,9 +1,10 @@
-"""The review database's plumbing: migrations, the connection pool, which errors are transient,
-and `Rows`, the base of the per-table classes.
+"""The review database's plumbing: its migrations and pool, over `runtime.postgres` (which
+also holds which errors are transient and `Rows`, the base of the per-table classes).
 
-Migrations (`review/migrations/*.sql`, applied in name order) run at start-up under an advisory
-lock and are recorded in `schema_migrations`, so concurrent starts apply each file once. Every
-connection's `search_path` is the configured schema (tests use one schema each).
+Migrations (`review/migrations/*.sql`, applied in name order) run at start-up under the
+advisory lock every owner shares and are recorded in `schema_migrations`, so concurrent
+starts apply each file once. Every connection's `search_path` is the configured schema (tests
+use one schema each).
 
 A table class runs its statements on what it was given: the pool (each statement its own
 transaction) or the connection of one transaction (`ReviewStore.transaction()`), where the
@@ -13,97 +14,49 @@ that must hold together runs them in `Rows.atomic()`.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TypeAlias
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 
+from guardstream.runtime import postgres
+from guardstream.runtime.postgres import (
+    DB_ERRORS,
+    TRANSIENT_DB_ERRORS,
+    Conn,
+    Db,
+    Migrations,
+    Rows,
+    affected,
+)
 from guardstream.runtime.settings import Settings
 
-log = logging.getLogger(__name__)
+__all__ = [
+    "DB_ERRORS",
+    "MIGRATIONS",
+    "REVIEW_MIGRATIONS",
+    "TRANSIENT_DB_ERRORS",
+    "Conn",
+    "Db",
+    "Rows",
+    "affected",
+    "apply_migrations",
+    "connect",
+]
 
 MIGRATIONS = Path(__file__).parent.parent / "migrations"
-_LOCK_ID = 0x6773_7276  # advisory lock serialising migrations ("gsrv")
-
-TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.exceptions.SerializationError,
-    asyncpg.exceptions.DeadlockDetectedError,
-    asyncpg.exceptions.CannotConnectNowError,
-    asyncpg.exceptions.TooManyConnectionsError,
-    OSError,
-    TimeoutError,
-)
-DB_ERRORS: tuple[type[BaseException], ...] = (asyncpg.PostgresError, *TRANSIENT_DB_ERRORS)
-
-Conn: TypeAlias = "asyncpg.Connection | PoolConnectionProxy[asyncpg.Record]"
-Db: TypeAlias = "Conn | asyncpg.Pool"  # what a table class runs its statements on
+REVIEW_MIGRATIONS = Migrations("review", MIGRATIONS, ledger="schema_migrations")
 
 
 async def apply_migrations(conn: asyncpg.Connection, schema: str) -> list[str]:
-    """Apply the migrations not yet recorded; returns the names applied now."""
-    applied_now: list[str] = []
-    await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-    await conn.execute(f'SET search_path TO "{schema}"')
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_ID)
-        await conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations ("
-            " version text PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r["version"] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for path in sorted(MIGRATIONS.glob("*.sql")):
-            if path.name in done:
-                continue
-            await conn.execute(path.read_text(encoding="utf-8"))
-            await conn.execute("INSERT INTO schema_migrations (version) VALUES ($1)", path.name)
-            applied_now.append(path.name)
-    return applied_now
+    """Apply the review migrations not yet recorded; returns the names applied now."""
+    return await postgres.apply_migrations(conn, schema, REVIEW_MIGRATIONS)
 
 
 async def connect(settings: Settings, schema: str) -> asyncpg.Pool:
     """Migrate `schema`, then a pool whose connections work in it."""
-    dsn = settings.database.url.get_secret_value()
-    conn = await asyncpg.connect(dsn)
-    try:
-        applied = await apply_migrations(conn, schema)
-    finally:
-        await conn.close()
-    if applied:
-        log.info("review store migrated", extra={"schema": schema, "applied": applied})
-    return await asyncpg.create_pool(
-        dsn,
-        min_size=2,
-        max_size=settings.database.pool_max,
-        server_settings={"search_path": schema},
+    return await postgres.connect(
+        settings.database.url.get_secret_value(),
+        schema,
+        REVIEW_MIGRATIONS,
+        pool_max=settings.database.pool_max,
     )
-
-
-def affected(status: str) -> int:
-    """The row count of a command status ("DELETE 3")."""
-    return int(status.split()[-1])
-
-
-class Rows:
-    """Base of the per-table classes: the statements run on `db`."""
-
-    __slots__ = ("db",)
-
-    def __init__(self, db: Db) -> None:
-        self.db = db
-
-    @asynccontextmanager
-    async def atomic(self) -> AsyncIterator[Conn]:
-        """One connection for statements that hold together: a transaction of their own on
-        the pool, a savepoint inside the caller's transaction."""
-        if isinstance(self.db, asyncpg.Pool):
-            async with self.db.acquire() as conn, conn.transaction():
-                yield conn
-        else:
-            async with self.db.transaction():
-                yield self.db
