@@ -29,6 +29,7 @@ import logging
 import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -51,6 +52,7 @@ from guardstream.contracts.events import ContractError, Decision, Source
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.runtime import metrics
 from guardstream.runtime.kafka import dead_letter
+from guardstream.runtime.postgres import DB_ERRORS
 from guardstream.runtime.settings import Settings, WebhookSettings
 
 log = logging.getLogger(__name__)
@@ -60,12 +62,6 @@ FINAL_SOURCES = frozenset((Source.HUMAN, Source.SLA_TIMEOUT))
 PROCESS = "api-webhooks"  # the DLQ record's consumer (as a group id)
 LEASE_MARGIN_S = 30.0  # a claimed row's lease beyond the POST's timeout
 USER_AGENT = "guardstream-webhooks/1"
-
-DB_FAILURES: tuple[type[BaseException], ...] = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    OSError,
-)
 
 
 class Status:
@@ -180,7 +176,7 @@ class WebhookStore:
                 [p.post_id for p in posts],
                 [p.policy for p in posts],
             )
-        except DB_FAILURES as exc:
+        except DB_ERRORS as exc:
             raise TransientError(f"webhook watch not recorded: {type(exc).__name__}") from exc
 
     async def enqueue(self, decisions: Sequence[Decision]) -> int:
@@ -204,7 +200,7 @@ class WebhookStore:
                 [d.post_id for d in finals],
                 [d.to_json() for d in finals],
             )
-        except DB_FAILURES as exc:
+        except DB_ERRORS as exc:
             raise TransientError(f"webhook delivery not enqueued: {type(exc).__name__}") from exc
         return len(rows)
 
@@ -340,7 +336,7 @@ class DeliveryLoop:
             try:
                 busy = await self.deliver_due()
                 await self._maybe_prune()
-            except DB_FAILURES as exc:
+            except DB_ERRORS as exc:
                 self.counts["db_errors"] += 1
                 log.warning(
                     "webhook deliveries: database failed", extra={"error": type(exc).__name__}
@@ -488,3 +484,21 @@ def _untagged(error: str | None) -> Tried:
 
 
 WatchPosts = Callable[[Sequence[Watched]], Awaitable[None]]
+
+
+def open_callbacks(
+    settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer, stack: AsyncExitStack
+) -> tuple[WebhookStore, DeliveryLoop]:
+    """The API process's callbacks: the store on its pool and the delivery loop with its own
+    HTTP client (no proxy from the environment, no redirects: a redirect could lead anywhere
+    the URL rule refuses)."""
+    client = httpx.AsyncClient(
+        trust_env=False,
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=settings.webhooks.batch * 2),
+    )
+    stack.push_async_callback(client.aclose)
+    store = WebhookStore(pool)
+    loop = DeliveryLoop(settings, store, client, producer)
+    metrics.observe_counts("guardstream.api.webhooks", loop.counts)
+    return store, loop

@@ -17,6 +17,7 @@ from guardstream.cli import (
     stack,
     tail,
     topics,
+    webhooks,
 )
 
 app = typer.Typer(
@@ -43,3 +44,4 @@ app.add_typer(model.app, name="model")
 app.add_typer(stack.app, name="stack")
 app.add_typer(feedback.app, name="feedback")
 app.add_typer(review.app, name="review")
+app.add_typer(webhooks.app, name="webhooks")
