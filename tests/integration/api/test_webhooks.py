@@ -9,9 +9,6 @@ action topics as the review service and the SLA timer publish theirs."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +30,7 @@ from tests.conftest import free_port
 from tests.integration.cli.conftest import guardstream
 from tests.support.oracle import read_all
 from tests.support.processes import Process, env_for
+from tests.support.webhook_docs import documented_verifier
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -41,14 +39,7 @@ FAILING_TRIES = 2  # the flaky receiver's failures before it answers 204
 MAX_ATTEMPTS = 3
 
 
-def documented_check(secret: str, body: bytes, header: str) -> bool:
-    """The receiver's check as docs/components/api.md shows it."""
-    fields = dict(part.split("=", 1) for part in header.split(","))
-    expected = hmac.new(
-        secret.encode(), fields["t"].encode() + b"." + body, hashlib.sha256
-    ).hexdigest()
-    fresh = abs(time.time() - int(fields["t"])) <= 300
-    return fresh and hmac.compare_digest(expected, fields["v1"])
+documented_check = documented_verifier()
 
 
 @dataclass
