@@ -251,6 +251,23 @@ async def test_final_decisions_on_api_posts_are_called_back_once_signed_retried_
     flaky = await deliveries(settings, "flaky")
     assert [(d["status"], d["attempts"]) for d in flaky] == [("delivered", FAILING_TRIES + 1)]
 
+    # Listed (secrets never), removed once, and a second removal says there is none.
+    assert {h["tenant"]: h["removed_at"] for h in await listed(settings)} == dict.fromkeys(
+        ("acme", "down", "flaky")
+    )
+    cli = ("webhooks", "remove", "--tenant", "acme")
+    assert (await guardstream(settings, *cli, env=env(settings))).code == 0
+    assert (await guardstream(settings, *cli, env=env(settings))).code == 1
+    removed = {h["tenant"] for h in await listed(settings) if h["removed_at"]}
+    assert removed == {"acme"}
+
+
+async def listed(settings: Settings) -> list[dict[str, object]]:
+    ran = await guardstream(settings, "webhooks", "list", "--json", env=env(settings))
+    assert ran.code == 0, ran.stderr
+    assert "whsec_" not in ran.stdout
+    return [orjson.loads(line) for line in ran.lines]
+
 
 async def deliveries(settings: Settings, tenant: str, *args: str) -> list[dict[str, object]]:
     ran = await guardstream(
