@@ -45,6 +45,7 @@ from guardstream.api.webhooks import (
     IpAddress,
     address_problem,
     backoff_s,
+    pinned,
     signature,
 )
 from guardstream.contracts.errors import TransientError
@@ -401,20 +402,27 @@ class DeliveryLoop:
         metrics.dead_letters.add(1, {"reason": tried.reason, "consumer": self._consumer})
 
     async def attempt(self, url: str, secret: str, event_id: str, payload: bytes) -> Tried:
-        """One signed POST of `payload` to `url`."""
-        if not self._hooks.allow_private:
-            refused = await self._address_refused(url)
-            if refused is not None:
-                return Tried(refused, DlqReason.FORBIDDEN)
+        """One signed POST of `payload` to `url`, at the address its host resolved to and
+        was judged by (any address, with `GUARDSTREAM_WEBHOOK_ALLOW_PRIVATE`)."""
         headers = {
             "Content-Type": "application/json",
             "User-Agent": USER_AGENT,
             EVENT_ID_HEADER: event_id,
             SIGNATURE_HEADER: signature(secret, payload, int(self._clock())),
         }
+        address = await self._address(url)
+        if isinstance(address, Tried):
+            return address
+        pin = pinned(url, address)
+        headers["Host"] = pin.host
+        extensions = {} if pin.sni is None else {"sni_hostname": pin.sni}
         try:
             answer = await self._client.post(
-                url, content=payload, headers=headers, timeout=self._hooks.timeout_s
+                pin.url,
+                content=payload,
+                headers=headers,
+                timeout=self._hooks.timeout_s,
+                extensions=extensions,
             )
         except httpx.TimeoutException:
             return Tried(f"no answer within {self._hooks.timeout_s} s", DlqReason.UNREACHABLE)
@@ -424,15 +432,20 @@ class DeliveryLoop:
             return Tried()
         return Tried(f"answered {answer.status_code}", DlqReason.REFUSED)
 
-    async def _address_refused(self, url: str) -> str | None:
+    async def _address(self, url: str) -> IpAddress | Tried:
+        """The address to send to, or why none may be (unless private addresses are allowed:
+        any address of the host that is not public)."""
         parts = urlsplit(url)
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         try:
             addresses = await self._resolver(host, port)
         except OSError as exc:
-            return f"the host does not resolve ({type(exc).__name__})"
-        return address_problem(addresses) if addresses else "the host resolves to nothing"
+            return Tried(f"the host does not resolve ({type(exc).__name__})", DlqReason.UNREACHABLE)
+        if not addresses:
+            return Tried("the host resolves to nothing", DlqReason.UNREACHABLE)
+        problem = None if self._hooks.allow_private else address_problem(addresses)
+        return addresses[0] if problem is None else Tried(problem, DlqReason.FORBIDDEN)
 
     async def _dead_letter(self, item: Claimed, tried: Tried) -> None:
         origin: ConsumerRecord[bytes, bytes] = ConsumerRecord(
@@ -495,7 +508,11 @@ def open_callbacks(
     client = httpx.AsyncClient(
         trust_env=False,
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=settings.webhooks.batch * 2),
+        # No kept connections: a connection is made for one host's name (TLS SNI) at the
+        # address judged for it, and must not carry another's request.
+        limits=httpx.Limits(
+            max_connections=settings.webhooks.batch * 2, max_keepalive_connections=0
+        ),
     )
     stack.push_async_callback(client.aclose)
     store = WebhookStore(pool)

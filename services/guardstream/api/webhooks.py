@@ -11,7 +11,8 @@ IDNA, and unless `GUARDSTREAM_WEBHOOK_ALLOW_PRIVATE` no address that is not glob
 private, link-local such as cloud metadata, shared, reserved, multicast, unspecified, and the
 IPv4 ones spelt in IPv6) whether written as an address, in a legacy numeric form (`127.1`,
 `0x7f000001`) or named `localhost`. Names are resolved and judged again before every POST
-(`address_problem`), since a name may point anywhere by then.
+(`address_problem`), and the POST goes to the address judged (`pinned`): a name that
+resolves elsewhere a moment later (DNS rebinding) changes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import ipaddress
 import random
 import secrets
 import socket
-from urllib.parse import urlsplit
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
 from guardstream.contracts.events import allowed_characters
 
@@ -141,3 +143,27 @@ def _kind(address: IpAddress) -> str:
         if getattr(address, f"is_{name}"):
             return name.replace("_", "-")
     return "not global"
+
+
+@dataclass(frozen=True, slots=True)
+class Pinned:
+    """A request to a URL, sent to one address of its host."""
+
+    url: str  # the URL with its host replaced by the address
+    host: str  # the `Host` header: the URL's own host (and port, when it names one)
+    sni: str | None  # https: the name the TLS handshake asks for and the certificate must carry
+
+
+def pinned(url: str, address: IpAddress) -> Pinned:
+    """`url` (one `url_problem` accepted) sent to `address` instead of its host's name."""
+    parts = urlsplit(url)
+    name = parts.hostname or ""
+    ascii_name = name if name.isascii() else name.encode("idna").decode("ascii")
+    port = f":{parts.port}" if parts.port is not None else ""
+    host = f"[{ascii_name}]" if ":" in ascii_name else ascii_name
+    at = f"[{address}]" if address.version == 6 else str(address)
+    return Pinned(
+        url=urlunsplit((parts.scheme, at + port, parts.path, parts.query, "")),
+        host=host + port,
+        sni=ascii_name if parts.scheme.lower() == "https" else None,
+    )

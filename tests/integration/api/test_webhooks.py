@@ -51,8 +51,8 @@ class Receiver:
     got: dict[str, list[tuple[dict[str, str], bytes]]] = field(default_factory=dict)
     arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -78,7 +78,7 @@ async def receiver() -> AsyncIterator[Receiver]:
     server.router.add_post("/{name}", made.handle)
     runner = web.AppRunner(server, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", made.port).start()
+    await web.TCPSite(runner, "localhost", made.port).start()  # each address `localhost` has
     yield made
     await runner.cleanup()
 
@@ -161,8 +161,12 @@ async def test_final_decisions_on_api_posts_are_called_back_once_signed_retried_
     await ensure_topics(settings)
     (tmp_path / "packs.yaml").write_text(PACKS)
     secrets = {
-        tenant: await register(settings, tenant, receiver.url(path))
-        for tenant, path in (("acme", "/ok"), ("flaky", "/flaky"), ("down", "/down"))
+        tenant: await register(settings, tenant, receiver.url(path, host))
+        for tenant, path, host in (
+            ("acme", "/ok", "localhost"),  # a name: resolved, its address judged and used
+            ("flaky", "/flaky", "127.0.0.1"),
+            ("down", "/down", "127.0.0.1"),
+        )
     }
     port = free_port()
     api = Process(
@@ -209,6 +213,7 @@ async def test_final_decisions_on_api_posts_are_called_back_once_signed_retried_
         assert body == human.to_json()
         assert Decision.from_json(body) == human
         assert headers["X-Guardstream-Event-Id"] == human.event_id
+        assert headers["Host"] == f"localhost:{receiver.port}"  # sent to its address, as named
         assert documented_check(secrets["acme"], body, headers["X-Guardstream-Signature"])
         assert not documented_check(secrets["flaky"], body, headers["X-Guardstream-Signature"])
 

@@ -16,6 +16,7 @@ from guardstream.api.webhooks import (
     address_problem,
     backoff_s,
     new_secret,
+    pinned,
     signature,
     url_problem,
     verify,
@@ -175,3 +176,43 @@ def test_resolved_addresses_are_judged_each() -> None:
     assert address_problem([public]) is None
     assert address_problem([public, ipaddress.ip_address("10.0.0.7")]) is not None
     assert address_problem([ipaddress.ip_address("::ffff:169.254.169.254")]) is not None
+
+
+@pytest.mark.parametrize(
+    ("url", "address", "sent_to", "host", "sni"),
+    [
+        (
+            "https://hooks.example.com/x?y=1",
+            "93.184.216.34",
+            "https://93.184.216.34/x?y=1",
+            "hooks.example.com",
+            "hooks.example.com",
+        ),
+        (
+            "http://Hooks.Example.com:8080/x",
+            "93.184.216.34",
+            "http://93.184.216.34:8080/x",
+            "hooks.example.com:8080",
+            None,
+        ),
+        (
+            "https://bücher.example/h",
+            "2001:db8::1",
+            "https://[2001:db8::1]/h",
+            "xn--bcher-kva.example",
+            "xn--bcher-kva.example",
+        ),
+        (
+            "http://[2001:db8::2]:81/",
+            "2001:db8::2",
+            "http://[2001:db8::2]:81/",
+            "[2001:db8::2]:81",
+            None,
+        ),
+    ],
+)
+def test_a_request_is_pinned_to_the_address_judged_and_keeps_its_host(
+    url: str, address: str, sent_to: str, host: str, sni: str | None
+) -> None:
+    pin = pinned(url, ipaddress.ip_address(address))
+    assert (pin.url, pin.host, pin.sni) == (sent_to, host, sni)
