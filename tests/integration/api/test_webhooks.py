@@ -322,6 +322,14 @@ async def test_replicas_share_deliveries_and_removed_or_private_hooks_are_dead_l
             await two.enqueue([*decisions, gone])  # a replay: nothing new
             assert (one.counts["enqueued"], two.counts["enqueued"]) == (41, 0)
             assert await store.remove("gone")
+            # A delivery whose last try failed but whose DLQ record was never sent (the broker
+            # refused it, or the replica died): dead-lettered now, without another POST.
+            await pool.execute(
+                "INSERT INTO webhook_deliveries (tenant, event_id, post_id, payload, attempts,"
+                " last_error) VALUES ('acme', 'e-exhausted', 'p0', '{}', $1, $2)",
+                MAX_ATTEMPTS,
+                "webhook_unreachable: no answer within 5 s",
+            )
             stop = asyncio.Event()
             runs = [asyncio.create_task(loop.run(stop)) for loop in (one, two)]
             await receiver.wait("/ok", 40)
@@ -341,7 +349,7 @@ async def test_replicas_share_deliveries_and_removed_or_private_hooks_are_dead_l
             )
         ids = sorted(Decision.from_json(b).event_id for _, b in receiver.got["/ok"])
         assert ids == sorted(d.event_id for d in decisions)  # each once, none for `gone`
-        assert one.counts["dead"] + two.counts["dead"] == 1
+        assert one.counts["dead"] + two.counts["dead"] == 2
         (row,) = await store.deliveries("gone")
         assert row.status == "dead" and "webhook_removed" in (row.last_error or "")
     finally:
@@ -351,7 +359,10 @@ async def test_replicas_share_deliveries_and_removed_or_private_hooks_are_dead_l
         DlqRecord.from_json(r)
         for r in await read_all(settings, [TopicNames(settings.namespace)[Topic.DLQ]])
     ]
-    assert [(r.origin.topic, r.reason) for r in dlq] == [("webhook:gone", "webhook_removed")]
+    assert sorted((r.origin.topic, r.reason, r.detail, r.attempts) for r in dlq) == [
+        ("webhook:acme", "webhook_unreachable", "no answer within 5 s", MAX_ATTEMPTS),
+        ("webhook:gone", "webhook_removed", "the webhook was removed", 1),
+    ]
 
 
 SAMPLE = {
