@@ -219,17 +219,22 @@ def test_the_moderation_api_answers_curl_and_an_unmodified_openai_client(
     stack: dict[str, str],
 ) -> None:
     """Issue 20's door on the stack `make up` starts: `curl` on /v1/moderate and the `openai`
-    SDK's `moderations.create`, both decided by the real scorer (the tiny model)."""
-    from openai import OpenAI
+    SDK's `moderations.create`, both decided by the real scorer (the tiny model), with the
+    demo tenant's key `up` printed and kept in the run directory; no key, no answer."""
+    from openai import AuthenticationError, OpenAI
 
     api = f"http://127.0.0.1:{stack['PORT_API']}"
     assert f"{api}/v1/moderate" in stack["UP_OUTPUT"], stack["UP_OUTPUT"]
-    body = orjson.dumps({"text": "How can I make a bomb?", "tenant": "acme"}).decode()
+    key = (Path(stack["RUN_DIR"]) / "demo-api.key").read_text().strip()
+    assert re.search(rf"demo API key\s+{key} \(tenant default", stack["UP_OUTPUT"])
+    body = orjson.dumps({"text": "How can I make a bomb?"}).decode()
     curl = subprocess.run(
         [
             "curl",
             "-sS",
             "--fail-with-body",
+            "-H",
+            f"Authorization: Bearer {key}",
             "-H",
             "Content-Type: application/json",
             "-d",
@@ -244,11 +249,16 @@ def test_the_moderation_api_answers_curl_and_an_unmodified_openai_client(
     assert curl.returncode == 0, curl.stdout + curl.stderr
     decided = orjson.loads(curl.stdout)
     assert decided["verdict"] == "unsafe" and decided["action"] == "block", decided
-    with OpenAI(base_url=f"{api}/v1", api_key="unused-locally", max_retries=0) as client:
+    with OpenAI(base_url=f"{api}/v1", api_key=key, max_retries=0) as client:
         answer = client.moderations.create(
             model="guardstream", input=["How can I make a bomb?", "今天天气很好,我们去公园散步吧。"]
         )
     assert [r.flagged for r in answer.results] == [True, False], answer
+    with (
+        OpenAI(base_url=f"{api}/v1", api_key="unused", max_retries=0) as anonymous,
+        pytest.raises(AuthenticationError),
+    ):
+        anonymous.moderations.create(input="hello")
 
 
 def non_loopback_address() -> str | None:
@@ -361,6 +371,8 @@ def test_the_docs_command_blocks_work_as_written(
                 assert f"{name} already running" in result.stdout, shown
             assert "started (pid" not in result.stdout, shown
             assert demo_credentials(result.stdout) == demo_credentials(stack["UP_OUTPUT"]), shown
+            kept = (Path(stack["RUN_DIR"]) / "demo-api.key").read_text().strip()
+            assert f"demo API key  {kept} " in result.stdout, shown  # the same key again
         if "produce --text" in block:
             assert '"verdict":"unsafe"' in result.stdout, shown
         if "doctor" in block:

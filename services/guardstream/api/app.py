@@ -12,8 +12,13 @@ with the contract's reason (and a DLQ record), never a 5xx. Status codes:
 | refused by the contract                  | 422 reason     | 422        | 400 OpenAI error    |
 | scorer busy (1)                          | 503 Retry-After| 503        | 503 Retry-After     |
 | body over the limit                      | 413            | 413        | 413                 |
+| no key, an invalid or revoked key (2)    | 401 reason     | 401        | 401 OpenAI error    |
+| a tenant other than the key's (2)        | 403 reason     | 403        | 403 OpenAI error    |
+| over the key's rate limit (2)            | 429 Retry-After| 429        | 429 Retry-After     |
 
 (1) saturated, or unreachable under a `fail_open` pack (`fail_closed`: decided, to review).
+(2) `api.gate`, before the body is read; a batch is refused whole. `GET /v1/decisions/{id}`
+answers 401/403/429 the same way and reads the key's tenant only.
 """
 
 from __future__ import annotations
@@ -28,9 +33,9 @@ from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from guardstream.api import openai_compat
+from guardstream.api.gate import TENANT_HEADER, Gate, caller
 from guardstream.api.moderator import Escalated, Moderator, Outcome, Refused, Unavailable
 from guardstream.api.protocol import (
-    DEFAULT_TENANT,
     BatchItem,
     ModerateBatchRequest,
     ModerateRequest,
@@ -83,6 +88,7 @@ def create_app(
     max_body_bytes: int,
     batch_max: int,
     retry_after_s: int,
+    gate: Gate,
 ) -> FastAPI:
     app = FastAPI(
         title="guardstream moderation API",
@@ -90,6 +96,7 @@ def create_app(
         version="1",
     )
     busy = {"Retry-After": str(retry_after_s)}
+    gate.install(app)
 
     async def body_of(request: Request) -> bytes:
         length = request.headers.get("content-length")
@@ -145,7 +152,8 @@ def create_app(
     )
     async def moderate(request: Request) -> Response:
         """One post → the decision the stream would make for it."""
-        outcomes = await decide([await body_of(request)], "/v1/moderate")
+        item = caller(request).bind_raw(await body_of(request))
+        outcomes = await decide([item], "/v1/moderate")
         return outcomes if isinstance(outcomes, Response) else single(outcomes[0])
 
     @app.post("/v1/moderate/batch", openapi_extra=_body_schema(ModerateBatchRequest))
@@ -157,6 +165,7 @@ def create_app(
         except ContractError as exc:
             await moderator.refuse(raw, exc, "/v1/moderate/batch")
             return _json(422, {"reason": exc.reason, "detail": exc.detail})
+        posts = [caller(request).bind(post) for post in posts]
         outcomes = await decide(posts, "/v1/moderate/batch")
         if isinstance(outcomes, Response):
             return outcomes
@@ -170,7 +179,7 @@ def create_app(
     async def moderations(request: Request) -> Response:
         """OpenAI-compatible moderation (docs: the mapping of categories)."""
         raw = await body_of(request)
-        tenant = request.headers.get("x-guardstream-tenant", "default")
+        tenant = caller(request).tenant_for(request.headers.get(TENANT_HEADER))
         try:
             texts, model = openai_compat.inputs(parse_json(raw), batch_max)
         except ContractError as exc:
@@ -192,9 +201,13 @@ def create_app(
         return Response(answer.model_dump_json(), 200, media_type="application/json")
 
     @app.get("/v1/decisions/{post_id}")
-    async def current_decision(post_id: str, tenant: str = DEFAULT_TENANT) -> Response:
+    async def current_decision(
+        request: Request, post_id: str, tenant: str | None = None
+    ) -> Response:
         """The post's current decision: the last one published for it (by either door, a
-        human's review or the SLA timer), as the action topics carried it."""
+        human's review or the SLA timer), as the action topics carried it. For the key's
+        tenant (`tenant` may only repeat it)."""
+        tenant = caller(request).tenant_for(tenant)
         try:
             _ID.validate_python(post_id)
             _TENANT.validate_python(tenant)

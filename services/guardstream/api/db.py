@@ -9,8 +9,10 @@ from pathlib import Path
 import asyncpg
 
 from guardstream.runtime import postgres
-from guardstream.runtime.postgres import Migrations
+from guardstream.runtime.postgres import DB_ERRORS, Migrations
 from guardstream.runtime.settings import Settings
+
+__all__ = ["API_MIGRATIONS", "DB_ERRORS", "connect"]
 
 API_MIGRATIONS = Migrations(
     "api", Path(__file__).parent / "migrations", ledger="api_schema_migrations"

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 
+import asyncpg
 import httpx
 import uvicorn
 from aiokafka import AIOKafkaProducer
@@ -20,6 +21,7 @@ from guardstream.api import db as api_db
 from guardstream.api.app import create_app
 from guardstream.api.decisions import GROUP, DecisionIndexer, action_topics
 from guardstream.api.delivery import open_callbacks
+from guardstream.api.gate import OpenApiRefused, open_gate
 from guardstream.api.moderator import Moderator
 from guardstream.contracts.events import Decision
 from guardstream.model.guard import served_model_id
@@ -33,6 +35,10 @@ from guardstream.verdict.latest import LatestDecisions
 from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
+
+# What stops the process at start with "cannot start" (exit 3): the key store unreachable or
+# refusing us, a port taken, keys off beyond the loopback.
+START_ERRORS: tuple[type[Exception], ...] = (OSError, asyncpg.PostgresError, OpenApiRefused)
 
 
 async def _index_decisions(
@@ -109,12 +115,15 @@ async def run(
             expose(moderator)
         latest = LatestDecisions(settings)
         stack.push_async_callback(latest.close)
+        gate = await open_gate(settings, stack)
+        metrics.observe_counts("guardstream.api.gate", gate.counts)
         app = create_app(
             moderator,
             latest,
             max_body_bytes=settings.api.max_body_bytes,
             batch_max=settings.api.batch_max,
             retry_after_s=settings.api.retry_after_s,
+            gate=gate,
         )
         server = _Server(
             uvicorn.Config(
@@ -130,7 +139,7 @@ async def run(
             settings.process.health_port,
             ready=lambda: server.started,
             name="api",
-            status=lambda: dict(moderator.counts),
+            status=lambda: {**moderator.counts, **{f"gate_{k}": n for k, n in gate.counts.items()}},
             host=settings.process.listen_host,
         )
         await health.start()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import typer
 
 from guardstream.cli import (
+    api,
     diagnose,
     feedback,
     model,
@@ -29,7 +30,6 @@ app = typer.Typer(
 for command in (
     processes.triage,
     processes.scorer,
-    processes.api,
     processes.sla,
     diagnose.settings,
     produce.produce,
@@ -45,3 +45,4 @@ app.add_typer(stack.app, name="stack")
 app.add_typer(feedback.app, name="feedback")
 app.add_typer(review.app, name="review")
 app.add_typer(webhooks.app, name="webhooks")
+app.add_typer(api.app, name="api")

@@ -1,4 +1,5 @@
-"""`guardstream triage | scorer | api | sla`: the pipeline's long-lived processes.
+"""`guardstream triage | scorer | sla`: the pipeline's long-lived processes (`api` and
+`review` have command groups of their own: `cli.api`, `cli.review`).
 
 Every command runs through this package, so a process's own heavy dependencies (faust for
 the SLA timer, FastAPI and asyncpg for the review console) are imported by its command only:
@@ -19,14 +20,6 @@ def triage() -> None:
 def scorer() -> None:
     """Run the scorer process (score requests → Qwen3Guard-Gen on vLLM → decisions)."""
     run_process("scorer", run_scorer)
-
-
-def api() -> None:
-    """Run the moderation API (HTTP → the same decisions as the stream; OpenAI-compatible)."""
-    # lazy: FastAPI and uvicorn only in the API's process
-    from guardstream.api.main import run as run_api
-
-    run_process("api", run_api)
 
 
 def sla() -> None:

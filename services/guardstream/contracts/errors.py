@@ -42,6 +42,10 @@ the built-in base their callers catch them by (a `ContractError` is still a `Val
 | `PlanError`                             | devtools.plan          |                | no        |
 | `BadHttpRequest` (4xx, connection closed) | runtime.jsonhttp     |                | no        |
 | `BodyTooLarge` (413)                    | api.app                |                | no        |
+| `KeyRequestInvalid` (a key's values)    | api.keys               | `ValueError`   | no        |
+| `KeyStoreUnavailable` (503, Retry-After) | api.keys              |                | yes       |
+| `TenantMismatch` (403)                  | api.gate               |                | no        |
+| `OpenApiRefused` (auth off, not local)  | api.gate               |                | no        |
 
 Third-party exceptions (aiokafka, asyncpg, redis) are not ours to subclass: each consumer maps
 the ones it expects to `TransientError` or a DLQ reason where it knows which they are, and the

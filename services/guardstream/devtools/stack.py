@@ -3,7 +3,8 @@ review console, each behind its health gate.
 
 `up` writes the settings it chose (broker, model, ports, run directory) to the env file every
 `guardstream` command reads (`.env`, or `GUARDSTREAM_ENV_FILE`; see runtime.settings), creates
-a local demo reviewer, and returns once every process answers `/readyz`; `down` stops what `up`
+a local demo reviewer and an API key of the demo tenant (`default`, kept in
+`<run dir>/demo-api.key`), and returns once every process answers `/readyz`; `down` stops what `up`
 started. State (pid files, logs) lives in one run directory. When `KAFKA_BOOTSTRAP` is set (in
 the environment or by hand in the env file) the local broker is not started and everything
 points at that cluster. The local broker is tansu (a Kafka-protocol broker shipped in the
@@ -33,6 +34,8 @@ from urllib.parse import urlparse
 
 from dotenv import dotenv_values
 
+from guardstream.api import db as api_db
+from guardstream.api.keys import Check, KeyRing, KeyStore
 from guardstream.contracts.errors import PermanentError
 from guardstream.model.guard import TINY_MODEL
 from guardstream.review.auth import hash_password, verify_password
@@ -51,6 +54,8 @@ PROCESSES = ("triage", "scorer", "sla", "review", "api")
 Say = Callable[[str], None]
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEMO_REVIEWER = "demo"
+DEMO_TENANT = "default"
+DEMO_KEY_FILE = "demo-api.key"  # in the run directory
 # Set per process by `up`, so never written to the env file every command reads.
 PER_PROCESS = frozenset(
     {"GUARDSTREAM_HEALTH_PORT", "GUARDSTREAM_METRICS_PORT", "GUARDSTREAM_FAULT"}
@@ -344,6 +349,32 @@ async def ensure_demo_reviewer(settings: Settings, password: str) -> None:
             await review.auth.put_reviewer(wanted, hash_password(password), actor="stack-up")
 
 
+def ensure_demo_key(settings: Settings, key_file: Path) -> str:
+    """An API key of the demo tenant, kept in `key_file` (readable by its owner only): the
+    one there while the store still accepts it, else a new one (the store keeps its hash
+    only, so a lost file means a new key). `up` makes it only against a local database."""
+    kept = key_file.read_text(encoding="utf-8").strip() if key_file.is_file() else None
+    key = asyncio.run(_demo_key(settings, kept))
+    if key != kept:
+        key_file.write_text(key + "\n", encoding="utf-8")
+        key_file.chmod(0o600)
+    return key
+
+
+async def _demo_key(settings: Settings, kept: str | None) -> str:
+    pool = await api_db.connect(settings)  # migrates the API's tables first
+    try:
+        store = KeyStore(pool)
+        if kept is not None:
+            found = await KeyRing(store, ttl_s=0).check(kept)
+            if not isinstance(found, Check) and found.tenant == DEMO_TENANT:
+                return kept
+        _, key = await store.add(DEMO_TENANT, "make up demo")
+        return key
+    finally:
+        await pool.close()
+
+
 @dataclass(frozen=True)
 class StackReport:
     """What `up` started, for the closing summary."""
@@ -352,6 +383,7 @@ class StackReport:
     env_file: Path
     env_file_is_default: bool
     demo: tuple[str, str] | None  # (reviewer id, password)
+    api_key: tuple[str, Path] | None = None  # (the demo tenant's key, the file keeping it)
 
     def lines(self) -> list[str]:
         rows = [f"  {name:<14}{url}" for name, url in self.urls.items()]
@@ -362,6 +394,11 @@ class StackReport:
             rows.append(
                 f"  {'demo reviewer':<14}id {self.demo[0]}, password {self.demo[1]}"
                 " (local only; log in at the console)"
+            )
+        if self.api_key is not None:
+            rows.append(
+                f"  {'demo API key':<14}{self.api_key[0]} (tenant {DEMO_TENANT}; kept in"
+                f" {self.api_key[1]}; send it as Authorization: Bearer <key>)"
             )
         return rows
 
@@ -412,6 +449,13 @@ def up(config: StackConfig, say: Say) -> StackReport:
         say(f"review store migrated; demo reviewer {DEMO_REVIEWER!r} ready")
     else:
         say("review store: not on this machine, so no demo reviewer (`review add-reviewer`)")
+    api_key: tuple[str, Path] | None = None
+    if settings.api.auth == "keys" and _is_local(settings.database.url.get_secret_value()):
+        key_file = config.run_dir / DEMO_KEY_FILE
+        api_key = (ensure_demo_key(settings, key_file), key_file)
+        say(f"API key of tenant {DEMO_TENANT!r} ready ({key_file})")
+    elif settings.api.auth == "keys":
+        say("API keys: not on this machine, so no demo key (`guardstream api add-key`)")
 
     for name in PROCESSES:
         pid_file = config.run_dir / f"{name}.pid"
@@ -442,7 +486,7 @@ def up(config: StackConfig, say: Say) -> StackReport:
             for name in PROCESSES
         }
     return StackReport(
-        urls, path, default_file is not None and path == default_file.resolve(), demo
+        urls, path, default_file is not None and path == default_file.resolve(), demo, api_key
     )
 
 

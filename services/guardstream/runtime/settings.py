@@ -524,6 +524,21 @@ class ApiSettings(Section):
     """Largest request body accepted; a larger one is refused (413) before it is read."""
     retry_after_s: Annotated[int, Field(ge=1), _env("GUARDSTREAM_API_RETRY_AFTER_S")] = 1
     """`Retry-After` of a 503 (the scorer unreachable or saturated)."""
+    auth: Annotated[Literal["keys", "off"], _env("GUARDSTREAM_API_AUTH")] = "keys"
+    """`keys`: every `/v1` route needs `Authorization: Bearer <key>` (`guardstream api
+    add-key`) and answers for the key's tenant only. `off`: no keys, the tenant comes from the
+    body or `x-guardstream-tenant` as the caller says, for local development only (refused
+    unless the API listens on a loopback address)."""
+    key_rate_per_s: Annotated[
+        float, Field(gt=0, le=1_000_000), _env("GUARDSTREAM_API_KEY_RATE_PER_S")
+    ] = 50.0
+    """Requests per second one key may make (shared by every API replica, in Redis), unless
+    the key was added with its own `--rate`."""
+    key_burst: Annotated[int, Field(ge=1, le=1_000_000), _env("GUARDSTREAM_API_KEY_BURST")] = 100
+    """Requests one key may make at once above its rate before it is answered 429."""
+    key_cache_s: Annotated[float, Field(ge=0, le=300), _env("GUARDSTREAM_API_KEY_CACHE_S")] = 5.0
+    """How long an API process trusts what it read about a key: a revoked key stops working
+    on every replica within this many seconds (0: read the database on every request)."""
     db_pool_max: Annotated[int, Field(ge=1), _env("GUARDSTREAM_API_DB_POOL_MAX")] = 4
     """Connections the API's PostgreSQL pool may open (its tables live in the database and
     schema of `DATABASE_URL` and `GUARDSTREAM_REVIEW_DB_SCHEMA`)."""

@@ -28,6 +28,7 @@ from guardstream.runtime.settings import Settings
 from guardstream.scorer.engine import GuardEngine
 from guardstream.scorer.vllm_engine import VllmGuardEngine
 from tests.conftest import free_port, wait_for_port
+from tests.integration.api.conftest import add_key, bearer, database_env
 from tests.integration.conftest import Pipeline, in_process
 from tests.support.oracle import assert_invariants, read_all, wait_for_decisions
 from tests.support.processes import Process, env_for
@@ -55,6 +56,7 @@ async def api_stack(
             GUARDSTREAM_API_PORT=str(port),
             GUARDSTREAM_API_SCORER_URL=f"http://127.0.0.1:{door}",
             GUARDSTREAM_MAX_TEXT_CHARS=str(settings.process.max_text_chars),
+            **database_env(settings),
             **api_env,
         )
         api = Process("api", env, logs).start()
@@ -69,9 +71,10 @@ async def test_the_api_decides_as_the_stream_does_once_per_post_event(
     settings: Settings, engine: VllmGuardEngine, tmp_path: Path
 ) -> None:
     names = TopicNames(settings.namespace)
+    key = await add_key(settings)
     async with (
         api_stack(settings, engine, tmp_path) as (pipeline, url),
-        httpx.AsyncClient(base_url=url, timeout=120) as client,
+        httpx.AsyncClient(base_url=url, timeout=120, headers=bearer(key)) as client,
     ):
         first = await client.post("/v1/moderate", json={"text": UNSAFE, "post_id": "api-1"})
         assert first.status_code == 200, first.text
@@ -102,7 +105,7 @@ async def test_the_api_decides_as_the_stream_does_once_per_post_event(
         assert (contested.verdict, contested.action) == (Verdict.CONTROVERSIAL, Action.REVIEW)
 
         # The OpenAI SDK, unmodified.
-        openai = AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+        openai = AsyncOpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
         async with openai:
             moderation = await openai.moderations.create(
                 input=[UNSAFE, SAFE], model="omni-moderation-latest"
@@ -235,16 +238,21 @@ async def test_no_body_makes_the_api_answer_5xx_and_every_refusal_is_dead_letter
     settings = settings.replace(process={"max_text_chars": LIMIT})
     corpus = draw(60)
     refused: dict[str, int] = {}
+    forbidden = 0
+    key = await add_key(settings)
     async with (
         api_stack(settings, engine, tmp_path) as (_pipeline, url),
-        httpx.AsyncClient(base_url=url, timeout=120) as client,
+        httpx.AsyncClient(base_url=url, timeout=120, headers=bearer(key)) as client,
     ):
         for route, body in corpus:
             answer = await client.post(
                 route, content=body, headers={"Content-Type": "application/json"}
             )
             assert answer.status_code < 500, (route, body[:200], answer.text)
-            if answer.status_code == 200 and route == "/v1/moderate/batch":
+            if answer.status_code == 403:  # another tenant named: refused at the gate, no DLQ
+                assert answer.json()["reason"] == "forbidden_tenant"
+                forbidden += 1
+            elif answer.status_code == 200 and route == "/v1/moderate/batch":
                 items = answer.json()["results"]
                 refused[route] = refused.get(route, 0) + sum(i["status"] == 422 for i in items)
             elif answer.status_code >= 400:
@@ -262,6 +270,7 @@ async def test_no_body_makes_the_api_answer_5xx_and_every_refusal_is_dead_letter
         route = record.origin.topic.removeprefix("http:")
         by_route[route] = by_route.get(route, 0) + 1
     assert refused, "the corpus refused nothing: it tests nothing"
+    assert forbidden, "no body named another tenant: the gate was not tried"
     assert by_route.get("/v1/moderate", 0) == refused.get("/v1/moderate", 0)
     for route, count in refused.items():  # a refused OpenAI request may hold several refusals
         assert by_route.get(route, 0) >= count, (route, by_route, refused)
@@ -283,14 +292,20 @@ async def test_without_a_scorer_the_pack_decides_or_the_api_says_retry_after(
         GUARDSTREAM_API_PORT=str(port),
         GUARDSTREAM_API_SCORER_URL=f"http://127.0.0.1:{free_port()}",  # nobody listens
         GUARDSTREAM_POLICY_DIR=str(tmp_path),
+        **database_env(settings),
     )
+    key, openco = await add_key(settings), await add_key(settings, "openco")
     api = Process("api", env, tmp_path).start()
     try:
         await asyncio.to_thread(api.wait_ready, 120)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{port}", timeout=60, headers=bearer(key)
+        ) as client:
             closed = await client.post("/v1/moderate", json={"text": SAFE, "post_id": "c-1"})
             opened = await client.post(
-                "/v1/moderate", json={"text": SAFE, "post_id": "o-1", "tenant": "openco"}
+                "/v1/moderate",
+                json={"text": SAFE, "post_id": "o-1", "tenant": "openco"},
+                headers=bearer(openco),
             )
             # The current decision, from the action topics: the API's own, then a human's.
             current = await current_decision(client, "c-1", lambda d: True)
@@ -308,8 +323,11 @@ async def test_without_a_scorer_the_pack_decides_or_the_api_says_retry_after(
             after = await current_decision(client, "c-1", lambda d: d.source is Source.HUMAN)
             assert Decision.from_json(after.content) == human
             assert (await client.get("/v1/decisions/nobody")).status_code == 404
-            bad = await client.get("/v1/decisions/c-1", params={"tenant": "No\x00"})
+            bad = await client.get("/v1/decisions/bad%00id")
             assert bad.status_code == 422 and bad.json()["reason"]
+            # Another tenant's decisions are not this key's to read.
+            other = await client.get("/v1/decisions/c-1", params={"tenant": "openco"})
+            assert other.status_code == 403, other.text
     finally:
         api.stop()
     decision = Decision.from_json(closed.content)

@@ -176,6 +176,7 @@ async def test_final_decisions_on_api_posts_are_called_back_once_signed_retried_
             GUARDSTREAM_API_PORT=str(port),
             GUARDSTREAM_API_SCORER_URL=f"http://127.0.0.1:{free_port()}",  # nobody listens
             GUARDSTREAM_POLICY_DIR=str(tmp_path),
+            GUARDSTREAM_API_AUTH="off",  # keys are not this test's business (loopback only)
             **env(settings),
         ),
         tmp_path,

@@ -82,6 +82,7 @@ def test_built_in_bases_are_kept_for_the_callers_that_catch_them() -> None:
         "TemplateTooLong",
         "NotTrainable",
         "InvalidSubmission",
+        "KeyRequestInvalid",
     ):
         assert issubclass(found[name], ValueError), name
     for name in ("TelemetryError", "TinyCheckpointError", "AuditFailed", "StackError"):
