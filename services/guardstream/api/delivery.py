@@ -417,20 +417,27 @@ class DeliveryLoop:
         headers["Host"] = pin.host
         extensions = {} if pin.sni is None else {"sni_hostname": pin.sni}
         try:
-            answer = await self._client.post(
-                pin.url,
-                content=payload,
-                headers=headers,
-                timeout=self._hooks.timeout_s,
-                extensions=extensions,
-            )
-        except httpx.TimeoutException:
+            # The whole try within the timeout (a receiver trickling its answer gains
+            # nothing), and its body never read (a huge one costs nothing).
+            async with (
+                asyncio.timeout(self._hooks.timeout_s),
+                self._client.stream(
+                    "POST",
+                    pin.url,
+                    content=payload,
+                    headers=headers,
+                    timeout=self._hooks.timeout_s,
+                    extensions=extensions,
+                ) as answer,
+            ):
+                status = answer.status_code
+        except (httpx.TimeoutException, TimeoutError):
             return Tried(f"no answer within {self._hooks.timeout_s} s", DlqReason.UNREACHABLE)
         except httpx.HTTPError as exc:
             return Tried(f"not reachable ({type(exc).__name__})", DlqReason.UNREACHABLE)
-        if 200 <= answer.status_code < 300:
+        if 200 <= status < 300:
             return Tried()
-        return Tried(f"answered {answer.status_code}", DlqReason.REFUSED)
+        return Tried(f"answered {status}", DlqReason.REFUSED)
 
     async def _address(self, url: str) -> IpAddress | Tried:
         """The address to send to, or why none may be (unless private addresses are allowed:
@@ -499,21 +506,26 @@ def _untagged(error: str | None) -> Tried:
 WatchPosts = Callable[[Sequence[Watched]], Awaitable[None]]
 
 
-def open_callbacks(
-    settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer, stack: AsyncExitStack
-) -> tuple[WebhookStore, DeliveryLoop]:
-    """The API process's callbacks: the store on its pool and the delivery loop with its own
-    HTTP client (no proxy from the environment, no redirects: a redirect could lead anywhere
-    the URL rule refuses)."""
-    client = httpx.AsyncClient(
+def webhook_client(settings: Settings) -> httpx.AsyncClient:
+    """The HTTP client deliveries are sent with: no proxy from the environment, no redirects
+    (a redirect could lead anywhere the URL rule refuses) and no kept connections (one is
+    made for one host's name, TLS SNI included, at the address judged for it, and must not
+    carry another's request)."""
+    return httpx.AsyncClient(
         trust_env=False,
         follow_redirects=False,
-        # No kept connections: a connection is made for one host's name (TLS SNI) at the
-        # address judged for it, and must not carry another's request.
         limits=httpx.Limits(
             max_connections=settings.webhooks.batch * 2, max_keepalive_connections=0
         ),
     )
+
+
+def open_callbacks(
+    settings: Settings, pool: asyncpg.Pool, producer: AIOKafkaProducer, stack: AsyncExitStack
+) -> tuple[WebhookStore, DeliveryLoop]:
+    """The API process's callbacks: the store on its pool and the delivery loop with its own
+    HTTP client (`webhook_client`)."""
+    client = webhook_client(settings)
     stack.push_async_callback(client.aclose)
     store = WebhookStore(pool)
     loop = DeliveryLoop(settings, store, client, producer)

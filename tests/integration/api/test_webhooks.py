@@ -9,6 +9,7 @@ action topics as the review service and the SLA timer publish theirs."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ from aiohttp import web
 from pydantic import SecretStr
 
 from guardstream.api import db as api_db
-from guardstream.api.delivery import DeliveryLoop, Watched, WebhookStore
+from guardstream.api.delivery import DeliveryLoop, Watched, WebhookStore, webhook_client
 from guardstream.contracts.events import Action, Decision, DlqRecord, Source, Verdict, utcnow
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.runtime.kafka import ensure_topics, make_producer
@@ -45,7 +46,8 @@ documented_check = documented_verifier()
 @dataclass
 class Receiver:
     """An HTTP receiver: `/ok` answers 204, `/flaky` 503 `FAILING_TRIES` times then 204,
-    `/down` always 500. It keeps every request it got, by path."""
+    `/down` always 500, `/slow` 204 after 3 s, `/redirect` 307 to `/ok`, `/huge` 200 with a
+    64 MiB body. It keeps every request it got, by path."""
 
     port: int = field(default_factory=free_port)
     got: dict[str, list[tuple[dict[str, str], bytes]]] = field(default_factory=dict)
@@ -64,6 +66,16 @@ class Receiver:
             return web.Response(status=503)
         if request.path == "/down":
             return web.Response(status=500)
+        if request.path == "/slow":
+            await asyncio.sleep(3)
+        if request.path == "/redirect":
+            return web.Response(status=307, headers={"Location": "/ok"})
+        if request.path == "/huge":  # 64 MiB the sender has no reason to read
+            answer = web.StreamResponse(status=200)
+            await answer.prepare(request)
+            for _ in range(64):
+                await answer.write(b"x" * (1 << 20))
+            return answer
         return web.Response(status=204)
 
     async def wait(self, path: str, count: int, timeout_s: float = 60) -> None:
@@ -316,7 +328,7 @@ async def test_replicas_share_deliveries_and_removed_or_private_hooks_are_dead_l
             for p in posts
         ]
         gone = template.model_copy(update={"tenant": "gone", "post_id": "g1", "event_id": "e-g1"})
-        async with httpx.AsyncClient(trust_env=False) as client:
+        async with webhook_client(settings) as client:
             one = DeliveryLoop(settings, store, client, producer)
             two = DeliveryLoop(settings, store, client, producer)
             await one.enqueue([*decisions, gone])
@@ -383,3 +395,34 @@ SAMPLE = {
     "content_key": "0" * 32,
     "decided_at": "2026-12-07T14:00:00Z",
 }
+
+
+async def test_a_hostile_receiver_costs_one_bounded_try(
+    db_settings: Settings, receiver: Receiver
+) -> None:
+    """A receiver that answers slowly is cut off at the timeout, a redirect is not followed
+    (it could lead anywhere the URL rule refuses), and a huge answer is never read."""
+    settings = db_settings.replace(webhooks={"timeout_s": 0.5})
+    pool = await api_db.connect(settings)
+    producer = make_producer(settings, client_id="test")
+    await producer.start()
+    try:
+        async with webhook_client(settings) as client:
+            loop = DeliveryLoop(settings, WebhookStore(pool), client, producer)
+
+            async def timed(path: str) -> tuple[str | None, str, float]:
+                started = time.monotonic()
+                tried = await loop.attempt(receiver.url(path), "whsec_x", "e-1", b"{}")
+                return tried.error, tried.reason, time.monotonic() - started
+
+            error, reason, took = await timed("/slow")
+            assert (error, reason) == ("no answer within 0.5 s", "webhook_unreachable")
+            assert took < 2
+            error, reason, _ = await timed("/redirect")
+            assert (error, reason) == ("answered 307", "webhook_refused")
+            error, _, took = await timed("/huge")
+            assert error is None and took < 5
+    finally:
+        await producer.stop()
+        await pool.close()
+    assert "/ok" not in receiver.got  # the redirect was not followed
