@@ -1,6 +1,7 @@
 """Entry point of `guardstream api`: the moderation API (uvicorn) on `GUARDSTREAM_API_HOST`
 and `GUARDSTREAM_API_PORT`, with the stores, a producer and a client of the scorer's
-interactive door, and the loop that keeps the latest-decision index (`api.decisions`);
+interactive door, the loop that keeps the latest-decision index (`api.decisions`) and the
+decision callbacks' delivery loop (`api.delivery`, over the API's PostgreSQL tables);
 `/healthz` and `/readyz` on `GUARDSTREAM_HEALTH_PORT` as every process."""
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack
 
 import asyncpg
@@ -16,10 +17,13 @@ import httpx
 import uvicorn
 from aiokafka import AIOKafkaProducer
 
+from guardstream.api import db as api_db
 from guardstream.api.app import create_app
 from guardstream.api.decisions import GROUP, DecisionIndexer, action_topics
+from guardstream.api.delivery import open_callbacks
 from guardstream.api.gate import OpenApiRefused, open_gate
 from guardstream.api.moderator import Moderator
+from guardstream.contracts.events import Decision
 from guardstream.model.guard import served_model_id
 from guardstream.runtime import metrics
 from guardstream.runtime.health import HealthServer
@@ -38,10 +42,14 @@ START_ERRORS: tuple[type[Exception], ...] = (OSError, asyncpg.PostgresError, Ope
 
 
 async def _index_decisions(
-    settings: Settings, producer: AIOKafkaProducer, latest: LatestDecisions, stack: AsyncExitStack
+    settings: Settings,
+    producer: AIOKafkaProducer,
+    latest: LatestDecisions,
+    stack: AsyncExitStack,
+    callbacks: Callable[[Sequence[Decision]], Awaitable[None]],
 ) -> BatchLoop:
     """The loop that keeps the latest-decision index (`api.decisions`), subscribed."""
-    indexer = DecisionIndexer(settings, producer, latest)
+    indexer = DecisionIndexer(settings, producer, latest, callbacks)
     metrics.observe_counts("guardstream.api.decisions_indexed", indexer.counts)
     consumer = make_consumer(
         settings,
@@ -91,7 +99,17 @@ async def run(
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
         stack.push_async_callback(scorer.aclose)
-        moderator = Moderator(settings, producer, stores, scorer, model=served_model_id(settings))
+        pool = await api_db.connect(settings)
+        stack.push_async_callback(pool.close)
+        webhooks, deliveries = open_callbacks(settings, pool, producer, stack)
+        moderator = Moderator(
+            settings,
+            producer,
+            stores,
+            scorer,
+            model=served_model_id(settings),
+            watch=webhooks.watch,
+        )
         metrics.observe_counts("guardstream.api.outcomes", moderator.counts)
         if expose is not None:
             expose(moderator)
@@ -126,7 +144,7 @@ async def run(
         )
         await health.start()
         stack.push_async_callback(health.close)
-        indexing = await _index_decisions(settings, producer, latest, stack)
+        indexing = await _index_decisions(settings, producer, latest, stack, deliveries.enqueue)
 
         async def stop_server() -> None:
             await stop.wait()
@@ -135,6 +153,7 @@ async def run(
         tasks = [
             asyncio.create_task(server.serve(), name="api-http"),
             asyncio.create_task(indexing.run(stop), name="api-decisions"),
+            asyncio.create_task(deliveries.run(stop), name="api-webhooks"),
             asyncio.create_task(stop_server(), name="api-stop"),
         ]
         try:

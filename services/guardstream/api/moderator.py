@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -36,8 +36,10 @@ import orjson
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 from pydantic import ValidationError
 
+from guardstream.api.delivery import Watched
 from guardstream.api.protocol import parse_json, post_event
-from guardstream.contracts.events import ContractError, Decision, utcnow
+from guardstream.contracts.errors import TransientError
+from guardstream.contracts.events import Action, ContractError, Decision, utcnow
 from guardstream.policy import ScorerUnavailableMode
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.emitter import Emitter
@@ -120,8 +122,12 @@ class Moderator:
         scorer: httpx.AsyncClient,
         *,
         model: str,
+        watch: Callable[[Sequence[Watched]], Awaitable[None]] | None = None,
     ) -> None:
+        """`watch` remembers the posts sent to review or escalated, whose final decision (a
+        human's, the SLA timer's) is called back (`api.delivery`)."""
         self._settings = settings
+        self._watch = watch
         self._producer = producer
         self._journal = stores.journal
         self._near = stores.near
@@ -142,6 +148,7 @@ class Moderator:
                 "escalated",
                 "unscored",
                 "unavailable",
+                "unwatched",
             ),
             0,
         )
@@ -197,6 +204,7 @@ class Moderator:
         self.counts["near_hit"] += looked.near_hits
 
         decisions = list(looked.decisions)
+        pending: list[Watched] = []  # escalated: decided on the topics, perhaps contested
         scored = await asyncio.gather(*(self._score(item) for item in looked.misses))
         for item, answer in zip(looked.misses, scored, strict=True):
             key = journal_key(item.post.tenant, item.post.event_id, item.pack.ref)
@@ -205,6 +213,7 @@ class Moderator:
                 self.counts["scored"] += 1
             elif answer.escalated:
                 by_key[key] = Escalated(item.post.post_id)
+                pending.append(Watched(item.post.tenant, item.post.post_id, item.pack.ref))
                 self.counts["escalated"] += 1
             elif answer.refused is not None:
                 by_key[key] = answer.refused
@@ -221,10 +230,29 @@ class Moderator:
         for key, sent in (await emitter.decisions(self._journal, decisions)).items():
             by_key[key] = Decision.from_json(sent)
         await emitter.flush()
+        await self._watch_contested(by_key.values(), pending)
         return [
             outcome if outcome is not None else by_key[keys[index]]  # type: ignore[index]
             for index, outcome in enumerate(outcomes)
         ]
+
+    async def _watch_contested(self, outcomes: Iterable[Outcome], escalated: list[Watched]) -> None:
+        """Watch the posts sent to review and those escalated. A failure costs the callback,
+        not the answer: logged and counted (`unwatched`)."""
+        if self._watch is None:
+            return
+        watched = escalated + [
+            Watched(o.tenant, o.post_id, o.policy)
+            for o in outcomes
+            if isinstance(o, Decision) and o.action is Action.REVIEW
+        ]
+        if not watched:
+            return
+        try:
+            await self._watch(watched)
+        except TransientError as exc:
+            self.counts["unwatched"] += len(watched)
+            log.warning("contested posts not watched: no callback", extra={"error": str(exc)})
 
     async def _score(self, item: Triaged) -> _Scored:
         """Ask the scorer's interactive door to decide `item`."""

@@ -18,6 +18,7 @@ from guardstream.cli import (
     stack,
     tail,
     topics,
+    webhooks,
 )
 
 app = typer.Typer(
@@ -43,4 +44,5 @@ app.add_typer(model.app, name="model")
 app.add_typer(stack.app, name="stack")
 app.add_typer(feedback.app, name="feedback")
 app.add_typer(review.app, name="review")
+app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(api.app, name="api")

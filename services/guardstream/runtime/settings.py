@@ -544,6 +544,38 @@ class ApiSettings(Section):
     schema of `DATABASE_URL` and `GUARDSTREAM_REVIEW_DB_SCHEMA`)."""
 
 
+class WebhookSettings(Section):
+    """Decision callbacks (`api.webhooks`): a human's or the SLA timer's final decision on a
+    post that came through the API, POSTed signed to the tenant's registered URL."""
+
+    max_attempts: Annotated[int, Field(ge=1, le=100), _env("GUARDSTREAM_WEBHOOK_MAX_ATTEMPTS")] = 8
+    """Tries of one delivery; after the last failed one it goes to the DLQ (status `dead`)."""
+    backoff_base_s: Annotated[
+        float, Field(gt=0, le=3600), _env("GUARDSTREAM_WEBHOOK_BACKOFF_BASE_S")
+    ] = 5.0
+    """Wait after the first failed try; it doubles with each further one (jittered: half to
+    all of it), up to `GUARDSTREAM_WEBHOOK_BACKOFF_CAP_S`."""
+    backoff_cap_s: Annotated[
+        float, Field(gt=0, le=86400), _env("GUARDSTREAM_WEBHOOK_BACKOFF_CAP_S")
+    ] = 3600.0
+    """Longest wait between two tries of one delivery."""
+    timeout_s: Annotated[float, Field(gt=0, le=120), _env("GUARDSTREAM_WEBHOOK_TIMEOUT_S")] = 10.0
+    """Time a receiver has to answer one POST; no answer in time is a failed try."""
+    poll_s: Annotated[float, Field(gt=0, le=60), _env("GUARDSTREAM_WEBHOOK_POLL_S")] = 1.0
+    """How often the delivery loop looks for due deliveries when nothing woke it."""
+    batch: Annotated[int, Field(ge=1, le=1000), _env("GUARDSTREAM_WEBHOOK_BATCH")] = 16
+    """Deliveries one replica claims and sends at once."""
+    allow_private: Annotated[bool, _env("GUARDSTREAM_WEBHOOK_ALLOW_PRIVATE")] = False
+    """Allow URLs naming or resolving to loopback, private, link-local or other non-public
+    addresses (local development and tests only: otherwise a tenant could make guardstream
+    call its own network)."""
+    retention_days: Annotated[
+        int, Field(ge=1, le=3650), _env("GUARDSTREAM_WEBHOOK_RETENTION_DAYS")
+    ] = 30
+    """How long finished deliveries and watched posts are kept (at least the action topics'
+    retention: a replayed decision older than this would be delivered again)."""
+
+
 class ReviewEdgeSettings(Section):
     """The review API's edge (guardstream.review.shield): what sheds load before a handler."""
 
@@ -801,6 +833,8 @@ class Settings(BaseSettings):
     """The review console and its API's edge."""
     api: ApiSettings = ApiSettings()
     """The moderation API (`guardstream api`)."""
+    webhooks: WebhookSettings = WebhookSettings()
+    """Decision callbacks of the moderation API."""
     qa: QaSettings = QaSettings()
     """QA audits of reviewers."""
     feedback: FeedbackSettings = FeedbackSettings()
