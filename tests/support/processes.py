@@ -24,6 +24,8 @@ def env_for(settings: Settings, **extra: str) -> dict[str, str]:
         "GUARDSTREAM_NAMESPACE": settings.namespace,
         "KAFKA_BOOTSTRAP": settings.kafka.bootstrap,
         "REDIS_URL": settings.redis.url.get_secret_value(),
+        "DATABASE_URL": settings.database.url.get_secret_value(),
+        "GUARDSTREAM_REVIEW_DB_SCHEMA": settings.database.review_schema,
         "GUARDSTREAM_MODEL": settings.model.name,
         "GUARDSTREAM_MODEL_CACHE_DIR": str(settings.model.cache_dir),
         "GUARDSTREAM_MAX_MODEL_LEN": str(settings.engine.max_model_len),

@@ -27,12 +27,12 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from guardstream.api import db
 from guardstream.api.keys import ApiKey, Check, KeyRing, KeyStore, KeyStoreUnavailable, bearer_token
 from guardstream.api.protocol import DEFAULT_TENANT, parse_json
 from guardstream.api.ratelimit import RateLimiter
@@ -289,9 +289,10 @@ def loopback(host: str) -> bool:
         return False
 
 
-async def open_gate(settings: Settings, stack: AsyncExitStack) -> Gate:
-    """The gate `settings` ask for, its key store (PostgreSQL, migrated) and rate limiter
-    (Redis) closed with `stack`; `OpenApiRefused` for auth off beyond the loopback."""
+async def open_gate(settings: Settings, pool: asyncpg.Pool, stack: AsyncExitStack) -> Gate:
+    """The gate `settings` ask for: its key store on the API's `pool` (PostgreSQL, migrated)
+    and its rate limiter (Redis) closed with `stack`; `OpenApiRefused` for auth off beyond
+    the loopback."""
     retry_after_s = settings.api.retry_after_s
     if settings.api.auth == "off":
         if not loopback(settings.api.host):
@@ -301,8 +302,6 @@ async def open_gate(settings: Settings, stack: AsyncExitStack) -> Gate:
             )
         log.warning("api keys are off: any caller may name any tenant (local development)")
         return Gate(None, None, retry_after_s=retry_after_s)
-    pool = await db.connect(settings)
-    stack.push_async_callback(pool.close)
     limiter = RateLimiter(settings)
     stack.push_async_callback(limiter.close)
     ring = KeyRing(KeyStore(pool), ttl_s=settings.api.key_cache_s)

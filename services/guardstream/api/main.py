@@ -115,7 +115,7 @@ async def run(
             expose(moderator)
         latest = LatestDecisions(settings)
         stack.push_async_callback(latest.close)
-        gate = await open_gate(settings, stack)
+        gate = await open_gate(settings, pool, stack)
         metrics.observe_counts("guardstream.api.gate", gate.counts)
         app = create_app(
             moderator,
