@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from guardstream.api import openai_compat
+from guardstream.api import openai_compat, page
 from guardstream.api.moderator import Escalated, Moderator, Outcome, Refused, Unavailable
 from guardstream.api.protocol import (
     DEFAULT_TENANT,
@@ -46,6 +46,7 @@ from guardstream.contracts.events import (
     describe_errors,
     rejection_reason,
 )
+from guardstream.policy import PolicyRegistry
 from guardstream.runtime import redisstore
 from guardstream.verdict.latest import LatestDecisions
 
@@ -83,6 +84,7 @@ def create_app(
     max_body_bytes: int,
     batch_max: int,
     retry_after_s: int,
+    policies: PolicyRegistry,
 ) -> FastAPI:
     app = FastAPI(
         title="guardstream moderation API",
@@ -90,6 +92,7 @@ def create_app(
         version="1",
     )
     busy = {"Retry-After": str(retry_after_s)}
+    app.include_router(page.router(policies))  # the seed's web page at `/`, `GET /v1/packs`
 
     async def body_of(request: Request) -> bytes:
         length = request.headers.get("content-length")

@@ -97,6 +97,7 @@ async def run(
             max_body_bytes=settings.api.max_body_bytes,
             batch_max=settings.api.batch_max,
             retry_after_s=settings.api.retry_after_s,
+            policies=stores.policies,
         )
         server = _Server(
             uvicorn.Config(

@@ -1,0 +1,112 @@
+"""The seed's web page at `/`: one box, one post, the decision as a card and as JSON.
+
+The page is static files (`api/static/`: HTML, CSS, JS; nothing from elsewhere, so it works
+offline) that call `POST /v1/moderate` with `fetch`, and `GET /v1/packs`, the packs a post
+can be judged by (which tenants and regions each claims; nothing else of a pack). Every answer
+value reaches the page's DOM as text (`textContent`), never as markup, and the page is served
+under a Content-Security-Policy that allows only its own script and style files, so a hostile
+value in an answer cannot run. An API key typed into the page is sent as
+`Authorization: Bearer` and kept in the tab's `sessionStorage` only, never in a URL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import Response
+from pydantic import BaseModel
+
+from guardstream.policy import PolicyRegistry
+
+STATIC = Path(__file__).with_name("static")
+
+# Only the page's own files; `connect-src 'self'` for its calls to this API; no inline script
+# or style, no frames, no form posts (the form is sent by the script, never by the browser).
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self';"
+    " img-src 'self'; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+# name served under /page/ (or "" for `/`) → (file, media type)
+_FILES = {
+    "": ("index.html", "text/html; charset=utf-8"),
+    "page.js": ("page.js", "text/javascript; charset=utf-8"),
+    "page.css": ("page.css", "text/css; charset=utf-8"),
+}
+
+
+class PackView(BaseModel):
+    """A policy pack as `GET /v1/packs` lists it: who it applies to, not what it holds."""
+
+    id: str
+    version: str
+    ref: str
+    description: str | None
+    tenants: list[str]  # "*": every tenant without a pack of its own
+    regions: list[str] | None  # None: any region
+    default: bool
+
+
+class PackList(BaseModel):
+    packs: list[PackView]
+
+
+def pack_list(policies: PolicyRegistry) -> PackList:
+    """The packs in force, the platform default first."""
+    packs = sorted(policies.packs, key=lambda p: (not p.is_default, p.id))
+    return PackList(
+        packs=[
+            PackView(
+                id=p.id,
+                version=p.version,
+                ref=p.ref,
+                description=p.description,
+                tenants=list(p.tenants),
+                regions=None if p.regions is None else list(p.regions),
+                default=p.is_default,
+            )
+            for p in packs
+        ]
+    )
+
+
+def _headers(media_type: str) -> dict[str, str]:
+    return {
+        "Content-Type": media_type,
+        "Content-Security-Policy": CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
+
+
+def router(policies: PolicyRegistry) -> APIRouter:
+    """`/` (the page), `/page/{page.js,page.css}` and `GET /v1/packs`."""
+    routes = APIRouter()
+    files = {name: ((STATIC / file).read_bytes(), media) for name, (file, media) in _FILES.items()}
+    packs = pack_list(policies).model_dump_json().encode()
+
+    def serve(name: str) -> Response:
+        body, media = files[name]
+        return Response(body, 200, _headers(media))
+
+    @routes.get("/", include_in_schema=False)
+    async def index() -> Response:
+        return serve("")
+
+    @routes.get("/page/page.js", include_in_schema=False)
+    async def script() -> Response:
+        return serve("page.js")
+
+    @routes.get("/page/page.css", include_in_schema=False)
+    async def style() -> Response:
+        return serve("page.css")
+
+    @routes.get("/v1/packs", response_model=PackList)
+    async def list_packs() -> Response:
+        """The policy packs in force: id, version, description and the tenants and regions
+        each applies to (a post's pack is chosen by its `tenant` and `region`)."""
+        return Response(packs, 200, media_type="application/json")
+
+    return routes
