@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from decimal import ROUND_FLOOR, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -129,7 +130,7 @@ async def send_with_keyboard(page: Any, chord: str = "Control+Enter") -> dict[st
 
 
 async def card(page: Any) -> dict[str, str]:
-    fields = ("label", "action", "confidence", "reason", "source", "policy", "latency")
+    fields = ("label", "action", "confidence", "reason", "source", "rule", "policy", "latency")
     shown = {f: await page.text_content(f"#card-{f}") for f in fields}
     shown["badge"] = await page.text_content("#card-verdict")
     shown["categories"] = await page.eval_on_selector_all(
@@ -165,9 +166,7 @@ async def test_a_post_typed_and_sent_with_the_keyboard_is_decided_and_shown(
             await page.keyboard.press("Tab")
             order.append(await focused(page))
         assert order == ["mode-prompt", "text", "pack", "tenant", "region", "api-key", "submit"]
-        outline = await page.evaluate(
-            "getComputedStyle(document.activeElement).outlineStyle"
-        )
+        outline = await page.evaluate("getComputedStyle(document.activeElement).outlineStyle")
         assert outline not in ("", "none")  # the focus is visible
         if key is not None:
             await page.focus("#api-key")
@@ -183,7 +182,9 @@ async def test_a_post_typed_and_sent_with_the_keyboard_is_decided_and_shown(
         assert shown["badge"] == "UNSAFE" and shown["label"] == "unsafe"
         assert shown["action"] == decision.action.value
         assert decision.confidence is not None
-        assert shown["confidence"] == f"{decision.confidence:.2f}"
+        floored = Decimal(repr(decision.confidence)).quantize(Decimal("0.01"), ROUND_FLOOR)
+        assert shown["confidence"] == f"{floored} ({decision.confidence})"
+        assert f"{floored}" in decision.reason  # as the reason writes it
         assert shown["categories"] == list(decision.categories) == ["Violent"]
         assert shown["reason"] == decision.reason
         assert shown["source_value"] == "model" and shown["source"].startswith("model")
@@ -203,9 +204,9 @@ async def test_a_post_typed_and_sent_with_the_keyboard_is_decided_and_shown(
         requests: list[dict[str, Any]] = []
         page.on(
             "request",
-            lambda r: requests.append(json.loads(r.post_data))
-            if r.url.endswith("/v1/moderate")
-            else None,
+            lambda r: (
+                requests.append(json.loads(r.post_data)) if r.url.endswith("/v1/moderate") else None
+            ),
         )
         await page.focus("#mode-prompt")
         await page.keyboard.press("ArrowDown")
@@ -252,7 +253,7 @@ async def test_a_post_typed_and_sent_with_the_keyboard_is_decided_and_shown(
         await expect(page.locator("#error")).to_contain_text("forbidden_character")
         assert await page.is_hidden("#card")
         assert await page.evaluate("window.__pwned") is None
-        assert await page.locator("#result img, #result script, #result b").count() == 0
+        assert await page.locator("#result :is(img, script, b)").count() == 0
 
 
 async def test_hostile_answer_values_are_shown_as_text(browser_page: Any) -> None:
@@ -262,6 +263,7 @@ async def test_hostile_answer_values_are_shown_as_text(browser_page: Any) -> Non
         "action": "block",
         "categories": HOSTILE_CATEGORIES,
         "confidence": 0.912,
+        "rule": "<u>rule</u>",
         "reason": HOSTILE_REASON,
         "source": "cache",
         "matched_content_key": "k",
@@ -287,15 +289,17 @@ async def test_hostile_answer_values_are_shown_as_text(browser_page: Any) -> Non
     assert shown["reason"] == HOSTILE_REASON
     assert shown["categories"] == HOSTILE_CATEGORIES
     assert shown["policy"] == "<i>default@1</i>"
+    assert shown["rule"] == "<u>rule</u>"
     assert shown["source"] == "cache: a near-duplicate of an earlier post"
-    assert shown["confidence"] == "0.91"
+    assert shown["confidence"] == "0.91 (0.912)"
     assert await page.text_content("#card-post") == "p\u202e1"
-    assert await page.locator("#result img, #result script, #result b, #result i").count() == 0
+    assert await page.locator("#result :is(img, script, b, i, u)").count() == 0
     assert await page.evaluate("window.__pwned") is None
     # An answer's own bidi controls stay inside its field.
-    assert await page.evaluate(
-        "getComputedStyle(document.getElementById('card-reason')).unicodeBidi"
-    ) == "isolate"
+    assert (
+        await page.evaluate("getComputedStyle(document.getElementById('card-reason')).unicodeBidi")
+        == "isolate"
+    )
 
 
 REFUSALS = [

@@ -46,6 +46,12 @@
     );
   }
 
+  // As the reason writes it (policy.routing): rounded down, never above the real value.
+  function twoDecimalsDown(value) {
+    const [whole, decimals = ""] = value.toFixed(12).split(".");
+    return whole + "." + decimals.slice(0, 2);
+  }
+
   function setText(id, value) {
     $(id).textContent = value === undefined || value === null ? "—" : String(value);
   }
@@ -84,7 +90,9 @@
     setText("card-action", d.action);
     setText(
       "card-confidence",
-      typeof d.confidence === "number" ? d.confidence.toFixed(2) : "— (no model confidence)"
+      typeof d.confidence === "number"
+        ? twoDecimalsDown(d.confidence) + " (" + String(d.confidence) + ")"
+        : "— (no model confidence)"
     );
     const list = $("card-categories");
     list.replaceChildren();
@@ -103,9 +111,9 @@
     setText("card-reason", d.reason);
     let source = SOURCE_TEXT[d.source] || String(d.source);
     if (d.source === "cache" && d.matched_content_key) source = "cache: a near-duplicate of an earlier post";
-    if (d.rule) source += " (rule " + d.rule + ")";
     setText("card-source", source);
     $("card-source").dataset.source = String(d.source);
+    setText("card-rule", d.rule);
     setText("card-policy", d.policy);
     setText("card-model", d.adapter ? d.model + " + " + d.adapter : d.model);
     setText("card-post", d.post_id);
