@@ -6,7 +6,7 @@ process): a post typed and sent with the keyboard only is decided by the model, 
 the JSON agree, the same text again is a cache hit, response moderation sends the prompt, a
 pack chosen sets the tenant, and hostile text stays text. Against the page alone (its router
 served by uvicorn here, answers injected at the browser's network layer, the way a fault is):
-hostile answer values are shown literally, every refusal status is a readable message, and an
+hostile answer values (written, and drawn by Hypothesis) are shown literally, every refusal status is a readable message, and an
 API key travels only in the Authorization header and lives in session storage only.
 
 The page with an answer is saved as `api-page.png` (`API_PAGE_SCREENSHOTS`, e.g. `docs/assets`,
@@ -26,6 +26,9 @@ from typing import Any
 import pytest
 import uvicorn
 from fastapi import FastAPI
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from guardstream.api import page as api_page
 from guardstream.contracts.events import Decision, Source, Verdict
@@ -33,7 +36,7 @@ from guardstream.policy import load_registry
 from guardstream.runtime.settings import Settings
 from guardstream.scorer.vllm_engine import VllmGuardEngine
 from tests.conftest import free_port, missing
-from tests.integration.api.test_api import SAFE, UNSAFE, api_stack
+from tests.integration.api.test_api import SAFE, UNSAFE, api_stack, hostile_text, json_values
 from tests.integration.review.conftest import CHROMIUM, FLAGS
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
@@ -300,6 +303,70 @@ async def test_hostile_answer_values_are_shown_as_text(browser_page: Any) -> Non
         await page.evaluate("getComputedStyle(document.getElementById('card-reason')).unicodeBidi")
         == "isolate"
     )
+
+
+def hostile_answers(examples: int) -> list[str]:
+    """Answers (JSON text) with a hostile value, or a value of any type, in every field the
+    card shows."""
+    fields = ("verdict", "action", "confidence", "reason", "source", "rule", "policy")
+    answer = st.fixed_dictionaries(
+        {name: hostile_text() | json_values() for name in fields}
+        | {"categories": st.lists(hostile_text(), max_size=3) | json_values()},
+        optional={"matched_content_key": hostile_text(), "post_id": hostile_text()},
+    )
+    drawn: list[str] = []
+
+    @hypothesis_settings(
+        max_examples=examples,
+        database=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+        deadline=None,
+    )
+    @given(answer)
+    def collect(value: dict[str, object]) -> None:
+        drawn.append(json.dumps(value))  # lone surrogates as `\udXXX`, as a hostile API would
+
+    collect()
+    return drawn
+
+
+# In the page: every string the card shows of the answer is the answer's string, as written.
+SHOWN_AS_SENT = """() => {
+  const raw = document.getElementById('raw').textContent;
+  const body = JSON.parse(raw.slice(raw.indexOf('\\n') + 1));
+  const text = (id) => document.getElementById(id).textContent;
+  const items = [...document.querySelectorAll('#card-categories li')].map((li) => li.textContent);
+  const same = (value, shown) => typeof value !== 'string' || value === shown;
+  return same(body.reason, text('card-reason')) && same(body.policy, text('card-policy'))
+    && same(body.rule, text('card-rule')) && same(body.verdict, text('card-label'))
+    && same(body.action, text('card-action'))
+    && (!Array.isArray(body.categories) || body.categories.length === 0
+        || body.categories.every((c, i) => String(c) === items[i]));
+}"""
+
+
+async def test_drawn_hostile_answers_never_run_and_read_as_sent(browser_page: Any) -> None:
+    page = browser_page
+    answers = hostile_answers(40)
+    current: list[str] = []
+
+    async def fulfil(route: Any) -> None:
+        await route.fulfill(status=200, content_type="application/json", body=current[-1])
+
+    async with page_only() as url:
+        await page.route("**/v1/moderate", fulfil)
+        await page.goto(url + "/")
+        await page.focus("#text")
+        await page.keyboard.type("anything")
+        for body in answers:
+            current.append(body)
+            await clear_result(page)
+            answer = await send_with_keyboard(page)
+            assert answer["body"] == json.loads(body)
+            assert await page.evaluate(SHOWN_AS_SENT), body
+            assert await page.locator("#card dd :not(ul, li)").count() == 0, body
+            assert await page.evaluate("window.__pwned") is None
 
 
 REFUSALS = [

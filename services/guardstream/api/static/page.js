@@ -37,12 +37,56 @@
     return h;
   }
 
-  // Bidi controls and C1 controls written as escapes, so the raw JSON shows them instead of
-  // letting them reorder or hide its text (JSON.stringify escapes the C0 ones itself).
-  function visibleJson(value) {
-    return JSON.stringify(value, null, 2).replace(
+  // The answer's JSON as the API wrote it, indented (whitespace only: a number JavaScript
+  // cannot hold exactly is still shown exactly), with bidi and C1 controls written as escapes
+  // so they show instead of reordering or hiding the text (JSON has the C0 ones escaped).
+  function indentJson(text) {
+    let out = "";
+    let depth = 0;
+    let inString = false;
+    let escaped = false;
+    const newline = () => "\n" + "  ".repeat(depth);
+    for (let i = 0; i < text.length; i++) {
+      const c = text[i];
+      if (inString) {
+        out += c;
+        if (escaped) escaped = false;
+        else if (c === "\\") escaped = true;
+        else if (c === '"') inString = false;
+        continue;
+      }
+      if (c === " " || c === "\n" || c === "\r" || c === "\t") continue;
+      if (c === '"') {
+        inString = true;
+        out += c;
+      } else if (c === "{" || c === "[") {
+        const close = c === "{" ? "}" : "]";
+        const rest = text.slice(i + 1).trimStart();
+        if (rest[0] === close) {
+          out += c + close;
+          i = text.length - rest.length;
+        } else {
+          depth += 1;
+          out += c + newline();
+        }
+      } else if (c === "}" || c === "]") {
+        depth = Math.max(0, depth - 1);
+        out += newline() + c;
+      } else if (c === ",") {
+        out += c + newline();
+      } else if (c === ":") {
+        out += ": ";
+      } else {
+        out += c;
+      }
+    }
+    return visibleControls(out);
+  }
+
+  function visibleControls(text) {
+    return text.replace(
       /[\u0080-\u009f\u061c\u200e\u200f\u202a-\u202e\u2028\u2029\u2066-\u2069\ufeff]/g,
-      (c) => "\\u" + c.charCodeAt(0).toString(16).padStart(4, "0")
+      (ch) => "\\u" + ch.charCodeAt(0).toString(16).padStart(4, "0")
     );
   }
 
@@ -69,7 +113,7 @@
   }
 
   function showRaw(status, text, body) {
-    const shown = body === undefined ? text : visibleJson(body);
+    const shown = body === undefined ? visibleControls(text) : indentJson(text);
     $("raw").textContent = "HTTP " + status + "\n" + shown;
   }
 
