@@ -6,8 +6,9 @@ process): a post typed and sent with the keyboard only is decided by the model, 
 the JSON agree, the same text again is a cache hit, response moderation sends the prompt, a
 pack chosen sets the tenant, and hostile text stays text. Against the page alone (its router
 served by uvicorn here, answers injected at the browser's network layer, the way a fault is):
-hostile answer values (written, and drawn by Hypothesis) are shown literally, every refusal status is a readable message, and an
-API key travels only in the Authorization header and lives in session storage only.
+hostile answer values (written, and drawn by Hypothesis) are shown literally, every refusal
+status is a readable message, and an API key travels only in the Authorization header and
+lives in session storage only.
 
 The page with an answer is saved as `api-page.png` (`API_PAGE_SCREENSHOTS`, e.g. `docs/assets`,
 regenerates the docs' picture; otherwise it goes to the test's temporary folder)."""
