@@ -332,10 +332,17 @@ def hostile_answers(examples: int) -> list[str]:
     return drawn
 
 
-# In the page: every string the card shows of the answer is the answer's string, as written.
+# In the page: every string the card shows of the answer is the answer's string, as written;
+# an answer that is no JSON for a browser (`Infinity`, which Python's `json` writes) is no card
+# but a message.
 SHOWN_AS_SENT = """() => {
   const raw = document.getElementById('raw').textContent;
-  const body = JSON.parse(raw.slice(raw.indexOf('\\n') + 1));
+  let body;
+  try {
+    body = JSON.parse(raw.slice(raw.indexOf('\\n') + 1));
+  } catch (_) {
+    return document.getElementById('card').hidden && !document.getElementById('error').hidden;
+  }
   const text = (id) => document.getElementById(id).textContent;
   const items = [...document.querySelectorAll('#card-categories li')].map((li) => li.textContent);
   const same = (value, shown) => typeof value !== 'string' || value === shown;
@@ -349,7 +356,7 @@ SHOWN_AS_SENT = """() => {
 
 async def test_drawn_hostile_answers_never_run_and_read_as_sent(browser_page: Any) -> None:
     page = browser_page
-    answers = hostile_answers(40)
+    answers = [*hostile_answers(40), '{"verdict": "unsafe", "confidence": -Infinity}']
     current: list[str] = []
 
     async def fulfil(route: Any) -> None:
