@@ -32,7 +32,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from guardstream.api import openai_compat
+from guardstream.api import openai_compat, page
 from guardstream.api.gate import TENANT_HEADER, Gate, caller
 from guardstream.api.moderator import Escalated, Moderator, Outcome, Refused, Unavailable
 from guardstream.api.protocol import (
@@ -51,6 +51,7 @@ from guardstream.contracts.events import (
     describe_errors,
     rejection_reason,
 )
+from guardstream.policy import PolicyRegistry
 from guardstream.runtime import redisstore
 from guardstream.verdict.latest import LatestDecisions
 
@@ -89,6 +90,7 @@ def create_app(
     batch_max: int,
     retry_after_s: int,
     gate: Gate,
+    policies: PolicyRegistry,
 ) -> FastAPI:
     app = FastAPI(
         title="guardstream moderation API",
@@ -97,6 +99,7 @@ def create_app(
     )
     busy = {"Retry-After": str(retry_after_s)}
     gate.install(app)
+    app.include_router(page.router(policies))  # the seed's web page at `/`, `GET /v1/packs`
 
     async def body_of(request: Request) -> bytes:
         length = request.headers.get("content-length")

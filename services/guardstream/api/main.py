@@ -124,6 +124,7 @@ async def run(
             batch_max=settings.api.batch_max,
             retry_after_s=settings.api.retry_after_s,
             gate=gate,
+            policies=stores.policies,
         )
         server = _Server(
             uvicorn.Config(
