@@ -37,6 +37,7 @@ from guardstream.api.protocol import (
     Refusal,
     parse_json,
 )
+from guardstream.api.telemetry import RequestTelemetry
 from guardstream.contracts.errors import PermanentError, TransientError
 from guardstream.contracts.events import (
     ContractError,
@@ -89,6 +90,7 @@ def create_app(
         description="Synchronous moderation: the same decisions as the Kafka door.",
         version="1",
     )
+    app.add_middleware(RequestTelemetry)  # latency per route and outcome; the request's span
     busy = {"Retry-After": str(retry_after_s)}
 
     async def body_of(request: Request) -> bytes:

@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from guardstream.api.app import create_app
 from guardstream.api.decisions import GROUP, DecisionIndexer, action_topics
 from guardstream.api.moderator import Moderator
+from guardstream.api.telemetry import inject_trace
 from guardstream.model.guard import served_model_id
 from guardstream.runtime import metrics
 from guardstream.runtime.health import HealthServer
@@ -83,6 +84,7 @@ async def run(
             base_url=settings.api.scorer_url,
             trust_env=False,  # an internal call: no proxy from the environment
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            event_hooks={"request": [inject_trace]},  # the scorer's span joins the request's
         )
         stack.push_async_callback(scorer.aclose)
         moderator = Moderator(settings, producer, stores, scorer, model=served_model_id(settings))
