@@ -1,7 +1,8 @@
 """Observability of the running product: triage, the scorer, the SLA timer, the review
 console and the moderation API (started as a user starts them, with metrics on and OTLP export
-to a small collector run here) moderate posts, time their reviews out and take human decisions, while a real Prometheus
-(Debian package) scrapes all five and evaluates the shipped alert rules.
+to a small collector run here) moderate posts, time their reviews out and take human
+decisions, while a real Prometheus (Debian package) scrapes all five and evaluates the shipped
+alert rules.
 
 - every PromQL expression of every dashboard panel and alert rule parses and runs; those over
   metrics a healthy run produces return data (the few only the weekly feedback jobs produce:
