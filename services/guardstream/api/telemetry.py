@@ -25,7 +25,6 @@ import time
 from collections.abc import Mapping
 
 import httpx
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -113,9 +112,3 @@ async def inject_trace(request: httpx.Request) -> None:
     tracing.PROPAGATOR.inject(carrier, context=None)
     if carrier:
         request.headers.update(carrier)
-
-
-def current_trace_id() -> str | None:
-    """The current span's trace id (32 hex), or None (tests, log fields)."""
-    ctx = trace.get_current_span().get_span_context()
-    return format(ctx.trace_id, "032x") if ctx.is_valid else None
