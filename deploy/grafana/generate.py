@@ -495,12 +495,84 @@ def feedback() -> Board:
     return b
 
 
+API = "guardstream_api_request_duration_seconds"
+API_ROUTED = 'route!="unmatched"'
+API_ERRORS = 'outcome=~"5xx|503"'
+
+
+def api() -> Board:
+    b = Board(
+        "guardstream-api",
+        "guardstream / Moderation API",
+        "The synchronous door: latency per route, outcomes, errors",
+    )
+    b.panel(
+        "Latency p50 by route",
+        (quantile(0.5, f"{API}_bucket{{{API_ROUTED}}}", "route"), "{{route}}"),
+        unit="s",
+        description="Cache hits answer in milliseconds; misses wait for the scorer's door.",
+    )
+    b.panel(
+        "Latency p99 by route",
+        (quantile(0.99, f"{API}_bucket{{{API_ROUTED}}}", "route"), "{{route}}"),
+        unit="s",
+        description="Alert GuardstreamApiLatencyHigh: p99 over 2.5 s for 10 minutes.",
+    )
+    b.panel(
+        "Requests / s by route and outcome",
+        (
+            f"sum by (route, outcome) (rate({API}_count[{RATE}]))",
+            "{{route}} {{outcome}}",
+        ),
+        unit="reqps",
+    )
+    b.panel(
+        "Error rate (5xx and 503)",
+        (
+            f"(sum(rate({API}_count{{{API_ERRORS}}}[{RATE}])) or vector(0))"
+            f" / sum(rate({API}_count[{RATE}]))",
+            "errors",
+        ),
+        (
+            f'(sum(rate({API}_count{{outcome="429"}}[{RATE}])) or vector(0))'
+            f" / sum(rate({API}_count[{RATE}]))",
+            "rate limited (429)",
+        ),
+        unit="percentunit",
+        description="503: the scorer saturated or unreachable (Retry-After). "
+        "Alert GuardstreamApiErrorRateHigh: over 5% for 5 minutes.",
+        thresholds=[(None, "green"), (0.05, "red")],
+    )
+    b.panel(
+        "Error rate by route",
+        (
+            f"(sum by (route) (rate({API}_count{{{API_ERRORS}}}[{RATE}])) or"
+            f" 0 * sum by (route) (rate({API}_count[{RATE}])))"
+            f" / sum by (route) (rate({API}_count[{RATE}]))",
+            "{{route}}",
+        ),
+        unit="percentunit",
+    )
+    b.panel(
+        "API decisions / s by source",
+        (
+            f'sum by (source) (rate({DECISIONS}{{process="api"}}[{RATE}]))',
+            "{{source}}",
+        ),
+        unit="ops",
+        description="Decisions the API published itself (cache, near-duplicate, rules); "
+        "misses are published by the scorer.",
+    )
+    return b
+
+
 BOARDS = {
     "overview": overview,
     "pipeline": pipeline,
     "scorer": scorer,
     "review-sla": review_sla,
     "feedback": feedback,
+    "api": api,
 }
 
 

@@ -1,7 +1,8 @@
-"""Observability of the running product: triage, the scorer, the SLA timer and the review
-console (started as a user starts them, with metrics on and OTLP export to a small collector run
-here) moderate posts, time their reviews out and take human decisions, while a real Prometheus
-(Debian package) scrapes all four and evaluates the shipped alert rules.
+"""Observability of the running product: triage, the scorer, the SLA timer, the review
+console and the moderation API (started as a user starts them, with metrics on and OTLP export
+to a small collector run here) moderate posts, time their reviews out and take human
+decisions, while a real Prometheus (Debian package) scrapes all five and evaluates the shipped
+alert rules.
 
 - every PromQL expression of every dashboard panel and alert rule parses and runs; those over
   metrics a healthy run produces return data (the few only the weekly feedback jobs produce:
@@ -9,6 +10,9 @@ here) moderate posts, time their reviews out and take human decisions, while a r
 - one post is one trace: the producer's span, triage's, the scorer's and the decision record's
   `traceparent` share one trace id, parent to child; the review console's Review and human
   Decision and the SLA timer's downgrade continue the trace of the contested decision;
+- one API request is one trace: the API's request span, the scorer door's span (over HTTP)
+  and the decision record the scorer publishes; a cache hit's decision, published by the API,
+  continues its request's span; latency histograms carry route templates and outcomes only;
 - PII canaries (RELIABILITY.md 17) in post text, prompts and author ids appear in no log line,
   span, metric label or DLQ header.
 """
@@ -46,6 +50,7 @@ from guardstream.runtime.settings import Settings
 from guardstream.runtime.tracing import trace_id_of
 from tests.conftest import free_port, missing, wait_for_port
 from tests.support.observability import (
+    API_METRICS,
     AWAITING_METRICS,
     FAILURE_ONLY_METRICS,
     HUMAN_METRICS,
@@ -79,7 +84,7 @@ assignment_sla_s: 1
 review_warning_fraction: 0.5
 """
 PASSWORD = "correct-horse-battery"
-EXPORTED = PIPELINE_METRICS | HUMAN_METRICS  # what a healthy run here must produce
+EXPORTED = PIPELINE_METRICS | HUMAN_METRICS | API_METRICS  # what a healthy run must produce
 
 
 @dataclass
@@ -94,6 +99,7 @@ class Observed:
     log_dir: Path
     reviewed_post_id: str  # contested, decided by a reviewer in time, then re-reviewed (QA)
     expired_post_id: str  # contested under the short SLA: downgraded, then reviewed late
+    api: ApiCalls  # what the moderation API was asked, and answered
 
 
 def _get(url: str) -> Any:
@@ -181,6 +187,52 @@ async def _traffic(settings: Settings) -> None:
         await producer.send_and_wait(topic, broken, key=b"k2")
     finally:
         await producer.stop()
+
+
+@dataclass
+class ApiCalls:
+    miss_post_id: str  # scored through the scorer's interactive door
+    miss_trace_id: str  # the `traceparent` the test sent with it (a gateway's trace)
+    hit_post_id: str  # the same text again: a cache hit the API decides and publishes
+
+
+def _moderate(base: str, body: dict[str, Any], **headers: str) -> tuple[int, bytes]:
+    request = urllib.request.Request(
+        f"{base}/v1/moderate",
+        data=orjson.dumps(body),
+        headers={"Content-Type": "application/json", **headers},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=120) as resp:
+            return int(resp.status), resp.read()
+    except urllib.error.HTTPError as exc:
+        return int(exc.code), exc.read()
+
+
+def _api_traffic(base: str) -> ApiCalls:
+    """Through the API: a miss (traced from a caller's `traceparent`), the same text again (a
+    cache hit), a refused body, an unknown post's decision and an unrouted path."""
+    run = uuid.uuid4().hex[:8]
+    text = f"The weather is lovely today, let's go hiking. api {run}"
+    trace_id = uuid.uuid4().hex
+    miss, hit = f"api-miss-{run}", f"api-hit-{run}"
+    status, body = _moderate(
+        base,
+        {"text": text, "tenant": "obs", "post_id": miss},
+        traceparent=f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01",
+    )
+    assert status == 200, body
+    assert orjson.loads(body)["source"] == "model", body
+    status, body = _moderate(base, {"text": text, "tenant": "obs", "post_id": hit})
+    assert status == 200 and orjson.loads(body)["source"] == "cache", body
+    assert _moderate(base, {"tenant": "obs"})[0] == 422
+    for path in (f"/v1/decisions/never-{run}?tenant=obs", f"/no/such/{run}"):
+        try:
+            urllib.request.urlopen(f"{base}{path}", timeout=10)
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 404, path
+    return ApiCalls(miss, trace_id, hit)
 
 
 def _add_reviewer(env: dict[str, str], rid: str, role: str, *tenants: str) -> str:
@@ -333,8 +385,9 @@ def observed(
     schema = f"e2e_{settings.namespace}"
     asyncio.run(ensure_topics(settings))
     collector = Collector().start()
-    names = ("triage", "scorer", "sla", "review")
+    names = ("triage", "scorer", "sla", "review", "api")
     ports = {name: free_port() for name in names}
+    api_port, door_port = free_port(), free_port()
     processes: dict[str, Process] = {}
     prometheus: subprocess.Popen[bytes] | None = None
     try:
@@ -354,6 +407,12 @@ def observed(
             processes[name] = Process(name, env, tmp)
         review = processes["review"]
         review.env["GUARDSTREAM_REVIEW_PORT"] = str(review.port)  # /readyz on its own port
+        processes["scorer"].env["GUARDSTREAM_SCORER_INTERACTIVE_PORT"] = str(door_port)
+        processes["api"].env.update(
+            GUARDSTREAM_API_PORT=str(api_port),
+            GUARDSTREAM_API_SCORER_URL=f"http://127.0.0.1:{door_port}",
+            GUARDSTREAM_API_DEADLINE_S="60",  # the tiny model on 2 shared cores
+        )
         for proc in processes.values():
             proc.start()
         prometheus, url = _start_prometheus(tmp, ports)
@@ -361,6 +420,7 @@ def observed(
             proc.wait_ready(timeout=300)
 
         asyncio.run(_traffic(settings))
+        api = _api_traffic(f"http://127.0.0.1:{api_port}")
         reviewed, expired = _human_traffic(settings, review, review.env)
         decision = _produce_traced(settings, collector)
 
@@ -396,6 +456,7 @@ def observed(
             tmp,
             reviewed,
             expired,
+            api,
         )
     finally:
         # After every test of the module, whatever their order: SIGTERM is a clean stop.
@@ -594,6 +655,55 @@ def test_one_post_is_one_trace_from_producer_to_decision(observed: Observed) -> 
     # The batch spans that handled it link to the per-record spans.
     batches = [s for s in observed.collector.snapshot() if s.name.endswith(" batch")]
     assert any(triage.span_id in b.links for b in batches)
+
+
+def test_one_api_request_is_one_trace_through_the_scorers_door_to_the_decision(
+    observed: Observed,
+) -> None:
+    calls = observed.api
+    headers = _decision_headers(observed, calls.miss_post_id)
+    # The caller's trace goes on: the decision on Kafka carries the trace id the client sent.
+    assert trace_id_of(headers) == calls.miss_trace_id
+    spans = _spans_of(observed, calls.miss_trace_id, {"guardstream-api", "guardstream-scorer"})
+    by_id = {s.span_id: s for s in spans}
+    # SERVER spans (kind 2); the API's decision index reading the decision back continues the
+    # trace too (its CONSUMER spans).
+    [request] = [s for s in spans if s.service == "guardstream-api" and s.kind == 2]
+    assert request.name == "POST /v1/moderate"
+    assert request.attributes["http.route"] == "/v1/moderate"
+    assert request.attributes["http.response.status_code"] == 200
+    [door] = [s for s in spans if s.service == "guardstream-scorer" and s.kind == 2]
+    assert door.name == "POST /v1/score"
+    assert by_id[door.parent_span_id] is request  # over HTTP, parent to child
+    # The decision the scorer published continues the door's span.
+    assert f"-{door.span_id}-" in dict(headers)["traceparent"].decode()
+
+    # A cache hit is decided and published by the API: its record continues its request span.
+    hit_headers = _decision_headers(observed, calls.hit_post_id)
+    hit_trace = trace_id_of(hit_headers)
+    assert hit_trace is not None and hit_trace != calls.miss_trace_id
+    hit_spans = _spans_of(observed, hit_trace, {"guardstream-api"})
+    [hit_request] = [s for s in hit_spans if s.kind == 2]
+    assert f"-{hit_request.span_id}-" in dict(hit_headers)["traceparent"].decode()
+    assert not [s for s in hit_spans if s.service == "guardstream-scorer"]
+
+
+def test_api_latency_is_labelled_by_route_template_and_outcome_only(observed: Observed) -> None:
+    metric = "guardstream_api_request_duration_seconds_count"
+    series = query(observed.prometheus, metric)["data"]["result"]
+    labels = {(s["metric"]["route"], s["metric"]["outcome"]) for s in series}
+    assert {
+        ("/v1/moderate", "2xx"),
+        ("/v1/moderate", "4xx"),
+        ("/v1/decisions/{post_id}", "4xx"),
+        ("unmatched", "4xx"),
+    } <= labels
+    # No raw path, post id or anything a caller wrote reaches a label.
+    for s in series:
+        ours = set(s["metric"]) - {"__name__", "job", "instance"}
+        assert ours <= {"route", "outcome", "method"}, s
+        assert s["metric"]["route"] in {r for r, _ in labels}
+        assert observed.api.miss_post_id not in str(s) and "/no/such" not in str(s)
 
 
 def _headers_on(observed: Observed, topic: Topic, post_id: str) -> list[list[tuple[str, bytes]]]:

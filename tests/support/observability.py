@@ -2,7 +2,8 @@
 
 `expressions()` lists every PromQL expression of every dashboard panel and alert rule;
 the metric lists say which names guardstream's own processes export (they must return data in
-the e2e run, which scrapes triage, the scorer, the SLA timer and the review console), which
+the e2e run, which scrapes triage, the scorer, the SLA timer, the review console and the
+moderation API), which
 only appear on failures, and which only a process the e2e run does not start would export
 (checked for syntax only: delete a name there once its process is scraped in
 tests/e2e/test_observability.py).
@@ -48,6 +49,14 @@ PIPELINE_METRICS = frozenset(
         "guardstream_scorer_adapter_serving",
     }
 )
+# Exported by the moderation API (guardstream.api.telemetry), per route template and outcome.
+API_METRICS = frozenset(
+    {
+        "guardstream_api_request_duration_seconds_bucket",
+        "guardstream_api_request_duration_seconds_count",
+        "guardstream_api_request_duration_seconds_sum",
+    }
+)
 # Also guardstream's, but counted only when something fails (no series in a healthy run).
 FAILURE_ONLY_METRICS = frozenset(
     {
@@ -87,7 +96,9 @@ HUMAN_METRICS = frozenset(
 # Exported only by processes the e2e run does not start (the weekly feedback jobs): none of
 # the dashboards' or rules' expressions needs one today.
 AWAITING_METRICS: frozenset[str] = frozenset()
-KNOWN_METRICS = PIPELINE_METRICS | HUMAN_METRICS | FAILURE_ONLY_METRICS | AWAITING_METRICS
+KNOWN_METRICS = (
+    PIPELINE_METRICS | HUMAN_METRICS | API_METRICS | FAILURE_ONLY_METRICS | AWAITING_METRICS
+)
 
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _METRIC = re.compile(r"\b(guardstream_[a-z0-9_]+|up)\b")

@@ -42,6 +42,7 @@ from guardstream.api.protocol import (
     Refusal,
     parse_json,
 )
+from guardstream.api.telemetry import RequestTelemetry
 from guardstream.contracts.errors import PermanentError, TransientError
 from guardstream.contracts.events import (
     ContractError,
@@ -99,6 +100,8 @@ def create_app(
     )
     busy = {"Retry-After": str(retry_after_s)}
     gate.install(app)
+    # Added last, so outermost: the gate's 401/403/429 are measured and traced too.
+    app.add_middleware(RequestTelemetry)  # latency per route and outcome; the request's span
     app.include_router(page.router(policies))  # the seed's web page at `/`, `GET /v1/packs`
 
     async def body_of(request: Request) -> bytes:

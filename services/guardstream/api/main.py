@@ -23,6 +23,7 @@ from guardstream.api.decisions import GROUP, DecisionIndexer, action_topics
 from guardstream.api.delivery import open_callbacks
 from guardstream.api.gate import OpenApiRefused, open_gate
 from guardstream.api.moderator import Moderator
+from guardstream.api.telemetry import inject_trace
 from guardstream.contracts.events import Decision
 from guardstream.model.guard import served_model_id
 from guardstream.runtime import metrics
@@ -97,6 +98,7 @@ async def run(
             base_url=settings.api.scorer_url,
             trust_env=False,  # an internal call: no proxy from the environment
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            event_hooks={"request": [inject_trace]},  # the scorer's span joins the request's
         )
         stack.push_async_callback(scorer.aclose)
         pool = await api_db.connect(settings)

@@ -14,6 +14,7 @@ quote none of it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import asyncpg
+import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError
@@ -543,11 +545,109 @@ def check_policies(settings: Settings) -> Finding:
     return ok("policy", f"{where}: {len(packs)} pack(s) valid: {', '.join(packs)}")
 
 
+# --- the moderation API and the scorer's interactive door ----------------------------------------
+API_TIMEOUT_S = 3.0
+API_TITLE = "guardstream moderation API"  # api.app's FastAPI title
+DOOR_PATH = "/v1/score"  # scorer.door.SCORE_PATH (doctor sits above the scorer's layer too)
+_ANY_ADDRESS = {"", "0.0.0.0", "::"}  # noqa: S104  # addresses to connect to loopback for
+
+
+def _api_base(settings: Settings) -> str:
+    """Where this machine reaches the API: its own address, loopback for a wildcard one."""
+    host = settings.api.host
+    host = "127.0.0.1" if host in _ANY_ADDRESS else host
+    host = f"[{host}]" if ":" in host else host
+    return f"http://{host}:{settings.api.port}"
+
+
+async def _get(client: httpx.AsyncClient, url: str) -> httpx.Response | str:
+    """The response, or why there is none (in words that quote no secret)."""
+    try:
+        return await client.get(url)
+    except httpx.TimeoutException:
+        return f"no answer within {API_TIMEOUT_S:g} s"
+    except httpx.HTTPError as exc:
+        return f"not reachable ({type(exc).__name__})"
+
+
+async def _check_api_process(client: httpx.AsyncClient, base: str) -> Finding:
+    answer = await _get(client, f"{base}/openapi.json")
+    if isinstance(answer, str):
+        return warn(
+            "api",
+            f"{base}: {answer}: the moderation API is not running (yet?)",
+            "start it (`guardstream api`, or `make up`); GUARDSTREAM_API_HOST / "
+            "GUARDSTREAM_API_PORT say where it listens",
+        )
+    title = None
+    if answer.status_code == 200:
+        with contextlib.suppress(ValueError, AttributeError, TypeError):
+            title = answer.json().get("info", {}).get("title")
+    if title != API_TITLE:
+        return fail(
+            "api",
+            f"{base} answers (HTTP {answer.status_code}), but not as the moderation API",
+            "another service holds GUARDSTREAM_API_PORT: stop it or move the API to a free port",
+        )
+    return ok("api", f"{base}: the moderation API answers")
+
+
+async def _check_door(client: httpx.AsyncClient, settings: Settings, api_running: bool) -> Finding:
+    raw = settings.api.scorer_url
+    shown = mask_url(raw)
+    problem = url_problem(raw, ("http", "https"))
+    if problem is not None:
+        return fail("scorer door", f"GUARDSTREAM_API_SCORER_URL {problem}", _DOOR_HINT)
+    parts = urlsplit(raw)
+    door_port = settings.scorer.interactive_port
+    local = parts.hostname in {"127.0.0.1", "localhost", "::1"}
+    if local and door_port and parts.port not in (None, door_port):
+        return fail(
+            "scorer door",
+            f"GUARDSTREAM_API_SCORER_URL ({shown}) names port {parts.port}, but "
+            f"GUARDSTREAM_SCORER_INTERACTIVE_PORT is {door_port}",
+            _DOOR_HINT,
+        )
+    answer = await _get(client, raw.rstrip("/") + DOOR_PATH)
+    if isinstance(answer, str):
+        detail = f"{shown}: {answer}"
+        if api_running:  # every cache miss is answered 503 meanwhile
+            return fail("scorer door", f"{detail}; the API answers cache misses 503", _DOOR_HINT)
+        return warn("scorer door", f"{detail}: the scorer is not running (yet?)", _DOOR_HINT)
+    # The door routes POST only: a GET of its path is a 405 from it, a 404 from anything else.
+    if answer.status_code != 405:
+        return fail(
+            "scorer door",
+            f"{shown} answers HTTP {answer.status_code} for {DOOR_PATH}: not the scorer's door",
+            _DOOR_HINT,
+        )
+    return ok("scorer door", f"{shown}: the scorer's interactive door answers")
+
+
+_DOOR_HINT = (
+    "point GUARDSTREAM_API_SCORER_URL at the scorer's interactive door: its host and "
+    "GUARDSTREAM_SCORER_INTERACTIVE_PORT (0 turns the door off); in containers the scorer "
+    "needs GUARDSTREAM_SCORER_INTERACTIVE_HOST=0.0.0.0"
+)
+
+
+async def check_api(settings: Settings) -> list[Finding]:
+    """The moderation API on its port, and the scorer's interactive door it calls (nothing is
+    moderated: GET of the OpenAPI document, GET of the door's POST-only path). Not running is a
+    warning (doctor runs before `make up` too); a door the running API cannot reach, or another
+    service on either port, fails."""
+    async with httpx.AsyncClient(timeout=API_TIMEOUT_S, trust_env=False) as client:
+        api = await _check_api_process(client, _api_base(settings))
+        door = await _check_door(client, settings, api.status is Status.OK)
+    return [api, door]
+
+
 # --- the whole report -------------------------------------------------------------------------
 
 
 async def diagnose(settings: Settings) -> list[Finding]:
-    """Every check; findings in a fixed order (broker, topics, redis, postgresql, model, policy).
+    """Every check; findings in a fixed order (broker, topics, redis, postgresql, model, policy,
+    api, scorer door).
 
     Redis is timed against the cache timeout, so it runs first and alone: loading the
     tokenizer in a thread beside it would hold the interpreter lock and slow its event loop."""
@@ -555,7 +655,8 @@ async def diagnose(settings: Settings) -> list[Finding]:
     broker, postgres = await asyncio.gather(check_broker(settings), check_postgres(settings))
     model = await asyncio.to_thread(check_model, settings)
     policy = await asyncio.to_thread(check_policies, settings)
-    return [*broker, redis, postgres, model, policy]
+    api = await check_api(settings)
+    return [*broker, redis, postgres, model, policy, *api]
 
 
 def healthy(findings: list[Finding]) -> bool:
@@ -592,6 +693,9 @@ def report(settings: Settings, findings: list[Finding]) -> dict[str, Any]:
         "model.name",
         "engine.max_model_len",
         "policy.dir",
+        "api.host",
+        "api.port",
+        "api.scorer_url",
     )
     return {
         "ok": healthy(findings),

@@ -563,6 +563,7 @@ def second_tier_values(plan: Plan) -> dict[str, Any] | None:
         "model": HUB_MODEL.format(size=second.model),
         "topics": {"enabled": False},
         "triage": {"enabled": False},
+        "api": {"enabled": False},
         "review": {"enabled": False},
         "feedback": {"enabled": False},
         "sla": {"enabled": False},

@@ -6,8 +6,9 @@ it does, and nothing more: one request line, headers, a body of exactly `Content
 bytes (no chunked bodies: 411), at most `max_body_bytes` (413, read no further), keep-alive
 unless the client says `Connection: close`, a timeout for an idle or slow client. A handler
 gets the body and the request headers (lower-cased names) and returns a `Reply`; an exception
-it lets out is answered 500 and logged without the body. Not for the open internet: no TLS,
-no pipelining guarantees beyond one request at a time per connection.
+it lets out is answered 500 and logged without the body. Each routed request is a SERVER span
+continuing the caller's W3C `traceparent` (`tracing.server_span`). Not for the open internet:
+no TLS, no pipelining guarantees beyond one request at a time per connection.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 import orjson
 
 from guardstream.contracts.errors import PermanentError
+from guardstream.runtime import tracing
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +131,18 @@ class JsonServer:
             known = any(p == path for _, p in self._routes)
             reply = Reply.json(405 if known else 404, {"error": "no such route"})
         else:
-            try:
-                reply = await handler(body, headers)
-            except asyncio.CancelledError:
-                raise
-            # One request's failure answers 500 (logged), never ends the server.
-            except Exception:
-                log.exception("%s handler failed", self._name, extra={"path": path})
-                reply = Reply.json(500, {"error": "internal error"})
+            # A SERVER span continuing the caller's `traceparent`, current while the handler
+            # runs: what it publishes (a decision on Kafka) continues the caller's trace.
+            with tracing.server_span(f"{method} {path.split('?', 1)[0]}", headers) as span:
+                try:
+                    reply = await handler(body, headers)
+                except asyncio.CancelledError:
+                    raise
+                # One request's failure answers 500 (logged), never ends the server.
+                except Exception:
+                    log.exception("%s handler failed", self._name, extra={"path": path})
+                    reply = Reply.json(500, {"error": "internal error"})
+                tracing.set_status_code(span, reply.status)
         await _write(writer, reply, keep=keep)
         return keep
 

@@ -64,6 +64,14 @@ scorer_failures = meter.create_counter(
     "guardstream.scorer.failures", unit="{call}", description="Model calls that raised"
 )
 
+# --- the moderation API (api/telemetry.py) ----------------------------------------------------
+# Its own meter: its buckets (telemetry.API_BUCKETS) are finer than SECONDS_BUCKETS.
+api_request_duration = metrics.get_meter("guardstream.api").create_histogram(
+    "guardstream.api.request_duration",
+    unit="s",
+    description="API request latency, by route template, method and outcome (2xx, 429, 503...)",
+)
+
 
 class Gauges:
     """Values observed at collection time from plain snapshots the event loop keeps up to

@@ -65,6 +65,11 @@ SECONDS_BUCKETS = (
 )  # fmt: skip
 TOKEN_BUCKETS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768)
 BATCH_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# The API's requests: sub-millisecond cache hits to the scorer's deadline (5 s by default).
+API_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1, 2.5, 5, 10, 30,
+)  # fmt: skip
 
 
 def _views() -> list[View]:
@@ -72,11 +77,16 @@ def _views() -> list[View]:
         View(
             instrument_type=Histogram,
             instrument_unit="s",
+            meter_name="guardstream",  # not the API's meter: one view per instrument
             aggregation=ExplicitBucketHistogramAggregation(SECONDS_BUCKETS),
         ),
         View(
             instrument_name="guardstream.scorer.tokens",
             aggregation=ExplicitBucketHistogramAggregation(TOKEN_BUCKETS),
+        ),
+        View(
+            instrument_name="guardstream.api.request_duration",
+            aggregation=ExplicitBucketHistogramAggregation(API_BUCKETS),
         ),
         View(
             instrument_name="guardstream.consumer.batch_size",

@@ -197,6 +197,26 @@ def consumer_span(record: _Record, **attributes: str | int) -> Iterator[Span]:
         yield span
 
 
+@contextmanager
+def server_span(name: str, headers: Mapping[str, str]) -> Iterator[Span]:
+    """A current SERVER span for an HTTP request (the scorer's interactive door), continuing
+    the caller's trace from its `traceparent` / `tracestate` headers (lower-cased names)."""
+    carrier = {k: v for k, v in headers.items() if k in ("traceparent", "tracestate")}
+    parent = PROPAGATOR.extract(carrier) if carrier else None
+    with tracer().start_as_current_span(
+        name, context=parent, kind=SpanKind.SERVER, record_exception=False
+    ) as span:
+        yield span
+
+
+def set_status_code(span: Span, status: int) -> None:
+    """Record an HTTP answer's status on `span` (an error from 500 on)."""
+    if span.is_recording():
+        span.set_attribute("http.response.status_code", status)
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR, str(status)))
+
+
 class BatchTrace:
     """The spans of one consumed batch: a CONSUMER span per record (child of its producer's
     context) and a batch span, current while the handler runs, linking the sampled ones.

@@ -34,7 +34,11 @@ DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 @pytest.fixture
 def healthy_settings(settings: Settings) -> Settings:
     ensure_tiny_checkpoint(settings.model.cache_dir)
-    return settings.replace(database={"url": DATABASE_URL})
+    # The API and its scorer door are not running here (warnings): on ports nobody else holds.
+    return settings.replace(
+        database={"url": DATABASE_URL},
+        api={"port": free_port(), "scorer_url": f"http://127.0.0.1:{free_port()}"},
+    )
 
 
 def by_check(findings: list[Finding], check: str) -> list[Finding]:

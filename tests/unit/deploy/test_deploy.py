@@ -125,9 +125,10 @@ def test_chart_lints_strictly_without_findings(profile: str) -> None:
 def test_default_release_runs_every_process_against_external_infrastructure(
     default_docs: list[dict[str, Any]],
 ) -> None:
-    assert set(by_kind(default_docs, "Deployment")) == {"gs-triage", "gs-scorer", "gs-review"}
+    deployments = {"gs-triage", "gs-scorer", "gs-review", "gs-api"}
+    assert set(by_kind(default_docs, "Deployment")) == deployments
     assert set(by_kind(default_docs, "StatefulSet")) == {"gs-sla"}
-    processes = {"gs-triage", "gs-scorer", "gs-review", "gs-sla"}
+    processes = {"gs-triage", "gs-scorer", "gs-review", "gs-sla", "gs-api"}
     assert set(by_kind(default_docs, "Service")) == processes
     assert set(by_kind(default_docs, "PodDisruptionBudget")) == processes
     assert set(by_kind(default_docs, "CronJob")) == {"gs-feedback-train", "gs-feedback-qa-sample"}
@@ -310,7 +311,8 @@ def test_keda_scales_each_consumer_on_its_own_group_and_input_topic(
         assert meta["tls"] == "enable"
         assert trigger["authenticationRef"]["name"] in auth
         assert spec["maxReplicaCount"] == values[process]["keda"]["maxReplicaCount"]
-    assert not by_kind(production_docs, "HorizontalPodAutoscaler")
+    # KEDA owns the consumers' HPAs; the only plain one is the API's (CPU, not lag).
+    assert set(by_kind(production_docs, "HorizontalPodAutoscaler")) == {"gs-api"}
 
 
 def test_keda_and_hpa_together_are_refused_with_a_reason() -> None:
@@ -510,8 +512,7 @@ def test_policy_packs_are_mounted_and_load_with_the_programs_own_loader(
 def test_network_policy_admits_only_metrics_and_the_console(
     production_docs: list[dict[str, Any]],
 ) -> None:
-    (policy,) = by_kind(production_docs, "NetworkPolicy").values()
-    spec = policy["spec"]
+    spec = by_kind(production_docs, "NetworkPolicy")["gs"]["spec"]  # every pod's
     assert spec["policyTypes"] == ["Ingress", "Egress"]
     ports = [rule["ports"][0]["port"] for rule in spec["ingress"]]
     assert ports == ["metrics", 8000]
@@ -610,7 +611,7 @@ def test_chart_ships_every_dashboard_and_rule_file_it_holds() -> None:
     expected = yaml.safe_load(rules.read_text())["groups"] if rules.exists() else []
     assert groups == expected
     monitors = by_kind(docs, "ServiceMonitor")
-    assert set(monitors) == {"gs-triage", "gs-scorer", "gs-review", "gs-sla"}
+    assert set(monitors) == {"gs-triage", "gs-scorer", "gs-review", "gs-sla", "gs-api"}
     services = by_kind(docs, "Service")
     for name, monitor in monitors.items():
         selector = monitor["spec"]["selector"]["matchLabels"]

@@ -24,7 +24,14 @@ from tests.support.observability import (
 
 pytestmark = pytest.mark.unit
 
-BOARDS = {"overview.json", "pipeline.json", "scorer.json", "review-sla.json", "feedback.json"}
+BOARDS = {
+    "overview.json",
+    "pipeline.json",
+    "scorer.json",
+    "review-sla.json",
+    "feedback.json",
+    "api.json",
+}
 
 
 def test_dashboards_are_generated_from_deploy_grafana_generate_py() -> None:
@@ -71,6 +78,8 @@ def test_alerts_cover_the_required_conditions() -> None:
         "GuardstreamScorerDown",
         "GuardstreamCacheDown",
         "GuardstreamReviewerAgreementLow",
+        "GuardstreamApiLatencyHigh",
+        "GuardstreamApiErrorRateHigh",
     }
     assert required <= alerts
 
