@@ -28,7 +28,14 @@ from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from guardstream.api import openai_compat
-from guardstream.api.moderator import Escalated, Moderator, Outcome, Refused, Unavailable
+from guardstream.api.moderator import (
+    Escalated,
+    Moderator,
+    Outcome,
+    Refused,
+    Unavailable,
+    decision_body,
+)
 from guardstream.api.protocol import (
     DEFAULT_TENANT,
     BatchItem,
@@ -131,7 +138,7 @@ def create_app(
 
     def single(outcome: Outcome) -> Response:
         if isinstance(outcome, Decision):
-            return Response(outcome.to_json(), 200, media_type="application/json")
+            return Response(decision_body(outcome), 200, media_type="application/json")
         if isinstance(outcome, Refused):
             return _json(422, {"reason": outcome.reason, "detail": outcome.detail})
         if isinstance(outcome, Escalated):
@@ -223,7 +230,7 @@ def _batch(body: object, batch_max: int) -> list[object]:
 
 def _item(outcome: Outcome) -> BatchItem:
     if isinstance(outcome, Decision):
-        return BatchItem(status=200, decision=orjson.loads(outcome.to_json()))
+        return BatchItem(status=200, decision=orjson.loads(decision_body(outcome)))
     if isinstance(outcome, Refused):
         return BatchItem(status=422, error=Refusal(reason=outcome.reason, detail=outcome.detail))
     if isinstance(outcome, Escalated):
