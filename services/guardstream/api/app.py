@@ -27,7 +27,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from guardstream.api import openai_compat
+from guardstream.api import openai_compat, responses
 from guardstream.api.moderator import (
     Escalated,
     Moderator,
@@ -148,14 +148,18 @@ def create_app(
     @app.post(
         "/v1/moderate",
         openapi_extra=_body_schema(ModerateRequest),
-        responses={422: {"description": "refused by the post contract (reason, detail)"}},
+        responses=responses.MODERATE,
     )
     async def moderate(request: Request) -> Response:
         """One post → the decision the stream would make for it."""
         outcomes = await decide([await body_of(request)], "/v1/moderate")
         return outcomes if isinstance(outcomes, Response) else single(outcomes[0])
 
-    @app.post("/v1/moderate/batch", openapi_extra=_body_schema(ModerateBatchRequest))
+    @app.post(
+        "/v1/moderate/batch",
+        openapi_extra=_body_schema(ModerateBatchRequest),
+        responses=responses.BATCH,
+    )
     async def moderate_batch(request: Request) -> Response:
         """Up to `GUARDSTREAM_API_BATCH_MAX` posts → one outcome each, in order."""
         raw = await body_of(request)
@@ -173,6 +177,7 @@ def create_app(
         "/v1/moderations",
         openapi_extra=_body_schema(openai_compat.ModerationsRequest),
         response_model=openai_compat.ModerationsResponse,
+        responses=responses.MODERATIONS,
     )
     async def moderations(request: Request) -> Response:
         """OpenAI-compatible moderation (docs: the mapping of categories)."""
@@ -198,7 +203,7 @@ def create_app(
         answer = openai_compat.response(decisions, model)
         return Response(answer.model_dump_json(), 200, media_type="application/json")
 
-    @app.get("/v1/decisions/{post_id}")
+    @app.get("/v1/decisions/{post_id}", responses=responses.DECISIONS)
     async def current_decision(post_id: str, tenant: str = DEFAULT_TENANT) -> Response:
         """The post's current decision: the last one published for it (by either door, a
         human's review or the SLA timer), as the action topics carried it."""

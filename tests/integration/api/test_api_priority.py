@@ -65,6 +65,7 @@ def texts(seed: int, count: int) -> list[str]:
 
 @dataclass
 class Call:
+    content: str  # the conversation's text, for telling the API's requests from the stream's
     priority: int
     submitted: int  # ticks: one per submission or answer, in order
     answered: int | None = None
@@ -83,7 +84,8 @@ class Observed(_Around):
     async def assess(
         self, messages: Sequence[dict[str, str]], request_id: str, adapter: Adapter | None = None
     ) -> RawAnswer:
-        call = Call(engine_priority.get(), next(self._ticks))
+        content = "\n".join(m["content"] for m in messages)
+        call = Call(content, engine_priority.get(), next(self._ticks))
         self.calls.append(call)
         if self.waiting(STREAM) >= self._queue:
             self.queued.set()
@@ -94,6 +96,10 @@ class Observed(_Around):
 
     def waiting(self, priority: int) -> int:
         return sum(c.priority == priority and c.answered is None for c in self.calls)
+
+    def of(self, texts: Sequence[str]) -> list[Call]:
+        """The requests made for any of `texts`."""
+        return [c for c in self.calls if any(t in c.content for t in texts)]
 
 
 @asynccontextmanager
@@ -146,7 +152,6 @@ async def test_interactive_requests_overtake_a_kafka_backlog(
 
         sending = asyncio.create_task(send(settings, backlog))
         await observed.queued.wait()  # a queue in the engine (the test's timeout bounds it)
-        first_interactive = len(observed.calls)
 
         async def during(text: str) -> tuple[float, int]:
             latency, decision = await moderated(client, text)
@@ -164,20 +169,22 @@ async def test_interactive_requests_overtake_a_kafka_backlog(
     # In the engine: each interactive request finished ahead of most of the stream requests
     # that were already waiting when it was submitted (first come, first served would finish
     # nearly all of them first).
-    late = [c for c in observed.calls[first_interactive:] if c.priority == INTERACTIVE]
+    late = observed.of(busy_texts)
     assert len(late) >= len(busy_texts)  # two-phase scoring may take two requests a post
+    backlogged = observed.of([p.text for p in backlog])
     for call in late:
         assert call.answered is not None
         ahead = [
             c
-            for c in observed.calls
-            if c.priority == STREAM
-            and c.submitted < call.submitted
-            and (c.answered is None or c.answered > call.submitted)
+            for c in backlogged
+            if c.submitted < call.submitted and (c.answered is None or c.answered > call.submitted)
         ]
         overtaken = [c for c in ahead if c.answered is not None and c.answered > call.answered]
         assert len(ahead) >= 32, "no stream queue when the interactive request came: no test"
         assert len(overtaken) >= len(ahead) // 2, (len(overtaken), len(ahead))
+    # The door asked at interactive priority, the stream at its own.
+    assert {c.priority for c in late} == {INTERACTIVE}
+    assert {c.priority for c in backlogged} == {STREAM}
     # And its latency stays within a bound of the same calls' without a backlog (generous:
     # the backlog shares the 2 cores; the ordering above is the real criterion).
     reference = statistics.median(quiet)
