@@ -78,7 +78,9 @@ def _body_schema(model: type[BaseModel]) -> dict[str, object]:
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {
+                "application/json": {"schema": responses.inline_defs(model.model_json_schema())}
+            },
         }
     }
 

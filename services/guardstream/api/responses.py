@@ -64,6 +64,25 @@ class OpenAIError(BaseModel):
     error: dict[str, Any]
 
 
+def inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """A model's JSON schema with its `$defs` written in place: an OpenAPI document resolves
+    `#/$defs/...` against its own root, where they are not."""
+    defs = schema.get("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return inline(defs[ref.removeprefix("#/$defs/")])
+            return {k: inline(v) for k, v in node.items() if k != "$defs"}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    result: dict[str, Any] = inline(schema)
+    return result
+
+
 _RETRY = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}}
 
 
