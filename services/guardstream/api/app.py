@@ -39,7 +39,6 @@ from guardstream.api.moderator import (
 from guardstream.api.protocol import (
     DEFAULT_TENANT,
     BatchItem,
-    ModerateBatchRequest,
     ModerateRequest,
     Refusal,
     parse_json,
@@ -159,7 +158,7 @@ def create_app(
 
     @app.post(
         "/v1/moderate/batch",
-        openapi_extra=_body_schema(ModerateBatchRequest),
+        openapi_extra=responses.batch_body(batch_max),
         responses=responses.BATCH,
     )
     async def moderate_batch(request: Request) -> Response:

@@ -83,6 +83,39 @@ def inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def batch_body(batch_max: int) -> dict[str, Any]:
+    """The batch route's request body: an object with `posts` only, 1 to `batch_max` of them.
+    Each post is judged on its own, as `/v1/moderate`'s body (`ModerateRequest`): one that is
+    not a valid post is that item's 422 in a 200 answer, so the items are documented as any
+    JSON value rather than refused whole."""
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "posts": {
+                                "type": "array",
+                                "minItems": 1,
+                                "maxItems": batch_max,
+                                "items": {
+                                    "description": "A post as /v1/moderate's body (judged "
+                                    "one by one: an invalid one is its item's 422).",
+                                    "examples": [{"text": "Hello"}],
+                                },
+                            }
+                        },
+                        "required": ["posts"],
+                        "additionalProperties": False,
+                    }
+                }
+            },
+        }
+    }
+
+
 _RETRY = {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "string"}}}
 
 
