@@ -47,7 +47,7 @@ async def test_schemathesis_finds_no_5xx_and_no_schema_violation(
             "--max-examples",
             "8",
             "--max-time",
-            "120",
+            "75",
             "--workers",
             "1",
             "--seed",
