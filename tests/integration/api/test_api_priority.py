@@ -47,7 +47,7 @@ from tests.support.processes import Process, env_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
 
-BACKLOG = 600  # posts queued on Kafka ahead of the API's requests
+BACKLOG = 1000  # posts queued on Kafka ahead of the API's requests
 # Words for texts that are all different content keys and no near-duplicates of each other.
 WORDS = (
     "river garden lamp orange violin harbor pencil meadow copper window falcon basket "
