@@ -32,12 +32,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from guardstream.api import openai_compat, page
+from guardstream.api import openai_compat, page, responses
 from guardstream.api.gate import TENANT_HEADER, Gate, caller
-from guardstream.api.moderator import Escalated, Moderator, Outcome, Refused, Unavailable
+from guardstream.api.moderator import (
+    Escalated,
+    Moderator,
+    Outcome,
+    Refused,
+    Unavailable,
+    decision_body,
+)
 from guardstream.api.protocol import (
     BatchItem,
-    ModerateBatchRequest,
     ModerateRequest,
     Refusal,
     parse_json,
@@ -66,6 +72,9 @@ _ID: TypeAdapter[str] = TypeAdapter(Id)
 _TENANT: TypeAdapter[str] = TypeAdapter(Tenant)
 
 
+TITLE = "guardstream moderation API"  # also how `guardstream doctor` knows the API
+
+
 class BodyTooLarge(PermanentError):
     """A request body over `GUARDSTREAM_API_MAX_BODY_BYTES` (413, read no further)."""
 
@@ -78,7 +87,9 @@ def _body_schema(model: type[BaseModel]) -> dict[str, object]:
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema()}},
+            "content": {
+                "application/json": {"schema": responses.inline_defs(model.model_json_schema())}
+            },
         }
     }
 
@@ -94,7 +105,7 @@ def create_app(
     policies: PolicyRegistry,
 ) -> FastAPI:
     app = FastAPI(
-        title="guardstream moderation API",
+        title=TITLE,
         description="Synchronous moderation: the same decisions as the Kafka door.",
         version="1",
     )
@@ -144,7 +155,7 @@ def create_app(
 
     def single(outcome: Outcome) -> Response:
         if isinstance(outcome, Decision):
-            return Response(outcome.to_json(), 200, media_type="application/json")
+            return Response(decision_body(outcome), 200, media_type="application/json")
         if isinstance(outcome, Refused):
             return _json(422, {"reason": outcome.reason, "detail": outcome.detail})
         if isinstance(outcome, Escalated):
@@ -154,7 +165,7 @@ def create_app(
     @app.post(
         "/v1/moderate",
         openapi_extra=_body_schema(ModerateRequest),
-        responses={422: {"description": "refused by the post contract (reason, detail)"}},
+        responses=responses.MODERATE,
     )
     async def moderate(request: Request) -> Response:
         """One post → the decision the stream would make for it."""
@@ -162,7 +173,11 @@ def create_app(
         outcomes = await decide([item], "/v1/moderate")
         return outcomes if isinstance(outcomes, Response) else single(outcomes[0])
 
-    @app.post("/v1/moderate/batch", openapi_extra=_body_schema(ModerateBatchRequest))
+    @app.post(
+        "/v1/moderate/batch",
+        openapi_extra=responses.batch_body(batch_max),
+        responses=responses.BATCH,
+    )
     async def moderate_batch(request: Request) -> Response:
         """Up to `GUARDSTREAM_API_BATCH_MAX` posts → one outcome each, in order."""
         raw = await body_of(request)
@@ -181,6 +196,7 @@ def create_app(
         "/v1/moderations",
         openapi_extra=_body_schema(openai_compat.ModerationsRequest),
         response_model=openai_compat.ModerationsResponse,
+        responses=responses.MODERATIONS,
     )
     async def moderations(request: Request) -> Response:
         """OpenAI-compatible moderation (docs: the mapping of categories)."""
@@ -206,7 +222,7 @@ def create_app(
         answer = openai_compat.response(decisions, model)
         return Response(answer.model_dump_json(), 200, media_type="application/json")
 
-    @app.get("/v1/decisions/{post_id}")
+    @app.get("/v1/decisions/{post_id}", responses=responses.DECISIONS)
     async def current_decision(
         request: Request, post_id: str, tenant: str | None = None
     ) -> Response:
@@ -242,7 +258,7 @@ def _batch(body: object, batch_max: int) -> list[object]:
 
 def _item(outcome: Outcome) -> BatchItem:
     if isinstance(outcome, Decision):
-        return BatchItem(status=200, decision=orjson.loads(outcome.to_json()))
+        return BatchItem(status=200, decision=orjson.loads(decision_body(outcome)))
     if isinstance(outcome, Refused):
         return BatchItem(status=422, error=Refusal(reason=outcome.reason, detail=outcome.detail))
     if isinstance(outcome, Escalated):

@@ -9,6 +9,7 @@ priority, within the request's deadline (past it: `controversial` → review, ne
 | what happens                                    | outcome                                  |
 |-------------------------------------------------|------------------------------------------|
 | the contract refuses the item                   | `Refused` (4xx) and a DLQ record (1)     |
+| the scorer's door refuses it (its 422)          | `Refused` (4xx) and a DLQ record (1)     |
 | decided before (same tenant, event id, pack)    | the earlier decision, published again    |
 | cache or near-duplicate hit                     | its decision, published by the API      |
 | miss: scorer decides                            | its decision (published by the scorer)   |
@@ -20,7 +21,13 @@ priority, within the request's deadline (past it: `controversial` → review, ne
 (1) origin topic `http:<route>`, consumer `guardstream-api`, the contract's reason.
 
 A decision appears once per post event whichever door or retry produced it: the journal keeps
-the first and every later attempt publishes that one again.
+the first and every later attempt publishes that one again. The scorer publishes nothing for a
+request it refuses: its refusal is dead-lettered here, once, with the post event the API made.
+
+A contested decision (action `review`) is answered with a review reference beside the
+decision's fields (`review_reference`): the review task it opened (the same id the review
+queue gives it, `contracts.ids.review_task_id`) and where to poll for the final decision. It is
+the API's answer only: the Decision on the action topics does not carry it.
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -40,6 +48,7 @@ from guardstream.api.delivery import Watched
 from guardstream.api.protocol import parse_json, post_event
 from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import Action, ContractError, Decision, utcnow
+from guardstream.contracts.ids import review_task_id
 from guardstream.policy import ScorerUnavailableMode
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.emitter import Emitter
@@ -103,6 +112,26 @@ def _origin(route: str, sequence: int, raw: bytes, at_ms: int) -> ConsumerRecord
         serialized_value_size=len(raw),
         headers=(),
     )
+
+
+def review_reference(decision: Decision) -> dict[str, str] | None:
+    """For a contested decision (sent to human review): its review task and where the final
+    decision can be polled (`GET /v1/decisions/{post_id}`); None for any other."""
+    if decision.action is not Action.REVIEW:
+        return None
+    return {
+        "task_id": review_task_id(decision.tenant, decision.post_id, decision.policy),
+        "poll": f"/v1/decisions/{quote(decision.post_id, safe='')}"
+        f"?tenant={quote(decision.tenant, safe='')}",
+    }
+
+
+def decision_body(decision: Decision) -> bytes:
+    """A decision as the API answers it: the Decision's JSON, and `review` for a contested one."""
+    reference = review_reference(decision)
+    if reference is None:
+        return decision.to_json()
+    return orjson.dumps({**orjson.loads(decision.to_json()), "review": reference})
 
 
 def _written(item: object) -> bytes:
@@ -176,6 +205,7 @@ class Moderator:
         outcomes: list[Outcome | None] = [None] * len(items)
         keys: list[str | None] = [None] * len(items)
         accepted: dict[str, Triaged] = {}
+        events: dict[str, bytes] = {}  # by journal key: the post event, for a DLQ record
         now = utcnow()
         for index, item in enumerate(items):
             raw = item if isinstance(item, bytes) else _written(item)
@@ -191,6 +221,7 @@ class Moderator:
             key = journal_key(post.tenant, post.event_id, triaged.pack.ref)
             keys[index] = key
             accepted.setdefault(key, triaged)
+            events.setdefault(key, raw)
         self.counts["requests"] += len(items)
         self.counts["refused"] += sum(isinstance(o, Refused) for o in outcomes)
 
@@ -216,6 +247,9 @@ class Moderator:
                 pending.append(Watched(item.post.tenant, item.post.post_id, item.pack.ref))
                 self.counts["escalated"] += 1
             elif answer.refused is not None:
+                # The scorer published nothing for it: its DLQ record is the API's to write.
+                refusal = ContractError(answer.refused.reason, answer.refused.detail)
+                await self._dead_letter(emitter, route, events[key], refusal)
                 by_key[key] = answer.refused
                 self.counts["refused"] += 1
             elif (

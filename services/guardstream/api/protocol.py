@@ -98,13 +98,19 @@ def post_event(item: object, now: datetime) -> bytes:
         )
     prompt = item.get("prompt")
     made = uuid.uuid4().hex
+
+    def given(name: str, default: str) -> object:
+        # Absent or null only: any other value (`""`, `[]`, `0`) is the contract's to judge.
+        value = item.get(name)
+        return default if value is None else value
+
     event = {
         "schema_version": SCHEMA_VERSION,
-        "event_id": item.get("event_id") or f"api-{made}",
+        "event_id": given("event_id", f"api-{made}"),
         "produced_at": now,
-        "post_id": item.get("post_id") or f"api-{made}",
-        "tenant": item.get("tenant", DEFAULT_TENANT),
-        "author_id": item.get("author_id") or ANONYMOUS_AUTHOR,
+        "post_id": given("post_id", f"api-{made}"),
+        "tenant": item.get("tenant", DEFAULT_TENANT),  # not nullable: null is refused
+        "author_id": given("author_id", ANONYMOUS_AUTHOR),
         "text": item.get("text"),
         "kind": Kind.PROMPT if prompt is None else Kind.RESPONSE,
         "created_at": now,

@@ -81,3 +81,11 @@ def stable_id(kind: IdKind, *parts: str | int) -> str:
         sha1 = hashlib.sha1(kind.namespace + data, usedforsecurity=False).digest()
         return str(uuid.UUID(bytes=sha1[:16], version=5))
     return hashlib.sha256(kind.namespace + data).hexdigest()[: 2 * kind.size]
+
+
+def review_task_id(tenant: str, post_id: str, policy: str) -> str:
+    """The review task of a contested post: one per post and policy of a tenant, so a replayed
+    decision maps to the same task and another tenant's post with the same post_id gets a
+    task of its own. Made here, below both, for the review queue (which creates the task) and
+    the moderation API (whose answer for a contested post names it)."""
+    return stable_id(REVIEW_TASK, tenant, post_id, policy)

@@ -30,7 +30,7 @@ from guardstream.contracts.events import (
     allowed_characters,
 )
 from guardstream.contracts.identity import HasIdentity, PostIdentity
-from guardstream.contracts.ids import stable_id
+from guardstream.contracts.ids import review_task_id, stable_id
 from guardstream.policy import PolicyPack
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import human_action
@@ -129,10 +129,8 @@ class Task(HasIdentity):
     input_truncated: bool = False  # the model judged a shortened text (longer than its window)
 
 
-def task_id(tenant: str, post_id: str, policy: str) -> str:
-    """One task per post and policy of a tenant: a replayed decision maps to the same task,
-    and another tenant's post with the same post_id gets a task of its own."""
-    return stable_id(ids.REVIEW_TASK, tenant, post_id, policy)
+# One task per post and policy of a tenant (`contracts.ids.review_task_id`, shared with the API).
+task_id = review_task_id
 
 
 def review_id(task: str, stage: ReviewStage, reviewer: str) -> str:

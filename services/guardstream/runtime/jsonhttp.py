@@ -4,7 +4,12 @@ For a process that must answer a few internal routes (the scorer's interactive d
 carrying a web framework (`tests/unit/test_layout.py` keeps FastAPI out of the scorer). What
 it does, and nothing more: one request line, headers, a body of exactly `Content-Length`
 bytes (no chunked bodies: 411), at most `max_body_bytes` (413, read no further), keep-alive
-unless the client says `Connection: close`, a timeout for an idle or slow client. A handler
+unless the client says `Connection: close` (HTTP/1.0: unless it says `keep-alive`), a timeout
+for an idle or slow client. What it cannot read is answered with a 4xx and the connection
+closed: a request line or header line over `MAX_LINE_BYTES` or with control characters (400,
+431), a `Content-Length` that is not plain ASCII digits, is repeated with another value, or
+names more bytes than arrive before the client stops sending (400; 408 past the timeout). A
+handler
 gets the body and the request headers (lower-cased names) and returns a `Reply`; an exception
 it lets out is answered 500 and logged without the body. Each routed request is a SERVER span
 continuing the caller's W3C `traceparent` (`tracing.server_span`). Not for the open internet:
@@ -26,13 +31,22 @@ from guardstream.runtime import tracing
 log = logging.getLogger(__name__)
 
 MAX_HEADER_LINES = 64
+MAX_LINE_BYTES = 16 * 1024  # a request or header line; longer: 431 (400 for the request line)
+MAX_LENGTH_DIGITS = 18  # a Content-Length past any body limit, still an int without fuss
 IDLE_TIMEOUT_S = 30.0
+# After refusing a request it did not read whole: how long (and how much) the rest is read and
+# dropped before closing, so the client reads the answer instead of a reset connection.
+LINGER_S = 2.0
+LINGER_BYTES = 8 << 20
+# Control characters no request line, header name or value may hold (HTAB is allowed).
+_CONTROL = frozenset(chr(c) for c in (*range(0x00, 0x09), *range(0x0A, 0x20), 0x7F))
 _REASONS = {
     200: "OK",
     202: "Accepted",
     400: "Bad Request",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     411: "Length Required",
     413: "Content Too Large",
     422: "Unprocessable Content",
@@ -87,7 +101,9 @@ class JsonServer:
         self._connections: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._serve, self._host, self.port)
+        self._server = await asyncio.start_server(
+            self._serve, self._host, self.port, limit=MAX_LINE_BYTES
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("%s endpoint listening", self._name, extra={"port": self.port})
 
@@ -116,15 +132,22 @@ class JsonServer:
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         """Answer one request; whether the connection stays open for the next."""
-        line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT_S)
+        try:
+            line = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT_S)
+        except ValueError:  # no line end within MAX_LINE_BYTES (asyncio's LimitOverrunError)
+            await _write(writer, Reply.json(400, {"error": "request line too long"}), keep=False)
+            await _linger(reader, writer)
+            return False
         if not line:
             return False
         try:
-            method, path, headers = await self._head(line, reader)
-            keep = headers.get("connection", "").lower() != "close"
+            method, path, version, headers = await self._head(line, reader)
+            connection = headers.get("connection", "").lower()
+            keep = connection == "keep-alive" if version == "HTTP/1.0" else connection != "close"
             body = await self._body(headers, reader)
         except BadHttpRequest as exc:
             await _write(writer, Reply.json(exc.status, {"error": exc.why}), keep=False)
+            await _linger(reader, writer)
             return False
         handler = self._routes.get((method, path.split("?", 1)[0]))
         if handler is None:
@@ -148,33 +171,55 @@ class JsonServer:
 
     async def _head(
         self, line: bytes, reader: asyncio.StreamReader
-    ) -> tuple[str, str, dict[str, str]]:
-        parts = line.decode("latin-1").split()
-        if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+    ) -> tuple[str, str, str, dict[str, str]]:
+        text = line.decode("latin-1").removesuffix("\n").removesuffix("\r")
+        parts = text.split(" ")
+        if (
+            len(parts) != 3
+            or not all(parts)
+            or parts[2] not in ("HTTP/1.0", "HTTP/1.1")
+            or _CONTROL.intersection(text)
+        ):
             raise BadHttpRequest(400, "malformed request line")
         headers: dict[str, str] = {}
         for _ in range(MAX_HEADER_LINES):
-            raw = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT_S)
-            if raw in (b"\r\n", b"\n", b""):
-                return parts[0], parts[1], headers
-            name, sep, value = raw.decode("latin-1").partition(":")
-            if not sep:
+            try:
+                raw = await asyncio.wait_for(reader.readline(), IDLE_TIMEOUT_S)
+            except ValueError:  # no line end within MAX_LINE_BYTES
+                raise BadHttpRequest(431, "header line too long") from None
+            if raw in (b"\r\n", b"\n"):
+                return parts[0], parts[1], parts[2], headers
+            if not raw.endswith(b"\n"):
+                raise BadHttpRequest(400, "headers end before the blank line")
+            field = raw.decode("latin-1").removesuffix("\n").removesuffix("\r")
+            name, sep, value = field.partition(":")
+            name, value = name.lower(), value.strip(" \t")
+            if not sep or not name or name != name.strip() or _CONTROL.intersection(field):
                 raise BadHttpRequest(400, "malformed header")
-            headers[name.strip().lower()] = value.strip()
+            if name in headers and name in ("content-length", "transfer-encoding", "connection"):
+                if headers[name] != value:
+                    raise BadHttpRequest(400, f"conflicting {name} headers")
+            headers[name] = value
         raise BadHttpRequest(431, "too many headers")
 
     async def _body(self, headers: Mapping[str, str], reader: asyncio.StreamReader) -> bytes:
         if "transfer-encoding" in headers:
             raise BadHttpRequest(411, "chunked bodies are not accepted: send Content-Length")
         length_text = headers.get("content-length", "0")
-        if not length_text.isdigit():
+        # ASCII digits only (`str.isdigit` also takes `²`), and few enough for `int`.
+        if not (length_text.isascii() and length_text.isdigit()):
             raise BadHttpRequest(400, "invalid Content-Length")
-        length = int(length_text)
-        if length > self._max_body:
+        if len(length_text) > MAX_LENGTH_DIGITS or int(length_text) > self._max_body:
             raise BadHttpRequest(413, f"body over {self._max_body} bytes")
+        length = int(length_text)
         if length == 0:
             return b""
-        return await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT_S)
+        try:
+            return await asyncio.wait_for(reader.readexactly(length), IDLE_TIMEOUT_S)
+        except asyncio.IncompleteReadError:
+            raise BadHttpRequest(400, "the body ended before Content-Length bytes") from None
+        except TimeoutError:
+            raise BadHttpRequest(408, "the body did not arrive in time") from None
 
 
 async def _write(writer: asyncio.StreamWriter, reply: Reply, *, keep: bool) -> None:
@@ -188,3 +233,18 @@ async def _write(writer: asyncio.StreamWriter, reply: Reply, *, keep: bool) -> N
     ]
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + reply.body)
     await writer.drain()
+
+
+async def _linger(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Refused mid-request: stop writing, then read and drop what the client still sends (up
+    to `LINGER_BYTES`, for `LINGER_S`), so that closing does not reset the connection under
+    the answer before the client has read it."""
+    if writer.can_write_eof():
+        writer.write_eof()
+    left = LINGER_BYTES
+    try:
+        async with asyncio.timeout(LINGER_S):
+            while left > 0 and (chunk := await reader.read(min(left, 64 * 1024))):
+                left -= len(chunk)
+    except (TimeoutError, ConnectionError):
+        pass

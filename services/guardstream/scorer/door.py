@@ -60,7 +60,11 @@ class InteractiveDoor:
 
     def _deadline(self, headers: Mapping[str, str]) -> float:
         given = headers.get(DEADLINE_HEADER)
-        if given is not None and given.isdigit():
+        # ASCII digits only (`str.isdigit` also takes `²`); past 9 digits it is over the cap
+        # (and `int` of thousands of digits would raise).
+        if given is not None and given.isascii() and given.isdigit():
+            if len(given) > 9:
+                return MAX_DEADLINE_S
             return min(max(int(given) / 1000, 0.001), MAX_DEADLINE_S)
         return self._settings.api.deadline_s
 

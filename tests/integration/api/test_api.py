@@ -309,7 +309,9 @@ async def test_without_a_scorer_the_pack_decides_or_the_api_says_retry_after(
             )
             # The current decision, from the action topics: the API's own, then a human's.
             current = await current_decision(client, "c-1", lambda d: True)
-            assert current.content == closed.content
+            # The same decision (the API's answer adds the review reference beside it).
+            assert Decision.from_json(current.content) == Decision.from_json(closed.content)
+            assert closed.json()["review"]["poll"] == "/v1/decisions/c-1?tenant=default"
             human = Decision.from_json(closed.content).model_copy(
                 update={
                     "decision_id": "human-c-1",
