@@ -22,8 +22,14 @@ keep-alive, on uvloop, in its own process for each measurement), three servers:
 Closed loop at each `--concurrency` level (bare and hits interleaved level by level), then
 open loop (requests due at a fixed rate, latency counted from when each was due) on hits at
 half the largest hit throughput seen: `hit_p99_ms`. The miss figures are those at the largest
-`--miss-concurrency` level. Targets (printed, never asserted): hits ≥ 0.5 × bare throughput;
-hit p99 ≤ 10 ms at half the maximum hit throughput; miss p99 − scorer p99 ≤ 20 ms.
+`--miss-concurrency` level. Beside them: the API process's CPU per hit and per miss
+(`api_cpu_us_per_hit`, `api_cpu_us_per_miss`: psutil over the runs, divided by the requests
+its own counters saw; the capacity planner's unit costs for API replicas), and, for scale,
+the broker's acknowledgement of one record at a time with the producer the API publishes
+with (`broker_ack_*`: a hit is published, acks=all, before it is answered).
+
+Targets (printed, never asserted): hits ≥ 0.5 × bare throughput; hit p99 ≤ 10 ms at half the
+maximum hit throughput; miss p99 − scorer p99 ≤ 20 ms.
 
 Everything shares this machine's cores: the client, the server under test, and for hits and
 misses the broker, Redis and the scorer. `load_1m_*` in the JSON is the machine's load
@@ -35,9 +41,10 @@ average at the start and end of the run; compare only runs made on the same mach
 API keys: `--api-key KEY` (or `GUARDSTREAM_BENCH_API_KEY`) sends `Authorization: Bearer KEY`
 with every request (the bare endpoint's too, so both parse the same headers) and leaves the
 API's key check as configured; the key must be valid for `--namespace`. Without a key the API
-is started with `GUARDSTREAM_API_AUTH=off`. Progress goes to stderr; the table to stdout and,
-last, one JSON line. Cleans up on exit: processes stopped, `gs:<namespace>:*` deleted (when
-the namespace is the bench's own).
+is started with `GUARDSTREAM_API_AUTH=off` (where the API has that setting). Progress goes to
+stderr; the table to stdout and, last, one JSON line. Cleans up on exit: processes stopped,
+`gs:<namespace>:*` deleted (when the namespace is the bench's own). Reads no env file (`.env`
+of `make up`) unless `GUARDSTREAM_ENV_FILE` names one.
 """
 
 from __future__ import annotations
@@ -65,6 +72,7 @@ from typing import Any
 from urllib.error import URLError
 
 import orjson
+import psutil  # type: ignore[import-untyped]
 import redis
 import uvicorn
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -367,6 +375,8 @@ class Report:
     acks: Run
     hit_share: float
     warm_ok: int
+    hit_cpu: CpuPerRequest
+    miss_cpu: CpuPerRequest
     notes: list[str]
 
 
@@ -411,11 +421,36 @@ def counts(status_port: int) -> dict[str, int]:
     return {k: int(v) for k, v in found.items() if isinstance(v, int)}
 
 
+@dataclass
+class CpuPerRequest:
+    """CPU seconds the API process spent, and the requests it counted (`/status`), over the
+    runs measured: its CPU per request, background work (its decision indexer) included."""
+
+    pid: int
+    status_port: int
+    cpu_s: float = 0.0
+    requests: int = 0
+
+    @contextlib.contextmanager
+    def measuring(self) -> Iterator[None]:
+        process = psutil.Process(self.pid)
+        before, cpu = counts(self.status_port), process.cpu_times()
+        yield
+        after, cpu_after = counts(self.status_port), process.cpu_times()
+        self.cpu_s += (cpu_after.user + cpu_after.system) - (cpu.user + cpu.system)
+        self.requests += after.get("requests", 0) - before.get("requests", 0)
+
+    @property
+    def us(self) -> float:
+        return round(self.cpu_s / self.requests * 1e6, 1) if self.requests else float("nan")
+
+
 def measure(
     args: argparse.Namespace,
     settings: Settings,
     loader: Loader,
     ports: dict[str, int],
+    api_pid: int,
     say: Say,
 ) -> Report:
     rng = random.Random(args.seed)
@@ -436,6 +471,8 @@ def measure(
     bare: list[Run] = []
     hits: list[Run] = []
     before = counts(ports["api_health"])
+    hit_cpu = CpuPerRequest(api_pid, ports["api_health"])
+    miss_cpu = CpuPerRequest(api_pid, ports["api_health"])
     for c in args.concurrency:
         bare.append(
             loader.load(
@@ -447,16 +484,17 @@ def measure(
                 warmup=args.warmup,
             )
         )
-        hits.append(
-            loader.load(
-                "hit",
-                api_url,
-                hit_bodies,
-                concurrency=c,
-                duration=args.duration,
-                warmup=args.warmup,
+        with hit_cpu.measuring():
+            hits.append(
+                loader.load(
+                    "hit",
+                    api_url,
+                    hit_bodies,
+                    concurrency=c,
+                    duration=args.duration,
+                    warmup=args.warmup,
+                )
             )
-        )
     after = counts(ports["api_health"])
     requests = after.get("requests", 0) - before.get("requests", 0)
     hit_share = (after.get("cache_hit", 0) - before.get("cache_hit", 0)) / max(requests, 1)
@@ -488,9 +526,10 @@ def measure(
                 else:
                     path = loader.bodies([score_body(settings, t) for t in texts])
                     url = score_url
-                halves[label].append(
-                    loader.load(f"{label} ½", url, path, concurrency=c, once=True, keep=False)
-                )
+                with miss_cpu.measuring() if label == "miss" else contextlib.nullcontext():
+                    halves[label].append(
+                        loader.load(f"{label} ½", url, path, concurrency=c, once=True, keep=False)
+                    )
         misses.append(pooled("miss", c, halves["miss"]))
         scorer.append(pooled("scorer", c, halves["scorer"]))
         loader.runs += [misses[-1], scorer[-1]]
@@ -500,7 +539,10 @@ def measure(
         f"  broker ack     c=1   {acks.rps:9.1f} rec/s  p50 {acks.ms('p50'):8.2f}"
         f"  p99 {acks.ms('p99'):8.2f} ms"
     )
-    return Report(bare, hits, paced, misses, scorer, acks, hit_share, warm_ok, notes)
+    say(f"API CPU per request: hit {hit_cpu.us} µs, miss {miss_cpu.us} µs")
+    return Report(
+        bare, hits, paced, misses, scorer, acks, hit_share, warm_ok, hit_cpu, miss_cpu, notes
+    )
 
 
 def render(
@@ -540,6 +582,8 @@ def render(
         "scorer_p99_ms": scorer.ms("p99"),
         "miss_over_scorer_p99_ms": round(over, 3),
         "miss_concurrency": miss.concurrency,
+        "api_cpu_us_per_hit": report.hit_cpu.us,
+        "api_cpu_us_per_miss": report.miss_cpu.us,
         "broker_ack_p50_ms": report.acks.ms("p50"),
         "broker_ack_p99_ms": report.acks.ms("p99"),
         "hit_share": round(report.hit_share, 4),
@@ -568,6 +612,8 @@ def render(
         f"{TARGET_MISS_OVER_SCORER_MS:g} ms: "
         f"{'met' if summary['miss_over_scorer_target_met'] else 'NOT met'})",
         f"hits among the hit runs' requests (API counters): {report.hit_share:.4f}",
+        f"API CPU per request (its process, indexer included): hit {report.hit_cpu.us} µs, "
+        f"miss {report.miss_cpu.us} µs",
         *report.notes,
     ]
     return "\n".join(lines), summary
@@ -672,6 +718,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     began = time.monotonic()
     load_start = os.getloadavg()
     say: Say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    # A benchmark of its own: no `make up` env file, only the settings given here.
+    os.environ.setdefault("GUARDSTREAM_ENV_FILE", "")
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis.Redis.from_url(redis_url, socket_timeout=2).ping()
@@ -742,7 +790,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             scorer.wait_for(lambda: port_open(ports["door"]), 60)
             say(f"all ready after {time.monotonic() - began:.0f} s")
             loader = Loader(workdir, headers, say)
-            report = measure(args, settings, loader, ports, say)
+            assert api.proc is not None
+            report = measure(args, settings, loader, ports, api.proc.pid, say)
         load_end = os.getloadavg()
         extra = {
             "auth": "bearer key" if args.api_key else "off",
