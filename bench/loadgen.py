@@ -83,6 +83,7 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     first: float = math.inf
     last: float = 0.0
+    connections: int = 0
 
     def add(self, began: float, ended: float, status: int) -> None:
         if began < self.counted_from:
@@ -102,6 +103,7 @@ class Tally:
             "ok": len(ok),
             "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
             "errors": dict(self.errors),
+            "connections": self.connections,
             "seconds": round(span, 3),
             "rps": round(len(ok) / span, 1) if span > 0 else 0.0,
             "p50_ms": round(percentile(ok, 50), 3),
@@ -127,6 +129,7 @@ async def closed_loop(
 
     async def worker() -> None:
         nonlocal next_index
+        tally.connections += 1
         reader, writer = await connect(host, port)
         try:
             while time.perf_counter() < stop_at:
@@ -140,6 +143,7 @@ async def closed_loop(
                 except (OSError, asyncio.IncompleteReadError, ValueError) as exc:
                     tally.errors[type(exc).__name__] += 1
                     writer.close()
+                    tally.connections += 1
                     reader, writer = await connect(host, port)
                     continue
                 tally.add(began, time.perf_counter(), status)
@@ -191,7 +195,7 @@ async def open_loop(
         await asyncio.gather(*running)
     for _, writer in idle:
         writer.close()
-    tally.errors["connections_opened"] = opened
+    tally.connections = opened
 
 
 async def run(args: argparse.Namespace, requests: list[bytes]) -> dict[str, object]:
