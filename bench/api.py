@@ -5,7 +5,8 @@ keep-alive, on uvloop, in its own process for each measurement), three servers:
 
 (a) bare: a FastAPI app whose one route answers a constant JSON, served by uvicorn configured
     as `guardstream api` serves (`log_config=None`, `access_log=False`, `lifespan="off"`,
-    uvicorn's default loop and HTTP parser), in its own process. The ceiling of the stack.
+    uvicorn's default HTTP parser, `Server.serve()` inside `asyncio.run`: the stdlib event
+    loop, as the API's), in its own process. The ceiling of the stack.
 (b) hits: `POST /v1/moderate` on the real API process (`python -m guardstream api`, real
     Redis, a memory-only tansu broker started here unless `KAFKA_BOOTSTRAP` is set). The
     cache is warmed first: `--warm-posts` distinct posts are moderated once (misses, scored),
@@ -37,6 +38,7 @@ average at the start and end of the run; compare only runs made on the same mach
 
     .venv/bin/python bench/api.py [--quick] [--concurrency 1,8,32,64] [--miss-concurrency 1,4]
         [--duration 6] [--warm-posts 200] [--miss-posts 80] [--results FILE] [--keep-logs]
+        [--profile api.prof]
 
 API keys: `--api-key KEY` (or `GUARDSTREAM_BENCH_API_KEY`) sends `Authorization: Bearer KEY`
 with every request (the bare endpoint's too, so both parse the same headers) and leaves the
@@ -52,6 +54,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import math
 import os
 import platform
@@ -171,11 +174,14 @@ def serve_bare(port: int) -> None:
     async def moderate() -> Response:
         return Response(CONSTANT, 200, media_type="application/json")
 
-    uvicorn.Server(
+    server = uvicorn.Server(
         uvicorn.Config(
             app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
         )
-    ).run()
+    )
+    # As `guardstream api` runs it: `serve()` in the process's own `asyncio.run` (so the
+    # stdlib event loop; `Server.run` would pick uvloop where it is installed).
+    asyncio.run(server.serve())
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -653,6 +659,16 @@ def _raise_on_sigterm(signum: int, frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def pipeline_bench() -> Any:
+    """bench/pipeline.py, for its profile summary (bench/ holds scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_pipeline", HERE / "pipeline.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def known_settings() -> set[str]:
     """Every env name guardstream reads (it refuses a `GUARDSTREAM_*` name it does not know)."""
     return {name for setting in every_setting() for name in setting.env}
@@ -682,6 +698,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "one the API runs with GUARDSTREAM_API_AUTH=off",
     )
     parser.add_argument("--results", type=Path, help="also write the output to this file")
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="run the API under cProfile, write its stats here and print where its time goes "
+        "(its figures are then inflated)",
+    )
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -764,9 +786,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 workdir / "scorer.log",
             ).start()
             started.append(scorer)
+            profiled = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
             api = Child(
                 "api",
-                [py, "-m", "guardstream", "api"],
+                [py, *profiled, "-m", "guardstream", "api"],
                 {
                     **env,
                     "GUARDSTREAM_HEALTH_PORT": str(ports["api_health"]),
@@ -804,6 +827,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         table, summary = render(report, args, extra)
         last = orjson.dumps(summary).decode()
         print(table)
+        if args.profile is not None and args.profile.exists():
+            print(f"\nthe API under cProfile ({args.profile}; the figures above are inflated):")
+            print(pipeline_bench().profile_summary(args.profile, top=25))
         print(last, flush=True)
         if args.results is not None:
             commented = "\n".join(f"# {line}" for line in table.splitlines())
