@@ -321,7 +321,8 @@ class Loader:
     ) -> Run:
         argv = [sys.executable, str(LOADGEN), "--url", url, "--bodies", str(bodies)]
         argv += ["--concurrency", str(concurrency), "--duration", str(duration)]
-        argv += ["--warmup", str(warmup), "--raw"]
+        out = self.workdir / f"load-{len(self.runs)}-{time.monotonic_ns()}.json"
+        argv += ["--warmup", str(warmup), "--raw", "--out", str(out)]
         if rate:
             argv += ["--rate", str(rate)]
         if once:
@@ -331,7 +332,7 @@ class Loader:
         done = subprocess.run(argv, capture_output=True, check=False, timeout=duration + 600)
         if done.returncode != 0:
             raise RuntimeError(f"loadgen failed ({label}): {done.stderr.decode()[-2000:]}")
-        figures = orjson.loads(done.stdout.splitlines()[-1])
+        figures = orjson.loads(out.read_bytes())
         run = Run(label, concurrency, figures)
         bad = {k: v for k, v in figures["statuses"].items() if not k.startswith("2")}
         self.say(

@@ -12,9 +12,9 @@ Keep-alive connections, `Content-Length` bodies only (what uvicorn answers), no 
 
 Bodies come from `--bodies FILE` (one JSON body a line). `--once` sends each body exactly once
 (distinct posts: cache misses); otherwise they are sent round-robin. Requests answered in
-`--warmup` seconds are not counted. The only output is one JSON line on stdout: counts per
-status, throughput and latency percentiles of the 2xx answers (and, with `--raw`, every such
-latency, for the caller to pool runs).
+`--warmup` seconds are not counted. The only output is one JSON line on stdout (or in `--out
+FILE`): counts per status, throughput and latency percentiles of the 2xx answers (and, with
+`--raw`, every such latency, for the caller to pool runs).
 
     python bench/loadgen.py --url http://127.0.0.1:8080/v1/moderate --bodies posts.jsonl
         [--concurrency 8] [--duration 10] [--rate 500] [--once] [--warmup 1]
@@ -222,6 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--once", action="store_true", help="each body once (distinct posts)")
     parser.add_argument("--header", action="append", default=[], help="'Name: value'")
     parser.add_argument("--raw", action="store_true", help="also every 2xx latency")
+    parser.add_argument("--out", type=Path, help="write the JSON line here, not to stdout")
     args = parser.parse_args(argv)
     bodies = [line.encode() for line in Path(args.bodies).read_text().splitlines() if line]
     if not bodies:
@@ -232,7 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         import uvloop  # optional: the loop uvicorn picks too when it is installed
 
         runner = uvloop.run
-    print(json.dumps(runner(run(args, requests))), flush=True)
+    line = json.dumps(runner(run(args, requests)))
+    if args.out is not None:  # a file: the event loop may leave stdout non-blocking
+        args.out.write_text(line + "\n")
+    else:
+        print(line, flush=True)
     return 0
 
 
