@@ -24,8 +24,9 @@ Closed loop at each `--concurrency` level (bare and hits interleaved level by le
 open loop (requests due at a fixed rate, latency counted from when each was due) on hits at
 half the largest hit throughput seen: `hit_p99_ms`. The miss figures are those at the largest
 `--miss-concurrency` level. Beside them: the API process's CPU per hit and per miss
-(`api_cpu_us_per_hit`, `api_cpu_us_per_miss`: psutil over the runs, divided by the requests
-its own counters saw; the capacity planner's unit costs for API replicas), and, for scale,
+(`api_cpu_us_per_hit`, `api_cpu_us_per_miss`: psutil over the runs less the process's idle
+CPU over as long, measured first, divided by the requests its own counters saw; `_gross`:
+without that subtraction; the capacity planner's unit costs for API replicas), and, for scale,
 the broker's acknowledgement of one record at a time with the producer the API publishes
 with (`broker_ack_*`: a hit is published, acks=all, before it is answered).
 
@@ -430,26 +431,43 @@ def counts(status_port: int) -> dict[str, int]:
 
 @dataclass
 class CpuPerRequest:
-    """CPU seconds the API process spent, and the requests it counted (`/status`), over the
-    runs measured: its CPU per request, background work (its decision indexer) included."""
+    """CPU seconds the API process spent, wall seconds, and the requests it counted
+    (`/status`) over the runs measured. Per request: that CPU less what the process spends
+    idle in as long (`idle_share` of a core: its consumers' polls, a fixed cost per replica,
+    not per request); its decision indexer's work on the requests' decisions stays in."""
 
     pid: int
     status_port: int
+    idle_share: float = 0.0
     cpu_s: float = 0.0
+    wall_s: float = 0.0
     requests: int = 0
+
+    def _cpu(self) -> float:
+        times = psutil.Process(self.pid).cpu_times()
+        return float(times.user + times.system)
 
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
-        process = psutil.Process(self.pid)
-        before, cpu = counts(self.status_port), process.cpu_times()
+        before, cpu, began = counts(self.status_port), self._cpu(), time.monotonic()
         yield
-        after, cpu_after = counts(self.status_port), process.cpu_times()
-        self.cpu_s += (cpu_after.user + cpu_after.system) - (cpu.user + cpu.system)
-        self.requests += after.get("requests", 0) - before.get("requests", 0)
+        self.cpu_s += self._cpu() - cpu
+        self.wall_s += time.monotonic() - began
+        self.requests += counts(self.status_port).get("requests", 0) - before.get("requests", 0)
+
+    def idle(self, seconds: float) -> float:
+        """Measure the share of a core the process uses while nobody calls it."""
+        cpu, began = self._cpu(), time.monotonic()
+        time.sleep(seconds)
+        self.idle_share = (self._cpu() - cpu) / (time.monotonic() - began)
+        return self.idle_share
 
     @property
     def us(self) -> float:
-        return round(self.cpu_s / self.requests * 1e6, 1) if self.requests else float("nan")
+        if not self.requests:
+            return float("nan")
+        busy = max(self.cpu_s - self.idle_share * self.wall_s, 0.0)
+        return round(busy / self.requests * 1e6, 1)
 
 
 def measure(
@@ -480,6 +498,9 @@ def measure(
     before = counts(ports["api_health"])
     hit_cpu = CpuPerRequest(api_pid, ports["api_health"])
     miss_cpu = CpuPerRequest(api_pid, ports["api_health"])
+    idle = hit_cpu.idle(args.idle_seconds)
+    miss_cpu.idle_share = idle
+    say(f"the API idle: {idle:.1%} of a core")
     for c in args.concurrency:
         bare.append(
             loader.load(
@@ -591,6 +612,13 @@ def render(
         "miss_concurrency": miss.concurrency,
         "api_cpu_us_per_hit": report.hit_cpu.us,
         "api_cpu_us_per_miss": report.miss_cpu.us,
+        "api_idle_core_share": round(report.hit_cpu.idle_share, 4),
+        "api_cpu_us_per_hit_gross": round(
+            report.hit_cpu.cpu_s / max(report.hit_cpu.requests, 1) * 1e6, 1
+        ),
+        "api_cpu_us_per_miss_gross": round(
+            report.miss_cpu.cpu_s / max(report.miss_cpu.requests, 1) * 1e6, 1
+        ),
         "broker_ack_p50_ms": report.acks.ms("p50"),
         "broker_ack_p99_ms": report.acks.ms("p99"),
         "hit_share": round(report.hit_share, 4),
@@ -619,7 +647,8 @@ def render(
         f"{TARGET_MISS_OVER_SCORER_MS:g} ms: "
         f"{'met' if summary['miss_over_scorer_target_met'] else 'NOT met'})",
         f"hits among the hit runs' requests (API counters): {report.hit_share:.4f}",
-        f"API CPU per request (its process, indexer included): hit {report.hit_cpu.us} µs, "
+        f"API CPU per request (its process, indexer included, less its idle "
+        f"{report.hit_cpu.idle_share:.1%} of a core): hit {report.hit_cpu.us} µs, "
         f"miss {report.miss_cpu.us} µs",
         *report.notes,
     ]
@@ -690,6 +719,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warm-posts", type=int, help="distinct posts cached first (200)")
     parser.add_argument("--miss-posts", type=int, help="fresh posts per miss level, each (80)")
     parser.add_argument("--ack-sends", type=int, help="records for the broker-ack reference (300)")
+    parser.add_argument(
+        "--idle-seconds", type=float, help="the API's idle CPU measured this long (3)"
+    )
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--namespace", help="default: a new one, deleted afterwards")
     parser.add_argument(
@@ -721,6 +753,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "warm_posts": 16,
             "miss_posts": 8,
             "ack_sends": 20,
+            "idle_seconds": 1.0,
         }
         if args.quick
         else {
@@ -732,6 +765,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "warm_posts": 200,
             "miss_posts": 80,
             "ack_sends": 300,
+            "idle_seconds": 3.0,
         }
     )
     for name, value in defaults.items():

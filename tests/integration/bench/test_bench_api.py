@@ -29,6 +29,8 @@ FIGURES = (
     "scorer_p99_ms",
     "miss_over_scorer_p99_ms",
     "broker_ack_p50_ms",
+    "api_cpu_us_per_hit",
+    "api_cpu_us_per_miss",
     "hit_share",
 )
 TARGETS = ("hit_ratio_target_met", "hit_p99_target_met", "miss_over_scorer_target_met")
