@@ -25,6 +25,7 @@ help:
 	@echo "make docs        serve the manual (docs/, mkdocs-material) on http://127.0.0.1:8000"
 	@echo "make bench-pipeline | bench-neardup | bench-sla | bench-scorer   benchmarks (one JSON line last)"
 	@echo "make bench-review                     review console: queue/claim latency, 100k tasks"
+	@echo "make bench-api                        moderation API: bare vs cache hits vs misses"
 	@echo "make chart-sync  copy dashboards and alert rules into the Helm chart"
 	@echo "make prometheus  a local Prometheus scraping 'make up' (alert rules loaded)"
 	@echo "make dashboards  regenerate deploy/grafana/dashboards/*.json"
@@ -136,6 +137,13 @@ bench-adversarial: install
 
 bench-scorer: install
 	$(PY) bench/scorer.py
+
+# The moderation API: a bare FastAPI endpoint, cache hits, misses against the scorer's own
+# door, one load generator (bench/loadgen.py); BENCH_API_ARGS='--quick' for a smoke run.
+.PHONY: bench-api
+BENCH_API_ARGS ?=
+bench-api: install
+	$(PY) bench/api.py $(BENCH_API_ARGS)
 
 test: install lint typecheck
 	$(BIN)/pytest

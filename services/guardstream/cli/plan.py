@@ -74,6 +74,13 @@ def _table(plan: Plan) -> None:
         "triage replicas (cores)", f"{plan.triage_replicas} ({plan.triage_cores:.1f})", ""
     )
     summary.add_row(
+        f"API replicas (cores) for {i.api_share:.0%} of posts",
+        "not planned"
+        if plan.api_replicas is None or plan.api_cores is None
+        else f"{plan.api_replicas} ({plan.api_cores:.1f})",
+        "",
+    )
+    summary.add_row(
         "contested / day → reviewers on shift at peak (headcount)",
         f"{plan.contested_per_day:,.0f} → {plan.reviewers_on_shift} ({plan.reviewer_headcount})",
         "",
@@ -122,6 +129,9 @@ def plan(
     gpu: Annotated[str, typer.Option(help="GPU kind with measured results, e.g. h200.")] = "h200",
     mode: Annotated[str, typer.Option(help="Scoring mode: two_phase or plain.")] = "two_phase",
     gpu_utilisation: Annotated[float, typer.Option(help="Planned share of a GPU.")] = 0.7,
+    api_share: Annotated[
+        float, typer.Option(help="Of the posts, the share sent through the moderation API.")
+    ] = 0.0,
     minutes_per_review: Annotated[float, typer.Option(help="A reviewer's minutes per item.")] = 2.0,
     shift_hours: Annotated[float, typer.Option(help="Hours per reviewer shift.")] = 8.0,
     sla_hours: Annotated[float, typer.Option(help="Review SLA in hours.")] = 2.0,
@@ -165,6 +175,7 @@ def plan(
         gpu=gpu.lower(),
         mode="plain" if mode == "plain" else "two_phase",
         gpu_utilisation=gpu_utilisation,
+        api_share=api_share,
         minutes_per_review=minutes_per_review,
         shift_hours=shift_hours,
         sla_hours=sla_hours,

@@ -3,7 +3,8 @@
 Every unit cost comes from a benchmark result committed under `bench/results/` and names its
 file: triage CPU per post (`bench/pipeline.py`), scorer posts/s per GPU per model size and
 scoring mode (`bench/scorer.py`), bytes per cached verdict, near-duplicate entry, journal
-entry and review task (`bench/storage.py`). What cannot be measured here (how long a person
+entry and review task (`bench/storage.py`), the moderation API's CPU per cache hit and per
+miss (`bench/api.py`). What cannot be measured here (how long a person
 takes per review, how peaky the traffic is) is an input, never a hidden constant. The
 arithmetic is plain and written out in docs/operations/capacity.md; beside guardstream's plan
 it prints a naive design's (no cache, no near-duplicates, plain generation, the largest model
@@ -68,6 +69,9 @@ class UnitCosts:
     bytes_per_review_task: UnitCost  # the task row and its post text, indexes included
     # (gpu kind, model size, mode) → posts/s of one GPU
     scorer_posts_per_s: Mapping[tuple[str, str, Mode], UnitCost]
+    # The API process's CPU per request (`bench/api.py`); None: no result, API not planned.
+    api_cpu_us_per_hit: UnitCost | None = None
+    api_cpu_us_per_miss: UnitCost | None = None
 
     def gpu_kinds(self) -> list[str]:
         return sorted({gpu for gpu, _, _ in self.scorer_posts_per_s})
@@ -92,6 +96,9 @@ class UnitCosts:
         }
         for (gpu, size, mode), cost in sorted(self.scorer_posts_per_s.items()):
             named[f"scorer_posts_per_s[{gpu},{size},{mode}]"] = cost
+        if self.api_cpu_us_per_hit is not None and self.api_cpu_us_per_miss is not None:
+            named["api_cpu_us_per_hit"] = self.api_cpu_us_per_hit
+            named["api_cpu_us_per_miss"] = self.api_cpu_us_per_miss
         return named
 
 
@@ -155,6 +162,21 @@ def load_costs(results: Path | None = None) -> UnitCosts:
                     name,
                     "bytes_per_review_task + bytes_per_review_post_text",
                 )
+            elif kind == "api" and not run.get("quick"):  # a --quick run is a smoke test
+                found = {
+                    key: float(v)
+                    for key in ("api_cpu_us_per_hit", "api_cpu_us_per_miss")
+                    if isinstance(v := run.get(key), int | float) and math.isfinite(v) and v > 0
+                }
+                if len(found) == 2:
+                    for key, cpu_us in found.items():
+                        single[key] = UnitCost(
+                            cpu_us,
+                            f"API CPU µs per {key.rsplit('_', 1)[1]}",
+                            name,
+                            f"{key}, {run.get('machine', '?')}, load "
+                            f"{run.get('load_1m_start', '?')}-{run.get('load_1m_end', '?')}",
+                        )
             elif kind == "scorer":
                 size = _model_size(run)
                 if size is None or "device" not in run:
@@ -194,6 +216,8 @@ def load_costs(results: Path | None = None) -> UnitCosts:
         bytes_per_journal_entry=single["bytes_per_journal_entry"],
         bytes_per_review_task=single["bytes_per_review_task"],
         scorer_posts_per_s=scorer,
+        api_cpu_us_per_hit=single.get("api_cpu_us_per_hit"),
+        api_cpu_us_per_miss=single.get("api_cpu_us_per_miss"),
     )
 
 
@@ -213,6 +237,8 @@ class Inputs:
     mode: Mode = "two_phase"
     gpu_utilisation: float = 0.7  # the share of a GPU's measured throughput planned for
     triage_core_utilisation: float = 0.7  # of the one core a triage process uses
+    api_share: float = 0.0  # of posts_per_day, those that come through the moderation API
+    api_core_utilisation: float = 0.7  # of the one core an API process (one event loop) uses
     minutes_per_review: float = 2.0
     reviewer_occupancy: float = 0.8  # of a shift spent deciding
     shift_hours: float = 8.0
@@ -255,6 +281,8 @@ RANGES: dict[str, tuple[float, float]] = {
     "escalation_share": (0, 1),
     "gpu_utilisation": (0.01, 1),
     "triage_core_utilisation": (0.01, 1),
+    "api_share": (0, 1),
+    "api_core_utilisation": (0.01, 1),
     "minutes_per_review": (0.01, 24 * 60),
     "reviewer_occupancy": (0.01, 1),
     "shift_hours": (0.5, 24),
@@ -340,6 +368,8 @@ class Plan:
     scored_share: float
     triage_cores: float
     triage_replicas: int
+    api_cores: float | None  # None: not planned (no `bench/api.py` result)
+    api_replicas: int | None
     tiers: tuple[Tier, ...]
     gpus: int
     naive_gpus: int
@@ -364,6 +394,10 @@ class Plan:
             "peak_posts_per_s": round(self.peak_posts_per_s, 1),
             "scored_share": round(self.scored_share, 4),
             "triage": {"cores": round(self.triage_cores, 2), "replicas": self.triage_replicas},
+            "api": {
+                "cores": None if self.api_cores is None else round(self.api_cores, 2),
+                "replicas": self.api_replicas,
+            },
             "scorer": {
                 "tiers": [
                     {
@@ -414,17 +448,32 @@ def _partitions(default: int, rate: float, consumers: int, per_partition: float)
 
 def make_plan(inputs: Inputs, costs: UnitCosts) -> Plan:
     inputs.check()
-    notes: list[str] = [
-        # Said, not guessed: the API's cost per request has no benchmark result yet.
-        "moderation API replicas are not planned: no `make bench-api` result under "
-        "bench/results/ yet (its misses are scored by the same GPUs, counted above)"
-    ]
+    notes: list[str] = []
     peak = inputs.posts_per_day / DAY_S * inputs.peak_to_mean
     scored_share = 1.0 - inputs.duplicate_share - inputs.near_duplicate_share
     scored = peak * scored_share
 
     triage_cores = peak * costs.triage_cpu_us_per_post.value / 1e6
     triage_replicas = max(1, math.ceil(triage_cores / inputs.triage_core_utilisation))
+
+    # The API decides its hits itself and forwards its misses to the scorers (counted in the
+    # GPUs below with the stream's posts): its CPU per request of each kind, per process.
+    api_cores: float | None = None
+    api_replicas: int | None = None
+    hit_us, miss_us = costs.api_cpu_us_per_hit, costs.api_cpu_us_per_miss
+    if hit_us is None or miss_us is None:
+        # Said, not guessed: without a result the API's cost per request is unknown.
+        notes.append(
+            "moderation API replicas are not planned: no `make bench-api` result under "
+            "bench/results/ (its misses are scored by the same GPUs, counted above)"
+        )
+    else:
+        api_peak = peak * inputs.api_share
+        per_post_us = (1.0 - scored_share) * hit_us.value + scored_share * miss_us.value
+        api_cores = api_peak * per_post_us / 1e6
+        api_replicas = (
+            max(1, math.ceil(api_cores / inputs.api_core_utilisation)) if api_peak > 0 else 0
+        )
 
     first = _tier(
         inputs.model,
@@ -499,6 +548,8 @@ def make_plan(inputs: Inputs, costs: UnitCosts) -> Plan:
         scored_share=scored_share,
         triage_cores=triage_cores,
         triage_replicas=triage_replicas,
+        api_cores=api_cores,
+        api_replicas=api_replicas,
         tiers=tuple(tiers),
         gpus=gpus,
         naive_gpus=naive.gpus,

@@ -109,6 +109,74 @@ def test_a_hand_worked_plan(tmp_path: Path) -> None:
     assert any("API replicas are not planned" in note for note in plan.notes)
 
 
+def write_api_result(root: Path, *, hit_us: float = 500.0, miss_us: float = 1500.0) -> Path:
+    """A `bench/api.py` last line (round numbers) beside the other results."""
+    (root / "api-test.json").write_text(
+        "# the table, as comments\n"
+        + orjson.dumps(
+            {
+                "bench": "api",
+                "hit_rps": 400.0,
+                "api_cpu_us_per_hit": hit_us,
+                "api_cpu_us_per_miss": miss_us,
+                "machine": "x86_64, 2 cpus",
+                "quick": False,
+            }
+        ).decode()
+        + "\n"
+    )
+    return root
+
+
+def test_api_replicas_come_from_the_api_bench_cpu_per_request(tmp_path: Path) -> None:
+    root = write_api_result(write_results(tmp_path))
+    costs = load_costs(root)
+    assert costs.api_cpu_us_per_hit is not None and costs.api_cpu_us_per_miss is not None
+    assert costs.api_cpu_us_per_hit.source == costs.api_cpu_us_per_miss.source == "api-test.json"
+    plan = make_plan(Inputs(posts_per_day=86_400_000, api_share=0.5), costs)
+    # 1,500 posts/s at peak through the API: 35% hits × 500 µs + 65% misses × 1,500 µs
+    # = 1,150 µs each → 1.725 cores → 3 replicas at 70% of a core each.
+    assert plan.api_cores == pytest.approx(1.725)
+    assert plan.api_replicas == 3
+    assert not any("API replicas are not planned" in note for note in plan.notes)
+    assert plan.as_dict()["api"] == {"cores": 1.73, "replicas": 3}
+    # The file's values count: a dearer miss, more replicas.
+    dearer = load_costs(write_api_result(write_results(tmp_path / "b"), miss_us=3000.0))
+    assert make_plan(Inputs(posts_per_day=86_400_000, api_share=0.5), dearer).api_replicas == 5
+    # No API traffic: no replicas, still planned.
+    assert make_plan(Inputs(posts_per_day=86_400_000), costs).api_replicas == 0
+    done = CliRunner().invoke(
+        app,
+        [
+            "plan",
+            "--posts-per-day",
+            "86.4e6",
+            "--api-share",
+            "0.5",
+            "--json",
+            "--results",
+            str(root),
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    found = orjson.loads(done.stdout)
+    assert found["api"]["replicas"] == 3
+    assert found["unit_costs"]["api_cpu_us_per_miss"]["source"] == "api-test.json"
+
+
+def test_a_quick_api_run_is_no_unit_cost(tmp_path: Path) -> None:
+    root = write_results(tmp_path)
+    (root / "api-quick.json").write_text(
+        orjson.dumps(
+            {"bench": "api", "api_cpu_us_per_hit": 1.0, "api_cpu_us_per_miss": 1.0, "quick": True}
+        ).decode()
+        + "\n"
+    )
+    plan = make_plan(Inputs(posts_per_day=1e6, api_share=1.0), load_costs(root))
+    assert plan.api_replicas is None and plan.api_cores is None
+    assert any("API replicas are not planned" in note for note in plan.notes)
+
+
 def test_a_cascade_adds_its_second_tier(tmp_path: Path) -> None:
     costs = load_costs(write_results(tmp_path))
     plan = make_plan(
@@ -168,6 +236,7 @@ numbers = st.one_of(
     util=numbers,
     minutes=numbers,
     days=numbers,
+    api=numbers,
 )
 def test_any_inputs_give_a_plan_or_a_reason(
     tmp_path_factory: pytest.TempPathFactory,
@@ -179,8 +248,9 @@ def test_any_inputs_give_a_plan_or_a_reason(
     util: float,
     minutes: float,
     days: float,
+    api: float,
 ) -> None:
-    costs = load_costs(write_results(tmp_path_factory.mktemp("r")))
+    costs = load_costs(write_api_result(write_results(tmp_path_factory.mktemp("r"))))
     inputs = Inputs(
         posts_per_day=posts,
         peak_to_mean=peak,
@@ -190,6 +260,7 @@ def test_any_inputs_give_a_plan_or_a_reason(
         gpu_utilisation=util,
         minutes_per_review=minutes,
         cache_days=days,
+        api_share=api,
     )
     try:
         plan = make_plan(inputs, costs)
@@ -197,6 +268,8 @@ def test_any_inputs_give_a_plan_or_a_reason(
         assert str(exc)
         return
     assert plan.gpus >= 0 and plan.triage_replicas >= 1
+    assert plan.api_replicas is not None and plan.api_replicas >= 0
+    assert plan.api_cores is not None and math.isfinite(plan.api_cores)
     assert all(math.isfinite(v) and v >= 0 for v in plan.redis_bytes.values())
     orjson.dumps(plan.as_dict())
 
