@@ -53,11 +53,12 @@ async def api_stack(
         assert await asyncio.to_thread(wait_for_port, door, 120)
         env = env_for(
             settings,
-            GUARDSTREAM_API_PORT=str(port),
-            GUARDSTREAM_API_SCORER_URL=f"http://127.0.0.1:{door}",
-            GUARDSTREAM_MAX_TEXT_CHARS=str(settings.process.max_text_chars),
-            **database_env(settings),
-            **api_env,
+            **{
+                "GUARDSTREAM_API_PORT": str(port),
+                "GUARDSTREAM_API_SCORER_URL": f"http://127.0.0.1:{door}",
+                "GUARDSTREAM_MAX_TEXT_CHARS": str(settings.process.max_text_chars),
+                **api_env,
+            },
         )
         api = Process("api", env, logs).start()
         try:

@@ -246,9 +246,10 @@ async def test_no_raw_request_makes_the_door_crash_hang_or_answer_5xx(
             finally:
                 writer.close()
         decided = pipeline.scorer.counts["interactive"]
-    # The corpus reached every part: decisions, the contract's refusals, the framing's.
+    # The corpus reached the decisions and the framing's refusals (the contract's 422 is met
+    # after every drawn request by the follow-up `{}`; 80 random draws need not hold one).
     assert statuses.get(200, 0) >= 1 and decided >= 1, statuses
-    assert statuses.get(422, 0) >= 1 and statuses.get(400, 0) >= 1, statuses
+    assert statuses.get(400, 0) >= 1, statuses
     assert {411, 413} & set(statuses), statuses
 
 
