@@ -217,7 +217,15 @@ async def test_no_raw_request_makes_the_door_crash_hang_or_answer_5xx(
         scorer={"interactive_port": port}, process={"max_text_chars": LIMIT}
     )
     valid = valid_body(settings, engine.model_id, "How do I bake sourdough bread at home?")
+    # A well-formed request among the drawn ones (few random draws are): the door decides it
+    # between hostile neighbours.
+    well_formed = b"POST %s HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (
+        SCORE_PATH.encode(),
+        len(valid),
+        valid,
+    )
     corpus = draw_corpus(80, valid)
+    corpus.insert(len(corpus) // 2, well_formed)
     statuses: dict[int, int] = {}
     async with in_process(settings, engine, "scorer") as pipeline:
         assert await asyncio.to_thread(wait_for_port, port, 120)
