@@ -136,9 +136,11 @@ def hostile(fields: list[str], timestamps: list[str]) -> st.SearchStrategy[Hosti
     )
 
 
-def every_field(fields: list[str]) -> st.SearchStrategy[list[Hostile]]:
-    """A hostile value for each of `fields`, one record each: every field is drawn."""
-    values = st.fixed_dictionaries({name: ANY_HOSTILE for name in fields})
+def every_field(
+    fields: list[str], values: st.SearchStrategy[Any] = ANY_HOSTILE
+) -> st.SearchStrategy[list[Hostile]]:
+    """One of `values` for each of `fields`, one record each: every field is drawn."""
+    values = st.fixed_dictionaries({name: values for name in fields})
     return values.map(lambda drawn: [Hostile("set", name, drawn[name]) for name in fields])
 
 
@@ -330,7 +332,7 @@ MAKERS: dict[Topic, Callable[..., dict[str, Any]]] = {
 FOREIGN = {topic: make(-1, tenant=OTHER_TENANT) for topic, make in MAKERS.items()}
 # Hostile values drawn for each field of each topic's model (`every_field`), and records of
 # the mix (`hostile`) beside them.
-PER_FIELD = 2
+PER_FIELD = 4
 HOSTILE_PER_TOPIC = {
     Topic.POSTS: 30,
     Topic.SCORE_REQUESTS: 15,
@@ -394,9 +396,21 @@ def spoils(topic: Topic) -> list[Hostile]:
     model = MODELS[topic]
     fields = fields_of(model)
     per_field = [spoil for group in drawn(every_field(fields), PER_FIELD) for spoil in group]
+    # Odd but valid text in each field too: what the contract lets through must be handled.
+    per_field += [spoil for group in drawn(every_field(fields, ODD_TEXT), 2)[1:] for spoil in group]
     borrowed = [Hostile("set", name, value) for name, value in borrowed_ids(topic).items()]
     mix = drawn(hostile(fields, timestamp_fields(model)), HOSTILE_PER_TOPIC[topic])
     return (KNOWN if topic is Topic.POSTS else []) + per_field + borrowed + mix
+
+
+def key_of(raw: bytes) -> str:
+    """The key a producer gives the record: the post_id it carries (these topics are keyed by
+    post_id), whatever a record that carries none as text is keyed by."""
+    try:
+        post_id = orjson.loads(raw).get("post_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return "hostile"
+    return post_id if isinstance(post_id, str) else "hostile"
 
 
 def corpus(topic: Topic) -> list[tuple[bytes, str, bool]]:
@@ -405,8 +419,8 @@ def corpus(topic: Topic) -> list[tuple[bytes, str, bool]]:
     records = [(render(FOREIGN[topic], None), FOREIGN[topic]["post_id"], True)]
     for n, spoil in enumerate(spoils(topic)):
         for doc, how in ((MAKERS[topic](n), spoil), (MAKERS[topic](n + 10_000), None)):
-            key = doc["post_id"] if how is None or how.field != "post_id" else "hostile"
-            records.append((render(doc, how), key, how is None))
+            raw = render(doc, how)
+            records.append((raw, key_of(raw), how is None))
     return records
 
 
@@ -477,8 +491,10 @@ def unaccounted(got: Outcome, settings: Settings, sent: dict[Topic, list[Sent]])
     def once(who: str, record: Sent, done: int) -> None:
         dead = got.dlq[(group(who), record.topic, record.partition, record.offset)]
         if dead + done != 1:
+            where = (group(who), record.topic, record.partition, record.offset)
             problems.append(
-                f"{who} {record.topic}/{record.partition}/{record.offset}: {dead} DLQ + {done} done"
+                f"{who} {record.topic}/{record.partition}/{record.offset}: {dead} DLQ"
+                f" ({got.why.get(where)}) + {done} done; sent {record.raw[:300]!r}"
             )
 
     def decisions(record: Sent, event_id: str) -> dict[str, Decision]:
@@ -536,7 +552,11 @@ def unaccounted(got: Outcome, settings: Settings, sent: dict[Topic, list[Sent]])
         where = (record.topic, record.partition, record.offset)
         sla, review = got.dlq[(group("sla"), *where)], got.dlq[(group("review"), *where)]
         if sla != review:
-            problems.append(f"sla {'/'.join(map(str, where))}: {sla} DLQ, review {review}")
+            reasons = [got.why.get((group(who), *where)) for who in ("sla", "review")]
+            problems.append(
+                f"sla {'/'.join(map(str, where))}: {sla} DLQ, review {review} ({reasons});"
+                f" sent {record.raw[:300]!r}"
+            )
     for topic, (who, model) in BY_CONTRACT.items():
         for record in sent[topic]:
             try:
@@ -596,7 +616,8 @@ async def test_every_group_accounts_for_every_hostile_record_and_stays_alive(
                 if not problems or asyncio.get_running_loop().time() > deadline:
                     break
                 await asyncio.sleep(2)
-            assert not problems, problems[:20]
+            if problems:
+                pytest.fail("\n".join([f"{len(problems)} problems:", *problems[:40]]))
             for name, handler in pipeline.handlers.items():
                 assert handler.counts["dlq"] > 0, name
         assert sla.proc is not None and sla.proc.poll() is None, sla.log()
