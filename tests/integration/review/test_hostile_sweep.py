@@ -396,7 +396,8 @@ def spoils(topic: Topic) -> list[Hostile]:
     model = MODELS[topic]
     fields = fields_of(model)
     per_field = [spoil for group in drawn(every_field(fields), PER_FIELD) for spoil in group]
-    # Odd but valid text in each field too: what the contract lets through must be handled.
+    # Odd but valid text in each field too: what the contract lets through must be handled
+    # (the second example: the first Hypothesis draws is the simplest, "0" in every field).
     per_field += [spoil for group in drawn(every_field(fields, ODD_TEXT), 2)[1:] for spoil in group]
     borrowed = [Hostile("set", name, value) for name, value in borrowed_ids(topic).items()]
     mix = drawn(hostile(fields, timestamp_fields(model)), HOSTILE_PER_TOPIC[topic])
