@@ -505,9 +505,10 @@ def unaccounted(got: Outcome, settings: Settings, sent: dict[Topic, list[Sent]])
     def carried(record: Sent, made: dict[str, Any], fields: dict[str, str]) -> None:
         """A good record's optional `fields` (its name: the name in `made`) arrived."""
         for theirs, ours in fields.items():
-            if made.get(ours) != (record.doc or {}).get(theirs):
+            sent_value = (record.doc or {}).get(theirs)
+            if made.get(ours) != sent_value:
                 problems.append(
-                    f"{record.topic}/{record.offset} {theirs}={record.doc and record.doc[theirs]!r}"
+                    f"{record.topic}/{record.partition}/{record.offset} {theirs}={sent_value!r}"
                     f" became {ours}={made.get(ours)!r}"
                 )
 
