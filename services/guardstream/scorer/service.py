@@ -146,6 +146,14 @@ class Scorer:
         """The adapter registry generation the scorer serves from now (None: no registry)."""
         return self._adapters.generation if self._adapters is not None else None
 
+    def _servable(self, request: ScoreRequest) -> ScoreRequest:
+        """`request`, unless it names an adapter and this scorer has no adapter registry: no
+        registry can list it before a restart, and retrying would hold up its partition for
+        good, so it is dead-lettered (`unknown_adapter`)."""
+        if request.adapter is not None and self._adapters is None:
+            raise ContractError("unknown_adapter", "request names an adapter; no registry here")
+        return request
+
     def _adapter(self, request: ScoreRequest) -> Adapter | None:
         """The adapter triage keyed the request with. One the registry does not (yet) list is
         a transient error: the registry file may not have reached this replica; the request is
@@ -196,7 +204,9 @@ class Scorer:
         limit = self._settings.process.max_text_chars
         for record in records:
             try:
-                request = within_text_limit(ScoreRequest.from_json(record.value), limit)
+                request = self._servable(
+                    within_text_limit(ScoreRequest.from_json(record.value), limit)
+                )
             except ContractError as exc:
                 await emitter.dead_letter(record, exc)
                 dead += 1

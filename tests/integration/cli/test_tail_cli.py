@@ -22,7 +22,6 @@ from guardstream.contracts.events import (
     Alert,
     AlertSeverity,
     Decision,
-    Envelope,
     Post,
     Review,
     ReviewOutcome,
@@ -32,10 +31,11 @@ from guardstream.contracts.events import (
 )
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.devtools.produce import new_post
-from guardstream.runtime.kafka import dlq_record, ensure_topics, make_producer
+from guardstream.runtime.kafka import dlq_record, ensure_topics
 from guardstream.runtime.settings import Settings
 from tests.integration.cli.conftest import guardstream
 from tests.support.processes import env_for
+from tests.support.topics import produce
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -133,18 +133,6 @@ def dead_letter(settings: Settings, post: Post) -> bytes:
         record, consumer="triage", reason="empty_text", detail="empty", attempts=1,
         max_payload=1 << 20,
     ).to_json()  # fmt: skip
-
-
-async def produce(settings: Settings, *items: tuple[Topic, Envelope | bytes, str]) -> None:
-    names = TopicNames(settings.namespace)
-    producer = make_producer(settings, client_id="test")
-    await producer.start()
-    try:
-        for topic, event, key in items:
-            raw = event if isinstance(event, bytes) else event.to_json()
-            await producer.send_and_wait(names[topic], raw, key=key.encode())
-    finally:
-        await producer.stop()
 
 
 @asynccontextmanager

@@ -19,15 +19,19 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
-from guardstream.contracts.events import Action, Decision, Envelope, Post, Verdict, utcnow
+from guardstream.contracts.events import Action, Decision, Post, Verdict, utcnow
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.review import auth
 from guardstream.review.logic import Reviewer, Role
 from guardstream.review.main import Review, run
-from guardstream.runtime.kafka import client_kwargs, ensure_topics, make_producer
+from guardstream.runtime.kafka import client_kwargs, ensure_topics
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.decisions import decision_id
 from tests.conftest import free_port, missing
+
+# The review tests' `new_test_post` and `produce` are the shared ones.
+from tests.support.events import new_test_post as new_test_post
+from tests.support.topics import produce as produce
 
 PASSWORD = "s3cret-pass"
 # The console in a real browser: Playwright drives Debian's Chromium (`/usr/bin/chromium`,
@@ -188,18 +192,6 @@ def contested(
     )
 
 
-async def produce(settings: Settings, *items: tuple[Topic, Envelope | bytes, str]) -> None:
-    names = TopicNames(settings.namespace)
-    producer = make_producer(settings, client_id="test")
-    await producer.start()
-    try:
-        for topic, event, key in items:
-            raw = event if isinstance(event, bytes) else event.to_json()
-            await producer.send_and_wait(names[topic], raw, key=key.encode())
-    finally:
-        await producer.stop()
-
-
 async def read_topic(
     settings: Settings, topic: Topic, n: int, within: float = 30
 ) -> list[dict[str, Any]]:
@@ -226,16 +218,3 @@ async def read_topic(
         return found
     finally:
         await consumer.stop()
-
-
-def new_test_post(tenant: str = "acme", text: str = "某地的人都是骗子,别信他们。") -> Post:
-    return Post(
-        event_id=uuid.uuid4().hex,
-        produced_at=utcnow(),
-        post_id=f"p-{uuid.uuid4().hex[:12]}",
-        tenant=tenant,
-        author_id="u1",
-        text=text,
-        lang="zh",
-        created_at=utcnow(),
-    )

@@ -9,12 +9,11 @@ average response time's one-hour window, to the second, on the console page."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from datetime import timedelta
 
 import pytest
 
-from guardstream.contracts.events import Decision, Post, ScoreRequest, utcnow
+from guardstream.contracts.events import Decision, ScoreRequest, utcnow
 from guardstream.contracts.topics import Topic
 from guardstream.review.logic import task_id
 from guardstream.scorer.vllm_engine import VllmGuardEngine
@@ -34,19 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 TEXT = "你怎么看待那场有争议的选举结果?"
 
 
-def post_of(text: str) -> Post:
-    return Post(
-        event_id=uuid.uuid4().hex,
-        produced_at=utcnow(),
-        post_id=f"p-{uuid.uuid4().hex[:12]}",
-        tenant="acme",
-        author_id="u-7",
-        text=text,
-        lang="zh",
-        created_at=utcnow(),
-    )
-
-
 async def review_decision(console: Console, post_id: str, tenant: str) -> Decision:
     """The decision the scorer sent to actions.review for this post."""
     for _ in range(120):
@@ -61,7 +47,7 @@ async def test_post_to_review_to_human_decision_to_action_and_cache(
 ) -> None:
     settings = console.settings
     async with in_process(settings, engine, "triage", "scorer") as pipeline:
-        first = post_of(TEXT)
+        first = new_test_post(text=TEXT)
         await produce(settings, (Topic.POSTS, first, first.post_id))
         # The scorer's part, by the model: the real score request, judged controversial.
         [raw] = await read_topic(settings, Topic.SCORE_REQUESTS, 1, within=60)
@@ -114,7 +100,7 @@ async def test_post_to_review_to_human_decision_to_action_and_cache(
         assert stats["avg_response_s"] == pytest.approx(took, abs=1e-6), (stats, took)
 
         # A repost of the same content: triage answers from the human verdict (sticky).
-        repost = post_of(TEXT)
+        repost = new_test_post(text=TEXT)
         await produce(settings, (Topic.POSTS, repost, repost.post_id))
         blocks: list[dict[str, object]] = []
         for _ in range(100):

@@ -7,11 +7,10 @@ page's: one query) finds its task."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 
 import pytest
 
-from guardstream.contracts.events import LangSource, Post, ScoreRequest, Source, Verdict, utcnow
+from guardstream.contracts.events import LangSource, ScoreRequest, Source, Verdict, utcnow
 from guardstream.contracts.topics import Topic
 from guardstream.model.guard import served_model_id
 from guardstream.policy import load_registry
@@ -20,23 +19,11 @@ from guardstream.triage import main as triage_main
 from guardstream.triage.service import Triage
 from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache
 from guardstream.verdict.intake import triage_record
-from tests.integration.review.conftest import Console, produce, read_topic
+from tests.integration.review.conftest import Console, new_test_post, produce, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 TEXT = "听说那个地方的人都有病,离他们远点。"
-
-
-def post_without_lang(text: str) -> Post:
-    return Post(
-        event_id=uuid.uuid4().hex,
-        produced_at=utcnow(),
-        post_id=f"p-{uuid.uuid4().hex[:12]}",
-        tenant="acme",
-        author_id="u-7",
-        text=text,
-        created_at=utcnow(),
-    )
 
 
 async def test_a_post_without_lang_is_reviewed_under_its_detected_language(
@@ -47,7 +34,7 @@ async def test_a_post_without_lang_is_reviewed_under_its_detected_language(
     exposed: list[Triage] = []
     triage = asyncio.create_task(triage_main.run(settings, stop, expose=exposed.append))
     try:
-        first = post_without_lang(TEXT)
+        first = new_test_post(text=TEXT, lang=None)
         await produce(settings, (Topic.POSTS, first, first.post_id))
         [raw] = await read_topic(settings, Topic.SCORE_REQUESTS, 1, within=60)
         request = ScoreRequest.model_validate(raw)
@@ -82,7 +69,7 @@ async def test_a_post_without_lang_is_reviewed_under_its_detected_language(
             await cache.close()
 
         # A repost, also without `lang`: decided by triage from the cache, sent to review.
-        repost = post_without_lang(TEXT)
+        repost = new_test_post(text=TEXT, lang=None)
         await produce(settings, (Topic.POSTS, repost, repost.post_id))
         [decision] = await read_topic(settings, Topic.REVIEW, 1, within=60)
         assert decision["post_id"] == repost.post_id and decision["source"] == "cache"

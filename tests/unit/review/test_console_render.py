@@ -5,7 +5,6 @@ refusal (issue 19, console)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from typing import Any
 
@@ -13,8 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardstream.contracts.events import REVIEW_REASON_MAX, Verdict
-from guardstream.contracts.identity import PostIdentity
+from guardstream.contracts.events import REVIEW_REASON_MAX
 from guardstream.review.console import templates
 from guardstream.review.logic import (
     LONG_TEXT_HEAD,
@@ -22,20 +20,17 @@ from guardstream.review.logic import (
     LONG_TEXT_TAIL,
     PREVIEW_CHARS,
     SEED_TAGS,
-    SlaState,
     Task,
-    TaskState,
     countdown,
     long_text,
-    task_id,
     text_preview,
 )
 from guardstream.review.store.posts import PostText
 from guardstream.review.store.tasks import QueueFilter, QueueStats
+from tests.support.review import NOW, review_task
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
 # Any code point, lone surrogates and C0/C1/format controls (bidi overrides) made likely, and
 # markup-shaped runs: what a hostile post holds.
@@ -58,41 +53,6 @@ hostile_text = st.one_of(
         max_size=12,
     ).map("".join),
 )
-
-
-def task(post_id: str = "p1", *, input_truncated: bool = False) -> Task:
-    return Task(
-        task_id=task_id("acme", post_id, "default@1"),
-        identity=PostIdentity(
-            tenant="acme",
-            post_id=post_id,
-            post_event_id="e1",
-            policy="default@1",
-            content_key="a" * 32,
-        ),
-        lang="zh",
-        region=None,
-        decision_id="d" * 32,
-        model_verdict=Verdict.CONTROVERSIAL,
-        categories=("Politically Sensitive Topics",),
-        confidence=0.61,
-        reason="Qwen3Guard: Controversial",
-        model="tiny",
-        adapter=None,
-        domain_tags=(),
-        created_at=NOW,
-        deadline=NOW + timedelta(hours=2),
-        warn_at=NOW + timedelta(hours=1),
-        assign_by=NOW + timedelta(minutes=15),
-        state=TaskState.ASSIGNED,
-        sla=SlaState.OK,
-        assignee="alice",
-        lock_expires_at=None,
-        decided_at=None,
-        human_verdict=None,
-        late=False,
-        input_truncated=input_truncated,
-    )
 
 
 class Dom(HTMLParser):
@@ -169,14 +129,14 @@ def test_a_preview_is_one_short_line_of_visible_text(text: str) -> None:
 
 @given(hostile_text)
 def test_the_queue_shows_any_preview_escaped_as_text(text: str) -> None:
-    benign = queue_page({"x": "plain words"}, [task()])
-    dom = queue_page({task().task_id: text_preview(text)}, [task()])
+    benign = queue_page({"x": "plain words"}, [review_task()])
+    dom = queue_page({review_task().task_id: text_preview(text)}, [review_task()])
     assert dom.tags == benign.tags  # no element, attribute or script came from the text
     assert dom.text.get("preview", "") == text_preview(text)
 
 
 def test_a_reader_without_text_permission_sees_no_preview_cell_content() -> None:
-    dom = queue_page({}, [task()])
+    dom = queue_page({}, [review_task()])
     assert dom.text.get("preview", "") == ""
 
 
@@ -213,26 +173,26 @@ def task_page(text: str, t: Task, form: dict[str, Any] | None = None) -> Dom:
 def test_a_long_post_shows_its_tail_outside_the_fold_and_the_controls_beside_it() -> None:
     words = " ".join(f"word{i}" for i in range(2000))
     text = words + " 最后一句才是真正的攻击。"
-    dom = task_page(text, task())
+    dom = task_page(text, review_task())
     shown = dom.text["post-head"] + dom.text["post-middle-text"] + dom.text["post-tail"]
     assert shown == text
     assert dom.text["post-tail"].endswith("最后一句才是真正的攻击。")
     assert dom.text["post-head"].startswith("word0 word1")
     assert "post-middle" in dom.attrs and "controls" in dom.attrs
     assert "truncated-note" not in dom.attrs
-    short = task_page("短文本", task())
+    short = task_page("短文本", review_task())
     assert short.text["post-text"] == "短文本" and "post-middle" not in short.attrs
 
 
 def test_the_note_says_when_the_model_saw_a_shortened_text() -> None:
-    dom = task_page("x " * 5000, task(input_truncated=True))
+    dom = task_page("x " * 5000, review_task(input_truncated=True))
     assert "shortened text" in dom.text["truncated-note"]
 
 
 def test_a_refused_form_comes_back_as_it_was_submitted() -> None:
     reason = "r" * (REVIEW_REASON_MAX + 9)
     form = {"outcome": "correct", "verdict": "unsafe", "reason": reason, "tags": [SEED_TAGS[1]]}
-    dom = task_page("text", task(), form)
+    dom = task_page("text", review_task(), form)
     assert "checked" in dom.attrs["outcome-correct"]
     assert "checked" in dom.attrs["verdict-unsafe"]
     assert "checked" not in dom.attrs["verdict-safe"]

@@ -23,7 +23,8 @@ from guardstream.review.qa_period import low_agreement_alert, parse_period, prev
 from guardstream.review.services.common import feedback_sample
 from guardstream.review.store.posts import PostText
 from guardstream.scorer.output import parse_answer
-from tests.unit.review.test_review_logic import TAGS, submit, task
+from tests.support.review import review_task
+from tests.unit.review.test_review_logic import TAGS, submit
 
 pytestmark = pytest.mark.unit
 
@@ -113,7 +114,7 @@ def test_only_a_response_item_takes_a_refusal_label() -> None:
 
 def _response_sample(*, model_refusal: bool | None, refusal: str | None):  # type: ignore[no-untyped-def]
     pack = load_registry(None).for_post("acme", None)
-    item = task(
+    item = review_task(
         model_verdict=Verdict.SAFE,
         categories=(),
         confidence=0.7,

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import orjson
 import pytest
 
 from guardstream.contracts.events import Action, ReviewOutcome, ReviewStage, Source, Verdict
-from guardstream.contracts.identity import PostIdentity
 from guardstream.policy import ControversialMode, load_registry
 from guardstream.review import auth
 from guardstream.review.logic import (
@@ -19,8 +18,6 @@ from guardstream.review.logic import (
     Reviewer,
     Role,
     SlaState,
-    Task,
-    TaskState,
     agreement,
     countdown,
     human_decision,
@@ -33,10 +30,10 @@ from guardstream.review.logic import (
     validate_submission,
 )
 from guardstream.verdict.decisions import human_action
+from tests.support.review import NOW, review_task
 
 pytestmark = pytest.mark.unit
 
-NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 TAGS = SEED_TAGS
 
 
@@ -60,42 +57,6 @@ def submit(**kw: object) -> object:
     for key, value in kw.items():
         (fields if key in fields else context)[key] = value
     return validate_submission(read_form(**fields), **context)  # type: ignore[arg-type]
-
-
-def task(**kw: object) -> Task:
-    base: dict[str, object] = dict(
-        task_id=task_id("acme", "p1", "default@1"),
-        identity=PostIdentity(
-            tenant="acme",
-            post_id="p1",
-            post_event_id="e1",
-            policy="default@1",
-            content_key="a" * 32,
-        ),
-        lang="zh",
-        region=None,
-        decision_id="d" * 32,
-        model_verdict=Verdict.CONTROVERSIAL,
-        categories=("Politically Sensitive Topics",),
-        confidence=0.61,
-        reason="Qwen3Guard: Controversial",
-        model="tiny",
-        adapter=None,
-        domain_tags=(),
-        created_at=NOW,
-        deadline=NOW + timedelta(hours=2),
-        warn_at=NOW + timedelta(hours=1),
-        assign_by=NOW + timedelta(minutes=15),
-        state=TaskState.ASSIGNED,
-        sla=SlaState.OK,
-        assignee="alice",
-        lock_expires_at=None,
-        decided_at=None,
-        human_verdict=None,
-        late=False,
-    )
-    base.update(kw)
-    return Task(**base)  # type: ignore[arg-type]
 
 
 def test_confirm_keeps_the_model_label_and_categories() -> None:
@@ -177,7 +138,7 @@ def test_human_action_mapping() -> None:
 
 def test_a_late_unsafe_decision_blocks_and_says_it_was_late() -> None:
     sub = submit(outcome="correct", verdict="unsafe", reason="污名化表达", tags=["健康污名"])
-    t = task(sla=SlaState.EXPIRED)
+    t = review_task(sla=SlaState.EXPIRED)
     decision = human_decision(t, sub, load_registry(None).default, late=True, at=NOW)  # type: ignore[arg-type]
     assert decision.action is Action.BLOCK
     assert decision.source is Source.HUMAN
@@ -237,7 +198,7 @@ def test_every_session_names_its_own_server_side_id() -> None:
 
 
 def test_a_response_review_carries_both_refusal_labels() -> None:
-    t = task(model_verdict=Verdict.SAFE, categories=(), model_refusal=True)
+    t = review_task(model_verdict=Verdict.SAFE, categories=(), model_refusal=True)
     said = submit(model_verdict=Verdict.SAFE, is_response=True, refusal="no")
     review = review_event(t, said, stage=ReviewStage.FIRST, reviewer="alice", late=False, at=NOW)  # type: ignore[arg-type]
     assert (review.refusal, review.model_refusal) == (False, True)
