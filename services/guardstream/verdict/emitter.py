@@ -58,7 +58,9 @@ class Emitter:
         self._topics = TopicNames(settings.namespace)
         self._group = settings.group_id(process)
         self._max_request_bytes = settings.kafka.max_request_bytes
-        self._pending: list[asyncio.Future[Any]] = []
+        # DLQ records wait for `flush` like the rest: a batch that fails before it (and is
+        # retried whole) has sent none of them, so a retry does not dead-letter a record twice.
+        self._dead_letters: list[tuple[ConsumerRecord[bytes, bytes], ContractError]] = []
         # Counted once the broker has them (a retried batch is not counted twice).
         self._decided: list[dict[str, str]] = []
         self._dead: list[dict[str, str]] = []
@@ -116,24 +118,27 @@ class Emitter:
         return settled
 
     async def dead_letter(self, record: ConsumerRecord[bytes, bytes], error: ContractError) -> None:
-        self._pending.append(
-            await dead_letter(
-                self._producer,
-                self._topics[Topic.DLQ],
-                record,
-                error,
-                consumer=self._group,
-                max_request_bytes=self._max_request_bytes,
-            )
-        )
+        """Queue `record`'s DLQ record (sent by `flush`, first)."""
+        self._dead_letters.append((record, error))
         self._dead.append({"reason": error.reason, "consumer": self._group})
 
     async def flush(self) -> None:
         queued, self._queued = self._queued, []
-        pending, self._pending = self._pending, []
+        dead_letters, self._dead_letters = self._dead_letters, []
         decided, self._decided = self._decided, []
         dead, self._dead = self._dead, []
         try:
+            pending = [
+                await dead_letter(
+                    self._producer,
+                    self._topics[Topic.DLQ],
+                    record,
+                    error,
+                    consumer=self._group,
+                    max_request_bytes=self._max_request_bytes,
+                )
+                for record, error in dead_letters
+            ]
             batches = await self._publish(queued)
             await asyncio.gather(*pending, *(future for future, _ in batches))
         except PERMANENT_PRODUCE_ERRORS as exc:
