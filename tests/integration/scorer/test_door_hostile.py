@@ -257,8 +257,8 @@ async def test_no_raw_request_makes_the_door_crash_hang_or_answer_5xx(
     # The corpus reached the decisions and the framing's refusals (the contract's 422 is met
     # after every drawn request by the follow-up `{}`; 80 random draws need not hold one).
     assert statuses.get(200, 0) >= 1 and decided >= 1, statuses
+    # (411 and 413 are each met by name in the framing-edge test below.)
     assert statuses.get(400, 0) >= 1, statuses
-    assert {411, 413} & set(statuses), statuses
 
 
 async def test_the_framing_edges_each_get_their_own_answer(
