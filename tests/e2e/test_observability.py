@@ -210,9 +210,23 @@ def _moderate(base: str, body: dict[str, Any], **headers: str) -> tuple[int, byt
         return int(exc.code), exc.read()
 
 
-def _api_traffic(base: str) -> ApiCalls:
+def _api_key(api: Process) -> str:
+    """A key of tenant `obs`, made as an operator makes one (`guardstream api add-key`)."""
+    made = subprocess.run(
+        [sys.executable, "-m", "guardstream", "api", "add-key", "--tenant", "obs"],
+        env=api.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return made.stdout.strip().splitlines()[-1]
+
+
+def _api_traffic(base: str, key: str) -> ApiCalls:
     """Through the API: a miss (traced from a caller's `traceparent`), the same text again (a
     cache hit), a refused body, an unknown post's decision and an unrouted path."""
+    auth = {"Authorization": f"Bearer {key}"}
     run = uuid.uuid4().hex[:8]
     text = f"The weather is lovely today, let's go hiking. api {run}"
     trace_id = uuid.uuid4().hex
@@ -221,15 +235,18 @@ def _api_traffic(base: str) -> ApiCalls:
         base,
         {"text": text, "tenant": "obs", "post_id": miss},
         traceparent=f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01",
+        **auth,
     )
     assert status == 200, body
     assert orjson.loads(body)["source"] == "model", body
-    status, body = _moderate(base, {"text": text, "tenant": "obs", "post_id": hit})
+    status, body = _moderate(base, {"text": text, "tenant": "obs", "post_id": hit}, **auth)
     assert status == 200 and orjson.loads(body)["source"] == "cache", body
-    assert _moderate(base, {"tenant": "obs"})[0] == 422
+    assert _moderate(base, {"tenant": "obs"}, **auth)[0] == 422
     for path in (f"/v1/decisions/never-{run}?tenant=obs", f"/no/such/{run}"):
         try:
-            urllib.request.urlopen(f"{base}{path}", timeout=10)
+            urllib.request.urlopen(
+                urllib.request.Request(f"{base}{path}", headers=auth), timeout=10
+            )
         except urllib.error.HTTPError as exc:
             assert exc.code == 404, path
     return ApiCalls(miss, trace_id, hit)
@@ -420,7 +437,7 @@ def observed(
             proc.wait_ready(timeout=300)
 
         asyncio.run(_traffic(settings))
-        api = _api_traffic(f"http://127.0.0.1:{api_port}")
+        api = _api_traffic(f"http://127.0.0.1:{api_port}", _api_key(processes["api"]))
         reviewed, expired = _human_traffic(settings, review, review.env)
         decision = _produce_traced(settings, collector)
 
