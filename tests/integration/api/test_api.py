@@ -237,7 +237,8 @@ async def test_no_body_makes_the_api_answer_5xx_and_every_refusal_is_dead_letter
     settings: Settings, engine: VllmGuardEngine, tmp_path: Path
 ) -> None:
     settings = settings.replace(process={"max_text_chars": LIMIT})
-    corpus = draw(60)
+    # Drawn bodies, and one that surely names another tenant (few draws do).
+    corpus = [*draw(60), ("/v1/moderate", b'{"text": "hello", "tenant": "someone-else"}')]
     refused: dict[str, int] = {}
     forbidden = 0
     key = await add_key(settings)
