@@ -87,7 +87,12 @@ from guardstream.devtools.produce import new_post
 from guardstream.devtools.stack import tansu_command
 from guardstream.model.guard import served_model_id
 from guardstream.policy import load_registry
-from guardstream.runtime.kafka import client_kwargs, ensure_topics, make_producer
+from guardstream.runtime.kafka import (
+    INTERACTIVE_LINGER_MS,
+    client_kwargs,
+    ensure_topics,
+    make_producer,
+)
 from guardstream.runtime.settings import Settings, every_setting
 from guardstream.verdict.intake import score_request_json, triage_record
 
@@ -390,8 +395,8 @@ class Report:
 
 async def broker_acks(settings: Settings, sends: int, value: bytes) -> Run:
     """For scale: one record at a time to a topic of its own with the producer the API
-    publishes with (`make_producer`: acks=all, linger 5 ms), each awaited. A hit is published
-    so before it is answered: this is that part of its latency."""
+    publishes with (`make_producer`: acks=all, the interactive linger), each awaited. A hit is
+    published so before it is answered: this is that part of its latency."""
     topic = f"{settings.namespace}.bench-acks"
     admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="bench-api")
     await admin.start()
@@ -399,7 +404,7 @@ async def broker_acks(settings: Settings, sends: int, value: bytes) -> Run:
         await admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
     finally:
         await admin.close()
-    producer = make_producer(settings, client_id="bench-api")
+    producer = make_producer(settings, client_id="bench-api", linger_ms=INTERACTIVE_LINGER_MS)
     await producer.start()
     latencies: list[float] = []
     try:

@@ -28,7 +28,7 @@ from guardstream.contracts.events import Decision
 from guardstream.model.guard import served_model_id
 from guardstream.runtime import metrics
 from guardstream.runtime.health import HealthServer
-from guardstream.runtime.kafka import make_consumer, make_producer
+from guardstream.runtime.kafka import INTERACTIVE_LINGER_MS, make_consumer, make_producer
 from guardstream.runtime.loop import BatchLoop, LoopConfig
 from guardstream.runtime.rejections import isolating_rejections
 from guardstream.runtime.settings import Settings
@@ -90,7 +90,9 @@ async def run(
     """Serve the API until `stop`. `expose` receives the moderator (tests read its counts)."""
     log.info("starting", extra={"service": "api", "settings": settings.public_view()})
     async with AsyncExitStack() as stack:
-        producer = make_producer(settings, client_id="guardstream-api")
+        producer = make_producer(
+            settings, client_id="guardstream-api", linger_ms=INTERACTIVE_LINGER_MS
+        )
         await producer.start()
         stack.push_async_callback(producer.stop)
         stores = Stores.open(settings, stack)

@@ -263,8 +263,14 @@ class Moderator:
                 self.counts["unavailable"] += 1
         for key, sent in (await emitter.decisions(self._journal, decisions)).items():
             by_key[key] = Decision.from_json(sent)
-        await emitter.flush()
-        await self._watch_contested(by_key.values(), pending)
+        # The contested posts are watched while the decisions are acknowledged (one PostgreSQL
+        # round trip less on a review answer). Should the publishing fail (503), a watch kept
+        # for an unpublished decision calls back nothing: no final decision follows it.
+        for result in await asyncio.gather(
+            emitter.flush(), self._watch_contested(by_key.values(), pending), return_exceptions=True
+        ):
+            if isinstance(result, BaseException):
+                raise result
         return [
             outcome if outcome is not None else by_key[keys[index]]  # type: ignore[index]
             for index, outcome in enumerate(outcomes)

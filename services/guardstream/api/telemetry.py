@@ -25,6 +25,7 @@ import time
 from collections.abc import Mapping
 
 import httpx
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -81,9 +82,17 @@ class RequestTelemetry:
 
         carrier = _carrier(scope)
         parent = tracing.PROPAGATOR.extract(carrier) if carrier else None
-        with tracing.tracer().start_as_current_span(
-            method, context=parent, kind=SpanKind.SERVER, record_exception=False
-        ) as span:
+        # No exporter: a context-only span (the same ids, nothing built nobody reads: a real
+        # SDK span with its attributes was about 50 µs of every request).
+        quiet = tracing.context_only_span(method, parent, SpanKind.SERVER)
+        spanning = (
+            trace.use_span(quiet, end_on_exit=False)
+            if quiet is not None
+            else tracing.tracer().start_as_current_span(
+                method, context=parent, kind=SpanKind.SERVER, record_exception=False
+            )
+        )
+        with spanning as span:
             try:
                 await self.app(scope, receive, sending)
             finally:

@@ -128,6 +128,16 @@ def context_only_spans(provider: TracerProvider | None) -> None:
     _context_only = provider
 
 
+def context_only_span(name: str, parent: Context | None, kind: SpanKind) -> Span | None:
+    """While no exporter is configured: the context-only span (`NonRecordingSpan`, same ids and
+    sampling as the SDK's) of a span `name` under `parent`, for a caller to make current;
+    None when spans are real (start one with `tracer()`)."""
+    if _context_only is None:
+        return None
+    context = parent if parent is not None else otel_context.get_current()
+    return _context_only_span(_context_only, name, context, kind)
+
+
 def _context_only_span(
     provider: TracerProvider, name: str, parent: Context, kind: SpanKind
 ) -> Span:
