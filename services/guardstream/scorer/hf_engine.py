@@ -162,12 +162,15 @@ class TransformersGuardEngine:
     async def _submit(self, messages: Sequence[dict[str, str]], *, plain: bool) -> RawAnswer:
         if not self.alive:
             raise EngineDead("the transformers engine is closed or its worker died")
+        # The place in line is taken on arrival, before rendering (threads finish in any
+        # order): within a priority, jobs are served in the order they were submitted.
+        self._arrivals += 1
+        arrival = self._arrivals
         ids, truncated = await asyncio.to_thread(self._renderer.render, messages)
         job = _Job(ids, messages, truncated, plain)
         if self._worker is None:
             self._worker = asyncio.create_task(self._run())
-        self._arrivals += 1
-        await self._queue.put((engine_priority.get(), self._arrivals, job))
+        await self._queue.put((engine_priority.get(), arrival, job))
         return await job.done
 
     async def _run(self) -> None:
