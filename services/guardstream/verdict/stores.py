@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from guardstream.model.adapters import AdapterRegistry
 from guardstream.policy import PolicyRegistry, load_registry
 from guardstream.runtime.settings import Settings
+from guardstream.verdict.author_history import AuthorHistoryStore, RedisAuthorHistory
 from guardstream.verdict.cache import RedisVerdictCache, VerdictCache
 from guardstream.verdict.journal import DecisionJournal, RedisDecisionJournal
 from guardstream.verdict.neardup import NearDuplicateIndex, RedisNearDuplicateIndex
@@ -26,6 +27,8 @@ class Stores:
     near: NearDuplicateIndex | None  # None: near-duplicate reuse switched off
     policies: PolicyRegistry
     adapters: AdapterRegistry | None = None  # None: no LoRA adapters (the base model serves)
+    # None: no pack's rules read author history, so none is kept.
+    history: AuthorHistoryStore | None = None
 
     @classmethod
     def open(cls, settings: Settings, stack: AsyncExitStack) -> Stores:
@@ -44,7 +47,11 @@ class Stores:
             if settings.model.adapter_dir is not None
             else None
         )
-        return cls(cache, journal, near, policies, adapters)
+        history = None
+        if any(pack.uses_author_history for pack in policies.packs):
+            history = RedisAuthorHistory.from_settings(settings)
+            stack.push_async_callback(history.close)
+        return cls(cache, journal, near, policies, adapters, history)
 
     def watch_adapters(self, stack: AsyncExitStack) -> None:
         """Re-read the adapter registry every poll in the background until `stack` closes, so
