@@ -287,6 +287,7 @@ class Scorer:
                     Authored(request.author_id, decision)
                     for (_, request), decision in zip(ordered, decisions, strict=True)
                     if request.author_id is not None
+                    and self._policies.for_post(request.tenant, request.region).uses_author_history
                 ]
             )
         return sent

@@ -223,11 +223,9 @@ class Lookup:
 
 def authored(accepted: Mapping[str, Triaged], decisions: Iterable[Decision]) -> list[Authored]:
     """Each decision with its post's author (`accepted`: the posts by journal key), for the
-    author history."""
-    return [
-        Authored(accepted[journal_key(d.tenant, d.post_event_id, d.policy)].post.author_id, d)
-        for d in decisions
-    ]
+    author history: only where the post's pack reads it (history is kept for those tenants)."""
+    items = ((accepted[journal_key(d.tenant, d.post_event_id, d.policy)], d) for d in decisions)
+    return [Authored(i.post.author_id, d) for i, d in items if i.pack.uses_author_history]
 
 
 def _author(item: Triaged) -> tuple[str, str]:

@@ -251,8 +251,13 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
             {**DECISION, "adapter": "lora-2026-11"},
             {**DECISION, "categories": []},
             {**DECISION, "input_truncated": True},
+            # 1.1: graded actions and the author history a rule read.
+            *({**DECISION, "action": action} for action in ("limit", "warn", "remove", "hold")),
+            {**DECISION, "action": "remove", "author_history": {"confirmed_unsafe_7d": 3}},
         ],
         [
+            {**DECISION, "action": "ban"},
+            {**DECISION, "author_history": {"unsafe_7d": -1}},
             {**DECISION, "verdict": "maybe"},
             {**DECISION, "confidence": 1.5},
             {**DECISION, "confidence": "0.5"},
