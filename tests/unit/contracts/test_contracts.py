@@ -241,8 +241,16 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
         ],
     ),
     ScoreRequest: (
-        [{**SCORE_REQUEST, "kind": "response", "prompt": "q"}],
-        [{**SCORE_REQUEST, "content_key": "XYZ"}, {**SCORE_REQUEST, "kind": None}],
+        [
+            {**SCORE_REQUEST, "kind": "response", "prompt": "q"},
+            {**SCORE_REQUEST, "author_id": "a-9"},  # 1.1
+        ],
+        [
+            {**SCORE_REQUEST, "content_key": "XYZ"},
+            {**SCORE_REQUEST, "kind": None},
+            {**SCORE_REQUEST, "author_id": ""},
+            {**SCORE_REQUEST, "author_id": "a\u0000b"},
+        ],
     ),
     Decision: (
         [

@@ -3,14 +3,17 @@ refused at load with the file and line, and the shipped example packs decide as 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from guardstream.contracts.events import Action, AuthorHistory, Verdict
 from guardstream.contracts.labels import CATEGORIES
@@ -319,3 +322,88 @@ def test_rules_are_tried_in_order_and_a_rule_model_is_frozen() -> None:
     with pytest.raises(ValueError, match="frozen"):
         rule.id = "y"  # type: ignore[misc]
     assert rule.ref == "rule:x"
+
+
+# --- hostile pack files: every input is a problem report or a pack, never a crash ---------
+
+hostile_text = st.text(
+    alphabet=st.characters(codec="utf-8") | st.sampled_from(["\x00", "\ud800", "\u202e", "："]),
+    max_size=40,
+)
+hostile_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | hostile_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(hostile_text, inner, max_size=3),
+    max_leaves=8,
+)
+rule_fields = st.sampled_from(
+    ["id", "verdict", "categories", "confidence", "author", "action", "description", "x"]
+)
+
+
+@given(rules=st.lists(st.dictionaries(rule_fields, hostile_value, max_size=6), max_size=4))
+@example(rules=[{"id": "a\x00", "action": "hold"}])
+@example(rules=[{"id": "a", "action": "hold", "confidence": {"at_least": math.nan}}])
+@example(rules=[{"id": "a", "action": "hold", "author": {"unsafe_7d": {"at_least": 10**30}}}])
+def test_any_rules_document_loads_or_is_refused_with_lines(rules: list[Any]) -> None:
+    text = yaml.safe_dump({"id": "t", "version": "1", "tenants": ["*"], "rules": rules})
+    problems = lint_text("h.yaml", text)
+    for problem in problems:
+        assert problem.source == "h.yaml"
+        assert problem.line is not None and 1 <= problem.line <= text.count("\n") + 1
+
+
+@given(text=hostile_text)
+@example(text="rules: [")
+@example(text="rules:\n  - id: a\n    action: hold\n  - id: a\n    action: hold\n")
+def test_any_text_is_a_problem_report_never_a_crash(text: str) -> None:
+    problems = lint_text("h.yaml", text)
+    assert all(str(p).startswith("h.yaml") for p in problems)
+
+
+SCHEMA = jsonschema.Draft202012Validator(
+    json.loads((Path(__file__).parents[3] / "schemas" / "policy-pack.v1.json").read_text())
+)
+BASE = {"id": "t", "version": "1", "tenants": ["*"]}
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"id": "a", "action": "ban"},
+        {"id": "a"},
+        {"action": "block"},
+        {"id": "A B", "action": "block"},
+        {"id": "a", "action": "block", "verdikt": "unsafe"},
+        {"id": "a", "action": "block", "verdict": []},
+        {"id": "a", "action": "block", "verdict": "maybe"},
+        {"id": "a", "action": "block", "confidence": {}},
+        {"id": "a", "action": "block", "confidence": {"at_least": 1.5}},
+        {"id": "a", "action": "block", "author": {"spam_7d": {"at_least": 1}}},
+        {"id": "a", "action": "block", "author": {"unsafe_7d": {"at_least": -1}}},
+        {"id": "a", "action": "block", "author": {}},
+    ],
+)
+def test_schema_and_model_refuse_the_same_malformed_rules(rule: dict[str, Any]) -> None:
+    document = {**BASE, "rules": [rule]}
+    assert not SCHEMA.is_valid(document)
+    with pytest.raises(ValidationError):
+        PolicyPack.model_validate(document)
+
+
+def test_schema_and_model_accept_the_documented_rule() -> None:
+    document = {
+        **BASE,
+        "rules": [
+            {
+                "id": "repeat-offender-remove",
+                "description": "three confirmed in a week",
+                "verdict": ["unsafe", "controversial"],
+                "categories": ["Unethical Acts"],
+                "confidence": {"at_least": 0.8},
+                "author": {"confirmed_unsafe_7d": {"at_least": 3}},
+                "action": "remove",
+            }
+        ],
+    }
+    SCHEMA.validate(document)
+    assert PolicyPack.model_validate(document).rules[0].action is Action.REMOVE
