@@ -211,3 +211,13 @@ def _figures(counts: Sequence[object]) -> AuthorHistory:
             fields[f"{kind}_{window}"] = int(counts[n])  # type: ignore[call-overload]
             n += 1
     return AuthorHistory(**fields)
+
+
+async def forget(settings: Settings, tenant: str, author_id: str) -> int:
+    """Erase one author's history in `tenant` (for erasure requests): opens the store, calls
+    `RedisAuthorHistory.forget`, closes it. Raises `Unavailable` when Redis does not answer."""
+    store = RedisAuthorHistory.from_settings(settings)
+    try:
+        return await store.forget(tenant, author_id)
+    finally:
+        await store.close()
