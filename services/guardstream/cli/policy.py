@@ -1,0 +1,184 @@
+"""`guardstream policy …`: change the pack registry directory safely, and check packs.
+
+`apply` and `rollback` write the directory the processes load (`GUARDSTREAM_POLICY_DIR`, or
+`--dir`) and keep every version under its `.history/` (`guardstream.policy.history`); the
+processes take the change within `GUARDSTREAM_POLICY_POLL_S` without a restart. Exit codes:
+0 done, 1 refused (every problem printed, nothing written), 2 invalid configuration.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from guardstream.cli.common import err, load_settings, out
+from guardstream.cli.output import json_lines, table
+from guardstream.policy import PACKS_DIR, PolicyLoadError, load_packs, parse_pack_file
+from guardstream.policy.history import Change, HistoryError, PackHistory
+
+app = typer.Typer(no_args_is_help=True, help="Policy packs: apply, roll back, history, lint.")
+
+DirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--dir",
+        help="The pack registry directory (default: GUARDSTREAM_POLICY_DIR).",
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object a line.")]
+
+
+def _registry_dir(given: Path | None) -> Path:
+    directory = given or load_settings().policy.dir
+    if directory is None:
+        err.print(
+            "[red]no pack registry directory:[/red] set GUARDSTREAM_POLICY_DIR or pass --dir "
+            "(the packs shipped with guardstream are not changed in place)"
+        )
+        raise typer.Exit(2)
+    return directory
+
+
+def _refused(exc: PolicyLoadError | HistoryError) -> typer.Exit:
+    if isinstance(exc, PolicyLoadError):
+        err.print(f"[red]refused, nothing written:[/red] {len(exc.problems)} problem(s)")
+        for problem in exc.problems:
+            err.print(f"  {escape(str(problem))}", soft_wrap=True)
+    else:
+        err.print(f"[red]refused, nothing written:[/red] {escape(str(exc))}", soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _done(change: Change, directory: Path) -> None:
+    packs = ", ".join(f"{pack_id}@{version}" for pack_id, version in change.packs.items())
+    out.print(
+        f"{change.action} {escape(change.file)}: {escape(packs)} (change {change.seq} in "
+        f"{escape(str(directory))}); running processes take it within GUARDSTREAM_POLICY_POLL_S",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def apply(
+    file: Annotated[Path, typer.Argument(help="A pack file (one or more packs, `---` apart).")],
+    name: Annotated[
+        str | None, typer.Option("--as", help="File name in the directory (default: FILE's).")
+    ] = None,
+    note: Annotated[str, typer.Option(help="Why, kept in the history.")] = "",
+    directory: DirOption = None,
+) -> None:
+    """Check FILE with the whole directory as the processes would load it, keep it in the
+    history, and put it in force (replacing the directory's file of the same name whole)."""
+    where = _registry_dir(directory)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        err.print(f"[red]cannot read {escape(str(file))}:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    try:
+        change = PackHistory(where).apply(name or file.name, text, note=note)
+    except (PolicyLoadError, HistoryError) as exc:
+        raise _refused(exc) from None
+    _done(change, where)
+
+
+@app.command()
+def rollback(
+    pack_id: Annotated[str, typer.Argument(help="The pack to roll back.")],
+    to: Annotated[
+        str | None, typer.Option("--to", help="The version (default: the one before it).")
+    ] = None,
+    directory: DirOption = None,
+) -> None:
+    """Put the previous version of PACK_ID (or --to VERSION) back in force: its file is
+    restored as that version's apply wrote it (packs sharing the file go back with it)."""
+    where = _registry_dir(directory)
+    try:
+        change = PackHistory(where).rollback(pack_id, to)
+    except (PolicyLoadError, HistoryError) as exc:
+        raise _refused(exc) from None
+    _done(change, where)
+
+
+@app.command()
+def history(
+    pack_id: Annotated[str | None, typer.Argument(help="Only changes to this pack.")] = None,
+    as_json: JsonOption = False,
+    directory: DirOption = None,
+) -> None:
+    """Every change applied to the directory, oldest first."""
+    changes = PackHistory(_registry_dir(directory)).changes(pack_id)
+    if as_json:
+        json_lines(
+            {
+                "seq": c.seq,
+                "at": c.at.isoformat(),
+                "action": c.action,
+                "file": c.file,
+                "packs": c.packs,
+                "note": c.note,
+            }
+            for c in changes
+        )
+        return
+    shown = table("#", "at (UTC)", "action", "file", "packs", "note")
+    for c in changes:
+        shown.add_row(
+            str(c.seq),
+            c.at.strftime("%Y-%m-%d %H:%M:%S"),
+            c.action,
+            escape(c.file),
+            escape(", ".join(f"{k}@{v}" for k, v in c.packs.items())),
+            escape(c.note),
+        )
+    out.print(shown)
+
+
+@app.command()
+def lint(
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="A pack directory or one file (default: GUARDSTREAM_POLICY_DIR, else the "
+            "packs shipped with guardstream).",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Load packs as the processes would and print every problem with its file and place.
+
+    A single file is checked on its own (the directory-wide checks, such as one default pack
+    and no tenant claimed twice, need the directory)."""
+    where = path or load_settings().policy.dir or PACKS_DIR
+    if where.is_dir():
+        try:
+            packs = load_packs(where).packs
+        except PolicyLoadError as exc:
+            raise _refused_lint(exc) from None
+    else:
+        try:
+            text = where.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            err.print(f"[red]cannot read {escape(str(where))}:[/red] {escape(str(exc))}")
+            raise typer.Exit(1) from None
+        found, problems = parse_pack_file(where.name, text)
+        if problems:
+            raise _refused_lint(PolicyLoadError(problems))
+        packs = tuple(pack for _, pack in found)
+    out.print(
+        f"ok: {len(packs)} pack(s) in {escape(str(where))}: "
+        + escape(", ".join(p.ref for p in packs)),
+        soft_wrap=True,
+    )
+
+
+def _refused_lint(exc: PolicyLoadError) -> typer.Exit:
+    err.print(f"[red]{len(exc.problems)} problem(s):[/red]")
+    for problem in exc.problems:
+        # stdout too: an editor or CI step reads the problems from there, one a line.
+        out.print(escape(str(problem)), soft_wrap=True, highlight=False)
+    return typer.Exit(1)
