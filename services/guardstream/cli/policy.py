@@ -1,4 +1,5 @@
-"""`guardstream policy …`: change the pack registry directory safely, and check packs.
+"""`guardstream policy …`: change the pack registry directory safely, check packs, and
+backtest a candidate against the reviewers' labels before it acts.
 
 `apply` and `rollback` write the directory the processes load (`GUARDSTREAM_POLICY_DIR`, or
 `--dir`) and keep every version under its `.history/` (`guardstream.policy.history`); the
@@ -8,18 +9,27 @@ processes take the change within `GUARDSTREAM_POLICY_POLL_S` without a restart. 
 
 from __future__ import annotations
 
+import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
+import orjson
 import typer
 from rich.markup import escape
 
+from guardstream.cli.backtest_report import action_table, category_table, html_page, summary_table
 from guardstream.cli.common import err, load_settings, out
 from guardstream.cli.output import json_lines, table
 from guardstream.policy import PACKS_DIR, PolicyLoadError, load_packs, parse_pack_file
-from guardstream.policy.history import Change, HistoryError, PackHistory
+from guardstream.policy.backtest import Case
+from guardstream.policy.backtest import backtest as run_backtest
+from guardstream.policy.history import Change, HistoryError, PackHistory, with_file
+from guardstream.verdict.archive import Archive, ArchiveError
 
-app = typer.Typer(no_args_is_help=True, help="Policy packs: apply, roll back, history, lint.")
+app = typer.Typer(
+    no_args_is_help=True, help="Policy packs: apply, roll back, history, lint, backtest."
+)
 
 DirOption = Annotated[
     Path | None,
@@ -182,3 +192,85 @@ def _refused_lint(exc: PolicyLoadError) -> typer.Exit:
         # stdout too: an editor or CI step reads the problems from there, one a line.
         out.print(escape(str(problem)), soft_wrap=True, highlight=False)
     return typer.Exit(1)
+
+
+def parse_since(text: str, now: datetime) -> datetime:
+    """`7d`, `12h`, `30m` before `now`, or an ISO date / timestamp (UTC unless it says)."""
+    amount, unit = text[:-1], text[-1:]
+    if amount.isdigit() and unit in _UNITS:
+        return now - timedelta(**{_UNITS[unit]: int(amount)})
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: give a span such as 7d, 12h or 30m, or an ISO date"
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+_UNITS = {"d": "days", "h": "hours", "m": "minutes"}
+
+
+@app.command()
+def backtest(
+    pack: Annotated[
+        Path,
+        typer.Option(
+            "--pack",
+            help="The candidate: a pack file (the directory with it in place of its "
+            "namesake) or a whole pack directory.",
+        ),
+    ],
+    since: Annotated[str, typer.Option(help="Reviews since: 7d, 12h, 30m or an ISO date.")] = "7d",
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's reviews.")] = None,
+    archive_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--archive",
+            help="Review archive (default: GUARDSTREAM_FEEDBACK_DIR).",
+            show_default=False,
+        ),
+    ] = None,
+    directory: DirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as one JSON object.")] = False,
+    html: Annotated[
+        Path | None, typer.Option("--html", help="Also write an HTML report here.")
+    ] = None,
+) -> None:
+    """Replay reviewed posts through the candidate and the packs in force: how many decisions
+    change, per category and per action, with precision and recall against the reviewers.
+
+    The model's archived verdicts are replayed, not scored again (rescoring through an
+    adapter is not offered yet)."""
+    settings = load_settings()
+    baseline_dir = directory or settings.policy.dir or PACKS_DIR
+    try:
+        baseline = load_packs(baseline_dir)
+        if pack.is_dir():
+            candidate = load_packs(pack)
+        else:
+            candidate = with_file(baseline_dir, pack.name, pack.read_text(encoding="utf-8"))
+    except PolicyLoadError as exc:
+        raise _refused_lint(exc) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        err.print(f"[red]cannot read {escape(str(pack))}:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    start = parse_since(since, datetime.now(UTC))
+    try:
+        samples = Archive(archive_dir or settings.feedback.dir).read(since=start)
+    except ArchiveError as exc:
+        err.print(f"[red]the review archive cannot be read:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    cases = [Case.from_sample(s) for s in samples if tenant is None or s.tenant == tenant]
+    report = run_backtest(cases, baseline, candidate).to_dict()
+    if html is not None:
+        html.write_text(
+            html_page(report, candidate=str(pack), since=start.isoformat()), encoding="utf-8"
+        )
+    if as_json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+        return
+    if not cases:
+        err.print(f"no reviewed posts since {start.isoformat()}: nothing to compare")
+    for shown in (summary_table(report), action_table(report), category_table(report)):
+        out.print(shown)

@@ -39,6 +39,7 @@ import orjson
 from guardstream.contracts.errors import PermanentError
 from guardstream.policy.loader import PolicyLoadError, load_packs, parse_pack_file
 from guardstream.policy.pack import PolicyPack
+from guardstream.policy.registry import PolicyRegistry
 from guardstream.policy.reloader import pack_files, unbumped
 
 HISTORY: Final = ".history"
@@ -147,7 +148,11 @@ class PackHistory:
 
     def _write(self, name: str, text: str, action: str, note: str) -> Change:
         _check_name(name)
-        if len(text.encode("utf-8", "surrogatepass")) > _MAX_FILE_BYTES:
+        try:
+            size = len(text.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise HistoryError(f"{name}: not valid UTF-8 text (a lone surrogate)") from None
+        if size > _MAX_FILE_BYTES:
             raise HistoryError(f"{name}: larger than {_MAX_FILE_BYTES} bytes")
         packs, problems = parse_pack_file(name, text)
         if problems:
@@ -215,16 +220,22 @@ def _check_name(name: str) -> None:
 
 def _check_in_place(directory: Path, name: str, text: str, before: Sequence[PolicyPack]) -> None:
     """The directory with `text` as `name` loads as the processes would load it."""
+    after = with_file(directory, name, text)
+    problems = unbumped(before, after.packs)
+    if problems:
+        raise PolicyLoadError(problems)
+
+
+def with_file(directory: Path, name: str, text: str) -> PolicyRegistry:
+    """The registry `directory` would load with `text` as its file `name` (nothing written
+    there: the set is loaded from a scratch copy). Raises `PolicyLoadError`."""
     with tempfile.TemporaryDirectory(prefix="packs-") as scratch:
         trial = Path(scratch)
         for path in pack_files(directory):
             if path.name != name:
                 shutil.copyfile(path, trial / path.name)
         (trial / name).write_text(text, encoding="utf-8")
-        after = load_packs(trial)
-    problems = unbumped(before, after.packs)
-    if problems:
-        raise PolicyLoadError(problems)
+        return load_packs(trial)
 
 
 def _replace(target: Path, text: str) -> None:
