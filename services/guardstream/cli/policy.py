@@ -22,7 +22,7 @@ from guardstream.cli.backtest_report import action_table, category_table, html_p
 from guardstream.cli.common import err, load_settings, out
 from guardstream.cli.output import json_lines, table
 from guardstream.policy import PACKS_DIR, PolicyLoadError, load_packs, parse_pack_file
-from guardstream.policy.backtest import Case
+from guardstream.policy.backtest import Case, PackGate, gate
 from guardstream.policy.backtest import backtest as run_backtest
 from guardstream.policy.history import Change, HistoryError, PackHistory, with_file
 from guardstream.verdict.archive import Archive, ArchiveError
@@ -40,6 +40,12 @@ DirOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="One JSON object a line.")]
+ArchiveOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--archive", help="Review archive (default: GUARDSTREAM_FEEDBACK_DIR).", show_default=False
+    ),
+]
 
 
 def _registry_dir(given: Path | None) -> Path:
@@ -79,18 +85,36 @@ def apply(
         str | None, typer.Option("--as", help="File name in the directory (default: FILE's).")
     ] = None,
     note: Annotated[str, typer.Option(help="Why, kept in the history.")] = "",
+    gated: Annotated[
+        bool,
+        typer.Option(
+            "--gate",
+            help="Only if its backtest on the review archive passes the promotion gate.",
+        ),
+    ] = False,
+    since: Annotated[str, typer.Option(help="--gate: reviews since (7d, 12h, a date).")] = "14d",
+    min_cases: Annotated[int, typer.Option(help="--gate: reviewed cases needed.", min=0)] = 30,
+    archive_dir: ArchiveOption = None,
     directory: DirOption = None,
 ) -> None:
     """Check FILE with the whole directory as the processes would load it, keep it in the
-    history, and put it in force (replacing the directory's file of the same name whole)."""
+    history, and put it in force (replacing the directory's file of the same name whole).
+
+    With --gate, first backtest it against the packs in force on the reviews since --since:
+    refused when there are fewer than --min-cases, or when it would raise the false-positive
+    rate or lower the unsafe recall by more than 0.02 (the adapters' gate margins)."""
     where = _registry_dir(directory)
     try:
         text = file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         err.print(f"[red]cannot read {escape(str(file))}:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
+    target = name or file.name
     try:
-        change = PackHistory(where).apply(name or file.name, text, note=note)
+        if gated:
+            why = _gate(where, target, text, _reviewed_cases(archive_dir, since, None), min_cases)
+            note = f"{note}; gate: {why}" if note else f"gate: {why}"
+        change = PackHistory(where).apply(target, text, note=note)
     except (PolicyLoadError, HistoryError) as exc:
         raise _refused(exc) from None
     _done(change, where)
@@ -223,14 +247,7 @@ def backtest(
     ],
     since: Annotated[str, typer.Option(help="Reviews since: 7d, 12h, 30m or an ISO date.")] = "7d",
     tenant: Annotated[str | None, typer.Option(help="Only this tenant's reviews.")] = None,
-    archive_dir: Annotated[
-        Path | None,
-        typer.Option(
-            "--archive",
-            help="Review archive (default: GUARDSTREAM_FEEDBACK_DIR).",
-            show_default=False,
-        ),
-    ] = None,
+    archive_dir: ArchiveOption = None,
     directory: DirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="The report as one JSON object.")] = False,
     html: Annotated[
@@ -256,12 +273,7 @@ def backtest(
         err.print(f"[red]cannot read {escape(str(pack))}:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     start = parse_since(since, datetime.now(UTC))
-    try:
-        samples = Archive(archive_dir or settings.feedback.dir).read(since=start)
-    except ArchiveError as exc:
-        err.print(f"[red]the review archive cannot be read:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    cases = [Case.from_sample(s) for s in samples if tenant is None or s.tenant == tenant]
+    cases = _reviewed_cases(archive_dir, since, tenant)
     report = run_backtest(cases, baseline, candidate).to_dict()
     if html is not None:
         html.write_text(
@@ -274,3 +286,22 @@ def backtest(
         err.print(f"no reviewed posts since {start.isoformat()}: nothing to compare")
     for shown in (summary_table(report), action_table(report), category_table(report)):
         out.print(shown)
+
+
+def _gate(where: Path, name: str, text: str, cases: list[Case], min_cases: int) -> str:
+    """Why the candidate passes the promotion gate; `HistoryError` saying why not."""
+    report = run_backtest(cases, load_packs(where), with_file(where, name, text))
+    passed, why = gate(report, PackGate(min_cases=min_cases))
+    if not passed:
+        raise HistoryError(f"the promotion gate refused it: {why}")
+    return why
+
+
+def _reviewed_cases(archive_dir: Path | None, since: str, tenant: str | None) -> list[Case]:
+    start = parse_since(since, datetime.now(UTC))
+    try:
+        samples = Archive(archive_dir or load_settings().feedback.dir).read(since=start)
+    except ArchiveError as exc:
+        err.print(f"[red]the review archive cannot be read:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    return [Case.from_sample(s) for s in samples if tenant is None or s.tenant == tenant]

@@ -183,3 +183,42 @@ def _actions(seen: Counter[Action]) -> Sequence[Action]:
 
 def _ratio(part: int, whole: int) -> float | None:
     return part / whole if whole else None
+
+
+@dataclass(frozen=True, slots=True)
+class PackGate:
+    """When a candidate may replace the packs in force, judged on its backtest. The same
+    margins as the adapters' promotion gate (`feedback.shadow.ShadowConfig`): enough labelled
+    evidence, and no more false positives and no fewer caught unsafe posts than a tolerance."""
+
+    min_cases: int = 30
+    fpr_tolerance: float = 0.02  # the false-positive rate may rise at most this much
+    recall_tolerance: float = 0.02  # the unsafe recall may fall at most this much
+
+
+def gate(report: Report, config: PackGate) -> tuple[bool, str]:
+    """(passes, why) for `report` under `config`; a missing rate (no such label) passes."""
+    figures = report.to_dict()
+    if figures["cases"] < config.min_cases:
+        return False, f"{figures['cases']} reviewed cases, fewer than the {config.min_cases} needed"
+    before, after = figures["baseline"], figures["candidate"]
+    fpr_b, fpr_a = before["false_positive_rate"], after["false_positive_rate"]
+    if fpr_b is not None and fpr_a is not None and fpr_a > fpr_b + config.fpr_tolerance:
+        return False, (
+            f"false-positive rate {fpr_a:.3f} > {fpr_b:.3f} + {config.fpr_tolerance} "
+            "(it would block more posts reviewers call safe)"
+        )
+    rec_b, rec_a = before["unsafe_recall"], after["unsafe_recall"]
+    if rec_b is not None and rec_a is not None and rec_a < rec_b - config.recall_tolerance:
+        return False, (
+            f"unsafe recall {rec_a:.3f} < {rec_b:.3f} - {config.recall_tolerance} "
+            "(it would block fewer posts reviewers call unsafe)"
+        )
+    return True, (
+        f"{figures['cases']} cases, {figures['changed']} change; false-positive rate "
+        f"{_shown(fpr_b)} → {_shown(fpr_a)}, unsafe recall {_shown(rec_b)} → {_shown(rec_a)}"
+    )
+
+
+def _shown(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"

@@ -22,7 +22,7 @@ from guardstream.cli.policy import parse_since
 from guardstream.contracts.events import Verdict
 from guardstream.contracts.feedback import FeedbackSample
 from guardstream.policy import PACKS_DIR, PolicyPack, PolicyRegistry
-from guardstream.policy.backtest import Case, backtest
+from guardstream.policy.backtest import Case, PackGate, backtest, gate
 from guardstream.verdict.archive import Archive
 
 pytestmark = pytest.mark.unit
@@ -228,3 +228,46 @@ def test_the_confusion_plot_escapes_what_it_shows() -> None:
     texts = [t.text for t in tree.iter("{http://www.w3.org/2000/svg}text")]
     assert "a&b" in texts
     assert "human <safe>" in texts
+
+
+# --- the promotion gate -----------------------------------------------------------------------
+
+
+def test_the_gate_wants_evidence_and_no_worse_false_positives_or_recall() -> None:
+    same, strict = registry(), registry(version="2", controversial="strict")
+    assert gate(backtest(CASES, same, strict), PackGate(min_cases=7))[0] is False
+    passed, why = gate(backtest(CASES, same, strict), PackGate(min_cases=6))
+    assert not passed
+    assert why.startswith("false-positive rate 0.667 > 0.333")
+    loose = registry(version="2", review_below={"unsafe": 0.99})  # the 0.95 blocks → review
+    passed, why = gate(backtest(CASES, same, loose), PackGate(min_cases=6))
+    assert not passed
+    assert why.startswith("unsafe recall 0.000 < 0.333")
+    passed, why = gate(backtest(CASES, same, registry(version="2")), PackGate(min_cases=6))
+    assert passed
+    assert why == (
+        "6 cases, 0 change; false-positive rate 0.333 → 0.333, unsafe recall 0.333 → 0.333"
+    )
+
+
+def test_apply_with_the_gate_refuses_a_pack_that_would_miss_unsafe_posts(
+    archive: Path, tmp_path: Path
+) -> None:
+    directory = tmp_path / "in-force"
+    directory.mkdir()
+    shutil.copyfile(PACKS_DIR / "default.yaml", directory / "default.yaml")
+    example = PACKS_DIR / "example-health-forum.yaml"
+    common = ["--dir", str(directory), "--archive", str(archive), "--min-cases", "5"]
+    code, _, stderr = run("policy", "apply", str(example), "--gate", *common)
+    assert code == 1
+    assert "the promotion gate refused it: unsafe recall 0.333 < 1.000" in stderr
+    assert sorted(p.name for p in directory.iterdir()) == ["default.yaml"]
+
+    # The same pack without self-harm always reviewed changes nothing here: it passes.
+    milder = tmp_path / "example-health-forum.yaml"
+    text = example.read_text()
+    milder.write_text(text.replace('always_review: ["Suicide & Self-Harm"]', "always_review: []"))
+    code, _, stderr = run("policy", "apply", str(milder), "--gate", *common)
+    assert code == 0, stderr
+    history = run("policy", "history", "--json", "--dir", str(directory))[1]
+    assert "gate: 5 cases, 0 change" in history
