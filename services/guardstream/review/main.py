@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 
 from guardstream.contracts.events import utcnow
 from guardstream.contracts.topics import TopicNames
-from guardstream.policy import load_registry
+from guardstream.policy import load_watched
 from guardstream.review import metrics as review_metrics
 from guardstream.review.api import install_error_handlers, router
 from guardstream.review.console import COOKIE, ConsoleAuth, install_console
@@ -121,7 +121,11 @@ class _Server(uvicorn.Server):
 
 
 async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
-    policies = load_registry(settings.policy.dir)
+    policies, reloader = load_watched(
+        settings.policy.dir, process="review", poll_s=settings.policy.poll_s
+    )
+    if reloader is not None:  # the console, the consumer and QA decide with the packs in force
+        reloader.watch_in(stack)
     services = await stack.enter_async_context(review_services(settings, policies=policies))
     await services.store.claims.set_limit(settings.review.max_claims)
     producer = make_producer(settings, client_id="guardstream-review")
