@@ -19,6 +19,7 @@ from guardstream.devtools.produce import new_post, send_and_wait
 from guardstream.model.guard import served_model_id
 from guardstream.policy import load_registry
 from guardstream.runtime.settings import Settings
+from guardstream.scorer.vllm_engine import VllmGuardEngine
 from guardstream.verdict.author_history import RedisAuthorHistory, author_hash, forget
 from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache
 from guardstream.verdict.decisions import ACTION_TOPIC
@@ -166,3 +167,45 @@ async def test_graded_actions_reach_their_topics_and_history_drives_the_rules(
     assert (await decide(settings, UNSAFE, "alice")).action is Action.HOLD
     # The hold travelled on the review topic, where the console and the SLA timer read it.
     assert ACTION_TOPIC[Action.HOLD] is Topic.REVIEW
+
+
+SCORED_PACKS = """
+id: default
+version: "1"
+tenants: ["*"]
+---
+id: watched
+version: "1"
+tenants: [watched]
+rules:
+  - id: every-known-author-held
+    author: {controversial_30d: {below: 1000000}}
+    action: hold
+"""
+
+
+async def test_the_scorer_reads_and_counts_the_author_s_history(
+    settings: Settings, engine: VllmGuardEngine, tmp_path: Path
+) -> None:
+    """Misses go through the real scorer (tiny checkpoint on vLLM): the score request carries
+    the author, the scorer reads the history for the pack's rule (every decision held, the
+    figures on it) and counts what the model called unsafe or controversial."""
+    (tmp_path / "packs.yaml").write_text(SCORED_PACKS)
+    scored = settings.replace(policy={"dir": tmp_path}, redis={"timeout_ms": 5000})
+    texts = [f"{i}: my neighbour keeps posting about the election results" for i in range(3)]
+    async with in_process(scored, engine, "triage", "scorer") as running:
+        posts = [new_post(t, tenant="watched", author_id="carol") for t in texts]
+        decided = {d.post_id: d async for _, d in send_and_wait(running.settings, posts, 120)}
+    assert len(decided) == 3
+    for decision in decided.values():
+        assert (decision.action, decision.rule) == (Action.HOLD, "rule:every-known-author-held")
+        assert decision.source is Source.MODEL and decision.author_history is not None
+    counted = sum(d.verdict is not Verdict.SAFE for d in decided.values())
+    history = RedisAuthorHistory.from_settings(scored)
+    try:
+        figures = (await history.figures_many([("watched", "carol")], time.time()))[
+            ("watched", "carol")
+        ]
+    finally:
+        await history.close()
+    assert figures.unsafe_30d + figures.controversial_30d == counted
