@@ -194,6 +194,14 @@ async def fill_cache(settings: Settings, texts: Sequence[str]) -> int:
     return len(entries)
 
 
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) the process `pid` has used so far; 0 without one."""
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def cpu_profiled(out: Path) -> str:
     """`python -c` code running `guardstream api` under cProfile on the process's CPU clock
     (`time.process_time`): time spent descheduled on a busy machine is not counted."""
@@ -438,6 +446,7 @@ class Report:
     hit_cpu: CpuPerRequest
     miss_cpu: CpuPerRequest
     notes: list[str]
+    bare_cpu_us: float = float("nan")  # the bare server's CPU per request (approximate)
 
 
 async def broker_acks(settings: Settings, sends: int, value: bytes) -> Run:
@@ -492,6 +501,7 @@ class CpuPerRequest:
     status_port: int
     idle_share: float = 0.0
     cpu_s: float = 0.0
+    system_s: float = 0.0  # of `cpu_s`, in the kernel (loopback sends run the receiver's TCP)
     wall_s: float = 0.0
     requests: int = 0
 
@@ -499,10 +509,15 @@ class CpuPerRequest:
         times = psutil.Process(self.pid).cpu_times()
         return float(times.user + times.system)
 
+    def _system(self) -> float:
+        return float(psutil.Process(self.pid).cpu_times().system)
+
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
         before, cpu, began = counts(self.status_port), self._cpu(), time.monotonic()
+        system = self._system()
         yield
+        self.system_s += self._system() - system
         self.cpu_s += self._cpu() - cpu
         self.wall_s += time.monotonic() - began
         self.requests += counts(self.status_port).get("requests", 0) - before.get("requests", 0)
@@ -529,6 +544,7 @@ def measure(
     ports: dict[str, int],
     api_pid: int,
     say: Say,
+    bare_pid: int | None = None,
 ) -> Report:
     rng = random.Random(args.seed)
     bare_url = f"http://127.0.0.1:{ports['bare']}{ROUTE}"
@@ -559,7 +575,9 @@ def measure(
     idle = hit_cpu.idle(args.idle_seconds)
     miss_cpu.idle_share = idle
     say(f"the API idle: {idle:.1%} of a core")
+    bare_cpu_s = bare_requests = 0.0
     for c in args.concurrency:
+        cpu_before = process_cpu(bare_pid)
         bare.append(
             loader.load(
                 "bare",
@@ -569,6 +587,11 @@ def measure(
                 duration=args.duration,
                 warmup=args.warmup,
             )
+        )
+        bare_cpu_s += process_cpu(bare_pid) - cpu_before
+        # Its warm-up's requests too, at the counted rate (the bare server counts nothing).
+        bare_requests += (
+            bare[-1].figures["requests"] * (args.duration + args.warmup) / args.duration
         )
         with hit_cpu.measuring():
             hits.append(
@@ -626,9 +649,13 @@ def measure(
         f"  p99 {acks.ms('p99'):8.2f} ms"
     )
     say(f"API CPU per request: hit {hit_cpu.us} µs, miss {miss_cpu.us} µs")
-    return Report(
+    report = Report(
         bare, hits, paced, misses, scorer, acks, hit_share, warm_ok, hit_cpu, miss_cpu, notes
     )
+    if bare_requests:
+        report.bare_cpu_us = round(bare_cpu_s / bare_requests * 1e6, 1)
+    say(f"bare endpoint CPU per request: {report.bare_cpu_us} µs")
+    return report
 
 
 def render(
@@ -681,6 +708,15 @@ def render(
         "api_cpu_us_per_hit": report.hit_cpu.us,
         "api_cpu_us_per_miss": report.miss_cpu.us,
         "api_idle_core_share": round(report.hit_cpu.idle_share, 4),
+        "bare_cpu_us_per_request": report.bare_cpu_us,
+        "cpu_bound_hit_ratio": (
+            round(report.bare_cpu_us / report.hit_cpu.us, 3)
+            if report.hit_cpu.requests and report.hit_cpu.us
+            else None
+        ),
+        "api_cpu_system_share_hit": round(
+            report.hit_cpu.system_s / report.hit_cpu.cpu_s if report.hit_cpu.cpu_s else 0.0, 3
+        ),
         "api_cpu_us_per_hit_gross": round(
             report.hit_cpu.cpu_s / max(report.hit_cpu.requests, 1) * 1e6, 1
         ),
@@ -719,7 +755,10 @@ def render(
         f"hits among the hit runs' requests (API counters): {report.hit_share:.4f}",
         f"API CPU per request (its process, indexer included, less its idle "
         f"{report.hit_cpu.idle_share:.1%} of a core): hit {report.hit_cpu.us} µs, "
-        f"miss {report.miss_cpu.us} µs",
+        f"miss {report.miss_cpu.us} µs; of a hit's, in the kernel: "
+        f"{summary['api_cpu_system_share_hit']:.0%}",
+        f"the bare endpoint's CPU per request: {report.bare_cpu_us} µs; bare / hit CPU (the "
+        f"throughput ratio one core each would allow): {summary['cpu_bound_hit_ratio']}",
         *report.notes,
     ]
     return "\n".join(lines), summary
@@ -942,7 +981,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             say(f"all ready after {time.monotonic() - began:.0f} s")
             loader = Loader(workdir, headers, say)
             assert api.proc is not None
-            report = measure(args, settings, loader, ports, api.proc.pid, say)
+            assert bare.proc is not None
+            report = measure(args, settings, loader, ports, api.proc.pid, say, bare.proc.pid)
         load_end = os.getloadavg()
         extra = {
             "api_code": str(args.api_code) if args.api_code else None,
