@@ -239,7 +239,11 @@ class Moderator:
 
         decisions = list(looked.decisions)
         pending: list[Watched] = []  # escalated: decided on the topics, perhaps contested
-        scored = await asyncio.gather(*(self._score(item) for item in looked.misses))
+        scored = (
+            await asyncio.gather(*(self._score(item) for item in looked.misses))
+            if looked.misses
+            else []  # a hit: no task to make
+        )
         for item, answer in zip(looked.misses, scored, strict=True):
             key = journal_key(item.post.tenant, item.post.event_id, item.pack.ref)
             if answer.decision is not None:
@@ -269,29 +273,35 @@ class Moderator:
         # The contested posts are watched while the decisions are acknowledged (one PostgreSQL
         # round trip less on a review answer). Should the publishing fail (503), a watch kept
         # for an unpublished decision calls back nothing: no final decision follows it.
-        for result in await asyncio.gather(
-            self.publisher.flush(emitter),
-            self._watch_contested(by_key.values(), pending),
-            return_exceptions=True,
-        ):
-            if isinstance(result, BaseException):
-                raise result
+        watched = self._contested(by_key.values(), pending)
+        if watched:
+            for result in await asyncio.gather(
+                self.publisher.flush(emitter), self._watch_all(watched), return_exceptions=True
+            ):
+                if isinstance(result, BaseException):
+                    raise result
+        else:  # most answers: nothing to watch, no tasks to make
+            await self.publisher.flush(emitter)
         return [
             outcome if outcome is not None else by_key[keys[index]]  # type: ignore[index]
             for index, outcome in enumerate(outcomes)
         ]
 
-    async def _watch_contested(self, outcomes: Iterable[Outcome], escalated: list[Watched]) -> None:
-        """Watch the posts sent to review and those escalated. A failure costs the callback,
-        not the answer: logged and counted (`unwatched`)."""
+    def _contested(self, outcomes: Iterable[Outcome], escalated: list[Watched]) -> list[Watched]:
+        """The posts to watch: those sent to review and those escalated (none without a
+        `watch`)."""
         if self._watch is None:
-            return
-        watched = escalated + [
+            return []
+        return escalated + [
             Watched(o.tenant, o.post_id, o.policy)
             for o in outcomes
             if isinstance(o, Decision) and o.action is Action.REVIEW
         ]
-        if not watched:
+
+    async def _watch_all(self, watched: list[Watched]) -> None:
+        """Watch `watched`. A failure costs the callback, not the answer: logged and counted
+        (`unwatched`)."""
+        if self._watch is None:
             return
         try:
             await self._watch(watched)
