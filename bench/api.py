@@ -39,7 +39,14 @@ average at the start and end of the run; compare only runs made on the same mach
 
     .venv/bin/python bench/api.py [--quick] [--concurrency 1,8,32,64] [--miss-concurrency 1,4]
         [--duration 6] [--warm-posts 200] [--miss-posts 80] [--results FILE] [--keep-logs]
-        [--profile api.prof]
+        [--profile api.prof] [--hits-only] [--api-code DIR]
+
+`--hits-only`: no scorer; the cache is filled directly (a confident model verdict per post)
+and only the bare endpoint and hits are measured. `--api-code DIR`: the API runs from another
+source tree (`PYTHONPATH=DIR`), for a before/after on one machine. `--profile`: cProfile on the
+API process's CPU clock. Beside the API's CPU per request: the bare server's
+(`bare_cpu_us_per_request`, approximate: its warm-up's requests counted at the measured rate)
+and their ratio (`cpu_bound_hit_ratio`: the hit/bare throughput one core each would allow).
 
 API keys: `--api-key KEY` (or `GUARDSTREAM_BENCH_API_KEY`) sends `Authorization: Bearer KEY`
 with every request (the bare endpoint's too, so both parse the same headers) and leaves the

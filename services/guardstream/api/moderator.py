@@ -21,7 +21,11 @@ priority, within the request's deadline (past it: `controversial` → review, ne
 (1) origin topic `http:<route>`, consumer `guardstream-api`, the contract's reason.
 
 A decision appears once per post event whichever door or retry produced it: the journal keeps
-the first and every later attempt publishes that one again. The scorer publishes nothing for a
+the first and every later attempt publishes that one again. A hit asks the journal only when it
+settles its decision (SET NX GET: a replayed event gets its earlier decision back); the cache's
+misses are recalled from the journal before they are scored. Every request's records go out
+with those of the requests beside it (`api.publisher`, a group commit), and it is answered
+once the broker has acknowledged them. The scorer publishes nothing for a
 request it refuses: its refusal is dead-lettered here, once, with the post event the API made.
 
 A contested decision (action `review`) is answered with a review reference beside the
