@@ -5,8 +5,8 @@ keep-alive, on uvloop, in its own process for each measurement), three servers:
 
 (a) bare: a FastAPI app whose one route answers a constant JSON, served by uvicorn configured
     as `guardstream api` serves (`log_config=None`, `access_log=False`, `lifespan="off"`,
-    uvicorn's default HTTP parser, `Server.serve()` inside `asyncio.run`: the stdlib event
-    loop, as the API's), in its own process. The ceiling of the stack.
+    uvicorn's default HTTP parser, `Server.serve()` on uvloop (`api.main.event_loop`), as
+    the API's), in its own process. The ceiling of the stack.
 (b) hits: `POST /v1/moderate` on the real API process (`python -m guardstream api`, real
     Redis, a memory-only tansu broker started here unless `KAFKA_BOOTSTRAP` is set). The
     cache is warmed first: `--warm-posts` distinct posts are moderated once (misses, scored),
@@ -39,7 +39,14 @@ average at the start and end of the run; compare only runs made on the same mach
 
     .venv/bin/python bench/api.py [--quick] [--concurrency 1,8,32,64] [--miss-concurrency 1,4]
         [--duration 6] [--warm-posts 200] [--miss-posts 80] [--results FILE] [--keep-logs]
-        [--profile api.prof]
+        [--profile api.prof] [--hits-only] [--api-code DIR]
+
+`--hits-only`: no scorer; the cache is filled directly (a confident model verdict per post)
+and only the bare endpoint and hits are measured. `--api-code DIR`: the API runs from another
+source tree (`PYTHONPATH=DIR`), for a before/after on one machine. `--profile`: cProfile on the
+API process's CPU clock. Beside the API's CPU per request: the bare server's
+(`bare_cpu_us_per_request`, approximate: its warm-up's requests counted at the measured rate)
+and their ratio (`cpu_bound_hit_ratio`: the hit/bare throughput one core each would allow).
 
 API keys: `--api-key KEY` (or `GUARDSTREAM_BENCH_API_KEY`) sends `Authorization: Bearer KEY`
 with every request (the bare endpoint's too, so both parse the same headers) and leaves the
@@ -83,6 +90,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from fastapi import FastAPI
 from fastapi.responses import Response
 
+from guardstream.api.main import event_loop
+from guardstream.contracts.events import Source, Verdict, utcnow
 from guardstream.devtools.produce import new_post
 from guardstream.devtools.stack import tansu_command
 from guardstream.model.guard import served_model_id
@@ -94,6 +103,7 @@ from guardstream.runtime.kafka import (
     make_producer,
 )
 from guardstream.runtime.settings import Settings, every_setting
+from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache
 from guardstream.verdict.intake import score_request_json, triage_record
 
 HERE = Path(__file__).resolve().parent
@@ -161,6 +171,58 @@ def score_body(settings: Settings, text: str) -> bytes:
     return score_request_json(item, near_duplicates=settings.policy.near_duplicates)
 
 
+async def fill_cache(settings: Settings, texts: Sequence[str]) -> int:
+    """`--hits-only`: a model verdict (safe) in the verdict cache for each text, under the key
+    the API's triage gives a `/v1/moderate` request of that text (the default tenant)."""
+    cache = RedisVerdictCache.from_settings(settings)
+    registry = load_registry(None)
+    model = served_model_id(settings)
+    entries = {}
+    for text in texts:
+        item = triage_record(
+            new_post(text).to_json(),
+            max_text_chars=settings.process.max_text_chars,
+            model=model,
+            adapter=None,
+            policies=registry,
+        )
+        entries[item.verdict_key] = CachedVerdict(
+            verdict=Verdict.SAFE,
+            confidence=0.99,  # confident: allowed, as most traffic is (no review, no watch)
+            reason="bench: filled directly",
+            source=Source.MODEL,
+            model=model,
+            decided_at=utcnow(),
+        )
+    try:
+        await cache.put_many(entries)
+    finally:
+        await cache.close()
+    return len(entries)
+
+
+def process_cpu(pid: int | None) -> float:
+    """CPU seconds (user + system) the process `pid` has used so far; 0 without one."""
+    if pid is None:
+        return 0.0
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def cpu_profiled(out: Path) -> str:
+    """`python -c` code running `guardstream api` under cProfile on the process's CPU clock
+    (`time.process_time`): time spent descheduled on a busy machine is not counted."""
+    return (
+        "import cProfile, runpy, sys, time\n"
+        "sys.argv = ['guardstream', 'api']\n"
+        "profile = cProfile.Profile(time.process_time)\n"
+        "try:\n"
+        "    profile.runcall(runpy.run_module, 'guardstream', run_name='__main__')\n"
+        "finally:\n"
+        f"    profile.dump_stats({str(out)!r})\n"
+    )
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile, as `bench/loadgen.py` computes it."""
     if not values:
@@ -185,9 +247,9 @@ def serve_bare(port: int) -> None:
             app, host="127.0.0.1", port=port, log_config=None, access_log=False, lifespan="off"
         )
     )
-    # As `guardstream api` runs it: `serve()` in the process's own `asyncio.run` (so the
-    # stdlib event loop; `Server.run` would pick uvloop where it is installed).
-    asyncio.run(server.serve())
+    # As `guardstream api` runs it: `serve()` on the API's own event loop (uvloop).
+    with asyncio.Runner(loop_factory=event_loop) as runner:
+        runner.run(server.serve())
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -391,6 +453,7 @@ class Report:
     hit_cpu: CpuPerRequest
     miss_cpu: CpuPerRequest
     notes: list[str]
+    bare_cpu_us: float = float("nan")  # the bare server's CPU per request (approximate)
 
 
 async def broker_acks(settings: Settings, sends: int, value: bytes) -> Run:
@@ -445,6 +508,7 @@ class CpuPerRequest:
     status_port: int
     idle_share: float = 0.0
     cpu_s: float = 0.0
+    system_s: float = 0.0  # of `cpu_s`, in the kernel (loopback sends run the receiver's TCP)
     wall_s: float = 0.0
     requests: int = 0
 
@@ -452,10 +516,15 @@ class CpuPerRequest:
         times = psutil.Process(self.pid).cpu_times()
         return float(times.user + times.system)
 
+    def _system(self) -> float:
+        return float(psutil.Process(self.pid).cpu_times().system)
+
     @contextlib.contextmanager
     def measuring(self) -> Iterator[None]:
         before, cpu, began = counts(self.status_port), self._cpu(), time.monotonic()
+        system = self._system()
         yield
+        self.system_s += self._system() - system
         self.cpu_s += self._cpu() - cpu
         self.wall_s += time.monotonic() - began
         self.requests += counts(self.status_port).get("requests", 0) - before.get("requests", 0)
@@ -482,6 +551,7 @@ def measure(
     ports: dict[str, int],
     api_pid: int,
     say: Say,
+    bare_pid: int | None = None,
 ) -> Report:
     rng = random.Random(args.seed)
     bare_url = f"http://127.0.0.1:{ports['bare']}{ROUTE}"
@@ -491,9 +561,15 @@ def measure(
 
     warm_texts = post_texts(rng, args.warm_posts)
     hit_bodies = loader.bodies([moderate_body(t) for t in warm_texts])
-    say(f"warming the cache: {len(warm_texts)} distinct posts, scored once")
-    warm = loader.load("warm (misses)", api_url, hit_bodies, concurrency=4, once=True, keep=False)
-    warm_ok = int(warm.figures["ok"])
+    if args.hits_only:
+        say(f"filling the cache: {len(warm_texts)} distinct posts, a model verdict each")
+        warm_ok = asyncio.run(fill_cache(settings, warm_texts))
+    else:
+        say(f"warming the cache: {len(warm_texts)} distinct posts, scored once")
+        warm = loader.load(
+            "warm (misses)", api_url, hit_bodies, concurrency=4, once=True, keep=False
+        )
+        warm_ok = int(warm.figures["ok"])
     if warm_ok < len(warm_texts):
         notes.append(f"warm-up: {len(warm_texts) - warm_ok} posts not decided {warm.figures}")
 
@@ -506,7 +582,9 @@ def measure(
     idle = hit_cpu.idle(args.idle_seconds)
     miss_cpu.idle_share = idle
     say(f"the API idle: {idle:.1%} of a core")
+    bare_cpu_s = bare_requests = 0.0
     for c in args.concurrency:
+        cpu_before = process_cpu(bare_pid)
         bare.append(
             loader.load(
                 "bare",
@@ -516,6 +594,11 @@ def measure(
                 duration=args.duration,
                 warmup=args.warmup,
             )
+        )
+        bare_cpu_s += process_cpu(bare_pid) - cpu_before
+        # Its warm-up's requests too, at the counted rate (the bare server counts nothing).
+        bare_requests += (
+            bare[-1].figures["requests"] * (args.duration + args.warmup) / args.duration
         )
         with hit_cpu.measuring():
             hits.append(
@@ -573,9 +656,13 @@ def measure(
         f"  p99 {acks.ms('p99'):8.2f} ms"
     )
     say(f"API CPU per request: hit {hit_cpu.us} µs, miss {miss_cpu.us} µs")
-    return Report(
+    report = Report(
         bare, hits, paced, misses, scorer, acks, hit_share, warm_ok, hit_cpu, miss_cpu, notes
     )
+    if bare_requests:
+        report.bare_cpu_us = round(bare_cpu_s / bare_requests * 1e6, 1)
+    say(f"bare endpoint CPU per request: {report.bare_cpu_us} µs")
+    return report
 
 
 def render(
@@ -597,7 +684,17 @@ def render(
     bare_rps = max(r.rps for r in report.bare)
     hit_rps = max(r.rps for r in report.hits)
     ratio = hit_rps / bare_rps if bare_rps else 0.0
-    miss, scorer = report.misses[-1], report.scorer[-1]
+    nan = float("nan")
+    miss = (
+        report.misses[-1]
+        if report.misses
+        else Run("miss", 0, {"rps": nan, "p50_ms": nan, "p99_ms": nan})
+    )
+    scorer = (
+        report.scorer[-1]
+        if report.scorer
+        else Run("scorer", 0, {"rps": nan, "p50_ms": nan, "p99_ms": nan})
+    )
     over = miss.ms("p99") - scorer.ms("p99")
     summary: dict[str, Any] = {
         "bench": "api",
@@ -618,6 +715,15 @@ def render(
         "api_cpu_us_per_hit": report.hit_cpu.us,
         "api_cpu_us_per_miss": report.miss_cpu.us,
         "api_idle_core_share": round(report.hit_cpu.idle_share, 4),
+        "bare_cpu_us_per_request": report.bare_cpu_us,
+        "cpu_bound_hit_ratio": (
+            round(report.bare_cpu_us / report.hit_cpu.us, 3)
+            if report.hit_cpu.requests and report.hit_cpu.us
+            else None
+        ),
+        "api_cpu_system_share_hit": round(
+            report.hit_cpu.system_s / report.hit_cpu.cpu_s if report.hit_cpu.cpu_s else 0.0, 3
+        ),
         "api_cpu_us_per_hit_gross": round(
             report.hit_cpu.cpu_s / max(report.hit_cpu.requests, 1) * 1e6, 1
         ),
@@ -629,7 +735,9 @@ def render(
         "hit_share": round(report.hit_share, 4),
         "hit_ratio_target_met": ratio >= TARGET_HIT_RATIO,
         "hit_p99_target_met": report.paced.ms("p99") <= TARGET_HIT_P99_MS,
-        "miss_over_scorer_target_met": over <= TARGET_MISS_OVER_SCORER_MS,
+        "miss_over_scorer_target_met": (
+            over <= TARGET_MISS_OVER_SCORER_MS if report.misses else None
+        ),
         "levels": {
             r.label.replace(" ", "_") + ("" if r is report.paced else f"_c{r.concurrency}"): {
                 "rps": r.rps,
@@ -654,7 +762,10 @@ def render(
         f"hits among the hit runs' requests (API counters): {report.hit_share:.4f}",
         f"API CPU per request (its process, indexer included, less its idle "
         f"{report.hit_cpu.idle_share:.1%} of a core): hit {report.hit_cpu.us} µs, "
-        f"miss {report.miss_cpu.us} µs",
+        f"miss {report.miss_cpu.us} µs; of a hit's, in the kernel: "
+        f"{summary['api_cpu_system_share_hit']:.0%}",
+        f"the bare endpoint's CPU per request: {report.bare_cpu_us} µs; bare / hit CPU (the "
+        f"throughput ratio one core each would allow): {summary['cpu_bound_hit_ratio']}",
         *report.notes,
     ]
     return "\n".join(lines), summary
@@ -742,6 +853,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="run the API under cProfile, write its stats here and print where its time goes "
         "(its figures are then inflated)",
     )
+    parser.add_argument(
+        "--api-code",
+        type=Path,
+        metavar="DIR",
+        help="run the API from this source tree's packages (PYTHONPATH=DIR; e.g. an earlier "
+        "commit's `services/` from `git archive`), for a before/after on the same machine",
+    )
+    parser.add_argument(
+        "--hits-only",
+        action="store_true",
+        help="no scorer: the cache is filled directly (a model verdict per post) and only the "
+        "bare endpoint and hits are measured (no miss figures)",
+    )
     parser.add_argument("--keep-logs", action="store_true")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -776,6 +900,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, value in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if args.hits_only:
+        args.miss_concurrency = []
 
     began = time.monotonic()
     load_start = os.getloadavg()
@@ -815,26 +941,33 @@ def main(argv: Sequence[str] | None = None) -> int:
             if not args.api_key and AUTH_SETTING in known_settings():
                 env[AUTH_SETTING] = "off"
             py = sys.executable
-            scorer = Child(
-                "scorer",
-                [py, "-m", "guardstream", "scorer"],
-                {
-                    **env,
-                    "GUARDSTREAM_HEALTH_PORT": str(ports["scorer_health"]),
-                    "GUARDSTREAM_SCORER_INTERACTIVE_PORT": str(ports["door"]),
-                },
-                workdir / "scorer.log",
-            ).start()
-            started.append(scorer)
-            profiled = ["-m", "cProfile", "-o", str(args.profile)] if args.profile else []
+            scorer = (
+                None
+                if args.hits_only
+                else Child(
+                    "scorer",
+                    [py, "-m", "guardstream", "scorer"],
+                    {
+                        **env,
+                        "GUARDSTREAM_HEALTH_PORT": str(ports["scorer_health"]),
+                        "GUARDSTREAM_SCORER_INTERACTIVE_PORT": str(ports["door"]),
+                    },
+                    workdir / "scorer.log",
+                )
+            )
+            if scorer is not None:
+                started.append(scorer.start())
             api = Child(
                 "api",
-                [py, *profiled, "-m", "guardstream", "api"],
+                [py, "-c", cpu_profiled(args.profile)]
+                if args.profile
+                else [py, "-m", "guardstream", "api"],
                 {
                     **env,
                     "GUARDSTREAM_HEALTH_PORT": str(ports["api_health"]),
                     "GUARDSTREAM_API_PORT": str(ports["api"]),
                     "GUARDSTREAM_API_SCORER_URL": f"http://127.0.0.1:{ports['door']}",
+                    **({"PYTHONPATH": str(args.api_code.resolve())} if args.api_code else {}),
                 },
                 workdir / "api.log",
             ).start()
@@ -848,15 +981,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             started.append(bare)
             bare.wait_for(lambda: port_open(ports["bare"]), 60)
             api.wait_for(ready_at(ports["api_health"]), 120)
-            say("bare endpoint and API ready; waiting for the scorer (vLLM CPU start-up)")
-            scorer.wait_for(ready_at(ports["scorer_health"]), 900)
-            scorer.wait_for(lambda: port_open(ports["door"]), 60)
+            if scorer is not None:
+                say("bare endpoint and API ready; waiting for the scorer (vLLM CPU start-up)")
+                scorer.wait_for(ready_at(ports["scorer_health"]), 900)
+                scorer.wait_for(lambda: port_open(ports["door"]), 60)
             say(f"all ready after {time.monotonic() - began:.0f} s")
             loader = Loader(workdir, headers, say)
             assert api.proc is not None
-            report = measure(args, settings, loader, ports, api.proc.pid, say)
+            assert bare.proc is not None
+            report = measure(args, settings, loader, ports, api.proc.pid, say, bare.proc.pid)
         load_end = os.getloadavg()
         extra = {
+            "api_code": str(args.api_code) if args.api_code else None,
             "auth": "bearer key" if args.api_key else "off",
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus",
             "load_1m_start": round(load_start[0], 2),

@@ -24,6 +24,12 @@ from guardstream.verdict.emitter import Emitter
 from guardstream.verdict.latest import LatestDecisions
 
 GROUP = "api-decisions"
+# The index is read in parts of up to a MiB, or what came within 200 ms: `GET
+# /v1/decisions/{post_id}` may lag a decision by that much, and the API process (which also
+# answers the hits) fetches the action topics a few times a second instead of once or twice
+# per decision published (every fetch and offset commit was CPU taken from the hits).
+INDEX_FETCH_MIN_BYTES = 1 << 20
+INDEX_FETCH_WAIT_MS = 200
 
 
 def action_topics(settings: Settings) -> list[str]:

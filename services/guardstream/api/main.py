@@ -15,11 +15,18 @@ from contextlib import AsyncExitStack
 import asyncpg
 import httpx
 import uvicorn
+import uvloop
 from aiokafka import AIOKafkaProducer
 
 from guardstream.api import db as api_db
 from guardstream.api.app import create_app
-from guardstream.api.decisions import GROUP, DecisionIndexer, action_topics
+from guardstream.api.decisions import (
+    GROUP,
+    INDEX_FETCH_MIN_BYTES,
+    INDEX_FETCH_WAIT_MS,
+    DecisionIndexer,
+    action_topics,
+)
 from guardstream.api.delivery import open_callbacks
 from guardstream.api.gate import OpenApiRefused, open_gate
 from guardstream.api.moderator import Moderator
@@ -57,6 +64,8 @@ async def _index_decisions(
         group_id=settings.group_id(GROUP),
         client_id="guardstream-api",
         max_records=500,
+        fetch_min_bytes=INDEX_FETCH_MIN_BYTES,
+        fetch_max_wait_ms=INDEX_FETCH_WAIT_MS,
     )
     loop = BatchLoop(
         consumer,
@@ -75,6 +84,12 @@ async def _index_decisions(
     stack.push_async_callback(consumer.stop)
     consumer.subscribe(action_topics(settings), listener=loop.listener())
     return loop
+
+
+def event_loop() -> asyncio.AbstractEventLoop:
+    """The API's event loop: uvloop (its I/O per request is a fraction of the stdlib loop's;
+    `bench/api.py` serves its bare baseline on the same loop, so the two compare fairly)."""
+    return uvloop.new_event_loop()
 
 
 class _Server(uvicorn.Server):

@@ -21,7 +21,11 @@ priority, within the request's deadline (past it: `controversial` → review, ne
 (1) origin topic `http:<route>`, consumer `guardstream-api`, the contract's reason.
 
 A decision appears once per post event whichever door or retry produced it: the journal keeps
-the first and every later attempt publishes that one again. The scorer publishes nothing for a
+the first and every later attempt publishes that one again. A hit asks the journal only when it
+settles its decision (SET NX GET: a replayed event gets its earlier decision back); the cache's
+misses are recalled from the journal before they are scored. Every request's records go out
+with those of the requests beside it (`api.publisher`, a group commit), and it is answered
+once the broker has acknowledged them. The scorer publishes nothing for a
 request it refuses: its refusal is dead-lettered here, once, with the post event the API made.
 
 A contested decision (action `review`) is answered with a review reference beside the
@@ -46,6 +50,7 @@ from pydantic import ValidationError
 
 from guardstream.api.delivery import Watched
 from guardstream.api.protocol import parse_json, post_event
+from guardstream.api.publisher import GroupPublisher
 from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import REVIEW_ACTIONS, ContractError, Decision, utcnow
 from guardstream.contracts.ids import review_task_id
@@ -157,7 +162,7 @@ class Moderator:
         human's, the SLA timer's) is called back (`api.delivery`)."""
         self._settings = settings
         self._watch = watch
-        self._producer = producer
+        self.publisher = GroupPublisher(producer, settings, "api")
         self._journal = stores.journal
         self._near = stores.near
         self._lookup = Lookup(stores.cache, stores.journal, stores.near, stores.history)
@@ -185,9 +190,9 @@ class Moderator:
 
     async def refuse(self, raw: bytes, error: ContractError, route: str) -> None:
         """A request refused whole (not a batch, not a moderations request): to the DLQ."""
-        emitter = Emitter(self._producer, self._settings, "api")
+        emitter = self.publisher.emitter()
         await self._dead_letter(emitter, route, raw, error)
-        await emitter.flush()
+        await self.publisher.flush(emitter)
         self.counts["refused"] += 1
 
     async def _dead_letter(
@@ -202,7 +207,7 @@ class Moderator:
 
     async def moderate(self, items: Sequence[object], route: str) -> list[Outcome]:
         """Decide each item (a parsed JSON value, or raw bytes still to parse)."""
-        emitter = Emitter(self._producer, self._settings, "api")
+        emitter = self.publisher.emitter()
         outcomes: list[Outcome | None] = [None] * len(items)
         keys: list[str | None] = [None] * len(items)
         accepted: dict[str, Triaged] = {}
@@ -226,7 +231,9 @@ class Moderator:
         self.counts["requests"] += len(items)
         self.counts["refused"] += sum(isinstance(o, Refused) for o in outcomes)
 
-        looked = await self._lookup.look(accepted)
+        # The journal is asked about the cache's misses only (one Redis call less per hit):
+        # a replayed hit gets its earlier decision from `emitter.decisions` below.
+        looked = await self._lookup.look(accepted, recall_misses_only=True)
         by_key: dict[str, Outcome] = {}
         for key, raw_decision in looked.recalled.items():
             await emitter.decision(raw_decision)
@@ -237,7 +244,11 @@ class Moderator:
 
         decisions = list(looked.decisions)
         pending: list[Watched] = []  # escalated: decided on the topics, perhaps contested
-        scored = await asyncio.gather(*(self._score(item) for item in looked.misses))
+        scored = (
+            await asyncio.gather(*(self._score(item) for item in looked.misses))
+            if looked.misses
+            else []  # a hit: no task to make
+        )
         for item, answer in zip(looked.misses, scored, strict=True):
             key = journal_key(item.post.tenant, item.post.event_id, item.pack.ref)
             if answer.decision is not None:
@@ -267,11 +278,15 @@ class Moderator:
         # The contested posts are watched while the decisions are acknowledged (one PostgreSQL
         # round trip less on a review answer). Should the publishing fail (503), a watch kept
         # for an unpublished decision calls back nothing: no final decision follows it.
-        for result in await asyncio.gather(
-            emitter.flush(), self._watch_contested(by_key.values(), pending), return_exceptions=True
-        ):
-            if isinstance(result, BaseException):
-                raise result
+        watched = self._contested(by_key.values(), pending)
+        if watched:
+            for result in await asyncio.gather(
+                self.publisher.flush(emitter), self._watch_all(watched), return_exceptions=True
+            ):
+                if isinstance(result, BaseException):
+                    raise result
+        else:  # most answers: nothing to watch, no tasks to make
+            await self.publisher.flush(emitter)
         if self._history is not None:  # this door's own decisions (the scorer counts its own)
             await self._history.record(authored(accepted, decisions))
         return [
@@ -279,17 +294,21 @@ class Moderator:
             for index, outcome in enumerate(outcomes)
         ]
 
-    async def _watch_contested(self, outcomes: Iterable[Outcome], escalated: list[Watched]) -> None:
-        """Watch the posts sent to review and those escalated. A failure costs the callback,
-        not the answer: logged and counted (`unwatched`)."""
+    def _contested(self, outcomes: Iterable[Outcome], escalated: list[Watched]) -> list[Watched]:
+        """The posts to watch: those sent to review and those escalated (none without a
+        `watch`)."""
         if self._watch is None:
-            return
-        watched = escalated + [
+            return []
+        return escalated + [
             Watched(o.tenant, o.post_id, o.policy)
             for o in outcomes
             if isinstance(o, Decision) and o.action in REVIEW_ACTIONS
         ]
-        if not watched:
+
+    async def _watch_all(self, watched: list[Watched]) -> None:
+        """Watch `watched`. A failure costs the callback, not the answer: logged and counted
+        (`unwatched`)."""
+        if self._watch is None:
             return
         try:
             await self._watch(watched)

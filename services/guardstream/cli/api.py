@@ -35,10 +35,10 @@ def api(ctx: typer.Context) -> None:
     if ctx.invoked_subcommand is not None:
         return
     # lazy: FastAPI, uvicorn and asyncpg only in the API's process
-    from guardstream.api.main import START_ERRORS
+    from guardstream.api.main import START_ERRORS, event_loop
     from guardstream.api.main import run as run_api
 
-    run_process("api", run_api, start_errors=START_ERRORS)
+    run_process("api", run_api, start_errors=START_ERRORS, event_loop=event_loop)
 
 
 def _invalid(problem: str) -> typer.Exit:

@@ -34,9 +34,11 @@ def run_process(
     run: Callable[[Settings, asyncio.Event], Awaitable[object]],
     *,
     start_errors: tuple[type[Exception], ...] = (),
+    event_loop: Callable[[], asyncio.AbstractEventLoop] | None = None,
 ) -> None:
     """Run one process until SIGTERM/SIGINT with its telemetry; exit codes: 2 invalid
-    configuration or policy packs, 3 cannot start (model, `start_errors`), 4 engine died."""
+    configuration or policy packs, 3 cannot start (model, `start_errors`), 4 engine died.
+    `event_loop`: the loop's factory (default: the stdlib's; the API runs on uvloop)."""
     settings = load_settings()
     logs.configure(settings.process.log_level)
     cannot_start: tuple[type[Exception], ...] = (ModelUnavailable, *start_errors)
@@ -52,7 +54,8 @@ def run_process(
         err.print(f"[red]{name} cannot start:[/red] {exc}")
         raise typer.Exit(2) from None
     try:
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=event_loop) as runner:
+            runner.run(main())
     except cannot_start as exc:
         err.print(f"[red]{name} cannot start:[/red] {exc}")
         raise typer.Exit(3) from None

@@ -105,8 +105,17 @@ def make_producer(
 
 
 def make_consumer(
-    settings: Settings, *, group_id: str | None, client_id: str, max_records: int
+    settings: Settings,
+    *,
+    group_id: str | None,
+    client_id: str,
+    max_records: int,
+    fetch_min_bytes: int = 1,
+    fetch_max_wait_ms: int | None = None,
 ) -> AIOKafkaConsumer:
+    """`fetch_min_bytes`/`fetch_max_wait_ms`: how much the broker gathers before it answers a
+    fetch (default: any record at once, waiting at most `GUARDSTREAM_KAFKA_FETCH_MAX_WAIT_MS`
+    on a quiet topic); a read model that may lag raises both to fetch in fewer, larger parts."""
     return AIOKafkaConsumer(
         **client_kwargs(settings),
         client_id=client_id,
@@ -114,7 +123,10 @@ def make_consumer(
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         max_poll_records=max_records,
-        fetch_max_wait_ms=settings.kafka.fetch_max_wait_ms,
+        fetch_min_bytes=fetch_min_bytes,
+        fetch_max_wait_ms=(
+            settings.kafka.fetch_max_wait_ms if fetch_max_wait_ms is None else fetch_max_wait_ms
+        ),
         max_poll_interval_ms=settings.kafka.max_poll_interval_ms,
         fetch_max_bytes=max(settings.kafka.max_request_bytes, 52_428_800),
         max_partition_fetch_bytes=settings.kafka.max_request_bytes,

@@ -122,12 +122,24 @@ class Emitter:
         self._dead_letters.append((record, error))
         self._dead.append({"reason": error.reason, "consumer": self._group})
 
+    def copy_to(self, other: Emitter) -> None:
+        """Queue on `other` everything queued here (this emitter keeps its own queue): several
+        callers' outputs sent by one `flush` of `other` (`api.publisher`)."""
+        other._queued += self._queued
+        other._dead_letters += self._dead_letters
+        other._decided += self._decided
+        other._dead += self._dead
+
     async def flush(self) -> None:
         queued, self._queued = self._queued, []
         dead_letters, self._dead_letters = self._dead_letters, []
         decided, self._decided = self._decided, []
         dead, self._dead = self._dead, []
         try:
+            # Sizes first: a record refused for its size stops the flush before anything of it
+            # is sent (so a caller that flushes its part again alone duplicates nothing).
+            for _, key, value, headers in queued:
+                _check_size(key, value, headers, self._max_request_bytes)
             pending = [
                 await dead_letter(
                     self._producer,
@@ -172,7 +184,6 @@ class Emitter:
         for (topic, partition), records in by_partition.items():
             batch = self._producer.create_batch()
             for key, value, headers in records:
-                _check_size(key, value, headers, self._max_request_bytes)
                 if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     count = batch.record_count()  # full: send it, start the next
                     sent = await self._producer.send_batch(batch, topic, partition=partition)

@@ -132,15 +132,30 @@ class Lookup:
             return {}
         return await self._history.figures_many(wanted, time.time())
 
-    async def look(self, accepted: dict[str, Triaged]) -> Looked:
-        """Decide what is known of `accepted` (by journal key); the rest are `misses`."""
+    async def look(
+        self, accepted: dict[str, Triaged], *, recall_misses_only: bool = False
+    ) -> Looked:
+        """Decide what is known of `accepted` (by journal key); the rest are `misses`.
+
+        `recall_misses_only` (the API): the journal is asked only about the cache's misses,
+        after the cache, so a hit costs one Redis call less. A hit whose event was decided
+        before is then decided again and the caller's `Emitter.decisions` (the journal's
+        SET NX GET) sends the earlier decision instead, byte for byte: the same outcome, counted
+        as a hit rather than `recalled`. A miss is still recalled before it is scored."""
         looked = Looked()
         pending = dict(accepted)
-        cached, recalled, figures = await asyncio.gather(
-            self._cache.get_many([item.verdict_key for item in pending.values()]),
-            self._journal.recall_many(list(pending)),
-            self._figures(pending.values()),
-        )
+        keys = [item.verdict_key for item in pending.values()]
+        recalled: dict[str, bytes] = {}
+        if recall_misses_only:
+            cached, figures = await asyncio.gather(
+                self._cache.get_many(keys), self._figures(pending.values())
+            )
+        else:
+            cached, recalled, figures = await asyncio.gather(
+                self._cache.get_many(keys),
+                self._journal.recall_many(list(pending)),
+                self._figures(pending.values()),
+            )
         looked.figures = figures
         for key in recalled:  # these events were decided before: say the same thing again
             looked.recalled[key] = recalled[key]
@@ -149,7 +164,8 @@ class Lookup:
         stale: set[VerdictKey] = set()
         now = utcnow()
         misses: list[Triaged] = []
-        for item in pending.values():
+        miss_keys: list[str] = []
+        for key, item in pending.items():
             hit = cached.get(item.verdict_key)
             if hit is not None and not hit.fresh_for(item.pack.cache_ttl_s, now):
                 # Older than this pack reuses: scored again. Dropped too, or the scorer's own
@@ -158,6 +174,7 @@ class Lookup:
                 hit = None
             if hit is None:
                 misses.append(item)
+                miss_keys.append(key)
                 continue
             looked.decisions.append(
                 decide_item(hit, Origin.CACHE, item, history=figures.get(_author(item)))
@@ -166,6 +183,10 @@ class Lookup:
         if stale:
             await self._cache.forget_many(list(stale))
             looked.stale = len(stale)
+        if recall_misses_only and miss_keys:
+            recalled = await self._journal.recall_many(miss_keys)
+            looked.recalled.update(recalled)
+            misses = [m for k, m in zip(miss_keys, misses, strict=True) if k not in recalled]
 
         near = await self._near_duplicates(misses, now)
         for item in misses:
