@@ -44,6 +44,7 @@ from guardstream.runtime.loop import BatchHandler, BatchLoop, LoopConfig
 from guardstream.runtime.rejections import isolating_rejections
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.archive import Archive
+from guardstream.verdict.author_history import RedisAuthorHistory
 from guardstream.verdict.cache import RedisVerdictCache
 
 log = logging.getLogger(__name__)
@@ -132,12 +133,17 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
     stack.push_async_callback(producer.stop)
     cache = RedisVerdictCache.from_settings(settings)
     stack.push_async_callback(cache.close)
+    history = None  # kept only where a pack's rules read it (verdict/author_history.py)
+    if any(pack.uses_author_history for pack in policies.packs):
+        history = RedisAuthorHistory.from_settings(settings)
+        stack.push_async_callback(history.close)
     relay = OutboxRelay(
         services.store,
         producer,
         cache,
         TopicNames(settings.namespace),
         archive=Archive(settings.feedback.dir),
+        history=history,
         human_ttl_s=settings.review.human_verdict_ttl_s,
         queued=services.queued,
     )
@@ -148,6 +154,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
     ready = {"assigned": False}
     app = create_app(services, console, lambda: ready["assigned"], settings)
     app.state.ready_flags = ready
+    app.state.author_history = history  # the task page's panel
     handle = isolating_rejections(handler.handle, producer, settings, "review")
     return Review(settings, services, relay, handler, app, handle)
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from guardstream.model.adapters import AdapterRegistry
 from guardstream.policy import PackReloader, PolicyRegistry, load_watched
 from guardstream.runtime.settings import Settings
+from guardstream.verdict.author_history import AuthorHistoryStore, RedisAuthorHistory
 from guardstream.verdict.cache import RedisVerdictCache, VerdictCache
 from guardstream.verdict.journal import DecisionJournal, RedisDecisionJournal
 from guardstream.verdict.neardup import NearDuplicateIndex, RedisNearDuplicateIndex
@@ -27,6 +28,8 @@ class Stores:
     near: NearDuplicateIndex | None  # None: near-duplicate reuse switched off
     policies: PolicyRegistry
     adapters: AdapterRegistry | None = None  # None: no LoRA adapters (the base model serves)
+    # None: no pack's rules read author history and the packs cannot change, so none is kept.
+    history: AuthorHistoryStore | None = None
     reloader: PackReloader | None = None  # None: the packs in force never change
 
     @classmethod
@@ -48,7 +51,12 @@ class Stores:
             if settings.model.adapter_dir is not None
             else None
         )
-        return cls(cache, journal, near, policies, adapters, reloader)
+        history = None
+        # A reloaded pack may start reading author history, so a watched directory keeps it.
+        if reloader is not None or any(pack.uses_author_history for pack in policies.packs):
+            history = RedisAuthorHistory.from_settings(settings)
+            stack.push_async_callback(history.close)
+        return cls(cache, journal, near, policies, adapters, history, reloader)
 
     def watch(self, stack: AsyncExitStack) -> None:
         """Re-read the adapter registry and the policy directory every poll in the background
