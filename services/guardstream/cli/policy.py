@@ -145,7 +145,11 @@ def history(
     directory: DirOption = None,
 ) -> None:
     """Every change applied to the directory, oldest first."""
-    changes = PackHistory(_registry_dir(directory)).changes(pack_id)
+    try:
+        changes = PackHistory(_registry_dir(directory)).changes(pack_id)
+    except HistoryError as exc:
+        err.print(f"[red]the history cannot be read:[/red] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(1) from None
     if as_json:
         json_lines(
             {

@@ -4,17 +4,19 @@ Each reviewed post (a `Case`: the model's verdict, categories and confidence as 
 and the reviewer's verdict) is routed twice: under the packs in force (`baseline`: the pack the
 decision named when that version is still loaded, else the pack for the post now) and under the
 candidate, with the same routing function the processes use. Nothing is scored again: the
-model's verdicts are replayed, so the difference is the packs' alone.
+model's verdicts are replayed, so the difference is the packs' alone. The archive keeps no
+author history, so rules that read it are replayed as for an author without one.
 
 Against the human label, an action is judged by what it claims: `allow` claims the post is
-safe, `block` that it is unsafe; `review` claims nothing (a person decides). Figures:
+safe; `block` and `remove` (taken down) that it is unsafe; `limit` and `warn` that it is not
+safe; `review` and `hold` claim nothing (a person decides). Figures:
 
 - `changed`: cases whose action differs between baseline and candidate;
 - per action: how many cases each side sends there, and its precision (of the posts it
-  allowed, how many a human called safe; of those it blocked, how many unsafe);
-- `unsafe_recall`: of the posts a human called unsafe, the share blocked;
-  `false_positive_rate`: of the posts a human called safe, the share blocked;
-  `review_rate`: the share sent to review;
+  allowed, how many a human called safe; of those it took down, how many unsafe; …);
+- `unsafe_recall`: of the posts a human called unsafe, the share taken down (block, remove);
+  `false_positive_rate`: of the posts a human called safe, the share taken down;
+  `review_rate`: the share sent to a person (review, hold);
 - the same per model category (a case counts under each category the model named, or `None`);
 - `confusion`: human verdict × action, per side (what the HTML report plots).
 """
@@ -26,15 +28,24 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from guardstream.contracts.events import Action, Verdict
+from guardstream.contracts.events import REVIEW_ACTIONS, Action, Verdict
 from guardstream.contracts.feedback import FeedbackSample
 from guardstream.policy.pack import PolicyPack
 from guardstream.policy.registry import PolicyRegistry
 from guardstream.policy.routing import route
 
 NO_CATEGORY = "None"
-# What an action claims about the post, when it claims anything.
-CLAIMS: Mapping[Action, Verdict] = {Action.ALLOW: Verdict.SAFE, Action.BLOCK: Verdict.UNSAFE}
+# What an action claims about the post: the human verdicts that bear it out. Review actions
+# (review, hold) claim nothing and are absent.
+CLAIMS: Mapping[Action, frozenset[Verdict]] = {
+    Action.ALLOW: frozenset({Verdict.SAFE}),
+    Action.BLOCK: frozenset({Verdict.UNSAFE}),
+    Action.REMOVE: frozenset({Verdict.UNSAFE}),
+    Action.LIMIT: frozenset({Verdict.CONTROVERSIAL, Verdict.UNSAFE}),
+    Action.WARN: frozenset({Verdict.CONTROVERSIAL, Verdict.UNSAFE}),
+}
+TAKEN_DOWN = frozenset({Action.BLOCK, Action.REMOVE})
+ALWAYS_SHOWN = (Action.ALLOW, Action.BLOCK, Action.REVIEW)  # in every table, even at zero
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +86,7 @@ class Side:
     def add(self, action: Action, human: Verdict) -> None:
         self.actions[action] += 1
         self.confusion[(human, action)] += 1
-        if CLAIMS.get(action) is human:
+        if human in CLAIMS.get(action, ()):
             self.correct[action] += 1
 
     @property
@@ -85,24 +96,26 @@ class Side:
     def precision(self, action: Action) -> float | None:
         return _ratio(self.correct[action], self.actions[action]) if action in CLAIMS else None
 
-    def human(self, verdict: Verdict) -> int:
-        return sum(n for (h, _), n in self.confusion.items() if h is verdict)
+    def human(self, verdict: Verdict, actions: Iterable[Action] = tuple(Action)) -> int:
+        """Cases a human called `verdict` (that the side sent to one of `actions`)."""
+        wanted = frozenset(actions)
+        return sum(n for (h, a), n in self.confusion.items() if h is verdict and a in wanted)
 
     def figures(self) -> dict[str, Any]:
+        shown = _actions(self.actions)
         return {
             "cases": self.total,
-            "actions": {a.value: self.actions[a] for a in _actions(self.actions)},
-            "precision": {a.value: self.precision(a) for a in CLAIMS},
+            "actions": {a.value: self.actions[a] for a in shown},
+            "precision": {a.value: self.precision(a) for a in shown if a in CLAIMS},
             "unsafe_recall": _ratio(
-                self.confusion[(Verdict.UNSAFE, Action.BLOCK)], self.human(Verdict.UNSAFE)
+                self.human(Verdict.UNSAFE, TAKEN_DOWN), self.human(Verdict.UNSAFE)
             ),
             "false_positive_rate": _ratio(
-                self.confusion[(Verdict.SAFE, Action.BLOCK)], self.human(Verdict.SAFE)
+                self.human(Verdict.SAFE, TAKEN_DOWN), self.human(Verdict.SAFE)
             ),
-            "review_rate": _ratio(self.actions[Action.REVIEW], self.total),
+            "review_rate": _ratio(sum(self.actions[a] for a in REVIEW_ACTIONS), self.total),
             "confusion": {
-                h.value: {a.value: self.confusion[(h, a)] for a in _actions(self.actions)}
-                for h in Verdict
+                h.value: {a.value: self.confusion[(h, a)] for a in shown} for h in Verdict
             },
         }
 
@@ -177,8 +190,8 @@ def _action(pack: PolicyPack, case: Case) -> Action:
 
 
 def _actions(seen: Counter[Action]) -> Sequence[Action]:
-    """Every action, in the contract's order: the ones named there and any a pack uses."""
-    return [a for a in Action if a in CLAIMS or a is Action.REVIEW or seen[a]]
+    """Allow, block, review and any other action a side used, in the contract's order."""
+    return [a for a in Action if a in ALWAYS_SHOWN or seen[a]]
 
 
 def _ratio(part: int, whole: int) -> float | None:

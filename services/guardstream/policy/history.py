@@ -82,6 +82,7 @@ class Change:
     @classmethod
     def from_json(cls, raw: bytes) -> Change:
         data: dict[str, Any] = orjson.loads(raw)
+        _check_name(str(data["file"]))  # a snapshot path is built from it: never "../"
         return cls(
             int(data["seq"]),
             datetime.fromisoformat(data["at"]),
@@ -108,11 +109,25 @@ class PackHistory:
         log = self.store / "log.jsonl"
         if not log.exists():
             return []
-        found = [Change.from_json(line) for line in log.read_bytes().splitlines() if line.strip()]
+        found = []
+        for number, line in enumerate(log.read_bytes().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                found.append(Change.from_json(line))
+            except (ValueError, KeyError, TypeError) as exc:  # edited by hand, cut short
+                # (HistoryError is a ValueError: a file name that is not one lands here too)
+                raise HistoryError(
+                    f"{log}:{number}: not a history line ({type(exc).__name__}); fix or remove "
+                    "it (the snapshots beside it are intact)"
+                ) from None
         return [c for c in found if pack_id is None or pack_id in c.packs]
 
     def text_of(self, change: Change) -> str:
-        return (self.store / change.snapshot).read_text(encoding="utf-8")
+        try:
+            return (self.store / change.snapshot).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise HistoryError(f"change {change.seq}: its snapshot is unreadable ({exc})") from None
 
     def _current(self) -> tuple[PolicyPack, ...]:
         """The packs the directory holds now; none when it does not load (a hand edit broke

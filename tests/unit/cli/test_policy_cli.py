@@ -179,3 +179,31 @@ def test_hostile_names_and_bodies_are_refused_or_applied_never_a_crash(
     assert code in {0, 1}
     assert os.listdir(root) == ["packs"]  # nothing written outside the directory
     load_packs(directory)  # whatever happened, the directory still loads
+
+
+@example(
+    line=b'{"seq": 2, "at": "2026-12-07T10:00:00+00:00", "action": "apply", '
+    b'"file": "../../outside.yaml", "packs": {"default": "0"}}'
+)
+@example(line=b"{not json")
+@example(line=b'{"seq": "x"}')
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(line=st.binary(min_size=1, max_size=200).filter(lambda b: b"\n" not in b))
+def test_a_damaged_history_line_is_named_never_a_crash(
+    tmp_path_factory: pytest.TempPathFactory, line: bytes
+) -> None:
+    directory = tmp_path_factory.mktemp("packs")
+    (directory / "default.yaml").write_text(DEFAULT.format(v=1, mode="review"))
+    source = tmp_path_factory.mktemp("in") / "default.yaml"
+    source.write_text(DEFAULT.format(v=2, mode="review"))
+    assert run("policy", "apply", str(source), "--dir", str(directory))[0] == 0
+    with (directory / ".history" / "log.jsonl").open("ab") as log:
+        log.write(line + b"\n")
+    for args in (("history",), ("rollback", "default")):
+        code, _, stderr = run("policy", *args, "--dir", str(directory))
+        if code != 0:
+            assert code == 1
+            assert "log.jsonl:3" in stderr or "refused" in stderr or "snapshot" in stderr
+    load_packs(directory)

@@ -271,3 +271,45 @@ def test_apply_with_the_gate_refuses_a_pack_that_would_miss_unsafe_posts(
     assert code == 0, stderr
     history = run("policy", "history", "--json", "--dir", str(directory))[1]
     assert "gate: 5 cases, 0 change" in history
+
+
+def test_graded_actions_of_the_shipped_finance_example_are_judged_by_what_they_claim(
+    tmp_path: Path,
+) -> None:
+    """Take-downs (block, remove) count for recall and false positives, a person's actions
+    (review, hold) for the review rate; limit and warn claim "not safe". The archive keeps no
+    author history: rules that read it replay as for an author without one."""
+    fraud, unethical = "Non-violent Illegal Acts", "Unethical Acts"
+    root = tmp_path / "feedback"
+    Archive(root, writer_id="test").append(
+        [
+            sample(1, "finance-platform", U, 0.95, (fraud,), U),  # block both ways
+            sample(2, "finance-platform", U, 0.75, (unethical,), S),  # block → hold
+            sample(3, "finance-platform", C, 0.85, (), U),  # review → limit
+            sample(4, "finance-platform", C, 0.85, (), S),  # review → limit
+            sample(5, "finance-platform", S, 0.95, (), S),  # allow both ways
+        ]
+    )
+    baseline = tmp_path / "in-force"
+    baseline.mkdir()
+    shutil.copyfile(PACKS_DIR / "default.yaml", baseline / "default.yaml")
+    code, stdout, stderr = run(
+        "policy", "backtest", "--pack", str(PACKS_DIR / "example-finance.yaml"),
+        "--dir", str(baseline), "--archive", str(root), "--json",
+    )  # fmt: skip
+    assert code == 0, stderr
+    report = orjson.loads(stdout)
+    assert report["changed"] == 3
+    assert report["moves"] == [
+        {"from": "review", "to": "limit", "cases": 2},
+        {"from": "block", "to": "hold", "cases": 1},
+    ]
+    before, after = report["baseline"], report["candidate"]
+    assert after["actions"] == {"allow": 1, "block": 1, "review": 0, "limit": 2, "hold": 1}
+    assert after["precision"] == {"allow": 1.0, "block": 1.0, "limit": 0.5}
+    assert (before["false_positive_rate"], after["false_positive_rate"]) == (1 / 3, 0.0)
+    assert (before["unsafe_recall"], after["unsafe_recall"]) == (0.5, 0.5)
+    assert (before["review_rate"], after["review_rate"]) == (0.4, 0.2)
+    assert after["confusion"]["safe"] == {
+        "allow": 1, "block": 0, "review": 0, "limit": 1, "hold": 1,
+    }  # fmt: skip

@@ -185,3 +185,15 @@ def test_any_file_content_is_applied_whole_or_refused_never_half(
     else:
         assert refs == {"default@9", "forum@1"}
     registry.for_post("forum", "CN")  # always answers: a default pack is always in force
+
+
+def test_a_directory_emptied_or_removed_keeps_the_packs_in_force(packs: Path) -> None:
+    registry, reloader = reloader_for(packs)
+    for path in list(packs.iterdir()):
+        path.unlink()
+    emptied = reloader.check()
+    assert emptied.outcome is ReloadOutcome.REFUSED
+    assert "no default pack" in (emptied.reason or "")
+    packs.rmdir()
+    assert reloader.check().outcome is ReloadOutcome.REFUSED
+    assert registry.versions() == {"default": "1", "forum": "1"}
