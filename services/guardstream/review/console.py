@@ -243,6 +243,7 @@ async def _task_page(
 ) -> HTMLResponse:
     svc = _svc(request)
     view = await svc.queue.view(reviewer, task_id)
+    context = await svc.context.for_view(reviewer, view)
     return _page(
         request,
         "task.html",
@@ -251,6 +252,7 @@ async def _task_page(
             "csrf": session.csrf,
             "task": view.task,
             "text": view.text,
+            "context": context,
             "parts": long_text(view.text.text) if view.text else None,
             "reason_max": REVIEW_REASON_MAX,
             "tags": svc.tasks.tags,
