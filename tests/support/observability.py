@@ -67,6 +67,7 @@ FAILURE_ONLY_METRICS = frozenset(
         "guardstream_review_denied_total",
         "guardstream_review_shed_total",
         "guardstream_review_samples_without_text_total",
+        "guardstream_policy_reloads_total",  # only when the policy directory changes
     }
 )
 # Exported by the SLA timer (guardstream.sla.app) and the review console

@@ -17,14 +17,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiokafka import AIOKafkaProducer
 
 from guardstream.contracts.events import ContractError, Decision
-from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.contracts.topics import ACTION_TOPICS, TopicNames
 from guardstream.runtime.loop import Records
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.emitter import Emitter
 from guardstream.verdict.latest import LatestDecisions
 
 GROUP = "api-decisions"
-ACTION_TOPICS = (Topic.ALLOW, Topic.BLOCK, Topic.REVIEW)
 
 
 def action_topics(settings: Settings) -> list[str]:

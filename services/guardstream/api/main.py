@@ -95,7 +95,8 @@ async def run(
         )
         await producer.start()
         stack.push_async_callback(producer.stop)
-        stores = Stores.open(settings, stack)
+        stores = Stores.open(settings, stack, process="api")
+        stores.watch(stack)
         scorer = httpx.AsyncClient(
             base_url=settings.api.scorer_url,
             trust_env=False,  # an internal call: no proxy from the environment
@@ -144,7 +145,11 @@ async def run(
             settings.process.health_port,
             ready=lambda: server.started,
             name="api",
-            status=lambda: {**moderator.counts, **{f"gate_{k}": n for k, n in gate.counts.items()}},
+            status=lambda: {
+                **moderator.counts,
+                **{f"gate_{k}": n for k, n in gate.counts.items()},
+                **stores.gauges(),
+            },
             host=settings.process.listen_host,
         )
         await health.start()

@@ -47,14 +47,14 @@ from pydantic import ValidationError
 from guardstream.api.delivery import Watched
 from guardstream.api.protocol import parse_json, post_event
 from guardstream.contracts.errors import TransientError
-from guardstream.contracts.events import Action, ContractError, Decision, utcnow
+from guardstream.contracts.events import REVIEW_ACTIONS, ContractError, Decision, utcnow
 from guardstream.contracts.ids import review_task_id
 from guardstream.policy import ScorerUnavailableMode
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.emitter import Emitter
 from guardstream.verdict.intake import Triaged, score_request_json
 from guardstream.verdict.journal import journal_key
-from guardstream.verdict.lookup import Lookup, triager, unscored_item
+from guardstream.verdict.lookup import Lookup, authored, triager, unscored_item
 from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -117,7 +117,7 @@ def _origin(route: str, sequence: int, raw: bytes, at_ms: int) -> ConsumerRecord
 def review_reference(decision: Decision) -> dict[str, str] | None:
     """For a contested decision (sent to human review): its review task and where the final
     decision can be polled (`GET /v1/decisions/{post_id}`); None for any other."""
-    if decision.action is not Action.REVIEW:
+    if decision.action not in REVIEW_ACTIONS:
         return None
     return {
         "task_id": review_task_id(decision.tenant, decision.post_id, decision.policy),
@@ -160,7 +160,8 @@ class Moderator:
         self._producer = producer
         self._journal = stores.journal
         self._near = stores.near
-        self._lookup = Lookup(stores.cache, stores.journal, stores.near)
+        self._lookup = Lookup(stores.cache, stores.journal, stores.near, stores.history)
+        self._history = stores.history
         self._triager = triager(settings, stores, model)
         self._scorer = scorer
         self._model = model
@@ -271,6 +272,8 @@ class Moderator:
         ):
             if isinstance(result, BaseException):
                 raise result
+        if self._history is not None:  # this door's own decisions (the scorer counts its own)
+            await self._history.record(authored(accepted, decisions))
         return [
             outcome if outcome is not None else by_key[keys[index]]  # type: ignore[index]
             for index, outcome in enumerate(outcomes)
@@ -284,7 +287,7 @@ class Moderator:
         watched = escalated + [
             Watched(o.tenant, o.post_id, o.policy)
             for o in outcomes
-            if isinstance(o, Decision) and o.action is Action.REVIEW
+            if isinstance(o, Decision) and o.action in REVIEW_ACTIONS
         ]
         if not watched:
             return

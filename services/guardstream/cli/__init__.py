@@ -12,6 +12,7 @@ from guardstream.cli import (
     feedback,
     model,
     plan,
+    policy,
     processes,
     produce,
     review,
@@ -46,3 +47,4 @@ app.add_typer(feedback.app, name="feedback")
 app.add_typer(review.app, name="review")
 app.add_typer(webhooks.app, name="webhooks")
 app.add_typer(api.app, name="api")
+app.add_typer(policy.app, name="policy")

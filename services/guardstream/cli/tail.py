@@ -39,7 +39,7 @@ from guardstream.contracts.events import (
     Verdict,
     dump,
 )
-from guardstream.contracts.topics import CATALOGUE, Topic, TopicNames
+from guardstream.contracts.topics import ACTION_TOPICS, CATALOGUE, Topic, TopicNames
 from guardstream.runtime.kafka import make_consumer
 from guardstream.runtime.process import install_stop_signals
 from guardstream.runtime.settings import Settings
@@ -48,7 +48,7 @@ from guardstream.runtime.settings import Settings
 class Stream(StrEnum):
     """What `tail --topic` names: a kind of output and the catalogue topics that carry it."""
 
-    ACTION = "action"  # decisions: actions.allow / block / review
+    ACTION = "action"  # decisions: every actions.<action> topic
     DLQ = "dlq"
     REVIEW = "review"  # human review decisions (moderation.reviews.v1)
     ALERT = "alert"
@@ -56,7 +56,7 @@ class Stream(StrEnum):
 
 
 STREAM_TOPICS: dict[Stream, tuple[Topic, ...]] = {
-    Stream.ACTION: (Topic.ALLOW, Topic.BLOCK, Topic.REVIEW),
+    Stream.ACTION: ACTION_TOPICS,
     Stream.DLQ: (Topic.DLQ,),
     Stream.REVIEW: (Topic.REVIEWS,),
     Stream.ALERT: (Topic.ALERTS,),

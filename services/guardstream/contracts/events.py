@@ -44,7 +44,12 @@ from pydantic.fields import FieldInfo
 from guardstream.contracts.errors import PermanentError
 
 SCHEMA_MAJOR = 1
-SCHEMA_VERSION = "1.0"
+# 1.1 (additive): graded actions `limit`, `warn`, `remove`, `hold`; a decision's optional
+# `author_history` (the figures a pack rule read); a score request's optional `author_id`.
+# A 1.0 reader of `moderation.actions.review.v1` refuses a `hold` decision (unknown action),
+# so review readers are upgraded before a pack uses `hold`; the other new actions travel on
+# topics of their own, which 1.0 readers do not subscribe to (docs/concepts/policy-rules.md).
+SCHEMA_VERSION = "1.1"
 
 # pydantic checks patterns in Rust, where a lone surrogate is no string at all: any field with
 # one of these patterns rejects surrogates too (`string_unicode`), and orjson never parses one.
@@ -106,6 +111,15 @@ class Action(enum.StrEnum):
     ALLOW = "allow"
     BLOCK = "block"
     REVIEW = "review"
+    # Graded actions (schema 1.1), chosen only by a pack's `rules`:
+    LIMIT = "limit"  # publish with reduced distribution (限流)
+    WARN = "warn"  # publish and notify the author (提醒)
+    REMOVE = "remove"  # take down something already published (强制下架)
+    HOLD = "hold"  # keep unpublished until a person has reviewed it (a review item)
+
+
+# Actions that put the post in front of a person: both go to the review queue and its SLA.
+REVIEW_ACTIONS = frozenset((Action.REVIEW, Action.HOLD))
 
 
 class Source(enum.StrEnum):
@@ -284,6 +298,9 @@ class ScoreRequest(Envelope):
     near_scope: ContentKey | None = None
     # The LoRA adapter that must score it (part of the content key); absent: the base model.
     adapter: Id | None = None
+    # The post's author (schema 1.1), so the scorer can read and update the author's history
+    # for pack rules; absent from older triages' requests (rules then see no history).
+    author_id: Id | None = None
 
 
 Texted = TypeVar("Texted", Post, ScoreRequest)
@@ -301,8 +318,26 @@ def within_text_limit(event: Texted, max_chars: int) -> Texted:
     return event
 
 
+class AuthorHistory(BaseModel):
+    """An author's recent record within one tenant, as a pack rule read it (schema 1.1):
+    how many of the author's posts were decided unsafe / controversial by the model, and
+    confirmed unsafe by a person, in the last day, 7 days and 30 days."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    unsafe_1d: Annotated[StrictInt, Field(ge=0)] = 0
+    unsafe_7d: Annotated[StrictInt, Field(ge=0)] = 0
+    unsafe_30d: Annotated[StrictInt, Field(ge=0)] = 0
+    controversial_1d: Annotated[StrictInt, Field(ge=0)] = 0
+    controversial_7d: Annotated[StrictInt, Field(ge=0)] = 0
+    controversial_30d: Annotated[StrictInt, Field(ge=0)] = 0
+    confirmed_unsafe_1d: Annotated[StrictInt, Field(ge=0)] = 0
+    confirmed_unsafe_7d: Annotated[StrictInt, Field(ge=0)] = 0
+    confirmed_unsafe_30d: Annotated[StrictInt, Field(ge=0)] = 0
+
+
 class Decision(Envelope):
-    """What to do with a post (`moderation.actions.{allow,block,review}.v1`)."""
+    """What to do with a post (`moderation.actions.<action>.v1`; `hold` on the review topic)."""
 
     decision_id: Id
     post_id: Id
@@ -331,6 +366,9 @@ class Decision(Envelope):
     # and from human and SLA decisions (no post text at hand there).
     lang: Annotated[Line, Field(max_length=35)] | None = None
     lang_source: LangSource | None = None
+    # The author's history a pack rule read for this decision (schema 1.1); absent when the
+    # pack's rules read none.
+    author_history: AuthorHistory | None = None
 
     @classmethod
     def make(
@@ -358,6 +396,7 @@ class Decision(Envelope):
         decided_at: datetime | None = None,
         lang: str | None = None,
         lang_source: LangSource | None = None,
+        author_history: AuthorHistory | None = None,
     ) -> Self:
         """The one maker of decisions, whichever path decides (model, cache, rule, human, SLA
         timer). A decision is its own event (`event_id` is `decision_id`: made again, it is
@@ -392,6 +431,7 @@ class Decision(Envelope):
                 "decided_at": at if decided_at is None else decided_at,
                 "lang": lang,
                 "lang_source": lang_source,
+                "author_history": author_history,
             }
         )
         return made

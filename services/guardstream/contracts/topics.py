@@ -20,6 +20,11 @@ class Topic(StrEnum):
     ALLOW = "moderation.actions.allow.v1"
     BLOCK = "moderation.actions.block.v1"
     REVIEW = "moderation.actions.review.v1"
+    # Graded actions (schema 1.1): topics of their own, so readers of the three above never
+    # see an action they do not know. `hold` travels on REVIEW (it is a review item).
+    LIMIT = "moderation.actions.limit.v1"
+    WARN = "moderation.actions.warn.v1"
+    REMOVE = "moderation.actions.remove.v1"
     DLQ = "moderation.dlq.v1"
     REVIEWS = "moderation.reviews.v1"
     ALERTS = "moderation.alerts.v1"
@@ -48,7 +53,12 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     ),
     TopicSpec(Topic.ALLOW, 6, "post_id", 7 * DAY_MS, "decisions: publish"),
     TopicSpec(Topic.BLOCK, 6, "post_id", 30 * DAY_MS, "decisions: take down"),
-    TopicSpec(Topic.REVIEW, 6, "post_id", 30 * DAY_MS, "decisions: send to human review"),
+    TopicSpec(
+        Topic.REVIEW, 6, "post_id", 30 * DAY_MS, "decisions: send to human review (review, hold)"
+    ),
+    TopicSpec(Topic.LIMIT, 6, "post_id", 30 * DAY_MS, "decisions: publish, reduced distribution"),
+    TopicSpec(Topic.WARN, 6, "post_id", 30 * DAY_MS, "decisions: publish, notify the author"),
+    TopicSpec(Topic.REMOVE, 6, "post_id", 30 * DAY_MS, "decisions: take down a published post"),
     TopicSpec(Topic.DLQ, 3, "origin key", 30 * DAY_MS, "records no process could accept"),
     TopicSpec(Topic.REVIEWS, 6, "post_id", 90 * DAY_MS, "human review decisions"),
     TopicSpec(Topic.ALERTS, 3, "alert_id", 30 * DAY_MS, "operational alerts (SLA, QA)"),
@@ -77,6 +87,16 @@ CATALOGUE: tuple[TopicSpec, ...] = (
 )
 
 SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in CATALOGUE}
+
+# Every topic decisions are published on, in the order readers list them.
+ACTION_TOPICS: tuple[Topic, ...] = (
+    Topic.ALLOW,
+    Topic.BLOCK,
+    Topic.REVIEW,
+    Topic.LIMIT,
+    Topic.WARN,
+    Topic.REMOVE,
+)
 
 
 def topic_name(topic: Topic, namespace: str = "") -> str:

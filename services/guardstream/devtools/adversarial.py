@@ -41,7 +41,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import BaseModel, ConfigDict, Field
 
 from guardstream.contracts.events import Decision, DlqRecord, Kind, Verdict
-from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.contracts.topics import ACTION_TOPICS, Topic, TopicNames
 from guardstream.devtools.produce import new_post, send_and_wait
 from guardstream.model.adapters import Adapter
 from guardstream.model.guard import resolve_model
@@ -324,7 +324,7 @@ async def run_corpus(
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=120)
 
     names = TopicNames(settings.namespace)
-    action_topics = [names[t] for t in (Topic.ALLOW, Topic.BLOCK, Topic.REVIEW)]
+    action_topics = [names[t] for t in ACTION_TOPICS]
     decisions: dict[str, set[bytes]] = {}
     latest: dict[str, Decision] = {}
     for raw in await read_records(settings, action_topics):

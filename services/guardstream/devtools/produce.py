@@ -36,12 +36,11 @@ from guardstream.contracts.events import (
     Post,
     utcnow,
 )
-from guardstream.contracts.topics import Topic, TopicNames
+from guardstream.contracts.topics import ACTION_TOPICS, Topic, TopicNames
 from guardstream.runtime import tracing
 from guardstream.runtime.kafka import client_kwargs, make_producer
 from guardstream.runtime.settings import Settings
 
-ACTION_TOPICS = (Topic.ALLOW, Topic.BLOCK, Topic.REVIEW)
 WATCHED_TOPICS = (*ACTION_TOPICS, Topic.DLQ)
 # Room for the record batch's own framing and the trace headers around a post's JSON.
 RECORD_OVERHEAD_BYTES = 4096

@@ -1,7 +1,8 @@
 """Policy packs: per tenant (and region), how model verdicts become actions.
 
-`pack` holds the model, `loader` reads YAML files into a `registry`, `routing` decides
-(pure), and `prompt` renders what a pack adds to the model input. File format:
+`pack` holds the model, `loader` reads YAML files into a `registry` (kept in step with its
+directory by `reloader`), `routing` decides (pure), and `prompt` renders what a pack adds to
+the model input. File format:
 `schemas/policy-pack.v1.json`; the shipped packs and examples: `policy/packs/`.
 """
 
@@ -16,6 +17,14 @@ from guardstream.policy.pack import (
 )
 from guardstream.policy.prompt import apply_prefix, prompt_fingerprint, prompt_prefix
 from guardstream.policy.registry import Clash, PolicyConflictError, PolicyRegistry
+from guardstream.policy.reloader import (
+    PACKS_DIR,
+    PackReloader,
+    Reload,
+    ReloadOutcome,
+    load_watched,
+    pack_digest,
+)
 from guardstream.policy.routing import (
     ReviewSla,
     Routed,
@@ -24,17 +33,18 @@ from guardstream.policy.routing import (
     route_scorer_unavailable,
 )
 
-PACKS_DIR = Path(__file__).with_name("packs")
-
 __all__ = [
     "PACKS_DIR",
     "Clash",
     "ControversialMode",
+    "PackReloader",
     "PolicyConflictError",
     "PolicyLoadError",
     "PolicyPack",
     "PolicyRegistry",
     "Problem",
+    "Reload",
+    "ReloadOutcome",
     "ReviewBelow",
     "ReviewSla",
     "Routed",
@@ -42,6 +52,8 @@ __all__ = [
     "apply_prefix",
     "load_packs",
     "load_registry",
+    "load_watched",
+    "pack_digest",
     "parse_pack_file",
     "prompt_fingerprint",
     "prompt_prefix",

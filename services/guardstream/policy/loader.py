@@ -2,9 +2,10 @@
 
 Every `*.yaml` / `*.yml` file directly in the directory holds one pack, or several separated
 by `---` (a tenant's pack and its region overrides side by side). All problems in all files
-are collected and raised together as one `PolicyLoadError` whose lines say file, field path
-and message, so a bad deploy is fixed in one round and nobody reads a traceback. Duplicate
-keys in a YAML mapping are errors: YAML would silently keep the last one.
+are collected and raised together as one `PolicyLoadError` whose lines say file, field path,
+message and the line in the file (from the YAML node marks), so a bad deploy is fixed in one
+round and nobody reads a traceback. Duplicate keys in a YAML mapping are errors: YAML would
+silently keep the last one. `policy.lint` runs the same checks on files without loading them.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ from pydantic import ValidationError
 from guardstream.contracts.errors import PermanentError
 from guardstream.policy.pack import PolicyPack, ReviewBelow
 from guardstream.policy.registry import PolicyRegistry, find_clashes
+from guardstream.policy.rules import ConfidenceBand, Rule, RuleProblems
 
-_FIELDS = [*PolicyPack.model_fields, *ReviewBelow.model_fields]
+_FIELDS = [
+    *PolicyPack.model_fields,
+    *ReviewBelow.model_fields,
+    *Rule.model_fields,
+    *ConfidenceBand.model_fields,
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +39,12 @@ class Problem:
     source: str
     field: str
     message: str
+    line: int | None = None  # 1-based, in the file (not the document)
 
     def __str__(self) -> str:
         where = f"{self.source}: {self.field}" if self.field else self.source
-        return f"{where}: {self.message}"
+        at = f" (line {self.line})" if self.line is not None else ""
+        return f"{where}: {self.message}{at}"
 
 
 class PolicyLoadError(PermanentError, ValueError):
@@ -109,8 +118,8 @@ def parse_pack_file(name: str, text: str) -> tuple[list[tuple[str, PolicyPack]],
     try:
         # Numbered before empty documents (a trailing `---`) are dropped, as an editor counts.
         documents = [
-            (number, document)
-            for number, document in enumerate(yaml.load_all(text, Loader=_UniqueKeyLoader), 1)
+            (number, node, document)
+            for number, (node, document) in enumerate(_documents(text), 1)
             if document is not None
         ]
     except yaml.YAMLError as exc:
@@ -120,17 +129,60 @@ def parse_pack_file(name: str, text: str) -> tuple[list[tuple[str, PolicyPack]],
 
     packs: list[tuple[str, PolicyPack]] = []
     problems: list[Problem] = []
-    for number, document in documents:
+    for number, node, document in documents:
         source = name if len(documents) == 1 else f"{name} (document {number})"
         if not isinstance(document, dict):
             kind = type(document).__name__
-            problems.append(Problem(source, "", f"must be a mapping of pack fields, not {kind}"))
+            problems.append(
+                Problem(
+                    source,
+                    "",
+                    f"must be a mapping of pack fields, not {kind}",
+                    node.start_mark.line + 1,
+                )
+            )
             continue
         try:
             packs.append((source, PolicyPack.model_validate(document)))
         except ValidationError as exc:
-            problems.extend(_validation_problems(source, exc))
+            problems.extend(_validation_problems(source, exc, node))
     return packs, problems
+
+
+def _documents(text: str) -> Any:
+    """Each YAML document's node (for line numbers) and its value."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            yield node, loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def line_of(node: Any, path: Sequence[str | int]) -> int | None:
+    """The 1-based line of the value at `path` in a document's node tree: the deepest part
+    of the path the file has (a missing field points at its mapping, an unknown one at its
+    key)."""
+    line: int = node.start_mark.line + 1
+    for part in path:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                if key.value == str(part):
+                    # A field refused as unknown, or a scalar, is best shown at its key.
+                    line = int(key.start_mark.line) + 1
+                    node = value
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if not 0 <= part < len(node.value):
+                return line
+            node = node.value[part]
+            line = int(node.start_mark.line) + 1
+        else:
+            return line
+    return line
 
 
 def _yaml_message(exc: yaml.YAMLError) -> str:
@@ -140,10 +192,23 @@ def _yaml_message(exc: yaml.YAMLError) -> str:
     return f"invalid YAML at {where}{what}" if where else f"invalid YAML: {what}"
 
 
-def _validation_problems(source: str, exc: ValidationError) -> list[Problem]:
-    problems = []
+def _validation_problems(source: str, exc: ValidationError, node: Any = None) -> list[Problem]:
+    problems: list[Problem] = []
     for err in exc.errors(include_url=False):
-        path = ".".join(str(part) for part in err["loc"]) or "<pack>"
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, RuleProblems):  # the pack's rules: one line per problem
+            problems.extend(
+                Problem(
+                    source,
+                    ".".join(map(str, p.path)),
+                    p.message,
+                    line_of(node, p.path) if node is not None else None,
+                )
+                for p in cause.problems
+            )
+            continue
+        loc = [part for part in err["loc"] if not _is_union_tag(part)]
+        path = ".".join(str(part) for part in loc) or "<pack>"
         message = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             close = difflib.get_close_matches(str(err["loc"][-1]), _FIELDS, n=1)
@@ -152,5 +217,13 @@ def _validation_problems(source: str, exc: ValidationError) -> list[Problem]:
             message += " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)"
         elif isinstance(err.get("input"), int | float) and err["type"] == "string_type":
             message += " (quote it: YAML read a number)"
-        problems.append(Problem(source, path, message))
+        problems.append(
+            Problem(source, path, message, line_of(node, loc) if node is not None else None)
+        )
     return problems
+
+
+def _is_union_tag(part: object) -> bool:
+    # pydantic names the branch of an optional field it tried ("rules.0.verdict.tuple[...]"):
+    # not a part of the file's path.
+    return isinstance(part, str) and ("[" in part or part in {"function-after", "none"})

@@ -24,11 +24,13 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
 
 from guardstream.contracts.events import LINE, Verdict
 from guardstream.contracts.labels import CATEGORIES
 from guardstream.contracts.text import normalise
+from guardstream.policy.rules import Rule, RuleProblems, rule_problems, uses_history
 
 DEFAULT_TENANT: Final = "*"
 # The tag key the region hint renders under (see `policy.prompt`); a domain tag may not use it.
@@ -116,6 +118,8 @@ class PolicyPack(BaseModel):
     review_below: ReviewBelow = ReviewBelow()
     always_block: tuple[Category, ...] = ()
     always_review: tuple[Category, ...] = ()
+    # The pack's own rules (policy/rules.py), before the built-in ones above: first match wins.
+    rules: tuple[Rule, ...] = ()
 
     domain_tags: dict[TagKey, TagValue] = Field(default_factory=dict)
     region_hint: TagValue | None = None
@@ -141,6 +145,26 @@ class PolicyPack(BaseModel):
     def ref(self) -> str:
         """What a decision records as its `policy`: which pack, which version of it."""
         return f"{self.id}@{self.version}"
+
+    @property
+    def uses_author_history(self) -> bool:
+        """Whether deciding under this pack reads the author's history."""
+        return uses_history(self.rules)
+
+    def category_names(self) -> tuple[str, ...]:
+        """The categories rules may name: the pack's own list when it has one, else
+        Qwen3Guard's."""
+        own = getattr(self, "categories", None)  # a pack-level list, where the pack has one
+        if not own:
+            return CATEGORIES
+        return tuple(str(getattr(c, "name", c)) for c in own)
+
+    @model_validator(mode="after")
+    def _rules(self) -> PolicyPack:
+        problems = rule_problems(self.rules, self.category_names())
+        if problems:
+            raise RuleProblems(problems)
+        return self
 
     @property
     def is_default(self) -> bool:

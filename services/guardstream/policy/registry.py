@@ -71,42 +71,59 @@ def find_clashes(packs: Sequence[PolicyPack]) -> list[Clash]:
     return clashes
 
 
+@dataclass(frozen=True, slots=True)
+class _InForce:
+    packs: tuple[PolicyPack, ...]
+    by_claim: dict[Claim, PolicyPack]
+
+
 class PolicyRegistry:
-    """The packs in force, indexed by what they claim."""
+    """The packs in force, indexed by what they claim.
+
+    Every process holds one registry for its whole life; a reload (`policy.reloader`) puts a
+    newly loaded set in force with `replace`, one attribute assignment, so a reader sees the
+    old set or the new one, never a mix. Callers take one pack per decision (`for_post`) and
+    decide with that immutable pack: a reload mid-decision cannot change its rules.
+    """
 
     def __init__(self, packs: Iterable[PolicyPack]) -> None:
-        self._packs = tuple(packs)
-        clashes = find_clashes(self._packs)
+        found = tuple(packs)
+        clashes = find_clashes(found)
         if clashes:
             raise PolicyConflictError(clashes)
-        self._by_claim = {claim: pack for pack in self._packs for claim in claims(pack)}
+        self._in_force = _InForce(found, {claim: p for p in found for claim in claims(p)})
+
+    def replace(self, other: PolicyRegistry) -> None:
+        """Put `other`'s packs in force here, all at once (both were checked when built)."""
+        self._in_force = other._in_force
 
     @property
     def packs(self) -> tuple[PolicyPack, ...]:
-        return self._packs
+        return self._in_force.packs
 
     @property
     def default(self) -> PolicyPack:
-        return self._by_claim[(DEFAULT_TENANT, None)]
+        return self._in_force.by_claim[(DEFAULT_TENANT, None)]
 
     def for_post(self, tenant: str, region: str | None) -> PolicyPack:
+        by_claim = self._in_force.by_claim  # one read: the set in force when the post came
         folded = region.casefold() if region else None
         for claim in ((tenant, folded), (tenant, None), (DEFAULT_TENANT, folded)):
-            pack = self._by_claim.get(claim)
+            pack = by_claim.get(claim)
             if pack is not None:
                 return pack
-        return self.default
+        return by_claim[(DEFAULT_TENANT, None)]
 
     def by_ref(self, ref: str) -> PolicyPack | None:
         """The pack a decision names (`id@version`), when that version is still loaded."""
-        for pack in self._packs:
+        for pack in self._in_force.packs:
             if pack.ref == ref:
                 return pack
         return None
 
     def versions(self) -> dict[str, str]:
         """Pack id → version, for start-up logs and health output."""
-        return {pack.id: pack.version for pack in self._packs}
+        return {pack.id: pack.version for pack in self._in_force.packs}
 
 
 def _claim_text(claim: Claim) -> str:

@@ -1,9 +1,12 @@
 """From a model verdict to an action under a policy pack: pure, ordered rules.
 
-Precedence, first match wins (`Routed.rule` in the second column):
+Precedence, first match wins (`Routed.rule` in the second column). The pack's own `rules`
+(`policy/rules.py`, rule `rule:<id>`, any action) come first; when none matches, the built-in
+rules below decide, so one function decides every model verdict:
 
 | # | rule                            | when                                     | action          |
 |---|---------------------------------|------------------------------------------|-----------------|
+| 0 | `rule:<id>`                     | the pack's first matching rule           | the rule's      |
 | 1 | `always_block:<Category>`       | a category in `always_block`             | block           |
 | 2 | `always_review:<Category>`      | a category in `always_review`            | review          |
 | 3 | `no_confidence:<verdict>`       | no usable confidence (None, NaN, not in  | review          |
@@ -34,9 +37,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 
-from guardstream.contracts.events import Action, Verdict
-from guardstream.contracts.labels import CATEGORIES
+from guardstream.contracts.events import Action, AuthorHistory, Verdict
 from guardstream.policy.pack import ControversialMode, PolicyPack, ScorerUnavailableMode
+from guardstream.policy.rules import describe, first_match
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,15 @@ _CONTROVERSIAL_POLICY = {
 }
 _VERDICT_ACTION = {Verdict.SAFE: Action.ALLOW, Verdict.UNSAFE: Action.BLOCK}
 EXPLANATION_MAX = 500
-_DONE = {Action.ALLOW: "Allowed", Action.BLOCK: "Blocked", Action.REVIEW: "Sent to review"}
+_DONE = {
+    Action.ALLOW: "Allowed",
+    Action.BLOCK: "Blocked",
+    Action.REVIEW: "Sent to review",
+    Action.LIMIT: "Published with limited distribution",
+    Action.WARN: "Published with a warning to the author",
+    Action.REMOVE: "Removed",
+    Action.HOLD: "Held unpublished for review",
+}
 
 
 # (pack identity, verdict, confidence, categories) → (the pack, its route). Repeated content
@@ -77,7 +88,9 @@ _DONE = {Action.ALLOW: "Allowed", Action.BLOCK: "Blocked", Action.REVIEW: "Sent 
 # is kept with its route, so an id reused by another pack object never answers for it. The
 # confidence is keyed by its repr: equal floats that read differently (0.0 and -0.0) are
 # explained differently.
-_ROUTES: dict[tuple[int, Verdict, str, tuple[str, ...]], tuple[PolicyPack, Routed]] = {}
+_ROUTES: dict[
+    tuple[int, Verdict, str, tuple[str, ...], AuthorHistory | None], tuple[PolicyPack, Routed]
+] = {}
 _ROUTES_KEPT = 4096
 
 
@@ -86,15 +99,17 @@ def route(
     verdict: Verdict,
     confidence: float | None,
     categories: Sequence[str],
+    history: AuthorHistory | None = None,
 ) -> Routed:
     """The action for one model verdict under `pack` (precedence in the module docstring).
+    `history` is the author's, when the pack's rules read it and it could be read.
 
     Pure: an input seen before is answered from memory."""
-    key = (id(pack), verdict, repr(confidence), tuple(categories))
+    key = (id(pack), verdict, repr(confidence), tuple(categories), history)
     known = _ROUTES.get(key)
     if known is not None and known[0] is pack:
         return known[1]
-    routed = _route(pack, verdict, confidence, categories)
+    routed = _route(pack, verdict, confidence, categories, history)
     if len(_ROUTES) >= _ROUTES_KEPT:
         _ROUTES.clear()
     _ROUTES[key] = (pack, routed)
@@ -106,12 +121,18 @@ def _route(
     verdict: Verdict,
     confidence: float | None,
     categories: Sequence[str],
+    history: AuthorHistory | None = None,
 ) -> Routed:
     # Unknown strings are ignored rather than echoed: explanations end up in decisions.
-    named = [c for c in CATEGORIES if c in categories]
+    known = pack.category_names()
+    named = [c for c in known if c in categories]
     usable = _usable(confidence)
     threshold = pack.review_below.for_verdict(verdict)
     said = _said(verdict, usable, named)
+
+    rule = first_match(pack.rules, verdict, usable, named, history)
+    if rule is not None:
+        return _routed(rule.action, rule.ref, f"{said}; {pack.ref} {describe(rule, history)}")
 
     blocked = [c for c in named if c in pack.always_block]
     if blocked:

@@ -37,6 +37,7 @@ from guardstream.review.services.errors import Forbidden, Unauthenticated
 from guardstream.review.shield import Edge, Throttled, identifier
 from guardstream.review.store.tasks import QueueFilter
 from guardstream.review.wiring import ReviewServices
+from guardstream.verdict.author_history import AuthorHistoryStore
 
 COOKIE = "gs_review_session"
 HERE = Path(__file__).parent
@@ -244,6 +245,13 @@ async def _task_page(
     svc = _svc(request)
     view = await svc.queue.view(reviewer, task_id)
     context = await svc.context.for_view(reviewer, view)
+    # The author's figures, where a pack's rules keep them (None: not kept, or Redis silent).
+    history: AuthorHistoryStore | None = getattr(request.app.state, "author_history", None)
+    figures = (
+        await history.figures_for_decision(view.task.tenant, view.task.decision_id, time.time())
+        if history is not None
+        else None
+    )
     return _page(
         request,
         "task.html",
@@ -261,6 +269,7 @@ async def _task_page(
             "form": form or {"reason": "", "tags": []},
             "error": error,
             "message": message,
+            "author_history": figures.model_dump() if figures is not None else None,
         },
         status=status,
     )

@@ -33,7 +33,7 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import (
-    Action,
+    REVIEW_ACTIONS,
     ContractError,
     Decision,
     Post,
@@ -115,7 +115,7 @@ def traceparent_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
 
 def review_decision(raw: bytes | None) -> Decision:
     decision = Decision.from_json(raw)
-    if decision.action is not Action.REVIEW:
+    if decision.action not in REVIEW_ACTIONS:
         raise ContractError("unexpected_action", f"a {decision.action.value} decision on review")
     return decision
 

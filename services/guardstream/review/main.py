@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 
 from guardstream.contracts.events import utcnow
 from guardstream.contracts.topics import TopicNames
-from guardstream.policy import load_registry
+from guardstream.policy import load_watched
 from guardstream.review import metrics as review_metrics
 from guardstream.review.api import install_error_handlers, router
 from guardstream.review.console import COOKIE, ConsoleAuth, install_console
@@ -46,6 +46,7 @@ from guardstream.runtime.loop import BatchHandler, BatchLoop, LoopConfig
 from guardstream.runtime.rejections import isolating_rejections
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.archive import Archive
+from guardstream.verdict.author_history import RedisAuthorHistory
 from guardstream.verdict.cache import RedisVerdictCache
 
 log = logging.getLogger(__name__)
@@ -122,7 +123,11 @@ class _Server(uvicorn.Server):
 
 
 async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
-    policies = load_registry(settings.policy.dir)
+    policies, reloader = load_watched(
+        settings.policy.dir, process="review", poll_s=settings.policy.poll_s
+    )
+    if reloader is not None:  # the console, the consumer and QA decide with the packs in force
+        reloader.watch_in(stack)
     services = await stack.enter_async_context(review_services(settings, policies=policies))
     await services.store.claims.set_limit(settings.review.max_claims)
     producer = make_producer(settings, client_id="guardstream-review")
@@ -130,12 +135,17 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
     stack.push_async_callback(producer.stop)
     cache = RedisVerdictCache.from_settings(settings)
     stack.push_async_callback(cache.close)
+    history = None  # kept only where a pack's rules read it (verdict/author_history.py)
+    if any(pack.uses_author_history for pack in policies.packs):
+        history = RedisAuthorHistory.from_settings(settings)
+        stack.push_async_callback(history.close)
     relay = OutboxRelay(
         services.store,
         producer,
         cache,
         TopicNames(settings.namespace),
         archive=Archive(settings.feedback.dir),
+        history=history,
         human_ttl_s=settings.review.human_verdict_ttl_s,
         queued=services.queued,
     )
@@ -146,6 +156,7 @@ async def _open(settings: Settings, stack: AsyncExitStack) -> Review:
     ready = {"assigned": False}
     app = create_app(services, console, lambda: ready["assigned"], settings)
     app.state.ready_flags = ready
+    app.state.author_history = history  # the task page's panel
     handle = isolating_rejections(handler.handle, producer, settings, "review")
     return Review(settings, services, relay, handler, app, handle)
 

@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 
-from guardstream.contracts.events import utcnow
-from guardstream.contracts.topics import TopicNames
+from guardstream.contracts.events import ContractError, Review, utcnow
+from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.review import metrics as review_metrics
 from guardstream.review.store import ReviewStore
 from guardstream.review.store.outbox import (
@@ -30,6 +30,7 @@ from guardstream.review.store.outbox import (
 )
 from guardstream.runtime.redisstore import Unavailable
 from guardstream.verdict.archive import Archive
+from guardstream.verdict.author_history import AuthorHistoryStore
 from guardstream.verdict.cache import CachedVerdict
 
 log = logging.getLogger(__name__)
@@ -52,11 +53,13 @@ class OutboxRelay:
         topics: TopicNames,
         *,
         archive: Archive | None = None,
+        history: AuthorHistoryStore | None = None,
         human_ttl_s: int = 90 * 24 * 3600,
         batch: int = 200,
         queued: asyncio.Event | None = None,
     ) -> None:
         self._human_ttl_s = human_ttl_s
+        self._history = history
         self._store = store
         self._archive = archive
         self._producer = producer
@@ -142,6 +145,7 @@ class OutboxRelay:
                 )
             await asyncio.gather(*futures)
             done = [item.id for item in events]
+            await self._remember_reviews([item.payload for item in events])
             # Archive and cache writes apart: an archive or Redis outage must not hold back (or
             # re-send) events; what failed stays queued on its own.
             if samples:
@@ -174,6 +178,23 @@ class OutboxRelay:
         for sample in archived:
             review_metrics.feedback_samples.add(1, {"tenant": sample.tenant})
         return [item.id for item in samples]
+
+    async def _remember_reviews(self, events: list[EventPayload]) -> None:
+        """People's verdicts into the authors' history (pack rules read "confirmed unsafe").
+        After the broker has them; a replay is harmless (counted once per decision), and an
+        outage loses the update, never the event."""
+        if self._history is None:
+            return
+        for event in events:
+            if event.topic is not Topic.REVIEWS:
+                continue
+            try:
+                review = Review.from_json(event.event)
+            except ContractError:
+                continue  # not ours to judge here: the event went out as the service made it
+            await self._history.record_review(
+                review.tenant, review.decision_id, review.verdict, review.reviewed_at
+            )
 
     async def drain(self) -> None:
         while await self.relay_once() >= self._batch:

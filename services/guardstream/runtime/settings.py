@@ -413,6 +413,11 @@ class PolicySettings(Section):
 
     dir: Annotated[Path | None, _env("GUARDSTREAM_POLICY_DIR")] = None
     """Directory of policy pack YAML files; unset: the packs shipped with guardstream."""
+    poll_s: Annotated[
+        float, Field(ge=0, allow_inf_nan=False), _env("GUARDSTREAM_POLICY_POLL_S")
+    ] = 10.0
+    """How often every process re-reads the policy directory and puts a changed, valid set of
+    packs in force without a restart (0: never; the shipped packs are never re-read)."""
     near_duplicates: Annotated[bool, _env("GUARDSTREAM_NEAR_DUPLICATES")] = True
     """Near-duplicate reuse (SimHash, see guardstream.verdict.neardup); packs can switch it off."""
 

@@ -46,8 +46,8 @@ async def run(
             guard = await start_engine(settings)
             stack.push_async_callback(guard.close)
         loaded.append(guard)
-        stores = Stores.open(settings, stack)
-        stores.watch_adapters(stack)
+        stores = Stores.open(settings, stack, process="scorer")
+        stores.watch(stack)
         opened.append(stores)
         scorer = Scorer(settings, producer, stores, MeteredEngine(guard))
         # Runs before the stores, the engine and the producer close (the stack is LIFO).

@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
 
 import redis.exceptions
@@ -34,6 +36,7 @@ from aiokafka import AIOKafkaProducer
 
 from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import (
+    AuthorHistory,
     ContractError,
     Decision,
     LangSource,
@@ -59,6 +62,7 @@ from guardstream.scorer.engine import (
 )
 from guardstream.scorer.output import GuardAnswer, label_confidence, parse_answer
 from guardstream.scorer.prompt import messages_for
+from guardstream.verdict.author_history import Authored
 from guardstream.verdict.cache import CachedVerdict, VerdictKey
 from guardstream.verdict.decisions import Origin, decide, model_reason, past_deadline
 from guardstream.verdict.emitter import Emitter
@@ -114,6 +118,7 @@ class Scorer:
         self._near = stores.near
         self._engine = engine
         self._adapters = stores.adapters
+        self._history = stores.history
         self._faults = FaultPoints(settings.process.fault)
         self._in_flight: dict[str, asyncio.Future[CachedVerdict]] = {}
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -268,14 +273,38 @@ class Scorer:
         await self._cache.put_many(fresh)
         self.counts["cache_hit"] += sum(len(by_key[key]) for key in cached)
 
+        ordered = [(key, request) for key, group in by_key.items() for request in group]
+        figures = await self._figures([request for _, request in ordered])
         decisions = [
-            self._decision(request, key, fresh, cached, deadline_s)
-            for key, group in by_key.items()
-            for request in group
+            self._decision(request, key, fresh, cached, deadline_s, figures)
+            for key, request in ordered
         ]
         await self._index_near_duplicates([by_key[key][0] for key in fresh])
         sent.update(await emitter.decisions(self._journal, decisions))
+        if self._history is not None:  # once per decision id: a retried batch counts once
+            await self._history.record(
+                [
+                    Authored(request.author_id, decision)
+                    for (_, request), decision in zip(ordered, decisions, strict=True)
+                    if request.author_id is not None
+                    and self._policies.for_post(request.tenant, request.region).uses_author_history
+                ]
+            )
         return sent
+
+    async def _figures(
+        self, requests: Sequence[ScoreRequest]
+    ) -> dict[tuple[str, str], AuthorHistory]:
+        """The history of the requests' authors whose pack's rules read it."""
+        if self._history is None:
+            return {}
+        wanted = [
+            (r.tenant, r.author_id)
+            for r in requests
+            if r.author_id is not None
+            and self._policies.for_post(r.tenant, r.region).uses_author_history
+        ]
+        return await self._history.figures_many(wanted, time.time()) if wanted else {}
 
     def _decision(
         self,
@@ -284,8 +313,10 @@ class Scorer:
         fresh: dict[VerdictKey, CachedVerdict],
         cached: dict[VerdictKey, CachedVerdict],
         deadline_s: float | None,
+        figures: dict[tuple[str, str], AuthorHistory],
     ) -> Decision:
         pack = self._policies.for_post(request.tenant, request.region)
+        history = figures.get((request.tenant, request.author_id or ""))
         # An older triage's request: its `lang` can only be the post's own.
         lang_source = request.lang_source or (LangSource.GIVEN if request.lang else None)
         entry = fresh.get(key) or cached.get(key)
@@ -312,6 +343,7 @@ class Scorer:
             content_key=key.content_key,
             lang=request.lang,
             lang_source=lang_source,
+            history=history,
         )
 
     async def _score_within(

@@ -31,7 +31,7 @@ from opentelemetry import metrics
 
 from guardstream.contracts.errors import TransientError
 from guardstream.contracts.events import (
-    Action,
+    REVIEW_ACTIONS,
     ContractError,
     Decision,
     Review,
@@ -424,7 +424,7 @@ class SlaWorker:
         if topic == self._names[Topic.REVIEW]:
             decision = Decision.from_json(raw)
             _check_key(message, decision.post_id)
-            if decision.action is not Action.REVIEW:
+            if decision.action not in REVIEW_ACTIONS:
                 raise ContractError(
                     "not_a_review_decision", f"action {decision.action.value} on the review topic"
                 )

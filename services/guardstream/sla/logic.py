@@ -86,6 +86,9 @@ class Item(HasIdentity):
     stamped: Mapping[str, float] = field(default_factory=dict)  # effect kind → decided at
     sent: frozenset[str] = frozenset()
     traceparent: str | None = None  # of the review decision: every output continues its trace
+    # Sent by a `hold` (schema 1.1): the post stays unpublished until a person decides, so an
+    # expired deadline raises the breach alert but publishes no downgrade to safe.
+    held: bool = False
 
     # --- serialisation (JSON-friendly dict: the faust table's changelog value) --------------
     def to_dict(self) -> dict[str, Any]:
@@ -110,6 +113,7 @@ class Item(HasIdentity):
             "stamped": dict(sorted(self.stamped.items())),
             "sent": sorted(self.sent),
             "traceparent": self.traceparent,
+            "held": self.held,
         }
 
     @classmethod
@@ -140,6 +144,7 @@ class Item(HasIdentity):
             stamped={str(k): float(v) for k, v in dict(data.get("stamped") or {}).items()},
             sent=frozenset(str(k) for k in data.get("sent") or ()),
             traceparent=data.get("traceparent"),  # absent in items written before it existed
+            held=bool(data.get("held", False)),  # likewise
         )
 
     # --- questions -------------------------------------------------------------------------
@@ -182,7 +187,7 @@ def at(seconds: float) -> datetime:
 
 # --- transitions (each returns the new item, or None when nothing changes) -------------------
 def enter(decision: Decision, partition: int, sla: ReviewSla, current: Item | None) -> Item | None:
-    """A decision with action=review starts the SLA clock, measured from `decided_at`."""
+    """A decision with action review or hold starts the SLA clock, measured from `decided_at`."""
     if current is not None and current.decision_id == decision.decision_id:
         return None  # a replay, or the review arrived first (REVIEWED already)
     if (
@@ -205,6 +210,7 @@ def enter(decision: Decision, partition: int, sla: ReviewSla, current: Item | No
         warn_at=start + sla.warn_after_s,
         assign_by=start + sla.assign_within_s,
         assigned_at=early,
+        held=decision.action is Action.HOLD,
     )
 
 
@@ -335,7 +341,7 @@ def outputs(item: Item, kind: SlaEventKind) -> list[Output]:
     event_id = sla_id(item, f"sla-event:{kind.value}")
     out: list[Output] = []
     downgrade: str | None = None
-    if kind is SlaEventKind.EXPIRED:
+    if kind is SlaEventKind.EXPIRED and not item.held:
         downgrade = downgrade_decision_id(item)
         decision = Decision.make(
             decision_id=downgrade,
@@ -353,7 +359,7 @@ def outputs(item: Item, kind: SlaEventKind) -> list[Output]:
             adapter=item.adapter,
         )
         out.append((Topic.ALLOW, item.post_id, decision))
-    alert = _ALERTS.get(kind)
+    alert = _HELD_BREACH if kind is SlaEventKind.EXPIRED and item.held else _ALERTS.get(kind)
     if alert is not None:
         alert_kind, severity, summary = alert
         alert_id = sla_id(item, f"alert:{alert_kind}")
@@ -413,6 +419,14 @@ _ALERTS: Final[dict[SlaEventKind, tuple[str, AlertSeverity, str]]] = {
         "Contested item not assigned to a reviewer within its assignment SLA ({policy}).",
     ),
 }
+
+
+# A held post is never published by the timer: the breach stays in front of people instead.
+_HELD_BREACH: Final = (
+    "sla_breach",
+    AlertSeverity.CRITICAL,
+    "Review SLA of {sla} ({policy}) breached: the item is held unpublished until reviewed.",
+)
 
 
 # --- the per-partition deadline index ---------------------------------------------------------

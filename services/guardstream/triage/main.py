@@ -26,8 +26,8 @@ async def run(
     opened: list[Stores] = []
 
     async def build(producer: AIOKafkaProducer, stack: AsyncExitStack) -> BatchHandler:
-        stores = Stores.open(settings, stack)
-        stores.watch_adapters(stack)
+        stores = Stores.open(settings, stack, process="triage")
+        stores.watch(stack)
         opened.append(stores)
         watch = await _watch_scorer(settings, stack)
         triage = Triage(settings, producer, stores, model=served_model_id(settings), watch=watch)

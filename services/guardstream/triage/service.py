@@ -33,7 +33,7 @@ from guardstream.verdict.emitter import Emitter
 from guardstream.verdict.intake import Triaged, score_request_json
 from guardstream.verdict.journal import journal_key
 from guardstream.verdict.language import language_label
-from guardstream.verdict.lookup import Lookup, triager, unscored_item
+from guardstream.verdict.lookup import Lookup, authored, triager, unscored_item
 from guardstream.verdict.stores import Stores
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,8 @@ class Triage:
         self._producer = producer
         self._journal = stores.journal
         self._near = stores.near
-        self._lookup = Lookup(stores.cache, stores.journal, stores.near)
+        self._lookup = Lookup(stores.cache, stores.journal, stores.near, stores.history)
+        self._history = stores.history
         self._adapters = stores.adapters
         self._watch = watch
         self._model = model
@@ -147,6 +148,8 @@ class Triage:
             self.counts["scoring"] += 1
         await emitter.decisions(self._journal, decisions)
         await emitter.flush()
+        if self._history is not None:  # once per decision id: a retried batch counts once
+            await self._history.record(authored(accepted, decisions))
         self.counts["dlq"] += dead
         if self._watch is not None:
             for topic, partition, last_offset in emitter.published:

@@ -14,7 +14,15 @@ import enum
 from collections.abc import Sequence
 
 from guardstream.contracts import ids
-from guardstream.contracts.events import Action, Decision, LangSource, Source, Verdict, utcnow
+from guardstream.contracts.events import (
+    Action,
+    AuthorHistory,
+    Decision,
+    LangSource,
+    Source,
+    Verdict,
+    utcnow,
+)
 from guardstream.contracts.identity import PostIdentity
 from guardstream.contracts.ids import stable_id
 from guardstream.contracts.topics import Topic
@@ -31,6 +39,11 @@ ACTION_TOPIC: dict[Action, Topic] = {
     Action.ALLOW: Topic.ALLOW,
     Action.BLOCK: Topic.BLOCK,
     Action.REVIEW: Topic.REVIEW,
+    Action.LIMIT: Topic.LIMIT,
+    Action.WARN: Topic.WARN,
+    Action.REMOVE: Topic.REMOVE,
+    # A held post waits for a person: the review queue and its SLA timer read REVIEW.
+    Action.HOLD: Topic.REVIEW,
 }
 
 
@@ -78,13 +91,17 @@ def decide(
     matched_content_key: str | None = None,
     lang: str | None = None,
     lang_source: LangSource | None = None,
+    history: AuthorHistory | None = None,
 ) -> Decision:
+    """`history`: the post author's, read when the pack's rules use it (None: not read, or
+    Redis did not answer); the decision records it when a rule could have read it."""
     if entry.source is Source.HUMAN:
         # A human verdict overrides the model's for this content (sticky), whatever the rules.
         action = human_action(pack, entry.verdict)
         routed = Routed(action, "human_verdict", f"{pack.ref} acts on the human verdict")
+        history = None
     else:
-        routed = route(pack, entry.verdict, entry.confidence, entry.categories)
+        routed = route(pack, entry.verdict, entry.confidence, entry.categories, history)
     earlier = ""
     if origin is not Origin.MODEL:
         what = "identical content" if origin is Origin.CACHE else "near-duplicate of content"
@@ -115,6 +132,7 @@ def decide(
         decided_at=entry.decided_at if origin is Origin.MODEL else now,
         lang=lang,
         lang_source=lang_source,
+        author_history=history if pack.uses_author_history else None,
     )
 
 

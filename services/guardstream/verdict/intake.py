@@ -218,4 +218,5 @@ def _request_fields(item: Triaged, *, near_duplicates: bool, now: datetime) -> d
         fields["near_scope"] = item.near_scope
     if item.adapter is not None:
         fields["adapter"] = item.adapter
+    fields["author_id"] = post.author_id  # the scorer's pack rules may read the author's history
     return fields

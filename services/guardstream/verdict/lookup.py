@@ -13,18 +13,20 @@ through. Nothing is published here: the caller sends what it gets through its `E
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from guardstream.contracts.events import Decision, utcnow
+from guardstream.contracts.events import AuthorHistory, Decision, utcnow
 from guardstream.model.adapters import AdapterRegistry
 from guardstream.runtime.settings import Settings
+from guardstream.verdict.author_history import Authored, AuthorHistoryStore
 from guardstream.verdict.cache import CachedVerdict, VerdictCache, VerdictKey
 from guardstream.verdict.decisions import Origin, decide, unscored
 from guardstream.verdict.intake import Triaged, Triager
-from guardstream.verdict.journal import DecisionJournal
+from guardstream.verdict.journal import DecisionJournal, journal_key
 from guardstream.verdict.neardup import NearDuplicateIndex
 from guardstream.verdict.stores import Stores
 
@@ -61,12 +63,18 @@ class Looked:
     cache_hits: int = 0
     near_hits: int = 0
     stale: int = 0
+    # (tenant, author) → history read for these posts (only where a pack's rules use it).
+    figures: dict[tuple[str, str], AuthorHistory] = field(default_factory=dict)
 
 
 def decide_item(
-    entry: CachedVerdict, origin: Origin, item: Triaged, matched: str | None = None
+    entry: CachedVerdict,
+    origin: Origin,
+    item: Triaged,
+    matched: str | None = None,
+    history: AuthorHistory | None = None,
 ) -> Decision:
-    """`decide` for a triaged post."""
+    """`decide` for a triaged post (`history`: its author's, when read)."""
     post = item.post
     return decide(
         entry,
@@ -79,6 +87,7 @@ def decide_item(
         matched_content_key=matched,
         lang=item.lang,
         lang_source=item.lang_source,
+        history=history,
     )
 
 
@@ -99,22 +108,40 @@ def unscored_item(item: Triaged, *, model: str, waited_s: float) -> Decision:
     )
 
 
+def authors(items: Iterable[Triaged]) -> list[tuple[str, str]]:
+    """(tenant, author) of the posts whose pack's rules read the author's history."""
+    return [(i.post.tenant, i.post.author_id) for i in items if i.pack.uses_author_history]
+
+
 class Lookup:
     def __init__(
-        self, cache: VerdictCache, journal: DecisionJournal, near: NearDuplicateIndex | None
+        self,
+        cache: VerdictCache,
+        journal: DecisionJournal,
+        near: NearDuplicateIndex | None,
+        history: AuthorHistoryStore | None = None,
     ) -> None:
         self._cache = cache
         self._journal = journal
         self._near = near
+        self._history = history
+
+    async def _figures(self, items: Iterable[Triaged]) -> dict[tuple[str, str], AuthorHistory]:
+        wanted = authors(items)
+        if self._history is None or not wanted:
+            return {}
+        return await self._history.figures_many(wanted, time.time())
 
     async def look(self, accepted: dict[str, Triaged]) -> Looked:
         """Decide what is known of `accepted` (by journal key); the rest are `misses`."""
         looked = Looked()
         pending = dict(accepted)
-        cached, recalled = await asyncio.gather(
+        cached, recalled, figures = await asyncio.gather(
             self._cache.get_many([item.verdict_key for item in pending.values()]),
             self._journal.recall_many(list(pending)),
+            self._figures(pending.values()),
         )
+        looked.figures = figures
         for key in recalled:  # these events were decided before: say the same thing again
             looked.recalled[key] = recalled[key]
             del pending[key]
@@ -132,7 +159,9 @@ class Lookup:
             if hit is None:
                 misses.append(item)
                 continue
-            looked.decisions.append(decide_item(hit, Origin.CACHE, item))
+            looked.decisions.append(
+                decide_item(hit, Origin.CACHE, item, history=figures.get(_author(item)))
+            )
             looked.cache_hits += 1
         if stale:
             await self._cache.forget_many(list(stale))
@@ -143,7 +172,11 @@ class Lookup:
             match = near.get(item.verdict_key)
             if match is not None:
                 matched_key, entry = match
-                looked.decisions.append(decide_item(entry, Origin.NEAR, item, matched_key))
+                looked.decisions.append(
+                    decide_item(
+                        entry, Origin.NEAR, item, matched_key, history=figures.get(_author(item))
+                    )
+                )
                 looked.near_hits += 1
                 continue
             looked.misses.append(item)
@@ -186,3 +219,14 @@ class Lookup:
             for k, m in matched.items()
             if m in verdicts and verdicts[m].fresh_for(ttl[k], now)
         }
+
+
+def authored(accepted: Mapping[str, Triaged], decisions: Iterable[Decision]) -> list[Authored]:
+    """Each decision with its post's author (`accepted`: the posts by journal key), for the
+    author history: only where the post's pack reads it (history is kept for those tenants)."""
+    items = ((accepted[journal_key(d.tenant, d.post_event_id, d.policy)], d) for d in decisions)
+    return [Authored(i.post.author_id, d) for i, d in items if i.pack.uses_author_history]
+
+
+def _author(item: Triaged) -> tuple[str, str]:
+    return (item.post.tenant, item.post.author_id)

@@ -241,8 +241,16 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
         ],
     ),
     ScoreRequest: (
-        [{**SCORE_REQUEST, "kind": "response", "prompt": "q"}],
-        [{**SCORE_REQUEST, "content_key": "XYZ"}, {**SCORE_REQUEST, "kind": None}],
+        [
+            {**SCORE_REQUEST, "kind": "response", "prompt": "q"},
+            {**SCORE_REQUEST, "author_id": "a-9"},  # 1.1
+        ],
+        [
+            {**SCORE_REQUEST, "content_key": "XYZ"},
+            {**SCORE_REQUEST, "kind": None},
+            {**SCORE_REQUEST, "author_id": ""},
+            {**SCORE_REQUEST, "author_id": "a\u0000b"},
+        ],
     ),
     Decision: (
         [
@@ -251,8 +259,13 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
             {**DECISION, "adapter": "lora-2026-11"},
             {**DECISION, "categories": []},
             {**DECISION, "input_truncated": True},
+            # 1.1: graded actions and the author history a rule read.
+            *({**DECISION, "action": action} for action in ("limit", "warn", "remove", "hold")),
+            {**DECISION, "action": "remove", "author_history": {"confirmed_unsafe_7d": 3}},
         ],
         [
+            {**DECISION, "action": "ban"},
+            {**DECISION, "author_history": {"unsafe_7d": -1}},
             {**DECISION, "verdict": "maybe"},
             {**DECISION, "confidence": 1.5},
             {**DECISION, "confidence": "0.5"},

@@ -423,3 +423,30 @@ def test_item_keeps_the_trace_of_its_decision_and_reads_items_written_before_it(
     assert Item.from_dict(item.to_dict()).traceparent == parent
     older = {k: v for k, v in pending().to_dict().items() if k != "traceparent"}
     assert Item.from_dict(older).traceparent is None
+
+
+def test_a_held_post_past_its_deadline_is_never_published_by_the_timer() -> None:
+    held = enter(
+        decision().model_copy(update={"action": Action.HOLD}), 3, review_sla(PACK, ()), None
+    )
+    assert held is not None and held.held
+    assert Item.from_dict(held.to_dict()) == held
+    expired = stamp_due(held, S0 + 100.5)
+    assert expired is not None and expired.unsent[-1] is SlaEventKind.EXPIRED
+    out = outputs(expired, SlaEventKind.EXPIRED)
+    topics = [topic for topic, _, _ in out]
+    assert Topic.ALLOW not in topics  # no downgrade to safe: it stays held
+    assert topics == [Topic.ALERTS, Topic.SLA_EVENTS]
+    alert, event = out[0][2], out[1][2]
+    assert isinstance(alert, Alert) and "held unpublished" in alert.summary
+    assert isinstance(event, SlaEvent) and event.downgrade_decision_id is None
+    # The same post sent to plain review is downgraded as before.
+    plain = stamp_due(pending(), S0 + 100.5)
+    assert plain is not None
+    assert Topic.ALLOW in [t for t, _, _ in outputs(plain, SlaEventKind.EXPIRED)]
+
+
+def test_items_written_before_hold_existed_read_as_not_held() -> None:
+    data = pending().to_dict()
+    del data["held"]
+    assert Item.from_dict(data).held is False
