@@ -9,9 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import subprocess
+import sys
 import uuid
 from pathlib import Path
+from typing import Any
 
+import orjson
 import pytest
 
 from guardstream.contracts.events import Post
@@ -27,6 +31,7 @@ from tests.integration.review.conftest import (
     new_test_post,
     produce,
 )
+from tests.support.processes import env_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -43,6 +48,18 @@ async def wait_indexed(console: Console, n: int, within: float = 60) -> None:
     while (await console.sql("SELECT count(*) AS n FROM task_vectors"))[0]["n"] < n:
         assert asyncio.get_running_loop().time() < deadline, "tasks not indexed"
         await asyncio.sleep(0.2)
+
+
+def clusters_cli(console: Console, *args: str) -> Any:
+    done = subprocess.run(
+        [sys.executable, "-m", "guardstream", "feedback", "clusters", *args],
+        env=env_for(console.settings),
+        capture_output=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    return orjson.loads(done.stdout) if "json" in args else None
 
 
 async def decide(console: Console, reviewer: str, tid: str, verdict: str, reason: str) -> None:
@@ -109,6 +126,18 @@ async def test_the_task_page_shows_similar_decisions_and_the_author(
         assert (await http.get(f"/api/v1/tasks/{target_id}")).status_code in (403, 404)
     assert not set(tids.values()) & {n["task_id"] for n in beta["context"]["similar"]}
     assert beta["context"]["author"]["decided"] == 0
+
+    # The contested-case report as an operator runs it: acme's slur, its variant and its
+    # translation are one cluster; beta's decision on the same text is not in acme's report.
+    report = clusters_cli(console, "--tenant", "acme", "--format", "json")
+    slur = next(c for c in report if c["size"] >= 3)
+    ids = {tids[k] for k in ("exact", "near", "translation")}
+    assert {e["task_id"] for e in slur["examples"]} == ids
+    assert slur["verdicts"] == {"safe": 1, "unsafe": 2} and slur["tenant"] == "acme"
+    assert all(c["tenant"] == "acme" for c in report)
+    page = tmp_path / "clusters.html"
+    clusters_cli(console, "--format", "html", "--out", str(page))
+    assert "<svg" in page.read_text() and "反讽，并非攻击" in page.read_text()
 
     # The console's task page in Chromium.
     if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before the browser starts

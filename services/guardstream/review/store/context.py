@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 import asyncpg
 
@@ -167,6 +168,29 @@ class ContextRows(Rows):
         rows = await self.db.fetch(_BY_IDS, tenant, texts, list(task_ids))
         return {r["task_id"]: _item(r) for r in rows}
 
+    async def contested(
+        self, since: datetime, tenant: str | None, limit: int
+    ) -> list[ContestedRow]:
+        """The newest `limit` contested decided tasks since `since` (of `tenant`, or all), with
+        their stored vectors (tasks not embedded yet are left out)."""
+        rows = await self.db.fetch(
+            "SELECT t.task_id, t.tenant, t.lang, t.decided_at, t.human_verdict, t.model_verdict,"
+            " r.outcome = 'correct' AS corrected, r.reason, left(p.text, $4) AS head,"
+            " v.model, v.vector"
+            " FROM tasks t JOIN reviews r ON r.task_id = t.task_id AND r.stage = 'first'"
+            " JOIN task_vectors v ON v.task_id = t.task_id AND v.tenant = t.tenant"
+            " LEFT JOIN post_texts p ON p.tenant = t.tenant AND p.post_id = t.post_id"
+            " WHERE t.state = 'decided' AND t.decided_at >= $1"
+            " AND ($2::text IS NULL OR t.tenant = $2)"
+            " AND (r.outcome = 'correct' OR t.model_verdict = 'controversial')"
+            " ORDER BY t.decided_at DESC LIMIT $3",
+            since,
+            tenant,
+            limit,
+            PREVIEW_CHARS * 4,
+        )
+        return [ContestedRow(**dict(r)) for r in rows]
+
     async def author_of(self, tenant: str, post_id: str) -> str | None:
         return await self.db.fetchval(  # type: ignore[no-any-return]
             "SELECT author_ref FROM post_texts WHERE tenant = $1 AND post_id = $2",
@@ -195,3 +219,20 @@ class ContextRows(Rows):
         return [_item(r) for r in rows], AuthorCounts(
             {r["human_verdict"]: r["n"] for r in counts}, sum(r["corrected"] for r in counts)
         )
+
+
+@dataclass(frozen=True, slots=True)
+class ContestedRow:
+    """A decided task the model was unsure of or the reviewer corrected, with its vector."""
+
+    task_id: str
+    tenant: str
+    lang: str | None
+    decided_at: datetime
+    human_verdict: str
+    model_verdict: str
+    corrected: bool
+    reason: str | None
+    head: str | None
+    model: str
+    vector: bytes
