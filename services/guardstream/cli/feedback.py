@@ -7,6 +7,7 @@ import contextlib
 import socket
 import sys
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 from urllib.parse import urlparse
@@ -20,6 +21,8 @@ from guardstream.cli.common import err, load_settings, out
 from guardstream.cli.output import table
 from guardstream.contracts.events import Verdict
 from guardstream.contracts.feedback import FeedbackSample
+from guardstream.feedback.clusters import ContestedItem, as_json, cluster_items
+from guardstream.feedback.clusters import render_html as render_cluster_page
 from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
 from guardstream.feedback.dataset import NotTrainable, example
 from guardstream.feedback.evaluate import LabelScorer
@@ -36,13 +39,16 @@ from guardstream.feedback.shadow_log import read_shadow_log
 from guardstream.feedback.train import LoraParams
 from guardstream.model.adapters import AdapterRegistry
 from guardstream.model.guard import resolve_model
+from guardstream.review.logic import text_preview
 from guardstream.review.qa_period import parse_period, previous_period
 from guardstream.runtime import logs
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.archive import Archive, ArchiveError
+from guardstream.verdict.embeddings import USE_MULTILINGUAL_V3, UseEmbedder, from_bytes
 
 if TYPE_CHECKING:
     from guardstream.review.services.qa import QaSampled
+    from guardstream.review.store.context import ContestedRow
 
 app = typer.Typer(no_args_is_help=True, help="The feedback loop (reviews → LoRA).")
 
@@ -318,3 +324,95 @@ def qa_sample_cmd(
         ).decode()
         + "\n"
     )
+
+
+class ClusterFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    HTML = "html"
+
+
+@app.command("clusters")
+def clusters_cmd(
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Decided in the last N days.")] = 30,
+    tenant: Annotated[str | None, typer.Option(help="One tenant (default: all).")] = None,
+    fmt: Annotated[
+        ClusterFormat, typer.Option("--format", help="table, json (one document) or html.")
+    ] = ClusterFormat.TABLE,
+    html_out: Annotated[
+        Path | None, typer.Option("--out", help="With --format html: write the page here.")
+    ] = None,
+    top: Annotated[int, typer.Option(min=1, max=100, help="Clusters per tenant/lang.")] = 10,
+    min_size: Annotated[int, typer.Option(min=1, help="Smallest cluster listed.")] = 2,
+) -> None:
+    """Contested-case report: the most frequent clusters of contested review items (the model
+    said controversial, or a reviewer corrected it) per tenant and language, by the meaning of
+    their texts, with sizes, human verdicts, reasons, examples and trend (last 7 days against
+    the 7 before) - the input to the guidance users see before posting."""
+    settings = load_settings()
+    now = datetime.now(UTC)
+    if tenant is not None and not tenant.isprintable():
+        err.print("--tenant holds a control character")
+        raise typer.Exit(2)
+
+    async def read() -> list[ContestedRow]:
+        # lazy: asyncpg and the review store only for this command
+        from guardstream.review.store import ReviewStore
+
+        store = await ReviewStore.open(settings)
+        try:
+            return await store.context.contested(now - timedelta(days=days), tenant, 50_000)
+        finally:
+            await store.close()
+
+    items = []
+    for row in asyncio.run(read()):
+        if row.model != USE_MULTILINGUAL_V3:
+            continue  # vectors of another model do not meet these
+        items.append(
+            ContestedItem(
+                task_id=row.task_id,
+                tenant=row.tenant,
+                lang=row.lang or "und",
+                vector=from_bytes(row.vector, UseEmbedder.dim),
+                decided_at=row.decided_at,
+                human_verdict=row.human_verdict,
+                model_verdict=row.model_verdict,
+                corrected=row.corrected,
+                reason=row.reason,
+                preview=text_preview(row.head) if row.head is not None else None,
+            )
+        )
+    found = cluster_items(items, now, top=top, min_size=min_size)
+    if fmt is ClusterFormat.JSON:
+        sys.stdout.write(orjson.dumps(as_json(found)).decode() + "\n")
+    elif fmt is ClusterFormat.HTML:
+        page = render_cluster_page(found, now)
+        if html_out is None:
+            sys.stdout.write(page + "\n")
+        else:
+            html_out.write_text(page, encoding="utf-8")
+            out.print(f"wrote {escape(str(html_out))}")
+    else:
+        listing = table(
+            "tenant",
+            "lang",
+            "items",
+            "recent/prev",
+            "verdicts",
+            "top reason",
+            "example",
+            title=f"Contested-case clusters, last {days} days ({len(items)} items)",
+        )
+        for c in found:
+            head = c.examples[0].preview if c.examples and c.examples[0].preview else ""
+            listing.add_row(
+                escape(c.tenant),
+                escape(c.lang),
+                str(c.size),
+                f"{c.recent}/{c.previous} {c.trend}",
+                ", ".join(f"{k} {v}" for k, v in c.verdicts.items()),
+                escape(c.reasons[0][0]) if c.reasons else "–",
+                escape(head[:60]),
+            )
+        out.print(listing)

@@ -29,6 +29,7 @@ from starlette.routing import Match, Route
 from guardstream.contracts.events import REVIEW_REASON_MAX, ReviewOutcome, Verdict
 from guardstream.review import metrics as review_metrics
 from guardstream.review.auth import HashPoolBusy
+from guardstream.review.context import DecidedItem, ReviewContext
 from guardstream.review.logic import (
     InvalidSubmission,
     Reviewer,
@@ -38,6 +39,7 @@ from guardstream.review.logic import (
 )
 from guardstream.review.services.auth import AuthService
 from guardstream.review.services.common import Decided
+from guardstream.review.services.context import ContextService
 from guardstream.review.services.errors import ReviewError
 from guardstream.review.services.qa import QaService
 from guardstream.review.services.queue import QueueService, TaskView
@@ -77,10 +79,15 @@ def _qa(request: Request) -> QaService:
     return services_of(request).qa
 
 
+def _context(request: Request) -> ContextService:
+    return services_of(request).context
+
+
 Auth = Annotated[AuthService, Depends(_auth)]
 Queue = Annotated[QueueService, Depends(_queue)]
 Tasks = Annotated[TaskService, Depends(_tasks)]
 Qa = Annotated[QaService, Depends(_qa)]
+Context = Annotated[ContextService, Depends(_context)]
 
 
 _bearer_scheme = HTTPBearer(auto_error=False, description="a token from POST /api/v1/auth/token")
@@ -198,10 +205,88 @@ class TaskOut(BaseModel):
         )
 
 
+class DecidedItemOut(BaseModel):
+    """An earlier decided task of the same tenant."""
+
+    task_id: str
+    human_verdict: Verdict
+    model_verdict: Verdict
+    outcome: str = Field(description="confirm or correct (the model)")
+    categories: list[str]
+    tags: list[str]
+    reason: str | None
+    decided_at: datetime
+    preview: str | None = Field(None, description="head of its text; only for reviewer roles")
+
+    @classmethod
+    def of(cls, item: DecidedItem) -> DecidedItemOut:
+        return cls(
+            task_id=item.task_id,
+            human_verdict=item.human_verdict,
+            model_verdict=item.model_verdict,
+            outcome=item.outcome.value,
+            categories=list(item.categories),
+            tags=list(item.tags),
+            reason=item.reason,
+            decided_at=item.decided_at,
+            preview=item.preview,
+        )
+
+
+class NeighbourOut(DecidedItemOut):
+    match: str = Field(description="exact, near (duplicate) or semantic")
+    similarity: float = Field(description="cosine of sentence embeddings; 1 for duplicates")
+
+
+class AuthorOut(BaseModel):
+    decided: int = Field(description="the author's decided posts in this tenant")
+    by_verdict: dict[str, int]
+    corrected: int = Field(description="how many of them corrected the model")
+    recent: list[DecidedItemOut]
+
+
+class ContextOut(BaseModel):
+    similar: list[NeighbourOut]
+    conflict: list[Verdict] = Field(
+        description="differing human verdicts on near-identical content (empty: they agree)"
+    )
+    author: AuthorOut | None = Field(description="None: the post's author is not known")
+    indexed: bool = Field(description="false: the text has no vector yet (no semantic search)")
+
+    @classmethod
+    def of(cls, ctx: ReviewContext) -> ContextOut:
+        author = ctx.author
+        return cls(
+            similar=[
+                NeighbourOut(
+                    **DecidedItemOut.of(n.item).model_dump(),
+                    match=n.kind.value,
+                    similarity=round(n.similarity, 4),
+                )
+                for n in ctx.similar
+            ],
+            conflict=list(ctx.conflict),
+            author=None
+            if author is None
+            else AuthorOut(
+                decided=author.decided,
+                by_verdict=author.by_verdict,
+                corrected=author.corrected,
+                recent=[DecidedItemOut.of(i) for i in author.items],
+            ),
+            indexed=ctx.indexed,
+        )
+
+
 class TaskDetail(TaskOut):
     text: str | None = Field(None, description="the post's text; only for reviewer roles")
     prompt: str | None = None
     kind: str | None = None
+    context: ContextOut | None = Field(
+        None,
+        description="similar earlier decisions of this tenant and the author's decided posts;"
+        " None on a task shown blind (an open QA item)",
+    )
 
 
 class StatsOut(BaseModel):
@@ -453,12 +538,13 @@ async def claim(svc: Tasks, caller: Caller) -> Response:
     responses=errors(403, 404),
     summary="One task, with its text",
 )
-async def read_task(task_id: TaskId, svc: Queue, caller: Caller) -> TaskDetail:
+async def read_task(task_id: TaskId, svc: Queue, context: Context, caller: Caller) -> TaskDetail:
     view: TaskView = await svc.view(caller, task_id)
     base = TaskOut.of(view.task, svc.now()).model_dump()
     if view.text is not None:
         base.update(text=view.text.text, prompt=view.text.prompt, kind=view.text.kind)
-    return TaskDetail(**base)
+    found = await context.for_view(caller, view)
+    return TaskDetail(**base, context=ContextOut.of(found) if found is not None else None)
 
 
 @router.post(

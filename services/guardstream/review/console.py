@@ -244,6 +244,7 @@ async def _task_page(
 ) -> HTMLResponse:
     svc = _svc(request)
     view = await svc.queue.view(reviewer, task_id)
+    context = await svc.context.for_view(reviewer, view)
     # The author's figures, where a pack's rules keep them (None: not kept, or Redis silent).
     history: AuthorHistoryStore | None = getattr(request.app.state, "author_history", None)
     figures = (
@@ -259,6 +260,7 @@ async def _task_page(
             "csrf": session.csrf,
             "task": view.task,
             "text": view.text,
+            "context": context,
             "parts": long_text(view.text.text) if view.text else None,
             "reason_max": REVIEW_REASON_MAX,
             "tags": svc.tasks.tags,

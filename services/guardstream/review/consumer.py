@@ -45,6 +45,7 @@ from guardstream.contracts.identity import PostIdentity
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.policy import PolicyRegistry, review_sla
 from guardstream.review import metrics as review_metrics
+from guardstream.review.context import author_ref
 from guardstream.review.logic import SlaState, task_id
 from guardstream.review.store import ReviewStore
 from guardstream.review.store.db import TRANSIENT_DB_ERRORS
@@ -175,6 +176,7 @@ class ReviewConsumer:
                             post.prompt,
                             post.lang,
                             post.region,
+                            author_ref(post.tenant, post.author_id),
                         )
                     )
                 elif topic is Topic.REVIEW:

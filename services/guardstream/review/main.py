@@ -1,6 +1,7 @@
 """Entry point of `guardstream review`: the API and console (uvicorn), the consumer of posts,
 review decisions and SLA events, and the background work (round-robin assignment, lock expiry,
-outbox relay, post-text and expired-credential purge, the periodic QA sample), in one process.
+outbox relay, post-text and expired-credential purge, the periodic QA sample, the context
+indexer that embeds new tasks' texts), in one process.
 
 `/healthz` is live while the process runs; `/readyz` is ready once the store answers and the
 consumer holds partitions. Both stay answered under load: the edge (`shield`) sheds everything
@@ -30,6 +31,7 @@ from guardstream.review.api import install_error_handlers, router
 from guardstream.review.console import COOKIE, ConsoleAuth, install_console
 from guardstream.review.consumer import ReviewConsumer, source_topics
 from guardstream.review.relay import OutboxRelay
+from guardstream.review.services.context import INDEX_BATCH, INDEX_INTERVAL_S
 from guardstream.review.shield import (
     BodyLimit,
     Edge,
@@ -186,6 +188,27 @@ async def _background(review: Review, stop: asyncio.Event) -> None:
             await asyncio.wait_for(stop.wait(), timeout=settings.review.assign_interval_s)
 
 
+async def _index_context(review: Review, stop: asyncio.Event) -> None:
+    """Fingerprint and embed the texts of new tasks (similar earlier decisions on the task
+    page), apart from `_background`: embedding a batch takes a second or two of CPU in a
+    worker thread, which must not hold up assignment and lock expiry. A full batch is followed
+    by the next at once; otherwise the loop waits `INDEX_INTERVAL_S` (a task read before its
+    turn is embedded on the spot, so only its neighbours-to-be wait)."""
+    context = review.services.context
+    interval = INDEX_INTERVAL_S
+    while not stop.is_set():
+        try:
+            stored = await context.index()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a database blip must not stop the indexer
+            log.warning("review context indexing failed", extra={"error": type(exc).__name__})
+            stored = 0
+        if stored < INDEX_BATCH:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
 async def _refresh_gauges(store: ReviewStore) -> None:
     depth = await store.tasks.depth_by_tenant()
     qa = await store.reviews.agreement_by_tenant()
@@ -259,6 +282,7 @@ async def run(
             asyncio.create_task(loop.run(stop), name="review-consumer"),
             asyncio.create_task(server.serve(), name="review-http"),
             asyncio.create_task(_background(review, stop), name="review-background"),
+            asyncio.create_task(_index_context(review, stop), name="review-context"),
             asyncio.create_task(
                 review.relay.run(stop, settings.review.assign_interval_s), name="review-relay"
             ),

@@ -18,11 +18,13 @@ from guardstream.policy import PolicyRegistry, load_registry
 from guardstream.review.auth import HashPool
 from guardstream.review.logic import parse_tags
 from guardstream.review.services.auth import AuthService
+from guardstream.review.services.context import ContextService
 from guardstream.review.services.qa import QaService
 from guardstream.review.services.queue import QueueService
 from guardstream.review.services.tasks import TaskService
 from guardstream.review.store import ReviewStore
 from guardstream.runtime.settings import Settings
+from guardstream.verdict.embeddings import shared_embedder
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +34,7 @@ class ReviewServices:
     queue: QueueService
     tasks: TaskService
     qa: QaService
+    context: ContextService  # similar earlier decisions, the author's decided posts
     queued: asyncio.Event  # set after a commit that queued outbox items
 
 
@@ -76,6 +79,7 @@ async def review_services(
                 min_agreement=settings.qa.agreement_min,
                 queued=queued,
             ),
+            context=ContextService(store, shared_embedder),
             queued=queued,
         )
     finally:

@@ -22,6 +22,7 @@ from guardstream.review.store.tasks import QueueFilter, QueueStats
 class TaskView:
     task: Task
     text: PostText | None  # None: not allowed to see it, or the post has not arrived
+    blind: bool = False  # an open QA item shown to a senior without its first label
 
 
 class StatsCache:
@@ -138,13 +139,14 @@ class QueueService(Service):
     async def view(self, reviewer: Reviewer, task_id: str) -> TaskView:
         self._require(reviewer, Permission.READ_QUEUE)
         async with self.store.transaction() as tx:
-            task = await self._visible(tx, reviewer, task_id, "task.read")
+            task = view_task = await self._visible(tx, reviewer, task_id, "task.read")
             if task.human_verdict is not None and reviewer.may(Permission.QA):
                 # A task waiting in the QA queue stays blind for seniors everywhere, not only
                 # on the QA page: its first label shows once a senior has re-reviewed it.
                 entry = await tx.qa.open_item(task.task_id)
                 if entry is not None and entry.first_reviewer != reviewer.id:
                     task = blinded(entry).task
+            blind = task is not view_task
             text = None
             if reviewer.may(Permission.READ_TEXT):
                 text = await tx.posts.get(task.post_id, task.tenant)
@@ -155,4 +157,4 @@ class QueueService(Service):
                 task_id=task.task_id,
                 detail={"text": text is not None},
             )
-        return TaskView(task, text)
+        return TaskView(task, text, blind)

@@ -10,6 +10,7 @@
 | `qa`          | qa_batches, qa_items                     |
 | `outbox`      | outbox (its kinds and payload models)    |
 | `audit`       | audit                                    |
+| `context`     | task_vectors; decided tasks beside a task |
 | `db`          | migrations, the pool, transient errors   |
 
 `ReviewStore` holds the pool; its table attributes run each statement alone (a read, or a
@@ -28,6 +29,7 @@ import asyncpg
 
 from guardstream.review.store.audit import AuditRows
 from guardstream.review.store.claims import ClaimRows
+from guardstream.review.store.context import ContextRows
 from guardstream.review.store.db import DB_ERRORS, Conn, Db, connect
 from guardstream.review.store.outbox import OutboxRows
 from guardstream.review.store.posts import PostRows
@@ -51,6 +53,7 @@ class Tables:
         self.qa = QaRows(db)
         self.outbox = OutboxRows(db)
         self.audit = AuditRows(db)
+        self.context = ContextRows(db)
 
 
 class Tx(Tables):

@@ -19,6 +19,7 @@ class PostText:
     prompt: str | None
     lang: str | None = None
     region: str | None = None
+    author_ref: str | None = None  # review/context.py `author_ref`: opaque, tenant-scoped
 
 
 _POST_LOCK = 0x6773_7270  # advisory lock class: one post's text and task are written in turn
@@ -48,9 +49,13 @@ class PostRows(Rows):
         async with self.atomic() as conn:
             await lock_posts(conn, [(p.tenant, p.post_id) for p in posts])
             await conn.executemany(
-                "INSERT INTO post_texts (post_id, tenant, kind, text, prompt, lang, region)"
-                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, post_id) DO NOTHING",
-                [(p.post_id, p.tenant, p.kind, p.text, p.prompt, p.lang, p.region) for p in posts],
+                "INSERT INTO post_texts (post_id, tenant, kind, text, prompt, lang, region,"
+                " author_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+                " ON CONFLICT (tenant, post_id) DO NOTHING",
+                [
+                    (p.post_id, p.tenant, p.kind, p.text, p.prompt, p.lang, p.region, p.author_ref)
+                    for p in posts
+                ],
             )
             await conn.execute(
                 "UPDATE tasks t SET lang = COALESCE(t.lang, p.lang),"
