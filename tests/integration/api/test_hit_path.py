@@ -38,7 +38,7 @@ async def test_a_replayed_hit_is_answered_with_its_earlier_decision_and_misses_a
     settings: Settings,
 ) -> None:
     async with AsyncExitStack() as stack:
-        stores = Stores.open(settings, stack)
+        stores = Stores.open(settings, stack, process="api")
         triage = triager(settings, stores, "tiny")
         items: dict[str, Triaged] = {}
         for text in ("cached, decided before", "cached, new event", "decided before", "new"):
