@@ -54,6 +54,7 @@ from guardstream.runtime import tracing
 from guardstream.runtime.loop import Record, Records, isolate, unusable
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.emitter import Emitter
+from guardstream.verdict.erasure import author_key
 
 log = logging.getLogger(__name__)
 
@@ -175,6 +176,7 @@ class ReviewConsumer:
                             post.prompt,
                             post.lang,
                             post.region,
+                            author_key(post.tenant, post.author_id),
                         )
                     )
                 elif topic is Topic.REVIEW:

@@ -19,6 +19,7 @@ class PostText:
     prompt: str | None
     lang: str | None = None
     region: str | None = None
+    author_key: str | None = None  # `verdict.erasure.author_key`: for erasure by author
 
 
 _POST_LOCK = 0x6773_7270  # advisory lock class: one post's text and task are written in turn
@@ -52,6 +53,13 @@ class PostRows(Rows):
                 " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, post_id) DO NOTHING",
                 [(p.post_id, p.tenant, p.kind, p.text, p.prompt, p.lang, p.region) for p in posts],
             )
+            authored = [(p.post_id, p.tenant, p.author_key) for p in posts if p.author_key]
+            if authored:
+                await conn.executemany(
+                    "INSERT INTO post_authors (post_id, tenant, author_key) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (post_id, tenant) DO NOTHING",
+                    authored,
+                )
             await conn.execute(
                 "UPDATE tasks t SET lang = COALESCE(t.lang, p.lang),"
                 " region = COALESCE(t.region, p.region) FROM post_texts p"
