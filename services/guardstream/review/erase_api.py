@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from guardstream.review.api import Caller, errors, services_of
-from guardstream.review.erasure import erase_on_request
+from guardstream.review.erasure import STORE_ERRORS, erase_on_request
 from guardstream.review.logic import Permission
 from guardstream.review.services.errors import Forbidden
 from guardstream.runtime.settings import Settings
@@ -51,7 +51,15 @@ async def erase(request: Request, body: ErasureIn, caller: Caller) -> Response:
         sel = selector(body.tenant, posts=body.post_ids, author=body.author_id)
     except InvalidSelector as exc:
         return JSONResponse({"detail": exc.reason, "field": exc.field}, status_code=422)
-    receipt = await erase_on_request(
-        settings, services.store, sel, dry_run=body.dry_run, requested_by=caller.id
-    )
+    try:
+        receipt = await erase_on_request(
+            settings, services.store, sel, dry_run=body.dry_run, requested_by=caller.id
+        )
+    except STORE_ERRORS as exc:
+        # A store did not answer: nothing is half-promised; erasure is idempotent, retry it.
+        return JSONResponse(
+            {"detail": f"a store could not be reached ({type(exc).__name__}): retry"},
+            status_code=503,
+            headers={"Retry-After": "30"},
+        )
     return Response(receipt.model_dump_json(), media_type="application/json")

@@ -195,7 +195,12 @@ async def test_an_author_is_erased_from_every_store_after_the_whole_loop(
             {"tenant": "acme", "post_ids": [f"p{i}" for i in range(1001)]},
             {"tenant": "acme", "post_ids": ["\ud800"]},
         ):
-            refused = await http.post("/api/v1/admin/erasures", json=hostile)
+            # As bytes: JSON escapes (\u0000, \ud800) reach the server as they are.
+            refused = await http.post(
+                "/api/v1/admin/erasures",
+                content=json.dumps(hostile).encode(),
+                headers={"content-type": "application/json"},
+            )
             assert 400 <= refused.status_code < 500, (hostile, refused.text)
         dry = await http.post("/api/v1/admin/erasures", json=body)
     assert dry.status_code == 200, dry.text
