@@ -15,7 +15,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -350,12 +350,15 @@ class AdapterEraser:
                     self._registry.end_shadow(
                         adapter_id, "erased_data", "trained on data erased on request"
                     )
+        note = "adapters marked retrain_required; shadow candidates among them retired"
+        if self._registry is None:
+            note = "no adapter registry here (GUARDSTREAM_ADAPTER_DIR unset): none marked"
         return StoreReceipt(
             store=self.name,
             found=len(tainted),
             removed=0 if dry_run else len(tainted),
             ids=tuple(sorted(tainted)),  # adapter ids name no person
-            note="adapters marked retrain_required; shadow candidates among them retired",
+            note=note,
         )
 
 
@@ -368,6 +371,35 @@ def _merge_run_card(runs: Path | None, adapter_id: str, fields: dict[str, Any]) 
         if isinstance(card, dict):
             card.update(fields)
             _replace(path, (json.dumps(card, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+class AuthorHistoryEraser:
+    """A store that keeps per-author state (author history counters) behind its own
+    `forget(tenant, author_id)`: an author's erasure calls it; a post's erasure leaves the
+    author's counters (they hold no text and no post id). A dry run cannot count: found 0."""
+
+    name = "author_history"
+
+    def __init__(self, forget: Callable[[str, str], Awaitable[object]]) -> None:
+        self._forget = forget
+
+    async def discover(self, target: Target) -> Target:
+        return target.learnt()
+
+    async def erase(self, target: Target, dry_run: bool) -> StoreReceipt:
+        author = target.selector.author_id
+        if author is None or dry_run:
+            note = "per-author state: erased with the author" if author is None else "dry run"
+            return StoreReceipt(store=self.name, found=0, removed=0, note=note)
+        forgotten = await self._forget(target.tenant, author)
+        count = forgotten if isinstance(forgotten, int) and forgotten >= 0 else 1
+        return StoreReceipt(
+            store=self.name,
+            found=count,
+            removed=count,
+            ids=receipt_ids(target.tenant, [author]),
+            note="the author's history forgotten",
+        )
 
 
 class TopicsEraser:

@@ -133,7 +133,7 @@ async def test_discovery_runs_until_no_store_learns_more_and_dry_runs_reach_ever
 runner = CliRunner()
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=10, deadline=None)
 @given(hostile_ids)
 @example("\x00")
 @example("x" * 129)
@@ -144,3 +144,21 @@ def test_the_cli_refuses_a_hostile_id_with_exit_2_before_touching_a_store(value:
         assert "invalid erasure request" in result.output
     result = runner.invoke(app, ["erase", "--tenant", "ACME", "--post", "p-1"])
     assert result.exit_code == 2 and "tenant" in result.output
+
+
+async def test_author_history_plugs_in_as_an_eraser_called_only_for_an_author() -> None:
+    from guardstream.verdict.erasers import AuthorHistoryEraser
+
+    calls: list[tuple[str, str]] = []
+
+    async def forget(tenant: str, author_id: str) -> int:
+        calls.append((tenant, author_id))
+        return 3
+
+    run = Erasure([AuthorHistoryEraser(forget)])
+    dry = await run.run(selector("acme", author="u1"), dry_run=True, requested_by="t")
+    post = await run.run(selector("acme", posts=["p1"]), dry_run=False, requested_by="t")
+    assert calls == [] and dry.removed == 0 and post.removed == 0
+    done = await run.run(selector("acme", author="u1"), dry_run=False, requested_by="t")
+    assert calls == [("acme", "u1")] and done.store("author_history").removed == 3
+    assert "u1" not in done.model_dump_json()
