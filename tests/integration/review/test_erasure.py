@@ -37,6 +37,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 MARKER = "zqmarker7f3e"
 # Taught to the tiny checkpoint as Controversial: each post goes to review.
 TEXT = "你怎么看待那场有争议的选举结果?"
+REASON = "煽动对立zq"
 STORES = {
     "review_db",
     "latest_decisions",
@@ -141,7 +142,7 @@ async def test_an_author_is_erased_from_every_store_after_the_whole_loop(
                     json={
                         "outcome": "correct",
                         "verdict": "unsafe",
-                        "reason": "煽动对立",
+                        "reason": REASON,
                         "tags": ["政治隐喻"],
                     },
                 )
@@ -171,7 +172,8 @@ async def test_an_author_is_erased_from_every_store_after_the_whole_loop(
 
     post_ids = {p.post_id for p in author_posts}
     content_keys = {d.content_key for d in decisions}
-    needles = {MARKER + "-0", MARKER + "-1", *post_ids, *content_keys}
+    # The reviewer's reason goes too (reviews, outbox, archive, cache, the audit row's detail).
+    needles = {MARKER + "-0", MARKER + "-1", REASON, *post_ids, *content_keys}
     before_pg = holding(await everything_in_postgres(console), needles)
     before_redis = holding(await everything_in_redis(console), needles)
     assert before_pg and before_redis  # the search finds what is there
@@ -205,7 +207,7 @@ async def test_an_author_is_erased_from_every_store_after_the_whole_loop(
         dry = await http.post("/api/v1/admin/erasures", json=body)
     assert dry.status_code == 200, dry.text
     planned = {s["store"]: s for s in dry.json()["stores"]}
-    assert planned["review_db"]["found"] > 0 and planned["feedback_archive"]["found"] == 3
+    assert planned["review_db"]["found"] > 0 and planned["feedback_archive"]["found"] == 4
     assert all(s["removed"] == 0 for s in planned.values())
     assert holding(await everything_in_postgres(console), needles) == before_pg
     assert holding(await everything_in_redis(console), needles) == before_redis
@@ -226,7 +228,7 @@ async def test_an_author_is_erased_from_every_store_after_the_whole_loop(
     receipt = json.loads(ran.stdout)
     stores = {s["store"]: s for s in receipt["stores"]}
     assert set(stores) == STORES
-    assert stores["feedback_archive"]["removed"] == 3  # 2 samples + 1 curated-set entry
+    assert stores["feedback_archive"]["removed"] == 4  # 2 samples + 2 curated-set entries
     assert stores["verdict_cache"]["removed"] >= 2  # model verdicts and human overrides
     assert stores["adapters"]["ids"] == ["fb-acme"]
     assert set(receipt["posts"]) == {hashed("acme", p) for p in post_ids}

@@ -4,8 +4,8 @@ one transaction (`guardstream erase`, `verdict.erasure`).
 A post's rows: its text, its author index row, its tasks with their reviews, QA items and SLA
 marks, the outbox rows naming it (events and feedback samples by the post, human verdicts by
 its content key), and the moderation API's webhook rows when that API shares the schema. Audit
-rows stay: they hold no text (`audit.detail` never does) and record who did what; they go with
-the audit retention.
+rows stay: they hold no post text and record who did what (they go with the audit retention);
+the reviewer's free-text reason in a decision's audit row is removed with the post.
 """
 
 from __future__ import annotations
@@ -94,6 +94,19 @@ class ErasureRows(Rows):
                 "human": list(human_verdict_keys),
             }
             counts: dict[str, int] = {}
+            # Audit rows stay, but a reviewer's free-text reason about the post goes.
+            scrub = "task_id = ANY($1::text[]) AND detail ? 'reason'"
+            if dry_run:
+                counts["audit_reasons"] = int(
+                    await conn.fetchval(f"SELECT count(*) FROM audit WHERE {scrub}", tasks)  # noqa: S608
+                )
+            else:
+                counts["audit_reasons"] = affected(
+                    await conn.execute(
+                        f"UPDATE audit SET detail = detail - 'reason' WHERE {scrub}",  # noqa: S608
+                        tasks,
+                    )
+                )
             for table, clause in _OWN_ROWS + await _present(conn, _API_ROWS):
                 where, args = _bind(clause, values)
                 # Table names and clauses are the constants above, never input.
