@@ -36,7 +36,7 @@ class ErasureIn(BaseModel):
 @router.post(
     "/erasures",
     response_model=ErasureReceipt,
-    responses=errors(403, 422),
+    responses=errors(400, 403, 422),
     summary="Erase a tenant's posts or author from every store (admin)",
 )
 async def erase(request: Request, body: ErasureIn, caller: Caller) -> Response:
