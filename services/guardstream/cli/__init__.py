@@ -9,7 +9,9 @@ import typer
 from guardstream.cli import (
     api,
     diagnose,
+    erase,
     feedback,
+    maintenance,
     model,
     plan,
     policy,
@@ -38,6 +40,8 @@ for command in (
     diagnose.doctor,
     diagnose.calibrate,
     plan.plan,
+    erase.erase,
+    maintenance.maintenance,
 ):
     app.command()(command)
 app.add_typer(topics.app, name="topics")

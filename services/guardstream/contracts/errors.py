@@ -48,6 +48,7 @@ the built-in base their callers catch them by (a `ContractError` is still a `Val
 | `KeyStoreUnavailable` (503, Retry-After) | api.keys              |                | yes       |
 | `TenantMismatch` (403)                  | api.gate               |                | no        |
 | `OpenApiRefused` (auth off, not local)  | api.gate               |                | no        |
+| `InvalidSelector` (an erasure request)  | verdict.erasure        | `ValueError`   | no        |
 
 Third-party exceptions (aiokafka, asyncpg, redis) are not ours to subclass: each consumer maps
 the ones it expects to `TransientError` or a DLQ reason where it knows which they are, and the

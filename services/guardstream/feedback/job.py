@@ -113,6 +113,11 @@ def run_cycle(
     everything = archive.read(until=now)
     recent = [s for s in everything if since is None or s.reviewed_at >= since]
     new_curated = curate(recent, config.curation).curated
+    # An adapter serving the tenant learnt from data erased since (`verdict.erasers`): train
+    # again from what the archive holds now, however few new samples there are.
+    serving_now = registry.snapshot(fresh=True).serving_for(tenant)
+    if serving_now is not None and registry.card(serving_now.adapter_id).get("retrain_required"):
+        force = True
     if new_curated < config.min_samples and not force:
         return CycleReport(
             "skipped",

@@ -45,7 +45,6 @@ from guardstream.contracts.identity import PostIdentity
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.policy import PolicyRegistry, review_sla
 from guardstream.review import metrics as review_metrics
-from guardstream.review.context import author_ref
 from guardstream.review.logic import SlaState, task_id
 from guardstream.review.store import ReviewStore
 from guardstream.review.store.db import TRANSIENT_DB_ERRORS
@@ -55,6 +54,7 @@ from guardstream.runtime import tracing
 from guardstream.runtime.loop import Record, Records, isolate, unusable
 from guardstream.runtime.settings import Settings
 from guardstream.verdict.emitter import Emitter
+from guardstream.verdict.erasure import author_key
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class ReviewConsumer:
                             post.prompt,
                             post.lang,
                             post.region,
-                            author_ref(post.tenant, post.author_id),
+                            author_key(post.tenant, post.author_id),
                         )
                     )
                 elif topic is Topic.REVIEW:

@@ -12,7 +12,6 @@ under its strongest kind.
 from __future__ import annotations
 
 import enum
-import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -101,17 +100,6 @@ def text_features(text: str, min_chars: int = neardup.DEFAULT_MIN_CHARS) -> Text
     # Stored as a signed bigint: PostgreSQL has no unsigned 64-bit type.
     fp = neardup.simhash64(norm)
     return TextFeatures(fp - (1 << 64) if fp >= 1 << 63 else fp, found)
-
-
-def author_ref(tenant: str, author_id: str) -> str:
-    """An opaque reference to an author, scoped to the tenant: equal for the same author of
-    the same tenant, unrelated across tenants, and not the author id (a reader of the review
-    database cannot list a tenant's author ids, only group posts by author)."""
-    h = hashlib.blake2b(digest_size=16, person=b"gs-review-author")
-    for part in (tenant, author_id):
-        raw = part.encode("utf-8", "surrogatepass")
-        h.update(len(raw).to_bytes(4, "big") + raw)
-    return h.hexdigest()
 
 
 def merged(

@@ -30,6 +30,7 @@ from guardstream.review import metrics as review_metrics
 from guardstream.review.api import install_error_handlers, router
 from guardstream.review.console import COOKIE, ConsoleAuth, install_console
 from guardstream.review.consumer import ReviewConsumer, source_topics
+from guardstream.review.erase_api import router as erase_router
 from guardstream.review.relay import OutboxRelay
 from guardstream.review.services.context import INDEX_BATCH, INDEX_INTERVAL_S
 from guardstream.review.shield import (
@@ -68,6 +69,7 @@ def create_app(
         ),
     )
     app.state.review = services
+    app.state.settings = settings
     edge = Edge(
         LoginThrottle(
             per_id_per_min=settings.review.edge.login_per_id_per_min,
@@ -88,6 +90,7 @@ def create_app(
     app.add_middleware(EdgeCheck, refused=edge.refused)
     app.add_middleware(BodyLimit, max_bytes=settings.review.edge.max_body_bytes)
     app.include_router(router)
+    app.include_router(erase_router)
     install_error_handlers(app)
     install_console(app, console)
 

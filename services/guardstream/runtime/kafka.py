@@ -18,8 +18,10 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
     InvalidTopicError,
+    KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     TopicAuthorizationFailedError,
@@ -30,9 +32,9 @@ from guardstream.contracts import ids
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import ContractError, DlqRecord, Origin, clip, utcnow
 from guardstream.contracts.ids import stable_id
-from guardstream.contracts.topics import CATALOGUE, Topic, TopicNames
+from guardstream.contracts.topics import CATALOGUE, DAY_MS, Topic, TopicNames
 from guardstream.runtime import tracing
-from guardstream.runtime.settings import Settings
+from guardstream.runtime.settings import Settings, topic_overrides
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +189,69 @@ class TopicReport:
     mismatched: tuple[str, ...]  # exist with a different partition count than the catalogue
 
 
+def topic_retention_ms(settings: Settings) -> dict[Topic, int]:
+    """Each topic's `retention.ms` as configured: the catalogue's, overridden by
+    `GUARDSTREAM_RETENTION_DLQ_DAYS` (the DLQ) and `GUARDSTREAM_RETENTION_TOPIC_DAYS`."""
+    overrides = topic_overrides(settings.retention.topic_days)
+    out: dict[Topic, int] = {}
+    for spec in CATALOGUE:
+        days = overrides.get(spec.topic.value)
+        if spec.topic is Topic.DLQ:
+            days = settings.retention.dlq_days
+        out[spec.topic] = round(days * DAY_MS) if days is not None else spec.retention_ms
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionReport:
+    differing: dict[str, tuple[int | None, int]]  # topic: (retention.ms found, configured)
+    refused: str | None = None  # why the broker did not take the change (then nothing changed)
+
+
+async def apply_topic_retention(settings: Settings) -> RetentionReport:
+    """Set each existing topic's `retention.ms` to the configured one where it differs
+    (`guardstream maintenance`). A broker without AlterConfigs (tansu) is reported, not
+    raised: the topics keep their retention and the report says which differ."""
+    names = TopicNames(settings.namespace)
+    wanted = {names[t]: ms for t, ms in topic_retention_ms(settings).items()}
+    admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="guardstream-admin")
+    await admin.start()
+    try:
+        present = [n for n in wanted if n in set(await admin.list_topics())]
+        if not present:
+            return RetentionReport({})
+        found: dict[str, int | None] = dict.fromkeys(present)
+        for response in await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, n) for n in present]
+        ):
+            for resource in response.resources:
+                _, _, _, name, entries = resource[:5]
+                for entry in entries:
+                    if entry[0] == "retention.ms" and entry[1] is not None:
+                        found[name] = int(entry[1])
+        changed = {n: (found[n], wanted[n]) for n in present if found[n] != wanted[n]}
+        if changed:
+            try:
+                await admin.alter_configs(
+                    [
+                        ConfigResource(
+                            ConfigResourceType.TOPIC, n, {"retention.ms": str(wanted[n])}
+                        )
+                        for n in changed
+                    ]
+                )
+            except KafkaError as exc:
+                return RetentionReport(changed, f"{type(exc).__name__}: {exc}")
+        return RetentionReport(changed)
+    finally:
+        await admin.close()
+
+
 async def ensure_topics(settings: Settings, topics: Iterable[Topic] | None = None) -> TopicReport:
     """Create the catalogue's topics that do not exist yet. Safe to run any number of times."""
     names = TopicNames(settings.namespace)
     wanted = [spec for spec in CATALOGUE if topics is None or spec.topic in set(topics)]
+    retention = topic_retention_ms(settings)
     admin = AIOKafkaAdminClient(**client_kwargs(settings), client_id="guardstream-admin")
     await admin.start()
     try:
@@ -203,7 +264,10 @@ async def ensure_topics(settings: Settings, topics: Iterable[Topic] | None = Non
                         name=names[spec.topic],
                         num_partitions=spec.partitions,
                         replication_factor=settings.kafka.topic_replication,
-                        topic_configs=spec.config(),
+                        topic_configs={
+                            **spec.config(),
+                            "retention.ms": str(retention[spec.topic]),
+                        },
                     )
                     for spec in missing
                 ]

@@ -798,6 +798,69 @@ class SlaSettings(Section):
     """Group session timeout of the SLA app: how soon a killed worker's partitions move on."""
 
 
+class RetentionSettings(Section):
+    """How long each store keeps what it holds (`guardstream maintenance`, the chart's
+    CronJob) and where erasure receipts go (`guardstream erase`); docs/operations/privacy.md."""
+
+    post_text_days: Annotated[
+        float, Field(gt=0, le=3650), _env("GUARDSTREAM_RETENTION_POST_TEXT_DAYS")
+    ] = 30.0
+    """A reviewed post's text (and its task, reviews and QA items) is deleted this many days
+    after its decision became final (the task was decided)."""
+    outbox_days: Annotated[
+        float, Field(gt=0, le=3650), _env("GUARDSTREAM_RETENTION_OUTBOX_DAYS")
+    ] = 1.0
+    """Relayed outbox rows are deleted this long after they were sent; a human verdict's row
+    stays as long as its verdict lives (`GUARDSTREAM_HUMAN_VERDICT_TTL_S`): the console
+    restores a flushed verdict cache from it."""
+    audit_days: Annotated[float, Field(gt=0, le=3650), _env("GUARDSTREAM_RETENTION_AUDIT_DAYS")] = (
+        365.0
+    )
+    """Audit rows older than this are deleted."""
+    archive_days: Annotated[
+        float, Field(gt=0, le=3650), _env("GUARDSTREAM_RETENTION_ARCHIVE_DAYS")
+    ] = 365.0
+    """Day directories of the feedback archive older than this are deleted (training then
+    forgets them), and so is the author index that lets `erase --author` find them."""
+    dlq_days: Annotated[float, Field(gt=0, le=3650), _env("GUARDSTREAM_RETENTION_DLQ_DAYS")] = 30.0
+    """`retention.ms` of the dead-letter topic (whole payloads with author ids): set by
+    `guardstream topics create` and checked by `guardstream maintenance`."""
+    topic_days: Annotated[str, _env("GUARDSTREAM_RETENTION_TOPIC_DAYS")] = ""
+    """Other topics' retention overrides, `topic=days,...` with catalogue names
+    (`posts.v1=3`); unnamed topics keep the catalogue's retention (`guardstream topics list`).
+    A record copied into a time-retained topic lives at most its topic's retention."""
+    receipts_dir: Annotated[Path | None, _env("GUARDSTREAM_ERASURE_RECEIPTS_DIR")] = None
+    """Where erasure receipts are written (JSON, no text); unset: `<GUARDSTREAM_FEEDBACK_DIR>/
+    erasures`."""
+    lock_timeout_s: Annotated[
+        float, Field(ge=0, le=3600), _env("GUARDSTREAM_MAINTENANCE_LOCK_TIMEOUT_S")
+    ] = 0.0
+    """How long `guardstream maintenance` waits for a concurrent run's lock; 0: skip at once."""
+
+    @field_validator("topic_days")
+    @classmethod
+    def _check_topic_days(cls, value: str) -> str:
+        topic_overrides(value)
+        return value
+
+
+def topic_overrides(value: str) -> dict[str, float]:
+    """`topic=days,...` as {catalogue topic name: days}; ValueError names a bad entry."""
+    out: dict[str, float] = {}
+    for item in (part.strip() for part in value.split(",")):
+        if not item:
+            continue
+        name, sep, days = item.partition("=")
+        try:
+            parsed = float(days)
+        except ValueError:
+            parsed = -1.0
+        if not sep or not name.strip() or not 0 < parsed <= 3650:
+            raise ValueError(f"retention.topic_days: {item!r} is not topic=days (0 < days <= 3650)")
+        out[name.strip()] = parsed
+    return out
+
+
 class Settings(BaseSettings):
     """Configuration of every guardstream process: the namespace and one section per part.
 
@@ -848,6 +911,8 @@ class Settings(BaseSettings):
     """Metrics and traces."""
     sla: SlaSettings = SlaSettings()
     """The SLA timer."""
+    retention: RetentionSettings = RetentionSettings()
+    """Retention per store and erasure receipts."""
 
     @classmethod
     def settings_customise_sources(

@@ -2,19 +2,26 @@
 
 Layout: `<root>/reviews/dt=YYYY-MM-DD/part-<writer>.jsonl` (UTC day of the review). Each
 writer appends to its own part file and fsyncs every line before returning, so a crash loses
-nothing acknowledged and several review replicas never interleave. Readers take every part of
+nothing acknowledged and several review replicas never interleave. A part file is written
+under its `flock` (`locked_part`): erasure rewrites a file under the same lock and renames the
+new one over it, and a writer that waited finds the new file, not the one renamed away.
+Readers take every part of
 the days they ask for and keep one sample per `sample_id` (a re-created archive may hold a
 review twice); the archive can always be rebuilt from the review store.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
+import shutil
 import socket
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import ContractError
@@ -26,6 +33,26 @@ _WRITER = re.compile(r"[^A-Za-z0-9_.-]")
 
 def default_writer_id() -> str:
     return _WRITER.sub("-", f"{socket.gethostname()}-{os.getpid()}")
+
+
+@contextmanager
+def locked_part(path: Path, *, create: bool = False) -> Iterator[BinaryIO]:
+    """`path` open for reading and writing under its exclusive `flock`; the file as it is after
+    the lock was granted (one renamed over it meanwhile is opened again)."""
+    while True:
+        handle = path.open("a+b" if create else "r+b")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                current = os.stat(path).st_ino
+            except FileNotFoundError:
+                current = None
+            if current == os.fstat(handle.fileno()).st_ino:
+                handle.seek(0)
+                yield handle
+                return
+        finally:
+            handle.close()  # closing releases the lock
 
 
 class ArchiveError(PermanentError, ValueError):
@@ -50,7 +77,8 @@ class Archive:
             directory = self.day_dir(day)
             directory.mkdir(parents=True, exist_ok=True)
             path = directory / f"part-{self.writer_id}.jsonl"
-            with path.open("ab") as out:
+            with locked_part(path, create=True) as out:
+                out.seek(0, os.SEEK_END)
                 out.write(b"".join(lines))
                 out.flush()
                 os.fsync(out.fileno())
@@ -62,6 +90,25 @@ class Archive:
             return []
         found = (_DAY_DIR.match(p.name) for p in base.iterdir() if p.is_dir())
         return sorted(date.fromisoformat(m.group(1)) for m in found if m)
+
+    def purge(self, before: date) -> int:
+        """Delete the day directories older than `before` (retention); how many samples they
+        held. Training reads only what is left, so the next cycle forgets them."""
+        removed = 0
+        for day in self.days():
+            if day >= before:
+                break
+            directory = self.day_dir(day)
+            for path in sorted(directory.glob("part-*.jsonl")):
+                with locked_part(path) as handle:
+                    removed += sum(1 for line in handle.read().splitlines() if line.strip())
+                    path.unlink()
+            shutil.rmtree(directory, ignore_errors=True)
+        return removed
+
+    def oldest_day(self) -> date | None:
+        days = self.days()
+        return days[0] if days else None
 
     def read(
         self, since: datetime | None = None, until: datetime | None = None

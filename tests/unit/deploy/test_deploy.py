@@ -131,7 +131,11 @@ def test_default_release_runs_every_process_against_external_infrastructure(
     processes = {"gs-triage", "gs-scorer", "gs-review", "gs-sla", "gs-api"}
     assert set(by_kind(default_docs, "Service")) == processes
     assert set(by_kind(default_docs, "PodDisruptionBudget")) == processes
-    assert set(by_kind(default_docs, "CronJob")) == {"gs-feedback-train", "gs-feedback-qa-sample"}
+    assert set(by_kind(default_docs, "CronJob")) == {
+        "gs-feedback-train",
+        "gs-feedback-qa-sample",
+        "gs-maintenance",
+    }
     # No broker, cache or database of its own; no CRDs unless asked.
     kinds = {d["kind"] for d in default_docs}
     assert not kinds & (set(CUSTOM_KINDS) | {"Ingress", "HorizontalPodAutoscaler"})
@@ -380,7 +384,7 @@ def test_sla_store_is_a_volume_or_memory_as_chosen(kind: str) -> None:
 
 
 def test_feedback_jobs_are_cronjobs_when_enabled(production_docs: list[dict[str, Any]]) -> None:
-    cron = by_kind(production_docs, "CronJob")
+    cron = {n: c for n, c in by_kind(production_docs, "CronJob").items() if "feedback" in n}
     assert {n: c["spec"]["schedule"] for n, c in cron.items()} == {
         "gs-feedback-train": "0 3 * * 1",
         "gs-feedback-qa-sample": "0 6 1 * *",
@@ -406,12 +410,21 @@ def test_feedback_run_needs_no_gpu_on_the_tiny_checkpoint() -> None:
 
 # The shared directories: env name → (pods that set it, the ones that only read).
 SHARED = {
+    # The review console and the maintenance job erase (and purge) archive days and mark
+    # adapters trained on erased data.
     "GUARDSTREAM_ADAPTER_DIR": (
-        {"gs-triage", "gs-scorer", "gs-feedback-train", "gs-feedback-qa-sample"},
+        {
+            "gs-triage",
+            "gs-scorer",
+            "gs-review",
+            "gs-feedback-train",
+            "gs-feedback-qa-sample",
+            "gs-maintenance",
+        },
         {"gs-triage", "gs-scorer"},
     ),
     "GUARDSTREAM_FEEDBACK_DIR": (
-        {"gs-review", "gs-feedback-train", "gs-feedback-qa-sample"},
+        {"gs-review", "gs-feedback-train", "gs-feedback-qa-sample", "gs-maintenance"},
         set(),
     ),
 }
@@ -467,7 +480,7 @@ def test_without_shared_storage_there_are_no_adapters_and_no_feedback_jobs() -> 
         render({"sharedStorage": {"enabled": False}})
     docs = render({"sharedStorage": {"enabled": False}, "feedback": {"enabled": False}})
     assert not by_kind(docs, "PersistentVolumeClaim")
-    assert not by_kind(docs, "CronJob")
+    assert set(by_kind(docs, "CronJob")) == {"gs-maintenance"}  # the databases' retention
     assert shared_mounts(docs, "none") == {}
     with pytest.raises(helm.HelmError, match="must be different directories"):
         render({"sharedStorage": {"adapterDir": "data", "feedbackDir": "data"}})

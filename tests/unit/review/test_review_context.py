@@ -21,7 +21,6 @@ from guardstream.review.context import (
     MatchKind,
     ReviewContext,
     author_history,
-    author_ref,
     conflict,
     merged,
     text_features,
@@ -30,6 +29,7 @@ from guardstream.review.logic import SEED_TAGS, long_text, text_preview
 from guardstream.review.services.context import TenantVectors
 from guardstream.review.store.posts import PostText
 from guardstream.verdict.embeddings import to_bytes
+from guardstream.verdict.erasure import author_key
 from tests.support.review import NOW, review_task
 from tests.unit.review.test_console_render import Dom, hostile_text, render
 
@@ -111,16 +111,14 @@ def test_any_text_has_storable_features(text: str) -> None:
 @given(st.text(max_size=40), st.text(max_size=40), st.text(max_size=40))
 @example("acme", "u1", "beta")
 @example("ab", "c", "a")  # framing: ("ab", "c") is not ("a", "bc")
-def test_the_author_reference_is_opaque_and_tenant_scoped(
-    tenant: str, author: str, other: str
-) -> None:
-    ref = author_ref(tenant, author)
-    assert ref == author_ref(tenant, author) and len(ref) == 32
+def test_the_author_key_is_opaque_and_tenant_scoped(tenant: str, author: str, other: str) -> None:
+    ref = author_key(tenant, author)
+    assert ref == author_key(tenant, author) and len(ref) == 32
     assert author not in ref or len(author) < 4
     if other != tenant:
-        assert author_ref(other, author) != ref
+        assert author_key(other, author) != ref
     if len(tenant) > 1:
-        assert author_ref(tenant[:-1], tenant[-1] + author) != ref
+        assert author_key(tenant[:-1], tenant[-1] + author) != ref
 
 
 def test_the_tenant_matrix_grows_skips_foreign_sizes_and_keeps_the_newest() -> None:

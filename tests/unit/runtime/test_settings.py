@@ -286,6 +286,14 @@ FLAT_ENV_NAMES = [
     ("GUARDSTREAM_WEBHOOK_BATCH",),
     ("GUARDSTREAM_WEBHOOK_ALLOW_PRIVATE",),
     ("GUARDSTREAM_WEBHOOK_RETENTION_DAYS",),
+    ("GUARDSTREAM_RETENTION_POST_TEXT_DAYS",),
+    ("GUARDSTREAM_RETENTION_OUTBOX_DAYS",),
+    ("GUARDSTREAM_RETENTION_AUDIT_DAYS",),
+    ("GUARDSTREAM_RETENTION_ARCHIVE_DAYS",),
+    ("GUARDSTREAM_RETENTION_DLQ_DAYS",),
+    ("GUARDSTREAM_RETENTION_TOPIC_DAYS",),
+    ("GUARDSTREAM_ERASURE_RECEIPTS_DIR",),
+    ("GUARDSTREAM_MAINTENANCE_LOCK_TIMEOUT_S",),
 ]
 EVERY_SETTING = list(every_setting())
 
@@ -325,6 +333,8 @@ def another_value(field: SettingField) -> tuple[str, object]:
         return "/tmp/elsewhere", Path("/tmp/elsewhere")
     if field.path == "review.forwarded_allow_ips":
         return "10.0.0.0/8", "10.0.0.0/8"
+    if field.path == "retention.topic_days":
+        return "posts.v1=3", "posts.v1=3"
     return "other", "other"  # str and SecretStr
 
 
@@ -517,3 +527,23 @@ def test_an_env_file_written_for_settings_reads_back_as_written(values: dict[str
 def test_a_value_an_env_file_cannot_hold_is_refused(head: str, breaker: str, tail: str) -> None:
     with pytest.raises(ValueError, match="GUARDSTREAM_MODEL"):
         env_file_text({"GUARDSTREAM_MODEL": head + breaker + tail})
+
+
+def test_topic_retention_overrides_are_checked_and_applied() -> None:
+    from guardstream.contracts.topics import SPECS, Topic
+    from guardstream.runtime.kafka import topic_retention_ms
+    from guardstream.runtime.settings import topic_overrides
+
+    assert topic_overrides(" posts.v1=3, moderation.shadow.v1=0.5 ,") == {
+        "posts.v1": 3.0,
+        "moderation.shadow.v1": 0.5,
+    }
+    for bad in ("posts.v1", "posts.v1=0", "=3", "posts.v1=x", "posts.v1=9999"):
+        with pytest.raises(ValueError, match="topic=days"):
+            topic_overrides(bad)
+    retention = topic_retention_ms(
+        Settings(_env_file=None, retention={"dlq_days": 2, "topic_days": "posts.v1=3"})  # type: ignore[call-arg]
+    )
+    day = 86_400_000
+    assert retention[Topic.DLQ] == 2 * day and retention[Topic.POSTS] == 3 * day
+    assert retention[Topic.REVIEWS] == SPECS[Topic.REVIEWS].retention_ms

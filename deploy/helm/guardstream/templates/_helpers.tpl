@@ -92,6 +92,7 @@ guardstream-{{ .process }}
 # Processes listen on 127.0.0.1 unless told otherwise: probes and scrapes come from outside.
 - name: GUARDSTREAM_LISTEN_HOST
   value: "0.0.0.0"
+{{- include "guardstream.retentionEnv" . }}
 - name: GUARDSTREAM_REVIEW_HOST
   value: "0.0.0.0"
 - name: GUARDSTREAM_METRICS_PORT
@@ -225,5 +226,28 @@ checksum/policy: {{ toYaml .root.Values.policy | sha256sum }}
 - name: shared
   persistentVolumeClaim:
     claimName: {{ include "guardstream.sharedClaim" . }}
+{{- end }}
+{{- end }}
+
+{{/* Retention by store (values `retention`), the same in every pod. */}}
+{{- define "guardstream.retentionEnv" -}}
+{{- $r := .Values.retention }}
+- name: GUARDSTREAM_RETENTION_POST_TEXT_DAYS
+  value: {{ $r.postTextDays | quote }}
+- name: GUARDSTREAM_RETENTION_OUTBOX_DAYS
+  value: {{ $r.outboxDays | quote }}
+- name: GUARDSTREAM_RETENTION_AUDIT_DAYS
+  value: {{ $r.auditDays | quote }}
+- name: GUARDSTREAM_RETENTION_ARCHIVE_DAYS
+  value: {{ $r.archiveDays | quote }}
+- name: GUARDSTREAM_RETENTION_DLQ_DAYS
+  value: {{ $r.dlqDays | quote }}
+{{- with $r.topicDays }}
+- name: GUARDSTREAM_RETENTION_TOPIC_DAYS
+  value: {{ . | quote }}
+{{- end }}
+{{- with $r.receiptsDir }}
+- name: GUARDSTREAM_ERASURE_RECEIPTS_DIR
+  value: {{ . | quote }}
 {{- end }}
 {{- end }}

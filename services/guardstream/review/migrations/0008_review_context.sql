@@ -1,10 +1,8 @@
 -- What a reviewer sees beside a task: earlier decisions on the same or similar content, and the
 -- author's other decided posts. All of it tenant-scoped; never another tenant's rows.
 
--- The post's author, as an opaque tenant-scoped reference (review/context.py `author_ref`):
--- never the author id itself. NULL for texts kept before this migration.
-ALTER TABLE post_texts ADD COLUMN author_ref text;
-CREATE INDEX post_texts_author ON post_texts (tenant, author_ref) WHERE author_ref IS NOT NULL;
+-- The author's other posts come from post_authors (0008_erasure_author_index.sql): the
+-- author as `verdict.erasure.author_key`, never the author id itself.
 
 -- Derived from a task's post text (holds no text): its near-duplicate fingerprint (the verdict
 -- layer's SimHash of the text's signal, with the signal's digits: posts whose digits differ

@@ -11,6 +11,8 @@
 | `outbox`      | outbox (its kinds and payload models)    |
 | `audit`       | audit                                    |
 | `context`     | task_vectors; decided tasks beside a task |
+| `erasure`     | every table's rows of erased posts, post_authors |
+| `retention`   | purges by age (`guardstream maintenance`) |
 | `db`          | migrations, the pool, transient errors   |
 
 `ReviewStore` holds the pool; its table attributes run each statement alone (a read, or a
@@ -31,9 +33,11 @@ from guardstream.review.store.audit import AuditRows
 from guardstream.review.store.claims import ClaimRows
 from guardstream.review.store.context import ContextRows
 from guardstream.review.store.db import DB_ERRORS, Conn, Db, connect
+from guardstream.review.store.erasure import ErasureRows
 from guardstream.review.store.outbox import OutboxRows
 from guardstream.review.store.posts import PostRows
 from guardstream.review.store.qa import QaRows
+from guardstream.review.store.retention import RetentionRows
 from guardstream.review.store.reviewers import CredentialRows, ReviewerRows
 from guardstream.review.store.reviews import ReviewRows
 from guardstream.review.store.tasks import TaskRows
@@ -54,6 +58,8 @@ class Tables:
         self.outbox = OutboxRows(db)
         self.audit = AuditRows(db)
         self.context = ContextRows(db)
+        self.erasure = ErasureRows(db)
+        self.retention = RetentionRows(db)
 
 
 class Tx(Tables):

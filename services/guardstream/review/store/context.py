@@ -42,7 +42,9 @@ _NEAR = _decided(
 )
 _BY_IDS = _decided("", "t.task_id = ANY($3::text[])")
 _BY_AUTHOR = _decided(
-    "", "p.author_ref = $3 AND t.task_id <> $4", " ORDER BY t.decided_at DESC LIMIT $5"
+    "JOIN post_authors a ON a.tenant = t.tenant AND a.post_id = t.post_id",
+    "a.author_key = $3 AND t.task_id <> $4",
+    " ORDER BY t.decided_at DESC LIMIT $5",
 )
 
 
@@ -193,7 +195,7 @@ class ContextRows(Rows):
 
     async def author_of(self, tenant: str, post_id: str) -> str | None:
         return await self.db.fetchval(  # type: ignore[no-any-return]
-            "SELECT author_ref FROM post_texts WHERE tenant = $1 AND post_id = $2",
+            "SELECT author_key FROM post_authors WHERE tenant = $1 AND post_id = $2",
             tenant,
             post_id,
         )
@@ -208,8 +210,8 @@ class ContextRows(Rows):
             "SELECT t.human_verdict, count(*) AS n,"
             " count(*) FILTER (WHERE r.outcome = 'correct') AS corrected"
             " FROM tasks t JOIN reviews r ON r.task_id = t.task_id AND r.stage = 'first'"
-            " JOIN post_texts p ON p.tenant = t.tenant AND p.post_id = t.post_id"
-            " WHERE t.tenant = $1 AND p.author_ref = $2 AND t.task_id <> $3"
+            " JOIN post_authors a ON a.tenant = t.tenant AND a.post_id = t.post_id"
+            " WHERE t.tenant = $1 AND a.author_key = $2 AND t.task_id <> $3"
             " AND t.state = 'decided' AND t.human_verdict IS NOT NULL"
             " GROUP BY t.human_verdict",
             tenant,

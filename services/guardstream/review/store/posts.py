@@ -19,7 +19,8 @@ class PostText:
     prompt: str | None
     lang: str | None = None
     region: str | None = None
-    author_ref: str | None = None  # review/context.py `author_ref`: opaque, tenant-scoped
+    # `verdict.erasure.author_key`: the author's posts, for erasure and the reviewer's context
+    author_key: str | None = None
 
 
 _POST_LOCK = 0x6773_7270  # advisory lock class: one post's text and task are written in turn
@@ -49,14 +50,17 @@ class PostRows(Rows):
         async with self.atomic() as conn:
             await lock_posts(conn, [(p.tenant, p.post_id) for p in posts])
             await conn.executemany(
-                "INSERT INTO post_texts (post_id, tenant, kind, text, prompt, lang, region,"
-                " author_ref) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
-                " ON CONFLICT (tenant, post_id) DO NOTHING",
-                [
-                    (p.post_id, p.tenant, p.kind, p.text, p.prompt, p.lang, p.region, p.author_ref)
-                    for p in posts
-                ],
+                "INSERT INTO post_texts (post_id, tenant, kind, text, prompt, lang, region)"
+                " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant, post_id) DO NOTHING",
+                [(p.post_id, p.tenant, p.kind, p.text, p.prompt, p.lang, p.region) for p in posts],
             )
+            authored = [(p.post_id, p.tenant, p.author_key) for p in posts if p.author_key]
+            if authored:
+                await conn.executemany(
+                    "INSERT INTO post_authors (post_id, tenant, author_key) VALUES ($1, $2, $3)"
+                    " ON CONFLICT (post_id, tenant) DO NOTHING",
+                    authored,
+                )
             await conn.execute(
                 "UPDATE tasks t SET lang = COALESCE(t.lang, p.lang),"
                 " region = COALESCE(t.region, p.region) FROM post_texts p"
