@@ -48,6 +48,7 @@ STORES = {
     "near_duplicates",
     "adapters",
     "kafka_topics",
+    "author_history",
 }
 
 
