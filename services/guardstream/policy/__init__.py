@@ -14,7 +14,14 @@ from guardstream.policy.pack import (
     ReviewBelow,
     ScorerUnavailableMode,
 )
-from guardstream.policy.prompt import apply_prefix, prompt_fingerprint, prompt_prefix
+from guardstream.policy.prompt import (
+    apply_prefix,
+    category_block,
+    pack_categories,
+    prompt_fingerprint,
+    prompt_prefix,
+    region_name,
+)
 from guardstream.policy.registry import Clash, PolicyConflictError, PolicyRegistry
 from guardstream.policy.routing import (
     ReviewSla,
@@ -40,11 +47,14 @@ __all__ = [
     "Routed",
     "ScorerUnavailableMode",
     "apply_prefix",
+    "category_block",
     "load_packs",
     "load_registry",
+    "pack_categories",
     "parse_pack_file",
     "prompt_fingerprint",
     "prompt_prefix",
+    "region_name",
     "review_sla",
     "route",
     "route_scorer_unavailable",

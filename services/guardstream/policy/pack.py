@@ -11,11 +11,11 @@ the default pack's value, so each file reads on its own.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -26,9 +26,14 @@ from pydantic import (
     field_validator,
 )
 
+from guardstream.contracts.categories import (
+    DEFAULT_CATEGORIES,
+    CategoryDef,
+    CategoryName,
+    unknown_category,
+)
 from guardstream.contracts.events import LINE, Verdict
-from guardstream.contracts.labels import CATEGORIES
-from guardstream.contracts.text import normalise
+from guardstream.contracts.text import neutralise, normalise
 
 DEFAULT_TENANT: Final = "*"
 # The tag key the region hint renders under (see `policy.prompt`); a domain tag may not use it.
@@ -69,16 +74,19 @@ Threshold = Annotated[StrictFloat, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Seconds = Annotated[StrictInt, Field(gt=0)]
 
 
-def check_category(name: str) -> str:
-    """A category must be spelt as Qwen3Guard spells it, or the rule would never fire."""
-    if name in CATEGORIES:
-        return name
-    close = [c for c in CATEGORIES if c.casefold() == name.strip().casefold()]
-    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(CATEGORIES)}"
-    raise ValueError(f"unknown Qwen3Guard category {name!r} ({hint})")
+# A field naming categories holds names; which names a pack knows is its `categories` list,
+# checked by `PolicyPack._known_categories` (fields validate in declaration order).
+Category = CategoryName
 
 
-Category = Annotated[StrictStr, AfterValidator(check_category)]
+def extended_categories(value: Any) -> Any:
+    """`categories: {extend: [...]}` is Qwen3Guard's nine followed by the listed ones; a list
+    replaces the nine; leaving the field out keeps them."""
+    if isinstance(value, dict):
+        if set(value) != {"extend"} or not isinstance(value["extend"], list | tuple):
+            raise ValueError("write a list of categories, or {extend: [categories...]}")
+        return (*DEFAULT_CATEGORIES, *value["extend"])
+    return value
 
 
 class ReviewBelow(BaseModel):
@@ -114,11 +122,20 @@ class PolicyPack(BaseModel):
 
     controversial: ControversialMode = ControversialMode.REVIEW
     review_below: ReviewBelow = ReviewBelow()
+    # Declared before every field naming categories, which are checked against it.
+    categories: Annotated[
+        tuple[CategoryDef, ...],
+        Field(min_length=1, max_length=32),
+        BeforeValidator(extended_categories),
+    ] = DEFAULT_CATEGORIES
     always_block: tuple[Category, ...] = ()
     always_review: tuple[Category, ...] = ()
 
     domain_tags: dict[TagKey, TagValue] = Field(default_factory=dict)
     region_hint: TagValue | None = None
+    # The post's own `region` → the name rendered as [地区:…] (matched without regard to
+    # case); a region not listed falls back to `region_hint`.
+    region_names: dict[Region, TagValue] = Field(default_factory=dict)
 
     scorer_unavailable: ScorerUnavailableMode = ScorerUnavailableMode.FAIL_CLOSED
     # A trivial variant (case, punctuation, emoji, link added) of a decided post reuses its
@@ -162,6 +179,50 @@ class PolicyPack(BaseModel):
         if regions is not None and len({r.casefold() for r in regions}) != len(regions):
             raise ValueError("a region is listed twice")
         return regions
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.categories)
+
+    @field_validator("categories")
+    @classmethod
+    def _category_list(cls, categories: tuple[CategoryDef, ...]) -> tuple[CategoryDef, ...]:
+        seen: dict[str, str] = {}  # casefolded spelling → the category it names
+        for category in categories:
+            for spelling in category.spellings:
+                # Names render into the prompt as written: like tag keys, already normal and
+                # free of anything the model could read as prompt structure.
+                if normalise(spelling) != spelling or neutralise(spelling) != spelling:
+                    raise ValueError(
+                        f"category {spelling!r} has invisible, full-width or template "
+                        f"characters: write {neutralise(normalise(spelling))!r}"
+                    )
+            # A translation spelt like its own name is harmless; like another's, ambiguous.
+            for folded in dict.fromkeys(s.casefold() for s in category.spellings):
+                if folded in seen:
+                    raise ValueError(
+                        f"{folded!r} is listed twice (in {seen[folded]!r} and {category.name!r})"
+                    )
+                seen[folded] = category.name
+        return categories
+
+    @field_validator("always_block", "always_review", "review_sla_by_category")
+    @classmethod
+    def _known_categories(cls, named: Any, info: ValidationInfo) -> Any:
+        if "categories" not in info.data:
+            return named  # the list itself was refused; that error says why
+        known = [c.name for c in info.data["categories"]]
+        for name in named:
+            if name not in known:
+                raise ValueError(unknown_category(name, known))
+        return named
+
+    @field_validator("region_names")
+    @classmethod
+    def _region_names(cls, names: dict[str, str]) -> dict[str, str]:
+        if len({r.casefold() for r in names}) != len(names):
+            raise ValueError("a region is listed twice")
+        return names
 
     @field_validator("always_block", "always_review")
     @classmethod

@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from decimal import ROUND_FLOOR, Decimal
 
 from guardstream.contracts.events import Action, Verdict
-from guardstream.contracts.labels import CATEGORIES
 from guardstream.policy.pack import ControversialMode, PolicyPack, ScorerUnavailableMode
 
 
@@ -108,7 +107,7 @@ def _route(
     categories: Sequence[str],
 ) -> Routed:
     # Unknown strings are ignored rather than echoed: explanations end up in decisions.
-    named = [c for c in CATEGORIES if c in categories]
+    named = [c for c in pack.category_names if c in categories]
     usable = _usable(confidence)
     threshold = pack.review_below.for_verdict(verdict)
     said = _said(verdict, usable, named)
