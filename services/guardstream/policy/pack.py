@@ -3,6 +3,8 @@
 Packs are configuration owned by trust & safety, versioned so every decision can say which
 rules produced it (`PolicyPack.ref`, `"id@version"`). The model is frozen and forbids unknown
 fields: a misspelt key or category fails at start-up instead of silently dropping a rule.
+A pack's `categories` (Qwen3Guard's nine unless it extends or replaces them) are the only
+names its category fields (`always_block`, `always_review`, `review_sla_by_category`) accept.
 `schemas/policy-pack.v1.json` describes the same file format; a unit test keeps both in step.
 Packs do not inherit from each other: a field a pack leaves out takes the default below, not
 the default pack's value, so each file reads on its own.

@@ -17,6 +17,7 @@ from guardstream.contracts.categories import DEFAULT_CATEGORIES, OTHER_PREFIX, C
 from guardstream.contracts.events import Kind, Post, Verdict
 from guardstream.contracts.feedback import FeedbackSample
 from guardstream.contracts.labels import CATEGORIES
+from guardstream.feedback.curation import CurationConfig, worth_training
 from guardstream.feedback.dataset import example as training_example
 from guardstream.feedback.dataset import target_text
 from guardstream.model.guard import CATEGORIES_ROLE, categories_template, chat_args
@@ -322,3 +323,14 @@ def test_a_response_sample_gets_the_response_block() -> None:
     assert role == CATEGORIES_ROLE
     assert block == category_block(FIN.categories, response=True)
     assert "Jailbreak." not in block.splitlines()
+
+
+def test_a_category_correction_alone_is_worth_training() -> None:
+    """The label kept, the harm renamed: how a pack's own category is taught to the model."""
+    renamed = sample(pred_verdict=Verdict.UNSAFE, pred_confidence=0.99)
+    assert not renamed.disagrees
+    assert worth_training(renamed, CurationConfig()) == "category_correction"
+    kept = renamed.model_copy(
+        update={"pred_categories": ("Financial Fraud",), "human_categories": ("Financial Fraud",)}
+    )
+    assert worth_training(kept, CurationConfig()) is None
