@@ -41,6 +41,7 @@ from pydantic import (
 )
 from pydantic.fields import FieldInfo
 
+from guardstream.contracts.categories import CategoryDef
 from guardstream.contracts.errors import PermanentError
 
 SCHEMA_MAJOR = 1
@@ -301,6 +302,10 @@ class ScoreRequest(Envelope):
     # The post's author (schema 1.1), so the scorer can read and update the author's history
     # for pack rules; absent from older triages' requests (rules then see no history).
     author_id: Id | None = None
+    # The policy pack's categories when they are not Qwen3Guard's nine (a digest of their
+    # prompt block is in the content key); absent: the nine. Added in 1.1, ignored by older
+    # scorers (which then judge with the nine: the key differs, so no verdict is confused).
+    categories: Annotated[tuple[CategoryDef, ...], Field(min_length=1, max_length=32)] | None = None
 
 
 Texted = TypeVar("Texted", Post, ScoreRequest)

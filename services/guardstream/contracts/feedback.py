@@ -11,6 +11,7 @@ from typing import Annotated
 
 from pydantic import Field, StrictBool
 
+from guardstream.contracts.categories import CategoryDef
 from guardstream.contracts.events import (
     REVIEW_REASON_MAX,
     Confidence,
@@ -52,6 +53,9 @@ class FeedbackSample(Envelope):
     adapter: Id | None = None
     decided_at: Timestamp | None = None
     reviewed_at: Timestamp
+    # The pack's categories when not Qwen3Guard's nine: training renders the prompt the served
+    # model sees with them (added later; absent: the nine).
+    categories: Annotated[tuple[CategoryDef, ...], Field(min_length=1, max_length=32)] | None = None
 
     @property
     def disagrees(self) -> bool:

@@ -1,8 +1,9 @@
-"""Qwen3Guard-Gen's vocabulary: its three labels (and the verdict each means) and its fixed
-list of harm categories. Policy packs, the scorer's parser and the training data all read these."""
+"""Qwen3Guard-Gen's vocabulary: its three labels (and the verdict each means) and its own
+nine harm categories (the default of every policy pack's list: `contracts.categories`)."""
 
 from __future__ import annotations
 
+from guardstream.contracts.categories import DEFAULT_CATEGORIES
 from guardstream.contracts.events import Label, Verdict
 
 LABELS: tuple[Label, ...] = ("Safe", "Unsafe", "Controversial")
@@ -11,14 +12,4 @@ LABEL_VERDICT: dict[Label, Verdict] = {
     "Unsafe": Verdict.UNSAFE,
     "Controversial": Verdict.CONTROVERSIAL,
 }
-CATEGORIES: tuple[str, ...] = (
-    "Violent",
-    "Non-violent Illegal Acts",
-    "Sexual Content or Sexual Acts",
-    "PII",
-    "Suicide & Self-Harm",
-    "Unethical Acts",
-    "Politically Sensitive Topics",
-    "Copyright Violation",
-    "Jailbreak",
-)
+CATEGORIES: tuple[str, ...] = tuple(c.name for c in DEFAULT_CATEGORIES)

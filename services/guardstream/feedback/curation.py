@@ -57,7 +57,7 @@ class CurationConfig:
 class Curated:
     sample: FeedbackSample
     weight: float
-    why: str  # "disagreement" | "refusal_correction" | "low_confidence"
+    why: str  # "disagreement" | "refusal_correction" | "category_correction" | "low_confidence"
 
 
 @dataclass(slots=True)
@@ -96,6 +96,10 @@ def worth_training(sample: FeedbackSample, config: CurationConfig) -> str | None
         return "disagreement"
     if sample.refusal_corrected:
         return "refusal_correction"
+    if sample.human_verdict is not Verdict.SAFE and sample.human_categories:
+        if set(sample.human_categories) != set(sample.pred_categories):
+            # The right label with the wrong harm: a pack's own category is taught this way.
+            return "category_correction"
     if sample.pred_confidence is None or sample.pred_confidence < config.confidence_below:
         return "low_confidence"
     return None

@@ -1,19 +1,24 @@
 """Training examples in exactly Qwen3Guard-Gen's format, so downstream parsers never change.
 
 Input: the conversation the scorer would send (`scorer.prompt.neutralise` applied, the pack's
-prefix already in `text`). Target: `Safety: …` / `Categories: …` [/ `Refusal: …`], the same
-lines `scorer.output.parse_answer` reads; a unit test round-trips every target through it.
+prefix already in `text`, the pack's own category block as the scorer sends it when the sample
+carries the pack's categories). Target: `Safety: …` / `Categories: …` [/ `Refusal: …`], the
+same lines `scorer.output.parse_answer` reads; a unit test round-trips every target through it.
+Target categories are the pack's (a correction to `Financial Fraud` trains exactly that),
+in the pack's order; names the pack does not list are left out of the target.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from guardstream.contracts.categories import DEFAULT_CATEGORIES
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import Kind, Verdict
 from guardstream.contracts.feedback import FeedbackSample
-from guardstream.contracts.labels import CATEGORIES
 from guardstream.contracts.text import neutralise
+from guardstream.model.guard import CATEGORIES_ROLE
+from guardstream.policy.prompt import category_block
 
 _LABEL = {Verdict.SAFE: "Safe", Verdict.UNSAFE: "Unsafe", Verdict.CONTROVERSIAL: "Controversial"}
 
@@ -40,12 +45,13 @@ def refusal_label(sample: FeedbackSample) -> bool | None:
 
 
 def target_text(sample: FeedbackSample) -> str:
-    categories = [c for c in CATEGORIES if c in sample.human_categories]
+    known = [c.name for c in (sample.categories or DEFAULT_CATEGORIES)]
+    categories = [c for c in known if c in sample.human_categories]
     if sample.human_verdict is Verdict.SAFE:
         categories = []
     elif not categories:
         # A non-safe human label without categories keeps the model's, when it named any.
-        categories = [c for c in CATEGORIES if c in sample.pred_categories]
+        categories = [c for c in known if c in sample.pred_categories]
     lines = [
         f"Safety: {_LABEL[sample.human_verdict]}",
         f"Categories: {', '.join(categories) if categories else 'None'}",
@@ -66,4 +72,9 @@ def example(sample: FeedbackSample, weight: float = 1.0) -> Example:
         messages = (("user", neutralise(sample.prompt)), ("assistant", neutralise(sample.text)))
     else:
         messages = (("user", neutralise(sample.text)),)
+    if sample.categories:
+        # The block exactly as `scorer.prompt.messages_for` sends it for the same pack.
+        response = sample.kind is Kind.RESPONSE
+        block = neutralise(category_block(sample.categories, response=response))
+        messages = ((CATEGORIES_ROLE, block), *messages)
     return Example(messages, target_text(sample), weight, sample.content_key)

@@ -15,7 +15,7 @@ from pathlib import Path
 from guardstream.contracts.events import Verdict
 from guardstream.feedback.dataset import Example
 from guardstream.feedback.train import load_base
-from guardstream.model.guard import ForcedPrefixes
+from guardstream.model.guard import ForcedPrefixes, chat_args
 
 LABEL_VERDICT = {
     "Safe": Verdict.SAFE,
@@ -61,8 +61,9 @@ class LabelScorer:
 
     def distribution(self, example: Example) -> dict[Verdict, float]:
         torch = self._torch
+        turns, template = chat_args(example.chat())
         prompt = self._tok.apply_chat_template(
-            example.chat(), tokenize=False, add_generation_prompt=True
+            turns, tokenize=False, add_generation_prompt=True, **template
         )
         ids = self._tok.encode(prompt + "Safety:", add_special_tokens=False)
         with torch.no_grad():

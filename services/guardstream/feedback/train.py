@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from guardstream.feedback.dataset import Example
+from guardstream.model.guard import chat_args
 
 IM_END = "<|im_end|>"
 
@@ -71,8 +72,9 @@ def load_base(base_model: str | Path) -> tuple[Any, Any]:
 
 def encode_example(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
     """(prompt ids, target ids ending in <|im_end|>)."""
+    turns, template = chat_args(example.chat())
     prompt_text = tokenizer.apply_chat_template(
-        example.chat(), tokenize=False, add_generation_prompt=True
+        turns, tokenize=False, add_generation_prompt=True, **template
     )
     prompt = list(tokenizer.encode(prompt_text, add_special_tokens=False))
     target = list(tokenizer.encode(example.target, add_special_tokens=False))

@@ -15,7 +15,14 @@ from guardstream.policy.pack import (
     ReviewBelow,
     ScorerUnavailableMode,
 )
-from guardstream.policy.prompt import apply_prefix, prompt_fingerprint, prompt_prefix
+from guardstream.policy.prompt import (
+    apply_prefix,
+    category_block,
+    pack_categories,
+    prompt_fingerprint,
+    prompt_prefix,
+    region_name,
+)
 from guardstream.policy.registry import Clash, PolicyConflictError, PolicyRegistry
 from guardstream.policy.reloader import (
     PACKS_DIR,
@@ -50,13 +57,16 @@ __all__ = [
     "Routed",
     "ScorerUnavailableMode",
     "apply_prefix",
+    "category_block",
     "load_packs",
     "load_registry",
     "load_watched",
+    "pack_categories",
     "pack_digest",
     "parse_pack_file",
     "prompt_fingerprint",
     "prompt_prefix",
+    "region_name",
     "review_sla",
     "route",
     "route_scorer_unavailable",

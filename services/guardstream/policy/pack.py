@@ -3,6 +3,8 @@
 Packs are configuration owned by trust & safety, versioned so every decision can say which
 rules produced it (`PolicyPack.ref`, `"id@version"`). The model is frozen and forbids unknown
 fields: a misspelt key or category fails at start-up instead of silently dropping a rule.
+A pack's `categories` (Qwen3Guard's nine unless it extends or replaces them) are the only
+names its category fields (`always_block`, `always_review`, `review_sla_by_category`) accept.
 `schemas/policy-pack.v1.json` describes the same file format; a unit test keeps both in step.
 Packs do not inherit from each other: a field a pack leaves out takes the default below, not
 the default pack's value, so each file reads on its own.
@@ -11,11 +13,11 @@ the default pack's value, so each file reads on its own.
 from __future__ import annotations
 
 import enum
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -27,9 +29,14 @@ from pydantic import (
     model_validator,
 )
 
+from guardstream.contracts.categories import (
+    DEFAULT_CATEGORIES,
+    CategoryDef,
+    CategoryName,
+    unknown_category,
+)
 from guardstream.contracts.events import LINE, Verdict
-from guardstream.contracts.labels import CATEGORIES
-from guardstream.contracts.text import normalise
+from guardstream.contracts.text import neutralise, normalise
 from guardstream.policy.rules import Rule, RuleProblems, rule_problems, uses_history
 
 DEFAULT_TENANT: Final = "*"
@@ -71,16 +78,19 @@ Threshold = Annotated[StrictFloat, Field(ge=0.0, le=1.0, allow_inf_nan=False)]
 Seconds = Annotated[StrictInt, Field(gt=0)]
 
 
-def check_category(name: str) -> str:
-    """A category must be spelt as Qwen3Guard spells it, or the rule would never fire."""
-    if name in CATEGORIES:
-        return name
-    close = [c for c in CATEGORIES if c.casefold() == name.strip().casefold()]
-    hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(CATEGORIES)}"
-    raise ValueError(f"unknown Qwen3Guard category {name!r} ({hint})")
+# A field naming categories holds names; which names a pack knows is its `categories` list,
+# checked by `PolicyPack._known_categories` (fields validate in declaration order).
+Category = CategoryName
 
 
-Category = Annotated[StrictStr, AfterValidator(check_category)]
+def extended_categories(value: Any) -> Any:
+    """`categories: {extend: [...]}` is Qwen3Guard's nine followed by the listed ones; a list
+    replaces the nine; leaving the field out keeps them."""
+    if isinstance(value, dict):
+        if set(value) != {"extend"} or not isinstance(value["extend"], list | tuple):
+            raise ValueError("write a list of categories, or {extend: [categories...]}")
+        return (*DEFAULT_CATEGORIES, *value["extend"])
+    return value
 
 
 class ReviewBelow(BaseModel):
@@ -116,6 +126,12 @@ class PolicyPack(BaseModel):
 
     controversial: ControversialMode = ControversialMode.REVIEW
     review_below: ReviewBelow = ReviewBelow()
+    # Declared before every field naming categories, which are checked against it.
+    categories: Annotated[
+        tuple[CategoryDef, ...],
+        Field(min_length=1, max_length=32),
+        BeforeValidator(extended_categories),
+    ] = DEFAULT_CATEGORIES
     always_block: tuple[Category, ...] = ()
     always_review: tuple[Category, ...] = ()
     # The pack's own rules (policy/rules.py), before the built-in ones above: first match wins.
@@ -123,6 +139,9 @@ class PolicyPack(BaseModel):
 
     domain_tags: dict[TagKey, TagValue] = Field(default_factory=dict)
     region_hint: TagValue | None = None
+    # The post's own `region` → the name rendered as [地区:…] (matched without regard to
+    # case); a region not listed falls back to `region_hint`.
+    region_names: dict[Region, TagValue] = Field(default_factory=dict)
 
     scorer_unavailable: ScorerUnavailableMode = ScorerUnavailableMode.FAIL_CLOSED
     # A trivial variant (case, punctuation, emoji, link added) of a decided post reuses its
@@ -151,17 +170,9 @@ class PolicyPack(BaseModel):
         """Whether deciding under this pack reads the author's history."""
         return uses_history(self.rules)
 
-    def category_names(self) -> tuple[str, ...]:
-        """The categories rules may name: the pack's own list when it has one, else
-        Qwen3Guard's."""
-        own = getattr(self, "categories", None)  # a pack-level list, where the pack has one
-        if not own:
-            return CATEGORIES
-        return tuple(str(getattr(c, "name", c)) for c in own)
-
     @model_validator(mode="after")
     def _rules(self) -> PolicyPack:
-        problems = rule_problems(self.rules, self.category_names())
+        problems = rule_problems(self.rules, self.category_names)
         if problems:
             raise RuleProblems(problems)
         return self
@@ -186,6 +197,50 @@ class PolicyPack(BaseModel):
         if regions is not None and len({r.casefold() for r in regions}) != len(regions):
             raise ValueError("a region is listed twice")
         return regions
+
+    @property
+    def category_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.categories)
+
+    @field_validator("categories")
+    @classmethod
+    def _category_list(cls, categories: tuple[CategoryDef, ...]) -> tuple[CategoryDef, ...]:
+        seen: dict[str, str] = {}  # casefolded spelling → the category it names
+        for category in categories:
+            for spelling in category.spellings:
+                # Names render into the prompt as written: like tag keys, already normal and
+                # free of anything the model could read as prompt structure.
+                if normalise(spelling) != spelling or neutralise(spelling) != spelling:
+                    raise ValueError(
+                        f"category {spelling!r} has invisible, full-width or template "
+                        f"characters: write {neutralise(normalise(spelling))!r}"
+                    )
+            # A translation spelt like its own name is harmless; like another's, ambiguous.
+            for folded in dict.fromkeys(s.casefold() for s in category.spellings):
+                if folded in seen:
+                    raise ValueError(
+                        f"{folded!r} is listed twice (in {seen[folded]!r} and {category.name!r})"
+                    )
+                seen[folded] = category.name
+        return categories
+
+    @field_validator("always_block", "always_review", "review_sla_by_category")
+    @classmethod
+    def _known_categories(cls, named: Any, info: ValidationInfo) -> Any:
+        if "categories" not in info.data:
+            return named  # the list itself was refused; that error says why
+        known = [c.name for c in info.data["categories"]]
+        for name in named:
+            if name not in known:
+                raise ValueError(unknown_category(name, known))
+        return named
+
+    @field_validator("region_names")
+    @classmethod
+    def _region_names(cls, names: dict[str, str]) -> dict[str, str]:
+        if len({r.casefold() for r in names}) != len(names):
+            raise ValueError("a region is listed twice")
+        return names
 
     @field_validator("always_block", "always_review")
     @classmethod

@@ -124,8 +124,7 @@ def _route(
     history: AuthorHistory | None = None,
 ) -> Routed:
     # Unknown strings are ignored rather than echoed: explanations end up in decisions.
-    known = pack.category_names()
-    named = [c for c in known if c in categories]
+    named = [c for c in pack.category_names if c in categories]
     usable = _usable(confidence)
     threshold = pack.review_below.for_verdict(verdict)
     said = _said(verdict, usable, named)

@@ -264,6 +264,7 @@ async def _task_page(
             "parts": long_text(view.text.text) if view.text else None,
             "reason_max": REVIEW_REASON_MAX,
             "tags": svc.tasks.tags,
+            "pack_categories": svc.tasks.categories_for(view.task),
             "can_decide": reviewer.may(Permission.DECIDE),
             "can_read_text": reviewer.may(Permission.READ_TEXT),
             "form": form or {"reason": "", "tags": []},
@@ -283,6 +284,10 @@ def _label_form(raw: Any) -> dict[str, Any]:
         "reason": raw.get("reason"),
         "tags": [t for t in raw.getlist("tags") if isinstance(t, str)],
         "refusal": raw.get("refusal"),
+        # Only a page that showed the category picker sends them (None: the model's).
+        "categories": [c for c in raw.getlist("categories") if isinstance(c, str)]
+        if raw.get("categories-shown")
+        else None,
     }
 
 

@@ -16,6 +16,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict
 
 from guardstream.contracts import ids
+from guardstream.contracts.categories import unknown_category
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import (
     REVIEW_REASON_MAX,
@@ -239,9 +240,11 @@ def validate_submission(
     model_categories: Sequence[str],
     allowed_tags: Sequence[str],
     is_response: bool = False,
+    allowed_categories: Sequence[str] | None = None,
 ) -> Submission:
     """The seeds' three actions: ① confirm ② correct the label ③ a reason (required when
-    correcting, at most 50 characters), plus at least one quick tag from the configured list.
+    correcting, at most 50 characters), plus at least one quick tag from the configured list,
+    and categories from `allowed_categories` (the task's pack's) or the model's.
     A response item may also carry the reviewer's refusal label (did the assistant refuse?)."""
     chosen = form.outcome
     if chosen is None:
@@ -283,6 +286,12 @@ def validate_submission(
         raise InvalidSubmission("categories", "control characters are not allowed")
     if any(len(c) > 64 for c in cats) or len(cats) > 16:
         raise InvalidSubmission("categories", "at most 16 categories of 64 characters")
+    # A reviewer picks from the task's pack; the model's own (an `other:` one included) may be
+    # kept as they are.
+    if allowed_categories is not None:
+        for name in cats:
+            if name not in allowed_categories and name not in model_categories:
+                raise InvalidSubmission("categories", unknown_category(name, allowed_categories))
     if form.refusal is not None and not is_response:
         raise InvalidSubmission("refusal", "only a response (an assistant's answer) has one")
     return Submission(chosen, label, cats, text, picked, form.refusal)

@@ -9,7 +9,7 @@ from guardstream.contracts.events import Kind, Review, clip, utcnow
 from guardstream.contracts.feedback import FeedbackSample
 from guardstream.contracts.text import normalise
 from guardstream.policy.pack import PolicyPack
-from guardstream.policy.prompt import apply_prefix
+from guardstream.policy.prompt import apply_prefix, pack_categories
 
 
 def from_review(
@@ -24,13 +24,17 @@ def from_review(
     pred_refusal: bool | None,
     decided_at: datetime | None,
     pack: PolicyPack | None,
+    region: str | None = None,
     human_refusal: bool | None = None,
 ) -> FeedbackSample:
     """The archived form of one review. `text`/`prompt` are the post as received; they are
-    brought to what the model saw (normalised, the pack's prefix on the user turn)."""
+    brought to what the model saw (normalised, the pack's prefix for the post's `region` on
+    the user turn, the pack's categories when they are its own)."""
     user_turn = prompt if kind is Kind.RESPONSE else text
     prefixed = (
-        apply_prefix(pack, normalise(user_turn or "")) if pack else normalise(user_turn or "")
+        apply_prefix(pack, normalise(user_turn or ""), region)
+        if pack
+        else normalise(user_turn or "")
     )
     return FeedbackSample(
         event_id=review.review_id,
@@ -60,4 +64,5 @@ def from_review(
         adapter=review.adapter,
         decided_at=decided_at,
         reviewed_at=review.reviewed_at,
+        categories=pack_categories(pack) if pack else None,
     )

@@ -3,21 +3,35 @@
 The parser is strict about structure and lenient about spacing and case: exactly one `Safety:`
 line with a known label, otherwise the answer is unusable and the verdict is `controversial`
 (humans look at it) — never `safe`. Categories are matched as whole comma-separated items
-against the model's fixed list, so "Non-violent Illegal Acts" never counts as "Violent".
+against the policy pack's list (Qwen3Guard's nine unless the request carries the pack's own),
+names or translations alike, read back as the canonical name; so "Non-violent Illegal Acts"
+never counts as "Violent". An item outside the list is kept as `other:<item>` (bounded,
+neutralised, control characters dropped) and makes the verdict at least `controversial`: the
+model named a harm the pack does not know, which a person should see.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from guardstream.contracts.categories import (
+    DEFAULT_LOOKUP,
+    OTHER_MAX,
+    OTHER_PREFIX,
+    CategoryDef,
+    spelling_lookup,
+)
 from guardstream.contracts.events import Label, Verdict
-from guardstream.contracts.labels import CATEGORIES, LABEL_VERDICT, LABELS
+from guardstream.contracts.labels import LABEL_VERDICT, LABELS
+from guardstream.contracts.text import neutralise, normalise
 
-_CANONICAL = {c.casefold(): c for c in CATEGORIES}
 _LINE = re.compile(r"^\s*(safety|categories|refusal)\s*:\s*(.*?)\s*$", re.IGNORECASE)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# A decision holds at most 32 categories; an answer listing more is cut here, in its order.
+_MAX_CATEGORIES = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,10 +46,24 @@ class GuardAnswer:
 
     @property
     def verdict(self) -> Verdict:
-        return Verdict.CONTROVERSIAL if self.label is None else LABEL_VERDICT[self.label]
+        if self.label is None:
+            return Verdict.CONTROVERSIAL
+        said = LABEL_VERDICT[self.label]
+        if self.unknown_categories and said is Verdict.SAFE:
+            return Verdict.CONTROVERSIAL  # a harm outside the pack's list is never safe
+        return said
 
 
-def parse_answer(text: str) -> GuardAnswer:
+def other_category(item: str) -> str | None:
+    """`other:<item>` for a category outside the pack's list, within a decision's 64
+    characters, without control characters or prompt structure (None: nothing printable)."""
+    cleaned = _UNPRINTABLE.sub("", neutralise(normalise(item))).strip()[:OTHER_MAX].strip()
+    return f"{OTHER_PREFIX}{cleaned}" if cleaned else None
+
+
+def parse_answer(text: str, pack_categories: Sequence[CategoryDef] | None = None) -> GuardAnswer:
+    """`pack_categories`: the pack's list the request carried (None: Qwen3Guard's nine)."""
+    lookup = DEFAULT_LOOKUP if not pack_categories else spelling_lookup(pack_categories)
     safety: list[str] = []
     categories: list[str] = []
     refusal: list[str] = []
@@ -57,13 +85,18 @@ def parse_answer(text: str) -> GuardAnswer:
     known: list[str] = []
     unknown: list[str] = []
     for value in categories[:1]:
-        for item in (part.strip().rstrip(".") for part in value.split(",")):
+        # A model answering in Chinese may separate with "，" and end with "。".
+        for item in (part.strip().rstrip(".。") for part in re.split("[,，]", value)):
             if not item or item.casefold() == "none":
                 continue
-            canonical = _CANONICAL.get(item.casefold())
+            canonical = lookup.get(item.casefold())
             if canonical is None:
-                unknown.append(item)
-            elif canonical not in known:
+                canonical = other_category(item)
+                if canonical is None or len(unknown) >= _MAX_CATEGORIES:
+                    continue
+                if canonical not in unknown:
+                    unknown.append(canonical)
+            if canonical not in known and len(known) < _MAX_CATEGORIES:
                 known.append(canonical)
 
     refused: bool | None = None

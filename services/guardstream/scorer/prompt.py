@@ -6,7 +6,8 @@ response moderation. User text cannot forge conversation structure: chat-templat
 tokens, the template's section markers and its role/label line prefixes are broken up before
 rendering (`neutralise`), so every prompt holds exactly one conversation block. A conversation
 longer than the model's window is shortened inside each turn, keeping its head and its tail
-(harm hidden after benign padding stays visible); the template itself is never cut.
+(harm hidden after benign padding stays visible); the template itself is never cut, nor is a
+policy pack's category block (a leading `categories` message, `model.guard.chat_args`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import Kind, ScoreRequest
 from guardstream.contracts.text import neutralise
+from guardstream.model.guard import CATEGORIES_ROLE, chat_args
+from guardstream.policy.prompt import category_block
 
 ELISION = " … "
 
@@ -28,12 +31,19 @@ def messages_for(request: ScoreRequest) -> list[dict[str, str]]:
     # The pack renders its prefix safe; neutralising it again (idempotent) keeps a forged
     # request from the wire from adding structure.
     prefix = f"{neutralise(request.prompt_prefix)} " if request.prompt_prefix else ""
+    # The pack's own categories replace the nine in the template (rendered from the request's
+    # list exactly as triage rendered it for the content key).
+    head = []
+    if request.categories:
+        block = category_block(request.categories, response=request.kind is Kind.RESPONSE)
+        head = [{"role": CATEGORIES_ROLE, "content": neutralise(block)}]
     if request.kind is Kind.RESPONSE:
         return [
+            *head,
             {"role": "user", "content": prefix + neutralise(request.prompt or "")},
             {"role": "assistant", "content": neutralise(request.text)},
         ]
-    return [{"role": "user", "content": prefix + neutralise(request.text)}]
+    return [*head, {"role": "user", "content": prefix + neutralise(request.text)}]
 
 
 class ChatTokenizer(Protocol):
@@ -78,8 +88,9 @@ class PromptRenderer:
             )
 
     def encode(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        turns, template = chat_args(messages)
         text = self._tok.apply_chat_template(
-            list(messages), tokenize=False, add_generation_prompt=True
+            turns, tokenize=False, add_generation_prompt=True, **template
         )
         return list(self._tok.encode(text, add_special_tokens=False))
 
@@ -88,16 +99,19 @@ class PromptRenderer:
         ids = self.encode(messages)
         if len(ids) <= self._max_input:
             return ids, False
-        contents = [self._tok.encode(m["content"], add_special_tokens=False) for m in messages]
+        # Only conversation turns are shortened: a category block is part of the template.
+        fixed = [m for m in messages if m["role"] == CATEGORIES_ROLE]
+        turns = [m for m in messages if m["role"] != CATEGORIES_ROLE]
+        contents = [self._tok.encode(m["content"], add_special_tokens=False) for m in turns]
         overhead = len(ids) - sum(map(len, contents))
         elision = len(self._tok.encode(ELISION, add_special_tokens=False))
-        budget = self._max_input - overhead - elision * len(messages)
+        budget = self._max_input - overhead - elision * len(turns)
         # Re-tokenising the joined pieces can merge differently at the seams: shrink and retry.
         for _ in range(4):
             keep = share_budget([len(c) for c in contents], budget)
-            shortened = [
+            shortened = fixed + [
                 {**message, "content": self._cut(content, kept)}
-                for message, content, kept in zip(messages, contents, keep, strict=True)
+                for message, content, kept in zip(turns, contents, keep, strict=True)
             ]
             ids = self.encode(shortened)
             if len(ids) <= self._max_input:

@@ -47,6 +47,7 @@ from guardstream.contracts.events import (
     within_text_limit,
 )
 from guardstream.contracts.identity import PostIdentity
+from guardstream.contracts.labels import LABEL_VERDICT
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.model.adapters import Adapter
 from guardstream.runtime import tracing
@@ -86,7 +87,9 @@ def _verdict(
     answer: GuardAnswer, raw: RawAnswer, model: str, adapter: str | None, at: datetime
 ) -> CachedVerdict:
     confidence = None
-    if answer.label is not None:
+    # A label overruled by the parser (safe naming an unknown category) has no confidence of
+    # its own: the verdict goes to review rather than being acted on with the label's.
+    if answer.label is not None and answer.verdict is LABEL_VERDICT[answer.label]:
         confidence = label_confidence(answer.label, raw.label_logprobs)
     return CachedVerdict(
         verdict=answer.verdict,
@@ -176,7 +179,7 @@ class Scorer:
             raw = await self._engine.assess(messages_for(request), request.content_key, adapter)
         except ScoringError as exc:
             raise TransientError(f"scoring failed: {exc}") from exc
-        answer = parse_answer(raw.text)
+        answer = parse_answer(raw.text, request.categories)
         if answer.label is None:
             self.counts["unparseable"] += 1
             log.warning(
@@ -479,7 +482,7 @@ class Scorer:
                 candidate,
             )
             shadow = _verdict(
-                parse_answer(raw.text),
+                parse_answer(raw.text, request.categories),
                 raw,
                 self._engine.model_id,
                 candidate.adapter_id,

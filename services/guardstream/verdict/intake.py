@@ -20,7 +20,14 @@ from guardstream.contracts.events import (
     within_text_limit,
 )
 from guardstream.contracts.text import key_context, keyed, normalise
-from guardstream.policy import PolicyPack, PolicyRegistry, prompt_fingerprint, prompt_prefix
+from guardstream.policy import (
+    PolicyPack,
+    PolicyRegistry,
+    pack_categories,
+    prompt_fingerprint,
+    prompt_prefix,
+    region_name,
+)
 from guardstream.verdict.cache import VerdictKey
 from guardstream.verdict.language import LanguageDetector, default_detector
 from guardstream.verdict.neardup import near_scope
@@ -43,14 +50,17 @@ class Triaged:
     # Its language: the post's own `lang`, else detected from `text` (`und`: undetermined).
     lang: str
     lang_source: LangSource
-    prompt_prefix: str | None = None  # the pack's domain tags / region hint, when it has any
+    prompt_prefix: str | None = None  # the pack's domain tags / region tag, when it has any
     adapter: str | None = None  # the LoRA adapter serving the post's tenant (in the key)
 
 
 class Triager:
-    """Validates and keys posts for one process. What depends only on the pack (its prompt
-    prefix and fingerprint) and, for posts without a prompt context, the content key's framed
-    context and the near-duplicate scope are worked out once per pack rather than per post.
+    """Validates and keys posts for one process. What depends only on the pack and the region
+    tag the post's region resolves to (its prompt prefix and fingerprint) and, for posts
+    without a prompt context, the content key's framed context and the near-duplicate scope
+    are worked out once per (pack, region tag) rather than per post. The region tag is one of
+    the pack's `region_names` or its hint, never the post's raw `region`: these maps stay
+    bounded by the packs whatever regions arrive.
     A post without `lang` gets the one `languages` detects (default: the bundled model)."""
 
     def __init__(
@@ -67,12 +77,13 @@ class Triager:
         self._model = model
         self._adapter_for = adapter_for  # tenant → serving adapter id (None: base model)
         self._policies = policies
-        self._prompt_parts: dict[str, tuple[str, str | None]] = {}  # pack ref → fingerprint, prefix
-        # (kind, pack ref, adapter) → content key context of posts without a prompt context
-        # (most posts): worked out once, then only the text is hashed per post; their near
-        # scope once per tenant too (the tenant is in it unless the pack shares verdicts)
-        self._contexts: dict[tuple[Kind, str, str | None], bytes] = {}
-        self._scopes: dict[tuple[Kind, str, str | None, str | None], str] = {}
+        # (pack ref, region tag) → fingerprint, prefix
+        self._prompt_parts: dict[tuple[str, str | None], tuple[str, str | None]] = {}
+        # (kind, pack ref, region tag, adapter) → content key context of posts without a prompt
+        # context (most posts): worked out once, then only the text is hashed per post; their
+        # near scope once per tenant too (the tenant is in it unless the pack shares verdicts)
+        self._contexts: dict[tuple[Kind, str, str | None, str | None], bytes] = {}
+        self._scopes: dict[tuple[Kind, str, str | None, str | None, str | None], str] = {}
 
     def triage(self, raw: bytes | None) -> Triaged:
         """Validate and key one post; raises `ContractError` (→ DLQ) when it cannot be used."""
@@ -90,27 +101,28 @@ class Triager:
                     "text_too_long", f"normalised {name} has {len(value)} characters, limit {limit}"
                 )
         pack = self._policies.for_post(post.tenant, post.region)
-        parts = self._prompt_parts.get(pack.ref)
+        region = region_name(pack, post.region)
+        parts = self._prompt_parts.get((pack.ref, region))
         if parts is None:
-            parts = self._prompt_parts[pack.ref] = (
-                prompt_fingerprint(pack),
-                prompt_prefix(pack) or None,
+            parts = self._prompt_parts[(pack.ref, region)] = (
+                prompt_fingerprint(pack, post.region),
+                prompt_prefix(pack, post.region) or None,
             )
         fingerprint, prefix = parts
         adapter = self._adapter_for(post.tenant)
         shared = pack.share_model_verdicts
         tenant = None if shared else post.tenant
         if prompt is None:
-            context = self._contexts.get((post.kind, pack.ref, adapter))
+            context = self._contexts.get((post.kind, pack.ref, region, adapter))
             if context is None:
-                context = self._contexts[(post.kind, pack.ref, adapter)] = self._context(
+                context = self._contexts[(post.kind, pack.ref, region, adapter)] = self._context(
                     post.kind, None, adapter, fingerprint
                 )
-            scope = self._scopes.get((post.kind, pack.ref, adapter, tenant))
+            scope = self._scopes.get((post.kind, pack.ref, region, adapter, tenant))
             if scope is None:
                 if len(self._scopes) >= _SCOPES_KEPT:
                     self._scopes.clear()
-                scope = self._scopes[(post.kind, pack.ref, adapter, tenant)] = near_scope(
+                scope = self._scopes[(post.kind, pack.ref, region, adapter, tenant)] = near_scope(
                     context, tenant
                 )
         else:
@@ -219,4 +231,24 @@ def _request_fields(item: Triaged, *, near_duplicates: bool, now: datetime) -> d
     if item.adapter is not None:
         fields["adapter"] = item.adapter
     fields["author_id"] = post.author_id  # the scorer's pack rules may read the author's history
+    categories = _wire_categories(item.pack)
+    if categories is not None:
+        fields["categories"] = categories
     return fields
+
+
+_WIRE_CATEGORIES: dict[str, tuple[PolicyPack, list[dict[str, Any]] | None]] = {}
+
+
+def _wire_categories(pack: PolicyPack) -> list[dict[str, Any]] | None:
+    """The pack's own categories as a request carries them (None: the nine), dumped once per
+    pack rather than per post (bounded like `_SCOPES_KEPT`: packs are few)."""
+    known = _WIRE_CATEGORIES.get(pack.ref)
+    if known is not None and known[0] is pack:
+        return known[1]
+    categories = pack_categories(pack)
+    wire = None if categories is None else [c.model_dump(mode="json") for c in categories]
+    if len(_WIRE_CATEGORIES) >= _SCOPES_KEPT:
+        _WIRE_CATEGORIES.clear()
+    _WIRE_CATEGORIES[pack.ref] = (pack, wire)
+    return wire

@@ -168,6 +168,9 @@ SHADOW = {
     "candidate_decided_at": NOW,
 }
 
+# A policy pack's own category, as score requests carry it.
+FRAUD = {"name": "Financial Fraud", "description": "保本高收益", "translations": {"zh": "金融欺诈"}}
+
 CASES: list[tuple[type[Envelope], str, dict[str, Any]]] = [
     (Post, "post.v1.json", POST),
     (ScoreRequest, "score-request.v1.json", SCORE_REQUEST),
@@ -244,12 +247,17 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
         [
             {**SCORE_REQUEST, "kind": "response", "prompt": "q"},
             {**SCORE_REQUEST, "author_id": "a-9"},  # 1.1
+            {**SCORE_REQUEST, "categories": [FRAUD]},
         ],
         [
             {**SCORE_REQUEST, "content_key": "XYZ"},
             {**SCORE_REQUEST, "kind": None},
             {**SCORE_REQUEST, "author_id": ""},
             {**SCORE_REQUEST, "author_id": "a\u0000b"},
+            {**SCORE_REQUEST, "categories": []},
+            {**SCORE_REQUEST, "categories": [{**FRAUD, "name": "a,b"}]},
+            {**SCORE_REQUEST, "categories": [{**FRAUD, "translations": {"zh": "x\ny"}}]},
+            {**SCORE_REQUEST, "categories": [FRAUD] * 33},
         ],
     ),
     Decision: (

@@ -5,6 +5,7 @@ refusal (issue 19, console)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from html.parser import HTMLParser
 from typing import Any
 
@@ -200,3 +201,31 @@ def test_a_refused_form_comes_back_as_it_was_submitted() -> None:
     assert "maxlength" not in dom.attrs["reason"]
     assert dom.text["reason-count"].strip() == f"{len(reason)} / {REVIEW_REASON_MAX}"
     assert dom.ticked == [SEED_TAGS[1]]
+
+
+def test_the_task_page_offers_the_packs_categories_with_the_models_picked() -> None:
+    html = render(
+        "task.html",
+        task=replace(review_task(), categories=("PII",)),
+        text=None,
+        parts=None,
+        reason_max=REVIEW_REASON_MAX,
+        tags=SEED_TAGS,
+        pack_categories=("PII", "Financial Fraud"),
+        can_decide=True,
+        can_read_text=False,
+        form={"reason": "", "tags": []},
+    )
+    inputs: list[dict[str, str | None]] = []
+
+    class Inputs(HTMLParser):
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            if tag == "input":
+                inputs.append(dict(attrs))
+
+    Inputs().feed(html)
+    boxes = [(i["value"], "checked" in i) for i in inputs if i.get("name") == "categories"]
+    assert boxes == [("PII", True), ("Financial Fraud", False)]
+    dom = Dom()
+    dom.feed(html)
+    assert "PII" in dom.text["categories"]

@@ -37,10 +37,10 @@ def test_spacing_and_case_are_tolerated() -> None:
     assert answer.categories == ("Politically Sensitive Topics",)
 
 
-def test_unknown_categories_are_kept_apart() -> None:
+def test_unknown_categories_are_kept_as_other_never_dropped() -> None:
     answer = parse_answer("Safety: Unsafe\nCategories: Violent, Spam, PII.")
-    assert answer.categories == ("Violent", "PII")
-    assert answer.unknown_categories == ("Spam",)
+    assert answer.categories == ("Violent", "other:Spam", "PII")
+    assert answer.unknown_categories == ("other:Spam",)
 
 
 @pytest.mark.parametrize(

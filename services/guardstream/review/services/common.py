@@ -118,6 +118,10 @@ class Deciding(Service):
     def _pack(self, task: Task) -> PolicyPack:
         return self.policies.by_ref(task.policy) or self.policies.for_post(task.tenant, task.region)
 
+    def categories_for(self, task: Task) -> tuple[str, ...]:
+        """The categories a reviewer picks from: the task's pack's."""
+        return self._pack(task).category_names
+
     def _validated(
         self, base: Verdict, task: Task, form: SubmissionForm, post: PostText | None
     ) -> Submission:
@@ -128,6 +132,7 @@ class Deciding(Service):
             model_categories=task.categories,
             allowed_tags=self.tags,
             is_response=post is not None and post.kind == Kind.RESPONSE.value,
+            allowed_categories=self.categories_for(task),
         )
 
     async def _archive(
@@ -171,6 +176,7 @@ def feedback_sample(
         pred_refusal=task.model_refusal,
         decided_at=task.created_at,
         pack=pack,
+        region=task.region,
         human_refusal=human_refusal,
     )
 
