@@ -19,6 +19,7 @@ from guardstream.contracts.events import Decision, Kind, Review, ReviewAssignmen
 from guardstream.contracts.feedback import FeedbackSample
 from guardstream.contracts.topics import Topic
 from guardstream.policy import PolicyPack, PolicyRegistry
+from guardstream.policy.pack import ReasonRequired
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import (
     Permission,
@@ -118,6 +119,10 @@ class Deciding(Service):
     def _pack(self, task: Task) -> PolicyPack:
         return self.policies.by_ref(task.policy) or self.policies.for_post(task.tenant, task.region)
 
+    def reason_required(self, task: Task) -> ReasonRequired:
+        """The rule of the pack the task's decision follows (the console shows it)."""
+        return self._pack(task).reason_required
+
     def _validated(
         self, base: Verdict, task: Task, form: SubmissionForm, post: PostText | None
     ) -> Submission:
@@ -128,6 +133,7 @@ class Deciding(Service):
             model_categories=task.categories,
             allowed_tags=self.tags,
             is_response=post is not None and post.kind == Kind.RESPONSE.value,
+            reason_required=self.reason_required(task),
         )
 
     async def _archive(
