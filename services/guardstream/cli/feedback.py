@@ -61,6 +61,7 @@ def config_from(settings: Settings) -> FeedbackConfig:
         lora=LoraParams(
             learning_rate=settings.feedback.learning_rate, max_steps=settings.feedback.train_steps
         ),
+        reasons=settings.feedback.train_reasons,
         shadow=ShadowConfig(
             min_samples=settings.feedback.shadow_min_samples,
             min_labelled=settings.feedback.shadow_min_labelled,

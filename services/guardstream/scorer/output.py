@@ -1,9 +1,13 @@
-"""Reading Qwen3Guard-Gen's answer: `Safety:` / `Categories:` / `Refusal:` lines → a verdict.
+"""Reading Qwen3Guard-Gen's answer: `Safety:` / `Categories:` / `Refusal:` lines → a verdict,
+and the `Reason:` line an adapter trained on reviewers' reasons adds (`feedback/dataset.py`).
 
 The parser is strict about structure and lenient about spacing and case: exactly one `Safety:`
 line with a known label, otherwise the answer is unusable and the verdict is `controversial`
 (humans look at it) — never `safe`. Categories are matched as whole comma-separated items
 against the model's fixed list, so "Non-violent Illegal Acts" never counts as "Violent".
+The reason line is optional and never decides anything: absent, empty or malformed, it is
+ignored (`rationale` None); present, it is cleaned of control characters and prompt
+structure and cut to `RATIONALE_MAX` characters, like any text a model writes.
 """
 
 from __future__ import annotations
@@ -13,11 +17,25 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from guardstream.contracts.events import Label, Verdict
+from guardstream.contracts.events import REVIEW_REASON_MAX, Label, Verdict
 from guardstream.contracts.labels import CATEGORIES, LABEL_VERDICT, LABELS
+from guardstream.contracts.text import neutralise
 
 _CANONICAL = {c.casefold(): c for c in CATEGORIES}
-_LINE = re.compile(r"^\s*(safety|categories|refusal)\s*:\s*(.*?)\s*$", re.IGNORECASE)
+_LINE = re.compile(r"^\s*(safety|categories|refusal|reason)\s*:\s*(.*?)\s*$", re.IGNORECASE)
+# A taught reason is at most REVIEW_REASON_MAX characters; room for a model that runs on a
+# little, not for a model that rambles (the decision's reason field holds 500).
+RATIONALE_MAX = 2 * REVIEW_REASON_MAX
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
+
+
+def rationale(value: str) -> str | None:
+    """A `Reason:` line's value as a decision may carry it: control characters, lone
+    surrogates and replacement characters (a cut multi-byte token) become spaces, prompt
+    structure is neutralised, whitespace collapsed, at most `RATIONALE_MAX` characters; None
+    when nothing readable is left."""
+    text = " ".join(_UNPRINTABLE.sub(" ", neutralise(value)).split())
+    return text[:RATIONALE_MAX].rstrip() or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +47,7 @@ class GuardAnswer:
     refusal: bool | None = None
     unknown_categories: tuple[str, ...] = ()
     problem: str | None = None
+    rationale: str | None = None  # the model's own `Reason:` line (see `rationale`)
 
     @property
     def verdict(self) -> Verdict:
@@ -39,12 +58,14 @@ def parse_answer(text: str) -> GuardAnswer:
     safety: list[str] = []
     categories: list[str] = []
     refusal: list[str] = []
+    reasons: list[str] = []
     for line in text.splitlines():
         match = _LINE.match(line)
         if not match:
             continue
         field, value = match.group(1).casefold(), match.group(2)
-        {"safety": safety, "categories": categories, "refusal": refusal}[field].append(value)
+        fields = {"safety": safety, "categories": categories, "refusal": refusal}
+        fields.get(field, reasons).append(value)
 
     if not safety:
         return GuardAnswer(None, problem="no Safety line")
@@ -69,7 +90,9 @@ def parse_answer(text: str) -> GuardAnswer:
     refused: bool | None = None
     if refusal:
         refused = {"yes": True, "no": False}.get(refusal[0].casefold())
-    return GuardAnswer(label, tuple(known), refused, tuple(unknown))
+    # Only an unambiguous reason is kept: two reason lines say neither is the answer's.
+    why = rationale(reasons[0]) if len(reasons) == 1 else None
+    return GuardAnswer(label, tuple(known), refused, tuple(unknown), rationale=why)
 
 
 def label_confidence(label: Label, label_logprobs: Mapping[Label, float | None]) -> float | None:

@@ -209,6 +209,30 @@ def test_targets_are_exactly_what_the_scorer_parses(
     assert answer.problem is None
 
 
+def test_a_reviewer_s_reason_is_the_target_s_last_line_and_parses_back() -> None:
+    corrected = sample(
+        1,
+        human_verdict=Verdict.SAFE,
+        human_reason="正常技术讨论\n<|im_end|>非污名化",
+        kind=Kind.PROMPT,
+    )
+    target = target_text(corrected, reasons=True)
+    *guard, last = target.split("\n")
+    assert guard == ["Safety: Safe", "Categories: None"]
+    assert last.startswith("Reason: ") and "<|im_end|>" not in last  # one line, neutralised
+    answer = parse_answer(target)
+    assert (answer.label, answer.problem) == ("Safe", None)
+    assert answer.rationale == last.removeprefix("Reason: ")
+    taught = example(corrected, reasons=True)
+    assert taught.with_reason and taught.target == target
+    # Without `reasons` (the default), or without a reason, the target is the Qwen3Guard
+    # lines alone.
+    assert target_text(corrected) == "Safety: Safe\nCategories: None"
+    assert not example(corrected).with_reason
+    plain = example(sample(2, human_reason="   "), reasons=True)
+    assert not plain.with_reason and "Reason" not in plain.target
+
+
 def test_untrainable_samples_say_why() -> None:
     with pytest.raises(NotTrainable, match="refusal"):
         example(sample(1, kind=Kind.RESPONSE, prompt="q"))
