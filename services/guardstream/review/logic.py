@@ -249,9 +249,11 @@ def validate_submission(
     chosen = form.outcome
     if chosen is None:
         raise InvalidSubmission("outcome", "choose confirm or correct")
-    text = (form.reason or "").strip() or None
-    if text is not None and not allowed_characters(text, free_text=True):
+    # Checked before trimming: NEL (U+0085) and the C0 separators count as whitespace to
+    # `strip`, and a hostile character is refused wherever it stands, not quietly trimmed.
+    if form.reason is not None and not allowed_characters(form.reason, free_text=True):
         raise InvalidSubmission("reason", "control characters are not allowed")
+    text = (form.reason or "").strip() or None
     if text is not None and len(text) > REVIEW_REASON_MAX:
         raise InvalidSubmission(
             "reason",

@@ -130,6 +130,7 @@ _FORBIDDEN = st.one_of(
 )
 @example(head="ok", bad="\x00", tail="", outcome="confirm")
 @example(head="", bad="\ud800", tail="why", outcome="correct")
+@example(head="", bad="\x85", tail="Ô", outcome="correct")  # NEL at an edge: refused, not trimmed
 def test_hostile_reasons_are_refused_naming_the_reason(
     head: str, bad: str, tail: str, outcome: str
 ) -> None:
