@@ -202,7 +202,7 @@ async def reviewer_loop(
                     "decide",
                     "POST",
                     f"/api/v1/tasks/{task['task_id']}/decision",
-                    json={"outcome": "confirm", "tags": ["政治隐喻"]},
+                    json={"outcome": "confirm", "reason": "同意模型判断", "tags": ["政治隐喻"]},
                 )
                 await pause()
 

@@ -67,6 +67,7 @@ def config_from(settings: Settings) -> FeedbackConfig:
         lora=LoraParams(
             learning_rate=settings.feedback.learning_rate, max_steps=settings.feedback.train_steps
         ),
+        reasons=settings.feedback.train_reasons,
         shadow=ShadowConfig(
             min_samples=settings.feedback.shadow_min_samples,
             min_labelled=settings.feedback.shadow_min_labelled,
@@ -149,11 +150,26 @@ def report(
     for title, rates in (
         ("Disagreement by category", loop.disagreement_by_category),
         ("Disagreement by language", loop.disagreement_by_lang),
-        ("Reviewer agreement with QA", loop.reviewer_agreement),
     ):
         listing = table("", "rate", "of", title=title)
         for name, rate in rates.items():
             listing.add_row(name, f"{rate.value:.0%}", str(rate.total))
+        out.print(listing)
+    # Beside the raw share: Krippendorff's alpha (agreement beyond chance; "-": undefined).
+    for title, agreements in (
+        ("Reviewer agreement with QA", loop.reviewer_agreement),
+        ("QA agreement by category", loop.category_agreement),
+        ("QA agreement overall", {"all": loop.overall_agreement}),
+    ):
+        listing = table("", "agreement", "alpha", "of", title=title)
+        for name, agreement in agreements.items():
+            alpha = agreement.alpha
+            listing.add_row(
+                name,
+                f"{agreement.rate.value:.0%}",
+                "-" if alpha is None else f"{alpha:.2f}",
+                str(len(agreement.pairs)),
+            )
         out.print(listing)
     adapters = table(*ADAPTER_COLUMNS, title="Adapters")
     for card in loop.adapters:

@@ -6,6 +6,12 @@ carries the pack's categories). Target: `Safety: …` / `Categories: …` [/ `Re
 same lines `scorer.output.parse_answer` reads; a unit test round-trips every target through it.
 Target categories are the pack's (a correction to `Financial Fraud` trains exactly that),
 in the pack's order; names the pack does not list are left out of the target.
+With `reasons` (opt-in: `GUARDSTREAM_FEEDBACK_TRAIN_REASONS`), a sample whose reviewer gave
+a reason adds one more line after them, `Reason: <the reviewer's reason>` (on one line,
+neutralised): an adapter trained on such targets writes its own rationale after the label,
+which the scorer asks for and the parser reads (the model card says `trained_with_reasons`).
+A sample without a reason teaches the answer to end after the Qwen3Guard lines, so an
+unexplained confirmation stays one.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from guardstream.contracts.text import neutralise
 from guardstream.model.guard import CATEGORIES_ROLE
 from guardstream.policy.prompt import category_block
 
+REASON_PREFIX = "Reason:"
 _LABEL = {Verdict.SAFE: "Safe", Verdict.UNSAFE: "Unsafe", Verdict.CONTROVERSIAL: "Controversial"}
 
 
@@ -33,6 +40,11 @@ class Example:
     target: str
     weight: float
     content_key: str
+    reason: str | None = None  # the reviewer's reason when the target carries it
+
+    @property
+    def with_reason(self) -> bool:
+        return self.reason is not None
 
     def chat(self) -> list[dict[str, str]]:
         return [{"role": role, "content": content} for role, content in self.messages]
@@ -44,7 +56,16 @@ def refusal_label(sample: FeedbackSample) -> bool | None:
     return sample.human_refusal if sample.human_refusal is not None else sample.pred_refusal
 
 
-def target_text(sample: FeedbackSample) -> str:
+def reason_line(reason: str | None) -> str | None:
+    """The reviewer's reason as the target's last line's value: neutralised like the input
+    (a reason is reviewer-typed text), on one line, or None when nothing is left."""
+    if reason is None:
+        return None
+    text = " ".join(neutralise(reason).split())
+    return text or None
+
+
+def target_text(sample: FeedbackSample, *, reasons: bool = False) -> str:
     known = [c.name for c in (sample.categories or DEFAULT_CATEGORIES)]
     categories = [c for c in known if c in sample.human_categories]
     if sample.human_verdict is Verdict.SAFE:
@@ -61,10 +82,13 @@ def target_text(sample: FeedbackSample) -> str:
         if refused is None:
             raise NotTrainable("response sample without a refusal label")
         lines.append(f"Refusal: {'Yes' if refused else 'No'}")
+    why = reason_line(sample.human_reason) if reasons else None
+    if why is not None:
+        lines.append(f"{REASON_PREFIX} {why}")
     return "\n".join(lines)
 
 
-def example(sample: FeedbackSample, weight: float = 1.0) -> Example:
+def example(sample: FeedbackSample, weight: float = 1.0, *, reasons: bool = False) -> Example:
     messages: tuple[tuple[str, str], ...]
     if sample.kind is Kind.RESPONSE:
         if not sample.prompt:
@@ -77,4 +101,5 @@ def example(sample: FeedbackSample, weight: float = 1.0) -> Example:
         response = sample.kind is Kind.RESPONSE
         block = neutralise(category_block(sample.categories, response=response))
         messages = ((CATEGORIES_ROLE, block), *messages)
-    return Example(messages, target_text(sample), weight, sample.content_key)
+    why = reason_line(sample.human_reason) if reasons else None
+    return Example(messages, target_text(sample, reasons=reasons), weight, sample.content_key, why)

@@ -50,6 +50,8 @@ class FeedbackConfig:
     curation: CurationConfig = field(default_factory=CurationConfig)
     lora: LoraParams = field(default_factory=LoraParams)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    # Targets carry the reviewer's reason as a `Reason:` line (`feedback/dataset.py`).
+    reasons: bool = False
 
 
 @dataclass(slots=True)
@@ -62,11 +64,11 @@ class CycleReport:
     metrics: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
 
-def _examples(items: list[Curated], problems: list[str]) -> list[Example]:
+def _examples(items: list[Curated], problems: list[str], reasons: bool = False) -> list[Example]:
     out = []
     for item in items:
         try:
-            out.append(example(item.sample, item.weight))
+            out.append(example(item.sample, item.weight, reasons=reasons))
         except NotTrainable as exc:
             problems.append(f"{item.sample.sample_id}: {exc}")
     return out
@@ -127,7 +129,7 @@ def run_cycle(
         )
     curation = curate(everything, config.curation, prescreen)
     problems: list[str] = []
-    train = _examples(curation.train + curation.anchor_train, problems)
+    train = _examples(curation.train + curation.anchor_train, problems, config.reasons)
     held_out = _examples(curation.held_out, problems)
     anchors = _examples(curation.anchor_held_out, problems)
     counts = {
@@ -153,7 +155,9 @@ def run_cycle(
         "counts": counts,
         "not_trainable": problems[:50],
     }
-    train_lora(base_model, train, out_dir, config.lora, card, progress)
+    result = train_lora(base_model, train, out_dir, config.lora, card, progress)
+    # The registry's card says it too: the scorer reads it there (`Adapter.trained_with_reasons`).
+    card["trained_with_reasons"] = result.card["trained_with_reasons"]
     # Labels the prescreen doubts, for a senior: not trained on, not lost.
     (out_dir / "held_for_senior.json").write_text(
         json.dumps(

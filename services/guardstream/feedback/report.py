@@ -2,9 +2,11 @@
 
 Samples per week, disagreement rate by category and language, the share of `controversial`
 model verdicts among reviewed items per week (its trend is what retraining should bend down),
-reviewer agreement (first review vs a senior's QA review of the same content), and the adapter
-history (held-out and shadow metrics, and how each candidate ended). `render_html` writes one
-self-contained page (tables and inline SVG bars, no assets).
+reviewer agreement (first review vs a senior's QA review of the same content: the raw share
+of equal labels and, beside it, Krippendorff's alpha — agreement corrected for what chance
+alone would give — per reviewer, per category and overall), and the adapter history (held-out
+and shadow metrics, and how each candidate ended). `render_html` writes one self-contained page
+(tables and inline SVG bars, no assets).
 """
 
 from __future__ import annotations
@@ -16,6 +18,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import krippendorff
+import numpy as np
 
 from guardstream.contracts.events import ReviewStage, Verdict
 from guardstream.contracts.feedback import FeedbackSample
@@ -31,14 +36,56 @@ class Rate:
         return self.hits / self.total if self.total else 0.0
 
 
+_VERDICTS = tuple(Verdict)
+
+
+def chance_corrected(pairs: Sequence[tuple[Verdict, Verdict]]) -> float | None:
+    """Krippendorff's alpha (nominal) of (first label, senior label) pairs: 1 is perfect
+    agreement, 0 what chance alone gives, below 0 systematic disagreement. None when it is
+    undefined: no pair, or every label given is the same one (no variation to agree on — raw
+    agreement says all there is). Raw agreement flatters a queue where one label dominates:
+    two reviewers who both say `unsafe` 90% of the time at random agree on 82%."""
+    if not pairs or len({label for pair in pairs for label in pair}) < 2:
+        return None
+    data = np.array(
+        [[_VERDICTS.index(first) for first, _ in pairs], [_VERDICTS.index(qa) for _, qa in pairs]],
+        dtype=float,
+    )
+    alpha = krippendorff.alpha(
+        reliability_data=data,
+        level_of_measurement="nominal",
+        value_domain=list(range(len(_VERDICTS))),
+    )
+    return float(alpha)
+
+
+@dataclass(slots=True)
+class Agreement:
+    """Raw agreement of QA pairs and its chance-corrected counterpart (`chance_corrected`)."""
+
+    pairs: list[tuple[Verdict, Verdict]] = field(default_factory=list)
+
+    @property
+    def rate(self) -> Rate:
+        return Rate(sum(a is b for a, b in self.pairs), len(self.pairs))
+
+    @property
+    def alpha(self) -> float | None:
+        return chance_corrected(self.pairs)
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return {"checked": len(self.pairs), "agreement": self.rate.value, "alpha": self.alpha}
+
+
 @dataclass(slots=True)
 class LoopReport:
     per_week: dict[str, int] = field(default_factory=dict)
     controversial_by_week: dict[str, Rate] = field(default_factory=dict)
     disagreement_by_category: dict[str, Rate] = field(default_factory=dict)
     disagreement_by_lang: dict[str, Rate] = field(default_factory=dict)
-    reviewer_agreement: dict[str, Rate] = field(default_factory=dict)
-    overall_agreement: Rate = field(default_factory=Rate)
+    reviewer_agreement: dict[str, Agreement] = field(default_factory=dict)
+    category_agreement: dict[str, Agreement] = field(default_factory=dict)
+    overall_agreement: Agreement = field(default_factory=Agreement)
     adapters: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -70,21 +117,25 @@ def build_report(samples: Sequence[FeedbackSample], cards: Iterable[dict[str, An
         lang = s.lang or "(unknown)"
         by_lang[lang].total += 1
         by_lang[lang].hits += s.disagrees
-    agreement: dict[str, Rate] = defaultdict(Rate)
+    agreement: dict[str, Agreement] = defaultdict(Agreement)
+    category_agreement: dict[str, Agreement] = defaultdict(Agreement)
     for key, senior in qa.items():
         original = first.get(key)
         if original is None:
             continue
-        same = original.human_verdict is senior.human_verdict
-        agreement[original.reviewer].total += 1
-        agreement[original.reviewer].hits += same
-        report.overall_agreement.total += 1
-        report.overall_agreement.hits += same
+        pair = (original.human_verdict, senior.human_verdict)
+        agreement[original.reviewer].pairs.append(pair)
+        # A pair counts for every category either reviewer named (as disagreement does).
+        named = set(original.human_categories) | set(senior.human_categories)
+        for category in named or {"(none)"}:
+            category_agreement[category].pairs.append(pair)
+        report.overall_agreement.pairs.append(pair)
     report.per_week = dict(sorted(weeks.items()))
     report.controversial_by_week = dict(sorted(controversial.items()))
     report.disagreement_by_category = dict(sorted(by_category.items()))
     report.disagreement_by_lang = dict(sorted(by_lang.items()))
     report.reviewer_agreement = dict(sorted(agreement.items()))
+    report.category_agreement = dict(sorted(category_agreement.items()))
     report.adapters = sorted(cards, key=lambda c: str(c.get("data_window", {}).get("until")))
     return report
 
@@ -175,7 +226,20 @@ def render_html(report: LoopReport) -> str:
         (week, n, f"{report.controversial_by_week[week].value:.0%}")
         for week, n in report.per_week.items()
     ]
-    agreement = [(r, f"{a.value:.0%}", a.total) for r, a in report.reviewer_agreement.items()]
+
+    def alpha(a: Agreement) -> str:
+        value = a.alpha
+        return "–" if value is None else f"{value:.2f}"
+
+    agreement = [
+        (r, f"{a.rate.value:.0%}", alpha(a), len(a.pairs))
+        for r, a in report.reviewer_agreement.items()
+    ]
+    by_category = [
+        (c, f"{a.rate.value:.0%}", alpha(a), len(a.pairs))
+        for c, a in report.category_agreement.items()
+    ]
+    overall = report.overall_agreement
     return (
         "<!doctype html><meta charset='utf-8'><title>guardstream feedback loop</title>"
         "<style>body{font-family:sans-serif;margin:2em}td,th{padding:2px 10px;"
@@ -186,9 +250,13 @@ def render_html(report: LoopReport) -> str:
         + _bars(report.disagreement_by_category)
         + "<h2>Disagreement by language</h2>"
         + _bars(report.disagreement_by_lang)
-        + f"<h2>Reviewer agreement with QA: {report.overall_agreement.value:.0%} "
-        f"of {report.overall_agreement.total}</h2>"
-        + _table(["reviewer", "agreement", "QA-checked"], agreement)
+        + f"<h2>Reviewer agreement with QA: {overall.rate.value:.0%} of {len(overall.pairs)}, "
+        f"Krippendorff's alpha {alpha(overall)}</h2>"
+        + "<p>alpha: agreement beyond chance (1 perfect, 0 chance, – undefined: one label "
+        "only)</p>"
+        + _table(["reviewer", "agreement", "alpha", "QA-checked"], agreement)
+        + "<h2>Reviewer agreement by category</h2>"
+        + _table(["category", "agreement", "alpha", "QA-checked"], by_category)
         + "<h2>Adapters</h2>"
         + _table(ADAPTER_COLUMNS, map(adapter_row, report.adapters))
     )

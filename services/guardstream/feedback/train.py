@@ -3,9 +3,14 @@ for real Qwen3Guard weights.
 
 Prompt and target are tokenised apart, exactly as vLLM sees the prompt and then generates, and
 only target tokens (plus the closing `<|im_end|>`) carry loss; each example's loss is scaled by
-its curation weight. Seeds are fixed, so a run is repeatable on the same machine and library
-versions. The output directory holds the adapter (`adapter_config.json`, weights) and
-`model_card.json`: data window, counts, hyper-parameters, final loss.
+its curation weight. A target with a reviewer's `Reason:` line is taught in two parts, each
+the mean over its own tokens: the Qwen3Guard lines exactly as without a reason, plus the reason
+line (and the end of turn) — a reason several times longer than the label would otherwise
+dilute what decides the verdict. Seeds are fixed, so a run is repeatable on the same machine
+and library versions. The output directory holds the adapter (`adapter_config.json`, weights) and
+`model_card.json`: data window, counts, hyper-parameters, final loss, and
+`trained_with_reasons` (whether any target carried a reason line: the scorer then lets the
+model write its rationale).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ class LoraParams:
     batch_size: int = 8
     max_steps: int | None = None  # overrides epochs when set
     seed: int = 0
+    # The reason line's part of an example's loss beside its Qwen3Guard lines' (1.0: equal).
+    reason_weight: float = 1.0
 
 
 @dataclass(slots=True)
@@ -70,36 +77,56 @@ def load_base(base_model: str | Path) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def encode_example(tokenizer: Any, example: Example) -> tuple[list[int], list[int]]:
-    """(prompt ids, target ids ending in <|im_end|>)."""
+def encode_example(tokenizer: Any, example: Example) -> tuple[list[int], list[int], int]:
+    """(prompt ids, target ids ending in <|im_end|>, how many of the target ids are the
+    Qwen3Guard lines: the rest is the reason line and the end of turn; all of them without a
+    reason, or when the lines do not tokenise apart from the reason)."""
     turns, template = chat_args(example.chat())
     prompt_text = tokenizer.apply_chat_template(
         turns, tokenize=False, add_generation_prompt=True, **template
     )
     prompt = list(tokenizer.encode(prompt_text, add_special_tokens=False))
-    target = list(tokenizer.encode(example.target, add_special_tokens=False))
-    return prompt, [*target, tokenizer.convert_tokens_to_ids(IM_END)]
+    target = [
+        *tokenizer.encode(example.target, add_special_tokens=False),
+        tokenizer.convert_tokens_to_ids(IM_END),
+    ]
+    split = len(target)
+    if example.with_reason:
+        guard_text = example.target.rsplit("\n", 1)[0]
+        guard = list(tokenizer.encode(guard_text, add_special_tokens=False))
+        if target[: len(guard)] == guard:
+            split = len(guard)
+    return prompt, target, split
 
 
-def _batch(tokenizer: Any, rows: Sequence[tuple[list[int], list[int], float]], device: str) -> Any:
+Encoded = tuple[list[int], list[int], int, float]  # prompt, target, split, curation weight
+
+
+def _batch(tokenizer: Any, rows: Sequence[Encoded], device: str, reason_weight: float = 1.0) -> Any:
     # lazy: torch and peft only in the training job
     import torch
 
-    width = max(len(p) + len(t) for p, t, _ in rows)
+    width = max(len(p) + len(t) for p, t, _, _ in rows)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = torch.full((len(rows), width), pad, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    weights = torch.tensor([w for _, _, w in rows], dtype=torch.float32)
-    for row, (prompt, target, _) in enumerate(rows):
+    # Each taught token's share of its example's loss: 1/n over the Qwen3Guard lines, and
+    # 1/m over a reason line's m tokens (see the module docstring).
+    shares = torch.zeros((len(rows), width), dtype=torch.float32)
+    weights = torch.tensor([w for _, _, _, w in rows], dtype=torch.float32)
+    for row, (prompt, target, split, _) in enumerate(rows):
         seq = prompt + target
         ids[row, : len(seq)] = torch.tensor(seq)
         mask[row, : len(seq)] = 1
         labels[row, len(prompt) : len(seq)] = torch.tensor(target)
-    return ids.to(device), mask.to(device), labels.to(device), weights.to(device)
+        shares[row, len(prompt) : len(prompt) + split] = 1.0 / split
+        if split < len(target):
+            shares[row, len(prompt) + split : len(seq)] = reason_weight / (len(target) - split)
+    return ids.to(device), mask.to(device), labels.to(device), shares.to(device), weights.to(device)
 
 
-def _weighted_loss(logits: Any, labels: Any, weights: Any) -> Any:
+def _weighted_loss(logits: Any, labels: Any, shares: Any, weights: Any) -> Any:
     # lazy: torch and peft only in the training job
     import torch
 
@@ -111,8 +138,7 @@ def _weighted_loss(logits: Any, labels: Any, weights: Any) -> Any:
         ignore_index=-100,
         reduction="none",
     ).view(gold.shape)
-    taught = (gold != -100).float()
-    per_example = (per_token * taught).sum(1) / taught.sum(1).clamp(min=1.0)
+    per_example = (per_token * shares[:, 1:]).sum(1)
     return (per_example * weights).sum() / weights.sum()
 
 
@@ -144,7 +170,7 @@ def train_lora(
         task_type="CAUSAL_LM",
     )
     model = get_peft_model(model, config)
-    encoded = [(*encode_example(tokenizer, ex), ex.weight) for ex in examples]
+    encoded: list[Encoded] = [(*encode_example(tokenizer, ex), ex.weight) for ex in examples]
     per_epoch = math.ceil(len(encoded) / params.batch_size)
     total = params.max_steps or per_epoch * params.epochs
     optimizer = torch.optim.AdamW(
@@ -160,11 +186,11 @@ def train_lora(
         for start in range(0, len(shuffled), params.batch_size):
             if step >= total:
                 break
-            ids, mask, labels, weights = _batch(
-                tokenizer, shuffled[start : start + params.batch_size], device
+            ids, mask, labels, shares, weights = _batch(
+                tokenizer, shuffled[start : start + params.batch_size], device, params.reason_weight
             )
             logits = model(input_ids=ids, attention_mask=mask).logits
-            loss = _weighted_loss(logits, labels, weights)
+            loss = _weighted_loss(logits, labels, shares, weights)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -180,6 +206,8 @@ def train_lora(
         "base_model": str(base_model),
         "examples": len(examples),
         "weighted_examples": sum(ex.weight for ex in examples),
+        "trained_with_reasons": any(ex.with_reason for ex in examples),
+        "examples_with_reasons": sum(ex.with_reason for ex in examples),
         "steps": step,
         "final_loss": loss_value,
         "train_seconds": round(seconds, 3),

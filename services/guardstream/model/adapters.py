@@ -22,6 +22,10 @@ leading out of it is dropped with an error log, so a tenant it would serve gets 
 and vLLM's LoRA loader never reads a file outside the registry. `Adapter.path` is the resolved
 directory.
 
+An adapter whose card says `trained_with_reasons` (its targets carried reviewers' reasons,
+`feedback/dataset.py`) has `Adapter.trained_with_reasons`: the scorer lets it write its
+rationale after the label (`scorer/vllm_engine.py`).
+
 Triage puts the serving adapter's id into the content key and the score request, so cached
 verdicts of the previous adapter are never reused; the scorer serves whichever adapter the
 request names (one vLLM engine, one LoRA request per adapter) and, for a tenant with a shadow
@@ -66,6 +70,11 @@ class Adapter:
     path: Path
     tenant: str
     registered_at: str
+    trained_with_reasons: bool = False
+
+
+def _with_reasons(card: Any) -> bool:
+    return isinstance(card, dict) and card.get("trained_with_reasons") is True
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +215,7 @@ class AdapterRegistry:
             raise AdapterError("path is not a directory inside the registry's adapters/")
         if outside:
             raise AdapterError(f"links leading out of the adapter directory: {outside[:3]}")
-        return Adapter(adapter_id, path, tenant, registered_at)
+        return Adapter(adapter_id, path, tenant, registered_at, _with_reasons(entry.get("card")))
 
     # --- writing ------------------------------------------------------------------------
     @contextmanager
@@ -260,7 +269,7 @@ class AdapterRegistry:
                 "registered_at": registered_at,
                 "card": card or {},
             }
-        return Adapter(adapter_id, target, tenant, registered_at)
+        return Adapter(adapter_id, target, tenant, registered_at, _with_reasons(card))
 
     def promote(self, adapter_id: str, tenant: str | None = None) -> None:
         """Serve `adapter_id` for its tenant (or `tenant`): takes effect at the next poll."""

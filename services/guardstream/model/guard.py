@@ -47,6 +47,10 @@ SAFETY_PREFIX = "Safety:"
 # is read (one token: " Yes" / " No").
 SAFE_ANSWER = "Safety: Safe\nCategories: None"
 SAFE_RESPONSE_PREFIX = SAFE_ANSWER + "\nRefusal:"
+# An adapter trained with reviewers' reasons may write one more line, `Reason: …` (at most 50
+# characters of reason, a few tokens each in a byte-level vocabulary): room for it beyond the
+# answer's `max_output_tokens`, so the Qwen3Guard lines never lose room to it.
+REASON_TOKENS = 160
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +61,7 @@ class ForcedPrefixes:
     label_token: dict[Label, int]  # first token of " <Label>" after `Safety:`
     detail: dict[Label, list[int]]  # `Safety: <Label>\n`
     safe_response: list[int]
+    safe: list[int]  # the whole safe answer, for a reason line to follow
 
     @classmethod
     def of(cls, tokenizer: Any) -> ForcedPrefixes:
@@ -71,6 +76,7 @@ class ForcedPrefixes:
             label_token=label_token,
             detail={label: enc(f"{SAFETY_PREFIX} {label}\n") for label in LABELS},
             safe_response=enc(SAFE_RESPONSE_PREFIX),
+            safe=enc(SAFE_ANSWER),
         )
 
     @property

@@ -55,6 +55,13 @@ class ControversialMode(enum.StrEnum):
     LOOSE = "loose"  # allow
 
 
+class ReasonRequired(enum.StrEnum):
+    """When a reviewer's decision must carry a reason (at most `REVIEW_REASON_MAX` characters)."""
+
+    ALWAYS = "always"  # the seeds: 必填, every decision says why (and the reason is trained on)
+    WHEN_CORRECTING = "when_correcting"  # a confirmation may go without one
+
+
 class ScorerUnavailableMode(enum.StrEnum):
     """What a post becomes when the scorer has been down past its budget."""
 
@@ -159,6 +166,9 @@ class PolicyPack(BaseModel):
     )
     # A contested item must be assigned to a reviewer within this (breach: alert, no downgrade).
     assignment_sla_s: Seconds = DEFAULT_ASSIGNMENT_SLA_S
+    # Whether a reviewer must give a reason for every decision or only for a correction (the
+    # review service refuses a decision without one; a blind QA label always needs one).
+    reason_required: ReasonRequired = ReasonRequired.ALWAYS
 
     @property
     def ref(self) -> str:

@@ -304,7 +304,9 @@ class DecisionIn(BaseModel):
     outcome: ReviewOutcome = Field(description="confirm the model's label, or correct it")
     verdict: Verdict | None = Field(None, description="the human label (required to correct)")
     reason: Text | None = Field(
-        None, description=f"required when correcting, at most {REVIEW_REASON_MAX} characters"
+        None,
+        description=f"why: required for every decision, or only when correcting where the "
+        f"pack's reason_required says when_correcting; at most {REVIEW_REASON_MAX} characters",
     )
     tags: list[Ident] = Field(
         default_factory=list,

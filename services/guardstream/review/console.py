@@ -22,6 +22,7 @@ from fastapi.templating import Jinja2Templates
 
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import REVIEW_REASON_MAX
+from guardstream.policy.pack import ReasonRequired
 from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import (
@@ -32,6 +33,7 @@ from guardstream.review.logic import (
     duration,
     long_text,
     read_form,
+    reason_rule,
 )
 from guardstream.review.services.errors import Forbidden, Unauthenticated
 from guardstream.review.shield import Edge, Throttled, identifier
@@ -252,6 +254,7 @@ async def _task_page(
         if history is not None
         else None
     )
+    rule = svc.tasks.reason_required(view.task)
     return _page(
         request,
         "task.html",
@@ -263,6 +266,8 @@ async def _task_page(
             "context": context,
             "parts": long_text(view.text.text) if view.text else None,
             "reason_max": REVIEW_REASON_MAX,
+            "reason_rule": reason_rule(rule),
+            "reason_always": rule is ReasonRequired.ALWAYS,
             "tags": svc.tasks.tags,
             "pack_categories": svc.tasks.categories_for(view.task),
             "can_decide": reviewer.may(Permission.DECIDE),
@@ -372,6 +377,8 @@ async def _qa_task_page(
             "text": text,
             "parts": long_text(text.text) if text else None,
             "reason_max": REVIEW_REASON_MAX,
+            "reason_rule": "a QA label always needs a reason (the first reviewer learns from it)",
+            "reason_always": True,
             "tags": svc.tags,
             "form": form or {"reason": "", "tags": []},
             "error": error,

@@ -33,6 +33,7 @@ from guardstream.contracts.events import (
 from guardstream.contracts.identity import HasIdentity, PostIdentity
 from guardstream.contracts.ids import review_task_id, stable_id
 from guardstream.policy import PolicyPack
+from guardstream.policy.pack import ReasonRequired
 from guardstream.verdict.cache import CachedVerdict
 from guardstream.verdict.decisions import human_action
 
@@ -241,17 +242,21 @@ def validate_submission(
     allowed_tags: Sequence[str],
     is_response: bool = False,
     allowed_categories: Sequence[str] | None = None,
+    reason_required: ReasonRequired = ReasonRequired.ALWAYS,
 ) -> Submission:
-    """The seeds' three actions: ① confirm ② correct the label ③ a reason (required when
-    correcting, at most 50 characters), plus at least one quick tag from the configured list,
-    and categories from `allowed_categories` (the task's pack's) or the model's.
+    """The seeds' three actions: ① confirm ② correct the label ③ a reason (at most 50
+    characters; required always, or when correcting if the pack relaxes it:
+    `reason_required`), plus at least one quick tag from the configured list, and categories
+    from `allowed_categories` (the task's pack's) or the model's.
     A response item may also carry the reviewer's refusal label (did the assistant refuse?)."""
     chosen = form.outcome
     if chosen is None:
         raise InvalidSubmission("outcome", "choose confirm or correct")
-    text = (form.reason or "").strip() or None
-    if text is not None and not allowed_characters(text, free_text=True):
+    # Checked before trimming: NEL (U+0085) and the C0 separators count as whitespace to
+    # `strip`, and a hostile character is refused wherever it stands, not quietly trimmed.
+    if form.reason is not None and not allowed_characters(form.reason, free_text=True):
         raise InvalidSubmission("reason", "control characters are not allowed")
+    text = (form.reason or "").strip() or None
     if text is not None and len(text) > REVIEW_REASON_MAX:
         raise InvalidSubmission(
             "reason",
@@ -261,6 +266,8 @@ def validate_submission(
     if chosen is ReviewOutcome.CONFIRM:
         if form.verdict is not None and form.verdict is not model_verdict:
             raise InvalidSubmission("verdict", "confirming keeps the model's label; use correct")
+        if text is None and reason_required is ReasonRequired.ALWAYS:
+            raise InvalidSubmission("reason", reason_rule(reason_required))
         label = model_verdict
     else:
         if form.verdict is None:
@@ -269,7 +276,9 @@ def validate_submission(
         if label is model_verdict:
             raise InvalidSubmission("verdict", "a correction must change the model's label")
         if text is None:
-            raise InvalidSubmission("reason", "a correction needs a reason (at most 50 characters)")
+            raise InvalidSubmission(
+                "reason", f"a correction needs a reason (at most {REVIEW_REASON_MAX} characters)"
+            )
     picked = tuple(dict.fromkeys(t.strip() for t in form.tags if t.strip()))
     if not picked:
         raise InvalidSubmission("tags", "pick at least one quick tag")
@@ -295,6 +304,14 @@ def validate_submission(
     if form.refusal is not None and not is_response:
         raise InvalidSubmission("refusal", "only a response (an assistant's answer) has one")
     return Submission(chosen, label, cats, text, picked, form.refusal)
+
+
+def reason_rule(required: ReasonRequired) -> str:
+    """The pack's reason rule in words: the console shows it beside the reason box and the
+    service refuses a decision without a required reason with it."""
+    if required is ReasonRequired.ALWAYS:
+        return f"every decision needs a reason (at most {REVIEW_REASON_MAX} characters)"
+    return f"a correction needs a reason (at most {REVIEW_REASON_MAX} characters)"
 
 
 def blind_form(form: SubmissionForm, first: Verdict) -> SubmissionForm:

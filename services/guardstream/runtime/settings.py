@@ -753,6 +753,10 @@ class FeedbackSettings(Section):
     """LoRA optimiser steps; unset: 3 epochs over the training set."""
     learning_rate: Annotated[float, Field(gt=0), _env("GUARDSTREAM_FEEDBACK_LEARNING_RATE")] = 2e-4
     """LoRA learning rate."""
+    train_reasons: Annotated[bool, _env("GUARDSTREAM_FEEDBACK_TRAIN_REASONS")] = False
+    """Teach reviewers' reasons too: targets end with a `Reason:` line where the reviewer gave
+    one, and the scorer lets an adapter so trained write its own rationale on decisions. Off
+    by default: on the tiny test checkpoint the extra line costs the label its learning."""
 
 
 class TelemetrySettings(Section):

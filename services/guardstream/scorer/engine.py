@@ -13,7 +13,10 @@ Two scoring modes give the same answer text to the same parser:
   (`Categories: None`). Otherwise a second request continues from `Safety: <Label>\n` to write
   `Categories:` (and `Refusal:` for a response); a safe response only has its refusal read,
   one token after a forced `Safety: Safe\nCategories: None\nRefusal:` (setting
-  `two_phase_refusal`). Prefix caching makes the second prefill nearly free.
+  `two_phase_refusal`). Prefix caching makes the second prefill nearly free. An adapter
+  trained with reviewers' reasons (`Adapter.trained_with_reasons`) may write a `Reason:` line
+  after those lines: its second request gets `REASON_TOKENS` more room, and a safe label a
+  second request too, continuing after the forced `Safety: Safe\nCategories: None`.
 - `plain`: the model generates its whole answer.
 
 Errors carry their policy: `ScoringError` (this request failed, retry later) vs `EngineDead`

@@ -1,4 +1,5 @@
-"""Reading Qwen3Guard-Gen's answer: `Safety:` / `Categories:` / `Refusal:` lines → a verdict.
+"""Reading Qwen3Guard-Gen's answer: `Safety:` / `Categories:` / `Refusal:` lines → a verdict,
+and the `Reason:` line an adapter trained on reviewers' reasons adds (`feedback/dataset.py`).
 
 The parser is strict about structure and lenient about spacing and case: exactly one `Safety:`
 line with a known label, otherwise the answer is unusable and the verdict is `controversial`
@@ -8,6 +9,9 @@ names or translations alike, read back as the canonical name; so "Non-violent Il
 never counts as "Violent". An item outside the list is kept as `other:<item>` (bounded,
 neutralised, control characters dropped) and makes the verdict at least `controversial`: the
 model named a harm the pack does not know, which a person should see.
+The reason line is optional and never decides anything: absent, empty or malformed, it is
+ignored (`rationale` None); present, it is cleaned of control characters and prompt
+structure and cut to `RATIONALE_MAX` characters, like any text a model writes.
 """
 
 from __future__ import annotations
@@ -24,14 +28,26 @@ from guardstream.contracts.categories import (
     CategoryDef,
     spelling_lookup,
 )
-from guardstream.contracts.events import Label, Verdict
+from guardstream.contracts.events import REVIEW_REASON_MAX, Label, Verdict
 from guardstream.contracts.labels import LABEL_VERDICT, LABELS
 from guardstream.contracts.text import neutralise, normalise
 
-_LINE = re.compile(r"^\s*(safety|categories|refusal)\s*:\s*(.*?)\s*$", re.IGNORECASE)
-_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_LINE = re.compile(r"^\s*(safety|categories|refusal|reason)\s*:\s*(.*?)\s*$", re.IGNORECASE)
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff\ufffd]")
 # A decision holds at most 32 categories; an answer listing more is cut here, in its order.
 _MAX_CATEGORIES = 16
+# A taught reason is at most REVIEW_REASON_MAX characters; room for a model that runs on a
+# little, not for a model that rambles (the decision's reason field holds 500).
+RATIONALE_MAX = 2 * REVIEW_REASON_MAX
+
+
+def rationale(value: str) -> str | None:
+    """A `Reason:` line's value as a decision may carry it: control characters, lone
+    surrogates and replacement characters (a cut multi-byte token) become spaces, prompt
+    structure is neutralised, whitespace collapsed, at most `RATIONALE_MAX` characters; None
+    when nothing readable is left."""
+    text = " ".join(_UNPRINTABLE.sub(" ", neutralise(value)).split())
+    return text[:RATIONALE_MAX].rstrip() or None
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +59,7 @@ class GuardAnswer:
     refusal: bool | None = None
     unknown_categories: tuple[str, ...] = ()
     problem: str | None = None
+    rationale: str | None = None  # the model's own `Reason:` line (see `rationale`)
 
     @property
     def verdict(self) -> Verdict:
@@ -67,12 +84,14 @@ def parse_answer(text: str, pack_categories: Sequence[CategoryDef] | None = None
     safety: list[str] = []
     categories: list[str] = []
     refusal: list[str] = []
+    reasons: list[str] = []
     for line in text.splitlines():
         match = _LINE.match(line)
         if not match:
             continue
         field, value = match.group(1).casefold(), match.group(2)
-        {"safety": safety, "categories": categories, "refusal": refusal}[field].append(value)
+        fields = {"safety": safety, "categories": categories, "refusal": refusal}
+        fields.get(field, reasons).append(value)
 
     if not safety:
         return GuardAnswer(None, problem="no Safety line")
@@ -102,7 +121,9 @@ def parse_answer(text: str, pack_categories: Sequence[CategoryDef] | None = None
     refused: bool | None = None
     if refusal:
         refused = {"yes": True, "no": False}.get(refusal[0].casefold())
-    return GuardAnswer(label, tuple(known), refused, tuple(unknown))
+    # Only an unambiguous reason is kept: two reason lines say neither is the answer's.
+    why = rationale(reasons[0]) if len(reasons) == 1 else None
+    return GuardAnswer(label, tuple(known), refused, tuple(unknown), rationale=why)
 
 
 def label_confidence(label: Label, label_logprobs: Mapping[Label, float | None]) -> float | None:

@@ -97,7 +97,11 @@ def _verdict(
         confidence=None if confidence is None else round(confidence, 6),
         refusal=answer.refusal,
         input_truncated=raw.truncated,
-        reason=model_reason(answer.label, answer.categories, answer.problem),
+        # An adapter trained with reasons gives its own rationale (cleaned and bounded by the
+        # parser); otherwise, or for an unusable answer, the sentence saying what it labelled.
+        reason=answer.rationale
+        if answer.label is not None and answer.rationale
+        else model_reason(answer.label, answer.categories, answer.problem),
         source=Source.MODEL,
         model=model,
         adapter=adapter,

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from guardstream.contracts.events import Label
 from guardstream.model.adapters import Adapter
 from guardstream.model.guard import (
+    REASON_TOKENS,
     SAFE_ANSWER,
     SAFE_RESPONSE_PREFIX,
     SAFETY_PREFIX,
@@ -61,6 +62,8 @@ class VllmGuardEngine:
         self._label_ids = self._forced.label_token
         self._by_token = {tid: label for label, tid in self._label_ids.items()}
         self._lora = settings.model.adapter_dir is not None
+        self._max_model_len = settings.engine.max_model_len
+        self._reason_max = settings.engine.max_output_tokens + REASON_TOKENS
         self._lora_ids: dict[str, int] = {}  # adapter id → vLLM's integer LoRA id
 
         # lazy: vLLM and torch only in a scorer that runs this engine
@@ -83,6 +86,7 @@ class VllmGuardEngine:
             settings.engine.max_output_tokens - self._forced.longest, label_logprobs=False
         )
         self._refusal_params = params(2, label_logprobs=False)  # " Yes"/" No", end of turn
+        self._params_for = params
 
     @classmethod
     async def start(cls, settings: Settings) -> VllmGuardEngine:
@@ -213,9 +217,14 @@ class VllmGuardEngine:
         )
         if label is None:
             return answer
-        if label == "Safe" and not (self._refusal and is_response(messages)):
+        reasons = adapter is not None and adapter.trained_with_reasons
+        if label == "Safe" and not (self._refusal and is_response(messages)) and not reasons:
             return replace(answer, text=SAFE_ANSWER)
-        if label == "Safe":
+        if label == "Safe" and not is_response(messages):
+            # Trained with reasons: the safe answer is forced whole and the model may go on
+            # with its `Reason:` line (or end the turn: a confirmation without a reason).
+            forced, text, params = self._forced.safe, SAFE_ANSWER, self._detail_params
+        elif label == "Safe":
             forced, text, params = (
                 self._forced.safe_response,
                 SAFE_RESPONSE_PREFIX,
@@ -224,6 +233,11 @@ class VllmGuardEngine:
         else:
             forced, text = self._forced.detail[label], f"{SAFETY_PREFIX} {label}\n"
             params = self._detail_params
+        if reasons:
+            # Room for the reason line too, within the model's window (the input was cut to
+            # leave `max_output_tokens`; a long input leaves the reason less).
+            room = self._max_model_len - len(ids) - len(forced)
+            params = self._params_for(min(self._reason_max, room), label_logprobs=False)
         second = await self._generate(ids + forced, params, f"{request_id}/detail", lora)
         return replace(
             answer,

@@ -131,8 +131,17 @@ async def test_the_queue_previews_posts_and_counts_after_a_decision(
     await page.keyboard.press("n")
     await expect(page).to_have_url(re.compile(r"/console/tasks/"))
     await page.keyboard.press("c")
+    # The default pack wants a reason for every decision: the box says so, the server holds it.
+    reason = page.locator("#reason")
+    await expect(reason).to_have_attribute("aria-required", "true")
+    await expect(page.locator("#reason-rule")).to_contain_text("every decision needs a reason")
     await page.keyboard.press("t")
     await page.keyboard.press(" ")
+    await page.keyboard.press("Enter")
+    await expect(page.locator("#error")).to_contain_text("every decision needs a reason")
+    await page.keyboard.press("c")
+    await page.keyboard.press("r")
+    await page.keyboard.type("模型判断合理")
     await page.keyboard.press("Enter")
     await expect(page.locator("#message")).to_contain_text("decided")
     # The page right after the decision: its figures count after it.

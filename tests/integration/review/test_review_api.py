@@ -137,8 +137,13 @@ async def test_invalid_submissions_are_refused_and_store_nothing(console: Consol
     cases = [
         ({"outcome": "correct", "verdict": "unsafe", "tags": tags}, "reason"),
         ({"outcome": "correct", "verdict": "unsafe", "reason": "x" * 51, "tags": tags}, "reason"),
-        ({"outcome": "confirm", "tags": []}, "tags"),
-        ({"outcome": "confirm", "tags": ["made-up"]}, "tags"),
+        ({"outcome": "confirm", "tags": tags}, "reason"),  # the default pack: always
+        ({"outcome": "confirm", "reason": " ", "tags": tags}, "reason"),
+        ({"outcome": "confirm", "reason": "a\x00b", "tags": tags}, "reason"),
+        ({"outcome": "confirm", "reason": "a\x85b", "tags": tags}, "reason"),
+        ({"outcome": "confirm", "reason": "理" * 51, "tags": tags}, "reason"),
+        ({"outcome": "confirm", "reason": "同意模型判断", "tags": []}, "tags"),
+        ({"outcome": "confirm", "reason": "同意模型判断", "tags": ["made-up"]}, "tags"),
         (
             {"outcome": "correct", "verdict": "controversial", "reason": "r", "tags": tags},
             "verdict",
@@ -151,6 +156,13 @@ async def test_invalid_submissions_are_refused_and_store_nothing(console: Consol
             assert response.json()["field"] == field and response.json()["detail"]
         response = await http.post(f"/api/v1/tasks/{tid}/decision", json={"outcome": "perhaps"})
         assert response.status_code == 422
+        # A lone surrogate cannot be sent as UTF-8: JSON's escape carries it.
+        response = await http.post(
+            f"/api/v1/tasks/{tid}/decision",
+            content='{"outcome": "confirm", "reason": "a\\ud800", "tags": ["地域攻击"]}',
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 422 and response.json()["field"] == "reason"
     assert (await console.sql("SELECT count(*) AS n FROM reviews"))[0]["n"] == 0
     assert (await console.sql("SELECT state FROM tasks"))[0]["state"] == "pending"
     assert (await console.sql("SELECT count(*) AS n FROM outbox"))[0]["n"] == outbox_before
@@ -183,7 +195,8 @@ async def test_a_correction_is_published_actioned_and_overrides_the_cache(
         result = response.json()
         assert result["action"] == "block" and result["late"] is False
         again = await http.post(
-            f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": ["地域攻击"]}
+            f"/api/v1/tasks/{tid}/decision",
+            json={"outcome": "confirm", "reason": "同意模型判断", "tags": ["地域攻击"]},
         )
         assert again.status_code == 409  # decided once, never twice
 
@@ -307,7 +320,8 @@ async def test_round_robin_assignment_and_lock_expiry(console: Console) -> None:
         turns.append(await assignee(tid))
         async with console.client(turns[-1]) as http:
             decided = await http.post(
-                f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": ["政治隐喻"]}
+                f"/api/v1/tasks/{tid}/decision",
+                json={"outcome": "confirm", "reason": "同意模型判断", "tags": ["政治隐喻"]},
             )
             assert decided.status_code == 200, decided.text
     assert turns == ["on1", "on2", "on3", "on1"]
@@ -339,7 +353,8 @@ async def test_release_gives_the_task_back(console: Console) -> None:
     async with console.client("bob") as http:
         assert (await http.post("/api/v1/tasks/claim")).json() is None
         held = await http.post(
-            f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": ["政治隐喻"]}
+            f"/api/v1/tasks/{tid}/decision",
+            json={"outcome": "confirm", "reason": "同意模型判断", "tags": ["政治隐喻"]},
         )
         assert held.status_code == 409
         assert (await http.post(f"/api/v1/tasks/{tid}/release")).status_code == 409
@@ -357,15 +372,17 @@ async def test_senior_qa_and_agreement(console: Console) -> None:
     async with console.client("alice") as http:
         for tid in ids:
             r = await http.post(
-                f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": ["政治隐喻"]}
+                f"/api/v1/tasks/{tid}/decision",
+                json={"outcome": "confirm", "reason": "同意模型判断", "tags": ["政治隐喻"]},
             )
             assert r.status_code == 200, r.text
-        confirm = {"outcome": "confirm", "tags": ["政治隐喻"]}
+        confirm = {"outcome": "confirm", "reason": "同意模型判断", "tags": ["政治隐喻"]}
         assert (await http.post(f"/api/v1/tasks/{ids[0]}/qa", json=confirm)).status_code == 403
         assert (await http.get("/api/v1/qa/agreement")).status_code == 403
     async with console.client("sue") as http:
         agree = await http.post(
-            f"/api/v1/tasks/{ids[0]}/qa", json={"outcome": "confirm", "tags": ["政治隐喻"]}
+            f"/api/v1/tasks/{ids[0]}/qa",
+            json={"outcome": "confirm", "reason": "同意模型判断", "tags": ["政治隐喻"]},
         )
         assert agree.status_code == 200, agree.text
         differ = await http.post(

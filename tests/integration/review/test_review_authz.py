@@ -19,7 +19,7 @@ from tests.integration.review.test_review_api import seed
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
-CONFIRM = {"outcome": "confirm", "tags": ["政治隐喻"]}
+CONFIRM = {"outcome": "confirm", "reason": "同意模型判断", "tags": ["政治隐喻"]}
 
 
 async def denied(console: Console, action: str) -> list[dict[str, object]]:
@@ -123,7 +123,7 @@ async def test_console_form_posts_need_the_session_and_its_csrf_token(console: C
         wrong = await http.post("/console/login", data={"reviewer": "alice", "password": "no"})
         assert wrong.status_code == 401
         csrf = await login(console, http, "alice")
-        form = {"outcome": "confirm", "tags": "政治隐喻"}
+        form = {"outcome": "confirm", "reason": "同意模型判断", "tags": "政治隐喻"}
         no_csrf = await http.post(f"/console/tasks/{tid}/decide", data=form)
         bad_csrf = await http.post(f"/console/tasks/{tid}/decide", data={**form, "csrf": "x"})
         assert no_csrf.status_code == bad_csrf.status_code == 403

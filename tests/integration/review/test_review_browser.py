@@ -98,7 +98,8 @@ async def test_a_senior_works_the_qa_queue_blind_with_the_keyboard(
     await console.add_reviewer("sue", ("acme",), role=Role.SENIOR)
     async with console.client("alice") as http:
         first = await http.post(
-            f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": ["政治隐喻"]}
+            f"/api/v1/tasks/{tid}/decision",
+            json={"outcome": "confirm", "reason": "同意模型判断", "tags": ["政治隐喻"]},
         )
         assert first.status_code == 200, first.text
     period = utcnow().strftime("%Y-%m")

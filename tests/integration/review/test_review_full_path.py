@@ -186,7 +186,7 @@ async def test_average_response_time_is_the_last_hours_mean_on_the_page(
                 tid = task_id(decision.tenant, decision.post_id, decision.policy)
                 response = await http.post(
                     f"/api/v1/tasks/{tid}/decision",
-                    json={"outcome": "confirm", "tags": ["政治隐喻"]},
+                    json={"outcome": "confirm", "reason": "同意模型判断", "tags": ["政治隐喻"]},
                 )
                 assert response.status_code == 200, response.text
     finally:

@@ -55,7 +55,8 @@ async def decide_all(console: Console, who: str, ids: list[str]) -> None:
     async with console.client(who) as http:
         for tid in ids:
             r = await http.post(
-                f"/api/v1/tasks/{tid}/decision", json={"outcome": "confirm", "tags": TAGS}
+                f"/api/v1/tasks/{tid}/decision",
+                json={"outcome": "confirm", "reason": "同意模型判断", "tags": TAGS},
             )
             assert r.status_code == 200, r.text
 
@@ -113,7 +114,8 @@ async def test_seniors_work_a_blind_qa_queue_and_low_agreement_alerts(console: C
         no_reason = await http.post(f"/api/v1/qa/items/{acme[0]}", json={"verdict": "safe"})
         assert no_reason.status_code == 422 and no_reason.json()["field"] == "reason"
         peek = await http.post(
-            f"/api/v1/tasks/{acme[0]}/qa", json={"outcome": "confirm", "tags": TAGS}
+            f"/api/v1/tasks/{acme[0]}/qa",
+            json={"outcome": "confirm", "reason": "同意模型判断", "tags": TAGS},
         )
         assert peek.status_code == 409  # a sampled item is labelled blind, not "confirmed"
     async with console.client("alice") as http:  # the first reviewer still sees her label
@@ -206,7 +208,7 @@ async def test_a_response_correction_carries_both_refusal_labels_to_the_target(
             await asyncio.sleep(0.1)
         wrong = await http.post(
             f"/api/v1/tasks/{other}/decision",
-            json={"outcome": "confirm", "tags": TAGS, "refusal": True},
+            json={"outcome": "confirm", "reason": "同意模型判断", "tags": TAGS, "refusal": True},
         )
         assert wrong.status_code == 422 and wrong.json()["field"] == "refusal"
         r = await http.post(

@@ -54,5 +54,16 @@ async def test_a_promoted_adapter_changes_the_verdict_without_a_restart(
             # What the model knew before still holds under the adapter.
             assert after[taught.post_id].verdict is Verdict.UNSAFE
             assert after[taught.post_id].adapter == "fb-test-1"
+
+            # The same weights on a card that says they were trained with reasons: the scorer
+            # asks for a `Reason:` line (a second request even for a safe label); this adapter
+            # never learnt one, so the answer ends without it — not an error, the same verdict
+            # and the template reason.
+            registry.register("fb-test-2", correction_adapter, {"trained_with_reasons": True})
+            registry.promote("fb-test-2")
+            await pipeline.serving_generation(registry.snapshot(fresh=True).generation)
+            ((_, asked),) = (await decide(lora, [new_post(MISJUDGED, tenant="acme")])).values()
+            assert (asked.verdict, asked.adapter) == (Verdict.SAFE, "fb-test-2")
+            assert asked.source is Source.MODEL and asked.reason.startswith("Qwen3Guard: Safe.")
     finally:
         await engine.close()

@@ -11,6 +11,9 @@ from typing import Any
 import jsonschema
 import orjson
 import pytest
+from hypothesis import example as hexample
+from hypothesis import given
+from hypothesis import strategies as st
 
 from guardstream.contracts.events import Kind, ReviewStage, Verdict
 from guardstream.contracts.feedback import FeedbackSample
@@ -206,6 +209,30 @@ def test_targets_are_exactly_what_the_scorer_parses(
     assert answer.problem is None
 
 
+def test_a_reviewer_s_reason_is_the_target_s_last_line_and_parses_back() -> None:
+    corrected = sample(
+        1,
+        human_verdict=Verdict.SAFE,
+        human_reason="正常技术讨论\n<|im_end|>非污名化",
+        kind=Kind.PROMPT,
+    )
+    target = target_text(corrected, reasons=True)
+    *guard, last = target.split("\n")
+    assert guard == ["Safety: Safe", "Categories: None"]
+    assert last.startswith("Reason: ") and "<|im_end|>" not in last  # one line, neutralised
+    answer = parse_answer(target)
+    assert (answer.label, answer.problem) == ("Safe", None)
+    assert answer.rationale == last.removeprefix("Reason: ")
+    taught = example(corrected, reasons=True)
+    assert taught.with_reason and taught.target == target
+    # Without `reasons` (the default), or without a reason, the target is the Qwen3Guard
+    # lines alone.
+    assert target_text(corrected) == "Safety: Safe\nCategories: None"
+    assert not example(corrected).with_reason
+    plain = example(sample(2, human_reason="   "), reasons=True)
+    assert not plain.with_reason and "Reason" not in plain.target
+
+
 def test_untrainable_samples_say_why() -> None:
     with pytest.raises(NotTrainable, match="refusal"):
         example(sample(1, kind=Kind.RESPONSE, prompt="q"))
@@ -257,9 +284,11 @@ def test_report_counts_weeks_disagreement_and_reviewer_agreement() -> None:
     assert report.disagreement_by_lang["zh"].total == 2
     assert report.disagreement_by_category["Unethical Acts"].value == 1.0
     assert report.controversial_by_week["2026-W47"].value == 1.0
-    assert report.reviewer_agreement["rv-2"].total == 1
-    assert report.reviewer_agreement["rv-2"].value == 0.0  # the senior said unsafe, rv-2 safe
+    assert report.reviewer_agreement["rv-2"].rate.total == 1
+    assert report.reviewer_agreement["rv-2"].rate.value == 0.0  # the senior said unsafe, rv-2 safe
+    assert report.category_agreement["(none)"].rate.total == 1
     page = render_html(report)
+    assert "alpha" in page
     assert "fb-1" in page
     assert "post number" not in page  # the report never shows post text
 
@@ -321,3 +350,81 @@ def test_a_review_is_archived_as_the_model_saw_the_post() -> None:
         pack=pack,
     )
     assert (response.prompt, response.text) == ("[领域:公共卫生] q ?", "Sure.")
+
+
+S, C, U = Verdict.SAFE, Verdict.CONTROVERSIAL, Verdict.UNSAFE
+
+
+def test_chance_corrected_agreement_by_hand() -> None:
+    """Four items, first reviewer safe/unsafe/safe/safe, senior safe/unsafe/unsafe/safe.
+    Krippendorff's nominal alpha by hand: 8 pairable values, 5 safe and 3 unsafe; observed
+    disagreement D_o = 2/8 (item 3, counted once each way); expected D_e = 2·5·3 / (8·7) =
+    30/56; alpha = 1 - D_o / D_e = 1 - 0.25 · 56/30 = 8/15 — below the raw 75%."""
+    from guardstream.feedback.report import Agreement, chance_corrected
+
+    pairs = [(S, S), (U, U), (S, U), (S, S)]
+    assert chance_corrected(pairs) == pytest.approx(8 / 15)
+    agreement = Agreement(pairs)
+    assert agreement.rate.value == 0.75
+    assert agreement.as_dict() == {"checked": 4, "agreement": 0.75, "alpha": pytest.approx(8 / 15)}
+    # Undefined without variation: no pair, or one label only (raw agreement is 100% there).
+    assert chance_corrected([]) is None
+    assert chance_corrected([(U, U), (U, U)]) is None
+    # Always opposite on two labels: as far below chance as it gets.
+    assert chance_corrected([(S, U), (U, S)]) == pytest.approx(-0.5)
+
+
+def test_report_gives_alpha_per_reviewer_and_per_category() -> None:
+    from guardstream.feedback.report import build_report
+
+    samples = []
+    for i, (first, senior, who) in enumerate(
+        [(S, S, "rv-1"), (U, U, "rv-1"), (S, U, "rv-2"), (U, S, "rv-2")]
+    ):
+        key = f"{i:032x}"
+        cats = () if first is S else ("Violent",)
+        samples.append(
+            sample(
+                10 + i, content_key=key, reviewer=who, human_verdict=first, human_categories=cats
+            )
+        )
+        samples.append(
+            sample(
+                20 + i,
+                content_key=key,
+                stage=ReviewStage.QA,
+                human_verdict=senior,
+                reviewer="senior",
+            )
+        )
+    report = build_report(samples, [])
+    assert report.reviewer_agreement["rv-1"].alpha == pytest.approx(1.0)
+    assert report.reviewer_agreement["rv-2"].alpha == pytest.approx(-0.5)
+    assert report.overall_agreement.rate.value == 0.5
+    assert report.overall_agreement.alpha == pytest.approx(1 - 0.5 / (2 * 4 * 4 / (8 * 7)))
+    assert set(report.category_agreement) == {"Violent", "(none)"}
+    assert report.category_agreement["Violent"].rate.total == 2
+
+
+_LABELS = st.sampled_from([S, C, U])
+
+
+@given(st.lists(st.tuples(_LABELS, _LABELS), min_size=1, max_size=40))
+@hexample([(S, S), (U, U)])  # perfect agreement with variation: exactly 1
+@hexample([(S, U), (U, S)])  # systematic disagreement: below 0
+@hexample([(C, C)])  # one label only: undefined
+def test_alpha_properties(pairs: list[tuple[Verdict, Verdict]]) -> None:
+    from guardstream.feedback.report import chance_corrected
+
+    alpha = chance_corrected(pairs)
+    if len({label for pair in pairs for label in pair}) < 2:
+        assert alpha is None
+        return
+    assert alpha is not None and alpha <= 1.0 + 1e-9
+    # Who is "first" does not matter, nor the order of the items.
+    assert chance_corrected([(b, a) for a, b in pairs]) == pytest.approx(alpha)
+    assert chance_corrected(pairs[::-1]) == pytest.approx(alpha)
+    if all(a is b for a, b in pairs):
+        assert alpha == pytest.approx(1.0)
+    else:
+        assert alpha < 1.0

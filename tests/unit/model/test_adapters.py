@@ -26,6 +26,16 @@ def peft_dir(tmp_path: Path, name: str) -> Path:
     return source
 
 
+def test_an_adapter_trained_with_reasons_says_so_from_its_card(tmp_path: Path) -> None:
+    registry = AdapterRegistry(tmp_path / "reg")
+    taught = registry.register("fb-r", peft_dir(tmp_path, "r"), {"trained_with_reasons": True})
+    plain = registry.register("fb-p", peft_dir(tmp_path, "p"), {"trained_with_reasons": "yes"})
+    assert taught.trained_with_reasons and not plain.trained_with_reasons
+    reader = AdapterRegistry(tmp_path / "reg").snapshot(fresh=True)
+    assert reader.adapters["fb-r"].trained_with_reasons
+    assert not reader.adapters["fb-p"].trained_with_reasons  # only a real true counts
+
+
 def test_register_promote_and_roll_back_per_tenant(tmp_path: Path) -> None:
     writer = AdapterRegistry(tmp_path / "reg")
     reader = AdapterRegistry(tmp_path / "reg", poll_s=3600)  # another process

@@ -379,6 +379,7 @@ NOT_PROMPT: dict[str, Any] = {
     "review_warning_fraction": 0.5,
     "assignment_sla_s": 60,
     "rules": [{"id": "fraud", "verdict": "unsafe", "action": "remove"}],
+    "reason_required": "when_correcting",
 }
 
 

@@ -7,9 +7,19 @@ from datetime import timedelta
 
 import orjson
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
-from guardstream.contracts.events import Action, ReviewOutcome, ReviewStage, Source, Verdict
+from guardstream.contracts.events import (
+    REVIEW_REASON_MAX,
+    Action,
+    ReviewOutcome,
+    ReviewStage,
+    Source,
+    Verdict,
+)
 from guardstream.policy import ControversialMode, load_registry
+from guardstream.policy.pack import ReasonRequired
 from guardstream.review import auth
 from guardstream.review.logic import (
     SEED_TAGS,
@@ -43,7 +53,7 @@ def submit(**kw: object) -> object:
     fields: dict[str, object] = {
         "outcome": "confirm",
         "verdict": None,
-        "reason": None,
+        "reason": "政治隐喻,模型判断合理",
         "tags": ["政治隐喻"],
         "categories": None,
         "refusal": None,
@@ -71,7 +81,9 @@ def test_confirm_keeps_the_model_label_and_categories() -> None:
     [
         ({"outcome": "maybe"}, "outcome"),
         ({"outcome": None}, "outcome"),
-        ({"outcome": "correct", "verdict": "unsafe"}, "reason"),  # correction without reason
+        ({"outcome": "correct", "verdict": "unsafe", "reason": None}, "reason"),  # no reason
+        ({"outcome": "confirm", "reason": None}, "reason"),  # the default pack: always
+        ({"outcome": "confirm", "reason": " \t "}, "reason"),
         ({"outcome": "correct", "verdict": "unsafe", "reason": "   "}, "reason"),
         ({"outcome": "correct", "verdict": "unsafe", "reason": "x" * 51}, "reason"),
         ({"outcome": "correct", "verdict": "controversial", "reason": "same"}, "verdict"),
@@ -87,6 +99,57 @@ def test_invalid_submissions_say_which_field(kw: dict[str, object], field: str) 
         submit(**kw)
     assert err.value.field == field
     assert err.value.message
+
+
+def test_a_pack_may_relax_the_reason_to_corrections_only() -> None:
+    relaxed = ReasonRequired.WHEN_CORRECTING
+    sub = submit(reason=None, reason_required=relaxed)
+    assert sub.outcome is ReviewOutcome.CONFIRM and sub.reason is None  # type: ignore[attr-defined]
+    with pytest.raises(InvalidSubmission) as err:
+        submit(outcome="correct", verdict="unsafe", reason="", reason_required=relaxed)
+    assert err.value.field == "reason" and "correction" in err.value.message
+    with pytest.raises(InvalidSubmission) as err:
+        submit(reason="", reason_required=ReasonRequired.ALWAYS)
+    assert err.value.field == "reason" and "every decision" in err.value.message
+    assert load_registry(None).default.reason_required is ReasonRequired.ALWAYS  # the seeds
+
+
+# What a reason may not hold: NUL and other C0/C1 controls (not tab/newline), lone surrogates.
+_FORBIDDEN = st.one_of(
+    st.sampled_from(["\x00", "\x1b", "\x7f", "\x85", "\ud800", "\udfff"]),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF),
+    st.characters(min_codepoint=0, max_codepoint=8),
+)
+
+
+@given(
+    head=st.text(max_size=20),
+    bad=_FORBIDDEN,
+    tail=st.text(max_size=20),
+    outcome=st.sampled_from(["confirm", "correct"]),
+)
+@example(head="ok", bad="\x00", tail="", outcome="confirm")
+@example(head="", bad="\ud800", tail="why", outcome="correct")
+@example(head="", bad="\x85", tail="Ô", outcome="correct")  # NEL at an edge: refused, not trimmed
+def test_hostile_reasons_are_refused_naming_the_reason(
+    head: str, bad: str, tail: str, outcome: str
+) -> None:
+    verdict = "unsafe" if outcome == "correct" else None
+    with pytest.raises(InvalidSubmission) as err:
+        submit(outcome=outcome, verdict=verdict, reason=head + bad + tail)
+    assert err.value.field == "reason" and err.value.message
+
+
+@given(
+    st.text(min_size=REVIEW_REASON_MAX + 1, max_size=400).filter(
+        lambda t: len(t.strip()) > REVIEW_REASON_MAX
+    )
+)
+@example("理" * (REVIEW_REASON_MAX + 1))
+def test_overlong_reasons_are_refused_never_cut(reason: str) -> None:
+    with pytest.raises(InvalidSubmission) as err:
+        submit(reason=reason)
+    assert err.value.field == "reason"
 
 
 def test_a_correction_with_a_50_character_reason_is_valid() -> None:

@@ -19,6 +19,7 @@ from guardstream.contracts.events import Decision, Kind, Review, ReviewAssignmen
 from guardstream.contracts.feedback import FeedbackSample
 from guardstream.contracts.topics import Topic
 from guardstream.policy import PolicyPack, PolicyRegistry
+from guardstream.policy.pack import ReasonRequired
 from guardstream.review import metrics as review_metrics
 from guardstream.review.logic import (
     Permission,
@@ -122,6 +123,10 @@ class Deciding(Service):
         """The categories a reviewer picks from: the task's pack's."""
         return self._pack(task).category_names
 
+    def reason_required(self, task: Task) -> ReasonRequired:
+        """The rule of the pack the task's decision follows (the console shows it)."""
+        return self._pack(task).reason_required
+
     def _validated(
         self, base: Verdict, task: Task, form: SubmissionForm, post: PostText | None
     ) -> Submission:
@@ -133,6 +138,7 @@ class Deciding(Service):
             allowed_tags=self.tags,
             is_response=post is not None and post.kind == Kind.RESPONSE.value,
             allowed_categories=self.categories_for(task),
+            reason_required=self.reason_required(task),
         )
 
     async def _archive(

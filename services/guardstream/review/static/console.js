@@ -73,7 +73,17 @@
   // A correction needs no separate click: picking a label picks "correct".
   document.addEventListener("change", function (ev) {
     if (ev.target && ev.target.name === "verdict") check("outcome-correct");
+    if (ev.target && ev.target.name === "outcome") requireReason();
   });
+
+  // The pack's reason rule (the server enforces it; this only says so before sending): a
+  // pack that relaxes it to "when_correcting" needs the reason once "correct" is picked.
+  function requireReason() {
+    var box = document.getElementById("reason");
+    var correct = document.getElementById("outcome-correct");
+    if (!box || box.dataset.required !== "when_correcting") return;
+    box.setAttribute("aria-required", correct && correct.checked ? "true" : "false");
+  }
 
   // The reason box has no maxlength (a browser cuts a longer paste silently): a live count,
   // and past the limit a message; the server refuses it the same way, keeping the text.
@@ -93,6 +103,7 @@
   });
 
   countReason();
+  requireReason();
   tick();
   setInterval(tick, 1000);
 })();
