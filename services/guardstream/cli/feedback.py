@@ -23,7 +23,13 @@ from guardstream.contracts.feedback import FeedbackSample
 from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
 from guardstream.feedback.dataset import NotTrainable, example
 from guardstream.feedback.evaluate import LabelScorer
-from guardstream.feedback.job import FeedbackConfig, ShadowReport, evaluate_shadow, run_cycle
+from guardstream.feedback.job import (
+    FeedbackConfig,
+    ShadowReport,
+    approve,
+    evaluate_shadow,
+    run_cycle,
+)
 from guardstream.feedback.report import (
     ADAPTER_COLUMNS,
     adapter_row,
@@ -34,7 +40,7 @@ from guardstream.feedback.report import (
 from guardstream.feedback.shadow import ShadowConfig
 from guardstream.feedback.shadow_log import read_shadow_log
 from guardstream.feedback.train import LoraParams
-from guardstream.model.adapters import AdapterRegistry
+from guardstream.model.adapters import AdapterError, AdapterRegistry
 from guardstream.model.guard import resolve_model
 from guardstream.review.qa_period import parse_period, previous_period
 from guardstream.runtime import logs
@@ -67,6 +73,7 @@ def config_from(settings: Settings) -> FeedbackConfig:
             margin=settings.feedback.promotion_margin,
             fpr_tolerance=settings.feedback.shadow_fpr_tolerance,
             window=timedelta(days=settings.feedback.shadow_window_days),
+            require_approval=not settings.feedback.auto_promote,
         ),
     )
 
@@ -119,6 +126,39 @@ def shadow_report(
         err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
         raise typer.Exit(1) from None
     sys.stdout.write(orjson.dumps(_shadow_json(report)).decode() + "\n")
+
+
+@app.command("approve")
+def approve_cmd(
+    run: Annotated[str, typer.Argument(help="The training run's adapter id (fb-…).")],
+    by: Annotated[str, typer.Option("--by", help="Who approves: your reviewer or staff id.")],
+) -> None:
+    """Record your approval of a trained adapter in the registry (its card and the history).
+    Unless GUARDSTREAM_FEEDBACK_AUTO_PROMOTE is set, a candidate is promoted only with one: if
+    it already passed the shadow gate it is promoted now, else when it passes. One JSON line."""
+
+    settings = load_settings()
+    if settings.model.adapter_dir is None:
+        err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
+        raise typer.Exit(2)
+    registry = AdapterRegistry(settings.model.adapter_dir)
+    try:
+        done = approve(settings.feedback.dir, registry, run, by)
+    except AdapterError as exc:
+        err.print(f"[red]cannot approve:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    sys.stdout.write(
+        orjson.dumps(
+            {
+                "adapter": done.adapter_id,
+                "by": done.by,
+                "at": done.at,
+                "promoted": done.promoted,
+                "detail": done.detail,
+            }
+        ).decode()
+        + "\n"
+    )
 
 
 @app.command("report")

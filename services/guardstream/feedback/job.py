@@ -234,9 +234,19 @@ def _merge_card(run_dir: Path, fields: dict[str, Any]) -> None:
     )
 
 
+AWAITING_APPROVAL = "awaiting_approval"
+
+
+def needs_approval(card: dict[str, Any], config: ShadowConfig) -> bool:
+    """Whether promoting the adapter with `card` still waits for a person's approval."""
+    return config.require_approval and not isinstance(card.get("approval"), dict)
+
+
 @dataclass(slots=True)
 class ShadowReport:
-    status: str  # "none" (no candidate) | "keep" | "promote" | "retire"
+    # "none" (no candidate) | "keep" | "promote" | "retire" | "awaiting_approval" (passed the
+    # shadow gate; promotion waits for `guardstream feedback approve`)
+    status: str
     detail: str
     candidate: str | None = None
     metrics: ShadowMetrics | None = None
@@ -263,14 +273,60 @@ def evaluate_shadow(
     metrics = shadow_metrics(
         records, archive.read(until=now), candidate, serving.adapter_id if serving else None
     )
-    outcome, why = shadow_decision(metrics, config or ShadowConfig(), since, now)
+    config = config or ShadowConfig()
+    outcome, why = shadow_decision(metrics, config, since, now)
+    if outcome is ShadowOutcome.PROMOTE and needs_approval(card, config) and not apply:
+        return ShadowReport(AWAITING_APPROVAL, f"{why}; awaiting approval", candidate, metrics)
     if apply:
         evidence = {"shadow": {**metrics.as_dict(), "evaluated_at": now.isoformat()}}
         registry.update_card(candidate, {**evidence, "shadow_decision": why})
+        if outcome is ShadowOutcome.PROMOTE and needs_approval(card, config):
+            registry.update_card(candidate, {"awaiting_approval": True})
+            why += f"; awaiting approval (guardstream feedback approve {candidate} --by ID)"
+            _merge_card(archive.root / "runs" / candidate, registry.card(candidate))
+            return ShadowReport(AWAITING_APPROVAL, why, candidate, metrics)
         if outcome is ShadowOutcome.PROMOTE:
             registry.promote(candidate, tenant)
-            registry.update_card(candidate, {"promoted": True, "decision": why})
+            registry.update_card(
+                candidate, {"promoted": True, "awaiting_approval": False, "decision": why}
+            )
         elif outcome is ShadowOutcome.RETIRE:
             registry.end_shadow(candidate, "retired", why)
         _merge_card(archive.root / "runs" / candidate, registry.card(candidate))
     return ShadowReport(outcome.value, why, candidate, metrics)
+
+
+@dataclass(slots=True)
+class ApprovalReport:
+    adapter_id: str
+    by: str
+    at: str
+    promoted: bool  # now: it had passed the shadow gate and only waited for this approval
+    detail: str
+
+
+def approve(
+    archive_root: Path, registry: AdapterRegistry, adapter_id: str, by: str
+) -> ApprovalReport:
+    """Record `by`'s approval of `adapter_id` in the registry (card and history). A shadow
+    candidate that already passed the shadow gate and waits only for this is promoted now;
+    any other is promoted by the next shadow evaluation it passes (`evaluate_shadow`)."""
+    record = registry.approve(adapter_id, by)
+    snapshot = registry.snapshot(fresh=True)
+    card = registry.card(adapter_id)
+    scopes = [scope for scope, chosen in snapshot.shadow.items() if chosen == adapter_id]
+    promoted = bool(scopes) and card.get("awaiting_approval") is True
+    if promoted:
+        for scope in scopes:
+            registry.promote(adapter_id, scope)
+        why = f"approved by {by}; {card.get('shadow_decision', 'passed the shadow gate')}"
+        registry.update_card(
+            adapter_id, {"promoted": True, "awaiting_approval": False, "decision": why}
+        )
+        detail = f"approved by {by} and promoted for {', '.join(scopes)}"
+    elif scopes:
+        detail = f"approved by {by}; promoted once it passes the shadow evaluation"
+    else:
+        detail = f"approved by {by}; it is not in shadow, so nothing is promoted now"
+    _merge_card(archive_root / "runs" / adapter_id, registry.card(adapter_id))
+    return ApprovalReport(adapter_id, record["by"], record["at"], promoted, detail)

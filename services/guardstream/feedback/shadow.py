@@ -28,6 +28,9 @@ class ShadowConfig:
     margin: float = 0.02  # accuracy gain over the serving adapter, against human labels
     fpr_tolerance: float = 0.02  # false-positive rate may rise at most this much
     window: timedelta = timedelta(days=14)  # retired when the evidence is short by then
+    # A candidate that passed waits in shadow for a recorded human approval
+    # (`guardstream feedback approve`) unless the deployment opts into automatic promotion.
+    require_approval: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -749,6 +749,10 @@ class FeedbackSettings(Section):
         float, Field(gt=0), _env("GUARDSTREAM_FEEDBACK_SHADOW_WINDOW_DAYS")
     ] = 14.0
     """A candidate without enough shadow evidence after this many days is retired."""
+    auto_promote: Annotated[bool, _env("GUARDSTREAM_FEEDBACK_AUTO_PROMOTE")] = False
+    """False: a candidate that passed the shadow gate waits in shadow for a recorded human
+    approval (`guardstream feedback approve RUN --by ID`) before it serves. True: the shadow
+    gate promotes on its own (the deployment opts out of the human check)."""
     train_steps: Annotated[int | None, Field(ge=1), _env("GUARDSTREAM_FEEDBACK_TRAIN_STEPS")] = None
     """LoRA optimiser steps; unset: 3 epochs over the training set."""
     learning_rate: Annotated[float, Field(gt=0), _env("GUARDSTREAM_FEEDBACK_LEARNING_RATE")] = 2e-4

@@ -171,7 +171,8 @@ def shadowed_registry(tmp_path: Path) -> tuple[Archive, AdapterRegistry]:
 def test_a_winning_candidate_is_promoted_with_its_evidence_on_its_card(tmp_path: Path) -> None:
     archive, registry = shadowed_registry(tmp_path)
     records = [record(1, C, S), record(2, C, S), record(3, U, U)]
-    config = ShadowConfig(min_samples=3, min_labelled=2)
+    # The deployment opted into automatic promotion (approval: tests/unit/feedback/test_approval)
+    config = ShadowConfig(min_samples=3, min_labelled=2, require_approval=False)
     now = datetime.now(UTC)
 
     early = evaluate_shadow(archive, registry, records, now, config)
