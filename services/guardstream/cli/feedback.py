@@ -59,6 +59,9 @@ def config_from(settings: Settings) -> FeedbackConfig:
     return FeedbackConfig(
         min_samples=settings.feedback.min_samples,
         promotion_margin=settings.feedback.promotion_margin,
+        shared_pool=frozenset(
+            t.strip() for t in settings.feedback.shared_pool.split(",") if t.strip()
+        ),
         curation=CurationConfig(
             confidence_below=settings.feedback.confidence_below,
             expert_terms=terms or DEFAULT_EXPERT_TERMS,

@@ -50,6 +50,9 @@ class FeedbackConfig:
     curation: CurationConfig = field(default_factory=CurationConfig)
     lora: LoraParams = field(default_factory=LoraParams)
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
+    # Tenants that opted into the shared pool: each trains on every pool member's archive.
+    # Any other tenant's adapter trains on its own archive only.
+    shared_pool: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -70,6 +73,14 @@ def _examples(items: list[Curated], problems: list[str]) -> list[Example]:
         except NotTrainable as exc:
             problems.append(f"{item.sample.sample_id}: {exc}")
     return out
+
+
+def training_tenants(tenant: str, shared_pool: frozenset[str]) -> frozenset[str] | None:
+    """Whose reviews `tenant`'s adapter may learn from (None: every tenant's, for the
+    adapter serving every tenant): its own, plus the pool's when it opted into the pool."""
+    if tenant == EVERY_TENANT:
+        return None
+    return frozenset({tenant, *shared_pool}) if tenant in shared_pool else frozenset({tenant})
 
 
 def _state_path(root: Path) -> Path:
@@ -110,7 +121,8 @@ def run_cycle(
             shadowing,
         )
     since = last_run_until(archive.root)
-    everything = archive.read(until=now)
+    allowed = training_tenants(tenant, config.shared_pool)
+    everything = [s for s in archive.read(until=now) if allowed is None or s.tenant in allowed]
     recent = [s for s in everything if since is None or s.reviewed_at >= since]
     new_curated = curate(recent, config.curation).curated
     if new_curated < config.min_samples and not force:
@@ -145,6 +157,8 @@ def run_cycle(
         "adapter_id": adapter_id,
         "data_window": {"since": None, "until": now.isoformat()},
         "previous_run_until": since.isoformat() if since else None,
+        "tenant": tenant,
+        "trained_on_tenants": sorted(allowed) if allowed is not None else [EVERY_TENANT],
         "counts": counts,
         "not_trainable": problems[:50],
     }

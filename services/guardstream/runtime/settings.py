@@ -749,6 +749,10 @@ class FeedbackSettings(Section):
         float, Field(gt=0), _env("GUARDSTREAM_FEEDBACK_SHADOW_WINDOW_DAYS")
     ] = 14.0
     """A candidate without enough shadow evidence after this many days is retired."""
+    shared_pool: Annotated[str, _env("GUARDSTREAM_FEEDBACK_SHARED_POOL")] = ""
+    """Comma-separated tenants that opted into a shared training pool: a pool member's adapter
+    (`feedback run --tenant T`) trains on every member's archive. Any other tenant's adapter
+    trains on its own archive only; the every-tenant adapter (`--tenant '*'`) on all of it."""
     auto_promote: Annotated[bool, _env("GUARDSTREAM_FEEDBACK_AUTO_PROMOTE")] = False
     """False: a candidate that passed the shadow gate waits in shadow for a recorded human
     approval (`guardstream feedback approve RUN --by ID`) before it serves. True: the shadow
