@@ -66,6 +66,8 @@ def config_from(settings: Settings) -> FeedbackConfig:
             confidence_below=settings.feedback.confidence_below,
             expert_terms=terms or DEFAULT_EXPERT_TERMS,
             anchor_ratio=settings.feedback.anchor_ratio,
+            min_judges=settings.feedback.min_judges,
+            reviewer_cap=settings.feedback.reviewer_cap,
         ),
         lora=LoraParams(
             learning_rate=settings.feedback.learning_rate, max_steps=settings.feedback.train_steps
@@ -77,6 +79,7 @@ def config_from(settings: Settings) -> FeedbackConfig:
             fpr_tolerance=settings.feedback.shadow_fpr_tolerance,
             window=timedelta(days=settings.feedback.shadow_window_days),
             require_approval=not settings.feedback.auto_promote,
+            min_judges=settings.feedback.min_judges,
         ),
     )
 

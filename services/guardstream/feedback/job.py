@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -124,7 +124,8 @@ def run_cycle(
     allowed = training_tenants(tenant, config.shared_pool)
     everything = [s for s in archive.read(until=now) if allowed is None or s.tenant in allowed]
     recent = [s for s in everything if since is None or s.reviewed_at >= since]
-    new_curated = curate(recent, config.curation).curated
+    # The trigger counts new corrections; the reviewer cap bounds what a set holds, not this.
+    new_curated = curate(recent, replace(config.curation, reviewer_cap=1.0)).curated
     if new_curated < config.min_samples and not force:
         return CycleReport(
             "skipped",
@@ -146,6 +147,7 @@ def run_cycle(
         "anchor_held_out": len(curation.anchor_held_out),
         "held_for_senior": len(curation.held_for_senior),
         "superseded": curation.superseded,
+        "capped": curation.capped,
         "not_trainable": len(problems),
     }
     if not train:
@@ -161,6 +163,10 @@ def run_cycle(
         "trained_on_tenants": sorted(allowed) if allowed is not None else [EVERY_TENANT],
         "counts": counts,
         "not_trainable": problems[:50],
+        # Samples per reviewer in each set (ids as the archive stores them), each within
+        # `reviewer_cap`, so an auditor sees whose labels the adapter learnt and was judged on.
+        "reviewer_contributions": curation.contributions,
+        "reviewer_cap": config.curation.reviewer_cap,
     }
     train_lora(base_model, train, out_dir, config.lora, card, progress)
     # Labels the prescreen doubts, for a senior: not trained on, not lost.
@@ -284,10 +290,14 @@ def evaluate_shadow(
     serving = snapshot.serving_for(tenant)
     card = registry.card(candidate)
     since = datetime.fromisoformat(card.get("shadow_since") or now.isoformat())
-    metrics = shadow_metrics(
-        records, archive.read(until=now), candidate, serving.adapter_id if serving else None
-    )
     config = config or ShadowConfig()
+    metrics = shadow_metrics(
+        records,
+        archive.read(until=now),
+        candidate,
+        serving.adapter_id if serving else None,
+        config.min_judges,
+    )
     outcome, why = shadow_decision(metrics, config, since, now)
     if outcome is ShadowOutcome.PROMOTE and needs_approval(card, config) and not apply:
         return ShadowReport(AWAITING_APPROVAL, f"{why}; awaiting approval", candidate, metrics)

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from guardstream.cli.feedback import app
 from guardstream.contracts.events import Verdict
+from guardstream.contracts.feedback import FeedbackSample
 from guardstream.feedback.job import evaluate_shadow
 from guardstream.feedback.report import read_cards
 from guardstream.feedback.shadow import ShadowConfig
@@ -25,6 +26,11 @@ pytestmark = pytest.mark.unit
 
 S, C, U = Verdict.SAFE, Verdict.CONTROVERSIAL, Verdict.UNSAFE
 GATE = ShadowConfig(min_samples=3, min_labelled=2)
+
+
+def agreed(n: int, verdict: Verdict) -> list[FeedbackSample]:
+    """Two reviewers' same label of post n: truth fit to judge by."""
+    return [label(n, verdict), label(n, verdict, minutes=1, reviewer="rv-2")]
 
 
 def approve_cli(tmp_path: Path, *args: str) -> tuple[int, str]:
@@ -38,7 +44,7 @@ def approve_cli(tmp_path: Path, *args: str) -> tuple[int, str]:
 
 def test_a_passing_candidate_waits_for_a_recorded_approval_then_serves(tmp_path: Path) -> None:
     archive, registry = shadowed_registry(tmp_path)
-    archive.append([label(1, S), label(2, S, reviewer="rv-2")])
+    archive.append([*agreed(1, S), *agreed(2, S)])
     records = [record(1, C, S), record(2, C, S), record(3, U, U)]
     now = datetime.now(UTC)
 
@@ -72,7 +78,7 @@ def test_an_approval_before_the_gate_lets_the_gate_promote(tmp_path: Path) -> No
     assert code == 0, output
     assert json.loads(output)["promoted"] is False  # no shadow evidence yet
     assert registry.snapshot(fresh=True).serving_for("acme") is None
-    archive.append([label(1, S), label(2, S, reviewer="rv-2")])
+    archive.append([*agreed(1, S), *agreed(2, S)])
     records = [record(1, C, S), record(2, C, S), record(3, U, U)]
     report = evaluate_shadow(archive, registry, records, datetime.now(UTC), GATE)
     assert report.status == "promote", report
@@ -83,7 +89,7 @@ def test_an_approval_before_the_gate_lets_the_gate_promote(tmp_path: Path) -> No
 
 def test_automatic_promotion_is_a_deployment_opt_in(tmp_path: Path) -> None:
     archive, registry = shadowed_registry(tmp_path)
-    archive.append([label(1, S), label(2, S, reviewer="rv-2")])
+    archive.append([*agreed(1, S), *agreed(2, S)])
     records = [record(1, C, S), record(2, C, S), record(3, U, U)]
     auto = ShadowConfig(min_samples=3, min_labelled=2, require_approval=False)
     report = evaluate_shadow(archive, registry, records, datetime.now(UTC), auto)
