@@ -245,8 +245,9 @@ def run(
     tenant: Annotated[str, typer.Option(help="Whose adapter: a tenant, or * for all.")] = "*",
 ) -> None:
     """The weekly cycle. First the shadow evaluation: the tenant's candidate in shadow is
-    promoted if it beat the serving adapter on live traffic against human labels, retired if
-    it lost or ran out of time, else kept. Then, with no candidate in shadow: curate the
+    promoted if it beat the serving adapter on live traffic against human labels and a person
+    approved it (`feedback approve`; else it waits, awaiting_approval), retired if it lost or
+    ran out of time, else kept. Then, with no candidate in shadow: curate the
     archive, train a LoRA adapter when enough new curated samples arrived, evaluate it against
     the serving one on held-out samples, and put it in shadow if it is better. Prints one JSON
     line (status skipped / shadowing / rejected, and the shadow evaluation's outcome)."""

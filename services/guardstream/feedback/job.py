@@ -10,7 +10,10 @@ held-out curated samples without losing more than `regression_tolerance` on the 
 anchors becomes the tenant's shadow candidate: the scorers score live traffic with it beside
 the serving adapter, actioning nothing. `evaluate_shadow` (every run of the job, before
 training) joins those shadow verdicts with later human labels and promotes the candidate only
-when it wins there too (`feedback/shadow.py`); otherwise it keeps shadowing or is retired.
+when it wins there too (`feedback/shadow.py`) and a person approved it (`approve`, recorded
+in the registry; `ShadowConfig.require_approval` off is the deployment's opt-in to automatic
+promotion); otherwise it keeps shadowing or is retired. A tenant's run learns only from that
+tenant's archive unless it joined the shared pool (`training_tenants`).
 Rejected candidates are registered too, with their metrics, so the history shows every
 attempt.
 """
@@ -303,7 +306,10 @@ def evaluate_shadow(
         return ShadowReport(AWAITING_APPROVAL, f"{why}; awaiting approval", candidate, metrics)
     if apply:
         evidence = {"shadow": {**metrics.as_dict(), "evaluated_at": now.isoformat()}}
-        registry.update_card(candidate, {**evidence, "shadow_decision": why})
+        # Awaiting approval only while the latest evaluation passed (set again just below).
+        registry.update_card(
+            candidate, {**evidence, "shadow_decision": why, "awaiting_approval": False}
+        )
         if outcome is ShadowOutcome.PROMOTE and needs_approval(card, config):
             registry.update_card(candidate, {"awaiting_approval": True})
             why += f"; awaiting approval (guardstream feedback approve {candidate} --by ID)"

@@ -7,7 +7,8 @@ in, so the registry owns them), and `registry.json` says what exists and what se
 {tenant or "*": id}, "shadow": {tenant or "*": id}, "history": [...]}`.
 An adapter is registered (not used), a shadow candidate of its tenant (scored beside the
 serving adapter on live traffic, its verdicts recorded and never actioned), serving, or retired
-(out of shadow without promotion); its card holds the evidence of every step.
+(out of shadow without promotion); its card holds the evidence of every step, including who
+approved it for serving (`approve`: its card's `approval` and a history entry).
 Writers (the feedback job, an operator) change it under a file lock and replace it atomically;
 readers re-read it when its modification time changes, so a promotion reaches running
 processes within one poll without a restart. Every write adds one to `generation`; a reader's

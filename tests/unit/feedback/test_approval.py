@@ -130,3 +130,19 @@ def test_hostile_approvals_are_refused_with_a_message_and_change_nothing(
     else:
         assert (run, record_["by"]) == ("cand", by)
         assert registry.history()[-1]["approved"] == "cand"
+
+
+def test_an_approval_promotes_only_on_the_latest_evaluations_pass(tmp_path: Path) -> None:
+    archive, registry = shadowed_registry(tmp_path)
+    archive.append([*agreed(1, S), *agreed(2, S)])
+    records = [record(1, C, S), record(2, C, S), record(3, U, U)]
+    passed = evaluate_shadow(archive, registry, records, datetime.now(UTC), GATE)
+    assert passed.status == "awaiting_approval"
+    # The next evaluation sees less evidence (records after a rollback are stale): it keeps
+    # shadowing, and an approval given now waits for the next pass.
+    later = evaluate_shadow(archive, registry, records[:1], datetime.now(UTC), GATE)
+    assert later.status == "keep"
+    code, output = approve_cli(tmp_path, "cand", "--by", "lead")
+    assert code == 0, output
+    assert json.loads(output)["promoted"] is False
+    assert registry.snapshot(fresh=True).serving_for("acme") is None
