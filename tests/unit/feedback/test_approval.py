@@ -98,11 +98,14 @@ def test_automatic_promotion_is_a_deployment_opt_in(tmp_path: Path) -> None:
     assert not [h for h in registry.history() if "approved" in h]
 
 
-def test_approving_an_unknown_run_says_so(tmp_path: Path) -> None:
+def test_approving_an_unknown_run_or_with_a_bad_id_says_so(tmp_path: Path) -> None:
     shadowed_registry(tmp_path)
     code, output = approve_cli(tmp_path, "fb-nope", "--by", "lead")
     assert code == 1
     assert "no adapter 'fb-nope'" in output
+    code, output = approve_cli(tmp_path, "cand", "--by", "a\x00b")
+    assert code == 1
+    assert "approver id" in output
 
 
 @settings(
