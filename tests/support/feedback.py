@@ -62,7 +62,9 @@ def taught_samples(model: str = "tiny") -> list[FeedbackSample]:
 
 def train_correction(base: Path, out_dir: Path) -> tuple[TrainResult, Example, list[Example]]:
     """Train on the correction plus every confirmation as anchors: (result, fix, anchors)."""
-    curation = curate(taught_samples(), CurationConfig(anchor_ratio=100, held_out_fraction=0))
+    curation = curate(
+        taught_samples(), CurationConfig(anchor_ratio=100, held_out_fraction=0, reviewer_cap=1.0)
+    )
     (fix_item,) = curation.train
     fix = example(fix_item.sample, fix_item.weight)
     anchors = [example(c.sample) for c in curation.anchor_train]

@@ -26,7 +26,13 @@ from guardstream.feedback.clusters import render_html as render_cluster_page
 from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
 from guardstream.feedback.dataset import NotTrainable, example
 from guardstream.feedback.evaluate import LabelScorer
-from guardstream.feedback.job import FeedbackConfig, ShadowReport, evaluate_shadow, run_cycle
+from guardstream.feedback.job import (
+    FeedbackConfig,
+    ShadowReport,
+    approve,
+    evaluate_shadow,
+    run_cycle,
+)
 from guardstream.feedback.report import (
     ADAPTER_COLUMNS,
     adapter_row,
@@ -37,7 +43,7 @@ from guardstream.feedback.report import (
 from guardstream.feedback.shadow import ShadowConfig
 from guardstream.feedback.shadow_log import read_shadow_log
 from guardstream.feedback.train import LoraParams
-from guardstream.model.adapters import AdapterRegistry
+from guardstream.model.adapters import AdapterError, AdapterRegistry
 from guardstream.model.guard import resolve_model
 from guardstream.review.logic import text_preview
 from guardstream.review.qa_period import parse_period, previous_period
@@ -59,10 +65,15 @@ def config_from(settings: Settings) -> FeedbackConfig:
     return FeedbackConfig(
         min_samples=settings.feedback.min_samples,
         promotion_margin=settings.feedback.promotion_margin,
+        shared_pool=frozenset(
+            t.strip() for t in settings.feedback.shared_pool.split(",") if t.strip()
+        ),
         curation=CurationConfig(
             confidence_below=settings.feedback.confidence_below,
             expert_terms=terms or DEFAULT_EXPERT_TERMS,
             anchor_ratio=settings.feedback.anchor_ratio,
+            min_judges=settings.feedback.min_judges,
+            reviewer_cap=settings.feedback.reviewer_cap,
         ),
         lora=LoraParams(
             learning_rate=settings.feedback.learning_rate, max_steps=settings.feedback.train_steps
@@ -74,6 +85,8 @@ def config_from(settings: Settings) -> FeedbackConfig:
             margin=settings.feedback.promotion_margin,
             fpr_tolerance=settings.feedback.shadow_fpr_tolerance,
             window=timedelta(days=settings.feedback.shadow_window_days),
+            require_approval=not settings.feedback.auto_promote,
+            min_judges=settings.feedback.min_judges,
         ),
     )
 
@@ -126,6 +139,39 @@ def shadow_report(
         err.print(f"[red]the archive has a corrupt record:[/red] {exc}")
         raise typer.Exit(1) from None
     sys.stdout.write(orjson.dumps(_shadow_json(report)).decode() + "\n")
+
+
+@app.command("approve")
+def approve_cmd(
+    run: Annotated[str, typer.Argument(help="The training run's adapter id (fb-…).")],
+    by: Annotated[str, typer.Option("--by", help="Who approves: your reviewer or staff id.")],
+) -> None:
+    """Record your approval of a trained adapter in the registry (its card and the history).
+    Unless GUARDSTREAM_FEEDBACK_AUTO_PROMOTE is set, a candidate is promoted only with one: if
+    it already passed the shadow gate it is promoted now, else when it passes. One JSON line."""
+
+    settings = load_settings()
+    if settings.model.adapter_dir is None:
+        err.print("set GUARDSTREAM_ADAPTER_DIR: the adapter registry the scorers read")
+        raise typer.Exit(2)
+    registry = AdapterRegistry(settings.model.adapter_dir)
+    try:
+        done = approve(settings.feedback.dir, registry, run, by)
+    except AdapterError as exc:
+        err.print(f"[red]cannot approve:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    sys.stdout.write(
+        orjson.dumps(
+            {
+                "adapter": done.adapter_id,
+                "by": done.by,
+                "at": done.at,
+                "promoted": done.promoted,
+                "detail": done.detail,
+            }
+        ).decode()
+        + "\n"
+    )
 
 
 @app.command("report")
@@ -221,8 +267,9 @@ def run(
     tenant: Annotated[str, typer.Option(help="Whose adapter: a tenant, or * for all.")] = "*",
 ) -> None:
     """The weekly cycle. First the shadow evaluation: the tenant's candidate in shadow is
-    promoted if it beat the serving adapter on live traffic against human labels, retired if
-    it lost or ran out of time, else kept. Then, with no candidate in shadow: curate the
+    promoted if it beat the serving adapter on live traffic against human labels and a person
+    approved it (`feedback approve`; else it waits, awaiting_approval), retired if it lost or
+    ran out of time, else kept. Then, with no candidate in shadow: curate the
     archive, train a LoRA adapter when enough new curated samples arrived, evaluate it against
     the serving one on held-out samples, and put it in shadow if it is better. Prints one JSON
     line (status skipped / shadowing / rejected, and the shadow evaluation's outcome)."""

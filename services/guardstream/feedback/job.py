@@ -10,7 +10,10 @@ held-out curated samples without losing more than `regression_tolerance` on the 
 anchors becomes the tenant's shadow candidate: the scorers score live traffic with it beside
 the serving adapter, actioning nothing. `evaluate_shadow` (every run of the job, before
 training) joins those shadow verdicts with later human labels and promotes the candidate only
-when it wins there too (`feedback/shadow.py`); otherwise it keeps shadowing or is retired.
+when it wins there too (`feedback/shadow.py`) and a person approved it (`approve`, recorded
+in the registry; `ShadowConfig.require_approval` off is the deployment's opt-in to automatic
+promotion); otherwise it keeps shadowing or is retired. A tenant's run learns only from that
+tenant's archive unless it joined the shared pool (`training_tenants`).
 Rejected candidates are registered too, with their metrics, so the history shows every
 attempt.
 """
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,9 @@ class FeedbackConfig:
     shadow: ShadowConfig = field(default_factory=ShadowConfig)
     # Targets carry the reviewer's reason as a `Reason:` line (`feedback/dataset.py`).
     reasons: bool = False
+    # Tenants that opted into the shared pool: each trains on every pool member's archive.
+    # Any other tenant's adapter trains on its own archive only.
+    shared_pool: frozenset[str] = frozenset()
 
 
 @dataclass(slots=True)
@@ -72,6 +78,14 @@ def _examples(items: list[Curated], problems: list[str], reasons: bool = False) 
         except NotTrainable as exc:
             problems.append(f"{item.sample.sample_id}: {exc}")
     return out
+
+
+def training_tenants(tenant: str, shared_pool: frozenset[str]) -> frozenset[str] | None:
+    """Whose reviews `tenant`'s adapter may learn from (None: every tenant's, for the
+    adapter serving every tenant): its own, plus the pool's when it opted into the pool."""
+    if tenant == EVERY_TENANT:
+        return None
+    return frozenset({tenant, *shared_pool}) if tenant in shared_pool else frozenset({tenant})
 
 
 def _state_path(root: Path) -> Path:
@@ -112,9 +126,11 @@ def run_cycle(
             shadowing,
         )
     since = last_run_until(archive.root)
-    everything = archive.read(until=now)
+    allowed = training_tenants(tenant, config.shared_pool)
+    everything = [s for s in archive.read(until=now) if allowed is None or s.tenant in allowed]
     recent = [s for s in everything if since is None or s.reviewed_at >= since]
-    new_curated = curate(recent, config.curation).curated
+    # The trigger counts new corrections; the reviewer cap bounds what a set holds, not this.
+    new_curated = curate(recent, replace(config.curation, reviewer_cap=1.0)).curated
     # An adapter serving the tenant learnt from data erased since (`verdict.erasers`): train
     # again from what the archive holds now, however few new samples there are.
     serving_now = registry.snapshot(fresh=True).serving_for(tenant)
@@ -141,6 +157,7 @@ def run_cycle(
         "anchor_held_out": len(curation.anchor_held_out),
         "held_for_senior": len(curation.held_for_senior),
         "superseded": curation.superseded,
+        "capped": curation.capped,
         "not_trainable": len(problems),
     }
     if not train:
@@ -152,8 +169,14 @@ def run_cycle(
         "adapter_id": adapter_id,
         "data_window": {"since": None, "until": now.isoformat()},
         "previous_run_until": since.isoformat() if since else None,
+        "tenant": tenant,
+        "trained_on_tenants": sorted(allowed) if allowed is not None else [EVERY_TENANT],
         "counts": counts,
         "not_trainable": problems[:50],
+        # Samples per reviewer in each set (ids as the archive stores them), each within
+        # `reviewer_cap`, so an auditor sees whose labels the adapter learnt and was judged on.
+        "reviewer_contributions": curation.contributions,
+        "reviewer_cap": config.curation.reviewer_cap,
     }
     result = train_lora(base_model, train, out_dir, config.lora, card, progress)
     # The registry's card says it too: the scorer reads it there (`Adapter.trained_with_reasons`).
@@ -243,9 +266,19 @@ def _merge_card(run_dir: Path, fields: dict[str, Any]) -> None:
     )
 
 
+AWAITING_APPROVAL = "awaiting_approval"
+
+
+def needs_approval(card: dict[str, Any], config: ShadowConfig) -> bool:
+    """Whether promoting the adapter with `card` still waits for a person's approval."""
+    return config.require_approval and not isinstance(card.get("approval"), dict)
+
+
 @dataclass(slots=True)
 class ShadowReport:
-    status: str  # "none" (no candidate) | "keep" | "promote" | "retire"
+    # "none" (no candidate) | "keep" | "promote" | "retire" | "awaiting_approval" (passed the
+    # shadow gate; promotion waits for `guardstream feedback approve`)
+    status: str
     detail: str
     candidate: str | None = None
     metrics: ShadowMetrics | None = None
@@ -269,17 +302,70 @@ def evaluate_shadow(
     serving = snapshot.serving_for(tenant)
     card = registry.card(candidate)
     since = datetime.fromisoformat(card.get("shadow_since") or now.isoformat())
+    config = config or ShadowConfig()
     metrics = shadow_metrics(
-        records, archive.read(until=now), candidate, serving.adapter_id if serving else None
+        records,
+        archive.read(until=now),
+        candidate,
+        serving.adapter_id if serving else None,
+        config.min_judges,
     )
-    outcome, why = shadow_decision(metrics, config or ShadowConfig(), since, now)
+    outcome, why = shadow_decision(metrics, config, since, now)
+    if outcome is ShadowOutcome.PROMOTE and needs_approval(card, config) and not apply:
+        return ShadowReport(AWAITING_APPROVAL, f"{why}; awaiting approval", candidate, metrics)
     if apply:
         evidence = {"shadow": {**metrics.as_dict(), "evaluated_at": now.isoformat()}}
-        registry.update_card(candidate, {**evidence, "shadow_decision": why})
+        # Awaiting approval only while the latest evaluation passed (set again just below).
+        registry.update_card(
+            candidate, {**evidence, "shadow_decision": why, "awaiting_approval": False}
+        )
+        if outcome is ShadowOutcome.PROMOTE and needs_approval(card, config):
+            registry.update_card(candidate, {"awaiting_approval": True})
+            why += f"; awaiting approval (guardstream feedback approve {candidate} --by ID)"
+            _merge_card(archive.root / "runs" / candidate, registry.card(candidate))
+            return ShadowReport(AWAITING_APPROVAL, why, candidate, metrics)
         if outcome is ShadowOutcome.PROMOTE:
             registry.promote(candidate, tenant)
-            registry.update_card(candidate, {"promoted": True, "decision": why})
+            registry.update_card(
+                candidate, {"promoted": True, "awaiting_approval": False, "decision": why}
+            )
         elif outcome is ShadowOutcome.RETIRE:
             registry.end_shadow(candidate, "retired", why)
         _merge_card(archive.root / "runs" / candidate, registry.card(candidate))
     return ShadowReport(outcome.value, why, candidate, metrics)
+
+
+@dataclass(slots=True)
+class ApprovalReport:
+    adapter_id: str
+    by: str
+    at: str
+    promoted: bool  # now: it had passed the shadow gate and only waited for this approval
+    detail: str
+
+
+def approve(
+    archive_root: Path, registry: AdapterRegistry, adapter_id: str, by: str
+) -> ApprovalReport:
+    """Record `by`'s approval of `adapter_id` in the registry (card and history). A shadow
+    candidate that already passed the shadow gate and waits only for this is promoted now;
+    any other is promoted by the next shadow evaluation it passes (`evaluate_shadow`)."""
+    record = registry.approve(adapter_id, by)
+    snapshot = registry.snapshot(fresh=True)
+    card = registry.card(adapter_id)
+    scopes = [scope for scope, chosen in snapshot.shadow.items() if chosen == adapter_id]
+    promoted = bool(scopes) and card.get("awaiting_approval") is True
+    if promoted:
+        for scope in scopes:
+            registry.promote(adapter_id, scope)
+        why = f"approved by {by}; {card.get('shadow_decision', 'passed the shadow gate')}"
+        registry.update_card(
+            adapter_id, {"promoted": True, "awaiting_approval": False, "decision": why}
+        )
+        detail = f"approved by {by} and promoted for {', '.join(scopes)}"
+    elif scopes:
+        detail = f"approved by {by}; promoted once it passes the shadow evaluation"
+    else:
+        detail = f"approved by {by}; it is not in shadow, so nothing is promoted now"
+    _merge_card(archive_root / "runs" / adapter_id, registry.card(adapter_id))
+    return ApprovalReport(adapter_id, record["by"], record["at"], promoted, detail)

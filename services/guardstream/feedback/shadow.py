@@ -5,9 +5,10 @@ Inputs are the scorer's `ShadowRecord`s (one per content key scored in shadow) a
 archive. A record counts only against the adapter serving now: records made while another
 adapter served (before a promotion or a rollback) are `stale`. Human labels join on the
 serving content key (the latest review of that content wins, so a senior's QA re-review
-overrides the first one). Labels exist where the serving model sent content to review (and
-where QA re-reviewed), so accuracy and false-positive rate are measured on contested content;
-agreement and block rates cover all shadow traffic.
+overrides the first one); a label judges only when two distinct reviewers gave it or it is a
+senior's QA re-review (`curation.evaluation_truth`). Labels exist where the serving model
+sent content to review (and where QA re-reviewed), so accuracy and false-positive rate are
+measured on contested content; agreement and block rates cover all shadow traffic.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from enum import StrEnum
 
 from guardstream.contracts.events import ShadowRecord, Verdict
 from guardstream.contracts.feedback import FeedbackSample
+from guardstream.feedback.curation import evaluation_truth
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,6 +30,10 @@ class ShadowConfig:
     margin: float = 0.02  # accuracy gain over the serving adapter, against human labels
     fpr_tolerance: float = 0.02  # false-positive rate may rise at most this much
     window: timedelta = timedelta(days=14)  # retired when the evidence is short by then
+    # A candidate that passed waits in shadow for a recorded human approval
+    # (`guardstream feedback approve`) unless the deployment opts into automatic promotion.
+    require_approval: bool = True
+    min_judges: int = 2  # distinct reviewers agreeing before a label judges (or a QA label)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,8 +65,10 @@ def shadow_metrics(
     labels: Sequence[FeedbackSample],
     candidate: str,
     serving: str | None,
+    min_judges: int = 2,
 ) -> ShadowMetrics:
-    """Metrics of `candidate` against `serving` (None: the base model); `labels` oldest first."""
+    """Metrics of `candidate` against `serving` (None: the base model); `labels` oldest first,
+    of which those that `evaluation_truth` accepts are the truth."""
     observed: dict[str, ShadowRecord] = {}
     stale: set[str] = set()
     for record in records:
@@ -70,7 +78,8 @@ def shadow_metrics(
             stale.add(record.content_key)
             continue
         observed.setdefault(record.content_key, record)  # a key scored again is one sample
-    human: dict[str, Verdict] = {s.content_key: s.human_verdict for s in labels}
+    # Only labels fit to judge: two reviewers agreeing, or a senior's QA re-review.
+    human = evaluation_truth(labels, min_judges)
     n = len(observed)
     agree = sum(r.candidate_verdict is r.serving_verdict for r in observed.values())
     serving_blocks = sum(r.serving_verdict is Verdict.UNSAFE for r in observed.values())

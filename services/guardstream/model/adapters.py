@@ -7,7 +7,8 @@ in, so the registry owns them), and `registry.json` says what exists and what se
 {tenant or "*": id}, "shadow": {tenant or "*": id}, "history": [...]}`.
 An adapter is registered (not used), a shadow candidate of its tenant (scored beside the
 serving adapter on live traffic, its verdicts recorded and never actioned), serving, or retired
-(out of shadow without promotion); its card holds the evidence of every step.
+(out of shadow without promotion); its card holds the evidence of every step, including who
+approved it for serving (`approve`: its card's `approval` and a history entry).
 Writers (the feedback job, an operator) change it under a file lock and replace it atomically;
 readers re-read it when its modification time changes, so a promotion reaches running
 processes within one poll without a restart. Every write adds one to `generation`; a reader's
@@ -51,13 +52,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
 from guardstream.contracts.errors import PermanentError
+from guardstream.contracts.events import Id
 
 log = logging.getLogger(__name__)
 
 EVERY_TENANT = "*"
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _TENANT = re.compile(r"^(\*|[a-z0-9][a-z0-9_-]{0,62})$")
+_APPROVER: TypeAdapter[str] = TypeAdapter(Id)  # a reviewer or staff id, as reviews store them
 
 
 class AdapterError(PermanentError, ValueError):
@@ -322,6 +327,31 @@ class AdapterRegistry:
                 "outcome": outcome,
                 "why": why,
             }
+
+    def approve(self, adapter_id: str, by: str) -> dict[str, str]:
+        """Record that the person `by` approved `adapter_id` for serving (its card's
+        `approval` and a history entry): promotion out of shadow waits for this unless the
+        deployment opts into automatic promotion (`feedback/job.py`). Returns the record."""
+        try:
+            by = _APPROVER.validate_python(by)
+        except ValidationError:
+            raise AdapterError(
+                f"approver id {by[:80]!r}: 1 to 128 characters, no control characters"
+            ) from None
+        record = {"by": by, "at": datetime.now(UTC).isoformat()}
+        with self._locked() as data:
+            entry = _registered(data, adapter_id)
+            entry.setdefault("card", {})["approval"] = record
+            data.setdefault("history", []).append(
+                {**record, "tenant": entry["tenant"], "approved": adapter_id}
+            )
+        return record
+
+    def history(self) -> list[dict[str, Any]]:
+        """Every change to what serves or shadows, and every approval, oldest first."""
+        data = json.loads(self._file.read_text(encoding="utf-8")) if self._file.exists() else {}
+        history = data.get("history", [])
+        return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
 
     def update_card(self, adapter_id: str, fields: dict[str, Any]) -> None:
         """Merge `fields` into the adapter's card (shadow metrics, outcomes)."""

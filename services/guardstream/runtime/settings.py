@@ -749,6 +749,22 @@ class FeedbackSettings(Section):
         float, Field(gt=0), _env("GUARDSTREAM_FEEDBACK_SHADOW_WINDOW_DAYS")
     ] = 14.0
     """A candidate without enough shadow evidence after this many days is retired."""
+    shared_pool: Annotated[str, _env("GUARDSTREAM_FEEDBACK_SHARED_POOL")] = ""
+    """Comma-separated tenants that opted into a shared training pool: a pool member's adapter
+    (`feedback run --tenant T`) trains on every member's archive. Any other tenant's adapter
+    trains on its own archive only; the every-tenant adapter (`--tenant '*'`) on all of it."""
+    min_judges: Annotated[int, Field(ge=1, le=10), _env("GUARDSTREAM_FEEDBACK_MIN_JUDGES")] = 2
+    """A label judges a model (held-out set, shadow gate) only when this many distinct
+    reviewers gave it, or it is a senior's QA re-review; any label can train. 1: any label."""
+    reviewer_cap: Annotated[float, Field(gt=0, le=1), _env("GUARDSTREAM_FEEDBACK_REVIEWER_CAP")] = (
+        0.3
+    )
+    """No reviewer contributes more than this share of a training or held-out set (samples
+    beyond it are left out, the model card lists samples per reviewer). 1: no cap."""
+    auto_promote: Annotated[bool, _env("GUARDSTREAM_FEEDBACK_AUTO_PROMOTE")] = False
+    """False: a candidate that passed the shadow gate waits in shadow for a recorded human
+    approval (`guardstream feedback approve RUN --by ID`) before it serves. True: the shadow
+    gate promotes on its own (the deployment opts out of the human check)."""
     train_steps: Annotated[int | None, Field(ge=1), _env("GUARDSTREAM_FEEDBACK_TRAIN_STEPS")] = None
     """LoRA optimiser steps; unset: 3 epochs over the training set."""
     learning_rate: Annotated[float, Field(gt=0), _env("GUARDSTREAM_FEEDBACK_LEARNING_RATE")] = 2e-4

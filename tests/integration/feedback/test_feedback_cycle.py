@@ -28,7 +28,9 @@ def test_enough_corrections_train_evaluate_and_shadow_an_adapter(
     archive = Archive(tmp_path / "feedback")
     archive.append([*taught_samples(), variant_correction()])
     registry = AdapterRegistry(tmp_path / "adapters")
-    config = FeedbackConfig(min_samples=2, curation=CurationConfig(anchor_ratio=20), lora=TEST_LORA)
+    # One reviewer's archive: no judging quorum, no reviewer cap (tests/unit/feedback/test_checks)
+    curation = CurationConfig(anchor_ratio=20, min_judges=1, reviewer_cap=1.0)
+    config = FeedbackConfig(min_samples=2, curation=curation, lora=TEST_LORA)
     now = T0 + timedelta(days=1)
 
     report = run_cycle(archive, base, registry, now, config)

@@ -47,6 +47,8 @@ def test_feedback_run_holds_labels_the_prescreen_model_contradicts(
         "GUARDSTREAM_FEEDBACK_PRESCREEN_MODEL": "tiny",
         "GUARDSTREAM_FEEDBACK_MIN_SAMPLES": "4",
         "GUARDSTREAM_FEEDBACK_TRAIN_STEPS": "2",
+        "GUARDSTREAM_FEEDBACK_MIN_JUDGES": "1",  # one reviewer's archive: no quorum, no cap
+        "GUARDSTREAM_FEEDBACK_REVIEWER_CAP": "1",
     }.items():
         monkeypatch.setenv(name, value)
 

@@ -74,6 +74,9 @@ def test_feedback_run_judges_the_shadow_candidate_on_the_topic(
         "GUARDSTREAM_MODEL_CACHE_DIR": str(settings.model.cache_dir),
         "GUARDSTREAM_FEEDBACK_SHADOW_MIN_SAMPLES": "3",
         "GUARDSTREAM_FEEDBACK_SHADOW_MIN_LABELLED": "2",
+        # approval before promotion: tests/unit/feedback/test_approval.py
+        "GUARDSTREAM_FEEDBACK_AUTO_PROMOTE": "true",
+        "GUARDSTREAM_FEEDBACK_MIN_JUDGES": "1",  # one reviewer's labels judge here
     }.items():
         monkeypatch.setenv(name, value)
     runner = CliRunner()

@@ -155,7 +155,9 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
                 registry,
                 utcnow(),
                 FeedbackConfig(
-                    min_samples=2, curation=CurationConfig(anchor_ratio=20), lora=TEST_LORA
+                    min_samples=2,
+                    curation=CurationConfig(anchor_ratio=20, min_judges=1, reviewer_cap=1.0),
+                    lora=TEST_LORA,
                 ),
             )
             assert report.status == "shadowing", report
@@ -188,7 +190,7 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
                 registry,
                 list(records.values()),
                 utcnow(),
-                ShadowConfig(min_samples=2, min_labelled=1),
+                ShadowConfig(min_samples=2, min_labelled=1, require_approval=False, min_judges=1),
             )
             assert verdict.status == "promote", verdict
             assert verdict.metrics is not None

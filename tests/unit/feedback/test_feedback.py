@@ -30,6 +30,12 @@ SCHEMA = Path(__file__).parents[3] / "schemas" / "feedback-sample.v1.json"
 T0 = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
 
+def seeds(**fields: Any) -> CurationConfig:
+    """The seeds' curation rules on a one-reviewer archive: no judging quorum, no reviewer cap
+    (those checks: tests/unit/feedback/test_checks.py)."""
+    return CurationConfig(**{"min_judges": 1, "reviewer_cap": 1.0, **fields})
+
+
 def sample(n: int, **overrides: Any) -> FeedbackSample:
     base: dict[str, Any] = {
         "event_id": f"e-{n}",
@@ -88,7 +94,7 @@ def test_a_torn_last_line_is_not_part_of_the_archive_but_corruption_is_named(
 
 
 def test_curation_keeps_disagreement_and_doubt_and_weights_expert_reasons() -> None:
-    config = CurationConfig(anchor_ratio=0)
+    config = seeds(anchor_ratio=0)
     samples = [
         sample(1),  # disagreement
         sample(2, human_verdict=Verdict.CONTROVERSIAL, pred_confidence=0.6),  # doubt
@@ -111,10 +117,10 @@ def test_one_sample_per_content_key_and_the_senior_wins() -> None:
     first = sample(1, content_key=key, human_verdict=Verdict.UNSAFE)
     later = sample(2, content_key=key, human_verdict=Verdict.SAFE)
     qa = sample(0, content_key=key, human_verdict=Verdict.UNSAFE, stage=ReviewStage.QA)
-    out = curate([first, later], CurationConfig(anchor_ratio=0))
+    out = curate([first, later], seeds(anchor_ratio=0))
     assert [c.sample.sample_id for c in out.train + out.held_out] == ["r-2"]
     assert out.superseded == 1
-    out = curate([first, later, qa], CurationConfig(anchor_ratio=0))
+    out = curate([first, later, qa], seeds(anchor_ratio=0))
     assert [c.sample.sample_id for c in out.train + out.held_out] == ["r-0"]
 
 
@@ -129,7 +135,7 @@ def test_one_sample_per_content_key_and_the_senior_wins() -> None:
 def test_prescreen_holds_labels_it_confidently_contradicts_for_a_senior(
     label: Verdict, confidence: float, held: bool
 ) -> None:
-    config = CurationConfig(anchor_ratio=0)
+    config = seeds(anchor_ratio=0)
     assert config.prescreen_confidence == 0.95
 
     def screen(s: FeedbackSample) -> tuple[Verdict, float]:
@@ -151,8 +157,8 @@ def test_split_is_stratified_deterministic_and_never_empties_a_side() -> None:
     samples = [sample(n) for n in range(40)] + [
         sample(100 + n, human_verdict=Verdict.UNSAFE) for n in range(2)
     ]
-    first = curate(samples, CurationConfig(anchor_ratio=0))
-    again = curate(list(reversed(samples)), CurationConfig(anchor_ratio=0))
+    first = curate(samples, seeds(anchor_ratio=0))
+    again = curate(list(reversed(samples)), seeds(anchor_ratio=0))
     assert {c.sample.sample_id for c in first.held_out} == {
         c.sample.sample_id for c in again.held_out
     }
@@ -161,7 +167,7 @@ def test_split_is_stratified_deterministic_and_never_empties_a_side() -> None:
     assert len(unsafe_held) == 1
     assert len(unsafe_train) == 1
     assert 2 <= len([c for c in first.held_out if c.sample.human_verdict is Verdict.SAFE]) <= 16
-    lone = curate([sample(7)], CurationConfig(anchor_ratio=0, held_out_fraction=0.99))
+    lone = curate([sample(7)], seeds(anchor_ratio=0, held_out_fraction=0.99))
     assert [c.sample.sample_id for c in lone.train] == ["r-7"]  # a lone label must be learnt
 
 
@@ -169,7 +175,7 @@ def test_anchors_replay_confident_agreements_up_to_the_ratio() -> None:
     agreed = [
         sample(n, human_verdict=Verdict.CONTROVERSIAL, pred_confidence=0.99) for n in range(10)
     ]
-    out = curate([sample(100), sample(101), *agreed], CurationConfig(anchor_ratio=1.5))
+    out = curate([sample(100), sample(101), *agreed], seeds(anchor_ratio=1.5))
     assert out.curated == 2
     anchors = out.anchor_train + out.anchor_held_out
     assert len(anchors) == 3
