@@ -29,6 +29,7 @@ from pydantic import (
 
 from guardstream.contracts.events import LINE, Verdict
 from guardstream.contracts.labels import CATEGORIES
+from guardstream.contracts.redaction import PiiKind, redact
 from guardstream.contracts.text import normalise
 from guardstream.policy.rules import Rule, RuleProblems, rule_problems, uses_history
 
@@ -103,6 +104,21 @@ class ReviewBelow(BaseModel):
         }[verdict]
 
 
+class Redaction(BaseModel):
+    """Personal data replaced by placeholders (`contracts.redaction`) where review data leaves
+    the review database. On by default (data minimisation): a placeholder keeps the kind of
+    what was there (`[PHONE]`), which is what a verdict turns on, not the digits themselves."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    archive: StrictBool = True  # the feedback sample as archived (and queued in the outbox)
+    training: StrictBool = True  # the training and evaluation examples built from the archive
+    kinds: tuple[PiiKind, ...] = tuple(PiiKind)
+
+    def for_archive(self, text: str) -> str:
+        return redact(text, self.kinds) if self.archive else text
+
+
 class PolicyPack(BaseModel):
     """One versioned pack. Which posts it applies to: `tenants` × (`regions` or any region)."""
 
@@ -140,6 +156,7 @@ class PolicyPack(BaseModel):
     )
     # A contested item must be assigned to a reviewer within this (breach: alert, no downgrade).
     assignment_sla_s: Seconds = DEFAULT_ASSIGNMENT_SLA_S
+    redact: Redaction = Redaction()
 
     @property
     def ref(self) -> str:
