@@ -39,6 +39,7 @@ from guardstream.feedback.shadow_log import read_shadow_log
 from guardstream.feedback.train import LoraParams
 from guardstream.model.adapters import AdapterRegistry
 from guardstream.model.guard import resolve_model
+from guardstream.policy import load_registry
 from guardstream.review.logic import text_preview
 from guardstream.review.qa_period import parse_period, previous_period
 from guardstream.runtime import logs
@@ -74,6 +75,7 @@ def config_from(settings: Settings) -> FeedbackConfig:
             fpr_tolerance=settings.feedback.shadow_fpr_tolerance,
             window=timedelta(days=settings.feedback.shadow_window_days),
         ),
+        redaction={p.id: p.redact for p in load_registry(settings.policy.dir).packs},
     )
 
 
