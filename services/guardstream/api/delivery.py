@@ -314,7 +314,7 @@ class DeliveryLoop:
         self._clock = clock
         self._dlq_topic = TopicNames(settings.namespace)[Topic.DLQ]
         self._consumer = settings.group_id(PROCESS)
-        self._max_request_bytes = settings.kafka.max_request_bytes
+        self._kafka = settings.kafka
         self._woken = asyncio.Event()
         self._pruned_at = 0.0
         self.counts: dict[str, int] = dict.fromkeys(
@@ -475,7 +475,7 @@ class DeliveryLoop:
                 origin,
                 ContractError(tried.reason, tried.error or "failed"),
                 consumer=self._consumer,
-                max_request_bytes=self._max_request_bytes,
+                kafka=self._kafka,
                 attempts=min(item.attempts, self._hooks.max_attempts),
             )
             await sent

@@ -45,6 +45,7 @@ from guardstream.feedback.shadow_log import read_shadow_log
 from guardstream.feedback.train import LoraParams
 from guardstream.model.adapters import AdapterError, AdapterRegistry
 from guardstream.model.guard import resolve_model
+from guardstream.policy import load_registry
 from guardstream.review.logic import text_preview
 from guardstream.review.qa_period import parse_period, previous_period
 from guardstream.runtime import logs
@@ -88,6 +89,7 @@ def config_from(settings: Settings) -> FeedbackConfig:
             require_approval=not settings.feedback.auto_promote,
             min_judges=settings.feedback.min_judges,
         ),
+        redaction={p.id: p.redact for p in load_registry(settings.policy.dir).packs},
     )
 
 

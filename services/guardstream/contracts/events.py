@@ -46,7 +46,8 @@ from guardstream.contracts.errors import PermanentError
 
 SCHEMA_MAJOR = 1
 # 1.1 (additive): graded actions `limit`, `warn`, `remove`, `hold`; a decision's optional
-# `author_history` (the figures a pack rule read); a score request's optional `author_id`.
+# `author_history` (the figures a pack rule read); a score request's optional `author_id`; a DLQ
+# record's `payload_redacted` (its payload is bounded by `dlq_payload_max_bytes` since 1.1).
 # A 1.0 reader of `moderation.actions.review.v1` refuses a `hold` decision (unknown action),
 # so review readers are upgraded before a pack uses `hold`; the other new actions travel on
 # topics of their own, which 1.0 readers do not subscribe to (docs/concepts/policy-rules.md).
@@ -495,6 +496,9 @@ class DlqRecord(Envelope):
     payload_size: Annotated[StrictInt, Field(ge=0)]
     payload_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     payload_truncated: StrictBool = False
+    # Schema 1.1: personal data in the kept payload replaced by placeholders
+    # (`contracts.redaction`); the digest is always the original's.
+    payload_redacted: StrictBool = False
 
 
 class ReviewOutcome(enum.StrEnum):

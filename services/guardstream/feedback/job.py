@@ -21,7 +21,7 @@ attempt.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +29,9 @@ from typing import Any
 
 from guardstream.contracts import ids
 from guardstream.contracts.events import ShadowRecord
+from guardstream.contracts.feedback import FeedbackSample
 from guardstream.contracts.ids import stable_id
+from guardstream.contracts.redaction import redact
 from guardstream.feedback.curation import Curated, Curation, CurationConfig, Prescreen, curate
 from guardstream.feedback.dataset import Example, NotTrainable, example
 from guardstream.feedback.evaluate import LabelScorer, Metrics, evaluate
@@ -42,6 +44,7 @@ from guardstream.feedback.shadow import (
 )
 from guardstream.feedback.train import LoraParams, train_lora
 from guardstream.model.adapters import EVERY_TENANT, AdapterRegistry
+from guardstream.policy.pack import Redaction
 from guardstream.verdict.archive import Archive
 
 
@@ -58,6 +61,9 @@ class FeedbackConfig:
     # Tenants that opted into the shared pool: each trains on every pool member's archive.
     # Any other tenant's adapter trains on its own archive only.
     shared_pool: frozenset[str] = frozenset()
+    # Each pack's `redact` by pack id (a sample's `policy` is `id@version`); a pack not listed
+    # gets the default (on): an unknown pack's samples are redacted, never kept raw.
+    redaction: Mapping[str, Redaction] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -70,11 +76,27 @@ class CycleReport:
     metrics: dict[str, dict[str, float | int]] = field(default_factory=dict)
 
 
-def _examples(items: list[Curated], problems: list[str], reasons: bool = False) -> list[Example]:
+def for_training(sample: FeedbackSample, redaction: Mapping[str, Redaction]) -> FeedbackSample:
+    """`sample` as training and evaluation read it: personal data replaced as its pack's
+    `redact.training` says (the archive may hold raw text: `redact.archive` off, or written
+    before redaction)."""
+    rule = redaction.get(sample.policy.partition("@")[0], Redaction())
+    if not rule.training:
+        return sample
+    prompt = None if sample.prompt is None else redact(sample.prompt, rule.kinds)
+    return sample.model_copy(update={"text": redact(sample.text, rule.kinds), "prompt": prompt})
+
+
+def _examples(
+    items: list[Curated],
+    problems: list[str],
+    redaction: Mapping[str, Redaction],
+    reasons: bool = False,
+) -> list[Example]:
     out = []
     for item in items:
         try:
-            out.append(example(item.sample, item.weight, reasons=reasons))
+            out.append(example(for_training(item.sample, redaction), item.weight, reasons=reasons))
         except NotTrainable as exc:
             problems.append(f"{item.sample.sample_id}: {exc}")
     return out
@@ -145,9 +167,11 @@ def run_cycle(
         )
     curation = curate(everything, config.curation, prescreen)
     problems: list[str] = []
-    train = _examples(curation.train + curation.anchor_train, problems, config.reasons)
-    held_out = _examples(curation.held_out, problems)
-    anchors = _examples(curation.anchor_held_out, problems)
+    train = _examples(
+        curation.train + curation.anchor_train, problems, config.redaction, config.reasons
+    )
+    held_out = _examples(curation.held_out, problems, config.redaction)
+    anchors = _examples(curation.anchor_held_out, problems, config.redaction)
     counts = {
         "samples": len(everything),
         "curated": curation.curated,

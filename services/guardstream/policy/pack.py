@@ -36,6 +36,7 @@ from guardstream.contracts.categories import (
     unknown_category,
 )
 from guardstream.contracts.events import LINE, Verdict
+from guardstream.contracts.redaction import PiiKind, redact
 from guardstream.contracts.text import neutralise, normalise
 from guardstream.policy.rules import Rule, RuleProblems, rule_problems, uses_history
 
@@ -120,6 +121,21 @@ class ReviewBelow(BaseModel):
         }[verdict]
 
 
+class Redaction(BaseModel):
+    """Personal data replaced by placeholders (`contracts.redaction`) where review data leaves
+    the review database. On by default (data minimisation): a placeholder keeps the kind of
+    what was there (`[PHONE]`), which is what a verdict turns on, not the digits themselves."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    archive: StrictBool = True  # the feedback sample as archived (and queued in the outbox)
+    training: StrictBool = True  # the training and evaluation examples built from the archive
+    kinds: tuple[PiiKind, ...] = tuple(PiiKind)
+
+    def for_archive(self, text: str) -> str:
+        return redact(text, self.kinds) if self.archive else text
+
+
 class PolicyPack(BaseModel):
     """One versioned pack. Which posts it applies to: `tenants` × (`regions` or any region)."""
 
@@ -169,6 +185,7 @@ class PolicyPack(BaseModel):
     # Whether a reviewer must give a reason for every decision or only for a correction (the
     # review service refuses a decision without one; a blind QA label always needs one).
     reason_required: ReasonRequired = ReasonRequired.ALWAYS
+    redact: Redaction = Redaction()
 
     @property
     def ref(self) -> str:

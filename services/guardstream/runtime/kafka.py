@@ -32,9 +32,10 @@ from guardstream.contracts import ids
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import ContractError, DlqRecord, Origin, clip, utcnow
 from guardstream.contracts.ids import stable_id
+from guardstream.contracts.redaction import redact
 from guardstream.contracts.topics import CATALOGUE, DAY_MS, Topic, TopicNames
 from guardstream.runtime import tracing
-from guardstream.runtime.settings import Settings, topic_overrides
+from guardstream.runtime.settings import KafkaSettings, Settings, topic_overrides
 
 log = logging.getLogger(__name__)
 
@@ -307,10 +308,18 @@ def dlq_record(
     detail: str,
     attempts: int,
     max_payload: int,
+    redacted: bool = False,
 ) -> DlqRecord:
+    """The DLQ record of `record`: at most `max_payload` bytes of its payload (with personal
+    data replaced by placeholders when `redacted`), its size and the SHA-256 of the whole."""
     payload = record.value or b""
     digest = hashlib.sha256(payload).hexdigest()
     kept = payload[:max_payload]
+    if redacted and kept:
+        # Read a little past the cut so an item the cut splits is still recognised, and keep
+        # bytes that are not UTF-8 as they were (surrogateescape round-trips them).
+        text = payload[: max_payload + _REDACT_MARGIN].decode("utf-8", "surrogateescape")
+        kept = redact(text).encode("utf-8", "surrogateescape")[:max_payload]
     return DlqRecord(
         # One DLQ event per (origin, reason): a replayed rejection is recognisably the same.
         event_id=stable_id(
@@ -331,8 +340,12 @@ def dlq_record(
         payload_b64=base64.b64encode(kept).decode(),
         payload_size=len(payload),
         payload_sha256=digest,
-        payload_truncated=len(kept) < len(payload),
+        payload_truncated=max_payload < len(payload),
+        payload_redacted=redacted and bool(kept),
     )
+
+
+_REDACT_MARGIN = 4096  # longer than any e-mail, phone, ID or card number
 
 
 async def dead_letter(
@@ -342,13 +355,15 @@ async def dead_letter(
     error: ContractError,
     *,
     consumer: str,
-    max_request_bytes: int,
+    kafka: KafkaSettings,
     attempts: int = 1,
     max_payload: int | None = None,
 ) -> asyncio.Future[Any]:
     """Queue `record` for the DLQ with its origin and reason; returns the delivery future.
     The DLQ record continues the rejected record's trace. It keeps at most `max_payload` bytes
-    of the payload (default: 70% of `max_request_bytes`; its size and SHA-256 always)."""
+    of the payload (default: `kafka.dlq_payload_max_bytes`, never more than 70% of
+    `kafka.max_request_bytes`), redacted when `kafka.dlq_redact`; its size and SHA-256 always."""
+    cap = min(kafka.dlq_payload_max_bytes, kafka.max_request_bytes * 7 // 10)
     with tracing.record_scope(record):
         log.warning(
             "record rejected to DLQ",
@@ -366,7 +381,8 @@ async def dead_letter(
         reason=error.reason,
         detail=error.detail,
         attempts=attempts,
-        max_payload=max_request_bytes * 7 // 10 if max_payload is None else max_payload,
+        max_payload=cap if max_payload is None else min(cap, max_payload),
+        redacted=kafka.dlq_redact,
     )
     future: asyncio.Future[Any] = await producer.send(
         dlq_topic,

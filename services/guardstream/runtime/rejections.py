@@ -37,7 +37,6 @@ def isolating_rejections(
     others are handled as usual. Transient errors pass through (the loop retries)."""
     topics = TopicNames(settings.namespace)
     group = settings.group_id(process)
-    max_request_bytes = settings.kafka.max_request_bytes
 
     def refused(exc: BaseException) -> ContractError | None:
         if not isinstance(exc, REJECTIONS):
@@ -56,7 +55,7 @@ def isolating_rejections(
                 record,
                 problem,
                 consumer=group,
-                max_request_bytes=max_request_bytes,
+                kafka=settings.kafka,
             )
         )
         if not sent:  # the DLQ record itself is too large for the broker: keep no payload
@@ -67,7 +66,7 @@ def isolating_rejections(
                     record,
                     problem,
                     consumer=group,
-                    max_request_bytes=max_request_bytes,
+                    kafka=settings.kafka,
                     max_payload=0,
                 )
             )

@@ -316,7 +316,19 @@ class KafkaSettings(Section):
         int, Field(ge=1 << 20), _env("GUARDSTREAM_KAFKA_MAX_REQUEST_BYTES")
     ] = 16 << 20
     """Largest produce request. The broker must accept this; a 5 MB poison body has to reach the
-    DLQ intact."""
+    DLQ record (its first `dlq_payload_max_bytes`, with its size and SHA-256)."""
+    dlq_payload_max_bytes: Annotated[
+        int, Field(ge=0), _env("GUARDSTREAM_DLQ_PAYLOAD_MAX_BYTES")
+    ] = 256 << 10
+    """Most bytes of a rejected record's payload a DLQ record keeps (and never more than 70% of
+    `max_request_bytes`); its size and the SHA-256 of the whole are always kept. The default
+    holds any record the pipeline could accept (`max_text_chars` characters of UTF-8 and the
+    envelope), so such a record can be replayed from its DLQ record; larger ones are poison."""
+    dlq_redact: Annotated[bool, _env("GUARDSTREAM_DLQ_REDACT")] = False
+    """Replace personal data (e-mails, phones, ID and card numbers, secret URLs) in the kept
+    DLQ payload with placeholders (`payload_redacted`). Off by default: a redacted payload can
+    no longer be replayed or matched against its digest; turn on where DLQ readers must not see
+    personal data."""
 
 
 class RedisSettings(Section):

@@ -406,7 +406,7 @@ class SlaWorker:
                     _as_record(message),
                     error,
                     consumer=self._settings.group_id("sla"),
-                    max_request_bytes=self._settings.kafka.max_request_bytes,
+                    kafka=self._settings.kafka,
                     attempts=attempts,
                 )
                 await future

@@ -57,6 +57,7 @@ class Emitter:
         self._process = process
         self._topics = TopicNames(settings.namespace)
         self._group = settings.group_id(process)
+        self._kafka = settings.kafka
         self._max_request_bytes = settings.kafka.max_request_bytes
         # DLQ records wait for `flush` like the rest: a batch that fails before it (and is
         # retried whole) has sent none of them, so a retry does not dead-letter a record twice.
@@ -147,7 +148,7 @@ class Emitter:
                     record,
                     error,
                     consumer=self._group,
-                    max_request_bytes=self._max_request_bytes,
+                    kafka=self._kafka,
                 )
                 for record, error in dead_letters
             ]

@@ -4,6 +4,10 @@ against the real broker."""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import hashlib
+
 import pytest
 from aiokafka import ConsumerRecord
 
@@ -56,3 +60,47 @@ async def test_a_batch_retried_after_a_failure_dead_letters_each_record_once(
     assert [(d.origin.topic, d.origin.offset, d.reason) for d in dead] == [
         (names[Topic.SCORE_REQUESTS], 7, "invalid_json")
     ]
+
+
+async def test_a_hostile_megabyte_post_leaves_a_bounded_redacted_dlq_record_with_its_digest(
+    settings: Settings,
+) -> None:
+    await ensure_topics(settings)
+    names = TopicNames(settings.namespace)
+    # A megabyte "post": personal data at the start, NUL, an escaped lone surrogate, bytes
+    # that are not UTF-8, and a card number that straddles the cut at 4 KiB.
+    head = b'{"text":"mail zhang.san@example.com \\ud800 \x00 card 4111 1111 1111 1111 \xff\xfe'
+    value = head + b"x" * (4096 - len(head) - 8) + b"4111 1111 1111 1111" + b"y" * (1 << 20)
+    kept = Settings.model_validate(
+        {
+            **settings.model_dump(),
+            "kafka": {**settings.kafka.model_dump(), "dlq_payload_max_bytes": 4096},
+        }
+    )
+    redacting = kept.model_copy(
+        update={"kafka": kept.kafka.model_copy(update={"dlq_redact": True})}
+    )
+    producer = make_producer(settings, client_id="test-emitter-hostile")
+    await producer.start()
+    try:
+        for offset, which in ((1, kept), (2, redacting)):
+            emitter = Emitter(producer, which, "triage")
+            record = dataclasses.replace(rejected(names[Topic.POSTS], offset), value=value)
+            await emitter.dead_letter(record, ContractError("text_too_long", "too long"))
+            await emitter.flush()
+    finally:
+        await producer.stop()
+    dead = sorted(
+        (DlqRecord.from_json(raw) for raw in await read_all(settings, [names[Topic.DLQ]])),
+        key=lambda d: d.origin.offset,
+    )
+    assert [d.origin.offset for d in dead] == [1, 2]
+    for record in dead:  # bounded, with the size and digest of the whole
+        assert record.payload_size == len(value) and record.payload_truncated
+        assert record.payload_sha256 == hashlib.sha256(value).hexdigest()
+        assert len(base64.b64decode(record.payload_b64)) <= 4096
+    plain, redacted = (base64.b64decode(d.payload_b64) for d in dead)
+    assert plain == value[:4096] and not dead[0].payload_redacted
+    assert dead[1].payload_redacted
+    assert b"zhang.san@" not in redacted and b"4111 1111" not in redacted
+    assert b"[EMAIL]" in redacted and b"[CARD]" in redacted and b"\xff\xfe" in redacted

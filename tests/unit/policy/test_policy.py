@@ -378,6 +378,7 @@ NOT_PROMPT: dict[str, Any] = {
     "review_sla_by_category": {"PII": 60},
     "review_warning_fraction": 0.5,
     "assignment_sla_s": 60,
+    "redact": {"archive": False, "training": False, "kinds": ["email"]},
     "rules": [{"id": "fraud", "verdict": "unsafe", "action": "remove"}],
     "reason_required": "when_correcting",
 }

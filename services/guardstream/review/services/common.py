@@ -173,9 +173,10 @@ def feedback_sample(
     (see guardstream.contracts.feedback)."""
     return from_review(
         review,
-        text=post.text,
+        # What leaves the review database carries placeholders for personal data (pack.redact).
+        text=pack.redact.for_archive(post.text),
         kind=Kind(post.kind),
-        prompt=post.prompt,
+        prompt=None if post.prompt is None else pack.redact.for_archive(post.prompt),
         lang=post.lang or task.lang,
         pred_categories=tuple(task.categories),
         pred_reason=task.reason,
