@@ -246,10 +246,12 @@ async def _task_page(
     view = await svc.queue.view(reviewer, task_id)
     context = await svc.context.for_view(reviewer, view)
     # The author's figures, where a pack's rules keep them (None: not kept, or Redis silent).
+    # None on a task shown blind (an open QA item), like the context: the author's confirmed
+    # count would give its first label away.
     history: AuthorHistoryStore | None = getattr(request.app.state, "author_history", None)
     figures = (
         await history.figures_for_decision(view.task.tenant, view.task.decision_id, time.time())
-        if history is not None
+        if history is not None and not view.blind
         else None
     )
     return _page(
