@@ -105,11 +105,20 @@ PostSession = Annotated[tuple[Reviewer, auth.Session], Depends(checked_csrf)]
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
+def page_countdown(deadline: datetime, now: datetime, *, held: bool = False) -> str:
+    """`countdown` as the pages show it (`console.js` keeps it live the same way): a held post
+    past its deadline did not expire into a downgrade, it is still held."""
+    text = countdown(deadline, now)
+    if held and text.startswith("expired "):
+        return "deadline passed " + text.removeprefix("expired ")
+    return text
+
+
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     now = _svc(request).queue.now()
 
-    def _countdown(deadline: datetime) -> str:
-        return countdown(deadline, now)
+    def _countdown(deadline: datetime, held: bool = False) -> str:
+        return page_countdown(deadline, now, held=held)
 
     base: dict[str, Any] = {
         "countdown": _countdown,

@@ -118,7 +118,7 @@ async def test_expired_by_the_sla_app_then_decided_late(console: Console, sla_ap
         review_page = (await http.get(f"/console/tasks/{tid}")).text
     assert queue.count("deadline passed — still held") == 1 and ">expired<" in queue
     assert "deadline passed — still held, unpublished until decided" in held_page
-    assert "downgraded" not in held_page
+    assert "downgraded" not in held_page and 'data-held="1">deadline passed ' in held_page
     assert "expired — downgraded to safe" in review_page and "still held" not in review_page
 
     async with console.client("alice") as http:

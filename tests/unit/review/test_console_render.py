@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from guardstream.contracts.events import REVIEW_REASON_MAX, Action, Verdict
 from guardstream.review.api import TaskOut, task_json
-from guardstream.review.console import templates
+from guardstream.review.console import page_countdown, templates
 from guardstream.review.logic import (
     LONG_TEXT_HEAD,
     LONG_TEXT_MIN_FOLD,
@@ -27,7 +27,6 @@ from guardstream.review.logic import (
     SlaState,
     Task,
     TaskState,
-    countdown,
     long_text,
     text_preview,
 )
@@ -93,7 +92,7 @@ class Dom(HTMLParser):
 
 def render(name: str, **context: Any) -> str:
     base: dict[str, Any] = {
-        "countdown": lambda deadline: countdown(deadline, NOW),
+        "countdown": lambda deadline, held=False: page_countdown(deadline, NOW, held=held),
         "reviewer": None,
         "csrf": "c",
         "message": None,
@@ -231,12 +230,15 @@ def test_a_held_task_past_its_deadline_is_shown_still_held_not_downgraded() -> N
     assert page.text["expired-badge"] == "deadline passed — still held, unpublished until decided"
     assert "downgraded" not in page.text["expired-badge"]
     assert "held-badge" not in page.attrs  # one badge says it
+    assert page.text["countdown"] == "deadline passed 3m 00s ago"
+    assert page.attrs["countdown"]["data-held"] == "1"  # console.js words it the same way
     assert queue_page({}, [held]).text["badge"].strip() == "deadline passed — still held"
     decided = dataclasses.replace(held, state=TaskState.DECIDED, human_verdict=Verdict.UNSAFE)
     assert "still held" not in task_page("text", decided).text["expired-badge"]
     # A review item past its deadline was downgraded by the SLA timer: the badge says so.
     plain = review_task(sla=SlaState.EXPIRED, deadline=expired)
     assert "downgraded to safe" in task_page("text", plain).text["expired-badge"]
+    assert task_page("text", plain).text["countdown"] == "expired 3m 00s ago"
     assert queue_page({}, [plain]).text["badge"].strip() == "expired"
 
 
