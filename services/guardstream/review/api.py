@@ -177,6 +177,12 @@ class TaskOut(BaseModel):
         description="the model judged a shortened text (the post was longer than its input"
         " window; head and tail kept): read the whole post before confirming",
     )
+    action: str = Field(
+        "review",
+        description="the provisional action that sent the post to review: `review`, or"
+        " `hold` (kept unpublished until a person decides; past its deadline it stays held,"
+        " never downgraded to safe)",
+    )
 
     @classmethod
     def of(cls, task: Task, now: datetime) -> TaskOut:
@@ -202,6 +208,7 @@ class TaskOut(BaseModel):
             late=task.late,
             model_refusal=task.model_refusal,
             input_truncated=task.input_truncated,
+            action=task.action.value,
         )
 
 
@@ -432,6 +439,8 @@ def task_json(task: Task, now: datetime) -> dict[str, Any]:
         "human_verdict": task.human_verdict.value if task.human_verdict else None,
         "late": task.late,
         "model_refusal": task.model_refusal,
+        "input_truncated": task.input_truncated,
+        "action": task.action.value,
     }
 
 

@@ -107,11 +107,20 @@ PostSession = Annotated[tuple[Reviewer, auth.Session], Depends(checked_csrf)]
 router = APIRouter(prefix="/console", include_in_schema=False)
 
 
+def page_countdown(deadline: datetime, now: datetime, *, held: bool = False) -> str:
+    """`countdown` as the pages show it (`console.js` keeps it live the same way): a held post
+    past its deadline did not expire into a downgrade, it is still held."""
+    text = countdown(deadline, now)
+    if held and text.startswith("expired "):
+        return "deadline passed " + text.removeprefix("expired ")
+    return text
+
+
 def _page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> HTMLResponse:
     now = _svc(request).queue.now()
 
-    def _countdown(deadline: datetime) -> str:
-        return countdown(deadline, now)
+    def _countdown(deadline: datetime, held: bool = False) -> str:
+        return page_countdown(deadline, now, held=held)
 
     base: dict[str, Any] = {
         "countdown": _countdown,
@@ -248,10 +257,12 @@ async def _task_page(
     view = await svc.queue.view(reviewer, task_id)
     context = await svc.context.for_view(reviewer, view)
     # The author's figures, where a pack's rules keep them (None: not kept, or Redis silent).
+    # None on a task shown blind (an open QA item), like the context: the author's confirmed
+    # count would give its first label away.
     history: AuthorHistoryStore | None = getattr(request.app.state, "author_history", None)
     figures = (
         await history.figures_for_decision(view.task.tenant, view.task.decision_id, time.time())
-        if history is not None
+        if history is not None and not view.blind
         else None
     )
     rule = svc.tasks.reason_required(view.task)

@@ -100,6 +100,7 @@ def new_task(
         traceparent=traceparent,
         refusal=decision.refusal,
         input_truncated=bool(decision.input_truncated),
+        action=decision.action.value,
     )
 
 

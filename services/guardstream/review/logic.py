@@ -20,6 +20,7 @@ from guardstream.contracts.categories import unknown_category
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import (
     REVIEW_REASON_MAX,
+    Action,
     AssignmentEvent,
     Decision,
     Review,
@@ -129,6 +130,13 @@ class Task(HasIdentity):
     downgrade_decision_id: str | None = None
     model_refusal: bool | None = None  # response moderation: the model's `Refusal:` label
     input_truncated: bool = False  # the model judged a shortened text (longer than its window)
+    # The provisional action that sent the post here: `hold` keeps it unpublished until a
+    # person decides (an expired deadline leaves it held), `review` does not.
+    action: Action = Action.REVIEW
+
+    @property
+    def held(self) -> bool:
+        return self.action is Action.HOLD
 
 
 # One task per post and policy of a tenant (`contracts.ids.review_task_id`, shared with the API).

@@ -1,11 +1,14 @@
 """The console's pages as rendered (Jinja2, no server): the queue's text preview of any text,
 however hostile, is one escaped line; a long post is its head, a folded middle and its tail,
 nothing lost; the note that the model saw a shortened text; the form as submitted survives a
-refusal (issue 19, console)."""
+refusal (issue 19, console); a held post is shown unpublished until decided, and still held
+past its deadline (never "downgraded to safe")."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
+from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
 
@@ -13,16 +16,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from guardstream.contracts.events import REVIEW_REASON_MAX
-from guardstream.review.console import templates
+from guardstream.contracts.events import REVIEW_REASON_MAX, Action, Verdict
+from guardstream.review.api import TaskOut, task_json
+from guardstream.review.console import page_countdown, templates
 from guardstream.review.logic import (
     LONG_TEXT_HEAD,
     LONG_TEXT_MIN_FOLD,
     LONG_TEXT_TAIL,
     PREVIEW_CHARS,
     SEED_TAGS,
+    SlaState,
     Task,
-    countdown,
+    TaskState,
     long_text,
     text_preview,
 )
@@ -88,7 +93,7 @@ class Dom(HTMLParser):
 
 def render(name: str, **context: Any) -> str:
     base: dict[str, Any] = {
-        "countdown": lambda deadline: countdown(deadline, NOW),
+        "countdown": lambda deadline, held=False: page_countdown(deadline, NOW, held=held),
         "reviewer": None,
         "csrf": "c",
         "message": None,
@@ -229,3 +234,47 @@ def test_the_task_page_offers_the_packs_categories_with_the_models_picked() -> N
     dom = Dom()
     dom.feed(html)
     assert "PII" in dom.text["categories"]
+
+
+# --- held posts (`hold`, schema 1.1): unpublished until decided, never downgraded ------------
+
+
+def test_a_held_task_says_in_words_that_the_post_is_unpublished_until_decided() -> None:
+    held = task_page("text", review_task(action=Action.HOLD))
+    assert held.text["held-badge"] == "held — unpublished until decided"
+    assert held.text["provisional-action"].startswith("hold")
+    assert "not published" in held.text["provisional-action"]
+    plain = task_page("text", review_task())
+    assert "held-badge" not in plain.attrs
+    assert plain.text["provisional-action"] == "review"
+    queue = queue_page({}, [review_task(action=Action.HOLD)])
+    assert "held — unpublished" in queue.text["badge"]
+    assert "badge" not in queue_page({}, [review_task()]).text
+
+
+def test_a_held_task_past_its_deadline_is_shown_still_held_not_downgraded() -> None:
+    expired = NOW - timedelta(minutes=3)
+    held = review_task(action=Action.HOLD, sla=SlaState.EXPIRED, deadline=expired)
+    page = task_page("text", held)
+    assert page.text["expired-badge"] == "deadline passed — still held, unpublished until decided"
+    assert "downgraded" not in page.text["expired-badge"]
+    assert "held-badge" not in page.attrs  # one badge says it
+    assert page.text["countdown"] == "deadline passed 3m 00s ago"
+    assert page.attrs["countdown"]["data-held"] == "1"  # console.js words it the same way
+    assert queue_page({}, [held]).text["badge"].strip() == "deadline passed — still held"
+    decided = dataclasses.replace(held, state=TaskState.DECIDED, human_verdict=Verdict.UNSAFE)
+    assert "still held" not in task_page("text", decided).text["expired-badge"]
+    # A review item past its deadline was downgraded by the SLA timer: the badge says so.
+    plain = review_task(sla=SlaState.EXPIRED, deadline=expired)
+    assert "downgraded to safe" in task_page("text", plain).text["expired-badge"]
+    assert task_page("text", plain).text["countdown"] == "expired 3m 00s ago"
+    assert queue_page({}, [plain]).text["badge"].strip() == "expired"
+
+
+def test_the_api_task_json_carries_the_provisional_action() -> None:
+    for action in (Action.REVIEW, Action.HOLD):
+        task = review_task(action=action)
+        assert task_json(task, NOW)["action"] == action.value
+        assert TaskOut.of(task, NOW).action == action.value
+        # The queue's plain dicts and the task's model say the same, field for field.
+        assert task_json(task, NOW) == TaskOut.of(task, NOW).model_dump()

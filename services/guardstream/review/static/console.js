@@ -17,7 +17,9 @@
     var now = Date.now();
     document.querySelectorAll(".countdown[data-deadline]").forEach(function (el) {
       var left = (Date.parse(el.dataset.deadline) - now) / 1000;
-      el.textContent = left >= 0 ? duration(left) + " left" : "expired " + duration(-left) + " ago";
+      // A held post past its deadline is still held (never downgraded): not "expired".
+      var overdue = el.dataset.held ? "deadline passed " : "expired ";
+      el.textContent = left >= 0 ? duration(left) + " left" : overdue + duration(-left) + " ago";
       el.classList.toggle("overdue", left < 0);
     });
   }

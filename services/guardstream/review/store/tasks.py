@@ -13,7 +13,7 @@ from datetime import datetime
 import asyncpg
 import orjson
 
-from guardstream.contracts.events import Verdict
+from guardstream.contracts.events import Action, Verdict
 from guardstream.contracts.identity import PostIdentity
 from guardstream.review.logic import SlaState, Task, TaskState
 from guardstream.review.store.audit import AuditFailed
@@ -25,7 +25,7 @@ TASK_COLUMNS = (
     "task_id, post_id, policy, tenant, lang, region, decision_id, post_event_id, content_key,"
     " model_verdict, categories, confidence, reason, model, adapter, domain_tags, created_at,"
     " deadline, warn_at, assign_by, state, sla, assignee, lock_expires_at, decided_at,"
-    " human_verdict, late, downgrade_decision_id, model_refusal, input_truncated"
+    " human_verdict, late, downgrade_decision_id, model_refusal, input_truncated, action"
 )
 SELECT_TASKS = f"SELECT {TASK_COLUMNS} FROM tasks"  # noqa: S608 - constant
 
@@ -78,6 +78,7 @@ def task_of(row: asyncpg.Record) -> Task:
         downgrade_decision_id=row["downgrade_decision_id"],
         model_refusal=row["model_refusal"],
         input_truncated=row["input_truncated"],
+        action=Action(row["action"]),
     )
 
 
@@ -102,6 +103,7 @@ class NewTask:
     traceparent: str | None = None  # of the actions.review record: its events continue it
     refusal: bool | None = None  # response moderation: the model's refusal label
     input_truncated: bool = False  # the model judged a shortened text
+    action: str = "review"  # review or hold: a held post stays unpublished until decided
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,7 @@ class TaskRows(Rows):
                 "INSERT INTO tasks (task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
                 " model, adapter, domain_tags, created_at, deadline, warn_at, assign_by, sla,"
-                " downgrade_decision_id, traceparent, model_refusal, input_truncated)"
+                " downgrade_decision_id, traceparent, model_refusal, input_truncated, action)"
                 " SELECT x.task_id, x.post_id, x.policy, x.tenant, COALESCE(x.lang, p.lang),"
                 " COALESCE(x.region, p.region),"
                 " x.decision_id, x.post_event_id, x.content_key, x.model_verdict,"
@@ -157,17 +159,17 @@ class TaskRows(Rows):
                 " ARRAY(SELECT jsonb_array_elements_text(x.domain_tags::jsonb)),"
                 " x.created_at, x.deadline, x.warn_at, x.assign_by,"
                 " COALESCE(m.sla, 'ok'), m.downgrade_decision_id, x.traceparent, x.refusal,"
-                " x.input_truncated"
+                " x.input_truncated, x.action"
                 " FROM unnest("
                 " $1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[],"
                 " $7::text[], $8::text[], $9::text[], $10::text[], $11::text[],"
                 " $12::float8[], $13::text[], $14::text[], $15::text[], $16::text[],"
                 " $17::timestamptz[], $18::timestamptz[], $19::timestamptz[], $20::timestamptz[],"
-                " $21::text[], $22::bool[], $23::bool[]"
+                " $21::text[], $22::bool[], $23::bool[], $24::text[]"
                 " ) AS x(task_id, post_id, policy, tenant, lang, region, decision_id,"
                 " post_event_id, content_key, model_verdict, categories, confidence, reason,"
                 " model, adapter, domain_tags, created_at, deadline, warn_at, assign_by,"
-                " traceparent, refusal, input_truncated)"
+                " traceparent, refusal, input_truncated, action)"
                 " LEFT JOIN sla_marks m ON m.decision_id = x.decision_id"
                 " LEFT JOIN post_texts p ON p.post_id = x.post_id AND p.tenant = x.tenant"
                 " ON CONFLICT (tenant, post_id, policy) DO NOTHING RETURNING task_id",
@@ -195,6 +197,7 @@ class TaskRows(Rows):
                 [t.traceparent for t in tasks],
                 [t.refusal for t in tasks],
                 [t.input_truncated for t in tasks],
+                [t.action for t in tasks],
             )
         return len(rows)
 
