@@ -472,7 +472,8 @@ async def test_the_api_key_travels_in_the_header_and_stays_in_the_tab(
         await page.focus("#api-key")
         await page.keyboard.type(key)
         await page.keyboard.press("Tab")  # leaving the field lists the packs with the key
-        await expect(page.locator("#pack option")).to_have_count(3)
+        shipped = len(load_registry(None).packs)  # auth off: every pack, no tenant to narrow
+        await expect(page.locator("#pack option")).to_have_count(shipped)
         await page.focus("#text")
         await send_with_keyboard(page)
         moderate = [s for s in seen if s[0].endswith("/v1/moderate")]

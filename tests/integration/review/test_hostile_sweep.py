@@ -224,6 +224,15 @@ def request_doc(n: int, tenant: str = TENANT) -> dict[str, Any]:
         "received_at": NOW,
         "prompt_prefix": "Domain: general.",
         "near_scope": uuid.uuid4().hex,
+        "author_id": f"a-{n}",
+        "categories": [
+            {"name": "Violent", "description": "violence against people"},
+            {
+                "name": "Financial Fraud",
+                "description": "promises of guaranteed returns",
+                "translations": {"zh": "金融欺诈"},
+            },
+        ],
     }
 
 
@@ -254,6 +263,7 @@ def decision_doc(n: int, tenant: str = TENANT) -> dict[str, Any]:
         "decided_at": NOW,
         "lang": "de" if n % 2 else "und",
         "lang_source": "detected" if n % 2 else "given",
+        "author_history": {"unsafe_7d": n % 3, "confirmed_unsafe_30d": 1},
     }
 
 

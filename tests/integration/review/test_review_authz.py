@@ -161,6 +161,7 @@ async def test_every_access_is_audited(console: Console) -> None:
         "queue",
         "task.claim",
         "task.read",
+        "task.context",  # the similar decisions and author panel shown beside it
         "task.decide",
     ]
 
