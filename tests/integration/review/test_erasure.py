@@ -28,7 +28,7 @@ from guardstream.runtime.redisstore import redis_client
 from guardstream.runtime.settings import Settings
 from guardstream.scorer.vllm_engine import VllmGuardEngine
 from guardstream.verdict.archive import Archive
-from guardstream.verdict.erasure import hashed, selector
+from guardstream.verdict.erasure import MAX_POSTS, hashed, selector
 from tests.integration.cli.conftest import guardstream
 from tests.integration.conftest import in_process
 from tests.integration.review.conftest import Console, new_test_post, produce, read_topic
@@ -196,7 +196,7 @@ async def test_an_author_is_erased_from_every_store_after_the_whole_loop(
             {"tenant": "ACME", "author_id": "author-x"},
             {"tenant": "acme"},
             {"tenant": "acme", "author_id": "author-x", "post_ids": ["p"]},
-            {"tenant": "acme", "post_ids": [f"p{i}" for i in range(1001)]},
+            {"tenant": "acme", "post_ids": [f"p{i}" for i in range(MAX_POSTS + 1)]},
             {"tenant": "acme", "post_ids": ["\ud800"]},
         ):
             # As bytes: JSON escapes (\u0000, \ud800) reach the server as they are.

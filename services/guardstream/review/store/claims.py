@@ -56,12 +56,14 @@ class ClaimRows(Rows):
 
     async def next_claimable(self, tenants: Sequence[str], now: datetime) -> Task | None:
         """The open task with the earliest deadline nobody holds, locked for this transaction;
-        tasks other transactions are claiming are skipped, never waited for."""
+        tasks other transactions are claiming are skipped, never waited for. NO KEY UPDATE:
+        a claim changes no key, so a row only key-share locked by a referencing insert (a
+        review, an audit row, its task vector) is not skipped, and the turn stays in order."""
         every = "*" in tenants
         row = await self.db.fetchrow(
             SELECT_TASKS + " WHERE state <> 'decided' AND ($1 OR tenant = ANY($2::text[]))"
             " AND (state = 'pending' OR lock_expires_at <= $3)"
-            " ORDER BY deadline LIMIT 1 FOR UPDATE SKIP LOCKED",
+            " ORDER BY deadline LIMIT 1 FOR NO KEY UPDATE SKIP LOCKED",
             every,
             list(tenants),
             now,
@@ -75,7 +77,7 @@ class ClaimRows(Rows):
         rows = await self.db.fetch(
             SELECT_TASKS + " WHERE state = 'assigned'"
             " AND lock_expires_at <= $1 AND ($3::text IS NULL OR assignee = $3)"
-            " ORDER BY lock_expires_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+            " ORDER BY lock_expires_at LIMIT $2 FOR NO KEY UPDATE SKIP LOCKED",
             now,
             limit,
             assignee,
