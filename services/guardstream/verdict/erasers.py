@@ -46,6 +46,16 @@ async def _scan(client: aioredis.Redis, pattern: str) -> AsyncIterator[bytes]:
         yield key if isinstance(key, bytes) else str(key).encode()
 
 
+async def _count_and_delete(
+    redis: aioredis.Redis, names: list[str], dry_run: bool
+) -> tuple[int, int]:
+    """(how many of `names` exist, how many were deleted: none on a dry run)."""
+    if not names:
+        return 0, 0
+    found = int(await redis.exists(*names))
+    return found, 0 if dry_run else int(await redis.delete(*names))
+
+
 class VerdictCacheEraser:
     """Model verdicts (the tenant's and the shared pool's) and human overrides of the target's
     content keys. A shared verdict is removed too: it costs other tenants one rescore."""
@@ -71,8 +81,7 @@ class VerdictCacheEraser:
 
     async def erase(self, target: Target, dry_run: bool) -> StoreReceipt:
         names = self._names(target)
-        found = int(await self._redis.exists(*names)) if names else 0
-        removed = 0 if dry_run or not names else int(await self._redis.delete(*names))
+        found, removed = await _count_and_delete(self._redis, names, dry_run)
         return StoreReceipt(
             store=self.name,
             found=found,
@@ -148,8 +157,7 @@ class LatestDecisionsEraser:
 
     async def erase(self, target: Target, dry_run: bool) -> StoreReceipt:
         names = [self._key(target.tenant, p) for p in sorted(target.post_ids)]
-        found = int(await self._redis.exists(*names)) if names else 0
-        removed = 0 if dry_run or not names else int(await self._redis.delete(*names))
+        found, removed = await _count_and_delete(self._redis, names, dry_run)
         return StoreReceipt(
             store=self.name,
             found=found,
