@@ -5,6 +5,7 @@ remark the model flags (这个算法在小样本下表现一般…), to safe wit
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -96,10 +97,14 @@ MISJUDGED_LIVE = "这个方法在小样本下表现一般,可能需要更多数�
 
 
 async def wait_shadow_records(
-    settings: Settings, post_ids: set[str], within_s: float = 120
+    settings: Settings,
+    post_ids: set[str],
+    within_s: float = 120,
+    counts: Mapping[str, int] | None = None,
 ) -> list[ShadowRecord]:
     """The shadow topic's records once every post in `post_ids` has one (shadow scoring runs
-    in the background after the serving decision, so it may land a moment after it)."""
+    in the background after the serving decision, so it may land a moment after it). On a
+    timeout the scorer's `counts` (started / scored / failed / skipped) say why."""
     deadline = asyncio.get_running_loop().time() + within_s
     while True:
         log = await read_shadow_log(settings)
@@ -107,5 +112,7 @@ async def wait_shadow_records(
         missing = post_ids - {r.post_id for r in log.records}
         if not missing:
             return log.records
-        assert asyncio.get_running_loop().time() < deadline, f"no shadow record for {missing}"
+        assert asyncio.get_running_loop().time() < deadline, (
+            f"no shadow record for {missing}; scorer counts {dict(counts or {})}"
+        )
         await asyncio.sleep(0.2)

@@ -127,7 +127,10 @@ class TaskService(Deciding):
     async def assign_round_robin(self) -> int:
         """Hand pending tasks to idle on-call reviewers, the one assigned longest ago first,
         one task each at a time (the earliest deadline among their tenants' tasks). Driven by
-        the few idle reviewers, never by scanning the backlog."""
+        the few idle reviewers, never by scanning the backlog. When the reviewer whose turn it
+        is finds their tenants' open tasks only row-locked by another transaction (a task
+        being updated, another replica's claim), the round ends there: handing the task to the
+        next reviewer would skip a turn, and the next round comes within `assign_interval_s`."""
         done = 0
         now = self.now()
         for reviewer in await self.store.reviewers.idle_on_call(now):
@@ -137,6 +140,8 @@ class TaskService(Deciding):
                         continue  # another replica assigned them meanwhile
                     task = await tx.claims.next_claimable(reviewer.tenants, now)
                     if task is None:
+                        if await tx.claims.any_claimable(reviewer.tenants, now):
+                            break  # locked for a moment: keep this reviewer's turn
                         continue
                     await self._assign(tx, task, reviewer.id, now, actor=None, how="assign")
             except ClaimLimitReached:

@@ -70,6 +70,21 @@ class ClaimRows(Rows):
         )
         return task_of(row) if row else None
 
+    async def any_claimable(self, tenants: Sequence[str], now: datetime) -> bool:
+        """Whether an open task nobody holds exists, locked by another transaction or not
+        (`next_claimable` found none while this is true: a claim or a task update is in flight)."""
+        every = "*" in tenants
+        return bool(
+            await self.db.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM tasks WHERE state <> 'decided'"
+                " AND ($1 OR tenant = ANY($2::text[]))"
+                " AND (state = 'pending' OR lock_expires_at <= $3))",
+                every,
+                list(tenants),
+                now,
+            )
+        )
+
     async def expired_locks(
         self, now: datetime, limit: int, *, assignee: str | None = None
     ) -> list[Task]:
