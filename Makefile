@@ -97,7 +97,7 @@ test-e2e: install
 	$(BIN)/pytest -m e2e
 
 # Every reliability scenario (shared/RELIABILITY.md), the long `chaos` variants included: a
-# scorer outage of CHAOS_OUTAGE_S seconds, the broker restart. Each scenario's figures (posts,
+# scorer outage of CHAOS_OUTAGE_S seconds, the broker restart; and the API bench's quick run. Each scenario's figures (posts,
 # decisions, re-emissions, DLQ, committed offsets) go to $(RUN_DIR)/chaos-report.jsonl; the
 # processes' logs stay under $(RUN_DIR)/chaos-tmp (pytest's shared /tmp dirs are rotated).
 CHAOS_OUTAGE_S ?= 180
@@ -106,7 +106,8 @@ CHAOS_TESTS := tests/integration/pipeline/test_reliability.py tests/integration/
   tests/integration/review/test_review_authz.py tests/integration/review/test_review_with_sla.py \
   tests/integration/devtools/test_adversarial_corpus.py tests/e2e/test_chaos.py \
   tests/e2e/test_review_kill.py tests/e2e/test_broker_restart.py \
-  tests/e2e/test_observability.py::test_pii_canaries_reach_no_log_span_metric_label_or_dlq_header
+  tests/e2e/test_observability.py::test_pii_canaries_reach_no_log_span_metric_label_or_dlq_header \
+  tests/integration/bench/test_bench_api.py
 chaos: install
 	mkdir -p $(RUN_DIR)
 	rm -f $(RUN_DIR)/chaos-report.jsonl

@@ -28,16 +28,12 @@ import redis.asyncio as aioredis
 from guardstream.contracts.events import AuthorHistory, Decision, Source, Verdict
 from guardstream.runtime.redisstore import FailOpenStore, Unavailable, redis_client
 from guardstream.runtime.settings import Settings
+from guardstream.verdict.erasure import author_key
 
 DAY_S: Final = 86400
 WINDOWS: Final = (("1d", DAY_S), ("7d", 7 * DAY_S), ("30d", 30 * DAY_S))
 KEEP_S: Final = 30 * DAY_S  # the longest window: nothing older is ever counted
 KINDS: Final = ("unsafe", "controversial", "confirmed_unsafe")
-
-
-def author_hash(tenant: str, author_id: str) -> str:
-    """The author as keys name them: tenant-bound (another tenant's equal id differs)."""
-    return hashlib.sha256(f"{tenant}\x1f{author_id}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +121,7 @@ class RedisAuthorHistory(FailOpenStore):
             async with self.attempt("zcount") as redis:
                 pipe = redis.pipeline(transaction=False)
                 for tenant, author in unique:
-                    self._queue_counts(pipe, tenant, author_hash(tenant, author), now)
+                    self._queue_counts(pipe, tenant, author_key(tenant, author), now)
                 counts = await pipe.execute()
         except Unavailable:
             return {}
@@ -146,7 +142,7 @@ class RedisAuthorHistory(FailOpenStore):
                 pipe = redis.pipeline(transaction=False)
                 for authored, kind in counted:
                     d = authored.decision
-                    hashed = author_hash(d.tenant, authored.author_id)
+                    hashed = author_key(d.tenant, authored.author_id)
                     key = self._key(d.tenant, hashed, kind)
                     at = d.decided_at.timestamp()
                     pipe.zadd(key, {d.decision_id: at}, nx=True)
@@ -197,7 +193,7 @@ class RedisAuthorHistory(FailOpenStore):
         """Erase the author's figures in `tenant`. Raises `Unavailable` when Redis does not
         answer: an erasure must be retried, not assumed. The per-decision `post:` keys hold
         only the hash and expire within 31 days; without the sets they count nothing."""
-        hashed = author_hash(tenant, author_id)
+        hashed = author_key(tenant, author_id)
         async with self.attempt("forget") as redis:
             deleted = await redis.delete(*(self._key(tenant, hashed, kind) for kind in KINDS))
         return int(deleted)

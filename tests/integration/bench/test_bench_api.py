@@ -1,7 +1,8 @@
 """`make bench-api` (bench/api.py) in its quick mode, as a user runs it: its own broker, the
 real Redis, the scorer on the tiny checkpoint (vLLM CPU), the API and the bare endpoint as
 processes. Its last line is one JSON object whose figures are numbers, measured from answered
-requests; the speed targets are printed, never asserted here (one shared 2-core machine)."""
+requests; the speed targets are printed, never asserted here (one shared 2-core machine).
+About a minute: a `chaos` variant (`make chaos`), kept out of `make test`'s time budget."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(900)]
 
 BENCH = Path(__file__).resolve().parents[3] / "bench" / "api.py"
 FIGURES = (

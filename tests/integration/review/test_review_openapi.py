@@ -45,7 +45,7 @@ async def test_schemathesis_finds_no_5xx_and_no_schema_violation(
         "--max-examples",
         "10",
         "--max-time",
-        "75",
+        "45",
         "--workers",
         "1",
         "--seed",

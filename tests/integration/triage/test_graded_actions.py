@@ -20,9 +20,10 @@ from guardstream.model.guard import served_model_id
 from guardstream.policy import load_registry
 from guardstream.runtime.settings import Settings
 from guardstream.scorer.vllm_engine import VllmGuardEngine
-from guardstream.verdict.author_history import RedisAuthorHistory, author_hash, forget
+from guardstream.verdict.author_history import RedisAuthorHistory, forget
 from guardstream.verdict.cache import CachedVerdict, RedisVerdictCache
 from guardstream.verdict.decisions import ACTION_TOPIC
+from guardstream.verdict.erasure import author_key
 from guardstream.verdict.intake import triage_record
 from tests.integration.conftest import Pipeline, in_process
 
@@ -142,7 +143,7 @@ async def test_graded_actions_reach_their_topics_and_history_drives_the_rules(
     try:
         keys = [k.decode() async for k in client.scan_iter(f"{settings.cache_prefix}author:*")]
         assert keys and not any("alice" in k or "bob" in k for k in keys)
-        assert any(author_hash("market", "alice") in k for k in keys)
+        assert any(author_key("market", "alice") in k for k in keys)
         assert all([await client.ttl(k) > 0 for k in keys])
     finally:
         await client.aclose()

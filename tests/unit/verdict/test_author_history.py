@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from guardstream.contracts.events import Action, Decision, Source, Verdict, utcnow
-from guardstream.verdict.author_history import author_hash, model_kind
+from guardstream.verdict.author_history import model_kind
+from guardstream.verdict.erasure import author_key
 
 pytestmark = pytest.mark.unit
 
@@ -55,7 +56,7 @@ def test_what_a_decision_counts_as(
 
 @given(tenant=st.sampled_from(["a", "b"]), author=st.text(min_size=1, max_size=200))
 def test_authors_are_named_by_a_tenant_bound_hash(tenant: str, author: str) -> None:
-    hashed = author_hash(tenant, author)
+    hashed = author_key(tenant, author)
     assert len(hashed) == 32 and int(hashed, 16) >= 0
-    assert hashed != author_hash("other", author)
-    assert author_hash(tenant, author) == hashed
+    assert hashed != author_key("other", author)
+    assert author_key(tenant, author) == hashed
