@@ -15,14 +15,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import Arm
 from guardstream.policy.backtest import TAKEN_DOWN, Case, Side, _action, _ratio
 from guardstream.policy.pack import PolicyPack
 from guardstream.policy.registry import PolicyRegistry
 
 
-class NoExperimentError(ValueError):
-    """The tenant's pack in force runs no A/B experiment: there are no arms to compare."""
+class NoExperimentError(PermanentError, ValueError):
+    """The tenant's pack in force runs no A/B experiment: no arms to compare (not retriable)."""
 
 
 @dataclass
