@@ -181,3 +181,23 @@ Candidate packs: {escape(", ".join(report["candidate_packs"]))}</p>
 <th>unsafe recall</th><th>false positives</th></tr>{categories}</table>
 </body></html>
 """
+
+
+def ab_table(report: dict[str, Any]) -> Table:
+    """`guardstream policy ab-report`: the arms side by side."""
+    arms = report["arms"]
+    shown = table(
+        "",
+        f"control ({report['control_pack']})",
+        f"candidate ({report['candidate_pack']}, {report['percent']:g}%)",
+        title=f"A/B: tenant {report['tenant']}, reviewed posts per arm",
+    )
+    shown.add_row("cases", str(arms["control"]["cases"]), str(arms["candidate"]["cases"]))
+    for name, key in (
+        ("block rate", "block_rate"),
+        ("review rate", "review_rate"),
+        ("false-positive rate", "false_positive_rate"),
+        ("unsafe recall", "unsafe_recall"),
+    ):
+        shown.add_row(name, percent(arms["control"][key]), percent(arms["candidate"][key]))
+    return shown

@@ -18,17 +18,25 @@ import orjson
 import typer
 from rich.markup import escape
 
-from guardstream.cli.backtest_report import action_table, category_table, html_page, summary_table
+from guardstream.cli.backtest_report import (
+    ab_table,
+    action_table,
+    category_table,
+    html_page,
+    summary_table,
+)
 from guardstream.cli.common import err, load_settings, out
 from guardstream.cli.output import json_lines, table
 from guardstream.policy import PACKS_DIR, PolicyLoadError, load_packs, parse_pack_file
+from guardstream.policy.ab_report import NoExperimentError, ab_report
 from guardstream.policy.backtest import Case, PackGate, gate
 from guardstream.policy.backtest import backtest as run_backtest
 from guardstream.policy.history import Change, HistoryError, PackHistory, with_file
 from guardstream.verdict.archive import Archive, ArchiveError
 
 app = typer.Typer(
-    no_args_is_help=True, help="Policy packs: apply, roll back, history, lint, backtest."
+    no_args_is_help=True,
+    help="Policy packs: apply, roll back, history, lint, backtest, A/B report.",
 )
 
 DirOption = Annotated[
@@ -290,6 +298,37 @@ def backtest(
         err.print(f"no reviewed posts since {start.isoformat()}: nothing to compare")
     for shown in (summary_table(report), action_table(report), category_table(report)):
         out.print(shown)
+
+
+@app.command("ab-report")
+def ab_report_command(
+    tenant: Annotated[str, typer.Option(help="The tenant whose experiment to report.")],
+    since: Annotated[str, typer.Option(help="Reviews since: 7d, 12h, 30m or an ISO date.")] = "7d",
+    region: Annotated[
+        str | None, typer.Option(help="The tenant's regional pack's experiment.")
+    ] = None,
+    archive_dir: ArchiveOption = None,
+    directory: DirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="The report as one JSON object.")] = False,
+) -> None:
+    """Compare the arms of a tenant's A/B experiment (its pack's `experiment:`) on the posts
+    reviewers labelled since --since: block rate, review rate, false-positive rate and unsafe
+    recall of the posts each arm's pack decided."""
+    settings = load_settings()
+    try:
+        registry = load_packs(directory or settings.policy.dir or PACKS_DIR)
+    except PolicyLoadError as exc:
+        raise _refused_lint(exc) from None
+    cases = _reviewed_cases(archive_dir, since, tenant)
+    try:
+        report = ab_report(cases, registry, tenant, region).to_dict()
+    except NoExperimentError as exc:
+        err.print(f"[red]no experiment:[/red] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    if as_json:
+        sys.stdout.write(orjson.dumps(report).decode() + "\n")
+        return
+    out.print(ab_table(report))
 
 
 def _gate(where: Path, name: str, text: str, cases: list[Case], min_cases: int) -> str:

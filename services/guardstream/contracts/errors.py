@@ -20,6 +20,7 @@ the built-in base their callers catch them by (a `ContractError` is still a `Val
 | `TinyCheckpointError`                   | model.tiny             | `RuntimeError` | no        |
 | `PolicyLoadError`                       | policy.loader          | `ValueError`   | no        |
 | `PolicyConflictError`                   | policy.registry        | `ValueError`   | no        |
+| `NoExperimentError`                     | policy.ab_report       | `ValueError`   | no        |
 | `RuleProblems`                          | policy.rules           | `ValueError`   | no        |
 | `HistoryError`                          | policy.history         | `ValueError`   | no        |
 | `ArchiveError`                          | verdict.archive        | `ValueError`   | no        |

@@ -51,7 +51,10 @@ SCHEMA_MAJOR = 1
 # A 1.0 reader of `moderation.actions.review.v1` refuses a `hold` decision (unknown action),
 # so review readers are upgraded before a pack uses `hold`; the other new actions travel on
 # topics of their own, which 1.0 readers do not subscribe to (docs/concepts/policy-rules.md).
-SCHEMA_VERSION = "1.1"
+# 1.2 (additive): a decision's optional `arm` (`control` / `candidate`) when its tenant's pack
+# runs an A/B experiment (docs/concepts/policy-rules.md#ab-experiments). Absent otherwise; a
+# 1.1 reader ignores it (decisions are read with extra fields ignored), no topic changes.
+SCHEMA_VERSION = "1.2"
 
 # pydantic checks patterns in Rust, where a lone surrogate is no string at all: any field with
 # one of these patterns rejects surrogates too (`string_unicode`), and orjson never parses one.
@@ -122,6 +125,13 @@ class Action(enum.StrEnum):
 
 # Actions that put the post in front of a person: both go to the review queue and its SLA.
 REVIEW_ACTIONS = frozenset((Action.REVIEW, Action.HOLD))
+
+
+class Arm(enum.StrEnum):
+    """Which side of a pack's A/B experiment decided a post (schema 1.2)."""
+
+    CONTROL = "control"  # the pack in force, which names the experiment
+    CANDIDATE = "candidate"  # the candidate pack it sends a share of the authors to
 
 
 class Source(enum.StrEnum):
@@ -375,6 +385,9 @@ class Decision(Envelope):
     # The author's history a pack rule read for this decision (schema 1.1); absent when the
     # pack's rules read none.
     author_history: AuthorHistory | None = None
+    # The experiment arm whose pack decided (schema 1.2); absent when the post's pack runs no
+    # A/B experiment, and on human and SLA decisions.
+    arm: Arm | None = None
 
     @classmethod
     def make(
@@ -403,6 +416,7 @@ class Decision(Envelope):
         lang: str | None = None,
         lang_source: LangSource | None = None,
         author_history: AuthorHistory | None = None,
+        arm: Arm | None = None,
     ) -> Self:
         """The one maker of decisions, whichever path decides (model, cache, rule, human, SLA
         timer). A decision is its own event (`event_id` is `decision_id`: made again, it is
@@ -438,6 +452,7 @@ class Decision(Envelope):
                 "lang": lang,
                 "lang_source": lang_source,
                 "author_history": author_history,
+                "arm": arm,
             }
         )
         return made

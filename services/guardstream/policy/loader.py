@@ -20,6 +20,7 @@ import yaml  # type: ignore[import-untyped]
 from pydantic import ValidationError
 
 from guardstream.contracts.errors import PermanentError
+from guardstream.policy.experiment import Experiment
 from guardstream.policy.pack import PolicyPack, ReviewBelow
 from guardstream.policy.registry import PolicyRegistry, find_clashes
 from guardstream.policy.rules import ConfidenceBand, Rule, RuleProblems
@@ -29,7 +30,10 @@ _FIELDS = [
     *ReviewBelow.model_fields,
     *Rule.model_fields,
     *ConfidenceBand.model_fields,
+    *Experiment.model_fields,
 ]
+
+_EXPERIMENT_FIELDS = frozenset(("experiment.candidate", "candidate"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,23 +84,25 @@ def load_packs(directory: Path) -> PolicyRegistry:
         raise PolicyLoadError([Problem(str(directory), "", "not a directory")])
     files = sorted({*directory.glob("*.yaml"), *directory.glob("*.yml")})
     problems: list[Problem] = []
-    loaded: list[tuple[str, PolicyPack]] = []
+    loaded: list[tuple[str, PolicyPack, Any]] = []
     for path in files:
         try:
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as exc:
             problems.append(Problem(path.name, "", f"cannot be read ({exc})"))
             continue
-        packs, file_problems = parse_pack_file(path.name, text)
+        packs, file_problems = _parse(path.name, text)
         loaded.extend(packs)
         problems.extend(file_problems)
     if problems:  # cross-pack checks on a partial set would only add noise
         raise PolicyLoadError(problems)
 
     sources: dict[str, list[str]] = {}
-    for source, pack in loaded:
+    nodes: dict[str, Any] = {}
+    for source, pack, node in loaded:
         sources.setdefault(pack.id, []).append(source)
-    clashes = find_clashes([pack for _, pack in loaded])
+        nodes.setdefault(pack.id, node)
+    clashes = find_clashes([pack for _, pack, _ in loaded])
     if clashes:
         raise PolicyLoadError(
             [
@@ -106,15 +112,25 @@ def load_packs(directory: Path) -> PolicyRegistry:
                     c.field,
                     c.message
                     + (f" (packs {', '.join(map(repr, c.pack_ids))})" if c.pack_ids else ""),
+                    # An experiment's problem is a field of the first pack named: its line.
+                    line_of(nodes[c.pack_ids[0]], c.field.split("."))
+                    if c.pack_ids and c.field in _EXPERIMENT_FIELDS
+                    else None,
                 )
                 for c in clashes
             ]
         )
-    return PolicyRegistry(pack for _, pack in loaded)
+    return PolicyRegistry(pack for _, pack, _ in loaded)
 
 
 def parse_pack_file(name: str, text: str) -> tuple[list[tuple[str, PolicyPack]], list[Problem]]:
     """The packs in one file's text, each with the source name errors will use."""
+    packs, problems = _parse(name, text)
+    return [(source, pack) for source, pack, _ in packs], problems
+
+
+def _parse(name: str, text: str) -> tuple[list[tuple[str, PolicyPack, Any]], list[Problem]]:
+    """`parse_pack_file`, each pack with its YAML node (for cross-pack problems' lines)."""
     try:
         # Numbered before empty documents (a trailing `---`) are dropped, as an editor counts.
         documents = [
@@ -127,7 +143,7 @@ def parse_pack_file(name: str, text: str) -> tuple[list[tuple[str, PolicyPack]],
     if not documents:
         return [], [Problem(name, "", "holds no policy pack")]
 
-    packs: list[tuple[str, PolicyPack]] = []
+    packs: list[tuple[str, PolicyPack, Any]] = []
     problems: list[Problem] = []
     for number, node, document in documents:
         source = name if len(documents) == 1 else f"{name} (document {number})"
@@ -143,7 +159,7 @@ def parse_pack_file(name: str, text: str) -> tuple[list[tuple[str, PolicyPack]],
             )
             continue
         try:
-            packs.append((source, PolicyPack.model_validate(document)))
+            packs.append((source, PolicyPack.model_validate(document), node))
         except ValidationError as exc:
             problems.extend(_validation_problems(source, exc, node))
     return packs, problems

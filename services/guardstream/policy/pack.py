@@ -35,9 +35,10 @@ from guardstream.contracts.categories import (
     CategoryName,
     unknown_category,
 )
-from guardstream.contracts.events import LINE, Verdict
+from guardstream.contracts.events import LINE, Arm, Verdict
 from guardstream.contracts.redaction import PiiKind, redact
 from guardstream.contracts.text import neutralise, normalise
+from guardstream.policy.experiment import Experiment
 from guardstream.policy.rules import Rule, RuleProblems, rule_problems, uses_history
 
 DEFAULT_TENANT: Final = "*"
@@ -146,6 +147,11 @@ class PolicyPack(BaseModel):
     description: Annotated[StrictStr, Field(max_length=500)] | None = None
     tenants: Annotated[tuple[TenantClaim, ...], Field(min_length=1)]
     regions: Annotated[tuple[Region, ...], Field(min_length=1)] | None = None
+    # A/B (policy.experiment): a pack in force may send `percent` of its posts to a candidate
+    # pack; a candidate claims no posts of its own (its tenants and regions must be those of
+    # the pack naming it) and decides only the posts an experiment sends it.
+    experiment: Experiment | None = None
+    candidate: StrictBool = False
 
     controversial: ControversialMode = ControversialMode.REVIEW
     review_below: ReviewBelow = ReviewBelow()
@@ -191,6 +197,27 @@ class PolicyPack(BaseModel):
     def ref(self) -> str:
         """What a decision records as its `policy`: which pack, which version of it."""
         return f"{self.id}@{self.version}"
+
+    @property
+    def arm(self) -> Arm | None:
+        """What this pack's decisions record as their `arm` (None: no experiment)."""
+        if self.candidate:
+            return Arm.CANDIDATE
+        return Arm.CONTROL if self.experiment is not None else None
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment(cls, experiment: Experiment | None, info: ValidationInfo) -> Experiment | None:
+        if experiment is not None and experiment.candidate == info.data.get("id"):
+            raise ValueError("experiment.candidate names this pack itself")
+        return experiment
+
+    @field_validator("candidate")
+    @classmethod
+    def _candidate(cls, candidate: bool, info: ValidationInfo) -> bool:
+        if candidate and info.data.get("experiment") is not None:
+            raise ValueError("a candidate pack cannot run an experiment of its own")
+        return candidate
 
     @property
     def uses_author_history(self) -> bool:

@@ -50,6 +50,7 @@ from guardstream.contracts.identity import PostIdentity
 from guardstream.contracts.labels import LABEL_VERDICT
 from guardstream.contracts.topics import Topic, TopicNames
 from guardstream.model.adapters import Adapter
+from guardstream.policy import PolicyPack
 from guardstream.runtime import tracing
 from guardstream.runtime.faults import FaultPoints
 from guardstream.runtime.loop import Record, Records, isolate, unusable
@@ -256,7 +257,7 @@ class Scorer:
         # model is asked once per content key, the cache once per tenant's key.
         by_key: dict[VerdictKey, list[ScoreRequest]] = defaultdict(list)
         for request in requests.values():
-            shared = self._policies.for_post(request.tenant, request.region).share_model_verdicts
+            shared = self._pack(request).share_model_verdicts
             by_key[VerdictKey(request.content_key, request.tenant, shared)].append(request)
         # Another scorer may have scored a key since triage looked: ask the cache again.
         cached = await self._cache.get_many(list(by_key))
@@ -293,8 +294,7 @@ class Scorer:
                 [
                     Authored(request.author_id, decision)
                     for (_, request), decision in zip(ordered, decisions, strict=True)
-                    if request.author_id is not None
-                    and self._policies.for_post(request.tenant, request.region).uses_author_history
+                    if request.author_id is not None and self._pack(request).uses_author_history
                 ]
             )
         return sent
@@ -308,10 +308,16 @@ class Scorer:
         wanted = [
             (r.tenant, r.author_id)
             for r in requests
-            if r.author_id is not None
-            and self._policies.for_post(r.tenant, r.region).uses_author_history
+            if r.author_id is not None and self._pack(r).uses_author_history
         ]
         return await self._history.figures_many(wanted, time.time()) if wanted else {}
+
+    def _pack(self, request: ScoreRequest) -> PolicyPack:
+        """The pack deciding `request`: as triage chose it, the arm of its author (else its
+        post) when the pack runs an A/B experiment."""
+        return self._policies.for_post(
+            request.tenant, request.region, request.author_id or request.post_id
+        )
 
     def _decision(
         self,
@@ -322,7 +328,7 @@ class Scorer:
         deadline_s: float | None,
         figures: dict[tuple[str, str], AuthorHistory],
     ) -> Decision:
-        pack = self._policies.for_post(request.tenant, request.region)
+        pack = self._pack(request)
         history = figures.get((request.tenant, request.author_id or ""))
         # An older triage's request: its `lang` can only be the post's own.
         lang_source = request.lang_source or (LangSource.GIVEN if request.lang else None)

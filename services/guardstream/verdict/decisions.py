@@ -133,6 +133,7 @@ def decide(
         lang=lang,
         lang_source=lang_source,
         author_history=history if pack.uses_author_history else None,
+        arm=pack.arm,
     )
 
 
@@ -229,4 +230,5 @@ def _unjudged(
         content_key=post.content_key,
         lang=lang,
         lang_source=lang_source,
+        arm=pack.arm,
     )

@@ -100,7 +100,8 @@ class Triager:
                 raise ContractError(
                     "text_too_long", f"normalised {name} has {len(value)} characters, limit {limit}"
                 )
-        pack = self._policies.for_post(post.tenant, post.region)
+        # An experiment's arm is the author's (one author sees one arm), else the post's.
+        pack = self._policies.for_post(post.tenant, post.region, post.author_id or post.post_id)
         region = region_name(pack, post.region)
         parts = self._prompt_parts.get((pack.ref, region))
         if parts is None:

@@ -270,9 +270,13 @@ SPECIFIC: dict[type[Envelope], tuple[list[dict[str, Any]], list[dict[str, Any]]]
             # 1.1: graded actions and the author history a rule read.
             *({**DECISION, "action": action} for action in ("limit", "warn", "remove", "hold")),
             {**DECISION, "action": "remove", "author_history": {"confirmed_unsafe_7d": 3}},
+            # 1.2: the A/B experiment arm.
+            {**DECISION, "arm": "control"},
+            {**DECISION, "arm": "candidate"},
         ],
         [
             {**DECISION, "action": "ban"},
+            {**DECISION, "arm": "treatment"},
             {**DECISION, "author_history": {"unsafe_7d": -1}},
             {**DECISION, "verdict": "maybe"},
             {**DECISION, "confidence": 1.5},

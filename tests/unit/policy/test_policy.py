@@ -381,6 +381,8 @@ NOT_PROMPT: dict[str, Any] = {
     "redact": {"archive": False, "training": False, "kinds": ["email"]},
     "rules": [{"id": "fraud", "verdict": "unsafe", "action": "remove"}],
     "reason_required": "when_correcting",
+    "experiment": {"candidate": "acme-next", "percent": 10},
+    "candidate": True,
 }
 
 
