@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from guardstream.cli import app
+from guardstream.contracts.topics import CATALOGUE
 from guardstream.policy import parse_pack_file
 from guardstream.policy.loader import MAX_PACK_DEPTH, MAX_PACK_FILE_BYTES
 from guardstream.policy.reloader import pack_digest
+from guardstream.runtime.settings import topic_overrides
 
 pytestmark = pytest.mark.unit
 TENANT = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # contracts.events.Tenant, fullmatched
@@ -243,3 +245,28 @@ def test_outputs_and_directories_that_cannot_be_used_are_named(place: Path) -> N
         code, _, stderr = run("policy", *args, "--dir", str(place / "good.yaml"))
         assert code == 2
         assert stderr.startswith("--dir: ") and "is not a directory" in stderr
+
+
+@given(value=st.text(max_size=60))
+@example(value="posts.v1=3")
+@example(value="post.v1=3")  # a typo: was ignored, the topic kept its retention
+@example(value="posts.v1=nan")
+@example(value="=3,\x00=1")
+@FAST
+def test_topic_retention_overrides_name_catalogue_topics_or_are_refused(value: str) -> None:
+    try:
+        overrides = topic_overrides(value)
+    except ValueError as exc:
+        assert str(exc).startswith("retention.topic_days: ")
+        return
+    assert set(overrides) <= {spec.topic.value for spec in CATALOGUE}
+    assert all(0 < days <= 3650 for days in overrides.values())
+
+
+def test_maintenance_with_an_unknown_topic_override_stops_before_any_store() -> None:
+    code, _, stderr = run(
+        "maintenance", "--json", env={"GUARDSTREAM_RETENTION_TOPIC_DAYS": "post.v1=3"}
+    )
+    assert code == 2
+    assert "invalid configuration" in stderr
+    assert "'post.v1' is no catalogue topic" in stderr
