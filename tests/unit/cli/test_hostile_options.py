@@ -32,7 +32,7 @@ HOSTILE_TEXT = st.text(
     st.characters(codec=None, exclude_categories=()), max_size=60
 )  # NUL, controls, lone surrogates
 FAST = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 
 
