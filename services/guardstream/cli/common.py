@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import typer
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
+from rich.markup import escape
 
+from guardstream.contracts.events import Tenant
 from guardstream.model.guard import ModelUnavailable
 from guardstream.policy import PolicyConflictError, PolicyLoadError
 from guardstream.runtime import logs, telemetry
@@ -19,6 +22,40 @@ from guardstream.scorer.engine import EngineDead
 
 out = Console()
 err = Console(stderr=True)
+
+
+_TENANT: TypeAdapter[str] = TypeAdapter(Tenant)
+
+
+def tenant_option(value: str | None) -> str | None:
+    """A `--tenant` option's callback: a value that is no tenant name is a usage error (exit
+    2 naming the option) rather than a filter that silently matches nothing."""
+    if value is None:
+        return None
+    try:
+        return _TENANT.validate_python(value)
+    except ValidationError:
+        raise typer.BadParameter(
+            "not a tenant name (1-63 of a-z, 0-9, '_' and '-', starting alphanumeric)"
+        ) from None
+
+
+def shown(value: object) -> str:
+    """`value` as one printable line: control characters and lone surrogates (an argument
+    that was not UTF-8) escaped, so a hostile name neither garbles the terminal nor fails
+    the write."""
+    text = str(value)
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def write_output(path: Path, text: str, option: str) -> None:
+    """Write a report where `option` says; a place that cannot be written is exit 2."""
+    try:
+        path.write_text(text, encoding="utf-8")
+    except (OSError, UnicodeEncodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not a UTF-8 file name"
+        err.print(f"[red]{option}: cannot write {escape(shown(path))}:[/red] {escape(str(why))}")
+        raise typer.Exit(2) from None
 
 
 def load_settings() -> Settings:

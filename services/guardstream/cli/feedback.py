@@ -17,7 +17,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
-from guardstream.cli.common import err, load_settings, out
+from guardstream.cli.common import err, load_settings, out, tenant_option, write_output
 from guardstream.cli.output import table
 from guardstream.contracts.events import Verdict
 from guardstream.contracts.feedback import FeedbackSample
@@ -224,8 +224,8 @@ def report(
         adapters.add_row(*adapter_row(card))
     out.print(adapters)
     if html_out is not None:
-        html_out.write_text(render_html(loop), encoding="utf-8")
-        out.print(f"wrote {html_out}")
+        write_output(html_out, render_html(loop), "--html")
+        out.print(f"wrote {escape(str(html_out))}")
 
 
 def _exit_unless_loadable(model: str) -> None:
@@ -400,7 +400,9 @@ class ClusterFormat(StrEnum):
 @app.command("clusters")
 def clusters_cmd(
     days: Annotated[int, typer.Option(min=1, max=3650, help="Decided in the last N days.")] = 30,
-    tenant: Annotated[str | None, typer.Option(help="One tenant (default: all).")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="One tenant (default: all).", callback=tenant_option)
+    ] = None,
     fmt: Annotated[
         ClusterFormat, typer.Option("--format", help="table, json (one document) or html.")
     ] = ClusterFormat.TABLE,
@@ -416,9 +418,6 @@ def clusters_cmd(
     the 7 before) - the input to the guidance users see before posting."""
     settings = load_settings()
     now = datetime.now(UTC)
-    if tenant is not None and not tenant.isprintable():
-        err.print("--tenant holds a control character")
-        raise typer.Exit(2)
 
     async def read() -> list[ContestedRow]:
         # lazy: asyncpg and the review store only for this command
@@ -456,7 +455,7 @@ def clusters_cmd(
         if html_out is None:
             sys.stdout.write(page + "\n")
         else:
-            html_out.write_text(page, encoding="utf-8")
+            write_output(html_out, page, "--out")
             out.print(f"wrote {escape(str(html_out))}")
     else:
         listing = table(

@@ -25,9 +25,22 @@ from guardstream.cli.backtest_report import (
     html_page,
     summary_table,
 )
-from guardstream.cli.common import err, load_settings, out
+from guardstream.cli.common import (
+    err,
+    load_settings,
+    out,
+    shown,
+    tenant_option,
+    write_output,
+)
 from guardstream.cli.output import json_lines, table
-from guardstream.policy import PACKS_DIR, PolicyLoadError, load_packs, parse_pack_file
+from guardstream.policy import (
+    PACKS_DIR,
+    PolicyLoadError,
+    load_packs,
+    parse_pack_file,
+    read_pack_text,
+)
 from guardstream.policy.ab_report import NoExperimentError, ab_report
 from guardstream.policy.backtest import Case, PackGate, gate
 from guardstream.policy.backtest import backtest as run_backtest
@@ -64,7 +77,24 @@ def _registry_dir(given: Path | None) -> Path:
             "(the packs shipped with guardstream are not changed in place)"
         )
         raise typer.Exit(2)
+    if not directory.is_dir():
+        err.print(f"[red]--dir: {escape(shown(directory))} is not a directory[/red]")
+        raise typer.Exit(2)
     return directory
+
+
+def _pack_text(path: Path) -> str:
+    """A candidate pack file's text; `PolicyLoadError` naming why it has none (missing, a
+    directory or device, over a megabyte, not UTF-8): refused, exit 1."""
+    text, unreadable = read_pack_text(path)
+    if unreadable is not None:
+        raise PolicyLoadError([unreadable])
+    return text
+
+
+def _since_option(value: str) -> str:
+    parse_since(value, datetime.now(UTC))  # a usage error naming --since, before any work
+    return value
 
 
 def _refused(exc: PolicyLoadError | HistoryError) -> typer.Exit:
@@ -100,7 +130,10 @@ def apply(
             help="Only if its backtest on the review archive passes the promotion gate.",
         ),
     ] = False,
-    since: Annotated[str, typer.Option(help="--gate: reviews since (7d, 12h, a date).")] = "14d",
+    since: Annotated[
+        str,
+        typer.Option(help="--gate: reviews since (7d, 12h, a date).", callback=_since_option),
+    ] = "14d",
     min_cases: Annotated[int, typer.Option(help="--gate: reviewed cases needed.", min=0)] = 30,
     archive_dir: ArchiveOption = None,
     directory: DirOption = None,
@@ -112,13 +145,9 @@ def apply(
     refused when there are fewer than --min-cases, or when it would raise the false-positive
     rate or lower the unsafe recall by more than 0.02 (the adapters' gate margins)."""
     where = _registry_dir(directory)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        err.print(f"[red]cannot read {escape(str(file))}:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
     target = name or file.name
     try:
+        text = _pack_text(file)
         if gated:
             why = _gate(where, target, text, _reviewed_cases(archive_dir, since, None), min_cases)
             note = f"{note}; gate: {why}" if note else f"gate: {why}"
@@ -206,17 +235,15 @@ def lint(
         except PolicyLoadError as exc:
             raise _refused_lint(exc) from None
     else:
-        try:
-            text = where.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            err.print(f"[red]cannot read {escape(str(where))}:[/red] {escape(str(exc))}")
-            raise typer.Exit(1) from None
-        found, problems = parse_pack_file(where.name, text)
+        text, unreadable = read_pack_text(where)
+        if unreadable is not None:
+            raise _refused_lint(PolicyLoadError([unreadable]))
+        found, problems = parse_pack_file(shown(where.name), text)
         if problems:
             raise _refused_lint(PolicyLoadError(problems))
         packs = tuple(pack for _, pack in found)
     out.print(
-        f"ok: {len(packs)} pack(s) in {escape(str(where))}: "
+        f"ok: {len(packs)} pack(s) in {escape(shown(where))}: "
         + escape(", ".join(p.ref for p in packs)),
         soft_wrap=True,
     )
@@ -233,13 +260,18 @@ def _refused_lint(exc: PolicyLoadError) -> typer.Exit:
 def parse_since(text: str, now: datetime) -> datetime:
     """`7d`, `12h`, `30m` before `now`, or an ISO date / timestamp (UTC unless it says)."""
     amount, unit = text[:-1], text[-1:]
-    if amount.isdigit() and unit in _UNITS:
-        return now - timedelta(**{_UNITS[unit]: int(amount)})
+    if amount.isascii() and amount.isdigit() and unit in _UNITS:
+        try:
+            return now - timedelta(**{_UNITS[unit]: int(amount)})
+        except (OverflowError, ValueError):  # before year 1, or past a C int
+            raise typer.BadParameter(
+                f"{text[:40]!r}: a span that long goes before year 1"
+            ) from None
     try:
         when = datetime.fromisoformat(text)
     except ValueError:
         raise typer.BadParameter(
-            f"{text!r}: give a span such as 7d, 12h or 30m, or an ISO date"
+            f"{text[:40]!r}: give a span such as 7d, 12h or 30m, or an ISO date"
         ) from None
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
@@ -257,8 +289,13 @@ def backtest(
             "namesake) or a whole pack directory.",
         ),
     ],
-    since: Annotated[str, typer.Option(help="Reviews since: 7d, 12h, 30m or an ISO date.")] = "7d",
-    tenant: Annotated[str | None, typer.Option(help="Only this tenant's reviews.")] = None,
+    since: Annotated[
+        str,
+        typer.Option(help="Reviews since: 7d, 12h, 30m or an ISO date.", callback=_since_option),
+    ] = "7d",
+    tenant: Annotated[
+        str | None, typer.Option(help="Only this tenant's reviews.", callback=tenant_option)
+    ] = None,
     archive_dir: ArchiveOption = None,
     directory: DirOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="The report as one JSON object.")] = False,
@@ -271,6 +308,10 @@ def backtest(
 
     The model's archived verdicts are replayed, not scored again (rescoring through an
     adapter is not offered yet)."""
+    if not pack.is_dir() and pack.suffix not in {".yaml", ".yml"}:
+        # The loader reads only *.yaml / *.yml: any other name would change nothing.
+        err.print(f"[red]--pack: {escape(shown(pack.name))} is not a .yaml or .yml file[/red]")
+        raise typer.Exit(2)
     settings = load_settings()
     baseline_dir = directory or settings.policy.dir or PACKS_DIR
     try:
@@ -278,32 +319,35 @@ def backtest(
         if pack.is_dir():
             candidate = load_packs(pack)
         else:
-            candidate = with_file(baseline_dir, pack.name, pack.read_text(encoding="utf-8"))
+            candidate = with_file(baseline_dir, pack.name, _pack_text(pack))
     except PolicyLoadError as exc:
         raise _refused_lint(exc) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        err.print(f"[red]cannot read {escape(str(pack))}:[/red] {escape(str(exc))}")
-        raise typer.Exit(1) from None
     start = parse_since(since, datetime.now(UTC))
     cases = _reviewed_cases(archive_dir, since, tenant)
     report = run_backtest(cases, baseline, candidate).to_dict()
     if html is not None:
-        html.write_text(
-            html_page(report, candidate=str(pack), since=start.isoformat()), encoding="utf-8"
+        write_output(
+            html, html_page(report, candidate=shown(pack), since=start.isoformat()), "--html"
         )
     if as_json:
         sys.stdout.write(orjson.dumps(report).decode() + "\n")
         return
     if not cases:
         err.print(f"no reviewed posts since {start.isoformat()}: nothing to compare")
-    for shown in (summary_table(report), action_table(report), category_table(report)):
-        out.print(shown)
+    for listing in (summary_table(report), action_table(report), category_table(report)):
+        out.print(listing)
 
 
 @app.command("ab-report")
 def ab_report_command(
-    tenant: Annotated[str, typer.Option(help="The tenant whose experiment to report.")],
-    since: Annotated[str, typer.Option(help="Reviews since: 7d, 12h, 30m or an ISO date.")] = "7d",
+    tenant: Annotated[
+        str,
+        typer.Option(help="The tenant whose experiment to report.", callback=tenant_option),
+    ],
+    since: Annotated[
+        str,
+        typer.Option(help="Reviews since: 7d, 12h, 30m or an ISO date.", callback=_since_option),
+    ] = "7d",
     region: Annotated[
         str | None, typer.Option(help="The tenant's regional pack's experiment.")
     ] = None,
@@ -342,8 +386,12 @@ def _gate(where: Path, name: str, text: str, cases: list[Case], min_cases: int) 
 
 def _reviewed_cases(archive_dir: Path | None, since: str, tenant: str | None) -> list[Case]:
     start = parse_since(since, datetime.now(UTC))
+    where = archive_dir or load_settings().feedback.dir
+    if where.exists() and not where.is_dir():
+        err.print(f"[red]--archive: {escape(shown(where))} is not a directory[/red]")
+        raise typer.Exit(2)
     try:
-        samples = Archive(archive_dir or load_settings().feedback.dir).read(since=start)
+        samples = Archive(where).read(since=start)
     except ArchiveError as exc:
         err.print(f"[red]the review archive cannot be read:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None

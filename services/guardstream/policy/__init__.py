@@ -8,7 +8,13 @@ the model input. File format:
 
 from pathlib import Path
 
-from guardstream.policy.loader import PolicyLoadError, Problem, load_packs, parse_pack_file
+from guardstream.policy.loader import (
+    PolicyLoadError,
+    Problem,
+    load_packs,
+    parse_pack_file,
+    read_pack_text,
+)
 from guardstream.policy.pack import (
     ControversialMode,
     PolicyPack,
@@ -66,6 +72,7 @@ __all__ = [
     "parse_pack_file",
     "prompt_fingerprint",
     "prompt_prefix",
+    "read_pack_text",
     "region_name",
     "review_sla",
     "route",

@@ -37,14 +37,18 @@ from typing import Any, Final
 import orjson
 
 from guardstream.contracts.errors import PermanentError
-from guardstream.policy.loader import PolicyLoadError, load_packs, parse_pack_file
+from guardstream.policy.loader import (
+    MAX_PACK_FILE_BYTES,
+    PolicyLoadError,
+    load_packs,
+    parse_pack_file,
+)
 from guardstream.policy.pack import PolicyPack
 from guardstream.policy.registry import PolicyRegistry
 from guardstream.policy.reloader import pack_files, unbumped
 
 HISTORY: Final = ".history"
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-_MAX_FILE_BYTES: Final = 1 << 20  # a pack file is a page of YAML; a megabyte is a mistake
 
 
 class HistoryError(PermanentError, ValueError):
@@ -167,8 +171,8 @@ class PackHistory:
             size = len(text.encode("utf-8"))
         except UnicodeEncodeError:
             raise HistoryError(f"{name}: not valid UTF-8 text (a lone surrogate)") from None
-        if size > _MAX_FILE_BYTES:
-            raise HistoryError(f"{name}: larger than {_MAX_FILE_BYTES} bytes")
+        if size > MAX_PACK_FILE_BYTES:
+            raise HistoryError(f"{name}: larger than {MAX_PACK_FILE_BYTES} bytes")
         packs, problems = parse_pack_file(name, text)
         if problems:
             raise PolicyLoadError(problems)

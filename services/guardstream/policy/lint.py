@@ -11,7 +11,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from guardstream.policy.loader import PolicyLoadError, Problem, load_packs, parse_pack_file
+from guardstream.policy.loader import (
+    PolicyLoadError,
+    Problem,
+    load_packs,
+    parse_pack_file,
+    read_pack_text,
+)
 
 
 def lint_text(name: str, text: str) -> list[Problem]:
@@ -21,10 +27,9 @@ def lint_text(name: str, text: str) -> list[Problem]:
 
 def lint_file(path: Path) -> list[Problem]:
     """The problems of one pack file on its own (no cross-pack checks)."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        return [Problem(path.name, "", f"cannot be read ({exc})")]
+    text, unreadable = read_pack_text(path)
+    if unreadable is not None:
+        return [unreadable]
     return lint_text(path.name, text)
 
 

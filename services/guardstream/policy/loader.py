@@ -11,10 +11,11 @@ silently keep the last one. `policy.lint` runs the same checks on files without 
 from __future__ import annotations
 
 import difflib
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import yaml  # type: ignore[import-untyped]
 from pydantic import ValidationError
@@ -24,6 +25,11 @@ from guardstream.policy.experiment import Experiment
 from guardstream.policy.pack import PolicyPack, ReviewBelow
 from guardstream.policy.registry import PolicyRegistry, find_clashes
 from guardstream.policy.rules import ConfidenceBand, Rule, RuleProblems
+
+MAX_PACK_FILE_BYTES: Final = 1 << 20  # a pack file is a page of YAML; a megabyte is a mistake
+# Deeper than any pack needs; it bounds the YAML composer's recursion (a `[[[[…` file would
+# otherwise end in a RecursionError instead of a refusal naming its line).
+MAX_PACK_DEPTH: Final = 32
 
 _FIELDS = [
     *PolicyPack.model_fields,
@@ -61,7 +67,24 @@ class PolicyLoadError(PermanentError, ValueError):
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[misc]
-    """SafeLoader that refuses a key given twice in one mapping."""
+    """SafeLoader that refuses a key given twice in one mapping, and nesting deeper than
+    `MAX_PACK_DEPTH` (at the line where it goes too deep)."""
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_PACK_DEPTH:
+                raise yaml.composer.ComposerError(
+                    None,
+                    None,
+                    f"nested deeper than {MAX_PACK_DEPTH} levels",
+                    self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
         seen: set[Any] = set()
@@ -86,12 +109,12 @@ def load_packs(directory: Path) -> PolicyRegistry:
     problems: list[Problem] = []
     loaded: list[tuple[str, PolicyPack, Any]] = []
     for path in files:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(path.name, "", f"cannot be read ({exc})"))
+        shown = path.name.encode("utf-8", "backslashreplace").decode("utf-8")
+        text, unreadable = read_pack_text(path)
+        if unreadable is not None:
+            problems.append(unreadable)
             continue
-        packs, file_problems = _parse(path.name, text)
+        packs, file_problems = _parse(shown, text)
         loaded.extend(packs)
         problems.extend(file_problems)
     if problems:  # cross-pack checks on a partial set would only add noise
@@ -121,6 +144,29 @@ def load_packs(directory: Path) -> PolicyRegistry:
             ]
         )
     return PolicyRegistry(pack for _, pack, _ in loaded)
+
+
+def read_pack_text(path: Path) -> tuple[str, Problem | None]:
+    """A pack file's text, or why it is none: not a regular file (a directory, a FIFO or a
+    device is refused before it is opened, so nothing blocks or reads without end), larger
+    than `MAX_PACK_FILE_BYTES`, or not UTF-8 (the problem names the line)."""
+    # A name that is not UTF-8 (surrogate-escaped bytes) is shown escaped: printing it whole
+    # would fail on a UTF-8 terminal.
+    name = (path.name or str(path)).encode("utf-8", "backslashreplace").decode("utf-8")
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return "", Problem(name, "", "not a regular file")
+        with path.open("rb") as file:
+            body = file.read(MAX_PACK_FILE_BYTES + 1)
+    except OSError as exc:
+        return "", Problem(name, "", f"cannot be read ({exc.strerror or type(exc).__name__})")
+    if len(body) > MAX_PACK_FILE_BYTES:
+        return "", Problem(name, "", f"larger than {MAX_PACK_FILE_BYTES} bytes")
+    try:
+        return body.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        line = body[: exc.start].count(b"\n") + 1
+        return "", Problem(name, "", f"not UTF-8 text (byte {exc.start})", line)
 
 
 def parse_pack_file(name: str, text: str) -> tuple[list[tuple[str, PolicyPack]], list[Problem]]:

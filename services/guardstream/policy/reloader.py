@@ -69,7 +69,8 @@ def pack_digest(directory: Path) -> str:
     digest = hashlib.sha256()
     for path in pack_files(directory):
         try:
-            body = path.read_bytes()
+            # Only what the loader would read: a FIFO or device named *.yaml is not opened.
+            body = path.read_bytes() if path.is_file() else b"not a regular file"
         except OSError as exc:  # gone between the listing and the read: a swap in progress
             body = f"unreadable: {type(exc).__name__}".encode()
         name = path.name.encode()

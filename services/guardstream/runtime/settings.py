@@ -47,7 +47,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from guardstream.contracts.topics import CATALOGUE
+
 _NAMESPACE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,40}$")
+_TOPIC_NAMES = frozenset(spec.topic.value for spec in CATALOGUE)
 
 
 # Query parameters whose values are shown as written. Every other value is masked: a name
@@ -889,6 +892,12 @@ def topic_overrides(value: str) -> dict[str, float]:
             parsed = -1.0
         if not sep or not name.strip() or not 0 < parsed <= 3650:
             raise ValueError(f"retention.topic_days: {item!r} is not topic=days (0 < days <= 3650)")
+        if name.strip() not in _TOPIC_NAMES:
+            # An unknown name would be ignored: the topic the operator meant keeps its retention.
+            raise ValueError(
+                f"retention.topic_days: {name.strip()[:80]!r} is no catalogue topic "
+                f"({', '.join(sorted(_TOPIC_NAMES))})"
+            )
         out[name.strip()] = parsed
     return out
 
