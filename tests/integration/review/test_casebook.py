@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, example, given
@@ -26,7 +29,16 @@ from guardstream.contracts.casebook import REASONING_MAX, TITLE_MAX
 from guardstream.contracts.events import Post
 from guardstream.contracts.topics import Topic
 from guardstream.review.logic import Role, task_id
-from tests.integration.review.conftest import Console, contested, new_test_post, produce
+from tests.conftest import missing
+from tests.integration.review.conftest import (
+    CHROMIUM,
+    FLAGS,
+    PASSWORD,
+    Console,
+    contested,
+    new_test_post,
+    produce,
+)
 from tests.integration.review.test_review_context import decide, wait_indexed
 from tests.support.processes import env_for
 
@@ -39,6 +51,8 @@ CASES = {
     "slur_en": ("People from that province are all liars, be careful!", "unsafe", "地域攻击"),
     "weather": ("今天天气很好，我们去公园散步吧。", "safe", "日常"),
 }
+OPEN_TEXT = "那个地方的人都是骗子，别信他们！"
+VIEWPORT = {"width": 1280, "height": 1000}
 NOT_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
@@ -58,6 +72,7 @@ async def seed(console: Console) -> dict[str, str]:
     """The cases decided in acme (and one in beta); their task ids by name."""
     posts: dict[str, Post] = {n: new_test_post("acme", t) for n, (t, _, _) in CASES.items()}
     posts["beta"] = new_test_post("beta", CASES["slur"][0])
+    posts["open"] = new_test_post("acme", OPEN_TEXT)  # left open: its page shows guidelines
     records = []
     for p in posts.values():
         records += [(Topic.POSTS, p, p.post_id), (Topic.REVIEW, contested(p), p.post_id)]
@@ -68,13 +83,17 @@ async def seed(console: Console) -> dict[str, str]:
     await console.add_reviewer("bob", ("beta",), Role.SENIOR)
     tids = {n: task_id(p.tenant, p.post_id, "default@1") for n, p in posts.items()}
     for name, tid in tids.items():
+        if name == "open":
+            continue
         verdict, reason = (CASES[name][1:]) if name in CASES else ("unsafe", "beta 的判断")
         await decide(console, "bob" if name == "beta" else "alice", tid, verdict, reason)
     await wait_indexed(console, len(posts))
     return tids
 
 
-async def test_the_casebook_is_built_curated_and_kept_per_tenant(console: Console) -> None:
+async def test_the_casebook_is_built_curated_and_kept_per_tenant(
+    console: Console, tmp_path: Path
+) -> None:
     tids = await seed(console)
     assert casebook_cli(console, "--tenant", "acme") == [
         {"tenant": "acme", "pack": "default", "inserted": 2, "updated": 0, "retired": 0, "kept": 0}
@@ -147,6 +166,8 @@ async def test_the_casebook_is_built_curated_and_kept_per_tenant(console: Consol
         (weather["id"], "retired", weather["title"]),
     }
 
+    await in_chromium(console, tmp_path, slur["id"], tids["open"])
+
     # Hostile edits: a 422 naming the field (never echoing the value), or a stored edit.
     base, token = console.base_url, console.tokens["carol"]
     statuses: set[int] = set()
@@ -191,3 +212,72 @@ async def test_the_casebook_is_built_curated_and_kept_per_tenant(console: Consol
 
     await asyncio.to_thread(run_probe)
     assert statuses == {200, 422}
+
+
+async def in_chromium(console: Console, tmp_path: Path, slur_id: str, open_task: str) -> None:
+    """The casebook page (a senior edits an entry), the guidelines beside an open task's
+    decision controls, and the pack's PDF (its pages rendered to images, its text read back)."""
+    if not os.path.exists(CHROMIUM):  # noqa: ASYNC240 - once, before the browser starts
+        missing(f"no Chromium at {CHROMIUM} (apt-get install -y chromium)")
+    import pypdfium2
+    from playwright.async_api import async_playwright, expect
+
+    shots = Path(os.environ.get("CONSOLE_SCREENSHOTS") or tmp_path)
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            page = await (await browser.new_context(viewport=VIEWPORT)).new_page()  # type: ignore[arg-type]
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.on(
+                "console",
+                lambda msg: errors.append(msg.text) if "Content Security" in msg.text else None,
+            )
+            await page.goto(console.base_url + "/console/login")
+            await page.fill("#reviewer", "carol")
+            await page.fill("#password", PASSWORD)
+            await page.press("#password", "Enter")
+            await expect(page).to_have_url(re.compile(r"/console$"))
+            await page.click("#casebook-link")
+            case = page.locator(f"#case-{slur_id}")
+            await expect(case).to_contain_text("地域攻击：整体污名化")
+            await expect(case.locator(".badge.pinned")).to_be_visible()
+            await expect(page.locator("li.case.retired")).to_have_count(0)
+            await case.locator("details.edit summary").click()
+            await case.locator("textarea[name=reasoning]").fill("概括性指控一个地区的人：不安全")
+            await case.locator("details.edit button").click()
+            await expect(page.locator("#message")).to_contain_text("edited: 地域攻击")
+            await expect(case.locator(".reasoning")).to_have_text("概括性指控一个地区的人：不安全")
+            await page.screenshot(path=str(shots / "console-casebook.png"), full_page=True)
+
+            await page.goto(f"{console.base_url}/console/tasks/{open_task}")
+            guidelines = page.locator("#controls #guidelines")
+            await expect(guidelines.locator("dt.wanted")).to_have_text(
+                "Politically Sensitive Topics"
+            )
+            await expect(guidelines.locator("#guideline-cases li").first).to_contain_text(
+                "地域攻击：整体污名化"
+            )
+            await page.screenshot(path=str(shots / "console-guidelines.png"), full_page=True)
+
+            pdf = await page.request.get(
+                f"{console.base_url}/console/casebook.pdf?tenant=acme&pack=default"
+            )
+            assert pdf.status == 200 and pdf.headers["content-type"] == "application/pdf"
+            body = await pdf.body()
+            other = await page.request.get(
+                f"{console.base_url}/console/casebook.pdf?tenant=beta&pack=default"
+            )
+            assert other.status == 404  # beta's entries are not carol's to print
+            assert not errors, errors  # the strict CSP refused nothing
+        finally:
+            await browser.close()
+    document = pypdfium2.PdfDocument(body)
+    assert len(document) >= 1
+    first = document[0]
+    text = first.get_textpage().get_text_range()
+    assert "地域攻击：整体污名化" in text and "acme" in text
+    image = first.render(scale=1).to_pil().convert("L")
+    image.save(tmp_path / "casebook-page-1.png")
+    dark = float((np.asarray(image) < 128).mean())
+    assert 0.001 < dark < 0.5, dark  # printed, not blank
