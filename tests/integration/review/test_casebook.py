@@ -213,6 +213,17 @@ async def test_the_casebook_is_built_curated_and_kept_per_tenant(
     await asyncio.to_thread(run_probe)
     assert statuses == {200, 422}
 
+    # Erasing a post removes the entries built from it (their text head and reasons).
+    await console.add_reviewer("root", ("acme",), Role.ADMIN)
+    async with console.client("root") as http:
+        erased = await http.post(
+            "/api/v1/admin/erasures", json={"tenant": "acme", "post_ids": weather["post_ids"]}
+        )
+        assert erased.status_code == 200, erased.text
+        left = (await http.get("/api/v1/casebook", params={"retired": "true"})).json()
+    assert [e["id"] for e in left] == [slur["id"]]
+    assert left[0]["excerpt"] is None  # an admin reads no post text
+
 
 async def in_chromium(console: Console, tmp_path: Path, slur_id: str, open_task: str) -> None:
     """The casebook page (a senior edits an entry), the guidelines beside an open task's
