@@ -16,7 +16,7 @@ from guardstream.review.casebook import CaseEntry
 from guardstream.review.services.casebook import CasebookService
 
 router = APIRouter(
-    prefix="/api/v1/casebook", tags=["casebook"], responses=errors(401, 413, 429, 503)
+    prefix="/api/v1/casebook", tags=["casebook"], responses=errors(401, 413, 422, 429, 503)
 )
 
 
@@ -100,7 +100,7 @@ async def entry(request: Request, entry_id: TaskId, caller: Caller) -> CaseOut:
 @router.post(
     "/{entry_id}/pin",
     response_model=CaseOut,
-    responses=errors(403, 404, 409, 422),
+    responses=errors(400, 403, 404, 409),
     summary="Pin or unpin an entry (senior): a refresh never replaces it",
 )
 async def pin(request: Request, entry_id: TaskId, body: PinIn, caller: Caller) -> CaseOut:
@@ -110,7 +110,7 @@ async def pin(request: Request, entry_id: TaskId, body: PinIn, caller: Caller) -
 @router.post(
     "/{entry_id}/edit",
     response_model=CaseOut,
-    responses=errors(403, 404, 409, 422),
+    responses=errors(400, 403, 404, 409),
     summary="Edit an entry's title and reasoning (senior): a refresh never replaces it",
 )
 async def edit(request: Request, entry_id: TaskId, body: EditIn, caller: Caller) -> CaseOut:
