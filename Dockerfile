@@ -21,6 +21,11 @@ ENV PYTHONUNBUFFERED=1 \
     GUARDSTREAM_MODEL_CACHE_DIR=/models/guardstream \
     VLLM_NO_USAGE_STATS=1 \
     DO_NOT_TRACK=1
+# The casebook's PDF export (WeasyPrint) draws text with pango; a CJK font prints Chinese.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libpango-1.0-0 libpangoft2-1.0-0 \
+        fonts-wqy-microhei \
+    && rm -rf /var/lib/apt/lists/*
 RUN useradd --uid 10001 --user-group --create-home --shell /usr/sbin/nologin guardstream \
     # Volume mount points (a named volume takes its first owner from the image's directory):
     # SLA store, LoRA adapter registry, feedback archive.

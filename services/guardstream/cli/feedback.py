@@ -21,6 +21,7 @@ from guardstream.cli.common import err, load_settings, out, tenant_option, write
 from guardstream.cli.output import table
 from guardstream.contracts.events import Verdict
 from guardstream.contracts.feedback import FeedbackSample
+from guardstream.feedback.casebook import PER_PACK, CaseItem, pack_id, pick_cases
 from guardstream.feedback.clusters import ContestedItem, as_json, cluster_items
 from guardstream.feedback.clusters import render_html as render_cluster_page
 from guardstream.feedback.curation import DEFAULT_EXPERT_TERMS, CurationConfig
@@ -480,3 +481,74 @@ def clusters_cmd(
                 escape(head[:60]),
             )
         out.print(listing)
+
+
+@app.command("casebook")
+def casebook_cmd(
+    tenant: Annotated[str, typer.Option(help="The tenant whose casebook is refreshed.")],
+    pack: Annotated[
+        str | None, typer.Option(help="One policy pack's id (default: every pack).")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, max=3650, help="Decided in the last N days.")] = 90,
+    per_pack: Annotated[int, typer.Option(min=1, max=50, help="Entries per pack.")] = PER_PACK,
+) -> None:
+    """Build or refresh the casebook (争议案例手册): per policy pack, the largest clusters of the
+    tenant's contested decisions, each an entry with its decided label, the reviewers' reasons
+    and its source items. Pinned and edited entries are never replaced, and an entry a senior
+    retired is not proposed again. Prints one JSON line per pack."""
+    settings = load_settings()
+    now = datetime.now(UTC)
+    for value in (tenant, pack):
+        if value is not None and not value.isprintable():
+            err.print("--tenant and --pack may not hold control characters")
+            raise typer.Exit(2)
+
+    async def refresh() -> list[dict[str, object]]:
+        # lazy: asyncpg and the review store only for this command
+        from guardstream.review.services.casebook import CasebookService
+        from guardstream.review.store import ReviewStore
+
+        store = await ReviewStore.open(settings)
+        try:
+            rows = await store.casebook.sources(tenant, pack, now - timedelta(days=days), 50_000)
+            items = [
+                CaseItem(
+                    task_id=r.task_id,
+                    post_id=r.post_id,
+                    tenant=r.tenant,
+                    pack=pack_id(r.policy),
+                    lang=r.lang or "und",
+                    vector=from_bytes(r.vector, UseEmbedder.dim),
+                    decided_at=r.decided_at,
+                    human_verdict=r.human_verdict,
+                    model_verdict=r.model_verdict,
+                    corrected=r.corrected,
+                    categories=tuple(r.categories),
+                    reason=r.reason,
+                    preview=text_preview(r.head) if r.head is not None else None,
+                )
+                for r in rows
+                if r.model == USE_MULTILINGUAL_V3  # vectors of another model do not meet these
+            ]
+            drafts = pick_cases(items, now, per_pack=per_pack)
+            packs = sorted({d.pack for d in drafts} | ({pack} if pack else set()))
+            service = CasebookService(store)
+            done = []
+            for name in packs:
+                result = await service.refresh(tenant, name, drafts, per_pack)
+                done.append(
+                    {
+                        "tenant": tenant,
+                        "pack": name,
+                        "inserted": result.inserted,
+                        "updated": result.updated,
+                        "retired": result.retired,
+                        "kept": result.kept,
+                    }
+                )
+            return done
+        finally:
+            await store.close()
+
+    for line in asyncio.run(refresh()):
+        sys.stdout.write(orjson.dumps(line).decode() + "\n")

@@ -53,6 +53,7 @@ class Cluster:
     corrected: int
     reasons: list[tuple[str, int]]  # the most frequent reasons
     examples: list[ContestedItem] = field(default_factory=list)
+    members: tuple[str, ...] = ()  # every item's task id, nearest the centre first
 
     @property
     def trend(self) -> str:
@@ -104,7 +105,8 @@ def _group(
         rows = np.flatnonzero(labels == label)
         part = [members[i] for i in rows]
         centre = matrix[rows].mean(axis=0)
-        nearest = rows[np.argsort(-(matrix[rows] @ centre), kind="stable")][:EXAMPLES]
+        ordered = rows[np.argsort(-(matrix[rows] @ centre), kind="stable")]
+        nearest = ordered[:EXAMPLES]
         reasons = Counter(m.reason for m in part if m.reason)
         clusters.append(
             Cluster(
@@ -117,6 +119,7 @@ def _group(
                 corrected=sum(m.corrected for m in part),
                 reasons=reasons.most_common(3),
                 examples=[members[i] for i in nearest],
+                members=tuple(members[i].task_id for i in ordered),
             )
         )
     return clusters

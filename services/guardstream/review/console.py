@@ -9,6 +9,8 @@ Pages go through the same review services as the API, so scoping and auditing ar
 
 from __future__ import annotations
 
+import asyncio
+import html
 import time
 from datetime import datetime
 from pathlib import Path
@@ -20,11 +22,13 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 
+from guardstream.contracts.casebook import REASONING_MAX, TITLE_MAX
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import REVIEW_REASON_MAX
 from guardstream.policy.pack import ReasonRequired
 from guardstream.review import auth
 from guardstream.review import metrics as review_metrics
+from guardstream.review.casebook_pdf import casebook_pdf
 from guardstream.review.logic import (
     InvalidSubmission,
     Permission,
@@ -35,8 +39,8 @@ from guardstream.review.logic import (
     read_form,
     reason_rule,
 )
-from guardstream.review.services.errors import Forbidden, Unauthenticated
-from guardstream.review.shield import Edge, Throttled, identifier
+from guardstream.review.services.errors import Forbidden, NotFound, Unauthenticated
+from guardstream.review.shield import Edge, Throttled, free_text, identifier
 from guardstream.review.store.tasks import QueueFilter
 from guardstream.review.wiring import ReviewServices
 from guardstream.verdict.author_history import AuthorHistoryStore
@@ -266,6 +270,19 @@ async def _task_page(
         else None
     )
     rule = svc.tasks.reason_required(view.task)
+    pack = svc.tasks.pack_for(view.task)
+    # Guidelines beside the controls: the pack's categories (the task's first) and its casebook
+    # entries for them; a blind view gets no entry built from this very task (its label).
+    wanted = set(view.task.categories)
+    categories = sorted(pack.categories, key=lambda c: c.name not in wanted)
+    cases = await svc.casebook.guidelines(
+        reviewer,
+        view.task.tenant,
+        pack.id,
+        view.task.categories,
+        view.task.task_id,
+        blind=view.blind,
+    )
     return _page(
         request,
         "task.html",
@@ -287,6 +304,10 @@ async def _task_page(
             "error": error,
             "message": message,
             "author_history": figures.model_dump() if figures is not None else None,
+            "guideline_categories": categories,
+            "guideline_wanted": wanted,
+            "guideline_cases": cases,
+            "pack_id": pack.id,
         },
         status=status,
     )
@@ -341,6 +362,112 @@ async def decide(request: Request, task_id: str, current: PostSession) -> Respon
         " (late)" if result.late else ""
     )
     return RedirectResponse("/console?message=" + quote(done), status_code=303)
+
+
+# --- The casebook (争议案例手册): entries per pack; seniors pin, edit, retire ------------------
+
+
+@router.get("/casebook", response_class=HTMLResponse)
+async def casebook_page(
+    request: Request,
+    current: SessionDep,
+    pack: str | None = None,
+    message: str | None = None,
+    retired: bool = False,
+) -> HTMLResponse:
+    reviewer, session = current
+    entries = await _svc(request).casebook.entries(reviewer, pack or None, retired=retired)
+    packs: dict[str, list[Any]] = {}
+    for entry in entries:
+        packs.setdefault(f"{entry.tenant} · {entry.pack}", []).append(entry)
+    return _page(
+        request,
+        "casebook.html",
+        {
+            "reviewer": reviewer,
+            "csrf": session.csrf,
+            "packs": packs,
+            "pack": pack,
+            "retired": retired,
+            "message": message,
+            "can_curate": reviewer.may(Permission.QA),
+            "title_max": TITLE_MAX,
+            "reasoning_max": REASONING_MAX,
+        },
+    )
+
+
+@router.get("/casebook.pdf")
+async def casebook_export(
+    request: Request, current: SessionDep, tenant: str, pack: str
+) -> Response:
+    """One pack's casebook of one tenant as a PDF (the page's entries, active only)."""
+    reviewer, _ = current
+    entries = [
+        e for e in await _svc(request).casebook.entries(reviewer, pack) if e.tenant == tenant
+    ]
+    if not entries:
+        raise NotFound("no casebook entries for this tenant and pack")
+    now = _svc(request).queue.now()
+    pdf = await asyncio.to_thread(casebook_pdf, entries, tenant, pack, now)
+    name = quote(f"casebook-{tenant}-{pack}.pdf", safe="")
+    return Response(
+        pdf,
+        media_type="application/pdf",
+        headers={
+            "Content-Disposition": f"attachment; filename*=UTF-8''{name}",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
+
+
+def _back(pack: str | None, message: str) -> Response:
+    query = f"?message={quote(message)}" + (f"&pack={quote(pack)}" if pack else "")
+    return RedirectResponse("/console/casebook" + query, status_code=303)
+
+
+@router.post("/casebook/{entry_id}/pin")
+async def casebook_pin(request: Request, entry_id: str, current: PostSession) -> Response:
+    raw = await request.form()
+    entry = await _svc(request).casebook.pin(current[0], entry_id, raw.get("pinned") != "0")
+    return _back(entry.pack, ("pinned: " if entry.pinned else "unpinned: ") + entry.title)
+
+
+def _edit_form(raw: Any) -> tuple[str, str]:
+    """A casebook edit form's title and reasoning; `InvalidSubmission` names the field at fault
+    (missing, or holding a control character). Lengths are the service's to check."""
+    values = []
+    for field in ("title", "reasoning"):
+        value = raw.get(field)
+        if not isinstance(value, str):
+            raise InvalidSubmission(field, "is missing")
+        try:
+            values.append(free_text(value))
+        except ValueError as exc:
+            raise InvalidSubmission(field, str(exc)) from exc
+    return values[0], values[1]
+
+
+@router.post("/casebook/{entry_id}/edit")
+async def casebook_edit(request: Request, entry_id: str, current: PostSession) -> Response:
+    try:
+        title, reasoning = _edit_form(await request.form())
+        entry = await _svc(request).casebook.edit(current[0], entry_id, title, reasoning)
+    except InvalidSubmission as exc:
+        return HTMLResponse(
+            '<!doctype html><meta charset="utf-8"><title>guardstream review</title>'
+            f'<p role="alert" id="error">{html.escape(exc.field)}: {html.escape(exc.message)}</p>'
+            '<p><a href="/console/casebook">back to the casebook</a>',
+            status_code=422,
+        )
+    return _back(entry.pack, "edited: " + entry.title)
+
+
+@router.post("/casebook/{entry_id}/retire")
+async def casebook_retire(request: Request, entry_id: str, current: PostSession) -> Response:
+    entry = await _svc(request).casebook.retire(current[0], entry_id)
+    return _back(entry.pack, "retired: " + entry.title)
 
 
 # --- QA audit: the senior's blind re-review queue ---------------------------------------------

@@ -28,6 +28,7 @@ from guardstream.contracts.topics import TopicNames
 from guardstream.policy import load_watched
 from guardstream.review import metrics as review_metrics
 from guardstream.review.api import install_error_handlers, router
+from guardstream.review.casebook_api import router as casebook_router
 from guardstream.review.console import COOKIE, ConsoleAuth, install_console
 from guardstream.review.consumer import ReviewConsumer, source_topics
 from guardstream.review.erase_api import router as erase_router
@@ -91,6 +92,7 @@ def create_app(
     app.add_middleware(BodyLimit, max_bytes=settings.review.edge.max_body_bytes)
     app.include_router(router)
     app.include_router(erase_router)
+    app.include_router(casebook_router)
     install_error_handlers(app)
     install_console(app, console)
 

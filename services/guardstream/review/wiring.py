@@ -18,6 +18,7 @@ from guardstream.policy import PolicyRegistry, load_registry
 from guardstream.review.auth import HashPool
 from guardstream.review.logic import parse_tags
 from guardstream.review.services.auth import AuthService
+from guardstream.review.services.casebook import CasebookService
 from guardstream.review.services.context import ContextService
 from guardstream.review.services.qa import QaService
 from guardstream.review.services.queue import QueueService
@@ -35,6 +36,7 @@ class ReviewServices:
     tasks: TaskService
     qa: QaService
     context: ContextService  # similar earlier decisions, the author's decided posts
+    casebook: CasebookService  # the 争议案例手册: entries, curation, refreshes
     queued: asyncio.Event  # set after a commit that queued outbox items
 
 
@@ -80,6 +82,7 @@ async def review_services(
                 queued=queued,
             ),
             context=ContextService(store, shared_embedder),
+            casebook=CasebookService(store, queued=queued),
             queued=queued,
         )
     finally:

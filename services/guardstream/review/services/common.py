@@ -119,6 +119,10 @@ class Deciding(Service):
     def _pack(self, task: Task) -> PolicyPack:
         return self.policies.by_ref(task.policy) or self.policies.for_post(task.tenant, task.region)
 
+    def pack_for(self, task: Task) -> PolicyPack:
+        """The pack the task's decision follows (its categories' descriptions, its id)."""
+        return self._pack(task)
+
     def categories_for(self, task: Task) -> tuple[str, ...]:
         """The categories a reviewer picks from: the task's pack's."""
         return self._pack(task).category_names

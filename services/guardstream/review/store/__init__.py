@@ -11,6 +11,7 @@
 | `outbox`      | outbox (its kinds and payload models)    |
 | `audit`       | audit                                    |
 | `context`     | task_vectors; decided tasks beside a task |
+| `casebook`    | casebook (entries), the contested tasks they come from |
 | `erasure`     | every table's rows of erased posts, post_authors |
 | `retention`   | purges by age (`guardstream maintenance`) |
 | `db`          | migrations, the pool, transient errors   |
@@ -30,6 +31,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 
 from guardstream.review.store.audit import AuditRows
+from guardstream.review.store.casebook import CasebookRows
 from guardstream.review.store.claims import ClaimRows
 from guardstream.review.store.context import ContextRows
 from guardstream.review.store.db import DB_ERRORS, Conn, Db, connect
@@ -58,6 +60,7 @@ class Tables:
         self.outbox = OutboxRows(db)
         self.audit = AuditRows(db)
         self.context = ContextRows(db)
+        self.casebook = CasebookRows(db)
         self.erasure = ErasureRows(db)
         self.retention = RetentionRows(db)
 

@@ -3,7 +3,8 @@ one transaction (`guardstream erase`, `verdict.erasure`).
 
 A post's rows: its text, its author index row, its tasks with their reviews, QA items and SLA
 marks, the outbox rows naming it (events and feedback samples by the post, human verdicts by
-its content key), and the moderation API's webhook rows when that API shares the schema. Audit
+its content key), the casebook entries built from it, and the moderation API's webhook rows
+when that API shares the schema. Audit
 rows stay: they hold no post text and record who did what (they go with the audit retention);
 the reviewer's free-text reason in a decision's audit row is removed with the post.
 """
@@ -26,6 +27,8 @@ _OWN_ROWS: tuple[tuple[str, str], ...] = (
     ("tasks", "task_id = ANY({tasks}::text[])"),
     ("post_texts", "tenant = {tenant} AND post_id = ANY({posts}::text[])"),
     ("post_authors", "tenant = {tenant} AND post_id = ANY({posts}::text[])"),
+    # A casebook entry shows its source posts' text and reasons: it goes with any of them.
+    ("casebook", "tenant = {tenant} AND post_ids && {posts}::text[]"),
     (
         "outbox",
         "(kind IN ('event', 'feedback_sample')"
