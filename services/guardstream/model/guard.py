@@ -10,15 +10,16 @@ shipped template with the category list swapped for the block, for serving and t
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any
 
 from guardstream.contracts.errors import PermanentError
 from guardstream.contracts.events import Label
 from guardstream.contracts.labels import LABELS
-from guardstream.model.tiny import TINY_BUILDER_VERSION, ensure_tiny_checkpoint, load_chat_template
+from guardstream.model.tiny import CATEGORIES_ROLE as CATEGORIES_ROLE
+from guardstream.model.tiny import TINY_BUILDER_VERSION, ensure_tiny_checkpoint
+from guardstream.model.tiny import categories_template as categories_template
 from guardstream.runtime.settings import Settings
 
 TINY_MODEL = "tiny"
@@ -87,31 +88,6 @@ class ForcedPrefixes:
 def is_response(messages: Sequence[dict[str, str]]) -> bool:
     """Response moderation judges a last assistant turn (and answers with a refusal line)."""
     return bool(messages) and messages[-1].get("role") == "assistant"
-
-
-# The role of the message carrying a pack's category block (never a conversation turn).
-CATEGORIES_ROLE: Final = "categories"
-_LIST_OPEN = "<BEGIN UNSAFE CONTENT CATEGORIES>\n"
-_LIST_CLOSE = "<END UNSAFE CONTENT CATEGORIES>"
-
-
-@functools.cache
-def categories_template() -> str:
-    """The shipped Qwen3Guard template with each fixed category list (response and prompt
-    moderation) replaced by `guard_categories`. Derived rather than edited into the file: the
-    tiny checkpoint's cache key is the file's bytes, and the nine render byte for byte as the
-    official template does. Fails loudly if the template no longer has the two lists."""
-    template = load_chat_template()
-    parts = template.split(_LIST_OPEN)
-    if len(parts) != 3:
-        raise ModelUnavailable("chat template: expected two category lists")
-    out = [parts[0]]
-    for part in parts[1:]:
-        _, close, rest = part.partition(_LIST_CLOSE)
-        if not close:
-            raise ModelUnavailable("chat template: unterminated category list")
-        out.append(_LIST_OPEN + "{{ guard_categories }}\n" + close + rest)
-    return "".join(out)
 
 
 def chat_args(

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -41,6 +42,10 @@ IM_START: Final = "<|im_start|>"
 IM_END: Final = "<|im_end|>"
 THINK_OPEN: Final = "<think>"
 THINK_CLOSE: Final = "</think>"
+#: The role of the message carrying a pack's category block (never a conversation turn).
+CATEGORIES_ROLE: Final = "categories"
+_LIST_OPEN: Final = "<BEGIN UNSAFE CONTENT CATEGORIES>\n"
+_LIST_CLOSE: Final = "<END UNSAFE CONTENT CATEGORIES>"
 
 #: The verdict words a scorer reads after "Safety:"; each must start with its own token so the
 #: first-token logprobs alone tell the three apart.
@@ -204,14 +209,41 @@ class TinyCheckpointError(PermanentError, RuntimeError):
     """The tiny checkpoint could not be built to spec."""
 
 
+@functools.cache
+def categories_template() -> str:
+    """The shipped Qwen3Guard template with each fixed category list (response and prompt
+    moderation) replaced by `guard_categories`. Derived rather than edited into the file: the
+    checkpoint's cache key is the file's bytes, and the nine render byte for byte as the
+    official template does. Fails loudly if the template no longer has the two lists."""
+    template = load_chat_template()
+    parts = template.split(_LIST_OPEN)
+    if len(parts) != 3:
+        raise TinyCheckpointError("chat template: expected two category lists")
+    out = [parts[0]]
+    for part in parts[1:]:
+        _, close, rest = part.partition(_LIST_CLOSE)
+        if not close:
+            raise TinyCheckpointError("chat template: unterminated category list")
+        out.append(_LIST_OPEN + "{{ guard_categories }}\n" + close + rest)
+    return "".join(out)
+
+
 def render_chat(messages: Sequence[dict[str, str]], *, add_generation_prompt: bool) -> str:
-    """Render the template the way transformers does, without needing a tokenizer."""
+    """Render the template the way transformers does, without needing a tokenizer. A leading
+    `categories` message (a pack's block) renders with `categories_template()`, as serving does."""
     # lazy: torch and transformers only where the checkpoint is built, not for its id
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    turns = [m for m in messages if m.get("role") != CATEGORIES_ROLE]
+    blocks = [m["content"] for m in messages if m.get("role") == CATEGORIES_ROLE]
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    template = env.from_string(load_chat_template())
-    return template.render(messages=list(messages), add_generation_prompt=add_generation_prompt)
+    if not blocks:
+        template = env.from_string(load_chat_template())
+        return template.render(messages=turns, add_generation_prompt=add_generation_prompt)
+    template = env.from_string(categories_template())
+    return template.render(
+        messages=turns, add_generation_prompt=add_generation_prompt, guard_categories=blocks[0]
+    )
 
 
 def _corpus() -> list[str]:
@@ -323,12 +355,15 @@ def _make_curriculum(tokenizer: Any) -> _Curriculum:
     im_end = tokenizer.convert_tokens_to_ids(IM_END)
     prompts: list[tuple[int, ...]] = []
     targets: list[tuple[int, ...]] = []
-    by_mode: dict[str, list[int]] = {}
+    # Grouped by what the prompt's long shared head is: the template (prompt or response
+    # moderation) and whether a pack's block replaced its category list.
+    by_mode: dict[tuple[str, bool], list[int]] = {}
     for index, lesson in enumerate(TEACHING_SET):
         prompt_text = render_chat(lesson.chat(), add_generation_prompt=True)
         prompts.append(tuple(_encode(tokenizer, prompt_text)))
         targets.append((*_encode(tokenizer, lesson.target), im_end))
-        by_mode.setdefault(lesson.messages[-1][0], []).append(index)
+        head = (lesson.messages[-1][0], lesson.messages[0][0] == CATEGORIES_ROLE)
+        by_mode.setdefault(head, []).append(index)
 
     groups: list[_Group] = []
     for members in by_mode.values():

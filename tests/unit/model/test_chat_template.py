@@ -176,3 +176,19 @@ def test_render_chat_matches_the_template() -> None:
     assert render_chat(messages, add_generation_prompt=True) == _render(
         messages, add_generation_prompt=True
     )
+
+
+def test_render_chat_swaps_in_a_packs_category_block() -> None:
+    # A leading `categories` message (a pack's block, as the scorer and training send it)
+    # replaces the nine; the nine as a block render byte for byte as the template's own list.
+    post = {"role": "user", "content": "保本高收益，每月稳赚25%，快来投资！"}
+    nine = PROMPT_HEAD.split("<BEGIN UNSAFE CONTENT CATEGORIES>\n")[1].split("\n<END")[0]
+    as_block = [{"role": "categories", "content": nine}, post]
+    assert render_chat(as_block, add_generation_prompt=True) == render_chat(
+        [post], add_generation_prompt=True
+    )
+    extended = [{"role": "categories", "content": nine + "\nFinancial Fraud."}, post]
+    rendered = render_chat(extended, add_generation_prompt=True)
+    assert "Jailbreak.\nFinancial Fraud.\n<END UNSAFE CONTENT CATEGORIES>" in rendered
+    # The block is no conversation turn: the conversation is the post alone.
+    assert f"<BEGIN CONVERSATION>\n\nUSER: {post['content']}\n\n<END CONVERSATION>" in rendered
