@@ -104,9 +104,12 @@ async def test_a_shadow_candidate_is_scored_alongside_never_actioned_then_judged
             assert all(d.source is Source.MODEL and d.adapter is None for d in decided.values())
 
             shadowed_posts = {remark.post_id, bomb.post_id, other.post_id}
-            records = {r.post_id: r for r in await wait_shadow_records(
-                lora, shadowed_posts, counts=pipeline.scorer.counts
-            )}
+            records = {
+                r.post_id: r
+                for r in await wait_shadow_records(
+                    lora, shadowed_posts, counts=pipeline.scorer.counts
+                )
+            }
             assert set(records) == {remark.post_id, bomb.post_id, other.post_id}
             shadowed = records[remark.post_id]
             assert (shadowed.serving_verdict, shadowed.serving_adapter) == (
@@ -136,7 +139,11 @@ async def test_a_shadow_candidate_is_scored_alongside_never_actioned_then_judged
             # Before any human label the evidence is short: the candidates keep shadowing.
             archive = Archive(lora.feedback.dir)
             config = ShadowConfig(
-                min_samples=1, min_labelled=1, require_approval=False, min_judges=1
+                min_samples=1,
+                min_labelled=1,
+                require_approval=False,
+                min_judges=1,
+                reviewer_cap=1.0,
             )
             shadow_log = list(records.values())
             now = datetime.now(UTC)
