@@ -1,9 +1,10 @@
 """Poisoning: one reviewer floods the archive with wrong corrections (every unsafe prompt of
-the tiny checkpoint's teaching set relabelled `safe`, after two honest reviewers had confirmed
-it). The next cycle, on the real archive files and a real LoRA run on the tiny checkpoint with
-the default checks (two judges, 30 % reviewer cap), names her — her disagreement with the
-other judges, theirs, her share of the corrections — in its report and on the model card, and
-its gate rejects the candidate that learnt from her labels; the registry keeps the attempt."""
+the tiny checkpoint's teaching set relabelled `safe`, after two of four honest reviewers had
+confirmed it). The next cycle, on the real archive files and a real LoRA run on the tiny
+checkpoint with the default checks (two judges, 30 % reviewer cap), names her — her
+disagreement with the other judges, theirs, her share of the corrections — in its report and
+on the model card, and its gate rejects the candidate that learnt from her labels; the
+registry keeps the attempt."""
 
 from __future__ import annotations
 
@@ -27,19 +28,21 @@ def test_a_flood_of_wrong_corrections_names_the_reviewer_and_fails_the_gate(
     model_cache_dir: Path, tmp_path: Path
 ) -> None:
     base = ensure_tiny_checkpoint(model_cache_dir)
-    # Two honest reviewers label every taught prompt the way it was taught (the model was
-    # unsure, so each label is curated) and agree on the misjudged remark's correction.
-    honest = [s.model_copy(update={"pred_confidence": 0.5}) for s in taught_samples()]
+    # Four honest reviewers, two on each taught prompt, label it the way it was taught (the
+    # model was unsure, so each label is curated) and agree on the misjudged remark's
+    # correction. Four: at a 30 % cap a set needs at least four reviewers to hold anything.
+    unsure = [s.model_copy(update={"pred_confidence": 0.5}) for s in taught_samples()]
+    honest = [s.model_copy(update={"reviewer": f"rv-{1 + i % 4}"}) for i, s in enumerate(unsure)]
     second = [
         s.model_copy(
             update={
                 "event_id": f"{s.event_id}-b",
                 "sample_id": f"{s.sample_id}-b",
-                "reviewer": "rv-2",
+                "reviewer": f"rv-{1 + (i + 1) % 4}",
                 "reviewed_at": s.reviewed_at + timedelta(hours=1),
             }
         )
-        for s in honest
+        for i, s in enumerate(honest)
     ]
     # Mallory, later, relabels every unsafe prompt safe: the latest label wins the content.
     flood = [
@@ -71,7 +74,7 @@ def test_a_flood_of_wrong_corrections_names_the_reviewer_and_fails_the_gate(
     assert (suspect["overlaps"], suspect["disagreements"]) == (len(flood), len(flood))
     assert suspect["disagreement_rate"] == 1.0
     assert suspect["others_rate"] < 0.5
-    assert suspect["correction_share"] == 1.0  # the honest reviewers confirmed the model
+    assert suspect["correction_share"] > 0.8  # the others corrected the misjudged remark only
     # The cap kept her under 30 % of the set she reached, and the card says whose labels it is.
     assert report.adapter_id is not None
     card = registry.card(report.adapter_id)
