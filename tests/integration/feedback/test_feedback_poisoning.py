@@ -21,7 +21,7 @@ from guardstream.model.tiny import ensure_tiny_checkpoint
 from guardstream.verdict.archive import Archive
 from tests.support.feedback import T0, TEST_LORA, taught_samples
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]  # may build the tiny checkpoint
 
 
 def test_a_flood_of_wrong_corrections_names_the_reviewer_and_fails_the_gate(
