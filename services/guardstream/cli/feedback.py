@@ -89,6 +89,7 @@ def config_from(settings: Settings) -> FeedbackConfig:
             window=timedelta(days=settings.feedback.shadow_window_days),
             require_approval=not settings.feedback.auto_promote,
             min_judges=settings.feedback.min_judges,
+            reviewer_cap=settings.feedback.reviewer_cap,
         ),
         redaction={p.id: p.redact for p in load_registry(settings.policy.dir).packs},
     )
@@ -336,6 +337,7 @@ def run(
                 "new_curated": report.new_curated,
                 "counts": report.counts,
                 "metrics": report.metrics,
+                "suspects": report.suspects,
                 "shadow": _shadow_json(shadowed),
             }
         ).decode()

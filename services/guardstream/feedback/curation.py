@@ -110,12 +110,12 @@ def latest_per_content_key(samples: Iterable[FeedbackSample]) -> tuple[list[Feed
     for sample in samples:
         total += 1
         current = best.get(sample.content_key)
-        if current is None or _rank(sample) > _rank(current):
+        if current is None or label_rank(sample) > label_rank(current):
             best[sample.content_key] = sample
     return sorted(best.values(), key=lambda s: s.content_key), total - len(best)
 
 
-def _rank(sample: FeedbackSample) -> tuple[bool, object, str]:
+def label_rank(sample: FeedbackSample) -> tuple[bool, object, str]:
     return (sample.stage is ReviewStage.QA, sample.reviewed_at, sample.sample_id)
 
 
@@ -123,15 +123,22 @@ def evaluation_truth(samples: Iterable[FeedbackSample], min_judges: int = 2) -> 
     """The labels fit to judge a model by, per content key: the winning label (as in
     `latest_per_content_key`) when it is a senior's QA re-review or when at least
     `min_judges` distinct reviewers gave that verdict. One reviewer alone never judges."""
+    return {key: won.human_verdict for key, won in judging_labels(samples, min_judges).items()}
+
+
+def judging_labels(
+    samples: Iterable[FeedbackSample], min_judges: int = 2
+) -> dict[str, FeedbackSample]:
+    """`evaluation_truth` with the winning review itself (whose reviewer the cap counts)."""
     winners: dict[str, FeedbackSample] = {}
     judges: dict[tuple[str, Verdict], set[str]] = {}
     for sample in samples:
         current = winners.get(sample.content_key)
-        if current is None or _rank(sample) > _rank(current):
+        if current is None or label_rank(sample) > label_rank(current):
             winners[sample.content_key] = sample
         judges.setdefault((sample.content_key, sample.human_verdict), set()).add(sample.reviewer)
     return {
-        key: won.human_verdict
+        key: won
         for key, won in winners.items()
         if won.stage is ReviewStage.QA
         or len(judges[(key, won.human_verdict)]) >= max(min_judges, 1)
@@ -140,17 +147,28 @@ def evaluation_truth(samples: Iterable[FeedbackSample], min_judges: int = 2) -> 
 
 def cap_per_reviewer(items: Sequence[Curated], cap: float) -> tuple[list[Curated], int]:
     """The largest subset of `items` in which no reviewer holds more than `cap` of it, and the
-    number left out. Which of a reviewer's samples stay is deterministic (content key hash).
+    number left out (`capped_ids`)."""
+    keep = capped_ids(
+        [(c.sample.sample_id, c.sample.reviewer, c.sample.content_key) for c in items], cap
+    )
+    kept = [c for c in items if c.sample.sample_id in keep]
+    return kept, len(items) - len(kept)
 
-    For a size n, reviewer r may keep q(n) = floor(cap·n) of its c_r samples; n is feasible
+
+def capped_ids(items: Sequence[tuple[str, str, str]], cap: float) -> set[str]:
+    """Of `items` (id, reviewer, content key), the ids of the largest subset in which no
+    reviewer holds more than `cap` of it. Which of a reviewer's items stay is deterministic
+    (content key hash, then id).
+
+    For a size n, reviewer r may keep q(n) = floor(cap·n) of its c_r items; n is feasible
     when Σ min(c_r, q(n)) ≥ n. At the largest feasible n the sum is exactly n (a larger sum
     would itself be feasible), so keeping min(c_r, q(n)) of each reviewer's gives that set."""
     if cap >= 1 or not items:
-        return list(items), 0
+        return {item_id for item_id, _, _ in items}
     limit = Fraction(cap).limit_denominator(1_000_000)  # 0.3 means 3/10, not 0.29999…
-    by_reviewer: dict[str, list[Curated]] = {}
+    by_reviewer: dict[str, list[tuple[str, str, str]]] = {}
     for item in items:
-        by_reviewer.setdefault(item.sample.reviewer, []).append(item)
+        by_reviewer.setdefault(item[1], []).append(item)
     sizes = [len(v) for v in by_reviewer.values()]
     size = 0
     for n in range(len(items), 0, -1):
@@ -161,10 +179,9 @@ def cap_per_reviewer(items: Sequence[Curated], cap: float) -> tuple[list[Curated
     quota = math.floor(limit * size)
     keep: set[str] = set()
     for own in by_reviewer.values():
-        own.sort(key=lambda c: (_hash01(c.sample.content_key, b"gs-cap"), c.sample.sample_id))
-        keep.update(c.sample.sample_id for c in own[:quota])
-    kept = [c for c in items if c.sample.sample_id in keep]
-    return kept, len(items) - len(kept)
+        own.sort(key=lambda item: (_hash01(item[2], b"gs-cap"), item[0]))
+        keep.update(item_id for item_id, _, _ in own[:quota])
+    return keep
 
 
 def worth_training(sample: FeedbackSample, config: CurationConfig) -> str | None:

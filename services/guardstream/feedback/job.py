@@ -14,6 +14,9 @@ when it wins there too (`feedback/shadow.py`) and a person approved it (`approve
 in the registry; `ShadowConfig.require_approval` off is the deployment's opt-in to automatic
 promotion); otherwise it keeps shadowing or is retired. A tenant's run learns only from that
 tenant's archive unless it joined the shared pool (`training_tenants`).
+Poisoning: every run audits the reviewers of the window (`feedback/reviewers.py`) and names
+those whose labels disagree with the other judges far more often than the others' do; the gate
+rejects a candidate any of whose sets holds such a suspect's labels, whatever its metrics.
 Rejected candidates are registered too, with their metrics, so the history shows every
 attempt.
 """
@@ -35,6 +38,7 @@ from guardstream.contracts.redaction import redact
 from guardstream.feedback.curation import Curated, Curation, CurationConfig, Prescreen, curate
 from guardstream.feedback.dataset import Example, NotTrainable, example
 from guardstream.feedback.evaluate import LabelScorer, Metrics, evaluate
+from guardstream.feedback.reviewers import ReviewerStanding, SuspectConfig, audit_reviewers
 from guardstream.feedback.shadow import (
     ShadowConfig,
     ShadowMetrics,
@@ -64,6 +68,7 @@ class FeedbackConfig:
     # Each pack's `redact` by pack id (a sample's `policy` is `id@version`); a pack not listed
     # gets the default (on): an unknown pack's samples are redacted, never kept raw.
     redaction: Mapping[str, Redaction] = field(default_factory=dict)
+    suspects: SuspectConfig = field(default_factory=SuspectConfig)
 
 
 @dataclass(slots=True)
@@ -74,6 +79,9 @@ class CycleReport:
     adapter_id: str | None = None
     counts: dict[str, int] = field(default_factory=dict)
     metrics: dict[str, dict[str, float | int]] = field(default_factory=dict)
+    # Reviewers whose labels look like poisoning (`ReviewerStanding.as_dict`), named here and
+    # on the model card.
+    suspects: list[dict[str, str | int | float | bool]] = field(default_factory=list)
 
 
 def for_training(sample: FeedbackSample, redaction: Mapping[str, Redaction]) -> FeedbackSample:
@@ -153,6 +161,9 @@ def run_cycle(
     recent = [s for s in everything if since is None or s.reviewed_at >= since]
     # The trigger counts new corrections; the reviewer cap bounds what a set holds, not this.
     new_curated = curate(recent, replace(config.curation, reviewer_cap=1.0)).curated
+    standings = audit_reviewers(everything, config.suspects)
+    suspects = [s for s in standings if s.suspect]
+    named = [s.as_dict() for s in suspects]
     # An adapter serving the tenant learnt from data erased since (`verdict.erasers`): train
     # again from what the archive holds now, however few new samples there are.
     serving_now = registry.snapshot(fresh=True).serving_for(tenant)
@@ -164,6 +175,7 @@ def run_cycle(
             new_curated,
             f"{new_curated} curated samples since the last run; training needs "
             f"{config.min_samples}",
+            suspects=named,
         )
     curation = curate(everything, config.curation, prescreen)
     problems: list[str] = []
@@ -185,7 +197,9 @@ def run_cycle(
         "not_trainable": len(problems),
     }
     if not train:
-        return CycleReport("skipped", new_curated, "nothing trainable", counts=counts)
+        return CycleReport(
+            "skipped", new_curated, "nothing trainable", counts=counts, suspects=named
+        )
 
     adapter_id = _adapter_id(now, curation)
     out_dir = archive.root / "runs" / adapter_id
@@ -201,6 +215,8 @@ def run_cycle(
         # `reviewer_cap`, so an auditor sees whose labels the adapter learnt and was judged on.
         "reviewer_contributions": curation.contributions,
         "reviewer_cap": config.curation.reviewer_cap,
+        # Every reviewer's disagreement with the other judges; suspects first.
+        "reviewer_audit": [s.as_dict() for s in standings],
     }
     result = train_lora(base_model, train, out_dir, config.lora, card, progress)
     # The registry's card says it too: the scorer reads it there (`Adapter.trained_with_reasons`).
@@ -228,6 +244,7 @@ def run_cycle(
         "candidate_anchors": evaluate(candidate, anchors),
     }
     wins, why = promotion_decision(metrics, config)
+    wins, why = suspect_gate(wins, why, suspects, curation.contributions)
     card.update(
         {
             "serving_before": serving.adapter_id if serving else None,
@@ -252,6 +269,28 @@ def run_cycle(
         adapter_id,
         counts,
         {k: m.as_dict() for k, m in metrics.items()},
+        named,
+    )
+
+
+def suspect_gate(
+    wins: bool,
+    why: str,
+    suspects: list[ReviewerStanding],
+    contributions: dict[str, dict[str, int]],
+) -> tuple[bool, str]:
+    """The evaluation's decision, overruled when a suspected poisoner's labels are in any of
+    the candidate's sets (what it learnt from or was judged on): the metrics of a candidate
+    built on labels that may be wrong prove nothing. A suspect whose labels were all capped
+    out is still named."""
+    if not suspects:
+        return wins, why
+    inside = [s for s in suspects if any(s.reviewer in per for per in contributions.values())]
+    named = "; ".join(s.describe() for s in suspects)
+    if not inside:
+        return wins, f"{why}; suspected reviewers (none of their labels used): {named}"
+    return False, (
+        f"trained or judged on labels of suspected reviewers ({named}); the evaluation said: {why}"
     )
 
 
@@ -333,6 +372,7 @@ def evaluate_shadow(
         candidate,
         serving.adapter_id if serving else None,
         config.min_judges,
+        config.reviewer_cap,
     )
     outcome, why = shadow_decision(metrics, config, since, now)
     if outcome is ShadowOutcome.PROMOTE and needs_approval(card, config) and not apply:

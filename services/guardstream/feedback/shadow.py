@@ -6,9 +6,11 @@ archive. A record counts only against the adapter serving now: records made whil
 adapter served (before a promotion or a rollback) are `stale`. Human labels join on the
 serving content key (the latest review of that content wins, so a senior's QA re-review
 overrides the first one); a label judges only when two distinct reviewers gave it or it is a
-senior's QA re-review (`curation.evaluation_truth`). Labels exist where the serving model
-sent content to review (and where QA re-reviewed), so accuracy and false-positive rate are
-measured on contested content; agreement and block rates cover all shadow traffic.
+senior's QA re-review (`curation.evaluation_truth`), and no reviewer's labels make more than
+`reviewer_cap` of the labelled keys (`curation.capped_ids`, as for the curated sets). Labels
+exist where the serving model sent content to review (and where QA re-reviewed), so accuracy
+and false-positive rate are measured on contested content; agreement and block rates cover
+all shadow traffic.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from enum import StrEnum
 
 from guardstream.contracts.events import ShadowRecord, Verdict
 from guardstream.contracts.feedback import FeedbackSample
-from guardstream.feedback.curation import evaluation_truth
+from guardstream.feedback.curation import capped_ids, judging_labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class ShadowConfig:
     # (`guardstream feedback approve`) unless the deployment opts into automatic promotion.
     require_approval: bool = True
     min_judges: int = 2  # distinct reviewers agreeing before a label judges (or a QA label)
+    reviewer_cap: float = 0.3  # most share of the labelled keys one reviewer's labels may be
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +54,7 @@ class ShadowMetrics:
     human_safe: int  # labelled keys the human called safe
     serving_false_positive_rate: float  # unsafe where the human said safe, over `human_safe`
     candidate_false_positive_rate: float
+    capped: int = 0  # labelled keys left out so that no reviewer exceeds `reviewer_cap`
 
     def as_dict(self) -> dict[str, float | int | str | None]:
         return asdict(self)
@@ -66,6 +70,7 @@ def shadow_metrics(
     candidate: str,
     serving: str | None,
     min_judges: int = 2,
+    reviewer_cap: float = 1.0,
 ) -> ShadowMetrics:
     """Metrics of `candidate` against `serving` (None: the base model); `labels` oldest first,
     of which those that `evaluation_truth` accepts are the truth."""
@@ -79,7 +84,10 @@ def shadow_metrics(
             continue
         observed.setdefault(record.content_key, record)  # a key scored again is one sample
     # Only labels fit to judge: two reviewers agreeing, or a senior's QA re-review.
-    human = evaluation_truth(labels, min_judges)
+    judging = judging_labels(labels, min_judges)
+    shadowed = [(key, judging[key].reviewer, key) for key in observed if key in judging]
+    kept = capped_ids(shadowed, reviewer_cap)
+    human = {key: judging[key].human_verdict for key in kept}
     n = len(observed)
     agree = sum(r.candidate_verdict is r.serving_verdict for r in observed.values())
     serving_blocks = sum(r.serving_verdict is Verdict.UNSAFE for r in observed.values())
@@ -104,6 +112,7 @@ def shadow_metrics(
         candidate_false_positive_rate=_rate(
             sum(r.candidate_verdict is Verdict.UNSAFE for r, _ in safe), len(safe)
         ),
+        capped=len(shadowed) - len(kept),
     )
 
 

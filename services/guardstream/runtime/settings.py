@@ -774,8 +774,9 @@ class FeedbackSettings(Section):
     reviewer_cap: Annotated[float, Field(gt=0, le=1), _env("GUARDSTREAM_FEEDBACK_REVIEWER_CAP")] = (
         0.3
     )
-    """No reviewer contributes more than this share of a training or held-out set (samples
-    beyond it are left out, the model card lists samples per reviewer). 1: no cap."""
+    """No reviewer contributes more than this share of a training or held-out set, nor of the
+    shadow gate's labelled keys (samples beyond it are left out, the model card lists samples
+    per reviewer). 1: no cap."""
     auto_promote: Annotated[bool, _env("GUARDSTREAM_FEEDBACK_AUTO_PROMOTE")] = False
     """False: a candidate that passed the shadow gate waits in shadow for a recorded human
     approval (`guardstream feedback approve RUN --by ID`) before it serves. True: the shadow

@@ -77,6 +77,7 @@ def test_feedback_run_judges_the_shadow_candidate_on_the_topic(
         # approval before promotion: tests/unit/feedback/test_approval.py
         "GUARDSTREAM_FEEDBACK_AUTO_PROMOTE": "true",
         "GUARDSTREAM_FEEDBACK_MIN_JUDGES": "1",  # one reviewer's labels judge here
+        "GUARDSTREAM_FEEDBACK_REVIEWER_CAP": "1",  # ... with no cap on the shadow gate's labels
     }.items():
         monkeypatch.setenv(name, value)
     runner = CliRunner()

@@ -190,7 +190,13 @@ async def test_a_human_correction_becomes_a_better_model_in_production(
                 registry,
                 list(records.values()),
                 utcnow(),
-                ShadowConfig(min_samples=2, min_labelled=1, require_approval=False, min_judges=1),
+                ShadowConfig(
+                    min_samples=2,
+                    min_labelled=1,
+                    require_approval=False,
+                    min_judges=1,
+                    reviewer_cap=1.0,
+                ),
             )
             assert verdict.status == "promote", verdict
             assert verdict.metrics is not None

@@ -139,7 +139,11 @@ async def test_a_shadow_candidate_is_scored_alongside_never_actioned_then_judged
             # Before any human label the evidence is short: the candidates keep shadowing.
             archive = Archive(lora.feedback.dir)
             config = ShadowConfig(
-                min_samples=1, min_labelled=1, require_approval=False, min_judges=1
+                min_samples=1,
+                min_labelled=1,
+                require_approval=False,
+                min_judges=1,
+                reviewer_cap=1.0,
             )
             shadow_log = list(records.values())
             now = datetime.now(UTC)

@@ -20,6 +20,7 @@ import pytest
 import yaml
 from compose_spec import PyOptions
 
+from guardstream.runtime.settings import Settings
 from tests.conftest import missing
 from tests.unit.deploy.test_deploy import LIBRARY_ENV, cli_accepts, settings_env_names
 
@@ -370,3 +371,17 @@ def test_api_is_published_and_reaches_whichever_scorer_runs(
     # Nothing else answers to the door's name.
     others = [n for n, s in services.items() if host in str(s.get("networks", ""))]
     assert sorted(others) == ["scorer", "scorer-gpu"]
+
+
+def test_dlq_payload_settings_default_to_the_settings_defaults(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    defaults = Settings(_env_file=None).kafka  # type: ignore[call-arg]
+    for name, service in ours(services).items():
+        env = service["environment"]
+        assert env["GUARDSTREAM_DLQ_PAYLOAD_MAX_BYTES"] == (
+            f"${{GUARDSTREAM_DLQ_PAYLOAD_MAX_BYTES:-{defaults.dlq_payload_max_bytes}}}"
+        ), name
+        assert env["GUARDSTREAM_DLQ_REDACT"] == (
+            f"${{GUARDSTREAM_DLQ_REDACT:-{str(defaults.dlq_redact).lower()}}}"
+        ), name

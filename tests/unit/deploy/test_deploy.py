@@ -687,3 +687,23 @@ def test_cli_accepts_is_not_a_rubber_stamp() -> None:
     assert cli_accepts(["feedback", "run"]) and cli_accepts(["review"]) and cli_accepts(["sla"])
     assert cli_accepts(["review", "add-reviewer"]) and not cli_accepts(["review", "serve"])
     assert not cli_accepts(["feedback", "qa-samples"])
+
+
+def test_dlq_payload_settings_reach_every_pod_with_the_settings_defaults(
+    production_docs: list[dict[str, Any]],
+) -> None:
+    defaults = Settings(_env_file=None).kafka  # type: ignore[call-arg]
+    expected = {
+        "GUARDSTREAM_DLQ_PAYLOAD_MAX_BYTES": str(defaults.dlq_payload_max_bytes),
+        "GUARDSTREAM_DLQ_REDACT": str(defaults.dlq_redact).lower(),
+    }
+    for name, pod in pod_specs(production_docs).items():
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert {k: env.get(k) for k in expected} == expected, name
+    docs = render({"dlq": {"payloadMaxBytes": 4096, "redact": True}})
+    for pod in pod_specs(docs).values():
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert (env["GUARDSTREAM_DLQ_PAYLOAD_MAX_BYTES"], env["GUARDSTREAM_DLQ_REDACT"]) == (
+            "4096",
+            "true",
+        )

@@ -25,7 +25,7 @@ from tests.unit.feedback.test_shadow import label, record, shadowed_registry
 pytestmark = pytest.mark.unit
 
 S, C, U = Verdict.SAFE, Verdict.CONTROVERSIAL, Verdict.UNSAFE
-GATE = ShadowConfig(min_samples=3, min_labelled=2)
+GATE = ShadowConfig(min_samples=3, min_labelled=2, reviewer_cap=1.0)
 
 
 def agreed(n: int, verdict: Verdict) -> list[FeedbackSample]:
@@ -91,7 +91,7 @@ def test_automatic_promotion_is_a_deployment_opt_in(tmp_path: Path) -> None:
     archive, registry = shadowed_registry(tmp_path)
     archive.append([*agreed(1, S), *agreed(2, S)])
     records = [record(1, C, S), record(2, C, S), record(3, U, U)]
-    auto = ShadowConfig(min_samples=3, min_labelled=2, require_approval=False)
+    auto = ShadowConfig(min_samples=3, min_labelled=2, require_approval=False, reviewer_cap=1.0)
     report = evaluate_shadow(archive, registry, records, datetime.now(UTC), auto)
     assert report.status == "promote"
     assert registry.history()[-1]["serving"] == "cand"

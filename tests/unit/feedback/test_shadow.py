@@ -92,7 +92,7 @@ def test_metrics_compare_candidate_and_serving_on_traffic_and_on_human_labels() 
         record(6, U, S, candidate_adapter="other"),  # another candidate's
     ]
     labels = [label(1, U), label(1, S, minutes=5), label(2, S), label(3, U), label(9, S)]
-    m = shadow_metrics(records, labels, "cand", None, min_judges=1)
+    m = shadow_metrics(records, labels, "cand", None, min_judges=1, reviewer_cap=1.0)
     assert (m.shadowed, m.stale, m.labelled, m.human_safe) == (4, 1, 3, 2)
     assert m.agreement == 2 / 4
     assert (m.serving_block_rate, m.candidate_block_rate) == (1 / 4, 2 / 4)
@@ -172,7 +172,9 @@ def test_a_winning_candidate_is_promoted_with_its_evidence_on_its_card(tmp_path:
     archive, registry = shadowed_registry(tmp_path)
     records = [record(1, C, S), record(2, C, S), record(3, U, U)]
     # The deployment opted into automatic promotion (approval: tests/unit/feedback/test_approval)
-    config = ShadowConfig(min_samples=3, min_labelled=2, require_approval=False, min_judges=1)
+    config = ShadowConfig(
+        min_samples=3, min_labelled=2, require_approval=False, min_judges=1, reviewer_cap=1.0
+    )
     now = datetime.now(UTC)
 
     early = evaluate_shadow(archive, registry, records, now, config)
@@ -211,7 +213,11 @@ def test_a_losing_candidate_is_retired_and_training_resumes(tmp_path: Path) -> N
     assert (waiting.status, waiting.adapter_id) == ("skipped", "cand")
 
     report = evaluate_shadow(
-        archive, registry, records, now, ShadowConfig(min_samples=3, min_labelled=2, min_judges=1)
+        archive,
+        registry,
+        records,
+        now,
+        ShadowConfig(min_samples=3, min_labelled=2, min_judges=1, reviewer_cap=1.0),
     )
     assert report.status == "retire"
     assert "below the margin" in report.detail

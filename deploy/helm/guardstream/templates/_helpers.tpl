@@ -93,6 +93,10 @@ guardstream-{{ .process }}
 - name: GUARDSTREAM_LISTEN_HOST
   value: "0.0.0.0"
 {{- include "guardstream.retentionEnv" . }}
+- name: GUARDSTREAM_DLQ_PAYLOAD_MAX_BYTES
+  value: {{ .Values.dlq.payloadMaxBytes | quote }}
+- name: GUARDSTREAM_DLQ_REDACT
+  value: {{ .Values.dlq.redact | quote }}
 - name: GUARDSTREAM_REVIEW_HOST
   value: "0.0.0.0"
 - name: GUARDSTREAM_METRICS_PORT
