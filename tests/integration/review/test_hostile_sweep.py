@@ -264,6 +264,7 @@ def decision_doc(n: int, tenant: str = TENANT) -> dict[str, Any]:
         "lang": "de" if n % 2 else "und",
         "lang_source": "detected" if n % 2 else "given",
         "author_history": {"unsafe_7d": n % 3, "confirmed_unsafe_30d": 1},
+        "arm": "candidate" if n % 2 else "control",
     }
 
 
