@@ -34,6 +34,7 @@ the built-in base their callers catch them by (a `ContractError` is still a `Val
 | `Forbidden` (a `ReviewError`)           | review.services.errors |                | no        |
 | `NotFound` (a `ReviewError`)            | review.services.errors |                | no        |
 | `Conflict` (a `ReviewError`)            | review.services.errors |                | no        |
+| `ExportUnavailable` (503, a `ReviewError`) | review.services.errors |             | no        |
 | `InvalidSubmission`                     | review.logic           | `ValueError`   | no        |
 | `HashPoolBusy` (429, retry shortly)     | review.auth            |                | yes       |
 | `Throttled` (429, Retry-After)          | review.shield          |                | yes       |

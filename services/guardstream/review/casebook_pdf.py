@@ -13,6 +13,7 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from guardstream.review.casebook import CaseEntry
+from guardstream.review.services.errors import ExportUnavailable
 
 _TEMPLATES = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
@@ -32,8 +33,15 @@ def casebook_pdf(
     entries: Sequence[CaseEntry], tenant: str, pack: str, generated_at: datetime
 ) -> bytes:
     """The PDF's bytes (CPU-bound, ~0.2 s a page: run it off the event loop)."""
-    # lazy: WeasyPrint loads pango through cffi; only an export needs it
-    from weasyprint import HTML, URLFetcher
+    # Without the system's pango the import fails (OSError): the export is refused (503), the
+    # console goes on.
+    try:
+        # lazy: WeasyPrint loads pango through cffi; only an export needs it
+        from weasyprint import HTML, URLFetcher
+    except (ImportError, OSError) as exc:
+        raise ExportUnavailable(
+            f"PDF export unavailable on this deployment ({type(exc).__name__}: needs pango)"
+        ) from exc
 
     page = casebook_html(entries, tenant, pack, generated_at)
     pdf: bytes = HTML(string=page, url_fetcher=URLFetcher(allowed_protocols=())).write_pdf()

@@ -27,3 +27,9 @@ class NotFound(ReviewError):
 
 class Conflict(ReviewError):
     status = 409
+
+
+class ExportUnavailable(ReviewError):
+    """This deployment cannot make the export (the PDF library's system parts are missing)."""
+
+    status = 503
