@@ -22,6 +22,28 @@ _COLUMNS = (
     " created_at, updated_at, updated_by"
 )
 
+# What a refresh writes of a draft, in this order (`_content`): insert and renew alike.
+_CONTENT = (
+    "lang, title, reasoning, human_verdict, verdicts, categories, reasons, excerpt, size,"
+    " task_ids, post_ids"
+)
+
+
+def _content(draft: CaseDraft) -> tuple[object, ...]:
+    return (
+        draft.lang,
+        draft.title,
+        draft.reasoning,
+        draft.human_verdict,
+        orjson.dumps(draft.verdicts).decode(),
+        list(draft.categories),
+        list(draft.reasons),
+        draft.excerpt,
+        draft.size,
+        list(draft.task_ids),
+        list(draft.post_ids),
+    )
+
 
 def _entry(row: asyncpg.Record) -> CaseEntry:
     values = dict(row)
@@ -111,46 +133,24 @@ class CasebookRows(Rows):
     async def insert(self, draft: CaseDraft) -> str:
         entry_id = uuid.uuid4().hex
         await self.db.execute(
-            "INSERT INTO casebook (id, tenant, pack, lang, anchor, title, reasoning,"
-            " human_verdict, verdicts, categories, reasons, excerpt, size, task_ids, post_ids)"
+            "INSERT INTO casebook (id, tenant, pack, anchor, " + _CONTENT + ")"  # noqa: S608
             " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10, $11, $12, $13, $14, $15)",
             entry_id,
             draft.tenant,
             draft.pack,
-            draft.lang,
             draft.anchor,
-            draft.title,
-            draft.reasoning,
-            draft.human_verdict,
-            orjson.dumps(draft.verdicts).decode(),
-            list(draft.categories),
-            list(draft.reasons),
-            draft.excerpt,
-            draft.size,
-            list(draft.task_ids),
-            list(draft.post_ids),
+            *_content(draft),
         )
         return entry_id
 
     async def renew(self, entry_id: str, draft: CaseDraft) -> None:
         """A refresh's new content for an entry nobody touched (checked again here)."""
         await self.db.execute(
-            "UPDATE casebook SET title = $2, reasoning = $3, human_verdict = $4,"
-            " verdicts = $5::jsonb, categories = $6, reasons = $7, excerpt = $8, size = $9,"
-            " task_ids = $10, post_ids = $11, lang = $12, updated_at = now(), updated_by = NULL"
+            "UPDATE casebook SET (" + _CONTENT + ", updated_at, updated_by)"  # noqa: S608
+            " = ($2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10, $11, $12, now(), NULL)"
             " WHERE id = $1 AND state = 'active' AND NOT pinned AND NOT edited",
             entry_id,
-            draft.title,
-            draft.reasoning,
-            draft.human_verdict,
-            orjson.dumps(draft.verdicts).decode(),
-            list(draft.categories),
-            list(draft.reasons),
-            draft.excerpt,
-            draft.size,
-            list(draft.task_ids),
-            list(draft.post_ids),
-            draft.lang,
+            *_content(draft),
         )
 
     async def retire(self, entry_id: str, by: str | None) -> None:
