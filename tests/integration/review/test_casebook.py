@@ -12,7 +12,9 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 import warnings
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from hypothesis.errors import HypothesisDeprecationWarning
 
-from guardstream.contracts.casebook import REASONING_MAX, TITLE_MAX
+from guardstream.contracts.casebook import REASONING_MAX, TITLE_MAX, CaseDraft
 from guardstream.contracts.events import Post
 from guardstream.contracts.topics import Topic
 from guardstream.review.logic import Role, task_id
@@ -292,3 +294,56 @@ async def in_chromium(console: Console, tmp_path: Path, slur_id: str, open_task:
     image.save(tmp_path / "casebook-page-1.png")
     dark = float((np.asarray(image) < 128).mean())
     assert 0.001 < dark < 0.5, dark  # printed, not blank
+
+
+async def test_a_refresh_renews_every_field_of_an_untouched_entry_and_no_pinned_one(
+    console: Console,
+) -> None:
+    """The store's renew (what a refresh writes over an entry only a refresh wrote): every
+    content field of the draft lands, in its column; a pinned entry keeps its content."""
+    draft = CaseDraft(
+        tenant="acme",
+        pack="default",
+        lang="en",
+        anchor=f"a-{uuid.uuid4().hex}",
+        title="old title",
+        reasoning="old reasoning",
+        human_verdict="unsafe",
+        verdicts={"unsafe": 2},
+        categories=("Violent",),
+        reasons=("old reason",),
+        excerpt="old excerpt",
+        size=2,
+        task_ids=("t-old",),
+        post_ids=("p-old",),
+    )
+    store = console.review.services.store
+    async with store.transaction() as tx:
+        untouched = await tx.casebook.insert(draft)
+        pinned = await tx.casebook.insert(replace(draft, anchor=f"a-{uuid.uuid4().hex}"))
+    await console.sql("UPDATE casebook SET pinned = true WHERE id = $1", pinned)
+    newer = replace(
+        draft,
+        lang="zh",
+        title="新标题",
+        reasoning="新的理由",
+        human_verdict="safe",
+        verdicts={"safe": 3, "unsafe": 1},
+        categories=("Financial Fraud", "PII"),
+        reasons=("正常讨论", "引用新闻"),
+        excerpt=None,
+        size=4,
+        task_ids=("t-1", "t-2"),
+        post_ids=("p-1", "p-2"),
+    )
+    async with store.transaction() as tx:
+        for entry_id in (untouched, pinned):
+            await tx.casebook.renew(entry_id, newer)
+    async with store.transaction() as tx:
+        renewed = await tx.casebook.get(untouched)
+        kept = await tx.casebook.get(pinned)
+    assert renewed is not None and kept is not None
+    content = [f.name for f in fields(CaseDraft) if f.name not in ("tenant", "pack", "anchor")]
+    assert {n: getattr(renewed, n) for n in content} == {n: getattr(newer, n) for n in content}
+    assert renewed.updated_by is None
+    assert {n: getattr(kept, n) for n in content} == {n: getattr(draft, n) for n in content}
