@@ -487,7 +487,10 @@ def clusters_cmd(
 
 @app.command("casebook")
 def casebook_cmd(
-    tenant: Annotated[str, typer.Option(help="The tenant whose casebook is refreshed.")],
+    tenant: Annotated[
+        str,
+        typer.Option(help="The tenant whose casebook is refreshed.", callback=tenant_option),
+    ],
     pack: Annotated[
         str | None, typer.Option(help="One policy pack's id (default: every pack).")
     ] = None,

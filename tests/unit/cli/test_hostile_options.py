@@ -194,9 +194,14 @@ def test_tenant_is_a_tenant_name_else_a_usage_error_naming_it(place: Path, tenan
     if code == 2:
         assert "Invalid value for '--tenant'" in stderr
         # Refused before the database is opened (was: a filter that matched nothing).
-        code, _, stderr = run("feedback", "clusters", "--tenant", tenant)
-        assert code == 2
-        assert "Invalid value for '--tenant'" in stderr
+        for command in (
+            ("feedback", "clusters"),
+            ("feedback", "casebook"),
+            ("policy", "ab-report"),
+        ):
+            code, _, stderr = run(*command, "--tenant", tenant)
+            assert code == 2, command
+            assert "Invalid value for '--tenant'" in stderr, command
 
 
 @given(run_id=HOSTILE_TEXT, by=HOSTILE_TEXT)
