@@ -141,11 +141,17 @@ values = st.recursive(
 
 
 @settings(max_examples=60, deadline=None)
-@given(field=st.sampled_from(["categories", "region_names", "rules"]), value=values)
+@given(
+    field=st.sampled_from(["categories", "region_names", "rules", "experiment", "candidate"]),
+    value=values,
+)
 @example(field="categories", value={"\x00": {"description": "\ud800"}})
 @example(field="region_names", value={"IN": ["\x1b[2J"]})
 @example(field="rules", value=[{"when": {"category": 7}, "then": None}])
 @example(field="rules", value=[[[[[[]]]]]])
+@example(field="experiment", value={"candidate": "\x00", "percent": "10"})
+@example(field="experiment", value={"candidate": ["y"], "percent": 1e309, "extra": None})
+@example(field="candidate", value="\ud800")
 def test_hostile_values_in_pack_fields_are_problems_with_a_line(field: str, value: object) -> None:
     text = yaml.safe_dump(
         {"id": "x", "version": "1", "tenants": ["x"], field: value}, allow_unicode=True
